@@ -1,0 +1,10 @@
+"""EditScope's results store: one SQLite file of runs, knowledge base, cases and measurements.
+
+`store.db` opens, validates, migrates and writes it; `store.queries` reads it into polars frames;
+`store.metrics` declares what each metric means; `store.schema` holds the migrations. This package
+imports only the standard library, polars and numpy, so the dashboard can browse without torch.
+"""
+
+from .db import Store, StoreError, default_store_path
+
+__all__ = ["Store", "StoreError", "default_store_path"]

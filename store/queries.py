@@ -1,0 +1,269 @@
+"""Reads over an EditScope store: pure functions `f(conn, plain args) -> polars.DataFrame`.
+
+Every function takes an open sqlite3 connection (read-only is enough) and plain arguments, turns the
+arguments into parameterised SQL (values only ever travel as `?` parameters; only placeholder lists
+are built), and returns a DataFrame whose columns are the same whether or not any row matched. Column
+types follow the declared SQLite types; JSON columns (aliases, templates, hparams, config, ...) come
+back as strings for the caller to decode. Nothing here caches: the dashboard owns caching.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any, Iterable
+
+import polars as pl
+
+# the columns case_knowledge always has, whether or not the knowledge run measured them
+KNOWLEDGE_METRICS = ("p_true", "rank_true", "recall")
+
+
+def _quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def _polars_type(declared: str | None) -> pl.DataType | None:
+    """SQLite's type-affinity rules, mapped to polars (None: let polars infer)."""
+    declared = (declared or "").upper()
+    if "INT" in declared:
+        return pl.Int64
+    if any(word in declared for word in ("CHAR", "CLOB", "TEXT")):
+        return pl.Utf8
+    if any(word in declared for word in ("REAL", "FLOA", "DOUB")):
+        return pl.Float64
+    return None
+
+
+def _column_types(conn: sqlite3.Connection) -> dict[str, pl.DataType]:
+    """Polars type of every column name in the store, from the tables' declared types."""
+    rows = conn.execute(
+        "SELECT p.name, p.type FROM sqlite_master AS m, pragma_table_info(m.name) AS p WHERE m.type = 'table'"
+    ).fetchall()
+    return {name: dtype for name, declared in rows if (dtype := _polars_type(declared)) is not None}
+
+
+def _frame(conn: sqlite3.Connection, sql: str, params: Iterable[Any] = (),
+           types: dict[str, pl.DataType] | None = None) -> pl.DataFrame:
+    """Run `sql` and build a frame column by column (fast, and typed even when no row matched)."""
+    cur = conn.execute(sql, tuple(params))
+    names = [d[0] for d in cur.description]
+    rows = cur.fetchall()
+    known = _column_types(conn) | (types or {})
+    columns = list(zip(*rows)) if rows else [()] * len(names)
+    return pl.DataFrame(
+        [pl.Series(name, list(values), dtype=known.get(name), strict=False) for name, values in zip(names, columns)]
+    )
+
+
+def _values(value: Any) -> list:
+    """One value or a sequence of them, as a list."""
+    return [value] if isinstance(value, (str, int, float)) else list(value)
+
+
+def _where(filters: list[tuple[str, Any]]) -> tuple[str, list]:
+    """`(" WHERE ...", params)` from (column, value-or-values) pairs whose value is not None.
+
+    A list becomes `column IN (?, ...)`; an empty list matches nothing.
+    """
+    clauses, params = [], []
+    for column, value in filters:
+        if value is None:
+            continue
+        values = _values(value)
+        if not values:
+            clauses.append("0")
+        elif len(values) == 1:
+            clauses.append(f"{column} = ?")
+        else:
+            clauses.append(f"{column} IN ({', '.join('?' * len(values))})")
+        params.extend(values)
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def store_summary(conn: sqlite3.Connection) -> pl.DataFrame:
+    """One row per table in creation order: table, rows."""
+    names = [name for (name,) in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY rowid"
+    )]
+    # table names come from sqlite_master itself; they cannot be passed as parameters
+    counts = [conn.execute(f"SELECT count(*) FROM {_quote(name)}").fetchone()[0] for name in names]
+    return pl.DataFrame({"table": names, "rows": counts}, schema={"table": pl.Utf8, "rows": pl.Int64})
+
+
+def schema_history(conn: sqlite3.Connection) -> pl.DataFrame:
+    """The migrations applied to the store: version, name, applied_at."""
+    return _frame(conn, "SELECT version, name, applied_at FROM migrations ORDER BY version")
+
+
+def list_runs(conn: sqlite3.Connection, kind: str | None = None, status: str | None = None) -> pl.DataFrame:
+    """Runs, newest first, with every runs column plus progress = n_done / n_total."""
+    where, params = _where([("kind", kind), ("status", status)])
+    return (
+        _frame(conn, f"SELECT * FROM runs{where} ORDER BY started_at DESC, run_id DESC", params)
+        .with_columns(
+            pl.when(pl.col("n_total") > 0)
+            .then(pl.col("n_done") / pl.col("n_total"))
+            .otherwise(None)
+            .alias("progress")
+        )
+    )
+
+
+def kb_relations(conn: sqlite3.Connection) -> pl.DataFrame:
+    """One row per relation: relation, description, subject_kind, n_facts, n_subjects, n_objects, templates."""
+    return _frame(
+        conn,
+        "SELECT r.relation, r.description, r.subject_kind, count(f.subject) AS n_facts, "
+        "count(DISTINCT f.subject) AS n_subjects, count(DISTINCT f.object) AS n_objects, r.templates "
+        "FROM kb_relations AS r LEFT JOIN kb_facts AS f ON f.relation = r.relation "
+        "GROUP BY r.relation ORDER BY r.relation",
+        types={"n_facts": pl.Int64, "n_subjects": pl.Int64, "n_objects": pl.Int64},
+    )
+
+
+def kb_subject(conn: sqlite3.Connection, subject: str) -> pl.DataFrame:
+    """The facts about `subject`, each with the subject's features (kind, aliases, frequency, ...)."""
+    return _frame(
+        conn,
+        "SELECT f.relation, f.subject, f.object, f.object_aliases, f.cooccurrence, s.kind, s.aliases, "
+        "s.frequency, s.connection, s.population "
+        "FROM kb_facts AS f LEFT JOIN kb_subjects AS s ON s.subject = f.subject "
+        "WHERE f.subject = ? ORDER BY f.relation, f.object",
+        (subject,),
+    )
+
+
+def kb_facts(conn: sqlite3.Connection, relation: str | None = None, limit: int | None = None) -> pl.DataFrame:
+    """Knowledge-base facts (optionally of one relation, at most `limit`), with subject frequency and
+    connection."""
+    if limit is not None and (not isinstance(limit, int) or limit < 0):
+        raise ValueError(f"limit must be a non-negative integer or None; got {limit!r}.")
+    where, params = _where([("f.relation", relation)])
+    return _frame(
+        conn,
+        "SELECT f.relation, f.subject, f.object, f.object_aliases, f.cooccurrence, s.frequency, s.connection "
+        f"FROM kb_facts AS f LEFT JOIN kb_subjects AS s ON s.subject = f.subject{where} "
+        "ORDER BY f.relation, f.subject, f.object LIMIT ?",
+        [*params, -1 if limit is None else limit],
+    )
+
+
+def cases(conn: sqlite3.Connection, case_set: str | None = None, relation: str | None = None,
+          subject_like: str | None = None) -> pl.DataFrame:
+    """Cases, filtered by case set, relation, and a case-insensitive substring of the subject."""
+    where, params = _where([("case_set", case_set), ("relation", relation)])
+    if subject_like:
+        escaped = subject_like.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        where += (" AND " if where else " WHERE ") + "subject LIKE ? ESCAPE '\\'"
+        params.append(f"%{escaped}%")
+    return _frame(conn, f"SELECT * FROM cases{where} ORDER BY case_set, case_id", params)
+
+
+def case_sets(conn: sqlite3.Connection) -> pl.DataFrame:
+    """One row per case set: case_set, sources, n_cases, n_relations, n_subjects, created_at (latest)."""
+    return _frame(
+        conn,
+        "SELECT case_set, group_concat(DISTINCT source) AS sources, count(*) AS n_cases, "
+        "count(DISTINCT relation) AS n_relations, count(DISTINCT subject) AS n_subjects, "
+        "max(created_at) AS created_at FROM cases GROUP BY case_set ORDER BY case_set",
+        types={"sources": pl.Utf8, "n_cases": pl.Int64, "n_relations": pl.Int64, "n_subjects": pl.Int64},
+    )
+
+
+def probes(conn: sqlite3.Connection, case_id: str) -> pl.DataFrame:
+    """The probes of one case, by probe_id."""
+    return _frame(conn, "SELECT * FROM probes WHERE case_id = ? ORDER BY probe_id", (case_id,))
+
+
+def probes_of_set(conn: sqlite3.Connection, case_set: str) -> pl.DataFrame:
+    """The probes of every case of a case set, by case_id and probe_id (one query for the whole set)."""
+    return _frame(
+        conn,
+        "SELECT p.* FROM probes AS p JOIN cases AS c ON c.case_id = p.case_id WHERE c.case_set = ? "
+        "ORDER BY p.case_id, p.probe_id",
+        (case_set,),
+    )
+
+
+def newest_knowledge_run(conn: sqlite3.Connection, model: str | None = None) -> str | None:
+    """The newest 'knowledge' run (finished ones first), optionally of one model; None if there is none."""
+    row = conn.execute(
+        "SELECT run_id FROM runs WHERE kind = 'knowledge' AND (? IS NULL OR model = ?) "
+        "ORDER BY status = 'done' DESC, started_at DESC, run_id DESC LIMIT 1",
+        (model, model),
+    ).fetchone()
+    return None if row is None else row[0]
+
+
+def case_knowledge(conn: sqlite3.Connection, run_id: str | None = None, case_set: str | None = None,
+                   model: str | None = None) -> pl.DataFrame:
+    """Cases with their pre-edit knowledge on the model, one column per metric.
+
+    The metrics come from `run_id`, or else from the newest finished 'knowledge' run (of `model` when
+    given): its measurements on the plain prompt at edit_count 0, pivoted so that p_true, rank_true,
+    recall (always present, null where unmeasured) and any other measured metric become columns.
+    Every case is kept; `knowledge_run_id` says which run the numbers come from.
+    """
+    run_id = run_id if run_id is not None else newest_knowledge_run(conn, model)
+    base = cases(conn, case_set=case_set)
+    long = _frame(
+        conn,
+        "SELECT case_id, metric, value FROM measurements "
+        "WHERE run_id = ? AND edit_count = 0 AND rephrase_type = 'plain'",
+        (run_id,),
+    )
+    wide = long.pivot(on="metric", index="case_id", values="value", aggregate_function="first")
+    extra = sorted(set(wide.columns) - {"case_id", *KNOWLEDGE_METRICS})
+    return (
+        base.join(wide, on="case_id", how="left", maintain_order="left")
+        .with_columns(
+            pl.lit(run_id, dtype=pl.Utf8).alias("knowledge_run_id"),
+            *[pl.lit(None, dtype=pl.Float64).alias(m) for m in KNOWLEDGE_METRICS if m not in wide.columns],
+        )
+        .select(*base.columns, "knowledge_run_id", *KNOWLEDGE_METRICS, *extra)
+    )
+
+
+def measurements(conn: sqlite3.Connection, run_ids: str | Iterable[str] | None = None,
+                 metrics: str | Iterable[str] | None = None,
+                 rephrase_types: str | Iterable[str] | None = None,
+                 edit_count: int | Iterable[int] | None = None,
+                 case_ids: str | Iterable[str] | None = None) -> pl.DataFrame:
+    """Measurement rows (run_id, case_id, edit_count, rephrase_type, metric, value); each filter takes
+    one value or a list (an empty list matches nothing), None means no filter."""
+    where, params = _where([
+        ("run_id", run_ids), ("metric", metrics), ("rephrase_type", rephrase_types),
+        ("edit_count", edit_count), ("case_id", case_ids),
+    ])
+    return _frame(
+        conn,
+        f"SELECT run_id, case_id, edit_count, rephrase_type, metric, value FROM measurements{where} "
+        "ORDER BY run_id, case_id, edit_count, rephrase_type, metric",
+        params,
+    )
+
+
+def generations(conn: sqlite3.Connection, run_id: str, case_id: str | None = None,
+                edit_count: int | None = None) -> pl.DataFrame:
+    """Generated texts of a run (optionally one case / edit count), 'pre' before 'post' for each probe."""
+    where, params = _where([("run_id", run_id), ("case_id", case_id), ("edit_count", edit_count)])
+    return _frame(
+        conn,
+        f"SELECT * FROM generations{where} "
+        "ORDER BY case_id, edit_count, probe_id, CASE phase WHEN 'pre' THEN 0 ELSE 1 END",
+        params,
+    )
+
+
+def abilities(conn: sqlite3.Connection, run_ids: str | Iterable[str] | None = None) -> pl.DataFrame:
+    """General-ability scores by run, task, mode, batch size and edit count."""
+    where, params = _where([("run_id", run_ids)])
+    return _frame(
+        conn, f"SELECT * FROM abilities{where} ORDER BY run_id, task, mode, batch_size, edit_count", params
+    )
+
+
+def weight_drift(conn: sqlite3.Connection, run_ids: str | Iterable[str] | None = None) -> pl.DataFrame:
+    """Weight drift by run, module and edit count."""
+    where, params = _where([("run_id", run_ids)])
+    return _frame(conn, f"SELECT * FROM weight_drift{where} ORDER BY run_id, module, edit_count", params)

@@ -1,0 +1,276 @@
+"""Schema of the EditScope results store, as an ordered list of migrations recorded in the database.
+
+Each migration is applied once, inside its own transaction, and leaves a row in the `migrations` table
+plus the new number in `meta('schema_version')`. A store written by older code is brought up to date by
+applying only the migrations it lacks. To change the schema, append one `Migration` to `MIGRATIONS`
+(never edit one that has shipped): SQL text for plain DDL, or a function of the connection when rows
+have to be rewritten. The function runs inside the migration's transaction and must not commit.
+
+Version 1 is the store contract shared by compute and dashboard (see README, "The store"), with two additions that only make the
+contract stricter: primary-key columns are NOT NULL (SQLite would otherwise let NULL keys through and
+an upsert could no longer find the row it replaces), and `edit_count` defaults to 0 wherever it appears.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Callable, Sequence
+
+APPLICATION = "editscope"
+
+SCHEMA_V1 = """
+CREATE TABLE meta (
+    key TEXT PRIMARY KEY NOT NULL,
+    value TEXT
+);
+INSERT INTO meta (key, value) VALUES ('application', 'editscope');
+
+CREATE TABLE migrations (
+    version INTEGER PRIMARY KEY,
+    name TEXT,
+    applied_at TEXT
+);
+
+CREATE TABLE runs (
+    run_id TEXT PRIMARY KEY NOT NULL,
+    kind TEXT NOT NULL,
+    model TEXT NOT NULL,
+    editor TEXT,
+    hparams TEXT,
+    seed INTEGER,
+    config TEXT,
+    code_version TEXT,
+    packages TEXT,
+    host TEXT,
+    device TEXT,
+    status TEXT NOT NULL
+        CHECK (status IN ('queued', 'running', 'done', 'failed', 'interrupted', 'cancelled')),
+    error TEXT,
+    started_at TEXT,
+    finished_at TEXT,
+    heartbeat_at TEXT,
+    pid INTEGER,
+    n_total INTEGER,
+    n_done INTEGER,
+    timings TEXT
+);
+CREATE INDEX runs_kind ON runs (kind, started_at);
+
+CREATE TABLE kb_relations (
+    relation TEXT PRIMARY KEY NOT NULL,
+    subject_kind TEXT,
+    description TEXT,
+    templates TEXT
+);
+
+CREATE TABLE kb_subjects (
+    subject TEXT PRIMARY KEY NOT NULL,
+    kind TEXT,
+    aliases TEXT,
+    frequency REAL,
+    connection INTEGER,
+    population INTEGER
+);
+
+CREATE TABLE kb_facts (
+    relation TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    object TEXT NOT NULL,
+    object_aliases TEXT,
+    cooccurrence INTEGER,
+    PRIMARY KEY (relation, subject, object)
+);
+CREATE INDEX kb_facts_subject ON kb_facts (subject);
+
+CREATE TABLE cases (
+    case_id TEXT PRIMARY KEY NOT NULL,
+    case_set TEXT NOT NULL,
+    source TEXT NOT NULL,
+    relation TEXT,
+    subject TEXT NOT NULL,
+    prompt TEXT NOT NULL,
+    true_object TEXT NOT NULL,
+    true_aliases TEXT,
+    new_object TEXT NOT NULL,
+    new_aliases TEXT,
+    frequency REAL,
+    connection INTEGER,
+    cooccurrence INTEGER,
+    population INTEGER,
+    popularity_quartile INTEGER,
+    seed INTEGER,
+    created_at TEXT
+);
+CREATE INDEX cases_case_set ON cases (case_set);
+CREATE INDEX cases_relation ON cases (relation);
+
+-- the primary key (case_id, probe_id) already serves lookups by case_id
+CREATE TABLE probes (
+    case_id TEXT NOT NULL REFERENCES cases (case_id) ON DELETE CASCADE,
+    probe_id INTEGER NOT NULL,
+    rephrase_type TEXT NOT NULL,
+    text TEXT NOT NULL,
+    target_true TEXT NOT NULL,
+    target_new TEXT NOT NULL,
+    needs_answer INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (case_id, probe_id)
+);
+
+CREATE TABLE measurements (
+    run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+    case_id TEXT NOT NULL,
+    edit_count INTEGER NOT NULL DEFAULT 0,
+    rephrase_type TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    value REAL,
+    PRIMARY KEY (run_id, case_id, edit_count, rephrase_type, metric)
+) WITHOUT ROWID;
+CREATE INDEX measurements_run_metric ON measurements (run_id, metric);
+CREATE INDEX measurements_case ON measurements (case_id);
+
+CREATE TABLE generations (
+    run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+    case_id TEXT NOT NULL,
+    edit_count INTEGER NOT NULL DEFAULT 0,
+    rephrase_type TEXT,
+    probe_id INTEGER NOT NULL,
+    phase TEXT NOT NULL,
+    text TEXT,
+    PRIMARY KEY (run_id, case_id, edit_count, probe_id, phase)
+);
+
+CREATE TABLE abilities (
+    run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+    edit_count INTEGER NOT NULL DEFAULT 0,
+    batch_size INTEGER NOT NULL,
+    task TEXT NOT NULL,
+    task_version TEXT,
+    mode TEXT NOT NULL,
+    score REAL,
+    n INTEGER,
+    ci_low REAL,
+    ci_high REAL,
+    PRIMARY KEY (run_id, edit_count, batch_size, task, mode)
+);
+
+CREATE TABLE weight_drift (
+    run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+    edit_count INTEGER NOT NULL DEFAULT 0,
+    module TEXT NOT NULL,
+    fro_delta REAL,
+    rel_change REAL,
+    cond_number REAL,
+    PRIMARY KEY (run_id, edit_count, module)
+);
+"""
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One step of the schema: `apply` is SQL text (one or more statements) or a function of the
+    connection that runs inside the migration's transaction and must not commit."""
+
+    version: int
+    name: str
+    apply: str | Callable[[sqlite3.Connection], None]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "initial schema", SCHEMA_V1),
+)
+
+
+def latest_version(migrations: Sequence[Migration] = MIGRATIONS) -> int:
+    """The schema version a store has once every migration in `migrations` is applied."""
+    check_migrations(migrations)
+    return migrations[-1].version
+
+
+def check_migrations(migrations: Sequence[Migration]) -> None:
+    """Raise ValueError unless the versions run 1, 2, 3, ... without gaps or repeats."""
+    versions = [m.version for m in migrations]
+    if versions != list(range(1, len(versions) + 1)):
+        raise ValueError(
+            f"Migration versions must be 1, 2, 3, ... in order; got {versions}. "
+            "Append new migrations with the next number instead of editing or reordering old ones."
+        )
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    """The version recorded in meta('schema_version'); 0 for a database without EditScope tables."""
+    has_meta = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+    ).fetchone()
+    if not has_meta:
+        return 0
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    if row is None or row[0] is None:
+        return 0
+    try:
+        return int(row[0])
+    except ValueError:
+        raise ValueError(
+            f"meta('schema_version') is {row[0]!r}, not a number: the store is damaged; "
+            "rebuild it with `python -m compute kb build`."
+        ) from None
+
+
+def split_statements(sql: str) -> list[str]:
+    """Split SQL text into complete statements (semicolons inside strings or triggers stay put)."""
+    statements, buffer = [], ""
+    for piece in sql.split(";"):
+        buffer += piece + ";"
+        if sqlite3.complete_statement(buffer):
+            if _has_code(buffer):
+                statements.append(buffer.strip())
+            buffer = ""
+    if _has_code(buffer):
+        raise ValueError(f"Incomplete SQL statement at the end of a migration: {buffer.strip()[:80]!r}")
+    return statements
+
+
+def _has_code(sql: str) -> bool:
+    """Whether `sql` holds more than whitespace, semicolons and -- comments."""
+    lines = (line.strip() for line in sql.splitlines())
+    return any(line.strip(";") and not line.startswith("--") for line in lines)
+
+
+def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIONS) -> list[int]:
+    """Apply the migrations the database lacks, each in its own transaction; return their versions.
+
+    A migration that fails is rolled back whole, so the store stays at the last version that applied,
+    and the error propagates. Versions above the newest known one are left alone (the caller decides
+    what a store from newer code means).
+    """
+    check_migrations(migrations)
+    if conn.in_transaction:
+        raise ValueError("migrate() needs a connection with no open transaction; commit or roll back first.")
+    current = schema_version(conn)
+    applied = []
+    for migration in migrations:
+        if migration.version <= current:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if callable(migration.apply):
+                migration.apply(conn)
+            else:
+                for statement in split_statements(migration.apply):
+                    conn.execute(statement)
+            conn.execute(
+                "INSERT INTO migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                (migration.version, migration.name, datetime.now(timezone.utc).isoformat(timespec="seconds")),
+            )
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (str(migration.version),),
+            )
+        except BaseException:
+            conn.rollback()
+            raise
+        conn.commit()
+        applied.append(migration.version)
+    return applied
