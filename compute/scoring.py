@@ -1,0 +1,191 @@
+"""Batched scoring primitives shared by every evaluation: target NLL, first-token rank, greedy generation.
+
+Definitions (design.md section 6): the token-averaged NLL of an object o after a prompt p is
+NLL(o|p) = (1/m) * sum_j -log P(t_j | p, t_<j), where t_1..t_m are the tokens of " " + o (the leading
+space matters for Llama/GPT-2 tokenisers). Exact match: every target token is the argmax under teacher
+forcing. Rank: 1 + the number of vocabulary entries scored above the object's first token.
+
+Logits are only computed at the positions that predict target tokens (the base model's hidden states
+are gathered first, then unembedded), so long context probes do not materialise a
+[batch, length, vocabulary] tensor.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from compute.models import LoadedModel
+
+
+@dataclass(frozen=True)
+class TargetScore:
+    """Teacher-forced score of one object after one prompt."""
+
+    nll: float  # token-averaged negative log-likelihood (nats)
+    rank: int  # rank of the first target token, 1 = top prediction
+    exact_match: bool  # every target token is the argmax
+    n_tokens: int
+
+    @property
+    def prob(self) -> float:
+        """exp(-NLL): the per-token geometric-mean probability used for magnitudes."""
+        return math.exp(-self.nll)
+
+
+def target_ids(tokenizer, prompt: str, target: str) -> tuple[list[int], list[int]]:
+    """Token ids of the prompt and of the target as it continues the prompt (leading space added)."""
+    if not target or not target.strip():
+        raise ValueError("the target object is empty: give a non-empty object to score")
+    sep = "" if (not prompt or prompt[-1].isspace()) else " "
+    p_ids = tokenizer(prompt, add_special_tokens=True).input_ids if prompt else []
+    t_ids = tokenizer(sep + target.strip(), add_special_tokens=False).input_ids
+    if not p_ids:
+        raise ValueError("the prompt is empty: a probe must end right before the object")
+    return p_ids, t_ids
+
+
+def _batches(lengths: Sequence[int], max_tokens: int, max_batch: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length whose padded size stays under max_tokens."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches, cur, cur_max = [], [], 0
+    for i in order:
+        new_max = max(cur_max, lengths[i])
+        if cur and (new_max * (len(cur) + 1) > max_tokens or len(cur) >= max_batch):
+            batches.append(cur)
+            cur, new_max = [], lengths[i]
+        cur.append(i)
+        cur_max = new_max
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+@torch.no_grad()
+def score_targets(
+    lm: LoadedModel,
+    prompts: Sequence[str],
+    targets: Sequence[str],
+    *,
+    max_tokens: int = 8192,
+    max_batch: int = 64,
+) -> list[TargetScore]:
+    """Score each (prompt, target) pair; returns one TargetScore per pair, in input order."""
+    if len(prompts) != len(targets):
+        raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets: give one target per prompt")
+    tok, model = lm.tokenizer, lm.model
+    pairs = [target_ids(tok, p, t) for p, t in zip(prompts, targets)]
+    seqs = [p + t for p, t in pairs]
+    out: list[TargetScore | None] = [None] * len(seqs)
+    base = model.base_model
+    unembed = model.get_output_embeddings()
+    device = lm.device
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    for batch in _batches([len(s) for s in seqs], max_tokens, max_batch):
+        width = max(len(seqs[i]) for i in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for r, i in enumerate(batch):
+            ids[r, : len(seqs[i])] = torch.tensor(seqs[i])
+            mask[r, : len(seqs[i])] = 1
+        hidden = base(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).last_hidden_state
+        # hidden: [B, width, d]; gather the positions that predict each target token
+        rows, cols, tgt, owner = [], [], [], []
+        for r, i in enumerate(batch):
+            p_len, t = len(pairs[i][0]), pairs[i][1]
+            for j, token in enumerate(t):
+                rows.append(r)
+                cols.append(p_len - 1 + j)
+                tgt.append(token)
+                owner.append((i, j))
+        logits = unembed(hidden[torch.tensor(rows), torch.tensor(cols)]).float()  # [n_positions, vocab]
+        logp = torch.log_softmax(logits, dim=-1)
+        tgt_t = torch.tensor(tgt, device=logits.device)
+        tok_logp = logp.gather(1, tgt_t[:, None])[:, 0]  # [n_positions]
+        is_top = logits.argmax(dim=-1) == tgt_t
+        above = (logits > logits.gather(1, tgt_t[:, None])).sum(dim=1)  # [n_positions]
+        k = 0
+        for i in batch:
+            m = len(pairs[i][1])
+            nll = -tok_logp[k : k + m].mean().item()
+            out[i] = TargetScore(
+                nll=nll, rank=int(above[k].item()) + 1, exact_match=bool(is_top[k : k + m].all().item()), n_tokens=m
+            )
+            k += m
+    return out  # type: ignore[return-value]
+
+
+@torch.no_grad()
+def generate(
+    lm: LoadedModel,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 30,
+    batch_size: int = 16,
+    stop_at_newline: bool = False,
+) -> list[str]:
+    """Greedy continuations (new text only) of each prompt, batched with left padding.
+
+    `stop_at_newline` cuts each continuation at its first line break (used to read one answer turn).
+    """
+    tok, model = lm.tokenizer, lm.model
+    results: list[str] = [""] * len(prompts)
+    lengths = [len(tok(p).input_ids) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: lengths[i])
+    old_side = tok.padding_side
+    tok.padding_side = "left"
+    stop = {tok.eos_token_id} if tok.eos_token_id is not None else set()
+    try:
+        for s in range(0, len(order), batch_size):
+            idx = order[s : s + batch_size]
+            enc = tok([prompts[i] for i in idx], return_tensors="pt", padding=True).to(lm.device)
+            gen = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=list(stop) or None,
+            )
+            new = gen[:, enc.input_ids.shape[1] :]
+            for r, i in enumerate(idx):
+                row = new[r].tolist()
+                cut = next((j for j, t in enumerate(row) if t in stop), len(row))  # first end-of-turn token
+                text = tok.decode(row[:cut], skip_special_tokens=True)
+                if stop_at_newline:
+                    text = text.strip("\n").split("\n", 1)[0]
+                results[i] = text
+    finally:
+        tok.padding_side = old_side
+    return results
+
+
+def mentions(text: str, names: Sequence[str]) -> bool:
+    """True when any name occurs in text as a whole word or phrase, case-insensitively (alias-aware acc/rev)."""
+    for name in names:
+        name = name.strip()
+        if name and re.search(rf"(?<!\w){re.escape(name)}(?!\w)", text, flags=re.IGNORECASE):
+            return True
+    return False
+
+
+def ngram_entropy(text: str, n: int) -> float:
+    """Entropy (bits) of the n-gram frequency distribution of a text's lower-cased word tokens."""
+    words = re.findall(r"\w+|[^\w\s]", text.lower())
+    grams = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+    total = sum(grams.values())
+    if total == 0:
+        return 0.0
+    return -sum(c / total * math.log2(c / total) for c in grams.values())
+
+
+def fluency(text: str) -> float:
+    """Generation entropy as in ROME: (2/3)*H2 + (4/3)*H3 of the text's n-grams, in bits."""
+    return (2 / 3) * ngram_entropy(text, 2) + (4 / 3) * ngram_entropy(text, 3)

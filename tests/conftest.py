@@ -1,0 +1,67 @@
+"""Shared fixtures: tiny in-process models, the real knowledge base (built once per session in a temporary
+cache), the Wikipedia paragraphs, and the embedded default model for the few `model` tests."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tiny import tiny_gpt2, tiny_llama, tiny_tokenizer
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    """A per-session cache for the knowledge base and wiki paragraphs (the model cache is separate)."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def tok():
+    return tiny_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tok_plain():
+    """A tiny tokenizer without a chat template (dialogues fall back to 'User:/Assistant:')."""
+    return tiny_tokenizer(chat_template=False)
+
+
+@pytest.fixture()
+def llama(tok):
+    return tiny_llama(tok)
+
+
+@pytest.fixture()
+def gpt2(tok):
+    return tiny_gpt2(tok)
+
+
+@pytest.fixture(scope="session")
+def kb(cache_dir):
+    from compute.kb import load_knowledge_base
+
+    return load_knowledge_base(cache_dir)
+
+
+@pytest.fixture(scope="session")
+def paragraphs(cache_dir):
+    from compute.wiki import load_wiki_paragraphs
+
+    return load_wiki_paragraphs(cache_dir)
+
+
+@pytest.fixture(scope="session")
+def builder(kb, tok, paragraphs):
+    from compute.cases import CaseBuilder
+
+    return CaseBuilder(kb, tok, paragraphs)
+
+
+@pytest.fixture(scope="session")
+def default_lm():
+    """The embedded SmolLM2-135M-Instruct, loaded once (the safetensors copy is cached in EDITSCOPE_CACHE
+    or ~/.cache/editscope, so only the first run of the suite on a machine pays the GGUF conversion)."""
+    from compute.models import load_model
+
+    return load_model(cache_dir=os.environ.get("EDITSCOPE_CACHE") or None)
