@@ -1,0 +1,131 @@
+"""Per-(case, rephrase type) evaluation of a model on edit cases, batched across cases.
+
+For every probe of the requested types the true and new objects are scored by teacher forcing
+(compute.scoring), and optionally a greedy generation of `gen_tokens` new tokens is read for the objects'
+names (alias-aware). Probe-level values are averaged within (case, rephrase type), so a case with three
+paraphrases contributes one `paraphrase` value per metric. Metric names are those of store.metrics:
+
+- nll_true, nll_new, p_true = exp(-nll_true), p_new, rank_true (first token), exact_match (true object)
+- es: NLL(new) < NLL(true) (efficacy on plain, paraphrase score on paraphrase; the share over prompts)
+- magnitude: exp(-NLL(new)) - exp(-NLL(true))
+- acc: the generation names the new object or an alias; rev: it names the true object or an alias
+- ns (neighbourhood probes only): NLL(true) < NLL(new) for the neighbour's own true object
+- fluency: n-gram entropy of the generation (bits)
+
+`doubt` probes are two-stage: the model's own greedy answer to the question is put into the
+conversation before the push-back is scored.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from compute.cases import NEIGHBOURHOOD, EditCase
+from compute.models import LoadedModel
+from compute.scoring import fluency, generate, mentions, score_targets
+
+DOUBT_ANSWER_TOKENS = 24
+
+
+@dataclass
+class CaseEvaluation:
+    """Metric values of one case: values[rephrase_type][metric], and the generations per probe."""
+
+    case_id: str
+    values: dict = field(default_factory=lambda: defaultdict(dict))
+    generations: list = field(default_factory=list)  # (probe_id, rephrase_type, text)
+
+    def rows(self, run_id: str, edit_count: int = 0) -> list[dict]:
+        return [
+            {
+                "run_id": run_id,
+                "case_id": self.case_id,
+                "edit_count": edit_count,
+                "rephrase_type": rtype,
+                "metric": metric,
+                "value": value,
+            }
+            for rtype, metrics in self.values.items()
+            for metric, value in metrics.items()
+        ]
+
+    def generation_rows(self, run_id: str, edit_count: int = 0, phase: str = "pre") -> list[dict]:
+        return [
+            {
+                "run_id": run_id,
+                "case_id": self.case_id,
+                "edit_count": edit_count,
+                "rephrase_type": rtype,
+                "probe_id": pid,
+                "phase": phase,
+                "text": text,
+            }
+            for pid, rtype, text in self.generations
+        ]
+
+
+def evaluate_cases(
+    lm: LoadedModel,
+    cases: Sequence[EditCase],
+    rephrase_types: Sequence[str],
+    *,
+    gen_tokens: int = 30,
+    generation: bool = True,
+    neighbourhood: bool = True,
+    batch_size: int = 16,
+) -> list[CaseEvaluation]:
+    """Evaluate every probe of the given types (and neighbourhood probes) of every case."""
+    wanted = set(rephrase_types)
+    jobs = []  # (case index, probe id, probe)
+    for ci, case in enumerate(cases):
+        for pid, probe in enumerate(case.probes):
+            if probe.rephrase_type in wanted or (neighbourhood and probe.rephrase_type == NEIGHBOURHOOD):
+                jobs.append((ci, pid, probe))
+    texts = [p.text for _, _, p in jobs]
+    doubt = [k for k, (_, _, p) in enumerate(jobs) if p.needs_answer]
+    if doubt:
+        answers = generate(
+            lm,
+            [jobs[k][2].first_turn() for k in doubt],
+            max_new_tokens=DOUBT_ANSWER_TOKENS,
+            batch_size=batch_size,
+            stop_at_newline=True,
+        )
+        for k, answer in zip(doubt, answers):
+            texts[k] = jobs[k][2].filled(answer)
+    true_scores = score_targets(lm, texts, [p.target_true for _, _, p in jobs])
+    new_scores = score_targets(lm, texts, [p.target_new for _, _, p in jobs])
+    gen_idx = [k for k, (_, _, p) in enumerate(jobs) if generation and p.rephrase_type != NEIGHBOURHOOD]
+    gens = generate(lm, [texts[k] for k in gen_idx], max_new_tokens=gen_tokens, batch_size=batch_size)
+    gen_of = dict(zip(gen_idx, gens))
+
+    # probe-level values, then the mean within (case, type)
+    sums: dict = defaultdict(lambda: defaultdict(list))
+    results = [CaseEvaluation(case.case_id) for case in cases]
+    for k, (ci, pid, probe) in enumerate(jobs):
+        case, t, n = cases[ci], true_scores[k], new_scores[k]
+        bucket = sums[(ci, probe.rephrase_type)]
+        if probe.rephrase_type == NEIGHBOURHOOD:
+            bucket["ns"].append(float(t.nll < n.nll))
+            bucket["nll_true"].append(t.nll)
+            bucket["nll_new"].append(n.nll)
+            continue
+        bucket["nll_true"].append(t.nll)
+        bucket["nll_new"].append(n.nll)
+        bucket["p_true"].append(t.prob)
+        bucket["p_new"].append(n.prob)
+        bucket["rank_true"].append(float(t.rank))
+        bucket["exact_match"].append(float(t.exact_match))
+        bucket["es"].append(float(n.nll < t.nll))
+        bucket["magnitude"].append(n.prob - t.prob)
+        if k in gen_of:
+            text = gen_of[k]
+            bucket["acc"].append(float(mentions(text, case.new_names())))
+            bucket["rev"].append(float(mentions(text, case.true_names())))
+            bucket["fluency"].append(fluency(text))
+            results[ci].generations.append((pid, probe.rephrase_type, text))
+    for (ci, rtype), metrics in sums.items():
+        results[ci].values[rtype] = {m: sum(v) / len(v) for m, v in metrics.items()}
+    return results
