@@ -74,7 +74,7 @@ def evaluate_cases(
     gen_tokens: int = 30,
     generation: bool = True,
     neighbourhood: bool = True,
-    batch_size: int = 16,
+    batch_size: int = 32,
 ) -> list[CaseEvaluation]:
     """Evaluate every probe of the given types (and neighbourhood probes) of every case."""
     wanted = set(rephrase_types)

@@ -23,6 +23,8 @@ import hashlib
 import importlib.util
 import json
 import os
+import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,28 +179,21 @@ def _finish(model, tokenizer, name: str, source: str, device: str) -> LoadedMode
     return LoadedModel(model=model, tokenizer=tokenizer, arch=arch, name=name, source=source)
 
 
-def _load_default(cache_dir: Path, device: str, progress: bool) -> LoadedModel:
+def _load_default(cache_dir: Path, device: str) -> LoadedModel:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
     gguf = find_gguf()
     copy = cache_dir / "models" / f"smollm2-135m-instruct-{_gguf_fingerprint(gguf)}"
-    marker = copy / "editscope.json"
-    if marker.is_file():
+    if (copy / "editscope.json").is_file():
         try:
             model = AutoModelForCausalLM.from_pretrained(copy, local_files_only=True, dtype=torch.float32)
             tokenizer = AutoTokenizer.from_pretrained(copy, local_files_only=True)
             return _finish(model, tokenizer, DEFAULT_MODEL, str(copy), device)
         except (OSError, ValueError):
             pass  # a damaged copy is rebuilt from the GGUF below
-    if not progress:
-        hf_logging.disable_progress_bar()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    finally:
-        hf_logging.enable_progress_bar()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # The dequantised model is plain fp32: drop the GGUF quantisation marker so it saves and reloads as such.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
@@ -208,11 +203,27 @@ def _load_default(cache_dir: Path, device: str, progress: bool) -> LoadedModel:
     tokenizer.save_pretrained(tmp)
     (tmp / "editscope.json").write_text(json.dumps({"gguf": str(gguf), "fingerprint": _gguf_fingerprint(gguf)}))
     if copy.exists():
-        import shutil
-
         shutil.rmtree(copy)
     tmp.rename(copy)
     return _finish(model, tokenizer, DEFAULT_MODEL, str(gguf), device)
+
+
+@contextmanager
+def _quiet_transformers(quiet: bool):
+    """Silence transformers' progress bars and advisory logging while loading, when asked to."""
+    from transformers.utils import logging as hf_logging
+
+    if not quiet:
+        yield
+        return
+    level = hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.enable_progress_bar()
+        hf_logging.set_verbosity(level)
 
 
 def load_model(
@@ -229,7 +240,8 @@ def load_model(
     _offline()
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     if name_or_path == DEFAULT_MODEL:
-        return _load_default(cache_dir, device, progress)
+        with _quiet_transformers(not progress):
+            return _load_default(cache_dir, device)
     path = Path(name_or_path)
     if not (path / "config.json").is_file():
         raise ModelError(
@@ -240,8 +252,9 @@ def load_model(
 
     config = AutoConfig.from_pretrained(path, local_files_only=True)
     arch_for(config)  # refuse unsupported architectures before loading any weights
-    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    with _quiet_transformers(not progress):
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     return _finish(model, tokenizer, path.resolve().name, str(path.resolve()), device)
 
 

@@ -1,6 +1,7 @@
 """EditScope's results store: one SQLite file of runs, knowledge base, cases and measurements.
 
 `store.db` opens, validates, migrates and writes it; `store.queries` reads it into polars frames;
+`store.derived` summarises measurements (with n and 95% CIs); `store.stats` holds rank statistics;
 `store.metrics` declares what each metric means; `store.schema` holds the migrations. This package
 imports only the standard library, polars and numpy, so the dashboard can browse without torch.
 """

@@ -1,0 +1,1 @@
+"""EditScope dashboard: a Streamlit app over the results store (read-only; never imports torch)."""

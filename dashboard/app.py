@@ -1,0 +1,35 @@
+"""EditScope dashboard entry point: `streamlit run dashboard/app.py`.
+
+Pages live in dashboard/app_pages/ and are registered with st.navigation inside run(). The store is
+opened read-only; if it is missing or not an EditScope store, every page is replaced by one that says
+what is wrong and how to build a store.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# `streamlit run dashboard/app.py` puts dashboard/ on sys.path; the packages live one level up
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import streamlit as st  # noqa: E402
+
+PAGES = Path(__file__).resolve().parent / "app_pages"
+
+
+def run() -> None:
+    st.set_page_config(page_title="EditScope", page_icon=":material/biotech:", layout="wide")
+    from dashboard.data import store_status
+
+    path, error = store_status()
+    if error:
+        pages = [st.Page(str(PAGES / "no_store.py"), title="Store problem", icon=":material/error:")]
+    else:
+        pages = [st.Page(str(PAGES / "overview.py"), title="Overview", icon=":material/dashboard:", default=True)]
+    st.navigation(pages).run()
+
+
+run()

@@ -1,0 +1,49 @@
+"""Overview: what the store holds, the pre-edit knowledge of the case sets, and every run with provenance."""
+
+import polars as pl
+import streamlit as st
+
+from dashboard import charts
+from dashboard.data import query, store_path
+
+st.title("EditScope")
+st.caption(f"Results store: `{store_path()}` (read-only)")
+
+summary = query("store_summary")
+counts = dict(zip(summary["table"].to_list(), summary["rows"].to_list()))
+cols = st.columns(5)
+for col, (label, table) in zip(
+    cols,
+    [("Facts", "kb_facts"), ("Subjects", "kb_subjects"), ("Edit cases", "cases"), ("Probes", "probes"), ("Runs", "runs")],
+):
+    col.metric(label, f"{counts.get(table, 0):,}")
+
+st.header("Pre-edit knowledge by popularity")
+sets = query("case_sets")
+if sets.is_empty():
+    st.info("No case sets yet: build one with `python -m compute cases build`.")
+else:
+    names = sets["case_set"].to_list()
+    chosen = st.selectbox("Case set", names, index=0, key="case_set")
+    split = st.toggle("Split by relation", value=False)
+    by_q = query("knowledge_by_quartile", case_set=chosen, by_relation=split)
+    if by_q.is_empty():
+        st.info("No pre-edit knowledge measured for this case set: run `python -m compute knowledge measure`.")
+    else:
+        st.plotly_chart(charts.recall_by_quartile(by_q), use_container_width=True)
+        st.download_button("Download CSV", by_q.write_csv(), file_name=f"recall-by-quartile-{chosen}.csv")
+        corr = query("knowledge_correlations", case_set=chosen)
+        st.caption("Spearman rank correlation of each popularity feature with pre-edit recall (95% bootstrap CI).")
+        st.dataframe(corr, hide_index=True)
+
+st.header("Knowledge base")
+st.dataframe(query("kb_relations"), hide_index=True)
+
+st.header("Case sets")
+st.dataframe(sets, hide_index=True)
+
+st.header("Runs")
+runs = query("list_runs")
+show = [c for c in ("run_id", "kind", "model", "editor", "status", "n_done", "n_total", "seed", "started_at",
+                    "finished_at", "code_version", "host", "error") if c in runs.columns]
+st.dataframe(runs.select(show) if not runs.is_empty() else runs, hide_index=True)

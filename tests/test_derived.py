@@ -1,0 +1,74 @@
+"""Derived tables and rank statistics: hand-made stores with known answers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from store import Store, derived
+from store.stats import rankdata, spearman, spearman_ci
+
+
+def _store(tmp_path, recall_by_quartile):
+    st = Store.open(tmp_path / "d.sqlite", create=True)
+    run = st.start_run(kind="knowledge", model="m")
+    cases, rows = [], []
+    for q, hits in recall_by_quartile.items():
+        for i, hit in enumerate(hits):
+            cid = f"c{q}-{i}"
+            cases.append({"case_id": cid, "case_set": "s", "source": "kb", "relation": "capital", "subject": f"S{q}{i}",
+                          "prompt": f"The capital of S{q}{i} is", "true_object": "A", "new_object": "B",
+                          "frequency": q + i / 10, "connection": 1, "popularity_quartile": q})
+            rows += [{"run_id": run, "case_id": cid, "rephrase_type": "plain", "metric": "recall", "value": hit},
+                     {"run_id": run, "case_id": cid, "rephrase_type": "plain", "metric": "p_true", "value": hit / 2}]
+    st.write_cases(cases, [])
+    st.write_measurements(rows)
+    st.finish_run(run)
+    return st
+
+
+def test_recall_by_quartile_counts_and_wilson_interval(tmp_path):
+    with _store(tmp_path, {1: [0, 0, 0, 1], 2: [1, 1, 0, 0], 4: [1, 1, 1, 1]}) as st:
+        df = derived.knowledge_by_quartile(st.conn, case_set="s")
+    assert df["quartile"].to_list() == [1, 2, 4]
+    assert df["n"].to_list() == [4, 4, 4]
+    assert df["recall"].to_list() == [0.25, 0.5, 1.0]
+    assert df["ci_high"][2] == pytest.approx(1.0) and df["ci_low"][2] < 1.0
+
+
+def test_correlations_see_recall_rise_with_frequency(tmp_path):
+    with _store(tmp_path, {1: [0] * 6, 2: [0, 0, 0, 1, 1, 1], 3: [1] * 6, 4: [1] * 6}) as st:
+        df = derived.knowledge_correlations(st.conn, case_set="s")
+    row = df.filter((df["feature"] == "frequency") & (df["against"] == "recall")).row(0, named=True)
+    assert row["rho"] > 0.8 and row["ci_low"] > 0.5 and row["n"] == 24
+    const = df.filter(df["feature"] == "connection").row(0, named=True)
+    assert math.isnan(const["rho"])  # a constant feature has no rank correlation
+
+
+def test_empty_store_gives_empty_frames_with_columns(tmp_path):
+    with Store.open(tmp_path / "e.sqlite", create=True) as st:
+        assert derived.knowledge_by_quartile(st.conn).columns[:3] == ["quartile", "n", "recall"]
+        assert derived.knowledge_correlations(st.conn).is_empty()
+
+
+def test_rankdata_averages_ties():
+    assert rankdata([10, 20, 20, 30]).tolist() == [1.0, 2.5, 2.5, 4.0]
+
+
+def test_spearman_known_values():
+    x = np.arange(10)
+    assert spearman(x, x**3) == pytest.approx(1.0)
+    assert spearman(x, -x) == pytest.approx(-1.0)
+    assert math.isnan(spearman([1, 2], [3, 4]))
+    with pytest.raises(ValueError, match="paired"):
+        spearman([1, 2, 3], [1, 2])
+
+
+def test_spearman_ci_is_reproducible_and_brackets_rho():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=80)
+    y = x + rng.normal(size=80)
+    a, b = spearman_ci(x, y, seed=3), spearman_ci(x, y, seed=3)
+    assert a == b and a.ci_low < a.rho < a.ci_high and a.n == 80
