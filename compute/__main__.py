@@ -1,0 +1,7 @@
+"""`python -m compute`: the EditScope command line (see compute/cli.py)."""
+
+import sys
+
+from compute.cli import main
+
+sys.exit(main())
