@@ -38,6 +38,15 @@ def gpt2(tok):
 
 
 @pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tok):
+    """A tiny Llama saved as a local Hugging Face directory, usable wherever --model takes a path."""
+    path = tmp_path_factory.mktemp("tiny-model")
+    tiny_llama(tok).model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
 def kb(cache_dir):
     from compute.kb import load_knowledge_base
 

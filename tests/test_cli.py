@@ -8,23 +8,17 @@ import pytest
 
 from compute.cli import main
 from store import Store, queries
-from tiny import tiny_llama
 
 FIX = Path(__file__).parent / "fixtures"
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory, tok, cache_dir, kb):
+def env(tmp_path_factory, tiny_model_dir, cache_dir, kb):
     """A store with the knowledge base, and a tiny model directory usable as --model."""
-    root = tmp_path_factory.mktemp("cli")
-    model_dir = root / "tiny-model"
-    lm = tiny_llama(tok)
-    lm.model.save_pretrained(model_dir)
-    tok.save_pretrained(model_dir)
-    store = root / "results.sqlite"
+    store = tmp_path_factory.mktemp("cli") / "results.sqlite"
     base = ["--store", str(store), "--cache-dir", str(cache_dir), "--quiet"]
     assert main(base + ["kb", "build"]) == 0
-    return {"base": base, "store": store, "model": str(model_dir)}
+    return {"base": base, "store": store, "model": tiny_model_dir}
 
 
 def run(env, *args):

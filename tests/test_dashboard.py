@@ -12,23 +12,17 @@ import pytest
 
 from compute.cli import main
 from dashboard import charts
-from tiny import tiny_llama
 
 APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
 
 
 @pytest.fixture(scope="module")
-def fixture_store(tmp_path_factory, tok, cache_dir, kb):
-    root = tmp_path_factory.mktemp("dash")
-    model_dir = root / "tiny-model"
-    lm = tiny_llama(tok)
-    lm.model.save_pretrained(model_dir)
-    tok.save_pretrained(model_dir)
-    store = root / "results.sqlite"
+def fixture_store(tmp_path_factory, tiny_model_dir, cache_dir, kb):
+    store = tmp_path_factory.mktemp("dash") / "results.sqlite"
     base = ["--store", str(store), "--cache-dir", str(cache_dir), "--quiet"]
     assert main(base + ["kb", "build"]) == 0
-    assert main(base + ["cases", "build", "--n", "32", "--set", "tiny32", "--model", str(model_dir)]) == 0
-    assert main(base + ["knowledge", "measure", "--set", "tiny32", "--gen-tokens", "2", "--model", str(model_dir)]) == 0
+    assert main(base + ["cases", "build", "--n", "32", "--set", "tiny32", "--model", tiny_model_dir]) == 0
+    assert main(base + ["knowledge", "measure", "--set", "tiny32", "--gen-tokens", "2", "--model", tiny_model_dir]) == 0
     return store
 
 
