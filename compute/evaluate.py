@@ -1,5 +1,8 @@
 """Per-(case, rephrase type) evaluation of a model on edit cases, batched across cases.
 
+Each probe's prompt is run once (compute.scoring.run_probes): the same pass scores the true and the new
+object and feeds the greedy generation.
+
 For every probe of the requested types the true and new objects are scored by teacher forcing
 (compute.scoring), and optionally a greedy generation of `gen_tokens` new tokens is read for the objects'
 names (alias-aware). Probe-level values are averaged within (case, rephrase type), so a case with three
@@ -24,7 +27,7 @@ from typing import Sequence
 
 from compute.cases import NEIGHBOURHOOD, EditCase
 from compute.models import LoadedModel
-from compute.scoring import fluency, generate, mentions, score_targets
+from compute.scoring import fluency, generate, mentions, run_probes
 
 DOUBT_ANSWER_TOKENS = 24
 
@@ -75,31 +78,41 @@ def evaluate_cases(
     generation: bool = True,
     neighbourhood: bool = True,
     batch_size: int = 32,
+    prefix: str = "",
 ) -> list[CaseEvaluation]:
-    """Evaluate every probe of the given types (and neighbourhood probes) of every case."""
+    """Evaluate every probe of the given types (and neighbourhood probes) of every case.
+
+    `prefix` is put before every probe text: an in-context editor's demonstrations and new fact.
+    """
     wanted = set(rephrase_types)
     jobs = []  # (case index, probe id, probe)
     for ci, case in enumerate(cases):
         for pid, probe in enumerate(case.probes):
             if probe.rephrase_type in wanted or (neighbourhood and probe.rephrase_type == NEIGHBOURHOOD):
                 jobs.append((ci, pid, probe))
-    texts = [p.text for _, _, p in jobs]
+    texts = [prefix + p.text for _, _, p in jobs]
     doubt = [k for k, (_, _, p) in enumerate(jobs) if p.needs_answer]
     if doubt:
         answers = generate(
             lm,
-            [jobs[k][2].first_turn() for k in doubt],
+            [prefix + jobs[k][2].first_turn() for k in doubt],
             max_new_tokens=DOUBT_ANSWER_TOKENS,
             batch_size=batch_size,
             stop_at_newline=True,
         )
         for k, answer in zip(doubt, answers):
-            texts[k] = jobs[k][2].filled(answer)
-    true_scores = score_targets(lm, texts, [p.target_true for _, _, p in jobs])
-    new_scores = score_targets(lm, texts, [p.target_new for _, _, p in jobs])
+            texts[k] = prefix + jobs[k][2].filled(answer)
+    pairs = [[p.target_true, p.target_new] for _, _, p in jobs]
     gen_idx = [k for k, (_, _, p) in enumerate(jobs) if generation and p.rephrase_type != NEIGHBOURHOOD]
-    gens = generate(lm, [texts[k] for k in gen_idx], max_new_tokens=gen_tokens, batch_size=batch_size)
-    gen_of = dict(zip(gen_idx, gens))
+    rest = [k for k in range(len(jobs)) if k not in set(gen_idx)]
+    outcome = {}
+    for idx, n_gen in ((gen_idx, gen_tokens), (rest, 0)):
+        if idx:
+            res = run_probes(lm, [texts[k] for k in idx], [pairs[k] for k in idx], gen_tokens=n_gen, max_batch=batch_size)
+            outcome.update(zip(idx, res))
+    true_scores = [outcome[k].scores[0] for k in range(len(jobs))]
+    new_scores = [outcome[k].scores[1] for k in range(len(jobs))]
+    gen_of = {k: outcome[k].generation for k in gen_idx}
 
     # probe-level values, then the mean within (case, type)
     sums: dict = defaultdict(lambda: defaultdict(list))

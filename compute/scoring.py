@@ -189,3 +189,128 @@ def ngram_entropy(text: str, n: int) -> float:
 def fluency(text: str) -> float:
     """Generation entropy as in ROME: (2/3)*H2 + (4/3)*H3 of the text's n-grams, in bits."""
     return (2 / 3) * ngram_entropy(text, 2) + (4 / 3) * ngram_entropy(text, 3)
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """Teacher-forced scores of each target after one prompt, and the greedy continuation (if asked)."""
+
+    scores: tuple[TargetScore, ...]
+    generation: str | None = None
+
+
+def _left_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r) :] = torch.tensor(r)
+        mask[i, width - len(r) :] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def run_probes(
+    lm: LoadedModel,
+    prompts: Sequence[str],
+    targets: Sequence[Sequence[str]],
+    *,
+    gen_tokens: int = 0,
+    stop_at_newline: bool = False,
+    max_batch: int = 32,
+    max_tokens: int = 8192,
+) -> list[ProbeResult]:
+    """Score every target after its prompt and greedily continue the prompt, with ONE prompt pass.
+
+    Each batch of prompts is run once (left-padded, KV cache kept); the greedy continuation decodes from
+    that cache, which is then cropped back to the prompt and repeated once per target so the targets'
+    later tokens are scored from it too. Scores equal `score_targets` and generations equal `generate`
+    (up to float rounding); the prompt is not recomputed three times.
+    """
+    if len(prompts) != len(targets):
+        raise ValueError(f"{len(prompts)} prompts but {len(targets)} target lists: give one list per prompt")
+    n_t = {len(t) for t in targets}
+    if len(n_t) > 1:
+        raise ValueError("every prompt needs the same number of targets")
+    n_t = n_t.pop() if n_t else 0
+    tok, model, device = lm.tokenizer, lm.model, lm.device
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    eos = tok.eos_token_id
+    p_ids = [tok(p, add_special_tokens=True).input_ids for p in prompts]
+    t_ids = [[target_ids(tok, p, t)[1] for t in ts] for p, ts in zip(prompts, targets)]
+    results: list[ProbeResult | None] = [None] * len(prompts)
+    for batch in _batches([len(p) + gen_tokens for p in p_ids], max_tokens, max_batch):
+        ids, mask = _left_pad([p_ids[i] for i in batch], pad)
+        ids, mask = ids.to(device), mask.to(device)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+        cache, first = out.past_key_values, out.logits[:, -1].float()  # first: [B, vocab]
+        width, last_pos = ids.shape[1], pos[:, -1]
+
+        gens: list[list[int]] = [[] for _ in batch]
+        if gen_tokens > 0:
+            nxt = first.argmax(-1)  # [B]
+            done = torch.zeros(len(batch), dtype=torch.bool, device=device)
+            gmask = mask
+            for step in range(gen_tokens):
+                for r in range(len(batch)):
+                    if not done[r]:
+                        gens[r].append(int(nxt[r]))
+                done |= nxt == eos if eos is not None else done
+                if step == gen_tokens - 1 or bool(done.all()):
+                    break
+                gmask = torch.cat([gmask, torch.ones_like(gmask[:, :1])], dim=1)
+                o = model(
+                    input_ids=nxt[:, None],
+                    attention_mask=gmask,
+                    position_ids=(last_pos + step + 1)[:, None],
+                    past_key_values=cache,
+                    use_cache=True,
+                )
+                cache, nxt = o.past_key_values, o.logits[:, -1].argmax(-1)
+            extra = cache.get_seq_length() - width
+            if extra > 0:
+                cache.crop(-extra)  # back to the prompt only, for target scoring (negative: tokens to drop)
+
+        # targets: first token from the prompt's last position, later tokens from the cropped cache
+        logp_first = torch.log_softmax(first, dim=-1)  # [B, vocab]
+        cont_logp = None
+        longest = max((len(t) for i in batch for t in t_ids[i]), default=0)
+        if n_t and longest > 1:
+            cache.batch_repeat_interleave(n_t)
+            rows = [t_ids[i][j][:-1] for i in batch for j in range(n_t)]  # feed all but the last token
+            width_t = max(1, max(len(r) for r in rows))
+            cont = torch.full((len(rows), width_t), pad, dtype=torch.long, device=device)
+            cmask = torch.zeros_like(cont)
+            for r, row in enumerate(rows):
+                cont[r, : len(row)] = torch.tensor(row)
+                cmask[r, : len(row)] = 1
+            base_pos = last_pos.repeat_interleave(n_t)[:, None]
+            o = model(
+                input_ids=cont,
+                attention_mask=torch.cat([mask.repeat_interleave(n_t, 0), cmask], dim=1),
+                position_ids=base_pos + 1 + torch.arange(width_t, device=device)[None],
+                past_key_values=cache,
+                use_cache=True,
+            )
+            cont_logp = torch.log_softmax(o.logits.float(), dim=-1)  # [B*n_t, width_t, vocab]
+        for r, i in enumerate(batch):
+            scores = []
+            for j, t in enumerate(t_ids[i]):
+                lp = [logp_first[r, t[0]]]
+                top = [int(first[r].argmax()) == t[0]]
+                if len(t) > 1:
+                    row = r * n_t + j
+                    for k, token in enumerate(t[1:]):
+                        lp.append(cont_logp[row, k, token])
+                        top.append(int(cont_logp[row, k].argmax()) == token)
+                rank = int((first[r] > first[r, t[0]]).sum()) + 1
+                nll = -float(torch.stack(lp).mean())
+                scores.append(TargetScore(nll=nll, rank=rank, exact_match=all(top), n_tokens=len(t)))
+            text = None
+            if gen_tokens > 0:
+                text = tok.decode(gens[r], skip_special_tokens=True)
+                if stop_at_newline:
+                    text = text.strip("\n").split("\n", 1)[0]
+            results[i] = ProbeResult(tuple(scores), text)
+    return results  # type: ignore[return-value]

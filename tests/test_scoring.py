@@ -75,3 +75,28 @@ def test_fluency_is_lower_for_repetitive_text():
     repeated = "the the the the the the the the the the the the the the the the"
     assert fluency(repeated) < fluency(varied)
     assert ngram_entropy("", 2) == 0.0
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_one_pass_probes_equal_separate_scoring_and_generation(arch, llama, gpt2):
+    from compute.scoring import run_probes
+
+    lm = llama if arch == "llama" else gpt2
+    prompts = ["The capital of France is", "What", "a b c d e f g h i j the", "Fill in the blank: ____. Answer:"]
+    targets = [["Paris", "Rome Berlin"], ["is the symbol", "x"], ["Tokyo", "the capital"], ["Japan", "euro"]]
+    got = run_probes(lm, prompts, targets, gen_tokens=6)
+    gens = generate(lm, prompts, max_new_tokens=6)
+    for p, ts, res, gen in zip(prompts, targets, got, gens):
+        for want, have in zip(score_targets(lm, [p] * len(ts), ts), res.scores):
+            assert have.nll == pytest.approx(want.nll, abs=1e-5)
+            assert (have.rank, have.exact_match, have.n_tokens) == (want.rank, want.exact_match, want.n_tokens)
+        assert res.generation == gen
+
+
+def test_one_pass_probes_need_one_target_list_per_prompt(llama):
+    from compute.scoring import run_probes
+
+    with pytest.raises(ValueError, match="one list per prompt"):
+        run_probes(llama, ["a", "b"], [["x", "y"]])
+    with pytest.raises(ValueError, match="same number of targets"):
+        run_probes(llama, ["a", "b"], [["x", "y"], ["z"]])
