@@ -249,8 +249,10 @@ class CaseBuilder:
             pool = [(f, q) for (rel, q), facts in sorted(cells.items()) for f in facts]
             stable_rng(seed, "unbalanced").shuffle(pool)
             return sorted(pool[:n], key=lambda x: (x[0].relation, x[0].subject))
-        # round-robin over cells: every (relation, quartile) gives one fact per round until n are drawn
-        keys = sorted(cells)
+        # round-robin over cells: every (relation, quartile) gives one fact per round until n are drawn; the
+        # order staggers quartiles across relations so that a small n still mixes relations and quartiles
+        rel_index = {rel: i for i, rel in enumerate(relations)}
+        keys = sorted(cells, key=lambda k: (((k[1] - 1 - rel_index[k[0]]) % 4) * len(relations) + rel_index[k[0]]))
         taken: list[tuple[object, int]] = []
         pos = {k: 0 for k in keys}
         while len(taken) < n:
@@ -462,10 +464,33 @@ class CaseBuilder:
             cases.append(self.case(fact, seed, case_set, quartile))
         return cases
 
-    def case(self, fact, seed: int, case_set: str, quartile: int | None = None) -> EditCase:
-        """One case for one fact."""
-        new = self.new_object(fact, seed)
-        subj = self.kb.subjects[fact.subject]
+    def custom_case(
+        self, subject: str, relation: str, new_object: str, true_object: str | None = None, case_set: str = "demo"
+    ) -> EditCase:
+        """A case for a user's edit request: the relation gives the templates; the subject may be new to the
+        knowledge base, in which case `true_object` must be given."""
+        from compute.kb import Fact
+
+        rel = self.relation(relation)  # unknown relation -> ValueError listing the known ones
+        known = [f for f in self.kb.facts_of(subject) if f.relation == relation]
+        if true_object is None:
+            if not known:
+                raise ValueError(
+                    f"{subject!r} has no {relation} fact in the knowledge base: give its true object as well"
+                )
+            fact = known[0]
+        else:
+            fact = next((f for f in known if f.object.lower() == true_object.lower()), None)
+            fact = fact or Fact(relation, subject, true_object, tuple(self.kb.aliases_of(true_object)), 0)
+        validate_request(subject, rel.prompt.format(subject=subject), new_object, fact.object)
+        return self.case(fact, 0, case_set, None, new_object=new_object)
+
+    def case(
+        self, fact, seed: int, case_set: str, quartile: int | None = None, new_object: str | None = None
+    ) -> EditCase:
+        """One case for one fact (the new object drawn from the seed unless given)."""
+        new = new_object or self.new_object(fact, seed)
+        subj = self.kb.subjects.get(fact.subject)  # None for a subject new to the knowledge base
         digest = hashlib.sha256(f"{case_set}\x1f{fact.relation}\x1f{fact.subject}".encode()).hexdigest()[:8]
         return EditCase(
             case_id=f"{fact.relation}:{fact.subject}:{digest}",
@@ -479,10 +504,10 @@ class CaseBuilder:
             new_object=new,
             new_aliases=tuple(self.kb.aliases_of(new)),
             features={
-                "frequency": subj.frequency,
-                "connection": subj.connection,
-                "cooccurrence": fact.cooccurrence,
-                "population": subj.population,
+                "frequency": subj.frequency if subj else None,
+                "connection": subj.connection if subj else None,
+                "cooccurrence": fact.cooccurrence if subj else None,
+                "population": subj.population if subj else None,
             },
             quartile=quartile,
             seed=seed,

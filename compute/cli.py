@@ -96,6 +96,12 @@ def cmd_cases_build(args) -> None:
     relations = args.relations.split(",") if args.relations else None
     name = args.set or _default_set_name(args)
     cases = builder.build(args.n, seed=args.seed, relations=relations, case_set=name, balanced=not args.unbalanced)
+    with _open_store(args, create=True) as st:
+        from store import queries
+
+        stored = set(queries.cases(st.conn, case_set=name)["case_id"])
+    if stored and stored != {c.case_id for c in cases}:
+        raise ValueError(f"case set {name!r} already exists with other cases: choose another --set name")
     _write_cases(args, cases)
     _out(f"case set {name}: {len(cases)} cases, {sum(len(c.probes) for c in cases)} probes")
 
@@ -157,6 +163,24 @@ def load_case_set(st: Store, case_set: str, limit: int | None = None):
     return [case_from_rows(r, by_case.get(r["case_id"], [])) for r in rows]
 
 
+def find_run(st: Store, kind: str, model: str, editor: str | None = None, hparams: dict | None = None, **config):
+    """The newest run of this kind/model/editor whose config has these values (and these hyperparameters),
+    as a dict, or None: re-running a command resumes or skips it instead of starting over."""
+    import json
+
+    from store import queries
+
+    for run in queries.list_runs(st.conn, kind=kind).iter_rows(named=True):
+        if run["model"] != model or (editor is not None and run["editor"] != editor):
+            continue
+        if hparams is not None and json.loads(run["hparams"] or "null") != json.loads(json.dumps(hparams)):
+            continue
+        cfg = json.loads(run["config"] or "{}")
+        if all(cfg.get(k) == v for k, v in config.items()):
+            return run
+    return None
+
+
 # ---- knowledge ------------------------------------------------------------------------------------------
 
 
@@ -172,10 +196,22 @@ def cmd_knowledge_measure(args) -> None:
         st.mark_stale_runs()
         cases = load_case_set(st, args.set, args.limit)
         lm = _load_model(args)
-        run_id = measure_knowledge(
-            lm, cases, st, rephrase_types=types, gen_tokens=args.gen_tokens, run_id=args.resume,
-            case_set=args.set, progress=not args.quiet,
-        )
+        run_id = args.resume
+        if run_id is None and not args.again:
+            old = find_run(st, "knowledge", lm.name, case_set=args.set, rephrase_types=types,
+                           gen_tokens=args.gen_tokens, n_cases=len(cases))
+            if old and old["status"] == "done":
+                _out(f"run {old['run_id']} already measured this (use --again for a new run)")
+                run_id = old["run_id"]
+            elif old:
+                _out(f"resuming run {old['run_id']} ({old['n_done'] or 0}/{old['n_total']} cases stored)")
+                run_id = measure_knowledge(lm, cases, st, rephrase_types=types, gen_tokens=args.gen_tokens,
+                                           run_id=old["run_id"], case_set=args.set, progress=not args.quiet)
+        if run_id is None or args.resume:
+            run_id = measure_knowledge(
+                lm, cases, st, rephrase_types=types, gen_tokens=args.gen_tokens, run_id=args.resume,
+                case_set=args.set, progress=not args.quiet,
+            )
     _out(f"run {run_id}: pre-edit knowledge of {len(cases)} cases stored")
     args.run = run_id
     cmd_knowledge_show(args)
@@ -193,6 +229,157 @@ def cmd_knowledge_show(args) -> None:
         corr = derived.knowledge_correlations(st.conn, case_set=args.set, run_id=args.run)
         _out("Spearman rank correlation with pre-edit knowledge (95% bootstrap CI; nan = feature constant):")
         _table(corr)
+
+
+# ---- editing: robustness runs, sweeps, one-fact demo -----------------------------------------------------
+
+
+def _editor_setup(args, lm, editor: str):
+    """(hyperparameters, EditContext) for an editor on the loaded model; --hparams FILE overrides the shipped file."""
+    import json
+
+    from compute.covariance import covariance_provider
+    from compute.editors import EditContext, get_editor, load_hparams
+    from compute.editors.base import parse_hparams
+    from compute.models import default_cache_dir
+
+    ed = get_editor(editor)
+    if getattr(args, "hparams", None):
+        hp = parse_hparams(ed.hparams, json.loads(Path(args.hparams).read_text()), where=str(args.hparams))
+    else:
+        hp = load_hparams(ed.name, lm.name)
+    cache = args.cache_dir or default_cache_dir()
+    n_tokens = getattr(hp, "cov_n_tokens", 0)
+    ctx = EditContext(cache_dir=cache, seed=args.seed, cov_samples=n_tokens,
+                      covariance=covariance_provider(lm, cache, n_tokens) if n_tokens else None)
+    return ed, hp, ctx
+
+
+def _case_set_for(args, st, lm, kb=None) -> str:
+    """The case set named by --set, or the balanced set of --cases N (built when missing)."""
+    from store import queries
+
+    name = args.set or f"{Path(args.model).name}-n{args.cases}-s{args.seed}"
+    if queries.cases(st.conn, case_set=name).is_empty():
+        if args.set:
+            raise ValueError(f"no case set {name!r} in {st.path}: build one with `python -m compute cases build`")
+        from compute.cases import CaseBuilder
+
+        builder = CaseBuilder(kb or _load_kb(args), lm.tokenizer, _paragraphs(args))
+        cases = builder.build(args.cases, seed=args.seed, case_set=name)
+        rows, probes = zip(*(c.to_rows() for c in cases))
+        st.write_cases(list(rows), [p for ps in probes for p in ps])
+        _out(f"built case set {name}: {len(cases)} cases")
+    return name
+
+
+def _baseline(args, st, lm, cases, name: str) -> str | None:
+    """A finished all-types knowledge run of the case set (the edit-count-0 numbers), run first if missing."""
+    from compute.knowledge import measure_knowledge
+    from store.metrics import REPHRASE_TYPES
+
+    old = find_run(st, "knowledge", lm.name, case_set=name, rephrase_types=list(REPHRASE_TYPES),
+                   gen_tokens=args.gen_tokens, n_cases=len(cases))
+    if old and old["status"] == "done":
+        return old["run_id"]
+    if args.no_baseline:
+        return None
+    _out(f"measuring the unedited model on every rephrase type of {name} first (the baseline)")
+    return measure_knowledge(lm, cases, st, rephrase_types=REPHRASE_TYPES, gen_tokens=args.gen_tokens,
+                             run_id=old["run_id"] if old else None, case_set=name, progress=not args.quiet)
+
+
+def cmd_run_robustness(args) -> None:
+    from compute.experiments.robustness import run_robustness
+    from store import derived
+
+    with _open_store(args) as st:
+        st.mark_stale_runs()
+        lm = _load_model(args)
+        ed, hp, ctx = _editor_setup(args, lm, args.editor)
+        name = _case_set_for(args, st, lm)
+        cases = load_case_set(st, name, args.limit)
+        baseline = _baseline(args, st, lm, cases, name)
+        from compute.editors.base import hparams_dict
+
+        run_id = args.resume
+        old = None if run_id else find_run(st, "robustness", lm.name, ed.name, hparams_dict(hp), case_set=name,
+                                           n_cases=len(cases), gen_tokens=args.gen_tokens)
+        if old and old["status"] == "done" and not args.again:
+            _out(f"run {old['run_id']} already holds this experiment (use --again for a new run)")
+            run_id = old["run_id"]
+        else:
+            if old and not args.again:
+                run_id = old["run_id"]
+                _out(f"resuming run {run_id} ({old['n_done'] or 0}/{old['n_total']} edits stored)")
+            run_id = run_robustness(lm, cases, st, editor=ed.name, hp=hp, ctx=ctx, gen_tokens=args.gen_tokens,
+                                    case_set=name, baseline_run=baseline, run_id=run_id, progress=not args.quiet)
+        _out(f"run {run_id}: {ed.name} on {len(cases)} cases of {name}")
+        summary = derived.robustness_summary(st.conn, run_ids=run_id, metrics=("acc", "rev"))
+        _table(summary.drop("run_id"), max_rows=40)
+
+
+def cmd_run_sweep(args) -> None:
+    from compute.experiments.sweep import run_sweep
+    from store import derived
+
+    values = [int(v) for v in args.values.split(",")] if args.field == "layer" else \
+        [[int(x) for x in v.split("-")] for v in args.values.split(",")]
+    with _open_store(args) as st:
+        st.mark_stale_runs()
+        lm = _load_model(args)
+        ed, hp, ctx = _editor_setup(args, lm, args.editor)
+        name = _case_set_for(args, st, lm)
+        cases = load_case_set(st, name, args.limit)
+        sweep = args.sweep or f"{ed.name}-{args.field}-{name}"
+        run_sweep(lm, cases, st, editor=ed.name, base_hp=hp, field=args.field, values=values, ctx=ctx,
+                  sweep=sweep, case_set=name, progress=not args.quiet)
+        _out(f"sweep {sweep}:")
+        _table(derived.sweep_summary(st.conn, sweep).drop("sweep", "run_id"))
+
+
+def cmd_edit(args) -> None:
+    from compute.cases import CaseBuilder
+    from compute.editors import EditRequest, apply_edit, undo
+    from compute.editors.base import hparams_dict
+    from compute.evaluate import evaluate_cases
+    from compute.experiments.robustness import edit_rows
+    from compute.provenance import provenance
+    from store.metrics import REPHRASE_TYPES
+
+    lm = _load_model(args)
+    ed, hp, ctx = _editor_setup(args, lm, args.editor)
+    builder = CaseBuilder(_load_kb(args), lm.tokenizer, _paragraphs(args))
+    case = builder.custom_case(args.subject, args.relation, args.new, args.true)
+    _out(f"edit: {case.prompt} {case.true_object} -> {case.new_object}   ({ed.name}, {lm.name})")
+    pre = evaluate_cases(lm, [case], REPHRASE_TYPES, gen_tokens=args.gen_tokens)[0]
+    result = apply_edit(lm, [EditRequest.from_case(case)], ed.name, hp, ctx)
+    try:
+        post = evaluate_cases(lm, [case], REPHRASE_TYPES, gen_tokens=args.gen_tokens, prefix=result.prefix)[0]
+    finally:
+        undo(lm, result)
+    gens_pre = {r: t for _, r, t in pre.generations}
+    gens_post = {r: t for _, r, t in post.generations}
+    for rtype in REPHRASE_TYPES:
+        a, b = pre.values[rtype], post.values[rtype]
+        _out(f"\n[{rtype}]  P(new) {a['p_new']:.3f} -> {b['p_new']:.3f}   P(true) {a['p_true']:.3f} -> {b['p_true']:.3f}"
+             f"   acc {a['acc']:.0f} -> {b['acc']:.2f}   rev {a['rev']:.2f} -> {b['rev']:.2f}")
+        _out(f"  before: {gens_pre.get(rtype, '')!r}")
+        _out(f"  after:  {gens_post.get(rtype, '')!r}")
+    ns = post.values.get("neighbourhood", {}).get("ns")
+    _out(f"\nneighbourhood score after the edit: {ns:.2f}   edit took {result.info.get('seconds', 0):.1f} s")
+    if args.no_save:
+        return
+    with _open_store(args, create=True) as st:
+        row, probes = case.to_rows()
+        st.write_cases([row], probes)
+        run_id = st.start_run(kind="demo", model=lm.name, editor=ed.name, hparams=hparams_dict(hp), seed=args.seed,
+                              config={"case_id": case.case_id, "gen_tokens": args.gen_tokens},
+                              provenance=provenance(str(lm.device)), n_total=1)
+        st.write_measurements(pre.rows(run_id, 0) + post.rows(run_id, 1) + edit_rows(run_id, case.case_id, result.info))
+        st.write_generations(pre.generation_rows(run_id, 0, "pre") + post.generation_rows(run_id, 1, "post"))
+        st.finish_run(run_id, status="done", timings={"edit_seconds": result.info.get("seconds")})
+    _out(f"saved as run {run_id}")
 
 
 # ---- runs, store, model -----------------------------------------------------------------------------------
@@ -247,7 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
     from compute.models import DEFAULT_MODEL
 
     p = argparse.ArgumentParser(prog="python -m compute", description="EditScope compute side: knowledge "
-                                "base, edit cases, pre-edit knowledge and runs, written to one SQLite store.")
+                                "base, edit cases, pre-edit knowledge, editors and experiments, written to one "
+                                "SQLite store.")
     p.add_argument("--store", type=Path, default=None, help="store file (default: $EDITSCOPE_STORE or store/results.sqlite)")
     p.add_argument("--cache-dir", type=Path, default=None, help="cache folder (default: $EDITSCOPE_CACHE or ~/.cache/editscope)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -295,13 +483,51 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--types", default="plain", help="rephrase types: comma-separated, or 'all' (default: plain)")
     q.add_argument("--gen-tokens", type=int, default=30, help="greedy tokens generated per probe")
     q.add_argument("--limit", type=int, help="only the first N cases")
-    q.add_argument("--resume", metavar="RUN_ID", help="continue an interrupted run")
+    q.add_argument("--resume", metavar="RUN_ID", help="continue this interrupted run (default: the matching one)")
+    q.add_argument("--again", action="store_true", help="start a new run even if a matching one exists")
     model_args(q)
     q.set_defaults(func=cmd_knowledge_measure)
     q = kn.add_parser("show", help="recall by popularity quartile and Spearman correlations")
     q.add_argument("--set")
     q.add_argument("--run", help="knowledge run id (default: the newest)")
     q.set_defaults(func=cmd_knowledge_show)
+
+    def edit_args(q, cases_default=240):
+        q.add_argument("--editor", required=True, help="ROME, MEMIT, FT-L or IKE")
+        q.add_argument("--set", help="case set name (default: the balanced set of --cases, built if missing)")
+        q.add_argument("--cases", type=int, default=cases_default, help="number of cases when --set is not given")
+        q.add_argument("--seed", type=int, default=0)
+        q.add_argument("--limit", type=int, help="only the first N cases of the set")
+        q.add_argument("--hparams", type=Path, help="hyperparameter JSON file (default: the shipped one for the model)")
+        q.add_argument("--gen-tokens", type=int, default=30)
+        model_args(q)
+
+    ex = sub.add_parser("run", help="run an experiment (resumable)").add_subparsers(dest="sub", required=True)
+    q = ex.add_parser("robustness", help="study A: single edits, undone before the next, in all 16 rephrase types")
+    edit_args(q)
+    q.add_argument("--resume", metavar="RUN_ID", help="continue this interrupted run (default: the matching one)")
+    q.add_argument("--again", action="store_true", help="start a new run even if a matching one exists")
+    q.add_argument("--no-baseline", action="store_true", help="skip the unedited all-types knowledge run")
+    q.set_defaults(func=cmd_run_robustness)
+    q = ex.add_parser("sweep", help="choose an editor's layer(s): ES/PS/NS for each candidate value")
+    edit_args(q, cases_default=30)
+    q.add_argument("--field", default="layer", choices=["layer", "layers"])
+    q.add_argument("--values", required=True, help="e.g. 1,3,5,9 for layer, or 2-3-4,4-5-6 for layers")
+    q.add_argument("--sweep", help="sweep id (default: EDITOR-FIELD-SET)")
+    q.set_defaults(func=cmd_run_sweep)
+
+    q = sub.add_parser("edit", help="one-fact demo: edit, print pre/post generations in every rephrase type")
+    q.add_argument("--subject", required=True)
+    q.add_argument("--relation", required=True, help="a knowledge-base relation, e.g. capital (see `kb show`)")
+    q.add_argument("--new", required=True, help="the new object")
+    q.add_argument("--true", help="the true object, when the subject is not in the knowledge base")
+    q.add_argument("--editor", default="ROME")
+    q.add_argument("--hparams", type=Path)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--gen-tokens", type=int, default=30)
+    q.add_argument("--no-save", action="store_true", help="do not save the demo as a run in the store")
+    model_args(q)
+    q.set_defaults(func=cmd_edit)
 
     rn = sub.add_parser("runs", help="runs in the store").add_subparsers(dest="sub", required=True)
     q = rn.add_parser("list", help="runs with status and provenance")
@@ -322,6 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from compute.editors import EditorError
     from compute.formats import FormatError
     from compute.models import ModelError
 
@@ -335,7 +562,7 @@ def main(argv=None) -> int:
         print("interrupted: partial results are stored; resume the run with --resume RUN_ID "
               "(`python -m compute runs list` shows it)", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (StoreError, ModelError, FormatError, ValueError, FileNotFoundError) as exc:
+    except (StoreError, ModelError, FormatError, EditorError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     return 0

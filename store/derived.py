@@ -74,3 +74,120 @@ def knowledge_correlations(
     schema = {"feature": pl.String, "against": pl.String, "rho": pl.Float64, "ci_low": pl.Float64,
               "ci_high": pl.Float64, "n": pl.Int64}
     return pl.DataFrame(rows, schema=schema)
+
+
+def _mean_ci(values: list[float]) -> tuple[float, float]:
+    """Wilson CI where every value is 0 or 1 (a share), else a percentile bootstrap CI of the mean."""
+    from .stats import bootstrap_mean_ci
+
+    if values and all(v in (0.0, 1.0) for v in values):
+        return wilson_ci(int(sum(values)), len(values))
+    return bootstrap_mean_ci(values)
+
+
+def _runs(conn: sqlite3.Connection, kind: str, run_ids) -> pl.DataFrame:
+    runs = queries.list_runs(conn, kind=kind)
+    if run_ids is not None:
+        ids = [run_ids] if isinstance(run_ids, str) else list(run_ids)
+        runs = runs.filter(pl.col("run_id").is_in(ids))
+    return runs
+
+
+def robustness_summary(
+    conn: sqlite3.Connection,
+    run_ids=None,
+    metrics=("acc", "rev", "es"),
+    by: str | None = None,
+    edit_count: int = 1,
+) -> pl.DataFrame:
+    """Per robustness run (editor) x rephrase type x metric [x relation or popularity quartile]: the mean
+    over cases with n and a 95% CI, and the drop from the plain prompt (mean - mean on `plain`)."""
+    if by not in (None, "relation", "popularity_quartile"):
+        raise ValueError(f"by must be None, 'relation' or 'popularity_quartile', not {by!r}")
+    runs = _runs(conn, "robustness", run_ids)
+    cols = ["run_id", "editor", "rephrase_type", "metric", *([by] if by else []), "n", "mean", "ci_low",
+            "ci_high", "drop_from_plain"]
+    if runs.is_empty():
+        return pl.DataFrame(schema={c: (pl.Float64 if c in ("mean", "ci_low", "ci_high", "drop_from_plain")
+                                        else pl.Int64 if c in ("n", "popularity_quartile") else pl.String)
+                                    for c in cols})
+    m = queries.measurements(conn, run_ids=runs["run_id"].to_list(), metrics=list(metrics), edit_count=edit_count)
+    m = m.join(runs.select("run_id", "editor"), on="run_id")
+    if by:
+        m = m.join(queries.cases(conn).select("case_id", by), on="case_id", how="left")
+    keys = ["run_id", "editor", "rephrase_type", "metric", *([by] if by else [])]
+    rows = []
+    for key, part in m.group_by(keys):
+        values = part["value"].drop_nulls().to_list()
+        lo, hi = _mean_ci(values)
+        rows.append({**dict(zip(keys, key)), "n": len(values),
+                     "mean": sum(values) / len(values) if values else None, "ci_low": lo, "ci_high": hi})
+    out = pl.DataFrame(rows)
+    plain_keys = [k for k in keys if k != "rephrase_type"]
+    plain = out.filter(pl.col("rephrase_type") == "plain").select(*plain_keys, pl.col("mean").alias("plain_mean"))
+    return (
+        out.join(plain, on=plain_keys, how="left")
+        .with_columns((pl.col("mean") - pl.col("plain_mean")).alias("drop_from_plain"))
+        .select(cols)
+        .sort(keys)
+    )
+
+
+def robustness_correlations(
+    conn: sqlite3.Connection,
+    run_ids=None,
+    metrics=("acc", "rev"),
+    features=POPULARITY_FEATURES,
+    n_boot: int = 1000,
+) -> pl.DataFrame:
+    """Spearman rho (bootstrap 95% CI) of each popularity feature against post-edit acc and rev, per
+    robustness run (editor) and rephrase type."""
+    runs = _runs(conn, "robustness", run_ids)
+    schema = {"run_id": pl.String, "editor": pl.String, "rephrase_type": pl.String, "metric": pl.String,
+              "feature": pl.String, "rho": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64, "n": pl.Int64}
+    if runs.is_empty():
+        return pl.DataFrame(schema=schema)
+    m = (
+        queries.measurements(conn, run_ids=runs["run_id"].to_list(), metrics=list(metrics), edit_count=1)
+        .join(runs.select("run_id", "editor"), on="run_id")
+        .join(queries.cases(conn).select("case_id", *features), on="case_id", how="left")
+    )
+    rows = []
+    for (run_id, editor, rtype, metric), part in m.group_by(["run_id", "editor", "rephrase_type", "metric"]):
+        for feature in features:
+            sub = part.filter(pl.col(feature).is_not_null() & pl.col("value").is_not_null())
+            if sub.height < 3:
+                continue
+            c = spearman_ci(sub[feature].to_numpy(), sub["value"].to_numpy(), n_boot=n_boot, seed=0)
+            rows.append({"run_id": run_id, "editor": editor, "rephrase_type": rtype, "metric": metric,
+                         "feature": feature, "rho": c.rho, "ci_low": c.ci_low, "ci_high": c.ci_high, "n": c.n})
+    return pl.DataFrame(rows, schema=schema).sort(["editor", "metric", "feature", "rephrase_type"])
+
+
+def sweep_summary(conn: sqlite3.Connection, sweep: str | None = None) -> pl.DataFrame:
+    """One row per sweep run: the swept value, ES (plain), PS (paraphrase), NS (neighbourhood) with 95% CIs,
+    their harmonic mean S, and the mean edit time."""
+    import json
+
+    runs = queries.list_runs(conn, kind="sweep")
+    rows = []
+    for run in runs.iter_rows(named=True):
+        cfg = json.loads(run["config"] or "{}")
+        if sweep is not None and cfg.get("sweep") != sweep:
+            continue
+        m = queries.measurements(conn, run_ids=run["run_id"], edit_count=1)
+        row = {"sweep": cfg.get("sweep"), "run_id": run["run_id"], "editor": run["editor"],
+               "field": cfg.get("field"), "value": json.dumps(cfg.get("value")), "status": run["status"]}
+        scores = {}
+        for name, rtype, metric in (("ES", "plain", "es"), ("PS", "paraphrase", "es"), ("NS", "neighbourhood", "ns")):
+            vals = m.filter((pl.col("rephrase_type") == rtype) & (pl.col("metric") == metric))["value"].to_list()
+            lo, hi = _mean_ci(vals) if vals else (None, None)
+            scores[name] = sum(vals) / len(vals) if vals else None
+            row.update({name: scores[name], f"{name}_ci_low": lo, f"{name}_ci_high": hi})
+            row["n"] = len(vals) if name == "ES" else row.get("n")
+        s = [v for v in scores.values() if v is not None]
+        row["S"] = (len(s) / sum(1 / v for v in s)) if len(s) == 3 and all(v > 0 for v in s) else 0.0
+        secs = m.filter(pl.col("metric") == "edit_seconds")["value"]
+        row["edit_seconds"] = secs.mean() if secs.len() else None
+        rows.append(row)
+    return pl.DataFrame(rows) if rows else pl.DataFrame(schema={"sweep": pl.String, "value": pl.String, "S": pl.Float64})

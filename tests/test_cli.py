@@ -90,3 +90,15 @@ def test_unknown_rephrase_type_and_case_set_are_refused(env, capsys):
     assert "unknown rephrase type" in capsys.readouterr().err
     assert run(env, "knowledge", "measure", "--set", "nope", "--model", env["model"]) == 2
     assert "no case set 'nope'" in capsys.readouterr().err
+
+
+def test_rerunning_a_measurement_skips_it_and_a_clashing_case_set_is_refused(env, capsys):
+    assert run(env, "cases", "build", "--n", "8", "--set", "t8", "--model", env["model"]) == 0
+    assert run(env, "cases", "build", "--n", "8", "--set", "t8", "--model", env["model"]) == 0  # same cases: fine
+    assert run(env, "cases", "build", "--n", "8", "--seed", "5", "--set", "t8", "--model", env["model"]) == 2
+    assert "already exists with other cases" in capsys.readouterr().err
+    args = ["knowledge", "measure", "--set", "t8", "--gen-tokens", "2", "--model", env["model"]]
+    assert run(env, *args) == 0
+    capsys.readouterr()
+    assert run(env, *args) == 0
+    assert "already measured" in capsys.readouterr().out
