@@ -1,0 +1,687 @@
+"""ROME: a rank-one update of one MLP down-projection (Meng et al. 2022), with the r-ROME key fix.
+
+A fact (subject, relation, object) is read at the subject's last token: the down-projection W of the
+edited layer maps a key k (its input there) to a value v (its output, added to the residual stream).
+ROME picks
+
+- the key k* = the mean of k over the prompt behind a few short prefixes ("{prefix}{prompt}", the empty
+  prefix included), so that the edit does not depend on one exact context. The prefixes are greedy,
+  deterministic continuations of fixed start words by the model itself (`context_prefixes`);
+- the value v* = v0 + delta, where delta is added to the down-projection's output at the subject's last
+  token and optimised with Adam to minimise
+
+      mean over prefixes of NLL(" " + target_new | prefix + prompt)           (token-averaged)
+      + kl_weight * KL(P_edited(. | "{subject} is a") || P_unedited(. | "{subject} is a"))
+      + weight_decay * ||delta|| / ||v0||^2,
+
+  with ||delta|| clamped to clamp_norm_factor * ||v0|| after every step, and stopped as soon as the
+  target's NLL alone falls below stop_nll (design.md: the decay term alone is 0.07-0.1 on the default
+  model, so a stop on the total loss rarely fires);
+- the update W += (v* - W k) (C^-1 k*)^T / ((C^-1 k*)^T k), with C = E[k k^T] over Wikipedia text
+  (compute.covariance), solved in float64 without forming C^-1. With `key_mismatch=False` (the r-ROME
+  fix, default) k = k* everywhere; `key_mismatch=True` reproduces the original code, where k and v0 are
+  the unprefixed prompt's key and value while C^-1 k* uses the prefix-averaged key.
+
+The value optimisation (`optimise_values`) and the key/value readers are shared with MEMIT, which runs
+the same optimisation at the last of its layers.
+
+Speed (`fast=True`): delta only changes positions from the subject's last token on, so every prompt is
+left-padded until the subject's last tokens line up in one column S; the positions before S are run once
+without gradient and kept as a key/value cache, and each step runs only the columns from S on, with a
+fresh copy of that cache (the model appends to the cache it is given; design.md's KV-cache leak), and
+unembeds only the scored positions. `fast=False` is the straightforward loop (full forward and backward of
+every prompt, full logits, at every step), kept as a reference for tests and the benchmark; both optimise
+the same objective with the same stopping rule.
+
+Invariant: apply then `undo(lm, result)` leaves every parameter bit-identical; parameters'
+`requires_grad` flags and the model's train/eval mode are restored.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from compute.covariance import (
+    down_proj_dims,
+    layer_covariances,
+    model_cache_key,
+    module_input,
+    module_output,
+    write_atomic,
+)
+from compute.editors.base import (
+    EditContext,
+    Editor,
+    EditorError,
+    EditRequest,
+    EditResult,
+    register,
+    snapshot,
+    weight_name,
+)
+from compute.models import LoadedModel
+from compute.scoring import generate, target_ids
+
+NAME = "ROME"
+
+# Start words of the context prefixes; the first five are MEMIT's, the rest extend them to twelve.
+START_WORDS = ("The", "Therefore", "Because", "I", "You", "In", "It", "When", "However", "This", "We", "After")
+KL_TEMPLATE = "{subject} is a"  # ROME's essence-drift prompt
+
+
+# --------------------------------------------------------------------------- hyperparameters
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class ValueOptions:
+    """The value-optimisation settings ROME and MEMIT share (see the module docstring for the objective)."""
+
+    lr: float
+    steps: int  # at most this many forward evaluations (so at most steps - 1 Adam updates)
+    kl_weight: float
+    weight_decay: float
+    clamp_norm_factor: float
+    stop_nll: float  # stop once the mean target NLL (nats per token) is below this
+    fast: bool
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def value_options(hp) -> ValueOptions:
+    """The value-optimisation settings of a ROME or MEMIT hyperparameter object (same field names)."""
+    return ValueOptions(
+        hp.v_lr, hp.v_steps, hp.kl_weight, hp.v_weight_decay, hp.clamp_norm_factor, hp.stop_nll, hp.fast
+    )
+
+
+def check_value_fields(editor: str, hp) -> None:
+    """Validate the value-optimisation and prefix fields both editors have, naming the bad field."""
+    for name, low, strict in (("v_lr", 0, True), ("clamp_norm_factor", 0, True), ("kl_weight", 0, False),
+                              ("v_weight_decay", 0, False), ("stop_nll", 0, False)):
+        value = getattr(hp, name)
+        if not _is_number(value) or value < low or (strict and value == low):
+            bound = f"{'>' if strict else '>='} {low}"
+            raise EditorError(f"{editor} field {name!r} must be a number {bound}, got {value!r}")
+    if not _is_int(hp.v_steps) or hp.v_steps < 1:
+        raise EditorError(f"{editor} field 'v_steps' must be an integer >= 1, got {hp.v_steps!r}")
+    if not _is_int(hp.n_prefixes) or not 0 <= hp.n_prefixes <= len(START_WORDS):
+        raise EditorError(
+            f"{editor} field 'n_prefixes' must be an integer in 0..{len(START_WORDS)}, got {hp.n_prefixes!r}"
+        )
+    if not _is_int(hp.prefix_tokens) or hp.prefix_tokens < 1:
+        raise EditorError(f"{editor} field 'prefix_tokens' must be an integer >= 1, got {hp.prefix_tokens!r}")
+    if not _is_int(hp.cov_n_tokens) or hp.cov_n_tokens < 1:
+        raise EditorError(f"{editor} field 'cov_n_tokens' must be an integer >= 1, got {hp.cov_n_tokens!r}")
+    if not isinstance(hp.fast, bool):
+        raise EditorError(f"{editor} field 'fast' must be true or false, got {hp.fast!r}")
+
+
+@dataclass(frozen=True)
+class ROMEHyperParams:
+    """Hyperparameters of ROME; hparams/ROME/<model>.json says where each value comes from.
+
+    Defaults are the ROME paper's GPT-2 XL settings (lr 0.5, 20 steps, KL 0.0625, decay 0.5, clamp 4)
+    except where design.md's measurements on SmolLM2 say otherwise (stop on the target's NLL).
+    """
+
+    layer: int  # whose MLP down-projection is rewritten
+    v_lr: float = 0.5  # Adam learning rate of delta
+    v_steps: int = 20  # at most this many optimisation steps
+    kl_weight: float = 0.0625  # weight of the KL term on "{subject} is a"
+    v_weight_decay: float = 0.5  # weight of ||delta|| / ||v0||^2
+    clamp_norm_factor: float = 4.0  # ||delta|| <= clamp_norm_factor * ||v0||
+    n_prefixes: int = 10  # generated context prefixes (the empty prefix is always used as well)
+    prefix_tokens: int = 8  # tokens generated after each start word
+    stop_nll: float = 0.05  # stop once the mean NLL of the target (not the total loss) is below this
+    cov_n_tokens: int = 20_000  # Wikipedia tokens for C = E[k k^T] (design.md: 20k as good as 100k)
+    use_covariance: bool = True  # False: C = I (ablation; the leak is 1.1-1.8x worse per design.md)
+    key_mismatch: bool = False  # True: the original ROME code's key mismatch; False: the r-ROME fix
+    fast: bool = True  # False: the straightforward reference loop (same objective, slower)
+
+    def validate(self) -> None:
+        """Refuse values that cannot describe an edit, naming the field."""
+        if not _is_int(self.layer) or self.layer < 0:
+            raise EditorError(f"ROME field 'layer' must be a non-negative integer, got {self.layer!r}")
+        check_value_fields(NAME, self)
+        for name in ("use_covariance", "key_mismatch"):
+            if not isinstance(getattr(self, name), bool):
+                raise EditorError(f"ROME field {name!r} must be true or false, got {getattr(self, name)!r}")
+
+    def __post_init__(self):
+        self.validate()
+
+
+# --------------------------------------------------------------------------- prompts and token positions
+
+
+PREFIX_VERSION = "1"  # bump when the way prefixes are generated changes, so cached ones are not reused
+
+
+def _generate_prefixes(lm: LoadedModel, n_prefixes: int, prefix_tokens: int) -> list[str]:
+    words = list(START_WORDS[:n_prefixes])
+    # A newline in front makes the start word open a document: alone at position 0, the default model
+    # continues "The" with "-the-world-is-a"; after "\n" it writes prose (ROME starts from <|endoftext|>,
+    # which not every tokenizer has).
+    texts = generate(lm, ["\n" + w for w in words], max_new_tokens=prefix_tokens, batch_size=len(words))
+    prefixes = []
+    for word, text in zip(words, texts):
+        prefix = " ".join((word + text).split()).rstrip(" .")  # one line, no trailing full stop
+        prefixes.append((prefix or word) + ". ")
+    return prefixes
+
+
+def context_prefixes(
+    lm: LoadedModel, n_prefixes: int, prefix_tokens: int, cache_dir: Path | None = None
+) -> tuple[str, ...]:
+    """The empty prefix and `n_prefixes` greedy continuations of START_WORDS, each ending in '. '.
+
+    Greedy decoding makes them a function of the model alone (ROME samples them; we want runs to repeat).
+    Like ROME, they are made once per model: with `cache_dir` they are kept in
+    `<cache_dir>/rome/`, so sequential edits and later runs reuse the unedited model's prefixes instead
+    of regenerating them (about a second on the default model).
+    """
+    if n_prefixes == 0:
+        return ("",)
+    path = None
+    if cache_dir is not None:
+        name = f"prefixes-{model_cache_key(lm)}-n{n_prefixes}-t{prefix_tokens}-v{PREFIX_VERSION}.json"
+        path = Path(cache_dir) / "rome" / name
+        try:
+            cached = json.loads(path.read_text())
+            if isinstance(cached, list) and len(cached) == n_prefixes and all(isinstance(p, str) for p in cached):
+                return ("", *cached)
+        except (OSError, ValueError):
+            pass  # missing or damaged: regenerate below
+    prefixes = _generate_prefixes(lm, n_prefixes, prefix_tokens)
+    if path is not None:
+        write_atomic(path, lambda fh: fh.write(json.dumps(prefixes).encode()))
+    return ("", *prefixes)
+
+
+def subject_last_token(tokenizer, text: str, subject: str, search_from: int = 0) -> tuple[list[int], int]:
+    """Token ids of `text` (with the tokenizer's special tokens) and the index of the subject's last token.
+
+    The subject is its first occurrence at or after character `search_from` (where the prompt starts
+    behind a prefix); its last token is the last one whose character span overlaps the subject's, which
+    holds whether the tokenizer counts a leading space into a token or not.
+    """
+    start = text.find(subject, search_from)
+    if not subject or start < 0:
+        raise EditorError(f"the subject {subject!r} does not occur in {text[search_from:]!r}: the prompt must name it")
+    end = start + len(subject)
+    enc = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
+    hits = [i for i, (a, b) in enumerate(enc.offset_mapping) if a < end and b > start and b > a]
+    if not hits:
+        raise EditorError(f"no token of {text!r} covers the subject {subject!r}")
+    return list(enc.input_ids), hits[-1]
+
+
+@dataclass
+class _Row:
+    """One tokenised prompt: ids, the subject's last token, and the positions whose next token is scored."""
+
+    ids: list[int]
+    subject: int
+    predict: list[int]  # positions whose next-token distribution enters the loss
+    labels: list[int]  # the target token at each of those positions (-1 for the KL position)
+
+
+def _rewrite_rows(lm: LoadedModel, request: EditRequest, prefixes: Sequence[str]) -> list[_Row]:
+    """"{prefix}{prompt}" followed by the target's tokens but its last, for each prefix."""
+    _, t_ids = target_ids(lm.tokenizer, request.prompt, request.target_new)
+    rows = []
+    for prefix in prefixes:
+        p_ids, s = subject_last_token(lm.tokenizer, prefix + request.prompt, request.subject, len(prefix))
+        predict = [len(p_ids) - 1 + j for j in range(len(t_ids))]  # position i predicts token i + 1
+        rows.append(_Row(p_ids + t_ids[:-1], s, predict, list(t_ids)))
+    return rows
+
+
+def _kl_row(lm: LoadedModel, request: EditRequest) -> _Row:
+    text = KL_TEMPLATE.format(subject=request.subject)
+    ids, s = subject_last_token(lm.tokenizer, text, request.subject)
+    return _Row(ids, s, [len(ids) - 1], [-1])
+
+
+@dataclass
+class _Batch:
+    """Rows left-padded so that every subject's last token sits in column `S`, then right-padded.
+
+    position_ids count from each row's first real token, so padding changes no result.
+    """
+
+    ids: torch.Tensor  # [B, W]
+    mask: torch.Tensor  # [B, W]
+    positions: torch.Tensor  # [B, W]
+    S: int
+    pred_rows: torch.Tensor  # [P] batch row of each scored position
+    pred_cols: torch.Tensor  # [P] its column in the padded batch
+    labels: torch.Tensor  # [P] target token, -1 at KL positions
+    owner: torch.Tensor  # [P] the row each scored position belongs to
+
+
+def _align(lm: LoadedModel, rows: Sequence[_Row]) -> _Batch:
+    """Pad `rows` into one batch with their subjects' last tokens in one column."""
+    S = max(r.subject for r in rows)
+    lefts = [S - r.subject for r in rows]
+    W = max(a + len(r.ids) for a, r in zip(lefts, rows))
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    ids = torch.full((len(rows), W), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), W), dtype=torch.long)
+    positions = torch.zeros((len(rows), W), dtype=torch.long)
+    pred_rows, pred_cols, labels, owner = [], [], [], []
+    for i, (a, r) in enumerate(zip(lefts, rows)):
+        ids[i, a : a + len(r.ids)] = torch.tensor(r.ids)
+        mask[i, a : a + len(r.ids)] = 1
+        positions[i, a:] = torch.arange(W - a)
+        for p, label in zip(r.predict, r.labels):
+            pred_rows.append(i)
+            pred_cols.append(a + p)
+            labels.append(label)
+            owner.append(i)
+    dev = lm.device
+    return _Batch(
+        ids.to(dev), mask.to(dev), positions.to(dev), S,
+        torch.tensor(pred_rows, dtype=torch.long, device=dev), torch.tensor(pred_cols, dtype=torch.long, device=dev),
+        torch.tensor(labels, dtype=torch.long, device=dev), torch.tensor(owner, dtype=torch.long, device=dev),
+    )
+
+
+# --------------------------------------------------------------------------- keys and values
+
+
+def _subject_batch(lm: LoadedModel, requests: Sequence[EditRequest], prefixes: Sequence[str]) -> _Batch:
+    """"{prefix}{prompt}" for every (request, prefix), cut after the subject's last token (later tokens
+    cannot change anything there: attention is causal), aligned on that token."""
+    rows = []
+    for request in requests:
+        for prefix in prefixes:
+            ids, s = subject_last_token(lm.tokenizer, prefix + request.prompt, request.subject, len(prefix))
+            rows.append(_Row(ids[: s + 1], s, [], []))
+    return _align(lm, rows)
+
+
+def subject_keys(
+    lm: LoadedModel, layer: int, requests: Sequence[EditRequest], prefixes: Sequence[str]
+) -> torch.Tensor:
+    """Down-projection inputs at each subject's last token: [n_requests, n_prefixes, d_in].
+
+    The forward pass stops at the layer: nothing above it is needed.
+    """
+    batch = _subject_batch(lm, requests, prefixes)
+    keys = module_input(
+        lm, lm.down_proj(layer), input_ids=batch.ids, attention_mask=batch.mask, position_ids=batch.positions
+    )[:, batch.S]  # [N * T, d_in]
+    return keys.reshape(len(requests), len(prefixes), -1)
+
+
+def subject_block_outputs(
+    lm: LoadedModel, layer: int, requests: Sequence[EditRequest], prefixes: Sequence[str]
+) -> torch.Tensor:
+    """The residual stream after block `layer` at each subject's last token: [n_requests, n_prefixes, d]."""
+    batch = _subject_batch(lm, requests, prefixes)
+    block = lm.module(lm.arch.layer.format(layer))
+    out = module_output(lm, block, input_ids=batch.ids, attention_mask=batch.mask, position_ids=batch.positions)
+    return out[:, batch.S].reshape(len(requests), len(prefixes), -1)  # [N, T, d]
+
+
+def down_proj_value(lm: LoadedModel, layer: int, keys: torch.Tensor) -> torch.Tensor:
+    """What the layer's down-projection outputs for keys [..., d_in] (bias included): [..., d_out]."""
+    with torch.no_grad():
+        return lm.down_proj(layer)(keys)
+
+
+# --------------------------------------------------------------------------- value optimisation
+
+
+@contextmanager
+def edit_mode(lm: LoadedModel):
+    """Eval mode (no dropout noise in the loss) and no parameter gradients for the duration of an edit;
+    both restored afterwards, whatever happens."""
+    flags = {n: p.requires_grad for n, p in lm.model.named_parameters()}
+    was_training = lm.model.training
+    try:
+        lm.model.eval()
+        for p in lm.model.parameters():
+            p.requires_grad_(False)
+        yield
+    finally:
+        for n, p in lm.model.named_parameters():
+            p.requires_grad_(flags[n])
+        lm.model.train(was_training)
+
+
+@contextmanager
+def _add_at(module, where: torch.Tensor, row_delta: torch.Tensor):
+    """Add each row's delta (row_delta [B, d]) to the module's output where `where` [B, T] is 1."""
+
+    def hook(_mod, _args, out):
+        return out + where[..., None] * row_delta[:, None, :]  # [B, T, d]
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _remap(active: torch.Tensor, pred_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which scored positions belong to active rows, and their row numbers once only active rows are kept."""
+    keep = active[pred_rows]  # [P]
+    new_row = torch.cumsum(active.long(), 0) - 1  # [B] row number among the active rows
+    return keep, new_row[pred_rows[keep]]
+
+
+class _FastObjective:
+    """Log-probabilities at the scored positions, recomputing only the columns from S on (module docstring).
+
+    All rows share one batch even though "{subject} is a" needs one column more than a prompt with a
+    one-token target: on one CPU core a forward pass of the default model costs about 45 ms (reading the
+    weights) plus 2.7 ms per position, so a separate pass for that row would cost more than the padding
+    column it saves. Rows of requests that have stopped are left out of later passes (cache rows too).
+    """
+
+    def __init__(self, lm: LoadedModel, layer: int, rows: Sequence[_Row]):
+        self.lm = lm
+        self.module = lm.down_proj(layer)
+        self.base = lm.model.base_model
+        self.unembed = lm.model.get_output_embeddings()
+        self.batch = batch = _align(lm, rows)
+        self.where = torch.zeros((len(rows), batch.ids.shape[1] - batch.S), device=lm.device)  # [B, W - S]
+        self.where[:, 0] = 1.0  # column S holds every row's subject token
+        self.past = None
+        if batch.S > 0:
+            with torch.no_grad():
+                self.past = self.base(
+                    input_ids=batch.ids[:, : batch.S],
+                    attention_mask=batch.mask[:, : batch.S],
+                    position_ids=batch.positions[:, : batch.S],
+                    use_cache=True,
+                ).past_key_values
+        self.labels = batch.labels  # [P] target token of each scored position, -1 at KL positions
+        self.owner = batch.owner  # [P] its row
+
+    def __call__(self, row_delta: torch.Tensor, active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log-probs [P_active, V], keep [P] bool): the scored positions of the active rows [B] only."""
+        b, S = self.batch, self.batch.S
+        idx = active.nonzero()[:, 0]  # [B_active]
+        keep, rows = _remap(active, b.pred_rows)
+        # A fresh copy per call: the model appends the new columns to the cache it is given.
+        cache = copy.deepcopy(self.past) if self.past is not None else None
+        if cache is not None and len(idx) < len(active):
+            cache.batch_select_indices(idx)
+        with _add_at(self.module, self.where[idx], row_delta[idx]):
+            hidden = self.base(
+                input_ids=b.ids[idx, S:],
+                attention_mask=b.mask[idx],
+                position_ids=b.positions[idx, S:],
+                past_key_values=cache,
+                use_cache=cache is not None,
+            ).last_hidden_state  # [B_active, W - S, d]
+        logits = self.unembed(hidden[rows, b.pred_cols[keep] - S]).float()  # [P_active, V]
+        return torch.log_softmax(logits, dim=-1), keep
+
+
+class _ReferenceObjective:
+    """The same log-probabilities from a full forward pass of every prompt with full logits."""
+
+    def __init__(self, lm: LoadedModel, layer: int, rows: Sequence[_Row]):
+        self.lm = lm
+        self.module = lm.down_proj(layer)
+        width = max(len(r.ids) for r in rows)
+        pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+        self.ids = torch.full((len(rows), width), pad, dtype=torch.long, device=lm.device)
+        self.mask = torch.zeros((len(rows), width), dtype=torch.long, device=lm.device)
+        self.where = torch.zeros((len(rows), width), device=lm.device)
+        pred_rows, pred_cols, labels = [], [], []
+        for i, r in enumerate(rows):
+            self.ids[i, : len(r.ids)] = torch.tensor(r.ids)
+            self.mask[i, : len(r.ids)] = 1
+            self.where[i, r.subject] = 1.0
+            pred_rows += [i] * len(r.predict)
+            pred_cols += r.predict
+            labels += r.labels
+        self.pred_rows = torch.tensor(pred_rows, dtype=torch.long, device=lm.device)
+        self.pred_cols = torch.tensor(pred_cols, dtype=torch.long, device=lm.device)
+        self.labels = torch.tensor(labels, dtype=torch.long, device=lm.device)  # [P]
+        self.owner = self.pred_rows  # [P]
+
+    def __call__(self, row_delta: torch.Tensor, active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = active.nonzero()[:, 0]  # [B_active]
+        keep, rows = _remap(active, self.pred_rows)
+        with _add_at(self.module, self.where[idx], row_delta[idx]):
+            logits = self.lm.model(input_ids=self.ids[idx], attention_mask=self.mask[idx], use_cache=False).logits
+        logp = torch.log_softmax(logits.float(), dim=-1)  # [B_active, T, V]
+        return logp[rows, self.pred_cols[keep]], keep  # [P_active, V]
+
+
+@dataclass
+class ValueResult:
+    """One request's optimised delta and how the optimisation went."""
+
+    delta: torch.Tensor  # [d_out], detached
+    steps: int  # forward evaluations until it stopped
+    nll_start: float
+    nll_final: float  # mean target NLL at the returned delta
+    kl_final: float
+    delta_norm: float
+    clamped: bool  # whether the norm clamp was active at the end
+    nlls: list[float]  # mean target NLL at each step
+
+    def info(self) -> dict:
+        return {
+            "steps": self.steps,
+            "nll_start": round(self.nll_start, 6),
+            "nll_final": round(self.nll_final, 6),
+            "nlls": [round(x, 4) for x in self.nlls],
+            "kl_final": round(self.kl_final, 6),
+            "delta_norm": round(self.delta_norm, 6),
+            "clamped": self.clamped,
+        }
+
+
+def optimise_values(
+    lm: LoadedModel,
+    layer: int,
+    requests: Sequence[EditRequest],
+    prefixes: Sequence[str],
+    opts: ValueOptions,
+    reference_norms: Sequence[float],
+) -> list[ValueResult]:
+    """For each request, the delta that, added to the output of `layer`'s down-projection at its subject's
+    last token, makes the model say " " + target_new after every "{prefix}{prompt}" (objective in the
+    module docstring).
+
+    `reference_norms[i]` is ||v0|| of request i, the norm of what its delta is added to (ROME: the
+    down-projection's output; MEMIT: the residual stream): the clamp and the weight decay are relative to
+    it. All requests share each forward pass, but their losses, Adam states (Adam is elementwise), clamps
+    and stopping are independent, so the result is that of one optimisation per request; a request that
+    has stopped is frozen and its prompts leave the batch. Call inside `edit_mode`.
+    """
+    n = len(requests)
+    rows: list[_Row] = []
+    row_request: list[int] = []
+    n_rewrite = []
+    for i, request in enumerate(requests):
+        rewrite = _rewrite_rows(lm, request, prefixes)
+        rows += rewrite + [_kl_row(lm, request)]
+        row_request += [i] * (len(rewrite) + 1)
+        n_rewrite.append(len(rewrite))
+    dev = lm.device
+    objective = _FastObjective(lm, layer, rows) if opts.fast else _ReferenceObjective(lm, layer, rows)
+    row_req = torch.tensor(row_request, device=dev)  # [B] request of each row
+    labels, owner = objective.labels, objective.owner  # [P], [P]
+    pos_req = row_req[owner]  # [P] request of each scored position
+    is_target = labels >= 0  # [P]
+    # Weight 1 / (m * R) on each of a row's m target tokens, R rewrite rows per request: summing gives the
+    # mean over prefixes of the token-averaged NLL.
+    row_tokens = torch.bincount(owner[is_target], minlength=len(rows)).clamp(min=1).float()  # [B]
+    weight = 1.0 / (row_tokens[owner] * torch.tensor(n_rewrite, device=dev, dtype=torch.float)[pos_req])  # [P]
+
+    _, d_out = down_proj_dims(lm, layer)
+    ref = torch.tensor([float(x) for x in reference_norms], device=dev)  # [N]
+    max_norm = opts.clamp_norm_factor * ref  # [N]
+    delta = torch.zeros((n, d_out), device=dev, requires_grad=True)
+    opt = torch.optim.Adam([delta], lr=opts.lr)
+    active = torch.ones(n, dtype=torch.bool, device=dev)  # [N]
+    base_kl = torch.zeros((n, lm.model.get_output_embeddings().weight.shape[0]), device=dev)  # [N, V]
+    nlls: list[list[float]] = [[] for _ in range(n)]
+    kls = [0.0] * n
+    clamped = [False] * n
+    with torch.enable_grad():
+        for step in range(opts.steps):
+            logp, keep = objective(delta[row_req], active[row_req])  # [P_active, V], [P]
+            req, lab, tgt = pos_req[keep], labels[keep], is_target[keep]
+            token_nll = -logp[tgt].gather(1, lab[tgt][:, None])[:, 0]  # [P_active_targets]
+            nll = torch.zeros(n, device=dev).index_add(0, req[tgt], token_nll * weight[keep][tgt])  # [N]
+            kl_logp = torch.zeros_like(base_kl).index_copy(0, req[~tgt], logp[~tgt])  # [N, V], zero if inactive
+            if step == 0:
+                base_kl = kl_logp.detach()  # the unedited distributions: every delta is still zero here
+            kl = (kl_logp.exp() * (kl_logp - base_kl)).sum(dim=1)  # [N] KL(edited || unedited)
+            decay = opts.weight_decay * delta.norm(dim=1) / ref**2  # [N]
+            loss = ((nll + opts.kl_weight * kl + decay) * active).sum()
+            for i in active.nonzero()[:, 0].tolist():
+                nlls[i].append(nll[i].item())
+                kls[i] = kl[i].item()
+            done = active & ((nll.detach() < opts.stop_nll) | (step == opts.steps - 1))
+            active = active & ~done
+            if not active.any():
+                break
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            frozen = delta.detach()[~active].clone()
+            opt.step()
+            with torch.no_grad():
+                delta[~active] = frozen  # Adam's momentum would still move a stopped request's delta
+                norms = delta.norm(dim=1)  # [N]
+                over = active & (norms > max_norm)
+                delta[over] *= (max_norm[over] / norms[over])[:, None]
+                for i in active.nonzero()[:, 0].tolist():
+                    clamped[i] = bool(over[i])
+    final = delta.detach().clone()
+    return [
+        ValueResult(
+            delta=final[i], steps=len(nlls[i]), nll_start=nlls[i][0], nll_final=nlls[i][-1], kl_final=kls[i],
+            delta_norm=final[i].norm().item(), clamped=clamped[i], nlls=nlls[i],
+        )
+        for i in range(n)
+    ]
+
+
+# --------------------------------------------------------------------------- the rank-one update
+
+
+def covariance_for(lm: LoadedModel, ctx: EditContext, n_tokens: int, layers: Sequence[int]):
+    """(layer -> C, label for the record): ctx.covariance when the caller gave one (a runner builds it with
+    ctx.cov_samples), else the Wikipedia statistics with `n_tokens` tokens cached under ctx.cache_dir,
+    the missing layers computed together in one pass."""
+    if ctx.covariance is not None:
+        return ctx.covariance, "context"
+    covs = layer_covariances(lm, layers, n_tokens, Path(ctx.cache_dir))
+    return covs.__getitem__, f"wiki:{n_tokens}"
+
+
+@torch.no_grad()
+def add_to_down_proj(lm: LoadedModel, layer: int, update: torch.Tensor) -> float:
+    """Add update [d_out, d_in] (any float dtype) to the layer's down-projection weight, oriented for its
+    storage (GPT-2's Conv1D keeps [d_in, d_out]); returns ||update||_F."""
+    weight = lm.down_proj(layer).weight
+    oriented = update.T if lm.arch.down_proj_transposed else update
+    weight.add_(oriented.to(device=weight.device, dtype=weight.dtype))
+    return float(update.norm())
+
+
+def rank_one_update(
+    delta: torch.Tensor, k_star: torch.Tensor, k_num: torch.Tensor, cov: torch.Tensor | None
+) -> torch.Tensor:
+    """ROME's update [d_out, d_in] in float64: delta (C^-1 k*)^T / ((C^-1 k*)^T k_num).
+
+    delta = v* - W k_num - b is the value residual; k_num = k* for the r-ROME fix, the unprefixed key for
+    the original code's mismatch. C^-1 k* comes from a solve, never an explicit inverse.
+    """
+    k_star = k_star.double()
+    u = torch.linalg.solve(cov.double(), k_star) if cov is not None else k_star  # [d_in]
+    denom = torch.dot(u, k_num.double())
+    if not torch.isfinite(denom) or denom.abs() < 1e-12 * u.norm() * k_num.double().norm():
+        raise EditorError(
+            "the edited key is (nearly) orthogonal to C^-1 k*: use more covariance tokens or another layer"
+        )
+    return torch.outer(delta.double(), u) / denom
+
+
+def _edit_one(lm: LoadedModel, request: EditRequest, hp: ROMEHyperParams, prefixes, cov) -> dict:
+    keys = subject_keys(lm, hp.layer, [request], prefixes)[0]  # [T, d_in]; row 0 is the unprefixed prompt
+    k_star = keys.mean(dim=0)  # [d_in]
+    k_num = keys[0] if hp.key_mismatch else k_star
+    v0 = down_proj_value(lm, hp.layer, k_num)  # [d_out]
+    value = optimise_values(lm, hp.layer, [request], prefixes, value_options(hp), [v0.norm().item()])[0]
+    update = rank_one_update(value.delta, k_star, k_num, cov)  # [d_out, d_in]
+    norm = add_to_down_proj(lm, hp.layer, update)
+    return {**value.info(), "v0_norm": round(v0.norm().item(), 6), "update_norm": round(norm, 6)}
+
+
+def apply_rome(lm: LoadedModel, requests: Sequence[EditRequest], hp: ROMEHyperParams, ctx: EditContext) -> EditResult:
+    """Apply each request in turn as a rank-one update of `hp.layer`'s down-projection (ROME is a
+    one-fact editor: a list is applied sequentially, each edit on the model the previous ones left)."""
+    start = time.perf_counter()
+    if hp.layer >= lm.n_layers:
+        raise EditorError(f"ROME field 'layer' is {hp.layer} but {lm.name} has layers 0..{lm.n_layers - 1}")
+    name = weight_name(lm, hp.layer)
+    originals = snapshot(lm, [name])
+    per_request = []
+    try:
+        with edit_mode(lm):  # eval mode also for the covariance statistics and prefixes: no dropout in them
+            cov, cov_source = None, "identity"
+            if hp.use_covariance:
+                provide, cov_source = covariance_for(lm, ctx, hp.cov_n_tokens, [hp.layer])
+                cov = provide(hp.layer)
+            prefixes = context_prefixes(lm, hp.n_prefixes, hp.prefix_tokens, ctx.cache_dir)
+            for request in requests:
+                per_request.append(_edit_one(lm, request, hp, prefixes, cov))
+    except BaseException:
+        # A failed edit leaves the model as it was: every earlier rank-one update is rolled back.
+        with torch.no_grad():
+            dict(lm.model.named_parameters())[name].copy_(originals[name])
+        raise
+    with torch.no_grad():
+        total_change = (dict(lm.model.named_parameters())[name].double() - originals[name].double()).norm().item()
+    info = {
+        "layer": hp.layer,
+        "matrix": name,
+        "covariance": cov_source,
+        "key_mismatch": hp.key_mismatch,
+        "prefixes": list(prefixes),
+        # one request (the usual case): its record; several: totals and worst cases over them
+        "steps": sum(e["steps"] for e in per_request),
+        "nll_final": max(e["nll_final"] for e in per_request),
+        "delta_norm": max(e["delta_norm"] for e in per_request),
+        "clamped": any(e["clamped"] for e in per_request),
+        "update_norm": round(total_change, 6),  # ||W - W0||_F over all requests
+        "edits": per_request,
+        "seconds": round(time.perf_counter() - start, 4),
+    }
+    return EditResult(editor=NAME, requests=tuple(requests), originals=originals, info=info)
+
+
+register(
+    Editor(
+        name=NAME,
+        hparams=ROMEHyperParams,
+        apply=apply_rome,
+        description="rank-one update of one MLP down-projection (ROME with the r-ROME key fix)",
+    )
+)

@@ -1,0 +1,140 @@
+"""MEMIT (compute.editors.memit): a batch on the tiny models, the update's algebra, and one batch on the
+embedded default model. Tiny-model requests end with the subject for the reason given in test_rome.py."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from compute.editors import EditContext, EditorError, EditRequest, apply_edit, get_editor, load_hparams, undo
+from compute.editors.base import parse_hparams, weight_name
+from compute.editors.memit import MEMITHyperParams, memit_update
+from compute.scoring import score_targets
+from test_rome import editable, params_of
+
+# One-token objects for the tiny tokenizer; each prompt ends with its subject.
+TINY_BATCH = [
+    EditRequest("France", "The capital city of France", "Asia", "Paris"),
+    EditRequest("Japan", "The capital city of Japan", "German"),
+    EditRequest("Italy", "The capital city of Italy", "Paris"),
+]
+TINY_HP = MEMITHyperParams(
+    layers=(0, 1),
+    lam=10.0,  # a random model's keys are tiny next to C's scale: 500 would hold the update back
+    v_weight_decay=0.0,
+    clamp_norm_factor=100.0,
+    n_prefixes=3,
+    prefix_tokens=4,
+    cov_n_tokens=600,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread for this module (see test_rome.py)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture()
+def ctx(tmp_path, cache_dir, paragraphs):
+    import shutil
+
+    for path in cache_dir.glob("wiki-paragraphs-*.json"):
+        shutil.copy(path, tmp_path / path.name)
+    return EditContext(cache_dir=tmp_path)
+
+
+@pytest.fixture(params=["llama", "gpt2"])
+def tiny(request):
+    return editable(request.getfixturevalue(request.param))
+
+
+def new_probs(lm, batch) -> list[float]:
+    return [s.prob for s in score_targets(lm, [r.prompt for r in batch], [r.target_new for r in batch])]
+
+
+def test_memit_batch_raises_every_new_object_and_undo_is_exact(tiny, ctx):
+    before = params_of(tiny)
+    p0 = new_probs(tiny, TINY_BATCH)
+    result = apply_edit(tiny, TINY_BATCH, "MEMIT", TINY_HP, ctx)
+    p1 = new_probs(tiny, TINY_BATCH)
+    assert all(a < 0.01 for a in p0) and all(b > 0.5 for b in p1), (p0, p1)
+    assert max(result.info["target_miss"]) < 0.1  # the spread updates reach the targets at the last layer
+    undo(tiny, result)
+    assert all(torch.equal(before[n], p) for n, p in params_of(tiny).items())
+
+
+def test_memit_changes_every_listed_layer_and_nothing_else(tiny, ctx):
+    before = params_of(tiny)
+    result = apply_edit(tiny, TINY_BATCH, "MEMIT", TINY_HP, ctx)
+    after = params_of(tiny)
+    names = sorted(weight_name(tiny, layer) for layer in TINY_HP.layers)
+    assert result.changed == names
+    assert sorted(n for n in before if not torch.equal(before[n], after[n])) == names
+    assert [row["layer"] for row in result.info["per_layer"]] == [0, 1]
+    assert all(row["update_norm"] > 0 for row in result.info["per_layer"])
+    undo(tiny, result)
+
+
+def test_update_solves_memits_normal_equations():
+    """dW = R^T K (lam C + K^T K)^-1 minimises lam * tr(dW C dW^T) + ||K dW^T - R||^2: its gradient is zero."""
+    gen = torch.Generator().manual_seed(1)
+    keys = torch.randn(3, 10, generator=gen, dtype=torch.float64)
+    residual = torch.randn(3, 4, generator=gen, dtype=torch.float64)
+    a = torch.randn(10, 10, generator=gen, dtype=torch.float64)
+    cov = a @ a.T / 10 + 0.1 * torch.eye(10, dtype=torch.float64)
+    update = memit_update(keys, residual, cov, lam=2.0)  # [4, 10]
+    grad = 2.0 * update @ cov + (update @ keys.T - residual.T) @ keys  # d/d(dW) of the objective / 2
+    assert torch.allclose(grad, torch.zeros_like(grad), atol=1e-10)
+
+
+def test_fast_and_reference_loops_agree_on_a_batch(llama, ctx):
+    lm = editable(llama)
+    runs = {}
+    for fast in (True, False):
+        result = apply_edit(lm, TINY_BATCH, "MEMIT", dataclasses.replace(TINY_HP, fast=fast, v_steps=6), ctx)
+        runs[fast] = [e["nlls"] for e in result.info["edits"]]
+        undo(lm, result)
+    for a, b in zip(runs[True], runs[False]):
+        assert a == pytest.approx(b, abs=1e-3)
+
+
+def test_memit_hyperparameters_are_checked_by_field_name(llama, ctx):
+    with pytest.raises(EditorError, match="'layers'"):
+        parse_hparams(MEMITHyperParams, {"layers": []})
+    with pytest.raises(EditorError, match="'layers' lists a layer twice"):
+        parse_hparams(MEMITHyperParams, {"layers": [1, 1]})
+    with pytest.raises(EditorError, match="'lam'"):
+        parse_hparams(MEMITHyperParams, {"layers": [0], "lam": 0})
+    with pytest.raises(EditorError, match="'layers' has 5"):
+        apply_edit(llama, TINY_BATCH, "MEMIT", dataclasses.replace(TINY_HP, layers=(0, 5)), ctx)
+    assert get_editor("memit").hparams is MEMITHyperParams
+    assert load_hparams("MEMIT", "smollm2-135m").layers == (2, 3, 4, 5, 6)
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_memit_batch_of_three_takes_on_the_default_model(default_lm):
+    from compute.models import default_cache_dir
+
+    batch = [
+        EditRequest("France", "The capital of France is", "Rome", "Paris"),
+        EditRequest("Japan", "The capital of Japan is", "Berlin", "Tokyo"),
+        EditRequest("Germany", "The official currency of Germany is the", "yen", "euro"),
+    ]
+    before = params_of(default_lm)
+    hp = load_hparams("MEMIT", "smollm2-135m")
+    result = apply_edit(default_lm, batch, "MEMIT", hp, EditContext(default_cache_dir()))
+    try:
+        prompts = [r.prompt for r in batch]
+        new = score_targets(default_lm, prompts, [r.target_new for r in batch])
+        true = score_targets(default_lm, prompts, [r.target_true for r in batch])
+    finally:
+        undo(default_lm, result)
+    assert all(n.nll < t.nll for n, t in zip(new, true)), [(n.nll, t.nll) for n, t in zip(new, true)]
+    assert all(torch.equal(before[n], p) for n, p in params_of(default_lm).items())
