@@ -1,0 +1,111 @@
+"""Study A's robustness experiment: single edits, each undone before the next, probed in every rephrase type.
+
+For every case of a case set: apply one edit with the chosen editor, evaluate every probe of the case
+(all 16 rephrase types plus neighbourhood prompts; probability scores and 30-token greedy generations),
+undo the edit exactly, and write the measurements at edit count 1. One run per editor; the unedited
+model's numbers on the same cases come from a `knowledge` run with every rephrase type (edit count 0),
+named in the run's config as its baseline.
+
+The edit itself is recorded as pseudo rephrase type `edit` (metrics edit_seconds, edit_steps,
+edit_target_nll where the editor reports them). Runs are resumable at case granularity: each case is
+written in one transaction, and `resume` skips the cases already stored, so a killed run ends with the
+same numbers as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+from compute.cases import EditCase
+from compute.editors import EditContext, EditRequest, apply_edit, get_editor, undo
+from compute.editors.base import hparams_dict
+from compute.evaluate import evaluate_cases
+from compute.models import LoadedModel
+from compute.provenance import provenance
+from store.metrics import REPHRASE_TYPES
+
+EDIT_TYPE = "edit"
+
+
+def edit_rows(run_id: str, case_id: str, info: dict, edit_count: int = 1) -> list[dict]:
+    """The edit's own record (time, optimisation steps, final target NLL) as measurement rows."""
+    keys = {"seconds": "edit_seconds", "steps": "edit_steps", "target_nll": "edit_target_nll"}
+    return [
+        {"run_id": run_id, "case_id": case_id, "edit_count": edit_count, "rephrase_type": EDIT_TYPE,
+         "metric": metric, "value": float(info[key])}
+        for key, metric in keys.items()
+        if isinstance(info.get(key), (int, float))
+    ]
+
+
+def run_robustness(
+    lm: LoadedModel,
+    cases: Sequence[EditCase],
+    store,
+    *,
+    editor: str,
+    hp,
+    ctx: EditContext,
+    rephrase_types: Sequence[str] = REPHRASE_TYPES,
+    gen_tokens: int = 30,
+    case_set: str | None = None,
+    baseline_run: str | None = None,
+    run_id: str | None = None,
+    progress: bool = False,
+) -> str:
+    """Edit, evaluate and undo each case in turn; returns the run id (resumes `run_id` when given)."""
+    ed = get_editor(editor)
+    config = {
+        "case_set": case_set,
+        "n_cases": len(cases),
+        "rephrase_types": list(rephrase_types),
+        "gen_tokens": gen_tokens,
+        "cov_n_tokens": ctx.cov_samples,
+        "baseline_run": baseline_run,
+    }
+    if run_id is None:
+        run_id = store.start_run(
+            kind="robustness", model=lm.name, editor=ed.name, hparams=hparams_dict(hp), seed=ctx.seed,
+            config=config, provenance=provenance(str(lm.device)), n_total=len(cases),
+        )
+        done: set[str] = set()
+    else:
+        run = store.resume_run(run_id)
+        if run.get("editor") != ed.name:
+            raise ValueError(f"run {run_id} was made with {run.get('editor')}, not {ed.name}: resume it with that editor")
+        done = store.done_case_ids(run_id, edit_count=1)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(cases), initial=len(done), desc=f"robustness {ed.name}", unit="edit")
+    started = time.monotonic()
+    try:
+        for case in cases:
+            if case.case_id in done:
+                continue
+            ctx.demonstrations = [c for c in cases if c.case_id != case.case_id]
+            result = apply_edit(lm, [EditRequest.from_case(case)], ed.name, hp, ctx)
+            try:
+                ev = evaluate_cases(lm, [case], rephrase_types, gen_tokens=gen_tokens, prefix=result.prefix)[0]
+            finally:
+                undo(lm, result)
+            rows = ev.rows(run_id, edit_count=1) + edit_rows(run_id, case.case_id, result.info)
+            store.write_measurements(rows)
+            store.write_generations(ev.generation_rows(run_id, edit_count=1, phase="post"))
+            done.add(case.case_id)
+            store.heartbeat(run_id, n_done=len(done), n_total=len(cases))
+            if bar:
+                bar.update(1)
+    except KeyboardInterrupt:
+        store.finish_run(run_id, status="interrupted", error="interrupted by the user (resume with --resume)")
+        raise
+    except Exception as exc:
+        store.finish_run(run_id, status="failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        if bar:
+            bar.close()
+    store.finish_run(run_id, status="done", timings={"seconds": round(time.monotonic() - started, 2)})
+    return run_id

@@ -1,0 +1,108 @@
+"""Hyperparameter sweeps that choose an editor's layer(s) for a model, stored as runs.
+
+One run per candidate value (kind `sweep`, config {"sweep": id, "field": "layer", "value": v}); each
+edits every case once (undone before the next) and records efficacy (ES on the plain prompt),
+paraphrase (PS: `es` on the paraphrase probes), neighbourhood (NS) scores and magnitudes, without
+generations. `store.derived.sweep_summary` turns the runs into one row per value with 95% CIs and the
+score S = harmonic mean of ES, PS and NS, from which the hyperparameter file's value is chosen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+from compute.cases import EditCase
+from compute.editors import EditContext, EditRequest, apply_edit, get_editor, undo
+from compute.editors.base import hparams_dict
+from compute.evaluate import evaluate_cases
+from compute.experiments.robustness import edit_rows
+from compute.models import LoadedModel
+from compute.provenance import provenance
+
+SWEEP_TYPES = ("plain", "paraphrase")
+
+
+def _existing_run(store, sweep: str, value) -> str | None:
+    import json
+
+    for run_id, config in store.conn.execute("SELECT run_id, config FROM runs WHERE kind = 'sweep'"):
+        cfg = json.loads(config or "{}")
+        if cfg.get("sweep") == sweep and cfg.get("value") == value:
+            return run_id
+    return None
+
+
+def run_sweep(
+    lm: LoadedModel,
+    cases: Sequence[EditCase],
+    store,
+    *,
+    editor: str,
+    base_hp,
+    field: str,
+    values: Sequence,
+    ctx: EditContext,
+    sweep: str,
+    case_set: str | None = None,
+    progress: bool = False,
+) -> list[str]:
+    """Run (or resume) one sweep run per value of `field`; returns their run ids in value order."""
+    ed = get_editor(editor)
+    if field not in {f.name for f in dataclasses.fields(base_hp)}:
+        raise ValueError(f"{ed.name} hyperparameters have no field {field!r}")
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(values) * len(cases), desc=f"sweep {ed.name} {field}", unit="edit")
+    run_ids: list[str] = []
+    current = None  # the run being filled, marked interrupted or failed if we stop early
+    try:
+        for value in values:
+            value = list(value) if isinstance(value, (tuple, list)) else value
+            hp = dataclasses.replace(base_hp, **{field: tuple(value) if isinstance(value, list) else value})
+            hp.validate()
+            run_id = _existing_run(store, sweep, value)
+            config = {"sweep": sweep, "field": field, "value": value, "case_set": case_set,
+                      "n_cases": len(cases), "cov_n_tokens": ctx.cov_samples}
+            if run_id is None:
+                run_id = store.start_run(kind="sweep", model=lm.name, editor=ed.name, hparams=hparams_dict(hp),
+                                         seed=ctx.seed, config=config, provenance=provenance(str(lm.device)),
+                                         n_total=len(cases))
+                done: set[str] = set()
+            else:
+                store.resume_run(run_id)
+                done = store.done_case_ids(run_id, edit_count=1)
+            current = run_id
+            if bar:
+                bar.update(len(done))
+            for case in cases:
+                if case.case_id in done:
+                    continue
+                ctx.demonstrations = [c for c in cases if c.case_id != case.case_id]
+                result = apply_edit(lm, [EditRequest.from_case(case)], ed.name, hp, ctx)
+                try:
+                    ev = evaluate_cases(lm, [case], SWEEP_TYPES, generation=False, prefix=result.prefix)[0]
+                finally:
+                    undo(lm, result)
+                store.write_measurements(ev.rows(run_id, edit_count=1) + edit_rows(run_id, case.case_id, result.info))
+                done.add(case.case_id)
+                store.heartbeat(run_id, n_done=len(done), n_total=len(cases))
+                if bar:
+                    bar.update(1)
+            store.finish_run(run_id, status="done")
+            run_ids.append(run_id)
+            current = None
+    except KeyboardInterrupt:
+        if current:
+            store.finish_run(current, status="interrupted", error="interrupted by the user (run the sweep again to resume)")
+        raise
+    except Exception as exc:
+        if current:
+            store.finish_run(current, status="failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        if bar:
+            bar.close()
+    return run_ids
