@@ -28,7 +28,12 @@ def run() -> None:
     if error:
         pages = [st.Page(str(PAGES / "no_store.py"), title="Store problem", icon=":material/error:")]
     else:
-        pages = [st.Page(str(PAGES / "overview.py"), title="Overview", icon=":material/dashboard:", default=True)]
+        pages = [
+            st.Page(str(PAGES / "overview.py"), title="Overview", icon=":material/dashboard:", default=True),
+            st.Page(str(PAGES / "robustness.py"), title="Robustness", icon=":material/grid_on:"),
+            st.Page(str(PAGES / "popularity.py"), title="Popularity", icon=":material/trending_up:"),
+            st.Page(str(PAGES / "cases.py"), title="Case explorer", icon=":material/search:"),
+        ]
     st.navigation(pages).run()
 
 

@@ -139,16 +139,18 @@ def robustness_correlations(
     metrics=("acc", "rev"),
     features=POPULARITY_FEATURES,
     n_boot: int = 1000,
+    rephrase_types=None,
 ) -> pl.DataFrame:
     """Spearman rho (bootstrap 95% CI) of each popularity feature against post-edit acc and rev, per
-    robustness run (editor) and rephrase type."""
+    robustness run (editor) and rephrase type (all types, or those given)."""
     runs = _runs(conn, "robustness", run_ids)
     schema = {"run_id": pl.String, "editor": pl.String, "rephrase_type": pl.String, "metric": pl.String,
               "feature": pl.String, "rho": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64, "n": pl.Int64}
     if runs.is_empty():
         return pl.DataFrame(schema=schema)
     m = (
-        queries.measurements(conn, run_ids=runs["run_id"].to_list(), metrics=list(metrics), edit_count=1)
+        queries.measurements(conn, run_ids=runs["run_id"].to_list(), metrics=list(metrics), edit_count=1,
+                             rephrase_types=None if rephrase_types is None else list(rephrase_types))
         .join(runs.select("run_id", "editor"), on="run_id")
         .join(queries.cases(conn).select("case_id", *features), on="case_id", how="left")
     )
@@ -191,3 +193,91 @@ def sweep_summary(conn: sqlite3.Connection, sweep: str | None = None) -> pl.Data
         row["edit_seconds"] = secs.mean() if secs.len() else None
         rows.append(row)
     return pl.DataFrame(rows) if rows else pl.DataFrame(schema={"sweep": pl.String, "value": pl.String, "S": pl.Float64})
+
+
+def popularity_points(
+    conn: sqlite3.Connection,
+    feature: str = "frequency",
+    metric: str = "acc",
+    rephrase_type: str = "plain",
+    case_set: str | None = None,
+) -> pl.DataFrame:
+    """One row per (series, case): the case's popularity feature and its value of `metric` in
+    `rephrase_type`. Series are the robustness runs (by editor, edit count 1) and, for pre-edit
+    knowledge, the newest knowledge run ('unedited', edit count 0; metric `recall` maps to `rev`)."""
+    if feature not in POPULARITY_FEATURES:
+        raise ValueError(f"unknown popularity feature {feature!r}: choose one of {', '.join(POPULARITY_FEATURES)}")
+    cases = queries.cases(conn, case_set=case_set).select("case_id", "relation", "subject", feature)
+    schema = {"series": pl.String, "case_id": pl.String, "relation": pl.String, "subject": pl.String,
+              feature: pl.Float64, "value": pl.Float64}
+    frames = []
+    runs = queries.list_runs(conn, kind="robustness")
+    if not runs.is_empty():
+        m = queries.measurements(conn, run_ids=runs["run_id"].to_list(), metrics=metric,
+                                 rephrase_types=rephrase_type, edit_count=1)
+        frames.append(m.join(runs.select("run_id", pl.col("editor").alias("series")), on="run_id"))
+    knowledge = queries.newest_knowledge_run(conn)
+    if knowledge is not None:
+        pre_metric = "rev" if metric in ("recall", "rev") else metric
+        m = queries.measurements(conn, run_ids=knowledge, metrics=pre_metric, rephrase_types=rephrase_type, edit_count=0)
+        frames.append(m.with_columns(pl.lit("unedited").alias("series")))
+    if not frames:
+        return pl.DataFrame(schema=schema)
+    return (
+        pl.concat([f.select("series", "case_id", "value") for f in frames])
+        .join(cases, on="case_id", how="inner")
+        .filter(pl.col(feature).is_not_null())
+        .select("series", "case_id", "relation", "subject", pl.col(feature).cast(pl.Float64), "value")
+        .sort("series", "case_id")
+    )
+
+
+def popularity_bins(points: pl.DataFrame, feature: str, bins: int = 4) -> pl.DataFrame:
+    """Binned curve of `popularity_points`: the feature cut into `bins` equal-count bins (over all cases),
+    mean value per (series, bin) with n and a 95% CI, and each bin's feature range."""
+    schema = {"series": pl.String, "bin": pl.Int64, "lo": pl.Float64, "hi": pl.Float64, "n": pl.Int64,
+              "mean": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64}
+    if points.is_empty():
+        return pl.DataFrame(schema=schema)
+    cases = points.unique("case_id").sort(feature, "case_id")
+    cut = cases.with_columns(((pl.int_range(pl.len()) * bins) // pl.len() + 1).alias("bin")).select("case_id", "bin")
+    binned = points.join(cut, on="case_id")
+    rows = []
+    for (series, b), part in binned.group_by(["series", "bin"]):
+        values = part["value"].drop_nulls().to_list()
+        lo, hi = _mean_ci(values)
+        rows.append({"series": series, "bin": b, "lo": part[feature].min(), "hi": part[feature].max(),
+                     "n": len(values), "mean": sum(values) / len(values) if values else None,
+                     "ci_low": lo, "ci_high": hi})
+    return pl.DataFrame(rows, schema=schema).sort("series", "bin")
+
+
+def case_runs(conn: sqlite3.Connection, case_id: str) -> pl.DataFrame:
+    """Every run that measured a case, with its kind, editor, model and status (newest first)."""
+    runs = queries.list_runs(conn)
+    ids = queries.measurements(conn, case_ids=case_id)["run_id"].unique().to_list()
+    return (
+        runs.filter(pl.col("run_id").is_in(ids))
+        .select("run_id", "kind", "editor", "model", "status", "started_at")
+        .sort("started_at", descending=True)
+    )
+
+
+def case_view(conn: sqlite3.Connection, case_id: str, run_id: str) -> pl.DataFrame:
+    """One run's view of one case: a row per (edit count, rephrase type) with the main metrics as columns
+    and the generation(s) of that type (probes joined with ' | ')."""
+    m = queries.measurements(conn, run_ids=run_id, case_ids=case_id)
+    if m.is_empty():
+        return pl.DataFrame(schema={"edit_count": pl.Int64, "rephrase_type": pl.String})
+    wide = m.pivot(on="metric", index=["edit_count", "rephrase_type"], values="value", aggregate_function="first")
+    gens = (
+        queries.generations(conn, run_id, case_id=case_id)
+        .group_by("edit_count", "rephrase_type")
+        .agg(pl.col("text").str.join(" | ").alias("generation"))
+    )
+    keep = [c for c in ("p_true", "p_new", "es", "acc", "rev", "ns", "rank_true", "fluency", "edit_seconds") if c in wide.columns]
+    return (
+        wide.join(gens, on=["edit_count", "rephrase_type"], how="left")
+        .select("edit_count", "rephrase_type", *keep, "generation")
+        .sort("edit_count", "rephrase_type")
+    )

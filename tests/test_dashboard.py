@@ -23,6 +23,12 @@ def fixture_store(tmp_path_factory, tiny_model_dir, cache_dir, kb):
     assert main(base + ["kb", "build"]) == 0
     assert main(base + ["cases", "build", "--n", "32", "--set", "tiny32", "--model", tiny_model_dir]) == 0
     assert main(base + ["knowledge", "measure", "--set", "tiny32", "--gen-tokens", "2", "--model", tiny_model_dir]) == 0
+    hp = store.parent / "ft.json"
+    hp.write_text('{"layer": 1, "lr": 0.05, "steps": 4, "norm_constraint": 0.05, "stop_nll": 0.0}')
+    for editor, extra in (("FT-L", ["--hparams", str(hp)]), ("IKE", ["--hparams", str(hp.parent / "ike.json")])):
+        (hp.parent / "ike.json").write_text("{}")
+        assert main(base + ["run", "robustness", "--editor", editor, "--set", "tiny32", "--limit", "4",
+                            "--gen-tokens", "2", "--model", tiny_model_dir, *extra]) == 0
     return store
 
 
@@ -61,6 +67,27 @@ def test_overview_page_renders_the_store(monkeypatch, fixture_store):
     assert len(at.dataframe) >= 3
 
 
+def test_robustness_page_shows_heatmaps_per_metric_and_split(monkeypatch, fixture_store):
+    at = _app(monkeypatch, fixture_store)
+    at.switch_page("app_pages/robustness.py").run()
+    assert not at.exception
+    assert at.title[0].value == "Robustness of single edits"
+    at.segmented_control(key="split").set_value("relation").run()
+    assert not at.exception and at.selectbox(key="group").value
+
+
+def test_rephrase_heatmap_orders_types_and_reports_n():
+    df = pl.DataFrame({"editor": ["ROME", "ROME", "IKE", "IKE"], "rephrase_type": ["doubt", "plain", "plain", "doubt"],
+                       "n": [5, 5, 6, 6], "mean": [0.2, 0.9, 0.8, 0.7], "ci_low": [0.1] * 4, "ci_high": [0.95] * 4,
+                       "drop_from_plain": [-0.7, 0.0, 0.0, -0.1]})
+    fig = charts.rephrase_heatmap(df, "mean", "acc", ("plain", "doubt"))
+    assert list(fig.data[0].x) == ["plain", "doubt"] and list(fig.data[0].y) == ["IKE", "ROME"]
+    assert fig.data[0].z[1] == (0.9, 0.2) or list(fig.data[0].z[1]) == [0.9, 0.2]
+    assert "n = " in fig.data[0].hovertemplate and fig.layout.xaxis.title.text == "Rephrase type"
+    drop = charts.rephrase_heatmap(df, "drop_from_plain", "Δ", ("plain", "doubt"), diverging=True)
+    assert drop.data[0].zmid == 0
+
+
 def test_overview_split_by_relation_toggle(monkeypatch, fixture_store):
     at = _app(monkeypatch, fixture_store)
     at.toggle[0].set_value(True).run()
@@ -87,3 +114,39 @@ def test_dashboard_modules_do_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=Path(APP).parent.parent, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_popularity_page_curves_and_correlations(monkeypatch, fixture_store):
+    at = _app(monkeypatch, fixture_store)
+    at.switch_page("app_pages/popularity.py").run()
+    assert not at.exception
+    at.selectbox(key="pop_metric").set_value("rev").run()
+    assert not at.exception and at.title[0].value == "Knowledge popularity"
+
+
+def test_binned_curves_and_forest_label_axes_and_n():
+    bins = pl.DataFrame({"series": ["ROME", "ROME"], "bin": [1, 2], "lo": [1.0, 3.0], "hi": [2.9, 5.0],
+                         "n": [7, 8], "mean": [0.2, 0.5], "ci_low": [0.1, 0.3], "ci_high": [0.4, 0.7]})
+    fig = charts.binned_curves(bins, "Word frequency", "acc")
+    assert list(fig.data[0].x) == ["B1", "B2"] and "n = " in fig.data[0].hovertemplate
+    assert "Word frequency" in fig.layout.xaxis.title.text and fig.layout.yaxis.title.text == "acc"
+    rho = pl.DataFrame({"series": ["ROME", "IKE"], "rho": [0.3, -0.1], "ci_low": [0.1, -0.3], "ci_high": [0.5, 0.1], "n": [40, 40]})
+    forest = charts.correlation_forest(rho, "series", "frequency vs acc")
+    assert list(forest.data[0].y) == ["ROME", "IKE"] and "Spearman" in forest.layout.xaxis.title.text
+
+
+def test_case_explorer_finds_a_case_and_shows_runs_and_probes(monkeypatch, fixture_store):
+    at = _app(monkeypatch, fixture_store)
+    at.switch_page("app_pages/cases.py").run()
+    assert not at.exception
+    at.text_input(key="subject").set_value("a").run()
+    assert not at.exception
+    assert at.selectbox(key="case").value
+    assert len(at.expander) >= 16  # every rephrase type has its probes
+
+
+def test_case_explorer_unknown_subject_says_so(monkeypatch, fixture_store):
+    at = _app(monkeypatch, fixture_store)
+    at.switch_page("app_pages/cases.py").run()
+    at.text_input(key="subject").set_value("zzzz-no-such").run()
+    assert not at.exception and "No case" in at.info[0].value

@@ -72,3 +72,18 @@ def test_spearman_ci_is_reproducible_and_brackets_rho():
     y = x + rng.normal(size=80)
     a, b = spearman_ci(x, y, seed=3), spearman_ci(x, y, seed=3)
     assert a == b and a.ci_low < a.rho < a.ci_high and a.n == 80
+
+
+def test_popularity_points_and_equal_count_bins(tmp_path):
+    with _store(tmp_path, {1: [0, 0, 0, 1], 2: [1, 1, 0, 0], 3: [1, 0, 1, 1], 4: [1, 1, 1, 1]}) as st:
+        st.conn.execute("UPDATE measurements SET metric = 'rev' WHERE metric = 'recall'")
+        st.conn.commit()
+        pts = derived.popularity_points(st.conn, "frequency", "rev", "plain")
+        with pytest.raises(ValueError, match="unknown popularity feature"):
+            derived.popularity_points(st.conn, "fame")
+    assert pts.height == 16 and set(pts["series"]) == {"unedited"}
+    bins = derived.popularity_bins(pts, "frequency", bins=4)
+    assert bins["n"].to_list() == [4, 4, 4, 4]
+    assert bins["mean"].to_list() == [0.25, 0.5, 0.75, 1.0]
+    lo, hi = bins["lo"].to_list(), bins["hi"].to_list()
+    assert all(lo[i + 1] > hi[i] for i in range(3))  # bins follow each other without overlap

@@ -1,0 +1,41 @@
+"""Robustness (study A): does an edit that holds on the plain prompt survive rephrasing, context, dialogue
+and doubt? Heat maps editor x rephrase type for the chosen metric, and the drop from the plain prompt."""
+
+import streamlit as st
+
+from dashboard import charts
+from dashboard.data import query
+from store.metrics import METRICS, REPHRASE_TYPES
+
+st.title("Robustness of single edits")
+runs = query("list_runs", kind="robustness")
+if runs.is_empty():
+    st.info("No robustness runs in this store yet: `python -m compute run robustness --editor ROME --cases 240`.")
+    st.stop()
+
+choices = {"acc": "Generation names the new object (acc)", "rev": "Generation names the true object (rev)",
+           "es": "New object beats true (ES / PS)", "magnitude": "P(new) - P(true)"}
+metric = st.segmented_control("Metric", list(choices), default="acc", format_func=lambda m: choices[m], key="metric")
+split = st.segmented_control("Split by", ["none", "relation", "popularity_quartile"], default="none",
+                             format_func=lambda s: {"none": "nothing", "relation": "relation",
+                                                    "popularity_quartile": "popularity quartile"}[s], key="split")
+by = None if split in (None, "none") else split
+df = query("robustness_summary", metrics=(metric or "acc",), by=by)
+if by:
+    groups = sorted(df[by].drop_nulls().unique().to_list())
+    group = st.selectbox("Group", groups, key="group")
+    df = df.filter(df[by] == group)
+
+label = METRICS[metric].label if metric in METRICS else metric
+left, right = st.columns(2)
+with left:
+    st.subheader(label)
+    st.plotly_chart(charts.rephrase_heatmap(df, "mean", label, REPHRASE_TYPES), use_container_width=True)
+with right:
+    st.subheader("Change from the plain prompt")
+    st.plotly_chart(charts.rephrase_heatmap(df, "drop_from_plain", "Δ vs plain", REPHRASE_TYPES, diverging=True),
+                    use_container_width=True)
+st.download_button("Download CSV", df.write_csv(), file_name=f"robustness-{metric}.csv")
+st.caption("Each cell: mean over cases of the per-case value (probes of a type averaged within a case), with its "
+           "95% CI (Wilson for shares, bootstrap otherwise) and n in the hover. Runs: "
+           + ", ".join(f"{r['editor']} ({r['n_done']}/{r['n_total']}, {r['status']})" for r in runs.iter_rows(named=True)))
