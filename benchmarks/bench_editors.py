@@ -1,0 +1,194 @@
+"""Benchmark of the ROME and MEMIT editors on the embedded default model (a script, not a test).
+
+Measures, on a fixed list of knowledge-base edits (CaseBuilder.sample with seed 0 over four relations,
+the new object drawn by the same seed):
+
+- per-edit wall time of ROME with the fast value loop and with the straightforward reference loop
+  (`fast=False`: full forward and backward of every prompt at every step), median and p90, and the ratio;
+  both optimise the same objective with the same stopping rule, so their edits agree;
+- the wall time of one MEMIT batch of `--memit-batch` edits;
+- the time to compute the key covariance for one layer (ROME's) and for MEMIT's layers in one pass,
+  in a fresh cache folder so nothing is read from disk;
+- peak resident memory of the process (getrusage maxrss).
+
+Every edit is undone before the next. The covariance statistics and context prefixes used by the timed
+edits come from the ordinary cache ($EDITSCOPE_CACHE), warmed by one untimed edit first. The load
+average before and after is recorded: on a shared machine other processes change the numbers.
+
+    python benchmarks/bench_editors.py --out bench.json [--edits 10] [--memit-batch 10] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+RELATIONS = ("capital", "continent", "currency", "official_language")
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-quantile by linear interpolation between order statistics."""
+    ordered = sorted(values)
+    pos = q * (len(ordered) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def fixed_requests(lm, cache_dir: Path, n: int):
+    """n edit requests drawn deterministically from the knowledge base (seed 0)."""
+    from compute.cases import CaseBuilder
+    from compute.editors import EditRequest
+    from compute.kb import load_knowledge_base
+    from compute.relations import RELATIONS as TEMPLATES
+    from compute.wiki import load_wiki_paragraphs
+
+    builder = CaseBuilder(load_knowledge_base(cache_dir), lm.tokenizer, load_wiki_paragraphs(cache_dir))
+    requests = []
+    for fact, _quartile in builder.sample(n, seed=0, relations=RELATIONS):
+        prompt = TEMPLATES[fact.relation].prompt.format(subject=fact.subject)
+        requests.append(EditRequest(fact.subject, prompt, builder.new_object(fact, 0), fact.object))
+    return requests
+
+
+def time_edits(lm, requests, editor: str, hp, ctx) -> tuple[list[float], list[dict]]:
+    """Wall time of each single-request edit (each undone before the next) and whether it took."""
+    from compute.editors import apply_edit, undo
+    from compute.scoring import score_targets
+
+    seconds, outcomes = [], []
+    for request in requests:
+        start = time.perf_counter()
+        result = apply_edit(lm, [request], editor, hp, ctx)
+        seconds.append(time.perf_counter() - start)
+        new, true = score_targets(lm, [request.prompt] * 2, [request.target_new, request.target_true])
+        outcomes.append({"subject": request.subject, "new": request.target_new, "took": new.nll < true.nll,
+                         "steps": result.info["steps"], "seconds": round(seconds[-1], 3)})
+        undo(lm, result)
+    return seconds, outcomes
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="where to write the JSON results")
+    parser.add_argument("--edits", type=int, default=10, help="ROME edits timed per variant (>= 10 for a p90)")
+    parser.add_argument("--memit-batch", type=int, default=10, help="requests in the timed MEMIT batch")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from compute.covariance import corpus_chunks, layer_covariances
+    from compute.editors import EditContext, apply_edit, load_hparams, undo
+    from compute.models import DEFAULT_MODEL, default_cache_dir, load_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
+    cache_dir = default_cache_dir()
+    lm = load_model(DEFAULT_MODEL, cache_dir=cache_dir)
+    ctx = EditContext(cache_dir=cache_dir)
+    rome_hp = load_hparams("ROME", DEFAULT_MODEL)
+    memit_hp = load_hparams("MEMIT", DEFAULT_MODEL)
+    requests = fixed_requests(lm, cache_dir, max(args.edits, args.memit_batch))
+
+    # Covariance from scratch, in a fresh folder (the Wikipedia paragraphs are copied, not re-parsed).
+    with tempfile.TemporaryDirectory() as fresh:
+        for path in cache_dir.glob("wiki-paragraphs-*.json"):
+            (Path(fresh) / path.name).write_bytes(path.read_bytes())
+        start = time.perf_counter()
+        corpus_chunks(lm, Path(fresh), rome_hp.cov_n_tokens)
+        tokenise_s = time.perf_counter() - start
+        start = time.perf_counter()
+        layer_covariances(lm, [rome_hp.layer], rome_hp.cov_n_tokens, Path(fresh))
+        cov_one_s = time.perf_counter() - start
+        start = time.perf_counter()
+        layer_covariances(lm, [x for x in memit_hp.layers if x != rome_hp.layer], memit_hp.cov_n_tokens, Path(fresh))
+        cov_memit_s = time.perf_counter() - start
+
+    # Warm the ordinary cache (covariances, prefixes) with one untimed edit of each editor.
+    layer_covariances(lm, sorted({rome_hp.layer, *memit_hp.layers}), rome_hp.cov_n_tokens, cache_dir)
+    undo(lm, apply_edit(lm, requests[:1], "ROME", rome_hp, ctx))
+
+    timed = requests[: args.edits]
+    fast_s, fast_out = time_edits(lm, timed, "ROME", rome_hp, ctx)
+    ref_s, ref_out = time_edits(lm, timed, "ROME", dataclasses.replace(rome_hp, fast=False), ctx)
+
+    batch = requests[: args.memit_batch]
+    start = time.perf_counter()
+    result = apply_edit(lm, batch, "MEMIT", memit_hp, ctx)
+    memit_s = time.perf_counter() - start
+    from compute.scoring import score_targets
+
+    new = score_targets(lm, [r.prompt for r in batch], [r.target_new for r in batch])
+    true = score_targets(lm, [r.prompt for r in batch], [r.target_true for r in batch])
+    memit_took = sum(n.nll < t.nll for n, t in zip(new, true))
+    memit_steps = result.info["steps"]
+    undo(lm, result)
+
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    report = {
+        "model": lm.name,
+        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "platform": platform.platform(), "torch": torch.__version__,
+                    "load_average_before": [round(x, 2) for x in load_before],
+                    "load_average_after": [round(x, 2) for x in os.getloadavg()]},
+        "rome_hparams": dataclasses.asdict(rome_hp),
+        "memit_hparams": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(memit_hp).items()},
+        "rome_fast": {"median_s": statistics.median(fast_s), "p90_s": percentile(fast_s, 0.9),
+                      "took": sum(o["took"] for o in fast_out), "edits": fast_out},
+        "rome_reference": {"median_s": statistics.median(ref_s), "p90_s": percentile(ref_s, 0.9),
+                           "took": sum(o["took"] for o in ref_out), "edits": ref_out},
+        "rome_speedup_median": statistics.median(ref_s) / statistics.median(fast_s),
+        "memit": {"batch": len(batch), "seconds": memit_s, "took": memit_took, "steps": memit_steps},
+        "covariance": {"tokens": rome_hp.cov_n_tokens, "tokenise_s": tokenise_s,
+                       "one_layer_s": cov_one_s, "one_layer": rome_hp.layer,
+                       "other_memit_layers_one_pass_s": cov_memit_s,
+                       "other_memit_layers": [x for x in memit_hp.layers if x != rome_hp.layer]},
+        "peak_rss_mb": peak_mb,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(markdown(report))
+    return report
+
+
+def markdown(r: dict) -> str:
+    """The report as a markdown table."""
+    fast, ref, cov = r["rome_fast"], r["rome_reference"], r["covariance"]
+    n = len(fast["edits"])
+    def spread(x: dict) -> str:
+        return f"median {x['median_s']:.2f} s, p90 {x['p90_s']:.2f} s"
+
+    rows = [
+        ("ROME fast, per edit", spread(fast), f"{fast['took']}/{n} took"),
+        ("ROME reference loop, per edit", spread(ref), f"{ref['took']}/{n} took"),
+        ("ROME speed-up (median)", f"{r['rome_speedup_median']:.2f}x", ""),
+        (f"MEMIT batch of {r['memit']['batch']}", f"{r['memit']['seconds']:.1f} s",
+         f"{r['memit']['took']}/{r['memit']['batch']} took, {r['memit']['steps']} steps"),
+        (f"covariance, layer {cov['one_layer']} ({cov['tokens']} tokens)", f"{cov['one_layer_s']:.1f} s",
+         f"tokenising {cov['tokenise_s']:.1f} s of it"),
+        (f"covariance, layers {cov['other_memit_layers']} in one pass",
+         f"{cov['other_memit_layers_one_pass_s']:.1f} s", ""),
+        ("peak resident memory", f"{r['peak_rss_mb']:.0f} MB", ""),
+    ]
+    m = r["machine"]
+    head = (f"{r['model']}, {m['cpus']} CPUs, {m['torch_threads']} torch threads, load average "
+            f"{m['load_average_before'][0]} before / {m['load_average_after'][0]} after\n\n")
+    lines = ["| measurement | time | outcome |", "|---|---|---|"] + [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    return head + "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
