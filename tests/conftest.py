@@ -68,9 +68,26 @@ def builder(kb, tok, paragraphs):
 
 
 @pytest.fixture(scope="session")
-def default_lm():
+def _default_lm_session():
     """The embedded SmolLM2-135M-Instruct, loaded once (the safetensors copy is cached in EDITSCOPE_CACHE
     or ~/.cache/editscope, so only the first run of the suite on a machine pays the GGUF conversion)."""
     from compute.models import load_model
 
-    return load_model(cache_dir=os.environ.get("EDITSCOPE_CACHE") or None)
+    lm = load_model(cache_dir=os.environ.get("EDITSCOPE_CACHE") or None)
+    return lm, {n: p.detach().clone() for n, p in lm.model.named_parameters()}
+
+
+@pytest.fixture()
+def default_lm(_default_lm_session):
+    """The shared default model; a test that leaves it edited fails here (and the weights are restored),
+    so one test's leak cannot change another test's result."""
+    import torch
+
+    lm, pristine = _default_lm_session
+    yield lm
+    changed = [n for n, p in lm.model.named_parameters() if not torch.equal(p, pristine[n])]
+    if changed:
+        with torch.no_grad():
+            for n, p in lm.model.named_parameters():
+                p.copy_(pristine[n])
+        pytest.fail(f"the test left the shared default model edited ({len(changed)} tensors, e.g. {changed[0]})")
