@@ -28,17 +28,19 @@ PACKAGES = (
 )
 
 
-def code_version() -> str:
-    """The git commit of the code that ran, with '-dirty' when the work tree had uncommitted changes."""
+def code_version(repo: Path = REPO) -> str:
+    """The git commit of the code that ran, with '-dirty' when tracked files other than stores had
+    uncommitted changes."""
     try:
         sha = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10
         )
         if sha.returncode != 0:
             return "unknown"
+        # the shipped store is tracked and is written by the very runs being recorded: it does not count
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=REPO,
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)*.sqlite"],
+            cwd=repo,
             capture_output=True,
             text=True,
             timeout=10,
