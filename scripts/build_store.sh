@@ -19,8 +19,8 @@ has kb && cli kb build
 has cases && cli cases build --n 480 --seed 0 --set smollm2-135m-n480-s0
 has knowledge && cli knowledge measure --set smollm2-135m-n480-s0
 if has sweep; then
-  cli run sweep --editor ROME --cases 30 --values 1,3,5,7,9,12,15
-  cli run sweep --editor FT-L --cases 30 --values 1,3,5,7,9,12
+  cli run sweep --editor ROME --cases 30 --values 1,3,5,7,9,12
+  cli run sweep --editor FT-L --cases 30 --values 1,3,5,7,9
   cli run sweep --editor MEMIT --cases 30 --field layers --values 1-2-3-4-5,2-3-4-5-6,4-5-6-7-8
 fi
 if has robustness; then
