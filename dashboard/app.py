@@ -34,7 +34,29 @@ def run() -> None:
             st.Page(str(PAGES / "popularity.py"), title="Popularity", icon=":material/trending_up:"),
             st.Page(str(PAGES / "cases.py"), title="Case explorer", icon=":material/search:"),
         ]
+        if _write_access():
+            pages += [
+                st.Page(str(PAGES / "demo.py"), title="Edit demo", icon=":material/edit:"),
+                st.Page(str(PAGES / "launch.py"), title="Launch runs", icon=":material/rocket_launch:"),
+            ]
     st.navigation(pages).run()
+
+
+def _write_access() -> bool:
+    """Public mode hides the pages that start processes unless the visitor enters the passcode."""
+    import os
+
+    from dashboard.jobs import is_public, write_access
+
+    try:
+        secrets = dict(st.secrets)
+    except Exception:  # no secrets file: Streamlit raises rather than returning an empty mapping
+        secrets = {}
+    entered = None
+    if is_public(os.environ, secrets):
+        entered = st.sidebar.text_input("Passcode", type="password", key="passcode",
+                                        help="Public mode: the passcode shows the Edit demo and Launch pages")
+    return write_access(os.environ, secrets, entered)
 
 
 run()

@@ -1,7 +1,7 @@
 """The dashboard's data layer: the one place that owns Streamlit caching.
 
 The store is opened read-only. Query results are cached with `st.cache_data`, keyed on the store's path
-and modification time, so a run that writes new rows shows up on the next rerun without a restart.
+and modification time (of the file and of its WAL), so a run that writes new rows shows up on the next rerun without a restart.
 """
 
 from __future__ import annotations
@@ -30,10 +30,14 @@ def store_status() -> tuple[Path, str | None]:
 
 
 def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return 0.0
+    """When the store last changed: a writer in WAL mode appends to `<store>-wal` before the main file."""
+    times = []
+    for p in (path, path.with_name(path.name + "-wal")):
+        try:
+            times.append(p.stat().st_mtime_ns)
+        except OSError:
+            continue
+    return float(max(times, default=0))
 
 
 @st.cache_data(max_entries=64, show_spinner=False)

@@ -1,0 +1,117 @@
+"""AppTest of the Edit demo and Launch pages on the fixture store: rendering, the public-mode gate, the demo
+form's refusals, and one real launch of a tiny knowledge run that must finish."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import time
+
+import pytest
+
+from test_dashboard import APP, fixture_store  # noqa: F401  (the module-scoped store fixture)
+
+
+def _app(monkeypatch, store, public=False, secrets=None):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("EDITSCOPE_STORE", str(store))
+    if public:
+        monkeypatch.setenv("EDITSCOPE_PUBLIC", "1")
+    else:
+        monkeypatch.delenv("EDITSCOPE_PUBLIC", raising=False)
+    at = AppTest.from_file(APP, default_timeout=60)
+    for key, value in (secrets or {}).items():
+        at.secrets[key] = value
+    at.run()
+    return at
+
+
+def test_demo_and_launch_pages_render(monkeypatch, fixture_store):  # noqa: F811
+    at = _app(monkeypatch, fixture_store)
+    at.switch_page("app_pages/demo.py").run()
+    assert not at.exception and at.title[0].value == "Edit demo"
+    assert "capital" in at.selectbox(key="demo_relation").options
+    assert at.selectbox(key="demo_editor").options == ["FT-L", "IKE", "MEMIT", "ROME"]
+    at.switch_page("app_pages/launch.py").run()
+    assert not at.exception and at.title[0].value == "Launch runs"
+    assert len(at.dataframe) == 1
+
+
+def test_public_mode_hides_the_pages_without_the_passcode(monkeypatch, fixture_store):  # noqa: F811
+    at = _app(monkeypatch, fixture_store, public=True, secrets={"passcode": "s3cret"})
+    with pytest.raises(ValueError, match="Could not find a navigation page"):
+        at.switch_page("app_pages/demo.py")  # a page missing from st.navigation cannot be reached
+    at.text_input(key="passcode").set_value("wrong").run()
+    with pytest.raises(ValueError, match="Could not find a navigation page"):
+        at.switch_page("app_pages/launch.py")
+    at = _app(monkeypatch, fixture_store, public=True, secrets={"passcode": "s3cret"})
+    at.text_input(key="passcode").set_value("s3cret").run()
+    at.switch_page("app_pages/launch.py").run()
+    assert not at.exception and at.title[0].value == "Launch runs"
+
+
+def test_secret_public_flag_also_gates(monkeypatch, fixture_store):  # noqa: F811
+    at = _app(monkeypatch, fixture_store, secrets={"public": True, "passcode": "pw"})
+    assert at.text_input(key="passcode")
+    at.text_input(key="passcode").set_value("pw").run()
+    at.switch_page("app_pages/demo.py").run()
+    assert not at.exception and at.title[0].value == "Edit demo"
+
+
+def _submit_demo(at, **values):
+    for key, value in values.items():
+        widget = at.selectbox(key=key) if key in ("demo_relation", "demo_editor") else at.text_input(key=key)
+        widget.set_value(value)
+    at.button[0].click().run()  # the form's submit button
+    return at
+
+
+def test_demo_form_refuses_bad_requests_with_visible_errors(monkeypatch, fixture_store, tmp_path):  # noqa: F811
+    store = tmp_path / "copy.sqlite"
+    shutil.copy(fixture_store, store)
+    con = sqlite3.connect(store)
+    con.execute("UPDATE kb_relations SET templates = ? WHERE relation = 'capital'", ('{"prompt": "Its capital is"}',))
+    con.commit()
+    con.close()
+    at = _app(monkeypatch, store)
+    at.switch_page("app_pages/demo.py").run()
+    _submit_demo(at, demo_subject="France", demo_relation="capital", demo_new="Rome")
+    assert not at.exception and "does not occur in the prompt" in at.error[0].value
+    _submit_demo(at, demo_subject="France", demo_relation="airport_city", demo_new="Rome", demo_model="/no/such/model")
+    assert "local model directory" in at.error[0].value
+    assert "demo_job" not in at.session_state
+
+
+def test_launching_a_tiny_knowledge_run_finishes(monkeypatch, fixture_store, tiny_model_dir):  # noqa: F811
+    def knowledge_runs():
+        con = sqlite3.connect(f"file:{fixture_store}?mode=ro", uri=True)
+        try:
+            return con.execute("SELECT run_id, status, n_total FROM runs WHERE kind = 'knowledge' "
+                               "ORDER BY started_at").fetchall()
+        finally:
+            con.close()
+
+    before = knowledge_runs()
+    at = _app(monkeypatch, fixture_store)
+    at.switch_page("app_pages/launch.py").run()
+    at.segmented_control(key="experiment").set_value("knowledge").run()
+    at.number_input(key="launch_limit").set_value(1)
+    at.number_input(key="launch_gen_tokens").set_value(1)
+    at.text_input(key="launch_model").set_value(tiny_model_dir)
+    at.button[0].click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert "Started job" in at.success[0].value
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        new = [r for r in knowledge_runs() if r not in before and r[0] not in {b[0] for b in before}]
+        if new and new[0][1] != "running":
+            break
+        time.sleep(1)
+    assert new and new[0][1:] == ("done", 1), new
+    from dashboard import jobs
+
+    assert jobs.wait_for(jobs.list_jobs(fixture_store)[0], 60)
+    at.run()
+    assert not at.exception
+    assert any("knowledge" in e.label and "done" in e.label for e in at.expander)
