@@ -99,7 +99,7 @@ def binned_curves(df: pl.DataFrame, feature_label: str, value_label: str) -> go.
             + " %{customdata[1]:.3g} to %{customdata[2]:.3g}<extra>%{fullData.name}</extra>",
         ))
     fig.update_layout(xaxis_title=f"{feature_label} bin (equal-count, B1 = least popular)", yaxis_title=value_label,
-                      yaxis_range=[0, 1.05], legend_title="Editor", margin=dict(t=30, b=40))
+                      yaxis_range=[0, 1.05], legend_title="Editor", showlegend=True, margin=dict(t=30, b=40))
     return fig
 
 

@@ -8,7 +8,7 @@ from dashboard.data import query
 from store.metrics import REPHRASE_TYPES
 
 st.title("Case explorer")
-needle = st.text_input("Subject contains", value=st.query_params.get("subject", "France"), key="subject",
+needle = st.text_input("Subject contains", value=st.query_params.get("subject", ""), key="subject",
                        max_chars=100, help="Case-insensitive substring of the subject")
 st.query_params["subject"] = needle
 found = query("cases", subject_like=needle or None)

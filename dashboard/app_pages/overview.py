@@ -23,7 +23,7 @@ sets = query("case_sets")
 if sets.is_empty():
     st.info("No case sets yet: build one with `python -m compute cases build`.")
 else:
-    names = sets["case_set"].to_list()
+    names = sets.sort("n_cases", "case_set", descending=[True, False])["case_set"].to_list()  # largest first
     chosen = st.selectbox("Case set", names, index=0, key="case_set")
     split = st.toggle("Split by relation", value=False)
     by_q = query("knowledge_by_quartile", case_set=chosen, by_relation=split)
