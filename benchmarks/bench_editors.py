@@ -9,6 +9,9 @@ the new object drawn by the same seed):
 - the wall time of one MEMIT batch of `--memit-batch` edits;
 - the time to compute the key covariance for one layer (ROME's) and for MEMIT's layers in one pass,
   in a fresh cache folder so nothing is read from disk;
+- evaluation throughput: probes per second when `compute.evaluate.evaluate_cases` scores every probe of
+  `--eval-cases` cases (all 16 rephrase types and the neighbourhood prompts: both objects and a 30-token
+  greedy generation per probe, as in the robustness experiment);
 - peak resident memory of the process (getrusage maxrss).
 
 Every edit is undone before the next. The covariance statistics and context prefixes used by the timed
@@ -79,12 +82,32 @@ def time_edits(lm, requests, editor: str, hp, ctx) -> tuple[list[float], list[di
     return seconds, outcomes
 
 
+def time_evaluation(lm, cache_dir: Path, n_cases: int) -> dict:
+    """Probes per second of the full evaluation (all rephrase types, neighbourhood, 30-token generations)."""
+    from compute.cases import CaseBuilder
+    from compute.evaluate import evaluate_cases
+    from compute.kb import load_knowledge_base
+    from compute.wiki import load_wiki_paragraphs
+    from store.metrics import REPHRASE_TYPES
+
+    builder = CaseBuilder(load_knowledge_base(cache_dir), lm.tokenizer, load_wiki_paragraphs(cache_dir))
+    cases = builder.build(n_cases, seed=0)
+    probes = sum(len(c.probes) for c in cases)
+    start = time.perf_counter()
+    for case in cases:  # one case at a time, as after each edit in the robustness experiment
+        evaluate_cases(lm, [case], REPHRASE_TYPES, gen_tokens=30)
+    seconds = time.perf_counter() - start
+    return {"cases": n_cases, "probes": probes, "seconds": seconds, "probes_per_s": probes / seconds,
+            "seconds_per_case": seconds / n_cases}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="where to write the JSON results")
     parser.add_argument("--edits", type=int, default=10, help="ROME edits timed per variant (>= 10 for a p90)")
     parser.add_argument("--memit-batch", type=int, default=10, help="requests in the timed MEMIT batch")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--eval-cases", type=int, default=8, help="cases whose probes are timed for throughput")
     args = parser.parse_args(argv)
 
     import torch
@@ -137,6 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
     memit_steps = result.info["steps"]
     undo(lm, result)
 
+    eval_report = time_evaluation(lm, cache_dir, args.eval_cases)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
     report = {
         "model": lm.name,
@@ -156,6 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
                        "one_layer_s": cov_one_s, "one_layer": rome_hp.layer,
                        "other_memit_layers_one_pass_s": cov_memit_s,
                        "other_memit_layers": [x for x in memit_hp.layers if x != rome_hp.layer]},
+        "evaluation": eval_report,
         "peak_rss_mb": peak_mb,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -181,6 +206,8 @@ def markdown(r: dict) -> str:
          f"tokenising {cov['tokenise_s']:.1f} s of it"),
         (f"covariance, layers {cov['other_memit_layers']} in one pass",
          f"{cov['other_memit_layers_one_pass_s']:.1f} s", ""),
+        ("evaluation, all rephrase types", f"{r['evaluation']['probes_per_s']:.1f} probes/s",
+         f"{r['evaluation']['seconds_per_case']:.1f} s per case ({r['evaluation']['probes']} probes)"),
         ("peak resident memory", f"{r['peak_rss_mb']:.0f} MB", ""),
     ]
     m = r["machine"]
