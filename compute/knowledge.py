@@ -16,6 +16,7 @@ from typing import Sequence
 
 from compute.cases import EditCase
 from compute.evaluate import evaluate_cases
+from compute.experiments.common import recording
 from compute.models import LoadedModel
 from compute.provenance import provenance
 
@@ -62,28 +63,23 @@ def measure_knowledge(
 
         bar = tqdm(total=len(cases), initial=len(cases) - len(todo), desc="pre-edit knowledge", unit="case")
     try:
-        for start in range(0, len(todo), chunk):
-            part = todo[start : start + chunk]
-            evals = evaluate_cases(lm, part, rephrase_types, gen_tokens=gen_tokens)
-            rows, gens = [], []
-            for ev in evals:
-                plain = ev.values.get("plain")
-                if plain is not None and "rev" in plain:
-                    plain["recall"] = plain["rev"]
-                rows += ev.rows(run_id)
-                gens += ev.generation_rows(run_id)
-            store.write_measurements(rows)
-            store.write_generations(gens)
-            done.update(c.case_id for c in part)
-            store.heartbeat(run_id, n_done=len(done), n_total=len(cases))
-            if bar:
-                bar.update(len(part))
-    except KeyboardInterrupt:
-        store.finish_run(run_id, status="interrupted", error="interrupted by the user (resume with --resume)")
-        raise
-    except Exception as exc:
-        store.finish_run(run_id, status="failed", error=f"{type(exc).__name__}: {exc}")
-        raise
+        with recording(store, run_id):
+            for start in range(0, len(todo), chunk):
+                part = todo[start : start + chunk]
+                evals = evaluate_cases(lm, part, rephrase_types, gen_tokens=gen_tokens)
+                rows, gens = [], []
+                for ev in evals:
+                    plain = ev.values.get("plain")
+                    if plain is not None and "rev" in plain:
+                        plain["recall"] = plain["rev"]
+                    rows += ev.rows(run_id)
+                    gens += ev.generation_rows(run_id)
+                store.write_measurements(rows)
+                store.write_generations(gens)
+                done.update(c.case_id for c in part)
+                store.heartbeat(run_id, n_done=len(done), n_total=len(cases))
+                if bar:
+                    bar.update(len(part))
     finally:
         if bar:
             bar.close()

@@ -10,7 +10,6 @@ from compute.editors.ft import FTHyperParams
 from compute.experiments.robustness import run_robustness
 from compute.experiments.sweep import run_sweep
 from store import Store, derived, queries
-from store.metrics import REPHRASE_TYPES
 
 TYPES = ("plain", "paraphrase", "context_pronoun", "doubt")
 
@@ -63,7 +62,7 @@ def test_edit_raises_p_new_over_the_unedited_model(llama, cases, ft_hp, tmp_path
 
 
 def test_killed_robustness_run_resumes_to_the_same_numbers(llama, cases, ft_hp, tmp_path, monkeypatch):
-    import compute.experiments.robustness as rob
+    import compute.experiments.common as rob  # where each edit's evaluation is called
 
     with Store.open(tmp_path / "a.sqlite", create=True) as st:
         full = run_robustness(llama, cases, st, editor="FT-L", hp=ft_hp, ctx=_ctx(tmp_path), rephrase_types=TYPES, gen_tokens=3)

@@ -18,9 +18,9 @@ import time
 from typing import Sequence
 
 from compute.cases import EditCase
-from compute.editors import EditContext, EditRequest, apply_edit, get_editor, undo
+from compute.editors import EditContext, get_editor
 from compute.editors.base import hparams_dict
-from compute.evaluate import evaluate_cases
+from compute.experiments.common import edit_and_evaluate, recording
 from compute.models import LoadedModel
 from compute.provenance import provenance
 from store.metrics import REPHRASE_TYPES
@@ -82,28 +82,18 @@ def run_robustness(
         bar = tqdm(total=len(cases), initial=len(done), desc=f"robustness {ed.name}", unit="edit")
     started = time.monotonic()
     try:
-        for case in cases:
-            if case.case_id in done:
-                continue
-            ctx.demonstrations = [c for c in cases if c.case_id != case.case_id]
-            result = apply_edit(lm, [EditRequest.from_case(case)], ed.name, hp, ctx)
-            try:
-                ev = evaluate_cases(lm, [case], rephrase_types, gen_tokens=gen_tokens, prefix=result.prefix)[0]
-            finally:
-                undo(lm, result)
-            rows = ev.rows(run_id, edit_count=1) + edit_rows(run_id, case.case_id, result.info)
-            store.write_measurements(rows)
-            store.write_generations(ev.generation_rows(run_id, edit_count=1, phase="post"))
-            done.add(case.case_id)
-            store.heartbeat(run_id, n_done=len(done), n_total=len(cases))
-            if bar:
-                bar.update(1)
-    except KeyboardInterrupt:
-        store.finish_run(run_id, status="interrupted", error="interrupted by the user (resume with --resume)")
-        raise
-    except Exception as exc:
-        store.finish_run(run_id, status="failed", error=f"{type(exc).__name__}: {exc}")
-        raise
+        with recording(store, run_id):
+            for case in cases:
+                if case.case_id in done:
+                    continue
+                ev, result = edit_and_evaluate(lm, case, cases, ed.name, hp, ctx, rephrase_types, gen_tokens=gen_tokens)
+                rows = ev.rows(run_id, edit_count=1) + edit_rows(run_id, case.case_id, result.info)
+                store.write_measurements(rows)
+                store.write_generations(ev.generation_rows(run_id, edit_count=1, phase="post"))
+                done.add(case.case_id)
+                store.heartbeat(run_id, n_done=len(done), n_total=len(cases))
+                if bar:
+                    bar.update(1)
     finally:
         if bar:
             bar.close()

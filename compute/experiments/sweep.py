@@ -13,9 +13,9 @@ import dataclasses
 from typing import Sequence
 
 from compute.cases import EditCase
-from compute.editors import EditContext, EditRequest, apply_edit, get_editor, undo
+from compute.editors import EditContext, get_editor
 from compute.editors.base import hparams_dict
-from compute.evaluate import evaluate_cases
+from compute.experiments.common import INTERRUPTED, edit_and_evaluate
 from compute.experiments.robustness import edit_rows
 from compute.models import LoadedModel
 from compute.provenance import provenance
@@ -80,12 +80,7 @@ def run_sweep(
             for case in cases:
                 if case.case_id in done:
                     continue
-                ctx.demonstrations = [c for c in cases if c.case_id != case.case_id]
-                result = apply_edit(lm, [EditRequest.from_case(case)], ed.name, hp, ctx)
-                try:
-                    ev = evaluate_cases(lm, [case], SWEEP_TYPES, generation=False, prefix=result.prefix)[0]
-                finally:
-                    undo(lm, result)
+                ev, result = edit_and_evaluate(lm, case, cases, ed.name, hp, ctx, SWEEP_TYPES, generation=False)
                 store.write_measurements(ev.rows(run_id, edit_count=1) + edit_rows(run_id, case.case_id, result.info))
                 done.add(case.case_id)
                 store.heartbeat(run_id, n_done=len(done), n_total=len(cases))
@@ -96,7 +91,7 @@ def run_sweep(
             current = None
     except KeyboardInterrupt:
         if current:
-            store.finish_run(current, status="interrupted", error="interrupted by the user (run the sweep again to resume)")
+            store.finish_run(current, status="interrupted", error=INTERRUPTED)
         raise
     except Exception as exc:
         if current:

@@ -1,6 +1,5 @@
 """Overview: what the store holds, the pre-edit knowledge of the case sets, and every run with provenance."""
 
-import polars as pl
 import streamlit as st
 
 from dashboard import charts
