@@ -114,7 +114,8 @@ def test_memit_hyperparameters_are_checked_by_field_name(llama, ctx):
     with pytest.raises(EditorError, match="'layers' has 5"):
         apply_edit(llama, TINY_BATCH, "MEMIT", dataclasses.replace(TINY_HP, layers=(0, 5)), ctx)
     assert get_editor("memit").hparams is MEMITHyperParams
-    assert load_hparams("MEMIT", "smollm2-135m").layers == (2, 3, 4, 5, 6)
+    shipped = load_hparams("MEMIT", "smollm2-135m").layers  # chosen by the layer sweep
+    assert len(shipped) >= 2 and list(shipped) == sorted(set(shipped)) and 0 <= shipped[0] and shipped[-1] < 30
 
 
 @pytest.mark.model
