@@ -547,6 +547,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _interrupt_on_signals() -> None:
+    """Ctrl-C and SIGTERM both stop a run as 'interrupted' (resumable). Installed explicitly because a shell
+    starts background jobs with SIGINT ignored, and Python keeps an ignored SIGINT ignored."""
+    import signal
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+
+
 def main(argv=None) -> int:
     from compute.editors import EditorError
     from compute.formats import FormatError
@@ -554,6 +566,7 @@ def main(argv=None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    _interrupt_on_signals()
     if args.store is None:
         args.store = default_store_path()
     try:

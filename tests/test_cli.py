@@ -102,3 +102,24 @@ def test_rerunning_a_measurement_skips_it_and_a_clashing_case_set_is_refused(env
     capsys.readouterr()
     assert run(env, *args) == 0
     assert "already measured" in capsys.readouterr().out
+
+
+
+def test_sigterm_and_an_ignored_sigint_both_raise_keyboardinterrupt():
+    """So a background run stopped either way records 'interrupted' (the runners catch KeyboardInterrupt)."""
+    import os
+    import signal
+
+    from compute.cli import _interrupt_on_signals
+
+    saved = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a shell starts background jobs
+        _interrupt_on_signals()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), sig)
+                signal.sigtimedwait([], 0.5) if hasattr(signal, "sigtimedwait") else None
+    finally:
+        signal.signal(signal.SIGINT, saved[0])
+        signal.signal(signal.SIGTERM, saved[1])
