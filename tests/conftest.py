@@ -60,6 +60,29 @@ def paragraphs(cache_dir):
     return load_wiki_paragraphs(cache_dir)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op torch thread for a module that asks for it (`pytestmark = pytest.mark.usefixtures(...)`):
+    tiny models gain nothing from more, and on a busy two-core machine idle OpenMP threads spinning against
+    other processes made such tests about 10x slower."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture()
+def wiki_cache(tmp_path, cache_dir, paragraphs):
+    """A fresh cache folder holding only the parsed Wikipedia paragraphs (so no test sees another's statistics)."""
+    import shutil
+
+    for path in cache_dir.glob("wiki-paragraphs-*.json"):
+        shutil.copy(path, tmp_path / path.name)
+    return tmp_path
+
+
 @pytest.fixture(scope="session")
 def builder(kb, tok, paragraphs):
     from compute.cases import CaseBuilder

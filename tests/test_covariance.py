@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 
 import pytest
 import torch
 
 from compute.covariance import (
+
     compute_covariance,
     corpus_chunks,
     covariance_path,
@@ -16,24 +16,12 @@ from compute.covariance import (
     module_input,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
+
 N_TOKENS = 600  # two full chunks of 256 and a shorter one: exercises both batch shapes
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread for this module: tiny models gain nothing from more, and on a busy two-core
-    machine idle OpenMP threads spinning against other processes made these tests about 10x slower."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
-@pytest.fixture()
-def wiki_cache(tmp_path, cache_dir, paragraphs):
-    """A fresh cache folder holding only the parsed Wikipedia paragraphs (so no test sees another's C)."""
-    for path in cache_dir.glob("wiki-paragraphs-*.json"):
-        shutil.copy(path, tmp_path / path.name)
-    return tmp_path
 
 
 def test_covariance_is_symmetric_positive_semidefinite(llama, wiki_cache):

@@ -14,6 +14,9 @@ from compute.editors.memit import MEMITHyperParams, memit_update
 from compute.scoring import score_targets
 from test_rome import editable, params_of
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
+
+
 # One-token objects for the tiny tokenizer; each prompt ends with its subject.
 TINY_BATCH = [
     EditRequest("France", "The capital city of France", "Asia", "Paris"),
@@ -31,22 +34,12 @@ TINY_HP = MEMITHyperParams(
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread for this module (see test_rome.py)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture()
-def ctx(tmp_path, cache_dir, paragraphs):
-    import shutil
-
-    for path in cache_dir.glob("wiki-paragraphs-*.json"):
-        shutil.copy(path, tmp_path / path.name)
-    return EditContext(cache_dir=tmp_path)
+def ctx(wiki_cache):
+    """An edit context whose cache holds the Wikipedia paragraphs and nothing else."""
+    return EditContext(cache_dir=wiki_cache)
 
 
 @pytest.fixture(params=["llama", "gpt2"])

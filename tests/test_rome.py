@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 
 import pytest
 import torch
@@ -25,6 +24,9 @@ from compute.editors.rome import (
     subject_last_token,
 )
 from compute.scoring import score_targets
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
+
 
 # Ends with the subject; " Asia" and " Paris" are one token each for the tiny tokenizer.
 TINY_REQUEST = EditRequest("France", "The capital city of France", "Asia", "Paris")
@@ -46,21 +48,11 @@ def editable(lm):
     return lm
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread for this module: tiny models gain nothing from more, and on a busy two-core
-    machine idle OpenMP threads spinning against other processes made these tests about 10x slower."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 @pytest.fixture()
-def ctx(tmp_path, cache_dir, paragraphs):
+def ctx(wiki_cache):
     """An edit context whose cache holds the Wikipedia paragraphs and nothing else."""
-    for path in cache_dir.glob("wiki-paragraphs-*.json"):
-        shutil.copy(path, tmp_path / path.name)
-    return EditContext(cache_dir=tmp_path)
+    return EditContext(cache_dir=wiki_cache)
 
 
 def params_of(lm) -> dict[str, torch.Tensor]:
