@@ -163,9 +163,28 @@ def load_case_set(st: Store, case_set: str, limit: int | None = None):
     return [case_from_rows(r, by_case.get(r["case_id"], [])) for r in rows]
 
 
-def find_run(st: Store, kind: str, model: str, editor: str | None = None, hparams: dict | None = None, **config):
-    """The newest run of this kind/model/editor whose config has these values (and these hyperparameters),
-    as a dict, or None: re-running a command resumes or skips it instead of starting over."""
+def _same_hparams(stored: str | None, hparams) -> bool:
+    """Whether a run's stored hyperparameters are `hparams` (a dict, compared as JSON, or an editor's
+    hyperparameter object: then the stored dict is read through its class, so a field added later with a
+    default that keeps the old behaviour does not orphan the runs made before it existed)."""
+    import dataclasses
+    import json
+
+    from compute.editors.base import EditorError, parse_hparams
+
+    data = json.loads(stored or "null")
+    if dataclasses.is_dataclass(hparams):
+        try:
+            return isinstance(data, dict) and parse_hparams(type(hparams), data) == hparams
+        except EditorError:
+            return False
+    return data == json.loads(json.dumps(hparams))
+
+
+def find_run(st: Store, kind: str, model: str, editor: str | None = None, hparams=None, **config):
+    """The newest run of this kind/model/editor whose config has these values (and these hyperparameters:
+    a dict or an editor's hyperparameter object), as a dict, or None: re-running a command resumes or
+    skips it instead of starting over."""
     import json
 
     from store import queries
@@ -173,7 +192,7 @@ def find_run(st: Store, kind: str, model: str, editor: str | None = None, hparam
     for run in queries.list_runs(st.conn, kind=kind).iter_rows(named=True):
         if run["model"] != model or (editor is not None and run["editor"] != editor):
             continue
-        if hparams is not None and json.loads(run["hparams"] or "null") != json.loads(json.dumps(hparams)):
+        if hparams is not None and not _same_hparams(run["hparams"], hparams):
             continue
         cfg = json.loads(run["config"] or "{}")
         if all(cfg.get(k) == v for k, v in config.items()):
@@ -300,10 +319,8 @@ def cmd_run_robustness(args) -> None:
         name = _case_set_for(args, st, lm)
         cases = load_case_set(st, name, args.limit)
         baseline = _baseline(args, st, lm, cases, name)
-        from compute.editors.base import hparams_dict
-
         run_id = args.resume
-        old = None if run_id else find_run(st, "robustness", lm.name, ed.name, hparams_dict(hp), case_set=name,
+        old = None if run_id else find_run(st, "robustness", lm.name, ed.name, hp, case_set=name,
                                            n_cases=len(cases), gen_tokens=args.gen_tokens)
         if old and old["status"] == "done" and not args.again:
             _out(f"run {old['run_id']} already holds this experiment (use --again for a new run)")

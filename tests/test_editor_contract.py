@@ -34,6 +34,9 @@ FACTORIES = {
     "IKE": lambda ed, lm: ed.hparams(n_demonstrations=2, seed=0),
     "ROME": _rome,
     "MEMIT": _memit,
+    # the identity covariance has a flat spectrum: half its energy is a null space of half the dimensions
+    "AlphaEdit": lambda ed, lm: ed.hparams(layers=(0,), nullspace_energy=0.5, l2=0.1, v_steps=8, n_prefixes=2,
+                                           prefix_tokens=3),
 }
 
 

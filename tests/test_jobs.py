@@ -10,7 +10,7 @@ import pytest
 
 from dashboard import jobs
 
-EDITORS = ["FT-L", "IKE", "MEMIT", "ROME"]
+EDITORS = ["AlphaEdit", "FT-L", "IKE", "MEMIT", "ROME"]
 TEMPLATES = {"capital": {"prompt": "The capital of {subject} is"}, "broken": {"prompt": "Its capital is"}}
 
 

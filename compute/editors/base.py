@@ -67,6 +67,10 @@ class EditContext:
     cov_samples: int = 20_000  # corpus tokens used for covariance statistics (recorded with every run)
     covariance: Callable[[int], torch.Tensor] | None = None
     demonstrations: Sequence[EditCase] = ()  # for in-context editing
+    # What an editor remembers across the edits of one sequential run (AlphaEdit: the keys of the edits
+    # already made). Editors only read it; the runner passes a kept edit to `Editor.commit`, which updates
+    # it, so an edit that is undone leaves no trace here. Tensors only, so a checkpoint can save it.
+    state: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -78,6 +82,7 @@ class EditResult:
     originals: dict[str, torch.Tensor] = field(default_factory=dict)  # parameter name -> exact copy before the edit
     prefix: str = ""  # text an in-context editor puts before every probe at evaluation time
     info: dict = field(default_factory=dict)  # steps, losses, norms, layers, seconds: JSON-serialisable
+    memory: dict = field(default_factory=dict)  # what `Editor.commit` folds into ctx.state if the edit is kept
 
     @property
     def changed(self) -> list[str]:
@@ -113,6 +118,9 @@ class Editor:
     apply: Callable[..., EditResult]
     description: str
     changes_weights: bool = True
+    # commit(ctx, result): called by a sequential runner once an edit is kept (not undone), to fold what
+    # the edit leaves behind into ctx.state; None for editors with no memory across edits
+    commit: Callable[[EditContext, EditResult], None] | None = None
 
 
 EDITORS: dict[str, Editor] = {}

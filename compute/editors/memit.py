@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -109,18 +109,28 @@ def memit_update(keys: torch.Tensor, residual: torch.Tensor, cov: torch.Tensor, 
     return x.T
 
 
-def apply_memit(
-    lm: LoadedModel, requests: Sequence[EditRequest], hp: MEMITHyperParams, ctx: EditContext
+def spread_edit(
+    lm: LoadedModel,
+    requests: Sequence[EditRequest],
+    hp,
+    ctx: EditContext,
+    editor: str,
+    solve: Callable[[int, torch.Tensor, torch.Tensor, Callable[[int], torch.Tensor]], torch.Tensor],
+    info_extra: dict | None = None,
 ) -> EditResult:
-    """Write every request into the model at once, spread over `hp.layers` (see the module docstring)."""
+    """MEMIT's procedure (module docstring) with the per-layer least-squares step given as
+    `solve(layer, keys [N, d_in], residual [N, d_out], cov) -> update [d_out, d_in]`; MEMIT and AlphaEdit
+    differ only there. `hp` needs MEMIT's value-optimisation, prefix and `layers` fields. The keys each
+    layer saw are returned in `result.memory["keys"]` (layer -> [N, d_in]) for editors that remember them."""
     start = time.perf_counter()
     layers = sorted(hp.layers)
     if layers[-1] >= lm.n_layers:
-        raise EditorError(f"MEMIT field 'layers' has {layers[-1]} but {lm.name} has layers 0..{lm.n_layers - 1}")
+        raise EditorError(f"{editor} field 'layers' has {layers[-1]} but {lm.name} has layers 0..{lm.n_layers - 1}")
     last = layers[-1]
     names = [weight_name(lm, layer) for layer in layers]
     originals = snapshot(lm, names)
     per_layer = []
+    layer_keys = {}
     try:
         with edit_mode(lm):  # eval mode also for the covariance statistics: no dropout in them
             cov, cov_source = covariance_for(lm, ctx, hp.cov_n_tokens, layers)
@@ -134,8 +144,9 @@ def apply_memit(
                 keys = subject_keys(lm, layer, requests, prefixes).mean(dim=1)  # [N, d_in]
                 current = subject_block_outputs(lm, last, requests, prefixes).mean(dim=1)  # [N, d]
                 residual = (targets - current.double()) / (len(layers) - i)  # [N, d]
-                update = memit_update(keys, residual, cov(layer), hp.lam)  # [d_out, d_in]
+                update = solve(layer, keys, residual, cov)  # [d_out, d_in]
                 norm = add_to_down_proj(lm, layer, update)
+                layer_keys[layer] = keys.detach().clone()
                 per_layer.append({"layer": layer, "update_norm": round(norm, 6),
                                   "residual_norm": round(residual.norm(dim=1).mean().item(), 6)})
             final = subject_block_outputs(lm, last, requests, prefixes).mean(dim=1).double()  # [N, d]
@@ -150,7 +161,7 @@ def apply_memit(
     info = {
         "layers": layers,
         "matrices": names,
-        "lam": hp.lam,
+        **(info_extra or {}),
         "covariance": cov_source,
         "prefixes": list(prefixes),
         "steps": max(v.steps for v in values),
@@ -162,7 +173,19 @@ def apply_memit(
         "edits": [v.info() for v in values],
         "seconds": round(time.perf_counter() - start, 4),
     }
-    return EditResult(editor=NAME, requests=tuple(requests), originals=originals, info=info)
+    return EditResult(editor=editor, requests=tuple(requests), originals=originals, info=info,
+                      memory={"keys": layer_keys})
+
+
+def apply_memit(
+    lm: LoadedModel, requests: Sequence[EditRequest], hp: MEMITHyperParams, ctx: EditContext
+) -> EditResult:
+    """Write every request into the model at once, spread over `hp.layers` (see the module docstring)."""
+    return spread_edit(
+        lm, requests, hp, ctx, NAME,
+        lambda layer, keys, residual, cov: memit_update(keys, residual, cov(layer), hp.lam),
+        {"lam": hp.lam},
+    )
 
 
 register(

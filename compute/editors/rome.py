@@ -151,6 +151,7 @@ class ROMEHyperParams:
     use_covariance: bool = True  # False: C = I (ablation; the leak is 1.1-1.8x worse per design.md)
     key_mismatch: bool = False  # True: the original ROME code's key mismatch; False: the r-ROME fix
     fast: bool = True  # False: the straightforward reference loop (same objective, slower)
+    rect_top: float = 1.0  # RECT: keep this share of the update's entries (largest |dW/W|), zero the rest; 1 = off
 
     def validate(self) -> None:
         """Refuse values that cannot describe an edit, naming the field."""
@@ -160,6 +161,8 @@ class ROMEHyperParams:
         for name in ("use_covariance", "key_mismatch"):
             if not isinstance(getattr(self, name), bool):
                 raise EditorError(f"ROME field {name!r} must be true or false, got {getattr(self, name)!r}")
+        if not _is_number(self.rect_top) or not 0 < self.rect_top <= 1:
+            raise EditorError(f"ROME field 'rect_top' must be a share in (0, 1] (1 = RECT off), got {self.rect_top!r}")
 
     def __post_init__(self):
         self.validate()
@@ -595,6 +598,26 @@ def covariance_for(lm: LoadedModel, ctx: EditContext, n_tokens: int, layers: Seq
     return covs.__getitem__, f"wiki:{n_tokens}"
 
 
+def down_proj_matrix(lm: LoadedModel, layer: int) -> torch.Tensor:
+    """The layer's down-projection weight as [d_out, d_in] (a view; GPT-2's Conv1D stores it transposed)."""
+    weight = lm.down_proj(layer).weight
+    return weight.T if lm.arch.down_proj_transposed else weight
+
+
+def rect_sparsify(update: torch.Tensor, weight: torch.Tensor, top: float) -> torch.Tensor:
+    """RECT (Gu et al. 2024): keep the `top` share of the update's entries with the largest relative change
+    |dW_ij| / |W_ij| and zero the rest. update and weight are [d_out, d_in]; returns a new tensor (same
+    dtype as update). Entries where W_ij = 0 count as the largest relative change. top = 1 keeps all."""
+    if top >= 1:
+        return update
+    rel = update.abs().double() / weight.abs().double().to(update.device)  # inf where W_ij == 0
+    keep = max(1, int(round(top * rel.numel())))
+    idx = torch.topk(rel.flatten(), keep, sorted=False).indices
+    mask = torch.zeros(rel.numel(), dtype=torch.bool, device=update.device)
+    mask[idx] = True
+    return update * mask.view_as(update).to(update.dtype)
+
+
 @torch.no_grad()
 def add_to_down_proj(lm: LoadedModel, layer: int, update: torch.Tensor) -> float:
     """Add update [d_out, d_in] (any float dtype) to the layer's down-projection weight, oriented for its
@@ -630,8 +653,13 @@ def _edit_one(lm: LoadedModel, request: EditRequest, hp: ROMEHyperParams, prefix
     v0 = down_proj_value(lm, hp.layer, k_num)  # [d_out]
     value = optimise_values(lm, hp.layer, [request], prefixes, value_options(hp), [v0.norm().item()])[0]
     update = rank_one_update(value.delta, k_star, k_num, cov)  # [d_out, d_in]
+    extra = {}
+    if hp.rect_top < 1:
+        full_norm = float(update.norm())
+        update = rect_sparsify(update, down_proj_matrix(lm, hp.layer), hp.rect_top)
+        extra = {"rect_top": hp.rect_top, "rect_kept_norm_share": round(float(update.norm()) / max(full_norm, 1e-30), 6)}
     norm = add_to_down_proj(lm, hp.layer, update)
-    return {**value.info(), "v0_norm": round(v0.norm().item(), 6), "update_norm": round(norm, 6)}
+    return {**value.info(), "v0_norm": round(v0.norm().item(), 6), "update_norm": round(norm, 6), **extra}
 
 
 def apply_rome(lm: LoadedModel, requests: Sequence[EditRequest], hp: ROMEHyperParams, ctx: EditContext) -> EditResult:
