@@ -537,6 +537,18 @@ class Store:
         with self._transaction() as conn:
             return _upsert(conn, "weight_drift", rows)
 
+    def write_events(self, rows: Iterable[Mapping]) -> int:
+        """Upsert run events (run_id, kind, series, edit_count, end_count, value, detail)."""
+        with self._transaction() as conn:
+            return _upsert(conn, "run_events", rows)
+
+    def replace_events(self, run_id: str, kinds: Iterable[str], rows: Iterable[Mapping]) -> int:
+        """Delete the run's events of these kinds and write `rows` instead, in one transaction (events
+        recomputed from a run's whole history replace the earlier ones)."""
+        with self._transaction() as conn:
+            conn.executemany("DELETE FROM run_events WHERE run_id = ? AND kind = ?", [(run_id, k) for k in kinds])
+            return _upsert(conn, "run_events", rows)
+
     def done_case_ids(self, run_id: str, edit_count: int = 0) -> set[str]:
         """Cases with any measurement in `run_id` at `edit_count`: what a resumed run can skip."""
         rows = self.conn.execute(

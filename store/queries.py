@@ -267,3 +267,10 @@ def weight_drift(conn: sqlite3.Connection, run_ids: str | Iterable[str] | None =
     """Weight drift by run, module and edit count."""
     where, params = _where([("run_id", run_ids)])
     return _frame(conn, f"SELECT * FROM weight_drift{where} ORDER BY run_id, module, edit_count", params)
+
+
+def run_events(conn: sqlite3.Connection, run_ids: str | Iterable[str] | None = None,
+               kind: str | None = None) -> pl.DataFrame:
+    """Events found in runs (collapse, phase, disabling_edit) by run, kind, series and edit count."""
+    where, params = _where([("run_id", run_ids), ("kind", kind)])
+    return _frame(conn, f"SELECT * FROM run_events{where} ORDER BY run_id, kind, series, edit_count", params)

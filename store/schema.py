@@ -177,8 +177,25 @@ class Migration:
     apply: str | Callable[[sqlite3.Connection], None]
 
 
+# Events a run finds in its own measurements (study B): the online collapse that stops a sequential run,
+# the gradual and catastrophic phases from a change point on a series, and single "disabling" edits.
+# `series` names the metric the event was found on ('' when none); `detail` is JSON (slopes, thresholds).
+SCHEMA_V2 = """
+CREATE TABLE run_events (
+    run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+    kind TEXT NOT NULL,
+    series TEXT NOT NULL DEFAULT '',
+    edit_count INTEGER NOT NULL,
+    end_count INTEGER,
+    value REAL,
+    detail TEXT,
+    PRIMARY KEY (run_id, kind, series, edit_count)
+);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", SCHEMA_V1),
+    Migration(2, "run events: collapse, phases, disabling edits", SCHEMA_V2),
 )
 
 

@@ -32,7 +32,7 @@ def test_demo_and_launch_pages_render(monkeypatch, fixture_store):  # noqa: F811
     at.switch_page("app_pages/demo.py").run()
     assert not at.exception and at.title[0].value == "Edit demo"
     assert "capital" in at.selectbox(key="demo_relation").options
-    assert at.selectbox(key="demo_editor").options == ["FT-L", "IKE", "MEMIT", "ROME"]
+    assert at.selectbox(key="demo_editor").options == ["AlphaEdit", "FT-L", "IKE", "MEMIT", "ROME"]
     at.switch_page("app_pages/launch.py").run()
     assert not at.exception and at.title[0].value == "Launch runs"
     assert len(at.dataframe) == 1

@@ -16,6 +16,7 @@ from store import Store, StoreError, default_store_path
 from store.schema import MIGRATIONS, Migration, check_migrations, latest_version, migrate, split_statements
 
 REPO = Path(__file__).resolve().parents[1]
+V1 = MIGRATIONS[:1]  # the first schema alone: the migration tests build on it, whatever the code's latest is
 NOTES_V2 = Migration(2, "add run notes", "ALTER TABLE runs ADD COLUMN notes TEXT")
 
 
@@ -53,13 +54,25 @@ def dead_pid():
 
 # opening and validation ----------------------------------------------------------------------------
 
-def test_create_builds_a_v1_store_with_meta_and_migration_record(tmp_path):
+def test_create_builds_the_latest_store_with_meta_and_migration_record(tmp_path):
     with Store.open(tmp_path / "new.sqlite", create=True) as s:
         meta = dict(s.conn.execute("SELECT key, value FROM meta"))
         history = s.conn.execute("SELECT version, name FROM migrations").fetchall()
-        assert s.schema_version == 1 and s.migrated == (1,)
-    assert meta == {"application": "editscope", "schema_version": "1"}
-    assert history == [(1, "initial schema")]
+        latest = latest_version()
+        assert s.schema_version == latest and s.migrated == tuple(range(1, latest + 1))
+    assert meta == {"application": "editscope", "schema_version": str(latest)}
+    assert history == [(m.version, m.name) for m in MIGRATIONS]
+
+
+def test_version_2_adds_run_events(tmp_path):
+    with Store.open(tmp_path / "s.sqlite", create=True, migrations=V1) as s:
+        s.start_run(kind="sequential", model="m", run_id="r1")
+    with Store.open(tmp_path / "s.sqlite") as s:
+        assert s.migrated == (2,)
+        s.write_events([{"run_id": "r1", "kind": "collapse", "series": "panel_recall", "edit_count": 40, "value": 0.1}])
+        s.replace_events("r1", ["collapse"], [{"run_id": "r1", "kind": "collapse", "series": "fluency", "edit_count": 50}])
+        rows = s.conn.execute("SELECT kind, series, edit_count FROM run_events").fetchall()
+    assert rows == [("collapse", "fluency", 50)]
 
 
 def test_create_makes_missing_parent_folders(tmp_path):
@@ -120,7 +133,7 @@ def test_empty_file_with_create_becomes_a_store(tmp_path):
     path = tmp_path / "empty.sqlite"
     path.touch()
     with Store.open(path, create=True) as s:
-        assert s.schema_version == 1
+        assert s.schema_version == latest_version()
 
 
 def make_foreign_db(path, meta_rows=()):
@@ -159,17 +172,18 @@ def test_directory_is_refused(tmp_path):
 
 def test_newer_schema_is_refused_and_left_unchanged(tmp_path):
     path = tmp_path / "s.sqlite"
-    Store.open(path, create=True, migrations=MIGRATIONS + (NOTES_V2,)).close()
+    newer = Migration(len(MIGRATIONS) + 1, "add run notes", NOTES_V2.apply)
+    Store.open(path, create=True, migrations=MIGRATIONS + (newer,)).close()
     before = path.read_bytes()
-    with pytest.raises(StoreError, match=r"newer EditScope \(schema v2\); .*Update the code"):
+    with pytest.raises(StoreError, match=rf"newer EditScope \(schema v{newer.version}\); .*Update the code"):
         Store.open(path)
     assert path.read_bytes() == before
 
 
 def test_older_schema_is_migrated_when_writable(tmp_path):
     path = tmp_path / "s.sqlite"
-    Store.open(path, create=True).close()
-    with Store.open(path, migrations=MIGRATIONS + (NOTES_V2,)) as s:
+    Store.open(path, create=True, migrations=V1).close()
+    with Store.open(path, migrations=V1 + (NOTES_V2,)) as s:
         columns = [r[1] for r in s.conn.execute("PRAGMA table_info(runs)")]
         history = [r[0] for r in s.conn.execute("SELECT version FROM migrations ORDER BY version")]
         version = s.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
@@ -179,49 +193,49 @@ def test_older_schema_is_migrated_when_writable(tmp_path):
 
 def test_older_schema_read_only_says_to_migrate_and_leaves_file(tmp_path):
     path = tmp_path / "s.sqlite"
-    with Store.open(path, create=True) as s:
+    with Store.open(path, create=True, migrations=V1) as s:
         s.finalize()
     before = path.read_bytes()
     with pytest.raises(StoreError, match="python -m compute store migrate"):
-        Store.open(path, readonly=True, migrations=MIGRATIONS + (NOTES_V2,))
+        Store.open(path, readonly=True, migrations=V1 + (NOTES_V2,))
     assert path.read_bytes() == before
 
 
 def test_failed_migration_rolls_back_whole(tmp_path):
     path = tmp_path / "s.sqlite"
-    Store.open(path, create=True).close()
+    Store.open(path, create=True, migrations=V1).close()
     broken = Migration(2, "broken", "CREATE TABLE extra (x INTEGER); INSERT INTO no_such_table VALUES (1);")
     with pytest.raises(StoreError, match="stays at schema v1"):
-        Store.open(path, migrations=MIGRATIONS + (broken,))
-    with Store.open(path) as s:
+        Store.open(path, migrations=V1 + (broken,))
+    with Store.open(path, migrations=V1) as s:
         tables = {r[0] for r in s.conn.execute("SELECT name FROM sqlite_master")}
         assert s.schema_version == 1 and "extra" not in tables
 
 
 def test_function_migration_can_rewrite_rows(tmp_path):
     path = tmp_path / "s.sqlite"
-    with Store.open(path, create=True) as s:
+    with Store.open(path, create=True, migrations=V1) as s:
         s.start_run(kind="demo", model="m", run_id="r1")
 
     def upper_models(conn):
         conn.execute("UPDATE runs SET model = upper(model)")
 
-    with Store.open(path, migrations=MIGRATIONS + (Migration(2, "upper models", upper_models),)) as s:
+    with Store.open(path, migrations=V1 + (Migration(2, "upper models", upper_models),)) as s:
         assert s.get_run("r1")["model"] == "M" and s.schema_version == 2
 
 
 def test_migrate_on_plain_connection_is_idempotent(tmp_path):
     conn = sqlite3.connect(tmp_path / "plain.sqlite")
-    assert migrate(conn) == [1]
+    assert migrate(conn) == [m.version for m in MIGRATIONS]
     assert migrate(conn) == []
-    assert conn.execute("SELECT count(*) FROM migrations").fetchone()[0] == 1
+    assert conn.execute("SELECT count(*) FROM migrations").fetchone()[0] == len(MIGRATIONS)
     conn.close()
 
 
 def test_migration_versions_must_run_from_one_without_gaps():
     with pytest.raises(ValueError, match="1, 2, 3"):
-        check_migrations(MIGRATIONS + (Migration(3, "skips two", "SELECT 1"),))
-    assert latest_version(MIGRATIONS + (NOTES_V2,)) == 2
+        check_migrations(V1 + (Migration(3, "skips two", "SELECT 1"),))
+    assert latest_version(V1 + (NOTES_V2,)) == 2
 
 
 def test_split_statements_keeps_semicolons_inside_strings():
