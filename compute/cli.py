@@ -262,11 +262,24 @@ def _editor_setup(args, lm, editor: str):
     from compute.editors.base import parse_hparams
     from compute.models import default_cache_dir
 
+    from compute.editors.base import hparams_dict
+
     ed = get_editor(editor)
     if getattr(args, "hparams", None):
         hp = parse_hparams(ed.hparams, json.loads(Path(args.hparams).read_text()), where=str(args.hparams))
     else:
         hp = load_hparams(ed.name, lm.name)
+    overrides = {}
+    for item in getattr(args, "hp", None) or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--hp {item!r}: write FIELD=VALUE, e.g. --hp key_mismatch=true or --hp rect_top=0.4")
+        try:
+            overrides[key.strip()] = json.loads(value)
+        except ValueError:
+            overrides[key.strip()] = value
+    if overrides:
+        hp = parse_hparams(ed.hparams, {**hparams_dict(hp), **overrides}, where="--hp")
     cache = args.cache_dir or default_cache_dir()
     n_tokens = getattr(hp, "cov_n_tokens", 0)
     ctx = EditContext(cache_dir=cache, seed=args.seed, cov_samples=n_tokens,
@@ -334,6 +347,51 @@ def cmd_run_robustness(args) -> None:
         _out(f"run {run_id}: {ed.name} on {len(cases)} cases of {name}")
         summary = derived.robustness_summary(st.conn, run_ids=run_id, metrics=("acc", "rev"))
         _table(summary.drop("run_id"), max_rows=40)
+
+
+def cmd_run_sequential(args) -> None:
+    from compute.experiments.sequential import SequentialConfig, run_sequential
+    from store import derived
+
+    cfg = SequentialConfig(batch_size=args.batch, max_edits=args.edits, checkpoint_every=args.every,
+                           after_collapse=args.after_collapse, order_seed=args.order_seed,
+                           panel_pool=args.panel_pool, panel_size=args.panel_size,
+                           abilities_every=args.abilities_every, panel_known_only=not args.panel_any)
+    cfg.validate()
+    with _open_store(args) as st:
+        st.mark_stale_runs()
+        lm = _load_model(args)
+        ed, hp, ctx = _editor_setup(args, lm, args.editor)
+        name = _case_set_for(args, st, lm)
+        cases = load_case_set(st, name, args.limit)
+        abilities = None
+        if cfg.abilities_every:
+            from compute.abilities.run import ability_rows, evaluate_abilities
+
+            def abilities(model):
+                return ability_rows(evaluate_abilities(model, mode="quick"), run_id=None, edit_count=None,
+                                    batch_size=None)
+
+        run_id = args.resume
+        old = None if run_id else find_run(st, "sequential", lm.name, ed.name, hp, case_set=name,
+                                           n_cases=len(cases), batch_size=cfg.batch_size, max_edits=cfg.max_edits,
+                                           checkpoint_every=cfg.checkpoint_every, order_seed=cfg.order_seed,
+                                           abilities_every=cfg.abilities_every)
+        if old and old["status"] == "done" and not args.again:
+            _out(f"run {old['run_id']} already holds this experiment (use --again for a new run)")
+            run_id = old["run_id"]
+        else:
+            if old and not args.again:
+                run_id = old["run_id"]
+                _out(f"resuming run {run_id} from its last checkpoint ({old['n_done'] or 0} edits)")
+            run_id = run_sequential(lm, cases, st, editor=ed.name, hp=hp, ctx=ctx, cfg=cfg, case_set=name,
+                                    run_id=run_id, abilities=abilities, progress=not args.quiet)
+        _out(f"run {run_id}: sequential {ed.name}, batch size {cfg.batch_size}, on {name}")
+        _table(derived.sequential_curves(st.conn, run_id).drop("run_id"), max_rows=80)
+        events = derived.sequential_events(st.conn, run_id)
+        if not events.is_empty():
+            _out("events:")
+            _table(events.drop("run_id"))
 
 
 def cmd_run_sweep(args) -> None:
@@ -510,12 +568,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_knowledge_show)
 
     def edit_args(q, cases_default=240):
-        q.add_argument("--editor", required=True, help="ROME, MEMIT, FT-L or IKE")
+        q.add_argument("--editor", required=True, help="ROME, MEMIT, AlphaEdit, FT-L or IKE")
         q.add_argument("--set", help="case set name (default: the balanced set of --cases, built if missing)")
         q.add_argument("--cases", type=int, default=cases_default, help="number of cases when --set is not given")
         q.add_argument("--seed", type=int, default=0)
         q.add_argument("--limit", type=int, help="only the first N cases of the set")
         q.add_argument("--hparams", type=Path, help="hyperparameter JSON file (default: the shipped one for the model)")
+        q.add_argument("--hp", action="append", metavar="FIELD=VALUE",
+                       help="override one hyperparameter, e.g. --hp key_mismatch=true (repeatable)")
         q.add_argument("--gen-tokens", type=int, default=30)
         model_args(q)
 
@@ -526,6 +586,21 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--again", action="store_true", help="start a new run even if a matching one exists")
     q.add_argument("--no-baseline", action="store_true", help="skip the unedited all-types knowledge run")
     q.set_defaults(func=cmd_run_robustness)
+    q = ex.add_parser("sequential", help="study B: edits one after another, never undone; forgetting and collapse")
+    edit_args(q, cases_default=1240)
+    q.add_argument("--batch", type=int, default=1, help="edits per batch (1 for ROME and FT-L)")
+    q.add_argument("--edits", type=int, default=1000, help="at most this many edits")
+    q.add_argument("--every", type=int, default=10, help="a checkpoint every N edits (and after each of the first 10)")
+    q.add_argument("--after-collapse", type=int, default=150, help="edits made after a detected collapse")
+    q.add_argument("--order-seed", type=int, default=0, help="seed of the edit order (shared across editors)")
+    q.add_argument("--panel-pool", type=int, default=240, help="cases kept out of the edits for the fact panel")
+    q.add_argument("--panel-size", type=int, default=50, help="known facts in the panel")
+    q.add_argument("--panel-any", action="store_true",
+                   help="take the panel's facts whether the unedited model recalls them or not (tiny test models)")
+    q.add_argument("--abilities-every", type=int, default=0, help="quick ability suite every N edits (0 = never)")
+    q.add_argument("--resume", metavar="RUN_ID", help="continue this interrupted run (default: the matching one)")
+    q.add_argument("--again", action="store_true", help="start a new run even if a matching one exists")
+    q.set_defaults(func=cmd_run_sequential)
     q = ex.add_parser("sweep", help="choose an editor's layer(s): ES/PS/NS for each candidate value")
     edit_args(q, cases_default=30)
     q.add_argument("--field", default="layer", choices=["layer", "layers"])

@@ -117,3 +117,121 @@ def correlation_forest(df: pl.DataFrame, label_col: str, title: str) -> go.Figur
     fig.update_layout(xaxis_title=f"Spearman rho, {title} (95% bootstrap CI)", yaxis_title=label_col.replace("_", " "),
                       xaxis_range=[-1, 1], height=160 + 22 * df.height, margin=dict(t=30, b=40))
     return fig
+
+
+# --------------------------------------------------------------------------- sequential editing (study B)
+
+_PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f")
+
+
+def _colour(i: int) -> str:
+    return _PALETTE[i % len(_PALETTE)]
+
+
+def _rgba(hex_colour: str, alpha: float) -> str:
+    r, g, b = (int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def forgetting_curves(curves: pl.DataFrame, events: pl.DataFrame, series: list[str], labels: dict[str, str],
+                      log_x: bool = False) -> go.Figure:
+    """Small multiples, one per series, of run-level values against edit count, one line per run.
+
+    `curves`: run_id, edit_count, series, value, n, ci_low, ci_high (store.derived.sequential_curves).
+    `events`: run_id, kind, series, phase, edit_count, end_count (store.derived.sequential_events):
+    catastrophic phases are shaded in the run's colour, disabling edits marked with a dotted line and
+    collapse with a dashed one. `labels`: run_id -> the legend name.
+    """
+    from plotly.subplots import make_subplots
+
+    cols = 2 if len(series) > 1 else 1
+    rows = max(1, -(-len(series) // cols))
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=series, shared_xaxes=True,
+                        vertical_spacing=0.12 if rows > 1 else 0.1, horizontal_spacing=0.08)
+    run_ids = sorted(labels, key=lambda r: labels[r])
+    for i, name in enumerate(series):
+        row, col = i // cols + 1, i % cols + 1
+        part = curves.filter(pl.col("series") == name)
+        for j, run in enumerate(run_ids):
+            data = part.filter(pl.col("run_id") == run).sort("edit_count")
+            if data.is_empty():
+                continue
+            colour = _colour(j)
+            has_ci = data["ci_low"].null_count() < data.height
+            if has_ci:
+                fig.add_trace(go.Scatter(
+                    x=data["edit_count"].to_list() + data["edit_count"].reverse().to_list(),
+                    y=data["ci_high"].to_list() + data["ci_low"].reverse().to_list(),
+                    fill="toself", fillcolor=_rgba(colour, 0.12), line=dict(width=0), hoverinfo="skip",
+                    showlegend=False, legendgroup=run), row=row, col=col)
+            fig.add_trace(go.Scatter(
+                x=data["edit_count"].to_list(), y=data["value"].to_list(), mode="lines",
+                name=labels[run], legendgroup=run, showlegend=i == 0, line=dict(color=colour, width=2),
+                customdata=list(zip(data["n"].to_list(), data["ci_low"].to_list(), data["ci_high"].to_list())),
+                hovertemplate="%{x} edits: %{y:.3f}" + (" [95% CI %{customdata[1]:.3f}, %{customdata[2]:.3f}]"
+                                                        if has_ci else "")
+                + "<br>n = %{customdata[0]}<extra>" + labels[run] + "</extra>"), row=row, col=col)
+            ev = events.filter(pl.col("run_id") == run) if not events.is_empty() else events
+            for e in ev.iter_rows(named=True) if not ev.is_empty() else []:
+                if e["kind"] == "phase" and e["phase"] == "catastrophic" and e["series"] and name.lower().startswith(
+                        {"retention": "retained", "panel_recall": "recall on", "fluency": "fluency"}.get(e["series"], "?")):
+                    fig.add_vrect(x0=e["edit_count"], x1=e["end_count"], fillcolor=_rgba(colour, 0.10), line_width=0,
+                                  row=row, col=col)
+                elif e["kind"] == "disabling_edit":
+                    fig.add_vline(x=e["edit_count"], line_dash="dot", line_color=colour, line_width=1, row=row, col=col)
+                elif e["kind"] == "collapse":
+                    fig.add_vline(x=e["edit_count"], line_dash="dash", line_color=colour, line_width=1.5,
+                                  row=row, col=col)
+    fig.update_xaxes(title_text="Edits made", type="log" if log_x else "linear", row=rows)
+    if rows > 1 and len(series) % cols:  # the last row's lone panel needs its own axis title
+        fig.update_xaxes(title_text="Edits made", row=rows - 1, col=cols)
+    fig.update_layout(height=260 * rows + 80, legend_title="Run", margin=dict(t=40, b=40),
+                      hovermode="closest")
+    return fig
+
+
+def weight_drift_chart(drift: pl.DataFrame, labels: dict[str, str], log_y: bool = True) -> go.Figure:
+    """||W - W0||_F, relative change and condition number per edited matrix against edit count; one colour
+    per run, one dash per matrix. Expects run_id, edit_count, module, fro_delta, rel_change, cond_number."""
+    from plotly.subplots import make_subplots
+
+    titles = ["||W − W0||_F", "Relative change ||W − W0||_F / ||W0||_F", "Condition number of W"]
+    fig = make_subplots(rows=1, cols=3, subplot_titles=titles, horizontal_spacing=0.07)
+    dashes = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
+    run_ids = sorted(labels, key=lambda r: labels[r])
+    for j, run in enumerate(run_ids):
+        part = drift.filter(pl.col("run_id") == run)
+        modules = sorted(part["module"].unique().to_list())
+        for k, module in enumerate(modules):
+            data = part.filter(pl.col("module") == module).sort("edit_count")
+            layer = "".join(ch for ch in module.split("layers.")[-1].split(".")[0] if ch.isdigit()) or module
+            for c, column in enumerate(("fro_delta", "rel_change", "cond_number")):
+                fig.add_trace(go.Scatter(
+                    x=data["edit_count"].to_list(), y=data[column].to_list(), mode="lines",
+                    name=f"{labels[run]} · layer {layer}", legendgroup=f"{run}-{module}", showlegend=c == 0,
+                    line=dict(color=_colour(j), dash=dashes[k % len(dashes)]),
+                    hovertemplate="%{x} edits: %{y:.4g}<br>" + module + "<extra>" + labels[run] + "</extra>"),
+                    row=1, col=c + 1)
+    fig.update_xaxes(title_text="Edits made")
+    if log_y:
+        fig.update_yaxes(type="log")
+    fig.update_layout(height=380, legend_title="Run · edited matrix", margin=dict(t=40, b=40))
+    return fig
+
+
+def forgetting_by_age_chart(df: pl.DataFrame) -> go.Figure:
+    """Share of held edits forgotten against edit count, one line per age bin (edits made since), n and
+    the Wilson CI in the hover. Expects edit_count, age_bin, forgotten, n, ci_low, ci_high."""
+    fig = go.Figure()
+    bins = list(dict.fromkeys(df["age_bin"].to_list()))
+    for i, b in enumerate(bins):
+        data = df.filter(pl.col("age_bin") == b).sort("edit_count")
+        fig.add_trace(go.Scatter(
+            x=data["edit_count"].to_list(), y=data["forgotten"].to_list(), mode="lines+markers", name=b,
+            line=dict(color=_colour(i)),
+            customdata=list(zip(data["n"].to_list(), data["ci_low"].to_list(), data["ci_high"].to_list())),
+            hovertemplate="%{x} edits: %{y:.3f} [95% CI %{customdata[1]:.3f}, %{customdata[2]:.3f}]"
+            "<br>n = %{customdata[0]}<extra>age " + b + "</extra>"))
+    fig.update_layout(xaxis_title="Edits made", yaxis_title="Share of held edits now forgotten", yaxis_range=[0, 1],
+                      legend_title="Edit's age (edits since)", margin=dict(t=30, b=40))
+    return fig

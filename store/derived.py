@@ -281,3 +281,140 @@ def case_view(conn: sqlite3.Connection, case_id: str, run_id: str) -> pl.DataFra
         .select("edit_count", "rephrase_type", *keep, "generation")
         .sort("edit_count", "rephrase_type")
     )
+
+
+# --------------------------------------------------------------------------- sequential runs (study B)
+
+RUN_LEVEL = "*"  # case_id of a sequential run's run-level rows (compute.experiments.sequential)
+
+# (scope, metric) of a sequential run's run-level rows -> the series name a researcher reads
+SEQUENTIAL_SERIES: dict[tuple[str, str], str] = {
+    ("newest", "es"): "Newest-edit efficacy (ES)",
+    ("newest", "ps"): "Newest-edit paraphrase score (PS)",
+    ("newest", "ns"): "Newest-edit neighbourhood score (NS)",
+    ("all_edits", "retention"): "Retained edits",
+    ("all_edits", "forgotten"): "Forgotten edits",
+    ("panel", "panel_recall"): "Recall on the unedited fact panel",
+    ("panel", "exact_match"): "Panel exact match (after every edit)",
+    ("free_text", "fluency"): "Fluency (n-gram entropy, bits)",
+}
+_SHARES = {"es", "ps", "ns", "retention", "forgotten", "panel_recall", "exact_match"}
+
+
+def run_label(editor: str | None, hparams: dict | None, config: dict | None) -> str:
+    """A run's short name: the editor plus what sets it apart (original ROME keys, RECT share, batch size)."""
+    hp, cfg = hparams or {}, config or {}
+    label = editor or "unedited"
+    if hp.get("key_mismatch"):
+        label += " (original keys)"
+    if hp.get("rect_top", 1.0) < 1.0:
+        label += f" + RECT {round(100 * hp['rect_top'])}%"
+    if cfg.get("batch_size", 1) != 1:
+        label += f", b={cfg['batch_size']}"
+    return label
+
+
+def run_labels(conn: sqlite3.Connection, kind: str | None = None) -> pl.DataFrame:
+    """run_id, label (run_label), editor, status, n_done, started_at for the runs of a kind."""
+    import json
+
+    runs = queries.list_runs(conn, kind=kind)
+    labels = [run_label(r["editor"], json.loads(r["hparams"] or "null"), json.loads(r["config"] or "null"))
+              for r in runs.iter_rows(named=True)]
+    return runs.select("run_id", "kind", "editor", "status", "n_done", "n_total", "started_at").with_columns(
+        pl.Series("label", labels, dtype=pl.Utf8))
+
+
+def sequential_curves(conn: sqlite3.Connection, run_ids=None) -> pl.DataFrame:
+    """Every run-level series of sequential runs against edit count, with n and a 95% Wilson CI for shares:
+    run_id, edit_count, scope, metric, series, value, n, ci_low, ci_high."""
+    where, params = queries._where([("run_id", run_ids)])
+    clause = (where + " AND " if where else " WHERE ") + "case_id = ? AND run_id IN (SELECT run_id FROM runs WHERE kind = 'sequential')"
+    rows = queries._frame(
+        conn, f"SELECT run_id, edit_count, rephrase_type AS scope, metric, value FROM measurements{clause}",
+        [*params, RUN_LEVEL])
+    empty = pl.DataFrame(schema={"run_id": pl.Utf8, "edit_count": pl.Int64, "scope": pl.Utf8, "metric": pl.Utf8,
+                                 "series": pl.Utf8, "value": pl.Float64, "n": pl.Int64, "ci_low": pl.Float64,
+                                 "ci_high": pl.Float64})
+    if rows.is_empty():
+        return empty
+    counts = rows.filter(pl.col("metric").is_in(["n", "n_held"]))
+    values = rows.filter(~pl.col("metric").is_in(["n", "n_held"]))
+    n_at = counts.filter(pl.col("metric") == "n").select("run_id", "edit_count", "scope", pl.col("value").alias("n"))
+    held_at = counts.filter(pl.col("metric") == "n_held").select("run_id", "edit_count", pl.col("value").alias("n_held"))
+    # the panel's size does not change: per-edit panel rows carry the run's panel n
+    panel_n = n_at.filter(pl.col("scope") == "panel").group_by("run_id").agg(pl.col("n").max().alias("panel_n"))
+    out = (values.join(n_at, on=["run_id", "edit_count", "scope"], how="left")
+           .join(held_at.with_columns(pl.lit("all_edits").alias("scope")), on=["run_id", "edit_count", "scope"], how="left")
+           .join(panel_n, on="run_id", how="left")
+           .with_columns(
+               pl.when(pl.col("metric") == "forgotten").then(pl.col("n_held"))
+               .when((pl.col("scope") == "panel") & pl.col("n").is_null()).then(pl.col("panel_n"))
+               .otherwise(pl.col("n")).cast(pl.Int64).alias("n"))
+           .drop("n_held", "panel_n"))
+    names = [SEQUENTIAL_SERIES.get((s, m), f"{s}/{m}") for s, m in zip(out["scope"], out["metric"])]
+    lows, highs = [], []
+    for metric, value, n in zip(out["metric"], out["value"], out["n"]):
+        if metric in _SHARES and n and value is not None and value == value:
+            lo, hi = wilson_ci(round(value * n), n)
+        else:
+            lo = hi = None
+        lows.append(lo)
+        highs.append(hi)
+    out = out.with_columns(pl.Series("series", names, dtype=pl.Utf8), pl.Series("ci_low", lows, dtype=pl.Float64),
+                           pl.Series("ci_high", highs, dtype=pl.Float64))
+    return out.select(empty.columns).sort("run_id", "scope", "metric", "edit_count")
+
+
+def sequential_events(conn: sqlite3.Connection, run_ids=None) -> pl.DataFrame:
+    """Collapse, phases and disabling edits of runs, with the phase name read from the detail JSON."""
+    import json
+
+    ev = queries.run_events(conn, run_ids=run_ids)
+    phases = [json.loads(d).get("phase") if d else None for d in ev["detail"]] if ev.height else []
+    return ev.with_columns(pl.Series("phase", phases, dtype=pl.Utf8)).select(
+        "run_id", "kind", "series", "phase", "edit_count", "end_count", "value")
+
+
+AGE_BINS = (0, 10, 50, 100, 250, 500)
+
+
+def forgetting_by_age(conn: sqlite3.Connection, run_id: str, bins: tuple[int, ...] = AGE_BINS) -> pl.DataFrame:
+    """Study B's forgetting curve by an edit's age (edits made since it): for each checkpoint and age bin,
+    the share of edits that held at their first checkpoint and no longer hold, with n and a Wilson CI.
+    Columns: edit_count, age_bin (label like "10-49"), forgotten, n, ci_low, ci_high."""
+    sql = """
+    WITH made AS (SELECT case_id, MIN(edit_count) AS made_at FROM measurements
+                  WHERE run_id = ? AND rephrase_type = 'edit' GROUP BY case_id),
+         es AS (SELECT case_id, edit_count, value FROM measurements
+                WHERE run_id = ? AND rephrase_type = 'plain' AND metric = 'es' AND case_id != ?),
+         first AS (SELECT case_id, MIN(edit_count) AS first_at FROM es GROUP BY case_id),
+         held AS (SELECT es.case_id FROM es JOIN first ON es.case_id = first.case_id
+                  AND es.edit_count = first.first_at WHERE es.value >= 0.5)
+    SELECT es.edit_count, es.edit_count - made.made_at AS age, es.value
+    FROM es JOIN held ON es.case_id = held.case_id JOIN made ON es.case_id = made.case_id
+    """
+    df = queries._frame(conn, sql, [run_id, run_id, RUN_LEVEL])
+    schema = {"edit_count": pl.Int64, "age_bin": pl.Utf8, "forgotten": pl.Float64, "n": pl.Int64,
+              "ci_low": pl.Float64, "ci_high": pl.Float64}
+    if df.is_empty():
+        return pl.DataFrame(schema=schema)
+    edges = list(bins)
+    labels = [f"{a}-{b - 1}" for a, b in zip(edges, edges[1:])] + [f"{edges[-1]}+"]
+
+    def label(age: int) -> str:
+        for i in range(len(edges) - 1, -1, -1):
+            if age >= edges[i]:
+                return labels[i]
+        return labels[0]
+
+    df = df.with_columns(pl.col("age").map_elements(label, return_dtype=pl.Utf8).alias("age_bin"),
+                         (pl.col("value") < 0.5).cast(pl.Int64).alias("lost"))
+    out = df.group_by("edit_count", "age_bin").agg(pl.col("lost").sum().alias("k"), pl.len().alias("n"))
+    cis = [wilson_ci(k, n) for k, n in zip(out["k"], out["n"])]
+    out = out.with_columns((pl.col("k") / pl.col("n")).alias("forgotten"),
+                           pl.Series("ci_low", [c[0] for c in cis]), pl.Series("ci_high", [c[1] for c in cis]),
+                           pl.col("n").cast(pl.Int64))
+    order = {name: i for i, name in enumerate(labels)}
+    return out.with_columns(pl.col("age_bin").replace_strict(order, return_dtype=pl.Int64).alias("_o")).sort(
+        "edit_count", "_o").select(list(schema))

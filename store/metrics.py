@@ -23,7 +23,7 @@ class MetricInfo:
     name: str
     label: str
     higher_is_better: bool
-    unit: str            # "probability", "nats", "rank", "share" (0..1), "bits", "ratio", "norm", "difference"
+    unit: str            # "probability", "nats", "rank", "share" (0..1), "bits", "ratio", "norm", "difference", "count"
     description: str
     version: str
 
@@ -82,10 +82,17 @@ METRICS: dict[str, MetricInfo] = dict(
         _metric("panel_recall", "Recall on the unedited fact panel", True, "share",
                 "Share of a fixed panel of facts not being edited whose true object greedy generation still "
                 "contains (or an alias), by edit count: collateral damage to stored knowledge."),
+        _metric("n", "Items measured (n)", True, "count",
+                "Number of items a run-level value of a sequential run averages over (edits, panel facts, "
+                "prompts), stored beside it so every curve can carry its n and a Wilson interval."),
+        _metric("n_held", "Edits that held when made (n)", True, "count",
+                "Number of edits so far that held at their first checkpoint: the denominator of the share "
+                "forgotten."),
         _metric("fro_delta", "||W - W0||_F", False, "norm",
                 "Weight drift: ||W - W0||_F per edited matrix."),
         _metric("rel_change", "Relative weight change |dW/W|", False, "ratio",
-                "Weight drift: relative change |dW/W| per edited matrix."),
+                "Weight drift: relative change |dW/W| per edited matrix, measured as ||W - W0||_F / ||W0||_F "
+                "(an entry-wise mean of |dW_ij / W_ij| is dominated by near-zero weights)."),
         _metric("cond_number", "Condition number of W", False, "ratio",
                 "Weight drift: condition number of W per edited matrix."),
     ]

@@ -29,6 +29,12 @@ def fixture_store(tmp_path_factory, tiny_model_dir, cache_dir, kb):
         (hp.parent / "ike.json").write_text("{}")
         assert main(base + ["run", "robustness", "--editor", editor, "--set", "tiny32", "--limit", "4",
                             "--gen-tokens", "2", "--model", tiny_model_dir, *extra]) == 0
+    rome = store.parent / "rome.json"
+    rome.write_text('{"layer": 0, "v_steps": 6, "n_prefixes": 2, "prefix_tokens": 3, "use_covariance": false}')
+    for variant in ([], ["--hp", "key_mismatch=true"]):
+        assert main(base + ["run", "sequential", "--editor", "ROME", "--set", "tiny32", "--edits", "6", "--every", "3",
+                            "--panel-pool", "4", "--panel-size", "3", "--panel-any", "--hparams", str(rome),
+                            "--model", tiny_model_dir, *variant]) == 0
     return store
 
 
@@ -74,6 +80,62 @@ def test_robustness_page_shows_heatmaps_per_metric_and_split(monkeypatch, fixtur
     assert at.title[0].value == "Robustness of single edits"
     at.segmented_control(key="split").set_value("relation").run()
     assert not at.exception and at.selectbox(key="group").value
+
+
+def test_forgetting_page_overlays_runs_with_events_and_weight_drift(monkeypatch, fixture_store):
+    at = _app(monkeypatch, fixture_store)
+    at.switch_page("app_pages/forgetting.py").run()
+    assert not at.exception
+    assert at.title[0].value == "Sequential editing: forgetting and collapse"
+    runs = [m for m in at.multiselect if m.label == "Runs"][0]
+    assert len(runs.value) == 2
+    assert len(at.get("plotly_chart")) >= 2  # curves and weight drift (and forgetting by age)
+    assert [b.label for b in at.get("download_button")][:1] == ["Download CSV (curves)"]
+
+
+def test_shared_filters_come_from_the_url_and_follow_the_visitor(monkeypatch, fixture_store):
+    from store import Store, derived
+
+    with Store.open(fixture_store, readonly=True) as st_:
+        labels = derived.run_labels(st_.conn, "sequential")
+    original = labels.filter(labels["label"] == "ROME (original keys)")["run_id"][0]
+    monkeypatch.setenv("EDITSCOPE_STORE", str(fixture_store))
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params["runs"] = original
+    at.run()
+    at.switch_page("app_pages/forgetting.py").run()
+    assert not at.exception
+    assert [m for m in at.multiselect if m.label == "Runs"][0].value == [original]
+    assert at.query_params["runs"] == [original] or at.query_params["runs"] == original
+
+
+def test_forgetting_curves_shade_catastrophic_phases_and_mark_events():
+    curves = pl.DataFrame({"run_id": ["a"] * 4, "edit_count": [1, 2, 10, 20], "series": ["Retained edits"] * 4,
+                           "value": [1.0, 1.0, 0.8, 0.1], "n": [1, 2, 10, 20], "ci_low": [0.2, 0.3, 0.5, 0.03],
+                           "ci_high": [1.0, 1.0, 0.95, 0.3]})
+    events = pl.DataFrame({"run_id": ["a", "a", "a"], "kind": ["phase", "disabling_edit", "collapse"],
+                           "series": ["retention", "panel_exact_match", "fluency"],
+                           "phase": ["catastrophic", None, None], "edit_count": [10, 12, 15],
+                           "end_count": [20, None, None], "value": [-0.05, 0.1, 1.0]})
+    fig = charts.forgetting_curves(curves, events, ["Retained edits"], {"a": "ROME"})
+    line = [t for t in fig.data if t.mode == "lines"][0]
+    assert line.name == "ROME" and "n = " in line.hovertemplate and list(line.customdata[0])[0] == 1
+    shapes = fig.layout.shapes
+    assert any(s.type == "rect" and s.x0 == 10 and s.x1 == 20 for s in shapes)
+    assert sum(s.type == "line" for s in shapes) == 2
+    assert fig.layout.xaxis.title.text == "Edits made"
+
+
+def test_weight_drift_chart_has_three_panels_per_matrix():
+    drift = pl.DataFrame({"run_id": ["a"] * 4, "edit_count": [1, 2, 1, 2],
+                          "module": ["model.layers.3.mlp.down_proj"] * 2 + ["model.layers.4.mlp.down_proj"] * 2,
+                          "fro_delta": [1.0, 2.0, 0.5, 0.7], "rel_change": [0.01, 0.02, 0.005, 0.007],
+                          "cond_number": [100.0, 120.0, 90.0, 91.0]})
+    fig = charts.weight_drift_chart(drift, {"a": "MEMIT"})
+    assert len(fig.data) == 6 and {t.name for t in fig.data} == {"MEMIT · layer 3", "MEMIT · layer 4"}
+    assert "Condition number" in fig.layout.annotations[2].text
 
 
 def test_rephrase_heatmap_orders_types_and_reports_n():

@@ -43,7 +43,7 @@ def test_descriptions_follow_the_design_definitions():
 
 
 def test_every_metric_has_description_unit_and_version():
-    units = {"probability", "nats", "rank", "share", "bits", "ratio", "norm", "difference"}
+    units = {"probability", "nats", "rank", "share", "bits", "ratio", "norm", "difference", "count"}
     for info in METRICS.values():
         assert info.description.rstrip(")").endswith(".") and len(info.description) > 30, info.name
         assert info.unit in units, info.name

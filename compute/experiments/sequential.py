@@ -1,0 +1,472 @@
+"""Study B's sequential editing: one model edited again and again, never undone, measured as it goes.
+
+Order. The edit order is a seeded permutation of a case set's ids (`edit_order`), so every editor run
+with the same set and seed edits the same facts in the same order. The last `panel_pool` cases of the
+order are never edited: the first `panel_size` of them that the unedited model recalls (greedy
+generation names the true object) form the fixed panel of unedited facts. The edits are the rest of the
+order, in batches of `batch_size`, up to `max_edits` edits or `after_collapse` edits past a detected
+collapse, whichever comes first.
+
+After every edit (cheap): the panel's exact-match accuracy (teacher-forced, one forward pass), and the
+edit's own record (seconds, steps, final target NLL).
+
+At every checkpoint (edit counts 1..dense_first, then every `checkpoint_every` edits, and the last):
+
+- newest edits (made since the previous checkpoint): ES on the plain prompt, PS on paraphrases, NS on
+  neighbourhood prompts, all metrics per case, and their means as run-level rows;
+- every earlier edit: ES on its plain prompt per case; `retention` = share of all edits so far that
+  hold, `forgotten` = share of edits that held at their first checkpoint and no longer hold (study B);
+  the forgetting curve by the edit's age is derived from these per-case rows (store.derived);
+- the panel's greedy recall (`panel_recall`) and exact match; fluency (n-gram entropy) of greedy free
+  generations from fixed neutral prompts;
+- weight drift of every edited matrix: ||W - W0||_F, the relative change ||W - W0||_F / ||W0||_F, and the
+  condition number of W;
+- the quick general-ability suite when `abilities_every` says so (compute.abilities).
+
+Run-level rows use case_id "*" and a scope as rephrase type: "newest", "all_edits", "panel", "free_text".
+
+Collapse (online, stops the run 150 edits later): fluency below `collapse_fluency` x its unedited
+value, or panel recall below `collapse_panel` x its unedited value. Afterwards the whole history is
+searched for phases (a change point on retention, panel recall and fluency: `detect_phases`) and for
+disabling edits (one edit after which the panel's exact match drops by at least `disable_drop`); both go
+to the store's run_events.
+
+Resumable: at every checkpoint, after its rows are written, the edited matrices, the editor's memory
+(ctx.state) and the run's bookkeeping are saved atomically to `<cache>/sequential/<run_id>.pt`
+(outside git). A killed run restarts from its last checkpoint and, everything being deterministic,
+rewrites the same rows with the same numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from compute.cases import NEIGHBOURHOOD, EditCase
+from compute.editors import EditContext, EditRequest, apply_edit, get_editor
+from compute.editors.base import EditorError, hparams_dict
+from compute.evaluate import evaluate_cases
+from compute.experiments.common import recording
+from compute.experiments.robustness import edit_rows
+from compute.models import LoadedModel
+from compute.provenance import provenance
+from compute.scoring import fluency, mentions, run_probes
+
+RUN_LEVEL = "*"  # case_id of run-level rows
+STATE_VERSION = 1
+
+# Neutral openings whose greedy continuations measure fluency (none names a knowledge-base fact).
+FLUENCY_PROMPTS = (
+    "The weather today is",
+    "My favourite book is about",
+    "In the history of science,",
+    "The city council announced that",
+    "Once upon a time, there was",
+    "The best way to learn a new language is",
+    "Scientists have recently discovered that",
+    "The restaurant on the corner serves",
+)
+
+
+@dataclass(frozen=True)
+class SequentialConfig:
+    """How a sequential run is laid out and measured (stored as the run's config)."""
+
+    batch_size: int = 1
+    max_edits: int = 1000
+    checkpoint_every: int = 10
+    dense_first: int = 10  # a checkpoint after each of the first this many edits
+    after_collapse: int = 150  # edits made after a detected collapse before the run stops
+    order_seed: int = 0
+    panel_pool: int = 240  # the last cases of the order, never edited; the panel comes from them
+    panel_size: int = 50
+    panel_known_only: bool = True  # False: the first panel_size pool facts, known or not (tiny test models)
+    panel_tokens: int = 12  # greedy tokens read for panel recall
+    fluency_tokens: int = 40
+    collapse_fluency: float = 0.6
+    collapse_panel: float = 0.25
+    disable_drop: float = 0.2
+    abilities_every: int = 0  # quick ability suite every this many edits (0 = never)
+
+    def validate(self) -> None:
+        for name in ("batch_size", "max_edits", "checkpoint_every", "panel_size", "panel_tokens", "fluency_tokens"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"sequential {name} must be an integer >= 1, got {value!r}")
+        for name in ("dense_first", "after_collapse", "panel_pool", "abilities_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"sequential {name} must be an integer >= 0, got {value!r}")
+        for name in ("collapse_fluency", "collapse_panel", "disable_drop"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"sequential {name} must be in [0, 1], got {getattr(self, name)!r}")
+
+
+def edit_order(case_ids: Sequence[str], seed: int) -> list[str]:
+    """The seeded order of a case set: the same ids and seed give the same order for every editor."""
+    order = sorted(case_ids)
+    random.Random(f"editscope-sequential-{seed}").shuffle(order)
+    return order
+
+
+def split_order(order: Sequence[str], cfg: SequentialConfig) -> tuple[list[str], list[str]]:
+    """(edits, panel pool): the pool is the last `panel_pool` ids, so the edits are a prefix-stable list."""
+    if len(order) <= cfg.panel_pool:
+        raise ValueError(
+            f"a case set of {len(order)} cases leaves nothing to edit after the {cfg.panel_pool}-case panel pool: "
+            "build a larger set (`python -m compute cases build --n N`) or lower --panel-pool"
+        )
+    cut = len(order) - cfg.panel_pool
+    return list(order[:cut][: cfg.max_edits]), list(order[cut:])
+
+
+def checkpoint_due(count: int, previous: int, cfg: SequentialConfig) -> bool:
+    """Whether edit count `count` (reached from `previous` by one batch) is a checkpoint: the batch holds
+    one of the first `dense_first` edits, or crosses a multiple of `checkpoint_every`."""
+    return previous < cfg.dense_first or count // cfg.checkpoint_every > previous // cfg.checkpoint_every
+
+
+# --------------------------------------------------------------------------- measurements
+
+
+def _panel_probe(case: EditCase) -> tuple[str, str]:
+    return case.prompt, case.true_object
+
+
+def panel_exact_match(lm: LoadedModel, panel: Sequence[EditCase]) -> float:
+    """Share of panel facts whose true object is the teacher-forced argmax at every token."""
+    res = run_probes(lm, [c.prompt for c in panel], [[c.true_object] for c in panel])
+    return sum(r.scores[0].exact_match for r in res) / len(panel)
+
+
+def panel_recall(lm: LoadedModel, panel: Sequence[EditCase], tokens: int) -> tuple[float, float]:
+    """(greedy recall, exact match) on the panel, from one pass per batch."""
+    res = run_probes(lm, [c.prompt for c in panel], [[c.true_object] for c in panel], gen_tokens=tokens)
+    recall = sum(mentions(r.generation or "", c.true_names()) for r, c in zip(res, panel)) / len(panel)
+    em = sum(r.scores[0].exact_match for r in res) / len(panel)
+    return recall, em
+
+
+def free_fluency(lm: LoadedModel, tokens: int) -> float:
+    """Mean n-gram entropy (bits) of greedy continuations of FLUENCY_PROMPTS."""
+    res = run_probes(lm, list(FLUENCY_PROMPTS), [[] for _ in FLUENCY_PROMPTS], gen_tokens=tokens)
+    return sum(fluency(r.generation or "") for r in res) / len(res)
+
+
+def known_panel(lm: LoadedModel, pool: Sequence[EditCase], size: int, tokens: int) -> list[EditCase]:
+    """The first `size` pool cases the unedited model recalls (greedy generation names the true object)."""
+    res = run_probes(lm, [c.prompt for c in pool], [[c.true_object] for c in pool], gen_tokens=tokens)
+    known = [c for c, r in zip(pool, res) if mentions(r.generation or "", c.true_names())]
+    if len(known) < min(size, 5):
+        raise ValueError(f"the unedited model recalls only {len(known)} of the {len(pool)} panel-pool facts: "
+                         "use a larger --panel-pool")
+    return known[:size]
+
+
+@torch.no_grad()
+def weight_drift(lm: LoadedModel, w0: dict[str, torch.Tensor]) -> list[dict]:
+    """||W - W0||_F, ||W - W0||_F / ||W0||_F and cond(W) for every matrix edited so far."""
+    params = dict(lm.model.named_parameters())
+    rows = []
+    for name, original in sorted(w0.items()):
+        w = params[name].detach().double()
+        diff = (w - original.double()).norm().item()
+        sv = torch.linalg.svdvals(w)
+        rows.append({
+            "module": name.removesuffix(".weight"),
+            "fro_delta": diff,
+            "rel_change": diff / max(original.double().norm().item(), 1e-30),
+            "cond_number": (sv[0] / sv[-1]).item() if sv[-1] > 0 else math.inf,
+        })
+    return rows
+
+
+def _run_level(run_id: str, count: int, scope: str, values: dict) -> list[dict]:
+    return [{"run_id": run_id, "case_id": RUN_LEVEL, "edit_count": count, "rephrase_type": scope,
+             "metric": m, "value": float(v)} for m, v in values.items()]
+
+
+# --------------------------------------------------------------------------- phases and disabling edits
+
+
+def _line_sse(x: list[float], y: list[float]) -> tuple[float, float]:
+    """(slope, sum of squared residuals) of the least-squares line through (x, y)."""
+    n = len(x)
+    mx, my = sum(x) / n, sum(y) / n
+    sxx = sum((a - mx) ** 2 for a in x)
+    slope = sum((a - mx) * (b - my) for a, b in zip(x, y)) / sxx if sxx > 0 else 0.0
+    sse = sum((b - (my + slope * (a - mx))) ** 2 for a, b in zip(x, y))
+    return slope, sse
+
+
+def detect_phases(x: Sequence[float], y: Sequence[float], *, min_points: int = 3, steep: float = 3.0,
+                  min_drop: float = 0.25) -> dict | None:
+    """A change point splitting a series (normalised by its first value) into a gradual and a catastrophic phase.
+
+    The split is the one whose two least-squares lines fit best. It counts as catastrophic when the later
+    line falls at least `steep` times faster than the earlier one (or the earlier one does not fall) and
+    the series loses at least `min_drop` of its starting value over the later segment. Returns
+    {"change_at", "slope_before", "slope_after", "drop_after", "catastrophic"} (slopes per edit, in
+    shares of the starting value), or None when the series is too short or starts at 0.
+    """
+    if len(x) < 2 * min_points or not y or not y[0]:
+        return None
+    y0 = y[0]
+    yn = [v / y0 for v in y]
+    best = None
+    for s in range(min_points, len(x) - min_points + 1):
+        left, right = _line_sse(list(x[:s]), yn[:s]), _line_sse(list(x[s:]), yn[s:])
+        total = left[1] + right[1]
+        if best is None or total < best[0] - 1e-12:
+            best = (total, s, left[0], right[0])
+    _, s, before, after = best
+    drop = max(yn[s - 1] - min(yn[s:]), 0.0)
+    catastrophic = after < 0 and (before >= 0 or after <= steep * before) and drop >= min_drop
+    return {"change_at": x[s], "slope_before": before, "slope_after": after, "drop_after": drop,
+            "catastrophic": bool(catastrophic)}
+
+
+def disabling_edits(counts: Sequence[int], em: Sequence[float], drop: float) -> list[tuple[int, float, float]]:
+    """(edit count, value before, value after) for every single step whose panel exact match fell by >= drop."""
+    return [(c, a, b) for c, a, b, p in zip(counts[1:], em[:-1], em[1:], counts[:-1]) if a - b >= drop]
+
+
+# --------------------------------------------------------------------------- state
+
+
+def state_path(cache_dir: Path, run_id: str) -> Path:
+    return Path(cache_dir) / "sequential" / f"{run_id}.pt"
+
+
+def _save_state(path: Path, state: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _load_state(path: Path) -> dict | None:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        return None
+    if state.get("version") != STATE_VERSION:
+        return None
+    return state
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def run_sequential(
+    lm: LoadedModel,
+    cases: Sequence[EditCase],
+    store,
+    *,
+    editor: str,
+    hp,
+    ctx: EditContext,
+    cfg: SequentialConfig = SequentialConfig(),
+    case_set: str | None = None,
+    run_id: str | None = None,
+    abilities: Callable[[LoadedModel], list[dict]] | None = None,
+    progress: bool = False,
+) -> str:
+    """Edit `cases` one batch after another (module docstring); returns the run id (resumes `run_id`).
+
+    `abilities(lm)` returns ability rows (task, task_version, mode, score, n, ci_low, ci_high) for the
+    current model; it is called at edit count 0 and every `cfg.abilities_every` edits when given.
+    """
+    cfg.validate()
+    ed = get_editor(editor)
+    if not ed.changes_weights:
+        raise EditorError(f"{ed.name} edits in context and changes no weight: sequential runs need a weight editor")
+    by_id = {c.case_id: c for c in cases}
+    order = edit_order(list(by_id), cfg.order_seed)
+    edit_ids, pool_ids = split_order(order, cfg)
+    config = {"case_set": case_set, "n_cases": len(cases), **dataclasses.asdict(cfg),
+              "cov_n_tokens": ctx.cov_samples, "fluency_prompts": list(FLUENCY_PROMPTS)}
+    n_total = len(edit_ids)
+    state = None
+    if run_id is None:
+        run_id = store.start_run(kind="sequential", model=lm.name, editor=ed.name, hparams=hparams_dict(hp),
+                                 seed=ctx.seed, config=config, provenance=provenance(str(lm.device)), n_total=n_total)
+    else:
+        run = store.resume_run(run_id)
+        if run.get("editor") != ed.name:
+            raise ValueError(f"run {run_id} was made with {run.get('editor')}, not {ed.name}: resume it with that editor")
+        state = _load_state(state_path(ctx.cache_dir, run_id))
+    path = state_path(ctx.cache_dir, run_id)
+    params = dict(lm.model.named_parameters())
+    w0: dict[str, torch.Tensor] = {}
+    bar = None
+    started = time.monotonic()
+    try:
+        with recording(store, run_id):
+            if state is not None:
+                with torch.no_grad():
+                    for name, tensor in state["weights"].items():
+                        w0[name] = params[name].detach().clone()
+                        params[name].copy_(tensor)
+                ctx.state = state["editor_state"]
+                count, held, base = state["edit_count"], state["held"], state["base"]
+                panel = [by_id[i] for i in state["panel"]]
+                collapse_at, em_prev = state["collapse_at"], state["panel_em"]
+            else:
+                ctx.state = {}
+                count, held, collapse_at = 0, {}, None
+                pool = [by_id[i] for i in pool_ids]
+                panel = (known_panel(lm, pool, cfg.panel_size, cfg.panel_tokens) if cfg.panel_known_only
+                         else pool[: cfg.panel_size])
+                recall, em = panel_recall(lm, panel, cfg.panel_tokens)
+                base = {"panel_recall": recall, "panel_em": em, "fluency": free_fluency(lm, cfg.fluency_tokens)}
+                em_prev = em
+                rows = _run_level(run_id, 0, "panel", {"panel_recall": recall, "exact_match": em, "n": len(panel)})
+                rows += _run_level(run_id, 0, "free_text", {"fluency": base["fluency"], "n": len(FLUENCY_PROMPTS)})
+                store.write_measurements(rows)
+                if abilities is not None:
+                    store.write_abilities([{**r, "run_id": run_id, "edit_count": 0, "batch_size": cfg.batch_size}
+                                           for r in abilities(lm)])
+                _save_state(path, {"version": STATE_VERSION, "edit_count": 0, "weights": {}, "editor_state": {},
+                                   "held": {}, "base": base, "panel": [c.case_id for c in panel],
+                                   "collapse_at": None, "panel_em": em})
+            if progress:
+                from tqdm import tqdm
+
+                bar = tqdm(total=n_total, initial=count, desc=f"sequential {ed.name} b={cfg.batch_size}", unit="edit")
+            last_checkpoint = count
+            while count < len(edit_ids):
+                if collapse_at is not None and count >= collapse_at + cfg.after_collapse:
+                    break
+                batch = [by_id[i] for i in edit_ids[count : count + cfg.batch_size]]
+                result = apply_edit(lm, [EditRequest.from_case(c) for c in batch], ed.name, hp, ctx)
+                if ed.commit is not None:
+                    ed.commit(ctx, result)
+                for name, original in result.originals.items():
+                    w0.setdefault(name, original)
+                previous, count = count, count + len(batch)
+                em_now = panel_exact_match(lm, panel)
+                rows = _run_level(run_id, count, "panel", {"exact_match": em_now})
+                for c in batch:
+                    rows += edit_rows(run_id, c.case_id, result.info, edit_count=count)
+                store.write_measurements(rows)
+                em_prev = em_now
+                if checkpoint_due(count, previous, cfg) or count >= len(edit_ids):
+                    collapse_at = _checkpoint(lm, store, run_id, cfg, edit_ids, by_id, last_checkpoint, count, held,
+                                              panel, base, w0, collapse_at, abilities)
+                    last_checkpoint = count
+                    _save_state(path, {
+                        "version": STATE_VERSION, "edit_count": count,
+                        "weights": {n: params[n].detach().clone() for n in w0},
+                        "editor_state": ctx.state, "held": held, "base": base,
+                        "panel": [c.case_id for c in panel], "collapse_at": collapse_at, "panel_em": em_prev,
+                    })
+                    store.heartbeat(run_id, n_done=count, n_total=n_total)
+                if bar:
+                    bar.update(len(batch))
+            find_events(store, run_id, cfg)
+    finally:
+        if bar:
+            bar.close()
+        with torch.no_grad():  # hand the caller back the unedited model
+            for name, original in w0.items():
+                params[name].copy_(original)
+    store.finish_run(run_id, status="done", timings={"seconds": round(time.monotonic() - started, 2),
+                                                     "edits": count})
+    return run_id
+
+
+def _checkpoint(lm, store, run_id, cfg, edit_ids, by_id, last, count, held, panel, base, w0, collapse_at,
+                abilities) -> int | None:
+    """Measure everything at a checkpoint and write it; returns the (possibly new) collapse edit count."""
+    newest = [by_id[i] for i in edit_ids[last:count]]
+    older = [by_id[i] for i in edit_ids[:last]]
+    rows = []
+    new_eval = evaluate_cases(lm, newest, ["plain", "paraphrase"], generation=False, neighbourhood=True)
+    for ev in new_eval:
+        rows += ev.rows(run_id, edit_count=count)
+        held[ev.case_id] = ev.values["plain"]["es"]
+    old_eval = evaluate_cases(lm, older, ["plain"], generation=False, neighbourhood=False) if older else []
+    now = {ev.case_id: ev.values["plain"]["es"] for ev in new_eval}
+    for ev in old_eval:
+        now[ev.case_id] = ev.values["plain"]["es"]
+        rows.append({"run_id": run_id, "case_id": ev.case_id, "edit_count": count, "rephrase_type": "plain",
+                     "metric": "es", "value": now[ev.case_id]})
+
+    def mean_of(rtype, metric):
+        vals = [ev.values[rtype][metric] for ev in new_eval if metric in ev.values.get(rtype, {})]
+        return sum(vals) / len(vals) if vals else float("nan")
+
+    rows += _run_level(run_id, count, "newest", {"es": mean_of("plain", "es"), "ps": mean_of("paraphrase", "es"),
+                                                 "ns": mean_of(NEIGHBOURHOOD, "ns"), "n": len(newest)})
+    was_held = [i for i in now if held.get(i, 0) >= 0.5]
+    forgotten = sum(now[i] < 0.5 for i in was_held) / len(was_held) if was_held else 0.0
+    rows += _run_level(run_id, count, "all_edits", {"retention": sum(v >= 0.5 for v in now.values()) / len(now),
+                                                    "forgotten": forgotten, "n": len(now), "n_held": len(was_held)})
+    recall, em = panel_recall(lm, panel, cfg.panel_tokens)
+    flu = free_fluency(lm, cfg.fluency_tokens)
+    rows += _run_level(run_id, count, "panel", {"panel_recall": recall, "exact_match": em, "n": len(panel)})
+    rows += _run_level(run_id, count, "free_text", {"fluency": flu, "n": len(FLUENCY_PROMPTS)})
+    store.write_measurements(rows)
+    store.write_weight_drift([{**r, "run_id": run_id, "edit_count": count} for r in weight_drift(lm, w0)])
+    if abilities is not None and cfg.abilities_every and (count // cfg.abilities_every > last // cfg.abilities_every):
+        store.write_abilities([{**r, "run_id": run_id, "edit_count": count, "batch_size": cfg.batch_size}
+                               for r in abilities(lm)])
+    if collapse_at is None:
+        reasons = {}
+        if flu < cfg.collapse_fluency * base["fluency"]:
+            reasons["fluency"] = flu
+        if recall < cfg.collapse_panel * base["panel_recall"]:
+            reasons["panel_recall"] = recall
+        if reasons:
+            collapse_at = count
+            store.write_events([{"run_id": run_id, "kind": "collapse", "series": s, "edit_count": count,
+                                 "value": v, "detail": json.dumps({"baseline": base[s], "threshold": getattr(
+                                     cfg, "collapse_fluency" if s == "fluency" else "collapse_panel")})}
+                                for s, v in reasons.items()])
+    return collapse_at
+
+
+def find_events(store, run_id: str, cfg: SequentialConfig) -> None:
+    """Phases on retention, panel recall and fluency, and disabling edits, from the run's whole history."""
+    rows = store.conn.execute(
+        "SELECT edit_count, rephrase_type, metric, value FROM measurements WHERE run_id = ? AND case_id = ? "
+        "ORDER BY edit_count", (run_id, RUN_LEVEL)).fetchall()
+    series: dict[str, list[tuple[int, float]]] = {}
+    for count, scope, metric, value in rows:
+        series.setdefault(f"{scope}/{metric}", []).append((count, value))
+    events = []
+    for key, metric in (("all_edits/retention", "retention"), ("panel/panel_recall", "panel_recall"),
+                        ("free_text/fluency", "fluency")):
+        points = series.get(key, [])
+        if key == "all_edits/retention":
+            points = [(0, 1.0)] + points  # before any edit nothing has been lost
+        found = detect_phases([p[0] for p in points], [p[1] for p in points])
+        if found is None:
+            continue
+        end = points[-1][0]
+        if found["catastrophic"]:
+            events.append({"run_id": run_id, "kind": "phase", "series": metric, "edit_count": 0,
+                           "end_count": found["change_at"], "value": found["slope_before"],
+                           "detail": json.dumps({"phase": "gradual", **found})})
+            events.append({"run_id": run_id, "kind": "phase", "series": metric, "edit_count": found["change_at"],
+                           "end_count": end, "value": found["slope_after"],
+                           "detail": json.dumps({"phase": "catastrophic", **found})})
+        else:
+            events.append({"run_id": run_id, "kind": "phase", "series": metric, "edit_count": 0, "end_count": end,
+                           "value": found["slope_before"], "detail": json.dumps({"phase": "gradual", **found})})
+    em = series.get("panel/exact_match", [])
+    for count, before, after in disabling_edits([p[0] for p in em], [p[1] for p in em], cfg.disable_drop):
+        events.append({"run_id": run_id, "kind": "disabling_edit", "series": "panel_exact_match",
+                       "edit_count": count, "value": after,
+                       "detail": json.dumps({"before": before, "after": after, "threshold": cfg.disable_drop})})
+    store.replace_events(run_id, ["phase", "disabling_edit"], events)

@@ -1,0 +1,64 @@
+"""Forgetting (study B): one model edited again and again. Curves against edit count for several runs at
+once, phases shaded, disabling edits and collapse marked, weight drift on the same x axis."""
+
+import streamlit as st
+
+from dashboard import charts
+from dashboard.data import query
+from dashboard.filters import shared_multiselect
+
+st.title("Sequential editing: forgetting and collapse")
+runs = query("run_labels", kind="sequential")
+if runs.is_empty():
+    st.info("No sequential runs in this store yet: `python -m compute run sequential --editor ROME --edits 500` "
+            "(see the README's store recipe).")
+    st.stop()
+
+labels = dict(zip(runs["run_id"].to_list(), runs["label"].to_list()))
+status = {r["run_id"]: f"{r['label']} — {r['n_done'] or 0}/{r['n_total']} edits, {r['status']}"
+          for r in runs.iter_rows(named=True)}
+chosen = shared_multiselect("Runs", "runs", list(labels), default=list(labels), format_func=lambda r: status[r])
+if not chosen:
+    st.info("Choose at least one run.")
+    st.stop()
+labels = {r: labels[r] for r in chosen}
+
+curves = query("sequential_curves", run_ids=tuple(chosen))
+events = query("sequential_events", run_ids=tuple(chosen))
+main = ["Newest-edit efficacy (ES)", "Retained edits", "Forgotten edits", "Newest-edit neighbourhood score (NS)",
+        "Recall on the unedited fact panel", "Fluency (n-gram entropy, bits)"]
+extra = ["Newest-edit paraphrase score (PS)", "Panel exact match (after every edit)"]
+picked = st.multiselect("Curves", main + extra, default=main, key="curves")
+log_x = st.toggle("Logarithmic edit axis", value=False, key="log_x")
+if picked:
+    st.plotly_chart(charts.forgetting_curves(curves, events, picked, labels, log_x=log_x), use_container_width=True)
+st.download_button("Download CSV (curves)", curves.write_csv(), file_name="sequential-curves.csv")
+st.caption("Lines: run-level values at each checkpoint (after each of the first 10 edits, then every 10); bands: "
+           "95% Wilson CI with n (edits or panel facts) in the hover. Shaded: the catastrophic phase found by a "
+           "change point on that series; dotted line: a disabling edit (the panel's exact match fell by ≥ 0.2 "
+           "after that single edit); dashed line: the online collapse that stops the run 150 edits later.")
+
+st.header("Phases, collapse and disabling edits")
+if events.is_empty():
+    st.write("No events found in these runs.")
+else:
+    shown = events.with_columns(events["run_id"].replace_strict(labels, default=None).alias("run"))
+    st.dataframe(shown.select("run", "kind", "series", "phase", "edit_count", "end_count", "value"), hide_index=True)
+    st.download_button("Download CSV (events)", shown.write_csv(), file_name="sequential-events.csv")
+
+st.header("Forgetting by an edit's age")
+age_run = st.selectbox("Run", chosen, format_func=lambda r: labels[r], key="age_run")
+by_age = query("forgetting_by_age", run_id=age_run)
+if by_age.is_empty():
+    st.write("No edit of this run has been re-checked yet.")
+else:
+    st.plotly_chart(charts.forgetting_by_age_chart(by_age), use_container_width=True)
+    st.download_button("Download CSV (by age)", by_age.write_csv(), file_name=f"forgetting-by-age-{age_run}.csv")
+
+st.header("Weight drift of the edited matrices")
+drift = query("weight_drift", run_ids=tuple(chosen))
+if drift.is_empty():
+    st.write("No weight drift recorded yet.")
+else:
+    st.plotly_chart(charts.weight_drift_chart(drift, labels), use_container_width=True)
+    st.download_button("Download CSV (weight drift)", drift.write_csv(), file_name="weight-drift.csv")

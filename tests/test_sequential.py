@@ -1,0 +1,210 @@
+"""Study B's sequential runner on a tiny model: schedule, measurements, events, and exact resumption."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import compute.experiments.sequential as seq
+from compute.editors import EditContext, get_editor
+from compute.experiments.sequential import (
+    RUN_LEVEL,
+    SequentialConfig,
+    checkpoint_due,
+    detect_phases,
+    disabling_edits,
+    edit_order,
+    run_sequential,
+    split_order,
+)
+from store import Store, queries
+
+CFG = SequentialConfig(max_edits=9, checkpoint_every=4, dense_first=2, panel_pool=4, panel_size=3,
+                       panel_known_only=False, panel_tokens=3, fluency_tokens=6)
+
+
+@pytest.fixture(scope="module")
+def cases(builder):
+    return builder.build(14, seed=5, relations=["capital", "currency", "continent"], case_set="s14")
+
+
+def _rome(llama):
+    from test_editor_contract import FACTORIES
+
+    return FACTORIES["ROME"](get_editor("ROME"), llama)
+
+
+def _ctx(llama, tmp_path):
+    from test_editor_contract import tiny_context
+
+    ctx = tiny_context(llama, tmp_path)
+    ctx.demonstrations = ()
+    return ctx
+
+
+def _rows(st, run_id):
+    m = queries.measurements(st.conn, run_ids=run_id)
+    m = m.filter(~m["metric"].is_in(["edit_seconds"]))
+    drift = queries.weight_drift(st.conn, run_ids=run_id)
+    return (sorted(zip(m["case_id"], m["edit_count"], m["rephrase_type"], m["metric"], m["value"])),
+            sorted(map(tuple, drift.drop("run_id").rows())))
+
+
+def test_edit_order_is_seeded_and_the_same_for_every_editor():
+    ids = [f"c{i}" for i in range(30)]
+    assert edit_order(ids, 0) == edit_order(list(reversed(ids)), 0)
+    assert edit_order(ids, 0) != edit_order(ids, 1) and sorted(edit_order(ids, 1)) == sorted(ids)
+
+
+def test_the_edits_are_a_prefix_of_the_order_whatever_the_maximum():
+    order = [f"c{i}" for i in range(20)]
+    short, pool = split_order(order, SequentialConfig(max_edits=5, panel_pool=4))
+    long, pool2 = split_order(order, SequentialConfig(max_edits=50, panel_pool=4))
+    assert long[:5] == short and pool == pool2 == order[-4:] and len(long) == 16 and not set(long) & set(pool)
+    with pytest.raises(ValueError, match="larger set"):
+        split_order(order[:4], SequentialConfig(panel_pool=4))
+
+
+def test_checkpoints_after_each_of_the_first_edits_then_every_k():
+    def schedule(b, cfg=SequentialConfig()):
+        out, prev = [], 0
+        for count in range(b, 101, b):
+            if checkpoint_due(count, prev, cfg):
+                out.append(count)
+            prev = count
+        return out
+
+    assert schedule(1) == list(range(1, 11)) + list(range(20, 101, 10))
+    assert schedule(10) == list(range(10, 101, 10))
+    assert schedule(100) == [100]
+
+
+def test_detect_phases_finds_a_cliff_and_not_a_slope():
+    x = list(range(0, 200, 10))
+    cliff = [1.0 - 0.001 * c if c < 120 else 0.85 - 0.01 * (c - 120) for c in x]
+    found = detect_phases(x, cliff)
+    assert found["catastrophic"] and 110 <= found["change_at"] <= 130
+    gentle = [1.0 - 0.002 * c for c in x]
+    assert not detect_phases(x, gentle)["catastrophic"]
+    assert detect_phases(x[:4], gentle[:4]) is None
+
+
+def test_disabling_edits_are_single_sharp_drops():
+    counts = [0, 1, 2, 3, 4]
+    em = [0.9, 0.88, 0.4, 0.38, 0.1]
+    assert disabling_edits(counts, em, 0.2) == [(2, 0.88, 0.4), (4, 0.38, 0.1)]
+
+
+def test_sequential_rome_run_measures_every_checkpoint_and_restores_the_model(llama, cases, tmp_path):
+    before = {k: v.clone() for k, v in llama.model.state_dict().items()}
+    with Store.open(tmp_path / "s.sqlite", create=True) as st:
+        run = run_sequential(llama, cases, st, editor="ROME", hp=_rome(llama), ctx=_ctx(llama, tmp_path), cfg=CFG,
+                             case_set="s14")
+        info = st.get_run(run)
+        assert info["status"] == "done" and info["kind"] == "sequential" and info["n_done"] == 9
+        m = queries.measurements(st.conn, run_ids=run)
+        level = m.filter(m["case_id"] == RUN_LEVEL)
+        retention = level.filter(level["metric"] == "retention").sort("edit_count")
+        assert retention["edit_count"].to_list() == [1, 2, 4, 8, 9]
+        assert all(0 <= v <= 1 for v in retention["value"])
+        em = level.filter((level["metric"] == "exact_match") & (level["rephrase_type"] == "panel"))
+        assert sorted(set(em["edit_count"])) == list(range(10))  # after every edit, and unedited at 0
+        newest = level.filter((level["rephrase_type"] == "newest") & (level["metric"] == "es"))
+        assert newest["value"].mean() > 0.5  # the edits take on the tiny model
+        # every earlier edit is re-checked at a later checkpoint
+        per_case = m.filter((m["case_id"] != RUN_LEVEL) & (m["metric"] == "es") & (m["rephrase_type"] == "plain"))
+        assert per_case.filter(per_case["edit_count"] == 9).height == 9
+        drift = queries.weight_drift(st.conn, run_ids=run)
+        assert set(drift["edit_count"]) == {1, 2, 4, 8, 9} and (drift["fro_delta"] > 0).all()
+        assert drift.sort("edit_count")["fro_delta"].to_list()[-1] > drift.sort("edit_count")["fro_delta"][0]
+        events = queries.run_events(st.conn, run_ids=run)
+        assert set(events["kind"]) >= {"phase"}
+    after = llama.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_killed_run_resumes_from_its_checkpoint_with_the_same_numbers(llama, cases, tmp_path, monkeypatch):
+    with Store.open(tmp_path / "a.sqlite", create=True) as st:
+        run = run_sequential(llama, cases, st, editor="ROME", hp=_rome(llama), ctx=_ctx(llama, tmp_path / "a"),
+                             cfg=CFG)
+        expected = _rows(st, run)
+
+    real, calls = seq.apply_edit, {"n": 0}
+
+    def dies_on_the_sixth(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(seq, "apply_edit", dies_on_the_sixth)
+    with Store.open(tmp_path / "b.sqlite", create=True) as st:
+        with pytest.raises(KeyboardInterrupt):
+            run_sequential(llama, cases, st, editor="ROME", hp=_rome(llama), ctx=_ctx(llama, tmp_path / "b"), cfg=CFG)
+        (run_b,) = queries.list_runs(st.conn)["run_id"]
+        assert st.get_run(run_b)["status"] == "interrupted" and st.get_run(run_b)["n_done"] == 4
+        monkeypatch.setattr(seq, "apply_edit", real)
+        run_sequential(llama, cases, st, editor="ROME", hp=_rome(llama), ctx=_ctx(llama, tmp_path / "b"), cfg=CFG,
+                       run_id=run_b)
+        assert st.get_run(run_b)["status"] == "done"
+        got = _rows(st, run_b)
+    assert got[0] == expected[0]
+    assert got[1] == expected[1]
+
+
+def test_alphaedit_runs_in_batches_and_remembers_its_edits(llama, cases, tmp_path):
+    from test_editor_contract import FACTORIES
+
+    hp = FACTORIES["AlphaEdit"](get_editor("AlphaEdit"), llama)
+    cfg = dataclasses.replace(CFG, batch_size=3, max_edits=6)
+    ctx = _ctx(llama, tmp_path)
+    with Store.open(tmp_path / "s.sqlite", create=True) as st:
+        run = run_sequential(llama, cases, st, editor="AlphaEdit", hp=hp, ctx=ctx, cfg=cfg)
+        assert st.get_run(run)["n_done"] == 6
+        info = queries.measurements(st.conn, run_ids=run, metrics="retention")
+        assert sorted(info["edit_count"]) == [3, 6]
+    assert ctx.state["AlphaEdit"]["n"] == 6
+
+
+def test_in_context_editors_are_refused(llama, cases, tmp_path):
+    from test_editor_contract import FACTORIES
+
+    with Store.open(tmp_path / "s.sqlite", create=True) as st:
+        with pytest.raises(ValueError, match="sequential runs need a weight editor"):
+            run_sequential(llama, cases, st, editor="IKE", hp=FACTORIES["IKE"](get_editor("IKE"), llama),
+                           ctx=EditContext(cache_dir=tmp_path), cfg=CFG)
+
+
+def test_derived_curves_events_and_forgetting_by_age(llama, cases, tmp_path):
+    from store import derived
+
+    with Store.open(tmp_path / "s.sqlite", create=True) as st:
+        run = run_sequential(llama, cases, st, editor="ROME", hp=_rome(llama), ctx=_ctx(llama, tmp_path), cfg=CFG)
+        curves = derived.sequential_curves(st.conn, run)
+        series = set(curves["series"])
+        assert {"Retained edits", "Forgotten edits", "Newest-edit efficacy (ES)", "Recall on the unedited fact panel",
+                "Fluency (n-gram entropy, bits)", "Panel exact match (after every edit)"} <= series
+        ret = curves.filter(curves["metric"] == "retention").sort("edit_count")
+        assert ret["n"].to_list() == [1, 2, 4, 8, 9]
+        assert (ret["ci_low"] <= ret["value"]).all() and (ret["value"] <= ret["ci_high"]).all()
+        em = curves.filter(curves["metric"] == "exact_match")
+        assert (em["n"] == 3).all()  # the panel's size, also on the per-edit rows
+        age = derived.forgetting_by_age(st.conn, run, bins=(0, 2, 5))
+        assert set(age["age_bin"]) <= {"0-1", "2-4", "5+"} and (age["n"] > 0).all()
+        last = age.filter(age["edit_count"] == 9)
+        held = curves.filter((curves["metric"] == "forgotten") & (curves["edit_count"] == 9))
+        assert last["n"].sum() == held["n"][0]  # every held edit is in exactly one age bin
+        ev = derived.sequential_events(st.conn, run)
+        assert {"retention", "panel_recall", "fluency"} >= set(ev.filter(ev["kind"] == "phase")["series"])
+        labels = derived.run_labels(st.conn, "sequential")
+        assert labels["label"].to_list() == ["ROME"]
+
+
+def test_run_labels_name_what_sets_a_run_apart():
+    from store.derived import run_label
+
+    assert run_label("ROME", {"key_mismatch": True}, {}) == "ROME (original keys)"
+    assert run_label("ROME", {"rect_top": 0.4}, {"batch_size": 1}) == "ROME + RECT 40%"
+    assert run_label("MEMIT", {}, {"batch_size": 10}) == "MEMIT, b=10"
