@@ -40,7 +40,14 @@ def run() -> None:
                 st.Page(str(PAGES / "demo.py"), title="Edit demo", icon=":material/edit:"),
                 st.Page(str(PAGES / "launch.py"), title="Launch runs", icon=":material/rocket_launch:"),
             ]
-    st.navigation(pages).run()
+    page = st.navigation(pages)
+    if not error:
+        from dashboard.filters import sync_url
+        from dashboard.sidebar import model_filter
+
+        model_filter()
+        sync_url()  # a page switch clears the query string: put the shared filters back, so links stay whole
+    page.run()
 
 
 def _write_access() -> bool:

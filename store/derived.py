@@ -99,9 +99,11 @@ def robustness_summary(
     metrics=("acc", "rev", "es"),
     by: str | None = None,
     edit_count: int = 1,
+    relations=None,
 ) -> pl.DataFrame:
     """Per robustness run (editor) x rephrase type x metric [x relation or popularity quartile]: the mean
-    over cases with n and a 95% CI, and the drop from the plain prompt (mean - mean on `plain`)."""
+    over cases with n and a 95% CI, and the drop from the plain prompt (mean - mean on `plain`).
+    `relations` keeps only the cases of those relations."""
     if by not in (None, "relation", "popularity_quartile"):
         raise ValueError(f"by must be None, 'relation' or 'popularity_quartile', not {by!r}")
     runs = _runs(conn, "robustness", run_ids)
@@ -113,15 +115,22 @@ def robustness_summary(
                                     for c in cols})
     m = queries.measurements(conn, run_ids=runs["run_id"].to_list(), metrics=list(metrics), edit_count=edit_count)
     m = m.join(runs.select("run_id", "editor"), on="run_id")
-    if by:
-        m = m.join(queries.cases(conn).select("case_id", by), on="case_id", how="left")
+    if by or relations is not None:
+        extra = [c for c in dict.fromkeys([by, "relation"]) if c]
+        m = m.join(queries.cases(conn).select("case_id", *extra), on="case_id", how="left")
+        if relations is not None:
+            m = m.filter(pl.col("relation").is_in(list(relations)))
     keys = ["run_id", "editor", "rephrase_type", "metric", *([by] if by else [])]
     rows = []
     for key, part in m.group_by(keys):
         values = part["value"].drop_nulls().to_list()
-        lo, hi = _mean_ci(values)
+        lo, hi = _mean_ci(values) if values else (None, None)
         rows.append({**dict(zip(keys, key)), "n": len(values),
                      "mean": sum(values) / len(values) if values else None, "ci_low": lo, "ci_high": hi})
+    if not rows:
+        return pl.DataFrame(schema={c: (pl.Float64 if c in ("mean", "ci_low", "ci_high", "drop_from_plain")
+                                        else pl.Int64 if c in ("n", "popularity_quartile") else pl.String)
+                                    for c in cols})
     out = pl.DataFrame(rows)
     plain_keys = [k for k in keys if k != "rephrase_type"]
     plain = out.filter(pl.col("rephrase_type") == "plain").select(*plain_keys, pl.col("mean").alias("plain_mean"))
@@ -140,9 +149,11 @@ def robustness_correlations(
     features=POPULARITY_FEATURES,
     n_boot: int = 1000,
     rephrase_types=None,
+    relations=None,
 ) -> pl.DataFrame:
     """Spearman rho (bootstrap 95% CI) of each popularity feature against post-edit acc and rev, per
-    robustness run (editor) and rephrase type (all types, or those given)."""
+    robustness run (editor) and rephrase type (all types, or those given), over the cases of `relations`
+    (all when None)."""
     runs = _runs(conn, "robustness", run_ids)
     schema = {"run_id": pl.String, "editor": pl.String, "rephrase_type": pl.String, "metric": pl.String,
               "feature": pl.String, "rho": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64, "n": pl.Int64}
@@ -152,8 +163,10 @@ def robustness_correlations(
         queries.measurements(conn, run_ids=runs["run_id"].to_list(), metrics=list(metrics), edit_count=1,
                              rephrase_types=None if rephrase_types is None else list(rephrase_types))
         .join(runs.select("run_id", "editor"), on="run_id")
-        .join(queries.cases(conn).select("case_id", *features), on="case_id", how="left")
+        .join(queries.cases(conn).select("case_id", "relation", *features), on="case_id", how="left")
     )
+    if relations is not None:
+        m = m.filter(pl.col("relation").is_in(list(relations)))
     rows = []
     for (run_id, editor, rtype, metric), part in m.group_by(["run_id", "editor", "rephrase_type", "metric"]):
         for feature in features:
@@ -201,6 +214,8 @@ def popularity_points(
     metric: str = "acc",
     rephrase_type: str = "plain",
     case_set: str | None = None,
+    relations=None,
+    editors=None,
 ) -> pl.DataFrame:
     """One row per (series, case): the case's popularity feature and its value of `metric` in
     `rephrase_type`. Series are the robustness runs (by editor, edit count 1) and, for pre-edit
@@ -208,10 +223,14 @@ def popularity_points(
     if feature not in POPULARITY_FEATURES:
         raise ValueError(f"unknown popularity feature {feature!r}: choose one of {', '.join(POPULARITY_FEATURES)}")
     cases = queries.cases(conn, case_set=case_set).select("case_id", "relation", "subject", feature)
+    if relations is not None:
+        cases = cases.filter(pl.col("relation").is_in(list(relations)))
     schema = {"series": pl.String, "case_id": pl.String, "relation": pl.String, "subject": pl.String,
               feature: pl.Float64, "value": pl.Float64}
     frames = []
     runs = queries.list_runs(conn, kind="robustness")
+    if editors is not None:
+        runs = runs.filter(pl.col("editor").is_in(list(editors)))
     if not runs.is_empty():
         m = queries.measurements(conn, run_ids=runs["run_id"].to_list(), metrics=metric,
                                  rephrase_types=rephrase_type, edit_count=1)
@@ -321,7 +340,7 @@ def run_labels(conn: sqlite3.Connection, kind: str | None = None) -> pl.DataFram
     runs = queries.list_runs(conn, kind=kind)
     labels = [run_label(r["editor"], json.loads(r["hparams"] or "null"), json.loads(r["config"] or "null"))
               for r in runs.iter_rows(named=True)]
-    return runs.select("run_id", "kind", "editor", "status", "n_done", "n_total", "started_at").with_columns(
+    return runs.select("run_id", "kind", "model", "editor", "status", "n_done", "n_total", "started_at").with_columns(
         pl.Series("label", labels, dtype=pl.Utf8))
 
 

@@ -38,7 +38,7 @@ else:
     view = query("case_view", case_id=case_id, run_id=run_id)
     order = {t: i for i, t in enumerate(REPHRASE_TYPES)}
     view = view.with_columns(pl.col("rephrase_type").replace_strict(order, default=99).alias("_o")).sort("edit_count", "_o").drop("_o")
-    st.dataframe(view, hide_index=True, use_container_width=True)
+    st.dataframe(view, hide_index=True, width="stretch")
     st.download_button("Download CSV", view.write_csv(), file_name=f"case-{case_id}-{run_id}.csv")
 
 st.subheader("Probes")

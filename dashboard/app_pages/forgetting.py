@@ -6,9 +6,13 @@ import streamlit as st
 from dashboard import charts
 from dashboard.data import query
 from dashboard.filters import shared_multiselect
+from dashboard.sidebar import chosen_model
 
 st.title("Sequential editing: forgetting and collapse")
 runs = query("run_labels", kind="sequential")
+model = chosen_model()
+if model is not None and not runs.is_empty():
+    runs = runs.filter(runs["model"] == model)
 if runs.is_empty():
     st.info("No sequential runs in this store yet: `python -m compute run sequential --editor ROME --edits 500` "
             "(see the README's store recipe).")
@@ -31,7 +35,7 @@ extra = ["Newest-edit paraphrase score (PS)", "Panel exact match (after every ed
 picked = st.multiselect("Curves", main + extra, default=main, key="curves")
 log_x = st.toggle("Logarithmic edit axis", value=False, key="log_x")
 if picked:
-    st.plotly_chart(charts.forgetting_curves(curves, events, picked, labels, log_x=log_x), use_container_width=True)
+    st.plotly_chart(charts.forgetting_curves(curves, events, picked, labels, log_x=log_x), width="stretch")
 st.download_button("Download CSV (curves)", curves.write_csv(), file_name="sequential-curves.csv")
 st.caption("Lines: run-level values at each checkpoint (after each of the first 10 edits, then every 10); bands: "
            "95% Wilson CI with n (edits or panel facts) in the hover. Shaded: the catastrophic phase found by a "
@@ -52,7 +56,7 @@ by_age = query("forgetting_by_age", run_id=age_run)
 if by_age.is_empty():
     st.write("No edit of this run has been re-checked yet.")
 else:
-    st.plotly_chart(charts.forgetting_by_age_chart(by_age), use_container_width=True)
+    st.plotly_chart(charts.forgetting_by_age_chart(by_age), width="stretch")
     st.download_button("Download CSV (by age)", by_age.write_csv(), file_name=f"forgetting-by-age-{age_run}.csv")
 
 st.header("Weight drift of the edited matrices")
@@ -60,5 +64,5 @@ drift = query("weight_drift", run_ids=tuple(chosen))
 if drift.is_empty():
     st.write("No weight drift recorded yet.")
 else:
-    st.plotly_chart(charts.weight_drift_chart(drift, labels), use_container_width=True)
+    st.plotly_chart(charts.weight_drift_chart(drift, labels), width="stretch")
     st.download_button("Download CSV (weight drift)", drift.write_csv(), file_name="weight-drift.csv")

@@ -29,7 +29,7 @@ else:
     if by_q.is_empty():
         st.info("No pre-edit knowledge measured for this case set: run `python -m compute knowledge measure`.")
     else:
-        st.plotly_chart(charts.recall_by_quartile(by_q), use_container_width=True)
+        st.plotly_chart(charts.recall_by_quartile(by_q), width="stretch")
         st.download_button("Download CSV", by_q.write_csv(), file_name=f"recall-by-quartile-{chosen}.csv")
         corr = query("knowledge_correlations", case_set=chosen)
         st.caption("Spearman rank correlation of each popularity feature with pre-edit recall (95% bootstrap CI).")
