@@ -162,11 +162,12 @@ def forgetting_curves(curves: pl.DataFrame, events: pl.DataFrame, series: list[s
                 fig.add_trace(go.Scatter(
                     x=data["edit_count"].to_list() + data["edit_count"].reverse().to_list(),
                     y=data["ci_high"].to_list() + data["ci_low"].reverse().to_list(),
-                    fill="toself", fillcolor=_rgba(colour, 0.12), line=dict(width=0), hoverinfo="skip",
+                    mode="lines", fill="toself", fillcolor=_rgba(colour, 0.12), line=dict(width=0), hoverinfo="skip",
                     showlegend=False, legendgroup=run), row=row, col=col)
             fig.add_trace(go.Scatter(
-                x=data["edit_count"].to_list(), y=data["value"].to_list(), mode="lines",
+                x=data["edit_count"].to_list(), y=data["value"].to_list(), mode="lines+markers",
                 name=labels[run], legendgroup=run, showlegend=i == 0, line=dict(color=colour, width=2),
+                marker=dict(size=4),
                 customdata=list(zip(data["n"].to_list(), data["ci_low"].to_list(), data["ci_high"].to_list())),
                 hovertemplate="%{x} edits: %{y:.3f}" + (" [95% CI %{customdata[1]:.3f}, %{customdata[2]:.3f}]"
                                                         if has_ci else "")

@@ -114,3 +114,29 @@ def default_lm(_default_lm_session):
             for n, p in lm.model.named_parameters():
                 p.copy_(pristine[n])
         pytest.fail(f"the test left the shared default model edited ({len(changed)} tensors, e.g. {changed[0]})")
+
+
+@pytest.fixture(scope="session")
+def fixture_store(tmp_path_factory, tiny_model_dir, cache_dir, kb):
+    """A store made by the real compute code on the tiny model: knowledge base, 32 cases, a knowledge run,
+    FT-L and IKE robustness runs and two sequential ROME runs (both key variants), for the dashboard tests."""
+    from compute.cli import main
+
+    store = tmp_path_factory.mktemp("dash") / "results.sqlite"
+    base = ["--store", str(store), "--cache-dir", str(cache_dir), "--quiet"]
+    assert main(base + ["kb", "build"]) == 0
+    assert main(base + ["cases", "build", "--n", "32", "--set", "tiny32", "--model", tiny_model_dir]) == 0
+    assert main(base + ["knowledge", "measure", "--set", "tiny32", "--gen-tokens", "2", "--model", tiny_model_dir]) == 0
+    hp = store.parent / "ft.json"
+    hp.write_text('{"layer": 1, "lr": 0.05, "steps": 4, "norm_constraint": 0.05, "stop_nll": 0.0}')
+    for editor, extra in (("FT-L", ["--hparams", str(hp)]), ("IKE", ["--hparams", str(hp.parent / "ike.json")])):
+        (hp.parent / "ike.json").write_text("{}")
+        assert main(base + ["run", "robustness", "--editor", editor, "--set", "tiny32", "--limit", "4",
+                            "--gen-tokens", "2", "--model", tiny_model_dir, *extra]) == 0
+    rome = store.parent / "rome.json"
+    rome.write_text('{"layer": 0, "v_steps": 6, "n_prefixes": 2, "prefix_tokens": 3, "use_covariance": false}')
+    for variant in ([], ["--hp", "key_mismatch=true"]):
+        assert main(base + ["run", "sequential", "--editor", "ROME", "--set", "tiny32", "--edits", "6", "--every", "3",
+                            "--panel-pool", "4", "--panel-size", "3", "--panel-any", "--hparams", str(rome),
+                            "--model", tiny_model_dir, *variant]) == 0
+    return store

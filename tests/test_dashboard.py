@@ -16,28 +16,6 @@ from dashboard import charts
 APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
 
 
-@pytest.fixture(scope="module")
-def fixture_store(tmp_path_factory, tiny_model_dir, cache_dir, kb):
-    store = tmp_path_factory.mktemp("dash") / "results.sqlite"
-    base = ["--store", str(store), "--cache-dir", str(cache_dir), "--quiet"]
-    assert main(base + ["kb", "build"]) == 0
-    assert main(base + ["cases", "build", "--n", "32", "--set", "tiny32", "--model", tiny_model_dir]) == 0
-    assert main(base + ["knowledge", "measure", "--set", "tiny32", "--gen-tokens", "2", "--model", tiny_model_dir]) == 0
-    hp = store.parent / "ft.json"
-    hp.write_text('{"layer": 1, "lr": 0.05, "steps": 4, "norm_constraint": 0.05, "stop_nll": 0.0}')
-    for editor, extra in (("FT-L", ["--hparams", str(hp)]), ("IKE", ["--hparams", str(hp.parent / "ike.json")])):
-        (hp.parent / "ike.json").write_text("{}")
-        assert main(base + ["run", "robustness", "--editor", editor, "--set", "tiny32", "--limit", "4",
-                            "--gen-tokens", "2", "--model", tiny_model_dir, *extra]) == 0
-    rome = store.parent / "rome.json"
-    rome.write_text('{"layer": 0, "v_steps": 6, "n_prefixes": 2, "prefix_tokens": 3, "use_covariance": false}')
-    for variant in ([], ["--hp", "key_mismatch=true"]):
-        assert main(base + ["run", "sequential", "--editor", "ROME", "--set", "tiny32", "--edits", "6", "--every", "3",
-                            "--panel-pool", "4", "--panel-size", "3", "--panel-any", "--hparams", str(rome),
-                            "--model", tiny_model_dir, *variant]) == 0
-    return store
-
-
 def _app(monkeypatch, store):
     from streamlit.testing.v1 import AppTest
 
@@ -120,7 +98,7 @@ def test_forgetting_curves_shade_catastrophic_phases_and_mark_events():
                            "phase": ["catastrophic", None, None], "edit_count": [10, 12, 15],
                            "end_count": [20, None, None], "value": [-0.05, 0.1, 1.0]})
     fig = charts.forgetting_curves(curves, events, ["Retained edits"], {"a": "ROME"})
-    line = [t for t in fig.data if t.mode == "lines"][0]
+    line = [t for t in fig.data if t.mode == "lines+markers"][0]
     assert line.name == "ROME" and "n = " in line.hovertemplate and list(line.customdata[0])[0] == 1
     shapes = fig.layout.shapes
     assert any(s.type == "rect" and s.x0 == 10 and s.x1 == 20 for s in shapes)

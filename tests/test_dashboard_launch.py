@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from test_dashboard import APP, fixture_store  # noqa: F401  (the module-scoped store fixture)
+from test_dashboard import APP
 
 
 def _app(monkeypatch, store, public=False, secrets=None):
@@ -27,7 +27,7 @@ def _app(monkeypatch, store, public=False, secrets=None):
     return at
 
 
-def test_demo_and_launch_pages_render(monkeypatch, fixture_store):  # noqa: F811
+def test_demo_and_launch_pages_render(monkeypatch, fixture_store):
     at = _app(monkeypatch, fixture_store)
     at.switch_page("app_pages/demo.py").run()
     assert not at.exception and at.title[0].value == "Edit demo"
@@ -38,7 +38,7 @@ def test_demo_and_launch_pages_render(monkeypatch, fixture_store):  # noqa: F811
     assert len(at.dataframe) == 1
 
 
-def test_public_mode_hides_the_pages_without_the_passcode(monkeypatch, fixture_store):  # noqa: F811
+def test_public_mode_hides_the_pages_without_the_passcode(monkeypatch, fixture_store):
     at = _app(monkeypatch, fixture_store, public=True, secrets={"passcode": "s3cret"})
     with pytest.raises(ValueError, match="Could not find a navigation page"):
         at.switch_page("app_pages/demo.py")  # a page missing from st.navigation cannot be reached
@@ -51,7 +51,7 @@ def test_public_mode_hides_the_pages_without_the_passcode(monkeypatch, fixture_s
     assert not at.exception and at.title[0].value == "Launch runs"
 
 
-def test_secret_public_flag_also_gates(monkeypatch, fixture_store):  # noqa: F811
+def test_secret_public_flag_also_gates(monkeypatch, fixture_store):
     at = _app(monkeypatch, fixture_store, secrets={"public": True, "passcode": "pw"})
     assert at.text_input(key="passcode")
     at.text_input(key="passcode").set_value("pw").run()
@@ -67,7 +67,7 @@ def _submit_demo(at, **values):
     return at
 
 
-def test_demo_form_refuses_bad_requests_with_visible_errors(monkeypatch, fixture_store, tmp_path):  # noqa: F811
+def test_demo_form_refuses_bad_requests_with_visible_errors(monkeypatch, fixture_store, tmp_path):
     store = tmp_path / "copy.sqlite"
     shutil.copy(fixture_store, store)
     con = sqlite3.connect(store)
@@ -83,7 +83,7 @@ def test_demo_form_refuses_bad_requests_with_visible_errors(monkeypatch, fixture
     assert "demo_job" not in at.session_state
 
 
-def test_launching_a_tiny_knowledge_run_finishes(monkeypatch, fixture_store, tiny_model_dir):  # noqa: F811
+def test_launching_a_tiny_knowledge_run_finishes(monkeypatch, fixture_store, tiny_model_dir):
     def knowledge_runs():
         con = sqlite3.connect(f"file:{fixture_store}?mode=ro", uri=True)
         try:
