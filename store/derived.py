@@ -437,3 +437,65 @@ def forgetting_by_age(conn: sqlite3.Connection, run_id: str, bins: tuple[int, ..
     order = {name: i for i, name in enumerate(labels)}
     return out.with_columns(pl.col("age_bin").replace_strict(order, return_dtype=pl.Int64).alias("_o")).sort(
         "edit_count", "_o").select(list(schema))
+
+
+# --------------------------------------------------------------------------- headline findings (Overview)
+
+
+def robustness_headlines(conn: sqlite3.Connection, metric: str = "acc") -> pl.DataFrame:
+    """Per robustness run: `metric` on the plain prompt and on the hardest rephrase type (lowest mean),
+    each with n and its 95% CI, and the drop between them."""
+    summary = robustness_summary(conn, metrics=(metric,))
+    schema = {"editor": pl.String, "n_done": pl.Int64, "status": pl.String, "plain": pl.Float64,
+              "plain_ci_low": pl.Float64, "plain_ci_high": pl.Float64, "hardest_type": pl.String,
+              "hardest": pl.Float64, "hardest_ci_low": pl.Float64, "hardest_ci_high": pl.Float64,
+              "drop": pl.Float64, "n": pl.Int64}
+    if summary.is_empty():
+        return pl.DataFrame(schema=schema)
+    runs = _runs(conn, "robustness", None).select("run_id", "n_done", "status")
+    rows = []
+    for (run_id,), part in summary.partition_by("run_id", as_dict=True).items():
+        plain = part.filter(pl.col("rephrase_type") == "plain")
+        rest = part.filter(pl.col("rephrase_type") != "plain").drop_nulls("mean").sort("mean", "rephrase_type")
+        if plain.is_empty() or rest.is_empty():
+            continue
+        p, h = plain.row(0, named=True), rest.row(0, named=True)
+        run = runs.filter(pl.col("run_id") == run_id).row(0, named=True)
+        rows.append({"editor": p["editor"], "n_done": run["n_done"], "status": run["status"], "plain": p["mean"],
+                     "plain_ci_low": p["ci_low"], "plain_ci_high": p["ci_high"], "hardest_type": h["rephrase_type"],
+                     "hardest": h["mean"], "hardest_ci_low": h["ci_low"], "hardest_ci_high": h["ci_high"],
+                     "drop": h["mean"] - p["mean"], "n": p["n"]})
+    return pl.DataFrame(rows, schema=schema).sort("editor")
+
+
+def sequential_headlines(conn: sqlite3.Connection) -> pl.DataFrame:
+    """Per sequential run: edits made, the edit count of the online collapse (null: none yet), the start of
+    a catastrophic phase on any series, disabling edits, and retention and panel recall at the last
+    checkpoint (with n and 95% Wilson CIs)."""
+    labels = run_labels(conn, "sequential")
+    schema = {"run": pl.String, "status": pl.String, "edits": pl.Int64, "collapse_at": pl.Int64,
+              "catastrophic_from": pl.Int64, "disabling_edits": pl.Int64, "retention": pl.Float64,
+              "retention_ci": pl.String, "panel_recall": pl.Float64, "panel_recall_ci": pl.String}
+    if labels.is_empty():
+        return pl.DataFrame(schema=schema)
+    curves = sequential_curves(conn)
+    events = sequential_events(conn)
+    rows = []
+    for r in labels.iter_rows(named=True):
+        ev = events.filter(pl.col("run_id") == r["run_id"])
+        col = ev.filter(pl.col("kind") == "collapse")["edit_count"]
+        cat = ev.filter((pl.col("kind") == "phase") & (pl.col("phase") == "catastrophic"))["edit_count"]
+        row = {"run": r["label"], "status": r["status"], "edits": r["n_done"] or 0,
+               "collapse_at": col.min() if col.len() else None, "catastrophic_from": cat.min() if cat.len() else None,
+               "disabling_edits": ev.filter(pl.col("kind") == "disabling_edit").height}
+        for metric in ("retention", "panel_recall"):
+            c = curves.filter((pl.col("run_id") == r["run_id"]) & (pl.col("metric") == metric)).sort("edit_count")
+            if c.is_empty():
+                row[metric], row[f"{metric}_ci"] = None, None
+            else:
+                last = c.row(-1, named=True)
+                row[metric] = last["value"]
+                row[f"{metric}_ci"] = (f"[{last['ci_low']:.2f}, {last['ci_high']:.2f}], n = {last['n']}"
+                                       if last["ci_low"] is not None else f"n = {last['n']}")
+        rows.append(row)
+    return pl.DataFrame(rows, schema=schema).sort("run")

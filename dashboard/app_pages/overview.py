@@ -17,6 +17,30 @@ for col, (label, table) in zip(
 ):
     col.metric(label, f"{counts.get(table, 0):,}")
 
+st.header("Headline findings")
+rob = query("robustness_headlines")
+if rob.is_empty():
+    st.info("No robustness runs yet: the plain-vs-hardest comparison appears once one has results.")
+else:
+    st.subheader("Edits that hold on the plain prompt fail on rephrasings (study A)")
+    cols = st.columns(min(4, rob.height))
+    for col, r in zip(cols * 4, rob.iter_rows(named=True)):
+        col.metric(f"{r['editor']}: acc plain → {r['hardest_type']}", f"{r['plain']:.2f} → {r['hardest']:.2f}",
+                   delta=f"{r['drop']:+.2f}", delta_color="normal",
+                   help=f"Generation names the new object. Plain 95% CI [{r['plain_ci_low']:.2f}, "
+                        f"{r['plain_ci_high']:.2f}], {r['hardest_type']} [{r['hardest_ci_low']:.2f}, "
+                        f"{r['hardest_ci_high']:.2f}]; n = {r['n']} cases ({r['status']}).")
+    st.dataframe(rob, hide_index=True)
+seq = query("sequential_headlines")
+if not seq.is_empty():
+    st.subheader("Sequential edits: when does the model break? (study B)")
+    st.dataframe(seq, hide_index=True, column_config={
+        "collapse_at": st.column_config.NumberColumn("collapse at edit", help="online collapse: fluency or "
+                                                     "panel recall fell below its threshold (empty: none)"),
+        "catastrophic_from": st.column_config.NumberColumn("catastrophic phase from"),
+        "retention": st.column_config.NumberColumn("retained edits (last)", format="%.2f"),
+        "panel_recall": st.column_config.NumberColumn("panel recall (last)", format="%.2f")})
+
 st.header("Pre-edit knowledge by popularity")
 sets = query("case_sets")
 if sets.is_empty():
