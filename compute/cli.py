@@ -231,6 +231,9 @@ def cmd_knowledge_measure(args) -> None:
                 lm, cases, st, rephrase_types=types, gen_tokens=args.gen_tokens, run_id=args.resume,
                 case_set=args.set, progress=not args.quiet,
             )
+        from store.derived import store_correlations
+
+        store_correlations(st, run_id)
     _out(f"run {run_id}: pre-edit knowledge of {len(cases)} cases stored")
     args.run = run_id
     cmd_knowledge_show(args)
@@ -345,6 +348,7 @@ def cmd_run_robustness(args) -> None:
             run_id = run_robustness(lm, cases, st, editor=ed.name, hp=hp, ctx=ctx, gen_tokens=args.gen_tokens,
                                     case_set=name, baseline_run=baseline, run_id=run_id, progress=not args.quiet)
         _out(f"run {run_id}: {ed.name} on {len(cases)} cases of {name}")
+        derived.store_correlations(st, run_id)
         summary = derived.robustness_summary(st.conn, run_ids=run_id, metrics=("acc", "rev"))
         _table(summary.drop("run_id"), max_rows=40)
 
@@ -484,8 +488,13 @@ def cmd_store_migrate(args) -> None:
 
 
 def cmd_store_finalize(args) -> None:
+    from store.derived import store_correlations
+
     with Store.open(args.store) as st:
         st.mark_stale_runs()
+        n = store_correlations(st)
+        if n:
+            _out(f"stored the popularity correlations of {n} finished run(s)")
         st.finalize()
         _out(f"{st.path}: checkpointed, vacuumed, journal mode DELETE ({st.path.stat().st_size / 1e6:.1f} MB)")
 

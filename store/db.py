@@ -549,6 +549,12 @@ class Store:
             conn.executemany("DELETE FROM run_events WHERE run_id = ? AND kind = ?", [(run_id, k) for k in kinds])
             return _upsert(conn, "run_events", rows)
 
+    def replace_correlations(self, run_id: str, rows: Iterable[Mapping]) -> int:
+        """Replace a run's stored correlations with `rows` in one transaction."""
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM correlations WHERE run_id = ?", (run_id,))
+            return _upsert(conn, "correlations", rows)
+
     def done_case_ids(self, run_id: str, edit_count: int = 0) -> set[str]:
         """Cases with any measurement in `run_id` at `edit_count`: what a resumed run can skip."""
         rows = self.conn.execute(

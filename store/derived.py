@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sqlite3
 
+import numpy as np
 import polars as pl
 
 from . import queries
@@ -58,7 +59,13 @@ def knowledge_by_quartile(
 def knowledge_correlations(
     conn: sqlite3.Connection, case_set: str | None = None, run_id: str | None = None, n_boot: int = 1000
 ) -> pl.DataFrame:
-    """Spearman rho of each popularity feature with pre-edit recall and with P(true), bootstrap 95% CI."""
+    """Spearman rho of each popularity feature with pre-edit recall and with P(true), bootstrap 95% CI.
+
+    Read from the `correlations` table when the knowledge run's are stored (store_correlations), else
+    computed here."""
+    stored = _stored_knowledge_correlations(conn, case_set, run_id, n_boot)
+    if stored is not None:
+        return stored
     df = _knowledge(conn, case_set, run_id)
     rows = []
     for feature in POPULARITY_FEATURES:
@@ -74,6 +81,115 @@ def knowledge_correlations(
     schema = {"feature": pl.String, "against": pl.String, "rho": pl.Float64, "ci_low": pl.Float64,
               "ci_high": pl.Float64, "n": pl.Int64}
     return pl.DataFrame(rows, schema=schema)
+
+
+SMALL_N = 30  # below this many non-binary values a mean's CI is bootstrapped, above it the normal approximation
+
+
+def wilson_arrays(k: np.ndarray, n: np.ndarray, z: float = 1.96) -> tuple[np.ndarray, np.ndarray]:
+    """store.metrics.wilson_ci for arrays of successes k and trials n (n = 0 gives (0, 1))."""
+    k, n = np.asarray(k, dtype=float), np.asarray(n, dtype=float)
+    safe = np.where(n > 0, n, 1.0)
+    p = k / safe
+    z2 = z * z
+    denom = 1 + z2 / safe
+    centre = (p + z2 / (2 * safe)) / denom
+    half = z * np.sqrt(p * (1 - p) / safe + z2 / (4 * safe * safe)) / denom
+    lo = np.where(k <= 0, 0.0, np.maximum(0.0, centre - half))
+    hi = np.where(k >= n, 1.0, np.minimum(1.0, centre + half))
+    return np.where(n > 0, lo, 0.0), np.where(n > 0, hi, 1.0)
+
+
+def _stored(conn: sqlite3.Connection, run_ids: list[str], n_boot: int) -> pl.DataFrame | None:
+    """Stored correlations (all relations) of these runs if every one of them has some, else None."""
+    if not run_ids:
+        return None
+    marks = ", ".join("?" * len(run_ids))
+    try:
+        df = queries._frame(conn, f"SELECT * FROM correlations WHERE run_id IN ({marks}) AND relation = '' "
+                                  "AND n_boot = ?", [*run_ids, n_boot])
+    except sqlite3.OperationalError:  # a store from before the table existed
+        return None
+    if df.is_empty() or set(df["run_id"].unique().to_list()) != set(run_ids):
+        return None
+    # SQLite stores NaN (an undefined rho: a constant side) as NULL: give it back as NaN, as computed
+    return df.with_columns(pl.col(c).cast(pl.Float64).fill_null(float("nan")) for c in ("rho", "ci_low", "ci_high"))
+
+
+def _stored_knowledge_correlations(conn, case_set, run_id, n_boot) -> pl.DataFrame | None:
+    if run_id is None:
+        run_id = queries.newest_knowledge_run(conn) if case_set is None else _newest_knowledge_of(conn, case_set)
+    if run_id is None:
+        return None
+    df = _stored(conn, [run_id], n_boot)
+    if df is None:
+        return None
+    order = {f: i for i, f in enumerate(POPULARITY_FEATURES)}
+    return (df.filter(pl.col("rephrase_type") == "plain")
+            .with_columns(pl.col("feature").replace_strict(order, default=99, return_dtype=pl.Int64).alias("_f"),
+                          (pl.col("metric") != "recall").cast(pl.Int64).alias("_m"))
+            .sort("_f", "_m")
+            .select("feature", pl.col("metric").alias("against"), "rho", "ci_low", "ci_high",
+                    pl.col("n").cast(pl.Int64)))
+
+
+def _newest_knowledge_of(conn: sqlite3.Connection, case_set: str) -> str | None:
+    import json
+
+    for r in queries.list_runs(conn, kind="knowledge").iter_rows(named=True):
+        if json.loads(r["config"] or "{}").get("case_set") == case_set:
+            return r["run_id"]
+    return None
+
+
+def correlation_rows(conn: sqlite3.Connection, run_id: str, n_boot: int = 1000, seed: int = 0) -> list[dict]:
+    """Every Spearman correlation the dashboard shows for one run, as `correlations` rows: for a knowledge
+    run, each feature against recall and P(true) on the plain prompt; for a robustness run, each feature
+    against acc and rev in every rephrase type."""
+    from datetime import datetime, timezone
+
+    run = conn.execute("SELECT kind FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+    if run is None:
+        raise ValueError(f"no run {run_id!r} in this store")
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    rows = []
+    if run[0] == "knowledge":
+        df = _knowledge(conn, None, run_id)
+        for feature in POPULARITY_FEATURES:
+            for target in ("recall", "p_true"):
+                if df.is_empty() or feature not in df.columns or target not in df.columns:
+                    continue
+                sub = df.filter(pl.col(feature).is_not_null() & pl.col(target).is_not_null())
+                if sub.height < 3:
+                    continue
+                c = spearman_ci(sub[feature].to_numpy(), sub[target].to_numpy(), n_boot=n_boot, seed=seed)
+                rows.append({"run_id": run_id, "rephrase_type": "plain", "metric": target, "feature": feature,
+                             "rho": c.rho, "ci_low": c.ci_low, "ci_high": c.ci_high, "n": c.n})
+    elif run[0] == "robustness":
+        live = _robustness_correlations_live(conn, _runs(conn, "robustness", run_id), ("acc", "rev"),
+                                             POPULARITY_FEATURES, n_boot, None, None)
+        rows = [{"run_id": r["run_id"], "rephrase_type": r["rephrase_type"], "metric": r["metric"],
+                 "feature": r["feature"], "rho": r["rho"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
+                 "n": r["n"]} for r in live.iter_rows(named=True)]
+    return [{**r, "relation": "", "n_boot": n_boot, "seed": seed, "computed_at": now} for r in rows]
+
+
+def store_correlations(store, run_ids=None, n_boot: int = 1000) -> int:
+    """Compute and store the correlations of finished knowledge and robustness runs (all, or `run_ids`)
+    whose stored ones are missing or older than the run; returns how many runs were (re)computed."""
+    runs = queries.list_runs(store.conn).filter(pl.col("kind").is_in(["knowledge", "robustness"])
+                                                & (pl.col("status") == "done"))
+    if run_ids is not None:
+        runs = runs.filter(pl.col("run_id").is_in([run_ids] if isinstance(run_ids, str) else list(run_ids)))
+    done = 0
+    for r in runs.iter_rows(named=True):
+        have = store.conn.execute("SELECT min(computed_at) FROM correlations WHERE run_id = ? AND n_boot = ?",
+                                  (r["run_id"], n_boot)).fetchone()[0]
+        if have is not None and (r["finished_at"] or "") <= have:
+            continue
+        store.replace_correlations(r["run_id"], correlation_rows(store.conn, r["run_id"], n_boot=n_boot))
+        done += 1
+    return done
 
 
 def _mean_ci(values: list[float]) -> tuple[float, float]:
@@ -113,25 +229,63 @@ def robustness_summary(
         return pl.DataFrame(schema={c: (pl.Float64 if c in ("mean", "ci_low", "ci_high", "drop_from_plain")
                                         else pl.Int64 if c in ("n", "popularity_quartile") else pl.String)
                                     for c in cols})
-    m = queries.measurements(conn, run_ids=runs["run_id"].to_list(), metrics=list(metrics), edit_count=edit_count)
-    m = m.join(runs.select("run_id", "editor"), on="run_id")
-    if by or relations is not None:
-        extra = [c for c in dict.fromkeys([by, "relation"]) if c]
-        m = m.join(queries.cases(conn).select("case_id", *extra), on="case_id", how="left")
-        if relations is not None:
-            m = m.filter(pl.col("relation").is_in(list(relations)))
+    # aggregate in SQL: n, sum, sum of squares and whether every value is 0/1, per group
+    ids, mets = runs["run_id"].to_list(), list(metrics)
+    join = " JOIN cases c ON c.case_id = m.case_id" if (by or relations is not None) else ""
+    group_by = "m.run_id, m.rephrase_type, m.metric" + (f", c.{by}" if by else "")
+    where = (f"m.run_id IN ({', '.join('?' * len(ids))}) AND m.metric IN ({', '.join('?' * len(mets))}) "
+             "AND m.edit_count = ? AND m.value IS NOT NULL")
+    params = [*ids, *mets, edit_count]
+    if relations is not None:
+        rel = list(relations)
+        if not rel:
+            return pl.DataFrame(schema={c: (pl.Float64 if c in ("mean", "ci_low", "ci_high", "drop_from_plain")
+                                            else pl.Int64 if c in ("n", "popularity_quartile") else pl.String)
+                                        for c in cols})
+        where += f" AND c.relation IN ({', '.join('?' * len(rel))})"
+        params += rel
+    agg = queries._frame(conn, f"SELECT {group_by.replace('c.' + by, 'c.' + by + ' AS ' + by) if by else group_by}, "
+                               "COUNT(*) AS n, SUM(m.value) AS s, SUM(m.value * m.value) AS ss, "
+                               "SUM(CASE WHEN m.value IN (0.0, 1.0) THEN 0 ELSE 1 END) AS nonbinary "
+                               f"FROM measurements m{join} WHERE {where} GROUP BY {group_by}", params)
     keys = ["run_id", "editor", "rephrase_type", "metric", *([by] if by else [])]
-    rows = []
-    for key, part in m.group_by(keys):
-        values = part["value"].drop_nulls().to_list()
-        lo, hi = _mean_ci(values) if values else (None, None)
-        rows.append({**dict(zip(keys, key)), "n": len(values),
-                     "mean": sum(values) / len(values) if values else None, "ci_low": lo, "ci_high": hi})
-    if not rows:
+    if agg.is_empty():
         return pl.DataFrame(schema={c: (pl.Float64 if c in ("mean", "ci_low", "ci_high", "drop_from_plain")
                                         else pl.Int64 if c in ("n", "popularity_quartile") else pl.String)
                                     for c in cols})
-    out = pl.DataFrame(rows)
+    agg = agg.join(runs.select("run_id", "editor"), on="run_id")
+    n = agg["n"].to_numpy().astype(float)
+    mean = agg["s"].to_numpy() / n
+    lo, hi = wilson_arrays(np.rint(agg["s"].to_numpy()), n)
+    var = np.maximum(agg["ss"].to_numpy() - n * mean * mean, 0.0) / np.maximum(n - 1, 1)
+    half = 1.96 * np.sqrt(var / n)
+    binary = agg["nonbinary"].to_numpy() == 0
+    lo = np.where(binary, lo, mean - half)
+    hi = np.where(binary, hi, mean + half)
+    out = agg.with_columns(pl.Series("mean", mean), pl.Series("ci_low", lo), pl.Series("ci_high", hi),
+                           pl.col("n").cast(pl.Int64))
+    # small groups of non-binary values: a percentile bootstrap of the mean instead of the normal approximation
+    small = out.filter((pl.col("nonbinary") > 0) & (pl.col("n") < SMALL_N))
+    if not small.is_empty():
+        fixes = []
+        for r in small.iter_rows(named=True):
+            q = ("SELECT m.value FROM measurements m" + join + " WHERE m.run_id = ? AND m.metric = ? AND "
+                 "m.rephrase_type = ? AND m.edit_count = ? AND m.value IS NOT NULL")
+            args = [r["run_id"], r["metric"], r["rephrase_type"], edit_count]
+            if by:
+                q += f" AND c.{by} IS ?"
+                args.append(r[by])
+            if relations is not None:
+                q += f" AND c.relation IN ({', '.join('?' * len(rel))})"
+                args += rel
+            values = [v for (v,) in conn.execute(q, args)]
+            b_lo, b_hi = _mean_ci(values)
+            fixes.append({**{k: r[k] for k in keys}, "b_lo": b_lo, "b_hi": b_hi})
+        fix = pl.DataFrame(fixes).cast({k: out.schema[k] for k in keys})
+        out = (out.join(fix, on=keys, how="left")
+               .with_columns(pl.coalesce("b_lo", "ci_low").alias("ci_low"), pl.coalesce("b_hi", "ci_high").alias("ci_high"))
+               .drop("b_lo", "b_hi"))
+    out = out.select(*keys, "n", "mean", "ci_low", "ci_high")
     plain_keys = [k for k in keys if k != "rephrase_type"]
     plain = out.filter(pl.col("rephrase_type") == "plain").select(*plain_keys, pl.col("mean").alias("plain_mean"))
     return (
@@ -153,8 +307,22 @@ def robustness_correlations(
 ) -> pl.DataFrame:
     """Spearman rho (bootstrap 95% CI) of each popularity feature against post-edit acc and rev, per
     robustness run (editor) and rephrase type (all types, or those given), over the cases of `relations`
-    (all when None)."""
+    (all when None). Read from the `correlations` table where every run's are stored, else computed."""
     runs = _runs(conn, "robustness", run_ids)
+    if relations is None and not runs.is_empty():
+        stored = _stored(conn, runs["run_id"].to_list(), n_boot)
+        if stored is not None:
+            df = stored.filter(pl.col("metric").is_in(list(metrics)) & pl.col("feature").is_in(list(features)))
+            if rephrase_types is not None:
+                df = df.filter(pl.col("rephrase_type").is_in(list(rephrase_types)))
+            return (df.join(runs.select("run_id", "editor"), on="run_id")
+                    .select("run_id", "editor", "rephrase_type", "metric", "feature", "rho", "ci_low", "ci_high",
+                            pl.col("n").cast(pl.Int64))
+                    .sort(["editor", "metric", "feature", "rephrase_type"]))
+    return _robustness_correlations_live(conn, runs, metrics, features, n_boot, rephrase_types, relations)
+
+
+def _robustness_correlations_live(conn, runs, metrics, features, n_boot, rephrase_types, relations) -> pl.DataFrame:
     schema = {"run_id": pl.String, "editor": pl.String, "rephrase_type": pl.String, "metric": pl.String,
               "feature": pl.String, "rho": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64, "n": pl.Int64}
     if runs.is_empty():
@@ -375,7 +543,7 @@ def sequential_curves(conn: sqlite3.Connection, run_ids=None) -> pl.DataFrame:
     lows, highs = [], []
     for metric, value, n in zip(out["metric"], out["value"], out["n"]):
         if metric in _SHARES and n and value is not None and value == value:
-            lo, hi = wilson_ci(round(value * n), n)
+            lo, hi = wilson_ci(min(max(round(value * n), 0), n), n)
         else:
             lo = hi = None
         lows.append(lo)
@@ -402,38 +570,30 @@ def forgetting_by_age(conn: sqlite3.Connection, run_id: str, bins: tuple[int, ..
     """Study B's forgetting curve by an edit's age (edits made since it): for each checkpoint and age bin,
     the share of edits that held at their first checkpoint and no longer hold, with n and a Wilson CI.
     Columns: edit_count, age_bin (label like "10-49"), forgotten, n, ci_low, ci_high."""
-    sql = """
-    WITH made AS (SELECT case_id, MIN(edit_count) AS made_at FROM measurements
-                  WHERE run_id = ? AND rephrase_type = 'edit' GROUP BY case_id),
-         es AS (SELECT case_id, edit_count, value FROM measurements
-                WHERE run_id = ? AND rephrase_type = 'plain' AND metric = 'es' AND case_id != ?),
-         first AS (SELECT case_id, MIN(edit_count) AS first_at FROM es GROUP BY case_id),
-         held AS (SELECT es.case_id FROM es JOIN first ON es.case_id = first.case_id
-                  AND es.edit_count = first.first_at WHERE es.value >= 0.5)
-    SELECT es.edit_count, es.edit_count - made.made_at AS age, es.value
-    FROM es JOIN held ON es.case_id = held.case_id JOIN made ON es.case_id = made.case_id
-    """
-    df = queries._frame(conn, sql, [run_id, run_id, RUN_LEVEL])
     schema = {"edit_count": pl.Int64, "age_bin": pl.Utf8, "forgotten": pl.Float64, "n": pl.Int64,
               "ci_low": pl.Float64, "ci_high": pl.Float64}
+    # two indexed reads, then the joins in polars (SQLite would re-evaluate the CTEs for every row)
+    made = queries._frame(conn, "SELECT case_id, MIN(edit_count) AS made_at FROM measurements "
+                                "WHERE run_id = ? AND rephrase_type = 'edit' GROUP BY case_id", [run_id])
+    es = queries._frame(conn, "SELECT case_id, edit_count, value FROM measurements WHERE run_id = ? "
+                              "AND metric = 'es' AND rephrase_type = 'plain' AND case_id != ?", [run_id, RUN_LEVEL])
+    if made.is_empty() or es.is_empty():
+        return pl.DataFrame(schema=schema)
+    first = es.sort("edit_count").group_by("case_id").agg(pl.col("value").first().alias("held_then"))
+    df = (es.join(first.filter(pl.col("held_then") >= 0.5), on="case_id")
+          .join(made, on="case_id")
+          .with_columns((pl.col("edit_count") - pl.col("made_at")).alias("age")))
     if df.is_empty():
         return pl.DataFrame(schema=schema)
     edges = list(bins)
     labels = [f"{a}-{b - 1}" for a, b in zip(edges, edges[1:])] + [f"{edges[-1]}+"]
-
-    def label(age: int) -> str:
-        for i in range(len(edges) - 1, -1, -1):
-            if age >= edges[i]:
-                return labels[i]
-        return labels[0]
-
-    df = df.with_columns(pl.col("age").map_elements(label, return_dtype=pl.Utf8).alias("age_bin"),
+    idx = np.searchsorted(np.asarray(edges), df["age"].to_numpy(), side="right") - 1
+    df = df.with_columns(pl.Series("age_bin", [labels[max(i, 0)] for i in idx], dtype=pl.Utf8),
                          (pl.col("value") < 0.5).cast(pl.Int64).alias("lost"))
     out = df.group_by("edit_count", "age_bin").agg(pl.col("lost").sum().alias("k"), pl.len().alias("n"))
-    cis = [wilson_ci(k, n) for k, n in zip(out["k"], out["n"])]
-    out = out.with_columns((pl.col("k") / pl.col("n")).alias("forgotten"),
-                           pl.Series("ci_low", [c[0] for c in cis]), pl.Series("ci_high", [c[1] for c in cis]),
-                           pl.col("n").cast(pl.Int64))
+    lo, hi = wilson_arrays(out["k"].to_numpy(), out["n"].to_numpy())
+    out = out.with_columns((pl.col("k") / pl.col("n")).alias("forgotten"), pl.Series("ci_low", lo),
+                           pl.Series("ci_high", hi), pl.col("n").cast(pl.Int64))
     order = {name: i for i, name in enumerate(labels)}
     return out.with_columns(pl.col("age_bin").replace_strict(order, return_dtype=pl.Int64).alias("_o")).sort(
         "edit_count", "_o").select(list(schema))

@@ -193,9 +193,31 @@ CREATE TABLE run_events (
 );
 """
 
+# Spearman correlations of popularity features with a run's per-case values, computed once when a run is
+# done (bootstrap CIs are too slow to recompute on every page view of a large store). `relation` '' means
+# all relations. store.derived reads them, and computes live what is not stored.
+SCHEMA_V3 = """
+CREATE TABLE correlations (
+    run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+    rephrase_type TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    feature TEXT NOT NULL,
+    relation TEXT NOT NULL DEFAULT '',
+    rho REAL,
+    ci_low REAL,
+    ci_high REAL,
+    n INTEGER,
+    n_boot INTEGER,
+    seed INTEGER,
+    computed_at TEXT,
+    PRIMARY KEY (run_id, rephrase_type, metric, feature, relation)
+);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", SCHEMA_V1),
     Migration(2, "run events: collapse, phases, disabling edits", SCHEMA_V2),
+    Migration(3, "stored popularity correlations", SCHEMA_V3),
 )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import polars as pl
 import pytest
 
 from store import Store, derived
@@ -87,3 +88,29 @@ def test_popularity_points_and_equal_count_bins(tmp_path):
     assert bins["mean"].to_list() == [0.25, 0.5, 0.75, 1.0]
     lo, hi = bins["lo"].to_list(), bins["hi"].to_list()
     assert all(lo[i + 1] > hi[i] for i in range(3))  # bins follow each other without overlap
+
+
+def test_stored_correlations_equal_the_live_ones_and_are_used(tmp_path, fixture_store):
+    import shutil
+
+    from store import Store, derived
+
+    path = tmp_path / "copy.sqlite"
+    shutil.copy(fixture_store, path)
+    with Store.open(path) as st:
+        # the CLI stored them when the runs finished: the same numbers as a live computation
+        stored_k = derived.knowledge_correlations(st.conn)
+        stored_r = derived.robustness_correlations(st.conn, metrics=("acc",))
+        st.conn.execute("DELETE FROM correlations")
+        st.conn.commit()
+        live_k = derived.knowledge_correlations(st.conn)
+        live_r = derived.robustness_correlations(st.conn, metrics=("acc",))
+        assert stored_k.height == live_k.height > 0 and stored_r.height == live_r.height > 0
+        for a, b in ((stored_k, live_k), (stored_r, live_r)):
+            for col in ("rho", "ci_low", "ci_high"):
+                assert a[col].to_list() == pytest.approx(b[col].to_list(), nan_ok=True)
+        assert derived.store_correlations(st) >= 3  # the knowledge run and both robustness runs
+        assert derived.store_correlations(st) == 0  # up to date: nothing recomputed
+        st.conn.execute("UPDATE correlations SET rho = 0.123 WHERE metric = 'recall'")
+        st.conn.commit()
+        assert set(derived.knowledge_correlations(st.conn).filter(pl.col("against") == "recall")["rho"]) == {0.123}

@@ -1,0 +1,98 @@
+"""Dashboard speed on a LOAD-TEST store of about 1,000,000 measurement rows (a script, not a test).
+
+Targets (issue: the dashboard): every page's first render at most 2 s, a filter change at most 1 s, on
+the 2-core development machine. The store is synthetic (benchmarks/loadtest_store.py; labelled in its
+meta table and on every run), never shipped.
+
+Each page is rendered with Streamlit's AppTest in this process, which runs the page script exactly as
+the server does (queries, derived tables, chart building and element serialisation); the browser's own
+drawing is not included. "First render" starts from an empty query cache; a "filter change" sets one
+widget on the rendered page and reruns it (the cache then holds what the first render loaded, as in a
+real session).
+
+    python benchmarks/bench_dashboard.py [--store artifacts/loadtest.sqlite] [--out benchmarks/results/dashboard.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+APP = str(ROOT / "dashboard" / "app.py")
+
+# page -> (how to reach it, a filter change on it)
+PAGES = {
+    "overview": (None, lambda at: at.toggle[0].set_value(True)),
+    "robustness": ("app_pages/robustness.py", lambda at: at.segmented_control(key="metric").set_value("rev")),
+    "popularity": ("app_pages/popularity.py", lambda at: at.selectbox(key="pop_metric").set_value("rev")),
+    "forgetting": ("app_pages/forgetting.py", lambda at: at.toggle(key="log_x").set_value(True)),
+    "cases": ("app_pages/cases.py", lambda at: at.text_input(key="subject").set_value("Subject 12")),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--store", type=Path, default=ROOT / "artifacts" / "loadtest.sqlite")
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--repeat", type=int, default=3, help="renders per page (the median is reported)")
+    args = ap.parse_args()
+    if not args.store.exists():
+        sys.exit(f"no load-test store at {args.store}: make one with `python benchmarks/loadtest_store.py`")
+    import sqlite3
+
+    label = sqlite3.connect(f"file:{args.store}?mode=ro", uri=True).execute(
+        "SELECT value FROM meta WHERE key = 'load_test'").fetchone()
+    if not label:
+        sys.exit(f"{args.store} is not a load-test store (no meta 'load_test'): refusing to time real results")
+    rows = sqlite3.connect(f"file:{args.store}?mode=ro", uri=True).execute("SELECT count(*) FROM measurements").fetchone()[0]
+    os.environ["EDITSCOPE_STORE"] = str(args.store)
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    results = {}
+    for name, (path, change) in PAGES.items():
+        firsts, changes = [], []
+        for _ in range(args.repeat):
+            st.cache_data.clear()
+            at = AppTest.from_file(APP, default_timeout=120)
+            if path is None:
+                t = time.perf_counter()
+                at.run()
+                firsts.append(time.perf_counter() - t)
+            else:
+                at.run()
+                st.cache_data.clear()
+                at.switch_page(path)
+                t = time.perf_counter()
+                at.run()
+                firsts.append(time.perf_counter() - t)
+            if at.exception:
+                sys.exit(f"{name}: the page raised {at.exception[0].message}")
+            change(at)
+            t = time.perf_counter()
+            at.run()
+            changes.append(time.perf_counter() - t)
+        firsts.sort()
+        changes.sort()
+        results[name] = {"first_render_s": round(firsts[len(firsts) // 2], 3),
+                         "filter_change_s": round(changes[len(changes) // 2], 3),
+                         "first_ok": firsts[len(firsts) // 2] <= 2.0, "change_ok": changes[len(changes) // 2] <= 1.0}
+        print(f"{name:12s} first render {results[name]['first_render_s']:.2f} s   filter change "
+              f"{results[name]['filter_change_s']:.2f} s", flush=True)
+    report = {"store": str(args.store), "measurement_rows": rows, "load_test": label[0], "pages": results,
+              "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                          "load_avg": os.getloadavg()},
+              "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
