@@ -368,13 +368,7 @@ def cmd_run_sequential(args) -> None:
         ed, hp, ctx = _editor_setup(args, lm, args.editor)
         name = _case_set_for(args, st, lm)
         cases = load_case_set(st, name, args.limit)
-        abilities = None
-        if cfg.abilities_every:
-            from compute.abilities.run import ability_rows, evaluate_abilities
-
-            def abilities(model):
-                return ability_rows(evaluate_abilities(model, mode="quick"), run_id=None, edit_count=None,
-                                    batch_size=None)
+        abilities = _ability_hook("quick") if cfg.abilities_every else None
 
         run_id = args.resume
         old = None if run_id else find_run(st, "sequential", lm.name, ed.name, hp, case_set=name,
@@ -396,6 +390,51 @@ def cmd_run_sequential(args) -> None:
         if not events.is_empty():
             _out("events:")
             _table(events.drop("run_id"))
+
+
+def _ability_hook(mode: str | None):
+    """A function model -> ability rows for the runners (None when abilities are not measured)."""
+    if not mode or mode == "none":
+        return None
+    from compute.abilities.run import ability_rows, evaluate_abilities, load_items
+
+    items = load_items()
+
+    def measure(model):
+        return ability_rows(evaluate_abilities(model, mode=mode, items=items), run_id=None, edit_count=None,
+                            batch_size=None)
+
+    return measure
+
+
+def cmd_run_batch(args) -> None:
+    from compute.experiments.batch import run_batch_single
+
+    sizes = [int(v) for v in args.sizes.split(",") if v.strip()]
+    with _open_store(args) as st:
+        st.mark_stale_runs()
+        lm = _load_model(args)
+        ed, hp, ctx = _editor_setup(args, lm, args.editor)
+        name = _case_set_for(args, st, lm)
+        cases = load_case_set(st, name, args.limit)
+        run_id = args.resume
+        old = None if run_id else find_run(st, "batch", lm.name, ed.name, hp, case_set=name, n_cases=len(cases),
+                                           sizes=sorted(set(sizes)), order_seed=args.order_seed)
+        if old and old["status"] == "done" and not args.again:
+            _out(f"run {old['run_id']} already holds this experiment (use --again for a new run)")
+            run_id = old["run_id"]
+        else:
+            if old and not args.again:
+                run_id = old["run_id"]
+                _out(f"resuming run {run_id} ({old['n_done'] or 0}/{old['n_total']} batch sizes stored)")
+            run_id = run_batch_single(lm, cases, st, editor=ed.name, hp=hp, ctx=ctx, sizes=sizes,
+                                      order_seed=args.order_seed, panel_pool=args.panel_pool, case_set=name,
+                                      run_id=run_id, abilities=_ability_hook(args.abilities), progress=not args.quiet)
+        _out(f"run {run_id}: batch-single {ed.name}, sizes {sorted(set(sizes))}, on {name}")
+        from store import queries
+
+        m = queries.measurements(st.conn, run_ids=run_id, case_ids="*")
+        _table(m.select("edit_count", "metric", "value").sort("edit_count", "metric"))
 
 
 def cmd_run_sweep(args) -> None:
@@ -610,6 +649,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--resume", metavar="RUN_ID", help="continue this interrupted run (default: the matching one)")
     q.add_argument("--again", action="store_true", help="start a new run even if a matching one exists")
     q.set_defaults(func=cmd_run_sequential)
+    q = ex.add_parser("batch", help="study C: one batch of b edits at once, measured (editing and abilities), undone")
+    edit_args(q, cases_default=1240)
+    q.add_argument("--sizes", default="1,10,50,100,200,500", help="comma-separated batch sizes")
+    q.add_argument("--order-seed", type=int, default=0, help="seed of the edit order (shared with sequential runs)")
+    q.add_argument("--panel-pool", type=int, default=240, help="cases kept out of the edits (as in sequential runs)")
+    q.add_argument("--abilities", default="quick", choices=["none", "quick", "full"],
+                   help="general-ability suite after each batch")
+    q.add_argument("--resume", metavar="RUN_ID", help="continue this interrupted run (default: the matching one)")
+    q.add_argument("--again", action="store_true", help="start a new run even if a matching one exists")
+    q.set_defaults(func=cmd_run_batch)
     q = ex.add_parser("sweep", help="choose an editor's layer(s): ES/PS/NS for each candidate value")
     edit_args(q, cases_default=30)
     q.add_argument("--field", default="layer", choices=["layer", "layers"])

@@ -208,3 +208,50 @@ def test_run_labels_name_what_sets_a_run_apart():
     assert run_label("ROME", {"key_mismatch": True}, {}) == "ROME (original keys)"
     assert run_label("ROME", {"rect_top": 0.4}, {"batch_size": 1}) == "ROME + RECT 40%"
     assert run_label("MEMIT", {}, {"batch_size": 10}) == "MEMIT, b=10"
+
+
+def test_batch_single_edits_measures_and_undoes_each_size_and_resumes(llama, cases, tmp_path, monkeypatch):
+    from test_editor_contract import FACTORIES
+
+    import compute.experiments.batch as batch_mod
+    from compute.experiments.batch import run_batch_single
+
+    hp = FACTORIES["MEMIT"](get_editor("MEMIT"), llama)
+    before = {k: v.clone() for k, v in llama.model.state_dict().items()}
+    calls = []
+
+    def fake_abilities(lm):  # a deterministic stand-in for the suite: one row from the current weights
+        calls.append(1)
+        w = float(sum(p.double().sum() for p in lm.model.parameters()))
+        return [{"task": "probe", "task_version": "1", "mode": "quick", "score": w, "n": 1, "ci_low": w, "ci_high": w}]
+
+    real = batch_mod.apply_edit
+    state = {"n": 0}
+
+    def dies_on_the_second(*a, **k):
+        state["n"] += 1
+        if state["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(batch_mod, "apply_edit", dies_on_the_second)
+    with Store.open(tmp_path / "b.sqlite", create=True) as st:
+        with pytest.raises(KeyboardInterrupt):
+            run_batch_single(llama, cases, st, editor="MEMIT", hp=hp, ctx=_ctx(llama, tmp_path), sizes=(1, 3, 5),
+                             panel_pool=4, abilities=fake_abilities)
+        (run,) = queries.list_runs(st.conn)["run_id"]
+        assert st.get_run(run)["status"] == "interrupted"
+        monkeypatch.setattr(batch_mod, "apply_edit", real)
+        run_batch_single(llama, cases, st, editor="MEMIT", hp=hp, ctx=_ctx(llama, tmp_path), sizes=(1, 3, 5),
+                         panel_pool=4, abilities=fake_abilities, run_id=run)
+        level = queries.measurements(st.conn, run_ids=run, case_ids="*")
+        assert sorted(set(level["edit_count"])) == [1, 3, 5]
+        n = level.filter(level["metric"] == "n").sort("edit_count")["value"].to_list()
+        assert n == [1.0, 3.0, 5.0]
+        ab = queries.abilities(st.conn, run).sort("edit_count")
+        assert ab["edit_count"].to_list() == [0, 1, 3, 5] and (ab["batch_size"] == ab["edit_count"]).all()
+        assert ab["score"][0] != ab["score"][3]  # measured on the edited model, not the unedited one
+        per_case = level = queries.measurements(st.conn, run_ids=run, metrics="es", rephrase_types="plain")
+        assert per_case.filter(per_case["edit_count"] == 5).height == 5
+    after = llama.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)

@@ -92,8 +92,8 @@ class SequentialConfig:
     panel_known_only: bool = True  # False: the first panel_size pool facts, known or not (tiny test models)
     panel_tokens: int = 12  # greedy tokens read for panel recall
     fluency_tokens: int = 40
-    collapse_fluency: float = 0.6
-    collapse_panel: float = 0.25
+    collapse_fluency: float = 0.6  # free text below 60% of its unedited n-gram entropy: degenerate repetition
+    collapse_panel: float = 0.1  # panel recall below 10% of its unedited value: the model has lost its facts
     disable_drop: float = 0.2
     abilities_every: int = 0  # quick ability suite every this many edits (0 = never)
 
