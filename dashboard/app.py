@@ -33,6 +33,7 @@ def run() -> None:
             st.Page(str(PAGES / "robustness.py"), title="Robustness", icon=":material/grid_on:"),
             st.Page(str(PAGES / "popularity.py"), title="Popularity", icon=":material/trending_up:"),
             st.Page(str(PAGES / "forgetting.py"), title="Forgetting", icon=":material/timeline:"),
+            st.Page(str(PAGES / "abilities.py"), title="General abilities", icon=":material/psychology:"),
             st.Page(str(PAGES / "cases.py"), title="Case explorer", icon=":material/search:"),
         ]
         if _write_access():

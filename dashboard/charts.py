@@ -236,3 +236,50 @@ def forgetting_by_age_chart(df: pl.DataFrame) -> go.Figure:
     fig.update_layout(xaxis_title="Edits made", yaxis_title="Share of held edits now forgotten", yaxis_range=[0, 1],
                       legend_title="Edit's age (edits since)", margin=dict(t=30, b=40))
     return fig
+
+
+def ability_small_multiples(df: pl.DataFrame, x: str, labels: dict[str, str], x_title: str,
+                            baseline: dict | None = None, log_x: bool = False) -> go.Figure:
+    """One panel per ability task: score against `x` (edit_count or batch_size), one line per run with its
+    95% CI as whiskers and n in the hover; the task's chance level (dotted) and the unedited model's score
+    (dashed, `baseline`: task -> score) as horizontal lines.
+
+    Expects run_id, task, category, score, n, ci_low, ci_high, chance, metric and the `x` column.
+    """
+    from plotly.subplots import make_subplots
+
+    tasks = sorted(df["task"].unique().to_list())
+    if not tasks:
+        return go.Figure()
+    meta = {r["task"]: r for r in df.unique("task").iter_rows(named=True)}
+    cols = min(3, len(tasks))
+    rows = -(-len(tasks) // cols)
+    titles = [f"{t} ({meta[t]['category']})" if meta[t].get("category") else t for t in tasks]
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, vertical_spacing=0.14, horizontal_spacing=0.07)
+    run_ids = sorted(labels, key=lambda r: labels[r])
+    for i, task in enumerate(tasks):
+        row, col = i // cols + 1, i % cols + 1
+        part = df.filter(pl.col("task") == task)
+        for j, run in enumerate(run_ids):
+            data = part.filter(pl.col("run_id") == run).sort(x)
+            if data.is_empty():
+                continue
+            fig.add_trace(go.Scatter(
+                x=data[x].to_list(), y=data["score"].to_list(), mode="lines+markers", name=labels[run],
+                legendgroup=run, showlegend=i == 0, line=dict(color=_colour(j)),
+                error_y=dict(type="data", symmetric=False, array=(data["ci_high"] - data["score"]).to_list(),
+                             arrayminus=(data["score"] - data["ci_low"]).to_list(), thickness=1),
+                customdata=list(zip(data["n"].to_list(), data["ci_low"].to_list(), data["ci_high"].to_list())),
+                hovertemplate=f"{x_title} %{{x}}: %{{y:.3f}} [95% CI %{{customdata[1]:.3f}}, %{{customdata[2]:.3f}}]"
+                "<br>n = %{customdata[0]}<extra>" + labels[run] + "</extra>"), row=row, col=col)
+        chance = meta[task].get("chance")
+        if chance is not None:
+            fig.add_hline(y=chance, line_dash="dot", line_color="grey", row=row, col=col,
+                          annotation_text="chance", annotation_position="bottom right", annotation_font_size=9)
+        if baseline and baseline.get(task) is not None:
+            fig.add_hline(y=baseline[task], line_dash="dash", line_color="black", line_width=1, row=row, col=col,
+                          annotation_text="unedited", annotation_position="top right", annotation_font_size=9)
+        fig.update_yaxes(title_text=meta[task].get("metric") or "score", row=row, col=col, title_font_size=10)
+    fig.update_xaxes(title_text=x_title, type="log" if log_x else "linear")
+    fig.update_layout(height=250 * rows + 90, legend_title="Run", margin=dict(t=50, b=40))
+    return fig

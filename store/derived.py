@@ -659,3 +659,54 @@ def sequential_headlines(conn: sqlite3.Connection) -> pl.DataFrame:
                                        if last["ci_low"] is not None else f"n = {last['n']}")
         rows.append(row)
     return pl.DataFrame(rows, schema=schema).sort("run")
+
+
+# --------------------------------------------------------------------------- general abilities (study C)
+
+
+def ability_scores(conn: sqlite3.Connection, kind: str | None = None, mode: str | None = None) -> pl.DataFrame:
+    """Ability scores of the runs of a kind (sequential, batch, abilities; all when None) with each run's
+    label, editor, RECT share and batch size: one row per (run, edit count, batch size, task, mode)."""
+    import json
+
+    runs = queries.list_runs(conn, kind=kind)
+    schema = {"run_id": pl.String, "label": pl.String, "kind": pl.String, "editor": pl.String,
+              "rect_top": pl.Float64, "edit_count": pl.Int64, "batch_size": pl.Int64, "task": pl.String,
+              "task_version": pl.String, "mode": pl.String, "category": pl.String, "study_c": pl.String,
+              "metric": pl.String, "score": pl.Float64, "n": pl.Int64, "ci_low": pl.Float64, "ci_high": pl.Float64,
+              "chance": pl.Float64, "higher_is_better": pl.Int64}
+    if runs.is_empty():
+        return pl.DataFrame(schema=schema)
+    meta = []
+    for r in runs.iter_rows(named=True):
+        hp, cfg = json.loads(r["hparams"] or "null") or {}, json.loads(r["config"] or "null") or {}
+        meta.append({"run_id": r["run_id"], "label": run_label(r["editor"], hp, cfg), "kind": r["kind"],
+                     "editor": r["editor"], "rect_top": float(hp.get("rect_top", 1.0)) if r["editor"] else None})
+    ab = queries.abilities(conn, runs["run_id"].to_list())
+    if mode is not None and not ab.is_empty():
+        ab = ab.filter(pl.col("mode") == mode)
+    if ab.is_empty():
+        return pl.DataFrame(schema=schema)
+    for col, dtype in schema.items():
+        if col not in ab.columns and col not in ("label", "kind", "editor", "rect_top"):
+            ab = ab.with_columns(pl.lit(None, dtype=dtype).alias(col))
+    out = ab.join(pl.DataFrame(meta, schema={k: schema[k] for k in ("run_id", "label", "kind", "editor", "rect_top")}),
+                  on="run_id")
+    return out.select([pl.col(c).cast(t) for c, t in schema.items()]).sort("run_id", "task", "edit_count")
+
+
+def editing_performance(conn: sqlite3.Connection, run_ids) -> pl.DataFrame:
+    """Reliability (ES on the plain prompt), generalisation (PS) and locality (NS) of sequential runs'
+    newest edits and of batch runs' batches, by run and edit count: run_id, edit_count, measure, value, n."""
+    names = {"es": "reliability (ES)", "ps": "generalisation (PS)", "ns": "locality (NS)"}
+    where, params = queries._where([("run_id", run_ids)])
+    clause = (where + " AND " if where else " WHERE ") + "case_id = ? AND rephrase_type IN ('newest', 'batch')"
+    df = queries._frame(conn, f"SELECT run_id, edit_count, metric, value FROM measurements{clause}", [*params, RUN_LEVEL])
+    schema = {"run_id": pl.String, "edit_count": pl.Int64, "measure": pl.String, "value": pl.Float64, "n": pl.Int64}
+    if df.is_empty():
+        return pl.DataFrame(schema=schema)
+    n = df.filter(pl.col("metric") == "n").select("run_id", "edit_count", pl.col("value").cast(pl.Int64).alias("n"))
+    return (df.filter(pl.col("metric").is_in(list(names)))
+            .join(n, on=["run_id", "edit_count"], how="left")
+            .with_columns(pl.col("metric").replace_strict(names).alias("measure"))
+            .select(list(schema)).sort("run_id", "measure", "edit_count"))

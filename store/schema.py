@@ -214,10 +214,22 @@ CREATE TABLE correlations (
 );
 """
 
+# What each ability score is, stored with it so the dashboard needs no task code (and no torch): the task's
+# category in our words, the study-C category it stands for ('own' if none), its metric, chance level
+# (model-dependent for perplexity) and direction.
+SCHEMA_V4 = """
+ALTER TABLE abilities ADD COLUMN category TEXT;
+ALTER TABLE abilities ADD COLUMN study_c TEXT;
+ALTER TABLE abilities ADD COLUMN metric TEXT;
+ALTER TABLE abilities ADD COLUMN chance REAL;
+ALTER TABLE abilities ADD COLUMN higher_is_better INTEGER;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", SCHEMA_V1),
     Migration(2, "run events: collapse, phases, disabling edits", SCHEMA_V2),
     Migration(3, "stored popularity correlations", SCHEMA_V3),
+    Migration(4, "ability task metadata beside each score", SCHEMA_V4),
 )
 
 

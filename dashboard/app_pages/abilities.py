@@ -1,0 +1,73 @@
+"""General abilities (study C): what edits cost the rest of the model. Small multiples per task against
+edit count (sequential runs) or batch size (batch runs), with the unedited model's score and chance as
+lines; and the RECT comparison, ability scores beside editing performance."""
+
+import polars as pl
+import streamlit as st
+
+from dashboard import charts
+from dashboard.data import query
+from dashboard.filters import shared_multiselect
+from dashboard.sidebar import chosen_model
+
+st.title("General abilities after editing")
+scores = query("ability_scores")
+model = chosen_model()
+if model is not None and not scores.is_empty():
+    runs_of_model = query("list_runs").filter(pl.col("model") == model)["run_id"].to_list()
+    scores = scores.filter(pl.col("run_id").is_in(runs_of_model))
+if scores.is_empty():
+    st.info("No ability scores in this store yet: `python -m compute abilities measure --mode full` for the "
+            "unedited model, then `python -m compute run sequential ... --abilities-every 50` or "
+            "`python -m compute run batch --editor MEMIT`.")
+    st.stop()
+
+unedited = scores.filter(pl.col("edit_count") == 0)
+baseline_rows = unedited.filter(pl.col("kind") == "abilities")
+if baseline_rows.is_empty():
+    baseline_rows = unedited
+baseline_mode = st.segmented_control("Suite", ["quick", "full"], default="quick", key="ability_mode",
+                                     help="quick: each task's first items (every checkpoint); full: every item")
+mode = baseline_mode or "quick"
+base = baseline_rows.filter(pl.col("mode") == mode).sort("run_id")
+baseline = dict(zip(base["task"].to_list(), base["score"].to_list())) if not base.is_empty() else {}
+
+view = st.segmented_control("View", ["sequential", "batch", "rect"], default="sequential", key="ability_view",
+                            format_func={"sequential": "Against edit count", "batch": "Against batch size",
+                                         "rect": "RECT comparison"}.get)
+view = view or "sequential"
+kind = "batch" if view == "batch" else "sequential"
+part = scores.filter((pl.col("kind") == kind) & (pl.col("mode") == mode))
+if view == "rect":
+    part = part.filter(pl.col("editor") == "ROME")
+if part.is_empty():
+    st.info(f"No {mode}-mode ability scores from {kind} runs yet.")
+    st.stop()
+
+labels = dict(part.select("run_id", "label").unique().iter_rows())
+chosen = shared_multiselect("Runs", "runs", sorted(labels, key=labels.get), format_func=labels.get)
+part = part.filter(pl.col("run_id").is_in(chosen))
+labels = {r: labels[r] for r in chosen}
+if part.is_empty():
+    st.info("Choose at least one run.")
+    st.stop()
+
+x, x_title = ("batch_size", "Edits in the batch") if view == "batch" else ("edit_count", "Edits made")
+log_x = st.toggle("Logarithmic x axis", value=view == "batch", key="ability_log_x")
+st.plotly_chart(charts.ability_small_multiples(part, x, labels, x_title, baseline=baseline, log_x=log_x),
+                width="stretch")
+st.download_button("Download CSV (ability scores)", part.write_csv(), file_name=f"abilities-{view}-{mode}.csv")
+st.caption("Each point: the task's score with its 95% CI (Wilson for accuracies, bootstrap for perplexity) and "
+           "n items in the hover. Dashed: the unedited model; dotted: chance. Study-C categories: "
+           + ", ".join(sorted({f"{r['task']} → {r['study_c']}" for r in part.unique('task').iter_rows(named=True)})))
+
+if view in ("rect", "batch"):
+    st.header("Editing performance beside the abilities")
+    perf = query("editing_performance", run_ids=tuple(chosen))
+    if perf.is_empty():
+        st.write("No editing-performance rows for these runs.")
+    else:
+        shown = perf.with_columns(pl.col("run_id").replace_strict(labels, default=None).alias("run"))
+        table = shown.pivot(on="measure", index=["run", "edit_count", "n"], values="value").sort("run", "edit_count")
+        st.dataframe(table, hide_index=True)
+        st.download_button("Download CSV (editing performance)", shown.write_csv(), file_name=f"editing-{view}.csv")
