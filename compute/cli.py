@@ -383,13 +383,22 @@ def cmd_run_sequential(args) -> None:
                 run_id = old["run_id"]
                 _out(f"resuming run {run_id} from its last checkpoint ({old['n_done'] or 0} edits)")
             run_id = run_sequential(lm, cases, st, editor=ed.name, hp=hp, ctx=ctx, cfg=cfg, case_set=name,
-                                    run_id=run_id, abilities=abilities, progress=not args.quiet)
+                                    run_id=run_id, abilities=abilities, exclude_facts=_ability_facts(),
+                                    progress=not args.quiet)
         _out(f"run {run_id}: sequential {ed.name}, batch size {cfg.batch_size}, on {name}")
         _table(derived.sequential_curves(st.conn, run_id).drop("run_id"), max_rows=80)
         events = derived.sequential_events(st.conn, run_id)
         if not events.is_empty():
             _out("events:")
             _table(events.drop("run_id"))
+
+
+def _ability_facts() -> set:
+    """The knowledge-base facts the ability suite asks about: every edit experiment leaves them out (with
+    or without ability checkpoints, so that runs share one edit order)."""
+    from compute.abilities.run import kb_facts_used
+
+    return kb_facts_used()
 
 
 def _ability_hook(mode: str | None):
@@ -429,7 +438,8 @@ def cmd_run_batch(args) -> None:
                 _out(f"resuming run {run_id} ({old['n_done'] or 0}/{old['n_total']} batch sizes stored)")
             run_id = run_batch_single(lm, cases, st, editor=ed.name, hp=hp, ctx=ctx, sizes=sizes,
                                       order_seed=args.order_seed, panel_pool=args.panel_pool, case_set=name,
-                                      run_id=run_id, abilities=_ability_hook(args.abilities), progress=not args.quiet)
+                                      run_id=run_id, abilities=_ability_hook(args.abilities),
+                                      exclude_facts=_ability_facts(), progress=not args.quiet)
         _out(f"run {run_id}: batch-single {ed.name}, sizes {sorted(set(sizes))}, on {name}")
         from store import queries
 
@@ -694,6 +704,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--prompt", help="also print the greedy continuation of this prompt")
     model_args(q)
     q.set_defaults(func=cmd_model_info)
+
+    from compute.abilities.cli import add_abilities_parser
+
+    add_abilities_parser(sub)
     return p
 
 

@@ -5,13 +5,18 @@
 #   bash scripts/build_store.sh             all steps
 #   STEPS="kb cases knowledge" bash scripts/build_store.sh   only some
 # Steps: kb, cases, knowledge (pre-edit knowledge of the 480-case set), sweep (layer sweeps on 30 cases),
-# robustness (4 editors x 240 cases x 16 rephrase types, with its all-types baseline), finalize.
+# robustness (4 editors x 240 cases x 16 rephrase types, with its all-types baseline), abilities (the
+# unedited model's full ability suite), sequential (study B on the 1,240-case set: every run to 500 edits
+# or 150 past its collapse, quick ability suite every 50 edits), batch (study C's batch-single runs),
+# finalize (stores correlations, checkpoints and vacuums).
+# Runs are long on a 2-core CPU (hours each for the robustness and sequential steps); set
+# OMP_NUM_THREADS=1 when two run side by side.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash run.sh setup
 PY=${EDITSCOPE_VENV:-.venv}/bin/python
 STORE=${EDITSCOPE_STORE:-store/results.sqlite}
-STEPS=${STEPS:-kb cases knowledge sweep robustness finalize}
+STEPS=${STEPS:-kb cases knowledge sweep robustness abilities sequential batch finalize}
 cli() { "$PY" -m compute --store "$STORE" "$@"; }
 has() { [[ " $STEPS " == *" $1 "* ]]; }
 
@@ -26,6 +31,28 @@ fi
 if has robustness; then
   for editor in ROME FT-L IKE MEMIT; do
     cli run robustness --editor "$editor" --cases 240 --seed 0
+  done
+fi
+if has abilities; then
+  cli abilities measure --mode full
+fi
+SEQ="--set smollm2-135m-n1240-s0 --edits 500 --abilities-every 50"
+if has sequential; then
+  cli cases build --n 1240 --seed 0 --set smollm2-135m-n1240-s0
+  # same edit order (order seed 0) for every run; the editors each remedy fixes run first
+  cli run sequential --editor ROME $SEQ
+  cli run sequential --editor ROME $SEQ --hp key_mismatch=true
+  cli run sequential --editor MEMIT $SEQ --batch 10
+  cli run sequential --editor AlphaEdit $SEQ --batch 10
+  cli run sequential --editor FT-L $SEQ
+  cli run sequential --editor ROME $SEQ --hp rect_top=0.4
+  cli run sequential --editor MEMIT $SEQ --batch 1
+  cli run sequential --editor ROME $SEQ --hp rect_top=0.2
+  cli run sequential --editor ROME $SEQ --hp rect_top=0.6
+fi
+if has batch; then
+  for editor in MEMIT AlphaEdit; do
+    cli run batch --editor "$editor" --set smollm2-135m-n1240-s0 --sizes 1,10,50,100,200,500
   done
 fi
 if has finalize; then

@@ -119,7 +119,8 @@ def default_lm(_default_lm_session):
 @pytest.fixture(scope="session")
 def fixture_store(tmp_path_factory, tiny_model_dir, cache_dir, kb):
     """A store made by the real compute code on the tiny model: knowledge base, 32 cases, a knowledge run,
-    FT-L and IKE robustness runs and two sequential ROME runs (both key variants), for the dashboard tests."""
+    FT-L and IKE robustness runs, two sequential ROME runs (both key variants, one with ability checkpoints),
+    a batch-single MEMIT run and the unedited model's quick ability suite, for the dashboard tests."""
     from compute.cli import main
 
     store = tmp_path_factory.mktemp("dash") / "results.sqlite"
@@ -135,8 +136,13 @@ def fixture_store(tmp_path_factory, tiny_model_dir, cache_dir, kb):
                             "--gen-tokens", "2", "--model", tiny_model_dir, *extra]) == 0
     rome = store.parent / "rome.json"
     rome.write_text('{"layer": 0, "v_steps": 6, "n_prefixes": 2, "prefix_tokens": 3, "use_covariance": false}')
-    for variant in ([], ["--hp", "key_mismatch=true"]):
+    for variant in (["--abilities-every", "3"], ["--hp", "key_mismatch=true"]):
         assert main(base + ["run", "sequential", "--editor", "ROME", "--set", "tiny32", "--edits", "6", "--every", "3",
                             "--panel-pool", "4", "--panel-size", "3", "--panel-any", "--hparams", str(rome),
                             "--model", tiny_model_dir, *variant]) == 0
+    memit = store.parent / "memit.json"
+    memit.write_text('{"layers": [0], "lam": 1.0, "v_steps": 6, "n_prefixes": 2, "prefix_tokens": 3}')
+    assert main(base + ["run", "batch", "--editor", "MEMIT", "--set", "tiny32", "--sizes", "1,3", "--panel-pool", "4",
+                        "--hparams", str(memit), "--model", tiny_model_dir]) == 0
+    assert main(base + ["abilities", "measure", "--mode", "quick", "--model", tiny_model_dir]) == 0
     return store

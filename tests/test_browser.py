@@ -32,6 +32,7 @@ PAGES = {
     "robustness": ("Robustness of single edits", 2),
     "popularity": ("Knowledge popularity", 1),
     "forgetting": ("Sequential editing: forgetting and collapse", 2),
+    "abilities": ("General abilities after editing", 1),
     "cases": ("Case explorer", 0),
     "demo": ("Edit demo", 0),
     "launch": ("Launch runs", 0),

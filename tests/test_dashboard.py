@@ -205,3 +205,29 @@ def test_overview_states_headline_findings_with_cis(monkeypatch, fixture_store):
     assert not at.exception
     assert any("acc plain" in m.label for m in at.metric)
     assert "Sequential edits: when does the model break? (study B)" in [s.value for s in at.subheader]
+
+
+def test_abilities_page_draws_small_multiples_with_chance_and_baseline(monkeypatch, fixture_store):
+    at = _app(monkeypatch, fixture_store)
+    at.switch_page("app_pages/abilities.py").run()
+    assert not at.exception
+    assert at.title[0].value == "General abilities after editing"
+    assert len(at.get("plotly_chart")) == 1
+    at.segmented_control(key="ability_view").set_value("batch").run()
+    assert not at.exception and len(at.get("plotly_chart")) == 1
+    assert len(at.dataframe) == 1  # editing performance beside the abilities
+    at.segmented_control(key="ability_view").set_value("rect").run()
+    assert not at.exception
+
+
+def test_ability_small_multiples_have_chance_and_unedited_lines():
+    df = pl.DataFrame({"run_id": ["a"] * 4, "task": ["sentiment", "sentiment", "nli", "nli"],
+                       "category": ["sentiment"] * 2 + ["inference"] * 2, "edit_count": [10, 20, 10, 20],
+                       "score": [0.7, 0.6, 0.5, 0.4], "n": [80] * 4, "ci_low": [0.6, 0.5, 0.4, 0.3],
+                       "ci_high": [0.8, 0.7, 0.6, 0.5], "chance": [0.5, 0.5, 0.25, 0.25], "metric": ["accuracy"] * 4})
+    fig = charts.ability_small_multiples(df, "edit_count", {"a": "ROME"}, "Edits made",
+                                         baseline={"sentiment": 0.74, "nli": 0.62})
+    assert len(fig.data) == 2 and all("n = " in t.hovertemplate for t in fig.data)
+    ys = sorted(s.y0 for s in fig.layout.shapes)
+    assert ys == [0.25, 0.5, 0.62, 0.74]
+    assert {a.text for a in fig.layout.annotations} >= {"nli (inference)", "sentiment (sentiment)", "chance", "unedited"}

@@ -98,19 +98,28 @@ def test_stored_correlations_equal_the_live_ones_and_are_used(tmp_path, fixture_
     path = tmp_path / "copy.sqlite"
     shutil.copy(fixture_store, path)
     with Store.open(path) as st:
+        runs = st.conn.execute("SELECT run_id FROM runs WHERE kind = 'knowledge' AND status = 'done' "
+                               "AND n_total = 32").fetchall()
+        knowledge = runs[0][0]  # the set's own knowledge run (other tests may add runs to the shared store)
         # the CLI stored them when the runs finished: the same numbers as a live computation
-        stored_k = derived.knowledge_correlations(st.conn)
+        stored_k = derived.knowledge_correlations(st.conn, run_id=knowledge)
         stored_r = derived.robustness_correlations(st.conn, metrics=("acc",))
         st.conn.execute("DELETE FROM correlations")
         st.conn.commit()
-        live_k = derived.knowledge_correlations(st.conn)
+        live_k = derived.knowledge_correlations(st.conn, run_id=knowledge)
         live_r = derived.robustness_correlations(st.conn, metrics=("acc",))
         assert stored_k.height == live_k.height > 0 and stored_r.height == live_r.height > 0
         for a, b in ((stored_k, live_k), (stored_r, live_r)):
             for col in ("rho", "ci_low", "ci_high"):
                 assert a[col].to_list() == pytest.approx(b[col].to_list(), nan_ok=True)
         assert derived.store_correlations(st) >= 3  # the knowledge run and both robustness runs
-        assert derived.store_correlations(st) == 0  # up to date: nothing recomputed
+        have = {r for (r,) in st.conn.execute("SELECT DISTINCT run_id FROM correlations")}
+        assert knowledge in have
+        done = st.conn.execute("SELECT count(*) FROM runs WHERE kind IN ('knowledge', 'robustness') "
+                               "AND status = 'done'").fetchone()[0]
+        # up to date: only runs with nothing to correlate (too few cases) are looked at again
+        assert derived.store_correlations(st) == done - len(have)
         st.conn.execute("UPDATE correlations SET rho = 0.123 WHERE metric = 'recall'")
         st.conn.commit()
-        assert set(derived.knowledge_correlations(st.conn).filter(pl.col("against") == "recall")["rho"]) == {0.123}
+        got = derived.knowledge_correlations(st.conn, run_id=knowledge)
+        assert set(got.filter(pl.col("against") == "recall")["rho"]) == {0.123}

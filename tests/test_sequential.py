@@ -255,3 +255,15 @@ def test_batch_single_edits_measures_and_undoes_each_size_and_resumes(llama, cas
         assert per_case.filter(per_case["edit_count"] == 5).height == 5
     after = llama.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_ability_facts_are_never_edited_nor_in_the_panel(cases):
+    from compute.experiments.sequential import ability_case_ids
+
+    order = edit_order([c.case_id for c in cases], 0)
+    facts = {(cases[0].subject, cases[0].relation), (cases[5].subject, cases[5].relation)}
+    skip = ability_case_ids(cases, facts)
+    assert skip == {cases[0].case_id, cases[5].case_id}
+    edits, pool = split_order(order, SequentialConfig(max_edits=50, panel_pool=4), skip)
+    assert not (set(edits) | set(pool)) & skip
+    assert len(edits) + len(pool) == len(cases) - 2

@@ -25,7 +25,7 @@ from compute.editors import EditContext, EditRequest, apply_edit, get_editor, un
 from compute.editors.base import EditorError, hparams_dict
 from compute.evaluate import evaluate_cases
 from compute.experiments.common import recording
-from compute.experiments.sequential import RUN_LEVEL, SequentialConfig, edit_order, split_order
+from compute.experiments.sequential import RUN_LEVEL, SequentialConfig, ability_case_ids, edit_order, split_order
 from compute.models import LoadedModel
 from compute.provenance import provenance
 
@@ -47,9 +47,11 @@ def run_batch_single(
     case_set: str | None = None,
     run_id: str | None = None,
     abilities: Callable[[LoadedModel], list[dict]] | None = None,
+    exclude_facts=(),
     progress: bool = False,
 ) -> str:
-    """Apply, measure and undo one batch per size (module docstring); returns the run id."""
+    """Apply, measure and undo one batch per size (module docstring); returns the run id.
+    `exclude_facts`: (subject, relation) pairs never edited (the ability suite's facts)."""
     ed = get_editor(editor)
     if not ed.changes_weights:
         raise EditorError(f"{ed.name} changes no weight: the batch experiment needs a weight editor")
@@ -58,12 +60,13 @@ def run_batch_single(
         raise ValueError(f"batch sizes must be integers >= 1, got {sizes}")
     by_id = {c.case_id: c for c in cases}
     cfg = dataclasses.replace(SequentialConfig(), max_edits=max(sizes), order_seed=order_seed, panel_pool=panel_pool)
-    edit_ids, _ = split_order(edit_order(list(by_id), order_seed), cfg)
+    skip = ability_case_ids(cases, exclude_facts)
+    edit_ids, _ = split_order(edit_order(list(by_id), order_seed), cfg, skip)
     if len(edit_ids) < max(sizes):
         raise ValueError(f"the case set leaves {len(edit_ids)} cases to edit, fewer than the largest batch "
                          f"{max(sizes)}: build a larger set or use smaller --sizes")
     config = {"case_set": case_set, "n_cases": len(cases), "sizes": sizes, "order_seed": order_seed,
-              "panel_pool": panel_pool, "cov_n_tokens": ctx.cov_samples}
+              "panel_pool": panel_pool, "cov_n_tokens": ctx.cov_samples, "excluded_cases": len(skip)}
     if run_id is None:
         run_id = store.start_run(kind="batch", model=lm.name, editor=ed.name, hparams=hparams_dict(hp),
                                  seed=ctx.seed, config=config, provenance=provenance(str(lm.device)),

@@ -118,15 +118,25 @@ def edit_order(case_ids: Sequence[str], seed: int) -> list[str]:
     return order
 
 
-def split_order(order: Sequence[str], cfg: SequentialConfig) -> tuple[list[str], list[str]]:
-    """(edits, panel pool): the pool is the last `panel_pool` ids, so the edits are a prefix-stable list."""
+def split_order(order: Sequence[str], cfg: SequentialConfig, skip: frozenset | set = frozenset()
+                ) -> tuple[list[str], list[str]]:
+    """(edits, panel pool): the pool is the last `panel_pool` ids, so the edits are a prefix-stable list.
+    Ids in `skip` (facts the ability suite asks about) are neither edited nor in the pool."""
     if len(order) <= cfg.panel_pool:
         raise ValueError(
             f"a case set of {len(order)} cases leaves nothing to edit after the {cfg.panel_pool}-case panel pool: "
             "build a larger set (`python -m compute cases build --n N`) or lower --panel-pool"
         )
     cut = len(order) - cfg.panel_pool
-    return list(order[:cut][: cfg.max_edits]), list(order[cut:])
+    edits = [i for i in order[:cut] if i not in skip][: cfg.max_edits]
+    return edits, [i for i in order[cut:] if i not in skip]
+
+
+def ability_case_ids(cases: Sequence[EditCase], facts) -> frozenset:
+    """Ids of the cases whose (subject, relation) is one of `facts` (compute.abilities.run.kb_facts_used):
+    an edit of such a fact would change an ability item's answer directly, so runs leave them out."""
+    facts = set(facts or ())
+    return frozenset(c.case_id for c in cases if (c.subject, c.relation) in facts)
 
 
 def checkpoint_due(count: int, previous: int, cfg: SequentialConfig) -> bool:
@@ -279,12 +289,14 @@ def run_sequential(
     case_set: str | None = None,
     run_id: str | None = None,
     abilities: Callable[[LoadedModel], list[dict]] | None = None,
+    exclude_facts=(),
     progress: bool = False,
 ) -> str:
     """Edit `cases` one batch after another (module docstring); returns the run id (resumes `run_id`).
 
     `abilities(lm)` returns ability rows (task, task_version, mode, score, n, ci_low, ci_high) for the
     current model; it is called at edit count 0 and every `cfg.abilities_every` edits when given.
+    `exclude_facts`: (subject, relation) pairs never edited (the ability suite's facts).
     """
     cfg.validate()
     ed = get_editor(editor)
@@ -292,9 +304,11 @@ def run_sequential(
         raise EditorError(f"{ed.name} edits in context and changes no weight: sequential runs need a weight editor")
     by_id = {c.case_id: c for c in cases}
     order = edit_order(list(by_id), cfg.order_seed)
-    edit_ids, pool_ids = split_order(order, cfg)
+    skip = ability_case_ids(cases, exclude_facts)
+    edit_ids, pool_ids = split_order(order, cfg, skip)
     config = {"case_set": case_set, "n_cases": len(cases), **dataclasses.asdict(cfg),
-              "cov_n_tokens": ctx.cov_samples, "fluency_prompts": list(FLUENCY_PROMPTS)}
+              "cov_n_tokens": ctx.cov_samples, "fluency_prompts": list(FLUENCY_PROMPTS),
+              "excluded_cases": len(skip)}
     n_total = len(edit_ids)
     state = None
     if run_id is None:

@@ -1,0 +1,182 @@
+"""Command line of the general-ability suite, wired into `python -m compute` by compute/cli.py:
+
+    python -m compute abilities measure --mode full|quick [--tasks a,b]   # the unedited model, as a run
+    python -m compute abilities show [--run RUN_ID]                        # a table of stored scores
+    python -m compute abilities tasks                                      # the registry
+
+`measure` stores an `abilities` run (provenance, config with each task's version, chance level and
+direction) and one row per task at edit count 0, batch size 0. `show` prints the newest finished
+abilities run, or any run's ability rows (a sequential run's checkpoints included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from store import Store
+
+RUN_KIND = "abilities"
+
+
+def _out(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def _task_list(spec: str | None):
+    from compute.abilities.tasks import TASKS, get_task
+
+    if not spec:
+        return list(TASKS.values())
+    return [get_task(name.strip()) for name in spec.split(",") if name.strip()]
+
+
+def task_config(tasks, lm) -> dict:
+    """What a run needs to read its rows back: each task's version, category, metric, chance and direction."""
+    from compute.abilities.run import chance_of
+
+    return {t.name: {"version": t.version, "category": t.category, "study_c": t.study_c, "metric": t.metric,
+                     "chance": chance_of(t, lm), "higher_is_better": t.higher_is_better, "quick_n": t.quick_n}
+            for t in tasks}
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if abs(value) >= 100:
+        return f"{value:.0f}" if float(value).is_integer() else f"{value:.1f}"
+    return f"{value:.3f}"
+
+
+def print_scores(rows: list[dict], tasks_cfg: dict) -> None:
+    """A fixed-width table: task, category, study-C, mode, score, 95% CI, chance, n (and edit count if any)."""
+    from compute.abilities.tasks import TASKS
+
+    with_edits = any((r.get("edit_count") or 0) > 0 for r in rows)
+    head = f"{'task':16} {'category':28} {'study C':17} {'mode':5} {'score':>8} {'95% CI':>19} {'chance':>8} {'n':>5}"
+    if with_edits:
+        head = f"{'edits':>6} {'batch':>5} " + head
+    _out(head)
+    for r in rows:
+        cfg = tasks_cfg.get(r["task"]) or {}
+        task = TASKS.get(r["task"])
+        category = cfg.get("category") or (task.category if task else "?")
+        study_c = cfg.get("study_c") or (task.study_c if task else "?")
+        chance = cfg.get("chance", task.chance if task else None)
+        arrow = "" if cfg.get("higher_is_better", task.higher_is_better if task else True) else " (lower is better)"
+        line = (f"{r['task']:16} {category[:28]:28} {study_c:17} {r['mode']:5} {_fmt(r['score']):>8} "
+                f"{'[' + _fmt(r['ci_low']) + ', ' + _fmt(r['ci_high']) + ']':>19} {_fmt(chance):>8} {r['n']:>5}{arrow}")
+        if with_edits:
+            line = f"{r['edit_count']:>6} {r['batch_size']:>5} " + line
+        _out(line)
+
+
+def cmd_abilities_measure(args) -> None:
+    """Score the unedited model on the suite and store it as an `abilities` run (edit count 0, batch size 0)."""
+    from compute.abilities.data import Sources
+    from compute.abilities.run import ability_rows, evaluate_abilities, load_items
+    from compute.experiments.common import recording
+    from compute.models import load_model
+    from compute.provenance import provenance
+
+    tasks = _task_list(getattr(args, "tasks", None))
+    quiet = getattr(args, "quiet", False)
+    with Store.open(args.store, create=True) as st:
+        st.mark_stale_runs()
+        lm = load_model(args.model, device=args.device, cache_dir=args.cache_dir, progress=not quiet)
+        items = load_items(tasks, Sources(args.cache_dir))
+        config = {"mode": args.mode, "tasks": task_config(tasks, lm),
+                  "n_items": {t.name: len(items[t.name][1]) if args.mode == "full" else
+                              min(t.quick_n, len(items[t.name][1])) for t in tasks}}
+        run_id = st.start_run(kind=RUN_KIND, model=lm.name, config=config, provenance=provenance(str(lm.device)),
+                              n_total=len(tasks))
+        started = time.monotonic()
+        done: list = []
+
+        def store_one(score) -> None:
+            st.write_abilities(ability_rows([score], run_id, edit_count=0, batch_size=0))
+            done.append(score)
+            st.heartbeat(run_id, n_done=len(done), n_total=len(tasks))
+            if not quiet:
+                _out(f"  {score.task}: {_fmt(score.score)} [{_fmt(score.ci_low)}, {_fmt(score.ci_high)}] "
+                     f"n={score.n} ({score.seconds:.1f} s)")
+
+        with recording(st, run_id):
+            evaluate_abilities(lm, args.mode, tasks, items=items, progress=store_one)
+        seconds = round(time.monotonic() - started, 1)
+        st.finish_run(run_id, status="done", timings={"seconds": seconds,
+                                                      "tasks": {s.task: s.seconds for s in done}})
+    _out(f"run {run_id}: {args.mode} ability suite, {len(tasks)} tasks, {seconds} s")
+    args.run = run_id
+    cmd_abilities_show(args)
+
+
+def cmd_abilities_show(args) -> None:
+    """Print a run's ability scores (default: the newest finished abilities run)."""
+    import polars as pl
+
+    from store import queries
+
+    with Store.open(args.store, readonly=True) as st:
+        run_id = getattr(args, "run", None)
+        if not run_id:
+            done = queries.list_runs(st.conn, kind=RUN_KIND, status="done")
+            if done.is_empty():
+                raise ValueError("no finished abilities run in the store: run `python -m compute abilities measure`")
+            run_id = done["run_id"][0]
+        run = queries.list_runs(st.conn).filter(pl.col("run_id") == run_id)
+        rows = queries.abilities(st.conn, run_id).to_dicts()
+    if run.is_empty():
+        raise ValueError(f"no run {run_id!r} in the store (list runs with `python -m compute runs list`)")
+    if not rows:
+        raise ValueError(f"run {run_id!r} has no ability scores")
+    config = json.loads(run["config"][0] or "{}")
+    tasks_cfg = config.get("tasks") if isinstance(config.get("tasks"), dict) else {}
+    from compute.abilities.tasks import TASKS
+
+    order = {name: i for i, name in enumerate([*TASKS, *(t for t in tasks_cfg if t not in TASKS)])}
+    rows.sort(key=lambda r: (r["mode"], r["batch_size"], r["edit_count"], order.get(r["task"], len(order)), r["task"]))
+    _out(f"run {run_id} ({run['kind'][0]}, model {run['model'][0]}, {run['status'][0]})")
+    print_scores(rows, tasks_cfg)
+
+
+def cmd_abilities_tasks(args) -> None:
+    """Print the task registry: category, study-C mapping, metric, chance, quick n and full n."""
+    from compute.abilities.data import Sources
+
+    sources = Sources(getattr(args, "cache_dir", None))
+    _out(f"{'task':16} {'version':7} {'category':28} {'study C':17} {'metric':10} {'chance':>7} "
+         f"{'quick':>5} {'full':>5}")
+    for t in _task_list(None):
+        n_full = len(t.items(sources))
+        chance = "1/|V|" if t.chance is None else f"{t.chance:g}"
+        _out(f"{t.name:16} {t.version:7} {t.category[:28]:28} {t.study_c:17} {t.metric:10} {chance:>7} "
+             f"{min(t.quick_n, n_full):>5} {n_full:>5}")
+
+
+def add_abilities_parser(sub) -> None:
+    """Add `abilities measure|show|tasks` to the subparsers of `python -m compute`."""
+    from compute.models import DEFAULT_MODEL
+
+    ab = sub.add_parser("abilities", help="general-ability suite (study C): measure the unedited model, show scores")
+    ab = ab.add_subparsers(dest="sub", required=True)
+    q = ab.add_parser("measure", help="score the model on every ability task and store the scores as a run")
+    q.add_argument("--mode", choices=["quick", "full"], default="full",
+                   help="quick: each task's first quick_n items (about a minute on one CPU core); full: every item")
+    q.add_argument("--tasks", help="comma-separated task names (default: all; see `abilities tasks`)")
+    q.add_argument("--model", default=DEFAULT_MODEL, help=f"{DEFAULT_MODEL!r} (embedded) or a local HF model directory")
+    q.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    q.set_defaults(func=cmd_abilities_measure)
+    q = ab.add_parser("show", help="a table of a run's ability scores (default: the newest abilities run)")
+    q.add_argument("--run", help="run id (an abilities run, or a sequential run with ability checkpoints)")
+    q.set_defaults(func=cmd_abilities_show)
+    q = ab.add_parser("tasks", help="the ability tasks: category, study-C mapping, chance, items in each mode")
+    q.set_defaults(func=cmd_abilities_tasks)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of `python -m compute` (compute/cli.py), which includes these subcommands."""
+    from compute.cli import build_parser as full_parser
+
+    return full_parser()
