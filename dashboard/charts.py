@@ -77,8 +77,8 @@ def rephrase_heatmap(df: pl.DataFrame, value: str, title: str, rephrase_order=()
         )
     )
     fig.update_layout(xaxis_title="Rephrase type", yaxis_title="Editor", margin=dict(t=30, b=40),
-                      height=140 + 45 * len(editors))
-    fig.update_xaxes(tickangle=-35)
+                      height=200 + 45 * len(editors))
+    fig.update_xaxes(tickangle=-35, automargin=True, title_standoff=18)
     return fig
 
 

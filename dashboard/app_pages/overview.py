@@ -1,5 +1,6 @@
 """Overview: what the store holds, the pre-edit knowledge of the case sets, and every run with provenance."""
 
+import polars as pl
 import streamlit as st
 
 from dashboard import charts
@@ -30,6 +31,10 @@ else:
                    help=f"Generation names the new object. Plain 95% CI [{r['plain_ci_low']:.2f}, "
                         f"{r['plain_ci_high']:.2f}], {r['hardest_type']} [{r['hardest_ci_low']:.2f}, "
                         f"{r['hardest_ci_high']:.2f}]; n = {r['n']} cases ({r['status']}).")
+    excluded = sorted({t for e in rob["excluded_types"].to_list() if e for t in e.split(", ")})
+    st.caption("Hardest type: the lowest post-edit acc among the rephrase types the unedited model can answer "
+               "(its recall there at least half its recall on the plain prompt)"
+               + (f"; left out as unanswerable before any edit: {', '.join(excluded)}." if excluded else "."))
     st.dataframe(rob, hide_index=True)
 seq = query("sequential_headlines")
 if not seq.is_empty():
@@ -46,7 +51,13 @@ sets = query("case_sets")
 if sets.is_empty():
     st.info("No case sets yet: build one with `python -m compute cases build`.")
 else:
-    names = sets.sort("n_cases", "case_set", descending=[True, False])["case_set"].to_list()  # largest first
+    import json
+
+    measured = {json.loads(r["config"] or "{}").get("case_set")
+                for r in query("list_runs", kind="knowledge").iter_rows(named=True) if r["status"] == "done"}
+    # sets with measured pre-edit knowledge first, then the largest
+    ordered = sets.with_columns(pl.col("case_set").is_in(list(measured)).alias("_k"))
+    names = ordered.sort("_k", "n_cases", "case_set", descending=[True, True, False])["case_set"].to_list()
     chosen = st.selectbox("Case set", names, index=0, key="case_set")
     split = st.toggle("Split by relation", value=False)
     by_q = query("knowledge_by_quartile", case_set=chosen, by_relation=split)

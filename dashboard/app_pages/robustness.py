@@ -44,14 +44,11 @@ if df.is_empty():
     st.stop()
 
 label = METRICS[metric].label if metric in METRICS else metric
-left, right = st.columns(2)
-with left:
-    st.subheader(label)
-    st.plotly_chart(charts.rephrase_heatmap(df, "mean", label, REPHRASE_TYPES), width="stretch")
-with right:
-    st.subheader("Change from the plain prompt")
-    st.plotly_chart(charts.rephrase_heatmap(df, "drop_from_plain", "Δ vs plain", REPHRASE_TYPES, diverging=True),
-                    width="stretch")
+st.subheader(label)
+st.plotly_chart(charts.rephrase_heatmap(df, "mean", label, REPHRASE_TYPES), width="stretch")
+st.subheader("Change from the plain prompt")
+st.plotly_chart(charts.rephrase_heatmap(df, "drop_from_plain", "Δ vs plain", REPHRASE_TYPES, diverging=True),
+                width="stretch")
 st.download_button("Download CSV", df.write_csv(), file_name=f"robustness-{metric}.csv")
 chosen = runs.filter(pl.col("run_id").is_in(run_ids))
 st.caption("Each cell: mean over cases of the per-case value (probes of a type averaged within a case), with its "
