@@ -18,6 +18,9 @@ POPULARITY_FEATURES = ("frequency", "connection", "cooccurrence", "population")
 
 
 def _knowledge(conn: sqlite3.Connection, case_set: str | None, run_id: str | None) -> pl.DataFrame:
+    if run_id is None and case_set is not None:
+        # that set's own run, not the newest of any set (runs that do not name their set: the newest)
+        run_id = _newest_knowledge_of(conn, case_set)
     df = queries.case_knowledge(conn, run_id=run_id, case_set=case_set)
     if "recall" not in df.columns:
         return df.clear()
@@ -134,12 +137,16 @@ def _stored_knowledge_correlations(conn, case_set, run_id, n_boot) -> pl.DataFra
 
 
 def _newest_knowledge_of(conn: sqlite3.Connection, case_set: str) -> str | None:
+    """The knowledge run of a case set: finished first, then the one covering the most cases (a
+    robustness run's baseline may cover only some), then the newest."""
     import json
 
-    for r in queries.list_runs(conn, kind="knowledge").iter_rows(named=True):
-        if json.loads(r["config"] or "{}").get("case_set") == case_set:
-            return r["run_id"]
-    return None
+    runs = [r for r in queries.list_runs(conn, kind="knowledge").iter_rows(named=True)
+            if json.loads(r["config"] or "{}").get("case_set") == case_set]
+    if not runs:
+        return None
+    runs.sort(key=lambda r: (r["status"] == "done", r["n_done"] or 0, r["started_at"] or ""), reverse=True)
+    return runs[0]["run_id"]
 
 
 def correlation_rows(conn: sqlite3.Connection, run_id: str, n_boot: int = 1000, seed: int = 0) -> list[dict]:

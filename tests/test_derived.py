@@ -123,3 +123,18 @@ def test_stored_correlations_equal_the_live_ones_and_are_used(tmp_path, fixture_
         st.conn.commit()
         got = derived.knowledge_correlations(st.conn, run_id=knowledge)
         assert set(got.filter(pl.col("against") == "recall")["rho"]) == {0.123}
+
+
+def test_knowledge_of_a_case_set_comes_from_that_sets_own_run(tmp_path, fixture_store):
+    import shutil
+
+    from store import Store, derived
+
+    path = tmp_path / "copy.sqlite"
+    shutil.copy(fixture_store, path)
+    with Store.open(path) as st:
+        # a newer knowledge run of another set must not hide this set's knowledge
+        st.start_run(kind="knowledge", model="tiny", config={"case_set": "other"}, run_id="zz-newer")
+        st.finish_run("zz-newer", status="done")
+        by_q = derived.knowledge_by_quartile(st.conn, case_set="tiny32")
+        assert by_q["n"].sum() == 32
