@@ -11,6 +11,11 @@ widget on the rendered page and reruns it (the cache then holds what the first r
 real session).
 
     python benchmarks/bench_dashboard.py [--store artifacts/loadtest.sqlite] [--out benchmarks/results/dashboard.json]
+        [--browser]
+
+With --browser it also starts the server and times, in Debian's Chromium (Playwright), each page from
+navigation until its charts are drawn and Streamlit is idle, in a fresh browser context and with the
+server's query cache cleared first (`st.cache_data` lives in the server: a new server per page).
 """
 
 from __future__ import annotations
@@ -33,8 +38,72 @@ PAGES = {
     "robustness": ("app_pages/robustness.py", lambda at: at.segmented_control(key="metric").set_value("rev")),
     "popularity": ("app_pages/popularity.py", lambda at: at.selectbox(key="pop_metric").set_value("rev")),
     "forgetting": ("app_pages/forgetting.py", lambda at: at.toggle(key="log_x").set_value(True)),
+    "abilities": ("app_pages/abilities.py", lambda at: at.toggle(key="ability_log_x").set_value(True)),
     "cases": ("app_pages/cases.py", lambda at: at.text_input(key="subject").set_value("Subject 12")),
 }
+
+
+BROWSER_PAGES = {"overview": ("", 1), "robustness": ("robustness", 2), "popularity": ("popularity", 1),
+                 "forgetting": ("forgetting", 2), "abilities": ("abilities", 1), "cases": ("cases", 0)}
+
+
+def _browser_first_renders(store: Path) -> dict:
+    """Seconds from navigation to drawn charts and an idle app, per page, on one running server whose
+    Python modules are loaded (a warm-up visit to a page not timed here first): `cold_browser` in a new
+    browser context (the app's JavaScript fetched and compiled again), `warm_browser` when the visitor
+    comes from another page of the app. Each page's own queries run for the first time in both (the
+    cache is keyed on the page's arguments; the cold visits come first)."""
+    import socket
+    import subprocess
+    import urllib.request
+
+    from playwright.sync_api import sync_playwright
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard" / "app.py"), "--server.port", str(port),
+         "--server.headless", "true"], cwd=ROOT, env={**os.environ, "EDITSCOPE_STORE": str(store)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    out = {"cold_browser": {}, "warm_browser": {}}
+
+    def visit(page, path, charts) -> float:
+        t = time.perf_counter()
+        page.goto(f"{url}/{path}", wait_until="domcontentloaded")
+        page.locator("h1").first.wait_for(timeout=60_000)
+        if charts:
+            page.locator(".js-plotly-plot .main-svg").nth(charts - 1).wait_for(timeout=60_000)
+        page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=60_000)
+        return round(time.perf_counter() - t, 3)
+
+    try:
+        for _ in range(240):
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                time.sleep(0.25)
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path="/usr/bin/chromium",
+                                         args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+            warm = browser.new_context(viewport={"width": 1400, "height": 2600}).new_page()
+            visit(warm, "launch", 0)  # loads the server's Python modules; not timed
+            for name, (path, charts) in BROWSER_PAGES.items():
+                ctx = browser.new_context(viewport={"width": 1400, "height": 2600})
+                out["cold_browser"][name] = visit(ctx.new_page(), path, charts)
+                ctx.close()
+                print(f"{name:12s} first render in a new Chromium context {out['cold_browser'][name]:.2f} s", flush=True)
+            for name, (path, charts) in BROWSER_PAGES.items():
+                visit(warm, "launch", 0)
+                out["warm_browser"][name] = visit(warm, path, charts)
+                print(f"{name:12s} render coming from another page {out['warm_browser'][name]:.2f} s", flush=True)
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    return out
 
 
 def main() -> None:
@@ -42,6 +111,7 @@ def main() -> None:
     ap.add_argument("--store", type=Path, default=ROOT / "artifacts" / "loadtest.sqlite")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--repeat", type=int, default=3, help="renders per page (the median is reported)")
+    ap.add_argument("--browser", action="store_true", help="also time first renders in Chromium")
     args = ap.parse_args()
     if not args.store.exists():
         sys.exit(f"no load-test store at {args.store}: make one with `python benchmarks/loadtest_store.py`")
@@ -86,7 +156,8 @@ def main() -> None:
                          "first_ok": firsts[len(firsts) // 2] <= 2.0, "change_ok": changes[len(changes) // 2] <= 1.0}
         print(f"{name:12s} first render {results[name]['first_render_s']:.2f} s   filter change "
               f"{results[name]['filter_change_s']:.2f} s", flush=True)
-    report = {"store": str(args.store), "measurement_rows": rows, "load_test": label[0], "pages": results,
+    browser = _browser_first_renders(args.store) if args.browser else None
+    report = {"store": str(args.store), "browser_first_render_s": browser, "measurement_rows": rows, "load_test": label[0], "pages": results,
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                           "load_avg": os.getloadavg()},
               "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

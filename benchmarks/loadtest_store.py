@@ -32,6 +32,7 @@ RELATIONS = ("capital", "continent", "currency", "official_language", "demonym",
              "element_symbol", "atomic_number")
 EDITORS = ("ROME", "MEMIT", "FT-L", "IKE")
 ROB_METRICS = ("acc", "rev", "es", "magnitude", "p_new", "p_true")
+TASKS = ("sentiment", "analogy", "nli", "closed_book_qa", "reading", "entity_typing", "dialogue_memory", "topic")
 
 
 def build(out: Path, rows: int, n_cases: int, seed: int = 0) -> dict:
@@ -105,6 +106,11 @@ def build(out: Path, rows: int, n_cases: int, seed: int = 0) -> dict:
                     break
             st.write_measurements(batch)
             st.write_weight_drift(drift)
+            st.write_abilities([
+                {"run_id": rid, "edit_count": k, "batch_size": 1, "task": task, "task_version": "1", "mode": "quick",
+                 "score": max(0.0, 0.8 - k / 2000 + rnd.gauss(0, 0.02)), "n": 60, "ci_low": 0.5, "ci_high": 0.9,
+                 "category": task, "study_c": "own", "metric": "accuracy", "chance": 0.25, "higher_is_better": 1}
+                for k in range(0, 1001, 50) for task in TASKS])
             written += len(batch)
             st.heartbeat(rid, n_done=k, n_total=1000)
             st.finish_run(rid, status="done")

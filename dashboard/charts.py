@@ -272,13 +272,19 @@ def ability_small_multiples(df: pl.DataFrame, x: str, labels: dict[str, str], x_
                 customdata=list(zip(data["n"].to_list(), data["ci_low"].to_list(), data["ci_high"].to_list())),
                 hovertemplate=f"{x_title} %{{x}}: %{{y:.3f}} [95% CI %{{customdata[1]:.3f}}, %{{customdata[2]:.3f}}]"
                 "<br>n = %{customdata[0]}<extra>" + labels[run] + "</extra>"), row=row, col=col)
+        # reference lines as plain traces (add_hline per panel is slow with many panels)
+        xs = part[x].drop_nulls()
+        span = [xs.min(), xs.max()] if xs.len() else [0, 1]
         chance = meta[task].get("chance")
         if chance is not None:
-            fig.add_hline(y=chance, line_dash="dot", line_color="grey", row=row, col=col,
-                          annotation_text="chance", annotation_position="bottom right", annotation_font_size=9)
+            fig.add_trace(go.Scatter(x=span, y=[chance, chance], mode="lines", name="chance", legendgroup="chance",
+                                     showlegend=i == 0, line=dict(color="grey", dash="dot", width=1),
+                                     hovertemplate="chance %{y:.3g}<extra></extra>"), row=row, col=col)
         if baseline and baseline.get(task) is not None:
-            fig.add_hline(y=baseline[task], line_dash="dash", line_color="black", line_width=1, row=row, col=col,
-                          annotation_text="unedited", annotation_position="top right", annotation_font_size=9)
+            fig.add_trace(go.Scatter(x=span, y=[baseline[task]] * 2, mode="lines", name="unedited model",
+                                     legendgroup="unedited", showlegend=i == 0,
+                                     line=dict(color="black", dash="dash", width=1),
+                                     hovertemplate="unedited %{y:.3g}<extra></extra>"), row=row, col=col)
         fig.update_yaxes(title_text=meta[task].get("metric") or "score", row=row, col=col, title_font_size=10)
     fig.update_xaxes(title_text=x_title, type="log" if log_x else "linear")
     fig.update_layout(height=250 * rows + 90, legend_title="Run", margin=dict(t=50, b=40))

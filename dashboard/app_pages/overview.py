@@ -70,11 +70,10 @@ else:
         st.caption("Spearman rank correlation of each popularity feature with pre-edit recall (95% bootstrap CI).")
         st.dataframe(corr, hide_index=True)
 
-st.header("Knowledge base")
-st.dataframe(query("kb_relations"), hide_index=True)
-
-st.header("Case sets")
-st.dataframe(sets, hide_index=True)
+with st.expander(f"Knowledge base: {counts.get('kb_relations', 0)} relations"):
+    st.dataframe(query("kb_relations"), hide_index=True)
+with st.expander(f"Case sets: {sets.height}"):
+    st.dataframe(sets, hide_index=True)
 
 st.header("Runs")
 runs = query("list_runs")
