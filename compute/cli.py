@@ -475,14 +475,20 @@ def cmd_edit(args) -> None:
     from compute.provenance import provenance
     from store.metrics import REPHRASE_TYPES
 
+    stages = 5  # `stage k/n: ...` lines are what the dashboard's progress bar reads
+
+    _out(f"stage 1/{stages}: loading the model and the knowledge base")
     lm = _load_model(args)
     ed, hp, ctx = _editor_setup(args, lm, args.editor)
     builder = CaseBuilder(_load_kb(args), lm.tokenizer, _paragraphs(args))
     case = builder.custom_case(args.subject, args.relation, args.new, args.true)
     _out(f"edit: {case.prompt} {case.true_object} -> {case.new_object}   ({ed.name}, {lm.name})")
+    _out(f"stage 2/{stages}: the unedited model on every rephrase type")
     pre = evaluate_cases(lm, [case], REPHRASE_TYPES, gen_tokens=args.gen_tokens)[0]
+    _out(f"stage 3/{stages}: editing with {ed.name}")
     result = apply_edit(lm, [EditRequest.from_case(case)], ed.name, hp, ctx)
     try:
+        _out(f"stage 4/{stages}: the edited model on every rephrase type")
         post = evaluate_cases(lm, [case], REPHRASE_TYPES, gen_tokens=args.gen_tokens, prefix=result.prefix)[0]
     finally:
         undo(lm, result)
@@ -498,6 +504,7 @@ def cmd_edit(args) -> None:
     _out(f"\nneighbourhood score after the edit: {ns:.2f}   edit took {result.info.get('seconds', 0):.1f} s")
     if args.no_save:
         return
+    _out(f"stage 5/{stages}: saving the run")
     with _open_store(args, create=True) as st:
         row, probes = case.to_rows()
         st.write_cases([row], probes)

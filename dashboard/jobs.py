@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import signal
 import socket
 import sys
@@ -317,6 +318,19 @@ def log_tail(job: Job, chars: int = LOG_TAIL_CHARS) -> str:
     except OSError:
         return ""
     return data[-chars:].decode("utf-8", "replace")
+
+
+_STAGE = re.compile(r"^stage (\d+)/(\d+): (.*)$")
+
+
+def job_stage(job: Job) -> tuple[int, int, str] | None:
+    """(k, n, what) from the newest `stage k/n: what` line the job printed (the edit demo prints them),
+    or None: the page turns it into a progress bar."""
+    for line in reversed(log_tail(job).splitlines()):
+        m = _STAGE.match(line.strip())
+        if m:
+            return int(m.group(1)), int(m.group(2)), m.group(3)
+    return None
 
 
 def job_status(job: Job) -> dict:

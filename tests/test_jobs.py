@@ -177,3 +177,11 @@ def test_jobs_module_imports_neither_torch_nor_streamlit():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=os.path.dirname(os.path.dirname(__file__)), check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_job_stage_reads_the_newest_stage_line(tmp_path):
+    log = tmp_path / "j.log"
+    job = jobs.Job("j", "edit", ("edit",), 1, str(log), str(tmp_path / "s.sqlite"), "now")
+    assert jobs.job_stage(job) is None  # no log yet
+    log.write_text("stage 1/5: loading the model\nsome output\nstage 3/5: editing with ROME\nmore\n")
+    assert jobs.job_stage(job) == (3, 5, "editing with ROME")

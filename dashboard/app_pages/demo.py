@@ -52,8 +52,10 @@ def _watch(job_id: str) -> None:
     job = jobs.load_job(store_path(), job_id)
     status = jobs.job_status(job)
     if status["state"] == "running":
-        with st.spinner(f"Editing: {' '.join(job.argv[1:7])} … (loading the model takes a few seconds)"):
-            st.caption(f"process {job.pid}")
+        stage = jobs.job_stage(job)
+        k, n, what = stage if stage else (0, 5, "starting the process")
+        st.progress(max(k - 1, 0) / n, text=f"Step {max(k, 1)} of {n}: {what} ({' '.join(job.argv[1:7])})")
+        st.caption(f"process {job.pid}")
         if st.button("Cancel edit", key="demo_cancel"):
             jobs.cancel_job(job)
         return
