@@ -28,7 +28,7 @@ with st.form("demo_form"):
     new_object = c1.text_input("New object", value="Rome", max_chars=jobs.MAX_TEXT, key="demo_new")
     true_object = c2.text_input("True object (only for a subject not in the knowledge base)",
                                 max_chars=jobs.MAX_TEXT, key="demo_true")
-    editor = c1.selectbox("Editor", editors, key="demo_editor")
+    editor = c1.selectbox("Editor", editors, key="demo_editor", index=editors.index("ROME") if "ROME" in editors else 0)
     gen_tokens = c2.number_input("Generated tokens", 1, jobs.MAX_GEN_TOKENS, 20, key="demo_gen_tokens")
     with st.expander("Model"):
         model = st.text_input("Model", value="", key="demo_model",
