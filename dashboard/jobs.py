@@ -43,6 +43,11 @@ MAX_TEXT = 100  # characters in a subject or object
 MAX_CASES = 60  # cases in a launched run (a robustness edit costs seconds to minutes on a CPU)
 MAX_GEN_TOKENS = 30  # the CLI default; longer generations only slow a launched run down
 MAX_SWEEP_VALUES = 8
+MAX_EDITS = 100  # edits in a launched sequential run
+MAX_BATCH = 50  # edits in one batch of a launched run
+MAX_BATCH_SIZES = 4
+LAUNCH_PANEL_POOL = 40  # a launched sequential run keeps 40 cases out for a panel of (up to) 10 known facts
+LAUNCH_PANEL_SIZE = 10
 MAX_SEED = 2**31 - 1
 REPHRASE_CHOICES = ("plain", "all")
 LOG_TAIL_CHARS = 2000
@@ -175,6 +180,48 @@ def knowledge_argv(case_set: str, *, case_sets: Sequence[str], limit: int | None
     return ["knowledge", "measure", "--set", case_set, "--types", types, "--again",
             "--limit", str(check_int("Limit", limit, 1, MAX_CASES)),
             "--gen-tokens", str(check_int("Generated tokens", gen_tokens, 1, MAX_GEN_TOKENS))] + check_model(model)
+
+
+def _case_set_arg(case_set: str, case_sets: Sequence[str]) -> list[str]:
+    if case_set not in case_sets:
+        raise ValueError(f"unknown case set {case_set!r}: choose one of {', '.join(case_sets) or '(none stored)'}")
+    return ["--set", case_set]
+
+
+def sequential_argv(editor: str, case_set: str, edits: int, batch: int = 1, seed: int = 0, *,
+                    editors: Sequence[str], case_sets: Sequence[str], model: str | None = None) -> list[str]:
+    """`run sequential` with at most MAX_EDITS edits in batches of at most MAX_BATCH, on a stored case set
+    (a small fact panel keeps the launched run short)."""
+    edits = check_int("Number of edits", edits, 1, MAX_EDITS)
+    batch = check_int("Batch size", batch, 1, MAX_BATCH)
+    if batch > edits:
+        raise ValueError(f"the batch size ({batch}) is larger than the number of edits ({edits})")
+    return (["run", "sequential", "--editor", check_editor(editor, editors)] + _case_set_arg(case_set, case_sets)
+            + ["--edits", str(edits), "--batch", str(batch), "--order-seed", str(check_int("Seed", seed, 0, MAX_SEED)),
+               "--panel-pool", str(LAUNCH_PANEL_POOL), "--panel-size", str(LAUNCH_PANEL_SIZE)] + check_model(model))
+
+
+def parse_sizes(values: str) -> list[int]:
+    """'1,10,50' -> [1, 10, 50]: distinct batch sizes, at most MAX_BATCH_SIZES of them, each <= MAX_BATCH."""
+    text = check_text("Batch sizes", values)
+    try:
+        sizes = [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise ValueError(f"batch sizes must be comma-separated whole numbers such as 1,10,50; got {text!r}") from None
+    if not sizes or len(sizes) > MAX_BATCH_SIZES or len(set(sizes)) != len(sizes):
+        raise ValueError(f"give 1 to {MAX_BATCH_SIZES} different batch sizes; got {text!r}")
+    for size in sizes:
+        check_int("Each batch size", size, 1, MAX_BATCH)
+    return sizes
+
+
+def batch_argv(editor: str, case_set: str, sizes: str, seed: int = 0, *, editors: Sequence[str],
+               case_sets: Sequence[str], abilities: bool = False, model: str | None = None) -> list[str]:
+    """`run batch`: one batch per size (each at most MAX_BATCH edits), measured and undone."""
+    return (["run", "batch", "--editor", check_editor(editor, editors)] + _case_set_arg(case_set, case_sets)
+            + ["--sizes", ",".join(map(str, parse_sizes(sizes))), "--order-seed",
+               str(check_int("Seed", seed, 0, MAX_SEED)), "--panel-pool", str(LAUNCH_PANEL_POOL),
+               "--abilities", "quick" if abilities else "none"] + check_model(model))
 
 
 def parse_layers(values: str, max_layer: int = 63) -> list[int]:

@@ -33,9 +33,16 @@ def test_demo_and_launch_pages_render(monkeypatch, fixture_store):
     assert not at.exception and at.title[0].value == "Edit demo"
     assert "capital" in at.selectbox(key="demo_relation").options
     assert at.selectbox(key="demo_editor").options == ["AlphaEdit", "FT-L", "IKE", "MEMIT", "ROME"]
+    assert at.selectbox(key="demo_editor").value == "ROME"
     at.switch_page("app_pages/launch.py").run()
     assert not at.exception and at.title[0].value == "Launch runs"
     assert len(at.dataframe) == 1
+    for experiment in ("sequential", "batch"):
+        at.segmented_control(key="experiment").set_value(experiment).run()
+        assert not at.exception
+        assert "IKE" not in at.selectbox(key="launch_editor_w").options
+    at.segmented_control(key="experiment").set_value("sequential").run()
+    assert at.number_input(key="launch_edits").max == 100  # launched runs stay small
 
 
 def test_public_mode_hides_the_pages_without_the_passcode(monkeypatch, fixture_store):

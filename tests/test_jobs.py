@@ -185,3 +185,22 @@ def test_job_stage_reads_the_newest_stage_line(tmp_path):
     assert jobs.job_stage(job) is None  # no log yet
     log.write_text("stage 1/5: loading the model\nsome output\nstage 3/5: editing with ROME\nmore\n")
     assert jobs.job_stage(job) == (3, 5, "editing with ROME")
+
+
+def test_sequential_and_batch_argv_are_validated_and_small():
+    sets = ["big"]
+    argv = jobs.sequential_argv("ROME", "big", 20, 2, 3, editors=EDITORS, case_sets=sets)
+    assert argv[:4] == ["run", "sequential", "--editor", "ROME"]
+    assert argv[argv.index("--edits") + 1] == "20" and argv[argv.index("--batch") + 1] == "2"
+    assert argv[argv.index("--order-seed") + 1] == "3" and "--panel-pool" in argv
+    with pytest.raises(ValueError, match="Number of edits must be between 1 and 100"):
+        jobs.sequential_argv("ROME", "big", 101, editors=EDITORS, case_sets=sets)
+    with pytest.raises(ValueError, match="larger than the number of edits"):
+        jobs.sequential_argv("ROME", "big", 5, 10, editors=EDITORS, case_sets=sets)
+    with pytest.raises(ValueError, match="unknown case set"):
+        jobs.sequential_argv("ROME", "nope", 5, editors=EDITORS, case_sets=sets)
+    argv = jobs.batch_argv("MEMIT", "big", "1, 10", editors=EDITORS, case_sets=sets)
+    assert argv[argv.index("--sizes") + 1] == "1,10" and argv[argv.index("--abilities") + 1] == "none"
+    for bad in ("1,1", "1,2,3,4,5", "0", "51", "a,b"):
+        with pytest.raises(ValueError):
+            jobs.batch_argv("MEMIT", "big", bad, editors=EDITORS, case_sets=sets)
