@@ -289,3 +289,31 @@ def ability_small_multiples(df: pl.DataFrame, x: str, labels: dict[str, str], x_
     fig.update_xaxes(title_text=x_title, type="log" if log_x else "linear")
     fig.update_layout(height=250 * rows + 90, legend_title="Run", margin=dict(t=50, b=40))
     return fig
+
+
+def popularity_scatter(points: pl.DataFrame, feature: str, feature_label: str, value_label: str,
+                       log_x: bool = False) -> go.Figure:
+    """One dot per (series, case): the popularity feature against the case's value, one colour per series.
+    Values that are shares of a few probes (0, 1/3, 1/2, ...) pile up, so dots are jittered vertically by at
+    most ±0.04 (seeded; the hover shows the exact value), and n per series is in the legend and hover.
+
+    Expects series, case_id, subject, relation, value and the `feature` column (store.derived.popularity_points)."""
+    import numpy as np
+
+    fig = go.Figure()
+    rng = np.random.default_rng(0)
+    for j, ((series,), part) in enumerate(sorted(points.partition_by("series", as_dict=True).items())):
+        part = part.drop_nulls("value")
+        jitter = rng.uniform(-0.04, 0.04, part.height)
+        n = part.height
+        fig.add_trace(go.Scattergl(
+            x=part[feature].to_list(), y=(part["value"].to_numpy() + jitter).tolist(), mode="markers",
+            name=f"{series} (n = {n})", marker=dict(size=5, opacity=0.55, color=_colour(j)),
+            customdata=list(zip(part["subject"].to_list(), part["relation"].to_list(), part["value"].to_list())),
+            hovertemplate="%{customdata[0]} (%{customdata[1]})<br>" + feature_label + " %{x:.3g}<br>"
+            + value_label + " %{customdata[2]:.2f}<br>n = " + str(n) + "<extra>" + str(series) + "</extra>"))
+    fig.update_layout(xaxis_title=feature_label, yaxis_title=f"{value_label} (jittered ±0.04)",
+                      yaxis_range=[-0.1, 1.1], legend_title="Series", margin=dict(t=30, b=40))
+    if log_x:
+        fig.update_xaxes(type="log")
+    return fig

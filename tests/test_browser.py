@@ -30,7 +30,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 PAGES = {
     "": ("EditScope", 1),
     "robustness": ("Robustness of single edits", 2),
-    "popularity": ("Knowledge popularity", 1),
+    "popularity": ("Knowledge popularity", 2),
     "forgetting": ("Sequential editing: forgetting and collapse", 2),
     "abilities": ("General abilities after editing", 1),
     "cases": ("Case explorer", 0),

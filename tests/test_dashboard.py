@@ -232,3 +232,13 @@ def test_ability_small_multiples_have_chance_and_unedited_lines():
     refs = sorted((t.name, t.y[0]) for t in fig.data if t.name != "ROME")
     assert refs == [("chance", 0.25), ("chance", 0.5), ("unedited model", 0.62), ("unedited model", 0.74)]
     assert {a.text for a in fig.layout.annotations} >= {"nli (inference)", "sentiment (sentiment)"}
+
+
+def test_popularity_scatter_has_a_dot_per_case_with_n_and_exact_values_in_the_hover():
+    pts = pl.DataFrame({"series": ["ROME", "ROME", "unedited"], "case_id": ["a", "b", "a"],
+                        "subject": ["France", "Peru", "France"], "relation": ["capital"] * 3,
+                        "frequency": [5.0, 3.0, 5.0], "value": [1.0, 0.0, 0.0]})
+    fig = charts.popularity_scatter(pts, "frequency", "Word frequency", "acc")
+    assert [t.name for t in fig.data] == ["ROME (n = 2)", "unedited (n = 1)"]
+    assert all(abs(y - v) <= 0.04 for y, v in zip(fig.data[0].y, [1.0, 0.0]))
+    assert [c[2] for c in fig.data[0].customdata] == [1.0, 0.0] and "n = 2" in fig.data[0].hovertemplate

@@ -32,7 +32,14 @@ if points.is_empty():
             "`python -m compute run robustness`.")
     st.stop()
 bins = popularity_bins(points, feature, bins=4)
-st.plotly_chart(charts.binned_curves(bins, FEATURES[feature], METRICS[metric]), width="stretch")
+left, right = st.columns(2)
+with left:
+    st.subheader("Binned")
+    st.plotly_chart(charts.binned_curves(bins, FEATURES[feature], METRICS[metric]), width="stretch")
+with right:
+    st.subheader("Every case")
+    st.plotly_chart(charts.popularity_scatter(points, feature, FEATURES[feature], METRICS[metric],
+                                              log_x=feature == "population"), width="stretch")
 st.download_button("Download CSV (bins)", bins.write_csv(), file_name=f"popularity-{feature}-{metric}-{rtype}.csv")
 
 st.subheader("Spearman correlation with the feature")
