@@ -383,6 +383,12 @@ def test_cli_measure_stores_a_run_and_show_prints_it(tiny_model_dir, cache_dir, 
     args.func(args)
     shown = capsys.readouterr().out
     assert "reasoning" in shown and runs["run_id"][0] in shown
+    args = build_parser().parse_args(base + ["abilities", "measure", "--mode", "quick", "--model", tiny_model_dir,
+                                             "--tasks", "analogy,lm_perplexity"])
+    args.func(args)  # the same suite again: reported, not measured twice
+    assert "already measured" in capsys.readouterr().out
+    with Store.open(store, readonly=True) as st:
+        assert queries.list_runs(st.conn, kind="abilities").height == 1
     args = build_parser().parse_args(base + ["abilities", "tasks"])
     args.func(args)
     listed = capsys.readouterr().out

@@ -89,6 +89,15 @@ def cmd_abilities_measure(args) -> None:
         config = {"mode": args.mode, "tasks": task_config(tasks, lm),
                   "n_items": {t.name: len(items[t.name][1]) if args.mode == "full" else
                               min(t.quick_n, len(items[t.name][1])) for t in tasks}}
+        if not getattr(args, "again", False):
+            from compute.cli import find_run
+
+            old = find_run(st, RUN_KIND, lm.name, **json.loads(json.dumps(config)))
+            if old and old["status"] == "done":
+                _out(f"run {old['run_id']} already measured this suite on {lm.name} (use --again for a new run)")
+                args.run = old["run_id"]
+                cmd_abilities_show(args)
+                return
         run_id = st.start_run(kind=RUN_KIND, model=lm.name, config=config, provenance=provenance(str(lm.device)),
                               n_total=len(tasks))
         started = time.monotonic()
@@ -165,6 +174,7 @@ def add_abilities_parser(sub) -> None:
     q.add_argument("--mode", choices=["quick", "full"], default="full",
                    help="quick: each task's first quick_n items (about a minute on one CPU core); full: every item")
     q.add_argument("--tasks", help="comma-separated task names (default: all; see `abilities tasks`)")
+    q.add_argument("--again", action="store_true", help="measure again even if a finished run of this suite exists")
     q.add_argument("--model", default=DEFAULT_MODEL, help=f"{DEFAULT_MODEL!r} (embedded) or a local HF model directory")
     q.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     q.set_defaults(func=cmd_abilities_measure)
