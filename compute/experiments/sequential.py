@@ -29,7 +29,7 @@ Collapse (online, stops the run 150 edits later): fluency below `collapse_fluenc
 value, or panel recall below `collapse_panel` x its unedited value. Afterwards the whole history is
 searched for phases (a change point on retention, panel recall and fluency: `detect_phases`) and for
 disabling edits (one edit after which the panel's exact match drops by at least `disable_drop`); both go
-to the store's run_events.
+to the store's run_events, recomputed at every checkpoint so that a partial run shows them as well.
 
 Resumable: at every checkpoint, after its rows are written, the edited matrices, the editor's memory
 (ctx.state) and the run's bookkeeping are saved atomically to `<cache>/sequential/<run_id>.pt`
@@ -378,6 +378,7 @@ def run_sequential(
                     collapse_at = _checkpoint(lm, store, run_id, cfg, edit_ids, by_id, last_checkpoint, count, held,
                                               panel, base, w0, collapse_at, abilities)
                     last_checkpoint = count
+                    find_events(store, run_id, cfg)  # phases so far: a partial run shows them too
                     _save_state(path, {
                         "version": STATE_VERSION, "edit_count": count,
                         "weights": {n: params[n].detach().clone() for n in w0},
