@@ -324,6 +324,20 @@ def _baseline(args, st, lm, cases, name: str) -> str | None:
                              run_id=old["run_id"] if old else None, case_set=name, progress=not args.quiet)
 
 
+def _run_or_resume(st, args, kind: str, lm, ed, hp, run, unit: str, **config) -> str:
+    """The run id of this experiment: the finished matching run (reported; --again starts a new one), else
+    `run(run_id)` on the matching unfinished run (resumed) or on None (a new run)."""
+    run_id = args.resume
+    old = None if run_id else find_run(st, kind, lm.name, ed.name, hp, **config)
+    if old and old["status"] == "done" and not args.again:
+        _out(f"run {old['run_id']} already holds this experiment (use --again for a new run)")
+        return old["run_id"]
+    if old and not args.again:
+        run_id = old["run_id"]
+        _out(f"resuming run {run_id} ({old['n_done'] or 0}/{old['n_total']} {unit} stored)")
+    return run(run_id)
+
+
 def cmd_run_robustness(args) -> None:
     from compute.experiments.robustness import run_robustness
     from store import derived
@@ -335,18 +349,11 @@ def cmd_run_robustness(args) -> None:
         name = _case_set_for(args, st, lm)
         cases = load_case_set(st, name, args.limit)
         baseline = _baseline(args, st, lm, cases, name)
-        run_id = args.resume
-        old = None if run_id else find_run(st, "robustness", lm.name, ed.name, hp, case_set=name,
-                                           n_cases=len(cases), gen_tokens=args.gen_tokens)
-        if old and old["status"] == "done" and not args.again:
-            _out(f"run {old['run_id']} already holds this experiment (use --again for a new run)")
-            run_id = old["run_id"]
-        else:
-            if old and not args.again:
-                run_id = old["run_id"]
-                _out(f"resuming run {run_id} ({old['n_done'] or 0}/{old['n_total']} edits stored)")
-            run_id = run_robustness(lm, cases, st, editor=ed.name, hp=hp, ctx=ctx, gen_tokens=args.gen_tokens,
-                                    case_set=name, baseline_run=baseline, run_id=run_id, progress=not args.quiet)
+        run_id = _run_or_resume(
+            st, args, "robustness", lm, ed, hp,
+            lambda rid: run_robustness(lm, cases, st, editor=ed.name, hp=hp, ctx=ctx, gen_tokens=args.gen_tokens,
+                                       case_set=name, baseline_run=baseline, run_id=rid, progress=not args.quiet),
+            "edits", case_set=name, n_cases=len(cases), gen_tokens=args.gen_tokens)
         _out(f"run {run_id}: {ed.name} on {len(cases)} cases of {name}")
         derived.store_correlations(st, run_id)
         summary = derived.robustness_summary(st.conn, run_ids=run_id, metrics=("acc", "rev"))
@@ -369,22 +376,14 @@ def cmd_run_sequential(args) -> None:
         name = _case_set_for(args, st, lm)
         cases = load_case_set(st, name, args.limit)
         abilities = _ability_hook("quick") if cfg.abilities_every else None
-
-        run_id = args.resume
-        old = None if run_id else find_run(st, "sequential", lm.name, ed.name, hp, case_set=name,
-                                           n_cases=len(cases), batch_size=cfg.batch_size, max_edits=cfg.max_edits,
-                                           checkpoint_every=cfg.checkpoint_every, order_seed=cfg.order_seed,
-                                           abilities_every=cfg.abilities_every)
-        if old and old["status"] == "done" and not args.again:
-            _out(f"run {old['run_id']} already holds this experiment (use --again for a new run)")
-            run_id = old["run_id"]
-        else:
-            if old and not args.again:
-                run_id = old["run_id"]
-                _out(f"resuming run {run_id} from its last checkpoint ({old['n_done'] or 0} edits)")
-            run_id = run_sequential(lm, cases, st, editor=ed.name, hp=hp, ctx=ctx, cfg=cfg, case_set=name,
-                                    run_id=run_id, abilities=abilities, exclude_facts=_ability_facts(),
-                                    progress=not args.quiet)
+        run_id = _run_or_resume(
+            st, args, "sequential", lm, ed, hp,
+            lambda rid: run_sequential(lm, cases, st, editor=ed.name, hp=hp, ctx=ctx, cfg=cfg, case_set=name,
+                                       run_id=rid, abilities=abilities, exclude_facts=_ability_facts(),
+                                       progress=not args.quiet),
+            "edits, resumed from the last checkpoint", case_set=name, n_cases=len(cases),
+            batch_size=cfg.batch_size, max_edits=cfg.max_edits, checkpoint_every=cfg.checkpoint_every,
+            order_seed=cfg.order_seed, abilities_every=cfg.abilities_every)
         _out(f"run {run_id}: sequential {ed.name}, batch size {cfg.batch_size}, on {name}")
         _table(derived.sequential_curves(st.conn, run_id).drop("run_id"), max_rows=80)
         events = derived.sequential_events(st.conn, run_id)
@@ -426,20 +425,13 @@ def cmd_run_batch(args) -> None:
         ed, hp, ctx = _editor_setup(args, lm, args.editor)
         name = _case_set_for(args, st, lm)
         cases = load_case_set(st, name, args.limit)
-        run_id = args.resume
-        old = None if run_id else find_run(st, "batch", lm.name, ed.name, hp, case_set=name, n_cases=len(cases),
-                                           sizes=sorted(set(sizes)), order_seed=args.order_seed)
-        if old and old["status"] == "done" and not args.again:
-            _out(f"run {old['run_id']} already holds this experiment (use --again for a new run)")
-            run_id = old["run_id"]
-        else:
-            if old and not args.again:
-                run_id = old["run_id"]
-                _out(f"resuming run {run_id} ({old['n_done'] or 0}/{old['n_total']} batch sizes stored)")
-            run_id = run_batch_single(lm, cases, st, editor=ed.name, hp=hp, ctx=ctx, sizes=sizes,
-                                      order_seed=args.order_seed, panel_pool=args.panel_pool, case_set=name,
-                                      run_id=run_id, abilities=_ability_hook(args.abilities),
-                                      exclude_facts=_ability_facts(), progress=not args.quiet)
+        run_id = _run_or_resume(
+            st, args, "batch", lm, ed, hp,
+            lambda rid: run_batch_single(lm, cases, st, editor=ed.name, hp=hp, ctx=ctx, sizes=sizes,
+                                         order_seed=args.order_seed, panel_pool=args.panel_pool, case_set=name,
+                                         run_id=rid, abilities=_ability_hook(args.abilities),
+                                         exclude_facts=_ability_facts(), progress=not args.quiet),
+            "batch sizes", case_set=name, n_cases=len(cases), sizes=sorted(set(sizes)), order_seed=args.order_seed)
         _out(f"run {run_id}: batch-single {ed.name}, sizes {sorted(set(sizes))}, on {name}")
         from store import queries
 

@@ -242,3 +242,24 @@ def test_popularity_scatter_has_a_dot_per_case_with_n_and_exact_values_in_the_ho
     assert [t.name for t in fig.data] == ["ROME (n = 2)", "unedited (n = 1)"]
     assert all(abs(y - v) <= 0.04 for y, v in zip(fig.data[0].y, [1.0, 0.0]))
     assert [c[2] for c in fig.data[0].customdata] == [1.0, 0.0] and "n = 2" in fig.data[0].hovertemplate
+
+
+def test_rerunning_a_finished_sequential_command_reports_it_instead_of_editing_again(tmp_path, fixture_store,
+                                                                                       cache_dir, tiny_model_dir,
+                                                                                       capsys):
+    import shutil
+
+    from store import Store, queries
+
+    store = tmp_path / "copy.sqlite"
+    shutil.copy(fixture_store, store)
+    rome = fixture_store.parent / "rome.json"
+    argv = ["--store", str(store), "--cache-dir", str(cache_dir), "--quiet", "run", "sequential", "--editor", "ROME",
+            "--set", "tiny32", "--edits", "6", "--every", "3", "--panel-pool", "4", "--panel-size", "3", "--panel-any",
+            "--hparams", str(rome), "--model", tiny_model_dir, "--hp", "key_mismatch=true"]
+    with Store.open(store, readonly=True) as st:
+        before = queries.list_runs(st.conn, kind="sequential").height
+    assert main(argv) == 0
+    assert "already holds this experiment" in capsys.readouterr().out
+    with Store.open(store, readonly=True) as st:
+        assert queries.list_runs(st.conn, kind="sequential").height == before
