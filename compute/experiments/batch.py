@@ -22,12 +22,11 @@ from typing import Callable, Sequence
 
 from compute.cases import NEIGHBOURHOOD, EditCase
 from compute.editors import EditContext, EditRequest, apply_edit, get_editor, undo
-from compute.editors.base import EditorError, hparams_dict
+from compute.editors.base import EditorError
 from compute.evaluate import evaluate_cases
-from compute.experiments.common import recording
+from compute.experiments.common import open_run, recording
 from compute.experiments.sequential import RUN_LEVEL, SequentialConfig, ability_case_ids, edit_order, split_order
 from compute.models import LoadedModel
-from compute.provenance import provenance
 
 BATCH_SIZES = (1, 10, 50, 100, 200, 500)
 SCOPE = "batch"
@@ -67,15 +66,10 @@ def run_batch_single(
                          f"{max(sizes)}: build a larger set or use smaller --sizes")
     config = {"case_set": case_set, "n_cases": len(cases), "sizes": sizes, "order_seed": order_seed,
               "panel_pool": panel_pool, "cov_n_tokens": ctx.cov_samples, "excluded_cases": len(skip)}
-    if run_id is None:
-        run_id = store.start_run(kind="batch", model=lm.name, editor=ed.name, hparams=hparams_dict(hp),
-                                 seed=ctx.seed, config=config, provenance=provenance(str(lm.device)),
-                                 n_total=len(sizes))
-        done: set[int] = set()
-    else:
-        run = store.resume_run(run_id)
-        if run.get("editor") != ed.name:
-            raise ValueError(f"run {run_id} was made with {run.get('editor')}, not {ed.name}: resume it with that editor")
+    run_id, resumed = open_run(store, run_id, kind="batch", lm=lm, editor=ed.name, hp=hp, ctx=ctx, config=config,
+                               n_total=len(sizes))
+    done: set[int] = set()
+    if resumed:
         done = {b for (b,) in store.conn.execute(
             "SELECT DISTINCT edit_count FROM measurements WHERE run_id = ? AND case_id = ? AND rephrase_type = ?",
             (run_id, RUN_LEVEL, SCOPE))}

@@ -28,6 +28,22 @@ def recording(store, run_id: str):
         raise
 
 
+def open_run(store, run_id: str | None, *, kind: str, lm: LoadedModel, editor: str, hp, ctx: EditContext,
+             config: dict, n_total: int) -> tuple[str, bool]:
+    """(run id, resumed): a new run of this kind with its provenance when `run_id` is None, else the run
+    `run_id` reopened for resuming, refused if another editor made it."""
+    from compute.editors.base import hparams_dict
+    from compute.provenance import provenance
+
+    if run_id is None:
+        return store.start_run(kind=kind, model=lm.name, editor=editor, hparams=hparams_dict(hp), seed=ctx.seed,
+                               config=config, provenance=provenance(str(lm.device)), n_total=n_total), False
+    run = store.resume_run(run_id)
+    if run.get("editor") != editor:
+        raise ValueError(f"run {run_id} was made with {run.get('editor')}, not {editor}: resume it with that editor")
+    return run_id, True
+
+
 def edit_and_evaluate(
     lm: LoadedModel,
     case: EditCase,

@@ -19,10 +19,8 @@ from typing import Sequence
 
 from compute.cases import EditCase
 from compute.editors import EditContext, get_editor
-from compute.editors.base import hparams_dict
-from compute.experiments.common import edit_and_evaluate, recording
+from compute.experiments.common import edit_and_evaluate, open_run, recording
 from compute.models import LoadedModel
-from compute.provenance import provenance
 from store.metrics import REPHRASE_TYPES
 
 EDIT_TYPE = "edit"
@@ -64,17 +62,9 @@ def run_robustness(
         "cov_n_tokens": ctx.cov_samples,
         "baseline_run": baseline_run,
     }
-    if run_id is None:
-        run_id = store.start_run(
-            kind="robustness", model=lm.name, editor=ed.name, hparams=hparams_dict(hp), seed=ctx.seed,
-            config=config, provenance=provenance(str(lm.device)), n_total=len(cases),
-        )
-        done: set[str] = set()
-    else:
-        run = store.resume_run(run_id)
-        if run.get("editor") != ed.name:
-            raise ValueError(f"run {run_id} was made with {run.get('editor')}, not {ed.name}: resume it with that editor")
-        done = store.done_case_ids(run_id, edit_count=1)
+    run_id, resumed = open_run(store, run_id, kind="robustness", lm=lm, editor=ed.name, hp=hp, ctx=ctx,
+                               config=config, n_total=len(cases))
+    done: set[str] = store.done_case_ids(run_id, edit_count=1) if resumed else set()
     bar = None
     if progress:
         from tqdm import tqdm

@@ -53,12 +53,11 @@ import torch
 
 from compute.cases import NEIGHBOURHOOD, EditCase
 from compute.editors import EditContext, EditRequest, apply_edit, get_editor
-from compute.editors.base import EditorError, hparams_dict
+from compute.editors.base import EditorError
 from compute.evaluate import evaluate_cases
-from compute.experiments.common import recording
+from compute.experiments.common import open_run, recording
 from compute.experiments.robustness import edit_rows
 from compute.models import LoadedModel
-from compute.provenance import provenance
 from compute.scoring import fluency, mentions, run_probes
 
 RUN_LEVEL = "*"  # case_id of run-level rows
@@ -311,13 +310,9 @@ def run_sequential(
               "excluded_cases": len(skip)}
     n_total = len(edit_ids)
     state = None
-    if run_id is None:
-        run_id = store.start_run(kind="sequential", model=lm.name, editor=ed.name, hparams=hparams_dict(hp),
-                                 seed=ctx.seed, config=config, provenance=provenance(str(lm.device)), n_total=n_total)
-    else:
-        run = store.resume_run(run_id)
-        if run.get("editor") != ed.name:
-            raise ValueError(f"run {run_id} was made with {run.get('editor')}, not {ed.name}: resume it with that editor")
+    run_id, resumed = open_run(store, run_id, kind="sequential", lm=lm, editor=ed.name, hp=hp, ctx=ctx,
+                               config=config, n_total=n_total)
+    if resumed:
         state = _load_state(state_path(ctx.cache_dir, run_id))
     path = state_path(ctx.cache_dir, run_id)
     params = dict(lm.model.named_parameters())
