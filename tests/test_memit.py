@@ -132,3 +132,31 @@ def test_memit_batch_of_three_takes_on_the_default_model(default_lm):
         undo(default_lm, result)
     assert all(n.nll < t.nll for n, t in zip(new, true)), [(n.nll, t.nll) for n, t in zip(new, true)]
     assert all(torch.equal(before[n], p) for n, p in params_of(default_lm).items())
+
+
+def test_value_chunks_do_not_change_a_batch_edit(llama, tmp_path, monkeypatch):
+    import compute.editors.memit as memit_mod
+    from compute.editors import EditContext, EditRequest, apply_edit, get_editor, undo
+
+    reqs = [EditRequest("France", "The capital of France is", "Rome", "Paris"),
+            EditRequest("Spain", "The capital of Spain is", "Tokyo", "Madrid"),
+            EditRequest("Italy", "The capital of Italy is", "Berlin", "Rome")]
+    hp = get_editor("MEMIT").hparams(layers=(0,), lam=1.0, v_steps=6, n_prefixes=2, prefix_tokens=3)
+
+    def ctx():
+        def covariance(layer):
+            w = llama.down_proj(layer).weight
+            d_in = w.shape[0] if llama.arch.down_proj_transposed else w.shape[1]
+            return torch.eye(d_in, dtype=torch.float64)
+        return EditContext(cache_dir=tmp_path, covariance=covariance)
+
+    whole = apply_edit(llama, reqs, "MEMIT", hp, ctx())
+    after_whole = {n: p.detach().clone() for n, p in llama.model.named_parameters() if n in whole.originals}
+    undo(llama, whole)
+    monkeypatch.setattr(memit_mod, "VALUE_CHUNK", 2)  # 2 + 1
+    chunked = apply_edit(llama, reqs, "MEMIT", hp, ctx())
+    for n, p in llama.model.named_parameters():
+        if n in after_whole:
+            assert torch.allclose(p, after_whole[n], atol=1e-5), n
+    assert [e["steps"] for e in chunked.info["edits"]] == [e["steps"] for e in whole.info["edits"]]
+    undo(llama, chunked)

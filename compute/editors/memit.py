@@ -56,6 +56,7 @@ from compute.editors.rome import (
 from compute.models import LoadedModel
 
 NAME = "MEMIT"
+VALUE_CHUNK = 32  # requests whose values are optimised in one batch of forward passes
 
 
 @dataclass(frozen=True)
@@ -136,9 +137,13 @@ def spread_edit(
             cov, cov_source = covariance_for(lm, ctx, hp.cov_n_tokens, layers)
             prefixes = context_prefixes(lm, hp.n_prefixes, hp.prefix_tokens, ctx.cache_dir)
             h0 = subject_block_outputs(lm, last, requests, prefixes).mean(dim=1)  # [N, d]
-            values = optimise_values(
-                lm, last, requests, prefixes, value_options(hp), h0.norm(dim=1).tolist()
-            )
+            # requests are optimised independently (their own losses, Adam states, clamps and stopping), so
+            # chunks of VALUE_CHUNK bound the memory of a large batch (500 edits) without changing the method
+            norms = h0.norm(dim=1).tolist()
+            values = []
+            for i in range(0, len(requests), VALUE_CHUNK):
+                values += optimise_values(lm, last, requests[i : i + VALUE_CHUNK], prefixes, value_options(hp),
+                                          norms[i : i + VALUE_CHUNK])
             targets = h0.double() + torch.stack([v.delta for v in values]).double()  # [N, d]
             for i, layer in enumerate(layers):
                 keys = subject_keys(lm, layer, requests, prefixes).mean(dim=1)  # [N, d_in]
