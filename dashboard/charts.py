@@ -254,7 +254,12 @@ def ability_small_multiples(df: pl.DataFrame, x: str, labels: dict[str, str], x_
     meta = {r["task"]: r for r in df.unique("task").iter_rows(named=True)}
     cols = min(3, len(tasks))
     rows = -(-len(tasks) // cols)
-    titles = [f"{t} ({meta[t]['category']})" if meta[t].get("category") else t for t in tasks]
+    def off_scale(t):  # a chance level far outside the scores (perplexity: the vocabulary size) is named, not drawn
+        c, top = meta[t].get("chance"), df.filter(pl.col("task") == t)["score"].max()
+        return c is not None and top is not None and c > 5 * top
+
+    titles = [(f"{t} ({meta[t]['category']})" if meta[t].get("category") else t)
+              + (f"; chance {meta[t]['chance']:,.0f}" if off_scale(t) else "") for t in tasks]
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, vertical_spacing=0.14, horizontal_spacing=0.07)
     run_ids = sorted(labels, key=lambda r: labels[r])
     for i, task in enumerate(tasks):
@@ -276,7 +281,7 @@ def ability_small_multiples(df: pl.DataFrame, x: str, labels: dict[str, str], x_
         xs = part[x].drop_nulls()
         span = [xs.min(), xs.max()] if xs.len() else [0, 1]
         chance = meta[task].get("chance")
-        if chance is not None:
+        if chance is not None and not off_scale(task):
             fig.add_trace(go.Scatter(x=span, y=[chance, chance], mode="lines", name="chance", legendgroup="chance",
                                      showlegend=i == 0, line=dict(color="grey", dash="dot", width=1),
                                      hovertemplate="chance %{y:.3g}<extra></extra>"), row=row, col=col)

@@ -263,3 +263,12 @@ def test_rerunning_a_finished_sequential_command_reports_it_instead_of_editing_a
     assert "already holds this experiment" in capsys.readouterr().out
     with Store.open(store, readonly=True) as st:
         assert queries.list_runs(st.conn, kind="sequential").height == before
+
+
+def test_a_chance_level_far_off_the_scores_is_named_not_drawn():
+    df = pl.DataFrame({"run_id": ["a", "a"], "task": ["lm_perplexity"] * 2, "category": ["language modelling"] * 2,
+                       "edit_count": [0, 50], "score": [48.0, 52.0], "n": [20, 20], "ci_low": [45.0, 49.0],
+                       "ci_high": [51.0, 55.0], "chance": [49152.0, 49152.0], "metric": ["perplexity"] * 2})
+    fig = charts.ability_small_multiples(df, "edit_count", {"a": "ROME"}, "Edits made", baseline={"lm_perplexity": 48.2})
+    assert [t.name for t in fig.data] == ["ROME", "unedited model"]
+    assert "chance 49,152" in fig.layout.annotations[0].text

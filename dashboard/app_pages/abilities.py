@@ -22,14 +22,13 @@ if scores.is_empty():
             "`python -m compute run batch --editor MEMIT`.")
     st.stop()
 
-unedited = scores.filter(pl.col("edit_count") == 0)
-baseline_rows = unedited.filter(pl.col("kind") == "abilities")
-if baseline_rows.is_empty():
-    baseline_rows = unedited
 baseline_mode = st.segmented_control("Suite", ["quick", "full"], default="quick", key="ability_mode",
                                      help="quick: each task's first items (every checkpoint); full: every item")
 mode = baseline_mode or "quick"
-base = baseline_rows.filter(pl.col("mode") == mode).sort("run_id")
+# the unedited model in this mode: its own abilities run first, else the edit-count-0 scores of edit runs
+unedited = scores.filter((pl.col("edit_count") == 0) & (pl.col("mode") == mode))
+own = unedited.filter(pl.col("kind") == "abilities")
+base = (own if not own.is_empty() else unedited).group_by("task").agg(pl.col("score").first())
 baseline = dict(zip(base["task"].to_list(), base["score"].to_list())) if not base.is_empty() else {}
 
 view = st.segmented_control("View", ["sequential", "batch", "rect"], default="sequential", key="ability_view",
