@@ -259,7 +259,7 @@ def ability_small_multiples(df: pl.DataFrame, x: str, labels: dict[str, str], x_
         return c is not None and top is not None and c > 5 * top
 
     titles = [(f"{t} ({meta[t]['category']})" if meta[t].get("category") else t)
-              + (f"; chance {meta[t]['chance']:,.0f}" if off_scale(t) else "") for t in tasks]
+              + (f"<br>chance {meta[t]['chance']:,.0f}" if off_scale(t) else "") for t in tasks]
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, vertical_spacing=0.14, horizontal_spacing=0.07)
     run_ids = sorted(labels, key=lambda r: labels[r])
     for i, task in enumerate(tasks):

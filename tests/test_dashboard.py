@@ -271,4 +271,4 @@ def test_a_chance_level_far_off_the_scores_is_named_not_drawn():
                        "ci_high": [51.0, 55.0], "chance": [49152.0, 49152.0], "metric": ["perplexity"] * 2})
     fig = charts.ability_small_multiples(df, "edit_count", {"a": "ROME"}, "Edits made", baseline={"lm_perplexity": 48.2})
     assert [t.name for t in fig.data] == ["ROME", "unedited model"]
-    assert "chance 49,152" in fig.layout.annotations[0].text
+    assert "<br>chance 49,152" in fig.layout.annotations[0].text
