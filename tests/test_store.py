@@ -622,3 +622,13 @@ def test_importing_store_pulls_in_no_heavy_or_sibling_packages():
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == ""
+
+
+def test_the_shipped_store_opens_read_only_at_the_latest_schema_with_results():
+    """What `bash run.sh dashboard` opens: it must not need a migration (the dashboard cannot write)."""
+    path = REPO / "store" / "results.sqlite"
+    with Store.open(path, readonly=True) as s:
+        assert s.schema_version == latest_version()
+        counts = {t: s.conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("kb_facts", "cases", "measurements")}
+        done = s.conn.execute("SELECT count(*) FROM runs WHERE kind = 'robustness' AND status = 'done'").fetchone()[0]
+    assert all(n > 0 for n in counts.values()) and done >= 1, counts
