@@ -225,11 +225,20 @@ ALTER TABLE abilities ADD COLUMN chance REAL;
 ALTER TABLE abilities ADD COLUMN higher_is_better INTEGER;
 """
 
+# The shipped store must stay small: each secondary index of the WITHOUT ROWID measurements table repeats
+# the whole primary key (a third of the file). Run queries use the primary key's (run_id, case_id, ...)
+# prefix; a lookup by case scans the table (about 0.1 s per million rows).
+SCHEMA_V5 = """
+DROP INDEX IF EXISTS measurements_run_metric;
+DROP INDEX IF EXISTS measurements_case;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", SCHEMA_V1),
     Migration(2, "run events: collapse, phases, disabling edits", SCHEMA_V2),
     Migration(3, "stored popularity correlations", SCHEMA_V3),
     Migration(4, "ability task metadata beside each score", SCHEMA_V4),
+    Migration(5, "drop the secondary measurement indexes (the primary key serves)", SCHEMA_V5),
 )
 
 
