@@ -13,9 +13,10 @@ real session).
     python benchmarks/bench_dashboard.py [--store artifacts/loadtest.sqlite] [--out benchmarks/results/dashboard.json]
         [--browser]
 
-With --browser it also starts the server and times, in Debian's Chromium (Playwright), each page from
-navigation until its charts are drawn and Streamlit is idle, in a fresh browser context and with the
-server's query cache cleared first (`st.cache_data` lives in the server: a new server per page).
+With --browser it also starts the server and times, in Debian's Chromium (Playwright), each page until
+its charts are drawn and Streamlit is idle: opened in a new browser context, reloaded in a warm one, and
+chosen in the sidebar (`_browser_first_renders`), beside a bare Streamlit app with one Plotly chart as the
+framework's own baseline.
 """
 
 from __future__ import annotations
@@ -45,64 +46,129 @@ PAGES = {
 
 BROWSER_PAGES = {"overview": ("", 1), "robustness": ("robustness", 2), "popularity": ("popularity", 1),
                  "forgetting": ("forgetting", 2), "abilities": ("abilities", 1), "cases": ("cases", 0)}
+# page -> (its link in the sidebar, its title)
+NAV = {"overview": ("Overview", "EditScope"), "robustness": ("Robustness", "Robustness of single edits"),
+       "popularity": ("Popularity", "Knowledge popularity"),
+       "forgetting": ("Forgetting", "Sequential editing: forgetting and collapse"),
+       "abilities": ("General abilities", "General abilities after editing"), "cases": ("Case explorer", "Case explorer")}
+
+# The framework alone: a page with a title and one three-point Plotly chart, nothing of EditScope.
+BASELINE_APP = """import plotly.graph_objects as go
+import streamlit as st
+st.title("Baseline")
+st.plotly_chart(go.Figure(go.Scatter(x=[1, 2, 3], y=[1, 3, 2])))
+"""
 
 
-def _browser_first_renders(store: Path) -> dict:
-    """Seconds from navigation to drawn charts and an idle app, per page, on one running server whose
-    Python modules are loaded (a warm-up visit to a page not timed here first): `cold_browser` in a new
-    browser context (the app's JavaScript fetched and compiled again), `warm_browser` when the visitor
-    comes from another page of the app. Each page's own queries run for the first time in both (the
-    cache is keyed on the page's arguments; the cold visits come first)."""
-    import socket
-    import subprocess
-    import urllib.request
+class _Server:
+    """A Streamlit server on a free port for `script`, stopped on exit."""
 
-    from playwright.sync_api import sync_playwright
+    def __init__(self, script: Path, env: dict):
+        import socket
+        import subprocess
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard" / "app.py"), "--server.port", str(port),
-         "--server.headless", "true"], cwd=ROOT, env={**os.environ, "EDITSCOPE_STORE": str(store)},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    out = {"cold_browser": {}, "warm_browser": {}}
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port),
+             "--server.headless", "true"], cwd=ROOT, env={**os.environ, **env},
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    def visit(page, path, charts) -> float:
-        t = time.perf_counter()
-        page.goto(f"{url}/{path}", wait_until="domcontentloaded")
-        page.locator("h1").first.wait_for(timeout=60_000)
-        if charts:
-            page.locator(".js-plotly-plot .main-svg").nth(charts - 1).wait_for(timeout=60_000)
-        page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=60_000)
-        return round(time.perf_counter() - t, 3)
+    def __enter__(self):
+        import urllib.request
 
-    try:
         for _ in range(240):
             try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                if urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2).read() == b"ok":
                     break
             except OSError:
                 time.sleep(0.25)
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path="/usr/bin/chromium",
-                                         args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
-            warm = browser.new_context(viewport={"width": 1400, "height": 2600}).new_page()
-            visit(warm, "launch", 0)  # loads the server's Python modules; not timed
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+def _idle(page) -> None:
+    page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=60_000)
+
+
+def _browser_first_renders(store: Path) -> dict:
+    """Seconds until a page's charts are drawn and Streamlit is idle, per page, on one running server whose
+    Python modules are loaded (a warm-up visit to a page not timed here first):
+
+    - `cold_browser`: the page's address opened in a new browser context (Streamlit's JavaScript fetched
+      and compiled again: a visitor's very first page);
+    - `warm_browser`: the page's address loaded again in a context that has already loaded the app (a
+      full reload, with the browser's caches);
+    - `in_app`: the page chosen in the sidebar from the Launch page, as a visitor moves through the app
+      (no reload: the server reruns the page and the browser redraws);
+    - `baseline_cold` / `baseline_warm`: the same two loads of a bare Streamlit app with one three-point
+      Plotly chart (BASELINE_APP): what the framework costs before EditScope draws anything.
+
+    Each page's own queries run for the first time in its cold visit (the query cache is keyed on the
+    page's arguments; the cold visits come first)."""
+    import tempfile
+
+    from playwright.sync_api import sync_playwright
+
+    out = {"cold_browser": {}, "warm_browser": {}, "in_app": {}}
+
+    def visit(page, url, charts) -> float:
+        t = time.perf_counter()
+        page.goto(url, wait_until="domcontentloaded")
+        page.locator("h1").first.wait_for(timeout=60_000)
+        if charts:
+            page.locator(".js-plotly-plot .main-svg").nth(charts - 1).wait_for(timeout=60_000)
+        _idle(page)
+        return round(time.perf_counter() - t, 3)
+
+    def navigate(page, name, charts) -> float:
+        link, title = NAV[name]
+        t = time.perf_counter()
+        page.get_by_test_id("stSidebarNavLink").filter(has_text=link).first.click()
+        page.locator("h1").filter(has_text=title).first.wait_for(timeout=60_000)
+        if charts:
+            page.locator(".js-plotly-plot .main-svg").nth(charts - 1).wait_for(timeout=60_000)
+        _idle(page)
+        return round(time.perf_counter() - t, 3)
+
+    new_context = {"viewport": {"width": 1400, "height": 2600}}
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path="/usr/bin/chromium",
+                                     args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        with tempfile.TemporaryDirectory() as tmp:
+            script = Path(tmp) / "baseline.py"
+            script.write_text(BASELINE_APP)
+            with _Server(script, {}) as server:
+                page = browser.new_context(**new_context).new_page()
+                visit(page, server.url, 1)  # the server's first script run: not timed
+                ctx = browser.new_context(**new_context)
+                out["baseline_cold"] = visit(ctx.new_page(), server.url, 1)
+                out["baseline_warm"] = visit(page, server.url, 1)
+                ctx.close()
+                print(f"bare Streamlit + one Plotly chart: new context {out['baseline_cold']:.2f} s, "
+                      f"reload {out['baseline_warm']:.2f} s", flush=True)
+        with _Server(ROOT / "dashboard" / "app.py", {"EDITSCOPE_STORE": str(store)}) as server:
+            warm = browser.new_context(**new_context).new_page()
+            visit(warm, f"{server.url}/launch", 0)  # loads the server's Python modules; not timed
             for name, (path, charts) in BROWSER_PAGES.items():
-                ctx = browser.new_context(viewport={"width": 1400, "height": 2600})
-                out["cold_browser"][name] = visit(ctx.new_page(), path, charts)
+                ctx = browser.new_context(**new_context)
+                out["cold_browser"][name] = visit(ctx.new_page(), f"{server.url}/{path}", charts)
                 ctx.close()
                 print(f"{name:12s} first render in a new Chromium context {out['cold_browser'][name]:.2f} s", flush=True)
             for name, (path, charts) in BROWSER_PAGES.items():
-                visit(warm, "launch", 0)
-                out["warm_browser"][name] = visit(warm, path, charts)
-                print(f"{name:12s} render coming from another page {out['warm_browser'][name]:.2f} s", flush=True)
-            browser.close()
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+                visit(warm, f"{server.url}/launch", 0)
+                out["warm_browser"][name] = visit(warm, f"{server.url}/{path}", charts)
+                print(f"{name:12s} page reload in a warm context {out['warm_browser'][name]:.2f} s", flush=True)
+            for name, (_path, charts) in BROWSER_PAGES.items():
+                visit(warm, f"{server.url}/launch", 0)
+                out["in_app"][name] = navigate(warm, name, charts)
+                print(f"{name:12s} chosen in the sidebar {out['in_app'][name]:.2f} s", flush=True)
+        browser.close()
     return out
 
 
