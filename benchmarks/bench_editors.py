@@ -12,7 +12,11 @@ the new object drawn by the same seed):
 - evaluation throughput: probes per second when `compute.evaluate.evaluate_cases` scores every probe of
   `--eval-cases` cases (all 16 rephrase types and the neighbourhood prompts: both objects and a 30-token
   greedy generation per probe, as in the robustness experiment);
-- peak resident memory of the process (getrusage maxrss).
+- peak resident memory of the process (getrusage maxrss);
+- a floor for ROME's per-edit time: each timed edit's optimisation steps times the matrix-product FLOPs of
+  one step of the fast loop (`step_flops`), divided by the FLOP rate this CPU reaches on the model's own
+  weight matrices at that many tokens (`matmul_rate`). No implementation of the same optimisation (same
+  prompts, same steps) runs faster than its products.
 
 Every edit is undone before the next. The covariance statistics and context prefixes used by the timed
 edits come from the ordinary cache ($EDITSCOPE_CACHE), warmed by one untimed edit first. The load
@@ -82,6 +86,49 @@ def time_edits(lm, requests, editor: str, hp, ctx) -> tuple[list[float], list[di
     return seconds, outcomes
 
 
+def step_flops(lm, request, layer: int, prefixes) -> dict:
+    """Floating-point operations of one step of ROME's fast value loop for `request`, counting the matrix
+    products only (attention scores, norms and element-wise work come on top): the forward pass of every
+    layer over the columns from the subject's last token on (rows x columns tokens) plus the unembedding of
+    the scored positions, and the backward pass (gradients of activations only) through the layers above
+    the edited one and the unembedding."""
+    from compute.editors import rome
+
+    rows = rome._rewrite_rows(lm, request, prefixes) + [rome._kl_row(lm, request)]
+    batch = rome._align(lm, rows)
+    tokens = batch.ids.shape[0] * (batch.ids.shape[1] - batch.S)
+    block = lm.module(lm.arch.layer.format(0))
+    per_layer = sum(p.numel() for p in block.parameters() if p.dim() == 2)
+    vocab, d = lm.model.get_output_embeddings().weight.shape
+    scored = len(batch.labels)
+    forward = 2 * tokens * per_layer * lm.n_layers + 2 * scored * vocab * d
+    backward = 2 * tokens * per_layer * (lm.n_layers - layer - 1) + 2 * scored * vocab * d
+    return {"tokens": tokens, "scored": scored, "flops": forward + backward}
+
+
+def matmul_rate(lm, tokens: int, repeat: int = 50) -> float:
+    """FLOP/s of this CPU on the model's own layer-0 weight matrices with `tokens` input rows (forward and
+    activation-gradient products, the two kinds a value-optimisation step runs)."""
+    import torch
+
+    block = lm.module(lm.arch.layer.format(0))
+    weights = [p.detach() for p in block.parameters() if p.dim() == 2]
+    flops, seconds = 0, 0.0
+    with torch.no_grad():
+        for w in weights:
+            x = torch.randn(tokens, w.shape[1])
+            g = torch.randn(tokens, w.shape[0])
+            for _ in range(5):
+                x @ w.T, g @ w
+            start = time.perf_counter()
+            for _ in range(repeat):
+                x @ w.T
+                g @ w
+            seconds += time.perf_counter() - start
+            flops += repeat * 2 * (2 * tokens * w.numel())
+    return flops / seconds
+
+
 def time_evaluation(lm, cache_dir: Path, n_cases: int) -> dict:
     """Probes per second of the full evaluation (all rephrase types, neighbourhood, 30-token generations)."""
     from compute.cases import CaseBuilder
@@ -146,6 +193,15 @@ def main(argv: list[str] | None = None) -> dict:
 
     timed = requests[: args.edits]
     fast_s, fast_out = time_edits(lm, timed, "ROME", rome_hp, ctx)
+    # The floor: each edit's steps x the FLOPs of one step, at the measured speed of the model's products.
+    from compute.editors.rome import context_prefixes
+
+    prefixes = context_prefixes(lm, rome_hp.n_prefixes, rome_hp.prefix_tokens, cache_dir)
+    shapes = [step_flops(lm, r, rome_hp.layer, prefixes) for r in timed]
+    rate = matmul_rate(lm, int(statistics.median(x["tokens"] for x in shapes)))
+    for out, shape in zip(fast_out, shapes):
+        out.update(step_tokens=shape["tokens"], step_gflop=round(shape["flops"] / 1e9, 3),
+                   floor_s=round(out["steps"] * shape["flops"] / rate, 3))
     ref_s, ref_out = time_edits(lm, timed, "ROME", dataclasses.replace(rome_hp, fast=False), ctx)
 
     batch = requests[: args.memit_batch]
@@ -175,6 +231,10 @@ def main(argv: list[str] | None = None) -> dict:
         "rome_reference": {"median_s": statistics.median(ref_s), "p90_s": percentile(ref_s, 0.9),
                            "took": sum(o["took"] for o in ref_out), "edits": ref_out},
         "rome_speedup_median": statistics.median(ref_s) / statistics.median(fast_s),
+        "rome_floor": {"matmul_gflops": round(rate / 1e9, 1),
+                       "median_steps": statistics.median(o["steps"] for o in fast_out),
+                       "median_step_gflop": statistics.median(o["step_gflop"] for o in fast_out),
+                       "median_floor_s": statistics.median(o["floor_s"] for o in fast_out)},
         "memit": {"batch": len(batch), "seconds": memit_s, "took": memit_took, "steps": memit_steps},
         "covariance": {"tokens": rome_hp.cov_n_tokens, "tokenise_s": tokenise_s,
                        "one_layer_s": cov_one_s, "one_layer": rome_hp.layer,
@@ -200,6 +260,10 @@ def markdown(r: dict) -> str:
         ("ROME fast, per edit", spread(fast), f"{fast['took']}/{n} took"),
         ("ROME reference loop, per edit", spread(ref), f"{ref['took']}/{n} took"),
         ("ROME speed-up (median)", f"{r['rome_speedup_median']:.2f}x", ""),
+        ("ROME floor: steps x matrix-product FLOPs per step / measured product speed",
+         f"median {r['rome_floor']['median_floor_s']:.2f} s",
+         f"median {r['rome_floor']['median_steps']} steps x {r['rome_floor']['median_step_gflop']:.1f} GFLOP "
+         f"at {r['rome_floor']['matmul_gflops']:.0f} GFLOP/s"),
         (f"MEMIT batch of {r['memit']['batch']}", f"{r['memit']['seconds']:.1f} s",
          f"{r['memit']['took']}/{r['memit']['batch']} took, {r['memit']['steps']} steps"),
         (f"covariance, layer {cov['one_layer']} ({cov['tokens']} tokens)", f"{cov['one_layer_s']:.1f} s",
