@@ -81,9 +81,9 @@ def _where(filters: list[tuple[str, Any]]) -> tuple[str, list]:
 
 
 def store_summary(conn: sqlite3.Connection) -> pl.DataFrame:
-    """One row per table in creation order: table, rows."""
+    """One row per table (and per view: `measurements`) in creation order: table, rows."""
     names = [name for (name,) in conn.execute(
-        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY rowid"
+        "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite_%' ORDER BY rowid"
     )]
     # table names come from sqlite_master itself; they cannot be passed as parameters
     counts = [conn.execute(f"SELECT count(*) FROM {_quote(name)}").fetchone()[0] for name in names]

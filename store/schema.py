@@ -233,12 +233,98 @@ DROP INDEX IF EXISTS measurements_run_metric;
 DROP INDEX IF EXISTS measurements_case;
 """
 
+# Measurements dictionary-encoded: the shipped store holds hundreds of thousands of measurement rows, and
+# repeating each row's run id, case id, rephrase type and metric as text made them about 100 bytes each
+# (most of the file). The rows now live in `measurement_values` with small integer keys into
+# `measurement_names` (about 25 bytes a row); `measurements` is a view with the old columns, so every
+# query reads it as before, and INSTEAD OF triggers let SQL insert, update and delete through it.
+# Store.write_measurements writes the encoded table directly. Deleting a run deletes its rows (trigger).
+SCHEMA_V6 = """
+CREATE TABLE measurement_names (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE
+);
+INSERT OR IGNORE INTO measurement_names (name) SELECT DISTINCT run_id FROM measurements;
+INSERT OR IGNORE INTO measurement_names (name) SELECT DISTINCT rephrase_type FROM measurements;
+INSERT OR IGNORE INTO measurement_names (name) SELECT DISTINCT metric FROM measurements;
+INSERT OR IGNORE INTO measurement_names (name) SELECT DISTINCT case_id FROM measurements;
+
+CREATE TABLE measurement_values (
+    run INTEGER NOT NULL,
+    case_key INTEGER NOT NULL,
+    edit_count INTEGER NOT NULL DEFAULT 0,
+    rephrase_key INTEGER NOT NULL,
+    metric_key INTEGER NOT NULL,
+    value REAL,
+    PRIMARY KEY (run, case_key, edit_count, rephrase_key, metric_key)
+) WITHOUT ROWID;
+INSERT INTO measurement_values
+SELECT r.id, c.id, m.edit_count, t.id, k.id, m.value
+FROM measurements AS m
+JOIN measurement_names AS r ON r.name = m.run_id
+JOIN measurement_names AS c ON c.name = m.case_id
+JOIN measurement_names AS t ON t.name = m.rephrase_type
+JOIN measurement_names AS k ON k.name = m.metric;
+DROP TABLE measurements;
+
+CREATE VIEW measurements AS
+SELECT r.name AS run_id, c.name AS case_id, v.edit_count AS edit_count, t.name AS rephrase_type,
+       k.name AS metric, v.value AS value
+FROM measurement_values AS v
+JOIN measurement_names AS r ON r.id = v.run
+JOIN measurement_names AS c ON c.id = v.case_key
+JOIN measurement_names AS t ON t.id = v.rephrase_key
+JOIN measurement_names AS k ON k.id = v.metric_key;
+
+CREATE TRIGGER measurements_insert INSTEAD OF INSERT ON measurements
+BEGIN
+    SELECT RAISE(ABORT, 'FOREIGN KEY constraint failed: a measurement names a run that is not in runs')
+    WHERE NOT EXISTS (SELECT 1 FROM runs WHERE run_id = NEW.run_id);
+    INSERT OR IGNORE INTO measurement_names (name) VALUES (NEW.run_id);
+    INSERT OR IGNORE INTO measurement_names (name) VALUES (NEW.case_id);
+    INSERT OR IGNORE INTO measurement_names (name) VALUES (NEW.rephrase_type);
+    INSERT OR IGNORE INTO measurement_names (name) VALUES (NEW.metric);
+    INSERT OR REPLACE INTO measurement_values VALUES (
+        (SELECT id FROM measurement_names WHERE name = NEW.run_id),
+        (SELECT id FROM measurement_names WHERE name = NEW.case_id),
+        coalesce(NEW.edit_count, 0),
+        (SELECT id FROM measurement_names WHERE name = NEW.rephrase_type),
+        (SELECT id FROM measurement_names WHERE name = NEW.metric),
+        NEW.value);
+END;
+
+CREATE TRIGGER measurements_delete INSTEAD OF DELETE ON measurements
+BEGIN
+    DELETE FROM measurement_values
+    WHERE run = (SELECT id FROM measurement_names WHERE name = OLD.run_id)
+      AND case_key = (SELECT id FROM measurement_names WHERE name = OLD.case_id)
+      AND edit_count = OLD.edit_count
+      AND rephrase_key = (SELECT id FROM measurement_names WHERE name = OLD.rephrase_type)
+      AND metric_key = (SELECT id FROM measurement_names WHERE name = OLD.metric);
+END;
+
+CREATE TRIGGER measurements_update INSTEAD OF UPDATE ON measurements
+BEGIN
+    DELETE FROM measurements
+    WHERE run_id = OLD.run_id AND case_id = OLD.case_id AND edit_count = OLD.edit_count
+      AND rephrase_type = OLD.rephrase_type AND metric = OLD.metric;
+    INSERT INTO measurements (run_id, case_id, edit_count, rephrase_type, metric, value)
+    VALUES (NEW.run_id, NEW.case_id, NEW.edit_count, NEW.rephrase_type, NEW.metric, NEW.value);
+END;
+
+CREATE TRIGGER runs_delete_measurements AFTER DELETE ON runs
+BEGIN
+    DELETE FROM measurement_values WHERE run = (SELECT id FROM measurement_names WHERE name = OLD.run_id);
+END;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", SCHEMA_V1),
     Migration(2, "run events: collapse, phases, disabling edits", SCHEMA_V2),
     Migration(3, "stored popularity correlations", SCHEMA_V3),
     Migration(4, "ability task metadata beside each score", SCHEMA_V4),
     Migration(5, "drop the secondary measurement indexes (the primary key serves)", SCHEMA_V5),
+    Migration(6, "measurements dictionary-encoded behind a view of the same name", SCHEMA_V6),
 )
 
 

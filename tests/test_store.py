@@ -632,3 +632,46 @@ def test_the_shipped_store_opens_read_only_at_the_latest_schema_with_results():
         counts = {t: s.conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("kb_facts", "cases", "measurements")}
         done = s.conn.execute("SELECT count(*) FROM runs WHERE kind = 'robustness' AND status = 'done'").fetchone()[0]
     assert all(n > 0 for n in counts.values()) and done >= 1, counts
+
+
+def test_v6_encodes_measurements_and_keeps_every_row_readable_as_before(tmp_path):
+    """A v5 store's measurements survive the v6 migration row for row (same view, same values), raw SQL
+    still inserts, updates and deletes through the view, and deleting a run deletes its rows."""
+    path = tmp_path / "s.sqlite"
+    v5 = MIGRATIONS[:5]
+    with Store.open(path, create=True, migrations=v5) as s:
+        s.conn.execute("INSERT INTO runs (run_id, kind, model, status) VALUES ('run-a', 'demo', 'm', 'done')")
+        s.conn.execute("INSERT INTO runs (run_id, kind, model, status) VALUES ('run-b', 'demo', 'm', 'done')")
+        rows = [(r, f"case-{i}", i % 3, t, m, i * 0.25 if m != "acc" else None)
+                for r in ("run-a", "run-b") for i in range(40) for t in ("plain", "dialogue") for m in ("es", "acc")]
+        s.conn.executemany("INSERT INTO measurements VALUES (?, ?, ?, ?, ?, ?)", rows)
+        s.conn.commit()
+        before = sorted(s.conn.execute("SELECT * FROM measurements"), key=repr)
+    with Store.open(path) as s:
+        assert s.schema_version == 6 and s.migrated == (6,)
+        assert sorted(s.conn.execute("SELECT * FROM measurements"), key=repr) == before
+        assert count(s, "measurement_values") == len(before)
+        names = {n for (n,) in s.conn.execute("SELECT name FROM measurement_names")}
+        assert names == {"run-a", "run-b", "plain", "dialogue", "es", "acc"} | {f"case-{i}" for i in range(40)}
+        # raw SQL through the view: insert a new row and replace an existing one
+        s.conn.execute("INSERT INTO measurements (run_id, case_id, rephrase_type, metric, value) "
+                       "VALUES ('run-a', 'new-case', 'plain', 'es', 0.5)")
+        s.conn.execute("INSERT INTO measurements VALUES ('run-a', 'case-0', 0, 'plain', 'es', 9.0)")
+        assert s.conn.execute("SELECT edit_count, value FROM measurements WHERE case_id = 'new-case'").fetchall() == [(0, 0.5)]
+        assert s.conn.execute("SELECT value FROM measurements WHERE run_id = 'run-a' AND case_id = 'case-0' "
+                              "AND rephrase_type = 'plain' AND metric = 'es'").fetchall() == [(9.0,)]
+        s.conn.execute("UPDATE measurements SET metric = 'rev' WHERE metric = 'acc' AND run_id = 'run-b'")
+        assert s.conn.execute("SELECT count(*) FROM measurements WHERE metric = 'rev'").fetchone()[0] == 80
+        s.conn.execute("DELETE FROM measurements WHERE case_id = 'new-case'")
+        assert s.conn.execute("SELECT count(*) FROM measurements WHERE case_id = 'new-case'").fetchone()[0] == 0
+        with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
+            s.conn.execute("INSERT INTO measurements (run_id, case_id, rephrase_type, metric, value) "
+                           "VALUES ('no-run', 'c', 'plain', 'es', 1)")
+        s.conn.execute("DELETE FROM runs WHERE run_id = 'run-b'")
+        s.conn.commit()
+        assert {r for (r,) in s.conn.execute("SELECT DISTINCT run_id FROM measurements")} == {"run-a"}
+        assert count(s, "measurement_values") == len(before) // 2
+        # Store.write_measurements writes the encoded table directly and reads back through the view
+        s.write_measurements([meas("run-a", "case-1", value=0.75, edit_count=5)])
+        assert s.conn.execute("SELECT value FROM measurements WHERE case_id = 'case-1' AND edit_count = 5 "
+                              "AND metric = 'es'").fetchall() == [(0.75,)]
