@@ -6,7 +6,7 @@
 #   STEPS="kb cases knowledge" bash scripts/build_store.sh   only some
 # Steps: kb, cases, knowledge (pre-edit knowledge of the 480-case set), sweep (layer sweeps on 30 cases),
 # robustness (4 editors x 240 cases x 16 rephrase types, with its all-types baseline), abilities (the
-# unedited model's full ability suite), sequential (study B on the 1,240-case set: every run to 500 edits
+# unedited model's full ability suite), sequential (studies B and C on the 1,240-case set: every run to 500 edits
 # or 150 past its collapse, quick ability suite every 50 edits), batch (study C's batch-single runs),
 # finalize (stores correlations, checkpoints and vacuums).
 # Runs are long on a 2-core CPU (hours each for the robustness and sequential steps); set
@@ -47,6 +47,7 @@ if has sequential; then
   cli run sequential --editor FT-L $SEQ
   cli run sequential --editor ROME $SEQ --hp rect_top=0.4
   cli run sequential --editor MEMIT $SEQ --batch 1
+  cli run sequential --editor AlphaEdit $SEQ --batch 1  # study C's instance-sequential AlphaEdit
   cli run sequential --editor ROME $SEQ --hp rect_top=0.2
   cli run sequential --editor ROME $SEQ --hp rect_top=0.6
 fi
