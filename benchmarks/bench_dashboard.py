@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -96,7 +97,7 @@ def _idle(page) -> None:
     page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=60_000)
 
 
-def _browser_first_renders(store: Path) -> dict:
+def _browser_first_renders(store: Path, repeat: int = 1) -> dict:
     """Seconds until a page's charts are drawn and Streamlit is idle, per page, on one running server whose
     Python modules are loaded (a warm-up visit to a page not timed here first):
 
@@ -109,8 +110,9 @@ def _browser_first_renders(store: Path) -> dict:
     - `baseline_cold` / `baseline_warm`: the same two loads of a bare Streamlit app with one three-point
       Plotly chart (BASELINE_APP): what the framework costs before EditScope draws anything.
 
-    Each page's own queries run for the first time in its cold visit (the query cache is keyed on the
-    page's arguments; the cold visits come first)."""
+    Each figure is the median of `repeat` visits (all kept under "samples"). A page's own queries run
+    for the first time in its first cold visit (the query cache is keyed on the page's arguments; the
+    cold visits come first)."""
     import tempfile
 
     from playwright.sync_api import sync_playwright
@@ -155,19 +157,26 @@ def _browser_first_renders(store: Path) -> dict:
         with _Server(ROOT / "dashboard" / "app.py", {"EDITSCOPE_STORE": str(store)}) as server:
             warm = browser.new_context(**new_context).new_page()
             visit(warm, f"{server.url}/launch", 0)  # loads the server's Python modules; not timed
+            samples = {"cold_browser": {}, "warm_browser": {}, "in_app": {}}
             for name, (path, charts) in BROWSER_PAGES.items():
-                ctx = browser.new_context(**new_context)
-                out["cold_browser"][name] = visit(ctx.new_page(), f"{server.url}/{path}", charts)
-                ctx.close()
-                print(f"{name:12s} first render in a new Chromium context {out['cold_browser'][name]:.2f} s", flush=True)
+                for _ in range(repeat):
+                    ctx = browser.new_context(**new_context)
+                    samples["cold_browser"].setdefault(name, []).append(visit(ctx.new_page(), f"{server.url}/{path}", charts))
+                    ctx.close()
+                print(f"{name:12s} first render in a new Chromium context {samples['cold_browser'][name]} s", flush=True)
             for name, (path, charts) in BROWSER_PAGES.items():
-                visit(warm, f"{server.url}/launch", 0)
-                out["warm_browser"][name] = visit(warm, f"{server.url}/{path}", charts)
-                print(f"{name:12s} page reload in a warm context {out['warm_browser'][name]:.2f} s", flush=True)
+                for _ in range(repeat):
+                    visit(warm, f"{server.url}/launch", 0)
+                    samples["warm_browser"].setdefault(name, []).append(visit(warm, f"{server.url}/{path}", charts))
+                print(f"{name:12s} page reload in a warm context {samples['warm_browser'][name]} s", flush=True)
             for name, (_path, charts) in BROWSER_PAGES.items():
-                visit(warm, f"{server.url}/launch", 0)
-                out["in_app"][name] = navigate(warm, name, charts)
-                print(f"{name:12s} chosen in the sidebar {out['in_app'][name]:.2f} s", flush=True)
+                for _ in range(repeat):
+                    visit(warm, f"{server.url}/launch", 0)
+                    samples["in_app"].setdefault(name, []).append(navigate(warm, name, charts))
+                print(f"{name:12s} chosen in the sidebar {samples['in_app'][name]} s", flush=True)
+            for kind, pages in samples.items():
+                out[kind] = {name: statistics.median(values) for name, values in pages.items()}
+            out["samples"] = samples
         browser.close()
     return out
 
@@ -178,6 +187,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     ap.add_argument("--repeat", type=int, default=3, help="renders per page (the median is reported)")
     ap.add_argument("--browser", action="store_true", help="also time first renders in Chromium")
+    ap.add_argument("--browser-repeat", type=int, default=3, help="visits per page and kind in Chromium (median)")
     args = ap.parse_args()
     if not args.store.exists():
         sys.exit(f"no load-test store at {args.store}: make one with `python benchmarks/loadtest_store.py`")
@@ -222,7 +232,7 @@ def main() -> None:
                          "first_ok": firsts[len(firsts) // 2] <= 2.0, "change_ok": changes[len(changes) // 2] <= 1.0}
         print(f"{name:12s} first render {results[name]['first_render_s']:.2f} s   filter change "
               f"{results[name]['filter_change_s']:.2f} s", flush=True)
-    browser = _browser_first_renders(args.store) if args.browser else None
+    browser = _browser_first_renders(args.store, args.browser_repeat) if args.browser else None
     report = {"store": str(args.store), "browser_first_render_s": browser, "measurement_rows": rows, "load_test": label[0], "pages": results,
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                           "load_avg": os.getloadavg()},
