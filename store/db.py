@@ -163,14 +163,7 @@ def _tuples(rows: list[Mapping[str, Any]], cols: list[str]) -> list[tuple]:
     ]
 
 
-def _name_ids(conn: sqlite3.Connection, names: set) -> dict:
-    """measurement_names ids of `names`, looked up in chunks (SQLite caps the parameters per statement)."""
-    names, ids = sorted(names), {}
-    for i in range(0, len(names), 500):
-        chunk = names[i : i + 500]
-        ids.update(conn.execute(
-            f"SELECT name, id FROM measurement_names WHERE name IN ({', '.join('?' * len(chunk))})", chunk))
-    return ids
+MEASUREMENT_COLUMNS = ("run_id", "case_id", "edit_count", "rephrase_type", "metric", "value")
 
 
 def _upsert(conn: sqlite3.Connection, table: str, rows: Iterable[Mapping[str, Any]]) -> int:
@@ -529,39 +522,24 @@ class Store:
     def write_measurements(self, rows: Iterable[Mapping]) -> int:
         """Upsert measurement rows (run_id, case_id, edit_count, rephrase_type, metric, value).
 
-        The rows are stored dictionary-encoded (schema v6): names become integer keys of
-        measurement_names, then the rows go into measurement_values. A row for a run that is not in
-        `runs` is refused, as the foreign key did before.
+        They go through the `measurements` view, whose INSERT trigger (schema v6) encodes the names,
+        refuses a run that is not in `runs` and replaces a row with the same key.
         """
         rows = list(rows)
-        allowed = {"run_id", "case_id", "edit_count", "rephrase_type", "metric", "value"}
-        for row in rows:
-            unknown = sorted(set(row) - allowed)
-            if unknown:
-                raise ValueError(f"Table measurements has no column(s) {unknown}; its columns are {sorted(allowed)}.")
-            missing = [k for k in ("run_id", "case_id", "rephrase_type", "metric") if row.get(k) is None]
-            if missing:
-                raise ValueError(f"Cannot write measurements rows: NOT NULL constraint failed for {missing} in "
-                                 f"{dict(row)!r}. Every row needs its key columns.")
-        if not rows:
-            return 0
+        unknown = sorted({k for row in rows for k in row} - set(MEASUREMENT_COLUMNS))
+        if unknown:
+            raise ValueError(f"Table measurements has no column(s) {unknown}; its columns are {list(MEASUREMENT_COLUMNS)}.")
+        values = [tuple(_cell(row.get(c)) for c in MEASUREMENT_COLUMNS) for row in rows]
         with self._transaction() as conn:
-            runs = {r["run_id"] for r in rows}
-            known = {rid for (rid,) in conn.execute(
-                f"SELECT run_id FROM runs WHERE run_id IN ({', '.join('?' * len(runs))})", tuple(runs))}
-            if runs - known:
+            try:
+                conn.executemany(f"INSERT INTO measurements ({', '.join(MEASUREMENT_COLUMNS)}) "
+                                 f"VALUES ({', '.join('?' * len(MEASUREMENT_COLUMNS))})", values)
+            except sqlite3.IntegrityError as e:
                 raise ValueError(
-                    f"Cannot write measurements rows: FOREIGN KEY constraint failed (run(s) {sorted(runs - known)} "
-                    "not in runs). The run must be started (Store.start_run) before its measurements are written.")
-            names = {r[k] for r in rows for k in ("run_id", "case_id", "rephrase_type", "metric")}
-            conn.executemany("INSERT OR IGNORE INTO measurement_names (name) VALUES (?)", [(n,) for n in names])
-            ids = _name_ids(conn, names)
-            conn.executemany(
-                "INSERT INTO measurement_values (run, case_key, edit_count, rephrase_key, metric_key, value) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET value = excluded.value",
-                [(ids[r["run_id"]], ids[r["case_id"]], _cell(r.get("edit_count") or 0), ids[r["rephrase_type"]],
-                  ids[r["metric"]], _cell(r.get("value"))) for r in rows])
-            return len(rows)
+                    f"Cannot write measurements rows: {e}. Every row needs its key columns, and the run it refers "
+                    "to must be written first (Store.start_run)."
+                ) from None
+        return len(rows)
 
     def write_generations(self, rows: Iterable[Mapping]) -> int:
         """Upsert generation rows (run_id, case_id, edit_count, rephrase_type, probe_id, phase, text)."""

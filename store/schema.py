@@ -238,7 +238,7 @@ DROP INDEX IF EXISTS measurements_case;
 # (most of the file). The rows now live in `measurement_values` with small integer keys into
 # `measurement_names` (about 25 bytes a row); `measurements` is a view with the old columns, so every
 # query reads it as before, and INSTEAD OF triggers let SQL insert, update and delete through it.
-# Store.write_measurements writes the encoded table directly. Deleting a run deletes its rows (trigger).
+# Store.write_measurements writes through the view too. Deleting a run deletes its rows (trigger).
 SCHEMA_V6 = """
 CREATE TABLE measurement_names (
     id INTEGER PRIMARY KEY,
