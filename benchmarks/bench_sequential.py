@@ -9,6 +9,14 @@ own. The covariance statistics and prefixes come from the ordinary cache (warm t
 
     python benchmarks/bench_sequential.py --out benchmarks/results/sequential.json [--edits 100]
         [--configs "ROME;ROME key_mismatch=true;MEMIT b=10;AlphaEdit b=10;FT-L;ROME rect_top=0.4"]
+
+`--from-store STORE` measures nothing new: it reports the same figures for the sequential runs already in a
+store, from the wall time every checkpoint interval took inside the run itself (run_events of kind
+"timing", written by the sequential runner with the process's peak memory, torch threads and load): wall
+time per 100 edits over all timed intervals and per block of 100 edits (later edits cost more, since every
+checkpoint re-checks every earlier edit), and the peak resident memory.
+
+    python benchmarks/bench_sequential.py --from-store store/results.sqlite --out FILE
 """
 
 from __future__ import annotations
@@ -51,6 +59,46 @@ def _one(config: str, edits: int, set_name: str, store: str, abilities_every: in
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
+def from_store(path: Path) -> list[dict]:
+    """Per sequential run: wall time per 100 edits from its own timed checkpoint intervals."""
+    import sqlite3
+
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    runs = conn.execute("SELECT run_id, editor, hparams, config, status, n_done, n_total FROM runs "
+                        "WHERE kind = 'sequential' ORDER BY started_at").fetchall()
+    out = []
+    for run_id, editor, hparams, config, status, n_done, n_total in runs:
+        rows = conn.execute("SELECT edit_count, end_count, value, detail FROM run_events WHERE run_id = ? "
+                            "AND kind = 'timing' ORDER BY edit_count", (run_id,)).fetchall()
+        if not rows:
+            continue
+        cfg = json.loads(config or "{}")
+        hp = json.loads(hparams or "{}")
+        extras = [f"{k}={hp[k]}" for k in ("key_mismatch", "rect_top") if hp.get(k) not in (None, False, 1.0)]
+        details = [json.loads(d) for *_, d in rows]
+        edits = sum(end - start for start, end, _, _ in rows)
+        seconds = sum(v for _, _, v, _ in rows)
+        blocks: dict[int, list[float]] = {}
+        for start, end, value, _ in rows:
+            b = blocks.setdefault((end - 1) // 100, [0, 0.0])
+            b[0] += end - start
+            b[1] += value
+        out.append({
+            "run_id": run_id, "config": " ".join([editor, f"b={cfg.get('batch_size', 1)}", *extras]),
+            "status": status, "n_done": n_done, "n_total": n_total, "edits_timed": edits,
+            "seconds": round(seconds, 1), "seconds_per_100_edits": round(100 * seconds / edits, 1),
+            "per_100_by_block": {f"{100 * k + 1}-{100 * (k + 1)}": {"edits": n, "seconds_per_100_edits":
+                                                                    round(100 * sec / n, 1)}
+                                 for k, (n, sec) in sorted(blocks.items())},
+            "peak_rss_mb": max(d["peak_rss_mb"] for d in details),
+            "torch_threads": sorted({d["torch_threads"] for d in details}),
+            "load_avg_1m_mean": round(sum(d["load_avg_1m"] for d in details) / len(details), 2),
+            "devices": sorted({d["device"] for d in details}),
+        })
+    conn.close()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--edits", type=int, default=100)
@@ -60,11 +108,27 @@ def main() -> None:
     ap.add_argument("--set", default="smollm2-135m-n1240-s0")
     ap.add_argument("--abilities-every", type=int, default=0)
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--from-store", type=Path, help="report the timed intervals of the runs in this store instead")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one configuration and print its JSON
     ap.add_argument("--store", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         print(json.dumps(_one(args.one, args.edits, args.set, args.store, args.abilities_every)))
+        return
+    if args.from_store:
+        if not args.from_store.exists():
+            raise SystemExit(f"no store at {args.from_store}: give the path of a results store")
+        results = from_store(args.from_store)
+        for r in results:
+            print(json.dumps({k: r[k] for k in ("config", "status", "edits_timed", "seconds_per_100_edits",
+                                                 "peak_rss_mb", "torch_threads")}), flush=True)
+        if not results:
+            print("no sequential run in that store has timed checkpoints (runs started before they were recorded)")
+        if args.out:
+            args.out.write_text(json.dumps({"source": str(args.from_store), "results": results,
+                                            "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+                                            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+                                           indent=2) + "\n")
         return
     import sqlite3
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -150,8 +151,26 @@ def test_a_killed_run_resumes_from_its_checkpoint_with_the_same_numbers(llama, c
                        run_id=run_b)
         assert st.get_run(run_b)["status"] == "done"
         got = _rows(st, run_b)
+        events_b = queries.run_events(st.conn, run_ids=run_b)
     assert got[0] == expected[0]
     assert got[1] == expected[1]
+    with Store.open(tmp_path / "a.sqlite") as st:
+        events_a = queries.run_events(st.conn, run_ids=run)
+
+    def untimed(ev):
+        return sorted((k, s, c, e, v, d) for k, s, c, e, v, d in
+                      ev.select("kind", "series", "edit_count", "end_count", "value", "detail").rows() if k != "timing")
+
+    def intervals(ev):
+        return sorted((c, e) for k, c, e in ev.select("kind", "edit_count", "end_count").rows() if k == "timing")
+
+    assert untimed(events_b) == untimed(events_a)
+    # every checkpoint interval is timed once, by whichever process ran it, and nothing else is
+    checkpoints = sorted(set(expected[0][i][1] for i in range(len(expected[0])) if expected[0][i][2] == "all_edits"))
+    assert intervals(events_a) == intervals(events_b) == list(zip([0] + checkpoints[:-1], checkpoints))
+    timing = events_a.filter(events_a["kind"] == "timing")
+    assert all(v > 0 for v in timing["value"])
+    assert all(json.loads(d)["peak_rss_mb"] > 0 for d in timing["detail"])
 
 
 def test_alphaedit_runs_in_batches_and_remembers_its_edits(llama, cases, tmp_path):
@@ -267,3 +286,23 @@ def test_ability_facts_are_never_edited_nor_in_the_panel(cases):
     edits, pool = split_order(order, SequentialConfig(max_edits=50, panel_pool=4), skip)
     assert not (set(edits) | set(pool)) & skip
     assert len(edits) + len(pool) == len(cases) - 2
+
+
+def test_the_sequential_benchmark_reports_a_runs_own_timed_intervals(llama, cases, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    import polars as pl
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_sequential.py"
+    spec = importlib.util.spec_from_file_location("bench_sequential", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    with Store.open(tmp_path / "s.sqlite", create=True) as st:
+        run = run_sequential(llama, cases, st, editor="ROME", hp=_rome(llama), ctx=_ctx(llama, tmp_path), cfg=CFG)
+        timing = queries.run_events(st.conn, run_ids=run).filter(pl.col("kind") == "timing")
+    (report,) = bench.from_store(tmp_path / "s.sqlite")
+    assert report["run_id"] == run and report["config"] == "ROME b=1" and report["edits_timed"] == 9
+    assert report["seconds"] == pytest.approx(sum(timing["value"]), abs=0.1)
+    assert report["seconds_per_100_edits"] == pytest.approx(100 * sum(timing["value"]) / 9, abs=0.2)
+    assert list(report["per_100_by_block"]) == ["1-100"] and report["peak_rss_mb"] > 0

@@ -31,6 +31,13 @@ searched for phases (a change point on retention, panel recall and fluency: `det
 disabling edits (one edit after which the panel's exact match drops by at least `disable_drop`); both go
 to the store's run_events, recomputed at every checkpoint so that a partial run shows them as well.
 
+Timing: at every checkpoint a run_events row of kind "timing" records the wall seconds since the
+previous checkpoint measured in the same process (edits, checkpoint work and abilities included), with the
+process's peak resident memory, its torch threads and the machine's load in its detail. A resumed run
+records only the intervals it ran itself. `benchmarks/bench_sequential.py --from-store` turns these into
+wall time per 100 edits. Timing is not a measurement: an interrupted and an uninterrupted run differ
+there and nowhere else.
+
 Resumable: at every checkpoint, after its rows are written, the edited matrices, the editor's memory
 (ctx.state) and the run's bookkeeping are saved atomically to `<cache>/sequential/<run_id>.pt`
 (outside git). A killed run restarts from its last checkpoint and, everything being deterministic,
@@ -353,6 +360,7 @@ def run_sequential(
 
                 bar = tqdm(total=n_total, initial=count, desc=f"sequential {ed.name} b={cfg.batch_size}", unit="edit")
             last_checkpoint = count
+            interval_start = time.monotonic()
             while count < len(edit_ids):
                 if collapse_at is not None and count >= collapse_at + cfg.after_collapse:
                     break
@@ -372,7 +380,6 @@ def run_sequential(
                 if checkpoint_due(count, previous, cfg) or count >= len(edit_ids):
                     collapse_at = _checkpoint(lm, store, run_id, cfg, edit_ids, by_id, last_checkpoint, count, held,
                                               panel, base, w0, collapse_at, abilities)
-                    last_checkpoint = count
                     find_events(store, run_id, cfg)  # phases so far: a partial run shows them too
                     _save_state(path, {
                         "version": STATE_VERSION, "edit_count": count,
@@ -380,6 +387,9 @@ def run_sequential(
                         "editor_state": ctx.state, "held": held, "base": base,
                         "panel": [c.case_id for c in panel], "collapse_at": collapse_at, "panel_em": em_prev,
                     })
+                    store.write_events([_timing_event(run_id, last_checkpoint, count, interval_start, lm)])
+                    interval_start = time.monotonic()
+                    last_checkpoint = count
                     store.heartbeat(run_id, n_done=count, n_total=n_total)
                 if bar:
                     bar.update(len(batch))
@@ -393,6 +403,17 @@ def run_sequential(
     store.finish_run(run_id, status="done", timings={"seconds": round(time.monotonic() - started, 2),
                                                      "edits": count})
     return run_id
+
+
+def _timing_event(run_id: str, previous: int, count: int, start: float, lm: LoadedModel) -> dict:
+    """The run_events row timing the interval (previous, count] of edits, checkpoint included."""
+    import resource
+
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    detail = {"edits": count - previous, "peak_rss_mb": round(peak_mb, 1), "torch_threads": torch.get_num_threads(),
+              "load_avg_1m": round(os.getloadavg()[0], 2), "device": str(lm.device)}
+    return {"run_id": run_id, "kind": "timing", "series": "checkpoint", "edit_count": previous, "end_count": count,
+            "value": round(time.monotonic() - start, 3), "detail": json.dumps(detail)}
 
 
 def _checkpoint(lm, store, run_id, cfg, edit_ids, by_id, last, count, held, panel, base, w0, collapse_at,
