@@ -74,7 +74,8 @@ def from_store(path: Path) -> list[dict]:
             continue
         cfg = json.loads(config or "{}")
         hp = json.loads(hparams or "{}")
-        extras = [f"{k}={hp[k]}" for k in ("key_mismatch", "rect_top") if hp.get(k) not in (None, False, 1.0)]
+        extras = (["key_mismatch=true"] if hp.get("key_mismatch") is True else []) + (
+            [f"rect_top={hp['rect_top']}"] if hp.get("rect_top") not in (None, 1, 1.0) else [])
         details = [json.loads(d) for *_, d in rows]
         edits = sum(end - start for start, end, _, _ in rows)
         seconds = sum(v for _, _, v, _ in rows)
