@@ -63,6 +63,8 @@ def from_store(path: Path) -> list[dict]:
     """Per sequential run: wall time per 100 edits from its own timed checkpoint intervals."""
     import sqlite3
 
+    from store.derived import run_label
+
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     runs = conn.execute("SELECT run_id, editor, hparams, config, status, n_done, n_total FROM runs "
                         "WHERE kind = 'sequential' ORDER BY started_at").fetchall()
@@ -73,9 +75,6 @@ def from_store(path: Path) -> list[dict]:
         if not rows:
             continue
         cfg = json.loads(config or "{}")
-        hp = json.loads(hparams or "{}")
-        extras = (["key_mismatch=true"] if hp.get("key_mismatch") is True else []) + (
-            [f"rect_top={hp['rect_top']}"] if hp.get("rect_top") not in (None, 1, 1.0) else [])
         details = [json.loads(d) for *_, d in rows]
         edits = sum(end - start for start, end, _, _ in rows)
         seconds = sum(v for _, _, v, _ in rows)
@@ -85,7 +84,8 @@ def from_store(path: Path) -> list[dict]:
             b[0] += end - start
             b[1] += value
         out.append({
-            "run_id": run_id, "config": " ".join([editor, f"b={cfg.get('batch_size', 1)}", *extras]),
+            "run_id": run_id, "config": run_label(editor, json.loads(hparams or "{}"), cfg),
+            "batch_size": cfg.get("batch_size", 1),
             "status": status, "n_done": n_done, "n_total": n_total, "edits_timed": edits,
             "seconds": round(seconds, 1), "seconds_per_100_edits": round(100 * seconds / edits, 1),
             "per_100_by_block": {f"{100 * k + 1}-{100 * (k + 1)}": {"edits": n, "seconds_per_100_edits":
