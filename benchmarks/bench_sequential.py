@@ -63,30 +63,27 @@ def from_store(path: Path) -> list[dict]:
     """Per sequential run: wall time per 100 edits from its own timed checkpoint intervals."""
     import sqlite3
 
-    from store.derived import run_label
+    from store import queries
+    from store.derived import run_labels
 
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    runs = conn.execute("SELECT run_id, editor, hparams, config, status, n_done, n_total FROM runs "
-                        "WHERE kind = 'sequential' ORDER BY started_at").fetchall()
     out = []
-    for run_id, editor, hparams, config, status, n_done, n_total in runs:
-        rows = conn.execute("SELECT edit_count, end_count, value, detail FROM run_events WHERE run_id = ? "
-                            "AND kind = 'timing' ORDER BY edit_count", (run_id,)).fetchall()
-        if not rows:
+    for run in run_labels(conn, kind="sequential").sort("started_at").iter_rows(named=True):
+        timing = queries.run_events(conn, run_ids=run["run_id"], kind="timing")
+        if timing.is_empty():
             continue
-        cfg = json.loads(config or "{}")
-        details = [json.loads(d) for *_, d in rows]
-        edits = sum(end - start for start, end, _, _ in rows)
-        seconds = sum(v for _, _, v, _ in rows)
+        intervals = list(zip(timing["edit_count"], timing["end_count"], timing["value"]))
+        details = [json.loads(d) for d in timing["detail"]]
+        edits = sum(end - start for start, end, _ in intervals)
+        seconds = sum(value for *_, value in intervals)
         blocks: dict[int, list[float]] = {}
-        for start, end, value, _ in rows:
+        for start, end, value in intervals:
             b = blocks.setdefault((end - 1) // 100, [0, 0.0])
             b[0] += end - start
             b[1] += value
         out.append({
-            "run_id": run_id, "config": run_label(editor, json.loads(hparams or "{}"), cfg),
-            "batch_size": cfg.get("batch_size", 1),
-            "status": status, "n_done": n_done, "n_total": n_total, "edits_timed": edits,
+            "run_id": run["run_id"], "config": run["label"], "status": run["status"], "n_done": run["n_done"],
+            "n_total": run["n_total"], "edits_timed": edits,
             "seconds": round(seconds, 1), "seconds_per_100_edits": round(100 * seconds / edits, 1),
             "per_100_by_block": {f"{100 * k + 1}-{100 * (k + 1)}": {"edits": n, "seconds_per_100_edits":
                                                                     round(100 * sec / n, 1)}

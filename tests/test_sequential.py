@@ -166,7 +166,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_with_the_same_numbers(llama, c
 
     assert untimed(events_b) == untimed(events_a)
     # every checkpoint interval is timed once, by whichever process ran it, and nothing else is
-    checkpoints = sorted(set(expected[0][i][1] for i in range(len(expected[0])) if expected[0][i][2] == "all_edits"))
+    checkpoints = sorted({count for _, count, scope, *_ in expected[0] if scope == "all_edits"})
     assert intervals(events_a) == intervals(events_b) == list(zip([0] + checkpoints[:-1], checkpoints))
     timing = events_a.filter(events_a["kind"] == "timing")
     assert all(v > 0 for v in timing["value"])
