@@ -14,7 +14,8 @@ own. The covariance statistics and prefixes come from the ordinary cache (warm t
 store, from the wall time every checkpoint interval took inside the run itself (run_events of kind
 "timing", written by the sequential runner with the process's peak memory, torch threads and load): wall
 time per 100 edits over all timed intervals and per block of 100 edits (later edits cost more, since every
-checkpoint re-checks every earlier edit), and the peak resident memory.
+checkpoint re-checks every earlier edit), and the peak resident memory; and, where the run measured it
+(series "final_abilities"), the seconds its full ability suite took at the end.
 
     python benchmarks/bench_sequential.py --from-store store/results.sqlite --out FILE
 """
@@ -69,7 +70,9 @@ def from_store(path: Path) -> list[dict]:
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     out = []
     for run in run_labels(conn, kind="sequential").sort("started_at").iter_rows(named=True):
-        timing = queries.run_events(conn, run_ids=run["run_id"], kind="timing")
+        events = queries.run_events(conn, run_ids=run["run_id"], kind="timing")
+        timing = events.filter(events["series"] == "checkpoint")
+        final = events.filter(events["series"] == "final_abilities")
         if timing.is_empty():
             continue
         intervals = list(zip(timing["edit_count"], timing["end_count"], timing["value"]))
@@ -92,6 +95,7 @@ def from_store(path: Path) -> list[dict]:
             "torch_threads": sorted({d["torch_threads"] for d in details}),
             "load_avg_1m_mean": round(sum(d["load_avg_1m"] for d in details) / len(details), 2),
             "devices": sorted({d["device"] for d in details}),
+            "full_ability_suite_seconds": round(float(final["value"][0]), 1) if final.height else None,
         })
     conn.close()
     return out

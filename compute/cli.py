@@ -376,11 +376,12 @@ def cmd_run_sequential(args) -> None:
         name = _case_set_for(args, st, lm)
         cases = load_case_set(st, name, args.limit)
         abilities = _ability_hook("quick") if cfg.abilities_every else None
+        final = args.final_abilities or ("full" if cfg.abilities_every else "none")
         run_id = _run_or_resume(
             st, args, "sequential", lm, ed, hp,
             lambda rid: run_sequential(lm, cases, st, editor=ed.name, hp=hp, ctx=ctx, cfg=cfg, case_set=name,
-                                       run_id=rid, abilities=abilities, exclude_facts=_ability_facts(),
-                                       progress=not args.quiet),
+                                       run_id=rid, abilities=abilities, final_abilities=_ability_hook(final),
+                                       exclude_facts=_ability_facts(), progress=not args.quiet),
             "edits, resumed from the last checkpoint", case_set=name, n_cases=len(cases),
             batch_size=cfg.batch_size, max_edits=cfg.max_edits, checkpoint_every=cfg.checkpoint_every,
             order_seed=cfg.order_seed, abilities_every=cfg.abilities_every)
@@ -655,6 +656,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--panel-any", action="store_true",
                    help="take the panel's facts whether the unedited model recalls them or not (tiny test models)")
     q.add_argument("--abilities-every", type=int, default=0, help="quick ability suite every N edits (0 = never)")
+    q.add_argument("--final-abilities", choices=["full", "quick", "none"],
+                   help="ability suite on the model as the run leaves it (default: full with --abilities-every, "
+                        "else none; a finished run gets it later with `abilities measure --run RUN_ID`)")
     q.add_argument("--resume", metavar="RUN_ID", help="continue this interrupted run (default: the matching one)")
     q.add_argument("--again", action="store_true", help="start a new run even if a matching one exists")
     q.set_defaults(func=cmd_run_sequential)

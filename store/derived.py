@@ -722,6 +722,28 @@ def ability_scores(conn: sqlite3.Connection, kind: str | None = None, mode: str 
     return out.select([pl.col(c).cast(t) for c, t in schema.items()]).sort("run_id", "task", "edit_count")
 
 
+def start_from_unedited(part: pl.DataFrame, unedited: pl.DataFrame) -> pl.DataFrame:
+    """Ability rows of edit runs (ability_scores' columns) where each run that has no score at edit count 0
+    gets the unedited model's score there (`unedited`: an abilities run's rows, edit count 0), for the tasks
+    and task versions the run measured: a run scored only at its end (the full suite) then draws a line
+    from where every run starts. Runs with their own edit-count-0 rows are left as they are."""
+    if part.is_empty() or unedited.is_empty():
+        return part
+    starts = []
+    for run_id in part["run_id"].unique(maintain_order=True):
+        rows = part.filter(pl.col("run_id") == run_id)
+        if (rows["edit_count"] == 0).any():
+            continue
+        meta = rows.row(0, named=True)
+        versions = rows.select("task", "task_version").unique()
+        start = unedited.join(versions, on=["task", "task_version"], how="semi").unique("task", keep="first")
+        starts.append(start.with_columns(
+            *(pl.lit(meta[c], dtype=part.schema[c]).alias(c) for c in ("run_id", "label", "kind", "editor",
+                                                                       "rect_top", "batch_size")),
+            pl.lit(0, dtype=part.schema["edit_count"]).alias("edit_count")).select(part.columns))
+    return pl.concat([part, *starts]).sort("run_id", "task", "edit_count") if starts else part
+
+
 def editing_performance(conn: sqlite3.Connection, run_ids) -> pl.DataFrame:
     """Reliability (ES on the plain prompt), generalisation (PS) and locality (NS) of sequential runs'
     newest edits and of batch runs' batches, by run and edit count: run_id, edit_count, measure, value, n."""

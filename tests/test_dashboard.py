@@ -218,6 +218,31 @@ def test_abilities_page_draws_small_multiples_with_chance_and_baseline(monkeypat
     assert len(at.dataframe) == 1  # editing performance beside the abilities
     at.segmented_control(key="ability_view").set_value("rect").run()
     assert not at.exception
+    # the full suite: the sequential run measured with --abilities-every was scored on it at its end
+    at.segmented_control(key="ability_mode").set_value("full").run()
+    at.segmented_control(key="ability_view").set_value("sequential").run()
+    assert not at.exception and len(at.get("plotly_chart")) == 1
+
+
+def test_runs_scored_only_at_their_end_start_from_the_unedited_model():
+    from store.derived import start_from_unedited
+
+    def rows(run_id, kind, counts_tasks, score):
+        return pl.DataFrame([{"run_id": run_id, "label": run_id.upper(), "kind": kind, "editor": "ROME",
+                              "rect_top": 1.0, "edit_count": c, "batch_size": 1 if kind != "abilities" else 0,
+                              "task": t, "task_version": v, "mode": "full", "score": score, "n": 10}
+                             for c, t, v in counts_tasks])
+
+    part = pl.concat([rows("r", "sequential", [(500, "a", "1"), (500, "b", "1")], 0.2),
+                      rows("s", "sequential", [(0, "a", "1"), (50, "a", "1")], 0.4)])
+    unedited = rows("u", "abilities", [(0, "a", "1"), (0, "b", "2"), (0, "c", "1")], 0.9)
+    out = start_from_unedited(part, unedited)
+    added = out.join(part, on=["run_id", "edit_count", "task"], how="anti")
+    # only run r lacked an edit-count-0 score, and only task a has the same version in the unedited run
+    assert added.select("run_id", "label", "kind", "batch_size", "edit_count", "task", "score").rows() == [
+        ("r", "R", "sequential", 1, 0, "a", 0.9)]
+    assert out.height == part.height + 1 and out.schema == part.schema
+    assert start_from_unedited(part, unedited.clear()).equals(part)
 
 
 def test_ability_small_multiples_have_chance_and_unedited_lines():

@@ -299,10 +299,113 @@ def test_the_sequential_benchmark_reports_a_runs_own_timed_intervals(llama, case
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     with Store.open(tmp_path / "s.sqlite", create=True) as st:
-        run = run_sequential(llama, cases, st, editor="ROME", hp=_rome(llama), ctx=_ctx(llama, tmp_path), cfg=CFG)
+        run = run_sequential(llama, cases, st, editor="ROME", hp=_rome(llama), ctx=_ctx(llama, tmp_path), cfg=CFG,
+                             final_abilities=_weight_probe("full"))
         timing = queries.run_events(st.conn, run_ids=run).filter(pl.col("kind") == "timing")
+        final = timing.filter(pl.col("series") == "final_abilities")
+        timing = timing.filter(pl.col("series") == "checkpoint")
     (report,) = bench.from_store(tmp_path / "s.sqlite")
+    assert final.height == 1 and report["full_ability_suite_seconds"] == pytest.approx(final["value"][0], abs=0.1)
     assert report["run_id"] == run and report["config"] == "ROME" and report["edits_timed"] == 9
     assert report["seconds"] == pytest.approx(sum(timing["value"]), abs=0.1)
     assert report["seconds_per_100_edits"] == pytest.approx(100 * sum(timing["value"]) / 9, abs=0.2)
     assert list(report["per_100_by_block"]) == ["1-100"] and report["peak_rss_mb"] > 0
+
+
+def _weight_probe(mode: str):
+    """A deterministic stand-in for the ability suite: one row whose score is a sum over the current weights."""
+
+    def measure(lm):
+        w = float(sum(p.double().sum() for p in lm.model.parameters()))
+        return [{"task": "probe", "task_version": "1", "mode": mode, "score": w, "n": 1, "ci_low": w, "ci_high": w}]
+
+    return measure
+
+
+def test_the_full_suite_measures_the_model_a_run_leaves_in_the_run_or_from_its_saved_state(
+        llama, cases, tmp_path, monkeypatch):
+    from compute.experiments.sequential import measure_saved_state
+
+    cfg = dataclasses.replace(CFG, max_edits=5)
+    unedited = _weight_probe("full")(llama)[0]["score"]
+    with Store.open(tmp_path / "a.sqlite", create=True) as st:
+        run_a = run_sequential(llama, cases, st, editor="ROME", hp=_rome(llama), ctx=_ctx(llama, tmp_path / "a"),
+                               cfg=cfg, final_abilities=_weight_probe("full"))
+        ab = queries.abilities(st.conn, run_a)
+        assert ab.select("edit_count", "batch_size", "mode").rows() == [(5, 1, "full")]
+        edited = ab["score"][0]
+        assert edited != unedited  # measured on the edited model, before the weights went back
+        timing = queries.run_events(st.conn, run_ids=run_a, kind="timing")
+        final = timing.filter(timing["series"] == "final_abilities")
+        assert final.select("edit_count", "end_count").rows() == [(5, 5)]
+        detail = json.loads(final["detail"][0])
+        assert detail["source"] == "run" and detail["code_version"] and detail["measured_at"]
+    assert _weight_probe("full")(llama)[0]["score"] == unedited
+
+    # the same run without the suite; then the suite from its saved final state gives the same score
+    with Store.open(tmp_path / "b.sqlite", create=True) as st:
+        run_b = run_sequential(llama, cases, st, editor="ROME", hp=_rome(llama), ctx=_ctx(llama, tmp_path / "b"),
+                               cfg=cfg)
+        assert queries.abilities(st.conn, run_b).is_empty()
+        before = {k: v.clone() for k, v in llama.model.state_dict().items()}
+        assert measure_saved_state(llama, st, run_b, tmp_path / "b", _weight_probe("full")) == 5
+        ab = queries.abilities(st.conn, run_b)
+        assert ab.select("edit_count", "batch_size", "mode", "score").rows() == [(5, 1, "full", edited)]
+        events = queries.run_events(st.conn, run_ids=run_b, kind="timing")
+        assert json.loads(events.filter(events["series"] == "final_abilities")["detail"][0])["source"] == "saved state"
+        assert all(torch.equal(before[k], v) for k, v in llama.model.state_dict().items())
+        with pytest.raises(ValueError, match="no run 'nope'"):
+            measure_saved_state(llama, st, "nope", tmp_path / "b", _weight_probe("full"))
+        with pytest.raises(ValueError, match="no saved state"):
+            measure_saved_state(llama, st, run_b, tmp_path / "elsewhere", _weight_probe("full"))
+
+    # killed during the final suite: the run is resumable and measures it on resume
+    calls = {"n": 0}
+
+    def dies_once(lm):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise KeyboardInterrupt
+        return _weight_probe("full")(lm)
+
+    with Store.open(tmp_path / "c.sqlite", create=True) as st:
+        with pytest.raises(KeyboardInterrupt):
+            run_sequential(llama, cases, st, editor="ROME", hp=_rome(llama), ctx=_ctx(llama, tmp_path / "c"),
+                           cfg=cfg, final_abilities=dies_once)
+        (run_c,) = queries.list_runs(st.conn)["run_id"]
+        assert st.get_run(run_c)["status"] == "interrupted" and queries.abilities(st.conn, run_c).is_empty()
+        run_sequential(llama, cases, st, editor="ROME", hp=_rome(llama), ctx=_ctx(llama, tmp_path / "c"),
+                       cfg=cfg, final_abilities=dies_once, run_id=run_c)
+        assert st.get_run(run_c)["status"] == "done"
+        assert queries.abilities(st.conn, run_c).select("edit_count", "score").rows() == [(5, edited)]
+
+
+def test_cli_measures_the_full_suite_at_a_runs_end_and_for_a_run_that_ended_without_it(
+        fixture_store, cache_dir, tiny_model_dir, tmp_path, capsys):
+    import shutil
+
+    from compute.cli import main
+
+    store = tmp_path / "copy.sqlite"
+    shutil.copy(fixture_store, store)
+    with Store.open(store, readonly=True) as st:
+        runs = queries.list_runs(st.conn, kind="sequential")
+        every = {r["run_id"]: json.loads(r["config"]).get("abilities_every") for r in runs.iter_rows(named=True)}
+        (measured,) = [r for r, k in every.items() if k]
+        (plain,) = [r for r, k in every.items() if not k]
+        ab = queries.abilities(st.conn, measured)
+        # --abilities-every 3: quick at 0, 3, 6 and the full suite at the end
+        assert sorted(set(ab.filter(ab["mode"] == "quick")["edit_count"])) == [0, 3, 6]
+        assert set(ab.filter(ab["mode"] == "full")["edit_count"]) == {6}
+        assert queries.abilities(st.conn, plain).is_empty()
+    capsys.readouterr()
+    base = ["--store", str(store), "--cache-dir", str(cache_dir), "--quiet", "abilities", "measure"]
+    assert main(base + ["--run", plain, "--model", tiny_model_dir, "--tasks", "analogy,lm_perplexity"]) == 0
+    assert f"run {plain}: full ability suite on its model after 6 edits" in capsys.readouterr().out
+    with Store.open(store, readonly=True) as st:
+        ab = queries.abilities(st.conn, plain)
+        assert sorted(ab.select("edit_count", "mode", "task").rows()) == [(6, "full", "analogy"),
+                                                                          (6, "full", "lm_perplexity")]
+        (other,) = queries.list_runs(st.conn, kind="abilities")["run_id"]
+    assert main(base + ["--run", other, "--model", tiny_model_dir, "--tasks", "analogy"]) != 0
+    assert "only a sequential run leaves an edited model" in capsys.readouterr().err

@@ -1,11 +1,14 @@
 """Command line of the general-ability suite, wired into `python -m compute` by compute/cli.py:
 
     python -m compute abilities measure --mode full|quick [--tasks a,b]   # the unedited model, as a run
+    python -m compute abilities measure --run RUN_ID                       # a sequential run's final model
     python -m compute abilities show [--run RUN_ID]                        # a table of stored scores
     python -m compute abilities tasks                                      # the registry
 
 `measure` stores an `abilities` run (provenance, config with each task's version, chance level and
-direction) and one row per task at edit count 0, batch size 0. `show` prints the newest finished
+direction) and one row per task at edit count 0, batch size 0. With `--run`, it loads the saved final
+state of a sequential run (its last checkpoint) and stores the scores in that run at its last edit count,
+with a run_events row (kind timing, series final_abilities) saying when and with which code. `show` prints the newest finished
 abilities run, or any run's ability rows (a sequential run's checkpoints included).
 """
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 from store import Store
 
@@ -82,6 +86,8 @@ def cmd_abilities_measure(args) -> None:
 
     tasks = _task_list(getattr(args, "tasks", None))
     quiet = getattr(args, "quiet", False)
+    if getattr(args, "run", None):
+        return _measure_run_state(args, tasks)
     with Store.open(args.store, create=True) as st:
         st.mark_stale_runs()
         lm = load_model(args.model, device=args.device, cache_dir=args.cache_dir, progress=not quiet)
@@ -118,6 +124,31 @@ def cmd_abilities_measure(args) -> None:
                                                       "tasks": {s.task: s.seconds for s in done}})
     _out(f"run {run_id}: {args.mode} ability suite, {len(tasks)} tasks, {seconds} s")
     args.run = run_id
+    cmd_abilities_show(args)
+
+
+def _measure_run_state(args, tasks) -> None:
+    """`abilities measure --run RUN_ID`: the suite on the model a sequential run left behind."""
+    from compute.abilities.data import Sources
+    from compute.abilities.run import ability_rows, evaluate_abilities, load_items
+    from compute.experiments.sequential import measure_saved_state
+    from compute.models import DEFAULT_MODEL, default_cache_dir, load_model
+
+    quiet = getattr(args, "quiet", False)
+    with Store.open(args.store) as st:
+        run = st.get_run(args.run)
+        if run is None:
+            raise ValueError(f"no run {args.run!r} in the store (list runs with `python -m compute runs list`)")
+        model = run["model"] if args.model == DEFAULT_MODEL else args.model
+        lm = load_model(model, device=args.device, cache_dir=args.cache_dir, progress=not quiet)
+        items = load_items(tasks, Sources(args.cache_dir))
+        started = time.monotonic()
+        count = measure_saved_state(
+            lm, st, args.run, Path(args.cache_dir or default_cache_dir()),
+            lambda m: ability_rows(evaluate_abilities(m, args.mode, tasks, items=items), run_id=None,
+                                   edit_count=None, batch_size=None))
+    _out(f"run {args.run}: {args.mode} ability suite on its model after {count} edits, "
+         f"{round(time.monotonic() - started, 1)} s")
     cmd_abilities_show(args)
 
 
@@ -175,6 +206,8 @@ def add_abilities_parser(sub) -> None:
                    help="quick: each task's first quick_n items (about a minute on one CPU core); full: every item")
     q.add_argument("--tasks", help="comma-separated task names (default: all; see `abilities tasks`)")
     q.add_argument("--again", action="store_true", help="measure again even if a finished run of this suite exists")
+    q.add_argument("--run", metavar="RUN_ID",
+                   help="measure a sequential run's model as it left it (its saved final state), into that run")
     q.add_argument("--model", default=DEFAULT_MODEL, help=f"{DEFAULT_MODEL!r} (embedded) or a local HF model directory")
     q.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     q.set_defaults(func=cmd_abilities_measure)

@@ -23,6 +23,10 @@ At every checkpoint (edit counts 1..dense_first, then every `checkpoint_every` e
   condition number of W;
 - the quick general-ability suite when `abilities_every` says so (compute.abilities).
 
+At the end of a run (the last edit made), the full general-ability suite when `final_abilities` is given,
+stored at the run's last edit count in mode "full". A run that ended without it (or before this existed)
+gets it from its saved final state with `measure_saved_state` (`python -m compute abilities measure --run`).
+
 Run-level rows use case_id "*" and a scope as rephrase type: "newest", "all_edits", "panel", "free_text".
 
 Collapse (online, stops the run 150 edits later): fluency below `collapse_fluency` x its unedited
@@ -295,6 +299,7 @@ def run_sequential(
     case_set: str | None = None,
     run_id: str | None = None,
     abilities: Callable[[LoadedModel], list[dict]] | None = None,
+    final_abilities: Callable[[LoadedModel], list[dict]] | None = None,
     exclude_facts=(),
     progress: bool = False,
 ) -> str:
@@ -302,6 +307,8 @@ def run_sequential(
 
     `abilities(lm)` returns ability rows (task, task_version, mode, score, n, ci_low, ci_high) for the
     current model; it is called at edit count 0 and every `cfg.abilities_every` edits when given.
+    `final_abilities(lm)` (the full suite) is called once on the model as the run leaves it, its rows stored
+    at the last edit count; a run killed during it measures again on resume.
     `exclude_facts`: (subject, relation) pairs never edited (the ability suite's facts).
     """
     cfg.validate()
@@ -394,6 +401,11 @@ def run_sequential(
                 if bar:
                     bar.update(len(batch))
             find_events(store, run_id, cfg)
+            if final_abilities is not None:
+                final_started = time.monotonic()
+                store.write_abilities([{**r, "run_id": run_id, "edit_count": count, "batch_size": cfg.batch_size}
+                                       for r in final_abilities(lm)])
+                store.write_events([_final_abilities_event(run_id, count, final_started, lm, "run")])
     finally:
         if bar:
             bar.close()
@@ -405,15 +417,69 @@ def run_sequential(
     return run_id
 
 
-def _timing_event(run_id: str, previous: int, count: int, start: float, lm: LoadedModel) -> dict:
-    """The run_events row timing the interval (previous, count] of edits, checkpoint included."""
+def measure_saved_state(lm: LoadedModel, store, run_id: str, cache_dir: Path,
+                        measure: Callable[[LoadedModel], list[dict]]) -> int:
+    """Load a sequential run's saved state (its last checkpoint: the end of a finished run) into `lm`, write
+    `measure(lm)`'s ability rows at that edit count into the run, put the unedited weights back, and return
+    the edit count. For runs that ended without their full ability suite."""
+    run = store.get_run(run_id)
+    if run is None:
+        raise ValueError(f"no run {run_id!r} in the store (list runs with `python -m compute runs list`)")
+    if run["kind"] != "sequential":
+        raise ValueError(f"run {run_id} is a {run['kind']} run: only a sequential run leaves an edited model "
+                         "behind to measure")
+    if run["model"] != lm.name:
+        raise ValueError(f"run {run_id} edited {run['model']}, not {lm.name}: pass --model {run['model']}")
+    path = state_path(cache_dir, run_id)
+    state = _load_state(path)
+    if state is None:
+        raise ValueError(f"run {run_id} has no saved state at {path} (it lives in the cache of the machine that "
+                         "ran it; resume or rerun the run there)")
+    config = json.loads(run["config"] or "{}")
+    params = dict(lm.model.named_parameters())
+    unknown = sorted(set(state["weights"]) - set(params))
+    if unknown:
+        raise ValueError(f"run {run_id}'s saved state has weights this model lacks: {unknown[:3]}")
+    originals = {name: params[name].detach().clone() for name in state["weights"]}
+    count = int(state["edit_count"])
+    started = time.monotonic()
+    try:
+        with torch.no_grad():
+            for name, tensor in state["weights"].items():
+                params[name].copy_(tensor)
+        rows = measure(lm)
+    finally:
+        with torch.no_grad():
+            for name, original in originals.items():
+                params[name].copy_(original)
+    store.write_abilities([{**r, "run_id": run_id, "edit_count": count,
+                            "batch_size": int(config.get("batch_size", 1))} for r in rows])
+    store.write_events([_final_abilities_event(run_id, count, started, lm, "saved state")])
+    return count
+
+
+def _timing_event(run_id: str, previous: int, count: int, start: float, lm: LoadedModel,
+                  series: str = "checkpoint", **extra) -> dict:
+    """The run_events row timing the interval (previous, count] of edits, checkpoint included (series
+    "checkpoint"), or the full ability suite at edit count `count` (series "final_abilities", `extra` says
+    where and with which code it was measured)."""
     import resource
 
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
     detail = {"edits": count - previous, "peak_rss_mb": round(peak_mb, 1), "torch_threads": torch.get_num_threads(),
-              "load_avg_1m": round(os.getloadavg()[0], 2), "device": str(lm.device)}
-    return {"run_id": run_id, "kind": "timing", "series": "checkpoint", "edit_count": previous, "end_count": count,
+              "load_avg_1m": round(os.getloadavg()[0], 2), "device": str(lm.device), **extra}
+    return {"run_id": run_id, "kind": "timing", "series": series, "edit_count": previous, "end_count": count,
             "value": round(time.monotonic() - start, 3), "detail": json.dumps(detail)}
+
+
+def _final_abilities_event(run_id: str, count: int, start: float, lm: LoadedModel, source: str) -> dict:
+    from datetime import datetime, timezone
+
+    from compute.provenance import code_version
+
+    return _timing_event(run_id, count, count, start, lm, series="final_abilities", source=source,
+                         code_version=code_version(),
+                         measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 
 def _checkpoint(lm, store, run_id, cfg, edit_ids, by_id, last, count, held, panel, base, w0, collapse_at,

@@ -51,13 +51,20 @@ if part.is_empty():
     st.info("Choose at least one run.")
     st.stop()
 
+drawn = part
+if view != "batch" and mode == "full":  # runs scored on the full suite only at their end start from the unedited model
+    from store.derived import start_from_unedited
+
+    drawn = start_from_unedited(part, own.select(part.columns))
 x, x_title = ("batch_size", "Edits in the batch") if view == "batch" else ("edit_count", "Edits made")
 log_x = st.toggle("Logarithmic x axis", value=view == "batch", key="ability_log_x")
-st.plotly_chart(charts.ability_small_multiples(part, x, labels, x_title, baseline=baseline, log_x=log_x),
+st.plotly_chart(charts.ability_small_multiples(drawn, x, labels, x_title, baseline=baseline, log_x=log_x),
                 width="stretch")
 st.download_button("Download CSV (ability scores)", part.write_csv(), file_name=f"abilities-{view}-{mode}.csv")
 st.caption("Each point: the task's score with its 95% CI (Wilson for accuracies, bootstrap for perplexity) and "
-           "n items in the hover. Dashed: the unedited model; dotted: chance. Study-C categories: "
+           "n items in the hover. Dashed: the unedited model; dotted: chance. The full suite runs on the "
+           "unedited model and at the end of a run, so in full mode a run's line goes from the unedited "
+           "model's score (edit count 0) to its score after its last edit. Study-C categories: "
            + ", ".join(sorted({f"{r['task']} → {r['study_c']}" for r in part.unique('task').iter_rows(named=True)})))
 
 if view in ("rect", "batch"):
