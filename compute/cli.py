@@ -385,12 +385,35 @@ def cmd_run_sequential(args) -> None:
             "edits, resumed from the last checkpoint", case_set=name, n_cases=len(cases),
             batch_size=cfg.batch_size, max_edits=cfg.max_edits, checkpoint_every=cfg.checkpoint_every,
             order_seed=cfg.order_seed, abilities_every=cfg.abilities_every)
+        if final != "none":
+            _final_suite_if_missing(st, lm, run_id, final, ctx.cache_dir)
         _out(f"run {run_id}: sequential {ed.name}, batch size {cfg.batch_size}, on {name}")
         _table(derived.sequential_curves(st.conn, run_id).drop("run_id"), max_rows=80)
         events = derived.sequential_events(st.conn, run_id)
         if not events.is_empty():
             _out("events:")
             _table(events.drop("run_id"))
+
+
+def _final_suite_if_missing(st, lm, run_id: str, mode: str, cache_dir) -> None:
+    """A finished sequential run without `mode` ability scores at its last edit count (it ended before
+    runs measured them) gets them from its saved final state; a run whose state is not in this cache is
+    reported, not failed."""
+    from compute.experiments.sequential import measure_saved_state
+    from store import queries
+
+    run = st.get_run(run_id)
+    if run is None or run["status"] != "done":
+        return
+    ab = queries.abilities(st.conn, run_id)
+    if not ab.is_empty() and not ab.filter((ab["mode"] == mode) & (ab["edit_count"] == run["n_done"])).is_empty():
+        return
+    try:
+        count = measure_saved_state(lm, st, run_id, cache_dir, _ability_hook(mode))
+    except ValueError as exc:
+        print(f"note: the {mode} ability suite at the end of run {run_id} is missing: {exc}", file=sys.stderr)
+        return
+    _out(f"run {run_id}: {mode} ability suite measured on its saved final state ({count} edits)")
 
 
 def _ability_facts() -> set:

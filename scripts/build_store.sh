@@ -7,7 +7,8 @@
 # Steps: kb, cases, knowledge (pre-edit knowledge of the 480-case set), sweep (layer sweeps on 30 cases),
 # robustness (4 editors x 240 cases x 16 rephrase types, with its all-types baseline), abilities (the
 # unedited model's full ability suite), sequential (studies B and C on the 1,240-case set: every run to 500 edits
-# or 150 past its collapse, quick ability suite every 50 edits), batch (study C's batch-single runs),
+# or 150 past its collapse, quick ability suite every 50 edits, the full suite at the end; a finished run
+# that ended without the full suite gets it from its saved final state when its line runs again), batch (study C's batch-single runs),
 # finalize (stores correlations, checkpoints and vacuums).
 # Runs are long on a 2-core CPU (hours each for the robustness and sequential steps); set
 # OMP_NUM_THREADS=1 when two run side by side.

@@ -136,7 +136,9 @@ def fixture_store(tmp_path_factory, tiny_model_dir, cache_dir, kb):
                             "--gen-tokens", "2", "--model", tiny_model_dir, *extra]) == 0
     rome = store.parent / "rome.json"
     rome.write_text('{"layer": 0, "v_steps": 6, "n_prefixes": 2, "prefix_tokens": 3, "use_covariance": false}')
-    for variant in (["--abilities-every", "3"], ["--hp", "key_mismatch=true"]):
+    # the full ability suite at a run's end takes minutes even on the tiny model: tests/test_sequential.py
+    # covers it with a stand-in suite and the quick suite through the CLI
+    for variant in (["--abilities-every", "3", "--final-abilities", "none"], ["--hp", "key_mismatch=true"]):
         assert main(base + ["run", "sequential", "--editor", "ROME", "--set", "tiny32", "--edits", "6", "--every", "3",
                             "--panel-pool", "4", "--panel-size", "3", "--panel-any", "--hparams", str(rome),
                             "--model", tiny_model_dir, *variant]) == 0
