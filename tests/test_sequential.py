@@ -268,6 +268,9 @@ def test_batch_single_edits_measures_and_undoes_each_size_and_resumes(llama, cas
         assert sorted(set(level["edit_count"])) == [1, 3, 5]
         n = level.filter(level["metric"] == "n").sort("edit_count")["value"].to_list()
         assert n == [1.0, 3.0, 5.0]
+        # each batch reuses the target values optimised for the smaller ones, across the interruption too
+        reused = level.filter(level["metric"] == "values_from_cache").sort("edit_count")["value"].to_list()
+        assert reused == [0.0, 1.0, 3.0]
         ab = queries.abilities(st.conn, run).sort("edit_count")
         assert ab["edit_count"].to_list() == [0, 1, 3, 5] and (ab["batch_size"] == ab["edit_count"]).all()
         assert ab["score"][0] != ab["score"][3]  # measured on the edited model, not the unedited one

@@ -141,9 +141,15 @@ def spread_edit(
             # chunks of VALUE_CHUNK bound the memory of a large batch (500 edits) without changing the method
             norms = h0.norm(dim=1).tolist()
             values = []
-            for i in range(0, len(requests), VALUE_CHUNK):
-                values += optimise_values(lm, last, requests[i : i + VALUE_CHUNK], prefixes, value_options(hp),
-                                          norms[i : i + VALUE_CHUNK])
+            cached = None
+            if ctx.value_cache is not None:  # batches written again and again into one model (value_cache.py)
+                hits = ctx.value_cache.hits
+                values = ctx.value_cache.values(lm, last, requests, prefixes, value_options(hp), norms, VALUE_CHUNK)
+                cached = ctx.value_cache.hits - hits
+            else:
+                for i in range(0, len(requests), VALUE_CHUNK):
+                    values += optimise_values(lm, last, requests[i : i + VALUE_CHUNK], prefixes, value_options(hp),
+                                              norms[i : i + VALUE_CHUNK])
             targets = h0.double() + torch.stack([v.delta for v in values]).double()  # [N, d]
             for i, layer in enumerate(layers):
                 keys = subject_keys(lm, layer, requests, prefixes).mean(dim=1)  # [N, d_in]
@@ -178,6 +184,8 @@ def spread_edit(
         "edits": [v.info() for v in values],
         "seconds": round(time.perf_counter() - start, 4),
     }
+    if cached is not None:
+        info["values_from_cache"] = cached  # requests whose target value an earlier batch had optimised
     return EditResult(editor=editor, requests=tuple(requests), originals=originals, info=info,
                       memory={"keys": layer_keys})
 

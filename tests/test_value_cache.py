@@ -1,0 +1,113 @@
+"""The target-value cache of batch runs: values are reused only on the same weights, and a batch built from
+reused values is the batch built from fresh ones up to floating-point rounding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import compute.editors.memit as memit
+import compute.editors.rome as rome
+from compute.editors import EditRequest, apply_edit, get_editor, undo
+from compute.editors.value_cache import ValueCache, weights_fingerprint
+
+
+@pytest.fixture(scope="module")
+def cases(builder):
+    return builder.build(14, seed=5, relations=["capital", "currency", "continent"], case_set="s14")
+
+
+def _ctx(llama, tmp_path):
+    from test_editor_contract import tiny_context
+
+    ctx = tiny_context(llama, tmp_path)
+    ctx.demonstrations = ()
+    return ctx
+
+
+def _hp(name, llama):
+    from test_editor_contract import FACTORIES
+
+    return FACTORIES[name](get_editor(name), llama)
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Counts the requests whose values are optimised."""
+    real, seen = rome.optimise_values, []
+
+    def counting(lm, layer, requests, *args, **kwargs):
+        seen.extend(r.case_id for r in requests)
+        return real(lm, layer, requests, *args, **kwargs)
+
+    monkeypatch.setattr(rome, "optimise_values", counting)
+    monkeypatch.setattr(memit, "optimise_values", counting)
+    return seen
+
+
+def test_the_fingerprint_follows_the_weights(llama):
+    before = weights_fingerprint(llama)
+    assert weights_fingerprint(llama) == before and len(before) == 64
+    p = next(llama.model.parameters())
+    kept = p.detach().clone()
+    with torch.no_grad():
+        p.view(-1)[0] += 1e-3
+        assert weights_fingerprint(llama) != before
+        p.copy_(kept)
+    assert weights_fingerprint(llama) == before
+
+
+def test_a_larger_batch_reuses_the_smaller_ones_values_and_writes_the_same_update(llama, cases, tmp_path, counted):
+    requests = [EditRequest.from_case(c) for c in cases[:5]]
+    hp = _hp("MEMIT", llama)
+    plain = _ctx(llama, tmp_path / "plain")
+    fresh = apply_edit(llama, requests, "MEMIT", hp, plain)
+    fresh_w = {n: dict(llama.model.named_parameters())[n].detach().clone() for n in fresh.originals}
+    undo(llama, fresh)
+    assert len(counted) == 5 and "values_from_cache" not in fresh.info
+    counted.clear()
+
+    ctx = _ctx(llama, tmp_path / "cached")
+    ctx.value_cache = ValueCache(tmp_path / "cached" / "values")
+    small = apply_edit(llama, requests[:2], "MEMIT", hp, ctx)
+    undo(llama, small)
+    big = apply_edit(llama, requests, "MEMIT", hp, ctx)
+    big_w = {n: dict(llama.model.named_parameters())[n].detach().clone() for n in big.originals}
+    undo(llama, big)
+    # the first two were optimised once, in the small batch
+    assert counted == [r.case_id for r in requests[:2]] + [r.case_id for r in requests[2:]]
+    assert small.info["values_from_cache"] == 0 and big.info["values_from_cache"] == 2
+    assert (ctx.value_cache.hits, ctx.value_cache.misses) == (2, 5)
+    for name in fresh_w:
+        delta_fresh = fresh_w[name] - fresh.originals[name]
+        delta_big = big_w[name] - big.originals[name]
+        assert torch.allclose(delta_big, delta_fresh, rtol=1e-3, atol=1e-6 * delta_fresh.abs().max().item())
+    assert [e["steps"] for e in big.info["edits"]] == [e["steps"] for e in fresh.info["edits"]]
+
+    # AlphaEdit optimises the same values with the same settings: it finds all five in the cache
+    counted.clear()
+    alpha = apply_edit(llama, requests, "AlphaEdit", _hp("AlphaEdit", llama), ctx)
+    undo(llama, alpha)
+    assert counted == [] and alpha.info["values_from_cache"] == 5
+
+
+def test_values_are_not_reused_on_other_weights_and_a_damaged_file_is_recomputed(llama, cases, tmp_path, counted):
+    requests = [EditRequest.from_case(c) for c in cases[:2]]
+    hp = _hp("MEMIT", llama)
+    ctx = _ctx(llama, tmp_path)
+    ctx.value_cache = ValueCache(tmp_path / "values")
+    first = apply_edit(llama, requests[:1], "MEMIT", hp, ctx)  # kept: the model is now edited
+    try:
+        second = apply_edit(llama, requests[:1], "MEMIT", hp, ctx)
+        undo(llama, second)
+    finally:
+        undo(llama, first)
+    assert len(counted) == 2 and second.info["values_from_cache"] == 0  # other weights, other key
+    files = sorted((tmp_path / "values").rglob("*.pt"))
+    assert len(files) == 2
+    for f in files:
+        f.write_bytes(b"not a tensor file")
+    counted.clear()
+    again = apply_edit(llama, requests[:1], "MEMIT", hp, ctx)
+    undo(llama, again)
+    assert len(counted) == 1 and again.info["values_from_cache"] == 0
