@@ -361,6 +361,7 @@ def cmd_run_robustness(args) -> None:
 
 
 def cmd_run_sequential(args) -> None:
+    from compute.abilities.run import suite
     from compute.experiments.sequential import SequentialConfig, run_sequential
     from store import derived
 
@@ -375,12 +376,12 @@ def cmd_run_sequential(args) -> None:
         ed, hp, ctx = _editor_setup(args, lm, args.editor)
         name = _case_set_for(args, st, lm)
         cases = load_case_set(st, name, args.limit)
-        abilities = _ability_hook("quick") if cfg.abilities_every else None
+        abilities = suite("quick") if cfg.abilities_every else None
         final = args.final_abilities or ("full" if cfg.abilities_every else "none")
         run_id = _run_or_resume(
             st, args, "sequential", lm, ed, hp,
             lambda rid: run_sequential(lm, cases, st, editor=ed.name, hp=hp, ctx=ctx, cfg=cfg, case_set=name,
-                                       run_id=rid, abilities=abilities, final_abilities=_ability_hook(final),
+                                       run_id=rid, abilities=abilities, final_abilities=suite(final),
                                        exclude_facts=_ability_facts(), progress=not args.quiet),
             "edits, resumed from the last checkpoint", case_set=name, n_cases=len(cases),
             batch_size=cfg.batch_size, max_edits=cfg.max_edits, checkpoint_every=cfg.checkpoint_every,
@@ -399,6 +400,7 @@ def _final_suite_if_missing(st, lm, run_id: str, mode: str, cache_dir) -> None:
     """A finished sequential run without `mode` ability scores at its last edit count (it ended before
     runs measured them) gets them from its saved final state; a run whose state is not in this cache is
     reported, not failed."""
+    from compute.abilities.run import suite
     from compute.experiments.sequential import measure_saved_state
     from store import queries
 
@@ -409,7 +411,7 @@ def _final_suite_if_missing(st, lm, run_id: str, mode: str, cache_dir) -> None:
     if not ab.is_empty() and not ab.filter((ab["mode"] == mode) & (ab["edit_count"] == run["n_done"])).is_empty():
         return
     try:
-        count = measure_saved_state(lm, st, run_id, cache_dir, _ability_hook(mode))
+        count = measure_saved_state(lm, st, run_id, cache_dir, suite(mode))
     except ValueError as exc:
         print(f"note: the {mode} ability suite at the end of run {run_id} is missing: {exc}", file=sys.stderr)
         return
@@ -424,22 +426,8 @@ def _ability_facts() -> set:
     return kb_facts_used()
 
 
-def _ability_hook(mode: str | None):
-    """A function model -> ability rows for the runners (None when abilities are not measured)."""
-    if not mode or mode == "none":
-        return None
-    from compute.abilities.run import ability_rows, evaluate_abilities, load_items
-
-    items = load_items()
-
-    def measure(model):
-        return ability_rows(evaluate_abilities(model, mode=mode, items=items), run_id=None, edit_count=None,
-                            batch_size=None)
-
-    return measure
-
-
 def cmd_run_batch(args) -> None:
+    from compute.abilities.run import suite
     from compute.experiments.batch import run_batch_single
 
     sizes = [int(v) for v in args.sizes.split(",") if v.strip()]
@@ -453,7 +441,7 @@ def cmd_run_batch(args) -> None:
             st, args, "batch", lm, ed, hp,
             lambda rid: run_batch_single(lm, cases, st, editor=ed.name, hp=hp, ctx=ctx, sizes=sizes,
                                          order_seed=args.order_seed, panel_pool=args.panel_pool, case_set=name,
-                                         run_id=rid, abilities=_ability_hook(args.abilities),
+                                         run_id=rid, abilities=suite(args.abilities),
                                          exclude_facts=_ability_facts(), progress=not args.quiet),
             "batch sizes", case_set=name, n_cases=len(cases), sizes=sorted(set(sizes)), order_seed=args.order_seed)
         _out(f"run {run_id}: batch-single {ed.name}, sizes {sorted(set(sizes))}, on {name}")

@@ -130,7 +130,7 @@ def cmd_abilities_measure(args) -> None:
 def _measure_run_state(args, tasks) -> None:
     """`abilities measure --run RUN_ID`: the suite on the model a sequential run left behind."""
     from compute.abilities.data import Sources
-    from compute.abilities.run import ability_rows, evaluate_abilities, load_items
+    from compute.abilities.run import suite
     from compute.experiments.sequential import measure_saved_state
     from compute.models import DEFAULT_MODEL, default_cache_dir, load_model
 
@@ -141,12 +141,9 @@ def _measure_run_state(args, tasks) -> None:
             raise ValueError(f"no run {args.run!r} in the store (list runs with `python -m compute runs list`)")
         model = run["model"] if args.model == DEFAULT_MODEL else args.model
         lm = load_model(model, device=args.device, cache_dir=args.cache_dir, progress=not quiet)
-        items = load_items(tasks, Sources(args.cache_dir))
+        measure = suite(args.mode, tasks, Sources(args.cache_dir))
         started = time.monotonic()
-        count = measure_saved_state(
-            lm, st, args.run, Path(args.cache_dir or default_cache_dir()),
-            lambda m: ability_rows(evaluate_abilities(m, args.mode, tasks, items=items), run_id=None,
-                                   edit_count=None, batch_size=None))
+        count = measure_saved_state(lm, st, args.run, Path(args.cache_dir or default_cache_dir()), measure)
     _out(f"run {args.run}: {args.mode} ability suite on its model after {count} edits, "
          f"{round(time.monotonic() - started, 1)} s")
     cmd_abilities_show(args)

@@ -184,3 +184,18 @@ def ability_rows(scores: Sequence[AbilityScore], run_id: str | None, edit_count:
         }
         for s in scores
     ]
+
+
+def suite(mode: str | None, tasks: Sequence[str | Task] | None = None, sources: Sources | None = None
+          ) -> Callable[[LoadedModel], list[dict]] | None:
+    """The suite as the runners call it: a function model -> ability rows (run_id, edit_count and batch_size
+    left for the caller to fill), its items built once; None when `mode` is None or "none"."""
+    if not mode or mode == "none":
+        return None
+    items = load_items(tasks, sources)
+
+    def measure(model: LoadedModel) -> list[dict]:
+        return ability_rows(evaluate_abilities(model, mode, tasks, items=items), run_id=None, edit_count=None,
+                            batch_size=None)
+
+    return measure
