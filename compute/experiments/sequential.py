@@ -403,9 +403,7 @@ def run_sequential(
             find_events(store, run_id, cfg)
             if final_abilities is not None:
                 final_started = time.monotonic()
-                store.write_abilities([{**r, "run_id": run_id, "edit_count": count, "batch_size": cfg.batch_size}
-                                       for r in final_abilities(lm)])
-                store.write_events([_final_abilities_event(run_id, count, final_started, lm, "run")])
+                _store_final_suite(store, run_id, count, cfg.batch_size, final_abilities(lm), final_started, lm, "run")
     finally:
         if bar:
             bar.close()
@@ -452,9 +450,7 @@ def measure_saved_state(lm: LoadedModel, store, run_id: str, cache_dir: Path,
         with torch.no_grad():
             for name, original in originals.items():
                 params[name].copy_(original)
-    store.write_abilities([{**r, "run_id": run_id, "edit_count": count,
-                            "batch_size": int(config.get("batch_size", 1))} for r in rows])
-    store.write_events([_final_abilities_event(run_id, count, started, lm, "saved state")])
+    _store_final_suite(store, run_id, count, int(config.get("batch_size", 1)), rows, started, lm, "saved state")
     return count
 
 
@@ -472,14 +468,18 @@ def _timing_event(run_id: str, previous: int, count: int, start: float, lm: Load
             "value": round(time.monotonic() - start, 3), "detail": json.dumps(detail)}
 
 
-def _final_abilities_event(run_id: str, count: int, start: float, lm: LoadedModel, source: str) -> dict:
+def _store_final_suite(store, run_id: str, count: int, batch_size: int, rows: list[dict], start: float,
+                       lm: LoadedModel, source: str) -> None:
+    """Write the suite's rows at the run's last edit count, and the run_events row saying how long it took,
+    where it was measured ("run" or "saved state"), with which code and when."""
     from datetime import datetime, timezone
 
     from compute.provenance import code_version
 
-    return _timing_event(run_id, count, count, start, lm, series="final_abilities", source=source,
-                         code_version=code_version(),
-                         measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    store.write_abilities([{**r, "run_id": run_id, "edit_count": count, "batch_size": batch_size} for r in rows])
+    store.write_events([_timing_event(run_id, count, count, start, lm, series="final_abilities", source=source,
+                                      code_version=code_version(),
+                                      measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))])
 
 
 def _checkpoint(lm, store, run_id, cfg, edit_ids, by_id, last, count, held, panel, base, w0, collapse_at,
