@@ -140,16 +140,21 @@ def spread_edit(
             # requests are optimised independently (their own losses, Adam states, clamps and stopping), so
             # chunks of VALUE_CHUNK bound the memory of a large batch (500 edits) without changing the method
             norms = h0.norm(dim=1).tolist()
-            values = []
+            opts = value_options(hp)
+
+            def optimise(idx: Sequence[int]) -> list:  # the values of requests[idx], VALUE_CHUNK at a time
+                out = []
+                for i in range(0, len(idx), VALUE_CHUNK):
+                    part = idx[i : i + VALUE_CHUNK]
+                    out += optimise_values(lm, last, [requests[j] for j in part], prefixes, opts,
+                                           [norms[j] for j in part])
+                return out
+
             cached = None
-            if ctx.value_cache is not None:  # batches written again and again into one model (value_cache.py)
-                hits = ctx.value_cache.hits
-                values = ctx.value_cache.values(lm, last, requests, prefixes, value_options(hp), norms, VALUE_CHUNK)
-                cached = ctx.value_cache.hits - hits
-            else:
-                for i in range(0, len(requests), VALUE_CHUNK):
-                    values += optimise_values(lm, last, requests[i : i + VALUE_CHUNK], prefixes, value_options(hp),
-                                              norms[i : i + VALUE_CHUNK])
+            if ctx.value_cache is None:
+                values = optimise(range(len(requests)))
+            else:  # batches written again and again into one model: compute.editors.value_cache
+                values, cached = ctx.value_cache.values(lm, last, requests, prefixes, opts, optimise)
             targets = h0.double() + torch.stack([v.delta for v in values]).double()  # [N, d]
             for i, layer in enumerate(layers):
                 keys = subject_keys(lm, layer, requests, prefixes).mean(dim=1)  # [N, d_in]

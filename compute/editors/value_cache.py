@@ -29,7 +29,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -69,11 +69,8 @@ class ValueCache:
         from compute.editors.rome import ValueResult
 
         try:
-            fields = torch.load(self._path(key), map_location="cpu", weights_only=True)
-            return ValueResult(**fields)
-        except FileNotFoundError:
-            return None
-        except Exception:  # a damaged or foreign file: recompute it
+            return ValueResult(**torch.load(self._path(key), map_location="cpu", weights_only=True))
+        except Exception:  # missing, damaged or foreign: compute it
             return None
 
     def _save(self, key: str, value) -> None:
@@ -84,25 +81,19 @@ class ValueCache:
         os.replace(tmp, path)
 
     def values(self, lm: LoadedModel, layer: int, requests: Sequence, prefixes: Sequence[str], opts,
-               reference_norms: Sequence[float], chunk: int) -> list:
-        """`optimise_values` for `requests`, in chunks of `chunk`, computing only those not cached."""
-        from compute.editors.rome import optimise_values
-
+               optimise: Callable[[list[int]], list]) -> tuple[list, int]:
+        """The values of `requests`, calling `optimise(indices)` (the editor's own optimisation of
+        requests[indices]) only for those not cached; returns them and how many came from the cache."""
         fingerprint = weights_fingerprint(lm)
         keys = [self._key(fingerprint, layer, r, prefixes, opts) for r in requests]
         out = [self._load(k) for k in keys]
         todo = [i for i, v in enumerate(out) if v is None]
         self.hits += len(requests) - len(todo)
         self.misses += len(todo)
-        for start in range(0, len(todo), chunk):
-            part = todo[start : start + chunk]
-            fresh = optimise_values(lm, layer, [requests[i] for i in part], prefixes, opts,
-                                    [reference_norms[i] for i in part])
-            for i, value in zip(part, fresh):
-                value.delta = value.delta.detach().cpu()
-                self._save(keys[i], value)
-                out[i] = value
-        dev = lm.device
+        for i, value in zip(todo, optimise(todo) if todo else []):
+            value.delta = value.delta.detach()
+            self._save(keys[i], value)
+            out[i] = value
         for v in out:
-            v.delta = v.delta.to(dev)
-        return out
+            v.delta = v.delta.to(lm.device)
+        return out, len(requests) - len(todo)

@@ -54,11 +54,9 @@ def run_batch_single(
     abilities: Callable[[LoadedModel], list[dict]] | None = None,
     exclude_facts=(),
     progress: bool = False,
-    reuse_values: bool = True,
 ) -> str:
     """Apply, measure and undo one batch per size (module docstring); returns the run id.
-    `exclude_facts`: (subject, relation) pairs never edited (the ability suite's facts).
-    `reuse_values`: keep optimised target values for later batches (compute.editors.value_cache)."""
+    `exclude_facts`: (subject, relation) pairs never edited (the ability suite's facts)."""
     from compute.editors.value_cache import ValueCache
 
     ed = get_editor(editor)
@@ -90,9 +88,7 @@ def run_batch_single(
         bar = tqdm(total=len(sizes), initial=len([b for b in sizes if b in done]), desc=f"batch {ed.name}",
                    unit="batch")
     started = time.monotonic()
-    outer_cache = ctx.value_cache
-    if reuse_values:
-        ctx.value_cache = ValueCache(Path(ctx.cache_dir) / "values")
+    outer_cache, ctx.value_cache = ctx.value_cache, ValueCache(Path(ctx.cache_dir) / "values")
     try:
         with recording(store, run_id):
             if abilities is not None and 0 not in done and not store.conn.execute(
