@@ -361,39 +361,85 @@ def cmd_run_robustness(args) -> None:
 
 
 def cmd_run_sequential(args) -> None:
+    import json
+
     from compute.abilities.run import suite
     from compute.experiments.sequential import SequentialConfig, run_sequential
     from store import derived
 
-    cfg = SequentialConfig(batch_size=args.batch, max_edits=args.edits, checkpoint_every=args.every,
-                           after_collapse=args.after_collapse, order_seed=args.order_seed,
-                           panel_pool=args.panel_pool, panel_size=args.panel_size,
-                           abilities_every=args.abilities_every, panel_known_only=not args.panel_any)
-    cfg.validate()
     with _open_store(args) as st:
         st.mark_stale_runs()
+        edits = args.edits
+        if edits is None:  # a resumed run keeps its own maximum; a new one makes at most 1,000 edits
+            run = st.get_run(args.resume) if args.resume else None
+            edits = json.loads(run["config"] or "{}").get("max_edits", 1000) if run else 1000
+        cfg = SequentialConfig(batch_size=args.batch, max_edits=edits, checkpoint_every=args.every,
+                               after_collapse=args.after_collapse, order_seed=args.order_seed,
+                               panel_pool=args.panel_pool, panel_size=args.panel_size,
+                               abilities_every=args.abilities_every, panel_known_only=not args.panel_any)
+        cfg.validate()
         lm = _load_model(args)
         ed, hp, ctx = _editor_setup(args, lm, args.editor)
         name = _case_set_for(args, st, lm)
         cases = load_case_set(st, name, args.limit)
         abilities = suite("quick") if cfg.abilities_every else None
         final = args.final_abilities or ("full" if cfg.abilities_every else "none")
-        run_id = _run_or_resume(
-            st, args, "sequential", lm, ed, hp,
-            lambda rid: run_sequential(lm, cases, st, editor=ed.name, hp=hp, ctx=ctx, cfg=cfg, case_set=name,
-                                       run_id=rid, abilities=abilities, final_abilities=suite(final),
-                                       exclude_facts=_ability_facts(), progress=not args.quiet),
-            "edits, resumed from the last checkpoint", case_set=name, n_cases=len(cases),
-            batch_size=cfg.batch_size, max_edits=cfg.max_edits, checkpoint_every=cfg.checkpoint_every,
-            order_seed=cfg.order_seed, abilities_every=cfg.abilities_every)
-        if final != "none":
-            _final_suite_if_missing(st, lm, run_id, final, ctx.cache_dir)
+        layout = dict(case_set=name, n_cases=len(cases), batch_size=cfg.batch_size,
+                      checkpoint_every=cfg.checkpoint_every, order_seed=cfg.order_seed,
+                      abilities_every=cfg.abilities_every)
+        extend = bool(args.resume) and args.edits is not None  # --resume RUN_ID --edits N: N may be larger
+        run_id = None
+        if (not args.resume and not args.again
+                and find_run(st, "sequential", lm.name, ed.name, hp, max_edits=cfg.max_edits, **layout) is None):
+            longer = _sequential_run(st, lm.name, ed.name, hp, layout, lambda c, r: c["max_edits"] > cfg.max_edits)
+            shorter = _sequential_run(st, lm.name, ed.name, hp, layout, lambda c, r: c["max_edits"] < cfg.max_edits and (
+                r["status"] != "done" or (r["n_done"] or 0) >= c["max_edits"]))  # not stopped past a collapse
+            if longer is not None and (longer["n_done"] or 0) < cfg.max_edits and longer["status"] != "done":
+                raise ValueError(f"run {longer['run_id']} is laid out like this one with at most "
+                                 f"{json.loads(longer['config'])['max_edits']} edits and has {longer['n_done'] or 0}: "
+                                 f"resume it (--resume {longer['run_id']}), or start a new run with --again")
+            if longer is not None:  # an extended run (or one stopped past its collapse) holds these edits as its first
+                run_id = longer["run_id"]
+                _out(f"run {run_id} (at most {json.loads(longer['config'])['max_edits']} edits, "
+                     f"{longer['n_done']} made) already holds the first {cfg.max_edits} edits "
+                     "(use --again for a new run)")
+            elif shorter is not None:
+                made = json.loads(shorter["config"])["max_edits"]
+                _out(f"extending run {shorter['run_id']} (made with --edits {made}, {shorter['n_done'] or 0} edits "
+                     f"stored) to at most {cfg.max_edits} edits (--again starts a new run instead)")
+                args.resume, extend = shorter["run_id"], True
+        if run_id is None:
+            run_id = _run_or_resume(
+                st, args, "sequential", lm, ed, hp,
+                lambda rid: run_sequential(lm, cases, st, editor=ed.name, hp=hp, ctx=ctx, cfg=cfg, case_set=name,
+                                           run_id=rid, abilities=abilities, final_abilities=suite(final),
+                                           exclude_facts=_ability_facts(), extend=extend, progress=not args.quiet),
+                "edits, resumed from the last checkpoint", max_edits=cfg.max_edits, **layout)
+            if final != "none":
+                _final_suite_if_missing(st, lm, run_id, final, ctx.cache_dir)
         _out(f"run {run_id}: sequential {ed.name}, batch size {cfg.batch_size}, on {name}")
         _table(derived.sequential_curves(st.conn, run_id).drop("run_id"), max_rows=80)
         events = derived.sequential_events(st.conn, run_id)
         if not events.is_empty():
             _out("events:")
             _table(events.drop("run_id"))
+
+
+def _sequential_run(st, model: str, editor: str, hp, layout: dict, keep) -> dict | None:
+    """The newest sequential run of this model, editor and hyperparameters laid out as `layout` (any
+    maximum) for which `keep(config, run)` holds: the run a request for another maximum extends (made
+    with fewer edits: unfinished, or finished at its maximum) or is already part of (made with more)."""
+    import json
+
+    from store import queries
+
+    for run in queries.list_runs(st.conn, kind="sequential").iter_rows(named=True):
+        if run["model"] != model or run["editor"] != editor or not _same_hparams(run["hparams"], hp):
+            continue
+        cfg = json.loads(run["config"] or "{}")
+        if "max_edits" in cfg and all(cfg.get(k) == v for k, v in layout.items()) and keep(cfg, run):
+            return run
+    return None
 
 
 def _final_suite_if_missing(st, lm, run_id: str, mode: str, cache_dir) -> None:
@@ -658,7 +704,9 @@ def build_parser() -> argparse.ArgumentParser:
     q = ex.add_parser("sequential", help="study B: edits one after another, never undone; forgetting and collapse")
     edit_args(q, cases_default=1240)
     q.add_argument("--batch", type=int, default=1, help="edits per batch (1 for ROME and FT-L)")
-    q.add_argument("--edits", type=int, default=1000, help="at most this many edits")
+    q.add_argument("--edits", type=int,
+                   help="at most this many edits (default 1000; a resumed run keeps its own). A run made with "
+                        "fewer that ended at its maximum is extended from where it stopped, not started again")
     q.add_argument("--every", type=int, default=10, help="a checkpoint every N edits (and after each of the first 10)")
     q.add_argument("--after-collapse", type=int, default=150, help="edits made after a detected collapse")
     q.add_argument("--order-seed", type=int, default=0, help="seed of the edit order (shared across editors)")

@@ -46,6 +46,9 @@ if has sequential; then
   cli run sequential --editor MEMIT $SEQ --batch 10
   cli run sequential --editor AlphaEdit $SEQ --batch 10
   cli run sequential --editor FT-L $SEQ
+  # study C's RECT sweep on ROME: each share to 200 edits (with the full suite there), then each run
+  # extended to 500 (study B's remedy); a line whose edits an extended run already holds reports that run
+  for k in 0.4 0.2 0.6; do cli run sequential --editor ROME ${SEQ/--edits 500/--edits 200} --hp rect_top=$k; done
   cli run sequential --editor ROME $SEQ --hp rect_top=0.4
   cli run sequential --editor MEMIT $SEQ --batch 1
   cli run sequential --editor AlphaEdit $SEQ --batch 1  # study C's instance-sequential AlphaEdit

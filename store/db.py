@@ -452,6 +452,15 @@ class Store:
             if cur.rowcount == 0:
                 raise StoreError(f"No run {run_id!r} in {self.path}; start it with start_run first.")
 
+    def update_run_config(self, run_id: str, updates: Mapping) -> None:
+        """Merge `updates` into the run's config (a run extended to more edits records its new maximum)."""
+        with self._transaction() as conn:
+            run = _fetch_run(conn, run_id)
+            if run is None:
+                raise StoreError(f"No run {run_id!r} in {self.path}; check the id (`python -m compute runs list`).")
+            config = {**json.loads(run["config"] or "{}"), **updates}
+            conn.execute("UPDATE runs SET config = ? WHERE run_id = ?", (_cell(config), run_id))
+
     def finish_run(self, run_id: str, status: str = "done", error: str | None = None,
                    timings: Mapping | None = None) -> None:
         """Close `run_id` with a final status (done, failed, interrupted, cancelled), error text, timings."""

@@ -565,7 +565,8 @@ def sequential_events(conn: sqlite3.Connection, run_ids=None) -> pl.DataFrame:
     import json
 
     ev = queries.run_events(conn, run_ids=run_ids)
-    ev = ev.filter(pl.col("kind") != "timing")  # how long the run took is not an event of the editing
+    # how long the run took, and when it was extended to more edits, are not events of the editing
+    ev = ev.filter(~pl.col("kind").is_in(["timing", "extended"]))
     phases = [json.loads(d).get("phase") if d else None for d in ev["detail"]] if ev.height else []
     return ev.with_columns(pl.Series("phase", phases, dtype=pl.Utf8)).select(
         "run_id", "kind", "series", "phase", "edit_count", "end_count", "value")

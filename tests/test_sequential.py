@@ -426,3 +426,96 @@ def test_cli_measures_the_suite_for_a_run_that_ended_without_it(
         (other,) = queries.list_runs(st.conn, kind="abilities")["run_id"]
     assert main(base + ["--run", other, "--model", tiny_model_dir, "--tasks", "analogy"]) != 0
     assert "only a sequential run leaves an edited model" in capsys.readouterr().err
+
+
+def test_a_run_extended_to_more_edits_matches_one_made_in_one_go(llama, cases, tmp_path):
+    with Store.open(tmp_path / "a.sqlite", create=True) as st:
+        whole = run_sequential(llama, cases, st, editor="ROME", hp=_rome(llama), ctx=_ctx(llama, tmp_path / "a"),
+                               cfg=CFG)
+        expected = _rows(st, whole)
+        events_a = queries.run_events(st.conn, run_ids=whole)
+    short = dataclasses.replace(CFG, max_edits=8)  # 8 is a checkpoint of CFG's schedule (every 4)
+    with Store.open(tmp_path / "b.sqlite", create=True) as st:
+        run = run_sequential(llama, cases, st, editor="ROME", hp=_rome(llama), ctx=_ctx(llama, tmp_path / "b"),
+                             cfg=short)
+        assert st.get_run(run)["n_done"] == 8
+        before = _rows(st, run)
+        # resuming with another maximum, or another layout, is refused before anything is written
+        with pytest.raises(ValueError, match=r"made with at most 8 edits, not 9: resume it with --edits 8, or "
+                                             r"extend it with --edits 9"):
+            run_sequential(llama, cases, st, editor="ROME", hp=_rome(llama), ctx=_ctx(llama, tmp_path / "b"), cfg=CFG,
+                           run_id=run)
+        with pytest.raises(ValueError, match=r"made with checkpoint_every 4 \(now 3\)"):
+            run_sequential(llama, cases, st, editor="ROME", hp=_rome(llama), ctx=_ctx(llama, tmp_path / "b"),
+                           cfg=dataclasses.replace(CFG, checkpoint_every=3), run_id=run, extend=True)
+        with pytest.raises(ValueError, match="not 7: resume it with --edits 8$"):
+            run_sequential(llama, cases, st, editor="ROME", hp=_rome(llama), ctx=_ctx(llama, tmp_path / "b"),
+                           cfg=dataclasses.replace(CFG, max_edits=7), run_id=run, extend=True)
+        assert st.get_run(run)["status"] == "done" and _rows(st, run) == before
+        assert json.loads(st.get_run(run)["config"])["max_edits"] == 8
+
+        run_sequential(llama, cases, st, editor="ROME", hp=_rome(llama), ctx=_ctx(llama, tmp_path / "b"), cfg=CFG,
+                       run_id=run, extend=True)
+        info = st.get_run(run)
+        assert info["status"] == "done" and info["n_done"] == info["n_total"] == 9
+        assert json.loads(info["config"])["max_edits"] == 9
+        assert _rows(st, run) == expected
+        events_b = queries.run_events(st.conn, run_ids=run)
+    (ext,) = events_b.filter(events_b["kind"] == "extended").iter_rows(named=True)
+    assert (ext["edit_count"], ext["end_count"]) == (8, 9)
+    assert json.loads(ext["detail"])["edits_stored"] == 8 and json.loads(ext["detail"])["code_version"]
+
+    def editing(ev):
+        return sorted(r for r in ev.select("kind", "series", "edit_count", "end_count", "value", "detail").rows()
+                      if r[0] not in ("timing", "extended"))
+
+    assert editing(events_b) == editing(events_a)
+    with Store.open(tmp_path / "b.sqlite") as st:
+        from store import derived
+
+        assert "extended" not in set(derived.sequential_events(st.conn, run)["kind"])
+
+
+def test_cli_extends_a_finished_run_instead_of_redoing_its_edits(
+        fixture_store, cache_dir, tiny_model_dir, tmp_path, capsys):
+    import shutil
+
+    from compute.cli import main
+
+    store, cache = tmp_path / "copy.sqlite", tmp_path / "cache"
+    shutil.copy(fixture_store, store)
+    shutil.copytree(cache_dir, cache)  # the run's saved state changes: not in the session's cache
+    with Store.open(store, readonly=True) as st:
+        runs = queries.list_runs(st.conn, kind="sequential")
+        (plain,) = [r["run_id"] for r in runs.iter_rows(named=True)
+                    if not json.loads(r["config"]).get("abilities_every")]
+        made = queries.measurements(st.conn, run_ids=plain).height
+    rome = fixture_store.parent / "rome.json"
+    command = ["--store", str(store), "--cache-dir", str(cache), "--quiet", "run", "sequential", "--editor", "ROME",
+               "--set", "tiny32", "--every", "3", "--panel-pool", "4", "--panel-size", "3", "--panel-any",
+               "--hparams", str(rome), "--model", tiny_model_dir, "--hp", "key_mismatch=true"]
+    capsys.readouterr()
+    assert main(command + ["--edits", "9"]) == 0
+    out = capsys.readouterr().out
+    assert f"extending run {plain} (made with --edits 6, 6 edits stored) to at most 9 edits" in out
+    with Store.open(store, readonly=True) as st:
+        assert queries.list_runs(st.conn, kind="sequential").height == runs.height  # no new run
+        info = st.get_run(plain)
+        assert info["status"] == "done" and info["n_done"] == 9 and json.loads(info["config"])["max_edits"] == 9
+        m = queries.measurements(st.conn, run_ids=plain)
+        assert m.height > made and m["edit_count"].max() == 9
+        retention = m.filter((m["case_id"] == RUN_LEVEL) & (m["metric"] == "retention")).sort("edit_count")
+        assert retention["edit_count"].to_list() == list(range(1, 10))  # the first 10 edits are each checkpointed
+    # the same command again holds it; resuming it with its own maximum needs no --edits
+    assert main(command + ["--edits", "9"]) == 0
+    assert f"run {plain} already holds this experiment" in capsys.readouterr().out
+    assert main(command + ["--resume", plain]) == 0
+    with Store.open(store, readonly=True) as st:
+        assert st.get_run(plain)["n_done"] == 9 and queries.list_runs(st.conn, kind="sequential").height == runs.height
+    assert main(command + ["--resume", plain, "--edits", "7"]) != 0
+    assert "made with at most 9 edits, not 7" in capsys.readouterr().err
+    # the shorter run's own command (a build script run again) finds it inside the extended run
+    assert main(command + ["--edits", "6"]) == 0
+    assert f"run {plain} (at most 9 edits, 9 made) already holds the first 6 edits" in capsys.readouterr().out
+    with Store.open(store, readonly=True) as st:
+        assert queries.list_runs(st.conn, kind="sequential").height == runs.height

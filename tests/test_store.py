@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -361,6 +362,14 @@ def test_heartbeat_records_progress_and_keeps_unset_fields(store):
 def test_heartbeat_of_unknown_run_raises(store):
     with pytest.raises(StoreError, match="No run 'ghost'"):
         store.heartbeat("ghost")
+
+
+def test_update_run_config_merges_and_keeps_the_rest(store):
+    run_id = store.start_run(kind="sequential", model="m", config={"max_edits": 200, "batch_size": 1})
+    store.update_run_config(run_id, {"max_edits": 500})
+    assert json.loads(store.get_run(run_id)["config"]) == {"batch_size": 1, "max_edits": 500}
+    with pytest.raises(StoreError, match="No run 'ghost'"):
+        store.update_run_config("ghost", {"max_edits": 1})
 
 
 def test_finish_run_done_sets_finished_at_and_timings(store):

@@ -45,7 +45,13 @@ there and nowhere else.
 Resumable: at every checkpoint, after its rows are written, the edited matrices, the editor's memory
 (ctx.state) and the run's bookkeeping are saved atomically to `<cache>/sequential/<run_id>.pt`
 (outside git). A killed run restarts from its last checkpoint and, everything being deterministic,
-rewrites the same rows with the same numbers.
+rewrites the same rows with the same numbers. A resumed run must be laid out as it was (`RESUME_KEYS`).
+
+Extendable: a run that ended at its `max_edits` goes on to a larger maximum from its saved final state
+(`extend=True`), instead of a new run redoing the same first edits. Its config and n_total are updated
+and a run_events row of kind "extended" records the old and new maximum, the code version and the time.
+When the old maximum was a checkpoint of the schedule (a multiple of `checkpoint_every`), the extended
+run's rows are those of a run made to the new maximum in one go; the full suite at the old end stays.
 """
 
 from __future__ import annotations
@@ -73,6 +79,10 @@ from compute.scoring import fluency, mentions, run_probes
 
 RUN_LEVEL = "*"  # case_id of run-level rows
 STATE_VERSION = 1
+# what lays a run out: a run resumes or extends only with these as they were (max_edits grows by extending)
+RESUME_KEYS = ("case_set", "n_cases", "batch_size", "checkpoint_every", "order_seed", "dense_first",
+               "after_collapse", "panel_pool", "panel_size", "panel_known_only", "panel_tokens", "fluency_tokens",
+               "collapse_fluency", "collapse_panel", "abilities_every", "cov_n_tokens")
 
 # Neutral openings whose greedy continuations measure fluency (none names a knowledge-base fact).
 FLUENCY_PROMPTS = (
@@ -301,9 +311,11 @@ def run_sequential(
     abilities: Callable[[LoadedModel], list[dict]] | None = None,
     final_abilities: Callable[[LoadedModel], list[dict]] | None = None,
     exclude_facts=(),
+    extend: bool = False,
     progress: bool = False,
 ) -> str:
-    """Edit `cases` one batch after another (module docstring); returns the run id (resumes `run_id`).
+    """Edit `cases` one batch after another (module docstring); returns the run id (resumes `run_id`, and
+    with `extend` lets it go on past the maximum it was made with, up to `cfg.max_edits`).
 
     `abilities(lm)` returns ability rows (task, task_version, mode, score, n, ci_low, ci_high) for the
     current model; it is called at edit count 0 and every `cfg.abilities_every` edits when given.
@@ -323,11 +335,12 @@ def run_sequential(
               "cov_n_tokens": ctx.cov_samples, "fluency_prompts": list(FLUENCY_PROMPTS),
               "excluded_cases": len(skip)}
     n_total = len(edit_ids)
-    state = None
+    state = _load_state(state_path(ctx.cache_dir, run_id)) if run_id is not None else None
+    extending = run_id is not None and _check_layout(store, run_id, config, state, extend)
     run_id, resumed = open_run(store, run_id, kind="sequential", lm=lm, editor=ed.name, hp=hp, ctx=ctx,
                                config=config, n_total=n_total)
-    if resumed:
-        state = _load_state(state_path(ctx.cache_dir, run_id))
+    if extending:
+        _record_extension(store, run_id, config["max_edits"])
     path = state_path(ctx.cache_dir, run_id)
     params = dict(lm.model.named_parameters())
     w0: dict[str, torch.Tensor] = {}
@@ -413,6 +426,47 @@ def run_sequential(
     store.finish_run(run_id, status="done", timings={"seconds": round(time.monotonic() - started, 2),
                                                      "edits": count})
     return run_id
+
+
+def _check_layout(store, run_id: str, config: dict, state: dict | None, extend: bool) -> bool:
+    """Whether resuming `run_id` with `config` extends it (a larger max_edits, allowed by `extend`); a clear
+    error, before anything is written, when the run was laid out differently or cannot be extended."""
+    run = store.get_run(run_id)
+    if run is None:
+        return False  # open_run says the run is not there
+    stored = json.loads(run["config"] or "{}")
+    differ = [f"{k} {stored[k]!r} (now {config[k]!r})" for k in RESUME_KEYS
+              if k in stored and k in config and stored[k] != config[k]]
+    if differ:
+        raise ValueError(f"run {run_id} was made with {', '.join(differ)}: resume it with the options it was "
+                         "made with, or start a new run (--again)")
+    old_max, new_max = stored.get("max_edits"), config["max_edits"]
+    if old_max is None or old_max == new_max:
+        return False
+    if not extend or new_max < old_max:
+        raise ValueError(f"run {run_id} was made with at most {old_max} edits, not {new_max}: resume it with "
+                         f"--edits {old_max}" + ("" if new_max < old_max else f", or extend it with --edits {new_max}"))
+    after = stored.get("after_collapse", SequentialConfig.after_collapse)
+    if state is not None and state["collapse_at"] is not None and state["edit_count"] >= state["collapse_at"] + after:
+        raise ValueError(f"run {run_id} stopped {after} edits after its collapse at {state['collapse_at']} edits: "
+                         "there is nothing to extend (start a new run with --again)")
+    return True
+
+
+def _record_extension(store, run_id: str, new_max: int) -> None:
+    """The run's config gets its new maximum, and a run_events row (kind "extended") the old and new
+    maximum, the edits stored then, the code version and the time."""
+    from datetime import datetime, timezone
+
+    from compute.provenance import code_version
+
+    run = store.get_run(run_id)
+    old_max = json.loads(run["config"] or "{}")["max_edits"]
+    store.update_run_config(run_id, {"max_edits": new_max})
+    store.write_events([{"run_id": run_id, "kind": "extended", "series": "", "edit_count": old_max,
+                         "end_count": new_max, "value": None,
+                         "detail": json.dumps({"edits_stored": run["n_done"], "code_version": code_version(),
+                                               "at": datetime.now(timezone.utc).isoformat(timespec="seconds")})}])
 
 
 def measure_saved_state(lm: LoadedModel, store, run_id: str, cache_dir: Path,
