@@ -428,7 +428,7 @@ def test_cli_measures_the_suite_for_a_run_that_ended_without_it(
     assert "only a sequential run leaves an edited model" in capsys.readouterr().err
 
 
-def test_a_run_extended_to_more_edits_matches_one_made_in_one_go(llama, cases, tmp_path):
+def test_a_run_extended_to_more_edits_matches_one_made_in_one_go(llama, cases, tmp_path, monkeypatch):
     with Store.open(tmp_path / "a.sqlite", create=True) as st:
         whole = run_sequential(llama, cases, st, editor="ROME", hp=_rome(llama), ctx=_ctx(llama, tmp_path / "a"),
                                cfg=CFG)
@@ -454,8 +454,22 @@ def test_a_run_extended_to_more_edits_matches_one_made_in_one_go(llama, cases, t
         assert st.get_run(run)["status"] == "done" and _rows(st, run) == before
         assert json.loads(st.get_run(run)["config"])["max_edits"] == 8
 
+        # extended, killed before its first new edit, then resumed: the extension is recorded once
+        real = seq.apply_edit
+
+        def killed(*args, **kwargs):
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(seq, "apply_edit", killed)
+        with pytest.raises(KeyboardInterrupt):
+            run_sequential(llama, cases, st, editor="ROME", hp=_rome(llama), ctx=_ctx(llama, tmp_path / "b"),
+                           cfg=CFG, run_id=run, extend=True)
+        info = st.get_run(run)
+        assert (info["status"], info["n_done"], info["n_total"]) == ("interrupted", 8, 9)
+        assert json.loads(info["config"])["max_edits"] == 9
+        monkeypatch.setattr(seq, "apply_edit", real)
         run_sequential(llama, cases, st, editor="ROME", hp=_rome(llama), ctx=_ctx(llama, tmp_path / "b"), cfg=CFG,
-                       run_id=run, extend=True)
+                       run_id=run)
         info = st.get_run(run)
         assert info["status"] == "done" and info["n_done"] == info["n_total"] == 9
         assert json.loads(info["config"])["max_edits"] == 9

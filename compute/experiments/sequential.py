@@ -340,7 +340,7 @@ def run_sequential(
     run_id, resumed = open_run(store, run_id, kind="sequential", lm=lm, editor=ed.name, hp=hp, ctx=ctx,
                                config=config, n_total=n_total)
     if extending:
-        _record_extension(store, run_id, config["max_edits"])
+        _record_extension(store, run_id, config["max_edits"], n_total)
     path = state_path(ctx.cache_dir, run_id)
     params = dict(lm.model.named_parameters())
     w0: dict[str, torch.Tensor] = {}
@@ -453,9 +453,9 @@ def _check_layout(store, run_id: str, config: dict, state: dict | None, extend: 
     return True
 
 
-def _record_extension(store, run_id: str, new_max: int) -> None:
-    """The run's config gets its new maximum, and a run_events row (kind "extended") the old and new
-    maximum, the edits stored then, the code version and the time."""
+def _record_extension(store, run_id: str, new_max: int, n_total: int) -> None:
+    """The run's config gets its new maximum (and the run its new n_total), and a run_events row (kind
+    "extended") the old and new maximum, the edits stored then, the code version and the time."""
     from datetime import datetime, timezone
 
     from compute.provenance import code_version
@@ -463,6 +463,7 @@ def _record_extension(store, run_id: str, new_max: int) -> None:
     run = store.get_run(run_id)
     old_max = json.loads(run["config"] or "{}")["max_edits"]
     store.update_run_config(run_id, {"max_edits": new_max})
+    store.heartbeat(run_id, n_total=n_total)
     store.write_events([{"run_id": run_id, "kind": "extended", "series": "", "edit_count": old_max,
                          "end_count": new_max, "value": None,
                          "detail": json.dumps({"edits_stored": run["n_done"], "code_version": code_version(),
