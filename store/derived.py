@@ -745,6 +745,14 @@ def start_from_unedited(part: pl.DataFrame, unedited: pl.DataFrame) -> pl.DataFr
     return pl.concat([part, *starts]).sort("run_id", "task", "edit_count") if starts else part
 
 
+def up_to_common_end(df: pl.DataFrame, x: str = "edit_count") -> pl.DataFrame:
+    """The rows of `df` at `x` values no larger than the smallest last `x` of its runs: where every run
+    drawn has a point, so a run made to 200 edits is compared with one made to 500 on their shared range.
+    A run with nothing past x = 0 yet (just started) does not shorten the range."""
+    ends = df.group_by("run_id").agg(pl.col(x).max()).filter(pl.col(x) > 0)[x]
+    return df.filter(pl.col(x) <= ends.min()) if not ends.is_empty() else df
+
+
 def editing_performance(conn: sqlite3.Connection, run_ids) -> pl.DataFrame:
     """Reliability (ES on the plain prompt), generalisation (PS) and locality (NS) of sequential runs'
     newest edits and of batch runs' batches, by run and edit count: run_id, edit_count, measure, value, n."""

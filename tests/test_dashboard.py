@@ -217,7 +217,8 @@ def test_abilities_page_draws_small_multiples_with_chance_and_baseline(monkeypat
     assert not at.exception and len(at.get("plotly_chart")) == 1
     assert len(at.dataframe) == 1  # editing performance beside the abilities
     at.segmented_control(key="ability_view").set_value("rect").run()
-    assert not at.exception
+    assert not at.exception and at.toggle(key="ability_common").value is True
+    assert len(at.get("plotly_chart")) == 1
     at.segmented_control(key="ability_mode").set_value("full").run()  # the fixture's runs have no full suite
     at.segmented_control(key="ability_view").set_value("sequential").run()
     assert not at.exception and "No full-mode ability scores from sequential runs yet." in [i.value for i in at.info]
@@ -242,6 +243,19 @@ def test_runs_scored_only_at_their_end_start_from_the_unedited_model():
         ("r", "R", "sequential", 1, 0, "a", 0.9)]
     assert out.height == part.height + 1 and out.schema == part.schema
     assert start_from_unedited(part, unedited.clear()).equals(part)
+
+
+def test_runs_of_different_lengths_are_compared_on_their_shared_range():
+    from store.derived import up_to_common_end
+
+    df = pl.DataFrame({"run_id": ["rect"] * 3 + ["rome"] * 4, "edit_count": [0, 100, 200, 0, 100, 200, 500],
+                       "score": [0.9, 0.8, 0.7, 0.9, 0.8, 0.6, 0.4]})
+    out = up_to_common_end(df)
+    assert out["edit_count"].to_list() == [0, 100, 200, 0, 100, 200]
+    assert up_to_common_end(df.filter(pl.col("run_id") == "rome")).equals(df.filter(pl.col("run_id") == "rome"))
+    assert up_to_common_end(df.clear()).is_empty()
+    started = pl.concat([df, pl.DataFrame({"run_id": ["new"], "edit_count": [0], "score": [0.9]})])
+    assert up_to_common_end(started).height == out.height + 1  # a run with no edit yet shortens nothing
 
 
 def test_ability_small_multiples_have_chance_and_unedited_lines():

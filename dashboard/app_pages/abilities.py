@@ -2,6 +2,8 @@
 edit count (sequential runs) or batch size (batch runs), with the unedited model's score and chance as
 lines; and the RECT comparison, ability scores beside editing performance."""
 
+import json
+
 import polars as pl
 import streamlit as st
 
@@ -37,19 +39,31 @@ view = st.segmented_control("View", ["sequential", "batch", "rect"], default="se
 view = view or "sequential"
 kind = "batch" if view == "batch" else "sequential"
 part = scores.filter((pl.col("kind") == kind) & (pl.col("mode") == mode))
-if view == "rect":
+default = None
+if view == "rect":  # RECT is an option of ROME with r-ROME keys: the sweep is those runs (100% = plain ROME)
     part = part.filter(pl.col("editor") == "ROME")
+    hparams = dict(query("list_runs").select("run_id", "hparams").iter_rows())
+    default = sorted({r for r in part["run_id"].unique() if not json.loads(hparams.get(r) or "{}").get("key_mismatch")})
 if part.is_empty():
     st.info(f"No {mode}-mode ability scores from {kind} runs yet.")
     st.stop()
 
 labels = dict(part.select("run_id", "label").unique().iter_rows())
-chosen = shared_multiselect("Runs", "runs", sorted(labels, key=labels.get), format_func=labels.get)
+chosen = shared_multiselect("Runs", "rect_runs" if view == "rect" else "runs", sorted(labels, key=labels.get),
+                            format_func=labels.get,
+                            default=sorted(default or labels, key=labels.get))
 part = part.filter(pl.col("run_id").is_in(chosen))
 labels = {r: labels[r] for r in chosen}
 if part.is_empty():
     st.info("Choose at least one run.")
     st.stop()
+common = view == "rect" and st.toggle(
+    "Only edit counts every chosen run reached", value=True, key="ability_common",
+    help="Runs made to different lengths (the RECT sweep to 200 edits, ROME to 500) compared on their shared range")
+if common:
+    from store.derived import up_to_common_end
+
+    part = up_to_common_end(part)
 
 drawn = part
 if view != "batch" and mode == "full":  # runs scored on the full suite only at their end start from the unedited model
@@ -73,6 +87,8 @@ if view in ("rect", "batch"):
     if perf.is_empty():
         st.write("No editing-performance rows for these runs.")
     else:
+        if common:
+            perf = perf.filter(pl.col("edit_count") <= part["edit_count"].max())
         shown = perf.with_columns(pl.col("run_id").replace_strict(labels, default=None).alias("run"))
         table = shown.pivot(on="measure", index=["run", "edit_count", "n"], values="value").sort("run", "edit_count")
         st.dataframe(table, hide_index=True)
