@@ -181,10 +181,10 @@ def _same_hparams(stored: str | None, hparams) -> bool:
     return data == json.loads(json.dumps(hparams))
 
 
-def find_run(st: Store, kind: str, model: str, editor: str | None = None, hparams=None, **config):
+def find_run(st: Store, kind: str, model: str, editor: str | None = None, hparams=None, where=None, **config):
     """The newest run of this kind/model/editor whose config has these values (and these hyperparameters:
     a dict or an editor's hyperparameter object), as a dict, or None: re-running a command resumes or
-    skips it instead of starting over."""
+    skips it instead of starting over. `where(config, run)`, when given, must hold as well."""
     import json
 
     from store import queries
@@ -195,7 +195,7 @@ def find_run(st: Store, kind: str, model: str, editor: str | None = None, hparam
         if hparams is not None and not _same_hparams(run["hparams"], hparams):
             continue
         cfg = json.loads(run["config"] or "{}")
-        if all(cfg.get(k) == v for k, v in config.items()):
+        if all(cfg.get(k) == v for k, v in config.items()) and (where is None or where(cfg, run)):
             return run
     return None
 
@@ -391,18 +391,22 @@ def cmd_run_sequential(args) -> None:
         run_id = None
         if (not args.resume and not args.again
                 and find_run(st, "sequential", lm.name, ed.name, hp, max_edits=cfg.max_edits, **layout) is None):
-            longer = _sequential_run(st, lm.name, ed.name, hp, layout, lambda c, r: c["max_edits"] > cfg.max_edits)
-            shorter = _sequential_run(st, lm.name, ed.name, hp, layout, lambda c, r: c["max_edits"] < cfg.max_edits and (
-                r["status"] != "done" or (r["n_done"] or 0) >= c["max_edits"]))  # not stopped past a collapse
-            if longer is not None and (longer["n_done"] or 0) < cfg.max_edits and longer["status"] != "done":
-                raise ValueError(f"run {longer['run_id']} is laid out like this one with at most "
-                                 f"{json.loads(longer['config'])['max_edits']} edits and has {longer['n_done'] or 0}: "
-                                 f"resume it (--resume {longer['run_id']}), or start a new run with --again")
+            # the same layout made with another maximum: a longer run holds these edits as its first; a shorter
+            # one (unfinished, or finished at its maximum rather than past a collapse) is extended
+            longer = find_run(st, "sequential", lm.name, ed.name, hp, **layout,
+                              where=lambda c, r: c.get("max_edits", 0) > cfg.max_edits)
+            shorter = find_run(st, "sequential", lm.name, ed.name, hp, **layout,
+                               where=lambda c, r: c.get("max_edits", cfg.max_edits) < cfg.max_edits and (
+                                   r["status"] != "done" or (r["n_done"] or 0) >= c["max_edits"]))
             if longer is not None:  # an extended run (or one stopped past its collapse) holds these edits as its first
+                most, made = json.loads(longer["config"])["max_edits"], longer["n_done"] or 0
+                if made < cfg.max_edits and longer["status"] != "done":
+                    raise ValueError(f"run {longer['run_id']} is laid out like this one with at most {most} edits "
+                                     f"and has {made}: resume it (--resume {longer['run_id']}), or start a new run "
+                                     "with --again")
                 run_id = longer["run_id"]
-                _out(f"run {run_id} (at most {json.loads(longer['config'])['max_edits']} edits, "
-                     f"{longer['n_done']} made) already holds the first {cfg.max_edits} edits "
-                     "(use --again for a new run)")
+                _out(f"run {run_id} (at most {most} edits, {made} made) already holds the first {cfg.max_edits} "
+                     "edits (use --again for a new run)")
             elif shorter is not None:
                 made = json.loads(shorter["config"])["max_edits"]
                 _out(f"extending run {shorter['run_id']} (made with --edits {made}, {shorter['n_done'] or 0} edits "
@@ -423,23 +427,6 @@ def cmd_run_sequential(args) -> None:
         if not events.is_empty():
             _out("events:")
             _table(events.drop("run_id"))
-
-
-def _sequential_run(st, model: str, editor: str, hp, layout: dict, keep) -> dict | None:
-    """The newest sequential run of this model, editor and hyperparameters laid out as `layout` (any
-    maximum) for which `keep(config, run)` holds: the run a request for another maximum extends (made
-    with fewer edits: unfinished, or finished at its maximum) or is already part of (made with more)."""
-    import json
-
-    from store import queries
-
-    for run in queries.list_runs(st.conn, kind="sequential").iter_rows(named=True):
-        if run["model"] != model or run["editor"] != editor or not _same_hparams(run["hparams"], hp):
-            continue
-        cfg = json.loads(run["config"] or "{}")
-        if "max_edits" in cfg and all(cfg.get(k) == v for k, v in layout.items()) and keep(cfg, run):
-            return run
-    return None
 
 
 def _final_suite_if_missing(st, lm, run_id: str, mode: str, cache_dir) -> None:
