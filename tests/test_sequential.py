@@ -533,3 +533,18 @@ def test_cli_extends_a_finished_run_instead_of_redoing_its_edits(
     assert f"run {plain} (at most 9 edits, 9 made) already holds the first 6 edits" in capsys.readouterr().out
     with Store.open(store, readonly=True) as st:
         assert queries.list_runs(st.conn, kind="sequential").height == runs.height
+    # extended to 12 and killed after its 9th edit: a command for 10 edits is told to resume it, not given a
+    # second run, and nothing is written; one for 6 edits still finds them in it
+    with Store.open(store) as st:
+        st.update_run_config(plain, {"max_edits": 12})
+        st.finish_run(plain, "interrupted", error="killed (a test)")
+    assert main(command + ["--edits", "10"]) != 0
+    err = capsys.readouterr().err
+    assert f"run {plain} is laid out like this one with at most 12 edits and has 9: resume it (--resume {plain})" in err
+    assert main(command + ["--edits", "6"]) == 0
+    assert f"run {plain} (at most 12 edits, 9 made) already holds the first 6 edits" in capsys.readouterr().out
+    with Store.open(store, readonly=True) as st:
+        assert queries.list_runs(st.conn, kind="sequential").height == runs.height
+        info = st.get_run(plain)
+        assert (info["status"], info["n_done"]) == ("interrupted", 9)
+        assert queries.measurements(st.conn, run_ids=plain)["edit_count"].max() == 9
