@@ -692,15 +692,19 @@ def sequential_headlines(conn: sqlite3.Connection) -> pl.DataFrame:
 # --------------------------------------------------------------------------- general abilities (study C)
 
 
+_RUN_COLUMNS = ("run_id", "label", "kind", "editor", "rect_top", "key_mismatch")  # ability_scores' per-run columns
+
+
 def ability_scores(conn: sqlite3.Connection, kind: str | None = None, mode: str | None = None) -> pl.DataFrame:
     """Ability scores of the runs of a kind (sequential, batch, abilities; all when None) with each run's
-    label, editor, RECT share and batch size: one row per (run, edit count, batch size, task, mode)."""
+    label, editor, RECT share, key variant (key_mismatch: ROME's original keys) and batch size: one row per
+    (run, edit count, batch size, task, mode)."""
     import json
 
     runs = queries.list_runs(conn, kind=kind)
     schema = {"run_id": pl.String, "label": pl.String, "kind": pl.String, "editor": pl.String,
-              "rect_top": pl.Float64, "edit_count": pl.Int64, "batch_size": pl.Int64, "task": pl.String,
-              "task_version": pl.String, "mode": pl.String, "category": pl.String, "study_c": pl.String,
+              "rect_top": pl.Float64, "key_mismatch": pl.Boolean, "edit_count": pl.Int64, "batch_size": pl.Int64,
+              "task": pl.String, "task_version": pl.String, "mode": pl.String, "category": pl.String, "study_c": pl.String,
               "metric": pl.String, "score": pl.Float64, "n": pl.Int64, "ci_low": pl.Float64, "ci_high": pl.Float64,
               "chance": pl.Float64, "higher_is_better": pl.Int64}
     if runs.is_empty():
@@ -709,17 +713,17 @@ def ability_scores(conn: sqlite3.Connection, kind: str | None = None, mode: str 
     for r in runs.iter_rows(named=True):
         hp, cfg = json.loads(r["hparams"] or "null") or {}, json.loads(r["config"] or "null") or {}
         meta.append({"run_id": r["run_id"], "label": run_label(r["editor"], hp, cfg), "kind": r["kind"],
-                     "editor": r["editor"], "rect_top": float(hp.get("rect_top", 1.0)) if r["editor"] else None})
+                     "editor": r["editor"], "rect_top": float(hp.get("rect_top", 1.0)) if r["editor"] else None,
+                     "key_mismatch": bool(hp.get("key_mismatch", False)) if r["editor"] else None})
     ab = queries.abilities(conn, runs["run_id"].to_list())
     if mode is not None and not ab.is_empty():
         ab = ab.filter(pl.col("mode") == mode)
     if ab.is_empty():
         return pl.DataFrame(schema=schema)
     for col, dtype in schema.items():
-        if col not in ab.columns and col not in ("label", "kind", "editor", "rect_top"):
+        if col not in ab.columns and col not in _RUN_COLUMNS[1:]:
             ab = ab.with_columns(pl.lit(None, dtype=dtype).alias(col))
-    out = ab.join(pl.DataFrame(meta, schema={k: schema[k] for k in ("run_id", "label", "kind", "editor", "rect_top")}),
-                  on="run_id")
+    out = ab.join(pl.DataFrame(meta, schema={k: schema[k] for k in _RUN_COLUMNS}), on="run_id")
     return out.select([pl.col(c).cast(t) for c, t in schema.items()]).sort("run_id", "task", "edit_count")
 
 
@@ -739,8 +743,7 @@ def start_from_unedited(part: pl.DataFrame, unedited: pl.DataFrame) -> pl.DataFr
         versions = rows.select("task", "task_version").unique()
         start = unedited.join(versions, on=["task", "task_version"], how="semi").unique("task", keep="first")
         starts.append(start.with_columns(
-            *(pl.lit(meta[c], dtype=part.schema[c]).alias(c) for c in ("run_id", "label", "kind", "editor",
-                                                                       "rect_top", "batch_size")),
+            *(pl.lit(meta[c], dtype=part.schema[c]).alias(c) for c in (*_RUN_COLUMNS, "batch_size")),
             pl.lit(0, dtype=part.schema["edit_count"]).alias("edit_count")).select(part.columns))
     return pl.concat([part, *starts]).sort("run_id", "task", "edit_count") if starts else part
 

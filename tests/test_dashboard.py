@@ -229,7 +229,7 @@ def test_runs_scored_only_at_their_end_start_from_the_unedited_model():
 
     def rows(run_id, kind, counts_tasks, score):
         return pl.DataFrame([{"run_id": run_id, "label": run_id.upper(), "kind": kind, "editor": "ROME",
-                              "rect_top": 1.0, "edit_count": c, "batch_size": 1 if kind != "abilities" else 0,
+                              "rect_top": 1.0, "key_mismatch": False, "edit_count": c, "batch_size": 1 if kind != "abilities" else 0,
                               "task": t, "task_version": v, "mode": "full", "score": score, "n": 10}
                              for c, t, v in counts_tasks])
 
@@ -243,6 +243,24 @@ def test_runs_scored_only_at_their_end_start_from_the_unedited_model():
         ("r", "R", "sequential", 1, 0, "a", 0.9)]
     assert out.height == part.height + 1 and out.schema == part.schema
     assert start_from_unedited(part, unedited.clear()).equals(part)
+
+
+def test_ability_scores_carry_each_runs_key_variant_for_the_rect_sweep(tmp_path):
+    # the RECT comparison's default runs are the ROME runs with r-ROME keys: ability_scores says which those are
+    from store import Store
+    from store.derived import ability_scores
+
+    with Store.open(tmp_path / "s.sqlite", create=True) as st:
+        ids = {name: st.start_run(kind=kind, model="m", editor=editor, hparams=hp)
+               for name, kind, editor, hp in [("r", "sequential", "ROME", {"rect_top": 0.4}),
+                                              ("o", "sequential", "ROME", {"key_mismatch": True}),
+                                              ("u", "abilities", None, None)]}
+        st.write_abilities([dict(run_id=i, edit_count=0, batch_size=1, task="nli", mode="quick", score=0.6)
+                            for i in ids.values()])
+        scores = ability_scores(st.conn)
+    got = dict(scores.select("run_id", "key_mismatch").iter_rows())
+    assert got == {ids["r"]: False, ids["o"]: True, ids["u"]: None}
+    assert dict(scores.select("run_id", "label").iter_rows())[ids["o"]] == "ROME (original keys)"
 
 
 def test_runs_of_different_lengths_are_compared_on_their_shared_range():

@@ -2,8 +2,6 @@
 edit count (sequential runs) or batch size (batch runs), with the unedited model's score and chance as
 lines; and the RECT comparison, ability scores beside editing performance."""
 
-import json
-
 import polars as pl
 import streamlit as st
 
@@ -42,8 +40,7 @@ part = scores.filter((pl.col("kind") == kind) & (pl.col("mode") == mode))
 default = None
 if view == "rect":  # RECT is an option of ROME with r-ROME keys: the sweep is those runs (100% = plain ROME)
     part = part.filter(pl.col("editor") == "ROME")
-    hparams = dict(query("list_runs").select("run_id", "hparams").iter_rows())
-    default = sorted({r for r in part["run_id"].unique() if not json.loads(hparams.get(r) or "{}").get("key_mismatch")})
+    default = part.filter(~pl.col("key_mismatch"))["run_id"].unique().to_list()
 if part.is_empty():
     st.info(f"No {mode}-mode ability scores from {kind} runs yet.")
     st.stop()
