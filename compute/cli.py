@@ -784,9 +784,12 @@ def main(argv=None) -> int:
         args.store = default_store_path()
     try:
         args.func(args)
-    except KeyboardInterrupt:
-        print("interrupted: partial results are stored; resume the run with --resume RUN_ID "
-              "(`python -m compute runs list` shows it)", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        if getattr(exc, "run_id", None):  # compute.experiments.common.RunInterrupted
+            print(f"interrupted: run {exc.run_id} keeps what it stored; {exc.next_step}", file=sys.stderr)
+        else:
+            print("interrupted before any run started or after the last one ended "
+                  "(`python -m compute runs list` shows the runs)", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (StoreError, ModelError, FormatError, EditorError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)

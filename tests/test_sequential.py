@@ -548,3 +548,62 @@ def test_cli_extends_a_finished_run_instead_of_redoing_its_edits(
         info = st.get_run(plain)
         assert (info["status"], info["n_done"]) == ("interrupted", 9)
         assert queries.measurements(st.conn, run_ids=plain)["edit_count"].max() == 9
+
+
+def test_an_interrupted_command_names_its_run_and_the_same_command_picks_it_up(
+        fixture_store, cache_dir, tiny_model_dir, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    from compute.cli import EXIT_INTERRUPTED, main
+
+    store, cache = tmp_path / "copy.sqlite", tmp_path / "cache"
+    shutil.copy(fixture_store, store)
+    shutil.copytree(cache_dir, cache)
+    with Store.open(store, readonly=True) as st:
+        before = set(queries.list_runs(st.conn, kind="sequential")["run_id"])
+    command = ["--store", str(store), "--cache-dir", str(cache), "--quiet", "run", "sequential", "--editor", "ROME",
+               "--set", "tiny32", "--every", "3", "--panel-pool", "4", "--panel-size", "3", "--panel-any",
+               "--hparams", str(fixture_store.parent / "rome.json"), "--model", tiny_model_dir,
+               "--order-seed", "7", "--edits", "5"]
+    real, calls = seq.apply_edit, {"n": 0}
+
+    def stopped_on_the_fourth(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(seq, "apply_edit", stopped_on_the_fourth)
+    capsys.readouterr()
+    assert main(command) == EXIT_INTERRUPTED
+    err = capsys.readouterr().err
+    with Store.open(store, readonly=True) as st:
+        (run,) = set(queries.list_runs(st.conn, kind="sequential")["run_id"]) - before
+        info = st.get_run(run)
+    assert (info["status"], info["n_done"]) == ("interrupted", 3)
+    assert f"interrupted: run {run} keeps what it stored; run the same command again, or add --resume {run}" in err
+    assert f"--resume {run}" in info["error"]
+    monkeypatch.setattr(seq, "apply_edit", real)
+    assert main(command) == 0
+    with Store.open(store, readonly=True) as st:
+        assert set(queries.list_runs(st.conn, kind="sequential")["run_id"]) - before == {run}
+        info = st.get_run(run)
+    assert (info["status"], info["n_done"]) == ("done", 5)
+
+
+def test_a_run_interrupted_outside_the_command_line_is_marked_and_named(tmp_path):
+    from compute.experiments.common import RunInterrupted, recording
+
+    with Store.open(tmp_path / "s.sqlite", create=True) as st:
+        run = st.start_run(kind="knowledge", model="m", config={}, provenance={}, n_total=2)
+        with pytest.raises(RunInterrupted) as stopped:
+            with recording(st, run, next_step="start again"):
+                raise KeyboardInterrupt
+        assert stopped.value.run_id == run and stopped.value.next_step == "start again"
+        info = st.get_run(run)
+        assert info["status"] == "interrupted" and info["error"] == "interrupted by the user (start again)"
+        other = st.start_run(kind="knowledge", model="m", config={}, provenance={}, n_total=2)
+        with pytest.raises(ValueError):
+            with recording(st, other):
+                raise ValueError("boom")
+        assert st.get_run(other)["status"] == "failed" and "boom" in st.get_run(other)["error"]

@@ -117,7 +117,8 @@ def cmd_abilities_measure(args) -> None:
                 _out(f"  {score.task}: {_fmt(score.score)} [{_fmt(score.ci_low)}, {_fmt(score.ci_high)}] "
                      f"n={score.n} ({score.seconds:.1f} s)")
 
-        with recording(st, run_id):
+        with recording(st, run_id, next_step="a suite is not resumed: the same command again "
+                                             "measures it afresh in a new run"):
             evaluate_abilities(lm, args.mode, tasks, items=items, progress=store_one)
         seconds = round(time.monotonic() - started, 1)
         st.finish_run(run_id, status="done", timings={"seconds": seconds,

@@ -11,18 +11,39 @@ from compute.editors.base import EditResult
 from compute.evaluate import CaseEvaluation, evaluate_cases
 from compute.models import LoadedModel
 
-INTERRUPTED = "interrupted by the user (run the same command again, or pass --resume RUN_ID, to continue)"
+
+def how_to_continue(run_id: str, *, resume_flag: bool = True) -> str:
+    """What an interrupted run's owner does next: the same command again picks the run up (it finds the
+    matching unfinished run), or names it with --resume where the command has that option."""
+    if resume_flag:
+        return f"run the same command again, or add --resume {run_id}, to continue it"
+    return "run the same command again to continue it"
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) inside a run, raised after the run was marked interrupted: it names the run and
+    says how to continue it, so the command line's message can too."""
+
+    def __init__(self, run_id: str, next_step: str):
+        super().__init__(run_id)
+        self.run_id, self.next_step = run_id, next_step
+
+
+def interrupt(store, run_id: str, next_step: str) -> RunInterrupted:
+    """Mark `run_id` interrupted (its stored results stay) and return the exception to raise."""
+    store.finish_run(run_id, status="interrupted", error=f"interrupted by the user ({next_step})")
+    return RunInterrupted(run_id, next_step)
 
 
 @contextmanager
-def recording(store, run_id: str):
-    """Inside: a run in progress. Ctrl-C marks it interrupted, an exception marks it failed with the error;
-    both are re-raised. Marking it done is the caller's last step."""
+def recording(store, run_id: str, *, next_step: str | None = None):
+    """Inside: a run in progress. Ctrl-C marks it interrupted and raises `RunInterrupted` naming it (with
+    `next_step`, default: the same command again or --resume RUN_ID); an exception marks it failed with the
+    error and is re-raised. Marking it done is the caller's last step."""
     try:
         yield
     except KeyboardInterrupt:
-        store.finish_run(run_id, status="interrupted", error=INTERRUPTED)
-        raise
+        raise interrupt(store, run_id, next_step or how_to_continue(run_id)) from None
     except Exception as exc:
         store.finish_run(run_id, status="failed", error=f"{type(exc).__name__}: {exc}")
         raise

@@ -15,7 +15,7 @@ from typing import Sequence
 from compute.cases import EditCase
 from compute.editors import EditContext, get_editor
 from compute.editors.base import hparams_dict
-from compute.experiments.common import INTERRUPTED, edit_and_evaluate
+from compute.experiments.common import edit_and_evaluate, how_to_continue, interrupt
 from compute.experiments.robustness import edit_rows
 from compute.models import LoadedModel
 from compute.provenance import provenance
@@ -90,8 +90,8 @@ def run_sweep(
             run_ids.append(run_id)
             current = None
     except KeyboardInterrupt:
-        if current:
-            store.finish_run(current, status="interrupted", error=INTERRUPTED)
+        if current:  # the sweep has no --resume: the same command finds its unfinished run
+            raise interrupt(store, current, how_to_continue(current, resume_flag=False)) from None
         raise
     except Exception as exc:
         if current:
