@@ -495,15 +495,21 @@ SEQUENTIAL_SERIES: dict[tuple[str, str], str] = {
 _SHARES = {"es", "ps", "ns", "retention", "forgotten", "panel_recall", "exact_match"}
 
 
+# Editors made to edit many facts at once: their sequential runs come at several batch sizes (study C's
+# instance- and batch-sequential), so every label says which, b=1 included.
+MASS_EDITORS = frozenset({"MEMIT", "AlphaEdit"})
+
+
 def run_label(editor: str | None, hparams: dict | None, config: dict | None) -> str:
-    """A run's short name: the editor plus what sets it apart (original ROME keys, RECT share, batch size)."""
+    """A run's short name: the editor plus what sets it apart (original ROME keys, RECT share, batch size:
+    always for MASS_EDITORS, else where it is not 1)."""
     hp, cfg = hparams or {}, config or {}
     label = editor or "unedited"
     if hp.get("key_mismatch"):
         label += " (original keys)"
     if hp.get("rect_top", 1.0) < 1.0:
         label += f" + RECT {round(100 * hp['rect_top'])}%"
-    if cfg.get("batch_size", 1) != 1:
+    if "batch_size" in cfg and (cfg["batch_size"] != 1 or editor in MASS_EDITORS):
         label += f", b={cfg['batch_size']}"
     return label
 

@@ -228,6 +228,11 @@ def test_run_labels_name_what_sets_a_run_apart():
     assert run_label("ROME", {"key_mismatch": True}, {}) == "ROME (original keys)"
     assert run_label("ROME", {"rect_top": 0.4}, {"batch_size": 1}) == "ROME + RECT 40%"
     assert run_label("MEMIT", {}, {"batch_size": 10}) == "MEMIT, b=10"
+    # a mass editor's instance-sequential run says b=1 beside its batch-sequential ones; a batch-single run
+    # (sizes, no batch_size) and a one-fact editor's run do not
+    assert run_label("AlphaEdit", {}, {"batch_size": 1}) == "AlphaEdit, b=1"
+    assert run_label("AlphaEdit", {}, {"sizes": [1, 10]}) == "AlphaEdit"
+    assert run_label("FT-L", {}, {"batch_size": 1}) == "FT-L"
 
 
 def test_batch_single_edits_measures_and_undoes_each_size_and_resumes(llama, cases, tmp_path, monkeypatch):
