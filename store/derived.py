@@ -578,6 +578,78 @@ def sequential_events(conn: sqlite3.Connection, run_ids=None) -> pl.DataFrame:
         "run_id", "kind", "series", "phase", "edit_count", "end_count", "value")
 
 
+PHASE_SERIES = {"retention": "retained edits", "panel_recall": "panel recall", "fluency": "fluency"}
+
+
+def sequential_phases(conn: sqlite3.Connection, run_ids=None) -> pl.DataFrame:
+    """Per run and series (retention, panel recall, fluency): the change point that splits the series best
+    into two straight lines, the slope on either side in % of the series' starting value per 100 edits, how
+    much it lost after the change point, and whether that made a catastrophic phase (the later slope at
+    least 3x steeper and a loss of 25% or more; compute.experiments.sequential.detect_phases). `faster` is
+    "later" or "earlier" when the series fell at least 1.5x faster on that side of the change point, "steady"
+    when neither side is, "neither" when it did not fall."""
+    import json
+
+    schema = {"run_id": pl.String, "series": pl.String, "checked_to": pl.Int64, "change_at": pl.Int64,
+              "slope_before": pl.Float64, "slope_after": pl.Float64, "drop_after": pl.Float64,
+              "faster": pl.String, "catastrophic": pl.Boolean}
+    ev = queries.run_events(conn, run_ids=run_ids, kind="phase")
+    rows: dict[tuple[str, str], dict] = {}
+    for e in ev.iter_rows(named=True):
+        d = json.loads(e["detail"]) if e["detail"] else {}
+        if "change_at" not in d:
+            continue
+        key = (e["run_id"], e["series"])
+        row = rows.setdefault(key, {"run_id": e["run_id"], "series": PHASE_SERIES.get(e["series"], e["series"]),
+                                    "checked_to": e["end_count"]})
+        row["checked_to"] = max(row["checked_to"] or 0, e["end_count"] or 0)
+        before, after = 1e4 * d["slope_before"], 1e4 * d["slope_after"]  # shares per edit -> % per 100 edits
+        row.update(change_at=int(d["change_at"]), slope_before=before, slope_after=after,
+                   drop_after=d["drop_after"], catastrophic=bool(d["catastrophic"]),
+                   faster=_faster(before, after))
+    return pl.DataFrame(list(rows.values()), schema=schema).sort("run_id", "series")
+
+
+def _faster(before: float, after: float, margin: float = 1.5) -> str:
+    """Which side of the change point a series fell faster on: "earlier" or "later" when that side's slope is
+    at least `margin` times steeper (or the other side does not fall), "steady" when neither is, "neither"
+    when the series does not fall on either side."""
+    if before >= 0 and after >= 0:
+        return "neither"
+    if after < 0 and (before >= 0 or after <= margin * before):
+        return "later"
+    if before < 0 and (after >= 0 or before <= margin * after):
+        return "earlier"
+    return "steady"
+
+
+def phase_verdict(phases: pl.DataFrame, labels: dict[str, str]) -> str:
+    """One sentence on what the change points found in these runs, from `sequential_phases`."""
+    if phases.is_empty():
+        return "No phases found yet: a run gets them at its end (or when resumed runs finish)."
+    cat = phases.filter(pl.col("catastrophic"))
+    n, runs = phases.height, phases["run_id"].n_unique()
+    if cat.height:
+        named = ", ".join(f"{labels.get(r['run_id'], r['run_id'])} ({r['series']} from edit {r['change_at']})"
+                          for r in cat.iter_rows(named=True))
+        return (f"A catastrophic phase was found on {cat.height} of {n} series in {runs} runs: {named}.")
+    falling = phases.filter(pl.col("faster") != "neither")
+    early = falling.filter(pl.col("faster") == "earlier")
+    text = f"No catastrophic phase on any of the {n} series in {runs} runs"
+    if falling.height:
+        steady = falling.filter(pl.col("faster") == "steady").height
+        text += (f"; of the {falling.height} series that fell, {early.height} fell at least 1.5x faster before the "
+                 f"change point than after it, {falling.height - early.height - steady} faster after it and "
+                 f"{steady} at about the same rate")
+        if early.height:
+            spans = early.group_by("series").agg(pl.col("change_at").min().alias("lo"),
+                                                 pl.col("change_at").max().alias("hi")).sort("series")
+            text += " (change points: " + ", ".join(
+                f"{r['series']} {r['lo']}" + (f"–{r['hi']}" if r["hi"] != r["lo"] else "")
+                for r in spans.iter_rows(named=True)) + ")"
+    return text + "."
+
+
 AGE_BINS = (0, 10, 50, 100, 250, 500)
 
 

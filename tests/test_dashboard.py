@@ -69,6 +69,9 @@ def test_forgetting_page_overlays_runs_with_events_and_weight_drift(monkeypatch,
     assert len(runs.value) == 2
     assert len(at.get("plotly_chart")) >= 2  # curves and weight drift (and forgetting by age)
     assert [b.label for b in at.get("download_button")][:1] == ["Download CSV (curves)"]
+    assert "Phases: gradual, then catastrophic?" in [h.value for h in at.header]
+    verdicts = [m.value for m in at.markdown if "catastrophic phase" in m.value or "No phases found" in m.value]
+    assert len(verdicts) == 1 and "in 2 runs" in verdicts[0]  # both runs' change points, in one sentence
 
 
 def test_shared_filters_come_from_the_url_and_follow_the_visitor(monkeypatch, fixture_store):

@@ -93,6 +93,39 @@ def test_detect_phases_finds_a_cliff_and_not_a_slope():
     assert detect_phases(x[:4], gentle[:4]) is None
 
 
+def test_phase_table_and_verdict_tell_a_cliff_from_an_early_drop(tmp_path):
+    from compute.experiments.sequential import find_events
+    from store.derived import phase_verdict, sequential_phases
+
+    x = list(range(10, 210, 10))
+    cliff = [1.0 - 0.001 * c if c < 120 else 0.85 - 0.01 * (c - 120) for c in x]  # gradual, then catastrophic
+    early = [max(0.2, 1.0 - 0.01 * c) if c <= 80 else 0.2 - 0.0005 * (c - 80) for c in x]  # fast early, then slow
+    with Store.open(tmp_path / "s.sqlite", create=True) as st:
+        for run, panel in (("cliff", cliff), ("early", early)):
+            st.start_run(kind="sequential", model="m", run_id=run)
+            st.write_measurements(
+                [{"run_id": run, "case_id": RUN_LEVEL, "edit_count": c, "rephrase_type": "panel",
+                  "metric": "panel_recall", "value": v} for c, v in zip(x, panel)]
+                + [{"run_id": run, "case_id": RUN_LEVEL, "edit_count": c, "rephrase_type": "free_text",
+                    "metric": "fluency", "value": 5.0} for c in x])
+            find_events(st, run, CFG)
+        phases = sequential_phases(st.conn)
+    panel = {r["run_id"]: r for r in phases.filter(phases["series"] == "panel recall").iter_rows(named=True)}
+    assert panel["cliff"]["catastrophic"] and panel["cliff"]["faster"] == "later"
+    assert 110 <= panel["cliff"]["change_at"] <= 130 and panel["cliff"]["checked_to"] == 200
+    assert panel["cliff"]["slope_before"] == pytest.approx(-0.1 * 100 / 0.99, rel=0.05)  # % of the start per 100
+    assert not panel["early"]["catastrophic"] and panel["early"]["faster"] == "earlier"
+    assert 70 <= panel["early"]["change_at"] <= 90
+    flat = phases.filter(phases["series"] == "fluency")
+    assert flat.height == 2 and set(flat["faster"]) == {"neither"}
+    verdict = phase_verdict(phases, {"cliff": "ROME", "early": "FT-L"})
+    assert verdict.startswith("A catastrophic phase was found on 1 of 4 series in 2 runs: ROME (panel recall from")
+    only_early = phase_verdict(phases.filter(phases["run_id"] == "early"), {})
+    assert only_early.startswith("No catastrophic phase on any of the 2 series in 1 runs; of the 1 series that fell, "
+                                 "1 fell at least 1.5x faster before the change point")
+    assert "panel recall 80" in only_early or "panel recall 70" in only_early or "panel recall 90" in only_early
+
+
 def test_disabling_edits_are_single_sharp_drops():
     counts = [0, 1, 2, 3, 4]
     em = [0.9, 0.88, 0.4, 0.38, 0.1]

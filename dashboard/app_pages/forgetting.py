@@ -7,6 +7,7 @@ from dashboard import charts
 from dashboard.data import query
 from dashboard.filters import shared_multiselect
 from dashboard.sidebar import chosen_model
+from store.derived import phase_verdict
 
 st.title("Sequential editing: forgetting and collapse")
 runs = query("run_labels", kind="sequential")
@@ -42,13 +43,45 @@ st.caption("Lines: run-level values at each checkpoint (after each of the first 
            "change point on that series; dotted line: a disabling edit (the panel's exact match fell by ≥ 0.2 "
            "after that single edit); dashed line: the online collapse that stops the run 150 edits later.")
 
-st.header("Phases, collapse and disabling edits")
-if events.is_empty():
-    st.write("No events found in these runs.")
+st.header("Phases: gradual, then catastrophic?")
+phases = query("sequential_phases", run_ids=tuple(chosen))
+st.markdown(phase_verdict(phases, labels))
+if not phases.is_empty():
+    shown = phases.with_columns(phases["run_id"].replace_strict(labels, default=None).alias("run"))
+    st.dataframe(shown.select("run", "series", "change_at", "slope_before", "slope_after", "drop_after", "faster",
+                              "catastrophic", "checked_to"), hide_index=True, column_config={
+        "change_at": st.column_config.NumberColumn("change point (edit)", help="the split whose two straight "
+                                                   "lines fit the series best"),
+        "slope_before": st.column_config.NumberColumn("slope before", format="%.1f", help="% of the series' "
+                                                      "starting value per 100 edits, before the change point"),
+        "slope_after": st.column_config.NumberColumn("slope after", format="%.1f", help="% of the starting value "
+                                                     "per 100 edits, after the change point"),
+        "drop_after": st.column_config.NumberColumn("lost after", format="%.2f", help="share of the starting "
+                                                    "value lost after the change point"),
+        "faster": st.column_config.TextColumn("fell faster", help="the side of the change point where the series "
+                                              "fell at least 1.5x faster (steady: neither)"),
+        "checked_to": st.column_config.NumberColumn("last checkpoint")})
+    st.download_button("Download CSV (phases)", shown.write_csv(), file_name="sequential-phases.csv")
+st.caption("A phase is catastrophic when the slope after the change point is at least 3x steeper than before it "
+           "and the series loses 25% or more of its starting value after it (study B's gradual-then-catastrophic "
+           "pattern). Fluency is n-gram entropy: text that degrades into varied nonsense can keep it high, so "
+           "read it beside the perplexity on the General abilities page.")
+
+st.header("Collapse and disabling edits")
+marks = events.filter(events["kind"].is_in(["collapse", "disabling_edit"])) if not events.is_empty() else events
+if marks.is_empty():
+    st.write("No online collapse and no disabling edit in these runs (a disabling edit: the panel's exact match "
+             "fell by 0.2 or more after that single edit).")
 else:
-    shown = events.with_columns(events["run_id"].replace_strict(labels, default=None).alias("run"))
-    st.dataframe(shown.select("run", "kind", "series", "phase", "edit_count", "end_count", "value"), hide_index=True)
-    st.download_button("Download CSV (events)", shown.write_csv(), file_name="sequential-events.csv")
+    shown = marks.with_columns(marks["run_id"].replace_strict(labels, default=None).alias("run"))
+    st.dataframe(shown.select("run", "kind", "series", "edit_count", "value"), hide_index=True, column_config={
+        "edit_count": st.column_config.NumberColumn("at edit"),
+        "value": st.column_config.NumberColumn("value", format="%.3f", help="collapse: the series' value that "
+                                               "crossed its threshold; disabling edit: the panel's exact match after it")})
+    missing = [labels[r] for r in chosen if marks.filter(marks["run_id"] == r).is_empty()]
+    if missing:
+        st.caption("No collapse and no disabling edit in: " + ", ".join(sorted(missing)) + ".")
+    st.download_button("Download CSV (events)", events.write_csv(), file_name="sequential-events.csv")
 
 st.header("Forgetting by an edit's age")
 age_run = st.selectbox("Run", chosen, format_func=lambda r: labels[r], key="age_run")
