@@ -7,7 +7,7 @@ from dashboard import charts
 from dashboard.data import query
 from dashboard.filters import shared_multiselect
 from dashboard.sidebar import chosen_model
-from store.derived import phase_verdict
+from store.derived import PHASE_SERIES, phase_verdict
 
 st.title("Sequential editing: forgetting and collapse")
 runs = query("run_labels", kind="sequential")
@@ -47,7 +47,7 @@ st.header("Phases: gradual, then catastrophic?")
 phases = query("sequential_phases", run_ids=tuple(chosen))
 st.markdown(phase_verdict(phases, labels))
 if not phases.is_empty():
-    shown = phases.with_columns(phases["run_id"].replace_strict(labels, default=None).alias("run"))
+    shown = phases.with_columns(phases["run_id"].replace_strict(labels, default=None).alias("run")).sort("run", "series")
     st.dataframe(shown.select("run", "series", "change_at", "slope_before", "slope_after", "drop_after", "faster",
                               "catastrophic", "checked_to"), hide_index=True, column_config={
         "change_at": st.column_config.NumberColumn("change point (edit)", help="the split whose two straight "
@@ -73,7 +73,8 @@ if marks.is_empty():
     st.write("No online collapse and no disabling edit in these runs (a disabling edit: the panel's exact match "
              "fell by 0.2 or more after that single edit).")
 else:
-    shown = marks.with_columns(marks["run_id"].replace_strict(labels, default=None).alias("run"))
+    shown = marks.with_columns(marks["run_id"].replace_strict(labels, default=None).alias("run"),
+                               marks["series"].replace(PHASE_SERIES)).sort("run", "edit_count")
     st.dataframe(shown.select("run", "kind", "series", "edit_count", "value"), hide_index=True, column_config={
         "edit_count": st.column_config.NumberColumn("at edit"),
         "value": st.column_config.NumberColumn("value", format="%.3f", help="collapse: the series' value that "
