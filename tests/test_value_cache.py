@@ -81,7 +81,13 @@ def test_a_larger_batch_reuses_the_smaller_ones_values_and_writes_the_same_updat
     for name in fresh_w:
         delta_fresh = fresh_w[name] - fresh.originals[name]
         delta_big = big_w[name] - big.originals[name]
-        assert torch.allclose(delta_big, delta_fresh, rtol=1e-3, atol=1e-6 * delta_fresh.abs().max().item())
+        # The cached values were optimised in a batch of two, the fresh ones in a batch of five: float32
+        # products block differently by batch and by CPU, so entries agree to float32 rounding amplified
+        # over the optimisation steps (seen: 2.6e-8 on an update whose largest entry is 2.2e-3), not bit
+        # for bit. A value that was not reused, or reused for the wrong request, differs by O(max).
+        scale = delta_fresh.abs().max().item()
+        assert torch.allclose(delta_big, delta_fresh, rtol=1e-3, atol=1e-4 * scale)
+        assert (delta_big - delta_fresh).norm() <= 1e-4 * delta_fresh.norm()
     assert [e["steps"] for e in big.info["edits"]] == [e["steps"] for e in fresh.info["edits"]]
 
     # AlphaEdit optimises the same values with the same settings: it finds all five in the cache
