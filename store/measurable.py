@@ -1,0 +1,139 @@
+"""Which rephrase types can be measured on a model: the unedited model must be able to answer them.
+
+An edit is judged on a rephrase type by whether the edited model's free generation names the new object
+(`acc`) or still names the true one (`rev`). Both only mean something if the probe form elicits the fact at
+all: when the unedited model never names the true object on a type (on SmolLM2-135M the fill-in-the-blank
+cloze forms), a post-edit acc of 0 is the probe failing, not the edit. Such a type is *unmeasurable* on
+that model, and every view marks or hides it with the reason given here.
+
+The evidence is the unedited model's rows: `rev` at edit count 0 on each rephrase type, which the
+all-types knowledge run stores (a robustness run names it as `config.baseline_run`). `acc` at edit count 0
+(the new object named before any edit, which the model was never told) is the rate at which an object
+turns up in a generation by accident, reported beside it as `chance_share`.
+
+Pure functions over frames (`measurability`, `measurable_types`, `unmeasurable_reasons`) and two readers
+(`baseline_run`, `run_measurability`) that take a connection, like store.queries. Imports polars only.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Iterable
+
+import polars as pl
+
+from . import queries
+
+# The share of cases on which the unedited model must name the true object on a rephrase type for that type
+# to be measurable. Why 0.05: on the shipped store the unedited SmolLM2-135M names an object it was never told
+# (the new object, `acc` at edit count 0) on at most 1.7% of the cases of any type (4 of 240), the rate at
+# which an object appears by accident in 30 free tokens. A type must elicit the true object clearly above
+# that floor, about three times it; 5% of 240 cases is 12 recalled facts. The plain prompt itself is
+# recalled on only 24%, so a stricter bar (say 10%) would also drop pronoun types the model does answer
+# (6-8%). With this bar cloze (1.7%), context_cloze (0%) and noisy_context_cloze (0%) are unmeasurable.
+MEASURABLE_SHARE = 0.05
+
+RECALL_METRIC = "rev"   # the generation names the true object (or an alias)
+CHANCE_METRIC = "acc"   # the generation names the new object; before any edit, an accident
+
+SCHEMA = {"rephrase_type": pl.String, "n": pl.Int64, "recalled": pl.Int64, "recall_share": pl.Float64,
+          "chance_share": pl.Float64, "measurable": pl.Boolean, "reason": pl.String}
+
+
+def _reason(n: int, recalled: int, share: float | None, threshold: float) -> str:
+    if n == 0:
+        return "not measured on the unedited model, so whether it can answer this type is unknown"
+    got = f"the unedited model names the true object on {recalled} of {n} cases ({100 * share:.1f}%)"
+    if share >= threshold:
+        return f"{got}, at least the {100 * threshold:g}% needed"
+    return f"{got}, under the {100 * threshold:g}% needed: a drop here is the probe failing, not the edit"
+
+
+def measurability(rows: pl.DataFrame, threshold: float = MEASURABLE_SHARE,
+                  rephrase_types: Iterable[str] | None = None) -> pl.DataFrame:
+    """Per rephrase type, from unedited-model measurement rows (columns rephrase_type, metric, value; rows
+    with an `edit_count` other than 0 are ignored): n (cases with a recall value), recalled, recall_share,
+    chance_share (share naming the new object; null without acc rows), measurable (recall_share >= threshold)
+    and a one-line reason. Types in `rephrase_types` without any row are listed as not measurable (n = 0).
+    Sorted by rephrase type."""
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be a share between 0 and 1; got {threshold!r}.")
+    missing = {"rephrase_type", "metric", "value"} - set(rows.columns)
+    if missing:
+        raise ValueError(f"measurability needs columns rephrase_type, metric, value; missing {sorted(missing)}.")
+    if "edit_count" in rows.columns:
+        rows = rows.filter(pl.col("edit_count") == 0)
+    rows = rows.filter(pl.col("value").is_not_null())
+
+    def share(metric: str, name: str) -> pl.DataFrame:
+        return (rows.filter(pl.col("metric") == metric).group_by("rephrase_type")
+                .agg(pl.len().alias(f"n_{name}"), (pl.col("value") > 0.5).sum().alias(f"k_{name}")))
+
+    recall, chance = share(RECALL_METRIC, "recall"), share(CHANCE_METRIC, "chance")
+    types = sorted(set(recall["rephrase_type"].to_list()) | set(rephrase_types or ()))
+    out = []
+    for t in types:
+        r = recall.filter(pl.col("rephrase_type") == t)
+        c = chance.filter(pl.col("rephrase_type") == t)
+        n = int(r["n_recall"][0]) if r.height else 0
+        k = int(r["k_recall"][0]) if r.height else 0
+        s = k / n if n else None
+        out.append({"rephrase_type": t, "n": n, "recalled": k, "recall_share": s,
+                    "chance_share": int(c["k_chance"][0]) / int(c["n_chance"][0]) if c.height else None,
+                    "measurable": bool(n and s >= threshold), "reason": _reason(n, k, s, threshold)})
+    return pl.DataFrame(out, schema=SCHEMA)
+
+
+def measurable_types(table: pl.DataFrame) -> list[str]:
+    """The measurable rephrase types of a `measurability` table, sorted."""
+    return sorted(table.filter(pl.col("measurable"))["rephrase_type"].to_list())
+
+
+def unmeasurable_reasons(table: pl.DataFrame) -> dict[str, str]:
+    """rephrase type -> reason, for the types a `measurability` table marks unmeasurable."""
+    bad = table.filter(~pl.col("measurable"))
+    return dict(zip(bad["rephrase_type"].to_list(), bad["reason"].to_list()))
+
+
+def baseline_run(conn: sqlite3.Connection, run_id: str | None = None, case_set: str | None = None) -> str | None:
+    """The run whose edit-count-0 rows say what the unedited model can answer.
+
+    A knowledge run is its own baseline; a run naming `config.baseline_run` (robustness runs) uses that.
+    Otherwise (no run, or a demo or other run): the knowledge run, of `case_set` and of the run's model when
+    known, that measured recall on the most rephrase types, finished first, then newest. None if none."""
+    model = None
+    if run_id is not None:
+        row = conn.execute("SELECT kind, model, config FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise ValueError(f"no run {run_id!r} in the store; pick one of the listed runs.")
+        kind, model, config = row
+        if kind == "knowledge":
+            return run_id
+        named = json.loads(config or "{}").get("baseline_run")
+        if named:
+            return named
+    found = conn.execute(
+        "SELECT r.run_id FROM runs AS r JOIN measurements AS m ON m.run_id = r.run_id "
+        "WHERE r.kind = 'knowledge' AND m.edit_count = 0 AND m.metric = ? AND (? IS NULL OR r.model = ?) "
+        "AND (? IS NULL OR json_extract(r.config, '$.case_set') = ?) "
+        "GROUP BY r.run_id ORDER BY count(DISTINCT m.rephrase_type) DESC, r.status = 'done' DESC, "
+        "r.started_at DESC, r.run_id DESC LIMIT 1",
+        (RECALL_METRIC, model, model, case_set, case_set),
+    ).fetchone()
+    return None if found is None else found[0]
+
+
+def run_measurability(conn: sqlite3.Connection, run_id: str | None = None, case_set: str | None = None,
+                      threshold: float = MEASURABLE_SHARE,
+                      rephrase_types: Iterable[str] | None = None) -> pl.DataFrame:
+    """`measurability` of the baseline of `run_id` (see `baseline_run`), plus a `baseline_run` column.
+    Empty (with the same columns) when the store has no unedited-model rows to judge by."""
+    base = baseline_run(conn, run_id=run_id, case_set=case_set)
+    rows = (queries.measurements(conn, run_ids=base, metrics=[RECALL_METRIC, CHANCE_METRIC], edit_count=0)
+            if base is not None else pl.DataFrame(schema={"rephrase_type": pl.String, "metric": pl.String,
+                                                          "value": pl.Float64}))
+    if base is None:
+        rephrase_types = ()
+    return measurability(rows, threshold, rephrase_types).with_columns(
+        pl.lit(base, dtype=pl.String).alias("baseline_run"))
