@@ -1,7 +1,13 @@
 """Command line: `python -m compute --help`.
 
 Every subcommand works on one store (`--store`, else $EDITSCOPE_STORE, else store/results.sqlite).
-Errors print one line and exit with status 2; Ctrl-C marks the running run interrupted (exit 130).
+Every option is checked before a run row is written: by the parser's types, then (hyperparameter layers, a
+sweep's values, a sequential run's panel) right after the model loads. Errors print one line and exit with
+status 2; Ctrl-C marks the running run interrupted (exit 130).
+
+This module parses arguments and calls the compute library; library code never imports it (what the
+commands share with it lives in compute/stored.py). Signal handlers are installed by compute/__main__.py
+only, never on import or by `main`, so that calling `main` in a test leaves the process's handlers alone.
 """
 
 from __future__ import annotations
@@ -10,10 +16,100 @@ import argparse
 import sys
 from pathlib import Path
 
+from compute.stored import find_run, load_case_set
 from store import Store, StoreError, default_store_path
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
+MAX_TEXT = 200  # characters in a subject, an object, a relation or a case-set name given on the command line
+
+
+# ---- option checks: every option is checked here or right after the model loads, before any run row exists --
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `error: argument --limit: ...` and exit status 2, no usage block."""
+
+    def error(self, message: str):
+        self.exit(EXIT_ERROR, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def at_least(lo: int):
+    """An argparse type: a whole number >= lo."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"must be at least {lo}, got {value}")
+        return value
+
+    parse.__name__ = f"whole number >= {lo}"
+    return parse
+
+
+def text(max_len: int = MAX_TEXT):
+    """An argparse type: non-empty text on one line, at most `max_len` characters (stripped)."""
+
+    def parse(value: str) -> str:
+        out = value.strip()
+        if not out:
+            raise argparse.ArgumentTypeError("is empty")
+        if len(out) > max_len:
+            raise argparse.ArgumentTypeError(f"is {len(out)} characters long; at most {max_len} are allowed")
+        if any(ord(c) < 32 for c in out):
+            raise argparse.ArgumentTypeError("holds a line break or control character; give plain text on one line")
+        return out
+
+    parse.__name__ = "text"
+    return parse
+
+
+def device(value: str) -> str:
+    """An argparse type: a torch device name (cpu, cuda, cuda:N or mps)."""
+    import re
+
+    if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", value):
+        raise argparse.ArgumentTypeError(f"must be cpu, cuda, cuda:N or mps, got {value!r}")
+    return value
+
+
+def int_list(value: str) -> list[int]:
+    """An argparse type: '1,10,50' -> [1, 10, 50], each a whole number >= 1, none repeated."""
+    try:
+        out = [int(v) for v in value.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated whole numbers such as 1,10,50, got {value!r}") from None
+    if not out or min(out) < 1 or len(set(out)) != len(out):
+        raise argparse.ArgumentTypeError(f"must be distinct whole numbers >= 1 such as 1,10,50, got {value!r}")
+    return out
+
+
+def layer_values(value: str) -> list:
+    """An argparse type for `run sweep --values`: '1,3,5' (layers) or '2-3-4,4-5-6' (layer lists), each >= 0."""
+    try:
+        out = [[int(x) for x in v.split("-")] if "-" in v else int(v) for v in value.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be layers such as 1,3,5 or layer lists such as 2-3-4,4-5-6, "
+                                         f"got {value!r}") from None
+    flat = [x for v in out for x in (v if isinstance(v, list) else [v])]
+    if not out or min(flat) < 0:
+        raise argparse.ArgumentTypeError(f"must be layers >= 0 such as 1,3,5, got {value!r}")
+    return out
+
+
+def check_layers_fit(ed, hp, lm, where: str = "hyperparameters") -> None:
+    """ValueError when an editor's `layer` or `layers` lies outside the model (checked before a run exists)."""
+    top = lm.n_layers - 1
+    for field in ("layer", "layers"):
+        value = getattr(hp, field, None)
+        if value is None:
+            continue
+        bad = [x for x in (value if isinstance(value, (list, tuple)) else [value]) if not 0 <= x <= top]
+        if bad:
+            raise ValueError(f"{where}: {ed.name} field {field!r} has layer {bad[0]}, but {lm.name} has layers 0..{top}")
 
 
 def _out(text: str = "") -> None:
@@ -147,59 +243,6 @@ def cmd_cases_show(args) -> None:
         _table(df.select(cols).head(args.limit), max_rows=args.limit)
 
 
-def load_case_set(st: Store, case_set: str, limit: int | None = None):
-    """The EditCases of a stored case set, in case-id order."""
-    from compute.cases import case_from_rows
-    from store import queries
-
-    df = queries.cases(st.conn, case_set=case_set)
-    if df.is_empty():
-        raise ValueError(f"no case set {case_set!r} in {st.path}: build one with `python -m compute cases build`")
-    rows = df.sort("case_id").to_dicts()[:limit]
-    probes = queries.probes_of_set(st.conn, case_set)
-    by_case: dict[str, list] = {}
-    for p in probes.to_dicts():
-        by_case.setdefault(p["case_id"], []).append(p)
-    return [case_from_rows(r, by_case.get(r["case_id"], [])) for r in rows]
-
-
-def _same_hparams(stored: str | None, hparams) -> bool:
-    """Whether a run's stored hyperparameters are `hparams` (a dict, compared as JSON, or an editor's
-    hyperparameter object: then the stored dict is read through its class, so a field added later with a
-    default that keeps the old behaviour does not orphan the runs made before it existed)."""
-    import dataclasses
-    import json
-
-    from compute.editors.base import EditorError, parse_hparams
-
-    data = json.loads(stored or "null")
-    if dataclasses.is_dataclass(hparams):
-        try:
-            return isinstance(data, dict) and parse_hparams(type(hparams), data) == hparams
-        except EditorError:
-            return False
-    return data == json.loads(json.dumps(hparams))
-
-
-def find_run(st: Store, kind: str, model: str, editor: str | None = None, hparams=None, where=None, **config):
-    """The newest run of this kind/model/editor whose config has these values (and these hyperparameters:
-    a dict or an editor's hyperparameter object), as a dict, or None: re-running a command resumes or
-    skips it instead of starting over. `where(config, run)`, when given, must hold as well."""
-    import json
-
-    from store import queries
-
-    for run in queries.list_runs(st.conn, kind=kind).iter_rows(named=True):
-        if run["model"] != model or (editor is not None and run["editor"] != editor):
-            continue
-        if hparams is not None and not _same_hparams(run["hparams"], hparams):
-            continue
-        cfg = json.loads(run["config"] or "{}")
-        if all(cfg.get(k) == v for k, v in config.items()) and (where is None or where(cfg, run)):
-            return run
-    return None
-
-
 # ---- knowledge ------------------------------------------------------------------------------------------
 
 
@@ -263,9 +306,8 @@ def _editor_setup(args, lm, editor: str):
     from compute.covariance import covariance_provider
     from compute.editors import EditContext, get_editor, load_hparams
     from compute.editors.base import parse_hparams
-    from compute.models import default_cache_dir
-
     from compute.editors.base import hparams_dict
+    from compute.models import default_cache_dir
 
     ed = get_editor(editor)
     if getattr(args, "hparams", None):
@@ -283,6 +325,8 @@ def _editor_setup(args, lm, editor: str):
             overrides[key.strip()] = value
     if overrides:
         hp = parse_hparams(ed.hparams, {**hparams_dict(hp), **overrides}, where="--hp")
+    check_layers_fit(ed, hp, lm, where="--hp" if overrides else str(getattr(args, "hparams", None) or
+                                                                   "the shipped hyperparameters"))
     cache = args.cache_dir or default_cache_dir()
     n_tokens = getattr(hp, "cov_n_tokens", 0)
     ctx = EditContext(cache_dir=cache, seed=args.seed, cov_samples=n_tokens,
@@ -387,6 +431,8 @@ def cmd_run_sequential(args) -> None:
         layout = dict(case_set=name, n_cases=len(cases), batch_size=cfg.batch_size,
                       checkpoint_every=cfg.checkpoint_every, order_seed=cfg.order_seed,
                       abilities_every=cfg.abilities_every)
+        if args.again or (not args.resume and find_run(st, "sequential", lm.name, ed.name, hp, **layout) is None):
+            _check_panel(lm, cases, cfg)  # a new run: its panel must exist before its run row does
         extend = bool(args.resume) and args.edits is not None  # --resume RUN_ID --edits N: N may be larger
         run_id = None
         if (not args.resume and not args.again
@@ -429,6 +475,25 @@ def cmd_run_sequential(args) -> None:
             _table(events.drop("run_id"))
 
 
+def _check_panel(lm, cases, cfg) -> None:
+    """ValueError unless a new sequential run of `cases` has cases to edit and a fact panel: the panel pool
+    holds a case, and (with known facts only) the unedited model recalls enough of the pool. This is the
+    panel the run then picks again (the same pure functions of the order, the pool and the model)."""
+    from compute.experiments.sequential import ability_case_ids, edit_order, known_panel, split_order
+
+    skip = ability_case_ids(cases, _ability_facts())
+    edits, pool_ids = split_order(edit_order([c.case_id for c in cases], cfg.order_seed), cfg, skip)
+    if not edits:
+        raise ValueError(f"the {len(cases)} cases leave nothing to edit (the ability suite's facts are never "
+                         "edited): build a larger set or lower --panel-pool")
+    if not pool_ids:
+        raise ValueError(f"the panel pool holds no case (--panel-pool {cfg.panel_pool}): a sequential run needs at "
+                         f"least one, and {cfg.panel_size} for a full panel; raise --panel-pool")
+    if cfg.panel_known_only:
+        by_id = {c.case_id: c for c in cases}
+        known_panel(lm, [by_id[i] for i in pool_ids], cfg.panel_size, cfg.panel_tokens)
+
+
 def _final_suite_if_missing(st, lm, run_id: str, mode: str, cache_dir) -> None:
     """A finished sequential run without `mode` ability scores at its last edit count (it ended before
     runs measured them) gets them from its saved final state; a run whose state is not in this cache is
@@ -463,7 +528,7 @@ def cmd_run_batch(args) -> None:
     from compute.abilities.run import suite
     from compute.experiments.batch import run_batch_single
 
-    sizes = [int(v) for v in args.sizes.split(",") if v.strip()]
+    sizes = args.sizes
     with _open_store(args) as st:
         st.mark_stale_runs()
         lm = _load_model(args)
@@ -488,12 +553,20 @@ def cmd_run_sweep(args) -> None:
     from compute.experiments.sweep import run_sweep
     from store import derived
 
-    values = [int(v) for v in args.values.split(",")] if args.field == "layer" else \
-        [[int(x) for x in v.split("-")] for v in args.values.split(",")]
+    from compute.editors.base import hparams_dict, parse_hparams
+
+    if args.field == "layer" and any(isinstance(v, list) for v in args.values):
+        raise ValueError(f"--field layer takes single layers such as --values 1,3,5; lists such as 2-3-4 "
+                         "need --field layers")
+    values = [v if args.field == "layer" or isinstance(v, list) else [v] for v in args.values]
     with _open_store(args) as st:
         st.mark_stale_runs()
         lm = _load_model(args)
         ed, hp, ctx = _editor_setup(args, lm, args.editor)
+        for value in values:  # each swept setting is checked before the first run exists
+            where = f"--values {'-'.join(map(str, value)) if isinstance(value, list) else value}"
+            check_layers_fit(ed, parse_hparams(ed.hparams, {**hparams_dict(hp), args.field: value}, where=where),
+                             lm, where=where)
         name = _case_set_for(args, st, lm)
         cases = load_case_set(st, name, args.limit)
         sweep = args.sweep or f"{ed.name}-{args.field}-{name}"
@@ -610,7 +683,7 @@ def cmd_model_info(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from compute.models import DEFAULT_MODEL
 
-    p = argparse.ArgumentParser(prog="python -m compute", description="EditScope compute side: knowledge "
+    p = Parser(prog="python -m compute", description="EditScope compute side: knowledge "
                                 "base, edit cases, pre-edit knowledge, editors and experiments, written to one "
                                 "SQLite store.")
     p.add_argument("--store", type=Path, default=None, help="store file (default: $EDITSCOPE_STORE or store/results.sqlite)")
@@ -620,127 +693,127 @@ def build_parser() -> argparse.ArgumentParser:
 
     def model_args(q):
         q.add_argument("--model", default=DEFAULT_MODEL, help=f"{DEFAULT_MODEL!r} (embedded) or a local HF model directory")
-        q.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+        q.add_argument("--device", type=device, default="cpu", help="torch device, e.g. cpu or cuda")
 
     kb = sub.add_parser("kb", help="build and inspect the knowledge base").add_subparsers(dest="sub", required=True)
     q = kb.add_parser("build", help="build the knowledge base from package data and write it into the store")
     q.set_defaults(func=cmd_kb_build)
     q = kb.add_parser("show", help="relations and counts; a relation's facts; a subject's facts and features")
-    q.add_argument("--relation")
-    q.add_argument("--subject")
-    q.add_argument("--limit", type=int, default=40)
+    q.add_argument("--relation", type=text())
+    q.add_argument("--subject", type=text())
+    q.add_argument("--limit", type=at_least(1), default=40)
     q.set_defaults(func=cmd_kb_show)
 
     cs = sub.add_parser("cases", help="build, import and inspect edit cases").add_subparsers(dest="sub", required=True)
     q = cs.add_parser("build", help="sample counterfactual cases (balanced across relations and popularity quartiles)")
-    q.add_argument("--n", type=int, default=480, help="number of cases")
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--relations", help="comma-separated relation names (default: all)")
-    q.add_argument("--set", help="case set name (default: MODEL[-RELATIONS]-nN-sSEED)")
+    q.add_argument("--n", type=at_least(1), default=480, help="number of cases")
+    q.add_argument("--seed", type=at_least(0), default=0)
+    q.add_argument("--relations", type=text(), help="comma-separated relation names (default: all)")
+    q.add_argument("--set", type=text(), help="case set name (default: MODEL[-RELATIONS]-nN-sSEED)")
     q.add_argument("--unbalanced", action="store_true", help="draw uniformly instead of balancing the cells")
     model_args(q)
     q.set_defaults(func=cmd_cases_build)
     q = cs.add_parser("load", help="import CounterFact- or zsRE-format JSON records as a case set")
     q.add_argument("file")
     q.add_argument("--format", required=True, choices=["counterfact", "zsre"])
-    q.add_argument("--set")
-    q.add_argument("--limit", type=int)
+    q.add_argument("--set", type=text())
+    q.add_argument("--limit", type=at_least(1))
     q.set_defaults(func=cmd_cases_load)
     q = cs.add_parser("show", help="list case sets; a set's cases; one case's probes")
-    q.add_argument("--set")
-    q.add_argument("--subject", help="substring of the subject")
-    q.add_argument("--case", help="case id: print every probe's text")
-    q.add_argument("--limit", type=int, default=40)
+    q.add_argument("--set", type=text())
+    q.add_argument("--subject", type=text(), help="substring of the subject")
+    q.add_argument("--case", type=text(), help="case id: print every probe's text")
+    q.add_argument("--limit", type=at_least(1), default=40)
     q.set_defaults(func=cmd_cases_show)
 
     kn = sub.add_parser("knowledge", help="measure and summarise the unedited model's knowledge of a case set")
     kn = kn.add_subparsers(dest="sub", required=True)
     q = kn.add_parser("measure", help="P(true object), its rank and greedy recall for each case (a 'knowledge' run)")
-    q.add_argument("--set", required=True, help="case set name (see `cases show`)")
-    q.add_argument("--types", default="plain", help="rephrase types: comma-separated, or 'all' (default: plain)")
-    q.add_argument("--gen-tokens", type=int, default=30, help="greedy tokens generated per probe")
-    q.add_argument("--limit", type=int, help="only the first N cases")
-    q.add_argument("--resume", metavar="RUN_ID", help="continue this interrupted run (default: the matching one)")
+    q.add_argument("--set", type=text(), required=True, help="case set name (see `cases show`)")
+    q.add_argument("--types", type=text(), default="plain", help="rephrase types: comma-separated, or 'all' (default: plain)")
+    q.add_argument("--gen-tokens", type=at_least(1), default=30, help="greedy tokens generated per probe")
+    q.add_argument("--limit", type=at_least(1), help="only the first N cases")
+    q.add_argument("--resume", type=text(), metavar="RUN_ID", help="continue this interrupted run (default: the matching one)")
     q.add_argument("--again", action="store_true", help="start a new run even if a matching one exists")
     model_args(q)
     q.set_defaults(func=cmd_knowledge_measure)
     q = kn.add_parser("show", help="recall by popularity quartile and Spearman correlations")
-    q.add_argument("--set")
-    q.add_argument("--run", help="knowledge run id (default: the newest)")
+    q.add_argument("--set", type=text())
+    q.add_argument("--run", type=text(), help="knowledge run id (default: the newest)")
     q.set_defaults(func=cmd_knowledge_show)
 
     def edit_args(q, cases_default=240):
-        q.add_argument("--editor", required=True, help="ROME, MEMIT, AlphaEdit, FT-L or IKE")
-        q.add_argument("--set", help="case set name (default: the balanced set of --cases, built if missing)")
-        q.add_argument("--cases", type=int, default=cases_default, help="number of cases when --set is not given")
-        q.add_argument("--seed", type=int, default=0)
-        q.add_argument("--limit", type=int, help="only the first N cases of the set")
+        q.add_argument("--editor", type=text(), required=True, help="ROME, MEMIT, AlphaEdit, FT-L or IKE")
+        q.add_argument("--set", type=text(), help="case set name (default: the balanced set of --cases, built if missing)")
+        q.add_argument("--cases", type=at_least(1), default=cases_default, help="number of cases when --set is not given")
+        q.add_argument("--seed", type=at_least(0), default=0)
+        q.add_argument("--limit", type=at_least(1), help="only the first N cases of the set")
         q.add_argument("--hparams", type=Path, help="hyperparameter JSON file (default: the shipped one for the model)")
         q.add_argument("--hp", action="append", metavar="FIELD=VALUE",
                        help="override one hyperparameter, e.g. --hp key_mismatch=true (repeatable)")
-        q.add_argument("--gen-tokens", type=int, default=30)
+        q.add_argument("--gen-tokens", type=at_least(1), default=30)
         model_args(q)
 
     ex = sub.add_parser("run", help="run an experiment (resumable)").add_subparsers(dest="sub", required=True)
     q = ex.add_parser("robustness", help="study A: single edits, undone before the next, in all 16 rephrase types")
     edit_args(q)
-    q.add_argument("--resume", metavar="RUN_ID", help="continue this interrupted run (default: the matching one)")
+    q.add_argument("--resume", type=text(), metavar="RUN_ID", help="continue this interrupted run (default: the matching one)")
     q.add_argument("--again", action="store_true", help="start a new run even if a matching one exists")
     q.add_argument("--no-baseline", action="store_true", help="skip the unedited all-types knowledge run")
     q.set_defaults(func=cmd_run_robustness)
     q = ex.add_parser("sequential", help="study B: edits one after another, never undone; forgetting and collapse")
     edit_args(q, cases_default=1240)
-    q.add_argument("--batch", type=int, default=1, help="edits per batch (1 for ROME and FT-L)")
-    q.add_argument("--edits", type=int,
+    q.add_argument("--batch", type=at_least(1), default=1, help="edits per batch (1 for ROME and FT-L)")
+    q.add_argument("--edits", type=at_least(1),
                    help="at most this many edits (default 1000; a resumed run keeps its own). A run made with "
                         "fewer that ended at its maximum is extended from where it stopped, not started again")
-    q.add_argument("--every", type=int, default=10, help="a checkpoint every N edits (and after each of the first 10)")
-    q.add_argument("--after-collapse", type=int, default=150, help="edits made after a detected collapse")
-    q.add_argument("--order-seed", type=int, default=0, help="seed of the edit order (shared across editors)")
-    q.add_argument("--panel-pool", type=int, default=240, help="cases kept out of the edits for the fact panel")
-    q.add_argument("--panel-size", type=int, default=50, help="known facts in the panel")
+    q.add_argument("--every", type=at_least(1), default=10, help="a checkpoint every N edits (and after each of the first 10)")
+    q.add_argument("--after-collapse", type=at_least(0), default=150, help="edits made after a detected collapse")
+    q.add_argument("--order-seed", type=at_least(0), default=0, help="seed of the edit order (shared across editors)")
+    q.add_argument("--panel-pool", type=at_least(1), default=240, help="cases kept out of the edits for the fact panel")
+    q.add_argument("--panel-size", type=at_least(1), default=50, help="known facts in the panel")
     q.add_argument("--panel-any", action="store_true",
                    help="take the panel's facts whether the unedited model recalls them or not (tiny test models)")
-    q.add_argument("--abilities-every", type=int, default=0, help="quick ability suite every N edits (0 = never)")
+    q.add_argument("--abilities-every", type=at_least(0), default=0, help="quick ability suite every N edits (0 = never)")
     q.add_argument("--final-abilities", choices=["full", "quick", "none"],
                    help="ability suite on the model as the run leaves it (default: full with --abilities-every, "
                         "else none; a finished run gets it later with `abilities measure --run RUN_ID`)")
-    q.add_argument("--resume", metavar="RUN_ID", help="continue this interrupted run (default: the matching one)")
+    q.add_argument("--resume", type=text(), metavar="RUN_ID", help="continue this interrupted run (default: the matching one)")
     q.add_argument("--again", action="store_true", help="start a new run even if a matching one exists")
     q.set_defaults(func=cmd_run_sequential)
     q = ex.add_parser("batch", help="study C: one batch of b edits at once, measured (editing and abilities), undone")
     edit_args(q, cases_default=1240)
-    q.add_argument("--sizes", default="1,10,50,100,200,500", help="comma-separated batch sizes")
-    q.add_argument("--order-seed", type=int, default=0, help="seed of the edit order (shared with sequential runs)")
-    q.add_argument("--panel-pool", type=int, default=240, help="cases kept out of the edits (as in sequential runs)")
+    q.add_argument("--sizes", type=int_list, default="1,10,50,100,200,500", help="comma-separated batch sizes")
+    q.add_argument("--order-seed", type=at_least(0), default=0, help="seed of the edit order (shared with sequential runs)")
+    q.add_argument("--panel-pool", type=at_least(0), default=240, help="cases kept out of the edits (as in sequential runs)")
     q.add_argument("--abilities", default="quick", choices=["none", "quick", "full"],
                    help="general-ability suite after each batch")
-    q.add_argument("--resume", metavar="RUN_ID", help="continue this interrupted run (default: the matching one)")
+    q.add_argument("--resume", type=text(), metavar="RUN_ID", help="continue this interrupted run (default: the matching one)")
     q.add_argument("--again", action="store_true", help="start a new run even if a matching one exists")
     q.set_defaults(func=cmd_run_batch)
     q = ex.add_parser("sweep", help="choose an editor's layer(s): ES/PS/NS for each candidate value")
     edit_args(q, cases_default=30)
     q.add_argument("--field", default="layer", choices=["layer", "layers"])
-    q.add_argument("--values", required=True, help="e.g. 1,3,5,9 for layer, or 2-3-4,4-5-6 for layers")
-    q.add_argument("--sweep", help="sweep id (default: EDITOR-FIELD-SET)")
+    q.add_argument("--values", type=layer_values, required=True, help="e.g. 1,3,5,9 for layer, or 2-3-4,4-5-6 for layers")
+    q.add_argument("--sweep", type=text(), help="sweep id (default: EDITOR-FIELD-SET)")
     q.set_defaults(func=cmd_run_sweep)
 
     q = sub.add_parser("edit", help="one-fact demo: edit, print pre/post generations in every rephrase type")
-    q.add_argument("--subject", required=True)
-    q.add_argument("--relation", required=True, help="a knowledge-base relation, e.g. capital (see `kb show`)")
-    q.add_argument("--new", required=True, help="the new object")
-    q.add_argument("--true", help="the true object, when the subject is not in the knowledge base")
-    q.add_argument("--editor", default="ROME")
+    q.add_argument("--subject", type=text(), required=True, help=f"at most {MAX_TEXT} characters")
+    q.add_argument("--relation", type=text(), required=True, help="a knowledge-base relation, e.g. capital (see `kb show`)")
+    q.add_argument("--new", type=text(), required=True, help=f"the new object (at most {MAX_TEXT} characters)")
+    q.add_argument("--true", type=text(), help="the true object, when the subject is not in the knowledge base")
+    q.add_argument("--editor", type=text(), default="ROME")
     q.add_argument("--hparams", type=Path)
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--gen-tokens", type=int, default=30)
+    q.add_argument("--seed", type=at_least(0), default=0)
+    q.add_argument("--gen-tokens", type=at_least(1), default=30)
     q.add_argument("--no-save", action="store_true", help="do not save the demo as a run in the store")
     model_args(q)
     q.set_defaults(func=cmd_edit)
 
     rn = sub.add_parser("runs", help="runs in the store").add_subparsers(dest="sub", required=True)
     q = rn.add_parser("list", help="runs with status and provenance")
-    q.add_argument("--kind")
+    q.add_argument("--kind", type=text())
     q.set_defaults(func=cmd_runs_list)
 
     sp = sub.add_parser("store", help="store maintenance").add_subparsers(dest="sub", required=True)
@@ -750,36 +823,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     md = sub.add_parser("model", help="the model").add_subparsers(dest="sub", required=True)
     q = md.add_parser("info", help="load the model (caching a safetensors copy) and describe it")
-    q.add_argument("--prompt", help="also print the greedy continuation of this prompt")
+    q.add_argument("--prompt", type=text(), help="also print the greedy continuation of this prompt")
     model_args(q)
     q.set_defaults(func=cmd_model_info)
 
     from compute.abilities.cli import add_abilities_parser
 
-    add_abilities_parser(sub)
+    add_abilities_parser(sub, model_args)
     return p
 
 
-def _interrupt_on_signals() -> None:
-    """Ctrl-C and SIGTERM both stop a run as 'interrupted' (resumable). Installed explicitly because a shell
-    starts background jobs with SIGINT ignored, and Python keeps an ignored SIGINT ignored."""
-    import signal
-
-    def stop(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-
-
 def main(argv=None) -> int:
+    """Parse `argv` and run its command; returns the exit status: 0, 2 after a one-line error (a bad option
+    is refused by the parser before anything is loaded), 130 after a KeyboardInterrupt during a run. This installs no
+    signal handler: `python -m compute` (compute/__main__.py) does, for the whole process."""
     from compute.editors import EditorError
     from compute.formats import FormatError
     from compute.models import ModelError
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    _interrupt_on_signals()
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help (0), or a bad option: its one line is already printed (2)
+        return exc.code if isinstance(exc.code, int) else EXIT_ERROR
     if args.store is None:
         args.store = default_store_path()
     try:
@@ -791,7 +856,7 @@ def main(argv=None) -> int:
             print("interrupted before any run started or after the last one ended "
                   "(`python -m compute runs list` shows the runs)", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (StoreError, ModelError, FormatError, EditorError, ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (StoreError, ModelError, FormatError, EditorError, ValueError, OSError) as exc:
+        print("error: " + " ".join(str(exc).split()), file=sys.stderr)
         return EXIT_ERROR
     return 0

@@ -363,7 +363,7 @@ def test_rows_fit_the_store_table_and_evaluation_leaves_weights_alone(gpt2, all_
 
 
 def test_cli_measure_stores_a_run_and_show_prints_it(tiny_model_dir, cache_dir, kb, tmp_path, capsys):
-    from compute.abilities.cli import build_parser
+    from compute.cli import build_parser
     from store import Store, queries
 
     store = tmp_path / "cli.sqlite"

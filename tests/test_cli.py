@@ -26,9 +26,7 @@ def run(env, *args):
 
 
 def test_help_lists_the_subcommands(capsys):
-    with pytest.raises(SystemExit) as exit_:
-        main(["--help"])
-    assert exit_.value.code == 0
+    assert main(["--help"]) == 0
     out = capsys.readouterr().out
     for word in ("kb", "cases", "knowledge", "runs", "store", "model"):
         assert word in out
@@ -104,22 +102,176 @@ def test_rerunning_a_measurement_skips_it_and_a_clashing_case_set_is_refused(env
     assert "already measured" in capsys.readouterr().out
 
 
+# ---- every option is checked before a run row exists -------------------------------------------------------
 
-def test_sigterm_and_an_ignored_sigint_both_raise_keyboardinterrupt():
-    """So a background run stopped either way records 'interrupted' (the runners catch KeyboardInterrupt)."""
-    import os
+
+def run_rows(store) -> int:
+    with Store.open(store, readonly=True) as st:
+        return queries.list_runs(st.conn).height
+
+
+@pytest.fixture(scope="module")
+def cased(env):
+    """env with a 12-case set `v12` and ROME/MEMIT hyperparameter files that fit the 2-layer tiny model."""
+    assert run(env, "cases", "build", "--n", "12", "--set", "v12", "--model", env["model"]) == 0
+    folder = env["store"].parent
+    (folder / "rome.json").write_text('{"layer": 0, "v_steps": 2, "n_prefixes": 1, "prefix_tokens": 3, '
+                                      '"use_covariance": false}')
+    return {**env, "rome": str(folder / "rome.json")}
+
+
+def refused(env, capsys, *args) -> str:
+    """Run a command that must be refused: exit 2, one line on stderr, no run row written. Returns the line."""
+    capsys.readouterr()
+    before = run_rows(env["store"])
+    assert run(env, *args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    assert "Traceback" not in err[0]
+    assert run_rows(env["store"]) == before
+    return err[0]
+
+
+LONG = "x" * 10_000
+
+
+@pytest.mark.parametrize("args, says", [
+    (["knowledge", "measure", "--set", "v12", "--gen-tokens", "0"], "argument --gen-tokens: must be at least 1, got 0"),
+    (["run", "robustness", "--editor", "ROME", "--set", "v12", "--gen-tokens", "0"], "--gen-tokens: must be at least 1"),
+    (["edit", "--subject", "France", "--relation", "capital", "--new", "Rome", "--gen-tokens", "0"],
+     "--gen-tokens: must be at least 1"),
+    (["knowledge", "measure", "--set", "v12", "--limit", "-1"], "argument --limit: must be at least 1, got -1"),
+    (["knowledge", "measure", "--set", "v12", "--limit", "0"], "argument --limit: must be at least 1, got 0"),
+    (["run", "sequential", "--editor", "ROME", "--set", "v12", "--limit", "0"], "argument --limit: must be at least 1"),
+    (["run", "robustness", "--editor", "ROME", "--cases", "0"], "argument --cases: must be at least 1"),
+    (["knowledge", "measure", "--set", "v12", "--limit", "ten"], "--limit: must be a whole number, got 'ten'"),
+    (["edit", "--subject", LONG, "--relation", "capital", "--new", "Rome"],
+     "argument --subject: is 10000 characters long; at most 200 are allowed"),
+    (["edit", "--subject", "France", "--relation", "capital", "--new", LONG], "argument --new: is 10000 characters"),
+    (["edit", "--subject", "France", "--relation", "capital", "--new", "Rome", "--true", LONG], "argument --true"),
+    (["edit", "--subject", "   ", "--relation", "capital", "--new", "Rome"], "argument --subject: is empty"),
+    (["edit", "--subject", "Fr\nance", "--relation", "capital", "--new", "Rome"], "line break"),
+    (["run", "sequential", "--editor", "ROME", "--set", "v12", "--edits", "0"], "argument --edits: must be at least 1"),
+    (["run", "sequential", "--editor", "ROME", "--set", "v12", "--panel-pool", "0"], "--panel-pool: must be at least 1"),
+    (["run", "sequential", "--editor", "ROME", "--set", "v12", "--every", "0"], "--every: must be at least 1"),
+    (["run", "batch", "--editor", "MEMIT", "--set", "v12", "--sizes", "1,x"], "--sizes: must be comma-separated"),
+    (["run", "batch", "--editor", "MEMIT", "--set", "v12", "--sizes", "0,2"], "--sizes: must be distinct whole numbers"),
+    (["run", "sweep", "--editor", "ROME", "--set", "v12", "--values", "1,a"], "argument --values: must be layers"),
+    (["run", "robustness", "--editor", "ROME", "--set", "v12", "--device", "gpu0"], "--device: must be cpu, cuda"),
+    (["run", "robustness", "--editor", "ROME", "--set", "v12", "--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_a_bad_option_is_one_line_with_exit_2_and_writes_no_run(cased, capsys, args, says):
+    line = refused(cased, capsys, *args)
+    assert says in line and "--help" in line
+
+
+def test_a_layer_outside_the_model_is_refused_before_the_baseline_or_the_run(cased, capsys):
+    base = ["run", "robustness", "--editor", "ROME", "--set", "v12", "--limit", "2", "--gen-tokens", "1",
+            "--hparams", cased["rome"], "--model", cased["model"]]
+    line = refused(cased, capsys, *base, "--hp", "layer=999")
+    assert "--hp: ROME field 'layer' has layer 999" in line and "layers 0..1" in line
+    line = refused(cased, capsys, "run", "sweep", "--editor", "ROME", "--set", "v12", "--values", "0,5",
+                   "--hparams", cased["rome"], "--model", cased["model"])
+    assert "--values 5: ROME field 'layer' has layer 5" in line
+    line = refused(cased, capsys, "run", "sweep", "--editor", "ROME", "--set", "v12", "--values", "0-1",
+                   "--hparams", cased["rome"], "--model", cased["model"])
+    assert "--field layers" in line
+
+
+def test_a_panel_pool_too_small_is_refused_before_a_sequential_run_exists(cased, capsys):
+    base = ["run", "sequential", "--editor", "ROME", "--set", "v12", "--edits", "2", "--hparams", cased["rome"],
+            "--model", cased["model"]]
+    line = refused(cased, capsys, *base, "--panel-pool", "12")
+    assert "leaves nothing to edit after the 12-case panel pool" in line
+    # the random tiny model recalls none of the pool's facts: no panel of known facts can be drawn
+    line = refused(cased, capsys, *base, "--panel-pool", "4", "--panel-size", "3")
+    assert "recalls only 0 of the" in line and "--panel-pool" in line
+
+
+def test_main_installs_no_signal_handler():
+    """Only `python -m compute` (compute/__main__.py) installs handlers: a test calling main keeps its own."""
     import signal
 
-    from compute.cli import _interrupt_on_signals
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    assert main(["--help"]) == 0
+    assert main(["runs", "list", "--kind", ""]) == 2
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
 
-    saved = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    try:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a shell starts background jobs
-        _interrupt_on_signals()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with pytest.raises(KeyboardInterrupt):
-                os.kill(os.getpid(), sig)
-                signal.sigtimedwait([], 0.5) if hasattr(signal, "sigtimedwait") else None
-    finally:
-        signal.signal(signal.SIGINT, saved[0])
-        signal.signal(signal.SIGTERM, saved[1])
+
+def test_python_m_compute_turns_sigterm_and_an_ignored_sigint_into_an_interrupt():
+    """So a background run stopped either way records 'interrupted' (the runners catch KeyboardInterrupt).
+    In a fresh process, with SIGINT ignored as a shell starts background jobs."""
+    import subprocess
+    import sys
+
+    code = ("import os, signal, sys\n"
+            "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+            "from compute.__main__ import interrupt_on_signals\n"
+            "interrupt_on_signals()\n"
+            "for sig in (signal.SIGINT, signal.SIGTERM):\n"
+            "    try:\n"
+            "        os.kill(os.getpid(), sig)\n"
+            "        signal.sigtimedwait([], 0.5)\n"
+            "    except KeyboardInterrupt:\n"
+            "        print('interrupted by', sig.name)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["interrupted by SIGINT", "interrupted by SIGTERM"]
+
+
+# ---- imports: compute -> store <- dashboard, and nothing imports the command line -------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _imports() -> dict[str, set[str]]:
+    """module -> the project modules it imports anywhere in its file (top level or inside a function)."""
+    import ast
+
+    graph = {}
+    for package in ("compute", "store", "dashboard"):
+        for path in (ROOT / package).rglob("*.py"):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            here = module if parts[-1] == "__init__" else module.rpartition(".")[0]
+            found = set()
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    found |= {a.name for a in node.names}
+                elif isinstance(node, ast.ImportFrom):
+                    base = node.module or ""
+                    if node.level:
+                        up = here.split(".")[: len(here.split(".")) - node.level + 1]
+                        base = ".".join(up + ([base] if base else []))
+                    found |= {base} | {f"{base}.{a.name}" for a in node.names}
+            graph[module] = {m for m in found if m.split(".")[0] in ("compute", "store", "dashboard")}
+    return graph
+
+
+def test_imports_flow_compute_to_store_from_dashboard_and_nothing_imports_the_cli():
+    graph = _imports()
+    assert "compute.cli" in graph and "compute.abilities.cli" in graph
+    bad = [(m, i) for m, deps in graph.items() for i in deps
+           if (m.startswith("store") and i.split(".")[0] in ("compute", "dashboard"))
+           or (m.startswith("dashboard") and i.startswith("compute"))
+           or (m.startswith("compute") and i.startswith("dashboard"))]
+    assert not bad
+    importers = sorted(m for m, deps in graph.items() if "compute.cli" in deps)
+    assert importers == ["compute.__main__"]  # compute/abilities/cli.py no longer imports it: no cycle
+
+
+def test_importing_the_command_lines_in_a_fresh_process_loads_no_dashboard_and_no_cycle():
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "import compute.abilities.cli, compute.stored\n"
+            "print('compute.cli' in sys.modules)\n"
+            "import compute.cli\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dashboard', 'streamlit', 'torch')))\n"
+            "import signal\n"
+            "print(signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "[]", "True"]

@@ -1,4 +1,5 @@
-"""Command line of the general-ability suite, wired into `python -m compute` by compute/cli.py:
+"""Command line of the general-ability suite, wired into `python -m compute` by compute/cli.py (which
+imports this module; this module never imports compute.cli):
 
     python -m compute abilities measure --mode full|quick [--tasks a,b]   # the unedited model, as a run
     python -m compute abilities measure --run RUN_ID                       # a sequential run's final model
@@ -14,7 +15,6 @@ abilities run, or any run's ability rows (a sequential run's checkpoints include
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -96,7 +96,7 @@ def cmd_abilities_measure(args) -> None:
                   "n_items": {t.name: len(items[t.name][1]) if args.mode == "full" else
                               min(t.quick_n, len(items[t.name][1])) for t in tasks}}
         if not getattr(args, "again", False):
-            from compute.cli import find_run
+            from compute.stored import find_run
 
             old = find_run(st, RUN_KIND, lm.name, **json.loads(json.dumps(config)))
             if old and old["status"] == "done":
@@ -193,9 +193,9 @@ def cmd_abilities_tasks(args) -> None:
              f"{min(t.quick_n, n_full):>5} {n_full:>5}")
 
 
-def add_abilities_parser(sub) -> None:
-    """Add `abilities measure|show|tasks` to the subparsers of `python -m compute`."""
-    from compute.models import DEFAULT_MODEL
+def add_abilities_parser(sub, model_args) -> None:
+    """Add `abilities measure|show|tasks` to the subparsers of `python -m compute` (compute/cli.py, which
+    passes its own `model_args(parser)` so that --model and --device are declared and checked as there)."""
 
     ab = sub.add_parser("abilities", help="general-ability suite (study C): measure the unedited model, show scores")
     ab = ab.add_subparsers(dest="sub", required=True)
@@ -206,18 +206,10 @@ def add_abilities_parser(sub) -> None:
     q.add_argument("--again", action="store_true", help="measure again even if a finished run of this suite exists")
     q.add_argument("--run", metavar="RUN_ID",
                    help="measure a sequential run's model as it left it (its saved final state), into that run")
-    q.add_argument("--model", default=DEFAULT_MODEL, help=f"{DEFAULT_MODEL!r} (embedded) or a local HF model directory")
-    q.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    model_args(q)
     q.set_defaults(func=cmd_abilities_measure)
     q = ab.add_parser("show", help="a table of a run's ability scores (default: the newest abilities run)")
     q.add_argument("--run", help="run id (an abilities run, or a sequential run with ability checkpoints)")
     q.set_defaults(func=cmd_abilities_show)
     q = ab.add_parser("tasks", help="the ability tasks: category, study-C mapping, chance, items in each mode")
     q.set_defaults(func=cmd_abilities_tasks)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The parser of `python -m compute` (compute/cli.py), which includes these subcommands."""
-    from compute.cli import build_parser as full_parser
-
-    return full_parser()
