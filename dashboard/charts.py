@@ -2,8 +2,59 @@
 
 from __future__ import annotations
 
+import zlib
+
 import plotly.graph_objects as go
 import polars as pl
+
+from store.derived import MASS_EDITORS
+
+# --------------------------------------------------------------------------- one colour (and dash) per run
+
+# Each editor owns a family of four shades of one hue, so a reader sees every ROME variant as a blue and never
+# mistakes it for a MEMIT run; the variant (key variant, RECT share, batch size) picks the shade and the dash.
+EDITOR_FAMILIES: dict[str, tuple[str, str, str, str]] = {
+    "ROME": ("#08519c", "#4292c6", "#2171b5", "#6baed6"),
+    "MEMIT": ("#d94801", "#a63603", "#fd8d3c", "#f16913"),
+    "AlphaEdit": ("#a50f15", "#ef3b2c", "#cb181d", "#fb6a4a"),
+    "FT-L": ("#006d2c", "#41ab5d", "#238b45", "#74c476"),
+    "IKE": ("#54278f", "#807dba", "#6a51a3", "#9e9ac8"),
+}
+# editors not named above take one of these families by a stable hash of their name
+_SPARE_FAMILIES = (("#8c510a", "#bf812d", "#a6611a", "#dfc27d"), ("#01665e", "#35978f", "#018571", "#80cdc1"),
+                   ("#c51b7d", "#de77ae", "#d01c8b", "#f1b6da"), ("#525252", "#969696", "#737373", "#bdbdbd"))
+UNEDITED_STYLE = ("#000000", "solid")
+
+
+def run_style(editor: str | None, hparams: dict | None = None, config: dict | None = None) -> tuple[str, str]:
+    """(colour, dash) of a run, from the run alone: the editor picks the hue family, the variant the shade and
+    the dash. Plain runs are solid in the family's first shade; ROME's original keys are dashed; a RECT share
+    is dotted, a smaller share lighter; an instance-sequential mass editor (batch 1) or a batched
+    single-fact editor is dash-dotted. Every chart on every page draws a run with this, so a run keeps its
+    colour everywhere. No editor (the unedited model) is black."""
+    if not editor:
+        return UNEDITED_STYLE
+    hp, cfg = hparams or {}, config or {}
+    family = EDITOR_FAMILIES.get(editor) or _SPARE_FAMILIES[zlib.crc32(editor.encode()) % len(_SPARE_FAMILIES)]
+    rect = float(hp.get("rect_top", 1.0) or 1.0)
+    batch = cfg.get("batch_size")
+    if hp.get("key_mismatch"):
+        return family[1], "dash"
+    if rect < 1.0:
+        return family[3 if rect < 0.3 else 2 if rect < 0.5 else 1], "dot"
+    if batch is not None and ((batch == 1) if editor in MASS_EDITORS else (batch != 1)):
+        return family[2], "dashdot"
+    if batch is not None and editor in MASS_EDITORS and batch != 10:
+        # other batch sizes: a stable choice among the remaining shade/dash pairs
+        return family[1 + zlib.crc32(str(batch).encode()) % 3], "longdash"
+    return family[0], "solid"
+
+
+def _style(styles: dict | None, run: str, fallback: int) -> tuple[str, str]:
+    """A run's (colour, dash) from `styles` (run_id -> run_style), else a colour from its position."""
+    if styles and run in styles:
+        return tuple(styles[run])
+    return _PALETTE[fallback % len(_PALETTE)], "solid"
 
 
 def recall_by_quartile(df: pl.DataFrame) -> go.Figure:
@@ -46,52 +97,81 @@ def _type_order(types, order) -> list[str]:
     return known + sorted(set(types) - set(known))
 
 
-def rephrase_heatmap(df: pl.DataFrame, value: str, title: str, rephrase_order=(), diverging: bool = False) -> go.Figure:
-    """Editor x rephrase type heat map of `value` (a mean, or `drop_from_plain`), n and CI in the hover.
+def rephrase_heatmap(df: pl.DataFrame, value: str, title: str, rephrase_order=(), diverging: bool = False,
+                     labels: dict[str, str] | None = None, unmeasurable: dict[str, str] | None = None) -> go.Figure:
+    """Run x rephrase type heat map of `value` (a mean, or `drop_from_plain`), n and CI in the hover.
 
-    Expects columns editor, rephrase_type, n, mean, ci_low, ci_high and `value`.
+    Expects columns rephrase_type, n, mean, ci_low, ci_high, `value` and run_id (one row per run; `labels`
+    names them, in that order) or, without run_id, editor. Types in `unmeasurable` (type -> reason) are
+    drawn blank with "n/m" and the reason in the hover, and their column title ends in "*", so a drop there
+    never reads as the edit's.
     """
+    unmeasurable = unmeasurable or {}
+    key = "run_id" if "run_id" in df.columns else "editor"
     types = _type_order(df["rephrase_type"].unique().to_list(), rephrase_order)
-    editors = sorted(df["editor"].unique().to_list())
-    cell = {(r["editor"], r["rephrase_type"]): r for r in df.iter_rows(named=True)}
+    present = set(df[key].unique().to_list())
+    rows = [r for r in labels if r in present] if labels else sorted(present)
+    names = [labels.get(r, r) for r in rows] if labels else rows
+    cell = {(r[key], r["rephrase_type"]): r for r in df.iter_rows(named=True)}
     z, text, custom = [], [], []
-    for ed in editors:
+    for run in rows:
         zr, tr, cr = [], [], []
         for t in types:
-            r = cell.get((ed, t))
+            r = cell.get((run, t))
             v = None if r is None else r[value]
+            if t in unmeasurable:
+                zr.append(None)
+                tr.append("n/m")
+                cr.append([r["n"] if r else None, None, None, None, "unmeasurable: " + unmeasurable[t]])
+                continue
             zr.append(v)
             tr.append("" if v is None else f"{v:+.2f}" if diverging else f"{v:.2f}")
-            cr.append([r["n"], r["mean"], r["ci_low"], r["ci_high"]] if r else [None] * 4)
+            cr.append([r["n"], r["mean"], r["ci_low"], r["ci_high"], ""] if r else [None] * 4 + ["no measurement"])
         z.append(zr)
         text.append(tr)
         custom.append(cr)
+    x = [t + ("*" if t in unmeasurable else "") for t in types]
     fig = go.Figure(
         go.Heatmap(
-            z=z, x=types, y=editors, text=text, texttemplate="%{text}", customdata=custom,
+            z=z, x=x, y=names, text=text, texttemplate="%{text}", customdata=custom,
             colorscale="RdBu" if diverging else "Viridis", zmid=0 if diverging else None,
             zmin=None if diverging else 0, zmax=None if diverging else 1,
-            colorbar_title=title,
+            colorbar_title=title, hoverongaps=True,
             hovertemplate="%{y} · %{x}<br>" + title + ": %{z:.3f}<br>mean %{customdata[1]:.3f} "
-            "[95% CI %{customdata[2]:.3f}, %{customdata[3]:.3f}]<br>n = %{customdata[0]}<extra></extra>",
+            "[95% CI %{customdata[2]:.3f}, %{customdata[3]:.3f}]<br>n = %{customdata[0]}<br>%{customdata[4]}"
+            "<extra></extra>",
         )
     )
-    fig.update_layout(xaxis_title="Rephrase type", yaxis_title="Editor", margin=dict(t=30, b=40),
-                      height=200 + 45 * len(editors))
+    fig.update_layout(xaxis_title="Rephrase type" + (" (* unmeasurable on this model)" if unmeasurable else ""),
+                      yaxis_title="Run", margin=dict(t=30, b=40), height=200 + 45 * len(rows))
     fig.update_xaxes(tickangle=-35, automargin=True, title_standoff=18)
+    fig.update_yaxes(automargin=True, autorange="reversed")
     return fig
 
 
-def binned_curves(df: pl.DataFrame, feature_label: str, value_label: str) -> go.Figure:
+def _series_order(series, labels: dict | None) -> list:
+    present = set(series)
+    if labels:
+        return [s for s in labels if s in present] + sorted(present - set(labels))
+    return sorted(present)
+
+
+def binned_curves(df: pl.DataFrame, feature_label: str, value_label: str, labels: dict[str, str] | None = None,
+                  styles: dict | None = None) -> go.Figure:
     """Mean value per popularity bin, one line per series, 95% CI band whiskers, n and range in the hover.
 
-    Expects columns series, bin, lo, hi, n, mean, ci_low, ci_high.
+    Expects columns series, bin, lo, hi, n, mean, ci_low, ci_high. `labels` names the series (a run id) and
+    `styles` gives each its (colour, dash) (run_style).
     """
     fig = go.Figure()
-    for (series,), part in sorted(df.partition_by("series", as_dict=True).items()):
-        part = part.sort("bin")
+    parts = df.partition_by("series", as_dict=True)
+    for j, series in enumerate(_series_order([k[0] for k in parts], labels)):
+        part = parts[(series,)].sort("bin")
+        colour, dash = _style(styles, series, j)
+        name = (labels or {}).get(series, str(series))
         fig.add_trace(go.Scatter(
-            x=[f"B{b}" for b in part["bin"]], y=part["mean"].to_list(), mode="lines+markers", name=str(series),
+            x=[f"B{b}" for b in part["bin"]], y=part["mean"].to_list(), mode="lines+markers", name=name,
+            line=dict(color=colour, dash=dash), marker=dict(color=colour),
             error_y=dict(type="data", symmetric=False, array=(part["ci_high"] - part["mean"]).to_list(),
                          arrayminus=(part["mean"] - part["ci_low"]).to_list()),
             customdata=list(zip(part["n"].to_list(), part["lo"].to_list(), part["hi"].to_list())),
@@ -99,7 +179,8 @@ def binned_curves(df: pl.DataFrame, feature_label: str, value_label: str) -> go.
             + " %{customdata[1]:.3g} to %{customdata[2]:.3g}<extra>%{fullData.name}</extra>",
         ))
     fig.update_layout(xaxis_title=f"{feature_label} bin (equal-count, B1 = least popular)", yaxis_title=value_label,
-                      yaxis_range=[0, 1.05], legend_title="Editor", showlegend=True, margin=dict(t=30, b=40))
+                      yaxis_range=[0, 1.05], legend_title="Run", showlegend=True, margin=dict(t=30, b=40),
+                      legend=dict(orientation="h", yanchor="top", y=-0.2, xanchor="left", x=0))
     return fig
 
 
@@ -134,13 +215,14 @@ def _rgba(hex_colour: str, alpha: float) -> str:
 
 
 def forgetting_curves(curves: pl.DataFrame, events: pl.DataFrame, series: list[str], labels: dict[str, str],
-                      log_x: bool = False) -> go.Figure:
+                      log_x: bool = False, styles: dict | None = None) -> go.Figure:
     """Small multiples, one per series, of run-level values against edit count, one line per run.
 
     `curves`: run_id, edit_count, series, value, n, ci_low, ci_high (store.derived.sequential_curves).
     `events`: run_id, kind, series, phase, edit_count, end_count (store.derived.sequential_events):
     catastrophic phases are shaded in the run's colour, disabling edits marked with a dotted line and
-    collapse with a dashed one. `labels`: run_id -> the legend name.
+    collapse with a dashed one. `labels`: run_id -> the legend name, in legend order; `styles`: run_id ->
+    (colour, dash) (run_style).
     """
     from plotly.subplots import make_subplots
 
@@ -148,7 +230,7 @@ def forgetting_curves(curves: pl.DataFrame, events: pl.DataFrame, series: list[s
     rows = max(1, -(-len(series) // cols))
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=series, shared_xaxes=True,
                         vertical_spacing=0.12 if rows > 1 else 0.1, horizontal_spacing=0.08)
-    run_ids = sorted(labels, key=lambda r: labels[r])
+    run_ids = list(labels)
     for i, name in enumerate(series):
         row, col = i // cols + 1, i % cols + 1
         part = curves.filter(pl.col("series") == name)
@@ -156,7 +238,7 @@ def forgetting_curves(curves: pl.DataFrame, events: pl.DataFrame, series: list[s
             data = part.filter(pl.col("run_id") == run).sort("edit_count")
             if data.is_empty():
                 continue
-            colour = _colour(j)
+            colour, dash = _style(styles, run, j)
             has_ci = data["ci_low"].null_count() < data.height
             if has_ci:
                 fig.add_trace(go.Scatter(
@@ -166,7 +248,7 @@ def forgetting_curves(curves: pl.DataFrame, events: pl.DataFrame, series: list[s
                     showlegend=False, legendgroup=run), row=row, col=col)
             fig.add_trace(go.Scatter(
                 x=data["edit_count"].to_list(), y=data["value"].to_list(), mode="lines+markers",
-                name=labels[run], legendgroup=run, showlegend=i == 0, line=dict(color=colour, width=2),
+                name=labels[run], legendgroup=run, showlegend=i == 0, line=dict(color=colour, width=2, dash=dash),
                 marker=dict(size=4),
                 customdata=list(zip(data["n"].to_list(), data["ci_low"].to_list(), data["ci_high"].to_list())),
                 hovertemplate="%{x} edits: %{y:.3f}" + (" [95% CI %{customdata[1]:.3f}, %{customdata[2]:.3f}]"
@@ -187,36 +269,42 @@ def forgetting_curves(curves: pl.DataFrame, events: pl.DataFrame, series: list[s
     if rows > 1 and len(series) % cols:  # the last row's lone panel needs its own axis title
         fig.update_xaxes(title_text="Edits made", row=rows - 1, col=cols)
     fig.update_layout(height=260 * rows + 80, legend_title="Run", margin=dict(t=40, b=40),
-                      hovermode="closest")
+                      hovermode="closest", legend=dict(orientation="h", yanchor="bottom", y=1.0 + 40 / (260 * rows),
+                                                       xanchor="left", x=0))
     return fig
 
 
-def weight_drift_chart(drift: pl.DataFrame, labels: dict[str, str], log_y: bool = True) -> go.Figure:
-    """||W - W0||_F, relative change and condition number per edited matrix against edit count; one colour
-    per run, one dash per matrix. Expects run_id, edit_count, module, fro_delta, rel_change, cond_number."""
+def weight_drift_chart(drift: pl.DataFrame, labels: dict[str, str], log_y: bool = True,
+                       styles: dict | None = None) -> go.Figure:
+    """||W - W0||_F, relative change and condition number per edited matrix against edit count, in the run's
+    colour and dash (`styles`: run_id -> run_style); a run that edits several matrices (MEMIT's layers) draws
+    one line per matrix, named in the hover. The legend has one entry per run, so it fits however many layers
+    the runs edit. Expects run_id, edit_count, module, fro_delta, rel_change, cond_number."""
     from plotly.subplots import make_subplots
 
     titles = ["||W − W0||_F", "Relative change ||W − W0||_F / ||W0||_F", "Condition number of W"]
     fig = make_subplots(rows=1, cols=3, subplot_titles=titles, horizontal_spacing=0.07)
-    dashes = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
-    run_ids = sorted(labels, key=lambda r: labels[r])
-    for j, run in enumerate(run_ids):
+    for j, run in enumerate(labels):
         part = drift.filter(pl.col("run_id") == run)
         modules = sorted(part["module"].unique().to_list())
+        colour, dash = _style(styles, run, j)
+        name = labels[run] + (f" ({len(modules)} matrices)" if len(modules) > 1 else "")
         for k, module in enumerate(modules):
             data = part.filter(pl.col("module") == module).sort("edit_count")
             layer = "".join(ch for ch in module.split("layers.")[-1].split(".")[0] if ch.isdigit()) or module
             for c, column in enumerate(("fro_delta", "rel_change", "cond_number")):
                 fig.add_trace(go.Scatter(
                     x=data["edit_count"].to_list(), y=data[column].to_list(), mode="lines",
-                    name=f"{labels[run]} · layer {layer}", legendgroup=f"{run}-{module}", showlegend=c == 0,
-                    line=dict(color=_colour(j), dash=dashes[k % len(dashes)]),
-                    hovertemplate="%{x} edits: %{y:.4g}<br>" + module + "<extra>" + labels[run] + "</extra>"),
+                    name=name, legendgroup=run, showlegend=c == 0 and k == 0,
+                    line=dict(color=colour, dash=dash, width=1.5),
+                    hovertemplate="%{x} edits: %{y:.4g}<br>layer " + layer + " (" + module + ")<extra>"
+                    + labels[run] + "</extra>"),
                     row=1, col=c + 1)
     fig.update_xaxes(title_text="Edits made")
     if log_y:
         fig.update_yaxes(type="log")
-    fig.update_layout(height=380, legend_title="Run · edited matrix", margin=dict(t=40, b=40))
+    fig.update_layout(height=440, legend_title="Run", margin=dict(t=40, b=40),
+                      legend=dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0))
     return fig
 
 
@@ -239,10 +327,12 @@ def forgetting_by_age_chart(df: pl.DataFrame) -> go.Figure:
 
 
 def ability_small_multiples(df: pl.DataFrame, x: str, labels: dict[str, str], x_title: str,
-                            baseline: dict | None = None, log_x: bool = False) -> go.Figure:
+                            baseline: dict | None = None, log_x: bool = False, styles: dict | None = None) -> go.Figure:
     """One panel per ability task: score against `x` (edit_count or batch_size), one line per run with its
     95% CI as whiskers and n in the hover; the task's chance level (dotted) and the unedited model's score
-    (dashed, `baseline`: task -> score) as horizontal lines.
+    (dashed, `baseline`: task -> score) as horizontal lines. Runs are drawn in their `styles` (run_id ->
+    run_style), in `labels` order. Perplexity panels have a logarithmic y axis: a broken model's 10^6 would
+    flatten every other line on a linear one.
 
     Expects run_id, task, category, score, n, ci_low, ci_high, chance, metric and the `x` column.
     """
@@ -261,7 +351,7 @@ def ability_small_multiples(df: pl.DataFrame, x: str, labels: dict[str, str], x_
     titles = [(f"{t} ({meta[t]['category']})" if meta[t].get("category") else t)
               + (f"<br>chance {meta[t]['chance']:,.0f}" if off_scale(t) else "") for t in tasks]
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, vertical_spacing=0.14, horizontal_spacing=0.07)
-    run_ids = sorted(labels, key=lambda r: labels[r])
+    run_ids = list(labels)
     for i, task in enumerate(tasks):
         row, col = i // cols + 1, i % cols + 1
         part = df.filter(pl.col("task") == task)
@@ -271,7 +361,8 @@ def ability_small_multiples(df: pl.DataFrame, x: str, labels: dict[str, str], x_
                 continue
             fig.add_trace(go.Scatter(
                 x=data[x].to_list(), y=data["score"].to_list(), mode="lines+markers", name=labels[run],
-                legendgroup=run, showlegend=i == 0, line=dict(color=_colour(j)),
+                legendgroup=run, showlegend=i == 0,
+                line=dict(color=_style(styles, run, j)[0], dash=_style(styles, run, j)[1]),
                 error_y=dict(type="data", symmetric=False, array=(data["ci_high"] - data["score"]).to_list(),
                              arrayminus=(data["score"] - data["ci_low"]).to_list(), thickness=1),
                 customdata=list(zip(data["n"].to_list(), data["ci_low"].to_list(), data["ci_high"].to_list())),
@@ -290,35 +381,43 @@ def ability_small_multiples(df: pl.DataFrame, x: str, labels: dict[str, str], x_
                                      legendgroup="unedited", showlegend=i == 0,
                                      line=dict(color="black", dash="dash", width=1),
                                      hovertemplate="unedited %{y:.3g}<extra></extra>"), row=row, col=col)
-        fig.update_yaxes(title_text=meta[task].get("metric") or "score", row=row, col=col, title_font_size=10)
+        log_y = (meta[task].get("metric") or "") == "perplexity"
+        fig.update_yaxes(title_text=(meta[task].get("metric") or "score") + (" (log)" if log_y else ""),
+                         type="log" if log_y else "linear", row=row, col=col, title_font_size=10)
     fig.update_xaxes(title_text=x_title, type="log" if log_x else "linear")
-    fig.update_layout(height=250 * rows + 90, legend_title="Run", margin=dict(t=50, b=40))
+    fig.update_layout(height=250 * rows + 90, legend_title="Run", margin=dict(t=50, b=40),
+                      legend=dict(orientation="h", yanchor="top", y=-60 / (250 * rows + 90), xanchor="left", x=0))
     return fig
 
 
 def popularity_scatter(points: pl.DataFrame, feature: str, feature_label: str, value_label: str,
-                       log_x: bool = False) -> go.Figure:
+                       log_x: bool = False, labels: dict[str, str] | None = None,
+                       styles: dict | None = None) -> go.Figure:
     """One dot per (series, case): the popularity feature against the case's value, one colour per series.
     Values that are shares of a few probes (0, 1/3, 1/2, ...) pile up, so dots are jittered vertically by at
     most ±0.04 (seeded; the hover shows the exact value), and n per series is in the legend and hover.
 
-    Expects series, case_id, subject, relation, value and the `feature` column (store.derived.popularity_points)."""
+    Expects series, case_id, subject, relation, value and the `feature` column (store.derived.popularity_points);
+    `labels` names the series (run ids) and `styles` colours them (run_style)."""
     import numpy as np
 
     fig = go.Figure()
     rng = np.random.default_rng(0)
-    for j, ((series,), part) in enumerate(sorted(points.partition_by("series", as_dict=True).items())):
-        part = part.drop_nulls("value")
+    parts = points.partition_by("series", as_dict=True)
+    for j, key in enumerate(_series_order([k[0] for k in parts], labels)):
+        part = parts[(key,)].drop_nulls("value")
+        series = (labels or {}).get(key, str(key))
         jitter = rng.uniform(-0.04, 0.04, part.height)
         n = part.height
         fig.add_trace(go.Scattergl(
             x=part[feature].to_list(), y=(part["value"].to_numpy() + jitter).tolist(), mode="markers",
-            name=f"{series} (n = {n})", marker=dict(size=5, opacity=0.55, color=_colour(j)),
+            name=f"{series} (n = {n})", marker=dict(size=5, opacity=0.55, color=_style(styles, key, j)[0]),
             customdata=list(zip(part["subject"].to_list(), part["relation"].to_list(), part["value"].to_list())),
             hovertemplate="%{customdata[0]} (%{customdata[1]})<br>" + feature_label + " %{x:.3g}<br>"
             + value_label + " %{customdata[2]:.2f}<br>n = " + str(n) + "<extra>" + str(series) + "</extra>"))
     fig.update_layout(xaxis_title=feature_label, yaxis_title=f"{value_label} (jittered ±0.04)",
-                      yaxis_range=[-0.1, 1.1], legend_title="Series", margin=dict(t=30, b=40))
+                      yaxis_range=[-0.1, 1.1], legend_title="Run", margin=dict(t=30, b=40),
+                      legend=dict(orientation="h", yanchor="top", y=-0.2, xanchor="left", x=0))
     if log_x:
         fig.update_xaxes(type="log")
     return fig

@@ -1,12 +1,24 @@
-"""The sidebar's shared model filter and the run lists pages draw from it."""
+"""The sidebar's shared model filter and the run lists pages draw from it.
+
+`run_table` is the one place that names a run and gives it its colour: every page and chart takes a run's
+label and (colour, dash) from it, so a run looks the same everywhere. It also says which runs are the
+*reference* runs a page shows by default: finished, and of the runs with the same label, the one that
+covered the most cases (a later 1-case run of the same editor never replaces the 240-case one). Other
+runs (partial, failed, stale, or superseded) are offered too, but only shown when chosen, and their label
+always says what they are.
+"""
 
 from __future__ import annotations
+
+import json
 
 import polars as pl
 import streamlit as st
 
+from dashboard.charts import EDITOR_FAMILIES, run_style
 from dashboard.data import query
 from dashboard.filters import current, shared_selectbox
+from store.derived import run_label
 
 
 def model_filter() -> str | None:
@@ -31,3 +43,87 @@ def model_runs(kind: str) -> pl.DataFrame:
 def chosen_model() -> str | None:
     """The model chosen in the sidebar (None before any choice: then pages show every model's runs)."""
     return current("model")
+
+
+RUN_TABLE = {"run_id": pl.String, "kind": pl.String, "editor": pl.String, "model": pl.String, "status": pl.String,
+             "n_done": pl.Int64, "n_total": pl.Int64, "started_at": pl.String, "base_label": pl.String,
+             "label": pl.String, "reference": pl.Boolean, "colour": pl.String, "dash": pl.String,
+             "key_mismatch": pl.Boolean, "rect_top": pl.Float64, "batch_size": pl.Int64, "order_seed": pl.Int64}
+
+
+def describe_runs(runs: pl.DataFrame) -> pl.DataFrame:
+    """Label, reference flag and style of each run of `runs` (list_runs' columns), in display order: reference
+    runs first (by editor as the colour families are listed, then label), then the others, newest first.
+
+    The label is store.derived.run_label (editor, original keys, RECT share, batch size) plus the case order
+    when it is not the default seed 0; a run that is not a reference also says its status, cases done and
+    start time, so two runs never read alike."""
+    if runs.is_empty():
+        return pl.DataFrame(schema=RUN_TABLE)
+    rows = []
+    for r in runs.iter_rows(named=True):
+        hp, cfg = json.loads(r["hparams"] or "null") or {}, json.loads(r["config"] or "null") or {}
+        base = run_label(r["editor"], hp, cfg)
+        if cfg.get("order_seed") not in (None, 0):
+            base += f", order {cfg['order_seed']}"
+        colour, dash = run_style(r["editor"], hp, cfg)
+        rows.append({"run_id": r["run_id"], "kind": r["kind"], "editor": r["editor"], "model": r["model"],
+                     "status": r["status"], "n_done": r["n_done"], "n_total": r["n_total"],
+                     "started_at": r["started_at"], "base_label": base, "colour": colour, "dash": dash,
+                     "key_mismatch": bool(hp.get("key_mismatch", False)),
+                     "rect_top": float(hp.get("rect_top", 1.0) or 1.0), "batch_size": cfg.get("batch_size"),
+                     "order_seed": cfg.get("order_seed")})
+    df = pl.DataFrame(rows, schema={k: v for k, v in RUN_TABLE.items() if k not in ("label", "reference")})
+    best = (df.filter(pl.col("status") == "done")
+            .sort(["n_done", "started_at", "run_id"], descending=True, nulls_last=True)
+            .unique(["kind", "base_label"], keep="first")["run_id"].to_list())
+    editor_rank = {e: i for i, e in enumerate(EDITOR_FAMILIES)}
+    df = df.with_columns(pl.col("run_id").is_in(best).alias("reference"))
+    df = df.with_columns(
+        pl.when(pl.col("reference")).then(pl.col("base_label"))
+        .otherwise(pl.format("{} [{}, {}/{} cases, started {}]", "base_label", "status",
+                             pl.col("n_done").fill_null(0), pl.col("n_total").fill_null(0),
+                             pl.col("started_at").str.slice(0, 16).str.replace("T", " ")))
+        .alias("label"),
+        pl.col("editor").replace_strict(editor_rank, default=len(editor_rank), return_dtype=pl.Int64).alias("_e"),
+    )
+    refs = df.filter(pl.col("reference")).sort(["_e", "base_label"])
+    rest = df.filter(~pl.col("reference")).sort(["started_at", "run_id"], descending=True, nulls_last=True)
+    return pl.concat([refs, rest]).select(list(RUN_TABLE))
+
+
+def run_table(kind: str | None = None) -> pl.DataFrame:
+    """describe_runs of the chosen model's runs of a kind (all kinds when None)."""
+    runs = query("list_runs", kind=kind)
+    model = chosen_model()
+    if model is not None and not runs.is_empty():
+        runs = runs.filter(pl.col("model") == model)
+    return describe_runs(runs)
+
+
+def labels_of(table: pl.DataFrame) -> dict[str, str]:
+    """run_id -> label, in the table's display order."""
+    return dict(zip(table["run_id"].to_list(), table["label"].to_list()))
+
+
+def styles_of(table: pl.DataFrame) -> dict[str, tuple[str, str]]:
+    """run_id -> (colour, dash) for the chart builders."""
+    return {r: (c, d) for r, c, d in zip(table["run_id"].to_list(), table["colour"].to_list(), table["dash"].to_list())}
+
+
+def reference_ids(table: pl.DataFrame) -> list[str]:
+    """The reference runs of a table, in display order."""
+    return table.filter(pl.col("reference"))["run_id"].to_list()
+
+
+def headline_ids(table: pl.DataFrame, limit: int = 4) -> list[str]:
+    """At most `limit` reference runs, one per editor (in the colour families' order): each editor's plainest
+    run, ROME's own keys without RECT and one edit at a time (study B's setting) before its variants."""
+    refs = table.filter(pl.col("reference")).with_columns(
+        (pl.col("key_mismatch").cast(pl.Int64) + (pl.col("rect_top") < 1.0).cast(pl.Int64)).alias("_v"),
+        (pl.col("batch_size").fill_null(1) != 1).cast(pl.Int64).alias("_b"))
+    picked = []
+    for editor in dict.fromkeys(refs["editor"].to_list()):
+        part = refs.filter(pl.col("editor").eq_missing(editor)).sort(["_v", "_b", "base_label"])
+        picked.append(part["run_id"][0])
+    return picked[:limit]

@@ -137,3 +137,26 @@ def run_measurability(conn: sqlite3.Connection, run_id: str | None = None, case_
         rephrase_types = ()
     return measurability(rows, threshold, rephrase_types).with_columns(
         pl.lit(base, dtype=pl.String).alias("baseline_run"))
+
+
+def hardest_measurable(summary: pl.DataFrame, measurable: Iterable[str]) -> pl.DataFrame:
+    """Per run of a robustness summary (store.derived.robustness_summary of one metric, no split): the mean
+    on the plain prompt and on the hardest measurable rephrase type (the lowest mean among `measurable`
+    types other than plain), each with its 95% CI, the drop between them and n on the plain prompt. A run
+    without a plain row or without any measurable type measured is left out."""
+    schema = {"run_id": pl.String, "plain": pl.Float64, "plain_ci_low": pl.Float64, "plain_ci_high": pl.Float64,
+              "hardest_type": pl.String, "hardest": pl.Float64, "hardest_ci_low": pl.Float64,
+              "hardest_ci_high": pl.Float64, "drop": pl.Float64, "n": pl.Int64}
+    keep = set(measurable) - {"plain"}
+    rows = []
+    for run_id in summary["run_id"].unique(maintain_order=True).to_list():
+        part = summary.filter(pl.col("run_id") == run_id)
+        plain = part.filter(pl.col("rephrase_type") == "plain")
+        rest = part.filter(pl.col("rephrase_type").is_in(list(keep))).drop_nulls("mean").sort("mean", "rephrase_type")
+        if plain.is_empty() or rest.is_empty():
+            continue
+        p, h = plain.row(0, named=True), rest.row(0, named=True)
+        rows.append({"run_id": run_id, "plain": p["mean"], "plain_ci_low": p["ci_low"], "plain_ci_high": p["ci_high"],
+                     "hardest_type": h["rephrase_type"], "hardest": h["mean"], "hardest_ci_low": h["ci_low"],
+                     "hardest_ci_high": h["ci_high"], "drop": h["mean"] - p["mean"], "n": p["n"]})
+    return pl.DataFrame(rows, schema=schema)

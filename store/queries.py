@@ -274,3 +274,44 @@ def run_events(conn: sqlite3.Connection, run_ids: str | Iterable[str] | None = N
     """Events found in runs (collapse, phase, disabling_edit) by run, kind, series and edit count."""
     where, params = _where([("run_id", run_ids), ("kind", kind)])
     return _frame(conn, f"SELECT * FROM run_events{where} ORDER BY run_id, kind, series, edit_count", params)
+
+
+def rephrase_measurability(conn: sqlite3.Connection, run_id: str | None = None,
+                           case_set: str | None = None) -> pl.DataFrame:
+    """store.measurable.run_measurability (which rephrase types the unedited model can answer, with n and
+    the reason), reachable where the dashboard looks up queries by name."""
+    from .measurable import run_measurability  # store.measurable reads through this module
+
+    return run_measurability(conn, run_id=run_id, case_set=case_set)
+
+
+def popularity_points_of_runs(conn: sqlite3.Connection, run_ids: str | Iterable[str], feature: str = "frequency",
+                              metric: str = "acc", rephrase_type: str = "plain", relations=None,
+                              unedited: bool = True, edit_count: int = 1) -> pl.DataFrame:
+    """One row per (series, case): the case's popularity `feature` and its `metric` on `rephrase_type`, where a
+    series is a run (series = run_id, at `edit_count`), never an editor, so two runs of one editor never mix.
+    With `unedited`, the unedited model is one more series ("unedited"): the knowledge run that measured the
+    most rephrase types, at edit count 0 (metric `recall` reads as `rev`). `relations` keeps those cases only."""
+    from .measurable import baseline_run
+
+    ids = _values(run_ids)
+    if feature not in {"frequency", "connection", "cooccurrence", "population"}:
+        raise ValueError(f"unknown popularity feature {feature!r}: choose frequency, connection, cooccurrence "
+                         "or population")
+    schema = {"series": pl.String, "case_id": pl.String, "relation": pl.String, "subject": pl.String,
+              feature: pl.Float64, "value": pl.Float64}
+    frames = [measurements(conn, run_ids=ids, metrics=metric, rephrase_types=rephrase_type, edit_count=edit_count)
+              .select(pl.col("run_id").alias("series"), "case_id", "value")]
+    base = baseline_run(conn) if unedited else None
+    if base is not None:
+        pre = "rev" if metric in ("recall", "rev") else metric
+        frames.append(measurements(conn, run_ids=base, metrics=pre, rephrase_types=rephrase_type, edit_count=0)
+                      .select(pl.lit("unedited").alias("series"), "case_id", "value"))
+    feats = cases(conn).select("case_id", "relation", "subject", feature)
+    if relations is not None:
+        feats = feats.filter(pl.col("relation").is_in(_values(relations)))
+    out = pl.concat(frames).join(feats, on="case_id", how="inner").filter(pl.col(feature).is_not_null())
+    if out.is_empty():
+        return pl.DataFrame(schema=schema)
+    return out.select("series", "case_id", "relation", "subject", pl.col(feature).cast(pl.Float64),
+                      pl.col("value").cast(pl.Float64)).sort("series", "case_id")

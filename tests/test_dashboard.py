@@ -114,8 +114,10 @@ def test_weight_drift_chart_has_three_panels_per_matrix():
                           "module": ["model.layers.3.mlp.down_proj"] * 2 + ["model.layers.4.mlp.down_proj"] * 2,
                           "fro_delta": [1.0, 2.0, 0.5, 0.7], "rel_change": [0.01, 0.02, 0.005, 0.007],
                           "cond_number": [100.0, 120.0, 90.0, 91.0]})
-    fig = charts.weight_drift_chart(drift, {"a": "MEMIT"})
-    assert len(fig.data) == 6 and {t.name for t in fig.data} == {"MEMIT · layer 3", "MEMIT · layer 4"}
+    fig = charts.weight_drift_chart(drift, {"a": "MEMIT"}, styles={"a": ("#123456", "dot")})
+    assert len(fig.data) == 6 and {t.name for t in fig.data} == {"MEMIT (2 matrices)"}
+    assert sum(t.showlegend for t in fig.data) == 1  # one legend entry per run, however many matrices
+    assert {t.line.color for t in fig.data} == {"#123456"} and "layer 4" in fig.data[3].hovertemplate
     assert "Condition number" in fig.layout.annotations[2].text
 
 

@@ -7,8 +7,9 @@ import streamlit as st
 
 from dashboard import charts
 from dashboard.data import query
-from dashboard.filters import shared_multiselect
-from dashboard.sidebar import chosen_model
+from dashboard.filters import shared_multiselect, url_segmented, url_toggle
+from dashboard.sidebar import chosen_model, headline_ids, labels_of, reference_ids, run_table, styles_of
+from dashboard.tables import Col, show
 
 st.title("General abilities after editing")
 scores = query("ability_scores")
@@ -22,45 +23,58 @@ if scores.is_empty():
             "`python -m compute run batch --editor MEMIT`.")
     st.stop()
 
-baseline_mode = st.segmented_control("Suite", ["quick", "full"], default="quick", key="ability_mode",
-                                     help="quick: each task's first items (every checkpoint); full: every item")
-mode = baseline_mode or "quick"
+c1, c2 = st.columns(2)
+mode = url_segmented("Suite", "ability_mode", ["quick", "full"], default="quick", container=c1,
+                     help="quick: each task's first items (every checkpoint); full: every item")
+view = url_segmented("View", "ability_view", ["sequential", "batch", "rect"], default="sequential", container=c2,
+                     format_func={"sequential": "Against edit count", "batch": "Against batch size",
+                                  "rect": "RECT comparison"}.get)
 # the unedited model in this mode: its own abilities run first, else the edit-count-0 scores of edit runs
 unedited = scores.filter((pl.col("edit_count") == 0) & (pl.col("mode") == mode))
 own = unedited.filter(pl.col("kind") == "abilities")
 base = (own if not own.is_empty() else unedited).group_by("task").agg(pl.col("score").first())
 baseline = dict(zip(base["task"].to_list(), base["score"].to_list())) if not base.is_empty() else {}
 
-view = st.segmented_control("View", ["sequential", "batch", "rect"], default="sequential", key="ability_view",
-                            format_func={"sequential": "Against edit count", "batch": "Against batch size",
-                                         "rect": "RECT comparison"}.get)
-view = view or "sequential"
 kind = "batch" if view == "batch" else "sequential"
 part = scores.filter((pl.col("kind") == kind) & (pl.col("mode") == mode))
-default = None
+table = run_table(kind).filter(pl.col("run_id").is_in(part["run_id"].unique().to_list()))
 if view == "rect":  # RECT is an option of ROME with r-ROME keys: the sweep is those runs (100% = plain ROME)
-    part = part.filter(pl.col("editor") == "ROME")
-    default = part.filter(~pl.col("key_mismatch"))["run_id"].unique().to_list()
+    table = table.filter(pl.col("editor") == "ROME")
+    default = table.filter(pl.col("reference") & ~pl.col("key_mismatch"))["run_id"].to_list()
+elif view == "batch":
+    default = reference_ids(table)
+else:
+    default = headline_ids(table, 4)
+part = part.filter(pl.col("run_id").is_in(table["run_id"].to_list()))
 if part.is_empty():
     st.info(f"No {mode}-mode ability scores from {kind} runs yet.")
     st.stop()
 
-labels = dict(part.select("run_id", "label").unique().iter_rows())
-chosen = shared_multiselect("Runs", "rect_runs" if view == "rect" else "runs", sorted(labels, key=labels.get),
-                            format_func=labels.get,
-                            default=sorted(default or labels, key=labels.get))
+all_labels = labels_of(table)
+chosen = shared_multiselect("Runs", "rect_runs" if view == "rect" else "runs", list(all_labels),
+                            format_func=all_labels.get, default=default,
+                            help="Reference runs by default (one per editor against edit count); add others to compare")
+labels = {r: all_labels[r] for r in all_labels if r in chosen}
 part = part.filter(pl.col("run_id").is_in(chosen))
-labels = {r: labels[r] for r in chosen}
 if part.is_empty():
     st.info("Choose at least one run.")
     st.stop()
-common = view == "rect" and st.toggle(
-    "Only edit counts every chosen run reached", value=True, key="ability_common",
+c1, c2 = st.columns(2)
+common = view == "rect" and url_toggle(
+    "Only edit counts every chosen run reached", "ability_common", default=True, container=c1,
     help="Runs made to different lengths (the RECT sweep to 200 edits, ROME to 500) compared on their shared range")
+kept_whole = []
 if common:
     from store.derived import up_to_common_end
 
-    part = up_to_common_end(part)
+    clipped = up_to_common_end(part)
+    # a run with no score inside the shared range (plain ROME's full suite, scored only at its last edit) is the
+    # reference the others are read against: it keeps its own points rather than vanishing
+    for run in labels:
+        if clipped.filter((pl.col("run_id") == run) & (pl.col("edit_count") > 0)).is_empty():
+            kept_whole.append(run)
+    part = pl.concat([clipped.filter(~pl.col("run_id").is_in(kept_whole)),
+                      part.filter(pl.col("run_id").is_in(kept_whole))])
 
 drawn = part
 if view != "batch" and mode == "full":  # runs scored on the full suite only at their end start from the unedited model
@@ -68,14 +82,19 @@ if view != "batch" and mode == "full":  # runs scored on the full suite only at 
 
     drawn = start_from_unedited(part, own.select(part.columns))
 x, x_title = ("batch_size", "Edits in the batch") if view == "batch" else ("edit_count", "Edits made")
-log_x = st.toggle("Logarithmic x axis", value=view == "batch", key="ability_log_x")
-st.plotly_chart(charts.ability_small_multiples(drawn, x, labels, x_title, baseline=baseline, log_x=log_x),
-                width="stretch")
+# one toggle per axis: the batch axis opens logarithmic (sizes 1 to 500), the edit axis linear
+log_x = url_toggle("Logarithmic x axis", "batch_log_x" if view == "batch" else "ability_log_x",
+                   default=view == "batch", container=c2)
+st.plotly_chart(charts.ability_small_multiples(drawn, x, labels, x_title, baseline=baseline, log_x=log_x,
+                                               styles=styles_of(table)), width="stretch")
+if kept_whole:
+    st.caption("Drawn to their own last score, beyond the shared range, because they have no score inside it: "
+               + ", ".join(labels[r] for r in kept_whole) + ".")
 st.download_button("Download CSV (ability scores)", part.write_csv(), file_name=f"abilities-{view}-{mode}.csv")
 st.caption("Each point: the task's score with its 95% CI (Wilson for accuracies, bootstrap for perplexity) and "
-           "n items in the hover. Dashed: the unedited model; dotted: chance. The full suite runs on the "
-           "unedited model and at the end of a run, so in full mode a run's line goes from the unedited "
-           "model's score (edit count 0) to its score after its last edit. Study-C categories: "
+           "n items in the hover. Dashed: the unedited model; dotted: chance. Perplexity panels are logarithmic. "
+           "The full suite runs on the unedited model and at the end of a run, so in full mode a run's line goes "
+           "from the unedited model's score (edit count 0) to its score after its last edit. Study-C categories: "
            + ", ".join(sorted({f"{r['task']} → {r['study_c']}" for r in part.unique('task').iter_rows(named=True)})))
 
 if view in ("rect", "batch"):
@@ -85,8 +104,14 @@ if view in ("rect", "batch"):
         st.write("No editing-performance rows for these runs.")
     else:
         if common:
-            perf = perf.filter(pl.col("edit_count") <= part["edit_count"].max())
+            perf = perf.filter((pl.col("edit_count") <= part["edit_count"].max()))
         shown = perf.with_columns(pl.col("run_id").replace_strict(labels, default=None).alias("run"))
-        table = shown.pivot(on="measure", index=["run", "edit_count", "n"], values="value").sort("run", "edit_count")
-        st.dataframe(table, hide_index=True)
+        table_ = shown.pivot(on="measure", index=["run", "edit_count", "n"], values="value").sort("run", "edit_count")
+        share = "{:.2f}"
+        show(table_, {"run": Col("Run"), "edit_count": Col("Edits made" if view != "batch" else "Batch", "{:,.0f}"),
+                      "n": Col("n", "{:,.0f}", "edits (or facts of the batch) the scores are over"),
+                      "reliability (ES)": Col("Reliability (ES)", share, "newest edits: the new object beats the true "
+                                              "one on the edit prompt"),
+                      "generalisation (PS)": Col("Generalisation (PS)", share, "the same on paraphrases"),
+                      "locality (NS)": Col("Locality (NS)", share, "neighbouring facts keep their true object")})
         st.download_button("Download CSV (editing performance)", shown.write_csv(), file_name=f"editing-{view}.csv")

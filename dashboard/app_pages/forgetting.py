@@ -1,66 +1,105 @@
 """Forgetting (study B): one model edited again and again. Curves against edit count for several runs at
-once, phases shaded, disabling edits and collapse marked, weight drift on the same x axis."""
+once (the reference run of each editor by default, at most four), phases shaded, disabling edits and
+collapse marked, weight drift on the same x axis."""
 
+import os
+
+import polars as pl
 import streamlit as st
 
 from dashboard import charts
-from dashboard.data import query
-from dashboard.filters import shared_multiselect
-from dashboard.sidebar import chosen_model
-from store.derived import PHASE_SERIES, phase_verdict
+from dashboard.data import query, store_path
+from dashboard.filters import shared_multiselect, url_multiselect, url_selectbox, url_toggle
+from dashboard.sidebar import headline_ids, labels_of, run_table, styles_of
+from dashboard.tables import Col, show
+from store.derived import PHASE_SERIES, SEQUENTIAL_SERIES, phase_verdict
 
 st.title("Sequential editing: forgetting and collapse")
-runs = query("run_labels", kind="sequential")
-model = chosen_model()
-if model is not None and not runs.is_empty():
-    runs = runs.filter(runs["model"] == model)
-if runs.is_empty():
+table = run_table("sequential")
+if table.is_empty():
     st.info("No sequential runs in this store yet: `python -m compute run sequential --editor ROME --edits 500` "
             "(see the README's store recipe).")
     st.stop()
 
-labels = dict(zip(runs["run_id"].to_list(), runs["label"].to_list()))
+all_labels = labels_of(table)
 status = {r["run_id"]: f"{r['label']} — {r['n_done'] or 0}/{r['n_total']} edits, {r['status']}"
-          for r in runs.iter_rows(named=True)}
-chosen = shared_multiselect("Runs", "runs", list(labels), default=list(labels), format_func=lambda r: status[r])
+          for r in table.iter_rows(named=True)}
+chosen = shared_multiselect("Runs", "runs", list(all_labels), default=headline_ids(table, 4),
+                            format_func=lambda r: status[r],
+                            help="By default one reference run per editor (at most four); add variants to compare")
 if not chosen:
     st.info("Choose at least one run.")
     st.stop()
-labels = {r: labels[r] for r in chosen}
+labels = {r: all_labels[r] for r in all_labels if r in chosen}  # display order, not click order
+styles = styles_of(table)
 
-curves = query("sequential_curves", run_ids=tuple(chosen))
-events = query("sequential_events", run_ids=tuple(chosen))
-main = ["Newest-edit efficacy (ES)", "Retained edits", "Forgotten edits", "Newest-edit neighbourhood score (NS)",
-        "Recall on the unedited fact panel", "Fluency (n-gram entropy, bits)"]
-extra = ["Newest-edit paraphrase score (PS)", "Panel exact match (after every edit)"]
-picked = st.multiselect("Curves", main + extra, default=main, key="curves")
-log_x = st.toggle("Logarithmic edit axis", value=False, key="log_x")
+# curve key (URL-safe) -> series name
+SERIES = {"es": "Newest-edit efficacy (ES)", "retained": "Retained edits", "forgotten": "Forgotten edits",
+          "ns": "Newest-edit neighbourhood score (NS)", "panel": "Recall on the unedited fact panel",
+          "fluency": "Fluency (n-gram entropy, bits)", "ps": "Newest-edit paraphrase score (PS)",
+          "panel_em": "Panel exact match (after every edit)"}
+assert set(SERIES.values()) <= set(SEQUENTIAL_SERIES.values())
+c1, c2 = st.columns([4, 1])
+picked = url_multiselect("Curves", "curves", list(SERIES), default=["es", "retained", "forgotten", "ns", "panel", "fluency"],
+                         format_func=SERIES.get, container=c1)
+log_x = url_toggle("Logarithmic edit axis", "log_x", default=False, container=c2)
+
+
+def _stamp() -> tuple:
+    """The store's path and last change, so cached figures follow new rows."""
+    path = store_path()
+    times = []
+    for p in (path, path.with_name(path.name + "-wal")):
+        try:
+            times.append(os.stat(p).st_mtime_ns)
+        except OSError:
+            pass
+    return str(path), max(times, default=0)
+
+
+@st.cache_data(max_entries=16, show_spinner="Drawing the curves…")
+def curves_figure(stamp: tuple, run_ids: tuple, series: tuple, log: bool, names: tuple, looks: tuple):
+    """The main figure, built once per choice and store state (it takes seconds for many runs)."""
+    return charts.forgetting_curves(query("sequential_curves", run_ids=run_ids),
+                                    query("sequential_events", run_ids=run_ids), list(series), dict(names),
+                                    log_x=log, styles=dict(looks))
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def drift_figure(stamp: tuple, run_ids: tuple, names: tuple, looks: tuple):
+    drift = query("weight_drift", run_ids=run_ids)
+    return None if drift.is_empty() else charts.weight_drift_chart(drift, dict(names), styles=dict(looks))
+
+
+run_ids = tuple(labels)
+looks = tuple((r, styles[r]) for r in run_ids)
+curves = query("sequential_curves", run_ids=run_ids)
+events = query("sequential_events", run_ids=run_ids)
 if picked:
-    st.plotly_chart(charts.forgetting_curves(curves, events, picked, labels, log_x=log_x), width="stretch")
+    st.plotly_chart(curves_figure(_stamp(), run_ids, tuple(SERIES[k] for k in picked), log_x,
+                                  tuple(labels.items()), looks), width="stretch")
 st.download_button("Download CSV (curves)", curves.write_csv(), file_name="sequential-curves.csv")
 st.caption("Lines: run-level values at each checkpoint (after each of the first 10 edits, then every 10); bands: "
            "95% Wilson CI with n (edits or panel facts) in the hover. Shaded: the catastrophic phase found by a "
-           "change point on that series; dotted line: a disabling edit (the panel's exact match fell by ≥ 0.2 "
-           "after that single edit); dashed line: the online collapse that stops the run 150 edits later.")
+           "change point on that series; dotted vertical line: a disabling edit (the panel's exact match fell by "
+           "≥ 0.2 after that single edit); dashed vertical line: the online collapse that stops the run 150 edits "
+           "later. Each run keeps its colour and dash on every page.")
 
 st.header("Phases: gradual, then catastrophic?")
 phases = query("sequential_phases", run_ids=tuple(chosen))
 st.markdown(phase_verdict(phases, labels))
 if not phases.is_empty():
     shown = phases.with_columns(phases["run_id"].replace_strict(labels, default=None).alias("run")).sort("run", "series")
-    st.dataframe(shown.select("run", "series", "change_at", "slope_before", "slope_after", "drop_after", "faster",
-                              "catastrophic", "checked_to"), hide_index=True, column_config={
-        "change_at": st.column_config.NumberColumn("change point (edit)", help="the split whose two straight "
-                                                   "lines fit the series best"),
-        "slope_before": st.column_config.NumberColumn("slope before", format="%.1f", help="% of the series' "
-                                                      "starting value per 100 edits, before the change point"),
-        "slope_after": st.column_config.NumberColumn("slope after", format="%.1f", help="% of the starting value "
-                                                     "per 100 edits, after the change point"),
-        "drop_after": st.column_config.NumberColumn("lost after", format="%.2f", help="share of the starting "
-                                                    "value lost after the change point"),
-        "faster": st.column_config.TextColumn("fell faster", help="the side of the change point where the series "
-                                              "fell at least 1.5x faster (steady: neither)"),
-        "checked_to": st.column_config.NumberColumn("last checkpoint")})
+    show(shown, {
+        "run": Col("Run"), "series": Col("Series"),
+        "change_at": Col("Change point (edit)", "{:,.0f}", "the split whose two straight lines fit the series best"),
+        "slope_before": Col("Slope before", "{:+.1f}", "% of the series' starting value per 100 edits, before the "
+                            "change point"),
+        "slope_after": Col("Slope after", "{:+.1f}", "% of the starting value per 100 edits, after the change point"),
+        "drop_after": Col("Lost after", "{:.2f}", "share of the starting value lost after the change point"),
+        "faster": Col("Fell faster", None, "the side of the change point where the series fell at least 1.5x "
+                      "faster (steady: neither)"),
+        "catastrophic": Col("Catastrophic"), "checked_to": Col("Last checkpoint", "{:,.0f}")})
     st.download_button("Download CSV (phases)", shown.write_csv(), file_name="sequential-phases.csv")
 st.caption("A phase is catastrophic when the slope after the change point is at least 3x steeper than before it "
            "and the series loses 25% or more of its starting value after it (study B's gradual-then-catastrophic "
@@ -75,17 +114,17 @@ if marks.is_empty():
 else:
     shown = marks.with_columns(marks["run_id"].replace_strict(labels, default=None).alias("run"),
                                marks["series"].replace(PHASE_SERIES)).sort("run", "edit_count")
-    st.dataframe(shown.select("run", "kind", "series", "edit_count", "value"), hide_index=True, column_config={
-        "edit_count": st.column_config.NumberColumn("at edit"),
-        "value": st.column_config.NumberColumn("value", format="%.3f", help="collapse: the series' value that "
-                                               "crossed its threshold; disabling edit: the panel's exact match after it")})
-    missing = [labels[r] for r in chosen if marks.filter(marks["run_id"] == r).is_empty()]
+    show(shown, {
+        "run": Col("Run"), "kind": Col("Event"), "series": Col("Series"), "edit_count": Col("At edit", "{:,.0f}"),
+        "value": Col("Value", "{:.3f}", "collapse: the series' value that crossed its threshold; disabling edit: "
+                     "the panel's exact match after it")})
+    missing = [labels[r] for r in labels if marks.filter(marks["run_id"] == r).is_empty()]
     if missing:
         st.caption("No collapse and no disabling edit in: " + ", ".join(sorted(missing)) + ".")
     st.download_button("Download CSV (events)", events.write_csv(), file_name="sequential-events.csv")
 
 st.header("Forgetting by an edit's age")
-age_run = st.selectbox("Run", chosen, format_func=lambda r: labels[r], key="age_run")
+age_run = url_selectbox("Run", "age_run", list(labels), format_func=labels.get)
 by_age = query("forgetting_by_age", run_id=age_run)
 if by_age.is_empty():
     st.write("No edit of this run has been re-checked yet.")
@@ -94,9 +133,12 @@ else:
     st.download_button("Download CSV (by age)", by_age.write_csv(), file_name=f"forgetting-by-age-{age_run}.csv")
 
 st.header("Weight drift of the edited matrices")
-drift = query("weight_drift", run_ids=tuple(chosen))
-if drift.is_empty():
+drift_fig = drift_figure(_stamp(), run_ids, tuple(labels.items()), looks)
+if drift_fig is None:
     st.write("No weight drift recorded yet.")
 else:
-    st.plotly_chart(charts.weight_drift_chart(drift, labels), width="stretch")
-    st.download_button("Download CSV (weight drift)", drift.write_csv(), file_name="weight-drift.csv")
+    st.plotly_chart(drift_fig, width="stretch")
+    st.caption("One line per edited matrix in the run's colour (MEMIT and AlphaEdit edit five); the hover names "
+               "the layer.")
+    st.download_button("Download CSV (weight drift)", query("weight_drift", run_ids=run_ids).write_csv(),
+                       file_name="weight-drift.csv")

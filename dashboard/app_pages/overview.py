@@ -5,6 +5,10 @@ import streamlit as st
 
 from dashboard import charts
 from dashboard.data import query, store_path
+from dashboard.filters import url_selectbox, url_toggle
+from dashboard.sidebar import run_table
+from dashboard.tables import Col, show
+from store.measurable import MEASURABLE_SHARE, hardest_measurable, measurable_types, unmeasurable_reasons
 
 st.title("EditScope")
 st.caption(f"Results store: `{store_path()}` (read-only)")
@@ -19,32 +23,52 @@ for col, (label, table) in zip(
     col.metric(label, f"{counts.get(table, 0):,}")
 
 st.header("Headline findings")
-rob = query("robustness_headlines")
+rob_runs = run_table("robustness").filter(pl.col("reference"))
+rob = pl.DataFrame()
+if not rob_runs.is_empty():
+    measurability = query("rephrase_measurability", run_id=rob_runs["run_id"][0])
+    summary = query("robustness_summary", run_ids=tuple(rob_runs["run_id"].to_list()), metrics=("acc",))
+    rob = (hardest_measurable(summary, measurable_types(measurability))
+           .join(rob_runs.select("run_id", "label", "status", "n_done", "n_total"), on="run_id")
+           .join(measurability.select(pl.col("rephrase_type").alias("hardest_type"),
+                                      pl.col("recall_share").alias("unedited_recall_hardest")),
+                 on="hardest_type", how="left"))
+    order = {r: i for i, r in enumerate(rob_runs["run_id"].to_list())}
+    rob = rob.sort(pl.col("run_id").replace_strict(order, return_dtype=pl.Int64))
 if rob.is_empty():
-    st.info("No robustness runs yet: the plain-vs-hardest comparison appears once one has results.")
+    st.info("No finished robustness runs yet: the plain-vs-hardest comparison appears once one has results.")
 else:
     st.subheader("Edits that hold on the plain prompt fail on rephrasings (study A)")
     cols = st.columns(min(4, rob.height))
     for col, r in zip(cols * 4, rob.iter_rows(named=True)):
-        col.metric(f"{r['editor']}: acc plain → {r['hardest_type']}", f"{r['plain']:.2f} → {r['hardest']:.2f}",
+        col.metric(f"{r['label']}: acc plain → {r['hardest_type']}", f"{r['plain']:.2f} → {r['hardest']:.2f}",
                    delta=f"{r['drop']:+.2f}", delta_color="normal",
                    help=f"Generation names the new object. Plain 95% CI [{r['plain_ci_low']:.2f}, "
                         f"{r['plain_ci_high']:.2f}], {r['hardest_type']} [{r['hardest_ci_low']:.2f}, "
                         f"{r['hardest_ci_high']:.2f}]; n = {r['n']} cases ({r['status']}).")
-    excluded = sorted({t for e in rob["excluded_types"].to_list() if e for t in e.split(", ")})
-    st.caption("Hardest type: the lowest post-edit acc among the rephrase types the unedited model can answer "
-               "(its recall there at least half its recall on the plain prompt)"
-               + (f"; left out as unanswerable before any edit: {', '.join(excluded)}." if excluded else "."))
-    st.dataframe(rob, hide_index=True)
+    excluded = sorted(unmeasurable_reasons(measurability))
+    st.caption(f"One tile per finished reference run. Hardest type: the lowest post-edit acc among the rephrase "
+               f"types the unedited model can answer (names the true object on at least "
+               f"{100 * MEASURABLE_SHARE:g}% of cases)"
+               + (f"; left out as unmeasurable: {', '.join(excluded)}." if excluded else "."))
+    share = "{:.2f}"
+    show(rob, {"label": Col("Run"), "plain": Col("acc, plain", share), "plain_ci_low": Col("CI low", share),
+               "plain_ci_high": Col("CI high", share), "hardest_type": Col("Hardest measurable type"),
+               "hardest": Col("acc, hardest", share), "hardest_ci_low": Col("CI low ", share),
+               "hardest_ci_high": Col("CI high ", share), "drop": Col("Drop", "{:+.2f}"),
+               "unedited_recall_hardest": Col("Unedited recall there", share, "share of cases on which the "
+                                              "unedited model names the true object on that type"),
+               "n": Col("n", "{:,.0f}")})
 seq = query("sequential_headlines")
 if not seq.is_empty():
     st.subheader("Sequential edits: when does the model break? (study B)")
-    st.dataframe(seq, hide_index=True, column_config={
-        "collapse_at": st.column_config.NumberColumn("collapse at edit", help="online collapse: fluency or "
-                                                     "panel recall fell below its threshold (empty: none)"),
-        "catastrophic_from": st.column_config.NumberColumn("catastrophic phase from"),
-        "retention": st.column_config.NumberColumn("retained edits (last)", format="%.2f"),
-        "panel_recall": st.column_config.NumberColumn("panel recall (last)", format="%.2f")})
+    show(seq, {"run": Col("Run"), "status": Col("Status"), "edits": Col("Edits made", "{:,.0f}"),
+               "collapse_at": Col("Collapse at edit", "{:,.0f}", "online collapse: fluency or panel recall fell "
+                                  "below its threshold (—: none)"),
+               "catastrophic_from": Col("Catastrophic phase from", "{:,.0f}"),
+               "disabling_edits": Col("Disabling edits", "{:,.0f}"),
+               "retention": Col("Retained edits (last)", share), "retention_ci": Col("95% CI"),
+               "panel_recall": Col("Panel recall (last)", share), "panel_recall_ci": Col("95% CI ")})
 
 st.header("Pre-edit knowledge by popularity")
 sets = query("case_sets")
@@ -58,8 +82,8 @@ else:
     # sets with measured pre-edit knowledge first, then the largest
     ordered = sets.with_columns(pl.col("case_set").is_in(list(measured)).alias("_k"))
     names = ordered.sort("_k", "n_cases", "case_set", descending=[True, True, False])["case_set"].to_list()
-    chosen = st.selectbox("Case set", names, index=0, key="case_set")
-    split = st.toggle("Split by relation", value=False)
+    chosen = url_selectbox("Case set", "case_set", names)
+    split = url_toggle("Split by relation", "by_relation", default=False)
     by_q = query("knowledge_by_quartile", case_set=chosen, by_relation=split)
     if by_q.is_empty():
         st.info("No pre-edit knowledge measured for this case set: run `python -m compute knowledge measure`.")
@@ -68,7 +92,9 @@ else:
         st.download_button("Download CSV", by_q.write_csv(), file_name=f"recall-by-quartile-{chosen}.csv")
         corr = query("knowledge_correlations", case_set=chosen)
         st.caption("Spearman rank correlation of each popularity feature with pre-edit recall (95% bootstrap CI).")
-        st.dataframe(corr, hide_index=True)
+        show(corr, {"feature": Col("Popularity feature"), "against": Col("Against"),
+                    "rho": Col("Spearman rho", "{:+.3f}"), "ci_low": Col("CI low", "{:+.3f}"),
+                    "ci_high": Col("CI high", "{:+.3f}"), "n": Col("n", "{:,.0f}")})
 
 with st.expander(f"Knowledge base: {counts.get('kb_relations', 0)} relations"):
     st.dataframe(query("kb_relations"), hide_index=True)
@@ -76,7 +102,18 @@ with st.expander(f"Case sets: {sets.height}"):
     st.dataframe(sets, hide_index=True)
 
 st.header("Runs")
-runs = query("list_runs")
-show = [c for c in ("run_id", "kind", "model", "editor", "status", "n_done", "n_total", "seed", "started_at",
-                    "finished_at", "code_version", "host", "error") if c in runs.columns]
-st.dataframe(runs.select(show) if not runs.is_empty() else runs, hide_index=True)
+runs = run_table()
+if runs.is_empty():
+    st.write("No runs yet.")
+else:
+    detail = query("list_runs").select("run_id", "seed", "finished_at", "code_version", "error")
+    show(runs.join(detail, on="run_id", how="left").with_columns(
+        pl.col("started_at").str.slice(0, 16).str.replace("T", " "),
+        pl.col("finished_at").str.slice(0, 16).str.replace("T", " ")), {
+        "label": Col("Run", width="medium"), "kind": Col("Kind"), "status": Col("Status"),
+        "n_done": Col("Done", "{:,.0f}"), "n_total": Col("Of", "{:,.0f}"),
+        "reference": Col("Reference", None, "finished, and the largest run of its kind and label: what pages show "
+                         "by default"),
+        "started_at": Col("Started (UTC)"), "finished_at": Col("Finished (UTC)"),
+        "code_version": Col("Code"), "error": Col("Error", width="medium"),
+        "run_id": Col("Run id", width="medium")})

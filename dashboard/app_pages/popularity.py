@@ -1,54 +1,73 @@
 """Popularity (study A): are popular facts harder to edit robustly? For a popularity feature, binned curves
-of pre-edit recall and post-edit acc/rev per rephrase type, and Spearman correlations with their CIs."""
+of pre-edit recall and post-edit acc/rev per rephrase type, one series per run, and Spearman correlations
+with their CIs."""
 
 import polars as pl
 import streamlit as st
 
 from dashboard import charts
 from dashboard.data import query
-from dashboard.filters import shared_multiselect, shared_selectbox
+from dashboard.filters import shared_multiselect, shared_selectbox, url_selectbox
+from dashboard.sidebar import labels_of, reference_ids, run_table, styles_of
 from store.derived import POPULARITY_FEATURES, popularity_bins
+from store.measurable import unmeasurable_reasons
 from store.metrics import REPHRASE_TYPES
 
 FEATURES = {"frequency": "Word frequency (Zipf)", "connection": "Connection (facts about the subject)",
             "cooccurrence": "Co-occurrence (KB paths subject-object)", "population": "Population"}
 METRICS = {"acc": "Post-edit acc (names the new object)", "rev": "Names the true object (rev; pre-edit recall)"}
+UNEDITED = "unedited"
 
 st.title("Knowledge popularity")
+table = run_table("robustness")
+labels = labels_of(table)
+unmeasurable = unmeasurable_reasons(query("rephrase_measurability"))
 c1, c2, c3 = st.columns(3)
 feature = shared_selectbox("Popularity feature", "feature", POPULARITY_FEATURES, format_func=FEATURES.get, container=c1)
-metric = c2.selectbox("Metric", list(METRICS), format_func=METRICS.get, key="pop_metric")
-rtype = c3.selectbox("Rephrase type", REPHRASE_TYPES, key="rephrase_type")
+metric = url_selectbox("Metric", "pop_metric", list(METRICS), format_func=METRICS.get, container=c2)
+rtype = url_selectbox("Rephrase type", "rephrase_type", REPHRASE_TYPES, container=c3,
+                      format_func=lambda t: t + (" (unmeasurable)" if t in unmeasurable else ""))
 
 d1, d2 = st.columns(2)
-editor_names = sorted(query("list_runs", kind="robustness")["editor"].drop_nulls().unique().to_list())
-editors = shared_multiselect("Editors", "editors", editor_names, container=d1) if editor_names else []
+chosen = shared_multiselect("Runs", "runs", list(labels), default=reference_ids(table), format_func=labels.get,
+                            container=d1, help="Finished reference runs by default; others only when chosen")
 relations_all = sorted(query("kb_relations")["relation"].to_list())
 relations = shared_multiselect("Relations", "relations", relations_all, container=d2)
-points = query("popularity_points", feature=feature, metric=metric, rephrase_type=rtype,
-               editors=tuple(editors), relations=None if len(relations) == len(relations_all) else tuple(relations))
+rel_filter = None if len(relations) == len(relations_all) else tuple(relations)
+if rtype in unmeasurable:
+    st.warning(f"{rtype} is unmeasurable on this model: {unmeasurable[rtype]}. The curves below say nothing "
+               "about the edits.")
+points = query("popularity_points_of_runs", run_ids=tuple(chosen), feature=feature, metric=metric,
+               rephrase_type=rtype, relations=rel_filter)
 if points.is_empty():
     st.info("No measurements for this choice yet: run `python -m compute knowledge measure` and "
             "`python -m compute run robustness`.")
     st.stop()
+series_labels = {UNEDITED: "unedited model", **{r: labels[r] for r in chosen}}
+styles = {UNEDITED: charts.UNEDITED_STYLE, **styles_of(table)}
 bins = popularity_bins(points, feature, bins=4)
 left, right = st.columns(2)
 with left:
     st.subheader("Binned")
-    st.plotly_chart(charts.binned_curves(bins, FEATURES[feature], METRICS[metric]), width="stretch")
+    st.plotly_chart(charts.binned_curves(bins, FEATURES[feature], METRICS[metric], labels=series_labels,
+                                         styles=styles), width="stretch")
 with right:
     st.subheader("Every case")
     st.plotly_chart(charts.popularity_scatter(points, feature, FEATURES[feature], METRICS[metric],
-                                              log_x=feature == "population"), width="stretch")
-st.download_button("Download CSV (bins)", bins.write_csv(), file_name=f"popularity-{feature}-{metric}-{rtype}.csv")
+                                              log_x=feature == "population", labels=series_labels, styles=styles),
+                    width="stretch")
+named = bins.with_columns(pl.col("series").replace(series_labels).alias("run"))
+st.download_button("Download CSV (bins)", named.write_csv(), file_name=f"popularity-{feature}-{metric}-{rtype}.csv")
+st.caption("The unedited model (black) is the knowledge run that measured every rephrase type, before any edit; "
+           "each run is one colour, the same on every page.")
 
 st.subheader("Spearman correlation with the feature")
 pre = query("knowledge_correlations").filter((pl.col("feature") == feature) & (pl.col("against") == "recall"))
-rel_filter = None if len(relations) == len(relations_all) else tuple(relations)
-post = query("robustness_correlations", metrics=(metric,), features=(feature,), rephrase_types=(rtype,),
-             relations=rel_filter)
-post = post.filter(pl.col("editor").is_in(editors))
-rows = post.filter(pl.col("rephrase_type") == rtype).select(pl.col("editor").alias("series"), "rho", "ci_low", "ci_high", "n")
+post = query("robustness_correlations", run_ids=tuple(chosen), metrics=(metric,), features=(feature,),
+             rephrase_types=(rtype,), relations=rel_filter)
+post = post.filter(pl.col("run_id").is_in(chosen) & (pl.col("rephrase_type") == rtype))
+rows = post.select(pl.col("run_id").replace_strict(labels, default=None).alias("series"), "rho", "ci_low", "ci_high",
+                   "n")
 if metric == "rev" and rtype == "plain" and not pre.is_empty():
     rows = pl.concat([rows, pre.select(pl.lit("unedited (recall)").alias("series"), "rho", "ci_low", "ci_high", "n")])
 if rows.is_empty():
@@ -58,4 +77,8 @@ else:
                     width="stretch")
     st.download_button("Download CSV (correlations)", rows.write_csv(), file_name=f"rho-{feature}-{metric}-{rtype}.csv")
 with st.expander("Cases behind the curves"):
-    st.dataframe(points, hide_index=True)
+    st.dataframe(points.with_columns(pl.col("series").replace(series_labels)), hide_index=True, column_config={
+        "series": st.column_config.TextColumn("Run"), "case_id": st.column_config.TextColumn("Case"),
+        "relation": st.column_config.TextColumn("Relation"), "subject": st.column_config.TextColumn("Subject"),
+        feature: st.column_config.NumberColumn(FEATURES[feature], format="%.2f"),
+        "value": st.column_config.NumberColumn(METRICS[metric], format="%.2f")})

@@ -1,56 +1,80 @@
 """Robustness (study A): does an edit that holds on the plain prompt survive rephrasing, context, dialogue
-and doubt? Heat maps editor x rephrase type for the chosen metric, and the drop from the plain prompt."""
+and doubt? Heat maps run x rephrase type for the chosen metric, and the drop from the plain prompt."""
 
 import polars as pl
 import streamlit as st
 
 from dashboard import charts
 from dashboard.data import query
-from dashboard.filters import shared_multiselect
-from dashboard.sidebar import model_runs
+from dashboard.filters import forget, shared_multiselect, url_segmented, url_selectbox, url_toggle
+from dashboard.sidebar import labels_of, reference_ids, run_table
+from store.measurable import MEASURABLE_SHARE, unmeasurable_reasons
 from store.metrics import METRICS, REPHRASE_TYPES
 
 st.title("Robustness of single edits")
-runs = model_runs("robustness")
-if runs.is_empty():
+table = run_table("robustness")
+if table.is_empty():
     st.info("No robustness runs in this store yet: `python -m compute run robustness --editor ROME --cases 240`.")
     st.stop()
 
+labels = labels_of(table)
 c1, c2 = st.columns(2)
-editors = shared_multiselect("Editors", "editors", sorted(runs["editor"].unique().to_list()), container=c1)
+chosen = shared_multiselect("Runs", "runs", list(labels), default=reference_ids(table), format_func=labels.get,
+                            container=c1, help="Finished reference runs by default; a partial, failed or "
+                            "superseded run is shown only when chosen, and its name says what it is")
 relations_all = sorted(query("kb_relations")["relation"].to_list())
 relations = shared_multiselect("Relations", "relations", relations_all, container=c2,
                                help="Cases of these relations only (all by default)")
-run_ids = tuple(runs.filter(pl.col("editor").is_in(editors))["run_id"].to_list())
-if not run_ids or not relations:
-    st.info("Choose at least one editor and one relation.")
+if not chosen or not relations:
+    st.info("Choose at least one run and one relation.")
     st.stop()
 
 choices = {"acc": "Generation names the new object (acc)", "rev": "Generation names the true object (rev)",
            "es": "New object beats true (ES / PS)", "magnitude": "P(new) - P(true)"}
-metric = st.segmented_control("Metric", list(choices), default="acc", format_func=lambda m: choices[m], key="metric")
-split = st.segmented_control("Split by", ["none", "relation", "popularity_quartile"], default="none",
-                             format_func=lambda s: {"none": "nothing", "relation": "relation",
-                                                    "popularity_quartile": "popularity quartile"}[s], key="split")
-by = None if split in (None, "none") else split
-df = query("robustness_summary", run_ids=run_ids, metrics=(metric or "acc",), by=by,
+c1, c2, c3 = st.columns([3, 3, 2])
+metric = url_segmented("Metric", "metric", list(choices), default="acc", format_func=choices.get, container=c1)
+split = url_segmented("Split by", "split", ["none", "relation", "popularity_quartile"], default="none",
+                      format_func={"none": "nothing", "relation": "relation",
+                                   "popularity_quartile": "popularity quartile"}.get, container=c2)
+hide = url_toggle("Hide unmeasurable types", "hide_nm", default=False, container=c3,
+                  help="Types the unedited model cannot answer are marked n/m by default; this leaves them out")
+by = None if split == "none" else split
+df = query("robustness_summary", run_ids=tuple(chosen), metrics=(metric,), by=by,
            relations=None if len(relations) == len(relations_all) else tuple(relations))
 if by and not df.is_empty():
     groups = sorted(df[by].drop_nulls().unique().to_list())
-    group = st.selectbox("Group", groups, key="group")
+    group = url_selectbox("Group", "group", groups)
     df = df.filter(df[by] == group)
+else:
+    forget("group")
 if df.is_empty():
     st.info("No measurements for this choice.")
     st.stop()
 
+measurability = query("rephrase_measurability", run_id=chosen[0])
+unmeasurable = unmeasurable_reasons(measurability)
+if hide:
+    df = df.filter(~pl.col("rephrase_type").is_in(list(unmeasurable)))
+shown = {r: labels[r] for r in chosen}
 label = METRICS[metric].label if metric in METRICS else metric
 st.subheader(label)
-st.plotly_chart(charts.rephrase_heatmap(df, "mean", label, REPHRASE_TYPES), width="stretch")
+st.plotly_chart(charts.rephrase_heatmap(df, "mean", label, REPHRASE_TYPES, labels=shown,
+                                        unmeasurable={} if hide else unmeasurable), width="stretch")
 st.subheader("Change from the plain prompt")
-st.plotly_chart(charts.rephrase_heatmap(df, "drop_from_plain", "Δ vs plain", REPHRASE_TYPES, diverging=True),
-                width="stretch")
+st.plotly_chart(charts.rephrase_heatmap(df, "drop_from_plain", "Δ vs plain", REPHRASE_TYPES, diverging=True,
+                                        labels=shown, unmeasurable={} if hide else unmeasurable), width="stretch")
 st.download_button("Download CSV", df.write_csv(), file_name=f"robustness-{metric}.csv")
-chosen = runs.filter(pl.col("run_id").is_in(run_ids))
+if unmeasurable:
+    base = measurability["baseline_run"][0]
+    st.caption(f"{'Left out' if hide else 'n/m (and * on the axis)'}: rephrase types the unedited model cannot "
+               f"answer, so a low score there is the probe failing, not the edit. A type is measurable when the "
+               f"unedited model names the true object on at least {100 * MEASURABLE_SHARE:g}% of the cases "
+               f"(from `{base}`).")
+    st.dataframe(measurability.filter(~pl.col("measurable")).select("rephrase_type", "reason"), hide_index=True,
+                 column_config={"rephrase_type": st.column_config.TextColumn("Rephrase type"),
+                                "reason": st.column_config.TextColumn("Why it is unmeasurable", width="large")})
+runs = table.filter(pl.col("run_id").is_in(chosen))
 st.caption("Each cell: mean over cases of the per-case value (probes of a type averaged within a case), with its "
            "95% CI (Wilson for shares, bootstrap otherwise) and n in the hover. Runs: "
-           + ", ".join(f"{r['editor']} ({r['n_done']}/{r['n_total']}, {r['status']})" for r in chosen.iter_rows(named=True)))
+           + "; ".join(f"{r['label']}: {r['n_done']}/{r['n_total']} cases, {r['status']}"
+                       for r in runs.iter_rows(named=True)))
