@@ -19,6 +19,7 @@ transaction across tables), serialises JSON without sorted keys, and was twice a
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import socket
@@ -164,6 +165,16 @@ def _tuples(rows: list[Mapping[str, Any]], cols: list[str]) -> list[tuple]:
 
 
 MEASUREMENT_COLUMNS = ("run_id", "case_id", "edit_count", "rephrase_type", "metric", "value")
+
+
+def _refuse_non_finite(table: str, rows: Sequence[Mapping[str, Any]]) -> None:
+    """A NaN or infinite value is a failed computation, never a result: refuse it, naming the row."""
+    for row in rows:
+        value = row.get("value")
+        if isinstance(value, float) and not math.isfinite(value):
+            key = {k: v for k, v in row.items() if k != "value"}
+            raise ValueError(f"{table}: a non-finite value ({value}) for {key}: the computation failed; "
+                             "nothing of this unit was written")
 
 
 def _upsert(conn: sqlite3.Connection, table: str, rows: Iterable[Mapping[str, Any]]) -> int:
@@ -549,6 +560,31 @@ class Store:
                     "to must be written first (Store.start_run)."
                 ) from None
         return len(rows)
+
+    def write_edit_diagnostics(self, rows: Iterable[Mapping]) -> int:
+        """Upsert per-edit diagnostic rows (run_id, edit_count, case_id, target, name, value)."""
+        rows = list(rows)
+        _refuse_non_finite("edit_diagnostics", rows)
+        with self._transaction() as conn:
+            return _upsert(conn, "edit_diagnostics", rows)
+
+    def write_unit(self, *, measurements: Iterable[Mapping] = (), generations: Iterable[Mapping] = (),
+                   diagnostics: Iterable[Mapping] = ()) -> None:
+        """Write one unit of work (an edited case) in ONE transaction: its measurements, generations and edit
+        diagnostics all land or none does, so a crash never leaves a case with measurements but without its
+        generations (a resumed run skips every case that has measurements)."""
+        measurements, diagnostics = list(measurements), list(diagnostics)
+        unknown = sorted({k for row in measurements for k in row} - set(MEASUREMENT_COLUMNS))
+        if unknown:
+            raise ValueError(f"Table measurements has no column(s) {unknown}; its columns are {list(MEASUREMENT_COLUMNS)}.")
+        _refuse_non_finite("measurements", measurements)
+        _refuse_non_finite("edit_diagnostics", diagnostics)
+        values = [tuple(_cell(row.get(c)) for c in MEASUREMENT_COLUMNS) for row in measurements]
+        with self._transaction() as conn:
+            conn.executemany(f"INSERT INTO measurements ({', '.join(MEASUREMENT_COLUMNS)}) "
+                             f"VALUES ({', '.join('?' * len(MEASUREMENT_COLUMNS))})", values)
+            _upsert(conn, "generations", generations)
+            _upsert(conn, "edit_diagnostics", diagnostics)
 
     def write_generations(self, rows: Iterable[Mapping]) -> int:
         """Upsert generation rows (run_id, case_id, edit_count, rephrase_type, probe_id, phase, text)."""

@@ -318,6 +318,23 @@ BEGIN
 END;
 """
 
+# Per-edit diagnostics (every edit of every run): what each edit did to the weights and how its optimisation
+# went. `edit_count` is the run's edit count after the edit (robustness: 1; sequential: n; batch: the batch
+# size); `case_id` the request ('*' for values of a whole update); `target` the edited matrix for per-matrix
+# values (update_norm, update_rel), the probe for delivered fractions ('plain', 'paraphrase:1', ...), '' else.
+# Names and meanings: compute.editors.diagnostics.
+SCHEMA_V7 = """
+CREATE TABLE edit_diagnostics (
+    run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+    edit_count INTEGER NOT NULL,
+    case_id TEXT NOT NULL,
+    target TEXT NOT NULL DEFAULT '',
+    name TEXT NOT NULL,
+    value REAL,
+    PRIMARY KEY (run_id, edit_count, case_id, target, name)
+) WITHOUT ROWID;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", SCHEMA_V1),
     Migration(2, "run events: collapse, phases, disabling edits", SCHEMA_V2),
@@ -325,6 +342,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "ability task metadata beside each score", SCHEMA_V4),
     Migration(5, "drop the secondary measurement indexes (the primary key serves)", SCHEMA_V5),
     Migration(6, "measurements dictionary-encoded behind a view of the same name", SCHEMA_V6),
+    Migration(7, "per-edit diagnostics: update norms, clamp, steps, convergence, delivered fraction", SCHEMA_V7),
 )
 
 

@@ -656,7 +656,7 @@ def test_v6_encodes_measurements_and_keeps_every_row_readable_as_before(tmp_path
         s.conn.executemany("INSERT INTO measurements VALUES (?, ?, ?, ?, ?, ?)", rows)
         s.conn.commit()
         before = sorted(s.conn.execute("SELECT * FROM measurements"), key=repr)
-    with Store.open(path) as s:
+    with Store.open(path, migrations=MIGRATIONS[:6]) as s:
         assert s.schema_version == 6 and s.migrated == (6,)
         assert sorted(s.conn.execute("SELECT * FROM measurements"), key=repr) == before
         assert count(s, "measurement_values") == len(before)

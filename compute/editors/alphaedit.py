@@ -36,9 +36,9 @@ from dataclasses import dataclass
 
 import torch
 
-from compute.editors.base import EditContext, Editor, EditorError, EditRequest, EditResult, register
+from compute.editors.base import EditContext, Editor, EditorError, check_finite, EditRequest, EditResult, register
 from compute.editors.memit import spread_edit
-from compute.editors.rome import check_value_fields
+from compute.editors.rome import check_key_constraint, check_value_fields
 from compute.models import LoadedModel
 
 NAME = "AlphaEdit"
@@ -64,8 +64,11 @@ class AlphaEditHyperParams:
     stop_nll: float = 0.05
     cov_n_tokens: int = 20_000
     fast: bool = True
+    key_constraint: str = "all"  # as MEMIT's: fit every key the value optimisation used, or the prefix mean
 
     def validate(self) -> None:
+        check_finite(NAME, self)
+        check_key_constraint(NAME, self)
         layers = self.layers
         if (
             not isinstance(layers, tuple)
@@ -75,7 +78,7 @@ class AlphaEditHyperParams:
             raise EditorError(f"AlphaEdit field 'layers' must be a non-empty list of non-negative integers, got {layers!r}")
         if len(set(layers)) != len(layers):
             raise EditorError(f"AlphaEdit field 'layers' lists a layer twice: {list(layers)}")
-        for name, low, high in (("nullspace_energy", 0.0, 1.0), ("l2", 0.0, float("inf"))):
+        for name, low, high in (("nullspace_energy", 0.0, 1.0), ("l2", 0.0, 1e30)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value <= high:
                 raise EditorError(f"AlphaEdit field {name!r} must be a number in ({low}, {high}], got {value!r}")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,6 +130,17 @@ class Editor:
 EDITORS: dict[str, Editor] = {}
 
 
+def check_finite(editor: str, hp) -> None:
+    """Refuse any hyperparameter that is a non-finite number (NaN passes every `<` comparison, and an
+    infinite weight turns a loss into NaN): called first by every editor's `validate`."""
+    for f in dataclasses.fields(hp):
+        value = getattr(hp, f.name)
+        values = value if isinstance(value, tuple) else (value,)
+        for v in values:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise EditorError(f"{editor} field {f.name!r} must be a finite number, got {value!r}")
+
+
 def register(editor: Editor) -> Editor:
     EDITORS[editor.name] = editor
     return editor
@@ -210,4 +222,12 @@ def apply_edit(lm: LoadedModel, requests: Sequence[EditRequest], editor: str, hp
     start = time.perf_counter()
     result = ed.apply(lm, list(requests), hp, ctx)
     result.info["seconds"] = round(time.perf_counter() - start, 4)
+    params = dict(lm.model.named_parameters())
+    bad = [name for name in result.originals if not bool(torch.isfinite(params[name]).all())]
+    if bad:
+        undo(lm, result)
+        raise EditorError(
+            f"{ed.name} wrote non-finite weights into {', '.join(bad)} (the edit was undone): check the "
+            "hyperparameters (learning rate, clamp, lambda) and the covariance statistics"
+        )
     return result

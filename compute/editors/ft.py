@@ -21,6 +21,7 @@ from typing import Sequence
 import torch
 
 from compute.editors.base import (
+    check_finite,
     EditContext,
     Editor,
     EditorError,
@@ -53,6 +54,7 @@ class FTHyperParams:
 
     def validate(self) -> None:
         """Refuse values that cannot describe an edit, naming the field."""
+        check_finite("FT-L", self)
         if not isinstance(self.layer, int) or isinstance(self.layer, bool) or self.layer < 0:
             raise EditorError(f"FT-L field 'layer' must be a non-negative integer, got {self.layer!r}")
         if not self.lr > 0:

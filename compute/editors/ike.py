@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from compute.cases import NEIGHBOURHOOD, EditCase, stable_rng
-from compute.editors.base import EditContext, Editor, EditorError, EditRequest, EditResult, register
+from compute.editors.base import EditContext, Editor, EditorError, check_finite, EditRequest, EditResult, register
 from compute.models import LoadedModel
 
 NAME = "IKE"
@@ -58,6 +58,7 @@ class IKEHyperParams:
 
     def validate(self) -> None:
         """Refuse values that cannot build a prefix, naming the field."""
+        check_finite("IKE", self)
         if not isinstance(self.n_demonstrations, int) or isinstance(self.n_demonstrations, bool):
             raise EditorError(f"IKE field 'n_demonstrations' must be an integer, got {self.n_demonstrations!r}")
         if self.n_demonstrations < 0:

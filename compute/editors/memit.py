@@ -33,6 +33,7 @@ from typing import Callable, Sequence
 import torch
 
 from compute.editors.base import (
+    check_finite,
     EditContext,
     Editor,
     EditorError,
@@ -43,6 +44,7 @@ from compute.editors.base import (
     weight_name,
 )
 from compute.editors.rome import (
+    check_key_constraint,
     add_to_down_proj,
     check_value_fields,
     context_prefixes,
@@ -79,9 +81,12 @@ class MEMITHyperParams:
     stop_nll: float = 0.05
     cov_n_tokens: int = 20_000
     fast: bool = True
+    key_constraint: str = "all"  # "all": fit every key the value optimisation used; "mean": the prefix-mean key
 
     def validate(self) -> None:
         """Refuse values that cannot describe an edit, naming the field."""
+        check_finite(NAME, self)
+        check_key_constraint(NAME, self)
         layers = self.layers
         if (
             not isinstance(layers, tuple)
@@ -155,11 +160,25 @@ def spread_edit(
                 values = optimise(range(len(requests)))
             else:  # batches written again and again into one model: compute.editors.value_cache
                 values, cached = ctx.value_cache.values(lm, last, requests, prefixes, opts, optimise)
-            targets = h0.double() + torch.stack([v.delta for v in values]).double()  # [N, d]
+            deltas = torch.stack([v.delta for v in values]).double()  # [N, d]
+            targets = h0.double() + deltas  # [N, d]
+            h0_all = subject_block_outputs(lm, last, requests, prefixes).double()  # [N, T, d]
+            targets_all = h0_all + deltas[:, None, :]  # [N, T, d]: the optimisation shifted every prompt by delta
+            n_keys = len(prefixes)
             for i, layer in enumerate(layers):
-                keys = subject_keys(lm, layer, requests, prefixes).mean(dim=1)  # [N, d_in]
-                current = subject_block_outputs(lm, last, requests, prefixes).mean(dim=1)  # [N, d]
-                residual = (targets - current.double()) / (len(layers) - i)  # [N, d]
+                keys_all = subject_keys(lm, layer, requests, prefixes)  # [N, T, d_in]
+                current = subject_block_outputs(lm, last, requests, prefixes).double()  # [N, T, d]
+                if getattr(hp, "key_constraint", "mean") == "all":
+                    # Every (request, prompt) key is one row of the least squares, each weighted 1/sqrt(T) so a
+                    # request weighs as much against lam C as one prefix-mean key does: the update fits the
+                    # mean squared miss over the prompts the value was optimised on, the bare prompt included
+                    # (a subject-initial prompt's key is far from the prefix mean: benchmarks/key_delivery.py).
+                    keys = keys_all.reshape(-1, keys_all.shape[-1]) / n_keys**0.5  # [N * T, d_in]
+                    residual = ((targets_all - current) / (len(layers) - i)).reshape(-1, current.shape[-1])
+                    residual = residual / n_keys**0.5  # [N * T, d]
+                else:
+                    keys = keys_all.mean(dim=1)  # [N, d_in]
+                    residual = (targets - current.mean(dim=1)) / (len(layers) - i)  # [N, d]
                 update = solve(layer, keys, residual, cov)  # [d_out, d_in]
                 norm = add_to_down_proj(lm, layer, update)
                 layer_keys[layer] = keys.detach().clone()

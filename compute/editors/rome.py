@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ from compute.covariance import (
     write_atomic,
 )
 from compute.editors.base import (
+    check_finite,
     EditContext,
     Editor,
     EditorError,
@@ -75,6 +77,7 @@ NAME = "ROME"
 # Start words of the context prefixes; the first five are MEMIT's, the rest extend them to twelve.
 START_WORDS = ("The", "Therefore", "Because", "I", "You", "In", "It", "When", "However", "This", "We", "After")
 KL_TEMPLATE = "{subject} is a"  # ROME's essence-drift prompt
+KEY_CONSTRAINTS = ("all", "mean")  # see update_direction; "all" is the default of ROME, MEMIT and AlphaEdit
 
 
 # --------------------------------------------------------------------------- hyperparameters
@@ -98,7 +101,8 @@ class ValueOptions:
 
 
 def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite int or float (not a bool): NaN would pass every range check below, since it compares False."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def value_options(hp) -> ValueOptions:
@@ -130,6 +134,11 @@ def check_value_fields(editor: str, hp) -> None:
         raise EditorError(f"{editor} field 'fast' must be true or false, got {hp.fast!r}")
 
 
+def check_key_constraint(editor: str, hp) -> None:
+    if hp.key_constraint not in KEY_CONSTRAINTS:
+        raise EditorError(f"{editor} field 'key_constraint' must be one of {list(KEY_CONSTRAINTS)}, got {hp.key_constraint!r}")
+
+
 @dataclass(frozen=True)
 class ROMEHyperParams:
     """Hyperparameters of ROME; hparams/ROME/<model>.json says where each value comes from.
@@ -150,14 +159,19 @@ class ROMEHyperParams:
     cov_n_tokens: int = 20_000  # Wikipedia tokens for C = E[k k^T] (design.md: 20k as good as 100k)
     use_covariance: bool = True  # False: C = I (ablation; the leak is 1.1-1.8x worse per design.md)
     key_mismatch: bool = False  # True: the original ROME code's key mismatch; False: the r-ROME fix
+    # "all": deliver the optimised change in full on every key the value optimisation used (update_direction);
+    # "mean": the paper's u = C^-1 k* for the prefix-mean key only (fails on prompts that begin with the subject)
+    key_constraint: str = "all"
     fast: bool = True  # False: the straightforward reference loop (same objective, slower)
     rect_top: float = 1.0  # RECT: keep this share of the update's entries (largest |dW/W|), zero the rest; 1 = off
 
     def validate(self) -> None:
         """Refuse values that cannot describe an edit, naming the field."""
+        check_finite(NAME, self)
         if not _is_int(self.layer) or self.layer < 0:
             raise EditorError(f"ROME field 'layer' must be a non-negative integer, got {self.layer!r}")
         check_value_fields(NAME, self)
+        check_key_constraint(NAME, self)
         for name in ("use_covariance", "key_mismatch"):
             if not isinstance(getattr(self, name), bool):
                 raise EditorError(f"ROME field {name!r} must be true or false, got {getattr(self, name)!r}")
@@ -646,13 +660,34 @@ def rank_one_update(
     return torch.outer(delta.double(), u) / denom
 
 
+def update_direction(keys: torch.Tensor, cov: torch.Tensor | None, ridge: float = 1e-6) -> torch.Tensor:
+    """The rank-one update's input direction u [d_in] (float64) that delivers the optimised change in full on
+    every key the value optimisation used: u . k_j = 1 for each row k_j of keys [T, d_in] (the bare prompt and
+    every prefixed one), with the least disturbance u^T C u of other keys.
+
+    This is ROME's own closed form with T equality constraints instead of one: minimise tr(dW C dW^T)
+    subject to dW k_j = delta for all j gives dW = delta u^T with u = C^-1 K (K^T C^-1 K)^-1 1. With one key
+    it is C^-1 k / (k^T C^-1 k), ROME's update. A tiny ridge (relative to the Gram matrix's mean diagonal)
+    keeps nearly collinear keys solvable; it moves each u . k_j by about `ridge`.
+    """
+    K = keys.double().T  # [d_in, T]
+    CinvK = torch.linalg.solve(cov.double(), K) if cov is not None else K  # [d_in, T]
+    gram = K.T @ CinvK  # [T, T]
+    gram = gram + ridge * gram.diagonal().mean() * torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+    alpha = torch.linalg.solve(gram, torch.ones(gram.shape[0], dtype=gram.dtype, device=gram.device))  # [T]
+    return CinvK @ alpha  # [d_in]
+
+
 def _edit_one(lm: LoadedModel, request: EditRequest, hp: ROMEHyperParams, prefixes, cov) -> dict:
     keys = subject_keys(lm, hp.layer, [request], prefixes)[0]  # [T, d_in]; row 0 is the unprefixed prompt
     k_star = keys.mean(dim=0)  # [d_in]
     k_num = keys[0] if hp.key_mismatch else k_star
     v0 = down_proj_value(lm, hp.layer, k_num)  # [d_out]
     value = optimise_values(lm, hp.layer, [request], prefixes, value_options(hp), [v0.norm().item()])[0]
-    update = rank_one_update(value.delta, k_star, k_num, cov)  # [d_out, d_in]
+    if hp.key_mismatch or hp.key_constraint == "mean":
+        update = rank_one_update(value.delta, k_star, k_num, cov)  # [d_out, d_in]
+    else:
+        update = torch.outer(value.delta.double(), update_direction(keys, cov))  # [d_out, d_in]
     extra = {}
     if hp.rect_top < 1:
         full_norm = float(update.norm())

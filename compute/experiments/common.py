@@ -73,16 +73,28 @@ def edit_and_evaluate(
     hp,
     ctx: EditContext,
     rephrase_types: Sequence[str],
+    *,
+    run_id: str,
+    edit_count: int = 1,
     **evaluate_kwargs,
-) -> tuple[CaseEvaluation, EditResult]:
-    """Edit one case, evaluate its probes on the edited model, and undo the edit whatever happens.
+) -> tuple[CaseEvaluation, EditResult, list[dict]]:
+    """Edit one case, evaluate its probes on the edited model, read the edit's diagnostics
+    (compute.editors.diagnostics, rows of `run_id` at `edit_count`), and undo the edit whatever happens.
 
-    `others` are the demonstrations an in-context editor may draw on (never the case itself).
+    `others` are the demonstrations an in-context editor may draw on (never the case itself). An edit whose
+    probes come back empty or whose diagnostics are not finite raises ValueError: the run fails, it is never
+    marked done with missing or NaN numbers.
     """
+    from compute.editors.diagnostics import edit_diagnostics
+
     ctx.demonstrations = [c for c in others if c.case_id != case.case_id]
     result = apply_edit(lm, [EditRequest.from_case(case)], editor, hp, ctx)
     try:
+        diagnostics = edit_diagnostics(lm, result, hp, run_id, edit_count, [case])
         ev = evaluate_cases(lm, [case], rephrase_types, prefix=result.prefix, **evaluate_kwargs)[0]
     finally:
         undo(lm, result)
-    return ev, result
+    if not ev.rows(run_id, edit_count):
+        raise ValueError(f"case {case.case_id}: no probe of types {list(rephrase_types)} came back with a score; "
+                         "check that the case set has probes of these types (`cases show --case ID`)")
+    return ev, result, diagnostics

@@ -7,8 +7,10 @@ model's numbers on the same cases come from a `knowledge` run with every rephras
 named in the run's config as its baseline.
 
 The edit itself is recorded as pseudo rephrase type `edit` (metrics edit_seconds, edit_steps,
-edit_target_nll where the editor reports them). Runs are resumable at case granularity: each case is
-written in one transaction, and `resume` skips the cases already stored, so a killed run ends with the
+edit_target_nll where the editor reports them), and its diagnostics (update norms, clamp, steps,
+convergence, delivered fraction on the plain prompt and each paraphrase: compute.editors.diagnostics) in
+`edit_diagnostics`. Runs are resumable at case granularity: each case (measurements, generations,
+diagnostics) is written in one transaction, and `resume` skips the cases already stored, so a killed run ends with the
 same numbers as an uninterrupted one.
 """
 
@@ -76,10 +78,13 @@ def run_robustness(
             for case in cases:
                 if case.case_id in done:
                     continue
-                ev, result = edit_and_evaluate(lm, case, cases, ed.name, hp, ctx, rephrase_types, gen_tokens=gen_tokens)
-                rows = ev.rows(run_id, edit_count=1) + edit_rows(run_id, case.case_id, result.info)
-                store.write_measurements(rows)
-                store.write_generations(ev.generation_rows(run_id, edit_count=1, phase="post"))
+                ev, result, diagnostics = edit_and_evaluate(lm, case, cases, ed.name, hp, ctx, rephrase_types,
+                                                            run_id=run_id, gen_tokens=gen_tokens)
+                store.write_unit(
+                    measurements=ev.rows(run_id, edit_count=1) + edit_rows(run_id, case.case_id, result.info),
+                    generations=ev.generation_rows(run_id, edit_count=1, phase="post"),
+                    diagnostics=diagnostics,
+                )
                 done.add(case.case_id)
                 store.heartbeat(run_id, n_done=len(done), n_total=len(cases))
                 if bar:

@@ -80,8 +80,10 @@ def run_sweep(
             for case in cases:
                 if case.case_id in done:
                     continue
-                ev, result = edit_and_evaluate(lm, case, cases, ed.name, hp, ctx, SWEEP_TYPES, generation=False)
-                store.write_measurements(ev.rows(run_id, edit_count=1) + edit_rows(run_id, case.case_id, result.info))
+                ev, result, diagnostics = edit_and_evaluate(lm, case, cases, ed.name, hp, ctx, SWEEP_TYPES,
+                                                            run_id=run_id, generation=False)
+                store.write_unit(measurements=ev.rows(run_id, edit_count=1) + edit_rows(run_id, case.case_id, result.info),
+                                 diagnostics=diagnostics)
                 done.add(case.case_id)
                 store.heartbeat(run_id, n_done=len(done), n_total=len(cases))
                 if bar:

@@ -1,0 +1,205 @@
+"""Edit mechanics: the update reaches every prompt the edit was optimised on (subject-initial ones included),
+per-edit diagnostics, refusal of non-finite hyperparameters and updates, and one transaction per unit."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from compute.editors import EditContext, EditorError, EditRequest, apply_edit, undo
+from compute.editors.base import parse_hparams, weight_name
+from compute.editors.diagnostics import delivered_fractions, edit_diagnostics
+from compute.editors.memit import MEMITHyperParams
+from compute.editors.rome import ROMEHyperParams, context_prefixes, subject_keys, update_direction
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# The subject begins the prompt, as in "{subject} is a city in": its key sits at position 0-1. A random tiny
+# model carries almost nothing from one position to the next (tests/test_rome.py), so the prompt also ends
+# with the subject: the bare prompt is the subject alone, the prefixed ones put text before it.
+INITIAL = EditRequest("France", "France", "Asia", "Paris", case_id="c1")
+HP = ROMEHyperParams(layer=0, v_steps=8, v_weight_decay=0.0, clamp_norm_factor=1000.0, n_prefixes=3,
+                     prefix_tokens=4, cov_n_tokens=600)
+
+
+@pytest.fixture()
+def ctx(wiki_cache):
+    return EditContext(cache_dir=wiki_cache)
+
+
+def test_the_update_direction_delivers_exactly_one_on_every_key_and_is_romes_with_one_key():
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(16, 16, generator=gen, dtype=torch.float64)
+    cov = a @ a.T + torch.eye(16, dtype=torch.float64)
+    keys = torch.randn(5, 16, generator=gen, dtype=torch.float64)
+    u = update_direction(keys, cov, ridge=0.0)
+    assert torch.allclose(keys @ u, torch.ones(5, dtype=torch.float64), atol=1e-9)
+    one = keys[:1]
+    expected = torch.linalg.solve(cov, one[0]) / (one[0] @ torch.linalg.solve(cov, one[0]))
+    assert torch.allclose(update_direction(one, cov, ridge=0.0), expected)
+    # least disturbance: any other u' with the same constraints has u'^T C u' >= u^T C u
+    null = torch.linalg.svd(keys).Vh[5:]  # directions orthogonal to every key
+    other = u + null.T @ torch.randn(11, generator=gen, dtype=torch.float64)
+    assert torch.allclose(keys @ other, torch.ones(5, dtype=torch.float64), atol=1e-9)
+    assert other @ cov @ other > u @ cov @ u
+
+
+@pytest.mark.parametrize("model", ["llama", "gpt2"])
+def test_a_subject_initial_rome_edit_delivers_its_whole_change_on_the_plain_prompt(model, request, ctx):
+    lm = request.getfixturevalue(model)
+    delivered = {}
+    for constraint in ("all", "mean"):
+        hp = dataclasses.replace(HP, key_constraint=constraint)
+        result = apply_edit(lm, [INITIAL], "ROME", hp, ctx)
+        try:
+            delivered[constraint] = delivered_fractions(lm, result, {})[0]["plain"]
+            if constraint == "mean":
+                # the generic measure is (u . k) / (u . k*) for a ROME update
+                prefixes = context_prefixes(lm, hp.n_prefixes, hp.prefix_tokens, ctx.cache_dir)
+                keys = subject_keys(lm, 0, [INITIAL], prefixes)[0].double()
+                w = lm.down_proj(0).weight.double()
+                w0 = result.originals[weight_name(lm, 0)].double()
+                dw = (w - w0).T if lm.arch.down_proj_transposed else (w - w0)
+                k_star = keys.mean(0)
+                ratio = float((dw @ keys[0]).norm() / (dw @ k_star).norm())
+                assert abs(delivered["mean"]) == pytest.approx(ratio, rel=1e-4)
+        finally:
+            undo(lm, result)
+    assert delivered["all"] == pytest.approx(1.0, abs=1e-3)
+    assert abs(delivered["mean"] - 1.0) > 1e-2  # the prefix-mean key alone does not reach the bare prompt
+
+
+def test_memit_with_every_key_reaches_the_bare_prompt_better_than_the_mean_key(llama, ctx):
+    hp = MEMITHyperParams(layers=(0, 1), v_steps=8, v_weight_decay=0.0, clamp_norm_factor=1000.0, n_prefixes=3,
+                          prefix_tokens=4, cov_n_tokens=600, lam=1.0)
+    got = {}
+    for constraint in ("all", "mean"):
+        result = apply_edit(llama, [INITIAL], "MEMIT", dataclasses.replace(hp, key_constraint=constraint), ctx)
+        try:
+            got[constraint] = delivered_fractions(llama, result, {})[0]["plain"]
+        finally:
+            undo(llama, result)
+    assert abs(got["all"] - 1.0) < abs(got["mean"] - 1.0)
+    assert got["all"] == pytest.approx(1.0, abs=0.2)
+
+
+def test_diagnostics_name_every_matrix_and_the_optimisation(llama, ctx, builder):
+    result = apply_edit(llama, [INITIAL], "ROME", HP, ctx)
+    try:
+        rows = edit_diagnostics(llama, result, HP, "run-x", 1)
+        w = llama.down_proj(0).weight.double()
+        w0 = result.originals[weight_name(llama, 0)].double()
+    finally:
+        undo(llama, result)
+    got = {(r["case_id"], r["target"], r["name"]): r["value"] for r in rows}
+    name = weight_name(llama, 0)
+    assert got[("*", name, "update_norm")] == pytest.approx(float((w - w0).norm()), rel=1e-6)
+    assert got[("*", name, "update_rel")] == pytest.approx(float((w - w0).norm() / w0.norm()), rel=1e-6)
+    assert got[("c1", "", "steps")] == result.info["edits"][0]["steps"]
+    assert got[("c1", "", "converged")] == float(result.info["edits"][0]["nll_final"] < HP.stop_nll)
+    assert got[("c1", "", "clamped")] in (0.0, 1.0)
+    assert ("c1", "plain", "delivered") in got
+    assert all(r["run_id"] == "run-x" and r["edit_count"] == 1 for r in rows)
+
+
+@pytest.mark.parametrize("editor,data,field", [
+    ("ROME", {"layer": 0, "kl_weight": math.inf}, "kl_weight"),
+    ("ROME", {"layer": 0, "v_lr": math.nan}, "v_lr"),
+    ("ROME", {"layer": 0, "rect_top": math.nan}, "rect_top"),
+    ("MEMIT", {"layers": [0, 1], "lam": math.nan}, "lam"),
+    ("AlphaEdit", {"layers": [0], "l2": math.inf}, "l2"),
+    ("FT-L", {"layer": 0, "norm_constraint": math.inf}, "norm_constraint"),
+    ("ROME", {"layer": 0, "key_constraint": "some"}, "key_constraint"),
+])
+def test_non_finite_or_unknown_hyperparameters_are_refused_by_name(editor, data, field):
+    from compute.editors import get_editor
+
+    with pytest.raises(EditorError, match=repr(field)):
+        parse_hparams(get_editor(editor).hparams, data)
+
+
+def test_an_update_that_is_not_finite_is_undone_and_refused(llama, ctx):
+    before = {n: p.detach().clone() for n, p in llama.model.named_parameters()}
+    d_in = llama.down_proj(0).weight.shape[1]
+    ctx.covariance = lambda layer: torch.full((d_in, d_in), math.nan, dtype=torch.float64)
+    with pytest.raises(EditorError, match="non-finite|orthogonal"):
+        apply_edit(llama, [INITIAL], "ROME", HP, ctx)
+    assert all(torch.equal(before[n], p) for n, p in llama.model.named_parameters())
+
+
+def test_a_unit_is_written_whole_or_not_at_all(tmp_path):
+    from store.db import Store
+
+    st = Store.open(tmp_path / "s.sqlite", create=True)
+    run = st.start_run(kind="robustness", model="m")
+    m = [{"run_id": run, "case_id": "c", "edit_count": 1, "rephrase_type": "plain", "metric": "es", "value": 1.0}]
+    bad_gen = [{"run_id": run, "case_id": "c", "edit_count": 1, "rephrase_type": "plain", "no_such_column": 1}]
+    with pytest.raises(ValueError):
+        st.write_unit(measurements=m, generations=bad_gen)
+    assert st.conn.execute("SELECT count(*) FROM measurements").fetchone()[0] == 0
+    nan = [{"run_id": run, "edit_count": 1, "case_id": "c", "target": "", "name": "steps", "value": math.nan}]
+    with pytest.raises(ValueError, match="non-finite"):
+        st.write_unit(measurements=m, diagnostics=nan)
+    assert st.conn.execute("SELECT count(*) FROM measurements").fetchone()[0] == 0
+    good = [{"run_id": run, "edit_count": 1, "case_id": "c", "target": "", "name": "steps", "value": 4.0}]
+    st.write_unit(measurements=m, diagnostics=good)
+    assert st.conn.execute("SELECT count(*) FROM measurements").fetchone()[0] == 1
+    assert st.conn.execute("SELECT value FROM edit_diagnostics").fetchone()[0] == 4.0
+
+
+
+# --------------------------------------------------------------------------- on the embedded default model
+
+
+def _robustness_on(lm, case, tmp_path):
+    """One-case ROME robustness run (plain and paraphrase probes) into a fresh store; its rows."""
+    from compute.editors import load_hparams
+    from compute.experiments.robustness import run_robustness
+    from compute.models import default_cache_dir
+    from store.db import Store
+
+    st = Store.open(tmp_path / "r.sqlite", create=True)
+    row, probes = case.to_rows()
+    st.write_cases([row], probes)
+    run = run_robustness(lm, [case], st, editor="ROME", hp=load_hparams("ROME", "smollm2-135m"),
+                         ctx=EditContext(default_cache_dir()), rephrase_types=("plain", "paraphrase"), gen_tokens=5)
+    es = dict(st.conn.execute(
+        "SELECT rephrase_type, avg(value) FROM measurements WHERE run_id = ? AND metric = 'es' GROUP BY 1", (run,)))
+    delivered = dict(st.conn.execute(
+        "SELECT target, value FROM edit_diagnostics WHERE run_id = ? AND name = 'delivered'", (run,)))
+    return es, delivered
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_rome_edits_a_subject_initial_knowledge_base_fact_on_the_default_model(default_lm, kb, paragraphs, tmp_path):
+    from compute.cases import CaseBuilder
+
+    case = CaseBuilder(kb, default_lm.tokenizer, paragraphs).custom_case("Toronto", "city_country", "Australia")
+    assert case.prompt.startswith("Toronto")
+    es, delivered = _robustness_on(default_lm, case, tmp_path)
+    assert es["plain"] == 1.0 and es["paraphrase"] > 0  # the new object wins on the exact prompt and a paraphrase
+    assert delivered["plain"] >= 0.8
+    assert delivered["paraphrase:1"] >= 0.8  # "Toronto is located in the country of": same key as the plain prompt
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_rome_edits_a_subject_initial_counterfact_record_on_the_default_model(default_lm, tmp_path):
+    import json
+
+    from compute.formats import load_cases_file
+
+    record = {"case_id": 7, "requested_rewrite": {"prompt": "{} is a company based in", "subject": "Toyota",
+              "relation_id": "P159", "target_new": {"str": "Germany"}, "target_true": {"str": "Japan"}},
+              "paraphrase_prompts": ["Toyota has its headquarters in"],
+              "neighborhood_prompts": ["Honda is a company based in"]}
+    path = tmp_path / "cf.json"
+    path.write_text(json.dumps([record]))
+    case = load_cases_file(path, "counterfact", "test-cf")[0]
+    es, delivered = _robustness_on(default_lm, case, tmp_path)
+    assert es["plain"] == 1.0 and es["paraphrase"] == 1.0
+    assert delivered["plain"] >= 0.8 and delivered["paraphrase:1"] >= 0.8
