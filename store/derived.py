@@ -12,9 +12,21 @@ import polars as pl
 
 from . import queries
 from .metrics import wilson_ci
-from .stats import spearman_ci
+from .stats import spearman_ci, stratified_spearman
 
 POPULARITY_FEATURES = ("frequency", "connection", "cooccurrence", "population")
+
+# `correlations.relation` of the within-relation estimate (store.stats.stratified_spearman: per-relation rhos
+# combined by Fisher's z weighted by n - 3, analytic CI); '' is the pooled one, any other value one relation.
+WITHIN = "*within*"
+WITHIN_COLUMNS = {"rho_within": pl.Float64, "within_ci_low": pl.Float64, "within_ci_high": pl.Float64,
+                  "n_within": pl.Int64}
+
+
+def _within_values(sub: pl.DataFrame, feature: str, target: str) -> dict:
+    """The within-relation correlation of `feature` and `target` over the rows of `sub` (with a relation)."""
+    w = stratified_spearman(sub[feature].to_numpy(), sub[target].to_numpy(), sub["relation"].fill_null("").to_list())
+    return {"rho_within": w.rho, "within_ci_low": w.ci_low, "within_ci_high": w.ci_high, "n_within": w.n}
 
 
 def _knowledge(conn: sqlite3.Connection, case_set: str | None, run_id: str | None) -> pl.DataFrame:
@@ -62,7 +74,8 @@ def knowledge_by_quartile(
 def knowledge_correlations(
     conn: sqlite3.Connection, case_set: str | None = None, run_id: str | None = None, n_boot: int = 1000
 ) -> pl.DataFrame:
-    """Spearman rho of each popularity feature with pre-edit recall and with P(true), bootstrap 95% CI.
+    """Spearman rho of each popularity feature with pre-edit recall and with P(true), bootstrap 95% CI, and
+    beside it the within-relation rho (rho_within, within_ci_low/high, n_within: WITHIN).
 
     Read from the `correlations` table when the knowledge run's are stored (store_correlations), else
     computed here."""
@@ -80,9 +93,9 @@ def knowledge_correlations(
                 continue
             c = spearman_ci(sub[feature].to_numpy(), sub[target].to_numpy(), n_boot=n_boot, seed=0)
             rows.append({"feature": feature, "against": target, "rho": c.rho, "ci_low": c.ci_low,
-                         "ci_high": c.ci_high, "n": c.n})
+                         "ci_high": c.ci_high, "n": c.n, **_within_values(sub, feature, target)})
     schema = {"feature": pl.String, "against": pl.String, "rho": pl.Float64, "ci_low": pl.Float64,
-              "ci_high": pl.Float64, "n": pl.Int64}
+              "ci_high": pl.Float64, "n": pl.Int64, **WITHIN_COLUMNS}
     return pl.DataFrame(rows, schema=schema)
 
 
@@ -104,19 +117,27 @@ def wilson_arrays(k: np.ndarray, n: np.ndarray, z: float = 1.96) -> tuple[np.nda
 
 
 def _stored(conn: sqlite3.Connection, run_ids: list[str], n_boot: int) -> pl.DataFrame | None:
-    """Stored correlations (all relations) of these runs if every one of them has some, else None."""
+    """Stored correlations (all relations pooled, with the within-relation ones beside them as WITHIN_COLUMNS)
+    of these runs if every one of them has both, else None (computed live then)."""
     if not run_ids:
         return None
     marks = ", ".join("?" * len(run_ids))
     try:
-        df = queries._frame(conn, f"SELECT * FROM correlations WHERE run_id IN ({marks}) AND relation = '' "
-                                  "AND n_boot = ?", [*run_ids, n_boot])
+        df = queries._frame(conn, f"SELECT * FROM correlations WHERE run_id IN ({marks}) AND relation IN ('', ?) "
+                                  "AND n_boot = ?", [*run_ids, WITHIN, n_boot])
     except sqlite3.OperationalError:  # a store from before the table existed
         return None
-    if df.is_empty() or set(df["run_id"].unique().to_list()) != set(run_ids):
+    if df.is_empty():
         return None
-    # SQLite stores NaN (an undefined rho: a constant side) as NULL: give it back as NaN, as computed
-    return df.with_columns(pl.col(c).cast(pl.Float64).fill_null(float("nan")) for c in ("rho", "ci_low", "ci_high"))
+    # SQLite stores NaN (an undefined rho or CI) as NULL: give it back as NaN, as computed
+    df = df.with_columns(pl.col(c).cast(pl.Float64).fill_null(float("nan")) for c in ("rho", "ci_low", "ci_high"))
+    pooled, within = df.filter(pl.col("relation") == ""), df.filter(pl.col("relation") == WITHIN)
+    if {*pooled["run_id"].unique().to_list()} != set(run_ids) or {*within["run_id"].unique().to_list()} != set(run_ids):
+        return None  # some run's are missing, or stored before the within-relation estimate existed
+    keys = ["run_id", "rephrase_type", "metric", "feature"]
+    return pooled.join(within.select(*keys, pl.col("rho").alias("rho_within"), pl.col("ci_low").alias("within_ci_low"),
+                                     pl.col("ci_high").alias("within_ci_high"),
+                                     pl.col("n").cast(pl.Int64).alias("n_within")), on=keys, how="left")
 
 
 def _stored_knowledge_correlations(conn, case_set, run_id, n_boot) -> pl.DataFrame | None:
@@ -133,7 +154,7 @@ def _stored_knowledge_correlations(conn, case_set, run_id, n_boot) -> pl.DataFra
                           (pl.col("metric") != "recall").cast(pl.Int64).alias("_m"))
             .sort("_f", "_m")
             .select("feature", pl.col("metric").alias("against"), "rho", "ci_low", "ci_high",
-                    pl.col("n").cast(pl.Int64)))
+                    pl.col("n").cast(pl.Int64), *WITHIN_COLUMNS))
 
 
 def _newest_knowledge_of(conn: sqlite3.Connection, case_set: str) -> str | None:
@@ -152,7 +173,8 @@ def _newest_knowledge_of(conn: sqlite3.Connection, case_set: str) -> str | None:
 def correlation_rows(conn: sqlite3.Connection, run_id: str, n_boot: int = 1000, seed: int = 0) -> list[dict]:
     """Every Spearman correlation the dashboard shows for one run, as `correlations` rows: for a knowledge
     run, each feature against recall and P(true) on the plain prompt; for a robustness run, each feature
-    against acc and rev in every rephrase type."""
+    against acc and rev in every rephrase type. Each comes twice: pooled over relations (relation '') and
+    within relation (relation WITHIN)."""
     from datetime import datetime, timezone
 
     run = conn.execute("SELECT kind FROM runs WHERE run_id = ?", (run_id,)).fetchone()
@@ -171,28 +193,37 @@ def correlation_rows(conn: sqlite3.Connection, run_id: str, n_boot: int = 1000, 
                     continue
                 c = spearman_ci(sub[feature].to_numpy(), sub[target].to_numpy(), n_boot=n_boot, seed=seed)
                 rows.append({"run_id": run_id, "rephrase_type": "plain", "metric": target, "feature": feature,
-                             "rho": c.rho, "ci_low": c.ci_low, "ci_high": c.ci_high, "n": c.n})
+                             "rho": c.rho, "ci_low": c.ci_low, "ci_high": c.ci_high, "n": c.n,
+                             **_within_values(sub, feature, target)})
     elif run[0] == "robustness":
         live = _robustness_correlations_live(conn, _runs(conn, "robustness", run_id), ("acc", "rev"),
                                              POPULARITY_FEATURES, n_boot, None, None)
-        rows = [{"run_id": r["run_id"], "rephrase_type": r["rephrase_type"], "metric": r["metric"],
-                 "feature": r["feature"], "rho": r["rho"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
-                 "n": r["n"]} for r in live.iter_rows(named=True)]
-    return [{**r, "relation": "", "n_boot": n_boot, "seed": seed, "computed_at": now} for r in rows]
+        rows = list(live.iter_rows(named=True))
+    out = []
+    for r in rows:
+        key = {k: r[k] for k in ("run_id", "rephrase_type", "metric", "feature")}
+        meta = {"n_boot": n_boot, "seed": seed, "computed_at": now}
+        out.append({**key, "relation": "", "rho": r["rho"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
+                    "n": r["n"], **meta})
+        out.append({**key, "relation": WITHIN, "rho": r["rho_within"], "ci_low": r["within_ci_low"],
+                    "ci_high": r["within_ci_high"], "n": r["n_within"], **meta})
+    return out
 
 
 def store_correlations(store, run_ids=None, n_boot: int = 1000) -> int:
     """Compute and store the correlations of finished knowledge and robustness runs (all, or `run_ids`)
-    whose stored ones are missing or older than the run; returns how many runs were (re)computed."""
+    whose stored ones are missing, older than the run or lack the within-relation estimate; returns how many
+    runs were (re)computed."""
     runs = queries.list_runs(store.conn).filter(pl.col("kind").is_in(["knowledge", "robustness"])
                                                 & (pl.col("status") == "done"))
     if run_ids is not None:
         runs = runs.filter(pl.col("run_id").is_in([run_ids] if isinstance(run_ids, str) else list(run_ids)))
     done = 0
     for r in runs.iter_rows(named=True):
-        have = store.conn.execute("SELECT min(computed_at) FROM correlations WHERE run_id = ? AND n_boot = ?",
-                                  (r["run_id"], n_boot)).fetchone()[0]
-        if have is not None and (r["finished_at"] or "") <= have:
+        have, within = store.conn.execute(
+            "SELECT min(computed_at), count(CASE WHEN relation = ? THEN 1 END) FROM correlations "
+            "WHERE run_id = ? AND n_boot = ?", (WITHIN, r["run_id"], n_boot)).fetchone()
+        if have is not None and within and (r["finished_at"] or "") <= have:
             continue
         store.replace_correlations(r["run_id"], correlation_rows(store.conn, r["run_id"], n_boot=n_boot))
         done += 1
@@ -314,7 +345,8 @@ def robustness_correlations(
 ) -> pl.DataFrame:
     """Spearman rho (bootstrap 95% CI) of each popularity feature against post-edit acc and rev, per
     robustness run (editor) and rephrase type (all types, or those given), over the cases of `relations`
-    (all when None). Read from the `correlations` table where every run's are stored, else computed."""
+    (all when None), and beside it the within-relation rho (WITHIN_COLUMNS). Read from the `correlations`
+    table where every run's are stored, else computed."""
     runs = _runs(conn, "robustness", run_ids)
     if relations is None and not runs.is_empty():
         stored = _stored(conn, runs["run_id"].to_list(), n_boot)
@@ -324,14 +356,15 @@ def robustness_correlations(
                 df = df.filter(pl.col("rephrase_type").is_in(list(rephrase_types)))
             return (df.join(runs.select("run_id", "editor"), on="run_id")
                     .select("run_id", "editor", "rephrase_type", "metric", "feature", "rho", "ci_low", "ci_high",
-                            pl.col("n").cast(pl.Int64))
+                            pl.col("n").cast(pl.Int64), *WITHIN_COLUMNS)
                     .sort(["editor", "metric", "feature", "rephrase_type"]))
     return _robustness_correlations_live(conn, runs, metrics, features, n_boot, rephrase_types, relations)
 
 
 def _robustness_correlations_live(conn, runs, metrics, features, n_boot, rephrase_types, relations) -> pl.DataFrame:
     schema = {"run_id": pl.String, "editor": pl.String, "rephrase_type": pl.String, "metric": pl.String,
-              "feature": pl.String, "rho": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64, "n": pl.Int64}
+              "feature": pl.String, "rho": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64, "n": pl.Int64,
+              **WITHIN_COLUMNS}
     if runs.is_empty():
         return pl.DataFrame(schema=schema)
     m = (
@@ -350,7 +383,8 @@ def _robustness_correlations_live(conn, runs, metrics, features, n_boot, rephras
                 continue
             c = spearman_ci(sub[feature].to_numpy(), sub["value"].to_numpy(), n_boot=n_boot, seed=0)
             rows.append({"run_id": run_id, "editor": editor, "rephrase_type": rtype, "metric": metric,
-                         "feature": feature, "rho": c.rho, "ci_low": c.ci_low, "ci_high": c.ci_high, "n": c.n})
+                         "feature": feature, "rho": c.rho, "ci_low": c.ci_low, "ci_high": c.ci_high, "n": c.n,
+                         **_within_values(sub, feature, "value")})
     return pl.DataFrame(rows, schema=schema).sort(["editor", "metric", "feature", "rephrase_type"])
 
 

@@ -1,5 +1,7 @@
-"""Rank correlation with a bootstrap confidence interval, shared by compute (derived tables, tests) and
-the dashboard (popularity page). numpy only: no scipy, so the dashboard stays light."""
+"""Statistics shared by compute (derived tables, the sequential runner, tests) and the dashboard: rank
+correlation with a bootstrap CI and a permutation p-value, the within-stratum (relation) correlation, and
+the rules that read a sequential run's series: phases, abrupt steps and robust outliers. numpy only: no
+scipy, so the dashboard stays light."""
 
 from __future__ import annotations
 
@@ -38,10 +40,19 @@ def spearman(x, y) -> float:
 
 @dataclass(frozen=True)
 class Correlation:
+    """rho with its interval: every field NaN when rho itself is undefined (a constant side, n < 3); the
+    interval NaN alone when it cannot be had honestly (`note` says why)."""
+
     rho: float
     ci_low: float
     ci_high: float
     n: int
+    p_value: float = float("nan")  # two-sided permutation p-value of rho = 0
+    undefined_share: float = 0.0  # share of bootstrap resamples in which one side was constant
+    note: str = ""
+
+
+UNDEFINED_SHARE_MAX = 0.01  # at most this share of resamples may have rho undefined for the bootstrap CI to stand
 
 
 def _boot_rank_rows(dense: np.ndarray, idx: np.ndarray, m: int) -> np.ndarray:
@@ -66,29 +77,100 @@ def _rowwise_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def spearman_ci(x, y, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> Correlation:
-    """Spearman's rho with a percentile bootstrap CI over paired resamples (seeded, so reproducible).
+    """Spearman's rho with a percentile bootstrap CI over paired resamples and a permutation p-value (seeded).
 
-    Resamples are ranked all at once (values coded densely, ranks from per-row counts), so a thousand
-    resamples of a few hundred pairs take milliseconds; resamples where a side is constant are skipped.
+    A resample in which one side is constant has no rho. Dropping such resamples (as this function once did)
+    conditions the bootstrap on the rare values being drawn and can give an interval that excludes rho itself
+    (ROME plain rev vs frequency: one recalled case in 240, 37% of resamples constant, -0.044 [-0.090,
+    -0.033]). So when more than UNDEFINED_SHARE_MAX of the resamples are undefined the interval is reported
+    as undefined (NaN, with `note` saying why) and the permutation p-value is what remains; below that share
+    the undefined resamples are too few to move the percentiles. Resamples are ranked all at once (values
+    coded densely, ranks from per-row counts), so a thousand resamples of a few hundred pairs take ms.
     """
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     keep = ~(np.isnan(x) | np.isnan(y))
     x, y = x[keep], y[keep]
     rho = spearman(x, y)
     n = len(x)
+    nan = float("nan")
     if n < 3 or np.isnan(rho):
-        return Correlation(rho, float("nan"), float("nan"), n)
+        return Correlation(rho, nan, nan, n, note="rho undefined: one side is constant or n < 3")
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, (n_boot, n))
     ux, dx = np.unique(x, return_inverse=True)
     uy, dy = np.unique(y, return_inverse=True)
     boots = _rowwise_pearson(_boot_rank_rows(dx, idx, len(ux)), _boot_rank_rows(dy, idx, len(uy)))
-    boots = boots[~np.isnan(boots)]
-    if len(boots) == 0:
-        return Correlation(rho, float("nan"), float("nan"), n)
+    undefined = float(np.isnan(boots).mean())
+    p = permutation_p(x, y, rho, n_perm=n_boot, seed=seed)
+    if undefined > UNDEFINED_SHARE_MAX:
+        return Correlation(rho, nan, nan, n, p, undefined,
+                           f"CI undefined: one side is constant in {undefined:.0%} of bootstrap resamples")
     alpha = (1 - level) / 2
-    lo, hi = np.quantile(boots, [alpha, 1 - alpha])
-    return Correlation(rho, float(lo), float(hi), n)
+    lo, hi = np.quantile(boots[~np.isnan(boots)], [alpha, 1 - alpha])
+    return Correlation(rho, float(lo), float(hi), n, p, undefined)
+
+
+def permutation_p(x, y, rho: float, n_perm: int = 1000, seed: int = 0) -> float:
+    """Two-sided permutation p-value of Spearman's rho = 0: the share of permutations of y (plus the observed
+    pairing, so never 0) whose |rho| is at least the observed |rho|. Ranks are computed once: permuting y
+    permutes its ranks."""
+    rx, ry = rankdata(x), rankdata(y)
+    rng = np.random.default_rng(seed + 1)
+    perm = rng.permuted(np.broadcast_to(ry, (n_perm, len(ry))), axis=1)  # [P, n]
+    null = _rowwise_pearson(np.broadcast_to(rx, perm.shape), perm)
+    hits = int((np.abs(null) >= abs(rho) - 1e-12).sum())
+    return (hits + 1) / (n_perm + 1)
+
+
+@dataclass(frozen=True)
+class StratifiedCorrelation:
+    """Per-stratum Spearman rhos combined by Fisher's z weighted by n - 3 (the within-relation estimate)."""
+
+    rho: float
+    ci_low: float
+    ci_high: float
+    n: int  # pairs in the strata that entered
+    strata: int  # strata that entered (rho defined, n >= 4)
+    strata_left_out: int  # strata with too few pairs or a constant side
+
+
+def stratified_spearman(x, y, strata, level: float = 0.95) -> StratifiedCorrelation:
+    """Spearman's rho within strata (e.g. relations), combined: z = mean of atanh(rho_s) weighted by n_s - 3;
+    its variance sum(w_s^2 var_s) / (sum w_s)^2 with var_s = (1 + rho_s^2 / 2) / (n_s - 3) (Bonett and
+    Wright's variance of a Spearman z), and the CI is tanh(z +- q * se). A stratum with fewer than 4 pairs or
+    a constant side within it (rho undefined) is left out and counted. All NaN when no stratum enters.
+    Pooling strata that differ in both x and y (relations differ in popularity and in difficulty) mixes
+    those differences into rho; this estimate compares cases only with cases of their own stratum."""
+    from statistics import NormalDist
+
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    s = np.asarray(strata, dtype=object)
+    if not len(x) == len(y) == len(s):
+        raise ValueError(f"x, y and strata have {len(x)}, {len(y)} and {len(s)} values: give one stratum per pair")
+    keep = ~(np.isnan(x) | np.isnan(y))
+    x, y, s = x[keep], y[keep], s[keep]
+    zs, ws, vs, used, left = [], [], [], 0, 0
+    for label in dict.fromkeys(s.tolist()):
+        sel = s == label
+        k = int(sel.sum())
+        r = spearman(x[sel], y[sel]) if k >= 4 else float("nan")
+        if np.isnan(r):
+            left += 1
+            continue
+        r = float(np.clip(r, -0.999999, 0.999999))
+        zs.append(np.arctanh(r))
+        ws.append(k - 3.0)
+        vs.append((1 + r * r / 2) / (k - 3.0))
+        used += k
+    nan = float("nan")
+    if not zs:
+        return StratifiedCorrelation(nan, nan, nan, 0, 0, left)
+    z, w, v = np.array(zs), np.array(ws), np.array(vs)
+    zbar = float((w * z).sum() / w.sum())
+    se = float(np.sqrt((w * w * v).sum()) / w.sum())
+    q = NormalDist().inv_cdf(0.5 + level / 2)
+    return StratifiedCorrelation(float(np.tanh(zbar)), float(np.tanh(zbar - q * se)), float(np.tanh(zbar + q * se)),
+                                 used, len(zs), left)
 
 
 def bootstrap_mean_ci(values, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
@@ -101,3 +183,113 @@ def bootstrap_mean_ci(values, n_boot: int = 1000, seed: int = 0, level: float = 
     alpha = (1 - level) / 2
     lo, hi = np.quantile(means, [alpha, 1 - alpha])
     return float(lo), float(hi)
+
+
+# --------------------------------------------------------------------------- rules over a run's series
+
+
+def robust_z(values) -> np.ndarray:
+    """Modified z-scores 0.6745 (v - median) / MAD (Iglewicz and Hoaglin; |z| > 3.5 marks an outlier). With a
+    MAD of 0 (over half the values equal) the mean absolute deviation times 1.2533 stands in; all zeros when
+    every value is equal or there are fewer than 3."""
+    v = np.asarray(values, dtype=float)
+    if len(v) < 3:
+        return np.zeros(len(v))
+    med = np.median(v)
+    mad = np.median(np.abs(v - med))
+    if mad > 0:
+        return 0.6745 * (v - med) / mad
+    mean_ad = np.mean(np.abs(v - med))
+    return (v - med) / (1.2533 * mean_ad) if mean_ad > 0 else np.zeros(len(v))
+
+
+OUTLIER_Z = 3.5  # robust_z above which one edit's update is out of line with the run's own updates
+
+
+def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+    """(slope, intercept, sum of squared residuals) of the least-squares line through (x, y)."""
+    mx, my = x.mean(), y.mean()
+    sxx = ((x - mx) ** 2).sum()
+    slope = float(((x - mx) * (y - my)).sum() / sxx) if sxx > 0 else 0.0
+    intercept = float(my - slope * mx)
+    return slope, intercept, float(((y - intercept - slope * x) ** 2).sum())
+
+
+def series_noise(y, se=None) -> float:
+    """A series' own noise, point to point: the robust spread of its first differences (1.4826 MAD / sqrt 2:
+    a trend shifts the differences but does not widen them, one cliff is one difference and does not move the
+    MAD), floored by the median sampling SE of its points when given."""
+    y = np.asarray(y, dtype=float)
+    d = np.diff(y)
+    sigma = 1.4826 * float(np.median(np.abs(d - np.median(d)))) / np.sqrt(2) if len(d) >= 2 else 0.0
+    if se is not None:
+        s = np.asarray(se, dtype=float)
+        s = s[~np.isnan(s)]
+        if len(s):
+            sigma = max(sigma, float(np.median(s)))
+    return sigma
+
+
+def phase_break(x, y, se=None, *, min_points: int = 3, steep: float = 3.0, k_noise: float = 3.0,
+                min_effect: float | None = None) -> dict | None:
+    """Gradual and catastrophic phases of a series where higher is better (negate, or take -log, first).
+
+    The rule. Split the series where two straight lines, fitted to either side, leave the least squared error
+    (each side at least `min_points` points). The later side is a catastrophic phase when both hold:
+    - the loss it adds beyond the earlier trend (the earlier line extrapolated, minus the later points, on
+      average) is at least `k_noise` times the series' own noise (`series_noise`: the robust spread of its
+      point-to-point steps, floored by the points' sampling SE `se`) and at least `min_effect` (default 5% of
+      |first value|), so a noise-free straight line or a wobble is not a phase;
+    - the later side loses faster: its mean loss rate (from the earlier line's value at the last earlier point
+      to the later line's value at the end, per edit) is positive and at least `steep` times the earlier
+      slope's loss rate. A cliff followed by a floor counts (the drop is in the rate); a fast early fall that
+      slows down does not.
+    Returns {change_at, slope_before, slope_after (per edit, series units), start, noise, excess (the
+    added loss), drop_after (largest fall from the last earlier point, in shares of |start|), catastrophic},
+    or None when the series is too short or starts at 0."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if len(x) < 2 * min_points or len(y) != len(x) or not y[0]:
+        return None
+    best = None
+    for s in range(min_points, len(x) - min_points + 1):
+        left, right = _line(x[:s], y[:s]), _line(x[s:], y[s:])
+        total = left[2] + right[2]
+        if best is None or total < best[0] - 1e-12:
+            best = (total, s, left, right)
+    _, s, (b1, a1, _), (b2, a2, _) = best
+    noise = series_noise(y, se)
+    start = float(y[0])
+    floor = 0.05 * abs(start) if min_effect is None else min_effect
+    excess = float(np.mean(a1 + b1 * x[s:] - y[s:]))
+    x_last, x_end = x[s - 1], x[-1]
+    rate_after = float((a1 + b1 * x_last) - (a2 + b2 * x_end)) / (x_end - x_last)
+    rate_before = -b1
+    catastrophic = (excess >= max(k_noise * noise, floor) and rate_after > 0
+                    and rate_after >= steep * max(rate_before, 0.0))
+    drop = max(float(y[s - 1] - y[s:].min()), 0.0) / abs(start)
+    return {"change_at": int(x[s]) if float(x[s]).is_integer() else float(x[s]), "slope_before": b1,
+            "slope_after": b2, "start": start, "noise": noise, "excess": excess, "drop_after": drop,
+            "catastrophic": bool(catastrophic)}
+
+
+def abrupt_steps(x, y, se=None, *, k_noise: float = 3.0, min_effect: float = 0.0) -> list[dict]:
+    """Steps between consecutive points where a series (higher is better) fell abruptly against its own
+    steps: the step's fall beyond the median step is at least `k_noise` times the robust spread of the
+    series' steps (1.4826 MAD) and at least `k_noise` times the two points' combined sampling SE (`se`), and
+    at least `min_effect`. One dict per step: from, to (x), before, after (y), z (fall over the larger of the
+    two noises)."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if len(y) < 4:
+        return []
+    d = np.diff(y)
+    med = float(np.median(d))
+    spread = 1.4826 * float(np.median(np.abs(d - med)))
+    s = np.zeros(len(y)) if se is None else np.nan_to_num(np.asarray(se, dtype=float))
+    out = []
+    for i, step in enumerate(d):
+        fall = med - step
+        noise = max(spread, float(np.hypot(s[i], s[i + 1])), 1e-12)
+        if fall >= k_noise * noise and -step >= min_effect and step < 0:
+            out.append({"from": x[i], "to": x[i + 1], "before": float(y[i]), "after": float(y[i + 1]),
+                        "z": fall / noise})
+    return out

@@ -1,0 +1,132 @@
+"""store.stats: the Spearman bootstrap, the within-stratum correlation and the rules over a run's series,
+on data with known answers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from store.stats import (
+    abrupt_steps,
+    permutation_p,
+    phase_break,
+    robust_z,
+    spearman,
+    spearman_ci,
+    stratified_spearman,
+)
+
+
+def test_a_rare_binary_side_gives_an_undefined_interval_not_one_that_excludes_rho():
+    # one success in 240 (ROME plain rev on the shipped store): ~37% of resamples lose it and have no rho
+    x = np.linspace(0, 5, 240)
+    y = np.zeros(240)
+    y[100] = 1.0
+    c = spearman_ci(x, y, seed=0)
+    assert not math.isnan(c.rho) and c.n == 240
+    assert math.isnan(c.ci_low) and math.isnan(c.ci_high)
+    assert 0.3 < c.undefined_share < 0.45 and "constant" in c.note
+    assert 0.3 < c.p_value < 1.0  # the one success sits mid-range: nothing to see
+
+
+def test_an_interval_when_every_resample_has_rho_contains_it_and_the_p_value_sees_a_real_effect():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=150)
+    y = (x + rng.normal(size=150) > 0).astype(float)  # binary but balanced: no constant resample
+    c = spearman_ci(x, y, seed=1)
+    assert c.undefined_share == 0.0 and c.ci_low < c.rho < c.ci_high and c.note == ""
+    assert c.p_value < 0.01
+    noise = spearman_ci(x, rng.normal(size=150), seed=1)
+    assert noise.ci_low < 0 < noise.ci_high and noise.p_value > 0.05
+
+
+def test_undefined_rho_is_undefined_everywhere():
+    c = spearman_ci([1, 2, 3, 4], [5, 5, 5, 5])
+    assert all(math.isnan(v) for v in (c.rho, c.ci_low, c.ci_high)) and "undefined" in c.note
+
+
+def test_permutation_p_is_never_zero_and_small_for_a_perfect_order():
+    x = np.arange(30.0)
+    assert permutation_p(x, x, spearman(x, x), n_perm=200) == pytest.approx(1 / 201)
+
+
+def test_within_strata_removes_a_correlation_made_by_pooling_strata():
+    rng = np.random.default_rng(0)
+    xs, ys, ss = [], [], []
+    for k in range(8):  # strata differ in both x and y; within each, x and y are independent
+        xs += list(rng.normal(loc=k, size=40))
+        ys += list(rng.normal(loc=k, size=40))
+        ss += [f"r{k}"] * 40
+    assert spearman(xs, ys) > 0.7
+    w = stratified_spearman(xs, ys, ss)
+    assert w.ci_low < 0 < w.ci_high and abs(w.rho) < 0.15 and w.strata == 8 and w.n == 320
+
+
+def test_within_strata_keeps_a_real_within_correlation_and_counts_strata_left_out():
+    rng = np.random.default_rng(1)
+    xs, ys, ss = [], [], []
+    for k in range(5):
+        x = rng.normal(size=60)
+        xs += list(x)
+        ys += list(x + rng.normal(size=60) - 3 * k)  # within: positive; pooled over offsets: diluted
+        ss += [k] * 60
+    xs += [1.0, 2.0, 3.0]  # a stratum of three pairs: too few for a z
+    ys += [1.0, 2.0, 3.0]
+    ss += ["tiny"] * 3
+    w = stratified_spearman(xs, ys, ss)
+    assert w.ci_low > 0.5 and w.strata == 5 and w.strata_left_out == 1 and w.n == 300
+    with pytest.raises(ValueError, match="one stratum per pair"):
+        stratified_spearman([1, 2], [1, 2], ["a"])
+
+
+def _noisy(values, sd, seed):
+    return list(np.asarray(values) + np.random.default_rng(seed).normal(scale=sd, size=len(values)))
+
+
+def test_phase_break_finds_a_known_break_in_a_noisy_series_at_its_place():
+    x = list(range(0, 400, 10))
+    truth = [0.9 - 0.0002 * c if c < 250 else 0.85 - 0.004 * (c - 250) for c in x]  # break at 250
+    found = phase_break(x, _noisy(truth, 0.01, 0))
+    assert found["catastrophic"] and 240 <= found["change_at"] <= 270
+    assert found["excess"] > 3 * found["noise"]
+
+
+def test_phase_break_finds_a_cliff_followed_by_a_floor():
+    x = list(range(0, 400, 50))
+    y = [0.97, 0.96, 0.97, 0.95, 0.93, 0.27, 0.26, 0.27]  # an ability at 0.95, then at chance
+    found = phase_break(x, y, se=[0.04] * len(y))
+    assert found["catastrophic"] and found["change_at"] == 250
+
+
+def test_phase_break_sees_no_phase_in_a_steady_fall_or_noise_or_an_early_fall():
+    x = list(range(0, 400, 10))
+    assert not phase_break(x, _noisy([1.0 - 0.002 * c for c in x], 0.01, 1))["catastrophic"]
+    assert not phase_break(x, _noisy([0.6] * len(x), 0.05, 2))["catastrophic"]
+    early = [max(0.3, 1.0 - 0.01 * c) for c in x]  # fast early loss, then a floor: not catastrophic
+    assert not phase_break(x, _noisy(early, 0.01, 3))["catastrophic"]
+    assert phase_break(x[:5], [1.0] * 5) is None
+
+
+def test_a_small_break_inside_the_series_own_noise_is_not_a_phase():
+    x = list(range(0, 400, 10))
+    truth = [0.8 if c < 250 else 0.76 for c in x]  # a 0.04 step in noise of sd 0.05
+    assert not phase_break(x, _noisy(truth, 0.05, 5))["catastrophic"]
+
+
+def test_abrupt_steps_flags_one_jump_against_the_series_own_steps():
+    x = list(range(0, 500, 50))
+    y = _noisy([0.8] * 5 + [0.3] * 5, 0.02, 6)
+    steps = abrupt_steps(x, y, se=[0.03] * len(y))
+    assert [(s["from"], s["to"]) for s in steps] == [(200, 250)]
+    assert abrupt_steps(x, _noisy([0.8 - 0.01 * i for i in range(10)], 0.02, 7), se=[0.03] * 10) == []
+
+
+def test_robust_z_singles_out_one_huge_value_among_many():
+    rng = np.random.default_rng(2)
+    norms = np.exp(rng.normal(loc=3.0, scale=0.3, size=200))
+    norms[111] = 240.0
+    z = robust_z(np.log(norms))
+    assert np.flatnonzero(z > 3.5).tolist() == [111]
+    assert robust_z([1.0, 1.0]).tolist() == [0.0, 0.0]
