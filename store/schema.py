@@ -320,7 +320,7 @@ END;
 
 # Per-edit diagnostics (every edit of every run): what each edit did to the weights and how its optimisation
 # went. `edit_count` is the run's edit count after the edit (robustness: 1; sequential: n; batch: the batch
-# size); `case_id` the request ('*' for values of a whole update); `target` the edited matrix for per-matrix
+# size); `case_id` the request ('*' for the matrices of a batch update); `target` the edited matrix for per-matrix
 # values (update_norm, update_rel), the probe for delivered fractions ('plain', 'paraphrase:1', ...), '' else.
 # Names and meanings: compute.editors.diagnostics.
 SCHEMA_V7 = """

@@ -3,7 +3,8 @@
 Every runner writes these rows for every edit it makes (store table `edit_diagnostics`, schema v7), so a
 reader can check each edit instead of trusting its scores. Names:
 
-per edited matrix (`target` = the parameter name, `case_id` = '*'):
+per edited matrix (`target` = the parameter name; `case_id` = the request's case for a one-request edit,
+'*' for a batch, whose update is shared by all its requests):
 - `update_norm`: ||dW||_F of this edit (the weights after it minus the weights before it)
 - `update_rel`: ||dW||_F / ||W_before||_F
 
@@ -108,11 +109,12 @@ def edit_diagnostics(
                      "name": name, "value": value})
 
     params = dict(lm.model.named_parameters())
+    owner = (result.requests[0].case_id or result.requests[0].subject) if len(result.requests) == 1 else WHOLE_UPDATE
     with torch.no_grad():
         for name, before in result.originals.items():
             delta = (params[name].double() - before.double()).norm().item()
-            add(WHOLE_UPDATE, name, "update_norm", delta)
-            add(WHOLE_UPDATE, name, "update_rel", delta / max(before.double().norm().item(), 1e-30))
+            add(owner, name, "update_norm", delta)
+            add(owner, name, "update_rel", delta / max(before.double().norm().item(), 1e-30))
 
     stop = getattr(hp, "stop_nll", None)
     per_request = result.info.get("edits")

@@ -1,4 +1,4 @@
-"""Hyperparameter sweeps that choose an editor's layer(s) for a model, stored as runs.
+"""Hyperparameter sweeps that choose an editor's layer(s) and calibrate its settings for a model, stored as runs.
 
 One run per candidate value (kind `sweep`, config {"sweep": id, "field": "layer", "value": v}); each
 edits every case once (undone before the next) and records efficacy (ES on the plain prompt),
@@ -49,8 +49,10 @@ def run_sweep(
 ) -> list[str]:
     """Run (or resume) one sweep run per value of `field`; returns their run ids in value order."""
     ed = get_editor(editor)
-    if field not in {f.name for f in dataclasses.fields(base_hp)}:
-        raise ValueError(f"{ed.name} hyperparameters have no field {field!r}")
+    names = {f.name for f in dataclasses.fields(base_hp)}
+    unknown = [f for f in field.split("+") if f not in names]
+    if unknown:
+        raise ValueError(f"{ed.name} hyperparameters have no field {unknown[0]!r}")
     bar = None
     if progress:
         from tqdm import tqdm
@@ -61,7 +63,10 @@ def run_sweep(
     try:
         for value in values:
             value = list(value) if isinstance(value, (tuple, list)) else value
-            hp = dataclasses.replace(base_hp, **{field: tuple(value) if isinstance(value, list) else value})
+            if isinstance(value, dict):  # a grid point: several fields at once (run_grid)
+                hp = dataclasses.replace(base_hp, **{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
+            else:
+                hp = dataclasses.replace(base_hp, **{field: tuple(value) if isinstance(value, list) else value})
             hp.validate()
             run_id = _existing_run(store, sweep, value)
             config = {"sweep": sweep, "field": field, "value": value, "case_set": case_set,
@@ -103,3 +108,22 @@ def run_sweep(
         if bar:
             bar.close()
     return run_ids
+
+
+def grid_points(grid: dict[str, Sequence]) -> list[dict]:
+    """Every combination of the grid's values, in a fixed order (fields sorted, values as given)."""
+    import itertools
+
+    fields = sorted(grid)
+    return [dict(zip(fields, combo)) for combo in itertools.product(*(grid[f] for f in fields))]
+
+
+def run_grid(lm: LoadedModel, cases: Sequence[EditCase], store, *, editor: str, base_hp, grid: dict[str, Sequence],
+             ctx: EditContext, sweep: str, case_set: str | None = None, progress: bool = False) -> list[str]:
+    """A calibration sweep: one sweep run per combination of `grid` (field -> candidate values), each with
+    ES/PS/NS and the per-edit diagnostics (edit size, clamp, steps, convergence); store.diagnostics'
+    `calibration_summary` puts them side by side. Resumable like `run_sweep` (same run identity: sweep id and
+    the grid point)."""
+    points = grid_points(grid)
+    return run_sweep(lm, cases, store, editor=editor, base_hp=base_hp, field="+".join(sorted(grid)), values=points,
+                     ctx=ctx, sweep=sweep, case_set=case_set, progress=progress)
