@@ -261,3 +261,22 @@ def test_queries_work_on_a_read_only_connection(store):
         assert q.case_knowledge(ro.conn).height == 4
         # every table of the latest schema and the measurements view (v6: two encoded tables behind it)
         assert q.store_summary(ro.conn).height == 16
+
+
+def test_popularity_points_are_keyed_by_run_never_by_editor(tmp_path):
+    with Store.open(tmp_path / "p.sqlite", create=True) as s:
+        s.write_cases([case("c1", frequency=2.0), case("c2", frequency=5.0)], [])
+        k = s.start_run(kind="knowledge", model="m", run_id="k")
+        s.finish_run(k)
+        a = s.start_run(kind="robustness", model="m", editor="ROME", run_id="a")
+        b = s.start_run(kind="robustness", model="m", editor="ROME", run_id="b")
+        s.write_measurements([meas(k, "c1", "rev", 1.0), meas(k, "c2", "rev", 0.0),
+                              meas(a, "c1", "rev", 1.0, edit_count=1), meas(a, "c2", "rev", 1.0, edit_count=1),
+                              meas(b, "c1", "rev", 0.0, edit_count=1)])
+        pts = q.popularity_points_of_runs(s.conn, ["a", "b"], "frequency", "rev", "plain")
+        by = {r: sorted(pts.filter(pl.col("series") == r)["value"].to_list()) for r in ("a", "b", "unedited")}
+        assert by == {"a": [1.0, 1.0], "b": [0.0], "unedited": [0.0, 1.0]}
+        assert q.popularity_points_of_runs(s.conn, ["a"], "frequency", "rev", unedited=False)["series"].unique().to_list() == ["a"]
+        with pytest.raises(ValueError, match="popularity feature"):
+            q.popularity_points_of_runs(s.conn, ["a"], "nonsense")
+        assert q.rephrase_measurability(s.conn, run_id="a")["baseline_run"].to_list() == ["k"]

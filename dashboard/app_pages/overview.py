@@ -8,7 +8,7 @@ from dashboard.data import query, store_path
 from dashboard.filters import url_selectbox, url_toggle
 from dashboard.sidebar import run_table
 from dashboard.tables import Col, show
-from store.measurable import MEASURABLE_SHARE, hardest_measurable, measurable_types, unmeasurable_reasons
+from store.measurable import MEASURABLE_SHARE, hardest_measurable, unmeasurable_reasons
 
 st.title("EditScope")
 st.caption(f"Results store: `{store_path()}` (read-only)")
@@ -23,20 +23,27 @@ for col, (label, table) in zip(
     col.metric(label, f"{counts.get(table, 0):,}")
 
 st.header("Headline findings")
+share = "{:.2f}"
 rob_runs = run_table("robustness").filter(pl.col("reference"))
 rob = pl.DataFrame()
 if not rob_runs.is_empty():
     measurability = query("rephrase_measurability", run_id=rob_runs["run_id"][0])
     summary = query("robustness_summary", run_ids=tuple(rob_runs["run_id"].to_list()), metrics=("acc",))
-    rob = (hardest_measurable(summary, measurable_types(measurability))
+    # types the unedited model is known not to answer are left out; a type it was never measured on stays in
+    answerable = set(summary["rephrase_type"].to_list()) - set(unmeasurable_reasons(measurability))
+    rob = (hardest_measurable(summary, answerable)
            .join(rob_runs.select("run_id", "label", "status", "n_done", "n_total"), on="run_id")
            .join(measurability.select(pl.col("rephrase_type").alias("hardest_type"),
                                       pl.col("recall_share").alias("unedited_recall_hardest")),
                  on="hardest_type", how="left"))
     order = {r: i for i, r in enumerate(rob_runs["run_id"].to_list())}
     rob = rob.sort(pl.col("run_id").replace_strict(order, return_dtype=pl.Int64))
-if rob.is_empty():
+if rob_runs.is_empty():
     st.info("No finished robustness runs yet: the plain-vs-hardest comparison appears once one has results.")
+elif rob.is_empty():
+    st.info(f"No rephrase type besides the plain prompt is measurable on this model (the unedited model names the "
+            f"true object on fewer than {100 * MEASURABLE_SHARE:g}% of the cases of each), so there is no "
+            "plain-vs-hardest comparison to make. The Robustness page shows every type, marked.")
 else:
     st.subheader("Edits that hold on the plain prompt fail on rephrasings (study A)")
     cols = st.columns(min(4, rob.height))
@@ -51,7 +58,6 @@ else:
                f"types the unedited model can answer (names the true object on at least "
                f"{100 * MEASURABLE_SHARE:g}% of cases)"
                + (f"; left out as unmeasurable: {', '.join(excluded)}." if excluded else "."))
-    share = "{:.2f}"
     show(rob, {"label": Col("Run"), "plain": Col("acc, plain", share), "plain_ci_low": Col("CI low", share),
                "plain_ci_high": Col("CI high", share), "hardest_type": Col("Hardest measurable type"),
                "hardest": Col("acc, hardest", share), "hardest_ci_low": Col("CI low ", share),

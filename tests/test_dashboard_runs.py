@@ -1,0 +1,226 @@
+"""Dashboard views keyed by run: a 1-case run never overwrites a 240-case run of the same editor, a run keeps
+one colour on every chart of every page, and every widget round-trips through the URL (defaults left out)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from dashboard import charts
+
+APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
+TYPES = ("plain", "paraphrase", "cloze")
+
+
+@pytest.fixture(scope="module")
+def two_rome_store(tmp_path_factory):
+    """A store written through the Store API: a knowledge run over every type (cloze never recalled, so it is
+    unmeasurable), a finished 240-case ROME robustness run (acc on plain 206/240) and a later finished 1-case
+    ROME run whose one case failed (acc 0 on plain)."""
+    from store import Store
+
+    path = tmp_path_factory.mktemp("two-rome") / "results.sqlite"
+    ids = [f"c{i:03d}" for i in range(240)]
+    with Store.open(path, create=True) as s:
+        s.write_kb([dict(relation="capital", subject_kind="country", description="capital city")],
+                   [dict(subject=f"S{i}", kind="country", frequency=1.0 + i / 40) for i in range(240)],
+                   [dict(relation="capital", subject=f"S{i}", object="Paris") for i in range(240)])
+        s.write_cases([dict(case_id=c, case_set="set240", source="kb", relation="capital", subject=f"S{i}",
+                            prompt="The capital of {} is", true_object="Paris", new_object="Rome",
+                            frequency=1.0 + i / 40, popularity_quartile=1 + i * 4 // 240) for i, c in enumerate(ids)], [])
+        k = s.start_run(kind="knowledge", model="m", run_id="knowledge-1",
+                        config={"case_set": "set240", "rephrase_types": list(TYPES)})
+        s.write_measurements([dict(run_id=k, case_id=c, edit_count=0, rephrase_type=t, metric=m,
+                                   value=float(m == "rev" and t != "cloze" and i < 120))
+                              for i, c in enumerate(ids) for t in TYPES for m in ("rev", "acc")])
+        s.finish_run(k)
+        big = s.start_run(kind="robustness", model="m", editor="ROME", run_id="robustness-big", n_total=240,
+                          config={"baseline_run": k, "case_set": "set240"})
+        s.write_measurements([dict(run_id=big, case_id=c, edit_count=1, rephrase_type=t, metric=m,
+                                   value=float((i < {"plain": 206, "paraphrase": 100, "cloze": 0}[t]) == (m == "acc")))
+                              for i, c in enumerate(ids) for t in TYPES for m in ("acc", "rev")])
+        s.heartbeat(big, n_done=240)
+        s.finish_run(big)
+        one = s.start_run(kind="robustness", model="m", editor="ROME", run_id="robustness-one", n_total=1,
+                          config={"baseline_run": k, "case_set": "set240"})
+        s.write_measurements([dict(run_id=one, case_id=ids[0], edit_count=1, rephrase_type=t, metric="acc", value=0.0)
+                              for t in TYPES])
+        s.heartbeat(one, n_done=1)
+        s.finish_run(one)
+        s.conn.execute("UPDATE runs SET started_at = '2030-01-01T00:00:00+00:00' WHERE run_id = ?", (one,))
+        s.conn.commit()
+    return path
+
+
+def _app(monkeypatch, store, page=None, params=None):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("EDITSCOPE_STORE", str(store))
+    at = AppTest.from_file(APP, default_timeout=90)
+    for k, v in (params or {}).items():  # a link opened in a fresh browser
+        at.query_params[k] = v
+    at.run()
+    for k, v in (params or {}).items():  # AppTest opens the default page first: the link again for the page
+        at.query_params[k] = v
+    if page:
+        at.switch_page(f"app_pages/{page}.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _figures(at) -> list[dict]:
+    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+
+
+def _runs_widget(at):
+    return [m for m in at.multiselect if m.label == "Runs"][0]
+
+
+def test_the_heat_map_shows_the_240_case_run_unless_the_1_case_run_is_chosen(monkeypatch, two_rome_store):
+    at = _app(monkeypatch, two_rome_store, "robustness")
+    assert _runs_widget(at).value == ["robustness-big"]  # the reference run only
+    heat = _figures(at)[0]["data"][0]
+    assert heat["y"] == ["ROME"]
+    col = heat["x"].index("plain")
+    assert heat["z"][0][col] == pytest.approx(206 / 240) and heat["customdata"][0][col][0] == 240
+    # the type the unedited model never answers is marked, not drawn as a real 0.00
+    cloze = heat["x"].index("cloze*")
+    assert heat["z"][0][cloze] is None and heat["text"][0][cloze] == "n/m"
+    assert "0 of 240" in heat["customdata"][0][cloze][4]
+
+    _runs_widget(at).set_value(["robustness-big", "robustness-one"]).run()
+    assert not at.exception
+    heat = _figures(at)[0]["data"][0]
+    assert heat["y"][0] == "ROME" and "1/1 cases" in heat["y"][1] and "done" in heat["y"][1]
+    assert heat["z"][0][col] == pytest.approx(206 / 240) and heat["z"][1][col] == 0.0
+    assert heat["customdata"][1][col][0] == 1
+
+
+def test_the_overview_tile_is_the_reference_run_and_skips_unmeasurable_types(monkeypatch, two_rome_store):
+    at = _app(monkeypatch, two_rome_store)
+    tiles = [m for m in at.metric if "acc plain" in m.label]
+    assert [m.label for m in tiles] == ["ROME: acc plain → paraphrase"]  # not cloze, and one tile, not two
+    assert tiles[0].value == f"{206 / 240:.2f} → {100 / 240:.2f}"
+
+
+def test_popularity_series_are_runs_and_an_unmeasurable_type_is_flagged(monkeypatch, two_rome_store):
+    at = _app(monkeypatch, two_rome_store, "popularity", {"rephrase_type": "cloze"})
+    assert any("cloze is unmeasurable" in w.value for w in at.warning)
+    names = {t["name"] for f in _figures(at)[:2] for t in f["data"]}
+    assert {"ROME", "unedited model"} <= names and not any("1/1" in n for n in names)
+
+
+def test_run_style_gives_the_shipped_sequential_runs_distinct_looks():
+    runs = [("ROME", {}, {"batch_size": 1}), ("ROME", {"key_mismatch": True}, {"batch_size": 1}),
+            ("ROME", {"rect_top": 0.2}, {"batch_size": 1}), ("ROME", {"rect_top": 0.4}, {"batch_size": 1}),
+            ("ROME", {"rect_top": 0.6}, {"batch_size": 1}), ("MEMIT", {}, {"batch_size": 1}),
+            ("MEMIT", {}, {"batch_size": 10}), ("AlphaEdit", {}, {"batch_size": 1}),
+            ("AlphaEdit", {}, {"batch_size": 10}), ("FT-L", {}, {"batch_size": 1})]
+    looks = [charts.run_style(*r) for r in runs]
+    assert len(set(looks)) == len(looks)
+    # an editor keeps its hue family, and the same run always gets the same look
+    assert {c for (c, _), r in zip(looks, runs) if r[0] == "ROME"} <= set(charts.EDITOR_FAMILIES["ROME"])
+    assert charts.run_style("MEMIT", {}, {"batch_size": 1}) == looks[5]
+    assert charts.run_style(None) == charts.UNEDITED_STYLE
+
+
+def _colours(at) -> dict[str, set[str]]:
+    """legend name (the run's label, with a suffix like ' (n = 4)' or ' (5 matrices)' dropped) -> the colours
+    its traces are drawn in, over every chart of the page."""
+    import re
+
+    seen: dict[str, set[str]] = {}
+    for fig in _figures(at):
+        for t in fig["data"]:
+            name = re.sub(r" \((n = \d+|\d+ matrices)\)$", "", t.get("name") or "")
+            colour = (t.get("line") or {}).get("color") or (t.get("marker") or {}).get("color")
+            if name and isinstance(colour, str):
+                seen.setdefault(name, set()).add(colour)
+    return seen
+
+
+def test_a_run_has_one_colour_in_every_chart_on_every_page(monkeypatch, fixture_store):
+    from store import Store, queries
+    from dashboard.sidebar import describe_runs
+
+    with Store.open(fixture_store, readonly=True) as st_:
+        table = describe_runs(queries.list_runs(st_.conn))
+    expected = {r["label"]: r["colour"] for r in table.iter_rows(named=True) if r["editor"]}
+    seq = table.filter(pl.col("kind") == "sequential")["run_id"].to_list()
+    pages = {"popularity": {}, "forgetting": {"runs": ",".join(seq)}, "abilities": {"runs": ",".join(seq)}}
+    found: dict[str, set[str]] = {}
+    for page, params in pages.items():
+        at = _app(monkeypatch, fixture_store, page, params)
+        for name, colours in _colours(at).items():
+            found.setdefault(name, set()).update(colours)
+    at = _app(monkeypatch, fixture_store, "abilities")
+    at.segmented_control(key="ability_view").set_value("batch").run()
+    for name, colours in _colours(at).items():
+        found.setdefault(name, set()).update(colours)
+    runs = {name: colours for name, colours in found.items() if name in expected}
+    # both sequential ROME runs, the robustness runs and the batch run were drawn, each in exactly its colour
+    assert {"ROME", "ROME (original keys)", "FT-L", "IKE", "MEMIT"} <= set(runs)
+    assert all(colours == {expected[name]} for name, colours in runs.items()), runs
+    assert expected["ROME"] != expected["ROME (original keys)"]
+
+
+WIDGETS = {
+    # page -> [(kind, key or label, a value that is not the default)]
+    "overview": [("toggle", "by_relation", True)],
+    "robustness": [("segmented_control", "metric", "rev"), ("segmented_control", "split", "popularity_quartile"),
+                   ("selectbox", "group", 3), ("toggle", "hide_nm", True),
+                   ("multiselect", "Runs", ["robustness-big", "robustness-one"])],
+    "popularity": [("selectbox", "pop_metric", "rev"), ("selectbox", "rephrase_type", "paraphrase"),
+                   ("selectbox", "Popularity feature", "connection"), ("multiselect", "Runs", ["robustness-one"])],
+}
+
+
+def _widget(at, kind, key):
+    if kind == "multiselect" or (kind == "selectbox" and key[0].isupper()):
+        return [w for w in getattr(at, kind) if w.label == key][0]
+    return getattr(at, kind)(key=key)
+
+
+@pytest.mark.parametrize("page", sorted(WIDGETS))
+def test_every_widget_round_trips_through_the_url_and_defaults_stay_out(monkeypatch, two_rome_store, page):
+    at = _app(monkeypatch, two_rome_store, page)
+    assert dict(at.query_params) == {}  # a fresh view's link carries nothing
+    for kind, key, value in WIDGETS[page]:
+        _widget(at, kind, key).set_value(value).run()
+        assert not at.exception, [e.value for e in at.exception]
+    url = dict(at.query_params)
+    assert len(url) == len(WIDGETS[page]) and len("&".join(f"{k}={v}" for k, v in url.items())) < 300
+    fresh = _app(monkeypatch, two_rome_store, page, url)
+    for kind, key, value in WIDGETS[page]:
+        assert _widget(fresh, kind, key).value == value, key
+    assert dict(fresh.query_params) == url
+
+
+def test_forgetting_and_abilities_widgets_round_trip(monkeypatch, fixture_store):
+    from store import Store, derived
+
+    with Store.open(fixture_store, readonly=True) as st_:
+        labels = derived.run_labels(st_.conn, "sequential")
+    original = labels.filter(labels["label"] == "ROME (original keys)")["run_id"][0]
+    steps = {"forgetting": [("multiselect", "Curves", ["retained", "fluency"]), ("toggle", "log_x", True),
+                            ("multiselect", "Runs", [original])],
+             "abilities": [("segmented_control", "ability_view", "rect"), ("toggle", "ability_common", False),
+                           ("toggle", "ability_log_x", True)]}
+    for page, widgets in steps.items():
+        at = _app(monkeypatch, fixture_store, page)
+        assert dict(at.query_params) == {}
+        for kind, key, value in widgets:
+            _widget(at, kind, key).set_value(value).run()
+            assert not at.exception, [e.value for e in at.exception]
+        url = dict(at.query_params)
+        fresh = _app(monkeypatch, fixture_store, page, url)
+        for kind, key, value in widgets:
+            assert _widget(fresh, kind, key).value == value, (page, key)
+    at = _app(monkeypatch, fixture_store, "abilities")
+    at.segmented_control(key="ability_view").set_value("batch").run()
+    assert at.toggle(key="batch_log_x").value is True and "batch_log_x" not in at.query_params  # log by default
+    fig = _figures(at)[0]
+    assert fig["layout"]["xaxis"]["type"] == "log"
