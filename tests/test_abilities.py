@@ -286,6 +286,7 @@ def _fingerprint(items: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+@pytest.mark.slow
 def test_items_are_the_same_in_another_process(all_items, cache_dir, kb):
     """No item depends on Python's per-process hash seed (set order) or on unseeded randomness."""
     import os
@@ -325,6 +326,7 @@ def test_interleave_keeps_every_prefix_balanced():
 # ---- a random tiny model is at chance ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_random_tiny_model_scores_at_chance(llama, all_items):
     """Every item of every task on a random 2-layer Llama: accuracies within three binomial standard errors
     of chance (a scorer that leaked the answer, or items whose answer could be read off the options, would

@@ -38,7 +38,7 @@ PAGES = {
     "launch": ("Launch runs", 0),
 }
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
 def _free_port() -> int:

@@ -90,6 +90,7 @@ def test_demo_form_refuses_bad_requests_with_visible_errors(monkeypatch, fixture
     assert "demo_job" not in at.session_state
 
 
+@pytest.mark.slow
 def test_launching_a_tiny_knowledge_run_finishes(monkeypatch, fixture_store, tiny_model_dir):
     def knowledge_runs():
         con = sqlite3.connect(f"file:{fixture_store}?mode=ro", uri=True)
