@@ -29,6 +29,7 @@ from typing import Callable, Sequence
 from compute.cases import NEIGHBOURHOOD, EditCase
 from compute.editors import EditContext, EditRequest, apply_edit, get_editor, undo
 from compute.editors.base import EditorError
+from compute.editors.diagnostics import edit_diagnostics
 from compute.evaluate import evaluate_cases
 from compute.experiments.common import open_run, recording
 from compute.experiments.sequential import RUN_LEVEL, SequentialConfig, ability_case_ids, edit_order, split_order
@@ -101,6 +102,7 @@ def run_batch_single(
                 ctx.state = {}  # a fresh editor memory: each batch is written into the unedited model
                 result = apply_edit(lm, [EditRequest.from_case(c) for c in batch], ed.name, hp, ctx)
                 try:
+                    diagnostics = edit_diagnostics(lm, result, hp, run_id, b, batch)
                     evals = evaluate_cases(lm, batch, ["plain", "paraphrase"], generation=False, neighbourhood=True)
                     ability_rows = abilities(lm) if abilities is not None else []
                 finally:
@@ -111,15 +113,16 @@ def run_batch_single(
 
                 def mean(rtype, metric):
                     vals = [ev.values[rtype][metric] for ev in evals if metric in ev.values.get(rtype, {})]
-                    return sum(vals) / len(vals) if vals else float("nan")
+                    return sum(vals) / len(vals) if vals else None  # no probe of this type: no row
 
                 values = {"es": mean("plain", "es"), "ps": mean("paraphrase", "es"), "ns": mean(NEIGHBOURHOOD, "ns"),
-                          "n": len(batch), "edit_seconds": result.info.get("seconds", float("nan")),
+                          "n": len(batch), "edit_seconds": result.info.get("seconds"),
                           "values_from_cache": result.info.get("values_from_cache", 0)}
                 rows += [{"run_id": run_id, "case_id": RUN_LEVEL, "edit_count": b, "rephrase_type": SCOPE,
-                          "metric": m, "value": float(v)} for m, v in values.items()]
+                          "metric": m, "value": float(v)} for m, v in values.items() if v is not None]
                 store.write_abilities([{**r, "run_id": run_id, "edit_count": b, "batch_size": b} for r in ability_rows])
-                store.write_measurements(rows)  # last: its run-level rows mark the size done
+                # last, in one transaction: its run-level rows mark the size done
+                store.write_unit(measurements=rows, diagnostics=diagnostics)
                 done.add(b)
                 store.heartbeat(run_id, n_done=len([s for s in sizes if s in done]), n_total=len(sizes))
                 if bar:
