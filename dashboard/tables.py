@@ -22,14 +22,27 @@ class Col:
     width: str | None = None  # "small", "medium", "large" or None (Streamlit's own choice)
 
 
+def _text(value, fmt: str | None) -> str:
+    if value is None:
+        return "—"
+    return fmt.format(value) if fmt else str(value)
+
+
 def styled(df: pl.DataFrame, spec: dict[str, Col]):
-    """(pandas Styler, column_config) for st.dataframe: the spec's columns only, formatted, "—" for missing."""
+    """(pandas Styler, column_config) for st.dataframe: the spec's columns only, formatted, "—" for missing.
+
+    Streamlit draws a missing number as "None" whatever the Styler says, so a column with a missing value
+    is turned into text here (formatted as the spec says); a complete column stays numeric and sortable."""
     import streamlit as st
 
     keep = [c for c in spec if c in df.columns]
-    pdf = df.select(keep).to_pandas()
-    formats = {c: spec[c].fmt for c in keep if spec[c].fmt}
-    styler = pdf.style.format(formats, na_rep="—").format(na_rep="—", subset=[c for c in keep if c not in formats])
+    df = df.select(keep).with_columns(
+        pl.Series(c, [_text(v, spec[c].fmt) for v in df[c].to_list()], dtype=pl.String)
+        for c in keep if df[c].null_count() and df.schema[c] != pl.String)
+    df = df.with_columns(pl.col(c).fill_null("—") for c in keep if df.schema[c] == pl.String)
+    pdf = df.to_pandas()
+    formats = {c: spec[c].fmt for c in keep if spec[c].fmt and df.schema[c] != pl.String}
+    styler = pdf.style.format(formats)
     config = {c: st.column_config.Column(spec[c].label, help=spec[c].help, width=spec[c].width) for c in keep}
     return styler, config
 

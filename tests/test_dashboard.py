@@ -211,7 +211,7 @@ def test_overview_states_headline_findings_with_cis(monkeypatch, fixture_store):
     at = _app(monkeypatch, fixture_store)
     assert not at.exception
     # the tiny model recalls no fact on any rephrase type: no type is measurable, so no tile claims a drop
-    assert not any("acc plain" in m.label for m in at.metric)
+    assert not any("plain → hardest" in m.label for m in at.metric)
     assert any("No rephrase type besides the plain prompt is measurable" in i.value for i in at.info)
     assert "Sequential edits: when does the model break? (study B)" in [s.value for s in at.subheader]
 

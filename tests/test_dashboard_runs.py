@@ -101,9 +101,9 @@ def test_the_heat_map_shows_the_240_case_run_unless_the_1_case_run_is_chosen(mon
 
 def test_the_overview_tile_is_the_reference_run_and_skips_unmeasurable_types(monkeypatch, two_rome_store):
     at = _app(monkeypatch, two_rome_store)
-    tiles = [m for m in at.metric if "acc plain" in m.label]
-    assert [m.label for m in tiles] == ["ROME: acc plain → paraphrase"]  # not cloze, and one tile, not two
-    assert tiles[0].value == f"{206 / 240:.2f} → {100 / 240:.2f}"
+    tiles = [m for m in at.metric if "plain → hardest" in m.label]
+    assert [m.label for m in tiles] == ["ROME: acc, plain → hardest"]  # one tile, not two
+    assert tiles[0].value == f"{206 / 240:.2f} → {100 / 240:.2f}" and tiles[0].delta.endswith("on paraphrase")  # not cloze
 
 
 def test_popularity_series_are_runs_and_an_unmeasurable_type_is_flagged(monkeypatch, two_rome_store):
@@ -224,3 +224,17 @@ def test_forgetting_and_abilities_widgets_round_trip(monkeypatch, fixture_store)
     assert at.toggle(key="batch_log_x").value is True and "batch_log_x" not in at.query_params  # log by default
     fig = _figures(at)[0]
     assert fig["layout"]["xaxis"]["type"] == "log"
+
+
+def test_tables_read_dash_for_missing_values_with_one_format_per_column():
+    from dashboard.tables import Col, styled
+
+    df = pl.DataFrame({"run": ["ROME", None], "collapse_at": [350, None], "retention": [0.7345, 0.5],
+                       "hidden": [1, 2]})
+    styler, config = styled(df, {"run": Col("Run"), "collapse_at": Col("Collapse at", "{:,.0f}"),
+                                 "retention": Col("Retained", "{:.2f}")})
+    shown = styler.data
+    assert list(shown.columns) == ["run", "collapse_at", "retention"]  # only the described columns
+    assert shown["run"].tolist() == ["ROME", "—"] and shown["collapse_at"].tolist() == ["350", "—"]
+    assert shown["retention"].dtype.kind == "f" and "0.73" in styler.to_html()  # complete: stays numeric
+    assert config["collapse_at"]["label"] == "Collapse at"

@@ -48,8 +48,8 @@ else:
     st.subheader("Edits that hold on the plain prompt fail on rephrasings (study A)")
     cols = st.columns(min(4, rob.height))
     for col, r in zip(cols * 4, rob.iter_rows(named=True)):
-        col.metric(f"{r['label']}: acc plain → {r['hardest_type']}", f"{r['plain']:.2f} → {r['hardest']:.2f}",
-                   delta=f"{r['drop']:+.2f}", delta_color="normal",
+        col.metric(f"{r['label']}: acc, plain → hardest", f"{r['plain']:.2f} → {r['hardest']:.2f}",
+                   delta=f"{r['drop']:+.2f} on {r['hardest_type']}", delta_color="normal",
                    help=f"Generation names the new object. Plain 95% CI [{r['plain_ci_low']:.2f}, "
                         f"{r['plain_ci_high']:.2f}], {r['hardest_type']} [{r['hardest_ci_low']:.2f}, "
                         f"{r['hardest_ci_high']:.2f}]; n = {r['n']} cases ({r['status']}).")
@@ -68,13 +68,20 @@ else:
 seq = query("sequential_headlines")
 if not seq.is_empty():
     st.subheader("Sequential edits: when does the model break? (study B)")
-    show(seq, {"run": Col("Run"), "status": Col("Status"), "edits": Col("Edits made", "{:,.0f}"),
-               "collapse_at": Col("Collapse at edit", "{:,.0f}", "online collapse: fluency or panel recall fell "
-                                  "below its threshold (—: none)"),
-               "catastrophic_from": Col("Catastrophic phase from", "{:,.0f}"),
-               "disabling_edits": Col("Disabling edits", "{:,.0f}"),
-               "retention": Col("Retained edits (last)", share), "retention_ci": Col("95% CI"),
-               "panel_recall": Col("Panel recall (last)", share), "panel_recall_ci": Col("95% CI ")})
+    # a share beside its CI in one column, so the table fits a 1400 px window
+    seq = seq.with_columns(
+        pl.when(pl.col(c).is_null()).then(None).otherwise(
+            pl.format("{} {}", pl.col(c).round(2).cast(pl.String).str.pad_end(4, "0"), pl.col(f"{c}_ci"))).alias(c)
+        for c in ("retention", "panel_recall"))
+    show(seq, {"run": Col("Run"), "status": Col("Status"), "edits": Col("Edits", "{:,.0f}"),
+               "collapse_at": Col("Collapse at", "{:,.0f}", "online collapse: fluency or panel recall fell below its "
+                                  "threshold at this edit (—: none)"),
+               "catastrophic_from": Col("Catastrophic from", "{:,.0f}", "start of a catastrophic phase on any series "
+                                        "(—: none)"),
+               "disabling_edits": Col("Disabling edits", "{:,.0f}", "the panel's exact match fell by 0.2 or more "
+                                      "after that single edit"),
+               "retention": Col("Retained edits (last) [95% CI], n"),
+               "panel_recall": Col("Panel recall (last) [95% CI], n")})
 
 st.header("Pre-edit knowledge by popularity")
 sets = query("case_sets")
@@ -112,7 +119,7 @@ runs = run_table()
 if runs.is_empty():
     st.write("No runs yet.")
 else:
-    detail = query("list_runs").select("run_id", "seed", "finished_at", "code_version", "error")
+    detail = query("list_runs").select("run_id", "finished_at", "error")
     show(runs.join(detail, on="run_id", how="left").with_columns(
         pl.col("started_at").str.slice(0, 16).str.replace("T", " "),
         pl.col("finished_at").str.slice(0, 16).str.replace("T", " ")), {
@@ -120,6 +127,6 @@ else:
         "n_done": Col("Done", "{:,.0f}"), "n_total": Col("Of", "{:,.0f}"),
         "reference": Col("Reference", None, "finished, and the largest run of its kind and label: what pages show "
                          "by default"),
-        "started_at": Col("Started (UTC)"), "finished_at": Col("Finished (UTC)"),
-        "code_version": Col("Code"), "error": Col("Error", width="medium"),
-        "run_id": Col("Run id", width="medium")})
+        "started_at": Col("Started (UTC)"),
+        "run_id": Col("Run id", help="what the CLI takes (--resume RUN)", width="medium"),
+        "error": Col("Error", width="small")})

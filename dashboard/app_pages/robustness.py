@@ -31,8 +31,8 @@ if not chosen or not relations:
 
 choices = {"acc": "Generation names the new object (acc)", "rev": "Generation names the true object (rev)",
            "es": "New object beats true (ES / PS)", "magnitude": "P(new) - P(true)"}
-c1, c2, c3 = st.columns([3, 3, 2])
-metric = url_segmented("Metric", "metric", list(choices), default="acc", format_func=choices.get, container=c1)
+metric = url_segmented("Metric", "metric", list(choices), default="acc", format_func=choices.get)
+c2, c3 = st.columns([3, 2])
 split = url_segmented("Split by", "split", ["none", "relation", "popularity_quartile"], default="none",
                       format_func={"none": "nothing", "relation": "relation",
                                    "popularity_quartile": "popularity quartile"}.get, container=c2)
