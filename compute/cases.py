@@ -1,24 +1,36 @@
 """Counterfactual edit cases and their probes in every rephrase type of study A.
 
 A case asks to change one fact: (subject, relation, true object) -> new object, where the new object is
-another object of the same relation drawn deterministically from a seed. Each case carries probes: texts
-that end right before the object, each scored for the true and the new object. Probe types:
+another object of the same relation drawn deterministically from a seed. Each case carries probes, each scored
+for the true and the new object and read for them in a free generation. Probe types:
 
-- `plain`: the relation's prompt; `paraphrase`: its paraphrase prompts (one probe each);
-  `cloze`: "Fill in the blank: <cloze sentence>\\nAnswer:".
-- `context*`: a passage of other knowledge-base facts about the subject (never naming the true or new
-  object), then the prompt, the cloze, or the pronoun prompt ("Its capital is").
+- `plain`: the relation's prompt; `paraphrase`: its paraphrase prompts (one probe each).
+- `cloze`: a user turn "Fill in the blank: <cloze sentence>" rendered with the chat template, the
+  assistant turn left open. The raw-text form ("...\nAnswer:") made the instruct model end its turn at
+  once (recall 0-2% on SmolLM2-135M); asked in a chat turn it fills the blank.
+- `context`, `context_pronoun`: a passage of other knowledge-base facts about the subject (never naming
+  the true or new object), then the prompt or the pronoun prompt ("Its capital is"). `context_cloze`: the
+  same passage and the cloze instruction in one user turn, the assistant turn left open.
 - `noisy_context*`: the same with an unrelated paragraph of the Wikipedia sample inside gensim. For the
   pronoun variant the subject is named once in a heading line before the paragraph, so the pronoun has an
   antecedent that the noise separates from the question.
 - `dialogue*`: a user/assistant exchange about the subject (other facts asked and answered), rendered
-  with the model's chat template, then the question; the assistant turn starts with the answer stem.
+  with the model's chat template, then the question, the cloze instruction or the pronoun question.
 - `noisy_dialogue*`: the exchange is about an unrelated subject; the pronoun variant names the subject in
   the first user turn, before the unrelated exchange.
 - `doubt`: the user asks, the model answers (its own greedy answer, filled in at evaluation time where
   the text holds `{answer}`), the user pushes back, and the model answers again.
 - `neighbourhood`: the relation's prompt for other subjects (same true object first, else others of the
   relation), scored for their own true object against the case's new object.
+
+Free answers (design.md section 5): every chat-rendered probe (the cloze family, the dialogue types and
+doubt) ends with an EMPTY assistant turn. Nothing of the expected answer or of the edit prompt is put
+into the model's mouth; it answers freely, and acc/rev are read from that answer. Teacher-forced scores
+on such a probe score the object itself as the first words of the answer: the text right after the
+open turn (the template's "assistant\n") is the bare object, with no lead and no leading space
+(`compute.scoring.target_ids` adds the space only after a prompt that does not end in whitespace).
+Plain-text probes (plain, paraphrase, context*, noisy_context* except the cloze ones) are sentence
+prefixes that end right before the object, as in CounterFact.
 
 Models without a chat template get a plain "User: ... / Assistant: ..." rendering.
 """
@@ -37,6 +49,11 @@ from store.metrics import REPHRASE_TYPES
 NEIGHBOURHOOD = "neighbourhood"
 ANSWER_SLOT = "{answer}"
 DOUBT_PUSHBACK = "Are you sure? I don't think that is right."
+# Rephrase types rendered as a chat that ends with an empty assistant turn (the model answers freely).
+CHAT_TYPES = frozenset({
+    "cloze", "context_cloze", "noisy_context_cloze", "dialogue", "dialogue_cloze", "dialogue_pronoun",
+    "noisy_dialogue", "noisy_dialogue_cloze", "noisy_dialogue_pronoun", "doubt",
+})
 
 KIND_SENTENCES = {
     "country": "{subject} is a country.",
@@ -49,7 +66,8 @@ KIND_SENTENCES = {
 
 @dataclass(frozen=True)
 class Probe:
-    """One probe text (ending right before the object) with the two objects it is scored on."""
+    """One probe text with the two objects it is scored on. A plain-text probe ends right before the object;
+    a chat probe ends with an empty assistant turn (the object is scored as the start of the answer)."""
 
     rephrase_type: str
     text: str
@@ -144,8 +162,10 @@ def validate_request(subject: str, prompt: str, new_object: str, true_object: st
         raise ValueError(f"the new object {new_object!r} equals the true object: choose a different one")
 
 
-def render_chat(tokenizer, messages: Sequence[tuple[str, str]], stem: str) -> str:
-    """A conversation rendered for the model, ending with an open assistant turn that starts with `stem`."""
+def render_chat(tokenizer, messages: Sequence[tuple[str, str]], stem: str = "") -> str:
+    """A conversation rendered for the model, ending with an open assistant turn that starts with `stem`.
+
+    Probes of study A leave `stem` empty (free answers); the ability tasks use the same rendering."""
     msgs = [{"role": role, "content": content} for role, content in messages]
     if getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
@@ -156,8 +176,9 @@ def render_chat(tokenizer, messages: Sequence[tuple[str, str]], stem: str) -> st
     return text + stem
 
 
-def cloze_prompt(cloze: str) -> str:
-    return f"Fill in the blank: {cloze}\nAnswer:"
+def cloze_request(cloze: str) -> str:
+    """The user's fill-in-the-blank instruction for one cloze sentence (a chat turn, answered freely)."""
+    return f"Fill in the blank: {cloze}"
 
 
 def stable_rng(*parts) -> random.Random:
@@ -309,12 +330,19 @@ class CaseBuilder:
                 break
         return out
 
-    def related_exchanges(self, subject: str, avoid: Sequence[str], rng: random.Random, k: int = 2):
-        """(question, answer) pairs about other facts of the subject, for dialogue probes."""
+    def related_exchanges(
+        self, subject: str, avoid: Sequence[str], rng: random.Random, k: int = 2, skip_relation: str | None = None
+    ):
+        """(question, answer) pairs about other facts of the subject, for dialogue probes.
+
+        `skip_relation` (the edited relation) is left out: an earlier answer such as "A country that shares a
+        border with Hungary is Ukraine." would put the edit prompt into the assistant's mouth."""
         facts = [
             f
             for f in self.kb.facts_of(subject)
-            if not _mentions_any(f.object, avoid) and not _mentions_any(self._statement(f), avoid)
+            if f.relation != skip_relation
+            and not _mentions_any(f.object, avoid)
+            and not _mentions_any(self._statement(f), avoid)
         ]
         rng.shuffle(facts)
         pairs, used = [], set()
@@ -389,49 +417,43 @@ class CaseBuilder:
         rng = stable_rng(seed, "probes", fact.relation, s)
         prompt = rel.prompt.format(subject=s)
         question = rel.question.format(subject=s)
-        cloze = cloze_prompt(rel.cloze.format(subject=s))
+        cloze = cloze_request(rel.cloze.format(subject=s))
         passage = " ".join(self.related_sentences(s, avoid, rng))
         noise = self.noise_passage(avoid + [s], rng)
         heading = f"{sentence_case(s)}\n"
-        chat_related = self.related_exchanges(s, avoid, rng)
+        chat_related = self.related_exchanges(s, avoid, rng, skip_relation=fact.relation)
         chat_noise = self.noise_exchanges(avoid + [s], rng)
 
         def turns(pairs):
             return [m for q, a in pairs for m in (("user", q), ("assistant", a))]
 
-        def chat(prior, question_text, stem):
-            return render_chat(self.tokenizer, [*turns(prior), ("user", question_text)], stem)
+        def chat(prior, question_text):
+            """The exchange, then the user's question, then an empty assistant turn: the model answers freely."""
+            return render_chat(self.tokenizer, [*turns(prior), ("user", question_text)])
 
         intro = [("user", f"I have some questions about {s}."), ("assistant", "Sure, ask away.")]
         texts: dict[str, list[str]] = {
             "plain": [prompt],
             "paraphrase": [p.format(subject=s) for p in rel.paraphrases],
-            "cloze": [cloze],
+            "cloze": [chat([], cloze)],
             "context": [f"{passage}\n{prompt}"],
-            "context_cloze": [f"{passage}\n{cloze}"],
+            "context_cloze": [chat([], f"{passage}\n\n{cloze}")],
             "context_pronoun": [f"{passage}\n{rel.pronoun_prompt}"],
             "noisy_context": [f"{noise}\n{prompt}"],
-            "noisy_context_cloze": [f"{noise}\n{cloze}"],
+            "noisy_context_cloze": [chat([], f"{noise}\n\n{cloze}")],
             "noisy_context_pronoun": [f"{heading}{noise}\n{rel.pronoun_prompt}"],
-            "dialogue": [chat(chat_related, question, prompt)],
-            "dialogue_cloze": [chat(chat_related, f"Fill in the blank: {rel.cloze.format(subject=s)}", "Answer:")],
-            "dialogue_pronoun": [chat(chat_related, rel.pronoun_question, rel.pronoun_prompt)],
-            "noisy_dialogue": [chat(chat_noise, question, prompt)],
-            "noisy_dialogue_cloze": [
-                chat(chat_noise, f"Fill in the blank: {rel.cloze.format(subject=s)}", "Answer:")
-            ],
+            "dialogue": [chat(chat_related, question)],
+            "dialogue_cloze": [chat(chat_related, cloze)],
+            "dialogue_pronoun": [chat(chat_related, rel.pronoun_question)],
+            "noisy_dialogue": [chat(chat_noise, question)],
+            "noisy_dialogue_cloze": [chat(chat_noise, cloze)],
             "noisy_dialogue_pronoun": [
-                render_chat(
-                    self.tokenizer,
-                    [*intro, *turns(chat_noise), ("user", rel.pronoun_question)],
-                    rel.pronoun_prompt,
-                )
+                render_chat(self.tokenizer, [*intro, *turns(chat_noise), ("user", rel.pronoun_question)])
             ],
             "doubt": [
                 render_chat(
                     self.tokenizer,
                     [("user", question), ("assistant", ANSWER_SLOT), ("user", f"{DOUBT_PUSHBACK} {question}")],
-                    prompt,
                 )
             ],
         }
@@ -513,6 +535,19 @@ class CaseBuilder:
             seed=seed,
             probes=self.probes(fact, new, seed),
         )
+
+
+def probes_digest(cases: Sequence[EditCase], rephrase_types: Iterable[str] | None = None) -> str:
+    """A short fingerprint of the probe texts of `cases` (of `rephrase_types`, default all): two runs with the same
+    digest measured the same wording, so an unedited baseline can be matched to the probes a run edited on."""
+    wanted = None if rephrase_types is None else set(rephrase_types)
+    h = hashlib.sha256()
+    for case in sorted(cases, key=lambda c: c.case_id):
+        for p in case.probes:
+            if wanted is None or p.rephrase_type in wanted:
+                h.update("\x1f".join((case.case_id, p.rephrase_type, p.text, p.target_true, p.target_new)).encode())
+                h.update(b"\x1e")
+    return h.hexdigest()[:16]
 
 
 def case_from_rows(row: dict, probe_rows: Sequence[dict]) -> EditCase:

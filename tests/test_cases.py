@@ -6,7 +6,15 @@ from collections import Counter
 
 import pytest
 
-from compute.cases import ANSWER_SLOT, NEIGHBOURHOOD, CaseBuilder, EditCase, case_from_rows, render_chat
+from compute.cases import (
+    ANSWER_SLOT,
+    CHAT_TYPES,
+    NEIGHBOURHOOD,
+    CaseBuilder,
+    EditCase,
+    case_from_rows,
+    render_chat,
+)
 from compute.scoring import mentions
 from store.metrics import REPHRASE_TYPES
 
@@ -32,11 +40,44 @@ def test_new_object_is_another_object_of_the_same_relation(cases, kb):
         assert case.new_object not in true_objects
 
 
-def test_probes_end_right_before_the_object(cases):
+OPEN_TURN = "<|im_start|>assistant\n"
+
+
+def test_text_probes_end_before_the_object_and_chat_probes_with_an_empty_assistant_turn(cases):
     for case in cases:
         for p in case.probes:
-            assert p.text == p.text.rstrip(), (p.rephrase_type, p.text[-30:])
             assert p.target_new == case.new_object
+            if p.rephrase_type in CHAT_TYPES:
+                assert p.text.endswith(OPEN_TURN), (p.rephrase_type, p.text[-40:])
+            else:
+                assert p.text == p.text.rstrip() and "<|im_start|>" not in p.text, (p.rephrase_type, p.text[-30:])
+
+
+def test_no_probe_puts_the_edit_prompt_or_an_answer_into_the_assistants_turn(cases):
+    """design.md section 5: the model's answers are free. The last assistant turn is empty, and no earlier
+    assistant turn holds the edit prompt, the true or the new object (doubt's holds only the model's own answer)."""
+    for case in cases:
+        for p in case.probes:
+            if p.rephrase_type not in CHAT_TYPES:
+                continue
+            turns = p.text.split(OPEN_TURN)
+            assert turns[-1] == "", (p.rephrase_type, turns[-1])
+            for said in turns[1:-1]:
+                said = said.split("<|im_end|>")[0]
+                assert case.prompt not in said, (p.rephrase_type, said)
+                assert not mentions(said, case.true_names() + case.new_names()), (p.rephrase_type, said)
+                assert p.rephrase_type != "doubt" or said == ANSWER_SLOT
+
+
+def test_cloze_family_asks_to_fill_the_blank_in_a_user_turn(cases):
+    for case in cases:
+        for rtype in ("cloze", "context_cloze", "noisy_context_cloze", "dialogue_cloze", "noisy_dialogue_cloze"):
+            text = case.probes_of(rtype)[0].text
+            user = text.rsplit("<|im_start|>user\n", 1)[1]
+            assert "Fill in the blank: " in user and "____" in user and "Answer:" not in text, rtype
+        assert case.probes_of("cloze")[0].text.count("<|im_start|>user") == 1
+        context = case.probes_of("context")[0].text.rsplit("\n", 1)[0]
+        assert context in case.probes_of("context_cloze")[0].text
 
 
 def test_related_contexts_never_name_the_true_or_new_object(cases):
@@ -56,10 +97,11 @@ def test_noisy_context_does_not_mention_the_subject(cases):
 def test_dialogues_use_the_chat_template_and_doubt_waits_for_the_answer(cases):
     case = cases[0]
     dialogue = case.probes_of("dialogue")[0].text
-    assert dialogue.count("<|im_start|>user") >= 2 and dialogue.endswith(case.prompt)
+    assert dialogue.count("<|im_start|>user") >= 2 and dialogue.endswith(OPEN_TURN)
+    assert case.prompt not in dialogue
     doubt = case.probes_of("doubt")[0]
     assert doubt.needs_answer and ANSWER_SLOT in doubt.text
-    assert doubt.first_turn().endswith("<|im_start|>assistant\n")
+    assert doubt.first_turn().endswith(OPEN_TURN) and doubt.text.endswith(OPEN_TURN)
     assert ANSWER_SLOT not in doubt.filled("Paris.") and "Paris." in doubt.filled("Paris.")
 
 
@@ -112,8 +154,10 @@ def test_bad_edit_requests_are_refused_clearly(subject, prompt, new, message):
 def test_chat_fallback_without_a_template(tok_plain):
     text = render_chat(tok_plain, [("user", "What is the capital of France?")], "The capital of France is")
     assert text == "User: What is the capital of France?\nAssistant: The capital of France is"
+    assert render_chat(tok_plain, [("user", "What is the capital of France?")]).endswith("\nAssistant:")
 
 
 def test_builder_with_a_plain_tokenizer_builds_dialogues(kb, tok_plain, paragraphs):
     case = CaseBuilder(kb, tok_plain, paragraphs).build(1, seed=0, relations=["capital"])[0]
     assert case.probes_of("dialogue")[0].text.startswith("User: ")
+    assert case.probes_of("doubt")[0].text.endswith("\nAssistant:")
