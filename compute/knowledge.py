@@ -5,6 +5,13 @@ prompt and the neighbourhood prompts, optionally on every rephrase type. The kno
 design.md section 4 come out of it: P(true object), the rank of its first token, and greedy recall
 (`recall`: the greedy generation names the true object or an alias; the same value is stored as `rev`).
 
+Per case and rephrase type the run stores `rev` at edit count 0: whether the unedited model's free
+generation names the true object. That is the pre-edit recall a "known facts only" filter of study A
+needs, per case and per type; a robustness run names its knowledge run as `config.baseline_run`
+(store.measurable reads the same rows to say which types are measurable at all). The run's config keeps
+`probes_digest` (compute.cases.probes_digest) of the probes it measured, so a baseline measured on an
+older probe wording can be told from one that matches the cases a run edits.
+
 Runs are resumable: cases are evaluated in chunks, each chunk written in one transaction; re-running
 with `resume` skips the cases already stored and ends with the same numbers.
 """
@@ -14,7 +21,7 @@ from __future__ import annotations
 import time
 from typing import Sequence
 
-from compute.cases import EditCase
+from compute.cases import EditCase, probes_digest
 from compute.evaluate import evaluate_cases
 from compute.experiments.common import recording
 from compute.models import LoadedModel
@@ -42,6 +49,7 @@ def measure_knowledge(
         "rephrase_types": list(rephrase_types),
         "gen_tokens": gen_tokens,
         "n_cases": len(cases),
+        "probes_digest": probes_digest(cases, rephrase_types),
     }
     if run_id is None:
         run_id = store.start_run(

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+from transformers.cache_utils import Cache, DynamicLayer
 
 from compute.models import LoadedModel
 
@@ -209,8 +210,222 @@ def _left_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, to
     return ids, mask
 
 
+class _BufferLayer(DynamicLayer):
+    """A key/value cache layer written in place into buffers preallocated to their final length.
+
+    The default cache grows by `torch.cat` at every decoded token, copying the whole cache each time; this one
+    writes the new entries into the next free columns and hands attention a view of the filled part.
+    keys/values buffers: [batch, kv_heads, capacity, head_dim], filled up to `length`.
+    """
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, length: int):
+        super().__init__()
+        self._k, self._v, self._len = keys, values, length
+        self.keys, self.values = keys[:, :, :length], values[:, :, :length]
+        self.dtype, self.device = keys.dtype, keys.device
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        end = self._len + key_states.shape[-2]
+        if end > self._k.shape[2]:
+            raise RuntimeError(f"key/value buffer of {self._k.shape[2]} positions is full: allocate more")
+        self._k[:, :, self._len : end] = key_states
+        self._v[:, :, self._len : end] = value_states
+        self._len = end
+        self.keys, self.values = self._k[:, :, :end], self._v[:, :, :end]
+        return self.keys, self.values
+
+
+def _buffer_cache(layers: Sequence[tuple[torch.Tensor, torch.Tensor]], length: int) -> Cache:
+    return Cache(layers=[_BufferLayer(k, v, length) for k, v in layers])
+
+
+def _length_buckets(lengths: Sequence[int], overhead: int = 96, max_buckets: int = 4) -> list[list[int]]:
+    """Split rows (indices into `lengths`) into at most `max_buckets` groups of similar length for the prefill.
+
+    Minimises the padded tokens of the prefill, charging each extra forward pass `overhead` tokens (its
+    fixed cost: the weights are streamed once per pass). Exact dynamic programme over the sorted lengths.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    n = len(order)
+    srt = [lengths[i] for i in order]
+    inf = float("inf")
+    # best[k][j]: least cost of the first j sorted rows in k buckets; a bucket (i, j] costs (j - i) * srt[j-1]
+    best = [[inf] * (n + 1) for _ in range(max_buckets + 1)]
+    cut = [[0] * (n + 1) for _ in range(max_buckets + 1)]
+    best[0][0] = 0.0
+    for k in range(1, max_buckets + 1):
+        for j in range(1, n + 1):
+            for i in range(j):
+                c = best[k - 1][i] + (j - i) * srt[j - 1] + overhead
+                if c < best[k][j]:
+                    best[k][j], cut[k][j] = c, i
+    k = min(range(1, max_buckets + 1), key=lambda q: best[q][n])
+    groups, j = [], n
+    while k > 0:
+        i = cut[k][j]
+        groups.append(order[i:j])
+        j, k = i, k - 1
+    return groups[::-1]
+
+
 @torch.no_grad()
 def run_probes(
+    lm: LoadedModel,
+    prompts: Sequence[str],
+    targets: Sequence[Sequence[str]],
+    *,
+    gen_tokens: int | Sequence[int] = 0,
+    stop_at_newline: bool = False,
+    max_batch: int = 32,
+    max_tokens: int = 8192,
+) -> list[ProbeResult]:
+    """Score every target after its prompt and greedily continue the prompt, with ONE prompt pass.
+
+    `targets[i]` lists the objects to score after prompt i (any number, also none); `gen_tokens` is one
+    number of greedy tokens for every prompt or one per prompt (0: no generation, `generation` is None).
+
+    Rows are grouped as before (`_batches`: similar lengths, bounded padded size). Within a group the
+    prompts are prefilled in length buckets (`_length_buckets`: less padding), and their key/value caches
+    are merged, right-aligned, into buffers preallocated for the whole decode; one joint greedy decode then
+    continues every row that asked for tokens, writing each step in place (no `torch.cat` per token) and
+    keeping the tokens on the device until the end (no host sync per token beyond the all-finished check,
+    which a CUDA device makes every 8 steps). The buffers, cut back to the prompt and gathered once per
+    target, score the targets' later tokens. Scores equal `score_targets` and generations equal `generate`
+    (up to float rounding).
+    """
+    if len(prompts) != len(targets):
+        raise ValueError(f"{len(prompts)} prompts but {len(targets)} target lists: give one list per prompt")
+    n_gen = [gen_tokens] * len(prompts) if isinstance(gen_tokens, int) else list(gen_tokens)
+    if len(n_gen) != len(prompts) or any(g < 0 for g in n_gen):
+        raise ValueError("gen_tokens must be one number >= 0, or one per prompt")
+    tok, model, device = lm.tokenizer, lm.model, lm.device
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    eos = tok.eos_token_id
+    check_every = 1 if torch.device(device).type == "cpu" else 8  # all-finished check: a host sync off the CPU
+    p_ids = [tok(p, add_special_tokens=True).input_ids for p in prompts]
+    t_ids = [[target_ids(tok, p, t)[1] for t in ts] for p, ts in zip(prompts, targets)]
+    results: list[ProbeResult | None] = [None] * len(prompts)
+    for batch in _batches([len(p) + n_gen[i] for i, p in enumerate(p_ids)], max_tokens, max_batch):
+        B = len(batch)
+        width = max(len(p_ids[i]) for i in batch)
+        steps = max(n_gen[i] for i in batch)
+        # prefill per length bucket; merge the caches right-aligned into buffers sized for the decode
+        first = None
+        buffers: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for bucket in _length_buckets([len(p_ids[i]) for i in batch]):
+            ids, mask = _left_pad([p_ids[batch[r]] for r in bucket], pad)
+            ids, mask = ids.to(device), mask.to(device)
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+            logits = out.logits[:, -1].float()  # [b, vocab]
+            if first is None:
+                first = torch.empty((B, logits.shape[-1]), dtype=logits.dtype, device=logits.device)
+            rows = torch.tensor(bucket, device=device)
+            first[rows] = logits
+            w = ids.shape[1]
+            for li, layer in enumerate(out.past_key_values.layers):
+                k, v = layer.keys, layer.values  # [b, kv_heads, w, head_dim]
+                if len(buffers) <= li:
+                    shape = (B, k.shape[1], width + steps, k.shape[3])
+                    buffers.append((k.new_zeros(shape), v.new_zeros(shape[:3] + (v.shape[3],))))
+                buffers[li][0][rows, :, width - w : width] = k
+                buffers[li][1][rows, :, width - w : width] = v
+        lengths = torch.tensor([len(p_ids[i]) for i in batch], device=device)
+        cols = torch.arange(width + steps, device=device)
+        full_mask = (cols[None] >= (width - lengths)[:, None]).long()  # [B, width + steps]: prompt and decode
+        last_pos = lengths - 1
+
+        gen_rows = None
+        if steps > 0:
+            cache = _buffer_cache(buffers, width)
+            limit = torch.tensor([n_gen[i] for i in batch], device=device)
+            gen = torch.full((B, steps), pad, dtype=torch.long, device=device)
+            alive = limit > 0
+            nxt = first.argmax(-1)  # [B]
+            for step in range(steps):
+                gen[:, step] = nxt
+                alive = alive & (step + 1 < limit)
+                if eos is not None:
+                    alive = alive & (nxt != eos)
+                if step == steps - 1 or (step % check_every == check_every - 1 and not bool(alive.any())):
+                    break
+                o = model(
+                    input_ids=nxt[:, None],
+                    attention_mask=full_mask[:, : width + step + 1],
+                    position_ids=(last_pos + step + 1)[:, None],
+                    past_key_values=cache,
+                    use_cache=True,
+                )
+                nxt = o.logits[:, -1].argmax(-1)
+            gen_rows = gen.tolist()  # one host transfer for the whole decode
+
+        # targets: first token from the prompt's last position, later tokens from the prompt's buffers
+        logp_first = torch.log_softmax(first, dim=-1)  # [B, vocab]
+        flat = [(r, j) for r, i in enumerate(batch) for j in range(len(t_ids[i]))]
+        longer = [(r, j) for r, j in flat if len(t_ids[batch[r]][j]) > 1]
+        cont_lp = cont_top = None
+        if longer:
+            sel = torch.tensor([r for r, _ in longer], device=device)
+            feed = [t_ids[batch[r]][j][:-1] for r, j in longer]  # all but the last token
+            width_t = max(len(f) for f in feed)
+            cont = torch.full((len(feed), width_t), pad, dtype=torch.long)
+            for q, f in enumerate(feed):
+                cont[q, : len(f)] = torch.tensor(f)
+            cont = cont.to(device)
+            def gathered(x: torch.Tensor) -> torch.Tensor:  # the prompt part of the rows that score a target
+                out = x.new_zeros((len(feed), x.shape[1], width + width_t, x.shape[3]))
+                out[:, :, :width] = x[sel, :, :width]
+                return out
+
+            o = model(
+                input_ids=cont,
+                attention_mask=torch.cat([full_mask[sel, :width], torch.ones_like(cont)], dim=1),
+                position_ids=last_pos[sel][:, None] + 1 + torch.arange(width_t, device=device)[None],
+                past_key_values=_buffer_cache([(gathered(k), gathered(v)) for k, v in buffers], width),
+                use_cache=True,
+            )
+            lp = torch.log_softmax(o.logits.float(), dim=-1)  # [R, width_t, vocab]
+            later = torch.zeros((len(feed), width_t), dtype=torch.long)
+            for q, (r, j) in enumerate(longer):
+                t = t_ids[batch[r]][j][1:]
+                later[q, : len(t)] = torch.tensor(t)
+            later = later.to(device)
+            cont_lp = lp.gather(2, later[..., None])[..., 0].tolist()  # [R, width_t]
+            cont_top = (lp.argmax(-1) == later).tolist()
+        where = {key: q for q, key in enumerate(longer)}
+        f_lp = f_rank = f_top = []
+        if flat:
+            rr = torch.tensor([r for r, _ in flat], device=device)
+            t0 = torch.tensor([t_ids[batch[r]][j][0] for r, j in flat], device=device)
+            f_logits = first[rr]  # [F, vocab]
+            f_lp = logp_first[rr, t0].tolist()
+            f_rank = ((f_logits > f_logits.gather(1, t0[:, None])).sum(1) + 1).tolist()
+            f_top = (f_logits.argmax(-1) == t0).tolist()
+        per_row: list[list[TargetScore]] = [[] for _ in batch]
+        for q, (r, j) in enumerate(flat):
+            t = t_ids[batch[r]][j]
+            lps, tops = [f_lp[q]], [f_top[q]]
+            if (r, j) in where:
+                lps += cont_lp[where[(r, j)]][: len(t) - 1]
+                tops += cont_top[where[(r, j)]][: len(t) - 1]
+            per_row[r].append(TargetScore(nll=-math.fsum(lps) / len(lps), rank=f_rank[q], exact_match=all(tops),
+                                          n_tokens=len(t)))
+        for r, i in enumerate(batch):
+            text = None
+            if n_gen[i] > 0:
+                row = gen_rows[r][: n_gen[i]]
+                if eos is not None and eos in row:
+                    row = row[: row.index(eos) + 1]
+                text = tok.decode(row, skip_special_tokens=True)
+                if stop_at_newline:
+                    text = text.strip("\n").split("\n", 1)[0]
+            results[i] = ProbeResult(tuple(per_row[r]), text)
+    return results  # type: ignore[return-value]
+
+
+@torch.no_grad()
+def _run_probes_legacy(
     lm: LoadedModel,
     prompts: Sequence[str],
     targets: Sequence[Sequence[str]],
@@ -220,7 +435,10 @@ def run_probes(
     max_batch: int = 32,
     max_tokens: int = 8192,
 ) -> list[ProbeResult]:
-    """Score every target after its prompt and greedily continue the prompt, with ONE prompt pass.
+    """The evaluation path before issue 22, kept only for benchmarks/bench_eval.py and the test that compares it
+    with `run_probes`: one padded prefill per batch, a decode that grows the cache by `torch.cat` per token.
+
+    Score every target after its prompt and greedily continue the prompt, with ONE prompt pass.
 
     Each batch of prompts is run once (left-padded, KV cache kept); the greedy continuation decodes from
     that cache, which is then cropped back to the prompt and repeated once per target so the targets'

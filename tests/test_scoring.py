@@ -98,5 +98,56 @@ def test_one_pass_probes_need_one_target_list_per_prompt(llama):
 
     with pytest.raises(ValueError, match="one list per prompt"):
         run_probes(llama, ["a", "b"], [["x", "y"]])
-    with pytest.raises(ValueError, match="same number of targets"):
-        run_probes(llama, ["a", "b"], [["x", "y"], ["z"]])
+    with pytest.raises(ValueError, match="one per prompt"):
+        run_probes(llama, ["a", "b"], [["x"], ["y"]], gen_tokens=[3])
+
+
+PROMPTS = ["The capital of France is", "What", "a b c d e f g h i j the " * 6, "Fill in the blank: ____. Answer:",
+           "the " * 40, "Paris", "Tokyo is in Japan and " * 3]
+TARGETS = [["Paris", "Rome Berlin"], ["is the symbol", "x"], ["Tokyo", "the capital"], ["Japan", "euro"],
+           ["a", "b c"], ["x y z", "q"], ["Asia", "Europe and Africa"]]
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_bucketed_buffered_decode_equals_the_old_path(arch, llama, gpt2):
+    """Issue 22: length-bucketed prefill, merged preallocated caches and one joint decode give the same
+    generations and scores as the old path (one padded prefill, a cache grown by torch.cat)."""
+    from compute.scoring import _length_buckets, _run_probes_legacy, run_probes
+
+    lm = llama if arch == "llama" else gpt2
+    lengths = [len(lm.tokenizer(p).input_ids) for p in PROMPTS]
+    assert len(_length_buckets(lengths)) >= 2  # the prompts really are prefilled in several buckets
+    new = run_probes(lm, PROMPTS, TARGETS, gen_tokens=8)
+    old = _run_probes_legacy(lm, PROMPTS, TARGETS, gen_tokens=8)
+    for a, b in zip(new, old):
+        assert a.generation == b.generation
+        for x, y in zip(a.scores, b.scores):
+            assert x.nll == pytest.approx(y.nll, abs=1e-5)
+            assert (x.rank, x.exact_match, x.n_tokens) == (y.rank, y.exact_match, y.n_tokens)
+
+
+def test_rows_may_ask_for_different_targets_and_generation_lengths(llama):
+    from compute.scoring import run_probes
+
+    full = run_probes(llama, PROMPTS, TARGETS, gen_tokens=8)
+    lens = [0, 3, 8, 1, 5, 0, 2]
+    mixed = run_probes(llama, PROMPTS, [t[: i % 3] for i, t in enumerate(TARGETS)], gen_tokens=lens)
+    for i, (f, m) in enumerate(zip(full, mixed)):
+        assert len(m.scores) == i % 3
+        assert [s.nll for s in m.scores] == pytest.approx([s.nll for s in f.scores[: i % 3]], abs=1e-5)
+        if lens[i] == 0:
+            assert m.generation is None
+        else:  # greedy: a shorter generation is a prefix of the longer one (token-wise)
+            want = generate(llama, [PROMPTS[i]], max_new_tokens=lens[i])[0]
+            assert m.generation == want and f.generation.startswith(want)
+
+
+def test_length_buckets_cover_every_row_once_and_cut_padding():
+    from compute.scoring import _length_buckets
+
+    lengths = [12, 300, 14, 280, 13, 11, 310, 15]
+    groups = _length_buckets(lengths, overhead=50)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    assert len(groups) == 2 and {frozenset(g) for g in groups} == {frozenset({0, 2, 4, 5, 7}), frozenset({1, 3, 6})}
+    assert _length_buckets([20] * 5) == [[0, 1, 2, 3, 4]]  # equal lengths: one pass
+    assert len(_length_buckets(lengths, overhead=10_000)) == 1  # a costly pass is not worth the padding saved
