@@ -100,6 +100,23 @@ def layer_values(value: str) -> list:
     return out
 
 
+def grid_item(value: str) -> tuple[str, list]:
+    """An argparse type for `run sweep --grid FIELD=V1,V2,...`: a hyperparameter and its candidate values (JSON
+    numbers, true/false or strings)."""
+    import json
+
+    field, sep, values = value.partition("=")
+    if not sep or not field.strip() or not values.strip():
+        raise argparse.ArgumentTypeError(f"write FIELD=V1,V2,..., e.g. v_lr=0.5,0.1, got {value!r}")
+    out = []
+    for v in values.split(","):
+        try:
+            out.append(json.loads(v))
+        except ValueError:
+            out.append(v.strip())
+    return field.strip(), out
+
+
 def check_layers_fit(ed, hp, lm, where: str = "hyperparameters") -> None:
     """ValueError when an editor's `layer` or `layers` lies outside the model (checked before a run exists)."""
     top = lm.n_layers - 1
@@ -310,10 +327,11 @@ def _editor_setup(args, lm, editor: str):
     from compute.models import default_cache_dir
 
     ed = get_editor(editor)
-    if getattr(args, "hparams", None):
-        hp = parse_hparams(ed.hparams, json.loads(Path(args.hparams).read_text()), where=str(args.hparams))
-    else:
-        hp = load_hparams(ed.name, lm.name)
+    choice = getattr(args, "hparams", None)
+    if choice and Path(choice).is_file():
+        hp = parse_hparams(ed.hparams, json.loads(Path(choice).read_text()), where=str(choice))
+    else:  # the shipped file, or a named setting beside it (e.g. --hparams paper)
+        hp = load_hparams(ed.name, lm.name, variant=str(choice) if choice else None)
     overrides = {}
     for item in getattr(args, "hp", None) or []:
         key, sep, value = item.partition("=")
@@ -549,12 +567,52 @@ def cmd_run_batch(args) -> None:
         _table(m.select("edit_count", "metric", "value").sort("edit_count", "metric"))
 
 
+def cmd_run_grid(args) -> None:
+    """`run sweep --grid ...`: a calibration sweep over every combination of the grid (compute.experiments.sweep
+    .run_grid), then each setting's ES/PS/NS beside its edits' sizes, and the setting the calibration rule picks."""
+    from compute.editors.base import hparams_dict, parse_hparams
+    from compute.experiments.sweep import grid_points, run_grid
+    from store import diagnostics
+
+    grid = dict(args.grid)
+    if len(grid) != len(args.grid):
+        raise ValueError("--grid names a field twice: give each field once with all its values")
+    with _open_store(args) as st:
+        st.mark_stale_runs()
+        lm = _load_model(args)
+        ed, hp, ctx = _editor_setup(args, lm, args.editor)
+        for point in grid_points(grid):  # every setting is checked before the first run exists
+            where = "--grid " + " ".join(f"{k}={v}" for k, v in point.items())
+            check_layers_fit(ed, parse_hparams(ed.hparams, {**hparams_dict(hp), **point}, where=where), lm, where=where)
+        name = _case_set_for(args, st, lm)
+        cases = load_case_set(st, name, args.limit)
+        sweep = args.sweep or f"{ed.name}-calibration-{name}"
+        run_grid(lm, cases, st, editor=ed.name, base_hp=hp, grid=grid, ctx=ctx, sweep=sweep, case_set=name,
+                 progress=not args.quiet)
+        summary = diagnostics.calibration_summary(st.conn, sweep)
+        _out(f"calibration sweep {sweep} (sorted by median ||dW||/||W|| of one edit):")
+        cols = [c for c in (*sorted(grid), "ES", "PS", "NS", "S", "n", "update_rel_median", "clamped_share",
+                             "converged_share", "steps_median", "delivered_plain_ge_0.8") if c in summary.columns]
+        _table(summary.select(cols))
+        reference = {k: getattr(hp, k) for k in grid}
+        chosen = diagnostics.choose_setting(summary, reference=reference)
+        _out(f"rule: the smallest median edit among settings keeping ES and PS >= 0.95 x those of {reference}: "
+             + (", ".join(f"{k}={chosen[k]}" for k in sorted(grid)) + f" (run {chosen['run_id']})" if chosen
+                else "no setting qualifies"))
+
+
 def cmd_run_sweep(args) -> None:
     from compute.experiments.sweep import run_sweep
     from store import derived
 
     from compute.editors.base import hparams_dict, parse_hparams
 
+    if args.grid:
+        if args.values:
+            raise ValueError("give either --values (one field) or --grid (a calibration grid), not both")
+        return cmd_run_grid(args)
+    if not args.values:
+        raise ValueError("run sweep needs --values (e.g. --values 1,3,5 for the layer) or --grid FIELD=V1,V2")
     if args.field == "layer" and any(isinstance(v, list) for v in args.values):
         raise ValueError(f"--field layer takes single layers such as --values 1,3,5; lists such as 2-3-4 "
                          "need --field layers")
@@ -748,7 +806,8 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--cases", type=at_least(1), default=cases_default, help="number of cases when --set is not given")
         q.add_argument("--seed", type=at_least(0), default=0)
         q.add_argument("--limit", type=at_least(1), help="only the first N cases of the set")
-        q.add_argument("--hparams", type=Path, help="hyperparameter JSON file (default: the shipped one for the model)")
+        q.add_argument("--hparams", type=text(), help="a hyperparameter JSON file, or the name of a shipped setting "
+                       "such as 'paper' (default: the shipped calibrated one for the model)")
         q.add_argument("--hp", action="append", metavar="FIELD=VALUE",
                        help="override one hyperparameter, e.g. --hp key_mismatch=true (repeatable)")
         q.add_argument("--gen-tokens", type=at_least(1), default=30)
@@ -794,7 +853,10 @@ def build_parser() -> argparse.ArgumentParser:
     q = ex.add_parser("sweep", help="choose an editor's layer(s): ES/PS/NS for each candidate value")
     edit_args(q, cases_default=30)
     q.add_argument("--field", default="layer", choices=["layer", "layers"])
-    q.add_argument("--values", type=layer_values, required=True, help="e.g. 1,3,5,9 for layer, or 2-3-4,4-5-6 for layers")
+    q.add_argument("--values", type=layer_values, help="e.g. 1,3,5,9 for layer, or 2-3-4,4-5-6 for layers")
+    q.add_argument("--grid", type=grid_item, action="append", metavar="FIELD=V1,V2",
+                   help="calibration: sweep every combination of these hyperparameter values (repeatable), "
+                        "e.g. --grid v_lr=0.5,0.1 --grid clamp_norm_factor=4,1")
     q.add_argument("--sweep", type=text(), help="sweep id (default: EDITOR-FIELD-SET)")
     q.set_defaults(func=cmd_run_sweep)
 
@@ -804,7 +866,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--new", type=text(), required=True, help=f"the new object (at most {MAX_TEXT} characters)")
     q.add_argument("--true", type=text(), help="the true object, when the subject is not in the knowledge base")
     q.add_argument("--editor", type=text(), default="ROME")
-    q.add_argument("--hparams", type=Path)
+    q.add_argument("--hparams", type=text(), help="a hyperparameter JSON file or a shipped setting's name ('paper')")
     q.add_argument("--seed", type=at_least(0), default=0)
     q.add_argument("--gen-tokens", type=at_least(1), default=30)
     q.add_argument("--no-save", action="store_true", help="do not save the demo as a run in the store")

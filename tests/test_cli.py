@@ -275,3 +275,39 @@ def test_importing_the_command_lines_in_a_fresh_process_loads_no_dashboard_and_n
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "[]", "True"]
+
+
+def test_a_calibration_grid_runs_every_setting_and_names_the_rule_and_its_choice(cased, capsys):
+    args = ["run", "sweep", "--editor", "ROME", "--set", "v12", "--limit", "2", "--hparams", cased["rome"],
+            "--model", cased["model"], "--grid", "v_lr=0.5,0.1", "--grid", "clamp_norm_factor=4,1", "--sweep", "cal"]
+    capsys.readouterr()
+    assert run(cased, *args) == 0
+    out = capsys.readouterr().out
+    assert "calibration sweep cal" in out and "rule: the smallest median edit" in out
+    with Store.open(cased["store"], readonly=True) as st:
+        runs = queries.list_runs(st.conn, kind="sweep")
+        cal = [r for r in runs.iter_rows(named=True) if '"sweep": "cal"' in (r["config"] or "")]
+        assert len(cal) == 4 and all(r["status"] == "done" for r in cal)
+        n_diag = st.conn.execute("SELECT count(DISTINCT run_id || case_id) FROM edit_diagnostics WHERE name = 'steps' "
+                                 "AND run_id IN (%s)" % ",".join("?" * len(cal)), [r["run_id"] for r in cal]).fetchone()[0]
+        assert n_diag == 4 * 2  # every edit of every setting carries its diagnostics
+    assert run(cased, *args) == 0  # resumable and idempotent: the same four runs
+    with Store.open(cased["store"], readonly=True) as st:
+        assert sum('"sweep": "cal"' in (c or "") for c in queries.list_runs(st.conn, kind="sweep")["config"]) == 4
+
+
+def test_grid_and_named_settings_are_checked(cased, capsys):
+    line = refused(cased, capsys, "run", "sweep", "--editor", "ROME", "--set", "v12", "--grid", "v_lr")
+    assert "FIELD=V1,V2" in line
+    line = refused(cased, capsys, "run", "sweep", "--editor", "ROME", "--set", "v12", "--model", cased["model"],
+                   "--hparams", cased["rome"], "--grid", "v_lr=nan,0.1")
+    assert "'v_lr' must be a number" in line
+    line = refused(cased, capsys, "run", "robustness", "--editor", "ROME", "--set", "v12", "--hparams", "nosuch",
+                   "--model", cased["model"])
+    assert "no ROME setting 'nosuch'" in line  # the tiny model has no named settings; the default model has:
+    from compute.editors.base import EditorError, hparams_variants, load_hparams
+
+    assert "paper" in hparams_variants("ROME", "smollm2-135m")
+    assert load_hparams("ROME", "smollm2-135m", variant="paper").v_lr == 0.5  # the ROME paper's GPT-2 XL value
+    with pytest.raises(EditorError, match="one of \\['paper'\\]"):
+        load_hparams("ROME", "smollm2-135m", variant="nosuch")

@@ -189,14 +189,26 @@ def parse_hparams(cls: type, data: dict, where: str = "hyperparameters"):
     return hp
 
 
-def hparams_path(editor: str, model: str) -> Path:
-    return HPARAMS_DIR / editor / f"{model}.json"
+def hparams_path(editor: str, model: str, variant: str | None = None) -> Path:
+    """hparams/<EDITOR>/<model>.json (the default, calibrated for the model), or <model>.<variant>.json for a
+    named setting kept beside it (e.g. 'paper': the paper's values, to compare with)."""
+    return HPARAMS_DIR / editor / (f"{model}.json" if not variant else f"{model}.{variant}.json")
 
 
-def load_hparams(editor: str, model: str):
-    """The hyperparameters of an editor for a model, from compute/editors/hparams/<EDITOR>/<model>.json."""
+def hparams_variants(editor: str, model: str) -> list[str]:
+    """The named settings shipped beside an editor's default file for a model."""
+    prefix = f"{model}."
+    return sorted(p.name[len(prefix):-len(".json")] for p in (HPARAMS_DIR / editor).glob(f"{model}.*.json"))
+
+
+def load_hparams(editor: str, model: str, variant: str | None = None):
+    """The hyperparameters of an editor for a model, from compute/editors/hparams/<EDITOR>/<model>.json, or
+    the named setting <model>.<variant>.json (`hparams_variants` lists them)."""
     ed = get_editor(editor)
-    path = hparams_path(ed.name, model)
+    path = hparams_path(ed.name, model, variant)
+    if variant and not path.is_file():
+        raise EditorError(f"no {ed.name} setting {variant!r} for model {model!r}: give a hyperparameter JSON file or "
+                          f"one of {hparams_variants(ed.name, model) or 'no named settings'}")
     if not path.is_file():
         known = sorted(p.stem for p in (HPARAMS_DIR / ed.name).glob("*.json"))
         raise EditorError(f"no {ed.name} hyperparameters for model {model!r} (have: {known}); add {path}")
