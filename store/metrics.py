@@ -70,6 +70,21 @@ METRICS: dict[str, MetricInfo] = dict(
                 "appears (case-insensitive)."),
         _metric("exact_match", "Exact-match accuracy", True, "share",
                 "Exact-match accuracy: every target token is the argmax under teacher forcing."),
+        _metric("exact_match_new", "Exact match of the new object", True, "share",
+                "Every token of the edit's new object is the argmax under teacher forcing: study B's "
+                "\"the edit holds\" (sequential runs)."),
+        _metric("retention_em", "Retained edits (exact match)", True, "share",
+                "Share of the edits made so far whose new object is still the teacher-forced argmax at every "
+                "token (study B's definition; the headline, with ES-based retention beside it)."),
+        _metric("forgotten_em", "Forgotten edits (exact match)", False, "share",
+                "Share of the edits that held by exact match at their first checkpoint and no longer do."),
+        _metric("n_held_em", "Edits that held by exact match when made (n)", True, "count",
+                "Number of edits so far that held by exact match at their first checkpoint: the denominator "
+                "of the share forgotten by exact match."),
+        _metric("update_norm", "Update norm ||dW||_F", False, "norm",
+                "Frobenius norm of one edit's (or batch's) update over every matrix it changed."),
+        _metric("update_w0", "||W0||_F of the updated matrices", False, "norm",
+                "Frobenius norm, before the run, of the matrices an update changed: the scale of update_norm."),
         _metric("fluency", "Fluency (n-gram entropy)", True, "bits",
                 "Fluency: n-gram entropy of free generations, (2/3)·H2 + (4/3)·H3 averaged "
                 "(bits; ROME's GE/100)."),

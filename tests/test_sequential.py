@@ -16,7 +16,6 @@ from compute.experiments.sequential import (
     SequentialConfig,
     checkpoint_due,
     detect_phases,
-    disabling_edits,
     edit_order,
     run_sequential,
     split_order,
@@ -124,12 +123,6 @@ def test_phase_table_and_verdict_tell_a_cliff_from_an_early_drop(tmp_path):
     assert only_early.startswith("No catastrophic phase on any of the 2 series in 1 runs; of the 1 series that fell, "
                                  "1 fell at least 1.5x faster before the change point")
     assert "panel recall 80" in only_early or "panel recall 70" in only_early or "panel recall 90" in only_early
-
-
-def test_disabling_edits_are_single_sharp_drops():
-    counts = [0, 1, 2, 3, 4]
-    em = [0.9, 0.88, 0.4, 0.38, 0.1]
-    assert disabling_edits(counts, em, 0.2) == [(2, 0.88, 0.4), (4, 0.38, 0.1)]
 
 
 def test_sequential_rome_run_measures_every_checkpoint_and_restores_the_model(llama, cases, tmp_path):
@@ -250,7 +243,12 @@ def test_derived_curves_events_and_forgetting_by_age(llama, cases, tmp_path):
         held = curves.filter((curves["metric"] == "forgotten") & (curves["edit_count"] == 9))
         assert last["n"].sum() == held["n"][0]  # every held edit is in exactly one age bin
         ev = derived.sequential_events(st.conn, run)
-        assert {"retention", "panel_recall", "fluency"} >= set(ev.filter(ev["kind"] == "phase")["series"])
+        assert {"retention", "retention_em", "panel_recall", "newest_es", "fluency"} >= set(
+            ev.filter(ev["kind"] == "phase")["series"]) >= {"retention", "retention_em"}
+        em = curves.filter(curves["metric"] == "retention_em").sort("edit_count")
+        assert em["n"].to_list() == [1, 2, 4, 8, 9] and (em["value"] <= 1).all()
+        norms = curves.filter(curves["metric"] == "update_norm")
+        assert sorted(norms["edit_count"]) == list(range(1, 10)) and (norms["value"] > 0).all()
         labels = derived.run_labels(st.conn, "sequential")
         assert labels["label"].to_list() == ["ROME"]
 

@@ -7,16 +7,21 @@ generation names the true object) form the fixed panel of unedited facts. The ed
 order, in batches of `batch_size`, up to `max_edits` edits or `after_collapse` edits past a detected
 collapse, whichever comes first.
 
-After every edit (cheap): the panel's exact-match accuracy (teacher-forced, one forward pass), and the
-edit's own record (seconds, steps, final target NLL).
+After every edit (cheap): the panel's exact-match accuracy (teacher-forced, one forward pass), the
+edit's own record (seconds, steps, final target NLL), and the update's size: ||dW||_F of that edit (or
+batch) over every matrix it changed (`update_norm`) beside ||W0||_F of those matrices (`update_w0`), as
+run-level rows of scope "edit".
 
 At every checkpoint (edit counts 1..dense_first, then every `checkpoint_every` edits, and the last):
 
 - newest edits (made since the previous checkpoint): ES on the plain prompt, PS on paraphrases, NS on
   neighbourhood prompts, all metrics per case, and their means as run-level rows;
-- every earlier edit: ES on its plain prompt per case; `retention` = share of all edits so far that
-  hold, `forgotten` = share of edits that held at their first checkpoint and no longer hold (study B);
-  the forgetting curve by the edit's age is derived from these per-case rows (store.derived);
+- every earlier edit: ES and exact match on its plain prompt per case; `retention_em` = share of all
+  edits so far whose new object is still the teacher-forced argmax at every token (study B's "holds",
+  the headline), `retention` = the same by ES (P(new) > P(true), which a broken model passes by chance,
+  kept beside it); `forgotten_em` / `forgotten` = share of edits that held at their first checkpoint and
+  no longer hold; the forgetting curve by the edit's age is derived from these per-case rows
+  (store.derived);
 - the panel's greedy recall (`panel_recall`) and exact match; fluency (n-gram entropy) of greedy free
   generations from fixed neutral prompts;
 - weight drift of every edited matrix: ||W - W0||_F, the relative change ||W - W0||_F / ||W0||_F, and the
@@ -29,11 +34,13 @@ gets it from its saved final state with `measure_saved_state` (`python -m comput
 
 Run-level rows use case_id "*" and a scope as rephrase type: "newest", "all_edits", "panel", "free_text".
 
-Collapse (online, stops the run 150 edits later): fluency below `collapse_fluency` x its unedited
-value, or panel recall below `collapse_panel` x its unedited value. Afterwards the whole history is
-searched for phases (a change point on retention, panel recall and fluency: `detect_phases`) and for
-disabling edits (one edit after which the panel's exact match drops by at least `disable_drop`); both go
-to the store's run_events, recomputed at every checkpoint so that a partial run shows them as well.
+Panel floor (online, stops the run `after_collapse` edits later): fluency below `collapse_fluency` x its
+unedited value, or panel recall below `collapse_panel` x its unedited value (a run_events row of kind
+"panel_floor"). At every checkpoint and at the end, the run's verdicts are derived from its stored rows
+by store.derived.derive_sequential_events, the same function that re-derives a stored run after the fact:
+phases on every series (store.stats.phase_break), disabling edits (an update norm out of line with the
+run's own, store.derived.disabling_edit_events), abrupt ability or perplexity changes, the collapse (the
+model no longer usable, store.derived.usability) and the panel floor; they replace the run's earlier ones.
 
 Timing: at every checkpoint a run_events row of kind "timing" records the wall seconds since the
 previous checkpoint measured in the same process (edits, checkpoint work and abilities included), with the
@@ -76,6 +83,8 @@ from compute.experiments.common import open_run, recording
 from compute.experiments.robustness import edit_rows
 from compute.models import LoadedModel
 from compute.scoring import fluency, mentions, run_probes
+from store.derived import rederive_sequential_events
+from store.stats import phase_break
 
 RUN_LEVEL = "*"  # case_id of run-level rows
 STATE_VERSION = 1
@@ -114,7 +123,6 @@ class SequentialConfig:
     fluency_tokens: int = 40
     collapse_fluency: float = 0.6  # free text below 60% of its unedited n-gram entropy: degenerate repetition
     collapse_panel: float = 0.1  # panel recall below 10% of its unedited value: the model has lost its facts
-    disable_drop: float = 0.2
     abilities_every: int = 0  # quick ability suite every this many edits (0 = never)
 
     def validate(self) -> None:
@@ -126,7 +134,7 @@ class SequentialConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"sequential {name} must be an integer >= 0, got {value!r}")
-        for name in ("collapse_fluency", "collapse_panel", "disable_drop"):
+        for name in ("collapse_fluency", "collapse_panel"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"sequential {name} must be in [0, 1], got {getattr(self, name)!r}")
 
@@ -227,47 +235,16 @@ def _run_level(run_id: str, count: int, scope: str, values: dict) -> list[dict]:
 
 # --------------------------------------------------------------------------- phases and disabling edits
 
-
-def _line_sse(x: list[float], y: list[float]) -> tuple[float, float]:
-    """(slope, sum of squared residuals) of the least-squares line through (x, y)."""
-    n = len(x)
-    mx, my = sum(x) / n, sum(y) / n
-    sxx = sum((a - mx) ** 2 for a in x)
-    slope = sum((a - mx) * (b - my) for a, b in zip(x, y)) / sxx if sxx > 0 else 0.0
-    sse = sum((b - (my + slope * (a - mx))) ** 2 for a, b in zip(x, y))
-    return slope, sse
+detect_phases = phase_break  # the phase rule (its docstring states it), under the name this module gave it
 
 
-def detect_phases(x: Sequence[float], y: Sequence[float], *, min_points: int = 3, steep: float = 3.0,
-                  min_drop: float = 0.25) -> dict | None:
-    """A change point splitting a series (normalised by its first value) into a gradual and a catastrophic phase.
-
-    The split is the one whose two least-squares lines fit best. It counts as catastrophic when the later
-    line falls at least `steep` times faster than the earlier one (or the earlier one does not fall) and
-    the series loses at least `min_drop` of its starting value over the later segment. Returns
-    {"change_at", "slope_before", "slope_after", "drop_after", "catastrophic"} (slopes per edit, in
-    shares of the starting value), or None when the series is too short or starts at 0.
-    """
-    if len(x) < 2 * min_points or not y or not y[0]:
-        return None
-    y0 = y[0]
-    yn = [v / y0 for v in y]
-    best = None
-    for s in range(min_points, len(x) - min_points + 1):
-        left, right = _line_sse(list(x[:s]), yn[:s]), _line_sse(list(x[s:]), yn[s:])
-        total = left[1] + right[1]
-        if best is None or total < best[0] - 1e-12:
-            best = (total, s, left[0], right[0])
-    _, s, before, after = best
-    drop = max(yn[s - 1] - min(yn[s:]), 0.0)
-    catastrophic = after < 0 and (before >= 0 or after <= steep * before) and drop >= min_drop
-    return {"change_at": x[s], "slope_before": before, "slope_after": after, "drop_after": drop,
-            "catastrophic": bool(catastrophic)}
-
-
-def disabling_edits(counts: Sequence[int], em: Sequence[float], drop: float) -> list[tuple[int, float, float]]:
-    """(edit count, value before, value after) for every single step whose panel exact match fell by >= drop."""
-    return [(c, a, b) for c, a, b, p in zip(counts[1:], em[:-1], em[1:], counts[:-1]) if a - b >= drop]
+@torch.no_grad()
+def update_size(params: dict, originals: dict[str, torch.Tensor], w0: dict[str, torch.Tensor]) -> dict:
+    """{"update_norm": ||W_after - W_before||_F, "update_w0": ||W0||_F}, each over every matrix this update
+    changed (`originals`: their weights before it; `w0`: before the run)."""
+    sq = sum((params[n].detach().double() - o.double()).pow(2).sum().item() for n, o in originals.items())
+    w0_sq = sum(w0.get(n, o).double().pow(2).sum().item() for n, o in originals.items())
+    return {"update_norm": math.sqrt(sq), "update_w0": math.sqrt(w0_sq)}
 
 
 # --------------------------------------------------------------------------- state
@@ -355,11 +332,12 @@ def run_sequential(
                         params[name].copy_(tensor)
                 ctx.state = state["editor_state"]
                 count, held, base = state["edit_count"], state["held"], state["base"]
+                held_em = state.get("held_em", {})
                 panel = [by_id[i] for i in state["panel"]]
                 collapse_at, em_prev = state["collapse_at"], state["panel_em"]
             else:
                 ctx.state = {}
-                count, held, collapse_at = 0, {}, None
+                count, held, held_em, collapse_at = 0, {}, {}, None
                 pool = [by_id[i] for i in pool_ids]
                 panel = (known_panel(lm, pool, cfg.panel_size, cfg.panel_tokens) if cfg.panel_known_only
                          else pool[: cfg.panel_size])
@@ -393,18 +371,19 @@ def run_sequential(
                 previous, count = count, count + len(batch)
                 em_now = panel_exact_match(lm, panel)
                 rows = _run_level(run_id, count, "panel", {"exact_match": em_now})
+                rows += _run_level(run_id, count, "edit", update_size(params, result.originals, w0))
                 for c in batch:
                     rows += edit_rows(run_id, c.case_id, result.info, edit_count=count)
                 store.write_measurements(rows)
                 em_prev = em_now
                 if checkpoint_due(count, previous, cfg) or count >= len(edit_ids):
                     collapse_at = _checkpoint(lm, store, run_id, cfg, edit_ids, by_id, last_checkpoint, count, held,
-                                              panel, base, w0, collapse_at, abilities)
+                                              panel, base, w0, collapse_at, abilities, held_em)
                     find_events(store, run_id, cfg)  # phases so far: a partial run shows them too
                     _save_state(path, {
                         "version": STATE_VERSION, "edit_count": count,
                         "weights": {n: params[n].detach().clone() for n in w0},
-                        "editor_state": ctx.state, "held": held, "base": base,
+                        "editor_state": ctx.state, "held": held, "held_em": held_em, "base": base,
                         "panel": [c.case_id for c in panel], "collapse_at": collapse_at, "panel_em": em_prev,
                     })
                     store.write_events([_timing_event(run_id, last_checkpoint, count, interval_start, lm)])
@@ -538,21 +517,28 @@ def _store_final_suite(store, run_id: str, count: int, batch_size: int, rows: li
 
 
 def _checkpoint(lm, store, run_id, cfg, edit_ids, by_id, last, count, held, panel, base, w0, collapse_at,
-                abilities) -> int | None:
-    """Measure everything at a checkpoint and write it; returns the (possibly new) collapse edit count."""
+                abilities, held_em) -> int | None:
+    """Measure everything at a checkpoint and write it; returns the (possibly new) panel-floor edit count.
+    `held` / `held_em`: case id -> ES / exact match at the edit's first checkpoint (filled here)."""
     newest = [by_id[i] for i in edit_ids[last:count]]
     older = [by_id[i] for i in edit_ids[:last]]
     rows = []
-    new_eval = evaluate_cases(lm, newest, ["plain", "paraphrase"], generation=False, neighbourhood=True)
+    new_eval = evaluate_cases(lm, newest, ["plain", "paraphrase"], generation=False, neighbourhood=True,
+                              new_exact_match=True)
     for ev in new_eval:
         rows += ev.rows(run_id, edit_count=count)
         held[ev.case_id] = ev.values["plain"]["es"]
-    old_eval = evaluate_cases(lm, older, ["plain"], generation=False, neighbourhood=False) if older else []
+        held_em[ev.case_id] = ev.values["plain"]["exact_match_new"]
+    old_eval = (evaluate_cases(lm, older, ["plain"], generation=False, neighbourhood=False, new_exact_match=True)
+                if older else [])
     now = {ev.case_id: ev.values["plain"]["es"] for ev in new_eval}
+    now_em = {ev.case_id: ev.values["plain"]["exact_match_new"] for ev in new_eval}
     for ev in old_eval:
         now[ev.case_id] = ev.values["plain"]["es"]
-        rows.append({"run_id": run_id, "case_id": ev.case_id, "edit_count": count, "rephrase_type": "plain",
-                     "metric": "es", "value": now[ev.case_id]})
+        now_em[ev.case_id] = ev.values["plain"]["exact_match_new"]
+        rows += [{"run_id": run_id, "case_id": ev.case_id, "edit_count": count, "rephrase_type": "plain",
+                  "metric": metric, "value": value}
+                 for metric, value in (("es", now[ev.case_id]), ("exact_match_new", now_em[ev.case_id]))]
 
     def mean_of(rtype, metric):
         vals = [ev.values[rtype][metric] for ev in new_eval if metric in ev.values.get(rtype, {})]
@@ -562,8 +548,13 @@ def _checkpoint(lm, store, run_id, cfg, edit_ids, by_id, last, count, held, pane
                                                  "ns": mean_of(NEIGHBOURHOOD, "ns"), "n": len(newest)})
     was_held = [i for i in now if held.get(i, 0) >= 0.5]
     forgotten = sum(now[i] < 0.5 for i in was_held) / len(was_held) if was_held else 0.0
+    # edits made before exact-match tracking (a run resumed from an older state) count from their next check
+    was_held_em = [i for i in now_em if held_em.setdefault(i, now_em[i]) >= 0.5]
+    forgotten_em = sum(now_em[i] < 0.5 for i in was_held_em) / len(was_held_em) if was_held_em else 0.0
     rows += _run_level(run_id, count, "all_edits", {"retention": sum(v >= 0.5 for v in now.values()) / len(now),
-                                                    "forgotten": forgotten, "n": len(now), "n_held": len(was_held)})
+                                                    "forgotten": forgotten, "n": len(now), "n_held": len(was_held),
+                                                    "retention_em": sum(v >= 0.5 for v in now_em.values()) / len(now_em),
+                                                    "forgotten_em": forgotten_em, "n_held_em": len(was_held_em)})
     recall, em = panel_recall(lm, panel, cfg.panel_tokens)
     flu = free_fluency(lm, cfg.fluency_tokens)
     rows += _run_level(run_id, count, "panel", {"panel_recall": recall, "exact_match": em, "n": len(panel)})
@@ -581,44 +572,15 @@ def _checkpoint(lm, store, run_id, cfg, edit_ids, by_id, last, count, held, pane
             reasons["panel_recall"] = recall
         if reasons:
             collapse_at = count
-            store.write_events([{"run_id": run_id, "kind": "collapse", "series": s, "edit_count": count,
+            store.write_events([{"run_id": run_id, "kind": "panel_floor", "series": s, "edit_count": count,
                                  "value": v, "detail": json.dumps({"baseline": base[s], "threshold": getattr(
                                      cfg, "collapse_fluency" if s == "fluency" else "collapse_panel")})}
                                 for s, v in reasons.items()])
     return collapse_at
 
 
-def find_events(store, run_id: str, cfg: SequentialConfig) -> None:
-    """Phases on retention, panel recall and fluency, and disabling edits, from the run's whole history."""
-    rows = store.conn.execute(
-        "SELECT edit_count, rephrase_type, metric, value FROM measurements WHERE run_id = ? AND case_id = ? "
-        "ORDER BY edit_count", (run_id, RUN_LEVEL)).fetchall()
-    series: dict[str, list[tuple[int, float]]] = {}
-    for count, scope, metric, value in rows:
-        series.setdefault(f"{scope}/{metric}", []).append((count, value))
-    events = []
-    for key, metric in (("all_edits/retention", "retention"), ("panel/panel_recall", "panel_recall"),
-                        ("free_text/fluency", "fluency")):
-        points = series.get(key, [])
-        if key == "all_edits/retention":
-            points = [(0, 1.0)] + points  # before any edit nothing has been lost
-        found = detect_phases([p[0] for p in points], [p[1] for p in points])
-        if found is None:
-            continue
-        end = points[-1][0]
-        if found["catastrophic"]:
-            events.append({"run_id": run_id, "kind": "phase", "series": metric, "edit_count": 0,
-                           "end_count": found["change_at"], "value": found["slope_before"],
-                           "detail": json.dumps({"phase": "gradual", **found})})
-            events.append({"run_id": run_id, "kind": "phase", "series": metric, "edit_count": found["change_at"],
-                           "end_count": end, "value": found["slope_after"],
-                           "detail": json.dumps({"phase": "catastrophic", **found})})
-        else:
-            events.append({"run_id": run_id, "kind": "phase", "series": metric, "edit_count": 0, "end_count": end,
-                           "value": found["slope_before"], "detail": json.dumps({"phase": "gradual", **found})})
-    em = series.get("panel/exact_match", [])
-    for count, before, after in disabling_edits([p[0] for p in em], [p[1] for p in em], cfg.disable_drop):
-        events.append({"run_id": run_id, "kind": "disabling_edit", "series": "panel_exact_match",
-                       "edit_count": count, "value": after,
-                       "detail": json.dumps({"before": before, "after": after, "threshold": cfg.disable_drop})})
-    store.replace_events(run_id, ["phase", "disabling_edit"], events)
+def find_events(store, run_id: str, cfg: SequentialConfig | None = None) -> int:
+    """The run's verdicts from its whole stored history (store.derived.derive_sequential_events: phases on every
+    series, disabling edits, abrupt changes, collapse, panel floor), replacing its earlier ones; returns how
+    many events were written. `cfg` is not needed (the run's stored config is read) and kept for callers."""
+    return rederive_sequential_events(store, run_id)
