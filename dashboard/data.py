@@ -1,7 +1,15 @@
 """The dashboard's data layer: the one place that owns Streamlit caching.
 
-The store is opened read-only. Query results are cached with `st.cache_data`, keyed on the store's path
-and modification time (of the file and of its WAL), so a run that writes new rows shows up on the next rerun without a restart.
+Two stores are shown together: the shipped store (store/results.sqlite, or $EDITSCOPE_STORE) and the
+workspace store that runs started from the dashboard write to (dashboard.jobs.workspace_path: outside git,
+under the cache folder or $EDITSCOPE_WORKSPACE). Both are opened read-only here. `query` runs a store query
+on each and combines the answers: run lists gain a `store` column ('shipped' or 'workspace') and workspace
+runs' labels say so; a query about given runs goes to the store that holds them; catalogue queries (cases,
+relations, case sets) keep the shipped rows and add the workspace's own. Without a workspace store every
+answer is the shipped store's, as before.
+
+Query results are cached with `st.cache_data`, keyed on the store's path and modification time (of the
+file and of its WAL), so a run that writes new rows shows up on the next rerun without a restart.
 """
 
 from __future__ import annotations
@@ -11,12 +19,37 @@ from pathlib import Path
 import polars as pl
 import streamlit as st
 
+from dashboard.jobs import workspace_path as _workspace_for
 from store import Store, StoreError, default_store_path, derived, queries
+
+SHIPPED, WORKSPACE = "shipped", "workspace"
+# catalogue queries: the key that tells rows apart; the workspace adds only rows the shipped store lacks
+CATALOGUE_KEYS = {
+    "kb_relations": ["relation"], "case_sets": ["case_set"], "cases": ["case_id"], "probes": ["case_id", "probe_id"],
+    "kb_facts": ["relation", "subject", "object"], "kb_subject": ["relation", "subject", "object"],
+}
+SHIPPED_ONLY = {"store_summary", "schema_history"}  # describe the shipped file itself
+RUN_LISTS = {"list_runs", "run_labels", "case_runs"}  # answers that list runs: marked with where each lives
+RUN_ARGS = ("run_id", "run_ids")
 
 
 def store_path() -> Path:
     """The store to show: $EDITSCOPE_STORE, else the shipped store/results.sqlite."""
     return default_store_path()
+
+
+def workspace_path() -> Path:
+    """The workspace store of the shown store (it may not exist yet)."""
+    return _workspace_for(store_path())
+
+
+def store_paths() -> dict[str, Path]:
+    """{'shipped': path, 'workspace': path} for the stores that exist."""
+    out = {SHIPPED: store_path()}
+    ws = workspace_path()
+    if ws.is_file():
+        out[WORKSPACE] = ws
+    return out
 
 
 def store_status() -> tuple[Path, str | None]:
@@ -47,8 +80,101 @@ def _query(path: str, mtime: float, name: str, kwargs: tuple) -> pl.DataFrame:
         return fn(st_.conn, **dict(kwargs))
 
 
-def query(name: str, **kwargs) -> pl.DataFrame:
-    """Run store.queries.<name> or store.derived.<name>(conn, **kwargs) on the current store, cached until
-    the file changes."""
-    path = store_path()
+def _one(path: Path, name: str, kwargs: dict) -> pl.DataFrame:
     return _query(str(path), _mtime(path), name, tuple(sorted(kwargs.items())))
+
+
+def _workspace_runs(ws: Path) -> set[str]:
+    try:
+        return set(_one(ws, "list_runs", {})["run_id"].to_list())
+    except StoreError:
+        return set()  # a workspace being created right now, or damaged: show the shipped store alone
+
+
+def _concat(frames: list[pl.DataFrame]) -> pl.DataFrame:
+    frames = [f for f in frames if f is not None]
+    nonempty = [f for f in frames if not f.is_empty()]
+    if len(nonempty) <= 1:
+        return nonempty[0] if nonempty else frames[0]
+    return pl.concat(nonempty, how="diagonal_relaxed")
+
+
+def _mark(df: pl.DataFrame, ws_ids: set[str]) -> pl.DataFrame:
+    """A `store` column on run lists, and ' · workspace' after a workspace run's label."""
+    if "run_id" not in df.columns:
+        return df
+    in_ws = pl.col("run_id").is_in(list(ws_ids))
+    df = df.with_columns(pl.when(in_ws).then(pl.lit(WORKSPACE)).otherwise(pl.lit(SHIPPED)).alias("store"))
+    if "label" in df.columns:
+        df = df.with_columns(pl.when(in_ws).then(pl.col("label") + " · workspace").otherwise(pl.col("label"))
+                             .alias("label"))
+    return df
+
+
+def query(name: str, **kwargs) -> pl.DataFrame:
+    """Run store.queries.<name> or store.derived.<name>(conn, **kwargs) on the shown stores, cached until a
+    file changes (see the module docstring for how the shipped and workspace answers are combined)."""
+    shipped, ws = store_path(), workspace_path()
+    ws_ids = _workspace_runs(ws) if ws.is_file() and name not in SHIPPED_ONLY else set()
+    if not ws_ids and not (ws.is_file() and name in CATALOGUE_KEYS):
+        out = _one(shipped, name, kwargs)
+        return _mark(out, set()) if name in RUN_LISTS else out
+    arg = next((a for a in RUN_ARGS if kwargs.get(a) is not None), None)
+    if arg is not None:
+        value = kwargs[arg]
+        if isinstance(value, str):
+            return _one(ws if value in ws_ids else shipped, name, kwargs)
+        ids = list(value)
+        mine, theirs = [i for i in ids if i in ws_ids], [i for i in ids if i not in ws_ids]
+        if not mine:
+            return _one(shipped, name, kwargs)
+        parts = [_one(ws, name, {**kwargs, arg: mine})]
+        if theirs:
+            parts.insert(0, _one(shipped, name, {**kwargs, arg: theirs}))
+        out = _concat(parts)
+    elif name in CATALOGUE_KEYS:
+        main, extra = _one(shipped, name, kwargs), _one(ws, name, kwargs)
+        key = [k for k in CATALOGUE_KEYS[name] if k in main.columns and k in extra.columns]
+        if key and not extra.is_empty():
+            extra = extra.join(main.select(key), on=key, how="anti")
+        out = _concat([main, extra]) if key else main
+    else:
+        main, extra = _one(shipped, name, kwargs), _one(ws, name, kwargs)
+        out = _concat([main, extra]) if "run_id" in main.columns and "run_id" in extra.columns else main
+    if name in RUN_LISTS:
+        out = _mark(out, ws_ids)
+        if "started_at" in out.columns:
+            out = out.sort("started_at", descending=True, nulls_last=True)
+    return out
+
+
+def run_store(run_id: str) -> str:
+    """'workspace' when the run lives in the workspace store, else 'shipped'."""
+    ws = workspace_path()
+    return WORKSPACE if ws.is_file() and run_id in _workspace_runs(ws) else SHIPPED
+
+
+def secrets() -> dict:
+    """The Streamlit secrets as a plain dict ({} without a secrets file: Streamlit raises then)."""
+    try:
+        return dict(st.secrets)
+    except Exception:
+        return {}
+
+
+def public_mode() -> bool:
+    """Whether this dashboard is public (dashboard.jobs.is_public on the environment and the secrets)."""
+    import os
+
+    from dashboard.jobs import is_public
+
+    return is_public(os.environ, secrets())
+
+
+def session_owner() -> str:
+    """An id for this browser session: jobs record it, and only their owner sees their logs or cancels them."""
+    import uuid
+
+    if "job_owner" not in st.session_state:
+        st.session_state["job_owner"] = uuid.uuid4().hex
+    return st.session_state["job_owner"]

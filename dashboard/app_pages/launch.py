@@ -1,16 +1,25 @@
 """Launch runs: start a small robustness run, knowledge measurement, layer sweep, sequential run or batch
-run in the background, watch queued/running/recent runs with their progress and heartbeat, and cancel a
-running one."""
+run in the background, watch queued/running/recent runs with their progress and heartbeat, and cancel one
+this session started. Launched runs write to the workspace store, never to the shipped one."""
 
 import streamlit as st
 
 from dashboard import jobs
-from dashboard.data import query, store_path
+from dashboard.data import public_mode, query, session_owner, store_path, store_paths, workspace_path
 
 st.title("Launch runs")
-st.caption(f"Runs start as background `python -m compute` processes on `{store_path()}`; launched runs are kept "
-           f"small (at most {jobs.MAX_CASES} cases, {jobs.MAX_EDITS} sequential edits, batches of "
-           f"{jobs.MAX_BATCH}, {jobs.MAX_GEN_TOKENS} generated tokens).")
+missing = jobs.missing_compute()
+if missing:
+    st.info(jobs.missing_compute_message(missing, "Launching a run"))
+    st.stop()
+
+public, owner = public_mode(), session_owner()
+where = "a workspace store kept apart from the shipped results" if public else f"the workspace store `{workspace_path()}`"
+st.caption(f"Runs start as background `python -m compute` processes writing to {where}; the shipped store is "
+           f"never changed. Launched runs are kept small (at most {jobs.MAX_CASES} cases, {jobs.MAX_EDITS} "
+           f"sequential edits, batches of {jobs.MAX_BATCH}, {jobs.MAX_GEN_TOKENS} generated tokens, seeds 0-"
+           f"{jobs.MAX_SEED}), {jobs.MAX_SESSION_JOBS} at a time per visitor and {jobs.MAX_RUNNING_JOBS} on the "
+           "machine.")
 
 editors = jobs.editor_names()
 case_sets = query("case_sets")
@@ -18,6 +27,7 @@ set_names = case_sets["case_set"].to_list() if not case_sets.is_empty() else []
 
 experiment = st.segmented_control("Experiment", ["robustness", "knowledge", "sweep", "sequential", "batch"],
                                   default="robustness", key="experiment")
+case_set = None
 with st.form("launch_form"):
     if experiment in ("sequential", "batch"):
         editor = st.selectbox("Editor", [e for e in editors if e != "IKE"], key="launch_editor_w",
@@ -45,8 +55,8 @@ with st.form("launch_form"):
     if experiment not in ("sequential", "batch"):
         limit = st.number_input("Limit (first N cases)", 1, jobs.MAX_CASES, 8, key="launch_limit")
         gen_tokens = st.number_input("Generated tokens", 1, jobs.MAX_GEN_TOKENS, 10, key="launch_gen_tokens")
-    model = st.text_input("Model", value="", key="launch_model",
-                          help=f"Empty for {jobs.DEFAULT_MODEL}, or a local Hugging Face model directory")
+    model = "" if public else st.text_input(
+        "Model", value="", key="launch_model", help=f"Empty for {jobs.DEFAULT_MODEL}, or a local Hugging Face model directory")
     submitted = st.form_submit_button("Launch", type="primary")
 
 if submitted:
@@ -66,46 +76,57 @@ if submitted:
         else:
             argv = jobs.robustness_argv(editor, cases, seed, editors=editors, limit=limit,
                                         gen_tokens=gen_tokens, model=model)
-        job = jobs.start_job(store_path(), argv)
-        st.success(f"Started job {job.job_id} (process {job.pid}): {' '.join(argv)}")
+        workspace = jobs.ensure_workspace(store_path())
+        if case_set:
+            jobs.copy_case_set(store_path(), workspace, case_set)
+        job = jobs.start_job(workspace, argv, owner=owner)
+        started = f"Started job {job.job_id}" + ("" if public else f" (process {job.pid})") + f": {' '.join(argv)}"
+        st.success(jobs.escape_markdown(started))
     except ValueError as exc:
-        st.error(str(exc))
+        st.error(jobs.escape_markdown(jobs.redact(str(exc), [store_path()]) if public else str(exc)))
+
+
+def _hide(text: str) -> str:
+    return jobs.redact(text, [store_path(), workspace_path()]) if public else text
 
 
 @st.fragment(run_every=5)
 def _runs() -> None:
     st.subheader("Runs")
-    table = jobs.runs_overview(store_path())
+    table = jobs.runs_overview(store_paths())
+    if public:
+        table = table.drop([c for c in ("pid", "host", "error") if c in table.columns])
     if table.is_empty():
         st.info("No runs in the store yet.")
     else:
         st.dataframe(table, hide_index=True, width="stretch", key="runs_table", column_config={
             "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0),
             "heartbeat_age_s": st.column_config.NumberColumn("heartbeat age (s)"),
+            "store": st.column_config.TextColumn("store", help="shipped: the results that come with the code; "
+                                                 "workspace: runs started from this dashboard"),
         })
-        for row in table.filter(table["status"] == "running").iter_rows(named=True):
-            label = f"Cancel {row['kind']} run {row['run_id']} ({row['n_done'] or 0}/{row['n_total'] or '?'})"
-            if st.button(label, key=f"cancel_{row['run_id']}"):
-                try:
-                    pid = jobs.cancel_run(store_path(), row["run_id"])
-                    st.warning(f"Sent an interrupt to process {pid}: the run will show as interrupted.")
-                except ValueError as exc:
-                    st.error(str(exc))
-    if st.button("Mark runs whose process died", key="mark_stale",
-                 help="Runs still 'running' without a live process become 'interrupted'"):
-        st.toast(f"{jobs.mark_stale(store_path())} run(s) marked interrupted")
+    mine = jobs.list_jobs(workspace_path(), owner=owner)
+    for job in mine:
+        if jobs.job_status(job)["state"] == "running" and st.button(f"Cancel job {job.job_id} ({job.kind})",
+                                                                     key=f"cancel_{job.job_id}"):
+            try:
+                jobs.cancel_job(job, owner=owner)
+                st.warning("Sent an interrupt: the run will show as interrupted.")
+            except ValueError as exc:
+                st.error(jobs.escape_markdown(str(exc)))
 
-    st.subheader("Jobs started here")
-    started = jobs.list_jobs(store_path())
+    st.subheader("Jobs started in this session" if public else "Jobs started here")
+    # a public visitor sees only their own jobs' commands and logs; the operator of a private dashboard all
+    started = mine if public else jobs.list_jobs(workspace_path())
     if not started:
         st.caption("None yet.")
     for job in started:
         status = jobs.job_status(job)
-        with st.expander(f"{job.job_id} · {job.kind} · {status['state']}"):
-            st.code(" ".join(job.argv), language=None, wrap_lines=True)
+        with st.expander(jobs.escape_markdown(f"{job.job_id} · {job.kind} · {status['state']}")):
+            st.code(_hide(" ".join(job.argv)), language=None, wrap_lines=True)
             if status["error"]:
-                st.error(status["error"])
-            st.code(jobs.log_tail(job) or "(no output yet)", language=None)
+                st.error(jobs.escape_markdown(_hide(status["error"])))
+            st.code(_hide(jobs.log_tail(job)) or "(no output yet)", language=None)
 
 
 _runs()
