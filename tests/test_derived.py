@@ -75,6 +75,30 @@ def test_spearman_ci_is_reproducible_and_brackets_rho():
     assert a == b and a.ci_low < a.rho < a.ci_high and a.n == 80
 
 
+def test_within_relation_correlation_sits_beside_the_pooled_one(tmp_path):
+    # two relations: recall rises with frequency across them (the popular relation is easy), not within them
+    st = Store.open(tmp_path / "w.sqlite", create=True)
+    run = st.start_run(kind="knowledge", model="m")
+    cases, rows = [], []
+    rng = np.random.default_rng(0)
+    for rel, base, easy in (("capital", 5.0, 0.9), ("currency", 2.0, 0.1)):
+        for i in range(40):
+            cid = f"{rel}-{i}"
+            cases.append({"case_id": cid, "case_set": "s", "source": "kb", "relation": rel, "subject": cid,
+                          "prompt": f"{cid} is", "true_object": "A", "new_object": "B",
+                          "frequency": base + rng.normal(), "connection": 1, "popularity_quartile": 1})
+            rows.append({"run_id": run, "case_id": cid, "rephrase_type": "plain", "metric": "recall",
+                         "value": float(rng.random() < easy)})
+    st.write_cases(cases, [])
+    st.write_measurements(rows)
+    st.finish_run(run)
+    with st:
+        row = derived.knowledge_correlations(st.conn, case_set="s").filter(
+            (pl.col("feature") == "frequency") & (pl.col("against") == "recall")).row(0, named=True)
+    assert row["rho"] > 0.5 and row["ci_low"] > 0.3
+    assert row["within_ci_low"] < 0 < row["within_ci_high"] and row["n_within"] == 80
+
+
 def test_popularity_points_and_equal_count_bins(tmp_path):
     with _store(tmp_path, {1: [0, 0, 0, 1], 2: [1, 1, 0, 0], 3: [1, 0, 1, 1], 4: [1, 1, 1, 1]}) as st:
         st.conn.execute("UPDATE measurements SET metric = 'rev' WHERE metric = 'recall'")
@@ -110,7 +134,7 @@ def test_stored_correlations_equal_the_live_ones_and_are_used(tmp_path, fixture_
         live_r = derived.robustness_correlations(st.conn, metrics=("acc",))
         assert stored_k.height == live_k.height > 0 and stored_r.height == live_r.height > 0
         for a, b in ((stored_k, live_k), (stored_r, live_r)):
-            for col in ("rho", "ci_low", "ci_high"):
+            for col in ("rho", "ci_low", "ci_high", "rho_within", "within_ci_low", "within_ci_high", "n_within"):
                 assert a[col].to_list() == pytest.approx(b[col].to_list(), nan_ok=True)
         assert derived.store_correlations(st) >= 3  # the knowledge run and both robustness runs
         have = {r for (r,) in st.conn.execute("SELECT DISTINCT run_id FROM correlations")}

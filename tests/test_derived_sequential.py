@@ -1,0 +1,102 @@
+"""Study B's verdicts derived from a sequential run's stored rows alone, on hand-made stores: a run made
+before per-edit update norms were recorded (checkpoint weight drift only), collapse as "no longer usable"
+against the panel-floor crossing, and re-deriving a store's events."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from store import Store, derived, queries
+
+RUN_LEVEL = derived.RUN_LEVEL
+
+
+def _run(st, run_id, config=None):
+    st.start_run(kind="sequential", model="m", editor="ROME", run_id=run_id,
+                 config={"batch_size": 1, "collapse_fluency": 0.6, "collapse_panel": 0.1, **(config or {})})
+
+
+def _drift_store(st, run_id, jump_at=None):
+    """Weight drift every 10 edits to 300 with ~20 per edit added in quadrature; a 250-norm edit at `jump_at`;
+    the panel's exact match after every edit falling by one fact at that edit (and at a few others)."""
+    _run(st, run_id)
+    rng = np.random.default_rng(0)
+    f2, drift, em, rows = 0.0, [], 0.5, []
+    for e in range(1, 301):
+        f2 += (250.0 if e == jump_at else 20.0 * np.exp(rng.normal(scale=0.2))) ** 2
+        if e == jump_at or e % 37 == 0:
+            em -= 0.02
+        rows.append({"run_id": run_id, "case_id": RUN_LEVEL, "edit_count": e, "rephrase_type": "panel",
+                     "metric": "exact_match", "value": em})
+        if e % 10 == 0:
+            drift.append({"run_id": run_id, "edit_count": e, "module": "l3", "fro_delta": float(np.sqrt(f2)),
+                          "rel_change": float(np.sqrt(f2)) / 174.0, "cond_number": 30.0})
+    st.write_measurements(rows)
+    st.write_weight_drift(drift)
+
+
+def test_an_old_run_flags_its_huge_edit_from_checkpoint_weight_drift(tmp_path):
+    with Store.open(tmp_path / "s.sqlite", create=True) as st:
+        _drift_store(st, "huge", jump_at=111)
+        _drift_store(st, "plain")
+        flagged = derived.disabling_edit_events(st.conn, "huge")
+        assert [e["edit_count"] for e in flagged] == [111] and flagged[0]["end_count"] == 120
+        d = json.loads(flagged[0]["detail"])
+        assert d["interval"] == [110, 120] and d["z"] > 3.5
+        assert flagged[0]["value"] == pytest.approx(250 / 174, rel=0.15)  # its norm, estimated, over ||W0||
+        assert derived.disabling_edit_events(st.conn, "plain") == []
+
+
+def _usability_store(st, run_id, scores, perplexity, newest_es):
+    _run(st, run_id)
+    counts = [50 * i for i in range(len(scores))]
+    rows = []
+    for c, s, p in zip(counts, scores, perplexity):
+        rows += [{"run_id": run_id, "edit_count": c, "batch_size": 1, "task": "nli", "task_version": "1",
+                  "mode": "quick", "score": s, "n": 40, "ci_low": max(s - 0.15, 0), "ci_high": min(s + 0.15, 1),
+                  "chance": 0.25, "higher_is_better": 1, "metric": "accuracy"},
+                 {"run_id": run_id, "edit_count": c, "batch_size": 1, "task": "lm_perplexity", "task_version": "1",
+                  "mode": "quick", "score": p, "n": 20, "chance": 49152.0, "higher_is_better": 0,
+                  "metric": "perplexity"}]
+    st.write_abilities(rows)
+    st.write_measurements([{"run_id": run_id, "case_id": RUN_LEVEL, "edit_count": c, "rephrase_type": "newest",
+                            "metric": m, "value": v} for c, e in zip(counts[1:], newest_es)
+                           for m, v in (("es", e), ("n", 10))])
+
+
+def test_collapse_is_the_point_from_which_the_model_stays_unusable(tmp_path):
+    with Store.open(tmp_path / "s.sqlite", create=True) as st:
+        _usability_store(st, "broken", [0.9, 0.9, 0.85, 0.6, 0.28, 0.25, 0.26],
+                         [60, 65, 70, 200, 900, 30000, 1e6], [1.0, 1.0, 0.9, 1.0, 0.9, 0.8])
+        # abilities at chance and recovering, perplexity steady: never collapsed
+        _usability_store(st, "recovers", [0.9, 0.85, 0.3, 0.27, 0.8, 0.85, 0.9],
+                         [60, 62, 64, 66, 64, 63, 62], [1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+        use = derived.usability(st.conn, "broken")
+        assert use.filter(use["unusable"])["edit_count"].to_list() == [200, 250, 300]
+        (collapse,) = derived.collapse_event("broken", use)
+        assert collapse["edit_count"] == 200 and collapse["series"] == "abilities_at_chance+perplexity_exploded"
+        assert derived.collapse_event("recovers", derived.usability(st.conn, "recovers")) == []
+
+
+def test_rederiving_names_the_old_online_collapse_the_panel_floor_and_keeps_other_events(tmp_path):
+    with Store.open(tmp_path / "s.sqlite", create=True) as st:
+        _run(st, "r")
+        panel = [0.9, 0.9, 0.85, 0.8, 0.7, 0.6, 0.3, 0.05, 0.04, 0.03]
+        st.write_measurements([{"run_id": "r", "case_id": RUN_LEVEL, "edit_count": 10 * i, "rephrase_type": "panel",
+                                "metric": m, "value": v} for i, p in enumerate(panel)
+                               for m, v in (("panel_recall", p), ("n", 20))])
+        # what older code stored: the panel-floor crossing as kind "collapse", and a timing row
+        st.write_events([{"run_id": "r", "kind": "collapse", "series": "panel_recall", "edit_count": 70,
+                          "value": 0.05, "detail": "{}"},
+                         {"run_id": "r", "kind": "timing", "series": "checkpoint", "edit_count": 0, "end_count": 10,
+                          "value": 1.0, "detail": "{}"}])
+        derived.rederive_sequential_events(st, "r")
+        ev = queries.run_events(st.conn, run_ids="r")
+        assert ev.filter(ev["kind"] == "panel_floor").select("series", "edit_count").rows() == [("panel_recall", 70)]
+        assert ev.filter(ev["kind"] == "collapse").is_empty()  # no ability, no efficacy: nothing says unusable
+        assert ev.filter(ev["kind"] == "timing").height == 1
+        head = derived.sequential_headlines(st.conn).row(0, named=True)
+        assert head["panel_floor_at"] == 70 and head["collapse_at"] is None
