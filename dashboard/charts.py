@@ -421,3 +421,36 @@ def popularity_scatter(points: pl.DataFrame, feature: str, feature_label: str, v
     if log_x:
         fig.update_xaxes(type="log")
     return fig
+
+
+def edit_size_chart(edits: pl.DataFrame, labels: dict[str, str], x: str | None = None,
+                    styles: dict | None = None) -> go.Figure:
+    """Each edit's relative update size ||dW||/||W|| (log axis), one trace per run, outliers (store.diagnostics
+    .flag_outliers) drawn as red-ringed points. `edits`: run_id, edit_count, case_id, update_rel, outlier,
+    robust_z (store.queries.edit_diagnostics). x = None: one strip of points per run (independent edits);
+    x = 'edit_count': against the run's edit count (a sequential run, one point per edit)."""
+    fig = go.Figure()
+    for i, run in enumerate(_series_order(edits["run_id"].unique().to_list(), labels)):
+        part = edits.filter(pl.col("run_id") == run).drop_nulls("update_rel")
+        if part.is_empty():
+            continue
+        colour, _dash = _style(styles, run, i)
+        name = (labels or {}).get(run, run)
+        xs = part[x].to_list() if x else [name] * part.height
+        hover = [f"{name}<br>case {c}<br>edit {n}<br>||dW||/||W|| {v:.4g} (robust z {z:+.1f})"
+                 for c, n, v, z in zip(part["case_id"], part["edit_count"], part["update_rel"], part["robust_z"])]
+        fig.add_trace(go.Scatter(x=xs, y=part["update_rel"].to_list(), mode="markers" if not x else "lines+markers",
+                                 name=name, marker={"color": colour, "size": 5}, line={"color": colour, "width": 1},
+                                 hovertext=hover, hoverinfo="text"))
+        out = part.filter(pl.col("outlier"))
+        if not out.is_empty():
+            fig.add_trace(go.Scatter(
+                x=out[x].to_list() if x else [name] * out.height, y=out["update_rel"].to_list(), mode="markers",
+                name=f"{name}: outliers", showlegend=False,
+                marker={"color": "rgba(0,0,0,0)", "size": 13, "line": {"color": "#d62728", "width": 2}},
+                hovertext=[f"outlier: case {c}, edit {n}, robust z {z:+.1f}"
+                           for c, n, z in zip(out["case_id"], out["edit_count"], out["robust_z"])], hoverinfo="text"))
+    fig.update_yaxes(type="log", title="||dW||_F / ||W||_F of one edit")
+    fig.update_xaxes(title="edit count" if x == "edit_count" else None)
+    fig.update_layout(height=360, margin={"l": 60, "r": 20, "t": 30, "b": 40}, legend={"orientation": "h"})
+    return fig

@@ -315,3 +315,18 @@ def popularity_points_of_runs(conn: sqlite3.Connection, run_ids: str | Iterable[
         return pl.DataFrame(schema=schema)
     return out.select("series", "case_id", "relation", "subject", pl.col(feature).cast(pl.Float64),
                       pl.col("value").cast(pl.Float64)).sort("series", "case_id")
+
+
+def edit_diagnostics(conn: sqlite3.Connection, run_ids: str | Iterable[str] | None = None) -> pl.DataFrame:
+    """One row per edit of the given runs (store.diagnostics.per_edit) with its robust z of edit size within its
+    run and whether that makes it an outlier (store.diagnostics.OUTLIER_Z)."""
+    from .diagnostics import flag_outliers, per_edit
+
+    return flag_outliers(per_edit(conn, None if run_ids is None else _values(run_ids)))
+
+
+def edit_diagnostics_summary(conn: sqlite3.Connection, run_ids: str | Iterable[str] | None = None) -> pl.DataFrame:
+    """Per run: the distribution of its edits' size and optimisation (store.diagnostics.run_distribution)."""
+    from .diagnostics import run_distribution
+
+    return run_distribution(conn, None if run_ids is None else _values(run_ids))

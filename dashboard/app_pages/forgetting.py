@@ -10,6 +10,7 @@ import streamlit as st
 from dashboard import charts
 from dashboard.data import query, store_path
 from dashboard.filters import shared_multiselect, url_multiselect, url_selectbox, url_toggle
+from dashboard import edit_view
 from dashboard.sidebar import headline_ids, labels_of, run_table, styles_of
 from dashboard.tables import Col, show
 from store.derived import PHASE_SERIES, SEQUENTIAL_SERIES, phase_verdict
@@ -142,3 +143,6 @@ else:
                "the layer.")
     st.download_button("Download CSV (weight drift)", query("weight_drift", run_ids=run_ids).write_csv(),
                        file_name="weight-drift.csv")
+
+st.header("What each edit did")
+edit_view.render(list(labels), labels, styles, x="edit_count")

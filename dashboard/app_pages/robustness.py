@@ -7,7 +7,8 @@ import streamlit as st
 from dashboard import charts
 from dashboard.data import query
 from dashboard.filters import forget, shared_multiselect, url_segmented, url_selectbox, url_toggle
-from dashboard.sidebar import labels_of, reference_ids, run_table
+from dashboard import edit_view
+from dashboard.sidebar import labels_of, reference_ids, run_table, styles_of
 from store.measurable import MEASURABLE_SHARE, unmeasurable_reasons
 from store.metrics import METRICS, REPHRASE_TYPES
 
@@ -78,3 +79,6 @@ st.caption("Each cell: mean over cases of the per-case value (probes of a type a
            "95% CI (Wilson for shares, bootstrap otherwise) and n in the hover. Runs: "
            + "; ".join(f"{r['label']}: {r['n_done']}/{r['n_total']} cases, {r['status']}"
                        for r in runs.iter_rows(named=True)))
+
+st.subheader("What each edit did")
+edit_view.render(list(chosen), shown, styles_of(table))
