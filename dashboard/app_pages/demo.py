@@ -9,6 +9,7 @@ import streamlit as st
 
 from dashboard import jobs
 from dashboard.data import public_mode, query, run_store, session_owner, store_path, workspace_path
+from store.measurable import MEASURABLE_SHARE, measurable_types, unmeasurable_reasons
 from store.metrics import REPHRASE_TYPES
 
 STAGE_NAMES = {1: "loading the model", 2: "the unedited model", 3: "the edit", 4: "the edited model", 5: "saving"}
@@ -67,6 +68,22 @@ if submitted:
         st.session_state.pop("demo_done", None)
     except ValueError as exc:
         st.error(jobs.escape_markdown(str(exc)))
+
+
+def _model_measurability(run: dict) -> tuple[set[str] | None, dict[str, str], str | None]:
+    """(measurable types, reasons for the others, the knowledge run that judged them) for the demo's model,
+    from store.measurable: the baseline the demo run's own store names, else the shipped store's, provided it
+    measured the same model. (None, {}, None) when no store has one: the page then judges by this fact alone."""
+    runs = query("list_runs")
+    models = dict(zip(runs["run_id"].to_list(), runs["model"].to_list()))
+    for kwargs in ({"run_id": run["run_id"]}, {}):
+        table = query("rephrase_measurability", **kwargs)
+        if table.is_empty():
+            continue
+        base = table["baseline_run"][0]
+        if models.get(base) == run["model"]:
+            return set(measurable_types(table)), unmeasurable_reasons(table), base
+    return None, {}, None
 
 
 def _stage_line(job: jobs.Job) -> str:
@@ -128,18 +145,23 @@ if run["run_id"] == mine and done.get("stages"):
     st.caption(done["stages"])
 
 view = query("case_view", case_id=case_id, run_id=run["run_id"])
-summary = jobs.demo_summary(view)
+measurable, reasons, judged_by = _model_measurability(run)
+summary = jobs.demo_summary(view, measurable)
 by_type = {t["rephrase_type"]: t for t in summary["types"]}
 if summary["types"]:
+    if judged_by:
+        rule = (f"A type is measurable on {run['model']} when the unedited model names the true object on at least "
+                f"{MEASURABLE_SHARE:.0%} of the cases of knowledge run {judged_by} (store.measurable).")
+    else:
+        rule = (f"No knowledge run of {run['model']} says which types it can answer, so a type counts as "
+                f"measurable for this fact when the unedited model's own generations named the true object (at "
+                f"least {jobs.DEMO_MEASURABLE:.0%} of its probes).")
     st.metric("Held on measurable types", f"{summary['held']} of {summary['measurable']}",
-              help=f"A type held when at least {jobs.DEMO_HELD:.0%} of its probes generated the new object after "
-                   f"the edit. A type counts as measurable for this fact when the unedited model's generations "
-                   f"named the true object (at least {jobs.DEMO_MEASURABLE:.0%} of its probes); on the others the "
-                   f"edit cannot be seen to change an answer.")
+              help=f"A type held when at least {jobs.DEMO_HELD:.0%} of its probes generated the new object after the "
+                   f"edit. {rule} On the other types the edit cannot be seen to change an answer.")
     unmeasurable = [t["rephrase_type"] for t in summary["types"] if not t["measurable"]]
     if unmeasurable:
-        st.caption(jobs.escape_markdown(f"Not measurable here (the unedited model did not name the true object): "
-                                        f"{', '.join(unmeasurable)}."))
+        st.caption(jobs.escape_markdown(f"Not measurable: {', '.join(unmeasurable)}. {rule}"))
 
 gens = query("generations", run_id=run["run_id"], case_id=case_id)
 probes = query("probes", case_id=case_id)
@@ -152,6 +174,8 @@ for rtype in REPHRASE_TYPES:
     verdict = "" if info is None else (" · not measurable" if not info["measurable"]
                                        else " · held" if info["held"] else " · did not hold")
     st.markdown(f"**{rtype}**{verdict}")
+    if rtype in reasons:
+        st.caption(jobs.escape_markdown(reasons[rtype]))
     head = st.columns([2, 1, 1])
     for col, text in zip(head, ("probe", "before the edit", "after the edit")):
         col.caption(text)
