@@ -660,9 +660,13 @@ def sequential_phases(conn: sqlite3.Connection, run_ids=None) -> pl.DataFrame:
         # divided by the start)
         scale = 1e4 / abs(d["start"]) if d.get("start") else 1e4
         before, after = scale * d["slope_before"], scale * d["slope_after"]
+        # which side fell faster: by the loss rates the rule compares where stored (a drop at the change
+        # point belongs to the later side), else by the two lines' slopes
+        rates = ((-scale * d["loss_rate_before"], -scale * d["loss_rate_after"]) if "loss_rate_after" in d
+                 else (before, after))
         row.update(change_at=int(d["change_at"]), slope_before=before, slope_after=after,
                    drop_after=d["drop_after"], catastrophic=bool(d["catastrophic"]),
-                   faster=_faster(before, after))
+                   faster=_faster(*rates))
     return pl.DataFrame(list(rows.values()), schema=schema).sort("run_id", "series")
 
 

@@ -237,16 +237,18 @@ def phase_break(x, y, se=None, *, min_points: int = 3, steep: float = 3.0, k_noi
     The rule. Split the series where two straight lines, fitted to either side, leave the least squared error
     (each side at least `min_points` points). The later side is a catastrophic phase when both hold:
     - the loss it adds beyond the earlier trend (the earlier line extrapolated, minus the later points, on
-      average) is at least `k_noise` times the series' own noise (`series_noise`: the robust spread of its
-      point-to-point steps, floored by the points' sampling SE `se`) and at least `min_effect` (default 5% of
-      |first value|), so a noise-free straight line or a wobble is not a phase;
+      average) is at least `k_noise` times the series' own noise and at least `min_effect` (default 5% of
+      |first value|), so a noise-free straight line or a wobble is not a phase. The noise is the larger of
+      `series_noise` (the robust spread of its point-to-point steps, floored by the points' sampling SE
+      `se`) and the points' RMS scatter about the two fitted lines;
     - the later side loses faster: its mean loss rate (from the earlier line's value at the last earlier point
       to the later line's value at the end, per edit) is positive and at least `steep` times the earlier
       slope's loss rate. A cliff followed by a floor counts (the drop is in the rate); a fast early fall that
       slows down does not.
-    Returns {change_at, slope_before, slope_after (per edit, series units), start, noise, excess (the
-    added loss), drop_after (largest fall from the last earlier point, in shares of |start|), catastrophic},
-    or None when the series is too short or starts at 0."""
+    Returns {change_at, slope_before, slope_after (the fitted lines' slopes per edit, series units),
+    loss_rate_before, loss_rate_after (the loss rates the rule compares, the later one with the drop at the
+    change point), start, noise, excess (the added loss), drop_after (largest fall from the last earlier
+    point, in shares of |start|), catastrophic}, or None when the series is too short or starts at 0."""
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if len(x) < 2 * min_points or len(y) != len(x) or not y[0]:
         return None
@@ -256,8 +258,10 @@ def phase_break(x, y, se=None, *, min_points: int = 3, steep: float = 3.0, k_noi
         total = left[2] + right[2]
         if best is None or total < best[0] - 1e-12:
             best = (total, s, left, right)
-    _, s, (b1, a1, _), (b2, a2, _) = best
-    noise = series_noise(y, se)
+    sse, s, (b1, a1, _), (b2, a2, _) = best
+    # the points' scatter about the two lines counts as noise too (differences alone underrate it where a
+    # series is dense at its start: one edit apart, neighbours barely differ)
+    noise = max(series_noise(y, se), float(np.sqrt(sse / max(len(x) - 4, 1))))
     start = float(y[0])
     floor = 0.05 * abs(start) if min_effect is None else min_effect
     excess = float(np.mean(a1 + b1 * x[s:] - y[s:]))
@@ -268,8 +272,8 @@ def phase_break(x, y, se=None, *, min_points: int = 3, steep: float = 3.0, k_noi
                     and rate_after >= steep * max(rate_before, 0.0))
     drop = max(float(y[s - 1] - y[s:].min()), 0.0) / abs(start)
     return {"change_at": int(x[s]) if float(x[s]).is_integer() else float(x[s]), "slope_before": b1,
-            "slope_after": b2, "start": start, "noise": noise, "excess": excess, "drop_after": drop,
-            "catastrophic": bool(catastrophic)}
+            "slope_after": b2, "loss_rate_before": rate_before, "loss_rate_after": rate_after, "start": start,
+            "noise": noise, "excess": excess, "drop_after": drop, "catastrophic": bool(catastrophic)}
 
 
 def abrupt_steps(x, y, se=None, *, k_noise: float = 3.0, min_effect: float = 0.0) -> list[dict]:
