@@ -83,7 +83,8 @@ def test_demo_form_refuses_bad_requests_with_visible_errors(monkeypatch, fixture
     at = _app(monkeypatch, store)
     at.switch_page("app_pages/demo.py").run()
     _submit_demo(at, demo_subject="France", demo_relation="capital", demo_new="Rome")
-    assert not at.exception and "does not occur in the prompt" in at.error[0].value
+    assert not at.exception and at.error[0].value == "That request was refused:"
+    assert "does not occur in the prompt" in at.code[-1].value  # the message, as plain text
     _submit_demo(at, demo_subject="France", demo_relation="airport_city", demo_new="Rome", demo_model="/no/such/model")
-    assert "local model directory" in at.error[0].value
+    assert "local model directory" in at.code[-1].value
     assert "demo_job" not in at.session_state

@@ -6,7 +6,7 @@ import polars as pl
 import streamlit as st
 
 from dashboard.data import query
-from dashboard.jobs import escape_markdown
+from dashboard.plain import message
 from store.metrics import REPHRASE_TYPES
 
 st.title("Case explorer")
@@ -18,7 +18,7 @@ else:
     st.query_params.pop("subject", None)  # links leave out values equal to the default
 found = query("cases", subject_like=needle or None)
 if found.is_empty():
-    st.info(escape_markdown(f"No case whose subject contains {needle!r}."))
+    message("No case's subject contains this text:", needle, box=st.info)
     st.stop()
 labels = {r["case_id"]: f"{r['subject']} · {r['relation']}: {r['true_object']} → {r['new_object']} ({r['case_set']})"
           for r in found.iter_rows(named=True)}

@@ -8,6 +8,7 @@ import polars as pl
 import streamlit as st
 
 from dashboard import jobs
+from dashboard.plain import line, message
 from dashboard.data import public_mode, query, run_store, session_owner, store_path, workspace_path
 from store.measurable import MEASURABLE_SHARE, measurable_types, unmeasurable_reasons
 from store.metrics import REPHRASE_TYPES
@@ -54,10 +55,9 @@ with st.form("demo_form"):
 
 if relation in templates and subject.strip():
     try:
-        st.caption(jobs.escape_markdown(f"Edit prompt: {jobs.edit_prompt(relation, subject.strip(), templates)} → "
-                                        f"{new_object}"))
+        line(f"Edit prompt: {jobs.edit_prompt(relation, subject.strip(), templates)} → {new_object}")
     except ValueError as exc:
-        st.caption(jobs.escape_markdown(str(exc)))
+        line(str(exc))
 
 if submitted:
     try:
@@ -67,7 +67,7 @@ if submitted:
         st.session_state["demo_job"] = jobs.start_job(workspace, argv, owner=owner).job_id
         st.session_state.pop("demo_done", None)
     except ValueError as exc:
-        st.error(jobs.escape_markdown(str(exc)))
+        message("That request was refused:", str(exc))
 
 
 def _model_measurability(run: dict) -> tuple[set[str] | None, dict[str, str], str | None]:
@@ -100,16 +100,16 @@ def _watch(job_id: str) -> None:
         stage = jobs.job_stage(job)
         k, n, what = stage if stage else (0, 5, "starting the process")
         st.progress(max(k - 1, 0) / n, text=jobs.escape_markdown(f"Step {max(k, 1)} of {n}: {what}"))
-        line = _stage_line(job)
-        if line:
-            st.caption(line)
+        times = _stage_line(job)
+        if times:
+            st.caption(times)
         if not public:
             st.caption(f"process {job.pid}")
         if st.button("Cancel edit", key="demo_cancel"):
             try:
                 jobs.cancel_job(job, owner=owner)
             except ValueError as exc:
-                st.error(jobs.escape_markdown(str(exc)))
+                message("Not cancelled:", str(exc))
         return
     st.session_state["demo_done"] = {**status, "job_id": job_id, "run_id": jobs.saved_run(job),
                                      "stages": _stage_line(job)}
@@ -122,12 +122,11 @@ if "demo_job" in st.session_state:
         _watch(st.session_state["demo_job"])
     except ValueError as exc:
         st.session_state.pop("demo_job", None)
-        st.error(jobs.escape_markdown(str(exc)))
+        message("That request was refused:", str(exc))
 done = st.session_state.get("demo_done")
 if done and done["state"] != "done":
     error = done["error"] or "see the job log on the Launch page"
-    st.error(jobs.escape_markdown(f"The edit {done['state']}: "
-                                  f"{jobs.redact(error, [store_path(), workspace_path()]) if public else error}"))
+    message(f"The edit {done['state']}:", jobs.redact(error, [store_path(), workspace_path()]) if public else error)
 
 demos = query("list_runs", kind="demo")
 if demos.is_empty():
@@ -139,8 +138,7 @@ run = demos.filter(pl.col("run_id") == mine).row(0, named=True) if mine in demos
 case_id = json.loads(run["config"] or "{}").get("case_id")
 st.subheader(jobs.escape_markdown(f"{'Your demo' if run['run_id'] == mine else 'Latest demo'}: {run['editor']} on "
                                   f"{run['model']}"))
-st.caption(jobs.escape_markdown(f"run {run['run_id']} ({run_store(run['run_id'])} store) · case {case_id} · "
-                                f"{run['started_at']}"))
+line(f"run {run['run_id']} ({run_store(run['run_id'])} store) · case {case_id} · {run['started_at']}")
 if run["run_id"] == mine and done.get("stages"):
     st.caption(done["stages"])
 

@@ -5,6 +5,7 @@ this session started. Launched runs write to the workspace store, never to the s
 import streamlit as st
 
 from dashboard import jobs
+from dashboard.plain import message
 from dashboard.data import public_mode, query, session_owner, store_path, store_paths, workspace_path
 
 st.title("Launch runs")
@@ -80,10 +81,10 @@ if submitted:
         if case_set:
             jobs.copy_case_set(store_path(), workspace, case_set)
         job = jobs.start_job(workspace, argv, owner=owner)
-        started = f"Started job {job.job_id}" + ("" if public else f" (process {job.pid})") + f": {' '.join(argv)}"
-        st.success(jobs.escape_markdown(started))
+        message(f"Started job {job.job_id}" + ("" if public else f" (process {job.pid})") + ":", " ".join(argv),
+                box=st.success)
     except ValueError as exc:
-        st.error(jobs.escape_markdown(jobs.redact(str(exc), [store_path()]) if public else str(exc)))
+        message("That launch was refused:", jobs.redact(str(exc), [store_path()]) if public else str(exc))
 
 
 def _hide(text: str) -> str:
@@ -99,11 +100,19 @@ def _runs() -> None:
     if table.is_empty():
         st.info("No runs in the store yet.")
     else:
+        first = ["run_id", "store", "kind", "editor", "status", "n_done", "n_total", "progress", "heartbeat_age_s"]
+        table = table.select([c for c in first if c in table.columns] + [c for c in table.columns if c not in first])
         st.dataframe(table, hide_index=True, width="stretch", key="runs_table", column_config={
-            "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0),
-            "heartbeat_age_s": st.column_config.NumberColumn("heartbeat age (s)"),
-            "store": st.column_config.TextColumn("store", help="shipped: the results that come with the code; "
+            "run_id": st.column_config.TextColumn("Run", width="medium"),
+            "store": st.column_config.TextColumn("Store", help="shipped: the results that come with the code; "
                                                  "workspace: runs started from this dashboard"),
+            "kind": "Kind", "editor": "Editor", "status": "Status",
+            "n_done": st.column_config.NumberColumn("Done", format="%d"),
+            "n_total": st.column_config.NumberColumn("Of", format="%d"),
+            "progress": st.column_config.ProgressColumn("Progress", min_value=0.0, max_value=1.0),
+            "heartbeat_age_s": st.column_config.NumberColumn("Heartbeat age (s)", format="%d",
+                                                             help="running runs only"),
+            "started_at": "Started", "pid": "Process", "host": "Host", "error": "Error",
         })
     mine = jobs.list_jobs(workspace_path(), owner=owner)
     for job in mine:
@@ -113,7 +122,7 @@ def _runs() -> None:
                 jobs.cancel_job(job, owner=owner)
                 st.warning("Sent an interrupt: the run will show as interrupted.")
             except ValueError as exc:
-                st.error(jobs.escape_markdown(str(exc)))
+                message("Not cancelled:", str(exc))
 
     st.subheader("Jobs started in this session" if public else "Jobs started here")
     # a public visitor sees only their own jobs' commands and logs; the operator of a private dashboard all
@@ -125,7 +134,7 @@ def _runs() -> None:
         with st.expander(jobs.escape_markdown(f"{job.job_id} · {job.kind} · {status['state']}")):
             st.code(_hide(" ".join(job.argv)), language=None, wrap_lines=True)
             if status["error"]:
-                st.error(jobs.escape_markdown(_hide(status["error"])))
+                message("The job failed:", _hide(status["error"]))
             st.code(_hide(jobs.log_tail(job)) or "(no output yet)", language=None)
 
 
