@@ -178,3 +178,9 @@ def session_owner() -> str:
     if "job_owner" not in st.session_state:
         st.session_state["job_owner"] = uuid.uuid4().hex
     return st.session_state["job_owner"]
+
+
+def stamp() -> tuple:
+    """(path, modification time) of every shown store: a cache key for figures a page builds from several
+    queries, so that they follow new rows in either store."""
+    return tuple((str(p), _mtime(p)) for p in store_paths().values())

@@ -258,3 +258,45 @@ def test_pages_a_demo_and_a_launch_leave_the_shipped_store_unchanged(monkeypatch
         at.switch_page(f"app_pages/{page}").run()
         assert not at.exception, page
     assert _sha(shipped) == before and sorted(p.name for p in shipped.parent.iterdir()) == files_before
+
+
+def _cases(*ids: tuple[str, str]) -> tuple[list[dict], list[dict]]:
+    """(cases, probes) rows for (case_id, case_set) pairs, one plain probe each."""
+    cases = [{"case_id": c, "case_set": s, "source": "kb", "subject": c, "prompt": "p", "true_object": "a",
+              "new_object": "b"} for c, s in ids]
+    probes = [{"case_id": c, "probe_id": 0, "rephrase_type": "plain", "text": f"probe of {c}", "target_true": "a",
+               "target_new": "b"} for c, _ in ids]
+    return cases, probes
+
+
+def test_data_layer_shows_shipped_and_workspace_runs_each_marked(monkeypatch, tmp_path):
+    from store import Store
+
+    from dashboard import data
+
+    shipped, ws = tmp_path / "shipped.sqlite", tmp_path / "ws.sqlite"
+    monkeypatch.setenv("EDITSCOPE_STORE", str(shipped))
+    monkeypatch.setenv("EDITSCOPE_WORKSPACE", str(ws))
+    with Store.open(shipped, create=True) as st:
+        st.write_cases(*_cases(("c1", "s")))
+        old = st.start_run(kind="demo", model="m", editor="ROME", config={"case_id": "c1"}, n_total=1)
+        st.finish_run(old)
+        st.write_generations([{"run_id": old, "case_id": "c1", "edit_count": 0, "rephrase_type": "plain",
+                               "probe_id": 0, "phase": "pre", "text": "shipped text"}])
+        st.finalize()
+    assert data.query("list_runs")["store"].to_list() == ["shipped"]  # no workspace yet: as before
+    with Store.open(ws, create=True) as st:
+        st.write_cases(*_cases(("c1", "s"), ("c2", "t")))  # c1 copied, c2 its own
+        new = st.start_run(kind="demo", model="m", editor="IKE", config={"case_id": "c2"}, n_total=1)
+        st.finish_run(new)
+        st.write_generations([{"run_id": new, "case_id": "c2", "edit_count": 0, "rephrase_type": "plain",
+                               "probe_id": 0, "phase": "pre", "text": "workspace text"}])
+    runs = data.query("list_runs")
+    assert dict(zip(runs["run_id"], runs["store"])) == {old: "shipped", new: "workspace"}
+    labels = data.query("run_labels", kind="demo")
+    assert dict(zip(labels["run_id"], labels["label"])) == {old: "ROME", new: "IKE · workspace"}
+    assert sorted(data.query("cases")["case_id"].to_list()) == ["c1", "c2"]  # the copy is not shown twice
+    assert sorted(data.query("case_sets")["case_set"].to_list()) == ["s", "t"]
+    assert data.query("generations", run_id=new)["text"].to_list() == ["workspace text"]
+    assert data.query("generations", run_id=old)["text"].to_list() == ["shipped text"]
+    assert data.run_store(new) == "workspace" and data.run_store(old) == "shipped"
