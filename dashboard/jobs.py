@@ -598,21 +598,28 @@ def observe_stage(job: Job, now: float | None = None) -> None:
 def stage_times(job: Job, now: float | None = None) -> list[tuple[int, str, float]]:
     """(k, what, seconds) per observed stage: from when it was first seen to when the next one was, or to
     the job's last output once it has ended (the log file's modification time). Stages that passed while
-    nobody watched are counted in the one before them."""
+    nobody watched are counted in the one before them; time before the first observed stage, when that is
+    not stage 1, is reported as (0, 'before the page looked', seconds); a stage first seen after the job had
+    ended has no known duration and is left out."""
     path = _stages_file(job)
     if not path.is_file():
         return []
     seen = sorted((int(k), what, t) for k, (what, t) in json.loads(path.read_text()).items())
     start = datetime.fromisoformat(job.started_at).timestamp()
-    if seen:  # the first stage starts with the process, not when the page first looked
-        seen[0] = (seen[0][0], seen[0][1], min(seen[0][2], start)) if seen[0][0] == 1 else seen[0]
     if _alive(job):
         end = time.time() if now is None else now
     else:
         try:
             end = Path(job.log).stat().st_mtime
         except OSError:
-            end = seen[-1][2]
+            end = max(t for _, _, t in seen)
+    seen = [s for s in seen if s[2] < end]
+    if not seen:
+        return []
+    if seen[0][0] == 1:  # the first stage starts with the process, not when the page first looked
+        seen[0] = (1, seen[0][1], min(seen[0][2], start))
+    elif seen[0][2] > start:
+        seen.insert(0, (0, "before the page looked", start))
     ends = [t for _, _, t in seen[1:]] + [end]
     return [(k, what, max(e - t, 0.0)) for (k, what, t), e in zip(seen, ends)]
 

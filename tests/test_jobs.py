@@ -248,6 +248,21 @@ def test_stage_times_from_observed_stages(tmp_path):
     jobs.observe_stage(job, now=t0 + 90)
     os.utime(log, (t0 + 150, t0 + 150))  # the process has ended: its last output marks the end
     assert jobs.stage_times(job) == [(1, "loading", 20.0), (2, "unedited", 70.0), (4, "edited", 60.0)]
+    jobs.observe_stage(job, now=t0 + 160)  # seen once the job had ended: no known duration
+    assert jobs.stage_times(job)[-1] == (4, "edited", 60.0)
+
+
+def test_stage_times_when_the_page_looked_late(tmp_path):
+    from datetime import datetime, timezone
+
+    log = tmp_path / "j.log"
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    job = jobs.Job("j", "edit", ("edit",), 2**22 + 12345, str(log), str(tmp_path / "s.sqlite"), start.isoformat())
+    t0 = start.timestamp()
+    log.write_text("stage 3/5: editing\n")
+    jobs.observe_stage(job, now=t0 + 100)
+    os.utime(log, (t0 + 130, t0 + 130))
+    assert jobs.stage_times(job) == [(0, "before the page looked", 100.0), (3, "editing", 30.0)]
     assert jobs.seconds_text(150) == "2 min 30 s" and jobs.seconds_text(42.4) == "42 s"
 
 

@@ -13,7 +13,7 @@ from dashboard.data import public_mode, query, run_store, session_owner, store_p
 from store.measurable import MEASURABLE_SHARE, measurable_types, unmeasurable_reasons
 from store.metrics import REPHRASE_TYPES
 
-STAGE_NAMES = {1: "loading the model", 2: "the unedited model", 3: "the edit", 4: "the edited model", 5: "saving"}
+STAGE_NAMES = {0: "before the page looked", 1: "loading the model", 2: "the unedited model", 3: "the edit", 4: "the edited model", 5: "saving"}
 # measured here: a ROME demo with 20 generated tokens took 168 s on a 2-core CPU under load (load average 6)
 FALLBACK_SECONDS = 168
 
