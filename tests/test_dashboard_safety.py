@@ -304,3 +304,20 @@ def test_data_layer_shows_shipped_and_workspace_runs_each_marked(monkeypatch, tm
     assert data.query("generations", run_id=new)["text"].to_list() == ["workspace text"]
     assert data.query("generations", run_id=old)["text"].to_list() == ["shipped text"]
     assert data.run_store(new) == "workspace" and data.run_store(old) == "shipped"
+
+
+@pytest.mark.slow
+def test_every_page_on_the_real_shipped_store_leaves_it_byte_for_byte(monkeypatch, tmp_path):
+    """The shipped store itself, shown: every page reads it, none changes it or leaves a side file."""
+    from dashboard.data import store_status
+
+    shipped = Path(jobs.ROOT) / "store" / "results.sqlite"
+    monkeypatch.setenv("EDITSCOPE_STORE", str(shipped))
+    if store_status()[1]:
+        pytest.skip(f"this checkout's code cannot open the shipped store: {store_status()[1]}")
+    before = _sha(shipped), sorted(p.name for p in shipped.parent.glob("results.sqlite*"))
+    at = _app(monkeypatch, shipped, tmp_path)
+    for page in sorted(p.name for p in (Path(APP).parent / "app_pages").glob("*.py") if p.name != "no_store.py"):
+        at.switch_page(f"app_pages/{page}").run(timeout=180)
+        assert not at.exception and at.title and at.title[0].value != "EditScope cannot open its results store", page
+    assert (_sha(shipped), sorted(p.name for p in shipped.parent.glob("results.sqlite*"))) == before
