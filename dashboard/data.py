@@ -43,11 +43,20 @@ def workspace_path() -> Path:
     return _workspace_for(store_path())
 
 
+def _workspace_or_none() -> Path | None:
+    """The workspace store, or None when EDITSCOPE_WORKSPACE names the shown store itself (browsing goes
+    on without it; the Demo and Launch pages say what is wrong)."""
+    try:
+        return workspace_path()
+    except ValueError:
+        return None
+
+
 def store_paths() -> dict[str, Path]:
     """{'shipped': path, 'workspace': path} for the stores that exist."""
     out = {SHIPPED: store_path()}
-    ws = workspace_path()
-    if ws.is_file():
+    ws = _workspace_or_none()
+    if ws is not None and ws.is_file():
         out[WORKSPACE] = ws
     return out
 
@@ -114,9 +123,10 @@ def _mark(df: pl.DataFrame, ws_ids: set[str]) -> pl.DataFrame:
 def query(name: str, **kwargs) -> pl.DataFrame:
     """Run store.queries.<name> or store.derived.<name>(conn, **kwargs) on the shown stores, cached until a
     file changes (see the module docstring for how the shipped and workspace answers are combined)."""
-    shipped, ws = store_path(), workspace_path()
-    ws_ids = _workspace_runs(ws) if ws.is_file() and name not in SHIPPED_ONLY else set()
-    if not ws_ids and not (ws.is_file() and name in CATALOGUE_KEYS):
+    shipped, ws = store_path(), _workspace_or_none()
+    has_ws = ws is not None and ws.is_file()
+    ws_ids = _workspace_runs(ws) if has_ws and name not in SHIPPED_ONLY else set()
+    if not ws_ids and not (has_ws and name in CATALOGUE_KEYS):
         out = _one(shipped, name, kwargs)
         return _mark(out, set()) if name in RUN_LISTS else out
     arg = next((a for a in RUN_ARGS if kwargs.get(a) is not None), None)
@@ -150,8 +160,8 @@ def query(name: str, **kwargs) -> pl.DataFrame:
 
 def run_store(run_id: str) -> str:
     """'workspace' when the run lives in the workspace store, else 'shipped'."""
-    ws = workspace_path()
-    return WORKSPACE if ws.is_file() and run_id in _workspace_runs(ws) else SHIPPED
+    ws = _workspace_or_none()
+    return WORKSPACE if ws is not None and ws.is_file() and run_id in _workspace_runs(ws) else SHIPPED
 
 
 def secrets() -> dict:
@@ -184,3 +194,12 @@ def stamp() -> tuple:
     """(path, modification time) of every shown store: a cache key for figures a page builds from several
     queries, so that they follow new rows in either store."""
     return tuple((str(p), _mtime(p)) for p in store_paths().values())
+
+
+def workspace_problem() -> str | None:
+    """Why runs cannot be started (a misconfigured workspace store), or None."""
+    try:
+        workspace_path()
+    except ValueError as exc:
+        return str(exc)
+    return None

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import polars as pl
 
-from store import Store, queries
+from store import Store, StoreError, queries
 
 ROOT = Path(__file__).resolve().parent.parent
 HPARAMS_DIR = ROOT / "compute" / "editors" / "hparams"
@@ -400,8 +400,12 @@ def ensure_workspace(shipped: Path) -> Path:
     """The workspace store of `shipped`, created (empty, current schema) when missing."""
     path = workspace_path(shipped)
     if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Store.open(path, create=True).close()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Store.open(path, create=True).close()
+        except (OSError, StoreError) as exc:
+            raise ValueError(f"the workspace store {path} cannot be created ({exc}): set EDITSCOPE_WORKSPACE to a "
+                             "file in a writable folder") from None
     return path
 
 
@@ -479,9 +483,14 @@ def _all_jobs(limit: int = 200) -> list[Job]:
     return out
 
 
+MAX_JOB_AGE_S = 2 * 24 * 3600  # older job records are finished: a reused pid must not hold a slot forever
+
+
 def running_jobs(owner: str | None = None) -> list[Job]:
     """Jobs whose process still runs, server-wide or of one session."""
-    return [j for j in _all_jobs() if (owner is None or j.owner == owner) and _alive(j)]
+    now = time.time()
+    return [j for j in _all_jobs() if (owner is None or j.owner == owner)
+            and now - datetime.fromisoformat(j.started_at).timestamp() < MAX_JOB_AGE_S and _alive(j)]
 
 
 def _size_mb(path: Path) -> float:

@@ -321,3 +321,15 @@ def test_every_page_on_the_real_shipped_store_leaves_it_byte_for_byte(monkeypatc
         at.switch_page(f"app_pages/{page}").run(timeout=180)
         assert not at.exception and at.title and at.title[0].value != "EditScope cannot open its results store", page
     assert (_sha(shipped), sorted(p.name for p in shipped.parent.glob("results.sqlite*"))) == before
+
+
+def test_a_workspace_set_to_the_shown_store_is_refused_and_browsing_goes_on(monkeypatch, tmp_path):
+    store = _empty_store(tmp_path)
+    at = _app(monkeypatch, store, tmp_path, env={"EDITSCOPE_WORKSPACE": str(store)})
+    assert not at.exception
+    at.switch_page("app_pages/cases.py").run()
+    assert not at.exception
+    for page in ("app_pages/demo.py", "app_pages/launch.py"):
+        at.switch_page(page).run()
+        assert not at.exception and "misconfigured" in at.error[0].value
+        assert "must not be the shown store" in at.code[0].value and not at.button

@@ -9,7 +9,8 @@ import streamlit as st
 
 from dashboard import jobs
 from dashboard.plain import line, message
-from dashboard.data import public_mode, query, run_store, session_owner, store_path, workspace_path
+from dashboard.data import (public_mode, query, run_store, session_owner, store_path, workspace_path,
+                            workspace_problem)
 from store.measurable import MEASURABLE_SHARE, measurable_types, unmeasurable_reasons
 from store.metrics import REPHRASE_TYPES
 
@@ -21,6 +22,9 @@ st.title("Edit demo")
 missing = jobs.missing_compute()
 if missing:
     st.info(jobs.missing_compute_message(missing, "The Edit demo"))
+    st.stop()
+if workspace_problem():
+    message("Runs cannot be started here: the workspace store is misconfigured.", workspace_problem())
     st.stop()
 
 public, owner = public_mode(), session_owner()

@@ -6,12 +6,16 @@ import streamlit as st
 
 from dashboard import jobs
 from dashboard.plain import message
-from dashboard.data import public_mode, query, session_owner, store_path, store_paths, workspace_path
+from dashboard.data import (public_mode, query, session_owner, store_path, store_paths, workspace_path,
+                            workspace_problem)
 
 st.title("Launch runs")
 missing = jobs.missing_compute()
 if missing:
     st.info(jobs.missing_compute_message(missing, "Launching a run"))
+    st.stop()
+if workspace_problem():
+    message("Runs cannot be started here: the workspace store is misconfigured.", workspace_problem())
     st.stop()
 
 public, owner = public_mode(), session_owner()
