@@ -66,6 +66,8 @@ def describe_runs(runs: pl.DataFrame) -> pl.DataFrame:
         base = run_label(r["editor"], hp, cfg)
         if cfg.get("order_seed") not in (None, 0):
             base += f", order {cfg['order_seed']}"
+        if r.get("store") == "workspace":  # dashboard.data marks runs started from the dashboard
+            base += " · workspace"
         colour, dash = run_style(r["editor"], hp, cfg)
         rows.append({"run_id": r["run_id"], "kind": r["kind"], "editor": r["editor"], "model": r["model"],
                      "status": r["status"], "n_done": r["n_done"], "n_total": r["n_total"],

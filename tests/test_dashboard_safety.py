@@ -304,6 +304,10 @@ def test_data_layer_shows_shipped_and_workspace_runs_each_marked(monkeypatch, tm
     assert data.query("generations", run_id=new)["text"].to_list() == ["workspace text"]
     assert data.query("generations", run_id=old)["text"].to_list() == ["shipped text"]
     assert data.run_store(new) == "workspace" and data.run_store(old) == "shipped"
+    from dashboard.sidebar import describe_runs
+
+    described = describe_runs(runs)  # the run pickers' labels
+    assert dict(zip(described["run_id"], described["base_label"])) == {old: "ROME", new: "IKE · workspace"}
 
 
 @pytest.mark.slow
