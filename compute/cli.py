@@ -372,11 +372,14 @@ def _case_set_for(args, st, lm, kb=None) -> str:
 
 def _baseline(args, st, lm, cases, name: str) -> str | None:
     """A finished all-types knowledge run of the case set (the edit-count-0 numbers), run first if missing."""
+    from compute.cases import probes_digest
     from compute.knowledge import measure_knowledge
     from store.metrics import REPHRASE_TYPES
 
+    # the baseline must have measured these very probe texts: a case set rebuilt with new wording gets a new one
     old = find_run(st, "knowledge", lm.name, case_set=name, rephrase_types=list(REPHRASE_TYPES),
-                   gen_tokens=args.gen_tokens, n_cases=len(cases))
+                   gen_tokens=args.gen_tokens, n_cases=len(cases),
+                   probes_digest=probes_digest(cases, REPHRASE_TYPES))
     if old and old["status"] == "done":
         return old["run_id"]
     if args.no_baseline:
