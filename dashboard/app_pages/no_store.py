@@ -3,14 +3,14 @@
 import streamlit as st
 
 from dashboard.data import public_mode, store_status
-from dashboard.plain import message
+from dashboard.jobs import escape_markdown
 
 path, error = store_status()
 st.title("EditScope cannot open its results store")
 if public_mode():  # a public visitor learns nothing about the server's files
     st.error("The results store could not be opened; the site's operator has to fix it.")
     st.stop()
-message("The store could not be opened:", error or "no reason given")
+st.error(escape_markdown(error or "The store could not be opened."))  # our own message about the operator's file
 st.markdown(
     f"""
 The dashboard reads **`{path}`** (set `EDITSCOPE_STORE` to show another file). To build a store from
