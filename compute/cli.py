@@ -726,6 +726,28 @@ def cmd_store_finalize(args) -> None:
         _out(f"{st.path}: checkpointed, vacuumed, journal mode DELETE ({st.path.stat().st_size / 1e6:.1f} MB)")
 
 
+def cmd_store_rederive(args) -> None:
+    """Re-derive what the store's rules find in stored runs (sequential runs' phases, disabling edits, collapse and
+    panel floor; knowledge and robustness runs' popularity correlations) with the current code: no edit or
+    measurement is recomputed, only the derived rows are replaced."""
+    from store import queries
+    from store.derived import rederive_sequential_events, store_correlations
+
+    with Store.open(args.store) as st:
+        runs = queries.list_runs(st.conn, kind="sequential")
+        if args.run:
+            runs = runs.filter(runs["run_id"] == args.run)
+            if runs.is_empty():
+                raise ValueError(f"no sequential run {args.run!r} in {st.path}: see `runs list --kind sequential`")
+        for run_id in runs["run_id"].to_list():
+            n = rederive_sequential_events(st, run_id)
+            _out(f"{run_id}: {n} derived event(s)")
+        if not args.run:
+            with st.conn:  # every run's correlations again, with the current statistics
+                st.conn.execute("DELETE FROM correlations")
+            _out(f"stored the popularity correlations of {store_correlations(st)} finished run(s)")
+
+
 def cmd_model_info(args) -> None:
     lm = _load_model(args)
     n_params = sum(p.numel() for p in lm.model.parameters())
@@ -885,6 +907,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_parser("info", help="schema version and row counts").set_defaults(func=cmd_store_info)
     sp.add_parser("migrate", help="bring an older store to the current schema").set_defaults(func=cmd_store_migrate)
     sp.add_parser("finalize", help="checkpoint and vacuum before shipping the file").set_defaults(func=cmd_store_finalize)
+    q = sp.add_parser("rederive", help="re-derive events and correlations of stored runs with the current rules "
+                      "(no edit is recomputed)")
+    q.add_argument("--run", type=text(), help="only this sequential run (default: every run, and all correlations)")
+    q.set_defaults(func=cmd_store_rederive)
 
     md = sub.add_parser("model", help="the model").add_subparsers(dest="sub", required=True)
     q = md.add_parser("info", help="load the model (caching a safetensors copy) and describe it")

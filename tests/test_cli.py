@@ -311,3 +311,23 @@ def test_grid_and_named_settings_are_checked(cased, capsys):
     assert load_hparams("ROME", "smollm2-135m", variant="paper").v_lr == 0.5  # the ROME paper's GPT-2 XL value
     with pytest.raises(EditorError, match="one of \\['paper'\\]"):
         load_hparams("ROME", "smollm2-135m", variant="nosuch")
+
+
+def test_store_rederive_replaces_derived_events_and_correlations_without_recomputing(fixture_store, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "copy.sqlite"
+    shutil.copy(fixture_store, copy)
+    with Store.open(copy) as st:
+        before_m = st.conn.execute("SELECT count(*) FROM measurements").fetchone()[0]
+        st.conn.execute("DELETE FROM run_events WHERE kind IN ('phase', 'panel_floor', 'disabling_edit')")
+        st.conn.execute("UPDATE correlations SET rho = 99.0")
+        st.conn.commit()
+    assert main(["--store", str(copy), "--quiet", "store", "rederive"]) == 0
+    out = capsys.readouterr().out
+    assert "derived event(s)" in out and "popularity correlations" in out
+    with Store.open(copy, readonly=True) as st:
+        assert st.conn.execute("SELECT count(*) FROM measurements").fetchone()[0] == before_m
+        assert st.conn.execute("SELECT count(*) FROM run_events WHERE kind = 'phase'").fetchone()[0] > 0
+        assert st.conn.execute("SELECT count(*) FROM correlations WHERE rho = 99.0").fetchone()[0] == 0
+    assert main(["--store", str(copy), "--quiet", "store", "rederive", "--run", "no-such"]) == 2
