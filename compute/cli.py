@@ -684,6 +684,7 @@ def cmd_edit(args) -> None:
                               provenance=provenance(str(lm.device)), n_total=1)
         st.write_measurements(pre.rows(run_id, 0) + post.rows(run_id, 1) + edit_rows(run_id, case.case_id, result.info))
         st.write_generations(pre.generation_rows(run_id, 0, "pre") + post.generation_rows(run_id, 1, "post"))
+        st.heartbeat(run_id, n_done=1)  # its one edit is measured: the run reads 1/1 done
         st.finish_run(run_id, status="done", timings={"edit_seconds": result.info.get("seconds")})
     _out(f"saved as run {run_id}")
 
