@@ -21,6 +21,7 @@ from compute.experiments.sequential import (
     split_order,
 )
 from store import Store, queries
+from store.diagnostics import diagnostic_rows
 
 CFG = SequentialConfig(max_edits=9, checkpoint_every=4, dense_first=2, panel_pool=4, panel_size=3,
                        panel_known_only=False, panel_tokens=3, fluency_tokens=6)
@@ -49,8 +50,10 @@ def _rows(st, run_id):
     m = queries.measurements(st.conn, run_ids=run_id)
     m = m.filter(~m["metric"].is_in(["edit_seconds"]))
     drift = queries.weight_drift(st.conn, run_ids=run_id)
+    diag = diagnostic_rows(st.conn, run_id)
     return (sorted(zip(m["case_id"], m["edit_count"], m["rephrase_type"], m["metric"], m["value"])),
-            sorted(map(tuple, drift.drop("run_id").rows())))
+            sorted(map(tuple, drift.drop("run_id").rows())),
+            sorted(map(tuple, diag.drop("run_id").rows())))
 
 
 def test_edit_order_is_seeded_and_the_same_for_every_editor():
@@ -181,6 +184,11 @@ def test_a_killed_run_resumes_from_its_checkpoint_with_the_same_numbers(llama, c
         events_b = queries.run_events(st.conn, run_ids=run_b)
     assert got[0] == expected[0]
     assert got[1] == expected[1]
+    # every edit's diagnostics, at the run's edit count after it: the resumed edits rewrote the same rows
+    diag_counts = sorted({count for count, *_ in expected[2]})
+    assert diag_counts == list(range(1, 10))
+    assert {name for *_, name, _ in expected[2]} >= {"update_norm", "update_rel", "steps", "nll_final", "delivered"}
+    assert got[2] == expected[2]
     with Store.open(tmp_path / "a.sqlite") as st:
         events_a = queries.run_events(st.conn, run_ids=run)
 
@@ -211,6 +219,12 @@ def test_alphaedit_runs_in_batches_and_remembers_its_edits(llama, cases, tmp_pat
         assert st.get_run(run)["n_done"] == 6
         info = queries.measurements(st.conn, run_ids=run, metrics="retention")
         assert sorted(info["edit_count"]) == [3, 6]
+        # one diagnostics set per batch, at the edit count after it: the shared update under '*', then each request
+        diag = diagnostic_rows(st.conn, run)
+        whole = diag.filter(diag["case_id"] == "*")
+        assert sorted(set(whole["edit_count"])) == [3, 6] and set(whole["name"]) == {"update_norm", "update_rel"}
+        per_request = diag.filter((diag["case_id"] != "*") & (diag["name"] == "steps"))
+        assert sorted(per_request["edit_count"]) == [3, 3, 3, 6, 6, 6]
     assert ctx.state["AlphaEdit"]["n"] == 6
 
 
@@ -249,6 +263,12 @@ def test_derived_curves_events_and_forgetting_by_age(llama, cases, tmp_path):
         assert em["n"].to_list() == [1, 2, 4, 8, 9] and (em["value"] <= 1).all()
         norms = curves.filter(curves["metric"] == "update_norm")
         assert sorted(norms["edit_count"]) == list(range(1, 10)) and (norms["value"] > 0).all()
+        # the per-edit diagnostics measured the same update as the runner's own row, edit by edit
+        from store.diagnostics import per_edit
+
+        diag = per_edit(st.conn, run).sort("edit_count")
+        assert diag["edit_count"].to_list() == list(range(1, 10))
+        assert diag["update_norm"].to_list() == pytest.approx(norms.sort("edit_count")["value"].to_list(), rel=1e-9)
         labels = derived.run_labels(st.conn, "sequential")
         assert labels["label"].to_list() == ["ROME"]
 

@@ -78,6 +78,7 @@ import torch
 from compute.cases import NEIGHBOURHOOD, EditCase
 from compute.editors import EditContext, EditRequest, apply_edit, get_editor
 from compute.editors.base import EditorError
+from compute.editors.diagnostics import edit_diagnostics
 from compute.evaluate import evaluate_cases
 from compute.experiments.common import open_run, recording
 from compute.experiments.robustness import edit_rows
@@ -364,6 +365,9 @@ def run_sequential(
                     break
                 batch = [by_id[i] for i in edit_ids[count : count + cfg.batch_size]]
                 result = apply_edit(lm, [EditRequest.from_case(c) for c in batch], ed.name, hp, ctx)
+                # the edit's own diagnostics, read before anything else touches the weights; written below in
+                # the same transaction as its rows, so a resumed run rewrites both with the same numbers
+                diagnostics = edit_diagnostics(lm, result, hp, run_id, count + len(batch), batch)
                 if ed.commit is not None:
                     ed.commit(ctx, result)
                 for name, original in result.originals.items():
@@ -374,7 +378,7 @@ def run_sequential(
                 rows += _run_level(run_id, count, "edit", update_size(params, result.originals, w0))
                 for c in batch:
                     rows += edit_rows(run_id, c.case_id, result.info, edit_count=count)
-                store.write_measurements(rows)
+                store.write_unit(measurements=rows, diagnostics=diagnostics)
                 em_prev = em_now
                 if checkpoint_due(count, previous, cfg) or count >= len(edit_ids):
                     collapse_at = _checkpoint(lm, store, run_id, cfg, edit_ids, by_id, last_checkpoint, count, held,
