@@ -20,7 +20,7 @@ import polars as pl
 import streamlit as st
 
 from dashboard.jobs import workspace_path as _workspace_for
-from store import Store, StoreError, default_store_path, derived, queries
+from store import Store, StoreError, default_store_path, derived, diagnostics, queries
 
 SHIPPED, WORKSPACE = "shipped", "workspace"
 # catalogue queries: the key that tells rows apart; the workspace adds only rows the shipped store lacks
@@ -84,7 +84,7 @@ def _mtime(path: Path) -> float:
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def _query(path: str, mtime: float, name: str, kwargs: tuple) -> pl.DataFrame:
-    fn = getattr(queries, name, None) or getattr(derived, name)
+    fn = getattr(queries, name, None) or getattr(derived, name, None) or getattr(diagnostics, name)
     with Store.open(Path(path), readonly=True) as st_:
         return fn(st_.conn, **dict(kwargs))
 
@@ -121,7 +121,7 @@ def _mark(df: pl.DataFrame, ws_ids: set[str]) -> pl.DataFrame:
 
 
 def query(name: str, **kwargs) -> pl.DataFrame:
-    """Run store.queries.<name> or store.derived.<name>(conn, **kwargs) on the shown stores, cached until a
+    """Run store.queries.<name>, store.derived.<name> or store.diagnostics.<name>(conn, **kwargs) on the shown stores, cached until a
     file changes (see the module docstring for how the shipped and workspace answers are combined)."""
     shipped, ws = store_path(), _workspace_or_none()
     has_ws = ws is not None and ws.is_file()
@@ -203,3 +203,18 @@ def workspace_problem() -> str | None:
     except ValueError as exc:
         return str(exc)
     return None
+
+
+def for_visitor(text: str | None, hosts=()) -> str | None:
+    """`text` (a run's stored error, a message) as this dashboard may show it: unchanged for the operator of a
+    private dashboard; for a public visitor without server paths, pids and host names (dashboard.jobs.redact,
+    plus `hosts`: the hosts the store's runs record, which need not be this machine)."""
+    if text is None or not public_mode():
+        return text
+    from dashboard.jobs import redact
+
+    paths = [store_path(), *([ws] if (ws := _workspace_or_none()) is not None else [])]
+    text = redact(str(text), paths)
+    for host in sorted({h for h in hosts if h and len(h) > 1}, key=len, reverse=True):
+        text = text.replace(host, "<host>")
+    return text

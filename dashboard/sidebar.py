@@ -2,10 +2,10 @@
 
 `run_table` is the one place that names a run and gives it its colour: every page and chart takes a run's
 label and (colour, dash) from it, so a run looks the same everywhere. It also says which runs are the
-*reference* runs a page shows by default: finished, and of the runs with the same label, the one that
-covered the most cases (a later 1-case run of the same editor never replaces the 240-case one). Other
-runs (partial, failed, stale, or superseded) are offered too, but only shown when chosen, and their label
-always says what they are.
+*reference* runs a page shows by default: finished shipped runs, and of the runs with the same label, the one
+that covered the most cases (a later 1-case run of the same editor never replaces the 240-case one). Other
+runs (partial, failed, stale, superseded, or made from the dashboard into the workspace store) are offered
+too, but only shown when chosen, and their label always says what they are.
 """
 
 from __future__ import annotations
@@ -47,17 +47,18 @@ def chosen_model() -> str | None:
 
 RUN_TABLE = {"run_id": pl.String, "kind": pl.String, "editor": pl.String, "model": pl.String, "status": pl.String,
              "n_done": pl.Int64, "n_total": pl.Int64, "started_at": pl.String, "base_label": pl.String,
-             "label": pl.String, "reference": pl.Boolean, "colour": pl.String, "dash": pl.String,
+             "label": pl.String, "reference": pl.Boolean, "store": pl.String, "colour": pl.String, "dash": pl.String,
              "key_mismatch": pl.Boolean, "rect_top": pl.Float64, "batch_size": pl.Int64, "order_seed": pl.Int64}
 
 
 def describe_runs(runs: pl.DataFrame) -> pl.DataFrame:
-    """Label, reference flag and style of each run of `runs` (list_runs' columns), in display order: reference
-    runs first (by editor as the colour families are listed, then label), then the others, newest first.
+    """Label, reference flag and style of each run of `runs` (list_runs' columns, with dashboard.data's `store`
+    column when a workspace store is shown), in display order: reference runs first (by editor as the colour families are listed, then label), then the others, newest first.
 
     The label is store.derived.run_label (editor, original keys, RECT share, batch size) plus the case order
     when it is not the default seed 0; a run that is not a reference also says its status, cases done and
-    start time, so two runs never read alike."""
+    start time, so two runs never read alike. Only shipped runs are reference runs: a visitor's demo or launch
+    (workspace store) is shown only when chosen."""
     if runs.is_empty():
         return pl.DataFrame(schema=RUN_TABLE)
     rows = []
@@ -66,17 +67,18 @@ def describe_runs(runs: pl.DataFrame) -> pl.DataFrame:
         base = run_label(r["editor"], hp, cfg)
         if cfg.get("order_seed") not in (None, 0):
             base += f", order {cfg['order_seed']}"
-        if r.get("store") == "workspace":  # dashboard.data marks runs started from the dashboard
+        where = r.get("store") or "shipped"
+        if where == "workspace":  # dashboard.data marks runs started from the dashboard
             base += " · workspace"
         colour, dash = run_style(r["editor"], hp, cfg)
         rows.append({"run_id": r["run_id"], "kind": r["kind"], "editor": r["editor"], "model": r["model"],
                      "status": r["status"], "n_done": r["n_done"], "n_total": r["n_total"],
-                     "started_at": r["started_at"], "base_label": base, "colour": colour, "dash": dash,
+                     "started_at": r["started_at"], "store": where, "base_label": base, "colour": colour, "dash": dash,
                      "key_mismatch": bool(hp.get("key_mismatch", False)),
                      "rect_top": float(hp.get("rect_top", 1.0) or 1.0), "batch_size": cfg.get("batch_size"),
                      "order_seed": cfg.get("order_seed")})
     df = pl.DataFrame(rows, schema={k: v for k, v in RUN_TABLE.items() if k not in ("label", "reference")})
-    best = (df.filter(pl.col("status") == "done")
+    best = (df.filter((pl.col("status") == "done") & (pl.col("store") != "workspace"))
             .sort(["n_done", "started_at", "run_id"], descending=True, nulls_last=True)
             .unique(["kind", "base_label"], keep="first")["run_id"].to_list())
     editor_rank = {e: i for i, e in enumerate(EDITOR_FAMILIES)}

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import polars as pl
+import pytest
 
 from dashboard import charts
 
@@ -48,3 +49,27 @@ def test_forgetting_page_draws_each_sequential_edit(monkeypatch, fixture_store):
     at = _app(monkeypatch, fixture_store, "app_pages/forgetting.py")
     assert not at.exception
     assert any(h.value == "What each edit did" for h in at.header)
+
+
+def test_case_explorer_shows_what_each_runs_edit_of_the_case_did(monkeypatch, fixture_store):
+    from store import Store, diagnostics
+
+    with Store.open(fixture_store, readonly=True) as st_:
+        rows = diagnostics.diagnostic_rows(st_.conn)
+        seq = {r for (r,) in st_.conn.execute("SELECT run_id FROM runs WHERE kind = 'sequential'")}
+        case_id = rows.filter(pl.col("run_id").is_in(list(seq)) & (pl.col("name") == "delivered")
+                              & (pl.col("target") == "plain"))["case_id"][0]
+        subject = st_.conn.execute("SELECT subject FROM cases WHERE case_id = ?", (case_id,)).fetchone()[0]
+    mine = rows.filter(pl.col("case_id") == case_id)
+    at = _app(monkeypatch, fixture_store, "app_pages/cases.py")
+    at.text_input(key="subject").set_value(subject).run()
+    at.selectbox(key="case").set_value(case_id).run()
+    assert not at.exception
+    assert any(s.value == "What each run's edit of this case did" for s in at.subheader)
+    table = next(d.value for d in at.dataframe if "delivered plain" in d.value.columns)
+    edits = mine.filter(pl.col("name") == "steps")  # one row per edit of this case
+    assert len(table) == edits.height >= 1
+    plain = sorted(mine.filter((pl.col("name") == "delivered") & (pl.col("target") == "plain"))["value"].to_list())
+    assert sorted(table["delivered plain"].astype(float)) == pytest.approx(plain)
+    assert "steps" in table.columns and "run" in table.columns
+    assert all(isinstance(r, str) and r for r in table["run"])  # run labels, shown as text in a table

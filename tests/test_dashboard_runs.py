@@ -99,6 +99,31 @@ def test_the_heat_map_shows_the_240_case_run_unless_the_1_case_run_is_chosen(mon
     assert heat["customdata"][1][col][0] == 1
 
 
+def test_a_workspace_run_is_offered_but_never_a_default(monkeypatch, two_rome_store, tmp_path):
+    """A visitor's finished run in the workspace store forms its own label ('ROME · workspace') but is no
+    reference run: pages default to the shipped ones and show it only when chosen."""
+    from store import Store
+
+    ws = tmp_path / "workspace.sqlite"
+    monkeypatch.setenv("EDITSCOPE_WORKSPACE", str(ws))
+    with Store.open(ws, create=True) as s:
+        mine = s.start_run(kind="robustness", model="m", editor="ROME", run_id="robustness-visitor", n_total=240,
+                           config={"baseline_run": "knowledge-1", "case_set": "set240"})
+        s.write_measurements([dict(run_id=mine, case_id=f"c{i:03d}", edit_count=1, rephrase_type="plain",
+                                   metric="acc", value=0.0) for i in range(240)])
+        s.heartbeat(mine, n_done=240)
+        s.finish_run(mine)
+    at = _app(monkeypatch, two_rome_store, "robustness")
+    runs = _runs_widget(at)
+    assert runs.value == ["robustness-big"]
+    assert any(o.startswith("ROME · workspace [done, 240/240 cases") for o in runs.options)  # offered, marked
+    runs.set_value(["robustness-big", "robustness-visitor"]).run()
+    assert not at.exception
+    assert any("workspace" in y for y in _figures(at)[0]["data"][0]["y"])
+    at = _app(monkeypatch, two_rome_store)  # the Overview's tiles: the shipped reference run only
+    assert [m.label for m in at.metric if "plain → hardest" in m.label] == ["ROME: acc, plain → hardest"]
+
+
 def test_the_overview_tile_is_the_reference_run_and_skips_unmeasurable_types(monkeypatch, two_rome_store):
     at = _app(monkeypatch, two_rome_store)
     tiles = [m for m in at.metric if "plain → hardest" in m.label]

@@ -186,6 +186,33 @@ def test_a_public_visitor_sees_only_their_jobs_and_no_server_details(monkeypatch
         jobs.wait_for(other, 10)
 
 
+def test_a_public_visitor_sees_no_store_path_host_or_pid_on_the_overview(monkeypatch, tmp_path):
+    """The Overview names the store's file and lists runs' errors: a stale run's error names its process and
+    host (store.db.mark_stale_runs), which a public visitor must not see; the operator sees them all."""
+    from store import Store
+
+    store = tmp_path / "results.sqlite"
+    with Store.open(store, create=True) as st:
+        run_id = st.start_run(kind="knowledge", model="m", config={}, provenance={}, n_total=3)
+        st.conn.execute("UPDATE runs SET host = 'build-box-7' WHERE run_id = ?", (run_id,))
+        st.finish_run(run_id, status="interrupted",
+                      error=f"Process 48213 on build-box-7 ended without finishing the run; store {store}.")
+        st.finalize()
+
+    def table_text(at) -> str:
+        return "\n".join(str(v) for d in at.dataframe for col in d.value.columns for v in d.value[col])
+
+    at = _app(monkeypatch, store, tmp_path)  # the operator's own dashboard
+    assert not at.exception
+    assert str(store) in _all_text(at) and "Process 48213 on build-box-7" in table_text(at)
+    at = _app(monkeypatch, store, tmp_path, env={"EDITSCOPE_PUBLIC": "1"})
+    assert not at.exception
+    shown = _all_text(at) + table_text(at)
+    assert "ended without finishing" in shown  # the error itself is still told
+    for secret in (str(store), str(tmp_path), "48213", "build-box-7"):
+        assert secret not in shown, secret
+
+
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 

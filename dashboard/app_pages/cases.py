@@ -1,12 +1,15 @@
 """Case explorer: find a case by subject; see its popularity features, every probe's text, and what each
-run that contains it measured and generated before and after the edit. The subject comes from the visitor
-(or a link's `?subject=`) and cases come from the store: both are shown as text, never as markdown."""
+run that contains it measured and generated before and after the edit, and what each run's edit of it did
+(its per-edit diagnostics). The subject comes from the visitor (or a link's `?subject=`) and cases come from
+the store: both are shown as text, never as markdown."""
 
 import polars as pl
 import streamlit as st
 
 from dashboard.data import query
 from dashboard.plain import message
+from dashboard.sidebar import labels_of, run_table
+from dashboard.tables import Col, show
 from store.metrics import REPHRASE_TYPES
 
 st.title("Case explorer")
@@ -37,6 +40,9 @@ st.subheader("Runs with this case")
 if runs.is_empty():
     st.info("No run has measured this case yet.")
 else:
+    # finished shipped runs first: a visitor's workspace run is shown when chosen, not by default
+    runs = runs.with_columns((pl.col("store") == "workspace").alias("_ws"), (pl.col("status") != "done").alias("_nd"))
+    runs = runs.sort(["_ws", "_nd", "started_at"], descending=[False, False, True], nulls_last=True)
     names = {r["run_id"]: f"{r['kind']} · {r['editor'] or 'unedited'} · {r['status']} · {r.get('store', 'shipped')} · "
                           f"{r['run_id']}" for r in runs.iter_rows(named=True)}
     run_id = st.selectbox("Run", list(names), format_func=names.get, key="run")
@@ -45,6 +51,41 @@ else:
     view = view.with_columns(pl.col("rephrase_type").replace_strict(order, default=99).alias("_o")).sort("edit_count", "_o").drop("_o")
     st.dataframe(view, hide_index=True, width="stretch")
     st.download_button("Download CSV", view.write_csv(), file_name=f"case-{case_id}-{run_id}.csv")
+
+st.subheader("What each run's edit of this case did")
+DIAG = {
+    "run": Col("Run", width="medium"), "edit_count": Col("Edit", "{:,.0f}", "the run's edit count at this edit (a "
+                                                          "batch run: the batch size)"),
+    "update_rel": Col("||dW||/||W||", "{:.4f}", "relative Frobenius change of the edited matrix (largest over "
+                      "matrices; a batch edit's is shared by its cases)"),
+    "update_norm": Col("||dW||", "{:.3f}"), "steps": Col("Steps", "{:.0f}"),
+    "converged": Col("Converged", "{:.0f}", "1: the target's NLL fell below stop_nll before the step cap"),
+    "clamped": Col("Clamped", "{:.0f}", "1: the value change ended on the norm clamp"),
+    "nll_final": Col("Final NLL", "{:.3f}"), "robust_z": Col("Robust z", "{:+.1f}", "of the log edit size within "
+                                                              "its run; beyond ±3.5 it is an outlier"),
+}
+edited = runs.filter(pl.col("kind").is_in(["knowledge", "abilities"]).not_()) if not runs.is_empty() else runs
+edits = (query("edit_diagnostics", run_ids=tuple(edited["run_id"].to_list())).filter(pl.col("case_id") == case_id)
+         if not edited.is_empty() else pl.DataFrame())
+if edits.is_empty():
+    st.write("No per-edit diagnostics for this case: no run that edited it recorded them (runs made before the "
+             "store kept them, schema v7, or an editor that optimises nothing).")
+else:
+    # the delivered fraction on the plain prompt and on each paraphrase, one column each
+    delivered = (query("diagnostic_rows", run_ids=tuple(edits["run_id"].unique().to_list()))
+                 .filter((pl.col("case_id") == case_id) & (pl.col("name") == "delivered")))
+    targets = sorted(delivered["target"].unique().to_list(), key=lambda t: (t != "plain", len(t), t))
+    if not delivered.is_empty():
+        edits = edits.join(delivered.pivot(on="target", index=["run_id", "edit_count"], values="value",
+                                           aggregate_function="first")
+                           .rename({t: f"delivered {t}" for t in targets}), on=["run_id", "edit_count"], how="left")
+    run_names = {**names, **labels_of(run_table())}
+    edits = edits.with_columns(pl.col("run_id").replace_strict(run_names, default=pl.col("run_id")).alias("run"))
+    show(edits.sort("run", "edit_count"), {
+        **DIAG, **{f"delivered {t}": Col(f"Delivered, {t}", "{:.2f}", "share of the optimised change the weights "
+                                         f"carry to the {t} prompt (1: all of it)") for t in targets}})
+    st.caption("One row per edit of this case. Delivered: (u·k)/(u·k*) for ROME, the same share summed over the "
+               "edited layers for MEMIT and AlphaEdit; — where an editor does not record it.")
 
 st.subheader("Probes")
 probes = query("probes", case_id=case_id)

@@ -2,13 +2,11 @@
 once (the reference run of each editor by default, at most four), phases shaded, disabling edits and
 collapse marked, weight drift on the same x axis."""
 
-import os
-
 import polars as pl
 import streamlit as st
 
 from dashboard import charts
-from dashboard.data import query, store_path
+from dashboard.data import query, stamp
 from dashboard.filters import shared_multiselect, url_multiselect, url_selectbox, url_toggle
 from dashboard import edit_view
 from dashboard.sidebar import headline_ids, labels_of, run_table, styles_of
@@ -46,28 +44,17 @@ picked = url_multiselect("Curves", "curves", list(SERIES), default=["es", "retai
 log_x = url_toggle("Logarithmic edit axis", "log_x", default=False, container=c2)
 
 
-def _stamp() -> tuple:
-    """The store's path and last change, so cached figures follow new rows."""
-    path = store_path()
-    times = []
-    for p in (path, path.with_name(path.name + "-wal")):
-        try:
-            times.append(os.stat(p).st_mtime_ns)
-        except OSError:
-            pass
-    return str(path), max(times, default=0)
-
-
 @st.cache_data(max_entries=16, show_spinner="Drawing the curves…")
-def curves_figure(stamp: tuple, run_ids: tuple, series: tuple, log: bool, names: tuple, looks: tuple):
-    """The main figure, built once per choice and store state (it takes seconds for many runs)."""
+def curves_figure(store_stamp: tuple, run_ids: tuple, series: tuple, log: bool, names: tuple, looks: tuple):
+    """The main figure, built once per choice and state of the shown stores (`store_stamp`: data.stamp(), which
+    covers the shipped and the workspace store) — it takes seconds for many runs."""
     return charts.forgetting_curves(query("sequential_curves", run_ids=run_ids),
                                     query("sequential_events", run_ids=run_ids), list(series), dict(names),
                                     log_x=log, styles=dict(looks))
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
-def drift_figure(stamp: tuple, run_ids: tuple, names: tuple, looks: tuple):
+def drift_figure(store_stamp: tuple, run_ids: tuple, names: tuple, looks: tuple):
     drift = query("weight_drift", run_ids=run_ids)
     return None if drift.is_empty() else charts.weight_drift_chart(drift, dict(names), styles=dict(looks))
 
@@ -77,7 +64,7 @@ looks = tuple((r, styles[r]) for r in run_ids)
 curves = query("sequential_curves", run_ids=run_ids)
 events = query("sequential_events", run_ids=run_ids)
 if picked:
-    st.plotly_chart(curves_figure(_stamp(), run_ids, tuple(SERIES[k] for k in picked), log_x,
+    st.plotly_chart(curves_figure(stamp(), run_ids, tuple(SERIES[k] for k in picked), log_x,
                                   tuple(labels.items()), looks), width="stretch")
 st.download_button("Download CSV (curves)", curves.write_csv(), file_name="sequential-curves.csv")
 st.caption("Lines: run-level values at each checkpoint (after each of the first 10 edits, then every 10); bands: "
@@ -134,7 +121,7 @@ else:
     st.download_button("Download CSV (by age)", by_age.write_csv(), file_name=f"forgetting-by-age-{age_run}.csv")
 
 st.header("Weight drift of the edited matrices")
-drift_fig = drift_figure(_stamp(), run_ids, tuple(labels.items()), looks)
+drift_fig = drift_figure(stamp(), run_ids, tuple(labels.items()), looks)
 if drift_fig is None:
     st.write("No weight drift recorded yet.")
 else:

@@ -2,6 +2,7 @@
 run in the background, watch queued/running/recent runs with their progress and heartbeat, and cancel one
 this session started. Launched runs write to the workspace store, never to the shipped one."""
 
+import polars as pl
 import streamlit as st
 
 from dashboard import jobs
@@ -106,6 +107,10 @@ def _runs() -> None:
     else:
         first = ["run_id", "store", "kind", "editor", "status", "n_done", "n_total", "progress", "heartbeat_age_s"]
         table = table.select([c for c in first if c in table.columns] + [c for c in table.columns if c not in first])
+        if "heartbeat_age_s" in table.columns:  # only a queued or running run's heartbeat is news: "—" for the rest
+            table = table.with_columns(pl.Series("heartbeat_age_s", [
+                "—" if a is None or status not in ("queued", "running") else f"{a:,.0f}"
+                for a, status in zip(table["heartbeat_age_s"].to_list(), table["status"].to_list())], dtype=pl.String))
         st.dataframe(table, hide_index=True, width="stretch", key="runs_table", column_config={
             "run_id": st.column_config.TextColumn("Run", width="medium"),
             "store": st.column_config.TextColumn("Store", help="shipped: the results that come with the code; "
@@ -114,8 +119,9 @@ def _runs() -> None:
             "n_done": st.column_config.NumberColumn("Done", format="%d"),
             "n_total": st.column_config.NumberColumn("Of", format="%d"),
             "progress": st.column_config.ProgressColumn("Progress", min_value=0.0, max_value=1.0),
-            "heartbeat_age_s": st.column_config.NumberColumn("Heartbeat age (s)", format="%d",
-                                                             help="running runs only"),
+            "heartbeat_age_s": st.column_config.TextColumn("Heartbeat age (s)",
+                                                           help="seconds since a queued or running run last "
+                                                                "reported; — for finished runs"),
             "started_at": "Started", "pid": "Process", "host": "Host", "error": "Error",
         })
     mine = jobs.list_jobs(workspace_path(), owner=owner)

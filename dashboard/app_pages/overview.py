@@ -4,14 +4,16 @@ import polars as pl
 import streamlit as st
 
 from dashboard import charts
-from dashboard.data import query, store_path
+from dashboard.data import for_visitor, public_mode, query, store_path
 from dashboard.filters import url_selectbox, url_toggle
 from dashboard.sidebar import run_table
 from dashboard.tables import Col, show
 from store.measurable import MEASURABLE_SHARE, hardest_measurable, unmeasurable_reasons
 
 st.title("EditScope")
-st.caption(f"Results store: `{store_path()}` (read-only)")
+# a public visitor learns nothing about the server's files
+st.caption("Results: the shipped store, read-only, and the workspace store of runs started from this dashboard"
+           if public_mode() else f"Results store: `{store_path()}` (read-only)")
 
 summary = query("store_summary")
 counts = dict(zip(summary["table"].to_list(), summary["rows"].to_list()))
@@ -119,14 +121,19 @@ runs = run_table()
 if runs.is_empty():
     st.write("No runs yet.")
 else:
-    detail = query("list_runs").select("run_id", "finished_at", "error")
-    show(runs.join(detail, on="run_id", how="left").with_columns(
+    detail = query("list_runs").select("run_id", "finished_at", "error", "host")
+    hosts = detail["host"].drop_nulls().unique().to_list()
+    detail = detail.with_columns(pl.Series("error", [for_visitor(e, hosts) for e in detail["error"].to_list()],
+                                           dtype=pl.String))
+    show(runs.join(detail.drop("host"), on="run_id", how="left").with_columns(
         pl.col("started_at").str.slice(0, 16).str.replace("T", " "),
         pl.col("finished_at").str.slice(0, 16).str.replace("T", " ")), {
         "label": Col("Run", width="medium"), "kind": Col("Kind"), "status": Col("Status"),
         "n_done": Col("Done", "{:,.0f}"), "n_total": Col("Of", "{:,.0f}"),
-        "reference": Col("Reference", None, "finished, and the largest run of its kind and label: what pages show "
-                         "by default"),
+        "reference": Col("Reference", None, "finished, shipped, and the largest run of its kind and label: what "
+                         "pages show by default"),
+        "store": Col("Store", None, "shipped: the results that come with the code; workspace: runs started from "
+                     "this dashboard"),
         "started_at": Col("Started (UTC)"),
         "run_id": Col("Run id", help="what the CLI takes (--resume RUN)", width="medium"),
         "error": Col("Error", width="small")})
