@@ -104,7 +104,8 @@ def run_distribution(conn: sqlite3.Connection, run_ids: Sequence[str] | str | No
 def calibration_summary(conn: sqlite3.Connection, sweep: str) -> pl.DataFrame:
     """The calibration sweep `sweep` (compute.experiments.sweep.run_grid), one row per setting: the setting's
     fields, ES/PS/NS with 95% CIs and S (store.derived.sweep_summary), and its edits' size and optimisation
-    (run_distribution). Sorted by median edit size."""
+    (run_distribution). Sorted by median edit size. Settings of several grids under one sweep id share the table:
+    each field is read from the hyperparameters the run used."""
     from store.derived import sweep_summary
 
     scores = sweep_summary(conn, sweep)
@@ -114,8 +115,13 @@ def calibration_summary(conn: sqlite3.Connection, sweep: str) -> pl.DataFrame:
     out = scores.join(dist, on="run_id", how="left")
     settings = [json.loads(v) for v in out["value"].to_list()]
     fields = sorted({k for s in settings if isinstance(s, dict) for k in s})
+    # each field as the run used it (its stored hyperparameters), so a point that left a field at its default
+    # (an earlier grid without it) shows the value it ran with, not a gap
+    used = {run_id: json.loads(hp or "{}") for run_id, hp in conn.execute(
+        f"SELECT run_id, hparams FROM runs WHERE run_id IN ({', '.join('?' * out.height)})", out["run_id"].to_list())}
     for f in fields:
-        out = out.with_columns(pl.Series(f, [s.get(f) if isinstance(s, dict) else None for s in settings]))
+        out = out.with_columns(pl.Series(f, [used.get(r, {}).get(f, s.get(f) if isinstance(s, dict) else None)
+                                             for r, s in zip(out["run_id"].to_list(), settings)]))
     return out.sort("update_rel_median", nulls_last=True)
 
 

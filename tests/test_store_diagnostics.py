@@ -64,7 +64,7 @@ def test_calibration_picks_the_smallest_edits_that_keep_es_and_ps(tmp_path):
                 ({"v_lr": 0.1, "clamp_norm_factor": 4.0}, 1.0, 0.88, 0.10),
                 ({"v_lr": 0.05, "clamp_norm_factor": 1.0}, 0.7, 0.5, 0.02)]  # tiny edits that do not take
     for i, (value, es, ps, rel) in enumerate(settings):
-        run = s.start_run(kind="sweep", model="m", editor="ROME", run_id=f"r{i}",
+        run = s.start_run(kind="sweep", model="m", editor="ROME", run_id=f"r{i}", hparams={"v_steps": 20, **value},
                           config={"sweep": "cal", "field": "clamp_norm_factor+v_lr", "value": value})
         m = []
         for c in range(20):
@@ -77,8 +77,15 @@ def test_calibration_picks_the_smallest_edits_that_keep_es_and_ps(tmp_path):
         s.write_measurements(m)
         s.write_edit_diagnostics([r for c in range(20) for r in _edit(run, 1, f"c{c}", rel)])
         s.finish_run(run, status="done")
+    # a later grid under the same sweep id adds a field: earlier points show the value they ran with
+    run = s.start_run(kind="sweep", model="m", editor="ROME", run_id="r3",
+                      hparams={"v_steps": 40, "v_lr": 0.1, "clamp_norm_factor": 4.0},
+                      config={"sweep": "cal", "field": "clamp_norm_factor+v_lr+v_steps",
+                              "value": {"v_lr": 0.1, "clamp_norm_factor": 4.0, "v_steps": 40}})
+    s.write_edit_diagnostics([r for c in range(20) for r in _edit(run, 1, f"c{c}", 0.5)])
     summary = dg.calibration_summary(s.conn, "cal")
-    assert summary["v_lr"].to_list() == [0.05, 0.1, 0.5]  # sorted by edit size
+    assert summary["v_lr"].to_list() == [0.05, 0.1, 0.5, 0.1]  # sorted by edit size
+    assert summary["v_steps"].to_list() == [20, 20, 20, 40]
     chosen = dg.choose_setting(summary, reference={"v_lr": 0.5, "clamp_norm_factor": 4.0})
     assert (chosen["v_lr"], chosen["clamp_norm_factor"]) == (0.1, 4.0)
     assert json.loads(chosen["value"]) == {"v_lr": 0.1, "clamp_norm_factor": 4.0}
