@@ -58,6 +58,7 @@ def run() -> None:
             st.Page(str(PAGES / "forgetting.py"), title="Forgetting", icon=":material/timeline:"),
             st.Page(str(PAGES / "abilities.py"), title="General abilities", icon=":material/psychology:"),
             st.Page(str(PAGES / "cases.py"), title="Case explorer", icon=":material/search:"),
+            st.Page(str(PAGES / "findings.py"), title="Findings", icon=":material/fact_check:"),
         ]
         if _write_access():
             pages += [

@@ -1,0 +1,63 @@
+"""Findings: each headline claim of the three studies beside what the shown store measures (store.findings):
+the paper's figure, ours with n and 95% CI, the verdict, the rule that gave it and a link to the evidence.
+The README's "What the shipped store shows" block is the same function's output."""
+
+from pathlib import Path
+
+import polars as pl
+import streamlit as st
+
+from dashboard.data import stamp, store_path
+from dashboard.tables import Col, show
+from store import Store
+from store.findings import NOT_COMPARABLE, NOT_MEASURED, REFUTED, REPRODUCED, STUDIES, findings
+
+PAGES = Path(__file__).resolve().parent
+COLOURS = {REPRODUCED: "green", REFUTED: "red", NOT_COMPARABLE: "orange", NOT_MEASURED: "gray"}
+TITLES = {"robustness": "Robustness", "popularity": "Popularity", "forgetting": "Forgetting",
+          "abilities": "General abilities"}
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def _findings(path: str, key: tuple) -> list:
+    """The findings of the store at `path`; `key` (dashboard.data.stamp) changes when the store does."""
+    with Store.open(Path(path), readonly=True) as st_:
+        return findings(st_.conn)
+
+
+st.title("Findings: the studies' claims, measured")
+st.caption("Each claim of the three studies beside what this store measures, with the rule that gives the verdict. "
+           "The model is SmolLM2-135M, not the papers' 1.5B-7B models: levels are not compared, directions are. "
+           "Verdicts: reproduced, refuted, not comparable (the paper's level; the direction is still compared), "
+           "not measured yet (the store lacks what the claim needs, or its n does not decide it).")
+items = _findings(str(store_path()), stamp())
+
+table = pl.DataFrame([{"claim": f.claim, "verdict": f.verdict, "direction": f.direction or None, "value": f.value,
+                       "ci_low": f.ci_low, "ci_high": f.ci_high, "n": f.n} for f in items],
+                     schema={"claim": pl.String, "verdict": pl.String, "direction": pl.String, "value": pl.Float64,
+                             "ci_low": pl.Float64, "ci_high": pl.Float64, "n": pl.Int64})
+show(table, {"claim": Col("Claim", width="small"), "verdict": Col("Verdict"),
+             "direction": Col("Direction", help="where the paper's level is not comparable: does ours point the same "
+                                                "way?"),
+             "value": Col("Headline number", "{:.2f}", "the first figure of EditScope's column below"),
+             "ci_low": Col("CI low", "{:.2f}"), "ci_high": Col("CI high", "{:.2f}"), "n": Col("n", "{:,.0f}")})
+
+for study, title in STUDIES.items():
+    st.header(title)
+    for f in (f for f in items if f.study == study):
+        with st.container(border=True):
+            head, badge = st.columns([6, 1])
+            head.subheader(f.claim)
+            head.text(f.statement)
+            with badge:
+                st.badge(f.verdict, color=COLOURS.get(f.verdict, "gray"))
+                if f.direction:
+                    st.badge(f"direction {f.direction}", color="blue")
+            st.text("Paper: " + f.paper)
+            st.text("EditScope: " + f.ours)
+            st.text("Rule: " + f.rule)
+            if f.reason:
+                st.text("Note: " + f.reason)
+            if f.page in TITLES:
+                st.page_link(str(PAGES / f"{f.page}.py"), label=f"Evidence: {TITLES[f.page]} page",
+                             icon=":material/arrow_forward:", query_params=dict(f.query))

@@ -1,0 +1,826 @@
+"""The three studies' headline claims set beside what the store measures: one `Finding` per claim of
+/work/shared/design.md section 10 (A1-A7, B1-B4, C1-C4), each with the paper's figure, EditScope's figure
+(n and 95% CI), a verdict, the rule that gave it and the dashboard view that shows the evidence.
+
+Every number comes from the store through store.derived, store.measurable, store.stats and store.queries; the
+papers' figures are the only constants here. The Findings page and the README's "What the shipped store
+shows" block both come from `findings`, so they cannot disagree (a test compares the README with
+`python -m store.findings --store store/results.sqlite --markdown`).
+
+Verdicts:
+- reproduced / refuted: the claim's direction, decided by the rule stated with it;
+- not comparable: the paper's figure is an absolute level that a 135M model (or our protocol) cannot be held
+  to; the direction is still compared (`direction`: agrees, disagrees or undecided);
+- not measured yet: the store lacks what the claim needs, or what it has does not decide it at its n; `reason`
+  says which, and what run would measure it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass, field
+from urllib.parse import urlencode
+
+import polars as pl
+
+from . import derived, measurable, queries
+from .metrics import wilson_ci
+
+REPRODUCED, REFUTED, NOT_COMPARABLE, NOT_MEASURED = "reproduced", "refuted", "not comparable", "not measured yet"
+VERDICTS = (REPRODUCED, REFUTED, NOT_COMPARABLE, NOT_MEASURED)
+AGREES, DISAGREES, UNDECIDED = "agrees", "disagrees", "undecided"
+
+MIN_ORDERS = 3  # edit orders per arm before an order-sensitive comparison (when a model collapses) is judged
+PAPER_DROP = 10.0  # an editor is held to a rephrase-drop claim where the paper's own drop is at least this (points)
+RETAINS = 0.94  # C3: RECT keeps at least this share of plain ROME's reliability and generalisation
+STUDY_C_TASKS = {"sentiment": "sentiment", "entity_typing": "NER (entity typing)", "closed_book_qa": "open QA"}
+CHAT_TYPES = frozenset({"dialogue", "dialogue_cloze", "dialogue_pronoun", "noisy_dialogue", "noisy_dialogue_cloze",
+                        "noisy_dialogue_pronoun", "doubt"})
+
+# Study A (Ma et al., CounterFact, Llama-7B): acc (%) per rephrase type and editor, and doubt's rev
+PAPER_A = {
+    "plain": {"ROME": 99.9, "MEMIT": 99.9, "IKE": 99.7},
+    "paraphrase": {"ROME": 74.7, "MEMIT": 78.2, "IKE": 98.0},
+    "context_pronoun": {"ROME": 21.3, "MEMIT": 39.6, "IKE": 83.5},
+    "dialogue": {"ROME": 56.7, "MEMIT": 81.6, "IKE": 93.6},
+    "doubt": {"ROME": 16.9, "MEMIT": 24.2, "IKE": 1.3},
+}
+PAPER_DOUBT_REV = {"ROME": 40.7, "MEMIT": 33.9, "IKE": 49.3}
+EDITORS_A = ("ROME", "MEMIT", "IKE")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One headline claim beside the store's measurement. `ours` states EditScope's figure with its n and 95%
+    CI; `value`, `n`, `ci_low`, `ci_high` repeat its headline number where it has one. `page` and `query`
+    name the dashboard view with the evidence (`url`)."""
+
+    claim: str
+    study: str
+    statement: str
+    paper: str
+    ours: str
+    verdict: str
+    rule: str
+    reason: str = ""
+    direction: str = ""
+    value: float | None = None
+    n: int | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    page: str = ""
+    query: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+
+    @property
+    def url(self) -> str:
+        """The evidence view as a relative dashboard link ("/robustness?runs=...")."""
+        return f"/{self.page}" + (f"?{urlencode(self.query)}" if self.query else "")
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+def _ci(v: float, lo: float | None, hi: float | None, n: int | None = None, digits: int = 2) -> str:
+    """"0.86 [0.81, 0.90], n = 240" (the CI left out when not defined)."""
+    text = f"{v:.{digits}f}"
+    if lo is not None and hi is not None and lo == lo and hi == hi:
+        text += f" [{lo:.{digits}f}, {hi:.{digits}f}]"
+    return text + (f", n = {n}" if n is not None else "")
+
+
+def _below(a: dict, b: dict) -> bool:
+    """a's 95% CI lies wholly below b's."""
+    return a["ci_high"] < b["ci_low"]
+
+
+def _worse(row: dict, base: dict) -> bool:
+    """An ability score's CI lies wholly on the worse side of the unedited one's (direction from the task)."""
+    if row.get("higher_is_better") == 0:
+        return row["ci_low"] > base["ci_high"]
+    return row["ci_high"] < base["ci_low"]
+
+
+def _best(rows: list[dict]) -> dict:
+    """The run to show of several alike: finished first, then the most done, then the newest."""
+    return max(rows, key=lambda r: (r["status"] == "done", r["n_done"] or 0, r["started_at"] or ""))
+
+
+def _robustness_runs(conn: sqlite3.Connection) -> dict[str, dict]:
+    """editor -> its reference robustness run (default hyperparameters: no original keys, no RECT)."""
+    by_editor: dict[str, list[dict]] = {}
+    for r in queries.list_runs(conn, kind="robustness").iter_rows(named=True):
+        hp = json.loads(r["hparams"] or "null") or {}
+        if hp.get("key_mismatch") or hp.get("rect_top", 1.0) < 1.0 or not r["n_done"]:
+            continue
+        by_editor.setdefault(r["editor"], []).append(r)
+    return {e: _best(rows) for e, rows in by_editor.items()}
+
+
+def _arms(conn: sqlite3.Connection, kind: str = "sequential") -> dict[str, dict[int, dict]]:
+    """Run label (store.derived.run_label) -> edit order seed -> the run of that arm on that order."""
+    labels = dict(zip(*derived.run_labels(conn, kind).select("run_id", "label").to_dict(as_series=False).values()))
+    out: dict[str, dict[int, list[dict]]] = {}
+    for r in queries.list_runs(conn, kind=kind).iter_rows(named=True):
+        if not r["n_done"]:
+            continue
+        order = int(json.loads(r["config"] or "{}").get("order_seed", 0))
+        out.setdefault(labels[r["run_id"]], {}).setdefault(order, []).append(r)
+    return {label: {o: _best(rows) for o, rows in orders.items()} for label, orders in out.items()}
+
+
+def _shared(arms: dict, *labels: str) -> list[int]:
+    """Edit orders on which every one of `labels` has a run."""
+    orders = [set(arms.get(label, {})) for label in labels]
+    return sorted(set.intersection(*orders)) if orders else []
+
+
+def _runs_query(run_ids, key: str = "runs", **extra) -> tuple[tuple[str, str], ...]:
+    return tuple(extra.items()) + ((key, ",".join(run_ids)),)
+
+
+def _forced(conn: sqlite3.Connection, case_set: str | None, rtype: str) -> tuple[int, int]:
+    """(cases whose `rtype` probe ends with the case's own plain prompt, cases with such a probe): a chat probe
+    that ends with the edit prompt puts it in the assistant's turn, so the model copies instead of answering."""
+    if case_set is None or rtype not in CHAT_TYPES:
+        return 0, 0
+    probes = queries.probes_of_set(conn, case_set)
+    if probes.is_empty():
+        return 0, 0
+    plain: dict[str, set[str]] = {}
+    for r in probes.filter(pl.col("rephrase_type") == "plain").iter_rows(named=True):
+        plain.setdefault(r["case_id"], set()).add(r["text"].strip())
+    forced, cases = set(), set()
+    for r in probes.filter(pl.col("rephrase_type") == rtype).iter_rows(named=True):
+        cases.add(r["case_id"])
+        if any(p and r["text"].rstrip().endswith(p) for p in plain.get(r["case_id"], ())):
+            forced.add(r["case_id"])
+    return len(forced), len(cases)
+
+
+# --------------------------------------------------------------------------- study A
+
+
+def _paper_a(rtype: str) -> str:
+    return ", ".join(f"{e} {PAPER_A['plain'][e]:g} → {PAPER_A[rtype][e]:g}" for e in EDITORS_A) + " (acc %, plain → " \
+        + rtype + ", Llama-7B)"
+
+
+def _a1(conn, refs, summary) -> Finding:
+    common = dict(claim="A1", study="A", statement="An edit holds on the plain prompt (acc ≈ 100%).",
+                  paper=", ".join(f"{e} {PAPER_A['plain'][e]:g}" for e in EDITORS_A) + " (acc %, Llama-7B)",
+                  rule="The paper's level (≈100% on a 7B model) is not asked of a 135M model, and the direction "
+                       "(most edits hold) agrees when every editor's plain-prompt acc has its 95% CI above 0.5, "
+                       "disagrees when one lies below 0.5.", page="robustness")
+    have = [e for e in EDITORS_A if e in refs]
+    if not have:
+        return Finding(**common, ours="no robustness run", verdict=NOT_MEASURED,
+                       reason="Run `python -m compute run robustness --editor ROME` (and MEMIT, IKE).")
+    rows = {e: _row(summary, refs[e]["run_id"], "plain", "acc") for e in have}
+    rows = {e: r for e, r in rows.items() if r}
+    if not rows:
+        return Finding(**common, ours="no plain-prompt acc stored", verdict=NOT_MEASURED,
+                       reason="The robustness runs hold no plain-prompt acc: rerun them.")
+    lows = [r["ci_low"] > 0.5 for r in rows.values()]
+    highs = [r["ci_high"] < 0.5 for r in rows.values()]
+    direction = AGREES if all(lows) else DISAGREES if any(highs) else UNDECIDED
+    first = next(iter(rows.values()))
+    return Finding(**common, ours="; ".join(f"{e} {_ci(r['mean'], r['ci_low'], r['ci_high'])}" for e, r in rows.items())
+                   + f" (acc, n = {first['n']} cases each)", verdict=NOT_COMPARABLE, direction=direction,
+                   reason="SmolLM2-135M vs Llama-7B: how often an edit takes is a level that depends on the model.",
+                   value=first["mean"], n=first["n"], ci_low=first["ci_low"], ci_high=first["ci_high"],
+                   query=_runs_query([refs[e]["run_id"] for e in rows], metric="acc"))
+
+
+def _row(summary: pl.DataFrame, run_id: str, rtype: str, metric: str) -> dict | None:
+    part = summary.filter((pl.col("run_id") == run_id) & (pl.col("rephrase_type") == rtype) & (pl.col("metric") == metric))
+    return part.row(0, named=True) if part.height else None
+
+
+def _drop(conn, refs, summary, claim: str, rtype: str, statement: str) -> Finding:
+    """A rephrase type lowers acc below the plain prompt's (A2-A5)."""
+    claimed = [e for e in EDITORS_A if PAPER_A["plain"][e] - PAPER_A[rtype][e] >= PAPER_DROP]
+    paper = _paper_a(rtype) + (f"; rev {', '.join(f'{e} {v:g}' for e, v in PAPER_DOUBT_REV.items())}"
+                               if rtype == "doubt" else "")
+    rule = (f"Reproduced when, for each editor the paper finds a drop of {PAPER_DROP:g}+ points for "
+            f"({', '.join(claimed)}), the 95% CI of acc on {rtype} lies wholly below the CI on the plain prompt; "
+            f"refuted when one of them has {rtype} acc at or above its plain acc; otherwise undecided at this n.")
+    common = dict(claim=claim, study="A", statement=statement, paper=paper, rule=rule, page="robustness")
+    missing = [e for e in claimed if e not in refs]
+    if missing:
+        return Finding(**common, ours="no robustness run of " + ", ".join(missing), verdict=NOT_MEASURED,
+                       reason="Run `python -m compute run robustness --editor "
+                              + "` and `".join(missing) + "` on the robustness case set.")
+    ids = [refs[e]["run_id"] for e in EDITORS_A if e in refs]
+    query = _runs_query(ids, metric="acc")
+    table = measurable.run_measurability(conn, run_id=refs[claimed[0]]["run_id"])
+    reasons = measurable.unmeasurable_reasons(table)
+    pairs = {e: (_row(summary, refs[e]["run_id"], "plain", "acc"), _row(summary, refs[e]["run_id"], rtype, "acc"))
+             for e in EDITORS_A if e in refs}
+    pairs = {e: p for e, p in pairs.items() if p[0] and p[1]}
+    ours = "; ".join(f"{e} {_ci(p[0]['mean'], p[0]['ci_low'], p[0]['ci_high'])} → "
+                     f"{_ci(p[1]['mean'], p[1]['ci_low'], p[1]['ci_high'])}" for e, p in pairs.items())
+    if rtype == "doubt":
+        revs = {e: _row(summary, refs[e]["run_id"], rtype, "rev") for e in pairs}
+        ours += "; rev " + ", ".join(f"{e} {_ci(r['mean'], r['ci_low'], r['ci_high'])}" for e, r in revs.items() if r)
+    n = next(iter(pairs.values()))[1]["n"] if pairs else None
+    ours = (ours + f" (acc, plain → {rtype}, n = {n} cases each)") if pairs else f"no {rtype} acc stored"
+    head = pairs.get(claimed[0], (None, None))[1]
+    nums = dict(value=head["mean"], n=head["n"], ci_low=head["ci_low"], ci_high=head["ci_high"]) if head else {}
+    if rtype in reasons:
+        return Finding(**common, ours=ours, verdict=NOT_COMPARABLE, reason=f"{rtype} is unmeasurable on this model: "
+                       + reasons[rtype] + ".", query=query, **nums)
+    case_set = json.loads(refs[claimed[0]]["config"] or "{}").get("case_set")
+    forced, total = _forced(conn, case_set, rtype)
+    if forced:
+        return Finding(**common, ours=ours + " — a copy task, not an answer", verdict=NOT_MEASURED, query=query,
+                       reason=f"The stored {rtype} probes of {case_set} end with the edit prompt inside the assistant's "
+                              f"turn ({forced} of {total} cases), so they measure copying. Rebuild the cases with the "
+                              f"free-answer probes and rerun `python -m compute run robustness` for "
+                              f"{', '.join(claimed)}.", **nums)
+    if any(e not in pairs for e in claimed):
+        return Finding(**common, ours=ours, verdict=NOT_MEASURED, query=query, **nums,
+                       reason=f"Some runs hold no {rtype} acc: rerun robustness with every rephrase type.")
+    if all(_below(pairs[e][1], pairs[e][0]) for e in claimed):
+        verdict, reason = REPRODUCED, ""
+    elif any(pairs[e][1]["mean"] >= pairs[e][0]["mean"] for e in claimed):
+        verdict, reason = REFUTED, ""
+    else:
+        open_ = [e for e in claimed if not _below(pairs[e][1], pairs[e][0])]
+        verdict = NOT_MEASURED
+        reason = (f"Measured, but undecided: the CIs overlap for {', '.join(open_)} at n = {n}; a larger case set "
+                  "(`cases build --n`, then `run robustness`) would decide.")
+    return Finding(**common, ours=ours, verdict=verdict, reason=reason, query=query, **nums)
+
+
+def _corr_verdict(rows: list[tuple[str, float, float]], sign: int) -> tuple[str, str]:
+    """Reproduced when every (name, lo, hi) CI lies on `sign`'s side of 0, refuted when one lies on the other."""
+    defined = [(name, lo, hi) for name, lo, hi in rows if lo == lo and hi == hi]
+    if len(defined) < len(rows):
+        return NOT_MEASURED, "Some within-relation CIs are undefined (too few cases per relation)."
+    if all((lo > 0) if sign > 0 else (hi < 0) for _, lo, hi in defined):
+        return REPRODUCED, ""
+    if any((hi < 0) if sign > 0 else (lo > 0) for _, lo, hi in defined):
+        return REFUTED, ""
+    open_ = [name for name, lo, hi in defined if lo <= 0 <= hi]
+    return NOT_MEASURED, (f"Measured, but undecided: the within-relation CI includes 0 ({', '.join(open_)}); more "
+                          "cases per relation would decide.")
+
+
+def _rho(r: dict, pooled: bool) -> str:
+    if pooled:
+        ci = f" [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]" if r["ci_low"] == r["ci_low"] else " (CI undefined)"
+        return f"pooled ρ = {r['rho']:+.2f}{ci}, n = {r['n']}"
+    return f"within relation ρ = {r['rho_within']:+.2f} [{r['within_ci_low']:+.2f}, {r['within_ci_high']:+.2f}], " \
+           f"n = {r['n_within']}"
+
+
+def _a6(conn) -> Finding:
+    common = dict(claim="A6", study="A", statement="More popular facts are recalled better before editing.",
+                  paper="positive correlation of popularity with pre-edit recall (Llama-7B)",
+                  rule="Spearman ρ of subject word frequency with the unedited model's recall, within relation "
+                       "(per-relation ρ combined: pooling relations mixes their difficulty with popularity): "
+                       "reproduced when its 95% CI lies above 0, refuted when below 0; the pooled ρ is shown beside "
+                       "it.", page="popularity")
+    runs = [r for r in queries.list_runs(conn, kind="knowledge").iter_rows(named=True) if r["n_done"]]
+    if not runs:
+        return Finding(**common, ours="no knowledge run", verdict=NOT_MEASURED,
+                       reason="Run `python -m compute knowledge measure` on a case set.")
+    run = _best(runs)
+    corr = derived.knowledge_correlations(conn, run_id=run["run_id"])
+    row = corr.filter((pl.col("feature") == "frequency") & (pl.col("against") == "recall"))
+    if row.is_empty():
+        return Finding(**common, ours="no recall correlation stored", verdict=NOT_MEASURED,
+                       reason="The knowledge run has no recall with frequency: rerun `knowledge measure`.")
+    r = row.row(0, named=True)
+    verdict, reason = _corr_verdict([("frequency", r["within_ci_low"], r["within_ci_high"])], +1)
+    return Finding(**common, ours=f"{_rho(r, False)}; {_rho(r, True)} (frequency vs recall, "
+                   f"{json.loads(run['config'] or '{}').get('case_set', run['run_id'])})",
+                   verdict=verdict, reason=reason, value=r["rho_within"], n=r["n_within"], ci_low=r["within_ci_low"],
+                   ci_high=r["within_ci_high"], query=(("pop_metric", "rev"),))
+
+
+def _a7(conn, refs) -> Finding:
+    common = dict(claim="A7", study="A", statement="More popular facts are harder to edit robustly.",
+                  paper="negative correlation of popularity with post-edit robustness (Llama-7B)",
+                  rule="Spearman ρ of subject word frequency with post-edit acc on paraphrases, within relation, for "
+                       "each editor: reproduced when every editor's 95% CI lies below 0, refuted when one lies above "
+                       "0; the pooled ρ is shown beside it (it mixes relation difficulty with popularity).",
+                  page="popularity")
+    have = [e for e in EDITORS_A if e in refs]
+    if not have:
+        return Finding(**common, ours="no robustness run", verdict=NOT_MEASURED,
+                       reason="Run `python -m compute run robustness --editor ROME` (and MEMIT, IKE).")
+    ids = [refs[e]["run_id"] for e in have]
+    corr = derived.robustness_correlations(conn, run_ids=ids, metrics=("acc",), features=("frequency",),
+                                           rephrase_types=("paraphrase",))
+    rows = {r["editor"]: r for r in corr.iter_rows(named=True)}
+    rows = {e: rows[e] for e in have if e in rows}
+    query = (("feature", "frequency"), ("rephrase_type", "paraphrase"), ("runs", ",".join(ids)))
+    if not rows:
+        return Finding(**common, ours="no paraphrase acc correlations", verdict=NOT_MEASURED,
+                       reason="The robustness runs hold no paraphrase acc: rerun them with every rephrase type.")
+    verdict, reason = _corr_verdict([(e, r["within_ci_low"], r["within_ci_high"]) for e, r in rows.items()], -1)
+    head = next(iter(rows.values()))
+    return Finding(**common, ours="; ".join(f"{e}: {_rho(r, False)}, {_rho(r, True)}" for e, r in rows.items()),
+                   verdict=verdict, reason=reason, value=head["rho_within"], n=head["n_within"],
+                   ci_low=head["within_ci_low"], ci_high=head["within_ci_high"], query=query)
+
+
+# --------------------------------------------------------------------------- study B
+
+ROME, ROME_ORIGINAL, MEMIT_1 = "ROME", "ROME (original keys)", "MEMIT, b=1"
+RECT_40, RECT_20 = "ROME + RECT 40%", "ROME + RECT 20%"
+
+
+def _last_share(curves: pl.DataFrame, run_id: str, metric: str) -> dict | None:
+    part = curves.filter((pl.col("run_id") == run_id) & (pl.col("metric") == metric)).sort("edit_count")
+    return part.row(-1, named=True) if part.height else None
+
+
+def _collapse_at(events: pl.DataFrame, run_id: str) -> int | None:
+    """The collapse (store.derived.collapse_event: no longer usable from there on) of a run, or None."""
+    col = events.filter((pl.col("run_id") == run_id) & (pl.col("kind") == "collapse"))["edit_count"]
+    return int(col.min()) if col.len() else None
+
+
+def _b_runs(arms: dict) -> dict[str, dict]:
+    """The one-edit-at-a-time ROME (r-ROME keys) and MEMIT runs study B compares: label -> run, on the
+    lowest order seed both have (else each its own lowest)."""
+    shared = _shared(arms, ROME, MEMIT_1)
+    out = {}
+    for label in (ROME, MEMIT_1):
+        if label in arms:
+            order = shared[0] if shared else min(arms[label])
+            out[label] = arms[label][order]
+    return out
+
+
+def _b1(conn, arms) -> Finding:
+    em_label = derived.PHASE_SERIES["retention_em"]
+    es_label = derived.PHASE_SERIES["retention"]
+    common = dict(claim="B1", study="B", statement="Sequential edits are forgotten gradually, then catastrophically.",
+                  paper="ROME ≈0-8% of edits forgotten until ≈560 edits, then ≈78%; MEMIT ≈0-15% until ≈1250, "
+                        "then 100% by ≈1300 (GPT-J, exact match)",
+                  rule="Retention by exact match (study B's 'holds') of ROME and MEMIT b = 1 split where two lines "
+                       "fit best (store.stats.phase_break): reproduced when a run's later side is catastrophic (a "
+                       "loss beyond the earlier trend of 3x the series' noise, falling 3x faster); refuted when a run "
+                       "collapsed (no longer usable) with no such phase; otherwise not yet reached.", page="forgetting")
+    runs = _b_runs(arms)
+    if not runs:
+        return Finding(**common, ours="no sequential ROME or MEMIT run", verdict=NOT_MEASURED,
+                       reason="Run `python -m compute run sequential --editor ROME --edits 500` (and MEMIT --batch 1).")
+    ids = [r["run_id"] for r in runs.values()]
+    curves = derived.sequential_curves(conn, ids)
+    phases = derived.sequential_phases(conn, ids)
+    events = derived.sequential_events(conn, ids)
+    query = _runs_query(ids, curves="retained,forgotten")
+    parts, em_runs = [], []
+    for label, run in runs.items():
+        rid = run["run_id"]
+        em = _last_share(curves, rid, "forgotten_em")
+        metric, series = ("forgotten_em", em_label) if em else ("forgotten", es_label)
+        last = em or _last_share(curves, rid, "forgotten")
+        ph = phases.filter((pl.col("run_id") == rid) & (pl.col("series") == series))
+        text = f"{label}: " + (f"{_ci(last['value'], last['ci_low'], last['ci_high'])} of {last['n']} held edits "
+                               f"forgotten by edit {last['edit_count']}" if last else "no forgetting series")
+        if ph.height:
+            p = ph.row(0, named=True)
+            text += (f", catastrophic phase from edit {p['change_at']}" if p["catastrophic"]
+                     else f", no catastrophic phase (change point {p['change_at']})")
+        parts.append(text + ("" if em else " [by ES, not exact match]"))
+        if em:
+            em_runs.append((label, rid, ph.row(0, named=True) if ph.height else None))
+    ours = "; ".join(parts)
+    if not em_runs:
+        return Finding(**common, ours=ours, verdict=NOT_MEASURED, query=query,
+                       reason="The stored runs measured retention by ES only, which a broken model passes by chance. "
+                              "Rerun `python -m compute run sequential --editor ROME --edits 500` and `--editor MEMIT "
+                              "--batch 1` with the current runner, which records exact-match retention.")
+    if any(p and p["catastrophic"] for _, _, p in em_runs):
+        return Finding(**common, ours=ours, verdict=REPRODUCED, query=query)
+    if any(_collapse_at(events, rid) is not None for _, rid, _ in em_runs):
+        return Finding(**common, ours=ours, verdict=REFUTED, query=query)
+    reach = max(runs[label]["n_done"] for label, _, _ in em_runs)
+    return Finding(**common, ours=ours, verdict=NOT_MEASURED, query=query,
+                   reason=f"No catastrophic phase and no collapse in {reach} edits (the paper's came at ≈560 for ROME "
+                          "on GPT-J): extend the runs (`--edits 1000`).")
+
+
+def _b2(conn, arms) -> Finding:
+    common = dict(claim="B2", study="B", statement="At the catastrophic point downstream abilities fall to about zero.",
+                  paper="GLUE F1 (SST2, MRPC, CoLA, RTE) ≈0 from ROME ≈550-600 edits, MEMIT ≈1250 (GPT-J)",
+                  rule="Reproduced when a ROME or MEMIT b = 1 run collapsed (store.derived.usability: from there on "
+                       "at least two of abilities at chance, perplexity exploded, newest-edit efficacy gone) with its "
+                       "abilities at chance (at most a quarter of the unedited margin over chance left, mean over "
+                       "tasks); refuted when a run collapsed with abilities above that.", page="forgetting")
+    runs = _b_runs(arms)
+    if not runs:
+        return Finding(**common, ours="no sequential ROME or MEMIT run", verdict=NOT_MEASURED,
+                       reason="Run `python -m compute run sequential --editor ROME --edits 500 --abilities-every 50`.")
+    ids = [r["run_id"] for r in runs.values()]
+    events = derived.sequential_events(conn, ids)
+    query = _runs_query(ids)
+    parts, collapsed = [], []
+    head = {}
+    for label, run in runs.items():
+        use = derived.usability(conn, run["run_id"])
+        at = _collapse_at(events, run["run_id"])
+        if use.is_empty():
+            parts.append(f"{label}: no ability checkpoints")
+            continue
+        row = use.filter(pl.col("edit_count") == at).row(0, named=True) if at is not None else use.row(-1, named=True)
+        tasks = derived.ability_scores(conn, kind="sequential", mode="quick").filter(
+            (pl.col("run_id") == run["run_id"]) & (pl.col("edit_count") == row["edit_count"]))["task"].n_unique()
+        left = row["abilities_left"]
+        ppl = row["perplexity_ratio"]
+        state = (f"unusable from edit {at}" if at is not None else f"still usable at edit {row['edit_count']}")
+        parts.append(f"{label}: {state}, abilities keep {left:.2f} of their unedited margin over chance (mean over "
+                     f"{tasks} tasks)" + (f", perplexity x{ppl:,.0f}" if ppl is not None else ""))
+        if at is not None:
+            collapsed.append(row)
+            head = head or dict(value=left, n=tasks)
+    ours = "; ".join(parts)
+    if not collapsed:
+        reach = max(r["n_done"] for r in runs.values())
+        return Finding(**common, ours=ours, verdict=NOT_MEASURED, query=query,
+                       reason=f"No run reached its collapse in {reach} edits: extend them (`--edits 1000`).")
+    verdict = REPRODUCED if any(r["abilities_at_chance"] for r in collapsed) else REFUTED
+    return Finding(**common, ours=ours, verdict=verdict, query=query, **head,
+                   reason="Our ability suite (9 tasks, scored against chance) stands in for GLUE F1.")
+
+
+def _b3(conn, arms) -> Finding:
+    common = dict(claim="B3", study="B",
+                  statement="Single disabling edits with abnormally large updates trigger the collapse; r-ROME's key "
+                            "fix removes them.",
+                  paper="disabling edits with original ROME; none with r-ROME keys (GPT-J)",
+                  rule="Reproduced when, on every edit order both have, the original-keys ROME run has at least one "
+                       "disabling edit (an update whose size is a robust outlier of the run's own: robust z of log "
+                       "||dW|| above 3.5, store.derived.disabling_edit_events) and the r-ROME run, editing the same "
+                       "facts in the same order, none; refuted otherwise.", page="forgetting")
+    orders = _shared(arms, ROME_ORIGINAL, ROME)
+    if not orders:
+        return Finding(**common, ours="no pair of ROME runs (original and r-ROME keys) on one edit order",
+                       verdict=NOT_MEASURED,
+                       reason="Run `python -m compute run sequential --editor ROME --hp key_mismatch=true --edits 500` "
+                              "and `--editor ROME --edits 500` with the same --order-seed.")
+    events = derived.sequential_events(conn, [arms[label][o]["run_id"] for o in orders for label in (ROME_ORIGINAL, ROME)])
+    parts, ok, ids, head = [], True, [], {}
+    for o in orders:
+        counts = {}
+        for label in (ROME_ORIGINAL, ROME):
+            run = arms[label][o]
+            ids.append(run["run_id"])
+            ev = events.filter((pl.col("run_id") == run["run_id"]) & (pl.col("kind") == "disabling_edit")).sort("edit_count")
+            counts[label] = ev.height
+            name = "ROME (r-ROME keys)" if label == ROME else label
+            text = f"{name} {ev.height} of {run['n_done']} edits"
+            if ev.height:
+                text += (f" (edit {', '.join(str(c) for c in ev['edit_count'].to_list())}; largest update "
+                         f"{ev['value'].max():.2f} ||W0||)")
+            parts.append(text)
+            if label == ROME_ORIGINAL and not head:
+                lo, hi = wilson_ci(ev.height, run["n_done"])
+                head = dict(value=ev.height / run["n_done"], n=run["n_done"], ci_low=lo, ci_high=hi)
+        ok = ok and counts[ROME_ORIGINAL] > 0 and counts[ROME] == 0
+    ours = "disabling edits: " + "; ".join(parts) + f" (on {len(orders)} edit order{'s' * (len(orders) > 1)})"
+    return Finding(**common, ours=ours, verdict=REPRODUCED if ok else REFUTED, query=_runs_query(ids), **head,
+                   reason="" if len(orders) >= MIN_ORDERS else
+                   f"On {len(orders)} edit order(s); {MIN_ORDERS} are planned (`--order-seed 1`, `2`).")
+
+
+def _b4(conn, arms) -> Finding:
+    common = dict(claim="B4", study="B", statement="MEMIT lasts longer than ROME before collapse.",
+                  paper="ROME collapses at ≈560 edits, MEMIT at ≈1250 (GPT-J)",
+                  rule=f"Collapse (store.derived.usability) of MEMIT b = 1 against ROME on each shared edit order; "
+                       f"with at least {MIN_ORDERS} orders, reproduced when MEMIT lasts longer on every order, refuted "
+                       f"when ROME lasts at least as long on every order.", page="forgetting")
+    orders = _shared(arms, ROME, MEMIT_1)
+    if not orders:
+        return Finding(**common, ours="no ROME and MEMIT b = 1 runs on one edit order", verdict=NOT_MEASURED,
+                       reason="Run `python -m compute run sequential --editor ROME` and `--editor MEMIT --batch 1` "
+                              "with the same --order-seed.")
+    ids = [arms[label][o]["run_id"] for o in orders for label in (ROME, MEMIT_1)]
+    events = derived.sequential_events(conn, ids)
+    parts, signs = [], []
+    for o in orders:
+        at = {label: _collapse_at(events, arms[label][o]["run_id"]) for label in (ROME, MEMIT_1)}
+        done = {label: arms[label][o]["n_done"] for label in (ROME, MEMIT_1)}
+        parts.append(f"order {o}: " + ", ".join(
+            f"{label} " + (f"collapsed at edit {at[label]}" if at[label] is not None else f"usable through {done[label]}")
+            for label in (ROME, MEMIT_1)))
+        r, m = at[ROME], at[MEMIT_1]
+        if r is not None and (m is None and done[MEMIT_1] > r or m is not None and m > r):
+            signs.append(1)
+        elif m is not None and (r is None and done[ROME] >= m or r is not None and r >= m):
+            signs.append(-1)
+        else:
+            signs.append(0)
+    ours = "; ".join(parts)
+    query = _runs_query(ids)
+    if len(orders) < MIN_ORDERS:
+        lead = {1: "MEMIT lasted longer", -1: "ROME lasted at least as long", 0: "neither collapsed first"}
+        return Finding(**common, ours=ours + f" ({'; '.join(lead[s] for s in signs)})", verdict=NOT_MEASURED,
+                       query=query, n=len(orders),
+                       reason=f"When a model collapses varies with the edit order, and the store has {len(orders)} "
+                              f"shared order(s): run `--order-seed` 1 and 2 of ROME and of MEMIT --batch 1.")
+    if all(s == 1 for s in signs):
+        return Finding(**common, ours=ours, verdict=REPRODUCED, query=query, n=len(orders))
+    if all(s == -1 for s in signs):
+        return Finding(**common, ours=ours, verdict=REFUTED, query=query, n=len(orders))
+    return Finding(**common, ours=ours, verdict=NOT_MEASURED, query=query, n=len(orders),
+                   reason="Measured, but undecided: the orders disagree or neither run collapsed; extend the runs.")
+
+
+# --------------------------------------------------------------------------- study C
+
+
+def _scores(ab: pl.DataFrame, run_id: str, edit_count: int) -> dict[str, dict]:
+    part = ab.filter((pl.col("run_id") == run_id) & (pl.col("edit_count") == edit_count))
+    return {r["task"]: r for r in part.iter_rows(named=True) if r["score"] is not None}
+
+
+def _c1(conn, arms) -> Finding:
+    common = dict(claim="C1", study="C", statement="Sequential ROME edits erode general abilities.",
+                  paper="GPT-2 XL within 20 edits: sentiment 0.56 → 0.0, NER 0.43 → 0.18, open QA 0.20 → 0.01",
+                  rule="How many edits break a model depends on its size, so the paper's speed is not asked of a 135M "
+                       "model; the direction (abilities fall) agrees when sentiment, entity typing (NER) and "
+                       "closed-book QA (open QA) each end with a 95% CI wholly below the unedited model's, disagrees "
+                       "when none does.", page="abilities")
+    if ROME not in arms:
+        return Finding(**common, ours="no sequential ROME run", verdict=NOT_MEASURED,
+                       reason="Run `python -m compute run sequential --editor ROME --edits 500 --abilities-every 50`.")
+    run = arms[ROME][min(arms[ROME])]
+    ab = derived.ability_scores(conn, kind="sequential", mode="quick").filter(pl.col("run_id") == run["run_id"])
+    counts = sorted(set(ab["edit_count"].to_list()))
+    query = _runs_query([run["run_id"]], ability_view="sequential")
+    if 0 not in counts or len(counts) < 2:
+        return Finding(**common, ours="no ability checkpoints", verdict=NOT_MEASURED, query=query,
+                       reason="Rerun the ROME run with `--abilities-every 50`.")
+    first = next((c for c in counts if c >= 20), counts[-1])
+    base, early, end = _scores(ab, run["run_id"], 0), _scores(ab, run["run_id"], first), _scores(ab, run["run_id"], counts[-1])
+    tasks = [t for t in STUDY_C_TASKS if t in base and t in end and t in early]
+    if not tasks:
+        return Finding(**common, ours="none of study C's tasks measured", verdict=NOT_MEASURED, query=query,
+                       reason="The quick ability suite lacks sentiment, entity typing and closed-book QA.")
+    ours = "; ".join(f"{STUDY_C_TASKS[t]} {_ci(base[t]['score'], base[t]['ci_low'], base[t]['ci_high'])} → "
+                     f"{_ci(early[t]['score'], early[t]['ci_low'], early[t]['ci_high'])} at {first} edits → "
+                     f"{_ci(end[t]['score'], end[t]['ci_low'], end[t]['ci_high'], end[t]['n'])} at {counts[-1]}"
+                     for t in tasks)
+    fell = [_worse(end[t], base[t]) for t in tasks]
+    direction = AGREES if all(fell) else DISAGREES if not any(fell) else UNDECIDED
+    t0 = tasks[0]
+    return Finding(**common, ours=ours + " (quick suite, items)", verdict=NOT_COMPARABLE, direction=direction,
+                   reason="GPT-2 XL on study C's data vs SmolLM2-135M on our quick suite, scored every 50 edits "
+                          "(no checkpoint at 20).", value=end[t0]["score"], n=end[t0]["n"], ci_low=end[t0]["ci_low"],
+                   ci_high=end[t0]["ci_high"], query=query)
+
+
+SMALL_BATCH, LARGE_BATCH = 100, 2000
+
+
+def _c2(conn) -> Finding:
+    common = dict(claim="C2", study="C", statement="Small MEMIT batches leave abilities intact; very large ones "
+                                                   "destroy them.",
+                  paper="GPT-2 XL, batch-single MEMIT: batch 1-100 ≈ unedited, 2000 large drop, 3000 ≈ 0",
+                  rule=f"Each ability task's 95% CI after one MEMIT batch against the unedited model's: reproduced when "
+                       f"no task is worse at batches up to {SMALL_BATCH} and at least half the tasks are worse at a "
+                       f"batch of {LARGE_BATCH} or more; refuted when a task is already worse at {SMALL_BATCH} or "
+                       f"fewer, or fewer than half are worse at {LARGE_BATCH}+.", page="abilities")
+    runs = [r for r in queries.list_runs(conn, kind="batch").iter_rows(named=True)
+            if r["editor"] == "MEMIT" and r["n_done"]]
+    if not runs:
+        return Finding(**common, ours="no MEMIT batch run", verdict=NOT_MEASURED,
+                       reason="Run `python -m compute run batch --editor MEMIT --sizes 1,10,100,1000,2000,3000`.")
+    run = _best(runs)
+    ab = derived.ability_scores(conn, kind="batch", mode="quick").filter(pl.col("run_id") == run["run_id"])
+    query = _runs_query([run["run_id"]], ability_view="batch")
+    sizes = sorted(b for b in set(ab["batch_size"].to_list()) if b)
+    base = {r["task"]: r for r in ab.filter(pl.col("batch_size") == 0).iter_rows(named=True)}
+    if not base or not sizes:
+        return Finding(**common, ours="no unedited or batch scores", verdict=NOT_MEASURED, query=query,
+                       reason="Rerun the batch run: it measures the unedited model first.")
+
+    def worse_at(b: int) -> list[str]:
+        return [r["task"] for r in ab.filter(pl.col("batch_size") == b).iter_rows(named=True)
+                if r["task"] in base and r["score"] is not None and _worse(r, base[r["task"]])]
+
+    small = {b: worse_at(b) for b in sizes if b <= SMALL_BATCH}
+    large = {b: worse_at(b) for b in sizes if b >= LARGE_BATCH}
+    n_tasks = len(base)
+    worst = max(sizes)
+    ours = (f"tasks worse than unedited (95% CIs apart, of {n_tasks}): "
+            + ", ".join(f"b = {b}: {len(worse_at(b))}" for b in sizes) + f"; largest batch {worst}")
+    bad_small = sorted({t for ts in small.values() for t in ts})
+    if bad_small:
+        return Finding(**common, ours=ours, verdict=REFUTED, query=query, n=n_tasks,
+                       reason=f"Worse already at {SMALL_BATCH} or fewer: {', '.join(bad_small)}.")
+    if not large:
+        return Finding(**common, ours=ours, verdict=NOT_MEASURED, query=query, n=n_tasks,
+                       reason=f"Batches up to {SMALL_BATCH} match the paper; the largest batch measured is {worst}. "
+                              f"Build a case set of 3,000+ cases and run `python -m compute run batch --editor MEMIT "
+                              f"--sizes 1000,2000,3000`.")
+    hit = any(len(ts) >= n_tasks / 2 for ts in large.values())
+    return Finding(**common, ours=ours, verdict=REPRODUCED if hit else REFUTED, query=query, n=n_tasks)
+
+
+def _pooled(perf: pl.DataFrame, run_id: str, measure: str) -> dict | None:
+    """A run's newest-edit measure pooled over its checkpoints: share, n (edits scored) and a Wilson CI."""
+    part = perf.filter((pl.col("run_id") == run_id) & (pl.col("measure") == measure) & pl.col("n").is_not_null())
+    n = int(part["n"].sum()) if part.height else 0
+    if not n:
+        return None
+    k = float((part["value"] * part["n"]).sum())
+    lo, hi = wilson_ci(round(k), n)
+    return {"mean": k / n, "n": n, "ci_low": lo, "ci_high": hi}
+
+
+def _c3(conn, arms) -> Finding:
+    common = dict(claim="C3", study="C", statement="RECT top-40% keeps editing performance.",
+                  paper="ROME GPT-2 XL reliability/generalisation 1.00/0.90 → 1.00/0.84 with RECT 40% (≥ 94% kept)",
+                  rule=f"Newest-edit reliability (ES) and generalisation (PS) pooled over the checkpoints both runs "
+                       f"reached, ROME + RECT 40% against ROME on the same edit order: reproduced when both keep at "
+                       f"least {RETAINS:.0%} of ROME's value; refuted when a 95% CI upper bound lies below "
+                       f"{RETAINS:.0%} of it.", page="abilities")
+    orders = _shared(arms, ROME, RECT_40)
+    if not orders:
+        return Finding(**common, ours="no ROME and ROME + RECT 40% runs on one edit order", verdict=NOT_MEASURED,
+                       reason="Run `python -m compute run sequential --editor ROME --hp rect_top=0.4` beside the plain "
+                              "ROME run (same --order-seed).")
+    plain, rect = arms[ROME][orders[0]], arms[RECT_40][orders[0]]
+    perf = derived.up_to_common_end(derived.editing_performance(conn, [plain["run_id"], rect["run_id"]]))
+    query = _runs_query([plain["run_id"], rect["run_id"]], key="rect_runs", ability_view="rect")
+    parts, keep, low = [], [], []
+    head = {}
+    for measure, name in (("reliability (ES)", "ES"), ("generalisation (PS)", "PS")):
+        p, r = _pooled(perf, plain["run_id"], measure), _pooled(perf, rect["run_id"], measure)
+        if not p or not r:
+            return Finding(**common, ours=f"no newest-edit {name}", verdict=NOT_MEASURED, query=query,
+                           reason="The runs hold no newest-edit scores: rerun them with the current runner.")
+        parts.append(f"{name} {_ci(p['mean'], p['ci_low'], p['ci_high'])} → {_ci(r['mean'], r['ci_low'], r['ci_high'])}"
+                     f" ({r['mean'] / p['mean']:.0%} kept)" if p["mean"] else f"{name} 0 → {r['mean']:.2f}")
+        keep.append(r["mean"] >= RETAINS * p["mean"])
+        low.append(r["ci_high"] < RETAINS * p["mean"])
+        head = head or dict(value=r["mean"], n=r["n"], ci_low=r["ci_low"], ci_high=r["ci_high"])
+    ours = "; ".join(parts) + f" (ROME → RECT 40%, newest edits pooled to edit {int(perf['edit_count'].max())})"
+    if all(keep):
+        return Finding(**common, ours=ours, verdict=REPRODUCED, query=query, **head)
+    if any(low):
+        return Finding(**common, ours=ours, verdict=REFUTED, query=query, **head)
+    return Finding(**common, ours=ours, verdict=NOT_MEASURED, query=query, **head,
+                   reason="Measured, but undecided: below the share kept, within its CI.")
+
+
+def _c4(conn, arms) -> Finding:
+    common = dict(claim="C4", study="C", statement="RECT slows the erosion of abilities.",
+                  paper="ROME GPT-2 XL at 20 edits: sentiment 0.0 unregularised vs 0.47 with RECT top-20%",
+                  rule=f"Share of the unedited ability margin over chance kept (store.derived.usability, mean over "
+                       f"tasks) at the last ability checkpoint both reached, ROME + RECT 20% against ROME on each shared "
+                       f"edit order; with at least {MIN_ORDERS} orders, reproduced when RECT keeps more on every order, "
+                       f"refuted when it keeps no more on every order.", page="abilities")
+    orders = _shared(arms, ROME, RECT_20)
+    if not orders:
+        return Finding(**common, ours="no ROME and ROME + RECT 20% runs on one edit order", verdict=NOT_MEASURED,
+                       reason="Run `python -m compute run sequential --editor ROME --hp rect_top=0.2 --abilities-every "
+                              "50` beside the plain ROME run (same --order-seed).")
+    parts, signs, ids = [], [], []
+    for o in orders:
+        plain, rect = arms[ROME][o], arms[RECT_20][o]
+        ids += [plain["run_id"], rect["run_id"]]
+        up, ur = derived.usability(conn, plain["run_id"]), derived.usability(conn, rect["run_id"])
+        common_counts = sorted(set(up["edit_count"].to_list()) & set(ur["edit_count"].to_list()))
+        if not common_counts or common_counts[-1] == 0:
+            continue
+        at = common_counts[-1]
+        kp = up.filter(pl.col("edit_count") == at)["abilities_left"][0]
+        kr = ur.filter(pl.col("edit_count") == at)["abilities_left"][0]
+        if kp is None or kr is None:
+            continue
+        parts.append(f"order {o}, edit {at}: ROME keeps {kp:.2f}, RECT 20% {kr:.2f} of the ability margin")
+        signs.append(1 if kr > kp else -1)
+    query = _runs_query(ids, key="rect_runs", ability_view="rect")
+    if not signs:
+        return Finding(**common, ours="no shared ability checkpoints", verdict=NOT_MEASURED, query=query,
+                       reason="Rerun both with `--abilities-every 50`.")
+    ours = "; ".join(parts)
+    if len(signs) < MIN_ORDERS:
+        return Finding(**common, ours=ours, verdict=NOT_MEASURED, query=query, n=len(signs),
+                       reason=f"A difference between two runs varies with the edit order, and the store has "
+                              f"{len(signs)} shared order(s): run the RECT sweep and plain ROME on `--order-seed` 1 "
+                              f"and 2.")
+    if all(s == 1 for s in signs):
+        return Finding(**common, ours=ours, verdict=REPRODUCED, query=query, n=len(signs))
+    if all(s == -1 for s in signs):
+        return Finding(**common, ours=ours, verdict=REFUTED, query=query, n=len(signs))
+    return Finding(**common, ours=ours, verdict=NOT_MEASURED, query=query, n=len(signs),
+                   reason="Measured, but undecided: the orders disagree.")
+
+
+# --------------------------------------------------------------------------- all claims, and the README block
+
+
+def findings(conn: sqlite3.Connection) -> list[Finding]:
+    """Every headline claim of the three studies beside what this store measures, in claim order."""
+    refs = _robustness_runs(conn)
+    summary = derived.robustness_summary(conn, run_ids=[r["run_id"] for r in refs.values()] or None,
+                                         metrics=("acc", "rev")) if refs else pl.DataFrame()
+    arms = _arms(conn)
+    return [
+        _a1(conn, refs, summary),
+        _drop(conn, refs, summary, "A2", "paraphrase", "A paraphrase lowers acc below the plain prompt's."),
+        _drop(conn, refs, summary, "A3", "context_pronoun",
+              "A related context with the subject as a pronoun lowers acc far below the plain prompt's."),
+        _drop(conn, refs, summary, "A4", "dialogue", "A dialogue lowers acc below the plain prompt's."),
+        _drop(conn, refs, summary, "A5", "doubt", "Raising doubt is the strongest attack: acc falls, the old "
+                                                  "answer returns."),
+        _a6(conn),
+        _a7(conn, refs),
+        _b1(conn, arms),
+        _b2(conn, arms),
+        _b3(conn, arms),
+        _b4(conn, arms),
+        _c1(conn, arms),
+        _c2(conn),
+        _c3(conn, arms),
+        _c4(conn, arms),
+    ]
+
+
+STUDIES = {"A": "Study A (robustness of single edits, Ma et al.)", "B": "Study B (sequential editing, Gupta et al.)",
+           "C": "Study C (general abilities, Gu et al.)"}
+
+
+def markdown(items: list[Finding]) -> str:
+    """The README's block: one bullet per claim (claim, paper, EditScope, verdict, rule, reason), by study."""
+    lines = ["Generated from the store by `python -m store.findings --store store/results.sqlite --markdown` "
+             "(store/findings.py; `--write-readme README.md` rewrites this block, a test keeps it equal to the "
+             "output, and the dashboard's Findings page shows the same). The model is SmolLM2-135M, not the papers' "
+             "1.5B-7B models: levels are not compared, directions are."]
+    counts = {v: sum(f.verdict == v for f in items) for v in VERDICTS}
+    lines.append("")
+    lines.append("Verdicts: " + ", ".join(f"{k} {v}" for v, k in counts.items() if k) + ".")
+    for study, title in STUDIES.items():
+        lines += ["", f"**{title}**", ""]
+        for f in items:
+            if f.study != study:
+                continue
+            verdict = f.verdict + (f" (direction {f.direction})" if f.direction else "")
+            text = (f"- **{f.claim}** {f.statement} Paper: {f.paper}. EditScope: {f.ours}. "
+                    f"**Verdict: {verdict}.** Rule: {f.rule}")
+            if f.reason:
+                text += f" Note: {f.reason}"
+            lines.append(text)
+    return "\n".join(lines) + "\n"
+
+
+START, END = "<!-- findings:start -->", "<!-- findings:end -->"
+
+
+def readme_block(text: str) -> str:
+    """The generated block of a README's text: what lies between the START and END markers, stripped."""
+    if text.count(START) != 1 or text.count(END) != 1 or text.index(START) > text.index(END):
+        raise ValueError(f"the README needs exactly one {START} ... {END} pair; put them where the block belongs.")
+    return text[text.index(START) + len(START):text.index(END)].strip("\n")
+
+
+def with_block(text: str, block: str) -> str:
+    """`text` with the block between the markers replaced by `block`."""
+    readme_block(text)  # checks the markers
+    return text[:text.index(START) + len(START)] + "\n" + block.strip("\n") + "\n" + text[text.index(END):]
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    from pathlib import Path
+
+    from . import Store, StoreError, default_store_path
+
+    parser = argparse.ArgumentParser(prog="python -m store.findings", description=__doc__.splitlines()[0])
+    parser.add_argument("--store", default=None, help="the store to read (read-only; default: the shipped one)")
+    parser.add_argument("--markdown", action="store_true", help="print the README block instead of plain lines")
+    parser.add_argument("--write-readme", metavar="README", default=None,
+                        help="replace the block between the findings markers of this README with the new one")
+    args = parser.parse_args(argv)
+    path = args.store or default_store_path()
+    try:
+        with Store.open(path, readonly=True) as st:
+            items = findings(st.conn)
+    except StoreError as exc:
+        parser.exit(2, f"{exc}\n")
+    if args.write_readme:
+        readme = Path(args.write_readme)
+        try:
+            readme.write_text(with_block(readme.read_text(encoding="utf-8"), markdown(items)), encoding="utf-8")
+        except (OSError, ValueError) as exc:
+            parser.exit(2, f"{readme}: {exc}\n")
+    if args.markdown:
+        print(markdown(items), end="")
+    else:
+        for f in items:
+            print(f"{f.claim}  {f.verdict}{f' ({f.direction})' if f.direction else ''}  {f.ours}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,302 @@
+"""store.findings: each claim's rule on small stores built from plain rows, the README block equal to the
+function's output on the shipped store, and the Findings page on a copy of the shipped store."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from store import Store, findings as fmod
+from store.findings import NOT_COMPARABLE, NOT_MEASURED, REFUTED, REPRODUCED, findings
+from store.metrics import wilson_ci
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = ROOT / "store" / "results.sqlite"
+RUN_LEVEL = "*"
+
+
+def _by_claim(conn) -> dict:
+    return {f.claim: f for f in findings(conn)}
+
+
+def _run(st, run_id, kind, editor=None, hparams=None, config=None, n_done=1):
+    st.start_run(kind=kind, model="m", editor=editor, run_id=run_id, hparams=hparams, config=config)
+    st.heartbeat(run_id, n_done=n_done, n_total=n_done)
+    st.finish_run(run_id)
+
+
+# --------------------------------------------------------------------------- study A
+
+
+N_CASES = 60
+
+
+def _cases(st, doubt_forced: bool = False):
+    cases, probes = [], []
+    for i in range(N_CASES):
+        cid = f"c{i}"
+        cases.append({"case_id": cid, "case_set": "s", "source": "kb", "relation": f"r{i % 3}", "subject": f"S{i}",
+                      "prompt": f"S{i} lives in", "true_object": "A", "new_object": "B", "frequency": float(i)})
+        doubt = "<chat>Where does S{0} live?<answer>Are you sure?<assistant>".format(i)
+        probes += [{"case_id": cid, "probe_id": 0, "rephrase_type": "plain", "text": f"S{i} lives in",
+                    "target_true": "A", "target_new": "B"},
+                   {"case_id": cid, "probe_id": 1, "rephrase_type": "doubt",
+                    "text": doubt + (f"S{i} lives in" if doubt_forced else ""), "target_true": "A", "target_new": "B"}]
+    st.write_cases(cases, probes)
+
+
+def _robustness_store(st, acc: dict[str, dict[str, float]], recall: dict[str, float], doubt_forced=False):
+    """A knowledge baseline whose unedited recall per type is `recall`, and one robustness run per editor whose
+    share of cases naming the new object is acc[editor][type]."""
+    _cases(st, doubt_forced)
+    _run(st, "k", "knowledge", config={"case_set": "s"}, n_done=N_CASES)
+    st.write_measurements([{"run_id": "k", "case_id": f"c{i}", "edit_count": 0, "rephrase_type": t, "metric": m,
+                            "value": float(i < share * N_CASES) if m == "rev" else 0.0}
+                           for t, share in recall.items() for i in range(N_CASES) for m in ("rev", "acc")])
+    for editor, by_type in acc.items():
+        rid = f"rob-{editor}"
+        _run(st, rid, "robustness", editor=editor, config={"case_set": "s", "baseline_run": "k"}, n_done=N_CASES)
+        st.write_measurements([{"run_id": rid, "case_id": f"c{i}", "edit_count": 1, "rephrase_type": t, "metric": m,
+                                "value": float(i < share * N_CASES) if m == "acc" else 0.0}
+                               for t, share in by_type.items() for i in range(N_CASES) for m in ("acc", "rev")])
+
+
+KNOWN = {"plain": 0.5, "paraphrase": 0.5, "doubt": 0.5}
+
+
+def test_a_paraphrase_drop_is_reproduced_only_when_its_ci_lies_below_the_plain_one(tmp_path):
+    with Store.open(tmp_path / "s.sqlite", create=True) as st:
+        _robustness_store(st, {"ROME": {"plain": 0.95, "paraphrase": 0.4}, "MEMIT": {"plain": 0.9, "paraphrase": 0.3}},
+                          KNOWN)
+        a2 = _by_claim(st.conn)["A2"]
+        assert a2.verdict == REPRODUCED and a2.n == N_CASES
+        assert a2.value == pytest.approx(0.4) and (a2.ci_low, a2.ci_high) == pytest.approx(wilson_ci(24, N_CASES))
+        assert "0.95" in a2.ours and "0.40" in a2.ours and a2.url.startswith("/robustness?")
+    with Store.open(tmp_path / "t.sqlite", create=True) as st:  # MEMIT does not drop at all
+        _robustness_store(st, {"ROME": {"plain": 0.95, "paraphrase": 0.4}, "MEMIT": {"plain": 0.8, "paraphrase": 0.8}},
+                          KNOWN)
+        assert _by_claim(st.conn)["A2"].verdict == REFUTED
+    with Store.open(tmp_path / "u.sqlite", create=True) as st:  # a small drop whose CIs overlap: undecided
+        _robustness_store(st, {"ROME": {"plain": 0.9, "paraphrase": 0.8}, "MEMIT": {"plain": 0.9, "paraphrase": 0.3}},
+                          KNOWN)
+        a2 = _by_claim(st.conn)["A2"]
+        assert a2.verdict == NOT_MEASURED and "ROME" in a2.reason and "overlap" in a2.reason
+
+
+def test_a_type_the_unedited_model_cannot_answer_is_not_comparable(tmp_path):
+    with Store.open(tmp_path / "s.sqlite", create=True) as st:
+        _robustness_store(st, {"ROME": {"plain": 0.95, "paraphrase": 0.4}, "MEMIT": {"plain": 0.9, "paraphrase": 0.3}},
+                          {"plain": 0.5, "paraphrase": 0.0})
+        a2 = _by_claim(st.conn)["A2"]
+        assert a2.verdict == NOT_COMPARABLE and "unmeasurable" in a2.reason
+
+
+def test_doubt_probes_that_put_the_edit_prompt_in_the_models_mouth_are_not_a_measurement(tmp_path):
+    acc = {e: {"plain": 0.95, "doubt": 0.2} for e in ("ROME", "MEMIT", "IKE")}
+    with Store.open(tmp_path / "s.sqlite", create=True) as st:
+        _robustness_store(st, acc, KNOWN, doubt_forced=True)
+        a5 = _by_claim(st.conn)["A5"]
+        assert a5.verdict == NOT_MEASURED and f"{N_CASES} of {N_CASES} cases" in a5.reason and "copy" in a5.ours
+    with Store.open(tmp_path / "t.sqlite", create=True) as st:
+        _robustness_store(st, acc, KNOWN, doubt_forced=False)
+        assert _by_claim(st.conn)["A5"].verdict == REPRODUCED
+
+
+def test_a_missing_editor_says_which_run_would_measure_it(tmp_path):
+    with Store.open(tmp_path / "s.sqlite", create=True) as st:
+        _robustness_store(st, {"ROME": {"plain": 0.95, "paraphrase": 0.4}}, KNOWN)
+        a2 = _by_claim(st.conn)["A2"]
+        assert a2.verdict == NOT_MEASURED and "--editor MEMIT" in a2.reason
+
+
+def _correlations(st, run_id, within: tuple[float, float], pooled: tuple[float, float]):
+    rows = []
+    for relation, (lo, hi), n in (("", pooled, N_CASES), ("*within*", within, N_CASES - 5)):
+        rows.append({"run_id": run_id, "rephrase_type": "paraphrase", "metric": "acc", "feature": "frequency",
+                     "relation": relation, "rho": (lo + hi) / 2, "ci_low": lo, "ci_high": hi, "n": n, "n_boot": 1000,
+                     "seed": 0, "computed_at": "2099-01-01T00:00:00+00:00"})
+    st.replace_correlations(run_id, rows)
+
+
+@pytest.mark.parametrize("within, verdict", [((-0.4, -0.1), REPRODUCED), ((0.1, 0.4), REFUTED),
+                                             ((-0.3, 0.1), NOT_MEASURED)])
+def test_popularity_vs_robustness_is_judged_on_the_within_relation_rho(tmp_path, within, verdict):
+    with Store.open(tmp_path / "s.sqlite", create=True) as st:
+        _robustness_store(st, {e: {"plain": 0.9, "paraphrase": 0.6} for e in ("ROME", "MEMIT", "IKE")}, KNOWN)
+        for e in ("ROME", "MEMIT", "IKE"):
+            # the pooled rho points the other way: it must not decide
+            _correlations(st, f"rob-{e}", within if e == "ROME" else (-0.4, -0.1), pooled=(0.1, 0.3))
+        a7 = _by_claim(st.conn)["A7"]
+        assert a7.verdict == verdict
+        assert "within relation" in a7.ours and "pooled" in a7.ours and "within relation" in a7.rule
+
+
+# --------------------------------------------------------------------------- study B
+
+
+SEQ = {"batch_size": 1, "case_set": "s"}
+ROME_HP = {"key_mismatch": False, "rect_top": 1.0}
+
+
+def _seq(st, run_id, editor="ROME", order=0, n_done=500, hparams=None, config=None):
+    _run(st, run_id, "sequential", editor=editor, hparams=hparams if hparams is not None else dict(ROME_HP),
+         config={**SEQ, "order_seed": order, **(config or {})}, n_done=n_done)
+
+
+def _event(st, run_id, kind, at, series="x", value=1.0, detail=None):
+    st.write_events([{"run_id": run_id, "kind": kind, "series": series, "edit_count": at, "end_count": at,
+                      "value": value, "detail": json.dumps(detail or {})}])
+
+
+def test_disabling_edits_compare_the_original_keys_with_r_rome_on_the_same_order(tmp_path):
+    with Store.open(tmp_path / "s.sqlite", create=True) as st:
+        _seq(st, "orig", hparams={**ROME_HP, "key_mismatch": True}, n_done=340)
+        assert _by_claim(st.conn)["B3"].verdict == NOT_MEASURED  # no r-ROME run on that order
+        _seq(st, "rrome")
+        _event(st, "orig", "disabling_edit", 111, value=1.4)
+        b3 = _by_claim(st.conn)["B3"]
+        assert b3.verdict == REPRODUCED and "111" in b3.ours and b3.n == 340
+        assert (b3.ci_low, b3.ci_high) == pytest.approx(wilson_ci(1, 340))
+        _event(st, "rrome", "disabling_edit", 40, value=0.9)
+        assert _by_claim(st.conn)["B3"].verdict == REFUTED
+
+
+def test_when_models_collapse_is_judged_only_on_three_edit_orders(tmp_path):
+    with Store.open(tmp_path / "s.sqlite", create=True) as st:
+        _seq(st, "rome0")
+        _seq(st, "memit0", editor="MEMIT", hparams={})
+        _event(st, "rome0", "collapse", 300)
+        b4 = _by_claim(st.conn)["B4"]
+        assert b4.verdict == NOT_MEASURED and "1 shared order" in b4.reason and "MEMIT lasted longer" in b4.ours
+        for o in (1, 2):
+            _seq(st, f"rome{o}", order=o)
+            _seq(st, f"memit{o}", editor="MEMIT", hparams={}, order=o)
+            _event(st, f"rome{o}", "collapse", 200 + 50 * o)
+        assert _by_claim(st.conn)["B4"].verdict == REPRODUCED
+        _event(st, "memit2", "collapse", 100)  # on one order MEMIT now breaks first
+        assert _by_claim(st.conn)["B4"].verdict == NOT_MEASURED
+
+
+def _retention(st, run_id, metric, values):
+    held = "n_held_em" if metric == "forgotten_em" else "n_held"
+    st.write_measurements([{"run_id": run_id, "case_id": RUN_LEVEL, "edit_count": 50 * (i + 1),
+                            "rephrase_type": "all_edits", "metric": m, "value": v}
+                           for i, f in enumerate(values) for m, v in ((metric, f), (held, 50.0 * (i + 1)))])
+
+
+def _phase(st, run_id, series, catastrophic):
+    detail = {"phase": "catastrophic" if catastrophic else "gradual", "change_at": 250, "start": 1.0,
+              "slope_before": -1e-4, "slope_after": -5e-3, "loss_rate_before": 1e-4, "loss_rate_after": 5e-3,
+              "drop_after": 0.5, "catastrophic": catastrophic}
+    _event(st, run_id, "phase", 250 if catastrophic else 0, series=series, detail=detail)
+
+
+def test_two_phase_forgetting_needs_exact_match_retention(tmp_path):
+    with Store.open(tmp_path / "s.sqlite", create=True) as st:
+        _seq(st, "rome")
+        _retention(st, "rome", "forgotten", [0.0, 0.05, 0.1, 0.6])
+        _phase(st, "rome", "retention", catastrophic=True)  # by ES: passed by chance by a broken model
+        b1 = _by_claim(st.conn)["B1"]
+        assert b1.verdict == NOT_MEASURED and "exact-match" in b1.reason and "by ES" in b1.ours
+        _retention(st, "rome", "forgotten_em", [0.0, 0.05, 0.1, 0.1])
+        _phase(st, "rome", "retention_em", catastrophic=False)
+        b1 = _by_claim(st.conn)["B1"]
+        assert b1.verdict == NOT_MEASURED and "--edits 1000" in b1.reason  # no phase, no collapse yet
+        _event(st, "rome", "collapse", 400)
+        assert _by_claim(st.conn)["B1"].verdict == REFUTED
+        _phase(st, "rome", "retention_em", catastrophic=True)
+        assert _by_claim(st.conn)["B1"].verdict == REPRODUCED
+
+
+# --------------------------------------------------------------------------- study C
+
+
+def _abilities(st, run_id, scores: dict[int, float], n=200):
+    rows = []
+    for b, s in scores.items():
+        for task in ("sentiment", "nli"):
+            lo, hi = wilson_ci(round(s * n), n)
+            rows.append({"run_id": run_id, "edit_count": b, "batch_size": b, "task": task, "task_version": "1",
+                         "mode": "quick", "score": s, "n": n, "ci_low": lo, "ci_high": hi, "chance": 0.5,
+                         "higher_is_better": 1, "metric": "accuracy"})
+    st.write_abilities(rows)
+
+
+def test_batch_sizes_small_batches_intact_large_ones_not_yet_measured(tmp_path):
+    with Store.open(tmp_path / "s.sqlite", create=True) as st:
+        _run(st, "b", "batch", editor="MEMIT", config={"case_set": "s"}, n_done=3)
+        _abilities(st, "b", {0: 0.8, 10: 0.8, 100: 0.78, 500: 0.6})
+        c2 = _by_claim(st.conn)["C2"]
+        assert c2.verdict == NOT_MEASURED and "largest batch measured is 500" in c2.reason
+        _abilities(st, "b", {2000: 0.55})
+        assert _by_claim(st.conn)["C2"].verdict == REPRODUCED
+        _abilities(st, "b", {10: 0.6})  # a small batch already hurts
+        assert _by_claim(st.conn)["C2"].verdict == REFUTED
+
+
+# --------------------------------------------------------------------------- the shipped store, README and page
+
+
+def test_rules_are_one_sentence_and_every_number_has_its_verdict(tmp_path):
+    shutil.copy(SHIPPED, tmp_path / "s.sqlite")
+    with Store.open(tmp_path / "s.sqlite", readonly=True) as st:
+        items = findings(st.conn)
+    assert [f.claim for f in items] == ["A1", "A2", "A3", "A4", "A5", "A6", "A7", "B1", "B2", "B3", "B4",
+                                        "C1", "C2", "C3", "C4"]
+    for f in items:
+        assert f.verdict in fmod.VERDICTS and f.rule.rstrip(".").count(". ") == 0, f.claim
+        assert f.page in ("robustness", "popularity", "forgetting", "abilities") and f.ours
+        assert (f.verdict == NOT_COMPARABLE) == bool(f.direction)
+        assert f.verdict not in (NOT_COMPARABLE, NOT_MEASURED) or f.reason
+
+
+def test_the_readme_block_is_the_functions_output_on_the_shipped_store():
+    with Store.open(SHIPPED, readonly=True) as st:
+        expected = fmod.markdown(findings(st.conn))
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert fmod.readme_block(readme) == expected.strip("\n"), \
+        "README block is stale: run `python -m store.findings --store store/results.sqlite --write-readme README.md`"
+
+
+def test_the_readme_block_is_replaced_between_its_markers_only():
+    text = f"intro\n{fmod.START}\nold\n{fmod.END}\noutro\n"
+    new = fmod.with_block(text, "new\nlines\n")
+    assert new == f"intro\n{fmod.START}\nnew\nlines\n{fmod.END}\noutro\n" and fmod.readme_block(new) == "new\nlines"
+    with pytest.raises(ValueError, match="exactly one"):
+        fmod.readme_block("no markers")
+
+
+def test_findings_imports_neither_compute_torch_nor_streamlit():
+    code = ("import sys, store.findings; bad = [m for m in ('torch', 'streamlit', 'compute') if m in sys.modules]; "
+            "print(','.join(bad))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_findings_page_shows_every_claim_as_text_with_a_link_to_its_evidence(monkeypatch, tmp_path):
+    from streamlit.testing.v1 import AppTest
+
+    shutil.copy(SHIPPED, tmp_path / "s.sqlite")
+    monkeypatch.setenv("EDITSCOPE_STORE", str(tmp_path / "s.sqlite"))
+    monkeypatch.setenv("EDITSCOPE_WORKSPACE", str(tmp_path / "ws.sqlite"))
+    at = AppTest.from_file(str(ROOT / "dashboard" / "app.py"), default_timeout=60)
+    at.run()
+    at.switch_page("app_pages/findings.py").run()
+    assert not at.exception
+    with Store.open(tmp_path / "s.sqlite", readonly=True) as st:
+        items = findings(st.conn)
+    assert [s.value for s in at.subheader] == [f.claim for f in items]
+    texts = [t.value for t in at.text]
+    for f in items:  # the store's figures reach the page as plain text, never markdown
+        assert "EditScope: " + f.ours in texts and "Rule: " + f.rule in texts
+        assert not any(f.ours in m.value for m in at.markdown)
+    links = at.get("page_link")
+    assert len(links) == len(items)
+    assert [(link.proto.page, link.proto.query_string) for link in links] == \
+        [(f.page, f.url.partition("?")[2]) for f in items]
+    assert "runs=robustness-" in links[1].proto.query_string  # A2's evidence names its runs
