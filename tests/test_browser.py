@@ -110,16 +110,95 @@ def test_every_page_renders_charts_without_an_exception(app_url):
     assert not problems, problems
 
 
-def test_a_shared_filter_survives_a_page_switch_in_the_url(app_url):
+def _settle(page, charts: int = 0) -> None:
+    """Wait until Streamlit has finished the page's run and drawn at least `charts` plotly charts."""
+    page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=60_000)
+    if charts:
+        page.locator(".js-plotly-plot .main-svg").nth(charts - 1).wait_for(timeout=60_000)
+    page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=60_000)
+
+
+# what a page shows: every chart's traces (type, name, axes, values), which segments are chosen, the main text
+SNAPSHOT = """() => ({
+    chosen: [...document.querySelectorAll('[role="radio"]')].map(b => b.innerText + ':' + b.getAttribute('aria-checked')),
+    charts: [...document.querySelectorAll('.js-plotly-plot')].map(g => JSON.stringify((g.data || []).map(
+        t => [t.type, t.name, t.x, t.y, t.z, t.text]))),
+    text: document.querySelector('[data-testid="stMain"]').innerText,
+})"""
+
+
+def _run_ids(store, kind: str) -> dict[str, str]:
+    """editor -> run id of the store's runs of a kind."""
+    import sqlite3
+
+    con = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
+    try:
+        return dict(con.execute("SELECT editor, run_id FROM runs WHERE kind = ?", (kind,)).fetchall())
+    finally:
+        con.close()
+
+
+def test_a_shared_filter_survives_a_page_switch_in_the_url(app_url, fixture_store):
+    """The run choice is shared by Robustness and Popularity: a run id chosen on one (here through its link)
+    is still in the URL, and still the choice, after a switch to the other; values equal to the page's
+    default (every relation, the reference runs) never enter the URL."""
+    from urllib.parse import parse_qs, urlparse
+
+    from playwright.sync_api import sync_playwright
+
+    ike = _run_ids(fixture_store, "robustness")["IKE"]
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1800})
+        page.goto(f"{app_url}/robustness?runs={ike}", wait_until="domcontentloaded")
+        page.get_by_role("heading", name="Robustness of single edits").wait_for(timeout=60_000)
+        _settle(page, 1)
+        heat = page.evaluate("() => document.querySelector('.js-plotly-plot').data[0].y")
+        assert list(heat) == ["IKE"]  # the link's choice, not the reference runs (FT-L and IKE)
+        page.get_by_role("link", name="Popularity").click()
+        page.get_by_role("heading", name="Knowledge popularity").wait_for(timeout=60_000)
+        page.wait_for_function(f"location.search.includes('runs={ike}')", timeout=30_000)
+        _settle(page, 1)
+        query = parse_qs(urlparse(page.url).query)
+        assert query["runs"] == [ike] and "relations" not in query and "editors" not in query
+        names = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')].flatMap("
+                              "g => (g.data || []).map(t => t.name))")
+        assert "IKE" in names and not [n for n in names if n and n.startswith("FT-L")]
+        browser.close()
+
+
+def test_a_copied_link_shows_the_same_view_in_a_fresh_browser(app_url):
+    """Change widgets on Robustness by clicking, copy the address, open it in a new browser context (no
+    cookies, no session, as a colleague would): the same charts with the same numbers and the same text."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = browser.new_page()
-        page.goto(f"{app_url}/robustness?editors=IKE", wait_until="domcontentloaded")
-        page.get_by_role("heading", name="Robustness of single edits").wait_for(timeout=60_000)
-        page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=60_000)
-        page.get_by_role("link", name="Popularity").click()
-        page.get_by_role("heading", name="Knowledge popularity").wait_for(timeout=60_000)
-        page.wait_for_function("location.search.includes('editors=IKE')", timeout=30_000)
+        first = browser.new_context(viewport={"width": 1400, "height": 2600}).new_page()
+        first.goto(f"{app_url}/robustness", wait_until="domcontentloaded")
+        first.get_by_role("heading", name="Robustness of single edits").wait_for(timeout=60_000)
+        _settle(first, 2)
+        default = first.evaluate(SNAPSHOT)
+        first.get_by_role("radio", name="Generation names the true object (rev)").click()
+        first.wait_for_function("location.search.includes('metric=rev')", timeout=30_000)
+        first.get_by_role("radio", name="popularity quartile").click()
+        first.wait_for_function("location.search.includes('split=popularity_quartile')", timeout=30_000)
+        _settle(first, 2)
+        link = first.url
+        shown = first.evaluate(SNAPSHOT)
+        assert shown != default  # the clicks changed the view
+
+        fresh_context = browser.new_context(viewport={"width": 1400, "height": 2600})
+        assert fresh_context.cookies() == []
+        fresh = fresh_context.new_page()
+        fresh.goto(link, wait_until="domcontentloaded")
+        fresh.get_by_role("heading", name="Robustness of single edits").wait_for(timeout=60_000)
+        _settle(fresh, 2)
+        fresh.wait_for_function("document.querySelector('[data-testid=\"stMain\"]').innerText.includes("
+                                "'popularity quartile')", timeout=30_000)
+        again = fresh.evaluate(SNAPSHOT)
+        assert again["chosen"] == shown["chosen"] and "Generation names the true object (rev):true" in again["chosen"]
+        assert again["charts"] == shown["charts"]
+        assert again["text"] == shown["text"]
+        assert fresh.url == link  # the fresh view writes nothing more into its link
         browser.close()
