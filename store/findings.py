@@ -202,7 +202,7 @@ def _drop(conn, refs, summary, claim: str, rtype: str, statement: str) -> Findin
     claimed = [e for e in EDITORS_A if PAPER_A["plain"][e] - PAPER_A[rtype][e] >= PAPER_DROP]
     paper = _paper_a(rtype) + (f"; rev {', '.join(f'{e} {v:g}' for e, v in PAPER_DOUBT_REV.items())}"
                                if rtype == "doubt" else "")
-    rule = (f"Reproduced when, for each editor the paper finds a drop of {PAPER_DROP:g}+ points for "
+    rule = (f"Reproduced when, for each editor with a drop of {PAPER_DROP:g}+ points in the paper "
             f"({', '.join(claimed)}), the 95% CI of acc on {rtype} lies wholly below the CI on the plain prompt; "
             f"refuted when one of them has {rtype} acc at or above its plain acc; otherwise undecided at this n.")
     common = dict(claim=claim, study="A", statement=statement, paper=paper, rule=rule, page="robustness")

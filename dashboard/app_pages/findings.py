@@ -29,7 +29,8 @@ st.title("Findings: the studies' claims, measured")
 st.caption("Each claim of the three studies beside what this store measures, with the rule that gives the verdict. "
            "The model is SmolLM2-135M, not the papers' 1.5B-7B models: levels are not compared, directions are. "
            "Verdicts: reproduced, refuted, not comparable (the paper's level; the direction is still compared), "
-           "not measured yet (the store lacks what the claim needs, or its n does not decide it).")
+           "not measured yet (the store lacks what the claim needs, or its n does not decide it). Runs started "
+           "from this dashboard (the workspace store) are not counted.")
 items = _findings(str(store_path()), stamp())
 
 table = pl.DataFrame([{"claim": f.claim, "verdict": f.verdict, "direction": f.direction or None, "value": f.value,
