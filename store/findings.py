@@ -420,6 +420,7 @@ def _b2(conn, arms) -> Finding:
                        reason="Run `python -m compute run sequential --editor ROME --edits 500 --abilities-every 50`.")
     ids = [r["run_id"] for r in runs.values()]
     events = derived.sequential_events(conn, ids)
+    phases = derived.sequential_phases(conn, ids)
     query = _runs_query(ids)
     parts, collapsed = [], []
     head = {}
@@ -435,8 +436,12 @@ def _b2(conn, arms) -> Finding:
         left = row["abilities_left"]
         ppl = row["perplexity_ratio"]
         state = (f"unusable from edit {at}" if at is not None else f"still usable at edit {row['edit_count']}")
+        cliffs = phases.filter((pl.col("run_id") == run["run_id"]) & pl.col("catastrophic")
+                               & pl.col("series").str.ends_with("(ability)"))
         parts.append(f"{label}: {state}, abilities keep {left:.2f} of their unedited margin over chance (mean over "
-                     f"{tasks} tasks)" + (f", perplexity x{ppl:,.0f}" if ppl is not None else ""))
+                     f"{tasks} tasks)" + (f", perplexity x{ppl:,.0f}" if ppl is not None else "")
+                     + (f"; a catastrophic phase on {cliffs.height} ability series from edit "
+                        f"{int(cliffs['change_at'].min())}" if cliffs.height else ""))
         if at is not None:
             collapsed.append(row)
             head = head or dict(value=left, n=tasks)
