@@ -727,6 +727,24 @@ def cmd_store_finalize(args) -> None:
         _out(f"{st.path}: checkpointed, vacuumed, journal mode DELETE ({st.path.stat().st_size / 1e6:.1f} MB)")
 
 
+def cmd_store_merge(args) -> None:
+    """Merge finished shard stores into --into (created when missing), one transaction per shard; a refused shard
+    is reported and skipped, the others still merge, and the command then fails naming the refused ones."""
+    from store.merge import merge_shard
+
+    refused = []
+    with Store.open(args.into, create=True) as target:
+        for shard in args.shards:
+            try:
+                _out(merge_shard(target, shard).summary())
+            except StoreError as exc:
+                refused.append(str(shard))
+                print("refused: " + " ".join(str(exc).split()), file=sys.stderr)
+    if refused:
+        raise StoreError(f"{len(refused)} of {len(args.shards)} shard(s) not merged ({', '.join(refused)}); "
+                         f"the others are in {args.into}")
+
+
 def cmd_store_rederive(args) -> None:
     """Re-derive what the store's rules find in stored runs (sequential runs' phases, disabling edits, collapse and
     panel floor; knowledge and robustness runs' popularity correlations) with the current code: no edit or
@@ -908,6 +926,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_parser("info", help="schema version and row counts").set_defaults(func=cmd_store_info)
     sp.add_parser("migrate", help="bring an older store to the current schema").set_defaults(func=cmd_store_migrate)
     sp.add_parser("finalize", help="checkpoint and vacuum before shipping the file").set_defaults(func=cmd_store_finalize)
+    q = sp.add_parser("merge", help="merge finished shard stores (or another researcher's store) into one store: "
+                      "idempotent, provenance kept, conflicting runs refused")
+    q.add_argument("shards", nargs="+", type=Path, metavar="SHARD", help="stores to merge (only read, never written)")
+    q.add_argument("--into", type=Path, required=True, metavar="STORE",
+                   help="the store to merge into (created when missing; --store is not used)")
+    q.set_defaults(func=cmd_store_merge)
     q = sp.add_parser("rederive", help="re-derive events and correlations of stored runs with the current rules "
                       "(no edit is recomputed)")
     q.add_argument("--run", type=text(), help="only this sequential run (default: every run, and all correlations)")

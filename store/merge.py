@@ -1,0 +1,402 @@
+"""Merging finished stores into one: `python -m compute store merge SHARD... --into STORE`.
+
+A shard is any EditScope store: one written by an executor's unit, or another researcher's whole store.
+Each shard is merged into the target in ONE transaction (all of it or none of it); a shard is only ever
+read (opened read-only; an older schema is migrated in a temporary copy, never in place).
+
+What a shard brings, per run (every table that has a `run_id` column belongs to its run: measurements,
+generations, abilities, weight_drift, edit_diagnostics, run_events, correlations, found from the schema so
+a table added later is not forgotten):
+
+- a run the target lacks: copied whole, its runs row (provenance, config, hyperparameters, status, timings)
+  as it is;
+- a run the target has: the two copies must be the same computation: the same kind, model, editor,
+  hparams, seed and config, and every row both hold (same primary key) must hold the same values.
+  Otherwise the shard is refused (MergeConflict) and nothing of it is written. Then:
+  - the shard holds no row the target lacks: nothing changes (so merging a shard twice is a no-op);
+  - the target holds no row the shard lacks (the target has no more of the run, e.g. it stopped earlier):
+    the missing rows are added and the shard's runs row (status, progress, timings) and derived rows replace
+    the target's (its correlations; its run_events kind by kind, log kinds such as `merged` and `plan_unit`
+    added beside the target's): a partial run is taken over only this way;
+  - each holds rows the other lacks (parts of one run computed apart): the shard's missing data rows are
+    added, and the target keeps its runs row and derived rows (re-derive them with `store rederive`).
+- cases, probes and the knowledge base: the shard's rows the target lacks are added. A case the target
+  holds with other content (its `created_at` aside) or another probe set is a conflict; knowledge-base rows
+  that differ keep the target's values and are counted in the report.
+
+Every run that received rows gets a run_events row of kind `merged` (series: the shard's path; edit_count:
+the run's n_done in the shard; value: rows added; detail: JSON with the shard, its run status, how the run
+was merged, rows added per table and the time), so the target records where each run came from. Such rows
+in a shard are carried along, so the history survives merges of merged stores.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from .db import MEASUREMENT_COLUMNS, Store, StoreError, _connect_readonly, _read_header, _validate
+from .schema import latest_version
+
+MERGED_KIND = "merged"
+# run_events kinds that log where a run's rows came from (this module's merges; compute.plan's units): a merge
+# adds such rows beside the target's and never replaces them
+LOG_KINDS = (MERGED_KIND, "plan_unit")
+IDENTITY_COLUMNS = ("kind", "model", "editor", "hparams", "seed", "config")
+DERIVED_TABLES = ("run_events", "correlations")  # recomputed from a run's rows: they follow its runs row
+KB_TABLES = ("kb_relations", "kb_subjects", "kb_facts")
+CASE_IGNORED = ("created_at",)  # when the case set was built, not what it is
+
+
+class MergeConflict(StoreError):
+    """A shard holds a run or case under an id the target uses for different content; nothing was written."""
+
+
+@dataclass
+class MergeReport:
+    """What merging one shard did: runs by outcome, rows added per table, what differed and was kept."""
+
+    shard: Path
+    migrated_from: int | None = None  # the shard's schema version when an upgraded copy was read
+    runs_new: list[str] = field(default_factory=list)
+    runs_taken_over: list[str] = field(default_factory=list)  # the target had less of the run
+    runs_joined: list[str] = field(default_factory=list)  # each held rows the other lacked
+    runs_unchanged: list[str] = field(default_factory=list)
+    rows_added: dict[str, int] = field(default_factory=dict)
+    kb_rows_differing: int = 0
+
+    @property
+    def changed(self) -> bool:
+        return any(self.rows_added.values())
+
+    def summary(self) -> str:
+        """One line for the command line."""
+        parts = [f"{len(self.runs_new)} new run(s)"]
+        if self.runs_taken_over:
+            parts.append(f"{len(self.runs_taken_over)} completed from the shard ({', '.join(self.runs_taken_over)})")
+        if self.runs_joined:
+            parts.append(f"{len(self.runs_joined)} joined with the target's part ({', '.join(self.runs_joined)}; "
+                         "their derived rows are the target's: `store rederive` updates them)")
+        parts.append(f"{len(self.runs_unchanged)} already there")
+        rows = ", ".join(f"{n} {table}" for table, n in sorted(self.rows_added.items()) if n)
+        parts.append(f"rows added: {rows or 'none'}")
+        if self.kb_rows_differing:
+            parts.append(f"{self.kb_rows_differing} knowledge-base row(s) differ (the target's kept)")
+        migrated = f" (read from a copy upgraded from schema v{self.migrated_from})" if self.migrated_from else ""
+        return f"{self.shard}{migrated}: " + "; ".join(parts)
+
+
+def merge_stores(shards: Sequence[str | Path], into: str | Path) -> list[MergeReport]:
+    """Merge each shard into the store at `into` (created when missing), one transaction per shard.
+
+    Stops at the first shard that is refused (MergeConflict or StoreError): the shards before it stay merged,
+    that one and the ones after it are not. Use `merge_shard` to go on past a refused shard.
+    """
+    with Store.open(into, create=True) as target:
+        return [merge_shard(target, shard) for shard in shards]
+
+
+def merge_shard(target: Store, shard_path: str | Path) -> MergeReport:
+    """Merge one shard store into the open, writable `target` in one transaction; see the module docstring."""
+    shard_path = Path(shard_path).expanduser()
+    if target.readonly:
+        raise StoreError(f"{target.path} was opened read-only; open it writable to merge into it.")
+    if shard_path.exists() and target.path.exists() and shard_path.resolve() == target.path.resolve():
+        raise StoreError(f"{shard_path} is the target store itself; name another store to merge into it.")
+    version = shard_version(shard_path)
+    newest = latest_version()
+    if version >= newest:  # a newer one is refused by Store.open with what to do
+        with Store.open(shard_path, readonly=True) as shard:
+            return _merge(target, shard, MergeReport(shard_path))
+    with tempfile.TemporaryDirectory(prefix="editscope-merge-") as tmp:
+        copy = Path(tmp) / "shard.sqlite"
+        _copy_store(shard_path, copy)
+        with Store.open(copy) as shard:  # migrates the copy; the shard file is never opened writable
+            return _merge(target, shard, MergeReport(shard_path, migrated_from=version))
+
+
+def shard_version(path: Path) -> int:
+    """The schema version of the store at `path`, read without writing to it; StoreError when it is none."""
+    header = _read_header(path)
+    if header is None:
+        raise StoreError(f"No store at {path}; check the shard's path.")
+    if not header.startswith(b"SQLite format 3\x00"):
+        raise StoreError(f"{path} is not an EditScope store (not a SQLite database); check the shard's path.")
+    conn = _connect_readonly(path, header)
+    try:
+        return _validate(conn, path, allow_new=False)
+    except sqlite3.DatabaseError as e:
+        raise StoreError(f"{path} is not a readable SQLite database ({e}); it may be damaged.") from None
+    finally:
+        conn.close()
+
+
+def _copy_store(path: Path, copy: Path) -> None:
+    """A consistent copy of the store at `path` (committed WAL content included) through SQLite's backup."""
+    source = _connect_readonly(path, _read_header(path) or b"")
+    dest = sqlite3.connect(str(copy))
+    try:
+        source.backup(dest)
+    finally:
+        dest.close()
+        source.close()
+
+
+# ---- the merge ------------------------------------------------------------------------------------------
+
+
+def run_tables(conn: sqlite3.Connection) -> list[tuple[str, list[str], list[str]]]:
+    """Every table or view holding rows of a run (a `run_id` column; `runs` itself aside), in creation order,
+    with its columns and its key columns."""
+    out = []
+    for name, kind in conn.execute(
+        "SELECT name, type FROM sqlite_master WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite_%' "
+        "AND name != 'runs' ORDER BY rowid"
+    ):
+        info = conn.execute("SELECT name, pk FROM pragma_table_info(?) ORDER BY cid", (name,)).fetchall()
+        columns = [c for c, _ in info]
+        if "run_id" not in columns:
+            continue
+        key = [c for c, pk in sorted(info, key=lambda r: r[1]) if pk > 0]
+        if name == "measurements" and kind == "view":
+            key = [c for c in MEASUREMENT_COLUMNS if c != "value"]
+        if not key:
+            raise StoreError(f"Table {name} holds rows of runs but has no primary key; store.merge cannot "
+                             "match its rows (give it one in a migration).")
+        out.append((name, columns, key))
+    return out
+
+
+def _q(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def _select(conn: sqlite3.Connection, table: str, columns: list[str], where: str = "",
+            params: tuple = ()) -> sqlite3.Cursor:
+    # identifiers come from the target's own schema; values go through ? parameters
+    return conn.execute(f"SELECT {', '.join(map(_q, columns))} FROM {_q(table)}{where}", params)
+
+
+def _insert(conn: sqlite3.Connection, table: str, columns: list[str], rows: Iterable[tuple]) -> int:
+    """Insert `rows` and return how many were given (a cursor's rowcount misses rows a view's trigger wrote)."""
+    n = 0
+
+    def counted():
+        nonlocal n
+        for row in rows:
+            n += 1
+            yield row
+
+    conn.executemany(
+        f"INSERT INTO {_q(table)} ({', '.join(map(_q, columns))}) VALUES ({', '.join('?' * len(columns))})",
+        counted())
+    return n
+
+
+def _keyed(rows: Iterable[tuple], key_idx: list[int]) -> dict[tuple, tuple]:
+    return {tuple(row[i] for i in key_idx): row for row in rows}
+
+
+def _same_json(a: Any, b: Any) -> bool:
+    """Equal values, JSON text compared as parsed (key order and spacing aside)."""
+    if a == b:
+        return True
+    if isinstance(a, str) and isinstance(b, str):
+        try:
+            return json.loads(a) == json.loads(b)
+        except ValueError:
+            return False
+    return False
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _merge(target: Store, shard: Store, report: MergeReport) -> MergeReport:
+    tconn, sconn = target.conn, shard.conn
+    tables = run_tables(tconn)
+    shard_tables = {name for name, _, _ in run_tables(sconn)}
+    if missing := [name for name, _, _ in tables if name not in shard_tables]:
+        raise StoreError(f"{report.shard} lacks the table(s) {missing} of schema v{target.schema_version}; "
+                         "it is damaged or not an EditScope store.")
+    run_cols = [c for (c,) in tconn.execute("SELECT name FROM pragma_table_info('runs') ORDER BY cid")]
+    added = report.rows_added
+    tconn.execute("BEGIN IMMEDIATE")
+    try:
+        _merge_kb(tconn, sconn, report)
+        _merge_cases(tconn, sconn, report)
+        for shard_run in _select(sconn, "runs", run_cols, " ORDER BY started_at, run_id").fetchall():
+            run = dict(zip(run_cols, shard_run))
+            run_id = run["run_id"]
+            row = _select(tconn, "runs", run_cols, " WHERE run_id = ?", (run_id,)).fetchone()
+            if row is None:
+                added["runs"] = added.get("runs", 0) + _insert(tconn, "runs", run_cols, [shard_run])
+                per_table = _copy_run(tconn, sconn, run_id, tables)
+                report.runs_new.append(run_id)
+                how = "new"
+            else:
+                per_table, how = _merge_run(tconn, sconn, run, dict(zip(run_cols, row)), run_cols, tables,
+                                            report)
+            for table, n in per_table.items():
+                added[table] = added.get(table, 0) + n
+            if how != "unchanged":
+                _record_merge(tconn, report, run, how, per_table)
+    except BaseException:
+        tconn.rollback()
+        raise
+    tconn.commit()
+    return report
+
+
+def _copy_run(tconn, sconn, run_id: str, tables) -> dict[str, int]:
+    """Every row of a run the target lacks, table by table (streamed: a run may hold millions of rows)."""
+    counts = {}
+    for table, columns, _ in tables:
+        rows = _select(sconn, table, columns, " WHERE run_id = ?", (run_id,))
+        counts[table] = _insert(tconn, table, columns, rows)
+    return counts
+
+
+def _merge_run(tconn, sconn, run: dict, mine: dict, run_cols, tables, report) -> tuple[dict[str, int], str]:
+    """A run both stores hold: refuse different content, else add what the target lacks (see the module
+    docstring for which runs row and derived rows are kept)."""
+    run_id = run["run_id"]
+    differ = [c for c in IDENTITY_COLUMNS if not _same_json(run[c], mine[c])]
+    if differ:
+        detail = "; ".join(f"{c}: {mine[c]!r} in the target, {run[c]!r} in the shard" for c in differ)
+        raise MergeConflict(f"{report.shard}: run {run_id} is also in the target with other settings ({detail}); "
+                            f"nothing of this shard was written. One run id must name one computation: keep the "
+                            "two in separate stores, or remove the run from one of them.")
+    missing: dict[str, list[tuple]] = {}
+    target_has_more = False
+    for table, columns, key in tables:
+        if table in DERIVED_TABLES:
+            continue
+        key_idx = [columns.index(c) for c in key]
+        theirs = _keyed(_select(sconn, table, columns, " WHERE run_id = ?", (run_id,)), key_idx)
+        ours = _keyed(_select(tconn, table, columns, " WHERE run_id = ?", (run_id,)), key_idx)
+        changed = [k for k in theirs.keys() & ours.keys() if theirs[k] != ours[k]]
+        if changed:
+            k = sorted(changed, key=repr)[0]
+            diff = {c: (a, b) for c, a, b in zip(columns, ours[k], theirs[k]) if a != b}
+            raise MergeConflict(
+                f"{report.shard}: run {run_id} holds {len(changed)} {table} row(s) that differ from the target's, "
+                f"e.g. {dict(zip(key, k))}: " + ", ".join(f"{c} {a!r} in the target, {b!r} in the shard"
+                                                           for c, (a, b) in diff.items())
+                + "; nothing of this shard was written. The two copies are different computations under one run "
+                  "id: keep them in separate stores, or remove the run from one of them.")
+        missing[table] = [theirs[k] for k in theirs.keys() - ours.keys()]
+        target_has_more = target_has_more or bool(ours.keys() - theirs.keys())
+    if not any(missing.values()):
+        report.runs_unchanged.append(run_id)
+        return {}, "unchanged"
+    counts = {table: _insert(tconn, table, next(c for t, c, _ in tables if t == table), rows)
+              for table, rows in missing.items() if rows}
+    if target_has_more:
+        report.runs_joined.append(run_id)
+        return counts, "joined"
+    # the target had no more of the run than the shard: the shard's runs row and derived rows replace its own
+    tconn.execute(f"UPDATE runs SET {', '.join(f'{_q(c)} = ?' for c in run_cols if c != 'run_id')} "
+                  "WHERE run_id = ?", [run[c] for c in run_cols if c != "run_id"] + [run_id])
+    for table, columns, _ in tables:
+        if table == "correlations":
+            tconn.execute("DELETE FROM correlations WHERE run_id = ?", (run_id,))
+            counts[table] = _insert(tconn, table, columns, _select(sconn, table, columns, " WHERE run_id = ?",
+                                                                   (run_id,)))
+        elif table == "run_events":
+            counts[table] = _take_events(tconn, sconn, run_id, columns)
+    report.runs_taken_over.append(run_id)
+    return counts, "taken over"
+
+
+def _take_events(tconn, sconn, run_id: str, columns: list[str]) -> int:
+    """The shard's events of a run taken over: each kind the shard holds replaces the target's rows of that kind
+    (events are re-derived from a run's whole history), except log kinds, whose rows are added beside the
+    target's; kinds only the target holds stay. Returns the rows written."""
+    kind = columns.index("kind")
+    by_kind: dict[str, list[tuple]] = {}
+    for row in _select(sconn, "run_events", columns, " WHERE run_id = ?", (run_id,)):
+        by_kind.setdefault(row[kind], []).append(row)
+    n = 0
+    for name, rows in sorted(by_kind.items()):
+        if name in LOG_KINDS:
+            cur = tconn.executemany(f"INSERT OR IGNORE INTO run_events ({', '.join(map(_q, columns))}) "
+                                    f"VALUES ({', '.join('?' * len(columns))})", rows)
+            n += max(cur.rowcount, 0)
+            continue
+        tconn.execute("DELETE FROM run_events WHERE run_id = ? AND kind = ?", (run_id, name))
+        n += _insert(tconn, "run_events", columns, rows)
+    return n
+
+
+def _record_merge(tconn, report: MergeReport, run: dict, how: str, per_table: dict[str, int]) -> None:
+    """The run_events row saying which shard the run's rows came from (see the module docstring)."""
+    detail = {"shard": str(report.shard.resolve()), "shard_status": run["status"], "how": how,
+              "rows_added": {t: n for t, n in sorted(per_table.items()) if n}, "merged_at": _now()}
+    if report.migrated_from:
+        detail["shard_schema"] = report.migrated_from
+    tconn.execute(
+        "INSERT INTO run_events (run_id, kind, series, edit_count, end_count, value, detail) "
+        "VALUES (?, ?, ?, ?, NULL, ?, ?) ON CONFLICT (run_id, kind, series, edit_count) DO UPDATE SET "
+        "value = excluded.value, detail = excluded.detail",
+        (run["run_id"], MERGED_KIND, str(report.shard.resolve()), run["n_done"] or 0, sum(per_table.values()),
+         json.dumps(detail, sort_keys=True)))
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> tuple[list[str], list[str]]:
+    info = conn.execute("SELECT name, pk FROM pragma_table_info(?) ORDER BY cid", (table,)).fetchall()
+    return [c for c, _ in info], [c for c, pk in sorted(info, key=lambda r: r[1]) if pk > 0]
+
+
+def _merge_kb(tconn, sconn, report: MergeReport) -> None:
+    """Knowledge-base rows the target lacks are added; rows that differ keep the target's values."""
+    for table in KB_TABLES:
+        columns, key = _columns(tconn, table)
+        key_idx = [columns.index(c) for c in key]
+        ours = _keyed(_select(tconn, table, columns), key_idx)
+        new = []
+        for k, row in _keyed(_select(sconn, table, columns), key_idx).items():
+            if k not in ours:
+                new.append(row)
+            elif ours[k] != row:
+                report.kb_rows_differing += 1
+        if new:
+            report.rows_added[table] = _insert(tconn, table, columns, new)
+
+
+def _merge_cases(tconn, sconn, report: MergeReport) -> None:
+    """Cases and their probes the target lacks are added; a case held with other content is a conflict."""
+    columns, key = _columns(tconn, "cases")
+    compared = [i for i, c in enumerate(columns) if c not in CASE_IGNORED]
+    ours = _keyed(_select(tconn, "cases", columns), [columns.index(c) for c in key])
+    pcols, _ = _columns(tconn, "probes")
+    new_cases = []
+    for k, row in _keyed(_select(sconn, "cases", columns), [columns.index(c) for c in key]).items():
+        if k not in ours:
+            new_cases.append(row)
+            continue
+        differ = [columns[i] for i in compared if ours[k][i] != row[i]]
+        if differ:
+            raise MergeConflict(
+                f"{report.shard}: case {k[0]} is also in the target with other content ({', '.join(differ)} "
+                "differ); nothing of this shard was written. Runs measured on different cases under one id "
+                "cannot share a store: keep them in separate stores.")
+        if _probes(sconn, pcols, k[0]) != _probes(tconn, pcols, k[0]):
+            raise MergeConflict(
+                f"{report.shard}: case {k[0]} has other probes in the target (its wording was rebuilt); nothing of "
+                "this shard was written. Measurements on different probe texts cannot share a case id: keep the "
+                "two stores apart.")
+    if new_cases:
+        report.rows_added["cases"] = _insert(tconn, "cases", columns, new_cases)
+        report.rows_added["probes"] = _insert(tconn, "probes", pcols, (
+            row for case in new_cases for row in _probes(sconn, pcols, case[columns.index("case_id")])))
+
+
+def _probes(conn, pcols: list[str], case_id: str) -> list[tuple]:
+    return sorted(_select(conn, "probes", pcols, " WHERE case_id = ?", (case_id,)).fetchall(), key=repr)
