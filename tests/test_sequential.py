@@ -23,8 +23,10 @@ from compute.experiments.sequential import (
 from store import Store, queries
 from store.diagnostics import diagnostic_rows
 
+# checkpoints at 1, 2, 4, 8, 9, each re-checking every earlier edit (tests/test_sequential_schedule.py has runs
+# whose checkpoints re-check only edits of log-spaced age)
 CFG = SequentialConfig(max_edits=9, checkpoint_every=4, dense_first=2, panel_pool=4, panel_size=3,
-                       panel_known_only=False, panel_tokens=3, fluency_tokens=6)
+                       panel_known_only=False, panel_tokens=3, fluency_tokens=6, recheck_every=4)
 
 
 @pytest.fixture(scope="module")

@@ -7,23 +7,40 @@ generation names the true object) form the fixed panel of unedited facts. The ed
 order, in batches of `batch_size`, up to `max_edits` edits or `after_collapse` edits past a detected
 collapse, whichever comes first.
 
-After every edit (cheap): the panel's exact-match accuracy (teacher-forced, one forward pass), the
-edit's own record (seconds, steps, final target NLL), and the update's size: ||dW||_F of that edit (or
-batch) over every matrix it changed (`update_norm`) beside ||W0||_F of those matrices (`update_w0`), as
-run-level rows of scope "edit".
+After every edit (cheap): the panel's exact-match accuracy (teacher-forced, one forward pass; at a
+checkpoint it comes from the checkpoint's panel pass, which wrote that same row last before), the edit's own
+record (seconds, steps, final target NLL), and the update's size: ||dW||_F of that edit (or batch) over every
+matrix it changed (`update_norm`) beside ||W0||_F of those matrices (`update_w0`), as run-level rows of scope
+"edit". With them, in the same transaction, the edit's diagnostics (compute.editors.diagnostics: per-matrix
+update size, the optimisation's steps, convergence, clamp and final losses, the delivered fractions; store
+table `edit_diagnostics`), read right after the edit, at the run's edit count after it (or its batch).
 
 At every checkpoint (edit counts 1..dense_first, then every `checkpoint_every` edits, and the last):
 
 - newest edits (made since the previous checkpoint): ES on the plain prompt, PS on paraphrases, NS on
   neighbourhood prompts, all metrics per case, and their means as run-level rows;
-- every earlier edit: ES and exact match on its plain prompt per case; `retention_em` = share of all
-  edits so far whose new object is still the teacher-forced argmax at every token (study B's "holds",
-  the headline), `retention` = the same by ES (P(new) > P(true), which a broken model passes by chance,
-  kept beside it); `forgotten_em` / `forgotten` = share of edits that held at their first checkpoint and
-  no longer hold; the forgetting curve by the edit's age is derived from these per-case rows
-  (store.derived);
-- the panel's greedy recall (`panel_recall`) and exact match; fluency (n-gram entropy) of greedy free
-  generations from fixed neutral prompts;
+- earlier edits, on the re-check schedule below: ES and exact match on the plain prompt per case; where
+  every earlier edit was re-checked, `retention_em` = share of all edits so far whose new object is still
+  the teacher-forced argmax at every token (study B's "holds", the headline), `retention` = the same by ES
+  (P(new) > P(true), which a broken model passes by chance, kept beside it); `forgotten_em` / `forgotten` =
+  share of edits that held at their first checkpoint and no longer hold; the forgetting curve by the
+  edit's age is derived from the per-case rows (store.derived);
+- the panel's greedy recall (`panel_recall`) and exact match, and fluency (n-gram entropy) of greedy free
+  generations from fixed neutral prompts, both from one batched decode (`panel_recall_and_fluency`);
+
+The re-check schedule (issue 22; `recheck_every`, default 50). Re-checking every earlier edit at every
+checkpoint costs edits x checkpoints, quadratic in the run's length (about 12,300 re-checks at 500 edits). Instead,
+every earlier edit is re-checked at the "full" checkpoints: the dense first ones (edit counts up to
+`dense_first`), each one that crosses a multiple of `recheck_every`, and the run's last checkpoint (its last
+edit, or the last one it makes past a panel floor). At the other checkpoints an earlier edit is re-checked
+when its age (edits made since it) has crossed a power of two since the previous checkpoint (ages 1, 2, 4,
+8, ..., `age_recheck_due`), so that each edit is seen at log-spaced ages, and the run-level retention and
+forgetting rows are written only at full checkpoints (they are shares of ALL edits). At 500 edits that is
+about 4,500 re-checks instead of 12,300, and each later block of 100 edits re-checks at most about 320 more
+edits than the one before, instead of 1,000 more. Everything a full checkpoint writes, and every per-case
+row a partial one writes, is what the old schedule (`recheck_every=0`, every checkpoint full) writes there:
+the edits and the weights do not depend on what is measured (tests/test_sequential_schedule.py checks this).
+Runs made before the option existed resume and extend only with `recheck_every=0` (`LAYOUT_BEFORE`).
 - weight drift of every edited matrix: ||W - W0||_F, the relative change ||W - W0||_F / ||W0||_F, and the
   condition number of W;
 - the quick general-ability suite when `abilities_every` says so (compute.abilities).
@@ -57,8 +74,9 @@ rewrites the same rows with the same numbers. A resumed run must be laid out as 
 Extendable: a run that ended at its `max_edits` goes on to a larger maximum from its saved final state
 (`extend=True`), instead of a new run redoing the same first edits. Its config and n_total are updated
 and a run_events row of kind "extended" records the old and new maximum, the code version and the time.
-When the old maximum was a checkpoint of the schedule (a multiple of `checkpoint_every`), the extended
-run's rows are those of a run made to the new maximum in one go; the full suite at the old end stays.
+When the old maximum was a checkpoint of the schedule (a multiple of `checkpoint_every` and of
+`recheck_every`), the extended run's rows are those of a run made to the new maximum in one go; the full
+suite at the old end stays.
 """
 
 from __future__ import annotations
@@ -92,7 +110,9 @@ STATE_VERSION = 1
 # what lays a run out: a run resumes or extends only with these as they were (max_edits grows by extending)
 RESUME_KEYS = ("case_set", "n_cases", "batch_size", "checkpoint_every", "order_seed", "dense_first",
                "after_collapse", "panel_pool", "panel_size", "panel_known_only", "panel_tokens", "fluency_tokens",
-               "collapse_fluency", "collapse_panel", "abilities_every", "cov_n_tokens")
+               "collapse_fluency", "collapse_panel", "abilities_every", "cov_n_tokens", "recheck_every")
+# the value a layout key had in runs made before the key existed (their stored config lacks it)
+LAYOUT_BEFORE = {"recheck_every": 0}
 
 # Neutral openings whose greedy continuations measure fluency (none names a knowledge-base fact).
 FLUENCY_PROMPTS = (
@@ -125,13 +145,16 @@ class SequentialConfig:
     collapse_fluency: float = 0.6  # free text below 60% of its unedited n-gram entropy: degenerate repetition
     collapse_panel: float = 0.1  # panel recall below 10% of its unedited value: the model has lost its facts
     abilities_every: int = 0  # quick ability suite every this many edits (0 = never)
+    # every earlier edit re-checked at checkpoints crossing a multiple of this (between them: log-spaced ages);
+    # 0 = at every checkpoint (the schedule before issue 22, quadratic in the run's length)
+    recheck_every: int = 50
 
     def validate(self) -> None:
         for name in ("batch_size", "max_edits", "checkpoint_every", "panel_size", "panel_tokens", "fluency_tokens"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"sequential {name} must be an integer >= 1, got {value!r}")
-        for name in ("dense_first", "after_collapse", "panel_pool", "abilities_every"):
+        for name in ("dense_first", "after_collapse", "panel_pool", "abilities_every", "recheck_every"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"sequential {name} must be an integer >= 0, got {value!r}")
@@ -174,6 +197,35 @@ def checkpoint_due(count: int, previous: int, cfg: SequentialConfig) -> bool:
     return previous < cfg.dense_first or count // cfg.checkpoint_every > previous // cfg.checkpoint_every
 
 
+def full_recheck_due(count: int, last: int, cfg: SequentialConfig, final: bool) -> bool:
+    """Whether the checkpoint at edit count `count` (the previous one at `last`) re-checks every earlier edit:
+    always with `recheck_every` 0; else at the dense first checkpoints, when a multiple of `recheck_every` lies
+    in (last, count], and at the run's last checkpoint (`final`)."""
+    return (cfg.recheck_every == 0 or final or last < cfg.dense_first
+            or count // cfg.recheck_every > last // cfg.recheck_every)
+
+
+def age_recheck_due(made_at: int, last: int, count: int) -> bool:
+    """Whether an edit made at edit count `made_at` (<= `last`) is re-checked at a partial checkpoint: its age
+    (edits made since it) crossed a power of two since the previous checkpoint, i.e. some 2^k lies in
+    (last - made_at, count - made_at]. Each edit is so seen at ages near 1, 2, 4, 8, ... (log-spaced)."""
+    return (count - made_at).bit_length() > (last - made_at).bit_length()
+
+
+def recheck_counts(counts: Sequence[int], n_edits: int, cfg: SequentialConfig) -> list[int]:
+    """How many earlier edits each checkpoint in `counts` (the run's checkpoint edit counts, in order, the last
+    being its end) re-checks under `cfg`, for edits made `cfg.batch_size` at a time (for benchmarks)."""
+    out, last = [], 0
+    for i, count in enumerate(counts):
+        made = range(cfg.batch_size, last + 1, cfg.batch_size)
+        if full_recheck_due(count, last, cfg, final=i == len(counts) - 1 or count >= n_edits):
+            out.append(len(made))
+        else:
+            out.append(sum(age_recheck_due(m, last, count) for m in made))
+        last = count
+    return out
+
+
 # --------------------------------------------------------------------------- measurements
 
 
@@ -193,6 +245,19 @@ def panel_recall(lm: LoadedModel, panel: Sequence[EditCase], tokens: int) -> tup
     recall = sum(mentions(r.generation or "", c.true_names()) for r, c in zip(res, panel)) / len(panel)
     em = sum(r.scores[0].exact_match for r in res) / len(panel)
     return recall, em
+
+
+def panel_recall_and_fluency(lm: LoadedModel, panel: Sequence[EditCase], tokens: int,
+                             fluency_tokens: int) -> tuple[float, float, float]:
+    """(greedy recall, exact match) on the panel and the fluency of FLUENCY_PROMPTS, from ONE `run_probes`
+    call: the panel's and the fluency prompts' greedy decodes share batches (per-prompt generation lengths)."""
+    prompts = [c.prompt for c in panel] + list(FLUENCY_PROMPTS)
+    targets = [[c.true_object] for c in panel] + [[] for _ in FLUENCY_PROMPTS]
+    res = run_probes(lm, prompts, targets, gen_tokens=[tokens] * len(panel) + [fluency_tokens] * len(FLUENCY_PROMPTS))
+    on_panel, free = res[: len(panel)], res[len(panel) :]
+    recall = sum(mentions(r.generation or "", c.true_names()) for r, c in zip(on_panel, panel)) / len(panel)
+    em = sum(r.scores[0].exact_match for r in on_panel) / len(panel)
+    return recall, em, sum(fluency(r.generation or "") for r in free) / len(free)
 
 
 def free_fluency(lm: LoadedModel, tokens: int) -> float:
@@ -373,16 +438,17 @@ def run_sequential(
                 for name, original in result.originals.items():
                     w0.setdefault(name, original)
                 previous, count = count, count + len(batch)
-                em_now = panel_exact_match(lm, panel)
-                rows = _run_level(run_id, count, "panel", {"exact_match": em_now})
-                rows += _run_level(run_id, count, "edit", update_size(params, result.originals, w0))
+                due = checkpoint_due(count, previous, cfg) or count >= len(edit_ids)
+                rows = _run_level(run_id, count, "edit", update_size(params, result.originals, w0))
+                if not due:  # at a checkpoint the panel's exact match comes with its recall, from the same pass
+                    em_prev = panel_exact_match(lm, panel)
+                    rows += _run_level(run_id, count, "panel", {"exact_match": em_prev})
                 for c in batch:
                     rows += edit_rows(run_id, c.case_id, result.info, edit_count=count)
                 store.write_unit(measurements=rows, diagnostics=diagnostics)
-                em_prev = em_now
-                if checkpoint_due(count, previous, cfg) or count >= len(edit_ids):
-                    collapse_at = _checkpoint(lm, store, run_id, cfg, edit_ids, by_id, last_checkpoint, count, held,
-                                              panel, base, w0, collapse_at, abilities, held_em)
+                if due:
+                    collapse_at, em_prev = _checkpoint(lm, store, run_id, cfg, edit_ids, by_id, last_checkpoint, count,
+                                                       held, panel, base, w0, collapse_at, abilities, held_em)
                     find_events(store, run_id, cfg)  # phases so far: a partial run shows them too
                     _save_state(path, {
                         "version": STATE_VERSION, "edit_count": count,
@@ -418,6 +484,7 @@ def _check_layout(store, run_id: str, config: dict, state: dict | None, extend: 
     if run is None:
         return False  # open_run says the run is not there
     stored = json.loads(run["config"] or "{}")
+    stored = {**{k: v for k, v in LAYOUT_BEFORE.items() if k not in stored and "max_edits" in stored}, **stored}
     differ = [f"{k} {stored[k]!r} (now {config[k]!r})" for k in RESUME_KEYS
               if k in stored and k in config and stored[k] != config[k]]
     if differ:
@@ -521,12 +588,34 @@ def _store_final_suite(store, run_id: str, count: int, batch_size: int, rows: li
 
 
 def _checkpoint(lm, store, run_id, cfg, edit_ids, by_id, last, count, held, panel, base, w0, collapse_at,
-                abilities, held_em) -> int | None:
-    """Measure everything at a checkpoint and write it; returns the (possibly new) panel-floor edit count.
-    `held` / `held_em`: case id -> ES / exact match at the edit's first checkpoint (filled here)."""
-    newest = [by_id[i] for i in edit_ids[last:count]]
-    older = [by_id[i] for i in edit_ids[:last]]
+                abilities, held_em) -> tuple[int | None, float]:
+    """Measure everything at a checkpoint and write it; returns the (possibly new) panel-floor edit count and
+    the panel's exact match. `held` / `held_em`: case id -> ES / exact match at the edit's first checkpoint
+    (filled here). Earlier edits are re-checked as `full_recheck_due` and `age_recheck_due` say."""
     rows = []
+    recall, em, flu = panel_recall_and_fluency(lm, panel, cfg.panel_tokens, cfg.fluency_tokens)
+    rows += _run_level(run_id, count, "panel", {"panel_recall": recall, "exact_match": em, "n": len(panel)})
+    rows += _run_level(run_id, count, "free_text", {"fluency": flu, "n": len(FLUENCY_PROMPTS)})
+    events = []
+    if collapse_at is None:
+        reasons = {}
+        if flu < cfg.collapse_fluency * base["fluency"]:
+            reasons["fluency"] = flu
+        if recall < cfg.collapse_panel * base["panel_recall"]:
+            reasons["panel_recall"] = recall
+        if reasons:
+            collapse_at = count
+            events = [{"run_id": run_id, "kind": "panel_floor", "series": s, "edit_count": count,
+                       "value": v, "detail": json.dumps({"baseline": base[s], "threshold": getattr(
+                           cfg, "collapse_fluency" if s == "fluency" else "collapse_panel")})}
+                      for s, v in reasons.items()]
+    # the run's last checkpoint (its last edit, or the last one it makes past a panel floor) re-checks every edit
+    final = count >= len(edit_ids) or (collapse_at is not None and count >= collapse_at + cfg.after_collapse)
+    full = full_recheck_due(count, last, cfg, final)
+
+    newest = [by_id[i] for i in edit_ids[last:count]]
+    older = [by_id[i] for k, i in enumerate(edit_ids[:last])
+             if full or age_recheck_due((k // cfg.batch_size + 1) * cfg.batch_size, last, count)]
     new_eval = evaluate_cases(lm, newest, ["plain", "paraphrase"], generation=False, neighbourhood=True,
                               new_exact_match=True)
     for ev in new_eval:
@@ -550,37 +639,26 @@ def _checkpoint(lm, store, run_id, cfg, edit_ids, by_id, last, count, held, pane
 
     rows += _run_level(run_id, count, "newest", {"es": mean_of("plain", "es"), "ps": mean_of("paraphrase", "es"),
                                                  "ns": mean_of(NEIGHBOURHOOD, "ns"), "n": len(newest)})
-    was_held = [i for i in now if held.get(i, 0) >= 0.5]
-    forgotten = sum(now[i] < 0.5 for i in was_held) / len(was_held) if was_held else 0.0
     # edits made before exact-match tracking (a run resumed from an older state) count from their next check
-    was_held_em = [i for i in now_em if held_em.setdefault(i, now_em[i]) >= 0.5]
-    forgotten_em = sum(now_em[i] < 0.5 for i in was_held_em) / len(was_held_em) if was_held_em else 0.0
-    rows += _run_level(run_id, count, "all_edits", {"retention": sum(v >= 0.5 for v in now.values()) / len(now),
-                                                    "forgotten": forgotten, "n": len(now), "n_held": len(was_held),
-                                                    "retention_em": sum(v >= 0.5 for v in now_em.values()) / len(now_em),
-                                                    "forgotten_em": forgotten_em, "n_held_em": len(was_held_em)})
-    recall, em = panel_recall(lm, panel, cfg.panel_tokens)
-    flu = free_fluency(lm, cfg.fluency_tokens)
-    rows += _run_level(run_id, count, "panel", {"panel_recall": recall, "exact_match": em, "n": len(panel)})
-    rows += _run_level(run_id, count, "free_text", {"fluency": flu, "n": len(FLUENCY_PROMPTS)})
+    for i in now_em:
+        held_em.setdefault(i, now_em[i])
+    if full:  # retention and forgetting are shares of ALL edits so far: only where every edit was re-checked
+        was_held = [i for i in now if held.get(i, 0) >= 0.5]
+        forgotten = sum(now[i] < 0.5 for i in was_held) / len(was_held) if was_held else 0.0
+        was_held_em = [i for i in now_em if held_em[i] >= 0.5]
+        forgotten_em = sum(now_em[i] < 0.5 for i in was_held_em) / len(was_held_em) if was_held_em else 0.0
+        rows += _run_level(run_id, count, "all_edits", {
+            "retention": sum(v >= 0.5 for v in now.values()) / len(now), "forgotten": forgotten, "n": len(now),
+            "n_held": len(was_held), "retention_em": sum(v >= 0.5 for v in now_em.values()) / len(now_em),
+            "forgotten_em": forgotten_em, "n_held_em": len(was_held_em)})
     store.write_measurements(rows)
     store.write_weight_drift([{**r, "run_id": run_id, "edit_count": count} for r in weight_drift(lm, w0)])
     if abilities is not None and cfg.abilities_every and (count // cfg.abilities_every > last // cfg.abilities_every):
         store.write_abilities([{**r, "run_id": run_id, "edit_count": count, "batch_size": cfg.batch_size}
                                for r in abilities(lm)])
-    if collapse_at is None:
-        reasons = {}
-        if flu < cfg.collapse_fluency * base["fluency"]:
-            reasons["fluency"] = flu
-        if recall < cfg.collapse_panel * base["panel_recall"]:
-            reasons["panel_recall"] = recall
-        if reasons:
-            collapse_at = count
-            store.write_events([{"run_id": run_id, "kind": "panel_floor", "series": s, "edit_count": count,
-                                 "value": v, "detail": json.dumps({"baseline": base[s], "threshold": getattr(
-                                     cfg, "collapse_fluency" if s == "fluency" else "collapse_panel")})}
-                                for s, v in reasons.items()])
-    return collapse_at
+    if events:
+        store.write_events(events)
+    return collapse_at, em
 
 
 def find_events(store, run_id: str, cfg: SequentialConfig | None = None) -> int:
