@@ -441,7 +441,8 @@ def cmd_run_sequential(args) -> None:
         cfg = SequentialConfig(batch_size=args.batch, max_edits=edits, checkpoint_every=args.every,
                                after_collapse=args.after_collapse, order_seed=args.order_seed,
                                panel_pool=args.panel_pool, panel_size=args.panel_size,
-                               abilities_every=args.abilities_every, panel_known_only=not args.panel_any)
+                               abilities_every=args.abilities_every, panel_known_only=not args.panel_any,
+                               recheck_every=args.recheck_every)
         cfg.validate()
         lm = _load_model(args)
         ed, hp, ctx = _editor_setup(args, lm, args.editor)
@@ -878,6 +879,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--panel-any", action="store_true",
                    help="take the panel's facts whether the unedited model recalls them or not (tiny test models)")
     q.add_argument("--abilities-every", type=at_least(0), default=0, help="quick ability suite every N edits (0 = never)")
+    q.add_argument("--recheck-every", type=at_least(0), default=50,
+                   help="re-check every earlier edit every N edits, and at log-spaced ages between (0 = at every "
+                        "checkpoint, as runs made before this option did; resume those with 0)")
     q.add_argument("--final-abilities", choices=["full", "quick", "none"],
                    help="ability suite on the model as the run leaves it (default: full with --abilities-every, "
                         "else none; a finished run gets it later with `abilities measure --run RUN_ID`)")
