@@ -134,3 +134,44 @@ def test_layer_sweep_stores_one_run_per_value_and_resumes(llama, cases, ft_hp, t
     assert ids == again and summary.height == 2
     assert set(summary["value"]) == {"0", "1"} and (summary["n"] == 2).all()
     assert {"ES", "PS", "NS", "S"} <= set(summary.columns)
+
+
+def test_rome_robustness_run_optimises_the_next_values_together_with_the_numbers_of_one_by_one(
+        llama, cases, tmp_path, monkeypatch):
+    """Robustness and sweep runs optimise the values of the next AHEAD cases in one packed call; the stored
+    numbers are those of one value at a time (up to float32 rounding) and the model is restored."""
+    import compute.editors.rome as rome
+    import compute.editors.value_cache as value_cache
+    from test_editor_contract import FACTORIES, tiny_context
+
+    from compute.editors import get_editor
+
+    hp = FACTORIES["ROME"](get_editor("ROME"), llama)
+    real, calls = rome.optimise_values, []
+
+    def counting(lm, layer, requests, *args, **kwargs):
+        calls.append(len(requests))
+        return real(lm, layer, requests, *args, **kwargs)
+
+    monkeypatch.setattr(rome, "optimise_values", counting)
+    before = {k: v.clone() for k, v in llama.model.state_dict().items()}
+    got = {}
+    for ahead in (1, 3):
+        monkeypatch.setattr(value_cache, "AHEAD", ahead)
+        calls.clear()
+        ctx = tiny_context(llama, tmp_path)
+        with Store.open(tmp_path / f"v{ahead}.sqlite", create=True) as st:
+            run = run_robustness(llama, cases, st, editor="ROME", hp=hp, ctx=ctx, rephrase_types=["plain", "paraphrase"],
+                                 gen_tokens=2)
+            got[ahead] = _values(st, run)
+            assert st.conn.execute("SELECT COUNT(*) FROM edit_diagnostics WHERE run_id = ?", (run,)).fetchone()[0] > 0
+        assert ctx.value_cache is None and calls == ([1, 1, 1, 1] if ahead == 1 else [3, 1])
+    assert all(torch.equal(before[k], v) for k, v in llama.model.state_dict().items())
+    assert [g[:3] for g in got[3]] == [e[:3] for e in got[1]]
+    assert [g[3] for g in got[3]] == pytest.approx([e[3] for e in got[1]], rel=1e-4, abs=1e-5)
+
+    calls.clear()
+    with Store.open(tmp_path / "sweep.sqlite", create=True) as st:
+        run_sweep(llama, cases, st, editor="ROME", base_hp=hp, field="layer", values=[0, 1], ctx=tiny_context(llama, tmp_path),
+                  sweep="s2")
+    assert calls == [3, 1, 3, 1]  # each layer's run optimises its own values

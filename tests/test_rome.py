@@ -135,12 +135,12 @@ def test_fast_loop_equals_the_reference_loop(gpt2, ctx):
     EditRequest("France", "The capital of France is", "Rome Berlin"),  # multi-token target, cached past
     EditRequest("The", "The capital is", "Asia"),  # subject at position 0: nothing to cache
 ])
-def test_fast_objective_equals_the_full_forward_on_any_subset_of_rows(model, request_, request):
+def test_packed_objective_equals_the_full_forward_on_any_subset_of_rows(model, request_, request):
     from compute.editors import rome
 
     lm = request.getfixturevalue(model)
     rows = rome._rewrite_rows(lm, request_, ("", "Hello there. ")) + [rome._kl_row(lm, request_)]
-    fast, reference = rome._FastObjective(lm, 0, rows), rome._ReferenceObjective(lm, 0, rows)
+    fast, reference = rome._PackedObjective(lm, 0, rows), rome._ReferenceObjective(lm, 0, rows)
     row_delta = torch.randn(len(rows), 64, generator=torch.Generator().manual_seed(0))
     for active in (torch.ones(len(rows), dtype=torch.bool), torch.tensor([True, False, True])):
         with torch.no_grad():
@@ -149,6 +149,44 @@ def test_fast_objective_equals_the_full_forward_on_any_subset_of_rows(model, req
         assert torch.equal(fast.owner[keep_a], reference.owner[keep_b])
         assert torch.equal(fast.labels[keep_a], reference.labels[keep_b])
         assert torch.allclose(a, b, atol=1e-5)
+
+
+PACKED_REQUESTS = [  # live lengths from 1 to 6 tokens, prefixes of several lengths, a subject at position 0
+    EditRequest("France", "The capital of France is", "Rome Berlin Paris Tokyo"),
+    EditRequest("Paris", "Paris is a city in", "Asia"),
+    EditRequest("Germany", "The currency of Germany is the", "euro"),
+    EditRequest("Tokyo", "What is the continent of Tokyo? Answer:", "Europe Africa"),
+]
+
+
+@pytest.mark.parametrize("model", ["llama", "gpt2"])
+def test_packed_objective_bins_many_requests_like_separate_sequences(model, request):
+    """Several requests' rows packed into bins: log-probs and their gradients equal the full forward of each
+    row, for random subsets of active rows (rows leave the batch as their requests stop)."""
+    from compute.editors import rome
+
+    lm = request.getfixturevalue(model)
+    rows = []
+    for r in PACKED_REQUESTS:
+        rows += rome._rewrite_rows(lm, r, ("", "Hello there. ", "The city of the capital is a. ")) + [rome._kl_row(lm, r)]
+    packed, reference = rome._PackedObjective(lm, 0, rows), rome._ReferenceObjective(lm, 0, rows)
+    assert torch.equal(packed.owner, reference.owner) and torch.equal(packed.labels, reference.labels)
+    gen = torch.Generator().manual_seed(1)
+    actives = [torch.ones(len(rows), dtype=torch.bool)] + [torch.rand(len(rows), generator=gen) < 0.5 for _ in range(4)]
+    for active in actives:
+        active[int(torch.randint(len(rows), (1,), generator=gen))] = True  # never empty
+        lay = packed.layout(active)
+        assert lay.ids.numel() < active.sum() * lay.ids.shape[1] or lay.ids.shape[0] == 1  # packed, not one per row
+        grads = []
+        for objective in (packed, reference):
+            row_delta = torch.randn(len(rows), 64, generator=torch.Generator().manual_seed(2)).requires_grad_()
+            logp, keep = objective(row_delta, active)
+            assert torch.equal(keep, active[objective.owner])
+            (logp.exp() * torch.arange(logp.shape[1])).sum().backward()
+            grads.append((logp.detach(), row_delta.grad))
+        assert torch.allclose(grads[0][0], grads[1][0], atol=1e-5)
+        assert torch.allclose(grads[0][1], grads[1][1], rtol=1e-4, atol=1e-5 * grads[1][1].abs().max().item())
+        assert torch.all(grads[0][1][~active] == 0)  # an inactive row's delta is not used
 
 
 def test_edit_restores_gradient_flags_and_training_mode(llama, ctx):

@@ -9,6 +9,7 @@ import torch
 import compute.editors.memit as memit
 import compute.editors.rome as rome
 from compute.editors import EditRequest, apply_edit, get_editor, undo
+from compute.editors.base import weight_name
 from compute.editors.value_cache import ValueCache, weights_fingerprint
 
 
@@ -117,3 +118,71 @@ def test_values_are_not_reused_on_other_weights_and_a_damaged_file_is_recomputed
     again = apply_edit(llama, requests[:1], "MEMIT", hp, ctx)
     undo(llama, again)
     assert len(counted) == 1 and again.info["values_from_cache"] == 0
+
+
+def test_memory_cache_optimises_the_next_rome_edits_together_and_each_update_is_the_one_by_one_update(
+        llama, cases, tmp_path, monkeypatch):
+    """A run that undoes every edit: the values of the planned next requests are optimised in one packed call,
+    and each edit writes the update that optimising its value alone writes (up to float32 rounding)."""
+    from compute.editors.value_cache import MemoryValueCache
+
+    calls = []
+    real = rome.optimise_values
+
+    def counting(lm, layer, requests, *args, **kwargs):
+        calls.append([r.case_id for r in requests])
+        return real(lm, layer, requests, *args, **kwargs)
+
+    monkeypatch.setattr(rome, "optimise_values", counting)
+    requests = [EditRequest.from_case(c) for c in cases[:5]]
+    hp = _hp("ROME", llama)
+    name = weight_name(llama, hp.layer)
+    ctx = _ctx(llama, tmp_path)
+
+    def edits(ctx, plan=None):
+        updates, infos = [], []
+        for i, r in enumerate(requests):
+            if plan:
+                plan(i)
+            result = apply_edit(llama, [r], "ROME", hp, ctx)
+            updates.append(dict(llama.model.named_parameters())[name].detach() - result.originals[name])
+            infos.append(result.info["edits"][0])
+            undo(llama, result)
+        return updates, infos
+
+    alone, alone_info = edits(ctx)
+    assert calls == [[r.case_id] for r in requests]
+    calls.clear()
+    ctx.value_cache = cache = MemoryValueCache(ahead=3)
+    together, together_info = edits(ctx, lambda i: cache.plan(requests[i : i + 3]))
+    assert calls == [[r.case_id for r in requests[:3]], [r.case_id for r in requests[3:]]]
+    assert [i["value_from_cache"] for i in together_info] == [False, True, True, False, True]
+    assert (cache.hits, cache.misses) == (3, 2)
+    for a, b, ia, ib in zip(alone, together, alone_info, together_info):
+        assert a.norm() > 0 and ia["steps"] == ib["steps"]
+        # float32 rounding of a packed batch against a lone request (the bound of the MEMIT test above)
+        assert torch.allclose(b, a, rtol=1e-3, atol=1e-4 * a.abs().max().item())
+        assert (b - a).norm() <= 1e-4 * a.norm()
+
+
+def test_memory_cache_never_serves_the_unedited_models_values_to_an_edited_model(llama, cases, tmp_path, counted):
+    from compute.editors.value_cache import MemoryValueCache
+
+    requests = [EditRequest.from_case(c) for c in cases[:2]]
+    hp = _hp("MEMIT", llama)
+    ctx = _ctx(llama, tmp_path)
+    ctx.value_cache = cache = MemoryValueCache(ahead=2)
+    cache.plan(requests)
+    first = apply_edit(llama, requests[:1], "MEMIT", hp, ctx)  # kept: the model is now edited
+    try:
+        assert counted == [r.case_id for r in requests]  # both optimised, on the unedited weights
+        second = apply_edit(llama, requests[1:], "MEMIT", hp, ctx)
+        undo(llama, second)
+        assert counted[2:] == [requests[1].case_id] and second.info["values_from_cache"] == 0
+    finally:
+        undo(llama, first)
+    again = apply_edit(llama, requests[1:], "MEMIT", hp, ctx)  # unedited again: the planned value is used
+    undo(llama, again)
+    assert again.info["values_from_cache"] == 1 and len(counted) == 3
+    with pytest.raises(ValueError, match="ahead"):
+        MemoryValueCache(ahead=0)

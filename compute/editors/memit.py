@@ -144,21 +144,24 @@ def spread_edit(
             h0 = subject_block_outputs(lm, last, requests, prefixes).mean(dim=1)  # [N, d]
             # requests are optimised independently (their own losses, Adam states, clamps and stopping), so
             # chunks of VALUE_CHUNK bound the memory of a large batch (500 edits) without changing the method
-            norms = h0.norm(dim=1).tolist()
+            norm_of = dict(zip(requests, h0.norm(dim=1).tolist()))
             opts = value_options(hp)
 
-            def optimise(idx: Sequence[int]) -> list:  # the values of requests[idx], VALUE_CHUNK at a time
+            def optimise(reqs: Sequence[EditRequest]) -> list:  # their values, VALUE_CHUNK requests at a time
+                missing = [r for r in dict.fromkeys(reqs) if r not in norm_of]  # a value cache's look-ahead
+                if missing:
+                    h = subject_block_outputs(lm, last, missing, prefixes).mean(dim=1)  # [M, d]
+                    norm_of.update(zip(missing, h.norm(dim=1).tolist()))
                 out = []
-                for i in range(0, len(idx), VALUE_CHUNK):
-                    part = idx[i : i + VALUE_CHUNK]
-                    out += optimise_values(lm, last, [requests[j] for j in part], prefixes, opts,
-                                           [norms[j] for j in part])
+                for i in range(0, len(reqs), VALUE_CHUNK):
+                    part = list(reqs[i : i + VALUE_CHUNK])
+                    out += optimise_values(lm, last, part, prefixes, opts, [norm_of[r] for r in part])
                 return out
 
             cached = None
             if ctx.value_cache is None:
-                values = optimise(range(len(requests)))
-            else:  # batches written again and again into one model: compute.editors.value_cache
+                values = optimise(requests)
+            else:  # values optimised earlier or together with coming edits: compute.editors.value_cache
                 values, cached = ctx.value_cache.values(lm, last, requests, prefixes, opts, optimise)
             deltas = torch.stack([v.delta for v in values]).double()  # [N, d]
             targets = h0.double() + deltas  # [N, d]

@@ -1,4 +1,5 @@
-"""A disk cache of optimised target values, for batches written again and again into one unedited model.
+"""Caches of optimised target values: on disk for batches written again and again into one unedited model,
+and in memory for runs that undo every edit exactly and can optimise the next few edits' values together.
 
 Study C's batch-single experiment (compute.experiments.batch) writes batches of 1, 10, 50, ... 500 edits,
 each into the unedited model, each the first b edits of one shared order, with MEMIT and then AlphaEdit.
@@ -18,8 +19,17 @@ written atomically; a damaged file is recomputed.
 
 Sharing forward passes with other requests changes a value only by floating-point rounding (the batch's
 padding and matmul blocking), so a cached value can differ from a freshly computed one in the last bits;
-tests/test_value_cache.py bounds it. Only the batch runner turns the cache on (ctx.value_cache): in a
+tests/test_value_cache.py bounds it. Only the batch runner turns the disk cache on (ctx.value_cache): in a
 sequential run the model changes after every edit and no value would ever be met again.
+
+`MemoryValueCache` serves the runs that edit one case, evaluate it and undo the edit exactly before the next
+(robustness runs, sweeps, benchmarks): every edit starts from the unedited weights, so the values of the
+next few cases can be optimised in one packed call (`compute.editors.rome.optimise_values`; one request's
+result does not depend on the others in its call beyond rounding) and each is then used in turn. Issue 22
+measured 1.4-1.8x for five ROME edits optimised together.
+
+What a value's norm is relative to (`norm`) is part of the key: ROME's clamp is relative to the
+down-projection's output, MEMIT's to the residual stream, so the two never share a value.
 """
 
 from __future__ import annotations
@@ -48,6 +58,15 @@ def weights_fingerprint(lm: LoadedModel) -> str:
     return h.hexdigest()
 
 
+def _key(fingerprint: str, layer: int, request, prefixes: Sequence[str], opts, norm: str) -> str:
+    spec = {"v": CACHE_VERSION, "model": fingerprint, "layer": int(layer),
+            "request": [request.subject, request.prompt, request.target_new, request.target_true],
+            "prefixes": list(prefixes), "opts": dataclasses.asdict(opts)}
+    if norm:  # MEMIT's and AlphaEdit's residual-stream norm is "" (their keys from before `norm` existed)
+        spec["norm"] = norm
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
 class ValueCache:
     """Target values by (model weights, layer, request, prefixes, settings), under `folder`."""
 
@@ -56,11 +75,8 @@ class ValueCache:
         self.hits = 0
         self.misses = 0
 
-    def _key(self, fingerprint: str, layer: int, request, prefixes: Sequence[str], opts) -> str:
-        spec = {"v": CACHE_VERSION, "model": fingerprint, "layer": int(layer),
-                "request": [request.subject, request.prompt, request.target_new, request.target_true],
-                "prefixes": list(prefixes), "opts": dataclasses.asdict(opts)}
-        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+    def _key(self, fingerprint: str, layer: int, request, prefixes: Sequence[str], opts, norm: str = "") -> str:
+        return _key(fingerprint, layer, request, prefixes, opts, norm)
 
     def _path(self, key: str) -> Path:
         return self.folder / key[:2] / f"{key}.pt"
@@ -81,19 +97,83 @@ class ValueCache:
         os.replace(tmp, path)
 
     def values(self, lm: LoadedModel, layer: int, requests: Sequence, prefixes: Sequence[str], opts,
-               optimise: Callable[[list[int]], list]) -> tuple[list, int]:
-        """The values of `requests`, calling `optimise(indices)` (the editor's own optimisation of
-        requests[indices]) only for those not cached; returns them and how many came from the cache."""
+               optimise: Callable[[list], list], norm: str = "") -> tuple[list, int]:
+        """The values of `requests`, calling `optimise(missing)` (the editor's own optimisation of a list of
+        requests) only for those not cached; returns them and how many came from the cache. `norm` names
+        what the clamp is relative to (ROME's and MEMIT's differ)."""
         fingerprint = weights_fingerprint(lm)
-        keys = [self._key(fingerprint, layer, r, prefixes, opts) for r in requests]
+        keys = [self._key(fingerprint, layer, r, prefixes, opts, norm) for r in requests]
         out = [self._load(k) for k in keys]
         todo = [i for i, v in enumerate(out) if v is None]
         self.hits += len(requests) - len(todo)
         self.misses += len(todo)
-        for i, value in zip(todo, optimise(todo) if todo else []):
+        for i, value in zip(todo, optimise([requests[i] for i in todo]) if todo else []):
             value.delta = value.delta.detach()
             self._save(keys[i], value)
             out[i] = value
         for v in out:
             v.delta = v.delta.to(lm.device)
         return out, len(requests) - len(todo)
+
+
+AHEAD = 6  # cases whose values a MemoryValueCache optimises in one call (benchmarks/bench_values.py)
+
+
+def down_proj_checksum(lm: LoadedModel) -> str:
+    """A cheap check that no down-projection changed: float64 sum and sum of squares of each (about 30 ms on
+    the default model, against a second for `weights_fingerprint`). The editors that read a
+    MemoryValueCache (ROME, MEMIT, AlphaEdit) write only down-projections."""
+    parts = []
+    for layer in range(lm.n_layers):
+        w = lm.down_proj(layer).weight.detach().double()
+        parts.append(f"{w.sum().item():.17g},{w.square().sum().item():.17g}")
+    return hashlib.sha256(";".join(parts).encode()).hexdigest()
+
+
+class MemoryValueCache:
+    """Target values kept in memory, each optimised together with those of the next cases of the run.
+
+    The run says which requests come next (`plan`); a request that is not cached is optimised in one call
+    with the planned requests that follow it and are not cached either, `ahead` in all. Values are keyed like the
+    disk cache's, but on `down_proj_checksum` instead of a hash of every weight: the runs that use it undo
+    every edit exactly, and the check only has to catch a model left edited (its values are then computed
+    afresh, never taken from the unedited model's).
+    """
+
+    def __init__(self, ahead: int = AHEAD):
+        if not isinstance(ahead, int) or ahead < 1:
+            raise ValueError(f"ahead must be an integer >= 1, got {ahead!r}")
+        self.ahead = ahead
+        self.upcoming: list = []
+        self._values: dict[str, object] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def plan(self, requests: Sequence) -> None:
+        """The requests the run will edit next, in order (the current one first)."""
+        self.upcoming = list(requests)
+
+    def values(self, lm: LoadedModel, layer: int, requests: Sequence, prefixes: Sequence[str], opts,
+               optimise: Callable[[list], list], norm: str = "") -> tuple[list, int]:
+        """Like `ValueCache.values`; a miss also optimises the next planned requests, in the same call."""
+        check = down_proj_checksum(lm)
+        key = lambda r: _key(check, layer, r, prefixes, opts, norm)  # noqa: E731
+        todo = [r for r in requests if key(r) not in self._values]
+        missed = len(todo)
+        self.hits += len(requests) - missed
+        self.misses += missed
+        if todo:
+            planned = [key(r) for r in self.upcoming]
+            last = key(requests[-1])
+            after = self.upcoming[planned.index(last) + 1 :] if last in planned else []  # only what comes next
+            wanted = {key(r) for r in todo}
+            for r in after:
+                if len(todo) >= max(self.ahead, len(requests)):
+                    break
+                if key(r) not in self._values and key(r) not in wanted:
+                    wanted.add(key(r))
+                    todo.append(r)
+            for r, value in zip(todo, optimise(todo)):
+                value.delta = value.delta.detach()
+                self._values[key(r)] = value
+        return [self._values[key(r)] for r in requests], len(requests) - missed

@@ -1,4 +1,5 @@
-"""Steps every experiment shares: recording a run's fate, and one edit evaluated then undone."""
+"""Steps every experiment shares: recording a run's fate, one edit evaluated then undone, and the values of
+the next edits optimised together."""
 
 from __future__ import annotations
 
@@ -63,6 +64,26 @@ def open_run(store, run_id: str | None, *, kind: str, lm: LoadedModel, editor: s
     if run.get("editor") != editor:
         raise ValueError(f"run {run_id} was made with {run.get('editor')}, not {editor}: resume it with that editor")
     return run_id, True
+
+
+@contextmanager
+def values_ahead(ctx: EditContext, cases: Sequence[EditCase]):
+    """For runs that undo every edit exactly (robustness, sweeps): inside, ctx.value_cache is an in-memory cache
+    (compute.editors.value_cache.MemoryValueCache) that optimises the values of the next AHEAD cases of
+    `cases` (those still to do, in order) in one packed call; yields `at(i)`, to call before editing cases[i].
+    ROME, MEMIT and AlphaEdit use it; other editors ignore it. A cache the caller set is kept as it is."""
+    from compute.editors.value_cache import AHEAD, MemoryValueCache
+
+    outer = ctx.value_cache
+    if outer is not None:
+        yield lambda i: None
+        return
+    cache = ctx.value_cache = MemoryValueCache()
+    requests = [EditRequest.from_case(c) for c in cases]
+    try:
+        yield lambda i: cache.plan(requests[i : i + AHEAD])
+    finally:
+        ctx.value_cache = outer
 
 
 def edit_and_evaluate(

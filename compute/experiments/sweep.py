@@ -15,7 +15,7 @@ from typing import Sequence
 from compute.cases import EditCase
 from compute.editors import EditContext, get_editor
 from compute.editors.base import hparams_dict
-from compute.experiments.common import edit_and_evaluate, how_to_continue, interrupt
+from compute.experiments.common import edit_and_evaluate, how_to_continue, interrupt, values_ahead
 from compute.experiments.robustness import edit_rows
 from compute.models import LoadedModel
 from compute.provenance import provenance
@@ -82,17 +82,18 @@ def run_sweep(
             current = run_id
             if bar:
                 bar.update(len(done))
-            for case in cases:
-                if case.case_id in done:
-                    continue
-                ev, result, diagnostics = edit_and_evaluate(lm, case, cases, ed.name, hp, ctx, SWEEP_TYPES,
-                                                            run_id=run_id, generation=False)
-                store.write_unit(measurements=ev.rows(run_id, edit_count=1) + edit_rows(run_id, case.case_id, result.info),
-                                 diagnostics=diagnostics)
-                done.add(case.case_id)
-                store.heartbeat(run_id, n_done=len(done), n_total=len(cases))
-                if bar:
-                    bar.update(1)
+            todo = [case for case in cases if case.case_id not in done]
+            with values_ahead(ctx, todo) as plan:  # the next cases' values optimised together
+                for i, case in enumerate(todo):
+                    plan(i)
+                    ev, result, diagnostics = edit_and_evaluate(lm, case, cases, ed.name, hp, ctx, SWEEP_TYPES,
+                                                                run_id=run_id, generation=False)
+                    store.write_unit(measurements=ev.rows(run_id, edit_count=1)
+                                     + edit_rows(run_id, case.case_id, result.info), diagnostics=diagnostics)
+                    done.add(case.case_id)
+                    store.heartbeat(run_id, n_done=len(done), n_total=len(cases))
+                    if bar:
+                        bar.update(1)
             store.finish_run(run_id, status="done")
             run_ids.append(run_id)
             current = None
