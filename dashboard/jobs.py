@@ -135,6 +135,17 @@ def check_model(model: str | None) -> list[str]:
     return ["--model", str(path.resolve())]
 
 
+_DEVICE = re.compile(r"cpu|cuda(:\d+)?|mps")
+
+
+def check_device(device: str | None) -> list[str]:
+    """The --device arguments: nothing for the CPU (the CLI's default), else cuda, cuda:N or mps."""
+    text = (device or "").strip() or "cpu"
+    if not _DEVICE.fullmatch(text):
+        raise ValueError(f"device must be cpu, cuda, cuda:N or mps; got {text!r}")
+    return [] if text == "cpu" else ["--device", text]
+
+
 def edit_prompt(relation: str, subject: str, templates: Mapping[str, Mapping]) -> str:
     """The edit prompt of a relation filled with the subject (the CLI builds the same one)."""
     if relation not in templates:
@@ -147,7 +158,7 @@ def edit_prompt(relation: str, subject: str, templates: Mapping[str, Mapping]) -
 
 def edit_argv(subject: str, relation: str, new_object: str, true_object: str | None, editor: str, *,
               templates: Mapping[str, Mapping], editors: Sequence[str], model: str | None = None,
-              gen_tokens: int = 20, seed: int = 0) -> list[str]:
+              gen_tokens: int = MAX_GEN_TOKENS, seed: int = 0, device: str | None = None) -> list[str]:
     """CLI arguments of the one-fact demo (`python -m compute edit ...`), validated."""
     subject = check_text("The subject", subject)
     new_object = check_text("The new object", new_object)
@@ -163,7 +174,7 @@ def edit_argv(subject: str, relation: str, new_object: str, true_object: str | N
             "--seed", str(check_int("Seed", seed, 0, MAX_SEED))]
     if true_object:
         argv += ["--true", true_object]
-    return argv + check_model(model)
+    return argv + check_model(model) + check_device(device)
 
 
 def _size_args(cases: int, seed: int, limit: int | None, gen_tokens: int) -> list[str]:
@@ -176,14 +187,14 @@ def _size_args(cases: int, seed: int, limit: int | None, gen_tokens: int) -> lis
 
 
 def robustness_argv(editor: str, cases: int, seed: int = 0, *, editors: Sequence[str], limit: int | None = None,
-                    gen_tokens: int = 10, model: str | None = None) -> list[str]:
+                    gen_tokens: int = 10, model: str | None = None, device: str | None = None) -> list[str]:
     """`run robustness` on the balanced set of `cases` cases (built if missing), at most MAX_CASES."""
     return (["run", "robustness", "--editor", check_editor(editor, editors)]
-            + _size_args(cases, seed, limit, gen_tokens) + check_model(model))
+            + _size_args(cases, seed, limit, gen_tokens) + check_model(model) + check_device(device))
 
 
 def knowledge_argv(case_set: str, *, case_sets: Sequence[str], limit: int | None = 20, types: str = "plain",
-                   gen_tokens: int = 10, model: str | None = None) -> list[str]:
+                   gen_tokens: int = 10, model: str | None = None, device: str | None = None) -> list[str]:
     """`knowledge measure --again` on the first `limit` cases (at most MAX_CASES) of a stored case set."""
     if case_set not in case_sets:
         raise ValueError(f"unknown case set {case_set!r}: choose one of {', '.join(case_sets) or '(none stored)'}")
@@ -191,9 +202,10 @@ def knowledge_argv(case_set: str, *, case_sets: Sequence[str], limit: int | None
         raise ValueError(f"rephrase types must be one of {', '.join(REPHRASE_CHOICES)}; got {types!r}")
     if limit is None:
         raise ValueError(f"give a limit: a launched knowledge run measures at most {MAX_CASES} cases")
-    return ["knowledge", "measure", "--set", case_set, "--types", types, "--again",
-            "--limit", str(check_int("Limit", limit, 1, MAX_CASES)),
-            "--gen-tokens", str(check_int("Generated tokens", gen_tokens, 1, MAX_GEN_TOKENS))] + check_model(model)
+    return (["knowledge", "measure", "--set", case_set, "--types", types, "--again",
+             "--limit", str(check_int("Limit", limit, 1, MAX_CASES)),
+             "--gen-tokens", str(check_int("Generated tokens", gen_tokens, 1, MAX_GEN_TOKENS))] + check_model(model)
+            + check_device(device))
 
 
 def _case_set_arg(case_set: str, case_sets: Sequence[str]) -> list[str]:
@@ -203,7 +215,8 @@ def _case_set_arg(case_set: str, case_sets: Sequence[str]) -> list[str]:
 
 
 def sequential_argv(editor: str, case_set: str, edits: int, batch: int = 1, seed: int = 0, *,
-                    editors: Sequence[str], case_sets: Sequence[str], model: str | None = None) -> list[str]:
+                    editors: Sequence[str], case_sets: Sequence[str], model: str | None = None,
+                    device: str | None = None) -> list[str]:
     """`run sequential` with at most MAX_EDITS edits in batches of at most MAX_BATCH, on a stored case set
     (a small fact panel keeps the launched run short)."""
     edits = check_int("Number of edits", edits, 1, MAX_EDITS)
@@ -212,7 +225,8 @@ def sequential_argv(editor: str, case_set: str, edits: int, batch: int = 1, seed
         raise ValueError(f"the batch size ({batch}) is larger than the number of edits ({edits})")
     return (["run", "sequential", "--editor", check_editor(editor, editors)] + _case_set_arg(case_set, case_sets)
             + ["--edits", str(edits), "--batch", str(batch), "--order-seed", str(check_int("Seed", seed, 0, MAX_SEED)),
-               "--panel-pool", str(LAUNCH_PANEL_POOL), "--panel-size", str(LAUNCH_PANEL_SIZE)] + check_model(model))
+               "--panel-pool", str(LAUNCH_PANEL_POOL), "--panel-size", str(LAUNCH_PANEL_SIZE)] + check_model(model)
+            + check_device(device))
 
 
 def parse_sizes(values: str) -> list[int]:
@@ -230,12 +244,13 @@ def parse_sizes(values: str) -> list[int]:
 
 
 def batch_argv(editor: str, case_set: str, sizes: str, seed: int = 0, *, editors: Sequence[str],
-               case_sets: Sequence[str], abilities: bool = False, model: str | None = None) -> list[str]:
+               case_sets: Sequence[str], abilities: bool = False, model: str | None = None,
+               device: str | None = None) -> list[str]:
     """`run batch`: one batch per size (each at most MAX_BATCH edits), measured and undone."""
     return (["run", "batch", "--editor", check_editor(editor, editors)] + _case_set_arg(case_set, case_sets)
             + ["--sizes", ",".join(map(str, parse_sizes(sizes))), "--order-seed",
                str(check_int("Seed", seed, 0, MAX_SEED)), "--panel-pool", str(LAUNCH_PANEL_POOL),
-               "--abilities", "quick" if abilities else "none"] + check_model(model))
+               "--abilities", "quick" if abilities else "none"] + check_model(model) + check_device(device))
 
 
 def parse_layers(values: str, max_layer: int = 63) -> list[int]:
@@ -257,11 +272,12 @@ def parse_layers(values: str, max_layer: int = 63) -> list[int]:
 
 
 def sweep_argv(editor: str, layers: str, cases: int, seed: int = 0, *, editors: Sequence[str],
-               limit: int | None = None, gen_tokens: int = 10, model: str | None = None) -> list[str]:
+               limit: int | None = None, gen_tokens: int = 10, model: str | None = None,
+               device: str | None = None) -> list[str]:
     """`run sweep --field layer` over a few layers on the balanced set of `cases` cases."""
     values = ",".join(map(str, parse_layers(layers)))
     return (["run", "sweep", "--editor", check_editor(editor, editors), "--field", "layer", "--values", values]
-            + _size_args(cases, seed, limit, gen_tokens) + check_model(model))
+            + _size_args(cases, seed, limit, gen_tokens) + check_model(model) + check_device(device))
 
 
 # ---- public mode --------------------------------------------------------------------------------------
@@ -448,6 +464,7 @@ class Job:
     store: str
     started_at: str
     owner: str = ""
+    request: str = ""  # a demo served by the demo worker (pid = the worker's): its request file
 
 
 def jobs_dir(store_path: Path) -> Path:
@@ -516,21 +533,12 @@ def start_job(store_path: Path, argv: Sequence[str], owner: str = "") -> Job:
         running = running_jobs()
         if owner and sum(j.owner == owner for j in running) >= MAX_SESSION_JOBS:
             raise ValueError(f"you already have {MAX_SESSION_JOBS} run going: wait for it to finish or cancel it")
-        if len(running) >= MAX_RUNNING_JOBS:
-            raise ValueError(f"{len(running)} runs are going on this machine, the most it takes at once: "
-                             "try again when one has finished")
+        _check_machine(running)
         if store_path.is_file():
             mark_stale(store_path)
         job_id = datetime.now().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         log = folder / f"{job_id}.log"
-        # posix_spawn instead of Popen: no Popen object is left behind to be reaped behind our back, so
-        # job_status can collect the exit status; setsid detaches the job from the page's process group.
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-        pid = os.posix_spawn(sys.executable, command(store_path, argv), env, setsid=True, file_actions=[
-            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-            (os.POSIX_SPAWN_OPEN, 1, str(log), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644),
-            (os.POSIX_SPAWN_DUP2, 1, 2),
-        ])
+        pid = _spawn(command(store_path, argv), log)
         kind = argv[1] if argv[0] == "run" else argv[0]
         job = Job(job_id, kind, tuple(argv), pid, str(log), str(store_path),
                   datetime.now(timezone.utc).isoformat(timespec="seconds"), owner)
@@ -538,12 +546,155 @@ def start_job(store_path: Path, argv: Sequence[str], owner: str = "") -> Job:
     return job
 
 
+def _check_machine(running: Sequence[Job]) -> None:
+    """ValueError when MAX_RUNNING_JOBS processes run on this machine (a demo worker counts once, however many
+    demos it has queued: it holds one model and answers one demo at a time)."""
+    n = sum(not j.request for j in running)
+    if n >= MAX_RUNNING_JOBS:
+        raise ValueError(f"{n} runs are going on this machine, the most it takes at once: "
+                         "try again when one has finished")
+
+
+DEMO_IDLE_S = 600.0  # the demo worker stops after 10 minutes without a demo (it holds a model in memory)
+MAX_QUEUED_DEMOS = 4  # demos waiting for the worker at once (each session has at most one)
+
+
+def _queue_dir(store_path: Path) -> Path:
+    return jobs_dir(store_path) / "demo-queue"
+
+
+def _stopping(queue: Path, pid: int) -> bool:
+    """Whether the worker `pid` has said it is leaving (it writes queue/stopping under the launch lock)."""
+    try:
+        return (queue / "stopping").read_text().strip() == str(pid)
+    except OSError:
+        return False
+
+
+def demo_worker(store_path: Path) -> Job | None:
+    """The running demo worker of this store, or None."""
+    queue = _queue_dir(Path(store_path).resolve())
+    for job in list_jobs(store_path, limit=200):
+        if job.kind == "demo-worker" and _alive(job) and not _stopping(queue, job.pid):
+            return job
+    return None
+
+
+def worker_command(store_path: Path, shipped: Path, idle_s: float) -> list[str]:
+    """The demo worker's command line (compute/demo_worker.py)."""
+    return [sys.executable, "-m", "compute.demo_worker", "--store", str(store_path), "--shipped", str(shipped),
+            "--queue", str(_queue_dir(store_path)), "--lock", str(cache_root() / "jobs" / ".lock"),
+            "--idle-s", str(idle_s)]
+
+
+def _spawn(cmd: Sequence[str], log: Path) -> int:
+    # posix_spawn instead of Popen: no Popen object is left behind to be reaped behind our back, so
+    # job_status can collect the exit status; setsid detaches the job from the page's process group.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    return os.posix_spawn(sys.executable, list(cmd), env, setsid=True, file_actions=[
+        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_OPEN, 1, str(log), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644),
+        (os.POSIX_SPAWN_DUP2, 1, 2),
+    ])
+
+
+def start_demo(store_path: Path, shipped: Path, argv: Sequence[str], owner: str = "",
+               idle_s: float = DEMO_IDLE_S) -> Job:
+    """Queue one `edit` demo (argv from edit_argv) for the demo worker of the workspace store `store_path`,
+    starting the worker when none runs. The worker keeps the model loaded between demos and stops after
+    `idle_s` seconds without one. Limits: MAX_SESSION_JOBS for the `owner` (a queued demo counts), a free
+    machine slot (MAX_RUNNING_JOBS) to start a worker (a running worker holds one slot), at most
+    MAX_QUEUED_DEMOS waiting, and the workspace size. The worker writes only to `store_path`; `shipped` is
+    read for stored answers."""
+    store_path, shipped = Path(store_path).resolve(), Path(shipped).resolve()
+    if store_path == shipped:
+        raise ValueError(f"the workspace store must not be the shown store {shipped}")
+    if not argv or argv[0] != "edit":
+        raise ValueError("the demo worker runs `edit` commands only")
+    if store_path.is_file() and _size_mb(store_path) > MAX_WORKSPACE_MB:
+        raise ValueError(f"the workspace store is full ({_size_mb(store_path):.0f} MB, at most {MAX_WORKSPACE_MB}): "
+                         "no more runs can be launched here")
+    folder = jobs_dir(store_path)
+    queue = _queue_dir(store_path)
+    queue.mkdir(parents=True, exist_ok=True)
+    lock_file = cache_root() / "jobs" / ".lock"
+    with open(lock_file, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        running = running_jobs()
+        if owner and sum(j.owner == owner for j in running) >= MAX_SESSION_JOBS:
+            raise ValueError(f"you already have {MAX_SESSION_JOBS} run going: wait for it to finish or cancel it")
+        waiting = [j for j in running if j.request and Path(j.request).parent == queue]
+        if len(waiting) >= MAX_QUEUED_DEMOS:
+            raise ValueError(f"{len(waiting)} demos are waiting for the model: try again in a minute")
+        worker = demo_worker(store_path)
+        if worker is None:
+            _check_machine(running)
+            if store_path.is_file():
+                mark_stale(store_path)
+            (queue / "stopping").unlink(missing_ok=True)
+            wid = datetime.now().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+            wlog = folder / f"{wid}.log"
+            pid = _spawn(worker_command(store_path, shipped, idle_s), wlog)
+            worker = Job(wid, "demo-worker", ("demo-worker",), pid, str(wlog), str(store_path),
+                         datetime.now(timezone.utc).isoformat(timespec="seconds"), "")
+            (folder / f"{wid}.json").write_text(json.dumps(asdict(worker)))
+        job_id = datetime.now().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        log = folder / f"{job_id}.log"
+        log.write_text("")
+        request = queue / f"{job_id}.json"
+        job = Job(job_id, "edit", tuple(argv), worker.pid, str(log), str(store_path),
+                  datetime.now(timezone.utc).isoformat(timespec="seconds"), owner, str(request))
+        (folder / f"{job_id}.json").write_text(json.dumps(asdict(job)))
+        tmp = request.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"job_id": job_id, "argv": list(argv), "log": str(log)}))
+        tmp.rename(request)  # the worker takes *.json files only: it never sees a half-written request
+    return job
+
+
+_DEMO_RUN = re.compile(r"^demo run (\S+)$")
+
+
+def demo_run(job: Job) -> str | None:
+    """The run id of a demo in progress (its `demo run ID` line, printed once the unedited answers are stored),
+    so that the page can show the rows written so far."""
+    for line in log_tail(job, 1_000_000).splitlines():
+        m = _DEMO_RUN.match(line.strip())
+        if m:
+            return m.group(1)
+    return None
+
+
 def _exit_file(job: Job) -> Path:
     return Path(job.log).with_suffix(".rc")
 
 
+def _pid_runs(pid: int) -> bool:
+    """Whether a process runs (not a zombie), without reaping it."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
 def _alive(job: Job) -> bool:
-    """Whether the job's process still runs; reaps it (recording its exit status) when it is our child."""
+    """Whether the job's process still runs; reaps it (recording its exit status) when it is our child. A demo
+    request lives until the worker writes its exit status; a worker that died first fails it."""
+    if job.request:
+        if _exit_file(job).is_file():
+            return False
+        if _pid_runs(job.pid) and not _stopping(Path(job.request).parent, job.pid):
+            return True
+        if not _exit_file(job).is_file():  # the worker wrote nothing: it died with this demo unanswered
+            with open(job.log, "a") as f:
+                f.write("error: the demo worker stopped before answering this demo; run it again\n")
+            _exit_file(job).write_text("1")
+        return False
     try:
         pid, status = os.waitpid(job.pid, os.WNOHANG)
     except ChildProcessError:  # not our child (another dashboard process started it): ask the kernel
@@ -705,6 +856,9 @@ def cancel_job(job: Job, owner: str | None = None) -> None:
         raise ValueError(f"job {job.job_id} was not started in this session: only its owner can cancel it")
     if not _alive(job):
         raise ValueError(f"job {job.job_id} is not running")
+    if job.request:  # the worker checks for this file between the demo's stages (it serves other demos too)
+        Path(job.log).with_suffix(".cancel").write_text("cancel")
+        return
     os.kill(job.pid, signal.SIGINT)
 
 

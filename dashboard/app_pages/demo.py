@@ -1,6 +1,9 @@
-"""Edit demo: change one fact with an editor in a background `python -m compute edit` process, then show, for
-every rephrase type, the probe beside the model's generations before and after the edit, how long each
-stage took, and on how many measurable types the edit held. The run is saved in the workspace store."""
+"""Edit demo: change one fact with an editor in the demo worker (compute/demo_worker.py, started by
+dashboard.jobs.start_demo on the first demo, keeping the model loaded between demos), then show, for every
+rephrase type, the probe beside the model's generations before and after the edit, how long each stage took,
+and on how many measurable types the edit held. The unedited answers come from the store when it holds them;
+after the edit the plain and paraphrase answers are written first and shown while the other types follow
+(the watcher fragment polls the run's rows every second). The run is saved in the workspace store."""
 
 import json
 
@@ -14,8 +17,10 @@ from dashboard.data import (public_mode, query, run_store, session_owner, store_
 from store.measurable import MEASURABLE_SHARE, measurable_types, unmeasurable_reasons
 from store.metrics import REPHRASE_TYPES
 
-STAGE_NAMES = {0: "before the page looked", 1: "loading the model", 2: "the unedited model", 3: "the edit", 4: "the edited model", 5: "saving"}
-# measured here: a ROME demo with 20 generated tokens took 168 s on a 2-core CPU under load (load average 6)
+STAGE_NAMES = {0: "before the page looked", 1: "loading the model", 2: "the unedited model", 3: "the edit",
+               4: "plain and paraphrase after it", 5: "the other types after it", 6: "saving"}
+# measured here before issue 22: a ROME demo with 20 generated tokens took 168 s on a 2-core CPU under load
+# (load average 6), loading the model and evaluating the unedited model every time
 FALLBACK_SECONDS = 168
 
 st.title("Edit demo")
@@ -49,12 +54,15 @@ with st.form("demo_form"):
     true_object = c2.text_input("True object (only for a subject not in the knowledge base)",
                                 max_chars=jobs.MAX_TEXT, key="demo_true")
     editor = c1.selectbox("Editor", editors, key="demo_editor", index=editors.index("ROME") if "ROME" in editors else 0)
-    gen_tokens = c2.number_input("Generated tokens", 1, jobs.MAX_GEN_TOKENS, 20, key="demo_gen_tokens")
-    model = ""
+    gen_tokens = c2.number_input("Generated tokens", 1, jobs.MAX_GEN_TOKENS, jobs.MAX_GEN_TOKENS, key="demo_gen_tokens",
+                                 help="Stored answers of the unedited model are reused only for the same length "
+                                      f"(knowledge runs generate {jobs.MAX_GEN_TOKENS} tokens by default)")
+    model, device = "", "cpu"
     if not public:
         with st.expander("Model"):
             model = st.text_input("Model", value="", key="demo_model",
                                   help=f"Empty for {jobs.DEFAULT_MODEL}, or a local Hugging Face model directory")
+            device = st.text_input("Device", value="cpu", key="demo_device", help="torch device: cpu, cuda, cuda:N or mps")
     submitted = st.form_submit_button("Run edit", type="primary")
 
 if relation in templates and subject.strip():
@@ -66,9 +74,9 @@ if relation in templates and subject.strip():
 if submitted:
     try:
         argv = jobs.edit_argv(subject, relation, new_object, true_object, editor, templates=templates,
-                              editors=editors, model=model, gen_tokens=gen_tokens)
+                              editors=editors, model=model, gen_tokens=gen_tokens, device=device)
         workspace = jobs.ensure_workspace(store_path())
-        st.session_state["demo_job"] = jobs.start_job(workspace, argv, owner=owner).job_id
+        st.session_state["demo_job"] = jobs.start_demo(workspace, store_path(), argv, owner=owner).job_id
         st.session_state.pop("demo_done", None)
     except ValueError as exc:
         message("That request was refused:", str(exc))
@@ -95,14 +103,14 @@ def _stage_line(job: jobs.Job) -> str:
     return "Time per stage: " + " · ".join(parts) if parts else ""
 
 
-@st.fragment(run_every=2)
+@st.fragment(run_every=1)
 def _watch(job_id: str) -> None:
     job = jobs.load_job(workspace_path(), job_id)
     jobs.observe_stage(job)
     status = jobs.job_status(job)
     if status["state"] == "running":
         stage = jobs.job_stage(job)
-        k, n, what = stage if stage else (0, 5, "starting the process")
+        k, n, what = stage if stage else (0, 6, "waiting for the demo worker")
         st.progress(max(k - 1, 0) / n, text=jobs.escape_markdown(f"Step {max(k, 1)} of {n}: {what}"))
         times = _stage_line(job)
         if times:
@@ -114,6 +122,10 @@ def _watch(job_id: str) -> None:
                 jobs.cancel_job(job, owner=owner)
             except ValueError as exc:
                 message("Not cancelled:", str(exc))
+        run_id = jobs.demo_run(job)
+        runs = query("list_runs", kind="demo") if run_id else None
+        if runs is not None and run_id in runs["run_id"].to_list():
+            _show(runs.filter(pl.col("run_id") == run_id).row(0, named=True), "Your demo (in progress)")
         return
     st.session_state["demo_done"] = {**status, "job_id": job_id, "run_id": jobs.saved_run(job),
                                      "stages": _stage_line(job)}
@@ -121,9 +133,65 @@ def _watch(job_id: str) -> None:
     st.rerun()
 
 
+def _show(run: dict, title: str | None = None) -> None:
+    """The demo run's rows as stored so far: verdict, then every rephrase type's probe beside its answers."""
+    case_id = json.loads(run["config"] or "{}").get("case_id")
+    if title:
+        st.subheader(jobs.escape_markdown(f"{title}: {run['editor']} on {run['model']}"))
+    line(f"run {run['run_id']} ({run_store(run['run_id'])} store) · case {case_id} · {run['started_at']}")
+    before = json.loads(run["config"] or "{}").get("before_from")
+    if before:
+        line(f"Answers before the edit: from stored run {before} (not recomputed)")
+    view = query("case_view", case_id=case_id, run_id=run["run_id"])
+    measurable, reasons, judged_by = _model_measurability(run)
+    summary = jobs.demo_summary(view, measurable)
+    by_type = {t["rephrase_type"]: t for t in summary["types"]}
+    if summary["types"]:
+        if judged_by:
+            rule = (f"A type is measurable on {run['model']} when the unedited model names the true object on at least "
+                    f"{MEASURABLE_SHARE:.0%} of the cases of knowledge run {judged_by} (store.measurable).")
+        else:
+            rule = (f"No knowledge run of {run['model']} says which types it can answer, so a type counts as "
+                    f"measurable for this fact when the unedited model's own generations named the true object (at "
+                    f"least {jobs.DEMO_MEASURABLE:.0%} of its probes).")
+        st.metric("Held on measurable types", f"{summary['held']} of {summary['measurable']}",
+                  help=f"A type held when at least {jobs.DEMO_HELD:.0%} of its probes generated the new object after the "
+                       f"edit. {rule} On the other types the edit cannot be seen to change an answer.")
+        unmeasurable = [t["rephrase_type"] for t in summary["types"] if not t["measurable"]]
+        if unmeasurable:
+            st.caption(jobs.escape_markdown(f"Not measurable: {', '.join(unmeasurable)}. {rule}"))
+
+    gens = query("generations", run_id=run["run_id"], case_id=case_id)
+    probes = query("probes", case_id=case_id)
+    texts = dict(zip(probes["probe_id"].to_list(), probes["text"].to_list())) if not probes.is_empty() else {}
+    for rtype in REPHRASE_TYPES:
+        part = gens.filter(pl.col("rephrase_type") == rtype) if not gens.is_empty() else gens
+        if part.is_empty():
+            continue
+        info = by_type.get(rtype)
+        verdict = "" if info is None else (" · not measurable" if not info["measurable"]
+                                           else " · held" if info["held"] else " · did not hold")
+        st.markdown(f"**{rtype}**{verdict}")
+        if rtype in reasons:
+            st.caption(jobs.escape_markdown(reasons[rtype]))
+        head = st.columns([2, 1, 1])
+        for col, text in zip(head, ("probe", "before the edit", "after the edit")):
+            col.caption(text)
+        for probe_id in sorted(part["probe_id"].unique().to_list()):
+            row = st.columns([2, 1, 1])
+            row[0].code(texts.get(probe_id, f"(probe {probe_id} not in the store)"), language=None, wrap_lines=True,
+                        height=160 if len(texts.get(probe_id, "")) > 400 else "content")
+            for col, phase in ((row[1], "pre"), (row[2], "post")):
+                for text in part.filter((pl.col("phase") == phase) & (pl.col("probe_id") == probe_id))["text"].to_list():
+                    col.code(text, language=None, wrap_lines=True)
+    with st.expander("Metrics per rephrase type (edit count 0 = before, 1 = after)"):
+        st.dataframe(view, hide_index=True, width="stretch")
+
+
 if "demo_job" in st.session_state:
     try:
         _watch(st.session_state["demo_job"])
+        st.stop()  # the watcher shows the demo in progress; the full page comes back when it has ended
     except ValueError as exc:
         st.session_state.pop("demo_job", None)
         message("That request was refused:", str(exc))
@@ -139,54 +207,8 @@ if demos.is_empty():
 mine = done.get("run_id") if done and done["state"] == "done" else None
 run = demos.filter(pl.col("run_id") == mine).row(0, named=True) if mine in demos["run_id"].to_list() \
     else demos.row(0, named=True)
-case_id = json.loads(run["config"] or "{}").get("case_id")
 st.subheader(jobs.escape_markdown(f"{'Your demo' if run['run_id'] == mine else 'Latest demo'}: {run['editor']} on "
                                   f"{run['model']}"))
-line(f"run {run['run_id']} ({run_store(run['run_id'])} store) · case {case_id} · {run['started_at']}")
 if run["run_id"] == mine and done.get("stages"):
     st.caption(done["stages"])
-
-view = query("case_view", case_id=case_id, run_id=run["run_id"])
-measurable, reasons, judged_by = _model_measurability(run)
-summary = jobs.demo_summary(view, measurable)
-by_type = {t["rephrase_type"]: t for t in summary["types"]}
-if summary["types"]:
-    if judged_by:
-        rule = (f"A type is measurable on {run['model']} when the unedited model names the true object on at least "
-                f"{MEASURABLE_SHARE:.0%} of the cases of knowledge run {judged_by} (store.measurable).")
-    else:
-        rule = (f"No knowledge run of {run['model']} says which types it can answer, so a type counts as "
-                f"measurable for this fact when the unedited model's own generations named the true object (at "
-                f"least {jobs.DEMO_MEASURABLE:.0%} of its probes).")
-    st.metric("Held on measurable types", f"{summary['held']} of {summary['measurable']}",
-              help=f"A type held when at least {jobs.DEMO_HELD:.0%} of its probes generated the new object after the "
-                   f"edit. {rule} On the other types the edit cannot be seen to change an answer.")
-    unmeasurable = [t["rephrase_type"] for t in summary["types"] if not t["measurable"]]
-    if unmeasurable:
-        st.caption(jobs.escape_markdown(f"Not measurable: {', '.join(unmeasurable)}. {rule}"))
-
-gens = query("generations", run_id=run["run_id"], case_id=case_id)
-probes = query("probes", case_id=case_id)
-texts = dict(zip(probes["probe_id"].to_list(), probes["text"].to_list())) if not probes.is_empty() else {}
-for rtype in REPHRASE_TYPES:
-    part = gens.filter(pl.col("rephrase_type") == rtype) if not gens.is_empty() else gens
-    if part.is_empty():
-        continue
-    info = by_type.get(rtype)
-    verdict = "" if info is None else (" · not measurable" if not info["measurable"]
-                                       else " · held" if info["held"] else " · did not hold")
-    st.markdown(f"**{rtype}**{verdict}")
-    if rtype in reasons:
-        st.caption(jobs.escape_markdown(reasons[rtype]))
-    head = st.columns([2, 1, 1])
-    for col, text in zip(head, ("probe", "before the edit", "after the edit")):
-        col.caption(text)
-    for probe_id in sorted(part["probe_id"].unique().to_list()):
-        row = st.columns([2, 1, 1])
-        row[0].code(texts.get(probe_id, f"(probe {probe_id} not in the store)"), language=None, wrap_lines=True,
-                    height=160 if len(texts.get(probe_id, "")) > 400 else "content")
-        for col, phase in ((row[1], "pre"), (row[2], "post")):
-            for text in part.filter((pl.col("phase") == phase) & (pl.col("probe_id") == probe_id))["text"].to_list():
-                col.code(text, language=None, wrap_lines=True)
-with st.expander("Metrics per rephrase type (edit count 0 = before, 1 = after)"):
-    st.dataframe(view, hide_index=True, width="stretch")
+_show(run)

@@ -63,25 +63,27 @@ with st.form("launch_form"):
         gen_tokens = st.number_input("Generated tokens", 1, jobs.MAX_GEN_TOKENS, 10, key="launch_gen_tokens")
     model = "" if public else st.text_input(
         "Model", value="", key="launch_model", help=f"Empty for {jobs.DEFAULT_MODEL}, or a local Hugging Face model directory")
+    device = "cpu" if public else st.text_input("Device", value="cpu", key="launch_device",
+                                                help="torch device: cpu, cuda, cuda:N or mps")
     submitted = st.form_submit_button("Launch", type="primary")
 
 if submitted:
     try:
         if experiment == "sequential":
             argv = jobs.sequential_argv(editor, case_set, edits, batch, seed, editors=editors, case_sets=set_names,
-                                        model=model)
+                                        model=model, device=device)
         elif experiment == "batch":
             argv = jobs.batch_argv(editor, case_set, sizes, seed, editors=editors, case_sets=set_names,
-                                   abilities=with_abilities, model=model)
+                                   abilities=with_abilities, model=model, device=device)
         elif experiment == "knowledge":
             argv = jobs.knowledge_argv(case_set, case_sets=set_names, limit=limit, types=types,
-                                       gen_tokens=gen_tokens, model=model)
+                                       gen_tokens=gen_tokens, model=model, device=device)
         elif experiment == "sweep":
             argv = jobs.sweep_argv(editor, layers, cases, seed, editors=editors, limit=limit,
-                                   gen_tokens=gen_tokens, model=model)
+                                   gen_tokens=gen_tokens, model=model, device=device)
         else:
             argv = jobs.robustness_argv(editor, cases, seed, editors=editors, limit=limit,
-                                        gen_tokens=gen_tokens, model=model)
+                                        gen_tokens=gen_tokens, model=model, device=device)
         workspace = jobs.ensure_workspace(store_path())
         if case_set:
             jobs.copy_case_set(store_path(), workspace, case_set)
