@@ -639,55 +639,11 @@ def cmd_run_sweep(args) -> None:
 
 
 def cmd_edit(args) -> None:
-    from compute.cases import CaseBuilder
-    from compute.editors import EditRequest, apply_edit, undo
-    from compute.editors.base import hparams_dict
-    from compute.evaluate import evaluate_cases
-    from compute.experiments.robustness import edit_rows
-    from compute.provenance import provenance
-    from store.metrics import REPHRASE_TYPES
+    """One-fact demo (compute.demo_worker.run_demo): the unedited model's answers from the store when it holds
+    them for these probes, else computed; the edit; the edited model on every rephrase type; the run saved."""
+    from compute.demo_worker import DemoEngine, run_demo
 
-    stages = 5  # `stage k/n: ...` lines are what the dashboard's progress bar reads
-
-    _out(f"stage 1/{stages}: loading the model and the knowledge base")
-    lm = _load_model(args)
-    ed, hp, ctx = _editor_setup(args, lm, args.editor)
-    builder = CaseBuilder(_load_kb(args), lm.tokenizer, _paragraphs(args))
-    case = builder.custom_case(args.subject, args.relation, args.new, args.true)
-    _out(f"edit: {case.prompt} {case.true_object} -> {case.new_object}   ({ed.name}, {lm.name})")
-    _out(f"stage 2/{stages}: the unedited model on every rephrase type")
-    pre = evaluate_cases(lm, [case], REPHRASE_TYPES, gen_tokens=args.gen_tokens)[0]
-    _out(f"stage 3/{stages}: editing with {ed.name}")
-    result = apply_edit(lm, [EditRequest.from_case(case)], ed.name, hp, ctx)
-    try:
-        _out(f"stage 4/{stages}: the edited model on every rephrase type")
-        post = evaluate_cases(lm, [case], REPHRASE_TYPES, gen_tokens=args.gen_tokens, prefix=result.prefix)[0]
-    finally:
-        undo(lm, result)
-    gens_pre = {r: t for _, r, t in pre.generations}
-    gens_post = {r: t for _, r, t in post.generations}
-    for rtype in REPHRASE_TYPES:
-        a, b = pre.values[rtype], post.values[rtype]
-        _out(f"\n[{rtype}]  P(new) {a['p_new']:.3f} -> {b['p_new']:.3f}   P(true) {a['p_true']:.3f} -> {b['p_true']:.3f}"
-             f"   acc {a['acc']:.0f} -> {b['acc']:.2f}   rev {a['rev']:.2f} -> {b['rev']:.2f}")
-        _out(f"  before: {gens_pre.get(rtype, '')!r}")
-        _out(f"  after:  {gens_post.get(rtype, '')!r}")
-    ns = post.values.get("neighbourhood", {}).get("ns")
-    _out(f"\nneighbourhood score after the edit: {ns:.2f}   edit took {result.info.get('seconds', 0):.1f} s")
-    if args.no_save:
-        return
-    _out(f"stage 5/{stages}: saving the run")
-    with _open_store(args, create=True) as st:
-        row, probes = case.to_rows()
-        st.write_cases([row], probes)
-        run_id = st.start_run(kind="demo", model=lm.name, editor=ed.name, hparams=hparams_dict(hp), seed=args.seed,
-                              config={"case_id": case.case_id, "gen_tokens": args.gen_tokens},
-                              provenance=provenance(str(lm.device)), n_total=1)
-        st.write_measurements(pre.rows(run_id, 0) + post.rows(run_id, 1) + edit_rows(run_id, case.case_id, result.info))
-        st.write_generations(pre.generation_rows(run_id, 0, "pre") + post.generation_rows(run_id, 1, "post"))
-        st.heartbeat(run_id, n_done=1)  # its one edit is measured: the run reads 1/1 done
-        st.finish_run(run_id, status="done", timings={"edit_seconds": result.info.get("seconds")})
-    _out(f"saved as run {run_id}")
+    run_demo(args, DemoEngine(), out=_out, stream=False)
 
 
 # ---- runs, store, model -----------------------------------------------------------------------------------
