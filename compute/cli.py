@@ -736,6 +736,30 @@ def cmd_model_info(args) -> None:
         _out(f"{args.prompt!r} -> {generate(lm, [args.prompt], max_new_tokens=20)[0]!r}")
 
 
+# ---- plans -----------------------------------------------------------------------------------------------
+
+
+def cmd_plan(args) -> None:
+    """`plan run` computes a plan's missing and partial units into the store; `plan status` reads their state
+    (compute/plan.py). Every unit's command line is checked with this module's parser before anything runs."""
+    from compute import plan as plans
+
+    target = args.plan_store or args.store
+    plan = plans.load_plan(args.plan, build_parser(), device=getattr(args, "device", None))
+    if args.sub == "status":
+        folder = plans.plan_folder(plan, args.cache_dir)
+        for line in plans.status_lines(plans.plan_status(plan, target, shards=folder)):
+            _out(line)
+        return
+    outcome = plans.execute(plan, target, executor=args.executor, workers=args.workers, address=args.address,
+                            cache_dir=args.cache_dir, out=_out)
+    bad = {u: o for u, o in outcome.items() if o != "done"}
+    if bad:
+        raise ValueError(f"plan {plan.name}: {len(bad)} of {len(outcome)} units did not finish "
+                         f"({', '.join(f'{u}: {o}' for u, o in list(bad.items())[:3])}); run it again to resume")
+    _out(f"plan {plan.name}: all {len(outcome)} units done in {target}")
+
+
 # ---- parser ----------------------------------------------------------------------------------------------
 
 
@@ -902,6 +926,21 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--prompt", type=text(), help="also print the greedy continuation of this prompt")
     model_args(q)
     q.set_defaults(func=cmd_model_info)
+
+    pl = sub.add_parser("plan", help="compute a store's units from a plan file, or show their state")
+    pl = pl.add_subparsers(dest="sub", required=True)
+    for name, helptext in (("run", "compute what is missing and resume what is partial"),
+                           ("status", "done / partial / missing per unit, and the CPU-hours left")):
+        q = pl.add_parser(name, help=helptext)
+        q.add_argument("plan", type=Path, help="a plan file such as plans/shipped.toml")
+        q.add_argument("--store", dest="plan_store", type=Path, help="the target store (default: the global --store)")
+        if name == "run":
+            q.add_argument("--executor", choices=["local", "ray"], default="local")
+            q.add_argument("--workers", type=at_least(1), help="units at once (default: one per core; ray: its CPUs)")
+            q.add_argument("--address", type=text(), help="ray: a cluster's address (default: a local Ray)")
+            q.add_argument("--device", type=device, help="given to every unit that loads a model (cuda: each unit "
+                           "asks Ray for one GPU)")
+        q.set_defaults(func=cmd_plan)
 
     from compute.abilities.cli import add_abilities_parser
 

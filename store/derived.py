@@ -615,8 +615,9 @@ def sequential_events(conn: sqlite3.Connection, run_ids=None) -> pl.DataFrame:
     import json
 
     ev = queries.run_events(conn, run_ids=run_ids)
-    # how long the run took, and when it was extended to more edits, are not events of the editing
-    ev = ev.filter(~pl.col("kind").is_in(["timing", "extended"]))
+    # how long the run took, when it was extended to more edits, and which plan unit made it (compute/plan.py)
+    # are not events of the editing
+    ev = ev.filter(~pl.col("kind").is_in(["timing", "extended", "plan_unit"]))
     phases = [json.loads(d).get("phase") if d else None for d in ev["detail"]] if ev.height else []
     return ev.with_columns(pl.Series("phase", phases, dtype=pl.Utf8)).select(
         "run_id", "kind", "series", "phase", "edit_count", "end_count", "value")

@@ -1,0 +1,836 @@
+"""Plans: the units of a store written down as specs, and the executors that compute them.
+
+A plan is a TOML file (read with Python's tomllib):
+
+    name = "shipped"             # the plan's folder under the cache (default: the file's stem)
+    model = "smollm2-135m"       # given to every unit whose command takes --model (optional)
+    finalize = true              # `store finalize` on the target once every unit is done (optional)
+
+    [[unit]]
+    id = "robustness-ROME"       # a short name, unique in the plan; `after` refers to it
+    kind = "robustness"          # kb, cases, knowledge, robustness, sweep, sequential, batch or abilities
+    editor = "ROME"              # every other key is an option of that command: gen_tokens = 30 is --gen-tokens 30
+    set = "smollm2-135m-n240-s0"
+    hp = { key_mismatch = true } # --hp key_mismatch=true (one --hp per field); grid = { v_lr = [0.5, 0.1] } likewise
+    after = ["baseline-240"]     # units that must be done first
+    cpus = 1                     # torch threads of the unit and the CPUs it claims (Ray: num_cpus); gpus likewise
+
+A unit is one command line of `python -m compute` (`Unit.argv`). Its canonical key is the SHA-256 of the
+sorted JSON of its spec (kind and options; a hyperparameter file counts by its content), so renaming a unit
+or reordering the file changes nothing. Every unit's command line is parsed by the CLI's own parser before
+anything runs; the parser is passed in (`load_plan(path, parser)`), because library code never imports
+compute.cli.
+
+Running a plan (`execute`): each unit runs as `python -m compute --store SHARD --quiet ...` with
+OMP_NUM_THREADS set to its cpus, in its own shard store, seeded with a copy of the target when the unit
+starts. Local shards live under CACHE/plans/<name>/ with the seed's list of runs beside them, so a unit
+whose driver was killed resumes its shard. When a unit ends, its shard is trimmed to the runs it made or
+changed (every other run it merely read, e.g. a baseline, is deleted from the shard, cascading to its rows)
+and the driver alone merges it into the target with store.merge, then records a run_events row of kind
+`plan_unit` (series = the unit's key, detail = its id and spec) for each of the unit's runs. A unit's runs
+are those its shard gained or changed, and those its command named as already holding its work (an
+experiment found done). `plan_status` reads everything back from the target alone.
+
+Executors never write one SQLite file from two processes: a unit writes only its shard, the driver only the
+target. `local` runs the units as subprocesses, as many at once as there are worker slots; `ray` runs each
+unit as a Ray task that receives the seed's bytes and returns the trimmed shard's bytes, so the nodes need
+no shared filesystem.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from contextlib import redirect_stderr
+from dataclasses import dataclass, field
+from io import StringIO
+from pathlib import Path
+from typing import Callable
+
+REPO = Path(__file__).resolve().parents[1]
+EVENT_KIND = "plan_unit"  # run_events rows linking a run to the plan unit that made it
+
+# kind -> the subcommand it runs
+KINDS = {
+    "kb": ("kb", "build"),
+    "cases": ("cases", "build"),
+    "knowledge": ("knowledge", "measure"),
+    "robustness": ("run", "robustness"),
+    "sweep": ("run", "sweep"),
+    "sequential": ("run", "sequential"),
+    "batch": ("run", "batch"),
+    "abilities": ("abilities", "measure"),
+}
+PLAN_KEYS = {"id", "kind", "after", "cpus", "gpus"}  # a unit's keys that are not options of its command
+NO_MODEL = {"kb"}  # kinds whose command takes no --model / --device
+# options that say how to run, not what: they are not part of a unit's key
+NOT_IN_KEY = {"device"}
+
+
+class PlanError(ValueError):
+    """A plan that cannot run: the message names the file and the unit."""
+
+
+@dataclass(frozen=True)
+class Unit:
+    id: str
+    kind: str
+    options: dict
+    after: tuple[str, ...]
+    cpus: int
+    gpus: float
+    key: str  # 16 hex digits of the SHA-256 of the canonical spec
+    argv: tuple[str, ...]  # the command line after `python -m compute --store SHARD --quiet`
+
+    def spec(self) -> dict:
+        """What the key is made of: the kind and the options that decide the unit's results."""
+        return {"kind": self.kind, **{k: v for k, v in self.options.items() if k not in NOT_IN_KEY}}
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    path: Path
+    units: tuple[Unit, ...]
+    finalize: bool = False
+
+    def by_id(self) -> dict[str, Unit]:
+        return {u.id: u for u in self.units}
+
+
+# ---- reading and checking a plan ----------------------------------------------------------------------
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def _json_value(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _option_args(key: str, value, where: str) -> list[str]:
+    """One plan option as command-line words: true -> --flag, false -> nothing, a list -> 1,2,3 (a list inside
+    it -> 1-2-3), the tables hp and grid -> one --hp FIELD=VALUE / --grid FIELD=V1,V2 per field."""
+    if key in ("hp", "grid"):
+        if not isinstance(value, dict):
+            raise PlanError(f"{where}: {key} is a table such as {key} = {{ rect_top = 0.4 }}")
+        out = []
+        for field_, v in sorted(value.items()):
+            v = ",".join(_json_value(x) for x in v) if key == "grid" and isinstance(v, list) else _json_value(v)
+            out += [_flag(key), f"{field_}={v}"]
+        return out
+    if isinstance(value, bool):
+        return [_flag(key)] if value else []
+    if isinstance(value, list):
+        return [_flag(key), ",".join("-".join(map(str, v)) if isinstance(v, list) else str(v) for v in value)]
+    if isinstance(value, dict):
+        raise PlanError(f"{where}: option {key!r} takes a value, not a table")
+    return [_flag(key), str(value)]
+
+
+def _key_of(spec: dict, base: Path) -> str:
+    """The canonical key: a hyperparameter file counts by its content, not its path."""
+    spec = dict(spec)
+    hp = spec.get("hparams")
+    if isinstance(hp, str) and (base / hp).is_file():
+        spec["hparams"] = {"file_sha256": hashlib.sha256((base / hp).read_bytes()).hexdigest()}
+    text = json.dumps(spec, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _parse_check(parser, argv: list[str], where: str) -> None:
+    """PlanError with the parser's own one-line message when `argv` is not a valid command line."""
+    err = StringIO()
+    try:
+        with redirect_stderr(err):
+            parser.parse_args(["--store", "shard.sqlite", "--quiet", *argv])
+    except SystemExit as exc:
+        message = " ".join(err.getvalue().split()) or f"exit status {exc.code}"
+        raise PlanError(f"{where}: `{' '.join(argv)}` is refused by the command line: "
+                        f"{message.removeprefix('error: ')}") from None
+
+
+def load_plan(path: Path | str, parser, device: str | None = None) -> Plan:
+    """Read and check a plan: every unit's command line is parsed with `parser` (compute.cli.build_parser())
+    before anything runs; ids are unique, `after` names units of the plan with no cycle, no two units have the
+    same spec. `device` (cpu, cuda, cuda:N) is given to every unit that loads a model. PlanError otherwise."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise PlanError(f"cannot read plan {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise PlanError(f"plan {path} is not valid TOML: {exc}") from None
+    unknown = sorted(set(raw) - {"name", "model", "finalize", "unit"})
+    if unknown:
+        raise PlanError(f"plan {path}: unknown top-level key {unknown[0]!r} (known: name, model, finalize, [[unit]])")
+    name = str(raw.get("name") or path.stem)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
+        raise PlanError(f"plan {path}: name {name!r} must be letters, digits, '.', '_' or '-' (it names a folder)")
+    entries = raw.get("unit") or []
+    if not isinstance(entries, list) or not entries:
+        raise PlanError(f"plan {path} has no units: add [[unit]] tables with an id and a kind")
+    units, keys = [], {}
+    for n, entry in enumerate(entries, 1):
+        uid = entry.get("id")
+        where = f"plan {path.name}, unit {uid!r}" if uid else f"plan {path.name}, unit #{n}"
+        if not isinstance(uid, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,79}", uid):
+            raise PlanError(f"{where}: give each unit an id of letters, digits, '.', '_', '+' or '-'")
+        kind = entry.get("kind")
+        if kind not in KINDS:
+            raise PlanError(f"{where}: kind {kind!r} is not one of {', '.join(KINDS)}")
+        options = {k: v for k, v in entry.items() if k not in PLAN_KEYS}
+        if kind not in NO_MODEL:
+            if raw.get("model") and "model" not in options:
+                options["model"] = raw["model"]
+            if device and "device" not in options:
+                options["device"] = device
+        if kind == "cases" and "set" not in options:
+            raise PlanError(f"{where}: a cases unit names its set (set = \"...\") so that its status can be read")
+        base = path.parent
+        if isinstance(options.get("hparams"), str) and options["hparams"].endswith(".json"):
+            options["hparams"] = str((base / options["hparams"]).resolve()) if not Path(options["hparams"]).is_absolute() \
+                else options["hparams"]
+        argv = list(KINDS[kind])
+        for key, value in options.items():
+            argv += _option_args(key, value, where)
+        _parse_check(parser, argv, where)
+        after = entry.get("after", [])
+        if isinstance(after, str):
+            after = [after]
+        cpus, gpus = entry.get("cpus", 1), entry.get("gpus", 1 if str(options.get("device", "")).startswith("cuda") else 0)
+        if not isinstance(cpus, int) or isinstance(cpus, bool) or cpus < 1:
+            raise PlanError(f"{where}: cpus must be a whole number >= 1, got {cpus!r}")
+        if not isinstance(gpus, (int, float)) or isinstance(gpus, bool) or gpus < 0:
+            raise PlanError(f"{where}: gpus must be a number >= 0, got {gpus!r}")
+        spec = {"kind": kind, **{k: v for k, v in options.items() if k not in NOT_IN_KEY}}
+        key = _key_of(spec, base)
+        if key in keys:
+            raise PlanError(f"{where}: the same spec as unit {keys[key]!r}; give each run once")
+        keys[key] = uid
+        units.append(Unit(uid, kind, options, tuple(after), cpus, float(gpus), key, tuple(argv)))
+    ids = [u.id for u in units]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise PlanError(f"plan {path.name}: unit id {dup!r} is used twice")
+    for u in units:
+        missing = [a for a in u.after if a not in ids]
+        if missing:
+            raise PlanError(f"plan {path.name}, unit {u.id!r}: after names {missing[0]!r}, which is not a unit of the plan")
+    _check_acyclic(units, path.name)
+    return Plan(name, path, tuple(units), bool(raw.get("finalize", False)))
+
+
+def _check_acyclic(units, plan_name: str) -> None:
+    deps = {u.id: set(u.after) for u in units}
+    done: set[str] = set()
+    while deps:
+        ready = [u for u, d in deps.items() if d <= done]
+        if not ready:
+            raise PlanError(f"plan {plan_name}: units {sorted(deps)} wait on each other (a cycle in `after`)")
+        for u in ready:
+            done.add(u)
+            del deps[u]
+
+
+# ---- status, from the target store alone ----------------------------------------------------------------
+
+
+@dataclass
+class UnitState:
+    unit: Unit
+    state: str  # done, partial or missing
+    runs: list[dict] = field(default_factory=list)
+    remaining_s: float | None = 0.0  # estimated CPU seconds left (None: no stored timing to go by)
+    basis: str = ""  # where the estimate comes from
+
+
+def _connect_ro(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def _unit_runs(conn, key: str) -> list[dict]:
+    rows = conn.execute(
+        "SELECT r.* FROM run_events e JOIN runs r ON r.run_id = e.run_id WHERE e.kind = ? AND e.series = ? "
+        "ORDER BY r.started_at", (EVENT_KIND, key)).fetchall()
+    return [dict(r) for r in rows]
+
+
+def _run_seconds(conn, run: dict) -> float | None:
+    """CPU-seconds a run has taken so far (one thread per unit): its `timings` seconds when it finished, else
+    the sum of its run_events of kind timing (a sequential run's checkpoints), else None."""
+    timings = json.loads(run.get("timings") or "{}")
+    if isinstance(timings.get("seconds"), (int, float)):
+        return float(timings["seconds"])
+    row = conn.execute("SELECT SUM(value), COUNT(*) FROM run_events WHERE run_id = ? AND kind = 'timing'",
+                       (run["run_id"],)).fetchone()
+    return float(row[0]) if row[1] else None
+
+
+def _work(conn, unit: Unit) -> int | None:
+    """How many work items (cases, edits, batch sizes, swept values x cases) the unit's runs will count in
+    n_done when it is done, or None where that is not known from the spec and the store."""
+    o = unit.options
+    if unit.kind == "sequential":
+        return int(o.get("edits", 1000))
+    if unit.kind == "batch":
+        sizes = o.get("sizes", [1, 10, 50, 100, 200, 500])
+        return len(sizes) if isinstance(sizes, list) else len(str(sizes).split(","))
+    if unit.kind in ("robustness", "knowledge", "sweep"):
+        n = o.get("limit")
+        if n is None and o.get("set"):
+            n = conn.execute("SELECT COUNT(*) FROM cases WHERE case_set = ?", (o["set"],)).fetchone()[0] or None
+        n = n or o.get("cases")
+        if n is None:
+            return None
+        if unit.kind == "sweep":
+            values = o.get("values")
+            return n * (len(values) if isinstance(values, list) else 1)
+        return int(n)
+    return None
+
+
+def _rate(conn, unit: Unit, own: list[dict]) -> tuple[float | None, str]:
+    """Seconds per work item: from the unit's own runs, else from finished runs of the same kind and editor
+    in the store, else of the same kind; (None, reason) when the store holds none."""
+    def per_item(runs):
+        pairs = [(s, r["n_done"]) for r in runs if (r.get("n_done") or 0) > 0
+                 for s in [_run_seconds(conn, r)] if s]
+        return sum(s for s, _ in pairs) / sum(n for _, n in pairs) if pairs else None
+
+    rate = per_item(own)
+    if rate:
+        return rate, "its own runs' timings"
+    editor = unit.options.get("editor")
+    for label, sql, params in (
+        (f"finished {unit.kind} runs of {editor}", "SELECT * FROM runs WHERE kind = ? AND editor IS ? AND status = 'done'",
+         (unit.kind, editor)),
+        (f"finished {unit.kind} runs", "SELECT * FROM runs WHERE kind = ? AND status = 'done'", (unit.kind,)),
+    ):
+        rate = per_item([dict(r) for r in conn.execute(sql, params)])
+        if rate:
+            return rate, label
+    return None, f"no timed {unit.kind} run in the store"
+
+
+def plan_status(plan: Plan, target: Path, shards: Path | None = None) -> list[UnitState]:
+    """Each unit's state in `target` (done / partial / missing) with its runs and the estimated CPU-seconds
+    left. kb and cases units are read from the store's tables; the others from their `plan_unit` events.
+    A unit whose shard (under `shards`, the plan's cache folder) holds progress not yet merged is partial."""
+    out = []
+    if not Path(target).exists():
+        return [UnitState(u, "missing", remaining_s=None, basis="no store yet") for u in plan.units]
+    conn = _connect_ro(Path(target))
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+        for unit in plan.units:
+            if unit.kind == "kb":
+                n = conn.execute("SELECT COUNT(*) FROM kb_facts").fetchone()[0] if "kb_facts" in tables else 0
+                out.append(UnitState(unit, "done" if n else "missing", remaining_s=0.0 if n else None,
+                                     basis="" if n else "not timed (minutes)"))
+                continue
+            if unit.kind == "cases":
+                n = conn.execute("SELECT COUNT(*) FROM cases WHERE case_set = ?", (unit.options["set"],)).fetchone()[0] \
+                    if "cases" in tables else 0
+                want = int(unit.options.get("n", 480))
+                state = "done" if n >= want else "partial" if n else "missing"
+                out.append(UnitState(unit, state, remaining_s=0.0 if state == "done" else None,
+                                     basis="" if state == "done" else "not timed (minutes)"))
+                continue
+            runs = _unit_runs(conn, unit.key) if "run_events" in tables else []
+            shard_runs = _shard_progress(shards, unit) if shards else []
+            if shard_runs:
+                merged = {r["run_id"]: r for r in runs}
+                merged.update({r["run_id"]: r for r in shard_runs})
+                runs = list(merged.values())
+            if runs and all(_run_done(unit, r) for r in runs) and not shard_runs:
+                out.append(UnitState(unit, "done", runs))
+                continue
+            state = "partial" if runs else "missing"
+            rate, basis = _rate(conn, unit, runs)
+            work = _work(conn, unit)
+            if unit.kind == "abilities":  # one suite: the time of a finished suite, or nothing to go by
+                seconds = [s for r in conn.execute("SELECT * FROM runs WHERE kind = 'abilities' AND status = 'done'")
+                           for s in [_run_seconds(conn, dict(r))] if s]
+                left = (sum(seconds) / len(seconds)) if seconds else None
+                basis = "finished abilities runs" if seconds else "no timed abilities run in the store"
+            elif rate is None or work is None:
+                left = None
+                basis = basis if rate is None else "the unit's size is not known from its spec"
+            else:
+                done_items = sum(r.get("n_done") or 0 for r in runs)
+                left = max(work - done_items, 0) * rate
+            out.append(UnitState(unit, state, runs, left, basis))
+    finally:
+        conn.close()
+    return out
+
+
+def _run_done(unit: Unit, run: dict) -> bool:
+    if run["status"] == "done":
+        return True
+    # a sequential run another unit is extending holds this unit's edits once it has made them
+    return unit.kind == "sequential" and (run.get("n_done") or 0) >= int(unit.options.get("edits", 1000))
+
+
+# ---- shards ------------------------------------------------------------------------------------------
+
+
+def plan_folder(plan: Plan, cache_dir: Path | None) -> Path:
+    from compute.models import default_cache_dir
+
+    return Path(cache_dir or default_cache_dir()) / "plans" / plan.name
+
+
+def _shard_paths(folder: Path, unit: Unit) -> tuple[Path, Path, Path]:
+    """(shard store, the seed's runs as JSON, the unit's log)."""
+    return folder / f"{unit.id}-{unit.key}.sqlite", folder / f"{unit.id}-{unit.key}.seed.json", \
+        folder / f"{unit.id}-{unit.key}.log"
+
+
+def copy_store(src: Path, dst: Path) -> None:
+    """A consistent copy of a store (SQLite's backup API: safe while the source is in WAL mode)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(str(dst) + suffix).unlink(missing_ok=True)
+    s = sqlite3.connect(f"file:{src}?mode=ro", uri=True)
+    d = sqlite3.connect(dst)
+    try:
+        s.backup(d)
+    finally:
+        d.close()
+        s.close()
+
+
+def runs_snapshot(path: Path) -> dict[str, list]:
+    """run_id -> [pid, heartbeat_at]: what changes when a process works on a run (starting, resuming,
+    heartbeating or finishing it), and not when another one merely marks it interrupted (mark_stale_runs)."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return {r[0]: list(r[1:]) for r in conn.execute("SELECT run_id, pid, heartbeat_at FROM runs")}
+    finally:
+        conn.close()
+
+
+def gained_runs(seed: dict[str, list], now: dict[str, list]) -> list[str]:
+    """Runs a unit made or worked on: new since its seed, or worked on by another process since."""
+    return sorted(r for r, cols in now.items() if seed.get(r) != cols)
+
+
+_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*[A-Za-z0-9]")
+
+
+def trim_to_gained(shard: Path, seed: dict[str, list], output: str) -> tuple[list[str], list[str]]:
+    """Delete from `shard` every run it holds unchanged since its seed (its rows go with it, by the schema's
+    cascades), so that merging it brings only what the unit made. Returns (gained: runs new or changed, named:
+    seed runs left unchanged that the unit's output names, i.e. work it found already done)."""
+    from store import Store
+
+    now = runs_snapshot(shard)
+    gained = gained_runs(seed, now)
+    words = set(_TOKEN.findall(output))
+    named = sorted(r for r in now if r not in gained and r in words)
+    stale = [r for r in now if r not in gained]
+    with Store.open(shard) as st:
+        with st.conn:
+            st.conn.executemany("DELETE FROM runs WHERE run_id = ?", [(r,) for r in stale])
+        st.conn.execute("VACUUM")
+    return gained, named
+
+
+def _shard_progress(folder: Path, unit: Unit) -> list[dict]:
+    """Runs a unit's live shard has gained since its seed (read-only), for `plan status`."""
+    shard, seed_file, _ = _shard_paths(folder, unit)
+    if not shard.exists() or not seed_file.exists():
+        return []
+    try:
+        gained = set(gained_runs(json.loads(seed_file.read_text()), runs_snapshot(shard)))
+        conn = _connect_ro(shard)
+        try:
+            return [dict(r) for r in conn.execute("SELECT * FROM runs") if r["run_id"] in gained]
+        finally:
+            conn.close()
+    except (sqlite3.Error, ValueError):
+        return []
+
+
+def unit_command(unit: Unit, store: Path, cache_dir: Path | None) -> list[str]:
+    """The full command line of a unit writing into `store`."""
+    cache = ["--cache-dir", str(cache_dir)] if cache_dir else []
+    return [sys.executable, "-m", "compute", "--store", str(store), "--quiet", *cache, *unit.argv]
+
+
+def _unit_env(unit: Unit) -> dict:
+    threads = str(unit.cpus)
+    return {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the process that started it dies (Linux), so a killed driver
+    leaves no unit writing its shard behind (SIGTERM marks the run interrupted, resumable)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _tail(text: str, lines: int = 1) -> str:
+    out = [line for line in text.strip().splitlines() if line.strip()]
+    return " | ".join(out[-lines:]) if out else "(no output)"
+
+
+def run_in_shard(unit: Unit, shard: Path, seed: dict, cache_dir: Path | None, log: Path,
+                 started: Callable[[subprocess.Popen], None] | None = None) -> dict:
+    """Run `unit` into `shard` (already seeded) and trim it: {rc, gained, named, tail}. Used by both executors."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as fh:
+        fh.write(f"$ {' '.join(unit_command(unit, shard, cache_dir))}\n")
+        fh.flush()
+        proc = subprocess.Popen(unit_command(unit, shard, cache_dir), cwd=REPO, env=_unit_env(unit), stdout=fh,
+                                stderr=subprocess.STDOUT, preexec_fn=_die_with_parent, start_new_session=True)
+        if started:
+            started(proc)
+        rc = proc.wait()
+    text = log.read_text(errors="replace")
+    out = {"rc": rc, "tail": _tail(text)}
+    if rc == 0:
+        out["gained"], out["named"] = trim_to_gained(shard, seed, text.rpartition("\n$ ")[2])
+    return out
+
+
+def _ray_unit(unit: Unit, seed_bytes: bytes, cache_dir: str | None) -> dict:
+    """A Ray task: the unit in a temporary shard on whichever node runs it; returns the trimmed shard's bytes."""
+    with tempfile.TemporaryDirectory(prefix="editscope-unit-") as tmp:
+        shard = Path(tmp) / "shard.sqlite"
+        shard.write_bytes(seed_bytes)
+        seed = runs_snapshot(shard)
+        out = run_in_shard(unit, shard, seed, Path(cache_dir) if cache_dir else None, Path(tmp) / "unit.log")
+        out["log"] = (Path(tmp) / "unit.log").read_text(errors="replace")
+        out["host"] = os.uname().nodename
+        if out["rc"] == 0:
+            out["shard"] = shard.read_bytes()
+        return out
+
+
+# ---- merging and recording ------------------------------------------------------------------------------
+
+
+def merge_into(shard: Path, target: Path) -> None:
+    """Merge a finished unit's shard into the target (store.merge: idempotent, keeps provenance, refuses
+    conflicting runs)."""
+    from store.merge import merge_stores
+
+    merge_stores([shard], target)
+
+
+def record_unit(target: Path, plan: Plan, unit: Unit, run_ids: list[str]) -> None:
+    """run_events rows (kind plan_unit, series = the unit's key) linking each of the unit's runs to it."""
+    from store import Store
+
+    if not run_ids:
+        return
+    detail = {"plan": plan.name, "unit": unit.id, "spec": unit.spec(), "argv": list(unit.argv)}
+    with Store.open(target) as st:
+        st.write_events([{"run_id": r, "kind": EVENT_KIND, "series": unit.key, "edit_count": 0, "detail": detail}
+                         for r in run_ids])
+
+
+# ---- the driver ---------------------------------------------------------------------------------------
+
+
+class LocalExecutor:
+    """Units as subprocesses on this machine, as many at once as `workers` CPU slots allow; each unit's shard
+    lives in the plan's cache folder, so a unit whose driver was killed resumes where it stopped."""
+
+    def __init__(self, folder: Path, target: Path, cache_dir: Path | None, workers: int):
+        self.folder, self.target, self.cache_dir, self.workers = folder, target, cache_dir, workers
+        self.running: dict[str, tuple] = {}  # unit id -> (unit, (result, thread), [its Popen])
+
+    def running_units(self) -> list[Unit]:
+        return [unit for unit, _, _ in self.running.values()]
+
+    def free(self) -> int:
+        return self.workers - sum(min(u.cpus, self.workers) for u, _, _ in self.running.values())
+
+    def start(self, unit: Unit) -> str:
+        import threading
+
+        shard, seed_file, log = _shard_paths(self.folder, unit)
+        resumed = shard.exists() and seed_file.exists()
+        if not resumed:
+            copy_store(self.target, shard)
+            seed_file.write_text(json.dumps(runs_snapshot(shard)))
+        seed = json.loads(seed_file.read_text())
+        result: dict = {}
+        procs: list = []
+
+        def work():
+            try:
+                result.update(run_in_shard(unit, shard, seed, self.cache_dir, log, procs.append))
+            except BaseException as exc:  # reported by the driver, never lost in the thread
+                result.update(rc=-1, tail=f"{type(exc).__name__}: {exc}")
+            result["shard"] = shard
+
+        thread = threading.Thread(target=work, daemon=True)
+        self.running[unit.id] = (unit, (result, thread), procs)
+        thread.start()
+        return "resumed its shard" if resumed else "started"
+
+    def finished(self, timeout: float) -> list[tuple[Unit, dict]]:
+        time.sleep(timeout)
+        done = []
+        for uid, (unit, (result, thread), _) in list(self.running.items()):
+            if not thread.is_alive():
+                done.append((unit, result))
+                del self.running[uid]
+        return done
+
+    def progress(self, units: list[Unit]) -> list[tuple[Unit, Path, list[str]]]:
+        """(unit, a trimmed copy of its live shard, the runs it holds) for each unit with progress to show."""
+        out = []
+        for unit in units:
+            shard, seed_file, _ = _shard_paths(self.folder, unit)
+            if not shard.exists() or not seed_file.exists():
+                continue
+            seed = json.loads(seed_file.read_text())
+            if not gained_runs(seed, runs_snapshot(shard)):
+                continue
+            copy = self.folder / f"{unit.id}-{unit.key}.progress.sqlite"
+            copy_store(shard, copy)
+            gained, _ = trim_to_gained(copy, seed, "")
+            out.append((unit, copy, gained))
+        return out
+
+    def done_with(self, unit: Unit, merged: bool) -> None:
+        shard, seed_file, _ = _shard_paths(self.folder, unit)
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(self.folder / f"{unit.id}-{unit.key}.progress.sqlite") + suffix).unlink(missing_ok=True)
+        if merged:
+            for suffix in ("", "-wal", "-shm"):
+                Path(str(shard) + suffix).unlink(missing_ok=True)
+            seed_file.unlink(missing_ok=True)
+
+    def stop(self) -> None:
+        """SIGTERM every running unit (each marks its run interrupted in its shard) and wait for them."""
+        for _, _, procs in self.running.values():
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+        for _, (_, thread), _ in self.running.values():
+            thread.join(timeout=120)
+
+
+class RayExecutor:
+    """Units as Ray tasks (`ray.init()` on this machine, or `address=` of a cluster). A task gets the seed
+    store's bytes and returns the trimmed shard's bytes: no shared filesystem. A task whose driver dies is
+    lost with its shard; the unit starts again from the target's state on the next `plan run`."""
+
+    def __init__(self, folder: Path, target: Path, cache_dir: Path | None, workers: int | None,
+                 address: str | None):
+        try:
+            import ray
+        except ImportError:
+            raise PlanError("--executor ray needs Ray: pip install -r requirements-compute.txt") from None
+        self.ray, self.folder, self.target, self.cache_dir = ray, folder, target, cache_dir
+        if not ray.is_initialized():
+            env = {"env_vars": {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}}
+            kwargs = {"address": address} if address else {"num_cpus": workers} if workers else {}
+            ray.init(runtime_env=env, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
+                     **kwargs)
+        self.task = ray.remote(_ray_unit)
+        self.running: dict = {}  # object ref -> unit
+
+    def running_units(self) -> list[Unit]:
+        return list(self.running.values())
+
+    def free(self) -> int:
+        return 1_000_000  # Ray queues tasks until their CPUs are free
+
+    def start(self, unit: Unit) -> str:
+        seed = self.folder / f"seed-{unit.key}.sqlite"
+        copy_store(self.target, seed)
+        data = seed.read_bytes()
+        seed.unlink()
+        ref = self.task.options(num_cpus=unit.cpus, num_gpus=unit.gpus, max_retries=0).remote(
+            unit, data, str(self.cache_dir) if self.cache_dir else None)
+        self.running[ref] = unit
+        return "submitted"
+
+    def finished(self, timeout: float) -> list[tuple[Unit, dict]]:
+        if not self.running:
+            time.sleep(timeout)
+            return []
+        ready, _ = self.ray.wait(list(self.running), num_returns=len(self.running), timeout=timeout)
+        out = []
+        for ref in ready:
+            unit = self.running.pop(ref)
+            try:
+                result = self.ray.get(ref)
+            except Exception as exc:  # the task itself failed (a lost node, an import error on the worker)
+                result = {"rc": -1, "tail": f"Ray task failed: {' '.join(str(exc).split())[:300]}"}
+            _, _, log = _shard_paths(self.folder, unit)
+            log.write_text(result.pop("log", "") or "")
+            if result.get("shard") is not None:
+                path = self.folder / f"{unit.id}-{unit.key}.from-ray.sqlite"
+                path.write_bytes(result.pop("shard"))
+                result["shard"] = path
+            out.append((unit, result))
+        return out
+
+    def progress(self, units: list[Unit]) -> list:
+        return []  # a Ray task's shard comes back only when the task ends
+
+    def done_with(self, unit: Unit, merged: bool) -> None:
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(self.folder / f"{unit.id}-{unit.key}.from-ray.sqlite") + suffix).unlink(missing_ok=True)
+
+    def stop(self) -> None:
+        for ref in list(self.running):
+            self.ray.cancel(ref, force=True)
+        self.running.clear()
+
+
+def execute(plan: Plan, target: Path, *, executor: str = "local", workers: int | None = None,
+            address: str | None = None, cache_dir: Path | None = None, out: Callable[[str], None] = print,
+            progress_s: float = 300.0) -> dict:
+    """Compute every unit of `plan` that is not done in `target`, dependencies first, and merge each finished
+    unit into the target. Returns {unit id: 'done' | 'failed: ...' | 'blocked by ...'}; a unit whose command
+    failed keeps its shard (the next run resumes it) and blocks the units after it. Every `progress_s` seconds
+    (local executor) the running units' progress is merged too, so the target shows it. KeyboardInterrupt stops
+    every running unit (their runs are marked interrupted in their shards), merges what they stored and is
+    raised again."""
+    import fcntl
+
+    from store import Store
+
+    target = Path(target)
+    with Store.open(target, create=True) as st:  # the target exists (a new plan may start from nothing)
+        st.mark_stale_runs()
+    folder = plan_folder(plan, cache_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = open(folder / "driver.lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        raise PlanError(f"another `plan run` of {plan.name} is running (lock {folder / 'driver.lock'}); wait for it "
+                        "or stop it first") from None
+    workers = workers or os.cpu_count() or 1
+    if executor == "local":
+        ex = LocalExecutor(folder, target, cache_dir, workers)
+    elif executor == "ray":
+        ex = RayExecutor(folder, target, cache_dir, workers if address is None else None, address)
+    else:
+        raise PlanError(f"unknown executor {executor!r}: local or ray")
+    states = {s.unit.id: s.state for s in plan_status(plan, target)}
+    outcome = {uid: "done" for uid, s in states.items() if s == "done"}
+    pending = [u for u in plan.units if u.id not in outcome]
+    out(f"plan {plan.name}: {len(outcome)} of {len(plan.units)} units done, {len(pending)} to compute "
+        f"({executor} executor, target {target})")
+    last_progress = time.monotonic()
+    try:
+        while pending or ex.running:
+            for unit in list(pending):
+                blocked = [a for a in unit.after if outcome.get(a, "").startswith(("failed", "blocked"))]
+                if blocked:
+                    outcome[unit.id] = f"blocked by {blocked[0]}"
+                    pending.remove(unit)
+                    out(f"  {unit.id}: not run, {blocked[0]} did not finish")
+                    continue
+                if all(outcome.get(a) == "done" for a in unit.after) and ex.free() >= min(unit.cpus, workers):
+                    how = ex.start(unit)
+                    pending.remove(unit)
+                    out(f"  {unit.id}: {how} ({' '.join(unit.argv)})")
+            for unit, result in ex.finished(0.5):
+                outcome[unit.id] = _finish(plan, unit, result, target, ex, folder, out)
+            if time.monotonic() - last_progress > progress_s:
+                _merge_progress(plan, ex, ex.running_units(), target, out)
+                last_progress = time.monotonic()
+        if plan.finalize and all(v == "done" for v in outcome.values()):
+            rc = subprocess.run([sys.executable, "-m", "compute", "--store", str(target), "store", "finalize"],
+                                cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                                text=True).returncode
+            out(f"store finalize: {'done' if rc == 0 else f'failed (exit {rc})'}")
+    except KeyboardInterrupt:
+        stopped = ex.running_units()
+        ex.stop()
+        _merge_progress(plan, ex, stopped, target, out)
+        raise
+    finally:
+        lock.close()
+    return outcome
+
+
+def _merge_progress(plan: Plan, ex, units: list[Unit], target: Path, out) -> None:
+    """Merge what running (or just stopped or failed) units have stored so far; the shards stay as they are."""
+    for unit, copy, gained in ex.progress(units):
+        try:
+            merge_into(copy, target)
+            record_unit(target, plan, unit, gained)
+        except Exception as exc:  # progress is shown on a best-effort basis; the final merge decides
+            out(f"  {unit.id}: its progress could not be merged yet: {' '.join(str(exc).split())}")
+        finally:
+            for suffix in ("", "-wal", "-shm"):
+                Path(str(copy) + suffix).unlink(missing_ok=True)
+
+
+def _finish(plan: Plan, unit: Unit, result: dict, target: Path, ex, folder: Path, out) -> str:
+    """Merge a finished unit's shard and record its runs; the unit's outcome."""
+    _, _, log = _shard_paths(folder, unit)
+    if result.get("rc") != 0:
+        out(f"  {unit.id}: failed (exit {result.get('rc')}): {result.get('tail')} (log: {log})")
+        _merge_progress(plan, ex, [unit], target, out)  # the target shows the failed run; its shard stays
+        ex.done_with(unit, merged=False)
+        return f"failed: {result.get('tail')}"
+    try:
+        merge_into(Path(result["shard"]), target)
+    except Exception as exc:
+        message = " ".join(str(exc).split())
+        out(f"  {unit.id}: its shard could not be merged: {message} (shard kept: {result['shard']})")
+        return f"failed: merge: {message}"
+    runs = sorted(set(result.get("gained", [])) | set(result.get("named", [])))
+    record_unit(target, plan, unit, runs)
+    ex.done_with(unit, merged=True)
+    out(f"  {unit.id}: done, {len(result.get('gained', []))} run(s) made or continued"
+        + (f", {len(result.get('named', []))} found done" if result.get("named") else ""))
+    return "done"
+
+
+def status_lines(states: list[UnitState]) -> list[str]:
+    """`plan status` as text: one line per unit, then the estimated CPU-hours left and what it rests on."""
+    lines = [f"{'unit':28} {'kind':11} {'state':8} {'runs':>4} {'progress':>11} {'CPU-h left':>10}  key"]
+    total, unknown = 0.0, []
+    for s in states:
+        n_done = sum(r.get("n_done") or 0 for r in s.runs)
+        n_total = sum(r.get("n_total") or 0 for r in s.runs)
+        left = "-" if s.state == "done" else "?" if s.remaining_s is None else f"{s.remaining_s / 3600:.2f}"
+        if s.state != "done":
+            if s.remaining_s is None:
+                unknown.append(f"{s.unit.id} ({s.basis})")
+            else:
+                total += s.remaining_s
+        lines.append(f"{s.unit.id[:28]:28} {s.unit.kind:11} {s.state:8} {len(s.runs):>4} "
+                     f"{f'{n_done}/{n_total}' if s.runs else '':>11} {left:>10}  {s.unit.key}")
+    counts = {k: sum(s.state == k for s in states) for k in ("done", "partial", "missing")}
+    lines.append(f"{counts['done']} done, {counts['partial']} partial, {counts['missing']} missing; about "
+                 f"{total / 3600:.1f} CPU-hours left at one thread per unit, estimated from stored timings "
+                 "(a unit's own runs' per-item time, else finished runs of the same kind and editor, else of the "
+                 "same kind)")
+    if unknown:
+        lines.append(f"not estimated (no stored timing to go by): {', '.join(unknown)}")
+    return lines

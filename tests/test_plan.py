@@ -1,0 +1,348 @@
+"""Plans and executors (compute/plan.py, `python -m compute plan ...`): bad units refused before anything runs,
+status read from the store alone, and a small tiny-model plan (one robustness run with --limit, one sequential
+run, one batch run, as tests/conftest.py's fixture_store makes them) computed by the local executor, by a
+local Ray of 2 CPUs, and by a driver killed mid-plan and started again: the same rows every time."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from compute import plan as plans
+from compute.cli import build_parser, main
+from store import Store
+
+ROOT = Path(__file__).resolve().parents[1]
+
+HPARAMS = {
+    "ft.json": '{"layer": 1, "lr": 0.05, "steps": 4, "norm_constraint": 0.05, "stop_nll": 0.0}',
+    "rome.json": '{"layer": 0, "v_steps": 6, "n_prefixes": 2, "prefix_tokens": 3, "use_covariance": false}',
+    "memit.json": '{"layers": [0], "lam": 1.0, "v_steps": 6, "n_prefixes": 2, "prefix_tokens": 3}',
+}
+
+UNITS = """
+[[unit]]
+id = "kb"
+kind = "kb"
+
+[[unit]]
+id = "cases"
+kind = "cases"
+n = 32
+set = "tiny32"
+after = ["kb"]
+
+[[unit]]
+id = "sequential"
+kind = "sequential"
+editor = "ROME"
+set = "tiny32"
+edits = 6
+every = 3
+panel_pool = 4
+panel_size = 3
+panel_any = true
+hparams = "rome.json"
+after = ["cases"]
+
+[[unit]]
+id = "robustness"
+kind = "robustness"
+editor = "FT-L"
+set = "tiny32"
+limit = 2
+gen_tokens = 2
+hparams = "ft.json"
+after = ["cases"]
+
+[[unit]]
+id = "batch"
+kind = "batch"
+editor = "MEMIT"
+set = "tiny32"
+sizes = [1, 3]
+panel_pool = 4
+hparams = "memit.json"
+after = ["cases"]
+"""
+
+
+def write_plan(folder: Path, model: str, units: str = UNITS, name: str = "tiny") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for file, text in HPARAMS.items():
+        (folder / file).write_text(text)
+    path = folder / f"{name}.toml"
+    path.write_text(f'name = "{name}"\nmodel = "{model}"\n{units}')
+    return path
+
+
+def fresh_cache(tmp: Path, cache_dir: Path) -> Path:
+    """A cache folder of its own (knowledge base and wiki paragraphs copied), so that no run reuses another's
+    cached edit values or finds its plan folder."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    for path in Path(cache_dir).glob("*.json"):
+        shutil.copy(path, tmp / path.name)
+    return tmp
+
+
+def rows(store: Path) -> dict:
+    """The store's results keyed without run ids: measurements by (kind, editor, case, edit count, rephrase
+    type, metric), generations, ability scores and per-edit diagnostics likewise; timings left out."""
+    conn = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
+    try:
+        out = {
+            "measurements": {k[:-1]: k[-1] for k in conn.execute(
+                "SELECT r.kind, r.editor, m.case_id, m.edit_count, m.rephrase_type, m.metric, m.value "
+                "FROM measurements m JOIN runs r USING (run_id)") if not k[5].endswith("seconds")},
+            "generations": {k[:-1]: k[-1] for k in conn.execute(
+                "SELECT r.kind, r.editor, g.case_id, g.edit_count, g.probe_id, g.phase, g.text "
+                "FROM generations g JOIN runs r USING (run_id)")},
+            "abilities": {k[:-1]: k[-1] for k in conn.execute(
+                "SELECT r.kind, r.editor, a.edit_count, a.batch_size, a.task, a.mode, a.score "
+                "FROM abilities a JOIN runs r USING (run_id)")},
+            "diagnostics": {k[:-1]: k[-1] for k in conn.execute(
+                "SELECT r.kind, r.editor, d.edit_count, d.case_id, d.target, d.name, d.value "
+                "FROM edit_diagnostics d JOIN runs r USING (run_id)") if "second" not in k[5]},
+            "runs": sorted(conn.execute("SELECT kind, editor, status, n_done, n_total FROM runs")),
+            "cases": conn.execute("SELECT COUNT(*) FROM cases").fetchone()[0],
+        }
+    finally:
+        conn.close()
+    return out
+
+
+def assert_same_rows(a: dict, b: dict) -> None:
+    assert a["runs"] == b["runs"] and a["cases"] == b["cases"]
+    for table in ("measurements", "generations", "abilities", "diagnostics"):
+        assert a[table].keys() == b[table].keys(), table
+        differ = [k for k in a[table] if a[table][k] != pytest.approx(b[table][k], rel=1e-6, abs=1e-9)
+                  and a[table][k] != b[table][k]]
+        assert not differ, (table, differ[:5])
+    assert len(a["measurements"]) > 500 and a["generations"] and a["abilities"] and a["diagnostics"]
+
+
+def plan_cmd(cache: Path, plan: Path, target: Path, *extra: str) -> list[str]:
+    return ["--cache-dir", str(cache), "--quiet", "plan", "run", str(plan), "--store", str(target), *extra]
+
+
+# ---- bad plans: one line naming the unit, exit 2, nothing run ----------------------------------------------
+
+
+BAD = {  # what to change in the robustness unit, the line's expected words
+    "an unknown option": (('kind = "robustness"', 'kind = "robustness"\ncolour = "red"'),
+                          "unrecognized arguments: --colour red"),
+    "an option the parser refuses": (("limit = 2", "limit = 0"), "--limit: must be at least 1, got 0"),
+    "an unknown kind": (('kind = "robustness"', 'kind = "robustnes"'), "kind 'robustnes' is not one of"),
+    "an unknown dependency": (('hparams = "ft.json"\nafter = ["cases"]', 'hparams = "ft.json"\nafter = ["nowhere"]'),
+                              "'nowhere', which is not a unit"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_a_bad_unit_is_refused_before_anything_runs(tmp_path, case, capsys):
+    (old, new), message = BAD[case]
+    assert UNITS.count(old) == 1
+    plan = write_plan(tmp_path, "tiny-model-dir", UNITS.replace(old, new))
+    target, cache = tmp_path / "target.sqlite", tmp_path / "cache"
+    capsys.readouterr()
+    assert main(plan_cmd(cache, plan, target)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: plan tiny.toml, unit 'robustness'"), err
+    assert message in err, err
+    assert not target.exists() and not cache.exists()  # nothing ran: no store, no shard folder
+
+
+def test_a_plan_with_a_cycle_or_a_spec_given_twice_is_refused(tmp_path):
+    parser = build_parser()
+    cyclic = UNITS.replace('after = ["kb"]', 'after = ["kb", "batch"]')
+    with pytest.raises(plans.PlanError, match="wait on each other"):
+        plans.load_plan(write_plan(tmp_path, "m", cyclic), parser)
+    twice = UNITS + UNITS.split("[[unit]]")[-1].join(["[[unit]]", ""]).replace('id = "batch"', 'id = "batch-again"')
+    with pytest.raises(plans.PlanError, match="unit 'batch-again': the same spec as unit 'batch'"):
+        plans.load_plan(write_plan(tmp_path, "m", twice), parser)
+    with pytest.raises(plans.PlanError, match="a cases unit names its set"):
+        plans.load_plan(write_plan(tmp_path, "m", UNITS.replace('set = "tiny32"\nafter = ["kb"]', 'after = ["kb"]')),
+                        parser)
+
+
+def test_units_become_command_lines_and_keys_that_ignore_ids_order_and_paths(tmp_path):
+    parser = build_parser()
+    plan = plans.load_plan(write_plan(tmp_path / "a", "m"), parser)
+    by = plan.by_id()
+    assert by["batch"].argv[:6] == ("run", "batch", "--editor", "MEMIT", "--set", "tiny32")
+    assert "--sizes" in by["batch"].argv and by["batch"].argv[by["batch"].argv.index("--sizes") + 1] == "1,3"
+    assert "--panel-any" in by["sequential"].argv and by["kb"].argv == ("kb", "build")
+    # the same units, renamed, reordered and with their hparams files elsewhere: the same keys
+    moved = UNITS.replace('id = "batch"', 'id = "memit-batch"').replace('"batch"]', '"memit-batch"]')
+    blocks = moved.split("[[unit]]")
+    other = plans.load_plan(write_plan(tmp_path / "b", "m", "[[unit]]".join([blocks[0], *reversed(blocks[1:])])),
+                            parser)
+    assert {u.key for u in plan.units} == {u.key for u in other.units}
+    # a changed hyperparameter file is another unit
+    (tmp_path / "b" / "memit.json").write_text(HPARAMS["memit.json"].replace('"lam": 1.0', '"lam": 2.0'))
+    changed = plans.load_plan(tmp_path / "b" / "tiny.toml", parser)
+    assert changed.by_id()["memit-batch"].key != by["batch"].key
+    assert changed.by_id()["sequential"].key == by["sequential"].key
+    # hp and grid tables become one option per field
+    sweep = plans.load_plan(write_plan(tmp_path / "c", "m", '[[unit]]\nid = "s"\nkind = "sweep"\neditor = "ROME"\n'
+                                       'grid = { v_lr = [0.5, 0.1], clamp_norm_factor = [4] }\nhp = { v_steps = 3 }\n'),
+                            parser).units[0]
+    assert sweep.argv == ("run", "sweep", "--editor", "ROME", "--grid", "clamp_norm_factor=4", "--grid", "v_lr=0.5,0.1",
+                          "--hp", "v_steps=3", "--model", "m")
+
+
+# ---- status from the store alone -----------------------------------------------------------------------------
+
+
+def test_plan_status_reads_done_partial_and_missing_and_estimates_the_time_left(tmp_path):
+    plan = plans.load_plan(write_plan(tmp_path, "m"), build_parser())
+    by = plan.by_id()
+    target = tmp_path / "target.sqlite"
+    with Store.open(target, create=True) as st:
+        done = st.start_run(kind="robustness", model="m", editor="FT-L", n_total=2)
+        st.heartbeat(done, n_done=2)
+        st.finish_run(done, timings={"seconds": 60.0})
+        part = st.start_run(kind="sequential", model="m", editor="ROME", n_total=6)
+        st.heartbeat(part, n_done=2)
+        st.write_events([{"run_id": part, "kind": "timing", "series": "checkpoint", "edit_count": e, "value": 5.0}
+                         for e in (0, 1)])
+        st.finish_run(part, status="interrupted")
+    plans.record_unit(target, plan, by["robustness"], [done])
+    plans.record_unit(target, plan, by["sequential"], [part])
+    states = {s.unit.id: s for s in plans.plan_status(plan, target)}
+    assert {k: s.state for k, s in states.items()} == {
+        "kb": "missing", "cases": "missing", "robustness": "done", "sequential": "partial", "batch": "missing"}
+    # the partial sequential run: 4 of its 6 edits left at its own 5 s per edit
+    assert states["sequential"].remaining_s == pytest.approx(20.0) and "its own" in states["sequential"].basis
+    assert states["batch"].remaining_s is None and "no timed batch run" in states["batch"].basis
+    lines = plans.status_lines(list(states.values()))
+    assert "1 done, 1 partial, 3 missing" in lines[-2] and "batch (no timed batch run in the store)" in lines[-1]
+    # from the store alone: a copy elsewhere (a fresh clone) reads the same
+    copy = tmp_path / "elsewhere" / "copy.sqlite"
+    plans.copy_store(target, copy)
+    assert [s.state for s in plans.plan_status(plan, copy)] == [s.state for s in states.values()]
+
+
+# ---- the tiny plan, three ways ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory, tiny_model_dir, cache_dir, kb):
+    """The tiny plan run once by the local executor with 2 workers: (plan, target, cache, stdout)."""
+    tmp = tmp_path_factory.mktemp("plan-local")
+    plan = write_plan(tmp, tiny_model_dir)
+    target, cache = tmp / "target.sqlite", fresh_cache(tmp / "cache", cache_dir)
+    out = subprocess.run([sys.executable, "-m", "compute", *plan_cmd(cache, plan, target, "--workers", "2")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=900,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stdout + out.stderr
+    return plan, target, cache, out.stdout
+
+
+@pytest.mark.slow
+def test_the_local_executor_computes_every_unit_into_its_own_shard_and_merges_it(local_run):
+    plan_path, target, cache, stdout = local_run
+    plan = plans.load_plan(plan_path, build_parser())
+    assert "all 5 units done" in stdout
+    states = plans.plan_status(plan, target)
+    assert [s.state for s in states] == ["done"] * 5
+    made = {s.unit.id: sorted(r["kind"] for r in s.runs) for s in states}
+    assert made == {"kb": [], "cases": [], "sequential": ["sequential"], "robustness": ["knowledge", "robustness"],
+                    "batch": ["batch"]}  # the robustness unit made its own baseline
+    got = rows(target)
+    assert [r[:3] for r in got["runs"]] == [("batch", "MEMIT", "done"), ("knowledge", None, "done"),
+                                           ("robustness", "FT-L", "done"), ("sequential", "ROME", "done")]
+    # shards are gone once merged; the logs stay; nothing of the plan is in the repository
+    folder = plans.plan_folder(plan, cache)
+    assert not list(folder.glob("*.sqlite")) and len(list(folder.glob("*.log"))) == 5
+    # plan_unit rows link runs to units and are not shown as events of the editing
+    from store import derived
+
+    with Store.open(target, readonly=True) as st:
+        assert "plan_unit" not in set(derived.sequential_events(st.conn)["kind"].to_list())
+    # a second run finds everything done and changes nothing
+    assert main(plan_cmd(cache, plan_path, target)) == 0
+    assert rows(target) == got
+
+
+@pytest.mark.slow
+def test_a_local_ray_of_two_cpus_gives_the_same_rows(local_run, tmp_path, cache_dir):
+    pytest.importorskip("ray")
+    import ray
+
+    plan, target, _, _ = local_run
+    mine, cache = tmp_path / "ray.sqlite", fresh_cache(tmp_path / "cache", cache_dir)
+    try:
+        assert main(plan_cmd(cache, plan, mine, "--executor", "ray", "--workers", "2")) == 0
+        assert ray.cluster_resources().get("CPU") == 2
+    finally:
+        ray.shutdown()
+    assert_same_rows(rows(target), rows(mine))
+    assert [s.state for s in plans.plan_status(plans.load_plan(plan, build_parser()), mine)] == ["done"] * 5
+
+
+def _gained_progress(folder: Path) -> int:
+    """The most work a live shard of the plan folder has stored (its runs' n_done), 0 when none."""
+    best = 0
+    for shard in folder.glob("*-*.sqlite"):
+        if shard.name.endswith((".progress.sqlite", ".from-ray.sqlite")):
+            continue
+        try:
+            conn = sqlite3.connect(f"file:{shard}?mode=ro", uri=True)
+            best = max([best, *(n or 0 for (n,) in conn.execute(
+                "SELECT n_done FROM runs WHERE kind IN ('sequential', 'robustness', 'batch')"))])
+            conn.close()
+        except sqlite3.Error:
+            pass
+    return best
+
+
+@pytest.mark.slow
+def test_a_driver_killed_mid_plan_and_started_again_completes_with_the_same_rows(local_run, tmp_path, cache_dir):
+    plan_path, reference, _, _ = local_run
+    plan = plans.load_plan(plan_path, build_parser())
+    target, cache = tmp_path / "target.sqlite", fresh_cache(tmp_path / "cache", cache_dir)
+    folder = plans.plan_folder(plan, cache)
+    driver = subprocess.Popen([sys.executable, "-m", "compute", *plan_cmd(cache, plan_path, target, "--workers", "1")],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 600
+    while _gained_progress(folder) < 1 and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # the sequential unit runs first: wait for its first stored edit
+    assert driver.poll() is None, "the plan ended before a unit had stored anything: nothing to kill"
+    driver.kill()  # SIGKILL: no cleanup in the driver at all
+    driver.wait()
+    # its unit gets SIGTERM (it dies with its parent), marks its run interrupted in its shard, and exits
+    for _ in range(600):
+        pids = [r[0] for shard in folder.glob("*-*.sqlite")
+                for r in sqlite3.connect(f"file:{shard}?mode=ro", uri=True).execute(
+                    "SELECT pid FROM runs WHERE status = 'running'")]
+        if not any(_alive(p) for p in pids):
+            break
+        time.sleep(0.1)
+    states = plans.plan_status(plan, target, shards=folder)
+    assert [s.state for s in states] != ["done"] * 5 and list(folder.glob("*-*.sqlite"))
+    assert main(plan_cmd(cache, plan_path, target)) == 0  # resumes the killed unit's shard, then the rest
+    assert_same_rows(rows(reference), rows(target))
+    assert [s.state for s in plans.plan_status(plan, target)] == ["done"] * 5
+
+
+def _alive(pid) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    state = Path(f"/proc/{pid}/stat").read_text().split()[2] if Path(f"/proc/{pid}/stat").exists() else "X"
+    return state not in ("Z", "X")
