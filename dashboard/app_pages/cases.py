@@ -10,7 +10,7 @@ from dashboard.data import query
 from dashboard.plain import message
 from dashboard.sidebar import labels_of, run_table
 from dashboard.tables import Col, show
-from store.metrics import REPHRASE_TYPES
+from store.metrics import METRICS, REPHRASE_TYPES
 
 st.title("Case explorer")
 needle = st.text_input("Subject contains", value=st.query_params.get("subject", "")[:100], key="subject",
@@ -49,7 +49,20 @@ else:
     view = query("case_view", case_id=case_id, run_id=run_id)
     order = {t: i for i, t in enumerate(REPHRASE_TYPES)}
     view = view.with_columns(pl.col("rephrase_type").replace_strict(order, default=99).alias("_o")).sort("edit_count", "_o").drop("_o")
-    st.dataframe(view, hide_index=True, width="stretch")
+    # short headers (the metric's full name in the help), one format per column, "—" where a metric was not
+    # measured for a type; the generation beside its type, so it is in view in a 1400 px window
+    short = {"p_true": ("P(true)", "{:.3g}"), "p_new": ("P(new)", "{:.3g}"), "es": ("ES", "{:.0f}"),
+             "acc": ("acc", "{:.2f}"), "rev": ("rev", "{:.2f}"), "ns": ("NS", "{:.2f}"),
+             "rank_true": ("Rank true", "{:,.0f}"), "fluency": ("Fluency", "{:.2f}"),
+             "edit_seconds": ("Edit (s)", "{:.1f}")}
+    show(view, {"edit_count": Col("Edit", "{:,.0f}", "0: before the edit; then the run's edit count", width="small"),
+                "rephrase_type": Col("Rephrase type"),
+                "generation": Col("Generation", width="large", help="the model's greedy continuation of the "
+                                  "type's probe(s), joined with ' | '"),
+                **{m: Col(short.get(m, (m, "{:.2f}"))[0], short.get(m, (m, "{:.2f}"))[1],
+                          f"{METRICS[m].label}: {METRICS[m].description}" if m in METRICS else None, width="small")
+                   for m in view.columns if m not in ("edit_count", "rephrase_type", "generation")}},
+         width="stretch")
     st.download_button("Download CSV", view.write_csv(), file_name=f"case-{case_id}-{run_id}.csv")
 
 st.subheader("What each run's edit of this case did")
@@ -81,9 +94,11 @@ else:
                            .rename({t: f"delivered {t}" for t in targets}), on=["run_id", "edit_count"], how="left")
     run_names = {**names, **labels_of(run_table())}
     edits = edits.with_columns(pl.col("run_id").replace_strict(run_names, default=pl.col("run_id")).alias("run"))
-    show(edits.sort("run", "edit_count"), {
-        **DIAG, **{f"delivered {t}": Col(f"Delivered, {t}", "{:.2f}", "share of the optimised change the weights "
-                                         f"carry to the {t} prompt (1: all of it)") for t in targets}})
+    delivered_cols = {f"delivered {t}": Col(f"Delivered, {t}", "{:.2f}", "share of the optimised change the weights "
+                                            f"carry to the {t} prompt (1: all of it)", width="small") for t in targets}
+    first = ("run", "edit_count", "update_rel")  # then what reached each prompt, then how the optimisation went
+    show(edits.sort("run", "edit_count"), {**{k: DIAG[k] for k in first}, **delivered_cols,
+                                           **{k: v for k, v in DIAG.items() if k not in first}})
     st.caption("One row per edit of this case. Delivered: (u·k)/(u·k*) for ROME, the same share summed over the "
                "edited layers for MEMIT and AlphaEdit; — where an editor does not record it.")
 

@@ -125,6 +125,9 @@ else:
     hosts = detail["host"].drop_nulls().unique().to_list()
     detail = detail.with_columns(pl.Series("error", [for_visitor(e, hosts) for e in detail["error"].to_list()],
                                            dtype=pl.String))
+    # where a run lives, once the workspace holds any (the table must fit a 1400 px window)
+    where = ({"store": Col("Store", None, "shipped: the results that come with the code; workspace: runs started "
+                           "from this dashboard")} if (runs["store"] == "workspace").any() else {})
     show(runs.join(detail.drop("host"), on="run_id", how="left").with_columns(
         pl.col("started_at").str.slice(0, 16).str.replace("T", " "),
         pl.col("finished_at").str.slice(0, 16).str.replace("T", " ")), {
@@ -132,8 +135,6 @@ else:
         "n_done": Col("Done", "{:,.0f}"), "n_total": Col("Of", "{:,.0f}"),
         "reference": Col("Reference", None, "finished, shipped, and the largest run of its kind and label: what "
                          "pages show by default"),
-        "store": Col("Store", None, "shipped: the results that come with the code; workspace: runs started from "
-                     "this dashboard"),
-        "started_at": Col("Started (UTC)"),
-        "run_id": Col("Run id", help="what the CLI takes (--resume RUN)", width="medium"),
+        **where, "started_at": Col("Started (UTC)"),
+        "run_id": Col("Run id", help="what the CLI takes (--resume RUN)", width="large"),
         "error": Col("Error", width="small")})
