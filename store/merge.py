@@ -11,7 +11,9 @@ a table added later is not forgotten):
 - a run the target lacks: copied whole, its runs row (provenance, config, hyperparameters, status, timings)
   as it is;
 - a run the target has: the two copies must be the same computation: the same kind, model, editor,
-  hparams, seed and config, and every row both hold (same primary key) must hold the same values.
+  hparams, seed and config (a run extended to more edits changes its config's `max_edits`: that may differ
+  unless each copy holds rows the other lacks), and every row both hold (same primary key) must hold the
+  same values.
   Otherwise the shard is refused (MergeConflict) and nothing of it is written. Then:
   - the shard holds no row the target lacks: nothing changes (so merging a shard twice is a no-op);
   - the target holds no row the shard lacks (the target has no more of the run, e.g. it stopped earlier):
@@ -48,6 +50,9 @@ MERGED_KIND = "merged"
 # adds such rows beside the target's and never replaces them
 LOG_KINDS = (MERGED_KIND, "plan_unit")
 IDENTITY_COLUMNS = ("kind", "model", "editor", "hparams", "seed", "config")
+# config keys a run changes as it goes on: a sequential run extended to more edits records its new maximum
+# (compute.experiments.sequential). Two copies may differ there when one holds all the other does.
+GROWING_CONFIG = ("max_edits",)
 DERIVED_TABLES = ("run_events", "correlations")  # recomputed from a run's rows: they follow its runs row
 KB_TABLES = ("kb_relations", "kb_subjects", "kb_facts")
 CASE_IGNORED = ("created_at",)  # when the case set was built, not what it is
@@ -214,6 +219,20 @@ def _same_json(a: Any, b: Any) -> bool:
     return False
 
 
+def _same_config(a: Any, b: Any) -> bool:
+    """Equal run configs, the keys a run changes as it goes on (GROWING_CONFIG) aside."""
+    if _same_json(a, b):
+        return True
+    try:
+        a, b = json.loads(a), json.loads(b)
+    except (TypeError, ValueError):
+        return False
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return False
+    return ({k: v for k, v in a.items() if k not in GROWING_CONFIG}
+            == {k: v for k, v in b.items() if k not in GROWING_CONFIG})
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -267,7 +286,8 @@ def _merge_run(tconn, sconn, run: dict, mine: dict, run_cols, tables, report) ->
     """A run both stores hold: refuse different content, else add what the target lacks (see the module
     docstring for which runs row and derived rows are kept)."""
     run_id = run["run_id"]
-    differ = [c for c in IDENTITY_COLUMNS if not _same_json(run[c], mine[c])]
+    differ = [c for c in IDENTITY_COLUMNS
+              if not (_same_config(run[c], mine[c]) if c == "config" else _same_json(run[c], mine[c]))]
     if differ:
         detail = "; ".join(f"{c}: {mine[c]!r} in the target, {run[c]!r} in the shard" for c in differ)
         raise MergeConflict(f"{report.shard}: run {run_id} is also in the target with other settings ({detail}); "
@@ -299,6 +319,11 @@ def _merge_run(tconn, sconn, run: dict, mine: dict, run_cols, tables, report) ->
     counts = {table: _insert(tconn, table, next(c for t, c, _ in tables if t == table), rows)
               for table, rows in missing.items() if rows}
     if target_has_more:
+        if not _same_json(run["config"], mine["config"]):
+            raise MergeConflict(
+                f"{report.shard}: run {run_id} has grown apart: the target and the shard each hold rows the other "
+                f"lacks and their configs differ ({mine['config']!r} in the target, {run['config']!r} in the shard); "
+                "nothing of this shard was written. Keep the two copies in separate stores.")
         report.runs_joined.append(run_id)
         return counts, "joined"
     # the target had no more of the run than the shard: the shard's runs row and derived rows replace its own
@@ -376,6 +401,7 @@ def _merge_cases(tconn, sconn, report: MergeReport) -> None:
     compared = [i for i, c in enumerate(columns) if c not in CASE_IGNORED]
     ours = _keyed(_select(tconn, "cases", columns), [columns.index(c) for c in key])
     pcols, _ = _columns(tconn, "probes")
+    their_probes, our_probes = _probes(sconn, pcols), _probes(tconn, pcols)
     new_cases = []
     for k, row in _keyed(_select(sconn, "cases", columns), [columns.index(c) for c in key]).items():
         if k not in ours:
@@ -387,7 +413,7 @@ def _merge_cases(tconn, sconn, report: MergeReport) -> None:
                 f"{report.shard}: case {k[0]} is also in the target with other content ({', '.join(differ)} "
                 "differ); nothing of this shard was written. Runs measured on different cases under one id "
                 "cannot share a store: keep them in separate stores.")
-        if _probes(sconn, pcols, k[0]) != _probes(tconn, pcols, k[0]):
+        if their_probes.get(k[0], []) != our_probes.get(k[0], []):
             raise MergeConflict(
                 f"{report.shard}: case {k[0]} has other probes in the target (its wording was rebuilt); nothing of "
                 "this shard was written. Measurements on different probe texts cannot share a case id: keep the "
@@ -395,8 +421,12 @@ def _merge_cases(tconn, sconn, report: MergeReport) -> None:
     if new_cases:
         report.rows_added["cases"] = _insert(tconn, "cases", columns, new_cases)
         report.rows_added["probes"] = _insert(tconn, "probes", pcols, (
-            row for case in new_cases for row in _probes(sconn, pcols, case[columns.index("case_id")])))
+            row for case in new_cases for row in their_probes.get(case[columns.index("case_id")], [])))
 
 
-def _probes(conn, pcols: list[str], case_id: str) -> list[tuple]:
-    return sorted(_select(conn, "probes", pcols, " WHERE case_id = ?", (case_id,)).fetchall(), key=repr)
+def _probes(conn, pcols: list[str]) -> dict[str, list[tuple]]:
+    """Every case's probe rows, in probe order."""
+    out: dict[str, list[tuple]] = {}
+    for row in _select(conn, "probes", pcols, " ORDER BY case_id, probe_id"):
+        out.setdefault(row[pcols.index("case_id")], []).append(row)
+    return out

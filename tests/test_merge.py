@@ -204,6 +204,25 @@ def test_a_partial_run_is_completed_from_a_shard_that_has_more_of_it(tmp_path):
     assert dump(partial) == dump(full)  # the run row, derived events and correlations are the shard's too
 
 
+def test_a_run_extended_to_more_edits_in_the_shard_is_taken_over(tmp_path):
+    short = build(tmp_path / "t.sqlite", ["r1"], cases=("c1",), n_done=1, config=json.dumps({"set": "set1", "max_edits": 1}))
+    longer = build(tmp_path / "s.sqlite", ["r1"], cases=("c1", "c2"), config=json.dumps({"set": "set1", "max_edits": 2}))
+    (report,) = merge_stores([longer], short)
+    assert report.runs_taken_over == ["r1"] and dump(short) == dump(longer)
+    (back,) = merge_stores([build(tmp_path / "b.sqlite", ["r1"], cases=("c1",), n_done=1,
+                                  config=json.dumps({"set": "set1", "max_edits": 1}))], short)
+    assert back.runs_unchanged == ["r1"] and dump(short) == dump(longer)
+
+
+def test_copies_grown_apart_with_other_configs_are_a_conflict(tmp_path):
+    one = build(tmp_path / "t.sqlite", ["r1"], cases=("c1",), config=json.dumps({"set": "set1", "max_edits": 1}))
+    two = build(tmp_path / "s.sqlite", ["r1"], cases=("c2",), config=json.dumps({"set": "set1", "max_edits": 2}))
+    before = dump(one)
+    with pytest.raises(MergeConflict, match="run r1 has grown apart"):
+        merge_stores([two], one)
+    assert dump(one) == before
+
+
 def test_a_run_taken_over_keeps_the_targets_log_events(tmp_path):
     partial = build(tmp_path / "t.sqlite", ["r1"], cases=("c1",), status="interrupted", n_done=1)
     with Store.open(partial) as st:
