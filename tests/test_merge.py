@@ -13,7 +13,6 @@ order names were first written: measurements are compared through the `measureme
 from __future__ import annotations
 
 import json
-import shutil
 import sqlite3
 from pathlib import Path
 
