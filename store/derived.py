@@ -617,7 +617,7 @@ def sequential_events(conn: sqlite3.Connection, run_ids=None) -> pl.DataFrame:
     ev = queries.run_events(conn, run_ids=run_ids)
     # how long the run took, when it was extended to more edits, and which plan unit made it (compute/plan.py)
     # are not events of the editing
-    ev = ev.filter(~pl.col("kind").is_in(["timing", "extended", "plan_unit"]))
+    ev = ev.filter(~pl.col("kind").is_in(["timing", "extended", "plan_unit", "merged"]))
     phases = [json.loads(d).get("phase") if d else None for d in ev["detail"]] if ev.height else []
     return ev.with_columns(pl.Series("phase", phases, dtype=pl.Utf8)).select(
         "run_id", "kind", "series", "phase", "edit_count", "end_count", "value")
