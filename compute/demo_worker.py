@@ -14,6 +14,8 @@ unedited model on all 16 rephrase types, the edit, evaluating the edited model. 
   are evaluated as before; the output names them.
 - After the edit the plain and paraphrase probes are evaluated and written first, the other types after
   them (`stream`): the dashboard's page polls the run's rows while the worker writes them.
+- The edit's optimised target value is kept on disk (compute.editors.value_cache, keyed on the unedited
+  weights' content hash, the request and the settings): a fact edited before is not optimised again.
 - `serve` is the worker: `python -m compute.demo_worker --store WORKSPACE --queue DIR ...`, started by
   dashboard.jobs.start_demo on the first demo. It takes request files (`*.json`: the `edit` command's
   arguments and the path of the request's log) from DIR one at a time, loads a model only when a request asks
@@ -248,9 +250,16 @@ class DemoEngine:
     def editor(self, args, lm):
         from compute import cli
 
+        from compute.editors.value_cache import ValueCache
+
         key = (args.editor, getattr(args, "hparams", None), args.seed)
         if key not in self._editors:
-            self._editors[key] = cli._editor_setup(args, lm, args.editor)
+            ed, hp, ctx = cli._editor_setup(args, lm, args.editor)
+            # every demo edits the unedited model, so a fact edited before (the page's default one, a visitor's
+            # second try) finds its optimised value on disk, keyed on the weights' content hash
+            # (compute.editors.value_cache; ROME, MEMIT and AlphaEdit read it, other editors ignore it)
+            ctx.value_cache = ValueCache(Path(ctx.cache_dir) / "values")
+            self._editors[key] = (ed, hp, ctx)
         return self._editors[key]
 
 
@@ -349,7 +358,10 @@ def run_demo(args, engine: DemoEngine, *, out: Callable[[str], None], lookup: Se
         with _recording(st, run_id, recording):
             check()
             out(f"stage 3/{STAGES}: editing with {ed.name}")
+            hits = getattr(ctx.value_cache, "hits", 0)
             result = apply_edit(lm, [EditRequest.from_case(case)], ed.name, hp, ctx)
+            if getattr(ctx.value_cache, "hits", 0) > hits:
+                out("the edit's target value came from the value cache (this fact was edited before on these weights)")
             post = CaseEvaluation(case.case_id)
             try:
                 rest = [t for t in REPHRASE_TYPES if t not in FIRST_TYPES]

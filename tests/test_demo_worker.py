@@ -124,7 +124,9 @@ def test_no_stored_baseline_recomputes_and_says_so(demo_store, tmp_path, counted
     assert cfg["before_from"] is None and len(cfg["before_recomputed"]) == 16
     # a second demo of the same fact reuses the first one's answers (its probes digest matches)
     assert main(["--store", str(store), "--cache-dir", demo_store["cache"], "--quiet", *_argv(demo_store)]) == 0
-    assert f"unedited answers from the store: run {run['run_id']}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"unedited answers from the store: run {run['run_id']}" in out
+    assert "target value came from the value cache" in out  # the same fact on the same weights: not optimised again
 
 
 def test_plain_and_paraphrase_are_written_before_the_other_types(demo_store, tmp_path, monkeypatch):

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -347,3 +348,41 @@ def test_demo_summary_counts_held_types_among_measurable_ones():
     assert (out["held"], out["measurable"]) == (1, 2)  # cloze held, but the unedited model never answered it
     assert jobs.demo_summary(view, measurable={"plain", "cloze"})["held"] == 2  # a store-wide measurable set wins
     assert jobs.demo_summary(pl.DataFrame()) == {"types": [], "held": 0, "measurable": 0}
+
+
+def test_device_reaches_the_demo_and_every_launch_command():
+    assert _edit(device="cuda:1")[-2:] == ["--device", "cuda:1"]
+    assert "--device" not in _edit(device="cpu") and "--device" not in _edit()
+    assert jobs.robustness_argv("IKE", 8, editors=EDITORS, device="cuda")[-2:] == ["--device", "cuda"]
+    assert jobs.knowledge_argv("s", case_sets=["s"], device="mps")[-2:] == ["--device", "mps"]
+    assert jobs.sweep_argv("ROME", "1,3", 8, editors=EDITORS, device="cuda:0")[-2:] == ["--device", "cuda:0"]
+    assert jobs.sequential_argv("ROME", "s", 5, editors=EDITORS, case_sets=["s"], device="cuda")[-1] == "cuda"
+    assert jobs.batch_argv("MEMIT", "s", "1,2", editors=EDITORS, case_sets=["s"], device="cuda")[-1] == "cuda"
+    with pytest.raises(ValueError, match="device must be cpu, cuda, cuda:N or mps; got 'gpu0'"):
+        _edit(device="gpu0")
+
+
+def test_a_demo_request_is_cancelled_through_its_file_and_fails_when_its_worker_dies(monkeypatch, tmp_path):
+    """A demo queued for the worker: cancelling writes the file the worker checks (the worker, serving others,
+    gets no signal); a worker that dies before answering fails the demo instead of leaving it running."""
+    monkeypatch.setenv("EDITSCOPE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(jobs, "worker_command", lambda *a: [sys.executable, "-c", SLEEPER])
+    ws, shipped = tmp_path / "ws.sqlite", tmp_path / "shipped.sqlite"
+    job = jobs.start_demo(ws, shipped, ["edit", "--subject", "France"], owner="a")
+    worker = jobs.demo_worker(ws)
+    try:
+        assert worker is not None and worker.pid == job.pid and job.kind == "edit"
+        assert jobs.job_status(job)["state"] == "running" and len(jobs.running_jobs()) == 2
+        other = jobs.start_demo(ws, shipped, ["edit", "--subject", "Spain"], owner="b")  # same worker, no new slot
+        assert other.pid == worker.pid
+        jobs.cancel_job(job, owner="a")
+        assert Path(job.log).with_suffix(".cancel").is_file()
+        assert jobs.job_status(job)["state"] == "running"  # until the worker says so
+        with pytest.raises(ValueError, match="runs `edit` commands only"):
+            jobs.start_demo(ws, shipped, ["run", "robustness"], owner="c")
+        with pytest.raises(ValueError, match="must not be the shown store"):
+            jobs.start_demo(ws, ws, ["edit"], owner="c")
+    finally:
+        _stop([worker])
+    assert jobs.job_status(job)["state"] == "failed"
+    assert "stopped before answering" in jobs.job_status(other)["error"]

@@ -19,9 +19,6 @@ from store.metrics import REPHRASE_TYPES
 
 STAGE_NAMES = {0: "before the page looked", 1: "loading the model", 2: "the unedited model", 3: "the edit",
                4: "plain and paraphrase after it", 5: "the other types after it", 6: "saving"}
-# measured here before issue 22: a ROME demo with 20 generated tokens took 168 s on a 2-core CPU under load
-# (load average 6), loading the model and evaluating the unedited model every time
-FALLBACK_SECONDS = 168
 
 st.title("Edit demo")
 missing = jobs.missing_compute()
@@ -34,10 +31,13 @@ if workspace_problem():
 
 public, owner = public_mode(), session_owner()
 typical = jobs.typical_seconds(workspace_path())
-took = (f"about {jobs.seconds_text(typical[0])} on this machine (the median of its last {typical[1]} demos)" if typical
-        else f"about {jobs.seconds_text(FALLBACK_SECONDS)} on a 2-core CPU (measured; a GPU is much faster)")
+took = (f"A demo takes about {jobs.seconds_text(typical[0])} on this machine (the median of its last {typical[1]} "
+        "demos). " if typical else "")
 st.caption(f"One fact, one editor: the model answers every rephrase type, is edited, answers them all again, and "
-           f"is restored. A demo takes {took}. The run is saved in the workspace store, never in the shipped one.")
+           f"is restored. The unedited model's answers are read from the store when it holds them for these probes; "
+           f"the first demo loads the model, later ones find it loaded (it is let go after "
+           f"{jobs.DEMO_IDLE_S / 60:.0f} idle minutes). {took}The run is saved in the workspace store, never in the "
+           f"shipped one.")
 
 templates = jobs.relation_templates_from(query("kb_relations"))
 editors = jobs.editor_names()
@@ -162,6 +162,9 @@ def _show(run: dict, title: str | None = None) -> None:
             st.caption(jobs.escape_markdown(f"Not measurable: {', '.join(unmeasurable)}. {rule}"))
 
     gens = query("generations", run_id=run["run_id"], case_id=case_id)
+    answered = set(gens.filter(pl.col("phase") == "post")["rephrase_type"].to_list()) if not gens.is_empty() else set()
+    line(f"Answered after the edit: {len(answered)} of {len(REPHRASE_TYPES)} rephrase types"
+         + (f" ({', '.join(t for t in REPHRASE_TYPES if t in answered)})" if answered else ""))
     probes = query("probes", case_id=case_id)
     texts = dict(zip(probes["probe_id"].to_list(), probes["text"].to_list())) if not probes.is_empty() else {}
     for rtype in REPHRASE_TYPES:
