@@ -269,15 +269,27 @@ def _unit_runs(conn, key: str) -> list[dict]:
     return [dict(r) for r in rows]
 
 
-def _run_seconds(conn, run: dict) -> float | None:
-    """CPU-seconds a run has taken so far (one thread per unit): its `timings` seconds when it finished, else
-    the sum of its run_events of kind timing (a sequential run's checkpoints), else None."""
+def _run_seconds(conn, run: dict) -> tuple[float | None, str]:
+    """CPU-seconds a run has taken so far (one thread per unit) and where that comes from: the larger of its
+    `timings` seconds and the sum of its run_events of kind timing (a sequential run's checkpoints and final
+    suite; each covers only part of a resumed run: `timings` its last session), else, for a finished run, the
+    wall time from its start to its finish (sweep runs record no timings), else None."""
+    from datetime import datetime
+
     timings = json.loads(run.get("timings") or "{}")
-    if isinstance(timings.get("seconds"), (int, float)):
-        return float(timings["seconds"])
     row = conn.execute("SELECT SUM(value), COUNT(*) FROM run_events WHERE run_id = ? AND kind = 'timing'",
                        (run["run_id"],)).fetchone()
-    return float(row[0]) if row[1] else None
+    found = [(float(timings["seconds"]), "timings")] if isinstance(timings.get("seconds"), (int, float)) else []
+    found += [(float(row[0]), "timing events")] if row[1] else []
+    if found:
+        return max(found)
+    if run.get("status") == "done" and run.get("started_at") and run.get("finished_at"):
+        try:
+            wall = (datetime.fromisoformat(run["finished_at"]) - datetime.fromisoformat(run["started_at"]))
+        except ValueError:
+            return None, ""
+        return max(wall.total_seconds(), 0.0), "wall time from start to finish"
+    return None, ""
 
 
 def _work(conn, unit: Unit) -> int | None:
@@ -307,22 +319,32 @@ def _rate(conn, unit: Unit, own: list[dict]) -> tuple[float | None, str]:
     """Seconds per work item: from the unit's own runs, else from finished runs of the same kind and editor
     in the store, else of the same kind; (None, reason) when the store holds none."""
     def per_item(runs):
-        pairs = [(s, r["n_done"]) for r in runs if (r.get("n_done") or 0) > 0
-                 for s in [_run_seconds(conn, r)] if s]
-        return sum(s for s, _ in pairs) / sum(n for _, n in pairs) if pairs else None
+        timed = [(_run_seconds(conn, r), r["n_done"]) for r in runs if (r.get("n_done") or 0) > 0]
+        pairs = [(s, n, how) for (s, how), n in timed if s]
+        if not pairs:
+            return None, ""
+        hows = sorted({how for _, _, how in pairs})
+        return sum(s for s, _, _ in pairs) / sum(n for _, n, _ in pairs), f" ({', '.join(hows)})"
 
-    rate = per_item(own)
+    def alike(run) -> bool:  # a knowledge run of all 16 types takes longer per case than one of plain only
+        if unit.kind != "knowledge":
+            return True
+        types = str(unit.options.get("types", "plain"))
+        n_types = 16 if types == "all" else len(types.split(","))
+        return len(json.loads(run["config"] or "{}").get("rephrase_types") or []) == n_types
+
+    rate, how = per_item(own)
     if rate:
-        return rate, "its own runs' timings"
+        return rate, "its own runs" + how
     editor = unit.options.get("editor")
     for label, sql, params in (
-        (f"finished {unit.kind} runs of {editor}", "SELECT * FROM runs WHERE kind = ? AND editor IS ? AND status = 'done'",
-         (unit.kind, editor)),
+        (f"finished {unit.kind} runs" + (f" of {editor}" if editor else ""),
+         "SELECT * FROM runs WHERE kind = ? AND editor IS ? AND status = 'done'", (unit.kind, editor)),
         (f"finished {unit.kind} runs", "SELECT * FROM runs WHERE kind = ? AND status = 'done'", (unit.kind,)),
     ):
-        rate = per_item([dict(r) for r in conn.execute(sql, params)])
+        rate, how = per_item([r for r in map(dict, conn.execute(sql, params)) if alike(r)])
         if rate:
-            return rate, label
+            return rate, label + how
     return None, f"no timed {unit.kind} run in the store"
 
 
@@ -364,19 +386,30 @@ def plan_status(plan: Plan, target: Path, shards: Path | None = None) -> list[Un
             work = _work(conn, unit)
             if unit.kind == "abilities":  # one suite: the time of a finished suite, or nothing to go by
                 seconds = [s for r in conn.execute("SELECT * FROM runs WHERE kind = 'abilities' AND status = 'done'")
-                           for s in [_run_seconds(conn, dict(r))] if s]
+                           for s, _ in [_run_seconds(conn, dict(r))] if s]
                 left = (sum(seconds) / len(seconds)) if seconds else None
                 basis = "finished abilities runs" if seconds else "no timed abilities run in the store"
             elif rate is None or work is None:
                 left = None
                 basis = basis if rate is None else "the unit's size is not known from its spec"
             else:
-                done_items = sum(r.get("n_done") or 0 for r in runs)
+                done_items = sum(r.get("n_done") or 0 for r in runs) or _extended_from(plan, unit)
                 left = max(work - done_items, 0) * rate
             out.append(UnitState(unit, state, runs, left, basis))
     finally:
         conn.close()
     return out
+
+
+def _extended_from(plan: Plan, unit: Unit) -> int:
+    """The edits a sequential unit inherits from a unit it comes after whose spec is its own with fewer edits
+    (the CLI extends that run rather than starting over), 0 otherwise."""
+    if unit.kind != "sequential":
+        return 0
+    by = plan.by_id()
+    mine = {k: v for k, v in unit.spec().items() if k != "edits"}
+    return max([int(by[a].options.get("edits", 1000)) for a in unit.after
+                if {k: v for k, v in by[a].spec().items() if k != "edits"} == mine] or [0])
 
 
 def _run_done(unit: Unit, run: dict) -> bool:
@@ -770,7 +803,10 @@ def execute(plan: Plan, target: Path, *, executor: str = "local", workers: int |
         stopped = ex.running_units()
         ex.stop()
         _merge_progress(plan, ex, stopped, target, out)
-        raise
+        from compute.experiments.common import RunInterrupted
+
+        raise RunInterrupted(f"(each unit of plan {plan.name})", f"`python -m compute plan run {plan.path}` "
+                             "again resumes them") from None
     finally:
         lock.close()
     return outcome
@@ -813,7 +849,8 @@ def _finish(plan: Plan, unit: Unit, result: dict, target: Path, ex, folder: Path
 
 def status_lines(states: list[UnitState]) -> list[str]:
     """`plan status` as text: one line per unit, then the estimated CPU-hours left and what it rests on."""
-    lines = [f"{'unit':28} {'kind':11} {'state':8} {'runs':>4} {'progress':>11} {'CPU-h left':>10}  key"]
+    lines = [f"{'unit':28} {'kind':11} {'state':8} {'runs':>4} {'progress':>11} {'CPU-h left':>10}  key"
+             f"{' ' * 14}  estimated from"]
     total, unknown = 0.0, []
     for s in states:
         n_done = sum(r.get("n_done") or 0 for r in s.runs)
@@ -825,7 +862,8 @@ def status_lines(states: list[UnitState]) -> list[str]:
             else:
                 total += s.remaining_s
         lines.append(f"{s.unit.id[:28]:28} {s.unit.kind:11} {s.state:8} {len(s.runs):>4} "
-                     f"{f'{n_done}/{n_total}' if s.runs else '':>11} {left:>10}  {s.unit.key}")
+                     f"{f'{n_done}/{n_total}' if s.runs else '':>11} {left:>10}  {s.unit.key}"
+                     + (f"  {s.basis}" if s.state != "done" and s.basis else ""))
     counts = {k: sum(s.state == k for s in states) for k in ("done", "partial", "missing")}
     lines.append(f"{counts['done']} done, {counts['partial']} partial, {counts['missing']} missing; about "
                  f"{total / 3600:.1f} CPU-hours left at one thread per unit, estimated from stored timings "

@@ -306,7 +306,10 @@ def _gained_progress(folder: Path) -> int:
 
 
 @pytest.mark.slow
-def test_a_driver_killed_mid_plan_and_started_again_completes_with_the_same_rows(local_run, tmp_path, cache_dir):
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+def test_a_driver_killed_mid_plan_and_started_again_completes_with_the_same_rows(local_run, tmp_path, cache_dir, how):
+    """SIGKILL: the driver does nothing more, its unit dies with it. SIGTERM: the driver stops its unit and
+    merges what it stored, so the target alone shows the unit partial."""
     plan_path, reference, _, _ = local_run
     plan = plans.load_plan(plan_path, build_parser())
     target, cache = tmp_path / "target.sqlite", fresh_cache(tmp_path / "cache", cache_dir)
@@ -318,8 +321,8 @@ def test_a_driver_killed_mid_plan_and_started_again_completes_with_the_same_rows
     while _gained_progress(folder) < 1 and driver.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)  # the sequential unit runs first: wait for its first stored edit
     assert driver.poll() is None, "the plan ended before a unit had stored anything: nothing to kill"
-    driver.kill()  # SIGKILL: no cleanup in the driver at all
-    driver.wait()
+    driver.send_signal(getattr(signal, how))
+    assert driver.wait(timeout=300) != 0
     # its unit gets SIGTERM (it dies with its parent), marks its run interrupted in its shard, and exits
     for _ in range(600):
         pids = [r[0] for shard in folder.glob("*-*.sqlite")
@@ -328,9 +331,14 @@ def test_a_driver_killed_mid_plan_and_started_again_completes_with_the_same_rows
         if not any(_alive(p) for p in pids):
             break
         time.sleep(0.1)
-    states = plans.plan_status(plan, target, shards=folder)
-    assert [s.state for s in states] != ["done"] * 5 and list(folder.glob("*-*.sqlite"))
+    states = {s.unit.id: s.state for s in plans.plan_status(plan, target, shards=folder)}
+    assert states["sequential"] == "partial" and list(folder.glob("sequential-*.sqlite"))
+    if how == "SIGTERM":  # its progress was merged: the store alone says so, with the run interrupted
+        assert plans.plan_status(plan, target)[2].state == "partial"
+        assert [r["status"] for r in plans.plan_status(plan, target)[2].runs] == ["interrupted"]
     assert main(plan_cmd(cache, plan_path, target)) == 0  # resumes the killed unit's shard, then the rest
+    log = next(folder.glob("sequential-*.log")).read_text()
+    assert "resuming run" in log or "extending run" in log  # its second start continued the run, not a new one
     assert_same_rows(rows(reference), rows(target))
     assert [s.state for s in plans.plan_status(plan, target)] == ["done"] * 5
 
@@ -346,3 +354,24 @@ def _alive(pid) -> bool:
         return True
     state = Path(f"/proc/{pid}/stat").read_text().split()[2] if Path(f"/proc/{pid}/stat").exists() else "X"
     return state not in ("Z", "X")
+
+
+# ---- the shipped plan -----------------------------------------------------------------------------------------
+
+
+def test_the_shipped_plan_is_the_shipped_stores_recipe():
+    plan = plans.load_plan(ROOT / "plans" / "shipped.toml", build_parser())
+    by = plan.by_id()
+    kinds = [u.kind for u in plan.units]
+    assert plan.finalize and {k: kinds.count(k) for k in set(kinds)} == {
+        "kb": 1, "cases": 4, "knowledge": 2, "sweep": 3, "robustness": 4, "abilities": 1, "sequential": 13, "batch": 2}
+    assert {u.options["editor"] for u in plan.units if u.kind == "robustness"} == {"ROME", "FT-L", "IKE", "MEMIT"}
+    assert all(u.after == ("baseline-240",) and u.options["set"] == "smollm2-135m-n240-s0"
+               for u in plan.units if u.kind == "robustness")
+    assert by["baseline-240"].argv == ("knowledge", "measure", "--set", "smollm2-135m-n240-s0", "--types", "all")
+    seq = [u for u in plan.units if u.kind == "sequential"]
+    assert all(u.options["set"] == "smollm2-135m-n1240-s0" and u.options["abilities_every"] == 50 for u in seq)
+    assert sorted(u.options["edits"] for u in seq) == [200] * 3 + [500] * 10
+    for k in ("0.2", "0.4", "0.6"):  # each RECT run is extended to 500 edits after it reached 200
+        assert by[f"sequential-ROME-rect{k}"].after == (f"sequential-ROME-rect{k}-200",)
+    assert all("--hparams" not in u.argv for u in plan.units)  # the shipped hyperparameter files
