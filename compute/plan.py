@@ -6,6 +6,9 @@ A plan is a TOML file (read with Python's tomllib):
     model = "smollm2-135m"       # given to every unit whose command takes --model (optional)
     finalize = true              # `store finalize` on the target once every unit is done (optional)
 
+    [defaults.sequential]        # options every unit of a kind gets unless it says otherwise (optional)
+    panel_pool = 240
+
     [[unit]]
     id = "robustness-ROME"       # a short name, unique in the plan; `after` refers to it
     kind = "robustness"          # kb, cases, knowledge, robustness, sweep, sequential, batch or abilities
@@ -172,9 +175,14 @@ def load_plan(path: Path | str, parser, device: str | None = None) -> Plan:
         raise PlanError(f"cannot read plan {path}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise PlanError(f"plan {path} is not valid TOML: {exc}") from None
-    unknown = sorted(set(raw) - {"name", "model", "finalize", "unit"})
+    unknown = sorted(set(raw) - {"name", "model", "finalize", "defaults", "unit"})
     if unknown:
-        raise PlanError(f"plan {path}: unknown top-level key {unknown[0]!r} (known: name, model, finalize, [[unit]])")
+        raise PlanError(f"plan {path}: unknown top-level key {unknown[0]!r} (known: name, model, finalize, "
+                        "[defaults.KIND], [[unit]])")
+    defaults = raw.get("defaults") or {}
+    if not isinstance(defaults, dict) or any(k not in KINDS or not isinstance(v, dict) for k, v in defaults.items()):
+        raise PlanError(f"plan {path}: [defaults] holds one table per kind, e.g. [defaults.sequential], "
+                        f"with kinds among {', '.join(KINDS)}")
     name = str(raw.get("name") or path.stem)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
         raise PlanError(f"plan {path}: name {name!r} must be letters, digits, '.', '_' or '-' (it names a folder)")
@@ -190,7 +198,7 @@ def load_plan(path: Path | str, parser, device: str | None = None) -> Plan:
         kind = entry.get("kind")
         if kind not in KINDS:
             raise PlanError(f"{where}: kind {kind!r} is not one of {', '.join(KINDS)}")
-        options = {k: v for k, v in entry.items() if k not in PLAN_KEYS}
+        options = {**defaults.get(kind, {}), **{k: v for k, v in entry.items() if k not in PLAN_KEYS}}
         if kind not in NO_MODEL:
             if raw.get("model") and "model" not in options:
                 options["model"] = raw["model"]

@@ -375,3 +375,9 @@ def test_the_shipped_plan_is_the_shipped_stores_recipe():
     for k in ("0.2", "0.4", "0.6"):  # each RECT run is extended to 500 edits after it reached 200
         assert by[f"sequential-ROME-rect{k}"].after == (f"sequential-ROME-rect{k}-200",)
     assert all("--hparams" not in u.argv for u in plan.units)  # the shipped hyperparameter files
+    # the shipped runs' layout is written out, not left to the CLI's defaults
+    for u in seq:
+        assert {k: u.options[k] for k in ("every", "after_collapse", "order_seed", "panel_pool", "panel_size")} == {
+            "every": 10, "after_collapse": 150, "order_seed": 0, "panel_pool": 240, "panel_size": 50}
+    assert by["sequential-ROME-key-mismatch"].options["panel_pool"] == 240
+    assert all(u.options["panel_pool"] == 240 and u.options["order_seed"] == 0 for u in plan.units if u.kind == "batch")
