@@ -128,3 +128,22 @@ def test_a_run_made_before_the_schedule_resumes_only_with_the_old_one(llama, cas
                            cfg=dataclasses.replace(cfg, recheck_every=50), run_id=run)
         run_sequential(llama, cases, st, editor="ROME", hp=_rome(llama), ctx=_ctx(llama, tmp_path), cfg=cfg, run_id=run)
         assert st.get_run(run)["status"] == "done"
+
+
+def test_the_panel_is_200_known_facts_and_a_pool_too_small_for_it_is_refused(cases, monkeypatch):
+    import compute.experiments.sequential as seq
+    from compute.scoring import ProbeResult
+
+    cfg = SequentialConfig()
+    assert cfg.panel_size >= 200 and cfg.panel_pool * 0.23 * 0.93 > 1.1 * cfg.panel_size  # issue 19 point 7
+
+    def every_other_known(lm, prompts, targets, gen_tokens=0, **kw):  # the model recalls pool facts 0, 2, 4, ...
+        by_prompt = {c.prompt: c for c in cases}
+        return [ProbeResult((), by_prompt[p].true_object if i % 2 == 0 else "no idea") for i, p in enumerate(prompts)]
+
+    monkeypatch.setattr(seq, "run_probes", every_other_known)
+    pool = list(cases[:8])
+    assert seq.known_panel(None, pool, 3, 4) == [pool[0], pool[2], pool[4]]
+    with pytest.raises(ValueError, match=r"recalls only 4 of the 8 panel-pool facts, fewer than the panel's 5: use a "
+                                         r"larger --panel-pool \(about 12 cases at this share\)"):
+        seq.known_panel(None, pool, 5, 4)

@@ -137,8 +137,11 @@ class SequentialConfig:
     dense_first: int = 10  # a checkpoint after each of the first this many edits
     after_collapse: int = 150  # edits made after a detected collapse before the run stops
     order_seed: int = 0
-    panel_pool: int = 240  # the last cases of the order, never edited; the panel comes from them
-    panel_size: int = 50
+    # the last cases of the order, never edited; the panel comes from them. SmolLM2-135M recalls about 23% of
+    # them (126 of the last 553 of the 1,240-case set's order): 1,100 cases hold about 230 known facts, enough
+    # for a panel of 200 (issue 19 point 7) with a margin of about 2.5 standard deviations
+    panel_pool: int = 1100
+    panel_size: int = 200  # known facts in the panel: one fact is 0.5% of the signal
     panel_known_only: bool = True  # False: the first panel_size pool facts, known or not (tiny test models)
     panel_tokens: int = 12  # greedy tokens read for panel recall
     fluency_tokens: int = 40
@@ -270,9 +273,11 @@ def known_panel(lm: LoadedModel, pool: Sequence[EditCase], size: int, tokens: in
     """The first `size` pool cases the unedited model recalls (greedy generation names the true object)."""
     res = run_probes(lm, [c.prompt for c in pool], [[c.true_object] for c in pool], gen_tokens=tokens)
     known = [c for c, r in zip(pool, res) if mentions(r.generation or "", c.true_names())]
-    if len(known) < min(size, 5):
-        raise ValueError(f"the unedited model recalls only {len(known)} of the {len(pool)} panel-pool facts: "
-                         "use a larger --panel-pool")
+    if len(known) < size:
+        need = math.ceil(size * len(pool) / len(known) * 1.15) if known else None
+        raise ValueError(f"the unedited model recalls only {len(known)} of the {len(pool)} panel-pool facts, fewer "
+                         f"than the panel's {size}: use a larger --panel-pool"
+                         + (f" (about {need} cases at this share)" if need else "") + " or a smaller --panel-size")
     return known[:size]
 
 
