@@ -854,8 +854,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--every", type=at_least(1), default=10, help="a checkpoint every N edits (and after each of the first 10)")
     q.add_argument("--after-collapse", type=at_least(0), default=150, help="edits made after a detected collapse")
     q.add_argument("--order-seed", type=at_least(0), default=0, help="seed of the edit order (shared across editors)")
-    q.add_argument("--panel-pool", type=at_least(1), default=240, help="cases kept out of the edits for the fact panel")
-    q.add_argument("--panel-size", type=at_least(1), default=50, help="known facts in the panel")
+    q.add_argument("--panel-pool", type=at_least(1), default=1100,
+                   help="cases kept out of the edits for the fact panel (SmolLM2-135M knows about 23%% of them)")
+    q.add_argument("--panel-size", type=at_least(1), default=200, help="known facts in the panel")
     q.add_argument("--panel-any", action="store_true",
                    help="take the panel's facts whether the unedited model recalls them or not (tiny test models)")
     q.add_argument("--abilities-every", type=at_least(0), default=0, help="quick ability suite every N edits (0 = never)")
