@@ -27,11 +27,14 @@ on to every run (the default here: 1).
 
 `--browser` measures the Edit demo instead, in Chromium driven by Playwright (executable /usr/bin/chromium) on
 the running app: it starts the dashboard on the shown store (opened read-only, checksummed before and after)
-with a scratch workspace, clicks "Run edit" on the page's default fact (France, capital -> Rome, ROME) twice,
-and records for each click the seconds until the page first shows the edited model's plain and paraphrase
+with a scratch workspace, clicks "Run edit" on the page's default fact (France, capital -> Rome, ROME) twice, then once
+with the new object Berlin, and records for each click the seconds until the page first shows the edited model's plain and paraphrase
 answers and until it shows all 16 types (the page's "Answered after the edit: N of 16" line), with the load
 average at the click. The first click starts the demo worker (model load) on a fact whose answers the store
-does not hold; the second finds the worker warm and the answers stored by the first.
+does not hold; the second finds the worker warm, the answers stored by the first and the edit's target value
+in the value cache; the third (another new object) reuses the stored answers (the new object's scores
+recomputed) but optimises its value. The app runs on a scratch cache folder (as for the CLI runs), so the value
+cache starts empty.
 
     python benchmarks/bench_demo.py --browser --out benchmarks/results/demo-browser-DATE.json
 """
@@ -172,7 +175,9 @@ def browser(args, threads: str) -> dict:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     before = _sha(args.store)
+    cache = _scratch_cache(scratch / "cache")
     env = {**os.environ, "EDITSCOPE_STORE": str(args.store), "EDITSCOPE_WORKSPACE": str(scratch / "ws.sqlite"),
+           "EDITSCOPE_CACHE": str(cache),
            "EDITSCOPE_PUBLIC": "", "OMP_NUM_THREADS": threads, "PYTHONPATH": str(ROOT)}
     log = open(scratch / "streamlit.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard" / "app.py"),
@@ -199,7 +204,11 @@ def browser(args, threads: str) -> dict:
             page = chrome.new_page()
             page.goto(url + "/demo", timeout=120_000)
             page.get_by_role("button", name="Run edit").wait_for(timeout=120_000)
-            for label in ("first demo: worker started, answers not stored", "second demo: worker warm, answers stored"):
+            for label, new in (("first: worker started, nothing stored", None),
+                               ("second, same fact: worker warm, answers and target value stored", None),
+                               ("third, new object Berlin: worker warm, answers stored, value optimised", "Berlin")):
+                if new:
+                    page.get_by_label("New object").fill(new)
                 load0 = os.getloadavg()[0]
                 page.get_by_role("button", name="Run edit").click()
                 t0 = time.perf_counter()
@@ -221,7 +230,8 @@ def browser(args, threads: str) -> dict:
                 clicks.append({"click": label, "first_answers_s": first and round(first, 1),
                                "all_types_s": every and round(every, 1), "page_final_s": done and round(done, 1),
                                "load_at_click": round(load0, 2), "load_after": round(os.getloadavg()[0], 2),
-                               "before_from_store": "from stored run" in text, "stages": stages})
+                               "before_from_store": "from stored run" in text, "stages": stages,
+                               "new_object": new or "Rome"})
                 print(clicks[-1], flush=True)
             page.screenshot(path=str(scratch / "demo.png"), full_page=True)
             shutil.copy(scratch / "demo.png", ROOT / "artifacts" / "screenshots" / "demo-after-issue22.png") \
