@@ -130,7 +130,7 @@ def test_a_run_made_before_the_schedule_resumes_only_with_the_old_one(llama, cas
         assert st.get_run(run)["status"] == "done"
 
 
-def test_the_panel_is_200_known_facts_and_a_pool_too_small_for_it_is_refused(cases, monkeypatch):
+def test_the_panel_is_200_known_facts_and_a_pool_that_knows_too_few_is_refused(cases, monkeypatch):
     import compute.experiments.sequential as seq
     from compute.scoring import ProbeResult
 
@@ -144,6 +144,7 @@ def test_the_panel_is_200_known_facts_and_a_pool_too_small_for_it_is_refused(cas
     monkeypatch.setattr(seq, "run_probes", every_other_known)
     pool = list(cases[:8])
     assert seq.known_panel(None, pool, 3, 4) == [pool[0], pool[2], pool[4]]
-    with pytest.raises(ValueError, match=r"recalls only 4 of the 8 panel-pool facts, fewer than the panel's 5: use a "
-                                         r"larger --panel-pool \(about 12 cases at this share\)"):
-        seq.known_panel(None, pool, 5, 4)
+    assert seq.known_panel(None, pool + list(cases[8:12]), 7, 4) == (pool + list(cases[8:12]))[::2]  # all it knows
+    with pytest.raises(ValueError, match=r"recalls only 2 of the 4 panel-pool facts, too few for a panel of 200: use "
+                                         r"a larger --panel-pool \(about 460 cases at this share\)"):
+        seq.known_panel(None, pool[:4], 200, 4)
