@@ -72,8 +72,9 @@ class EditContext:
     # already made). Editors only read it; the runner passes a kept edit to `Editor.commit`, which updates
     # it, so an edit that is undone leaves no trace here. Tensors only, so a checkpoint can save it.
     state: dict = field(default_factory=dict)
-    # compute.editors.value_cache.ValueCache: MEMIT and AlphaEdit reuse the target values already optimised
-    # for the same request on the same weights. The batch-single runner sets it; None everywhere else.
+    # compute.editors.value_cache: ROME, MEMIT and AlphaEdit reuse the target values already optimised for the
+    # same request on the same weights. The batch-single runner sets a ValueCache, robustness runs and sweeps a
+    # MemoryValueCache (the next cases' values optimised together); None everywhere else.
     value_cache: object | None = None
 
 

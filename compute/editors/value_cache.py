@@ -116,7 +116,7 @@ class ValueCache:
         return out, len(requests) - len(todo)
 
 
-AHEAD = 6  # cases whose values a MemoryValueCache optimises in one call (benchmarks/bench_values.py)
+AHEAD = 5  # cases whose values a MemoryValueCache optimises in one call (issue 22 measured 5; benchmarks/bench_values.py)
 
 
 def down_proj_checksum(lm: LoadedModel) -> str:
