@@ -166,6 +166,13 @@ class SequentialConfig:
                 raise ValueError(f"sequential {name} must be in [0, 1], got {getattr(self, name)!r}")
 
 
+def ensure_editor(name: str) -> None:
+    """Register the study-B control editor (compute.editors.control, RandomRankOne) when `name` asks for it: it
+    is registered only for sequential runs, never with the package's editors (it edits no fact)."""
+    if name.lower() == "randomrankone":
+        import compute.editors.control  # noqa: F401  (importing registers it)
+
+
 def edit_order(case_ids: Sequence[str], seed: int) -> list[str]:
     """The seeded order of a case set: the same ids and seed give the same order for every editor."""
     order = sorted(case_ids)
@@ -376,6 +383,7 @@ def run_sequential(
     `exclude_facts`: (subject, relation) pairs never edited (the ability suite's facts).
     """
     cfg.validate()
+    ensure_editor(editor)
     ed = get_editor(editor)
     if not ed.changes_weights:
         raise EditorError(f"{ed.name} edits in context and changes no weight: sequential runs need a weight editor")
@@ -389,6 +397,11 @@ def run_sequential(
     n_total = len(edit_ids)
     state = _load_state(state_path(ctx.cache_dir, run_id)) if run_id is not None else None
     extending = run_id is not None and _check_layout(store, run_id, config, state, extend)
+    control_state = None
+    if ed.name == "RandomRankOne" and state is None:  # the control: its reference run's per-edit norms, checked
+        from compute.editors.control import initial_state  # before the run exists
+
+        control_state = initial_state(store, hp, cfg.batch_size)
     run_id, resumed = open_run(store, run_id, kind="sequential", lm=lm, editor=ed.name, hp=hp, ctx=ctx,
                                config=config, n_total=n_total)
     if extending:
@@ -411,7 +424,7 @@ def run_sequential(
                 panel = [by_id[i] for i in state["panel"]]
                 collapse_at, em_prev = state["collapse_at"], state["panel_em"]
             else:
-                ctx.state = {}
+                ctx.state = control_state or {}
                 count, held, held_em, collapse_at = 0, {}, {}, None
                 pool = [by_id[i] for i in pool_ids]
                 panel = (known_panel(lm, pool, cfg.panel_size, cfg.panel_tokens) if cfg.panel_known_only
