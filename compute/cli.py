@@ -429,9 +429,10 @@ def cmd_run_sequential(args) -> None:
     import json
 
     from compute.abilities.run import suite
-    from compute.experiments.sequential import SequentialConfig, run_sequential
+    from compute.experiments.sequential import SequentialConfig, ensure_editor, run_sequential
     from store import derived
 
+    ensure_editor(args.editor)  # the study-B control (RandomRankOne) is registered for sequential runs only
     with _open_store(args) as st:
         st.mark_stale_runs()
         edits = args.edits
