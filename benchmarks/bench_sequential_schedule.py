@@ -218,7 +218,8 @@ def main(argv=None) -> int:
     extra = sorted(set(new_rows) - set(old_rows))
     missing = sorted(set(old_rows) - set(new_rows))
     allowed = [k for k in missing if k[1] not in full_at and (
-        (k[0] == "*" and k[2] == "all_edits") or (k[0] != "*" and k[2] == "plain" and k[3] in ("es", "exact_match_new")))]
+        (k[0] == "*" and k[2] == "all_edits")
+        or (k[0] != "*" and k[2] == "plain" and k[3] in ("es", "exact_match_new")))]
 
     # per-edit cost (both sides): each timed interval minus both sides' checkpoint work, per edit made in it
     events = queries.run_events(new_store.conn, run_ids=run)

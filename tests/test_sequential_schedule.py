@@ -94,8 +94,8 @@ def test_the_new_schedule_writes_the_old_ones_rows_where_it_measures(llama, case
     runs = {}
     for every in (0, 9):
         with Store.open(tmp_path / f"{every}.sqlite", create=True) as st:
-            run = run_sequential(llama, cases, st, editor="ROME", hp=_rome(llama), ctx=_ctx(llama, tmp_path / str(every)),
-                                 cfg=dataclasses.replace(base, recheck_every=every))
+            run = run_sequential(llama, cases, st, editor="ROME", hp=_rome(llama),
+                                 ctx=_ctx(llama, tmp_path / str(every)), cfg=dataclasses.replace(base, recheck_every=every))
             runs[every] = _all(st, run)
             assert json.loads(st.get_run(run)["config"])["recheck_every"] == every
     (old, drift_old, diag_old), (new, drift_new, diag_new) = runs[0], runs[9]
