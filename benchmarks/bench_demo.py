@@ -213,11 +213,16 @@ def browser(args, threads: str) -> dict:
                 page.get_by_role("button", name="Run edit").click()
                 t0 = time.perf_counter()
                 first = every = done = None
-                text = ""
+                text, started = "", False
                 while time.perf_counter() - t0 < args.timeout:
                     text = page.inner_text("body")
-                    m = pattern.search(text)
                     now = time.perf_counter() - t0
+                    if not started:  # the page still shows the previous demo until the watcher takes over
+                        started = "Your demo (in progress)" in text or re.search(r"Step \d of 6", text) is not None
+                        if not started:
+                            time.sleep(0.1)
+                            continue
+                    m = pattern.search(text)
                     if m and first is None and {"plain", "paraphrase"} <= set((m.group(3) or "").split(", ")):
                         first = now
                     if m and every is None and m.group(1) == m.group(2):

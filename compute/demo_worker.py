@@ -181,9 +181,11 @@ def _reuse(st, run_id: str, stored_case, case) -> StoredBefore:
 
 
 def before_edit(lm, case, types: Sequence[str], gen_tokens: int, found: StoredBefore | None):
-    """(CaseEvaluation of the unedited model, what was recomputed): stored rows where `found` has them, a
-    scoring-only pass for the new object's scores of reused types that scored another new object, a full
-    evaluation of the rest (and of the neighbourhood prompts, whose score depends on the new object)."""
+    """(CaseEvaluation of the unedited model, what is left for `after_undo`, what was recomputed): stored rows
+    where `found` has them and a full evaluation of the other types (with the neighbourhood prompts, as before
+    issue 22). The new object's scores of reused types that scored another new object, and the neighbourhood
+    prompts when no full evaluation ran, need no generation and no one waits for them: they are left for
+    `after_undo`, which runs them on the restored (bit-identical) weights once the edited answers are out."""
     from compute.evaluate import CaseEvaluation, evaluate_cases
 
     pre = CaseEvaluation(case.case_id)
@@ -193,19 +195,29 @@ def before_edit(lm, case, types: Sequence[str], gen_tokens: int, found: StoredBe
     if found:
         pre.values.update({rtype: dict(found.values[rtype]) for rtype in reused})
         pre.generations = list(found.generations)
-    if full:  # as before issue 22, neighbourhood prompts included
+    if full:
         ev = evaluate_cases(lm, [case], full, gen_tokens=gen_tokens)[0]
         pre.values.update(ev.values)
         pre.generations += ev.generations
-    if rescore or not full:  # the new object's scores only; the neighbourhood's when not measured above
-        ev = evaluate_cases(lm, [case], rescore, generation=False, neighbourhood=not full)[0]
-        for rtype, metrics in ev.values.items():
-            if rtype in rescore:
-                pre.values[rtype].update({m: metrics[m] for m in NEW_SIDE if m in metrics})
-            else:
-                pre.values[rtype] = metrics
     pre.generations.sort(key=lambda g: g[0])
-    return pre, {"full": full, "new_object_scores": rescore}
+    later = {"types": rescore, "neighbourhood": not full} if rescore or not full else None
+    return pre, later, {"full": full, "new_object_scores": rescore}
+
+
+def after_undo(lm, case, pre, later) -> list[str]:
+    """Complete `pre` with what before_edit left for later (scoring only, no generation); returns the rephrase
+    types (and 'neighbourhood') whose rows changed."""
+    from compute.evaluate import evaluate_cases
+
+    if not later:
+        return []
+    ev = evaluate_cases(lm, [case], later["types"], generation=False, neighbourhood=later["neighbourhood"])[0]
+    for rtype, metrics in ev.values.items():
+        if rtype in later["types"]:
+            pre.values[rtype].update({m: metrics[m] for m in NEW_SIDE if m in metrics})
+        else:
+            pre.values[rtype] = metrics  # the neighbourhood prompts
+    return list(ev.values)
 
 
 # ---- the engine -------------------------------------------------------------------------------------------
@@ -330,12 +342,12 @@ def run_demo(args, engine: DemoEngine, *, out: Callable[[str], None], lookup: Se
             found = stored_before(st, lm.name, args.gen_tokens, case)
         if found:
             break
-    pre, redone = before_edit(lm, case, REPHRASE_TYPES, args.gen_tokens, found)
+    pre, later, redone = before_edit(lm, case, REPHRASE_TYPES, args.gen_tokens, found)
     if found:
         out(f"unedited answers from the store: run {found.run_id} ({len(found.types)} types"
             + (f"; recomputed: {', '.join(redone['full'])}" if redone["full"] else "")
-            + (f"; new-object scores recomputed for {len(redone['new_object_scores'])} types (the store scored "
-               "another new object)" if redone["new_object_scores"] else "") + ")")
+            + (f"; the new object's scores on {len(redone['new_object_scores'])} types follow after the edit (the "
+               "store scored another new object)" if redone["new_object_scores"] else "") + ")")
     else:
         out("unedited answers recomputed: the store holds no baseline of this fact with these probes")
     check()
@@ -382,6 +394,10 @@ def run_demo(args, engine: DemoEngine, *, out: Callable[[str], None], lookup: Se
                         out(f"written after the edit: {', '.join(ev.values)}")
             finally:
                 undo(lm, result)
+            check()
+            done_later = after_undo(lm, case, pre, later)
+            if st is not None and done_later:
+                st.write_measurements([r for r in pre.rows(run_id, 0) if r["rephrase_type"] in done_later])
             _print_table(out, case, pre, post, result)
             if st is not None:
                 out(f"stage 6/{STAGES}: saving the run")
@@ -445,8 +461,9 @@ def _claim(queue: Path) -> Path | None:
     return None
 
 
-def handle(request: Path, engine: DemoEngine, store: Path, shipped: Path | None) -> int:
-    """Run one request file; its log gets the demo's output, `<log>.rc` its exit status (written last)."""
+def handle(request: Path, engine: DemoEngine, store: Path, shipped: Path | None, parent: int | None = None) -> int:
+    """Run one request file; its log gets the demo's output, `<log>.rc` its exit status (written last). The demo
+    stops at its next stage when its cancel file appears or the process `parent` is gone."""
     from compute import cli
     from compute.editors import EditorError
     from compute.models import ModelError
@@ -466,7 +483,7 @@ def handle(request: Path, engine: DemoEngine, store: Path, shipped: Path | None)
             if args.command != "edit":
                 raise ValueError(f"the demo worker runs `edit` only, not {args.command!r}")
             run_demo(args, engine, out=out, lookup=[shipped] if shipped else [], stream=True,
-                     cancelled=cancel.exists)
+                     cancelled=lambda: cancel.exists() or (parent is not None and os.getppid() != parent))
             rc = 0
         except SystemExit as exc:  # the parser refused an argument (its line went to stderr)
             out("error: the demo's arguments were refused")
@@ -500,7 +517,7 @@ def serve(queue: Path, store: Path, shipped: Path | None, idle_s: float, lock: P
     while True:
         request = _claim(queue)
         if request is not None:
-            handle(request, engine, store, shipped)
+            handle(request, engine, store, shipped, parent)
             last = time.monotonic()
             continue
         if os.getppid() != parent or time.monotonic() - last > idle_s:

@@ -100,7 +100,7 @@ def test_another_new_object_reuses_the_answers_and_rescores_the_new_object(demo_
     assert main(["--store", str(store), "--cache-dir", demo_store["cache"], "--quiet",
                  *_argv(demo_store, new="Atlantis")]) == 0
     out = capsys.readouterr().out
-    assert "new-object scores recomputed for 16 types" in out
+    assert "the new object's scores on 16 types follow after the edit" in out
     gen_calls = [(t, g) for t, g in counted if g and t]
     assert len(gen_calls) == 1  # the answers before the edit were not generated again
     run, cfg = _demo_run(store)
