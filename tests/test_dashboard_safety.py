@@ -279,8 +279,10 @@ def test_pages_a_demo_and_a_launch_leave_the_shipped_store_unchanged(monkeypatch
 
     con = sqlite3.connect(f"file:{ws}?mode=ro", uri=True)
     kinds = sorted(k for (k,) in con.execute("SELECT kind FROM runs WHERE status = 'done'"))
+    demo_progress = con.execute("SELECT n_done, n_total FROM runs WHERE kind = 'demo'").fetchall()
     con.close()
     assert kinds == ["demo", "knowledge"]
+    assert demo_progress == [(1, 1)]  # a finished demo reads 1/1 done, not 0/1
     at.run()
     table = at.dataframe[0].value
     assert set(table.loc[table["store"] == "workspace", "kind"]) == {"demo", "knowledge"}
