@@ -178,19 +178,24 @@ def main(argv=None) -> int:
                                        capture_output=True, text=True).stdout.strip(),
         "old_commit": args.old_commit, "model": lm.name, "case_set": CASE_SET, "ahead": ahead,
     }
+    result["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
+                         "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+
+    def save():  # after each part, so a long run stopped early keeps what it measured
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+
     if n_rome:
         blocks = [rome_reqs[i : i + ahead] for i in range(0, n_rome, ahead)]
         result["rome"] = section("ROME", rome_hp, blocks, args.rome_threads, True)
+        save()
     if args.memit_batches:
         blocks = [memit_reqs[i : i + args.batch] for i in range(0, len(memit_reqs), args.batch)]
         result["memit"] = section("MEMIT", memit_hp, blocks, args.memit_threads, False)
         for b in result["memit"]["blocks"]:  # per batch, not per request
             b["old_s_per_batch"] = round(b["old_s_per_edit"] * args.batch, 2)
             b["new_s_per_batch"] = round(b["new_s_per_edit"] * args.batch, 2)
-    result["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                         "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+        save()
     print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "blocks"} for k, v in result.items()
                       if k in ("rome", "memit")}, indent=1))
     return 0
