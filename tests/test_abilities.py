@@ -419,3 +419,40 @@ def test_kb_facts_used_is_the_union_over_tasks(sources):
     used = kb_facts_used(sources=sources)
     assert used == set().union(*(TASKS[n].facts(sources) for n in KB_TASKS))
     assert ("France", "capital") in used or any(r == "capital" for _, r in used)
+
+
+# ---- quick mode's n and the task versions (issue 19, point 12) ---------------------------------------------
+
+# (version, quick_n) of every task: quick scores of different n must not share a version. Changing a quick_n
+# means bumping the task's version and this table (compute.abilities.power says what n a 0.1 drop needs).
+QUICK_LOCK = {"sentiment": ("2", 160), "analogy": ("2", 45), "nli": ("2", 184), "closed_book_qa": ("2", 105),
+              "reading": ("2", 36), "entity_typing": ("2", 176), "dialogue_memory": ("2", 162), "topic": ("2", 92),
+              "lm_perplexity": ("2", 250)}
+
+
+def test_quick_n_changes_only_with_a_version_bump():
+    assert {t.name: (t.version, t.quick_n) for t in TASKS.values()} == QUICK_LOCK, (
+        "a task's quick_n or version changed: bump its version when quick_n changes, and update QUICK_LOCK")
+
+
+@pytest.mark.parametrize("name", ["sentiment", "analogy", "topic"])
+def test_a_version_bump_keeps_the_items_unless_items_version_changes(name, sources):
+    """Version 2 raised quick_n only: the items are drawn from `items_version`'s seed, so they are version 1's."""
+    import dataclasses
+
+    task = TASKS[name]
+    same = dataclasses.replace(task, version="99").shots_and_items(sources)
+    assert same == task.shots_and_items(sources)
+    other = dataclasses.replace(task, items_version="99").shots_and_items(sources)[1]
+    assert [it.uid for it in other] != [it.uid for it in same[1]]
+
+
+def test_every_quick_subset_is_balanced_over_its_strata(all_items):
+    """The first quick_n items of a task hold each stratum (label, section, relation, kind) within one item of
+    the others, unless a stratum has run out of items."""
+    for name, (_, items) in all_items.items():
+        quick = Counter(it.group for it in items[: TASKS[name].quick_n])
+        full = Counter(it.group for it in items)
+        short = {g for g in full if quick[g] == full[g]}  # strata used up: the rest may hold more
+        counts = [c for g, c in quick.items() if g not in short]
+        assert not counts or max(counts) - min(counts) <= 1, (name, dict(quick))

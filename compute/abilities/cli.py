@@ -5,6 +5,7 @@ imports this module; this module never imports compute.cli):
     python -m compute abilities measure --run RUN_ID                       # a sequential run's final model
     python -m compute abilities show [--run RUN_ID]                        # a table of stored scores
     python -m compute abilities tasks                                      # the registry
+    python -m compute abilities power                                      # quick mode's power to see a drop
 
 `measure` stores an `abilities` run (provenance, config with each task's version, chance level and
 direction) and one row per task at edit count 0, batch size 0. With `--run`, it loads the saved final
@@ -193,6 +194,42 @@ def cmd_abilities_tasks(args) -> None:
              f"{min(t.quick_n, n_full):>5} {n_full:>5}")
 
 
+def cmd_abilities_power(args) -> None:
+    """Print quick mode's power per task (compute.abilities.power): the unedited model's full-mode scores
+    from the newest finished abilities run that has them, each task's quick n, the power there to detect a
+    0.1 accuracy drop (a 10% perplexity rise), and the n that 80% power needs."""
+    import polars as pl
+
+    from compute.abilities.power import power_rows
+    from compute.abilities.tasks import TASKS
+    from store import queries
+
+    with Store.open(args.store, readonly=True) as st:
+        rows, run_id = [], None
+        for rid in queries.list_runs(st.conn, kind=RUN_KIND, status="done")["run_id"]:
+            ab = queries.abilities(st.conn, rid)
+            rows = ab.filter(pl.col("mode") == "full").to_dicts() if not ab.is_empty() else []
+            if rows:
+                run_id = rid
+                break
+    if not rows:
+        raise ValueError("no finished full-mode abilities run in the store: run "
+                         "`python -m compute abilities measure --mode full`")
+    versions = {r["task"]: r["task_version"] for r in rows}
+    order = {name: i for i, name in enumerate(TASKS)}
+    rows.sort(key=lambda r: (order.get(r["task"], len(order)), r["task"]))
+    table = power_rows(rows, {t.name: t.quick_n for t in TASKS.values()})
+    _out(f"unedited scores from run {run_id}; test: two-sided one-sample z-test, alpha 0.05, against a 0.1 "
+         "accuracy drop (a 10% perplexity rise)")
+    _out(f"{'task':16} {'stored v':>8} {'unedited':>9} {'items':>5} {'quick':>5} {'power':>6} {'exact':>6} "
+         f"{'n@80%':>6}  reaches 80%")
+    for r in table:
+        exact = "-" if r["power_exact"] is None else f"{r['power_exact']:.2f}"
+        reach = "yes" if r["reaches"] else ("no: every item used" if r["quick_n"] >= r["items"] else "no")
+        _out(f"{r['task']:16} {versions[r['task']] or '-':>8} {_fmt(r['unedited']):>9} {r['items']:>5} "
+             f"{r['quick_n']:>5} {r['power']:>6.2f} {exact:>6} {r['n_needed']:>6}  {reach}")
+
+
 def add_abilities_parser(sub, model_args) -> None:
     """Add `abilities measure|show|tasks` to the subparsers of `python -m compute` (compute/cli.py, which
     passes its own `model_args(parser)` so that --model and --device are declared and checked as there)."""
@@ -201,7 +238,7 @@ def add_abilities_parser(sub, model_args) -> None:
     ab = ab.add_subparsers(dest="sub", required=True)
     q = ab.add_parser("measure", help="score the model on every ability task and store the scores as a run")
     q.add_argument("--mode", choices=["quick", "full"], default="full",
-                   help="quick: each task's first quick_n items (about a minute on one CPU core); full: every item")
+                   help="quick: each task's first quick_n items (about 2.5 min of one CPU core); full: every item")
     q.add_argument("--tasks", help="comma-separated task names (default: all; see `abilities tasks`)")
     q.add_argument("--again", action="store_true", help="measure again even if a finished run of this suite exists")
     q.add_argument("--run", metavar="RUN_ID",
@@ -213,3 +250,5 @@ def add_abilities_parser(sub, model_args) -> None:
     q.set_defaults(func=cmd_abilities_show)
     q = ab.add_parser("tasks", help="the ability tasks: category, study-C mapping, chance, items in each mode")
     q.set_defaults(func=cmd_abilities_tasks)
+    q = ab.add_parser("power", help="quick mode's power to detect a 0.1 drop per task, from the stored unedited scores")
+    q.set_defaults(func=cmd_abilities_power)

@@ -3,16 +3,19 @@
 Two modes (issue 5):
 
 - `quick`: each task's first `quick_n` items (the items are interleaved over their strata, so this is a
-  balanced subset); used at every checkpoint of a sequential-editing run. Budget: the whole suite in at
-  most 60 s on the project's 2-core CPU with the default model and one torch thread.
+  balanced subset); used at every checkpoint of a sequential-editing run. Each task's quick_n gives at
+  least 80% power to detect a 0.1 accuracy drop (a 10% perplexity rise) from the unedited model's score
+  (compute.abilities.power; nli uses all its 184 items, 79-81%).
 - `full`: every item; used on the unedited model and at the end of a run.
 
 Measured on the default model (SmolLM2-135M-Instruct, fp32) on the project's 2-core CPU with
-OMP_NUM_THREADS=1, 2026-11-21, while other jobs kept the load average at about 5 (so these are upper
-bounds): quick mode 45.9 s for the whole suite (51.2 s including loading the model and building the
-items), full mode 292 s. The model reads about 300 tokens a second this way, so the cost of a task is
-the tokens it pushes through: shared prefixes run once, options reuse their query's cache, and each
-task's quick_n is chosen so that its quick-mode 95% CI stays clear of chance (checked by a `model` test).
+OMP_NUM_THREADS=1, 2026-12-05, while other jobs kept the load average at 6-9: quick mode (task version 2)
+took 152 s of CPU time (306 s of wall time at that load; an earlier run with 242 perplexity windows
+instead of 250 took 158 s), against 39 s of CPU time for version 1's smaller quick mode in the same
+process; the costliest tasks are lm_perplexity
+(40 s), nli (31 s) and dialogue_memory (23 s). Full mode took 292 s of wall time (2026-11-21, load about
+5). The model reads about 300-400 tokens a second this way, so the cost of a task is the tokens it pushes
+through: shared prefixes run once and options reuse their query's cache.
 
 `evaluate_abilities` is a pure function of the model's weights: it reads them and never changes them.
 Items can be built once (`load_items`) and passed in, so a sequential run does not rebuild them at
