@@ -25,8 +25,8 @@ sequential run the model changes after every edit and no value would ever be met
 `MemoryValueCache` serves the runs that edit one case, evaluate it and undo the edit exactly before the next
 (robustness runs, sweeps, benchmarks): every edit starts from the unedited weights, so the values of the
 next few cases can be optimised in one packed call (`compute.editors.rome.optimise_values`; one request's
-result does not depend on the others in its call beyond rounding) and each is then used in turn. Issue 22
-measured 1.4-1.8x for five ROME edits optimised together.
+result does not depend on the others in its call beyond rounding) and each is then used in turn
+(benchmarks/bench_values.py measures it against one request at a time).
 
 What a value's norm is relative to (`norm`) is part of the key: ROME's clamp is relative to the
 down-projection's output, MEMIT's to the residual stream, so the two never share a value.
@@ -120,9 +120,9 @@ AHEAD = 5  # cases whose values a MemoryValueCache optimises in one call (issue 
 
 
 def down_proj_checksum(lm: LoadedModel) -> str:
-    """A cheap check that no down-projection changed: float64 sum and sum of squares of each (about 30 ms on
-    the default model, against a second for `weights_fingerprint`). The editors that read a
-    MemoryValueCache (ROME, MEMIT, AlphaEdit) write only down-projections."""
+    """A cheap check that no down-projection changed: float64 sum and sum of squares of each (two reductions
+    per matrix, where `weights_fingerprint` hashes every byte of every parameter, about a second). The
+    editors that read a MemoryValueCache (ROME, MEMIT, AlphaEdit) write only down-projections."""
     parts = []
     for layer in range(lm.n_layers):
         w = lm.down_proj(layer).weight.detach().double()
