@@ -116,3 +116,31 @@ def test_a_killed_control_run_resumes_with_the_same_updates(llama, cases, tmp_pa
         drift = {r: queries.weight_drift(st.conn, run_ids=r).sort("edit_count")["fro_delta"].to_list()
                  for r in (killed, whole)}
         assert drift[killed] == drift[whole]
+
+
+def test_the_command_line_runs_a_control_beside_a_stored_run(fixture_store, cache_dir, tiny_model_dir, tmp_path, capsys):
+    import shutil
+    from pathlib import Path
+
+    from compute.cli import main
+
+    store = tmp_path / "copy.sqlite"
+    shutil.copy(fixture_store, store)
+    with Store.open(store, readonly=True) as st:
+        runs = queries.list_runs(st.conn, kind="sequential")
+        ref = [r["run_id"] for r in runs.iter_rows(named=True) if json.loads(r["hparams"]).get("key_mismatch")][0]
+    control_hp = Path(__file__).resolve().parents[1] / "compute" / "editors" / "control.json"
+    base = ["--store", str(store), "--cache-dir", str(tmp_path / "cache"), "--quiet", "run", "sequential",
+            "--editor", "RandomRankOne", "--hparams", str(control_hp), "--hp", "layer=0", "--set", "tiny32",
+            "--every", "3", "--panel-pool", "4", "--panel-size", "3", "--panel-any", "--model", tiny_model_dir]
+    assert main(base + ["--edits", "6", "--hp", f"reference_run={ref}"]) == 0
+    with Store.open(store, readonly=True) as st:
+        (control,) = queries.list_runs(st.conn, kind="sequential").filter(
+            queries.list_runs(st.conn, kind="sequential")["editor"] == "RandomRankOne")["run_id"]
+        assert _norms(st, control) == pytest.approx(_norms(st, ref), rel=1e-5)
+    capsys.readouterr()
+    assert main(base + ["--edits", "6", "--again"]) == 2  # no size at all: one line saying what to give, no run
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs a size: --hp reference_run=RUN_ID" in err[0]
+    with Store.open(store, readonly=True) as st:
+        assert queries.list_runs(st.conn, kind="sequential").height == runs.height + 1

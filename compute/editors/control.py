@@ -84,6 +84,8 @@ def reference_norms(store, run_id: str, batch_size: int) -> list[float]:
 
 def initial_state(store, hp: RandomRankOneHparams, batch_size: int) -> dict:
     """ctx.state for a new sequential run: the reference norms (when asked for) and the count of updates made."""
+    if not hp.reference_run and not hp.norm > 0:
+        raise EditorError(f"{NAME} needs a size: --hp reference_run=RUN_ID (a run's per-edit norms) or --hp norm=X")
     state = {"n": torch.tensor(0)}
     if hp.reference_run:
         state["norms"] = torch.tensor(reference_norms(store, hp.reference_run, batch_size), dtype=torch.float64)
