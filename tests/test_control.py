@@ -118,7 +118,8 @@ def test_a_killed_control_run_resumes_with_the_same_updates(llama, cases, tmp_pa
         assert drift[killed] == drift[whole]
 
 
-def test_the_command_line_runs_a_control_beside_a_stored_run(fixture_store, cache_dir, tiny_model_dir, tmp_path, capsys):
+def test_the_command_line_runs_a_control_beside_a_stored_run(fixture_store, cache_dir, tiny_model_dir, tmp_path,
+                                                           capsys):
     import shutil
     from pathlib import Path
 
