@@ -248,6 +248,18 @@ def _runs(conn: sqlite3.Connection, kind: str, run_ids) -> pl.DataFrame:
     return runs
 
 
+def _known_clause(conn: sqlite3.Connection, run_ids: list[str]) -> tuple[str, list]:
+    """SQL over `measurements m` keeping each run's known facts (store.queries.known_case_ids), and its
+    parameters; "0" (nothing) when no run has a known fact."""
+    parts, params = [], []
+    for run_id in run_ids:
+        known = queries.known_case_ids(conn, run_id)
+        if known:
+            parts.append(f"(m.run_id = ? AND m.case_id IN ({', '.join('?' * len(known))}))")
+            params += [run_id, *known]
+    return ("(" + " OR ".join(parts) + ")" if parts else "0"), params
+
+
 def robustness_summary(
     conn: sqlite3.Connection,
     run_ids=None,
@@ -255,10 +267,14 @@ def robustness_summary(
     by: str | None = None,
     edit_count: int = 1,
     relations=None,
+    known_only: bool = False,
 ) -> pl.DataFrame:
     """Per robustness run (editor) x rephrase type x metric [x relation or popularity quartile]: the mean
     over cases with n and a 95% CI, and the drop from the plain prompt (mean - mean on `plain`).
-    `relations` keeps only the cases of those relations."""
+    `relations` keeps only the cases of those relations. `known_only` keeps only the facts the unedited model
+    knew, judged on the plain prompt for every rephrase type (store.queries.known_case_ids: its free answer
+    to the plain prompt named the true object in the run's baseline), so that every column of a run covers
+    the same facts and the drop from plain compares like with like; a run without a baseline keeps none."""
     if by not in (None, "relation", "popularity_quartile"):
         raise ValueError(f"by must be None, 'relation' or 'popularity_quartile', not {by!r}")
     runs = _runs(conn, "robustness", run_ids)
@@ -283,6 +299,10 @@ def robustness_summary(
                                         for c in cols})
         where += f" AND c.relation IN ({', '.join('?' * len(rel))})"
         params += rel
+    if known_only:
+        known_sql, known_params = _known_clause(conn, ids)
+        where += " AND " + known_sql
+        params += known_params
     agg = queries._frame(conn, f"SELECT {group_by.replace('c.' + by, 'c.' + by + ' AS ' + by) if by else group_by}, "
                                "COUNT(*) AS n, SUM(m.value) AS s, SUM(m.value * m.value) AS ss, "
                                "SUM(CASE WHEN m.value IN (0.0, 1.0) THEN 0 ELSE 1 END) AS nonbinary "
@@ -317,6 +337,9 @@ def robustness_summary(
             if relations is not None:
                 q += f" AND c.relation IN ({', '.join('?' * len(rel))})"
                 args += rel
+            if known_only:
+                q += " AND " + known_sql
+                args += known_params
             values = [v for (v,) in conn.execute(q, args)]
             b_lo, b_hi = _mean_ci(values)
             fixes.append({**{k: r[k] for k in keys}, "b_lo": b_lo, "b_hi": b_hi})
@@ -343,13 +366,15 @@ def robustness_correlations(
     n_boot: int = 1000,
     rephrase_types=None,
     relations=None,
+    known_only: bool = False,
 ) -> pl.DataFrame:
     """Spearman rho (bootstrap 95% CI) of each popularity feature against post-edit acc and rev, per
     robustness run (editor) and rephrase type (all types, or those given), over the cases of `relations`
     (all when None), and beside it the within-relation rho (WITHIN_COLUMNS). Read from the `correlations`
-    table where every run's are stored, else computed."""
+    table where every run's are stored, else computed. `known_only` computes them over the facts the
+    unedited model knew on the plain prompt only (as in `robustness_summary`), never from the stored ones."""
     runs = _runs(conn, "robustness", run_ids)
-    if relations is None and not runs.is_empty():
+    if relations is None and not known_only and not runs.is_empty():
         stored = _stored(conn, runs["run_id"].to_list(), n_boot)
         if stored is not None:
             df = stored.filter(pl.col("metric").is_in(list(metrics)) & pl.col("feature").is_in(list(features)))
@@ -359,10 +384,12 @@ def robustness_correlations(
                     .select("run_id", "editor", "rephrase_type", "metric", "feature", "rho", "ci_low", "ci_high",
                             pl.col("n").cast(pl.Int64), *WITHIN_COLUMNS)
                     .sort(["editor", "metric", "feature", "rephrase_type"]))
-    return _robustness_correlations_live(conn, runs, metrics, features, n_boot, rephrase_types, relations)
+    return _robustness_correlations_live(conn, runs, metrics, features, n_boot, rephrase_types, relations,
+                                         known_only=known_only)
 
 
-def _robustness_correlations_live(conn, runs, metrics, features, n_boot, rephrase_types, relations) -> pl.DataFrame:
+def _robustness_correlations_live(conn, runs, metrics, features, n_boot, rephrase_types, relations,
+                                  known_only: bool = False) -> pl.DataFrame:
     schema = {"run_id": pl.String, "editor": pl.String, "rephrase_type": pl.String, "metric": pl.String,
               "feature": pl.String, "rho": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64, "n": pl.Int64,
               **WITHIN_COLUMNS}
@@ -376,6 +403,10 @@ def _robustness_correlations_live(conn, runs, metrics, features, n_boot, rephras
     )
     if relations is not None:
         m = m.filter(pl.col("relation").is_in(list(relations)))
+    if known_only:
+        known = pl.DataFrame([(r, k) for r in runs["run_id"].to_list() for k in queries.known_case_ids(conn, r)],
+                             schema={"run_id": pl.String, "case_id": pl.String}, orient="row")
+        m = m.join(known, on=["run_id", "case_id"], how="semi")
     rows = []
     for (run_id, editor, rtype, metric), part in m.group_by(["run_id", "editor", "rephrase_type", "metric"]):
         for feature in features:

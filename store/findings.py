@@ -225,6 +225,8 @@ def _drop(conn, refs, summary, claim: str, rtype: str, statement: str) -> Findin
         ours += "; rev " + ", ".join(f"{e} {_ci(r['mean'], r['ci_low'], r['ci_high'])}" for e, r in revs.items() if r)
     n = next(iter(pairs.values()))[1]["n"] if pairs else None
     ours = (ours + f" (acc, plain → {rtype}, n = {n} cases each)") if pairs else f"no {rtype} acc stored"
+    if rtype == "doubt" and pairs:
+        ours += _known_rev(conn, {e: refs[e]["run_id"] for e in pairs}, rtype)
     head = pairs.get(claimed[0], (None, None))[1]
     nums = dict(value=head["mean"], n=head["n"], ci_low=head["ci_low"], ci_high=head["ci_high"]) if head else {}
     if rtype in reasons:
@@ -251,6 +253,30 @@ def _drop(conn, refs, summary, claim: str, rtype: str, statement: str) -> Findin
         reason = (f"Measured, but undecided: the CIs overlap for {', '.join(open_)} at n = {n}; a larger case set "
                   "(`cases build --n`, then `run robustness`) would decide.")
     return Finding(**common, ours=ours, verdict=verdict, reason=reason, query=query, **nums)
+
+
+def _known_rev(conn, run_ids: dict[str, str], rtype: str) -> str:
+    """A5's figure on the facts the unedited model knew (store.queries.known_case_ids, the plain prompt):
+    each editor's post-edit rev on `rtype` over those facts, with n and CI, and the unedited model's own rev on
+    `rtype` over the same facts (what the old answer's return is measured against). Reported beside the
+    all-case figure; the verdict does not use it. Empty when no run has a known fact."""
+    known = derived.robustness_summary(conn, run_ids=list(run_ids.values()), metrics=("rev",), known_only=True)
+    rows = {e: _row(known, run_id, rtype, "rev") for e, run_id in run_ids.items()}
+    rows = {e: r for e, r in rows.items() if r}
+    if not rows:
+        return ""
+    ns = {r["n"] for r in rows.values()}
+    text = f"; on the facts the unedited model knew (on the plain prompt), rev on {rtype} " + ", ".join(
+        f"{e} {_ci(r['mean'], r['ci_low'], r['ci_high'], None if len(ns) == 1 else r['n'])}" for e, r in rows.items())
+    text += f" (n = {next(iter(ns))} facts each)" if len(ns) == 1 else ""
+    first = run_ids[next(iter(rows))]
+    pre = queries.pre_edit_recall(conn, first, rephrase_types=rtype).filter(
+        pl.col("case_id").is_in(queries.known_case_ids(conn, first)))
+    if pre.height:
+        k = int(pre["known"].sum())
+        lo, hi = wilson_ci(k, pre.height)
+        text += f"; the unedited model's own rev on {rtype} for them {_ci(k / pre.height, lo, hi, pre.height)}"
+    return text
 
 
 def _corr_verdict(rows: list[tuple[str, float, float]], sign: int) -> tuple[str, str]:

@@ -9,6 +9,7 @@ back as strings for the caller to decode. Nothing here caches: the dashboard own
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from typing import Any, Iterable
 
@@ -287,11 +288,14 @@ def rephrase_measurability(conn: sqlite3.Connection, run_id: str | None = None,
 
 def popularity_points_of_runs(conn: sqlite3.Connection, run_ids: str | Iterable[str], feature: str = "frequency",
                               metric: str = "acc", rephrase_type: str = "plain", relations=None,
-                              unedited: bool = True, edit_count: int = 1) -> pl.DataFrame:
+                              unedited: bool = True, edit_count: int = 1, known_only: bool = False) -> pl.DataFrame:
     """One row per (series, case): the case's popularity `feature` and its `metric` on `rephrase_type`, where a
     series is a run (series = run_id, at `edit_count`), never an editor, so two runs of one editor never mix.
     With `unedited`, the unedited model is one more series ("unedited"): the knowledge run that measured the
-    most rephrase types, at edit count 0 (metric `recall` reads as `rev`). `relations` keeps those cases only."""
+    most rephrase types, at edit count 0 (metric `recall` reads as `rev`). `relations` keeps those cases only.
+    `known_only` keeps, in each series, only the facts the unedited model knew on the plain prompt
+    (`known_case_ids`: of a run's baseline, and of the unedited series' own knowledge run), whatever the
+    rephrase type shown."""
     from .measurable import baseline_run
 
     ids = _values(run_ids)
@@ -307,6 +311,12 @@ def popularity_points_of_runs(conn: sqlite3.Connection, run_ids: str | Iterable[
         pre = "rev" if metric in ("recall", "rev") else metric
         frames.append(measurements(conn, run_ids=base, metrics=pre, rephrase_types=rephrase_type, edit_count=0)
                       .select(pl.lit("unedited").alias("series"), "case_id", "value"))
+    if known_only:
+        keep = [(r, k) for r in ids for k in known_case_ids(conn, r)]
+        if base is not None:
+            keep += [("unedited", k) for k in known_case_ids(conn, base)]
+        known = pl.DataFrame(keep, schema={"series": pl.String, "case_id": pl.String}, orient="row")
+        frames = [f.join(known, on=["series", "case_id"], how="semi") for f in frames]
     feats = cases(conn).select("case_id", "relation", "subject", feature)
     if relations is not None:
         feats = feats.filter(pl.col("relation").is_in(_values(relations)))
@@ -330,3 +340,73 @@ def edit_diagnostics_summary(conn: sqlite3.Connection, run_ids: str | Iterable[s
     from .diagnostics import run_distribution
 
     return run_distribution(conn, None if run_ids is None else _values(run_ids))
+
+
+# --------------------------------------------------------------------------- known facts (pre-edit recall)
+
+# "Known": the unedited model's free generation names the true object on the probes of a type at edit count 0
+# (rev, the share of that type's probes naming it) for more than half of them, the same line
+# store.measurable draws; on the plain prompt (one probe per case) that is rev = 1.
+KNOWN_METRIC = "rev"
+KNOWN_SHARE = 0.5
+KNOWN_BY = "plain"  # the rephrase type whose pre-edit recall decides whether a fact is known
+
+
+def baseline_of(conn: sqlite3.Connection, run_id: str) -> str | None:
+    """The run whose edit-count-0 rows describe the unedited model for `run_id`: store.measurable.baseline_run,
+    looked for among the knowledge runs of the run's own case set when its config names no baseline."""
+    from .measurable import baseline_run
+
+    row = conn.execute("SELECT config FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+    if row is None:
+        raise ValueError(f"no run {run_id!r} in the store; pick one of the listed runs.")
+    return baseline_run(conn, run_id=run_id, case_set=json.loads(row[0] or "{}").get("case_set"))
+
+
+def pre_edit_recall(conn: sqlite3.Connection, run_id: str,
+                    rephrase_types: str | Iterable[str] | None = None) -> pl.DataFrame:
+    """Each case's pre-edit recall per rephrase type, for the cases that `run_id` measured: the unedited
+    model's `rev` at edit count 0 on that type in the run's baseline (`baseline_of`: the knowledge run its
+    config names as `baseline_run`, else the knowledge run of its model and case set that measured the most
+    types). Columns run_id, baseline_run, case_id, rephrase_type, recall (share of the type's probes naming
+    the true object) and known (recall > KNOWN_SHARE; on the plain prompt, rev = 1). Cases the baseline did
+    not measure have no row; a run without a baseline gives an empty frame."""
+    schema = {"run_id": pl.String, "baseline_run": pl.String, "case_id": pl.String, "rephrase_type": pl.String,
+              "recall": pl.Float64, "known": pl.Boolean}
+    base = baseline_of(conn, run_id)
+    if base is None:
+        return pl.DataFrame(schema=schema)
+    where, params = _where([("run_id", base), ("edit_count", 0), ("metric", KNOWN_METRIC),
+                            ("rephrase_type", rephrase_types)])
+    if base != run_id:  # a knowledge run is its own baseline; any other run keeps the cases it measured
+        where += " AND case_id IN (SELECT DISTINCT case_id FROM measurements WHERE run_id = ?)"
+        params.append(run_id)
+    rows = _frame(conn, f"SELECT case_id, rephrase_type, value FROM measurements{where} AND value IS NOT NULL "
+                        "ORDER BY case_id, rephrase_type", params)
+    return pl.DataFrame(schema=schema) if rows.is_empty() else rows.select(
+        pl.lit(run_id, dtype=pl.String).alias("run_id"), pl.lit(base, dtype=pl.String).alias("baseline_run"),
+        pl.col("case_id").cast(pl.String), pl.col("rephrase_type").cast(pl.String),
+        pl.col("value").cast(pl.Float64).alias("recall"), (pl.col("value") > KNOWN_SHARE).alias("known"))
+
+
+def known_case_ids(conn: sqlite3.Connection, run_id: str) -> list[str]:
+    """The cases of `run_id` that the unedited model knew: pre-edit recall on the plain prompt (KNOWN_BY) in
+    the run's baseline (`pre_edit_recall`), sorted. Empty when the run has no baseline."""
+    known = pre_edit_recall(conn, run_id, rephrase_types=KNOWN_BY).filter(pl.col("known"))
+    return sorted(known["case_id"].to_list())
+
+
+def known_facts_counts(conn: sqlite3.Connection, run_ids: str | Iterable[str]) -> pl.DataFrame:
+    """Per run: baseline_run, n_cases (cases the run measured), n_known (of them, known on the plain prompt
+    before the edit; see `known_case_ids`) and n_baseline (of them, measured by the baseline at all); a run
+    without a baseline has n_known 0 and baseline_run null. For pages to say how many facts a filter keeps."""
+    schema = {"run_id": pl.String, "baseline_run": pl.String, "n_cases": pl.Int64, "n_baseline": pl.Int64,
+              "n_known": pl.Int64}
+    rows = []
+    for run_id in _values(run_ids):
+        plain = pre_edit_recall(conn, run_id, rephrase_types=KNOWN_BY)
+        (n_cases,) = conn.execute("SELECT count(DISTINCT case_id) FROM measurements WHERE run_id = ?",
+                                  (run_id,)).fetchone()
+        rows.append({"run_id": run_id, "baseline_run": baseline_of(conn, run_id),
+                     "n_cases": n_cases, "n_baseline": plain.height, "n_known": int(plain["known"].sum())})
+    return pl.DataFrame(rows, schema=schema)

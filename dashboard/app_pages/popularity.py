@@ -7,7 +7,7 @@ import streamlit as st
 
 from dashboard import charts
 from dashboard.data import query
-from dashboard.filters import shared_multiselect, shared_selectbox, url_selectbox
+from dashboard.filters import shared_multiselect, shared_selectbox, url_selectbox, url_toggle
 from dashboard.sidebar import labels_of, reference_ids, run_table, styles_of
 from store.derived import POPULARITY_FEATURES, popularity_bins
 from store.measurable import unmeasurable_reasons
@@ -34,16 +34,29 @@ chosen = shared_multiselect("Runs", "runs", list(labels), default=reference_ids(
 relations_all = sorted(query("kb_relations")["relation"].to_list())
 relations = shared_multiselect("Relations", "relations", relations_all, container=d2)
 rel_filter = None if len(relations) == len(relations_all) else tuple(relations)
+known = url_toggle("Known facts only", "known", default=False,
+                   help="Only the facts the unedited model knew: before any edit, its answer to the plain prompt "
+                        "named the true object (judged on the plain prompt whatever the rephrase type shown)")
 if rtype in unmeasurable:
     st.warning(f"{rtype} is unmeasurable on this model: {unmeasurable[rtype]}. The curves below say nothing "
                "about the edits.")
 points = query("popularity_points_of_runs", run_ids=tuple(chosen), feature=feature, metric=metric,
-               rephrase_type=rtype, relations=rel_filter)
+               rephrase_type=rtype, relations=rel_filter, known_only=known)
 if points.is_empty():
-    st.info("No measurements for this choice yet: run `python -m compute knowledge measure` and "
+    st.info("None of these cases was known to the unedited model (on the plain prompt)." if known else
+            "No measurements for this choice yet: run `python -m compute knowledge measure` and "
             "`python -m compute run robustness`.")
     st.stop()
 series_labels = {UNEDITED: "unedited model", **{r: labels[r] for r in chosen}}
+if known:
+    st.caption("Known facts only: each series keeps the facts whose plain prompt the unedited model answered with "
+               "the true object (rev = 1 before any edit, from the run's baseline). On the plain prompt the unedited "
+               "model's rev is then 1 by construction, and its correlation with the feature is undefined, so it "
+               "is left out below. Facts kept:")
+    st.dataframe(points.group_by("series").agg(pl.len().alias("n")).sort("series")
+                 .with_columns(pl.col("series").replace(series_labels)), hide_index=True,
+                 column_config={"series": st.column_config.TextColumn("Series"),
+                                "n": st.column_config.NumberColumn("Known facts")})
 styles = {UNEDITED: charts.UNEDITED_STYLE, **styles_of(table)}
 bins = popularity_bins(points, feature, bins=4)
 left, right = st.columns(2)
@@ -57,25 +70,28 @@ with right:
                                               log_x=feature == "population", labels=series_labels, styles=styles),
                     width="stretch")
 named = bins.with_columns(pl.col("series").replace(series_labels).alias("run"))
-st.download_button("Download CSV (bins)", named.write_csv(), file_name=f"popularity-{feature}-{metric}-{rtype}.csv")
+suffix = "-known" if known else ""
+st.download_button("Download CSV (bins)", named.write_csv(),
+                   file_name=f"popularity-{feature}-{metric}-{rtype}{suffix}.csv")
 st.caption("The unedited model (black) is the knowledge run that measured every rephrase type, before any edit; "
            "each run is one colour, the same on every page.")
 
 st.subheader("Spearman correlation with the feature")
 pre = query("knowledge_correlations").filter((pl.col("feature") == feature) & (pl.col("against") == "recall"))
 post = query("robustness_correlations", run_ids=tuple(chosen), metrics=(metric,), features=(feature,),
-             rephrase_types=(rtype,), relations=rel_filter)
+             rephrase_types=(rtype,), relations=rel_filter, known_only=known)
 post = post.filter(pl.col("run_id").is_in(chosen) & (pl.col("rephrase_type") == rtype))
 rows = post.select(pl.col("run_id").replace_strict(labels, default=None).alias("series"), "rho", "ci_low", "ci_high",
                    "n")
-if metric == "rev" and rtype == "plain" and not pre.is_empty():
+if metric == "rev" and rtype == "plain" and not pre.is_empty() and not known:
     rows = pl.concat([rows, pre.select(pl.lit("unedited (recall)").alias("series"), "rho", "ci_low", "ci_high", "n")])
 if rows.is_empty():
     st.info("Not enough cases for a correlation here.")
 else:
     st.plotly_chart(charts.correlation_forest(rows, "series", f"{FEATURES[feature]} vs {metric} on {rtype}"),
                     width="stretch")
-    st.download_button("Download CSV (correlations)", rows.write_csv(), file_name=f"rho-{feature}-{metric}-{rtype}.csv")
+    st.download_button("Download CSV (correlations)", rows.write_csv(),
+                       file_name=f"rho-{feature}-{metric}-{rtype}{suffix}.csv")
 with st.expander("Cases behind the curves"):
     st.dataframe(points.with_columns(pl.col("series").replace(series_labels)), hide_index=True, column_config={
         "series": st.column_config.TextColumn("Run"), "case_id": st.column_config.TextColumn("Case"),

@@ -39,9 +39,22 @@ split = url_segmented("Split by", "split", ["none", "relation", "popularity_quar
                                    "popularity_quartile": "popularity quartile"}.get, container=c2)
 hide = url_toggle("Hide unmeasurable types", "hide_nm", default=False, container=c3,
                   help="Types the unedited model cannot answer are marked n/m by default; this leaves them out")
+known = url_toggle("Known facts only", "known", default=False, container=c3,
+                   help="Only the facts the unedited model knew: before any edit, its answer to the plain prompt "
+                        "named the true object. Every rephrase type is then judged on the same facts.")
 by = None if split == "none" else split
 df = query("robustness_summary", run_ids=tuple(chosen), metrics=(metric,), by=by,
-           relations=None if len(relations) == len(relations_all) else tuple(relations))
+           relations=None if len(relations) == len(relations_all) else tuple(relations), known_only=known)
+if known:
+    counts = query("known_facts_counts", run_ids=tuple(chosen))
+    st.caption("Known facts only: the facts whose plain prompt the unedited model answered with the true object "
+               "(rev = 1 at edit count 0 in the run's baseline), judged so for every rephrase type, so each column "
+               "covers the same facts; the heat maps' n counts them. A run without a baseline keeps none.")
+    st.dataframe(counts.select(pl.col("run_id").replace_strict(labels, default=None).alias("run"), "n_known",
+                               "n_cases", "baseline_run"), hide_index=True, column_config={
+        "run": st.column_config.TextColumn("Run"), "n_known": st.column_config.NumberColumn("Known facts kept"),
+        "n_cases": st.column_config.NumberColumn("Facts edited"),
+        "baseline_run": st.column_config.TextColumn("Unedited model's run")})
 if by and not df.is_empty():
     groups = sorted(df[by].drop_nulls().unique().to_list())
     group = url_selectbox("Group", "group", groups)
@@ -49,7 +62,8 @@ if by and not df.is_empty():
 else:
     forget("group")
 if df.is_empty():
-    st.info("No measurements for this choice.")
+    st.info("No measurements for this choice." + (" With 'Known facts only' on, none of the chosen cases was "
+                                                  "known to the unedited model." if known else ""))
     st.stop()
 
 measurability = query("rephrase_measurability", run_id=chosen[0])
@@ -64,7 +78,7 @@ st.plotly_chart(charts.rephrase_heatmap(df, "mean", label, REPHRASE_TYPES, label
 st.subheader("Change from the plain prompt")
 st.plotly_chart(charts.rephrase_heatmap(df, "drop_from_plain", "Δ vs plain", REPHRASE_TYPES, diverging=True,
                                         labels=shown, unmeasurable={} if hide else unmeasurable), width="stretch")
-st.download_button("Download CSV", df.write_csv(), file_name=f"robustness-{metric}.csv")
+st.download_button("Download CSV", df.write_csv(), file_name=f"robustness-{metric}{'-known' if known else ''}.csv")
 if unmeasurable:
     base = measurability["baseline_run"][0]
     st.caption(f"{'Left out' if hide else 'n/m (and * on the axis)'}: rephrase types the unedited model cannot "
