@@ -464,8 +464,9 @@ def _b2(conn, arms) -> Finding:
         state = (f"unusable from edit {at}" if at is not None else f"still usable at edit {row['edit_count']}")
         cliffs = phases.filter((pl.col("run_id") == run["run_id"]) & pl.col("catastrophic")
                                & pl.col("series").str.ends_with("(ability)"))
-        parts.append(f"{label}: {state}, abilities keep {left:.2f} of their unedited margin over chance (mean over "
-                     f"{tasks} tasks)" + (f", perplexity x{ppl:,.0f}" if ppl is not None else "")
+        keep = (f"abilities keep {left:.2f} of their unedited margin over chance (mean over {tasks} tasks)"
+                if left is not None else "no unedited ability scores to compare with")
+        parts.append(f"{label}: {state}, {keep}" + (f", perplexity x{ppl:,.0f}" if ppl is not None else "")
                      + (f"; a catastrophic phase on {cliffs.height} ability series from edit "
                         f"{int(cliffs['change_at'].min())}" if cliffs.height else ""))
         if at is not None:
@@ -476,6 +477,10 @@ def _b2(conn, arms) -> Finding:
         reach = max(r["n_done"] for r in runs.values())
         return Finding(**common, ours=ours, verdict=NOT_MEASURED, query=query,
                        reason=f"No run reached its collapse in {reach} edits: extend them (`--edits 1000`).")
+    if all(r["abilities_left"] is None for r in collapsed):
+        return Finding(**common, ours=ours, verdict=NOT_MEASURED, query=query,
+                       reason="The collapsed runs have no unedited ability scores to compare with: measure them "
+                              "(`abilities measure --mode full`).")
     verdict = REPRODUCED if any(r["abilities_at_chance"] for r in collapsed) else REFUTED
     return Finding(**common, ours=ours, verdict=verdict, query=query, **head,
                    reason="Our ability suite (9 tasks, scored against chance) stands in for GLUE F1.")
