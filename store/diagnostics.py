@@ -121,7 +121,7 @@ def calibration_summary(conn: sqlite3.Connection, sweep: str) -> pl.DataFrame:
         f"SELECT run_id, hparams FROM runs WHERE run_id IN ({', '.join('?' * out.height)})", out["run_id"].to_list())}
     for f in fields:
         out = out.with_columns(pl.Series(f, [used.get(r, {}).get(f, s.get(f) if isinstance(s, dict) else None)
-                                             for r, s in zip(out["run_id"].to_list(), settings)]))
+                                             for r, s in zip(out["run_id"].to_list(), settings)], strict=False))
     return out.sort("update_rel_median", nulls_last=True)
 
 
