@@ -302,6 +302,11 @@ def _merge_run(tconn, sconn, run: dict, mine: dict, run_cols, tables, report) ->
         theirs = _keyed(_select(sconn, table, columns, " WHERE run_id = ?", (run_id,)), key_idx)
         ours = _keyed(_select(tconn, table, columns, " WHERE run_id = ?", (run_id,)), key_idx)
         changed = [k for k in theirs.keys() & ours.keys() if theirs[k] != ours[k]]
+        # A measured duration is not a result: a resumed run that redid an edit timed it again. Such rows take the
+        # shard's (later) value instead of refusing the shard; every other value must agree.
+        retimed = [k for k in changed if table == "measurements"
+                   and str(theirs[k][columns.index("metric")]).endswith("seconds")]
+        changed = [k for k in changed if k not in set(retimed)]
         if changed:
             k = sorted(changed, key=repr)[0]
             diff = {c: (a, b) for c, a, b in zip(columns, ours[k], theirs[k]) if a != b}
@@ -311,7 +316,7 @@ def _merge_run(tconn, sconn, run: dict, mine: dict, run_cols, tables, report) ->
                                                            for c, (a, b) in diff.items())
                 + "; nothing of this shard was written. The two copies are different computations under one run "
                   "id: keep them in separate stores, or remove the run from one of them.")
-        missing[table] = [theirs[k] for k in theirs.keys() - ours.keys()]
+        missing[table] = [theirs[k] for k in theirs.keys() - ours.keys()] + [theirs[k] for k in retimed]
         target_has_more = target_has_more or bool(ours.keys() - theirs.keys())
     if not any(missing.values()):
         report.runs_unchanged.append(run_id)

@@ -332,3 +332,27 @@ def test_the_compute_made_store_split_in_two_and_merged_is_the_same_store(tmp_pa
     assert all(want[t] for t in OWNED | {"cases", "probes", "kb_facts"}), {t: len(want[t]) for t in OWNED}
     for table in want:
         assert got[table] == want[table], table
+
+
+def test_a_retimed_edit_is_not_a_conflict_but_another_value_is(tmp_path):
+    """A resumed run that redid an edit measured its time again: the shard's duration replaces the target's; any
+    other differing value still refuses the shard."""
+    from store.merge import MergeConflict, merge_stores
+
+    def make(path, seconds, es):
+        s = Store.open(path, create=True)
+        s.start_run(kind="sequential", model="m", editor="ROME", run_id="seq")
+        s.write_measurements([
+            {"run_id": "seq", "case_id": "c", "edit_count": 1, "rephrase_type": "edit", "metric": "edit_seconds",
+             "value": seconds},
+            {"run_id": "seq", "case_id": "c", "edit_count": 1, "rephrase_type": "plain", "metric": "es", "value": es}])
+        s.close()
+
+    make(tmp_path / "t.sqlite", 0.02, 1.0)
+    make(tmp_path / "s.sqlite", 0.04, 1.0)
+    merge_stores([tmp_path / "s.sqlite"], tmp_path / "t.sqlite")
+    with Store.open(tmp_path / "t.sqlite", readonly=True) as t:
+        assert t.conn.execute("SELECT value FROM measurements WHERE metric = 'edit_seconds'").fetchone()[0] == 0.04
+    make(tmp_path / "s2.sqlite", 0.04, 0.0)
+    with pytest.raises(MergeConflict, match="differ"):
+        merge_stores([tmp_path / "s2.sqlite"], tmp_path / "t.sqlite")
