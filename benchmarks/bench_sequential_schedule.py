@@ -131,7 +131,8 @@ def main(argv=None) -> int:
         return EditContext(cache_dir=tmp / "state", seed=0, cov_samples=n_tok,
                            covariance=covariance_provider(lm, cache, n_tok) if n_tok else None)
 
-    cfg = SequentialConfig(max_edits=args.edits, panel_pool=240, panel_size=50, recheck_every=args.recheck_every)
+    cfg = SequentialConfig(max_edits=args.edits, panel_pool=240, panel_size=50, recheck_every=args.recheck_every,
+                           panel_check=0)  # the whole panel after every edit, as the old code path checks it
     from compute.cli import _ability_facts
 
     facts = _ability_facts()

@@ -443,7 +443,7 @@ def cmd_run_sequential(args) -> None:
                                after_collapse=args.after_collapse, order_seed=args.order_seed,
                                panel_pool=args.panel_pool, panel_size=args.panel_size,
                                abilities_every=args.abilities_every, panel_known_only=not args.panel_any,
-                               recheck_every=args.recheck_every)
+                               recheck_every=args.recheck_every, panel_check=args.panel_check)
         cfg.validate()
         lm = _load_model(args)
         ed, hp, ctx = _editor_setup(args, lm, args.editor)
@@ -864,6 +864,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--recheck-every", type=at_least(0), default=50,
                    help="re-check every earlier edit every N edits, and at log-spaced ages between (0 = at every "
                         "checkpoint, as runs made before this option did; resume those with 0)")
+    q.add_argument("--panel-check", type=at_least(0), default=50,
+                   help="the panel's first N facts get an exact-match check after every edit, the whole panel at "
+                        "checkpoints (0 = the whole panel after every edit, as runs made before this option did; "
+                        "resume those with 0)")
     q.add_argument("--final-abilities", choices=["full", "quick", "none"],
                    help="ability suite on the model as the run leaves it (default: full with --abilities-every, "
                         "else none; a finished run gets it later with `abilities measure --run RUN_ID`)")

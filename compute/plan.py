@@ -857,7 +857,8 @@ def _finish(plan: Plan, unit: Unit, result: dict, target: Path, ex, folder: Path
 
 def status_lines(states: list[UnitState]) -> list[str]:
     """`plan status` as text: one line per unit, then the estimated CPU-hours left and what it rests on."""
-    lines = [f"{'unit':28} {'kind':11} {'state':8} {'runs':>4} {'progress':>11} {'CPU-h left':>10}  key"
+    w = max([28, *(len(s.unit.id) for s in states)])  # whole ids: they differ at the end (-o0, -o1)
+    lines = [f"{'unit':{w}} {'kind':11} {'state':8} {'runs':>4} {'progress':>11} {'CPU-h left':>10}  key"
              f"{' ' * 14}  estimated from"]
     total, unknown = 0.0, []
     for s in states:
@@ -869,7 +870,7 @@ def status_lines(states: list[UnitState]) -> list[str]:
                 unknown.append(f"{s.unit.id} ({s.basis})")
             else:
                 total += s.remaining_s
-        lines.append(f"{s.unit.id[:28]:28} {s.unit.kind:11} {s.state:8} {len(s.runs):>4} "
+        lines.append(f"{s.unit.id:{w}} {s.unit.kind:11} {s.state:8} {len(s.runs):>4} "
                      f"{f'{n_done}/{n_total}' if s.runs else '':>11} {left:>10}  {s.unit.key}"
                      + (f"  {s.basis}" if s.state != "done" and s.basis else ""))
     counts = {k: sum(s.state == k for s in states) for k in ("done", "partial", "missing")}

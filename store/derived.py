@@ -558,7 +558,8 @@ SEQUENTIAL_SERIES: dict[tuple[str, str], str] = {
     ("all_edits", "forgotten"): "Forgotten edits",
     ("edit", "update_norm"): "Update norm of each edit ||dW||",
     ("panel", "panel_recall"): "Recall on the unedited fact panel",
-    ("panel", "exact_match"): "Panel exact match (after every edit)",
+    ("panel", "exact_match"): "Panel exact match (runs before the sub-panel check: after every edit)",
+    ("panel_check", "exact_match"): "Panel exact match, its first facts (after every edit)",
     ("free_text", "fluency"): "Fluency (n-gram entropy, bits)",
 }
 _SHARES = {"es", "ps", "ns", "retention", "forgotten", "panel_recall", "exact_match", "retention_em", "forgotten_em"}
@@ -1086,6 +1087,17 @@ def _per_edit_update_norms(conn: sqlite3.Connection, run_id: str) -> pl.DataFram
     return diag.select("edit_count", pl.col("s").sqrt().alias("norm"), pl.lit(None, dtype=pl.Float64).alias("w0"))
 
 
+def _per_edit_panel_em(conn: sqlite3.Connection, run_id: str) -> dict[int, float]:
+    """edit count -> the exact match measured after every edit: the sub-panel check (scope "panel_check") where
+    the run has it, else the whole panel (runs made before it, scope "panel")."""
+    for scope in ("panel_check", "panel"):
+        em = dict(conn.execute("SELECT edit_count, value FROM measurements WHERE run_id = ? AND case_id = ? AND "
+                               "rephrase_type = ? AND metric = 'exact_match'", (run_id, RUN_LEVEL, scope)).fetchall())
+        if em:
+            return em
+    return {}
+
+
 def _edit_context(conn: sqlite3.Connection, run_id: str, counts: list[int]) -> dict[int, dict]:
     """What the store says of the edits at these edit counts: case ids, subjects, optimisation steps and the
     panel's exact match before and after."""
@@ -1095,8 +1107,7 @@ def _edit_context(conn: sqlite3.Connection, run_id: str, counts: list[int]) -> d
     made = queries._frame(conn, f"SELECT m.edit_count, m.case_id, m.metric, m.value FROM measurements m "
                                 f"WHERE m.run_id = ? AND m.rephrase_type = 'edit' AND m.case_id != ? "
                                 f"AND m.edit_count IN ({marks})", [run_id, RUN_LEVEL, *counts])
-    em = dict(conn.execute("SELECT edit_count, value FROM measurements WHERE run_id = ? AND case_id = ? AND "
-                           "rephrase_type = 'panel' AND metric = 'exact_match'", (run_id, RUN_LEVEL)).fetchall())
+    em = _per_edit_panel_em(conn, run_id)
     subjects = dict(conn.execute("SELECT case_id, subject FROM cases").fetchall()) if not made.is_empty() else {}
     out = {}
     for c in counts:

@@ -400,7 +400,7 @@ def _b1(conn, arms) -> Finding:
     curves = derived.sequential_curves(conn, ids)
     phases = derived.sequential_phases(conn, ids)
     events = derived.sequential_events(conn, ids)
-    query = _runs_query(ids, curves="retained,forgotten")
+    query = _runs_query(ids, curves="retained_em,forgotten_em,retained,forgotten")
     parts, em_runs = [], []
     for label, run in runs.items():
         rid = run["run_id"]

@@ -145,3 +145,20 @@ def test_the_command_line_runs_a_control_beside_a_stored_run(fixture_store, cach
     assert len(err) == 1 and "needs a size: --hp reference_run=RUN_ID" in err[0]
     with Store.open(store, readonly=True) as st:
         assert queries.list_runs(st.conn, kind="sequential").height == runs.height + 1
+
+
+def test_a_reference_named_by_its_plan_unit_resolves_to_the_run_that_unit_made(llama, cases, tmp_path):
+    from compute.editors.control import resolve_reference
+
+    with Store.open(tmp_path / "s.sqlite", create=True) as st:
+        ref = run_sequential(llama, cases, st, editor="ROME", hp=_rome(llama), ctx=_ctx(llama, tmp_path / "r"),
+                             cfg=CFG)
+        with pytest.raises(EditorError, match="plan unit 'seq-rome-o0' made 0 sequential runs"):
+            resolve_reference(st, "unit:seq-rome-o0")
+        st.write_events([{"run_id": ref, "kind": "plan_unit", "series": "k", "edit_count": 0,
+                          "detail": {"plan": "p", "unit": "seq-rome-o0"}}])
+        assert resolve_reference(st, "unit:seq-rome-o0") == ref and resolve_reference(st, ref) == ref
+        control = run_sequential(llama, cases, st, editor="RandomRankOne",
+                                 hp=_hp(reference_run="unit:seq-rome-o0", seed=1),
+                                 ctx=EditContext(cache_dir=tmp_path / "c"), cfg=CFG)
+        assert _norms(st, control) == pytest.approx(_norms(st, ref), rel=1e-5)

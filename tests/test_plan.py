@@ -364,20 +364,37 @@ def test_the_shipped_plan_is_the_shipped_stores_recipe():
     by = plan.by_id()
     kinds = [u.kind for u in plan.units]
     assert plan.finalize and {k: kinds.count(k) for k in set(kinds)} == {
-        "kb": 1, "cases": 5, "knowledge": 2, "sweep": 6, "robustness": 4, "abilities": 1, "sequential": 13, "batch": 2}
+        "kb": 1, "cases": 5, "knowledge": 2, "sweep": 9, "robustness": 4, "abilities": 1, "sequential": 27, "batch": 2}
     assert {u.options["editor"] for u in plan.units if u.kind == "robustness"} == {"ROME", "FT-L", "IKE", "MEMIT"}
-    assert all(u.after == ("baseline-240",) and u.options["set"] == "smollm2-135m-n240-s0"
+    assert all(u.after[0] == "baseline-240" and u.options["set"] == "smollm2-135m-n240-s0"
                for u in plan.units if u.kind == "robustness")
     assert by["baseline-240"].argv == ("knowledge", "measure", "--set", "smollm2-135m-n240-s0", "--types", "all")
     seq = [u for u in plan.units if u.kind == "sequential"]
-    assert all(u.options["set"] == "smollm2-135m-n1240-s0" and u.options["abilities_every"] == 50 for u in seq)
-    assert sorted(u.options["edits"] for u in seq) == [200] * 3 + [500] * 10
-    for k in ("0.2", "0.4", "0.6"):  # each RECT run is extended to 500 edits after it reached 200
-        assert by[f"sequential-ROME-rect{k}"].after == (f"sequential-ROME-rect{k}-200",)
-    assert all("--hparams" not in u.argv for u in plan.units)  # the shipped hyperparameter files
+    assert all(u.options["set"] == "smollm2-135m-n1800-s0" and u.options["abilities_every"] == 50 for u in seq)
     # the shipped runs' layout is written out, not left to the CLI's defaults
     for u in seq:
-        assert {k: u.options[k] for k in ("every", "after_collapse", "order_seed", "panel_pool", "panel_size")} == {
-            "every": 10, "after_collapse": 150, "order_seed": 0, "panel_pool": 240, "panel_size": 50}
-    assert by["sequential-ROME-key-mismatch"].options["panel_pool"] == 240
-    assert all(u.options["panel_pool"] == 240 and u.options["order_seed"] == 0 for u in plan.units if u.kind == "batch")
+        assert {k: u.options[k] for k in ("every", "after_collapse", "panel_pool", "panel_size", "recheck_every",
+                                          "panel_check")} == {
+            "every": 10, "after_collapse": 150, "panel_pool": 1100, "panel_size": 200, "recheck_every": 50,
+            "panel_check": 50}
+    # the replicated comparison (issue 19 point 11): each arm over edit orders 0, 1, 2, to 500 edits, first in
+    # the file, so that a plan cut short has computed it before the rest
+    arms = ("ROME", "ROME-key-mismatch", "MEMIT-b10", "AlphaEdit-b10", "control")
+    ids = [u.id for u in plan.units]
+    replicated = [f"sequential-{a}-o{o}" for o in (0, 1, 2) for a in arms]
+    assert all(by[i].options["order_seed"] == int(i[-1]) and by[i].options["edits"] == 500 for i in replicated)
+    first_other = min(ids.index(u.id) for u in plan.units if u.kind in ("robustness", "batch")
+                      or (u.kind == "sequential" and u.id not in replicated))
+    assert max(ids.index(i) for i in replicated) < first_other
+    assert by["sequential-ROME-key-mismatch-o1"].options["hp"] == {"key_mismatch": True}
+    assert by["sequential-MEMIT-b10-o2"].options["batch"] == 10 and "calibration-MEMIT-lr" in by["sequential-MEMIT-b10-o2"].after
+    control = by["sequential-control-o1"]
+    assert control.options["editor"] == "RandomRankOne" and control.after == ("sequential-ROME-o1",)
+    assert control.options["hp"] == {"reference_run": "unit:sequential-ROME-o1"}
+    # RECT 20/40/60% on the same three orders, to 200 edits
+    rect = [u for u in seq if "rect_top" in u.options.get("hp", {})]
+    assert sorted((u.options["hp"]["rect_top"], u.options["order_seed"]) for u in rect) == [
+        (k, o) for k in (0.2, 0.4, 0.6) for o in (0, 1, 2)] and all(u.options["edits"] == 200 for u in rect)
+    # the shipped hyperparameter files, except the control's own
+    assert [u.id for u in plan.units if "--hparams" in u.argv] == [f"sequential-control-o{o}" for o in (0, 1, 2)]
+    assert all(u.options["panel_pool"] == 1100 and u.options["order_seed"] == 0 for u in plan.units if u.kind == "batch")

@@ -142,7 +142,7 @@ def test_sequential_rome_run_measures_every_checkpoint_and_restores_the_model(ll
         retention = level.filter(level["metric"] == "retention").sort("edit_count")
         assert retention["edit_count"].to_list() == [1, 2, 4, 8, 9]
         assert all(0 <= v <= 1 for v in retention["value"])
-        em = level.filter((level["metric"] == "exact_match") & (level["rephrase_type"] == "panel"))
+        em = level.filter((level["metric"] == "exact_match") & (level["rephrase_type"] == "panel_check"))
         assert sorted(set(em["edit_count"])) == list(range(10))  # after every edit, and unedited at 0
         newest = level.filter((level["rephrase_type"] == "newest") & (level["metric"] == "es"))
         assert newest["value"].mean() > 0.5  # the edits take on the tiny model
@@ -247,7 +247,7 @@ def test_derived_curves_events_and_forgetting_by_age(llama, cases, tmp_path):
         curves = derived.sequential_curves(st.conn, run)
         series = set(curves["series"])
         assert {"Retained edits", "Forgotten edits", "Newest-edit efficacy (ES)", "Recall on the unedited fact panel",
-                "Fluency (n-gram entropy, bits)", "Panel exact match (after every edit)"} <= series
+                "Fluency (n-gram entropy, bits)", "Panel exact match, its first facts (after every edit)"} <= series
         ret = curves.filter(curves["metric"] == "retention").sort("edit_count")
         assert ret["n"].to_list() == [1, 2, 4, 8, 9]
         assert (ret["ci_low"] <= ret["value"]).all() and (ret["value"] <= ret["ci_high"]).all()
@@ -665,3 +665,26 @@ def test_a_run_interrupted_outside_the_command_line_is_marked_and_named(tmp_path
             with recording(st, other):
                 raise ValueError("boom")
         assert st.get_run(other)["status"] == "failed" and "boom" in st.get_run(other)["error"]
+
+
+
+def test_sub_panel_checked_after_every_edit_whole_panel_at_checkpoints(llama, cases, tmp_path):
+    """panel_check=2 of a 3-fact panel: the per-edit exact match is the first 2 facts' (scope panel_check, n 2)
+    at every edit count, the whole panel's (scope panel) only at the start and the checkpoints; a run laid out
+    with one check size is not resumed with another."""
+    import dataclasses
+
+    cfg = dataclasses.replace(CFG, panel_check=2)
+    with Store.open(tmp_path / "s.sqlite", create=True) as st:
+        run = run_sequential(llama, cases, st, editor="ROME", hp=_rome(llama), ctx=_ctx(llama, tmp_path), cfg=cfg)
+        rows = st.conn.execute("SELECT edit_count, rephrase_type, metric, value FROM measurements WHERE run_id = ? "
+                               "AND case_id = '*' AND rephrase_type IN ('panel', 'panel_check')", (run,)).fetchall()
+        check = {c for c, t, m, v in rows if t == "panel_check" and m == "exact_match"}
+        assert check == set(range(10))
+        assert {c for c, t, m, v in rows if t == "panel_check" and m == "n" and v == 2} == check
+        whole = {c for c, t, m, v in rows if t == "panel" and m == "exact_match"}
+        assert whole == {0, 1, 2, 4, 8, 9}  # the start, the dense first checkpoints, every 4, the last edit
+        assert {c for c, t, m, v in rows if t == "panel" and m == "n" and v == 3} == whole
+        with pytest.raises(ValueError, match=r"panel_check 2 \(now 0\)"):
+            run_sequential(llama, cases, st, editor="ROME", hp=_rome(llama), ctx=_ctx(llama, tmp_path),
+                           cfg=dataclasses.replace(cfg, panel_check=0), run_id=run)

@@ -60,6 +60,29 @@ class RandomRankOneHparams:
             raise EditorError(f"{NAME} field 'norm' must be >= 0, got {self.norm}")
 
 
+UNIT_PREFIX = "unit:"  # reference_run=unit:ID names the run a plan unit made (plans/shipped.toml's controls)
+
+
+def resolve_reference(store, reference: str) -> str:
+    """The run id a reference names: a run id as it is, or `unit:ID`, the sequential run that the plan unit ID
+    made (its run_events row of kind plan_unit, compute.plan.record_unit), so that a plan can name a run whose
+    id is drawn when it starts. Refuses a unit with no run or with several."""
+    if not reference.startswith(UNIT_PREFIX):
+        return reference
+    import json
+
+    unit = reference[len(UNIT_PREFIX):]
+    made = sorted({r for r, detail in store.conn.execute(
+        "SELECT e.run_id, e.detail FROM run_events e JOIN runs r ON r.run_id = e.run_id "
+        "WHERE e.kind = 'plan_unit' AND r.kind = 'sequential'").fetchall()
+        if json.loads(detail or "{}").get("unit") == unit})
+    if len(made) != 1:
+        raise EditorError(f"{NAME}: plan unit {unit!r} made {len(made)} sequential runs in this store"
+                          + (f" ({', '.join(made)})" if made else "") + "; name the reference run by its id "
+                          "(--hp reference_run=RUN_ID) or run that unit first")
+    return made[0]
+
+
 def reference_norms(store, run_id: str, batch_size: int) -> list[float]:
     """The per-edit ||dW||_F of a stored sequential run, in edit order (one per edit, or per batch). Refuses a
     run that is not there, has no such rows, or was made with another batch size."""
@@ -67,6 +90,7 @@ def reference_norms(store, run_id: str, batch_size: int) -> list[float]:
 
     from store import queries
 
+    run_id = resolve_reference(store, run_id)
     run = store.get_run(run_id)
     if run is None:
         raise EditorError(f"{NAME}: no reference run {run_id!r} in the store (list runs with `runs list`)")
