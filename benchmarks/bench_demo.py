@@ -62,7 +62,11 @@ FACT = ["--subject", "France", "--relation", "capital", "--new", "Rome"]
 def old_edit(args) -> None:
     """`cmd_edit` as it was before issue 22 (commit 87fb6bc), unchanged but for its name."""
     from compute.cases import CaseBuilder
-    from compute.cli import _editor_setup, _load_kb, _load_model, _open_store, _out, _paragraphs
+    from compute.cli import _open_store, _out
+    from compute.setup import editor_setup as _editor_setup
+    from compute.setup import load_kb as _load_kb
+    from compute.setup import load_model_for as _load_model
+    from compute.setup import paragraphs as _paragraphs
     from compute.editors import EditRequest, apply_edit, undo
     from compute.editors.base import hparams_dict
     from compute.evaluate import evaluate_cases

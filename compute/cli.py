@@ -16,6 +16,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from compute.setup import check_layers_fit
+from compute.setup import editor_setup as _editor_setup
+from compute.setup import load_kb as _load_kb
+from compute.setup import load_model_for as _load_model
+from compute.setup import paragraphs as _paragraphs
 from compute.stored import find_run, load_case_set
 from store import Store, StoreError, default_store_path
 
@@ -117,18 +122,6 @@ def grid_item(value: str) -> tuple[str, list]:
     return field.strip(), out
 
 
-def check_layers_fit(ed, hp, lm, where: str = "hyperparameters") -> None:
-    """ValueError when an editor's `layer` or `layers` lies outside the model (checked before a run exists)."""
-    top = lm.n_layers - 1
-    for field in ("layer", "layers"):
-        value = getattr(hp, field, None)
-        if value is None:
-            continue
-        bad = [x for x in (value if isinstance(value, (list, tuple)) else [value]) if not 0 <= x <= top]
-        if bad:
-            raise ValueError(f"{where}: {ed.name} field {field!r} has layer {bad[0]}, but {lm.name} has layers 0..{top}")
-
-
 def _out(text: str = "") -> None:
     print(text, flush=True)
 
@@ -142,25 +135,6 @@ def _table(df, max_rows: int = 60) -> None:
 
 def _open_store(args, create: bool = False) -> Store:
     return Store.open(args.store, create=create)
-
-
-def _load_kb(args):
-    from compute.kb import load_knowledge_base
-
-    return load_knowledge_base(args.cache_dir, progress=not args.quiet)
-
-
-def _load_model(args):
-    from compute.models import load_model
-
-    return load_model(args.model, device=args.device, cache_dir=args.cache_dir, progress=not args.quiet)
-
-
-def _paragraphs(args):
-    from compute.models import default_cache_dir
-    from compute.wiki import load_wiki_paragraphs
-
-    return load_wiki_paragraphs(args.cache_dir or default_cache_dir())
 
 
 # ---- kb ------------------------------------------------------------------------------------------------
@@ -314,42 +288,6 @@ def cmd_knowledge_show(args) -> None:
 
 
 # ---- editing: robustness runs, sweeps, one-fact demo -----------------------------------------------------
-
-
-def _editor_setup(args, lm, editor: str):
-    """(hyperparameters, EditContext) for an editor on the loaded model; --hparams FILE overrides the shipped file."""
-    import json
-
-    from compute.covariance import covariance_provider
-    from compute.editors import EditContext, get_editor, load_hparams
-    from compute.editors.base import parse_hparams
-    from compute.editors.base import hparams_dict
-    from compute.models import default_cache_dir
-
-    ed = get_editor(editor)
-    choice = getattr(args, "hparams", None)
-    if choice and Path(choice).is_file():
-        hp = parse_hparams(ed.hparams, json.loads(Path(choice).read_text()), where=str(choice))
-    else:  # the shipped file, or a named setting beside it (e.g. --hparams paper)
-        hp = load_hparams(ed.name, lm.name, variant=str(choice) if choice else None)
-    overrides = {}
-    for item in getattr(args, "hp", None) or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--hp {item!r}: write FIELD=VALUE, e.g. --hp key_mismatch=true or --hp rect_top=0.4")
-        try:
-            overrides[key.strip()] = json.loads(value)
-        except ValueError:
-            overrides[key.strip()] = value
-    if overrides:
-        hp = parse_hparams(ed.hparams, {**hparams_dict(hp), **overrides}, where="--hp")
-    check_layers_fit(ed, hp, lm, where="--hp" if overrides else str(getattr(args, "hparams", None) or
-                                                                   "the shipped hyperparameters"))
-    cache = args.cache_dir or default_cache_dir()
-    n_tokens = getattr(hp, "cov_n_tokens", 0)
-    ctx = EditContext(cache_dir=cache, seed=args.seed, cov_samples=n_tokens,
-                      covariance=covariance_provider(lm, cache, n_tokens) if n_tokens else None)
-    return ed, hp, ctx
 
 
 def _case_set_for(args, st, lm, kb=None) -> str:

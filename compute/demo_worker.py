@@ -235,14 +235,14 @@ class DemoEngine:
         self._editors: dict = {}
 
     def model(self, args, out: Callable[[str], None]):
-        from compute import cli
+        from compute.setup import load_model_for
 
         key = (args.model, args.device)
         if key != self._key:
             self._lm = self._builder = None
             self._editors = {}
             t = time.monotonic()
-            self._lm = cli._load_model(args)
+            self._lm = load_model_for(args)
             self.loads += 1
             self._key = key
             out(f"model {self._lm.name} on {args.device}: loaded in {time.monotonic() - t:.1f} s (load {self.loads} "
@@ -252,21 +252,20 @@ class DemoEngine:
         return self._lm
 
     def builder(self, args, lm):
-        from compute import cli
         from compute.cases import CaseBuilder
+        from compute.setup import load_kb, paragraphs
 
         if self._builder is None:
-            self._builder = CaseBuilder(cli._load_kb(args), lm.tokenizer, cli._paragraphs(args))
+            self._builder = CaseBuilder(load_kb(args), lm.tokenizer, paragraphs(args))
         return self._builder
 
     def editor(self, args, lm):
-        from compute import cli
-
         from compute.editors.value_cache import ValueCache
+        from compute.setup import editor_setup
 
         key = (args.editor, getattr(args, "hparams", None), args.seed)
         if key not in self._editors:
-            ed, hp, ctx = cli._editor_setup(args, lm, args.editor)
+            ed, hp, ctx = editor_setup(args, lm, args.editor)
             # every demo edits the unedited model, so a fact edited before (the page's default one, a visitor's
             # second try) finds its optimised value on disk, keyed on the weights' content hash
             # (compute.editors.value_cache; ROME, MEMIT and AlphaEdit read it, other editors ignore it)

@@ -184,11 +184,15 @@ def binned_curves(df: pl.DataFrame, feature_label: str, value_label: str, labels
     return fig
 
 
-def correlation_forest(df: pl.DataFrame, label_col: str, title: str) -> go.Figure:
-    """Spearman rho with its 95% CI as horizontal whiskers, one row per `label_col` value, n in the hover."""
+def correlation_forest(df: pl.DataFrame, label_col: str, title: str, colours: dict[str, str] | None = None) -> go.Figure:
+    """Spearman rho with its 95% CI as horizontal whiskers, one row per `label_col` value, n in the hover;
+    `colours`: label -> the run's colour (run_style), so each row has the colour its run has on every page."""
     df = df.sort(label_col, descending=True)
+    marker = {}
+    if colours:
+        marker = dict(color=[colours.get(v, _colour(0)) for v in df[label_col].to_list()])
     fig = go.Figure(go.Scatter(
-        x=df["rho"].to_list(), y=df[label_col].to_list(), mode="markers",
+        x=df["rho"].to_list(), y=df[label_col].to_list(), mode="markers", marker=marker,
         error_x=dict(type="data", symmetric=False, array=(df["ci_high"] - df["rho"]).to_list(),
                      arrayminus=(df["rho"] - df["ci_low"]).to_list()),
         customdata=list(zip(df["n"].to_list(), df["ci_low"].to_list(), df["ci_high"].to_list())),

@@ -522,17 +522,14 @@ def start_job(store_path: Path, argv: Sequence[str], owner: str = "") -> Job:
     the start happen under one file lock, so simultaneous clicks cannot all pass it.
     """
     store_path = Path(store_path).resolve()
-    if store_path.is_file() and _size_mb(store_path) > MAX_WORKSPACE_MB:
-        raise ValueError(f"the workspace store is full ({_size_mb(store_path):.0f} MB, at most {MAX_WORKSPACE_MB}): "
-                         "no more runs can be launched here")
+    _check_workspace(store_path)
     folder = jobs_dir(store_path)
     folder.mkdir(parents=True, exist_ok=True)
     lock_file = cache_root() / "jobs" / ".lock"
     with open(lock_file, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         running = running_jobs()
-        if owner and sum(j.owner == owner for j in running) >= MAX_SESSION_JOBS:
-            raise ValueError(f"you already have {MAX_SESSION_JOBS} run going: wait for it to finish or cancel it")
+        _check_session(running, owner)
         _check_machine(running)
         if store_path.is_file():
             mark_stale(store_path)
@@ -544,6 +541,19 @@ def start_job(store_path: Path, argv: Sequence[str], owner: str = "") -> Job:
                   datetime.now(timezone.utc).isoformat(timespec="seconds"), owner)
         (folder / f"{job_id}.json").write_text(json.dumps(asdict(job)))
     return job
+
+
+def _check_workspace(store_path: Path) -> None:
+    """ValueError once the workspace store holds MAX_WORKSPACE_MB."""
+    if store_path.is_file() and _size_mb(store_path) > MAX_WORKSPACE_MB:
+        raise ValueError(f"the workspace store is full ({_size_mb(store_path):.0f} MB, at most {MAX_WORKSPACE_MB}): "
+                         "no more runs can be launched here")
+
+
+def _check_session(running: Sequence[Job], owner: str) -> None:
+    """ValueError when `owner` (a browser session) already has MAX_SESSION_JOBS jobs running or queued."""
+    if owner and sum(j.owner == owner for j in running) >= MAX_SESSION_JOBS:
+        raise ValueError(f"you already have {MAX_SESSION_JOBS} run going: wait for it to finish or cancel it")
 
 
 def _check_machine(running: Sequence[Job]) -> None:
@@ -611,9 +621,7 @@ def start_demo(store_path: Path, shipped: Path, argv: Sequence[str], owner: str 
         raise ValueError(f"the workspace store must not be the shown store {shipped}")
     if not argv or argv[0] != "edit":
         raise ValueError("the demo worker runs `edit` commands only")
-    if store_path.is_file() and _size_mb(store_path) > MAX_WORKSPACE_MB:
-        raise ValueError(f"the workspace store is full ({_size_mb(store_path):.0f} MB, at most {MAX_WORKSPACE_MB}): "
-                         "no more runs can be launched here")
+    _check_workspace(store_path)
     folder = jobs_dir(store_path)
     queue = _queue_dir(store_path)
     queue.mkdir(parents=True, exist_ok=True)
@@ -621,8 +629,7 @@ def start_demo(store_path: Path, shipped: Path, argv: Sequence[str], owner: str 
     with open(lock_file, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         running = running_jobs()
-        if owner and sum(j.owner == owner for j in running) >= MAX_SESSION_JOBS:
-            raise ValueError(f"you already have {MAX_SESSION_JOBS} run going: wait for it to finish or cancel it")
+        _check_session(running, owner)
         waiting = [j for j in running if j.request and Path(j.request).parent == queue]
         if len(waiting) >= MAX_QUEUED_DEMOS:
             raise ValueError(f"{len(waiting)} demos are waiting for the model: try again in a minute")

@@ -135,6 +135,19 @@ def _shared(arms: dict, *labels: str) -> list[int]:
     return sorted(set.intersection(*orders)) if orders else []
 
 
+def _order_verdict(common: dict, ours: str, signs: list[int], query, *, few: str, undecided: str) -> Finding:
+    """The verdict of a comparison made on each shared edit order (sign +1: as the paper says, -1: against it,
+    0: undecided on that order): not measured with fewer than MIN_ORDERS orders (`few` says why), reproduced
+    when every order agrees with the paper, refuted when every order goes against it, else undecided."""
+    if len(signs) < MIN_ORDERS:
+        return Finding(**common, ours=ours, verdict=NOT_MEASURED, query=query, n=len(signs), reason=few)
+    if all(s == 1 for s in signs):
+        return Finding(**common, ours=ours, verdict=REPRODUCED, query=query, n=len(signs))
+    if all(s == -1 for s in signs):
+        return Finding(**common, ours=ours, verdict=REFUTED, query=query, n=len(signs))
+    return Finding(**common, ours=ours, verdict=NOT_MEASURED, query=query, n=len(signs), reason=undecided)
+
+
 def _runs_query(run_ids, key: str = "runs", **extra) -> tuple[tuple[str, str], ...]:
     return tuple(extra.items()) + ((key, ",".join(run_ids)),)
 
@@ -553,20 +566,13 @@ def _b4(conn, arms) -> Finding:
             signs.append(-1)
         else:
             signs.append(0)
-    ours = "; ".join(parts)
-    query = _runs_query(ids)
-    if len(orders) < MIN_ORDERS:
-        lead = {1: "MEMIT lasted longer", -1: "ROME lasted at least as long", 0: "neither collapsed first"}
-        return Finding(**common, ours=ours + f" ({'; '.join(lead[s] for s in signs)})", verdict=NOT_MEASURED,
-                       query=query, n=len(orders),
-                       reason=f"When a model collapses varies with the edit order, and the store has {len(orders)} "
-                              f"shared order(s): run `--order-seed` 1 and 2 of ROME and of MEMIT --batch 1.")
-    if all(s == 1 for s in signs):
-        return Finding(**common, ours=ours, verdict=REPRODUCED, query=query, n=len(orders))
-    if all(s == -1 for s in signs):
-        return Finding(**common, ours=ours, verdict=REFUTED, query=query, n=len(orders))
-    return Finding(**common, ours=ours, verdict=NOT_MEASURED, query=query, n=len(orders),
-                   reason="Measured, but undecided: the orders disagree or neither run collapsed; extend the runs.")
+    lead = {1: "MEMIT lasted longer", -1: "ROME lasted at least as long", 0: "neither collapsed first"}
+    ours = "; ".join(parts) + (f" ({'; '.join(lead[s] for s in signs)})" if len(signs) < MIN_ORDERS else "")
+    return _order_verdict(common, ours, signs, _runs_query(ids),
+                          few=f"When a model collapses varies with the edit order, and the store has {len(signs)} "
+                              f"shared order(s): run `--order-seed` 1 and 2 of ROME and of MEMIT --batch 1.",
+                          undecided="Measured, but undecided: the orders disagree or neither run collapsed; extend "
+                                    "the runs.")
 
 
 # --------------------------------------------------------------------------- study C
@@ -739,18 +745,11 @@ def _c4(conn, arms) -> Finding:
     if not signs:
         return Finding(**common, ours="no shared ability checkpoints", verdict=NOT_MEASURED, query=query,
                        reason="Rerun both with `--abilities-every 50`.")
-    ours = "; ".join(parts)
-    if len(signs) < MIN_ORDERS:
-        return Finding(**common, ours=ours, verdict=NOT_MEASURED, query=query, n=len(signs),
-                       reason=f"A difference between two runs varies with the edit order, and the store has "
+    return _order_verdict(common, "; ".join(parts), signs, query,
+                          few=f"A difference between two runs varies with the edit order, and the store has "
                               f"{len(signs)} shared order(s): run the RECT sweep and plain ROME on `--order-seed` 1 "
-                              f"and 2.")
-    if all(s == 1 for s in signs):
-        return Finding(**common, ours=ours, verdict=REPRODUCED, query=query, n=len(signs))
-    if all(s == -1 for s in signs):
-        return Finding(**common, ours=ours, verdict=REFUTED, query=query, n=len(signs))
-    return Finding(**common, ours=ours, verdict=NOT_MEASURED, query=query, n=len(signs),
-                   reason="Measured, but undecided: the orders disagree.")
+                              f"and 2.",
+                          undecided="Measured, but undecided: the orders disagree.")
 
 
 # --------------------------------------------------------------------------- all claims, and the README block

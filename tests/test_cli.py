@@ -262,6 +262,10 @@ def test_imports_flow_compute_to_store_from_dashboard_and_nothing_imports_the_cl
     # (`python -m compute.demo_worker`, started by the dashboard) that runs the CLI's `edit` flow; no library
     # module imports the CLI.
     assert importers == ["compute.__main__", "compute.demo_worker"]
+    # and it takes from the CLI only its parser and its `edit` flow: what both set up (model, knowledge base,
+    # editor) lives in the library module compute/setup.py, never in the CLI's private helpers
+    worker = (ROOT / "compute" / "demo_worker.py").read_text()
+    assert "cli._" not in worker and "from compute.setup import" in worker
 
 
 def test_importing_the_command_lines_in_a_fresh_process_loads_no_dashboard_and_no_cycle():

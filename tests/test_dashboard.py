@@ -180,6 +180,8 @@ def test_binned_curves_and_forest_label_axes_and_n():
     rho = pl.DataFrame({"series": ["ROME", "IKE"], "rho": [0.3, -0.1], "ci_low": [0.1, -0.3], "ci_high": [0.5, 0.1], "n": [40, 40]})
     forest = charts.correlation_forest(rho, "series", "frequency vs acc")
     assert list(forest.data[0].y) == ["ROME", "IKE"] and "Spearman" in forest.layout.xaxis.title.text
+    coloured = charts.correlation_forest(rho, "series", "frequency vs acc", colours={"ROME": "#d62728", "IKE": "#000000"})
+    assert list(coloured.data[0].marker.color) == ["#d62728", "#000000"]  # each row its run's colour
 
 
 def test_case_explorer_finds_a_case_and_shows_runs_and_probes(monkeypatch, fixture_store):

@@ -114,7 +114,7 @@ def _runs() -> None:
                 "—" if a is None or status not in ("queued", "running") else f"{a:,.0f}"
                 for a, status in zip(table["heartbeat_age_s"].to_list(), table["status"].to_list())], dtype=pl.String))
         st.dataframe(table, hide_index=True, width="stretch", key="runs_table", column_config={
-            "run_id": st.column_config.TextColumn("Run", width="medium"),
+            "run_id": st.column_config.TextColumn("Run", width="large"),  # whole ids: medium cut them off
             "store": st.column_config.TextColumn("Store", help="shipped: the results that come with the code; "
                                                  "workspace: runs started from this dashboard"),
             "kind": "Kind", "editor": "Editor", "status": "Status",

@@ -88,8 +88,10 @@ if metric == "rev" and rtype == "plain" and not pre.is_empty() and not known:
 if rows.is_empty():
     st.info("Not enough cases for a correlation here.")
 else:
-    st.plotly_chart(charts.correlation_forest(rows, "series", f"{FEATURES[feature]} vs {metric} on {rtype}"),
-                    width="stretch")
+    colours = {labels[r]: styles[r][0] for r in chosen if r in labels and r in styles}
+    colours["unedited (recall)"] = charts.UNEDITED_STYLE[0]
+    st.plotly_chart(charts.correlation_forest(rows, "series", f"{FEATURES[feature]} vs {metric} on {rtype}",
+                                              colours=colours), width="stretch")
     st.download_button("Download CSV (correlations)", rows.write_csv(),
                        file_name=f"rho-{feature}-{metric}-{rtype}{suffix}.csv")
 with st.expander("Cases behind the curves"):

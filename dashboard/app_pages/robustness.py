@@ -7,7 +7,7 @@ import streamlit as st
 from dashboard import charts
 from dashboard.data import query
 from dashboard.filters import forget, shared_multiselect, url_segmented, url_selectbox, url_toggle
-from dashboard import edit_view
+from dashboard import edit_view, plain
 from dashboard.sidebar import labels_of, reference_ids, run_table, styles_of
 from store.measurable import MEASURABLE_SHARE, unmeasurable_reasons
 from store.metrics import METRICS, REPHRASE_TYPES
@@ -85,9 +85,11 @@ if unmeasurable:
                f"answer, so a low score there is the probe failing, not the edit. A type is measurable when the "
                f"unedited model names the true object on at least {100 * MEASURABLE_SHARE:g}% of the cases "
                f"(from `{base}`).")
-    st.dataframe(measurability.filter(~pl.col("measurable")).select("rephrase_type", "reason"), hide_index=True,
-                 column_config={"rephrase_type": st.column_config.TextColumn("Rephrase type"),
-                                "reason": st.column_config.TextColumn("Why it is unmeasurable", width="large")})
+    # one wrapped line per type: a table cell cut the reasons off at the column's width
+    reasons = measurability.filter(~pl.col("measurable")).select("rephrase_type", "reason")
+    plain.message("Why each greyed type is unmeasurable:",
+                  "\n".join(f"{r['rephrase_type']}: {r['reason']}" for r in reasons.iter_rows(named=True)),
+                  box=st.info)
 runs = table.filter(pl.col("run_id").is_in(chosen))
 st.caption("Each cell: mean over cases of the per-case value (probes of a type averaged within a case), with its "
            "95% CI (Wilson for shares, bootstrap otherwise) and n in the hover. Runs: "
