@@ -48,7 +48,19 @@ def chosen_model() -> str | None:
 RUN_TABLE = {"run_id": pl.String, "kind": pl.String, "editor": pl.String, "model": pl.String, "status": pl.String,
              "n_done": pl.Int64, "n_total": pl.Int64, "started_at": pl.String, "base_label": pl.String,
              "label": pl.String, "reference": pl.Boolean, "store": pl.String, "colour": pl.String, "dash": pl.String,
-             "key_mismatch": pl.Boolean, "rect_top": pl.Float64, "batch_size": pl.Int64, "order_seed": pl.Int64}
+             "key_mismatch": pl.Boolean, "rect_top": pl.Float64, "batch_size": pl.Int64, "order_seed": pl.Int64,
+             "arm": pl.String}
+
+
+def arm_key(run: dict, hp: dict, cfg: dict, where: str) -> str:
+    """Runs alike but for their edit order share this key (an "arm" of a replicated comparison): same kind, model,
+    editor, hyperparameters (every field, so runs made before a change of the edit mechanics are another arm),
+    layout (the run's config but its order seed and maximum edits) and store."""
+    import hashlib
+
+    layout = {k: v for k, v in cfg.items() if k not in ("order_seed", "max_edits")}
+    spec = [run.get("kind"), run.get("model"), run.get("editor"), hp, layout, where]
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def describe_runs(runs: pl.DataFrame) -> pl.DataFrame:
@@ -76,7 +88,7 @@ def describe_runs(runs: pl.DataFrame) -> pl.DataFrame:
                      "started_at": r["started_at"], "store": where, "base_label": base, "colour": colour, "dash": dash,
                      "key_mismatch": bool(hp.get("key_mismatch", False)),
                      "rect_top": float(hp.get("rect_top", 1.0) or 1.0), "batch_size": cfg.get("batch_size"),
-                     "order_seed": cfg.get("order_seed")})
+                     "order_seed": cfg.get("order_seed"), "arm": arm_key(r, hp, cfg, where)})
     df = pl.DataFrame(rows, schema={k: v for k, v in RUN_TABLE.items() if k not in ("label", "reference")})
     best = (df.filter((pl.col("status") == "done") & (pl.col("store") != "workspace"))
             .sort(["n_done", "started_at", "run_id"], descending=True, nulls_last=True)

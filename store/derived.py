@@ -1236,6 +1236,72 @@ def usability(conn: sqlite3.Connection, run_id: str, series: dict[str, dict] | N
     return pl.DataFrame(rows, schema=schema)
 
 
+def order_means(curves: pl.DataFrame, arm_of: dict[str, str]) -> pl.DataFrame:
+    """The mean over edit orders of `sequential_curves` rows (issue 19: curves show the mean over orders with a
+    band). `arm_of`: run_id -> its arm (runs alike but for the edit order, e.g. run_label). At each edit count
+    and series that at least two of an arm's runs measured: the mean, `orders` (how many runs), and the 95%
+    t-interval of the mean over orders (mean +- t(0.975, k-1) sd / sqrt(k)); an arm with a single run passes
+    that run's own rows through (their Wilson CI, orders 1). Columns: arm, edit_count, series, value, n (orders
+    for a mean, the run's n for a single run), orders, ci_low, ci_high."""
+    from scipy import stats as sps
+
+    schema = {"arm": pl.Utf8, "edit_count": pl.Int64, "series": pl.Utf8, "value": pl.Float64, "n": pl.Int64,
+              "orders": pl.Int64, "ci_low": pl.Float64, "ci_high": pl.Float64}
+    if curves.is_empty() or not arm_of:
+        return pl.DataFrame(schema=schema)
+    tagged = (curves.filter(pl.col("run_id").is_in(list(arm_of)) & pl.col("value").is_not_null()
+                            & pl.col("value").is_not_nan())
+              .with_columns(pl.col("run_id").replace_strict(arm_of, return_dtype=pl.Utf8).alias("arm")))
+    runs_per_arm = tagged.group_by("arm").agg(pl.col("run_id").n_unique().alias("k"))
+    single = (tagged.join(runs_per_arm.filter(pl.col("k") == 1), on="arm")
+              .select("arm", "edit_count", "series", "value", "n", pl.lit(1, dtype=pl.Int64).alias("orders"),
+                      "ci_low", "ci_high"))
+    many = (tagged.join(runs_per_arm.filter(pl.col("k") > 1), on="arm")
+            .group_by("arm", "edit_count", "series")
+            .agg(pl.col("value").mean().alias("value"), pl.col("value").std().alias("sd"),
+                 pl.len().cast(pl.Int64).alias("orders"))
+            .filter(pl.col("orders") >= 2))
+    if not many.is_empty():
+        t = [float(sps.t.ppf(0.975, k - 1)) for k in many["orders"].to_list()]
+        half = pl.Series(t) * many["sd"] / many["orders"].cast(pl.Float64).sqrt()
+        many = many.with_columns((pl.col("value") - half).alias("ci_low"), (pl.col("value") + half).alias("ci_high"),
+                                 pl.col("orders").alias("n")).select(list(schema))
+    else:
+        many = pl.DataFrame(schema=schema)
+    return pl.concat([single.cast(schema), many.cast(schema)]).sort("arm", "series", "edit_count")
+
+
+def sequential_rules() -> dict[str, str]:
+    """The rule behind each verdict on a sequential run, in words built from the constants the code uses, so a
+    page states the rule beside the verdict it computed (event kind -> sentence)."""
+    import inspect
+
+    from .stats import OUTLIER_Z, abrupt_steps, phase_break
+
+    pb = {k: v.default for k, v in inspect.signature(phase_break).parameters.items()
+          if v.default is not inspect.Parameter.empty}
+    ab = inspect.signature(abrupt_steps).parameters["k_noise"].default
+    return {
+        "phase": f"A series has a catastrophic phase when, split where two straight lines fit it best (at least "
+                 f"{PHASE_MIN_POINTS} checkpoints a side), the later side loses beyond the earlier trend at least "
+                 f"{pb['k_noise']:g}x the series' own noise and at least 5% of its start, at a rate at least "
+                 f"{pb['steep']:g}x the earlier one (store.stats.phase_break).",
+        "disabling_edit": f"A disabling edit is one whose update is out of line with the run's own updates: robust z "
+                          f"(median and MAD over the run's edits) of log ||dW|| above {OUTLIER_Z:g}; runs without "
+                          "per-edit norms: the same on each checkpoint interval's mean squared update "
+                          "(store.derived.disabling_edit_events).",
+        "abrupt_change": f"An abrupt change is one step of an ability or perplexity series that fell by at least "
+                         f"{ab:g}x the series' own step noise and its sampling SE (store.stats.abrupt_steps).",
+        "collapse": f"Collapse: from this ability checkpoint on the model is no longer usable, by at least two of "
+                    f"abilities at chance (at most {CHANCE_SHARE:.0%} of the unedited margin over chance left), "
+                    f"perplexity at least {PERPLEXITY_BLOWUP:g}x its unedited value, newest-edit ES at most "
+                    f"{EFFICACY_CHANCE:g} (store.derived.usability).",
+        "panel_floor": "Panel floor: the run's online stop, when panel recall fell below 10% (or fluency below 60%) "
+                       "of its unedited value; the run then makes 150 more edits and stops (the run's config holds "
+                       "its thresholds).",
+    }
+
+
 def collapse_event(run_id: str, use: pl.DataFrame) -> list[dict]:
     """The collapse (study B's sense: the model is no longer usable, `usability`): the first edit count from
     which every later measurement finds it unusable. Recovering later (FT-L's panel) is no collapse."""

@@ -70,10 +70,15 @@ def test_forgetting_page_overlays_runs_with_events_and_weight_drift(monkeypatch,
     runs.set_value(runs.options).run()  # options are the formatted labels; both runs
     assert not at.exception and len([m for m in at.multiselect if m.label == "Runs"][0].value) == 2
     assert len(at.get("plotly_chart")) >= 2  # curves and weight drift (and forgetting by age)
-    assert [b.label for b in at.get("download_button")][:1] == ["Download CSV (curves)"]
+    # by default each run stands for its arm, averaged over its edit orders (one order each in this store)
+    assert [b.label for b in at.get("download_button")][:2] == ["Download CSV (means over orders)",
+                                                                "Download CSV (curves)"]
     assert "Phases: gradual, then catastrophic?" in [h.value for h in at.header]
-    verdicts = [m.value for m in at.markdown if "catastrophic phase" in m.value or "No phases found" in m.value]
-    assert len(verdicts) == 1 and "in 2 runs" in verdicts[0]  # both runs' change points, in one sentence
+    verdicts = [t.value for t in at.text if "catastrophic phase" in t.value or "No phases found" in t.value]
+    assert len(verdicts) == 1 and "in 2 runs" in verdicts[0]  # both runs' change points, in one sentence, as text
+    at.toggle(key="mean").set_value(False).run()  # the runs themselves, with their events
+    assert not at.exception
+    assert [b.label for b in at.get("download_button")][:1] == ["Download CSV (curves)"]
 
 
 def test_shared_filters_come_from_the_url_and_follow_the_visitor(monkeypatch, fixture_store):

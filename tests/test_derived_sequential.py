@@ -100,3 +100,38 @@ def test_rederiving_names_the_old_online_collapse_the_panel_floor_and_keeps_othe
         assert ev.filter(ev["kind"] == "timing").height == 1
         head = derived.sequential_headlines(st.conn).row(0, named=True)
         assert head["panel_floor_at"] == 70 and head["collapse_at"] is None
+
+
+def test_order_means_average_an_arm_over_its_orders_with_a_t_interval():
+    import polars as pl
+    from scipy import stats as sps
+
+    from store.derived import order_means
+
+    rows = []
+    for run, values in (("a0", [1.0, 0.8, 0.6]), ("a1", [1.0, 0.7, 0.5]), ("a2", [1.0, 0.9]), ("b0", [1.0, 0.4, 0.2])):
+        for count, v in zip((0, 10, 20), values):
+            rows.append({"run_id": run, "edit_count": count, "series": "Retained edits", "value": v, "n": 50,
+                         "ci_low": v - 0.1, "ci_high": min(v + 0.1, 1.0)})
+    curves = pl.DataFrame(rows)
+    means = order_means(curves, {"a0": "A", "a1": "A", "a2": "A", "b0": "B"})
+    a = means.filter(pl.col("arm") == "A").sort("edit_count")
+    assert a["orders"].to_list() == [3, 3, 2]  # edit 20: the third order has not got there yet
+    assert a["value"].to_list() == pytest.approx([1.0, 0.8, 0.55])
+    half = sps.t.ppf(0.975, 2) * 0.1 / 3 ** 0.5  # sd of 0.8, 0.7, 0.9 is 0.1
+    assert a["ci_low"][1] == pytest.approx(0.8 - half) and a["ci_high"][1] == pytest.approx(0.8 + half)
+    assert a["ci_low"][0] == pytest.approx(1.0)  # no spread over orders, no band
+    b = means.filter(pl.col("arm") == "B").sort("edit_count")  # one order: the run itself, its own CI and n
+    assert b["value"].to_list() == [1.0, 0.4, 0.2] and b["orders"].to_list() == [1, 1, 1] and b["n"][1] == 50
+    assert b["ci_low"][1] == pytest.approx(0.3)
+
+
+def test_sequential_rules_state_the_constants_the_verdicts_use(monkeypatch):
+    from store import derived, stats
+
+    rules = derived.sequential_rules()
+    assert "above 3.5" in rules["disabling_edit"] and "25%" in rules["collapse"] and "10x" in rules["collapse"]
+    monkeypatch.setattr(stats, "OUTLIER_Z", 5.0)
+    monkeypatch.setattr(derived, "CHANCE_SHARE", 0.3)
+    rules = derived.sequential_rules()
+    assert "above 5" in rules["disabling_edit"] and "30%" in rules["collapse"]  # the words follow the code

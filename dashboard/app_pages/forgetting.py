@@ -11,7 +11,7 @@ from dashboard.filters import shared_multiselect, url_multiselect, url_selectbox
 from dashboard import edit_view
 from dashboard.sidebar import headline_ids, labels_of, run_table, styles_of
 from dashboard.tables import Col, show
-from store.derived import PHASE_SERIES, SEQUENTIAL_SERIES, phase_verdict
+from store.derived import PHASE_SERIES, SEQUENTIAL_SERIES, order_means, phase_verdict, sequential_rules
 
 st.title("Sequential editing: forgetting and collapse")
 table = run_table("sequential")
@@ -41,10 +41,13 @@ SERIES = {"es": "Newest-edit efficacy (ES)", "retained_em": "Retained edits (exa
           "panel_check": "Panel exact match, its first facts (after every edit)",
           "panel_em": "Panel exact match (runs before the sub-panel check: after every edit)"}
 assert set(SERIES.values()) <= set(SEQUENTIAL_SERIES.values())
-c1, c2 = st.columns([4, 1])
+c1, c2, c3 = st.columns([4, 1, 1])
 picked = url_multiselect("Curves", "curves", list(SERIES), default=["es", "retained_em", "forgotten_em", "ns", "panel", "fluency"],
                          format_func=SERIES.get, container=c1)
 log_x = url_toggle("Logarithmic edit axis", "log_x", default=False, container=c2)
+mean_orders = url_toggle("Mean over edit orders", "mean", default=True, container=c3,
+                         help="Each chosen run stands for its arm: every run alike but for the edit order. The line is "
+                              "the mean over the arm's orders, the band its 95% t-interval over orders")
 
 
 @st.cache_data(max_entries=16, show_spinner="Drawing the curves…")
@@ -62,23 +65,57 @@ def drift_figure(store_stamp: tuple, run_ids: tuple, names: tuple, looks: tuple)
     return None if drift.is_empty() else charts.weight_drift_chart(drift, dict(names), styles=dict(looks))
 
 
+@st.cache_data(max_entries=16, show_spinner="Averaging over edit orders…")
+def means_figure(store_stamp: tuple, arms: tuple, series: tuple, log: bool, names: tuple, looks: tuple):
+    """The main figure as means over edit orders: `arms` is ((arm, (run ids...)), ...)."""
+    arm_of = {r: arm for arm, runs in arms for r in runs}
+    means = order_means(query("sequential_curves", run_ids=tuple(arm_of)), arm_of).rename({"arm": "run_id"})
+    return charts.forgetting_curves(means, pl.DataFrame(), list(series), dict(names), log_x=log,
+                                    styles=dict(looks)), means
+
+
 run_ids = tuple(labels)
 looks = tuple((r, styles[r]) for r in run_ids)
 curves = query("sequential_curves", run_ids=run_ids)
 events = query("sequential_events", run_ids=run_ids)
-if picked:
+arm_runs = {}  # arm -> every run of it, in the table's order; the first chosen run of an arm names it
+for r in chosen:
+    key = table.filter(pl.col("run_id") == r)["arm"][0]
+    if key not in arm_runs:
+        arm_runs[key] = (r, table.filter(pl.col("arm") == key)["run_id"].to_list())
+if picked and mean_orders:
+    arm_names, arm_looks = {}, {}
+    for key, (first, members) in arm_runs.items():
+        seeds = sorted(table.filter(pl.col("run_id").is_in(members))["order_seed"].fill_null(0).to_list())
+        base = table.filter(pl.col("run_id") == first)["base_label"][0].split(", order ")[0]
+        arm_names[key] = (f"{base}: mean of {len(members)} orders ({', '.join(map(str, seeds))})" if len(members) > 1
+                          else f"{base} (one order: {seeds[0]})")
+        arm_looks[key] = styles[first]
+    fig, means = means_figure(stamp(), tuple((k, tuple(m)) for k, (_, m) in arm_runs.items()),
+                              tuple(SERIES[k] for k in picked), log_x, tuple(arm_names.items()),
+                              tuple(arm_looks.items()))
+    st.plotly_chart(fig, width="stretch")
+    st.download_button("Download CSV (means over orders)",
+                       means.with_columns(pl.col("run_id").replace_strict(arm_names, default=None).alias("arm"))
+                       .drop("run_id").write_csv(), file_name="sequential-curves-order-means.csv")
+    st.caption("Each line: one arm (runs alike but for the edit order), the mean over its orders at each checkpoint "
+               "that at least two of them reached; band: the 95% t-interval of that mean over orders (n = orders "
+               "in the hover; with 3 orders t = 4.30, so the band is wide). An arm with one order shows that run "
+               "with its Wilson CI. Events (phases, disabling edits, collapse) belong to single runs: switch the "
+               "mean off to see them.")
+elif picked:
     st.plotly_chart(curves_figure(stamp(), run_ids, tuple(SERIES[k] for k in picked), log_x,
                                   tuple(labels.items()), looks), width="stretch")
 st.download_button("Download CSV (curves)", curves.write_csv(), file_name="sequential-curves.csv")
+RULES = sequential_rules()
 st.caption("Lines: run-level values at each checkpoint (after each of the first 10 edits, then every 10); bands: "
-           "95% Wilson CI with n (edits or panel facts) in the hover. Shaded: the catastrophic phase found by a "
-           "change point on that series; dotted vertical line: a disabling edit (the panel's exact match fell by "
-           "≥ 0.2 after that single edit); dashed vertical line: the online collapse that stops the run 150 edits "
-           "later. Each run keeps its colour and dash on every page.")
+           "95% Wilson CI with n (edits or panel facts) in the hover. Shaded: a catastrophic phase; dotted vertical "
+           "line: a disabling edit; dashed vertical line: the collapse. Each run keeps its colour and dash on every "
+           "page. " + " ".join(RULES[k] for k in ("phase", "disabling_edit", "collapse")))
 
 st.header("Phases: gradual, then catastrophic?")
 phases = query("sequential_phases", run_ids=tuple(chosen))
-st.markdown(phase_verdict(phases, labels))
+st.text(phase_verdict(phases, labels))  # run labels come from the store: shown as text
 if not phases.is_empty():
     shown = phases.with_columns(phases["run_id"].replace_strict(labels, default=None).alias("run")).sort("run", "series")
     show(shown, {
@@ -92,26 +129,25 @@ if not phases.is_empty():
                       "faster (steady: neither)"),
         "catastrophic": Col("Catastrophic"), "checked_to": Col("Last checkpoint", "{:,.0f}")})
     st.download_button("Download CSV (phases)", shown.write_csv(), file_name="sequential-phases.csv")
-st.caption("A phase is catastrophic when the slope after the change point is at least 3x steeper than before it "
-           "and the series loses 25% or more of its starting value after it (study B's gradual-then-catastrophic "
-           "pattern). Fluency is n-gram entropy: text that degrades into varied nonsense can keep it high, so "
-           "read it beside the perplexity on the General abilities page.")
+st.caption(RULES["phase"] + " Fluency is n-gram entropy: text that degrades into varied nonsense can keep it high, "
+           "so read it beside the perplexity on the General abilities page.")
 
 st.header("Collapse and disabling edits")
-marks = events.filter(events["kind"].is_in(["collapse", "disabling_edit"])) if not events.is_empty() else events
+MARKS = ["collapse", "disabling_edit", "abrupt_change", "panel_floor"]
+marks = events.filter(events["kind"].is_in(MARKS)) if not events.is_empty() else events
+st.caption(" ".join(RULES[k] for k in MARKS))
 if marks.is_empty():
-    st.write("No online collapse and no disabling edit in these runs (a disabling edit: the panel's exact match "
-             "fell by 0.2 or more after that single edit).")
+    st.write("None of these events in the chosen runs.")
 else:
     shown = marks.with_columns(marks["run_id"].replace_strict(labels, default=None).alias("run"),
                                marks["series"].replace(PHASE_SERIES)).sort("run", "edit_count")
     show(shown, {
         "run": Col("Run"), "kind": Col("Event"), "series": Col("Series"), "edit_count": Col("At edit", "{:,.0f}"),
-        "value": Col("Value", "{:.3f}", "collapse: the series' value that crossed its threshold; disabling edit: "
-                     "the panel's exact match after it")})
+        "value": Col("Value", "{:.3f}", "disabling edit: its ||dW|| / ||W0||; collapse: the share of the ability "
+                     "margin left; abrupt change: the score after the step; panel floor: the value that crossed")})
     missing = [labels[r] for r in labels if marks.filter(marks["run_id"] == r).is_empty()]
     if missing:
-        st.caption("No collapse and no disabling edit in: " + ", ".join(sorted(missing)) + ".")
+        st.text("None of these events in: " + ", ".join(sorted(missing)) + ".")
     st.download_button("Download CSV (events)", events.write_csv(), file_name="sequential-events.csv")
 
 st.header("Forgetting by an edit's age")
