@@ -686,6 +686,15 @@ def cmd_plan(args) -> None:
     target = args.plan_store or args.store
     plan = plans.load_plan(args.plan, build_parser(), device=getattr(args, "device", None))
     if args.sub == "status":
+        if args.write_readme:
+            from store.findings import with_block
+
+            states = plans.plan_status(plan, target)  # the store alone: a fresh clone writes the same block
+            readme = Path(args.write_readme)
+            block = plans.status_markdown(plan, states, Path(target).as_posix())
+            readme.write_text(with_block(readme.read_text(), block, plans.README_START, plans.README_END))
+            _out(f"wrote the plan status of {target} into {readme}")
+            return
         folder = plans.plan_folder(plan, args.cache_dir)
         for line in plans.status_lines(plans.plan_status(plan, target, shards=folder)):
             _out(line)
@@ -884,6 +893,10 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("--address", type=text(), help="ray: a cluster's address (default: a local Ray)")
             q.add_argument("--device", type=device, help="given to every unit that loads a model (cuda: each unit "
                            "asks Ray for one GPU)")
+        else:
+            q.add_argument("--write-readme", type=Path, metavar="README",
+                           help="write the status (from the store alone) between the README's "
+                                "<!-- plan-status:start/end --> markers instead of printing it")
         q.set_defaults(func=cmd_plan)
 
     from compute.abilities.cli import add_abilities_parser

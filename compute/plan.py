@@ -881,3 +881,30 @@ def status_lines(states: list[UnitState]) -> list[str]:
     if unknown:
         lines.append(f"not estimated (no stored timing to go by): {', '.join(unknown)}")
     return lines
+
+
+README_START, README_END = "<!-- plan-status:start -->", "<!-- plan-status:end -->"
+
+
+def status_markdown(plan: Plan, states: list[UnitState], target_name: str) -> str:
+    """The README's rebuild status: `plan status` of the store as a table, one row per unit in the plan's order
+    (which is its priority), then the totals. Made from the store alone, so a fresh clone gives the same text
+    (`plan status --write-readme README.md` writes it; a test checks the README against it)."""
+    rows = ["| unit | kind | state | done | CPU-h left |", "|---|---|---|---|---|"]
+    total, unknown = 0.0, 0
+    for s in states:
+        n_done = sum(r.get("n_done") or 0 for r in s.runs)
+        n_total = sum(r.get("n_total") or 0 for r in s.runs)
+        if s.state == "done":
+            left = "–"
+        elif s.remaining_s is None:
+            left, unknown = "not estimated", unknown + 1
+        else:
+            left, total = f"{s.remaining_s / 3600:.2f}", total + s.remaining_s
+        rows.append(f"| {s.unit.id} | {s.unit.kind} | {s.state} | {f'{n_done}/{n_total}' if s.runs else ''} | {left} |")
+    counts = {k: sum(s.state == k for s in states) for k in ("done", "partial", "missing")}
+    head = (f"`python -m compute plan status plans/{Path(plan.path).name} --store {target_name}`: of the plan's "
+            f"{len(states)} units, {counts['done']} are done, {counts['partial']} partial and {counts['missing']} "
+            f"missing; about {total / 3600:.1f} CPU-hours are left at one thread per unit (estimated from the "
+            f"store's own timings" + (f"; {unknown} unit(s) not estimated" if unknown else "") + ").")
+    return head + "\n\n" + "\n".join(rows)

@@ -812,17 +812,17 @@ def markdown(items: list[Finding]) -> str:
 START, END = "<!-- findings:start -->", "<!-- findings:end -->"
 
 
-def readme_block(text: str) -> str:
-    """The generated block of a README's text: what lies between the START and END markers, stripped."""
-    if text.count(START) != 1 or text.count(END) != 1 or text.index(START) > text.index(END):
-        raise ValueError(f"the README needs exactly one {START} ... {END} pair; put them where the block belongs.")
-    return text[text.index(START) + len(START):text.index(END)].strip("\n")
+def readme_block(text: str, start: str = START, end: str = END) -> str:
+    """The generated block of a README's text: what lies between the `start` and `end` markers, stripped."""
+    if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
+        raise ValueError(f"the README needs exactly one {start} ... {end} pair; put them where the block belongs.")
+    return text[text.index(start) + len(start):text.index(end)].strip("\n")
 
 
-def with_block(text: str, block: str) -> str:
+def with_block(text: str, block: str, start: str = START, end: str = END) -> str:
     """`text` with the block between the markers replaced by `block`."""
-    readme_block(text)  # checks the markers
-    return text[:text.index(START) + len(START)] + "\n" + block.strip("\n") + "\n" + text[text.index(END):]
+    readme_block(text, start, end)  # checks the markers
+    return text[:text.index(start) + len(start)] + "\n" + block.strip("\n") + "\n" + text[text.index(end):]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -398,3 +398,19 @@ def test_the_shipped_plan_is_the_shipped_stores_recipe():
     # the shipped hyperparameter files, except the control's own
     assert [u.id for u in plan.units if "--hparams" in u.argv] == [f"sequential-control-o{o}" for o in (0, 1, 2)]
     assert all(u.options["panel_pool"] == 1100 and u.options["order_seed"] == 0 for u in plan.units if u.kind == "batch")
+
+
+def test_the_readmes_rebuild_status_is_what_plan_status_writes_for_the_shipped_store(tmp_path):
+    """The README's plan-status block is generated from the shipped store (`plan status --write-readme`), so
+    the rebuild's state it states cannot drift from the store: rerun the command after the store changes."""
+    from store.findings import readme_block
+
+    copy = tmp_path / "results.sqlite"
+    shutil.copy(ROOT / "store" / "results.sqlite", copy)  # read-only use; a copy keeps the shipped file untouched
+    plan = plans.load_plan(ROOT / "plans" / "shipped.toml", build_parser())
+    block = plans.status_markdown(plan, plans.plan_status(plan, copy), "store/results.sqlite")
+    readme = (ROOT / "README.md").read_text()
+    assert readme_block(readme, plans.README_START, plans.README_END) == block.strip("\n"), (
+        "regenerate it: python -m compute plan status plans/shipped.toml --store store/results.sqlite "
+        "--write-readme README.md")
+    assert "| sequential-ROME-o0 | sequential |" in block and "CPU-hours are left" in block
