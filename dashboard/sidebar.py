@@ -49,7 +49,7 @@ RUN_TABLE = {"run_id": pl.String, "kind": pl.String, "editor": pl.String, "model
              "n_done": pl.Int64, "n_total": pl.Int64, "started_at": pl.String, "base_label": pl.String,
              "label": pl.String, "reference": pl.Boolean, "store": pl.String, "colour": pl.String, "dash": pl.String,
              "key_mismatch": pl.Boolean, "rect_top": pl.Float64, "batch_size": pl.Int64, "order_seed": pl.Int64,
-             "arm": pl.String}
+             "arm": pl.String, "pre_rebuild": pl.Boolean}
 
 
 def arm_key(run: dict, hp: dict, cfg: dict, where: str) -> str:
@@ -69,7 +69,9 @@ def describe_runs(runs: pl.DataFrame) -> pl.DataFrame:
 
     The label is store.derived.run_label (editor, original keys, RECT share, batch size) plus the case order
     when it is not the default seed 0; a run that is not a reference also says its status, cases done and
-    start time, so two runs never read alike. Only shipped runs are reference runs: a visitor's demo or launch
+    start time, so two runs never read alike. Only shipped runs are reference runs, one per kind and label: a
+    run the store's plan made before one kept from before the rebuild (labelled "pre-rebuild"), then a finished
+    one; a reference run that is not finished says its status and progress. A visitor's demo or launch
     (workspace store) is shown only when chosen."""
     if runs.is_empty():
         return pl.DataFrame(schema=RUN_TABLE)
@@ -82,21 +84,33 @@ def describe_runs(runs: pl.DataFrame) -> pl.DataFrame:
         where = r.get("store") or "shipped"
         if where == "workspace":  # dashboard.data marks runs started from the dashboard
             base += " · workspace"
+        if r.get("pre_rebuild"):  # kept from before the store's rebuild by its plan (store.queries.list_runs)
+            base += " · pre-rebuild"
         colour, dash = run_style(r["editor"], hp, cfg)
         rows.append({"run_id": r["run_id"], "kind": r["kind"], "editor": r["editor"], "model": r["model"],
                      "status": r["status"], "n_done": r["n_done"], "n_total": r["n_total"],
                      "started_at": r["started_at"], "store": where, "base_label": base, "colour": colour, "dash": dash,
                      "key_mismatch": bool(hp.get("key_mismatch", False)),
                      "rect_top": float(hp.get("rect_top", 1.0) or 1.0), "batch_size": cfg.get("batch_size"),
-                     "order_seed": cfg.get("order_seed"), "arm": arm_key(r, hp, cfg, where)})
-    df = pl.DataFrame(rows, schema={k: v for k, v in RUN_TABLE.items() if k not in ("label", "reference")})
-    best = (df.filter((pl.col("status") == "done") & (pl.col("store") != "workspace"))
-            .sort(["n_done", "started_at", "run_id"], descending=True, nulls_last=True)
-            .unique(["kind", "base_label"], keep="first")["run_id"].to_list())
+                     "order_seed": cfg.get("order_seed"), "arm": arm_key(r, hp, cfg, where),
+                     "pre_rebuild": bool(r.get("pre_rebuild")), "group": run_label(r["editor"], hp, cfg)
+                     + (f", order {cfg['order_seed']}" if cfg.get("order_seed") not in (None, 0) else "")})
+    df = pl.DataFrame(rows, schema={k: v for k, v in RUN_TABLE.items() if k not in ("label", "reference")}
+                      | {"group": pl.String})
+    # one reference run per kind and label (editor, variant, order): a rebuilt run before one kept from before
+    # the rebuild, whatever its progress (a partial run says so in its status); then a finished run, the most
+    # done, the newest
+    best = (df.filter((pl.col("store") != "workspace") & (pl.col("n_done").fill_null(0) > 0))
+            .with_columns((pl.col("status") == "done").alias("_done"))
+            .sort(["pre_rebuild", "_done", "n_done", "started_at", "run_id"],
+                  descending=[False, True, True, True, True], nulls_last=True)
+            .unique(["kind", "group"], keep="first")["run_id"].to_list())
     editor_rank = {e: i for i, e in enumerate(EDITOR_FAMILIES)}
     df = df.with_columns(pl.col("run_id").is_in(best).alias("reference"))
-    df = df.with_columns(
-        pl.when(pl.col("reference")).then(pl.col("base_label"))
+    df = df.drop("group").with_columns(
+        pl.when(pl.col("reference") & (pl.col("status") == "done")).then(pl.col("base_label"))
+        .when(pl.col("reference")).then(pl.format("{} [{}, {}/{} done]", "base_label", "status",
+                                                  pl.col("n_done").fill_null(0), pl.col("n_total").fill_null(0)))
         .otherwise(pl.format("{} [{}, {}/{} cases, started {}]", "base_label", "status",
                              pl.col("n_done").fill_null(0), pl.col("n_total").fill_null(0),
                              pl.col("started_at").str.slice(0, 16).str.replace("T", " ")))

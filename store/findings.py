@@ -102,8 +102,10 @@ def _worse(row: dict, base: dict) -> bool:
 
 
 def _best(rows: list[dict]) -> dict:
-    """The run to show of several alike: finished first, then the most done, then the newest."""
-    return max(rows, key=lambda r: (r["status"] == "done", r["n_done"] or 0, r["started_at"] or ""))
+    """The run to show of several alike: one made by the store's plan before one kept from before its rebuild
+    (store.queries.list_runs' pre_rebuild), then finished first, then the most done, then the newest."""
+    return max(rows, key=lambda r: (not r.get("pre_rebuild"), r["status"] == "done", r["n_done"] or 0,
+                                    r["started_at"] or ""))
 
 
 def _robustness_runs(conn: sqlite3.Connection) -> dict[str, dict]:

@@ -97,15 +97,22 @@ def schema_history(conn: sqlite3.Connection) -> pl.DataFrame:
 
 
 def list_runs(conn: sqlite3.Connection, kind: str | None = None, status: str | None = None) -> pl.DataFrame:
-    """Runs, newest first, with every runs column plus progress = n_done / n_total."""
+    """Runs, newest first, with every runs column plus progress = n_done / n_total, plan_unit (the id of the
+    plan unit that made the run: run_events of kind plan_unit, compute/plan.py) and pre_rebuild: the store has
+    runs made by a plan and this one was not (a run kept from before the store was rebuilt by its plan, e.g.
+    with edit mechanics since fixed; pages prefer the rebuilt runs and say so)."""
     where, params = _where([("kind", kind), ("status", status)])
+    rebuilt = conn.execute("SELECT 1 FROM run_events WHERE kind = 'plan_unit' LIMIT 1").fetchone() is not None
     return (
-        _frame(conn, f"SELECT * FROM runs{where} ORDER BY started_at DESC, run_id DESC", params)
+        _frame(conn, f"SELECT *, (SELECT json_extract(e.detail, '$.unit') FROM run_events e WHERE e.run_id = runs.run_id "
+                     f"AND e.kind = 'plan_unit' LIMIT 1) AS plan_unit FROM runs{where} "
+                     f"ORDER BY started_at DESC, run_id DESC", params, types={"plan_unit": pl.Utf8})
         .with_columns(
             pl.when(pl.col("n_total") > 0)
             .then(pl.col("n_done") / pl.col("n_total"))
             .otherwise(None)
-            .alias("progress")
+            .alias("progress"),
+            (pl.col("plan_unit").is_null() & rebuilt).alias("pre_rebuild"),
         )
     )
 

@@ -263,3 +263,34 @@ def test_tables_read_dash_for_missing_values_with_one_format_per_column():
     assert shown["run"].tolist() == ["ROME", "—"] and shown["collapse_at"].tolist() == ["350", "—"]
     assert shown["retention"].dtype.kind == "f" and "0.73" in styler.to_html()  # complete: stays numeric
     assert config["collapse_at"]["label"] == "Collapse at"
+
+
+def test_a_run_the_plan_made_is_the_reference_over_one_kept_from_before_the_rebuild(two_rome_store, tmp_path):
+    """Once the store holds runs made by its plan (run_events of kind plan_unit), a run without one is labelled
+    pre-rebuild and a plan-made run of the same label is the reference even while it is partial, its label
+    saying so; before any plan-made run, nothing is pre-rebuild."""
+    import shutil
+
+    from dashboard.sidebar import describe_runs
+    from store import Store, queries
+
+    path = tmp_path / "results.sqlite"
+    shutil.copy(two_rome_store, path)
+    with Store.open(path) as s:
+        assert not queries.list_runs(s.conn, kind="robustness")["pre_rebuild"].any()
+        new = s.start_run(kind="robustness", model="m", editor="ROME", run_id="robustness-rebuilt", n_total=240,
+                          config={"baseline_run": "knowledge-1", "case_set": "set240"})
+        s.write_measurements([dict(run_id=new, case_id="c000", edit_count=1, rephrase_type="plain", metric="acc",
+                                   value=1.0)])
+        s.heartbeat(new, n_done=60)
+        s.finish_run(new, status="interrupted")
+        s.write_events([{"run_id": new, "kind": "plan_unit", "series": "k", "edit_count": 0,
+                         "detail": {"plan": "shipped", "unit": "robustness-ROME"}}])
+        runs = queries.list_runs(s.conn, kind="robustness")
+    assert dict(zip(runs["run_id"], runs["pre_rebuild"])) == {
+        "robustness-rebuilt": False, "robustness-big": True, "robustness-one": True}
+    assert runs.filter(pl.col("run_id") == new)["plan_unit"][0] == "robustness-ROME"
+    table = describe_runs(runs)
+    assert table.filter(pl.col("reference"))["run_id"].to_list() == [new]
+    assert table["label"][0] == "ROME [interrupted, 60/240 done]"
+    assert all(label.startswith("ROME · pre-rebuild [done") for label in table["label"][1:])
