@@ -157,3 +157,25 @@ def headline_ids(table: pl.DataFrame, limit: int = 4) -> list[str]:
         part = refs.filter(pl.col("editor").eq_missing(editor)).sort(["_v", "_b", "base_label"])
         picked.append(part["run_id"][0])
     return picked[:limit]
+
+
+def arms_of(table: pl.DataFrame, chosen: list[str]) -> tuple[dict[str, tuple[str, ...]], dict[str, str],
+                                                            dict[str, tuple[str, str]]]:
+    """The arms of the chosen runs, for a mean over edit orders: (arm -> every run of it in `table`, arm -> its
+    name, arm -> its look). Each chosen run stands for its arm (`arm_key`: runs alike but for the order); the
+    first chosen run of an arm gives it its name (its label without the order) and its colour and dash."""
+    runs, names, looks = {}, {}, {}
+    styles = styles_of(table)
+    for r in chosen:
+        row = table.filter(pl.col("run_id") == r)
+        if row.is_empty() or row["arm"][0] in runs:
+            continue
+        key = row["arm"][0]
+        members = table.filter(pl.col("arm") == key)
+        runs[key] = tuple(members["run_id"].to_list())
+        seeds = sorted(members["order_seed"].fill_null(0).to_list())
+        base = row["base_label"][0].split(", order ")[0]
+        names[key] = (f"{base}: mean of {len(seeds)} orders ({', '.join(map(str, seeds))})" if len(seeds) > 1
+                      else f"{base} (one order: {seeds[0]})")
+        looks[key] = styles[r]
+    return runs, names, looks

@@ -1271,6 +1271,26 @@ def order_means(curves: pl.DataFrame, arm_of: dict[str, str]) -> pl.DataFrame:
     return pl.concat([single.cast(schema), many.cast(schema)]).sort("arm", "series", "edit_count")
 
 
+def ability_order_means(scores: pl.DataFrame, arm_of: dict[str, str]) -> pl.DataFrame:
+    """Ability scores of several runs as the mean over each arm's edit orders (store.derived.order_means), in
+    ability_small_multiples' columns with run_id = the arm; perplexity is averaged on the log scale."""
+    if scores.is_empty():
+        return scores
+    log = pl.col("metric") == "perplexity"
+    as_curves = scores.select(
+        "run_id", "edit_count", pl.col("task").alias("series"),
+        pl.when(log).then(pl.col("score").log()).otherwise(pl.col("score")).alias("value"), "n",
+        pl.when(log).then(pl.col("ci_low").log()).otherwise(pl.col("ci_low")).alias("ci_low"),
+        pl.when(log).then(pl.col("ci_high").log()).otherwise(pl.col("ci_high")).alias("ci_high"))
+    means = order_means(as_curves, arm_of)
+    meta = scores.unique("task").select("task", "category", "chance", "metric")
+    back = pl.col("metric") == "perplexity"
+    return (means.rename({"arm": "run_id", "series": "task"}).join(meta, on="task", how="left")
+            .with_columns([pl.when(back).then(pl.col(c).exp()).otherwise(pl.col(c)).alias(c)
+                           for c in ("value", "ci_low", "ci_high")])
+            .rename({"value": "score"}))
+
+
 def sequential_rules() -> dict[str, str]:
     """The rule behind each verdict on a sequential run, in words built from the constants the code uses, so a
     page states the rule beside the verdict it computed (event kind -> sentence)."""

@@ -135,3 +135,19 @@ def test_sequential_rules_state_the_constants_the_verdicts_use(monkeypatch):
     monkeypatch.setattr(derived, "CHANCE_SHARE", 0.3)
     rules = derived.sequential_rules()
     assert "above 5" in rules["disabling_edit"] and "30%" in rules["collapse"]  # the words follow the code
+
+
+def test_ability_means_over_orders_average_perplexity_on_the_log_scale():
+    import polars as pl
+
+    from store.derived import ability_order_means
+
+    rows = [dict(run_id=r, edit_count=50, task=t, category="c", chance=ch, metric=m, score=v, n=80,
+                 ci_low=v * 0.9, ci_high=v * 1.1)
+            for r, ppl, acc in (("o0", 10.0, 0.6), ("o1", 1000.0, 0.8))
+            for t, m, v, ch in (("perplexity", "perplexity", ppl, 49152.0), ("qa", "accuracy", acc, 0.25))]
+    means = ability_order_means(pl.DataFrame(rows), {"o0": "arm", "o1": "arm"})
+    by = {r["task"]: r for r in means.iter_rows(named=True)}
+    assert by["perplexity"]["score"] == pytest.approx(100.0)  # the geometric mean of 10 and 1000
+    assert by["qa"]["score"] == pytest.approx(0.7) and by["qa"]["n"] == 2 and by["qa"]["run_id"] == "arm"
+    assert by["perplexity"]["ci_low"] < 100.0 < by["perplexity"]["ci_high"] and by["qa"]["metric"] == "accuracy"

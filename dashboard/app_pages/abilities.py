@@ -8,8 +8,10 @@ import streamlit as st
 from dashboard import charts
 from dashboard.data import query
 from dashboard.filters import shared_multiselect, url_segmented, url_toggle
-from dashboard.sidebar import chosen_model, headline_ids, labels_of, reference_ids, run_table, styles_of
+from dashboard.sidebar import arms_of, chosen_model, headline_ids, labels_of, reference_ids, run_table, styles_of
 from dashboard.tables import Col, show
+from store.derived import ability_order_means, start_from_unedited
+
 
 st.title("General abilities after editing")
 scores = query("ability_scores")
@@ -59,7 +61,11 @@ part = part.filter(pl.col("run_id").is_in(chosen))
 if part.is_empty():
     st.info("Choose at least one run.")
     st.stop()
-c1, c2 = st.columns(2)
+c1, c2, c3 = st.columns(3)
+mean_orders = view == "sequential" and url_toggle(
+    "Mean over edit orders", "ability_mean", default=True, container=c3,
+    help="Each chosen run stands for its arm (every run alike but for the edit order): the mean over its orders, "
+         "with the 95% t-interval over orders as whiskers; perplexity averaged on the log scale")
 common = view == "rect" and url_toggle(
     "Only edit counts every chosen run reached", "ability_common", default=True, container=c1,
     help="Runs made to different lengths (the RECT sweep to 200 edits, ROME to 500) compared on their shared range")
@@ -78,15 +84,27 @@ if common:
 
 drawn = part
 if view != "batch" and mode == "full":  # runs scored on the full suite only at their end start from the unedited model
-    from store.derived import start_from_unedited
-
     drawn = start_from_unedited(part, own.select(part.columns))
 x, x_title = ("batch_size", "Edits in the batch") if view == "batch" else ("edit_count", "Edits made")
 # one toggle per axis: the batch axis opens logarithmic (sizes 1 to 500), the edit axis linear
 log_x = url_toggle("Logarithmic x axis", "batch_log_x" if view == "batch" else "ability_log_x",
                    default=view == "batch", container=c2)
-st.plotly_chart(charts.ability_small_multiples(drawn, x, labels, x_title, baseline=baseline, log_x=log_x,
-                                               styles=styles_of(table)), width="stretch")
+if mean_orders:
+    arm_runs, arm_names, arm_looks = arms_of(table, chosen)
+    every = scores.filter((pl.col("kind") == kind) & (pl.col("mode") == mode)
+                          & pl.col("run_id").is_in([r for rs in arm_runs.values() for r in rs]))
+    if mode == "full":
+        every = start_from_unedited(every, own.select(every.columns))
+    drawn = ability_order_means(every, {r: a for a, rs in arm_runs.items() for r in rs})
+    labels_drawn, looks_drawn = arm_names, arm_looks
+else:
+    labels_drawn, looks_drawn = labels, styles_of(table)
+st.plotly_chart(charts.ability_small_multiples(drawn, x, labels_drawn, x_title, baseline=baseline, log_x=log_x,
+                                               styles=looks_drawn), width="stretch")
+if mean_orders:
+    st.caption("Mean over edit orders: each line is an arm (runs alike but for the order); a point is the mean "
+               "over the orders that reached that edit count, with the 95% t-interval over orders (n = orders in "
+               "the hover); an arm with one order shows that run with its own CI.")
 if kept_whole:
     st.caption("Drawn to their own last score, beyond the shared range, because they have no score inside it: "
                + ", ".join(labels[r] for r in kept_whole) + ".")

@@ -9,7 +9,7 @@ from dashboard import charts
 from dashboard.data import query, stamp
 from dashboard.filters import shared_multiselect, url_multiselect, url_selectbox, url_toggle
 from dashboard import edit_view
-from dashboard.sidebar import headline_ids, labels_of, run_table, styles_of
+from dashboard.sidebar import arms_of, headline_ids, labels_of, run_table, styles_of
 from dashboard.tables import Col, show
 from store.derived import PHASE_SERIES, SEQUENTIAL_SERIES, order_means, phase_verdict, sequential_rules
 
@@ -78,22 +78,10 @@ run_ids = tuple(labels)
 looks = tuple((r, styles[r]) for r in run_ids)
 curves = query("sequential_curves", run_ids=run_ids)
 events = query("sequential_events", run_ids=run_ids)
-arm_runs = {}  # arm -> every run of it, in the table's order; the first chosen run of an arm names it
-for r in chosen:
-    key = table.filter(pl.col("run_id") == r)["arm"][0]
-    if key not in arm_runs:
-        arm_runs[key] = (r, table.filter(pl.col("arm") == key)["run_id"].to_list())
+arm_runs, arm_names, arm_looks = arms_of(table, chosen)
 if picked and mean_orders:
-    arm_names, arm_looks = {}, {}
-    for key, (first, members) in arm_runs.items():
-        seeds = sorted(table.filter(pl.col("run_id").is_in(members))["order_seed"].fill_null(0).to_list())
-        base = table.filter(pl.col("run_id") == first)["base_label"][0].split(", order ")[0]
-        arm_names[key] = (f"{base}: mean of {len(members)} orders ({', '.join(map(str, seeds))})" if len(members) > 1
-                          else f"{base} (one order: {seeds[0]})")
-        arm_looks[key] = styles[first]
-    fig, means = means_figure(stamp(), tuple((k, tuple(m)) for k, (_, m) in arm_runs.items()),
-                              tuple(SERIES[k] for k in picked), log_x, tuple(arm_names.items()),
-                              tuple(arm_looks.items()))
+    fig, means = means_figure(stamp(), tuple(arm_runs.items()), tuple(SERIES[k] for k in picked), log_x,
+                              tuple(arm_names.items()), tuple(arm_looks.items()))
     st.plotly_chart(fig, width="stretch")
     st.download_button("Download CSV (means over orders)",
                        means.with_columns(pl.col("run_id").replace_strict(arm_names, default=None).alias("arm"))
