@@ -12,6 +12,7 @@ import numpy as np
 import polars as pl
 
 from . import queries
+from .conventions import HELD, RUN_LEVEL, SEQUENTIAL_SERIES
 from .metrics import wilson_ci
 from .stats import spearman_ci, stratified_spearman
 
@@ -545,23 +546,6 @@ def case_view(conn: sqlite3.Connection, case_id: str, run_id: str) -> pl.DataFra
 
 # --------------------------------------------------------------------------- sequential runs (study B)
 
-RUN_LEVEL = "*"  # case_id of a sequential run's run-level rows (compute.experiments.sequential)
-
-# (scope, metric) of a sequential run's run-level rows -> the series name a researcher reads
-SEQUENTIAL_SERIES: dict[tuple[str, str], str] = {
-    ("newest", "es"): "Newest-edit efficacy (ES)",
-    ("newest", "ps"): "Newest-edit paraphrase score (PS)",
-    ("newest", "ns"): "Newest-edit neighbourhood score (NS)",
-    ("all_edits", "retention_em"): "Retained edits (exact match)",
-    ("all_edits", "forgotten_em"): "Forgotten edits (exact match)",
-    ("all_edits", "retention"): "Retained edits",
-    ("all_edits", "forgotten"): "Forgotten edits",
-    ("edit", "update_norm"): "Update norm of each edit ||dW||",
-    ("panel", "panel_recall"): "Recall on the unedited fact panel",
-    ("panel", "exact_match"): "Panel exact match (runs before the sub-panel check: after every edit)",
-    ("panel_check", "exact_match"): "Panel exact match, its first facts (after every edit)",
-    ("free_text", "fluency"): "Fluency (n-gram entropy, bits)",
-}
 _SHARES = {"es", "ps", "ns", "retention", "forgotten", "panel_recall", "exact_match", "retention_em", "forgotten_em"}
 _COUNTS = ["n", "n_held", "n_held_em", "update_w0"]  # rows that qualify another row, not series of their own
 
@@ -760,7 +744,7 @@ def forgetting_by_age(conn: sqlite3.Connection, run_id: str, bins: tuple[int, ..
     if made.is_empty() or es.is_empty():
         return pl.DataFrame(schema=schema)
     first = es.sort("edit_count").group_by("case_id").agg(pl.col("value").first().alias("held_then"))
-    df = (es.join(first.filter(pl.col("held_then") >= 0.5), on="case_id")
+    df = (es.join(first.filter(pl.col("held_then") >= HELD), on="case_id")
           .join(made, on="case_id")
           .with_columns((pl.col("edit_count") - pl.col("made_at")).alias("age")))
     if df.is_empty():
@@ -769,7 +753,7 @@ def forgetting_by_age(conn: sqlite3.Connection, run_id: str, bins: tuple[int, ..
     labels = [f"{a}-{b - 1}" for a, b in zip(edges, edges[1:])] + [f"{edges[-1]}+"]
     idx = np.searchsorted(np.asarray(edges), df["age"].to_numpy(), side="right") - 1
     df = df.with_columns(pl.Series("age_bin", [labels[max(i, 0)] for i in idx], dtype=pl.Utf8),
-                         (pl.col("value") < 0.5).cast(pl.Int64).alias("lost"))
+                         (pl.col("value") < HELD).cast(pl.Int64).alias("lost"))
     out = df.group_by("edit_count", "age_bin").agg(pl.col("lost").sum().alias("k"), pl.len().alias("n"))
     lo, hi = wilson_arrays(out["k"].to_numpy(), out["n"].to_numpy())
     out = out.with_columns((pl.col("k") / pl.col("n")).alias("forgotten"), pl.Series("ci_low", lo),

@@ -32,11 +32,12 @@ from compute.editors.base import EditorError
 from compute.editors.diagnostics import edit_diagnostics
 from compute.evaluate import evaluate_cases
 from compute.experiments.common import open_run, recording
-from compute.experiments.sequential import RUN_LEVEL, SequentialConfig, ability_case_ids, edit_order, split_order
+from compute.experiments.sequential import SequentialConfig, ability_case_ids, edit_order, split_order
 from compute.models import LoadedModel
+from store.conventions import BATCH, RUN_LEVEL
 
 BATCH_SIZES = (1, 10, 50, 100, 200, 500)
-SCOPE = "batch"
+SCOPE = BATCH  # the scope (rephrase_type) of a batch run's run-level rows
 
 
 def run_batch_single(

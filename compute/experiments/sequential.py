@@ -102,10 +102,10 @@ from compute.experiments.common import open_run, recording
 from compute.experiments.robustness import edit_rows
 from compute.models import LoadedModel
 from compute.scoring import fluency, mentions, run_probes
+from store.conventions import HELD, RUN_LEVEL, holds
 from store.derived import rederive_sequential_events
 from store.stats import phase_break
 
-RUN_LEVEL = "*"  # case_id of run-level rows
 STATE_VERSION = 1
 # what lays a run out: a run resumes or extends only with these as they were (max_edits grows by extending)
 RESUME_KEYS = ("case_set", "n_cases", "batch_size", "checkpoint_every", "order_seed", "dense_first",
@@ -689,13 +689,13 @@ def _checkpoint(lm, store, run_id, cfg, edit_ids, by_id, last, count, held, pane
     for i in now_em:
         held_em.setdefault(i, now_em[i])
     if full:  # retention and forgetting are shares of ALL edits so far: only where every edit was re-checked
-        was_held = [i for i in now if held.get(i, 0) >= 0.5]
-        forgotten = sum(now[i] < 0.5 for i in was_held) / len(was_held) if was_held else 0.0
-        was_held_em = [i for i in now_em if held_em[i] >= 0.5]
-        forgotten_em = sum(now_em[i] < 0.5 for i in was_held_em) / len(was_held_em) if was_held_em else 0.0
+        was_held = [i for i in now if holds(held.get(i, 0))]
+        forgotten = sum(now[i] < HELD for i in was_held) / len(was_held) if was_held else 0.0
+        was_held_em = [i for i in now_em if holds(held_em[i])]
+        forgotten_em = sum(now_em[i] < HELD for i in was_held_em) / len(was_held_em) if was_held_em else 0.0
         rows += _run_level(run_id, count, "all_edits", {
-            "retention": sum(v >= 0.5 for v in now.values()) / len(now), "forgotten": forgotten, "n": len(now),
-            "n_held": len(was_held), "retention_em": sum(v >= 0.5 for v in now_em.values()) / len(now_em),
+            "retention": sum(holds(v) for v in now.values()) / len(now), "forgotten": forgotten, "n": len(now),
+            "n_held": len(was_held), "retention_em": sum(holds(v) for v in now_em.values()) / len(now_em),
             "forgotten_em": forgotten_em, "n_held_em": len(was_held_em)})
     store.write_measurements(rows)
     store.write_weight_drift([{**r, "run_id": run_id, "edit_count": count} for r in weight_drift(lm, w0)])

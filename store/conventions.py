@@ -1,0 +1,49 @@
+"""The store's conventions: the strings and the rule that writers (compute.experiments) and readers (store.derived,
+the dashboard) must agree on, declared once.
+
+Standard library only, so that any module (an editor, a page) can import it without pulling in polars, numpy,
+torch or the rest of the store (tests/test_conventions.py checks this in a fresh process).
+"""
+
+from __future__ import annotations
+
+RUN_LEVEL = "*"  # case_id of a sequential or batch run's run-level rows (one per scope and metric, not per case)
+
+# Scopes: the rephrase_type of run-level rows (case_id RUN_LEVEL), naming what the row's value was measured on.
+EDIT = "edit"  # each edit's own update: update_norm (||dW||_F) and update_w0 (||W0||_F); per-case rows of this
+#                type (case_id a case) hold the edit's own record (edit_seconds, edit_steps, edit_target_nll)
+NEWEST = "newest"  # the edits made since the previous checkpoint: es, ps, ns and their n
+ALL_EDITS = "all_edits"  # every edit so far, at a checkpoint that re-checked them all: retention and forgotten
+#                          (by ES and by exact match), n, n_held and n_held_em (the edits that held at first)
+PANEL = "panel"  # the panel of facts the unedited model knew: panel_recall, exact_match, n (runs before the
+#                  sub-panel check: exact_match after every edit)
+PANEL_CHECK = "panel_check"  # the panel's first facts, checked after every edit: exact_match and its n
+FREE_TEXT = "free_text"  # greedy continuations of neutral prompts: fluency (n-gram entropy, bits) and n
+BATCH = "batch"  # a batch run's batch of b edits (edit_count = b): es, ps, ns, n, edit_seconds, values_from_cache
+
+SEQUENTIAL_SCOPES = (EDIT, NEWEST, ALL_EDITS, PANEL, PANEL_CHECK, FREE_TEXT)  # compute.experiments.sequential
+SCOPES = (*SEQUENTIAL_SCOPES, BATCH)  # every scope of run-level rows
+
+HELD = 0.5  # an edit holds when its ES (P(new) > P(true)) or its exact match is at least this
+
+
+def holds(es: float) -> bool:
+    """Whether an edit holds: its ES (or exact match, 0 or 1) is at least HELD."""
+    return es >= HELD
+
+
+# (scope, metric) of a sequential run's run-level rows -> the series name a researcher reads
+SEQUENTIAL_SERIES: dict[tuple[str, str], str] = {
+    (NEWEST, "es"): "Newest-edit efficacy (ES)",
+    (NEWEST, "ps"): "Newest-edit paraphrase score (PS)",
+    (NEWEST, "ns"): "Newest-edit neighbourhood score (NS)",
+    (ALL_EDITS, "retention_em"): "Retained edits (exact match)",
+    (ALL_EDITS, "forgotten_em"): "Forgotten edits (exact match)",
+    (ALL_EDITS, "retention"): "Retained edits",
+    (ALL_EDITS, "forgotten"): "Forgotten edits",
+    (EDIT, "update_norm"): "Update norm of each edit ||dW||",
+    (PANEL, "panel_recall"): "Recall on the unedited fact panel",
+    (PANEL, "exact_match"): "Panel exact match (runs before the sub-panel check: after every edit)",
+    (PANEL_CHECK, "exact_match"): "Panel exact match, its first facts (after every edit)",
+    (FREE_TEXT, "fluency"): "Fluency (n-gram entropy, bits)",
+}
