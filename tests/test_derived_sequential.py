@@ -127,12 +127,14 @@ def test_order_means_average_an_arm_over_its_orders_with_a_t_interval():
 
 
 def test_sequential_rules_state_the_constants_the_verdicts_use(monkeypatch):
+    import sys
+
     from store import derived, stats
 
     rules = derived.sequential_rules()
     assert "above 3.5" in rules["disabling_edit"] and "25%" in rules["collapse"] and "10x" in rules["collapse"]
     monkeypatch.setattr(stats, "OUTLIER_Z", 5.0)
-    monkeypatch.setattr(derived, "CHANCE_SHARE", 0.3)
+    monkeypatch.setattr(sys.modules[derived.sequential_rules.__module__], "CHANCE_SHARE", 0.3)  # where it is read
     rules = derived.sequential_rules()
     assert "above 5" in rules["disabling_edit"] and "30%" in rules["collapse"]  # the words follow the code
 

@@ -11,10 +11,10 @@ import sqlite3
 import numpy as np
 import polars as pl
 
-from . import queries
-from .conventions import HELD, RUN_LEVEL, SEQUENTIAL_SERIES
-from .metrics import wilson_ci
-from .stats import spearman_ci, stratified_spearman
+from .. import queries
+from ..conventions import HELD, RUN_LEVEL, SEQUENTIAL_SERIES
+from ..metrics import wilson_ci
+from ..stats import spearman_ci, stratified_spearman
 
 POPULARITY_FEATURES = ("frequency", "connection", "cooccurrence", "population")
 
@@ -234,7 +234,7 @@ def store_correlations(store, run_ids=None, n_boot: int = 1000) -> int:
 
 def _mean_ci(values: list[float]) -> tuple[float, float]:
     """Wilson CI where every value is 0 or 1 (a share), else a percentile bootstrap CI of the mean."""
-    from .stats import bootstrap_mean_ci
+    from ..stats import bootstrap_mean_ci
 
     if values and all(v in (0.0, 1.0) for v in values):
         return wilson_ci(int(sum(values)), len(values))
@@ -1007,7 +1007,7 @@ def run_series(conn: sqlite3.Connection, run_id: str) -> dict[str, dict]:
 def phase_events(run_id: str, series: dict[str, dict]) -> list[dict]:
     """run_events rows for the phases of every series (store.stats.phase_break): one gradual phase to the
     series' end, or a gradual then a catastrophic one."""
-    from .stats import phase_break
+    from ..stats import phase_break
 
     events = []
     for name, s in series.items():
@@ -1033,7 +1033,7 @@ def phase_events(run_id: str, series: dict[str, dict]) -> list[dict]:
 def abrupt_change_events(run_id: str, series: dict[str, dict]) -> list[dict]:
     """run_events rows (kind abrupt_change) for every step of an ability or perplexity series that fell
     abruptly against the series' own steps and sampling noise (store.stats.abrupt_steps)."""
-    from .stats import abrupt_steps
+    from ..stats import abrupt_steps
 
     events = []
     for name, s in series.items():
@@ -1114,7 +1114,7 @@ def disabling_edit_events(conn: sqlite3.Connection, run_id: str) -> list[dict]:
     norms); a flagged interval is pinned to the edit after which the panel's exact match fell most (the
     interval's first edit when none fell), and that edit's norm estimated as sqrt(interval's increase - the
     median update's share of the others). `value` is the edit's ||dW|| / ||W0|| (estimated or measured)."""
-    from .stats import OUTLIER_Z, robust_z
+    from ..stats import OUTLIER_Z, robust_z
 
     norms = _per_edit_update_norms(conn, run_id)
     events = []
@@ -1280,7 +1280,7 @@ def sequential_rules() -> dict[str, str]:
     page states the rule beside the verdict it computed (event kind -> sentence)."""
     import inspect
 
-    from .stats import OUTLIER_Z, abrupt_steps, phase_break
+    from ..stats import OUTLIER_Z, abrupt_steps, phase_break
 
     pb = {k: v.default for k, v in inspect.signature(phase_break).parameters.items()
           if v.default is not inspect.Parameter.empty}
