@@ -46,7 +46,9 @@ def _passcode_failures():
 def run() -> None:
     st.set_page_config(page_title="EditScope", page_icon=_icon(), layout="wide")
     from dashboard.data import store_status
+    from dashboard.sidebar import results_choice
 
+    results_choice()  # which store to show, when a rebuild in progress sits beside the shipped one
     path, error = store_status()
     if error:
         pages = [st.Page(str(PAGES / "no_store.py"), title="Store problem", icon=":material/error:")]

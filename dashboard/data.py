@@ -33,9 +33,33 @@ RUN_LISTS = {"list_runs", "run_labels", "case_runs"}  # answers that list runs: 
 RUN_ARGS = ("run_id", "run_ids")
 
 
+REBUILD_FILE = "rebuild.sqlite"  # the shipped plan's rebuild in progress, beside the shipped store
+RESULTS_KEY = "results"  # the sidebar's choice (and URL key): "shipped" or "rebuild"
+
+
+def rebuild_path() -> Path | None:
+    """store/rebuild.sqlite: the store `plans/shipped.toml` is being rebuilt into, with what is finished so far,
+    when the repository has one (it replaces store/results.sqlite once complete). None under
+    $EDITSCOPE_STORE, which names the one store to show."""
+    import os
+
+    if os.environ.get("EDITSCOPE_STORE"):
+        return None
+    path = default_store_path().with_name(REBUILD_FILE)
+    return path if path.is_file() else None
+
+
+def showing_rebuild() -> bool:
+    """Whether the visitor chose the rebuild in progress (sidebar, or ?results=rebuild in the link)."""
+    from dashboard.filters import current
+
+    return rebuild_path() is not None and current(RESULTS_KEY) == "rebuild"
+
+
 def store_path() -> Path:
-    """The store to show: $EDITSCOPE_STORE, else the shipped store/results.sqlite."""
-    return default_store_path()
+    """The store to show: $EDITSCOPE_STORE, else the shipped store/results.sqlite, or the rebuild in progress
+    (store/rebuild.sqlite) when the visitor chose it."""
+    return rebuild_path() if showing_rebuild() else default_store_path()
 
 
 def workspace_path() -> Path:

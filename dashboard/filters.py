@@ -21,6 +21,7 @@ import streamlit as st
 
 SHARED = ("model", "editors", "runs", "relations", "feature")
 MULTI = {"editors", "runs", "relations"}
+SIDEBAR = ("results", "model")  # the sidebar's shared choices: kept in the URL across page switches
 _STATE = "filter:{}"
 _DEFAULTS = "filter-defaults"  # key -> this page's default, written by the widget that drew it
 
@@ -80,10 +81,11 @@ def sync_url() -> None:
     shared filters the previous page drew, since each widget the page draws writes its own key. app.py
     calls it before the page runs (a page switch clears the query string)."""
     defaults = st.session_state.get(_DEFAULTS, {})
-    value = st.session_state.get(_STATE.format("model"))
-    if "model" in defaults and value is not None:
-        write_url("model", value, defaults["model"][1])
-    st.session_state[_DEFAULTS] = {k: v for k, v in defaults.items() if k == "model"}
+    for key in SIDEBAR:
+        value = st.session_state.get(_STATE.format(key))
+        if key in defaults and value is not None:
+            write_url(key, value, defaults[key][1])
+    st.session_state[_DEFAULTS] = {k: v for k, v in defaults.items() if k in SIDEBAR}
 
 
 def _register(key: str, options: list, default) -> None:

@@ -21,6 +21,20 @@ from dashboard.filters import current, shared_selectbox
 from store.derived import run_label
 
 
+def results_choice() -> str | None:
+    """Draw the sidebar's Results select when the repository holds a rebuild in progress beside the shipped
+    store (dashboard.data.rebuild_path); app.py does, before it opens the store. Returns the choice."""
+    from dashboard.data import RESULTS_KEY, rebuild_path
+
+    if rebuild_path() is None:
+        return None
+    names = {"shipped": "Shipped store (complete; edit mechanics before the fixes)",
+             "rebuild": "Rebuild in progress (fixed mechanics; finished units only)"}
+    return shared_selectbox("Results", RESULTS_KEY, list(names), format_func=names.get, container=st.sidebar,
+                            help="The shipped store is being rebuilt by plans/shipped.toml with the fixed edit "
+                                 "mechanics and the studies' full design; the rebuild shows what is finished")
+
+
 def model_filter() -> str | None:
     """Draw the sidebar's model select (app.py does, once per run): the model whose runs pages show."""
     runs = query("list_runs")

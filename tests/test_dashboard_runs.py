@@ -294,3 +294,37 @@ def test_a_run_the_plan_made_is_the_reference_over_one_kept_from_before_the_rebu
     assert table.filter(pl.col("reference"))["run_id"].to_list() == [new]
     assert table["label"][0] == "ROME [interrupted, 60/240 done]"
     assert all(label.startswith("ROME · pre-rebuild [done") for label in table["label"][1:])
+
+
+def test_a_rebuild_beside_the_shipped_store_is_offered_in_the_sidebar_and_shown_when_chosen(monkeypatch, tmp_path,
+                                                                                        fixture_store, two_rome_store):
+    """store/rebuild.sqlite beside the shipped store: the sidebar offers Results (shipped by default, with a
+    note that a rebuild is in progress); choosing the rebuild shows its runs on every page, and the choice
+    survives a page switch through the link."""
+    import shutil
+
+    from streamlit.testing.v1 import AppTest
+
+    import store as store_pkg
+
+    folder = tmp_path / "store"
+    folder.mkdir()
+    shutil.copy(fixture_store, folder / "results.sqlite")
+    shutil.copy(two_rome_store, folder / "rebuild.sqlite")
+    monkeypatch.delenv("EDITSCOPE_STORE", raising=False)
+    monkeypatch.setattr(store_pkg, "default_store_path", lambda: folder / "results.sqlite")
+    import dashboard.data
+
+    monkeypatch.setattr(dashboard.data, "default_store_path", lambda: folder / "results.sqlite")
+    at = AppTest.from_file(APP, default_timeout=90)
+    at.run()
+    assert not at.exception
+    results = [s for s in at.sidebar.selectbox if s.label == "Results"][0]
+    assert results.value == "shipped" and any("being rebuilt" in i.value for i in at.info)
+    results.set_value("rebuild").run()
+    assert not at.exception and any("rebuild in progress" in w.value for w in at.warning)
+    assert at.query_params["results"] in ("rebuild", ["rebuild"])
+    at.switch_page("app_pages/robustness.py").run()
+    assert not at.exception
+    runs = [m for m in at.multiselect if m.label == "Runs"][0]
+    assert set(runs.options) <= {"ROME", "ROME [done, 1/1 cases, started 2030-01-01 00:00]"}  # the rebuild's runs

@@ -4,7 +4,7 @@ import polars as pl
 import streamlit as st
 
 from dashboard import charts
-from dashboard.data import for_visitor, public_mode, query, store_path
+from dashboard.data import for_visitor, public_mode, query, rebuild_path, showing_rebuild, store_path
 from dashboard.filters import url_selectbox, url_toggle
 from dashboard.sidebar import run_table
 from dashboard.tables import Col, show
@@ -14,6 +14,17 @@ st.title("EditScope")
 # a public visitor learns nothing about the server's files
 st.caption("Results: the shipped store, read-only, and the workspace store of runs started from this dashboard"
            if public_mode() else f"Results store: `{store_path()}` (read-only)")
+
+if rebuild_path() is not None:  # a rebuild in progress sits beside the shipped store
+    if showing_rebuild():
+        st.warning("You are looking at the rebuild in progress (store/rebuild.sqlite): the units of "
+                   "plans/shipped.toml finished so far, and partial runs marked with their status. The README's "
+                   "'Rebuilding the shipped store' section lists every unit's state.")
+    else:
+        st.info("The shipped store's runs were made before the edit-mechanics fixes (keys that reach prompts "
+                "beginning with the subject, edit sizes calibrated for this model) and the studies' full design "
+                "(free answers, a 200-fact panel, three edit orders, controls). The store is being rebuilt with "
+                "them: choose Results → Rebuild in progress in the sidebar to see what is finished.")
 
 summary = query("store_summary")
 counts = dict(zip(summary["table"].to_list(), summary["rows"].to_list()))
