@@ -1,0 +1,39 @@
+"""Run labels: a run's short name (editor plus what sets it apart), as every page and finding names it."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import polars as pl
+
+from .. import queries
+
+
+# Editors made to edit many facts at once: their sequential runs come at several batch sizes (study C's
+# instance- and batch-sequential), so every label says which, b=1 included.
+MASS_EDITORS = frozenset({"MEMIT", "AlphaEdit"})
+
+
+def run_label(editor: str | None, hparams: dict | None, config: dict | None) -> str:
+    """A run's short name: the editor plus what sets it apart (original ROME keys, RECT share, batch size:
+    always for MASS_EDITORS, else where it is not 1)."""
+    hp, cfg = hparams or {}, config or {}
+    label = editor or "unedited"
+    if hp.get("key_mismatch"):
+        label += " (original keys)"
+    if hp.get("rect_top", 1.0) < 1.0:
+        label += f" + RECT {round(100 * hp['rect_top'])}%"
+    if "batch_size" in cfg and (cfg["batch_size"] != 1 or editor in MASS_EDITORS):
+        label += f", b={cfg['batch_size']}"
+    return label
+
+
+def run_labels(conn: sqlite3.Connection, kind: str | None = None) -> pl.DataFrame:
+    """run_id, label (run_label), editor, status, n_done, started_at for the runs of a kind."""
+    import json
+
+    runs = queries.list_runs(conn, kind=kind)
+    labels = [run_label(r["editor"], json.loads(r["hparams"] or "null"), json.loads(r["config"] or "null"))
+              for r in runs.iter_rows(named=True)]
+    return runs.select("run_id", "kind", "model", "editor", "status", "n_done", "n_total", "started_at").with_columns(
+        pl.Series("label", labels, dtype=pl.Utf8))

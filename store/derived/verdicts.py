@@ -1,0 +1,390 @@
+"""Study B's verdicts from a sequential run's stored rows: phases on every series, disabling edits, abrupt
+ability or perplexity changes, the collapse (no longer usable) and the panel floor, with the rules in words.
+
+Every verdict is a function of the run's stored rows (run-level series, per-edit rows, weight drift, ability
+scores, config), so a store can be re-derived without recomputing an edit; the sequential runner records
+exactly these at the end of a run (compute.experiments.sequential.find_events)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import numpy as np
+import polars as pl
+
+from .. import queries
+from ..conventions import RUN_LEVEL
+from .common import wilson_arrays
+
+
+DERIVED_EVENT_KINDS = ("phase", "disabling_edit", "abrupt_change", "collapse", "panel_floor")
+PHASE_MIN_POINTS = 3
+PERPLEXITY_EFFECT = float(np.log(2))  # a perplexity phase or step must at least double (or halve) it
+CHANCE_SHARE = 0.25  # abilities at chance: on average at most this share of the unedited margin over chance left
+PERPLEXITY_BLOWUP = 10.0  # perplexity exploded: at least this many times its unedited value
+EFFICACY_CHANCE = 0.5  # newest-edit efficacy gone: ES no better than a coin (P(new) > P(true) half the time)
+
+_RUN_SERIES = {  # (scope, metric) -> phase series name; the share's n comes from the scope's "n" rows
+    ("all_edits", "retention_em"): "retention_em",
+    ("all_edits", "retention"): "retention",
+    ("panel", "panel_recall"): "panel_recall",
+    ("newest", "es"): "newest_es",
+    ("free_text", "fluency"): "fluency",
+}
+
+
+def _se_share(values: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """Sampling SE of shares from their 95% Wilson interval (half its width / 1.96)."""
+    lo, hi = wilson_arrays(np.rint(values * n), n)
+    return (hi - lo) / (2 * 1.96)
+
+
+def run_series(conn: sqlite3.Connection, run_id: str) -> dict[str, dict]:
+    """Every series of a sequential run that phases are looked for on, higher is better: name -> {x, y, se,
+    min_effect}. Retention by exact match (where measured) and by ES, panel recall, newest-edit efficacy,
+    fluency, and each ability task of the quick suite ("ability:<task>"; perplexity as -log perplexity)."""
+    rows = queries._frame(conn, "SELECT edit_count, rephrase_type AS scope, metric, value FROM measurements "
+                                "WHERE run_id = ? AND case_id = ?", [run_id, RUN_LEVEL])
+    out: dict[str, dict] = {}
+    if not rows.is_empty():
+        n_rows = rows.filter(pl.col("metric") == "n").select("edit_count", "scope", pl.col("value").alias("n"))
+        for (scope, metric), name in _RUN_SERIES.items():
+            part = (rows.filter((pl.col("scope") == scope) & (pl.col("metric") == metric) & pl.col("value").is_not_nan())
+                    .join(n_rows, on=["edit_count", "scope"], how="left").sort("edit_count"))
+            panel_n = n_rows.filter(pl.col("scope") == "panel")["n"].max()
+            if scope == "panel" and panel_n is not None:  # the panel's size does not change
+                part = part.with_columns(pl.col("n").fill_null(panel_n))
+            if part.is_empty():
+                continue
+            x, y = part["edit_count"].to_numpy().astype(float), part["value"].to_numpy().astype(float)
+            se = None
+            if metric != "fluency" and part["n"].null_count() == 0:
+                se = _se_share(y, part["n"].to_numpy().astype(float))
+            if scope == "all_edits":  # before any edit nothing has been lost
+                x, y = np.r_[0.0, x], np.r_[1.0, y]
+                se = None if se is None else np.r_[0.0, se]
+            out[name] = {"x": x, "y": y, "se": se, "min_effect": None}
+    ab = queries.abilities(conn, [run_id])
+    if not ab.is_empty():
+        ab = ab.filter(pl.col("mode") == "quick")
+    for (task,), part in (ab.partition_by("task", as_dict=True).items() if not ab.is_empty() else []):
+        part = part.filter(pl.col("score").is_not_null()).sort("edit_count")
+        x, score = part["edit_count"].to_numpy().astype(float), part["score"].to_numpy().astype(float)
+        lower_better = ("higher_is_better" in part.columns and part["higher_is_better"][0] == 0) or (
+            "metric" in part.columns and part["metric"][0] == "perplexity")
+        if lower_better:
+            out[f"ability:{task}"] = {"x": x, "y": -np.log(np.maximum(score, 1e-12)), "se": None,
+                                      "min_effect": PERPLEXITY_EFFECT, "perplexity": True}
+        else:
+            lo, hi = part["ci_low"].to_numpy(), part["ci_high"].to_numpy()
+            se = (hi - lo) / (2 * 1.96) if part["ci_low"].null_count() == 0 else None
+            out[f"ability:{task}"] = {"x": x, "y": score, "se": se, "min_effect": None}
+    return out
+
+
+def phase_events(run_id: str, series: dict[str, dict]) -> list[dict]:
+    """run_events rows for the phases of every series (store.stats.phase_break): one gradual phase to the
+    series' end, or a gradual then a catastrophic one."""
+    from ..stats import phase_break
+
+    events = []
+    for name, s in series.items():
+        found = phase_break(s["x"], s["y"], s["se"], min_points=PHASE_MIN_POINTS, min_effect=s["min_effect"])
+        if found is None:
+            continue
+        found = {k: (float(v) if isinstance(v, (np.floating, float)) else v) for k, v in found.items()}
+        end = int(s["x"][-1])
+        detail = {**found, "rule": "store.stats.phase_break", "k_noise": 3.0, "steep": 3.0}
+        if found["catastrophic"]:
+            events.append({"run_id": run_id, "kind": "phase", "series": name, "edit_count": 0,
+                           "end_count": found["change_at"], "value": found["slope_before"],
+                           "detail": json.dumps({"phase": "gradual", **detail})})
+            events.append({"run_id": run_id, "kind": "phase", "series": name, "edit_count": found["change_at"],
+                           "end_count": end, "value": found["slope_after"],
+                           "detail": json.dumps({"phase": "catastrophic", **detail})})
+        else:
+            events.append({"run_id": run_id, "kind": "phase", "series": name, "edit_count": 0, "end_count": end,
+                           "value": found["slope_before"], "detail": json.dumps({"phase": "gradual", **detail})})
+    return events
+
+
+def abrupt_change_events(run_id: str, series: dict[str, dict]) -> list[dict]:
+    """run_events rows (kind abrupt_change) for every step of an ability or perplexity series that fell
+    abruptly against the series' own steps and sampling noise (store.stats.abrupt_steps)."""
+    from ..stats import abrupt_steps
+
+    events = []
+    for name, s in series.items():
+        if not name.startswith("ability:"):
+            continue
+        for step in abrupt_steps(s["x"], s["y"], s["se"], min_effect=s["min_effect"] or 0.0):
+            before, after = step["before"], step["after"]
+            if s.get("perplexity"):
+                before, after = float(np.exp(-before)), float(np.exp(-after))
+            events.append({"run_id": run_id, "kind": "abrupt_change", "series": name, "edit_count": int(step["from"]),
+                           "end_count": int(step["to"]), "value": after,
+                           "detail": json.dumps({"before": before, "after": after, "z": float(step["z"]),
+                                                 "rule": "store.stats.abrupt_steps", "k_noise": 3.0})})
+    return events
+
+
+def _per_edit_update_norms(conn: sqlite3.Connection, run_id: str) -> pl.DataFrame:
+    """edit_count, norm (||dW||_F of that edit's update over every edited matrix), w0 (||W0||_F, null when not
+    known): from the runner's run-level rows (scope 'edit'), else from per-edit diagnostics where stored."""
+    rows = queries._frame(conn, "SELECT edit_count, metric, value FROM measurements WHERE run_id = ? AND case_id = ? "
+                                "AND rephrase_type = 'edit' AND metric IN ('update_norm', 'update_w0')",
+                          [run_id, RUN_LEVEL])
+    if not rows.is_empty():
+        wide = rows.pivot(on="metric", index="edit_count", values="value", aggregate_function="first")
+        w0 = pl.col("update_w0") if "update_w0" in wide.columns else pl.lit(None, dtype=pl.Float64)
+        return wide.select("edit_count", pl.col("update_norm").alias("norm"), w0.alias("w0")).sort("edit_count")
+    try:
+        diag = queries._frame(conn, "SELECT edit_count, SUM(value * value) AS s FROM edit_diagnostics WHERE run_id = ? "
+                                    "AND case_id = ? AND name = 'update_norm' GROUP BY edit_count",
+                              [run_id, RUN_LEVEL])
+    except sqlite3.OperationalError:  # a store from before per-edit diagnostics
+        diag = pl.DataFrame()
+    if diag.is_empty():
+        return pl.DataFrame(schema={"edit_count": pl.Int64, "norm": pl.Float64, "w0": pl.Float64})
+    return diag.select("edit_count", pl.col("s").sqrt().alias("norm"), pl.lit(None, dtype=pl.Float64).alias("w0"))
+
+
+def _per_edit_panel_em(conn: sqlite3.Connection, run_id: str) -> dict[int, float]:
+    """edit count -> the exact match measured after every edit: the sub-panel check (scope "panel_check") where
+    the run has it, else the whole panel (runs made before it, scope "panel")."""
+    for scope in ("panel_check", "panel"):
+        em = dict(conn.execute("SELECT edit_count, value FROM measurements WHERE run_id = ? AND case_id = ? AND "
+                               "rephrase_type = ? AND metric = 'exact_match'", (run_id, RUN_LEVEL, scope)).fetchall())
+        if em:
+            return em
+    return {}
+
+
+def _edit_context(conn: sqlite3.Connection, run_id: str, counts: list[int]) -> dict[int, dict]:
+    """What the store says of the edits at these edit counts: case ids, subjects, optimisation steps and the
+    panel's exact match before and after."""
+    if not counts:
+        return {}
+    marks = ", ".join("?" * len(counts))
+    made = queries._frame(conn, f"SELECT m.edit_count, m.case_id, m.metric, m.value FROM measurements m "
+                                f"WHERE m.run_id = ? AND m.rephrase_type = 'edit' AND m.case_id != ? "
+                                f"AND m.edit_count IN ({marks})", [run_id, RUN_LEVEL, *counts])
+    em = _per_edit_panel_em(conn, run_id)
+    subjects = dict(conn.execute("SELECT case_id, subject FROM cases").fetchall()) if not made.is_empty() else {}
+    out = {}
+    for c in counts:
+        part = made.filter(pl.col("edit_count") == c) if not made.is_empty() else made
+        ids = sorted(set(part["case_id"].to_list())) if not part.is_empty() else []
+        steps = part.filter(pl.col("metric") == "edit_steps")["value"].to_list() if not part.is_empty() else []
+        prev = max((k for k in em if k < c), default=None)
+        out[c] = {"case_ids": ids, "subjects": [subjects.get(i) for i in ids], "edit_steps": steps,
+                  "panel_em_before": em.get(prev), "panel_em_after": em.get(c)}
+    return out
+
+
+def disabling_edit_events(conn: sqlite3.Connection, run_id: str) -> list[dict]:
+    """Disabling edits judged from the edit itself, against the run's own distribution of updates.
+
+    With per-edit update norms (runs made since they are recorded): an edit whose log ||dW|| has a robust z
+    (store.stats.robust_z: median and MAD over the run's edits) above OUTLIER_Z. Without them (older runs):
+    the same rule on each checkpoint interval's mean squared update per update made, (||W-W0||^2 at its end -
+    at its start) / updates (the squared norm of a sum of roughly orthogonal updates grows by their squared
+    norms); a flagged interval is pinned to the edit after which the panel's exact match fell most (the
+    interval's first edit when none fell), and that edit's norm estimated as sqrt(interval's increase - the
+    median update's share of the others). `value` is the edit's ||dW|| / ||W0|| (estimated or measured)."""
+    from ..stats import OUTLIER_Z, robust_z
+
+    norms = _per_edit_update_norms(conn, run_id)
+    events = []
+    if norms.height >= 3:
+        z = robust_z(np.log(np.maximum(norms["norm"].to_numpy(), 1e-30)))
+        flagged = [int(i) for i in np.flatnonzero(z > OUTLIER_Z)]
+        ctx = _edit_context(conn, run_id, [int(norms["edit_count"][i]) for i in flagged])
+        median = float(np.median(norms["norm"].to_numpy()))
+        for i in flagged:
+            row = norms.row(int(i), named=True)
+            rel = row["norm"] / row["w0"] if row["w0"] else None
+            events.append({"run_id": run_id, "kind": "disabling_edit", "series": "update_norm",
+                           "edit_count": int(row["edit_count"]), "end_count": int(row["edit_count"]),
+                           "value": rel if rel is not None else row["norm"],
+                           "detail": json.dumps({"rule": "robust z of log ||dW|| over the run's edits",
+                                                 "z": float(z[i]), "threshold": OUTLIER_Z, "norm": row["norm"],
+                                                 "relative_to_w0": rel, "median_norm": median,
+                                                 **ctx[int(row["edit_count"])]})})
+        return events
+    drift = queries._frame(conn, "SELECT edit_count, SUM(fro_delta * fro_delta) AS f2, "
+                                 "SUM(fro_delta * fro_delta / (rel_change * rel_change)) AS w2 FROM weight_drift "
+                                 "WHERE run_id = ? AND rel_change > 0 GROUP BY edit_count ORDER BY edit_count", [run_id])
+    if drift.height < 3:
+        return events
+    cfg = json.loads((conn.execute("SELECT config FROM runs WHERE run_id = ?", (run_id,)).fetchone() or ["{}"])[0] or "{}")
+    batch = max(int(cfg.get("batch_size", 1)), 1)
+    counts = np.r_[0, drift["edit_count"].to_numpy()]
+    f2 = np.r_[0.0, drift["f2"].to_numpy()]
+    w0 = float(np.sqrt(drift["w2"][0]))
+    updates = np.maximum(np.ceil(np.diff(counts) / batch), 1)
+    q = np.diff(f2) / updates  # mean squared norm of one update in each interval
+    ok = q > 0
+    z = np.full(len(q), np.nan)
+    z[ok] = robust_z(np.log(q[ok]))
+    median_q = float(np.exp(np.median(np.log(q[ok])))) if ok.any() else 0.0
+    em = dict(conn.execute("SELECT edit_count, value FROM measurements WHERE run_id = ? AND case_id = ? AND "
+                           "rephrase_type = 'panel' AND metric = 'exact_match'", (run_id, RUN_LEVEL)).fetchall())
+    pinned = []
+    for i in np.flatnonzero(np.nan_to_num(z) > OUTLIER_Z):
+        a, b = int(counts[i]), int(counts[i + 1])
+        ends = list(range(a + batch, b + 1, batch)) or [b]
+        falls = [(em.get(e - batch, np.nan) - em.get(e, np.nan), e) for e in ends]
+        falls = [(f, e) for f, e in falls if f == f and f > 0]
+        at = max(falls, key=lambda t: (t[0], -t[1]))[1] if falls else ends[0]
+        est = float(np.sqrt(max(q[i] * updates[i] - (updates[i] - 1) * median_q, 0.0)))
+        pinned.append((i, a, b, at, est))
+    ctx = _edit_context(conn, run_id, [p[3] for p in pinned])
+    for i, a, b, at, est in pinned:
+        events.append({"run_id": run_id, "kind": "disabling_edit", "series": "weight_drift", "edit_count": at,
+                       "end_count": b, "value": est / w0 if w0 else est,
+                       "detail": json.dumps({"rule": "robust z of log mean squared update per checkpoint interval",
+                                             "z": float(z[i]), "threshold": OUTLIER_Z, "interval": [a, b],
+                                             "norm_estimate": est, "relative_to_w0": est / w0 if w0 else None,
+                                             "median_update_norm": float(np.sqrt(median_q)),
+                                             "w_minus_w0": [float(np.sqrt(f2[i])), float(np.sqrt(f2[i + 1]))],
+                                             "pinned_by": "largest fall of the panel's exact match in the interval",
+                                             **ctx[at]})})
+    return events
+
+
+def usability(conn: sqlite3.Connection, run_id: str, series: dict[str, dict] | None = None) -> pl.DataFrame:
+    """Whether the model is still usable at each edit count where the quick ability suite was measured:
+    edit_count, abilities_left (mean over accuracy tasks of (score - chance) / (unedited score - chance), tasks
+    the unedited model was within 0.1 of chance on left out), perplexity_ratio (to the unedited value),
+    newest_es (the newest edits' ES at the last checkpoint at or before it), and the three signals
+    abilities_at_chance (abilities_left <= CHANCE_SHARE), perplexity_exploded (ratio >= PERPLEXITY_BLOWUP),
+    efficacy_gone (newest_es <= EFFICACY_CHANCE), and unusable (at least two of the signals measured there,
+    or the only one measured)."""
+    schema = {"edit_count": pl.Int64, "abilities_left": pl.Float64, "perplexity_ratio": pl.Float64,
+              "newest_es": pl.Float64, "abilities_at_chance": pl.Boolean, "perplexity_exploded": pl.Boolean,
+              "efficacy_gone": pl.Boolean, "unusable": pl.Boolean}
+    series = run_series(conn, run_id) if series is None else series
+    ab = queries.abilities(conn, [run_id])
+    ab = ab.filter(pl.col("mode") == "quick") if not ab.is_empty() else ab
+    counts = sorted(set(ab["edit_count"].to_list())) if not ab.is_empty() else []
+    newest = series.get("newest_es")
+    if not counts and newest is not None:
+        counts = [int(c) for c in newest["x"]]
+    rows = []
+    for c in counts:
+        left, ratio = [], None
+        at = ab.filter(pl.col("edit_count") == c) if not ab.is_empty() else ab
+        for r in at.iter_rows(named=True):
+            start = ab.filter((pl.col("task") == r["task"]) & (pl.col("edit_count") == 0))
+            if start.is_empty() or r["score"] is None:
+                continue
+            s0 = start["score"][0]
+            if r.get("metric") == "perplexity" or r.get("higher_is_better") == 0:
+                ratio = r["score"] / s0 if s0 else None
+            elif r.get("chance") is not None and s0 - r["chance"] >= 0.1:
+                left.append((r["score"] - r["chance"]) / (s0 - r["chance"]))
+        es = None
+        if newest is not None:
+            before = [v for x, v in zip(newest["x"], newest["y"]) if x <= c]
+            es = float(before[-1]) if before else None
+        signals = {"abilities_at_chance": (float(np.mean(left)) <= CHANCE_SHARE) if left else None,
+                   "perplexity_exploded": (ratio >= PERPLEXITY_BLOWUP) if ratio is not None else None,
+                   "efficacy_gone": (es <= EFFICACY_CHANCE) if es is not None else None}
+        measured = [v for v in signals.values() if v is not None]
+        unusable = (sum(measured) >= 2) if len(measured) >= 2 else (bool(measured) and measured[0])
+        rows.append({"edit_count": c, "abilities_left": float(np.mean(left)) if left else None,
+                     "perplexity_ratio": ratio, "newest_es": es, **signals, "unusable": bool(unusable)})
+    return pl.DataFrame(rows, schema=schema)
+
+
+def sequential_rules() -> dict[str, str]:
+    """The rule behind each verdict on a sequential run, in words built from the constants the code uses, so a
+    page states the rule beside the verdict it computed (event kind -> sentence)."""
+    import inspect
+
+    from ..stats import OUTLIER_Z, abrupt_steps, phase_break
+
+    pb = {k: v.default for k, v in inspect.signature(phase_break).parameters.items()
+          if v.default is not inspect.Parameter.empty}
+    ab = inspect.signature(abrupt_steps).parameters["k_noise"].default
+    return {
+        "phase": f"A series has a catastrophic phase when, split where two straight lines fit it best (at least "
+                 f"{PHASE_MIN_POINTS} checkpoints a side), the later side loses beyond the earlier trend at least "
+                 f"{pb['k_noise']:g}x the series' own noise and at least 5% of its start, at a rate at least "
+                 f"{pb['steep']:g}x the earlier one (store.stats.phase_break).",
+        "disabling_edit": f"A disabling edit is one whose update is out of line with the run's own updates: robust z "
+                          f"(median and MAD over the run's edits) of log ||dW|| above {OUTLIER_Z:g}; runs without "
+                          "per-edit norms: the same on each checkpoint interval's mean squared update "
+                          "(store.derived.disabling_edit_events).",
+        "abrupt_change": f"An abrupt change is one step of an ability or perplexity series that fell by at least "
+                         f"{ab:g}x the series' own step noise and its sampling SE (store.stats.abrupt_steps).",
+        "collapse": f"Collapse: from this ability checkpoint on the model is no longer usable, by at least two of "
+                    f"abilities at chance (at most {CHANCE_SHARE:.0%} of the unedited margin over chance left), "
+                    f"perplexity at least {PERPLEXITY_BLOWUP:g}x its unedited value, newest-edit ES at most "
+                    f"{EFFICACY_CHANCE:g} (store.derived.usability).",
+        "panel_floor": "Panel floor: the run's online stop, when panel recall fell below 10% (or fluency below 60%) "
+                       "of its unedited value; the run then makes 150 more edits and stops (the run's config holds "
+                       "its thresholds).",
+    }
+
+
+def collapse_event(run_id: str, use: pl.DataFrame) -> list[dict]:
+    """The collapse (study B's sense: the model is no longer usable, `usability`): the first edit count from
+    which every later measurement finds it unusable. Recovering later (FT-L's panel) is no collapse."""
+    if use.is_empty():
+        return []
+    flags = use["unusable"].to_list()
+    start = None
+    for i in range(len(flags) - 1, -1, -1):
+        if not flags[i]:
+            break
+        start = i
+    if start is None:
+        return []
+    row = use.row(start, named=True)
+    signals = [k for k in ("abilities_at_chance", "perplexity_exploded", "efficacy_gone") if row[k]]
+    return [{"run_id": run_id, "kind": "collapse", "series": "+".join(signals), "edit_count": row["edit_count"],
+             "end_count": int(use["edit_count"][-1]), "value": row["abilities_left"],
+             "detail": json.dumps({"rule": "store.derived.usability: at least two of abilities at chance, "
+                                           "perplexity exploded, newest-edit efficacy gone, from here on",
+                                   **{k: row[k] for k in use.columns}})}]
+
+
+def panel_floor_events(conn: sqlite3.Connection, run_id: str, series: dict[str, dict]) -> list[dict]:
+    """The online stop rule, under its own name: the first checkpoint where fluency fell below
+    `collapse_fluency` x its unedited value or panel recall below `collapse_panel` x its unedited value (the
+    run stops `after_collapse` edits later). One row per series that crossed, at the first crossing of any."""
+    cfg = json.loads((conn.execute("SELECT config FROM runs WHERE run_id = ?", (run_id,)).fetchone() or ["{}"])[0] or "{}")
+    thresholds = {"fluency": cfg.get("collapse_fluency", 0.6), "panel_recall": cfg.get("collapse_panel", 0.1)}
+    first, hits = None, {}
+    for name, share in thresholds.items():
+        s = series.get(name)
+        if s is None or len(s["x"]) < 2 or s["x"][0] != 0:
+            continue
+        base = float(s["y"][0])
+        for x, y in zip(s["x"][1:], s["y"][1:]):
+            if y < share * base:
+                hits[name] = (int(x), float(y), base, share)
+                break
+    if not hits:
+        return []
+    first = min(h[0] for h in hits.values())
+    return [{"run_id": run_id, "kind": "panel_floor", "series": name, "edit_count": first, "value": y,
+             "detail": json.dumps({"baseline": base, "threshold": share, "crossed_at": x})}
+            for name, (x, y, base, share) in hits.items() if x == first]
+
+
+def derive_sequential_events(conn: sqlite3.Connection, run_id: str) -> list[dict]:
+    """Every derived event of a sequential run from its stored rows: phases on every series, disabling edits,
+    abrupt ability or perplexity changes, the collapse (no longer usable) and the panel-floor crossing."""
+    series = run_series(conn, run_id)
+    return (phase_events(run_id, series) + disabling_edit_events(conn, run_id) + abrupt_change_events(run_id, series)
+            + collapse_event(run_id, usability(conn, run_id, series)) + panel_floor_events(conn, run_id, series))
+
+
+def rederive_sequential_events(store, run_id: str) -> int:
+    """Replace a run's derived events (DERIVED_EVENT_KINDS) with those `derive_sequential_events` finds now;
+    returns how many were written. No edit is recomputed."""
+    return store.replace_events(run_id, DERIVED_EVENT_KINDS, derive_sequential_events(store.conn, run_id))
