@@ -1,6 +1,7 @@
 """The three studies' headline claims set beside what the store measures: one `Finding` per claim of
-/work/shared/design.md section 10 (A1-A7, B1-B4, C1-C4), each with the paper's figure, EditScope's figure
-(n and 95% CI), a verdict, the rule that gave it and the dashboard view that shows the evidence.
+/work/shared/design.md section 10 (A1-A7, B1-B4, C1-C4), and B5, the control that reads study B's forgetting
+as the edits' doing (edits against random updates of their size), each with the paper's figure, EditScope's
+figure (n and 95% CI), a verdict, the rule that gave it and the dashboard view that shows the evidence.
 
 Every number comes from the store through store.derived, store.measurable, store.stats and store.queries; the
 papers' figures are the only constants here. The Findings page and the README's "What the shipped store
@@ -372,6 +373,7 @@ def _a7(conn, refs) -> Finding:
 
 ROME, ROME_ORIGINAL, MEMIT_1 = "ROME", "ROME (original keys)", "MEMIT, b=1"
 RECT_40, RECT_20 = "ROME + RECT 40%", "ROME + RECT 20%"
+CONTROL = "RandomRankOne"  # compute/editors/control.py: random rank-one updates with a reference run's norms
 
 
 def _last_share(curves: pl.DataFrame, run_id: str, metric: str) -> dict | None:
@@ -577,6 +579,53 @@ def _b4(conn, arms) -> Finding:
                                     "the runs.")
 
 
+def _panel_at(curves: pl.DataFrame, run_id: str, at: int) -> dict | None:
+    part = curves.filter((pl.col("run_id") == run_id) & (pl.col("metric") == "panel_recall")
+                         & (pl.col("edit_count") == at))
+    return part.row(0, named=True) if part.height else None
+
+
+def _b5(conn, arms) -> Finding:
+    common = dict(claim="B5", study="B", statement="Unedited facts are lost because of what the edits write, not only "
+                                                   "because the weights move that much.",
+                  paper="not measured: the studies ran no size-matched random update",
+                  rule="EditScope's control (issue 19 point 11): on each edit order, ROME against random rank-one "
+                       "updates at ROME's layer with that ROME run's per-edit norms, in order (RandomRankOne), by "
+                       "recall of the panel of unedited known facts at the last checkpoint both reached; an order "
+                       "agrees when ROME's 95% Wilson CI lies wholly below the control's and goes against it when the "
+                       f"control's lies wholly below ROME's; with at least {MIN_ORDERS} orders, reproduced when every "
+                       "order agrees, refuted when every order goes against it.", page="forgetting")
+    orders = _shared(arms, ROME, CONTROL)
+    if not orders:
+        return Finding(**common, ours="no ROME run with its control on one edit order", verdict=NOT_MEASURED,
+                       reason="Run `python -m compute run sequential --editor RandomRankOne --hparams "
+                              "compute/editors/control.json --hp reference_run=ROME_RUN_ID` beside a ROME run.")
+    parts, signs, ids = [], [], []
+    for o in orders:
+        rome, ctrl = arms[ROME][o], arms[CONTROL][o]
+        ids += [rome["run_id"], ctrl["run_id"]]
+        curves = derived.sequential_curves(conn, [rome["run_id"], ctrl["run_id"]])
+        panel = curves.filter(pl.col("metric") == "panel_recall")
+        shared = (set(panel.filter(pl.col("run_id") == rome["run_id"])["edit_count"].to_list())
+                  & set(panel.filter(pl.col("run_id") == ctrl["run_id"])["edit_count"].to_list()))
+        if not shared or max(shared) == 0:
+            continue
+        at = max(shared)
+        r, c = _panel_at(curves, rome["run_id"], at), _panel_at(curves, ctrl["run_id"], at)
+        parts.append(f"order {o}, edit {at}: panel recall ROME {_ci(r['value'], r['ci_low'], r['ci_high'], r['n'])}, "
+                     f"control {_ci(c['value'], c['ci_low'], c['ci_high'], c['n'])}")
+        signs.append(1 if _below(r, c) else -1 if _below(c, r) else 0)
+    query = _runs_query(ids, curves="panel,retained_em")
+    if not signs:
+        return Finding(**common, ours="no shared checkpoint yet", verdict=NOT_MEASURED, query=query,
+                       reason="The control run has not reached a checkpoint of its ROME run yet.")
+    return _order_verdict(common, "; ".join(parts), signs, query,
+                          few=f"Whether edits cost more than random updates of their size varies with the edit "
+                              f"order, and the store has {len(signs)} shared order(s): run ROME and its control on "
+                              f"`--order-seed` 1 and 2.",
+                          undecided="Measured, but undecided: the CIs overlap on some order, or the orders disagree.")
+
+
 # --------------------------------------------------------------------------- study C
 
 
@@ -777,6 +826,7 @@ def findings(conn: sqlite3.Connection) -> list[Finding]:
         _b2(conn, arms),
         _b3(conn, arms),
         _b4(conn, arms),
+        _b5(conn, arms),
         _c1(conn, arms),
         _c2(conn),
         _c3(conn, arms),

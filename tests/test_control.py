@@ -70,6 +70,12 @@ def test_a_control_run_takes_the_reference_runs_norms_in_order(llama, cases, tmp
         assert st.get_run(control)["status"] == "done" and st.get_run(control)["editor"] == "RandomRankOne"
         assert json.loads(st.get_run(control)["hparams"])["reference_run"] == ref
         assert _norms(st, control) == pytest.approx(_norms(st, ref), rel=1e-5) and len(_norms(st, ref)) == 5
+        # Findings B5 sets the two side by side on their shared order (one order: not judged yet)
+        from store.findings import findings
+
+        b5 = next(f for f in findings(st.conn) if f.claim == "B5")
+        assert b5.ours.startswith("order 0, edit 5: panel recall ROME ") and ", control " in b5.ours
+        assert b5.verdict == "not measured yet" and "1 shared order" in b5.reason
         # its rows are those of any sequential run: retention of the (never made) edits, panel, drift
         m = queries.measurements(st.conn, run_ids=control)
         assert {"retention_em", "panel_recall", "fluency"} <= set(m["metric"])

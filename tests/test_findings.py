@@ -246,7 +246,7 @@ def test_rules_are_one_sentence_and_every_number_has_its_verdict(tmp_path):
     shutil.copy(SHIPPED, tmp_path / "s.sqlite")
     with Store.open(tmp_path / "s.sqlite", readonly=True) as st:
         items = findings(st.conn)
-    assert [f.claim for f in items] == ["A1", "A2", "A3", "A4", "A5", "A6", "A7", "B1", "B2", "B3", "B4",
+    assert [f.claim for f in items] == ["A1", "A2", "A3", "A4", "A5", "A6", "A7", "B1", "B2", "B3", "B4", "B5",
                                         "C1", "C2", "C3", "C4"]
     for f in items:
         assert f.verdict in fmod.VERDICTS and f.rule.rstrip(".").count(". ") == 0, f.claim
