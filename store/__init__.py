@@ -4,8 +4,8 @@
 `store.derived` summarises measurements (with n and 95% CIs), one module per study; `store.conventions`
 declares what writers and readers agree on (run-level rows, scopes, the held rule, series labels);
 `store.stats` holds rank statistics; `store.metrics` declares what each metric means; `store.schema` holds
-the migrations. This package
-imports only the standard library, polars and numpy, so the dashboard can browse without torch.
+the migrations. This package imports only the standard library, polars and numpy, so the dashboard can browse
+without torch.
 """
 
 from .db import Store, StoreError, default_store_path
