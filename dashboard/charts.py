@@ -186,18 +186,20 @@ def binned_curves(df: pl.DataFrame, feature_label: str, value_label: str, labels
 
 def correlation_forest(df: pl.DataFrame, label_col: str, title: str, colours: dict[str, str] | None = None) -> go.Figure:
     """Spearman rho with its 95% CI as horizontal whiskers, one row per `label_col` value, n in the hover;
-    `colours`: label -> the run's colour (run_style), so each row has the colour its run has on every page."""
+    `colours`: label -> the run's colour (run_style), so each row (point and whiskers) has the colour its run
+    has on every page."""
     df = df.sort(label_col, descending=True)
-    marker = {}
-    if colours:
-        marker = dict(color=[colours.get(v, _colour(0)) for v in df[label_col].to_list()])
-    fig = go.Figure(go.Scatter(
-        x=df["rho"].to_list(), y=df[label_col].to_list(), mode="markers", marker=marker,
-        error_x=dict(type="data", symmetric=False, array=(df["ci_high"] - df["rho"]).to_list(),
-                     arrayminus=(df["rho"] - df["ci_low"]).to_list()),
-        customdata=list(zip(df["n"].to_list(), df["ci_low"].to_list(), df["ci_high"].to_list())),
-        hovertemplate="%{y}: rho %{x:.3f} [%{customdata[1]:.3f}, %{customdata[2]:.3f}]<br>n = %{customdata[0]}<extra></extra>",
-    ))
+    fig = go.Figure()
+    for row in df.iter_rows(named=True):
+        colour = (colours or {}).get(row[label_col], _colour(0))
+        fig.add_trace(go.Scatter(
+            x=[row["rho"]], y=[row[label_col]], mode="markers", marker=dict(color=colour, size=9), showlegend=False,
+            error_x=dict(type="data", symmetric=False, color=colour,
+                         array=[None if row["ci_high"] is None else row["ci_high"] - row["rho"]],
+                         arrayminus=[None if row["ci_low"] is None else row["rho"] - row["ci_low"]]),
+            customdata=[[row["n"], row["ci_low"], row["ci_high"]]],
+            hovertemplate="%{y}: rho %{x:.3f} [%{customdata[1]:.3f}, %{customdata[2]:.3f}]<br>n = %{customdata[0]}"
+                          "<extra></extra>"))
     fig.add_vline(x=0, line_dash="dot", line_color="grey")
     fig.update_layout(xaxis_title=f"Spearman rho, {title} (95% bootstrap CI)", yaxis_title=label_col.replace("_", " "),
                       xaxis_range=[-1, 1], height=160 + 22 * df.height, margin=dict(t=30, b=40))

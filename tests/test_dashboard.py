@@ -184,9 +184,11 @@ def test_binned_curves_and_forest_label_axes_and_n():
     assert "Word frequency" in fig.layout.xaxis.title.text and fig.layout.yaxis.title.text == "acc"
     rho = pl.DataFrame({"series": ["ROME", "IKE"], "rho": [0.3, -0.1], "ci_low": [0.1, -0.3], "ci_high": [0.5, 0.1], "n": [40, 40]})
     forest = charts.correlation_forest(rho, "series", "frequency vs acc")
-    assert list(forest.data[0].y) == ["ROME", "IKE"] and "Spearman" in forest.layout.xaxis.title.text
+    assert [t.y[0] for t in forest.data] == ["ROME", "IKE"] and "Spearman" in forest.layout.xaxis.title.text
+    assert list(forest.data[0].error_x.array) == pytest.approx([0.2])  # rho 0.3 [0.1, 0.5]
     coloured = charts.correlation_forest(rho, "series", "frequency vs acc", colours={"ROME": "#d62728", "IKE": "#000000"})
-    assert list(coloured.data[0].marker.color) == ["#d62728", "#000000"]  # each row its run's colour
+    # each row, point and whiskers, in its run's colour
+    assert [(t.marker.color, t.error_x.color) for t in coloured.data] == [("#d62728", "#d62728"), ("#000000", "#000000")]
 
 
 def test_case_explorer_finds_a_case_and_shows_runs_and_probes(monkeypatch, fixture_store):

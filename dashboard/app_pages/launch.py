@@ -114,13 +114,14 @@ def _runs() -> None:
                 "—" if a is None or status not in ("queued", "running") else f"{a:,.0f}"
                 for a, status in zip(table["heartbeat_age_s"].to_list(), table["status"].to_list())], dtype=pl.String))
         st.dataframe(table, hide_index=True, width="stretch", key="runs_table", column_config={
-            "run_id": st.column_config.TextColumn("Run", width="large"),  # whole ids: medium cut them off
+            # whole ids (a run id is about 32 characters; "medium" cut them off, "large" pushed columns out of view)
+            "run_id": st.column_config.TextColumn("Run", width=250, pinned=True),
             "store": st.column_config.TextColumn("Store", help="shipped: the results that come with the code; "
                                                  "workspace: runs started from this dashboard"),
             "kind": "Kind", "editor": "Editor", "status": "Status",
             "n_done": st.column_config.NumberColumn("Done", format="%d"),
             "n_total": st.column_config.NumberColumn("Of", format="%d"),
-            "progress": st.column_config.ProgressColumn("Progress", min_value=0.0, max_value=1.0),
+            "progress": st.column_config.ProgressColumn("Progress", min_value=0.0, max_value=1.0, width="small"),
             "heartbeat_age_s": st.column_config.TextColumn("Heartbeat age (s)",
                                                            help="seconds since a queued or running run last "
                                                                 "reported; — for finished runs"),
