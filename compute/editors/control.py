@@ -89,6 +89,7 @@ def reference_norms(store, run_id: str, batch_size: int) -> list[float]:
     import json
 
     from store import queries
+    from store.conventions import EDIT, RUN_LEVEL
 
     run_id = resolve_reference(store, run_id)
     run = store.get_run(run_id)
@@ -99,7 +100,7 @@ def reference_norms(store, run_id: str, batch_size: int) -> list[float]:
         raise EditorError(f"{NAME}: reference run {run_id} edited {made_with} facts at a time, this run {batch_size}: "
                           f"use --batch {made_with}")
     rows = queries.measurements(store.conn, run_ids=run_id, metrics="update_norm")
-    rows = rows.filter((rows["case_id"] == "*") & (rows["rephrase_type"] == "edit")).sort("edit_count")
+    rows = rows.filter((rows["case_id"] == RUN_LEVEL) & (rows["rephrase_type"] == EDIT)).sort("edit_count")
     if rows.is_empty():
         raise EditorError(f"{NAME}: reference run {run_id} has no per-edit update_norm rows (a run made before they "
                           "were recorded): choose a newer run")

@@ -28,9 +28,10 @@ from compute.cases import EditCase
 from compute.editors import EditContext, get_editor
 from compute.experiments.common import edit_and_evaluate, open_run, recording, values_ahead
 from compute.models import LoadedModel
+from store.conventions import EDIT
 from store.metrics import REPHRASE_TYPES
 
-EDIT_TYPE = "edit"
+EDIT_TYPE = EDIT  # the rephrase type of an edit's own rows (store.conventions)
 
 
 def edit_rows(run_id: str, case_id: str, info: dict, edit_count: int = 1) -> list[dict]:
