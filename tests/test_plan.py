@@ -364,7 +364,7 @@ def test_the_shipped_plan_is_the_shipped_stores_recipe():
     by = plan.by_id()
     kinds = [u.kind for u in plan.units]
     assert plan.finalize and {k: kinds.count(k) for k in set(kinds)} == {
-        "kb": 1, "cases": 5, "knowledge": 2, "sweep": 9, "robustness": 4, "abilities": 1, "sequential": 29, "batch": 2}
+        "kb": 1, "cases": 5, "knowledge": 2, "sweep": 10, "robustness": 4, "abilities": 1, "sequential": 29, "batch": 2}
     assert {u.options["editor"] for u in plan.units if u.kind == "robustness"} == {"ROME", "FT-L", "IKE", "MEMIT"}
     assert all(u.after[0] == "baseline-240" and u.options["set"] == "smollm2-135m-n240-s0"
                for u in plan.units if u.kind == "robustness")
