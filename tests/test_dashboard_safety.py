@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from markdown_it import MarkdownIt
 
-from dashboard import jobs
+from dashboard import commands, jobs
 from test_dashboard import APP
 
 INJECTION = "[click](https://evil.example/a) ![x](https://evil.example/p.png) www.evil.example :red[hi]"
@@ -242,7 +242,7 @@ def test_pages_a_demo_and_a_launch_leave_the_shipped_store_unchanged(monkeypatch
 
     # the demo form takes no hyperparameter file, and hyperparameters are looked up by the model's (folder)
     # name: IKE's hold no layer numbers, so the tiny model in a folder named like the default model uses them
-    demo_model = tmp_path / "models" / jobs.DEFAULT_MODEL
+    demo_model = tmp_path / "models" / commands.DEFAULT_MODEL
     shutil.copytree(tiny_model_dir, demo_model)
     at.switch_page("app_pages/demo.py").run()
     at.selectbox(key="demo_editor").set_value("IKE")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dashboard import jobs
+from dashboard import commands, jobs
 
 EDITORS = ["AlphaEdit", "FT-L", "IKE", "MEMIT", "ROME"]
 TEMPLATES = {"capital": {"prompt": "The capital of {subject} is"}, "broken": {"prompt": "Its capital is"}}
@@ -19,11 +19,11 @@ TEMPLATES = {"capital": {"prompt": "The capital of {subject} is"}, "broken": {"p
 def _edit(**kw):
     args = dict(subject="France", relation="capital", new_object="Rome", true_object=None, editor="ROME")
     args.update(kw)
-    return jobs.edit_argv(**args, templates=TEMPLATES, editors=EDITORS)
+    return commands.edit_argv(**args, templates=TEMPLATES, editors=EDITORS)
 
 
 def test_editor_names_come_from_the_hparams_folders():
-    assert jobs.editor_names() == EDITORS
+    assert commands.editor_names() == EDITORS
 
 
 def test_edit_argv():
@@ -54,23 +54,23 @@ def test_edit_argv_refuses(kw, message):
 def test_model_dir_is_passed_resolved(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     assert _edit(model=str(tmp_path))[-2:] == ["--model", str(tmp_path.resolve())]
-    assert _edit(model=jobs.DEFAULT_MODEL)[-1] != "--model"
+    assert _edit(model=commands.DEFAULT_MODEL)[-1] != "--model"
 
 
 def test_robustness_and_sweep_argv_and_limits():
-    argv = jobs.robustness_argv("IKE", 8, 3, editors=EDITORS, limit=2, gen_tokens=1)
+    argv = commands.robustness_argv("IKE", 8, 3, editors=EDITORS, limit=2, gen_tokens=1)
     assert argv == ["run", "robustness", "--editor", "IKE", "--cases", "8", "--seed", "3", "--gen-tokens", "1",
                     "--limit", "2"]
-    assert jobs.sweep_argv("ROME", "1, 3,5", 4, editors=EDITORS)[:8] == [
+    assert commands.sweep_argv("ROME", "1, 3,5", 4, editors=EDITORS)[:8] == [
         "run", "sweep", "--editor", "ROME", "--field", "layer", "--values", "1,3,5"]
     with pytest.raises(ValueError, match="between 1 and 60"):
-        jobs.robustness_argv("IKE", 61, editors=EDITORS)
+        commands.robustness_argv("IKE", 61, editors=EDITORS)
     with pytest.raises(ValueError, match="Limit must be between"):
-        jobs.robustness_argv("IKE", 8, editors=EDITORS, limit=500)
+        commands.robustness_argv("IKE", 8, editors=EDITORS, limit=500)
     with pytest.raises(ValueError, match="Seed"):
-        jobs.robustness_argv("IKE", 8, -1, editors=EDITORS)
+        commands.robustness_argv("IKE", 8, -1, editors=EDITORS)
     with pytest.raises(ValueError, match="unknown editor"):
-        jobs.sweep_argv("X", "1", 4, editors=EDITORS)
+        commands.sweep_argv("X", "1", 4, editors=EDITORS)
 
 
 @pytest.mark.parametrize("layers, message", [
@@ -79,17 +79,17 @@ def test_robustness_and_sweep_argv_and_limits():
 ])
 def test_sweep_layers_refused(layers, message):
     with pytest.raises(ValueError, match=message):
-        jobs.sweep_argv("ROME", layers, 4, editors=EDITORS)
+        commands.sweep_argv("ROME", layers, 4, editors=EDITORS)
 
 
 def test_knowledge_argv():
-    argv = jobs.knowledge_argv("tiny32", case_sets=["tiny32"], limit=1, gen_tokens=1)
+    argv = commands.knowledge_argv("tiny32", case_sets=["tiny32"], limit=1, gen_tokens=1)
     assert argv == ["knowledge", "measure", "--set", "tiny32", "--types", "plain", "--again", "--limit", "1",
                     "--gen-tokens", "1"]
     for kw, message in (({"case_set": "other"}, "unknown case set"), ({"types": "doubt"}, "rephrase types"),
                         ({"limit": None}, "give a limit"), ({"limit": 61}, "between 1 and 60")):
         with pytest.raises(ValueError, match=message):
-            jobs.knowledge_argv(**{"case_set": "tiny32", "case_sets": ["tiny32"], **kw})
+            commands.knowledge_argv(**{"case_set": "tiny32", "case_sets": ["tiny32"], **kw})
 
 
 def test_command_runs_the_cli_on_the_store(tmp_path):
@@ -316,21 +316,21 @@ def test_job_stage_reads_the_newest_stage_line(tmp_path):
 
 def test_sequential_and_batch_argv_are_validated_and_small():
     sets = ["big"]
-    argv = jobs.sequential_argv("ROME", "big", 20, 2, 3, editors=EDITORS, case_sets=sets)
+    argv = commands.sequential_argv("ROME", "big", 20, 2, 3, editors=EDITORS, case_sets=sets)
     assert argv[:4] == ["run", "sequential", "--editor", "ROME"]
     assert argv[argv.index("--edits") + 1] == "20" and argv[argv.index("--batch") + 1] == "2"
     assert argv[argv.index("--order-seed") + 1] == "3" and "--panel-pool" in argv
     with pytest.raises(ValueError, match="Number of edits must be between 1 and 100"):
-        jobs.sequential_argv("ROME", "big", 101, editors=EDITORS, case_sets=sets)
+        commands.sequential_argv("ROME", "big", 101, editors=EDITORS, case_sets=sets)
     with pytest.raises(ValueError, match="larger than the number of edits"):
-        jobs.sequential_argv("ROME", "big", 5, 10, editors=EDITORS, case_sets=sets)
+        commands.sequential_argv("ROME", "big", 5, 10, editors=EDITORS, case_sets=sets)
     with pytest.raises(ValueError, match="unknown case set"):
-        jobs.sequential_argv("ROME", "nope", 5, editors=EDITORS, case_sets=sets)
-    argv = jobs.batch_argv("MEMIT", "big", "1, 10", editors=EDITORS, case_sets=sets)
+        commands.sequential_argv("ROME", "nope", 5, editors=EDITORS, case_sets=sets)
+    argv = commands.batch_argv("MEMIT", "big", "1, 10", editors=EDITORS, case_sets=sets)
     assert argv[argv.index("--sizes") + 1] == "1,10" and argv[argv.index("--abilities") + 1] == "none"
     for bad in ("1,1", "1,2,3,4,5", "0", "51", "a,b"):
         with pytest.raises(ValueError):
-            jobs.batch_argv("MEMIT", "big", bad, editors=EDITORS, case_sets=sets)
+            commands.batch_argv("MEMIT", "big", bad, editors=EDITORS, case_sets=sets)
 
 
 def test_demo_summary_counts_held_types_among_measurable_ones():
@@ -353,11 +353,11 @@ def test_demo_summary_counts_held_types_among_measurable_ones():
 def test_device_reaches_the_demo_and_every_launch_command():
     assert _edit(device="cuda:1")[-2:] == ["--device", "cuda:1"]
     assert "--device" not in _edit(device="cpu") and "--device" not in _edit()
-    assert jobs.robustness_argv("IKE", 8, editors=EDITORS, device="cuda")[-2:] == ["--device", "cuda"]
-    assert jobs.knowledge_argv("s", case_sets=["s"], device="mps")[-2:] == ["--device", "mps"]
-    assert jobs.sweep_argv("ROME", "1,3", 8, editors=EDITORS, device="cuda:0")[-2:] == ["--device", "cuda:0"]
-    assert jobs.sequential_argv("ROME", "s", 5, editors=EDITORS, case_sets=["s"], device="cuda")[-1] == "cuda"
-    assert jobs.batch_argv("MEMIT", "s", "1,2", editors=EDITORS, case_sets=["s"], device="cuda")[-1] == "cuda"
+    assert commands.robustness_argv("IKE", 8, editors=EDITORS, device="cuda")[-2:] == ["--device", "cuda"]
+    assert commands.knowledge_argv("s", case_sets=["s"], device="mps")[-2:] == ["--device", "mps"]
+    assert commands.sweep_argv("ROME", "1,3", 8, editors=EDITORS, device="cuda:0")[-2:] == ["--device", "cuda:0"]
+    assert commands.sequential_argv("ROME", "s", 5, editors=EDITORS, case_sets=["s"], device="cuda")[-1] == "cuda"
+    assert commands.batch_argv("MEMIT", "s", "1,2", editors=EDITORS, case_sets=["s"], device="cuda")[-1] == "cuda"
     with pytest.raises(ValueError, match="device must be cpu, cuda, cuda:N or mps; got 'gpu0'"):
         _edit(device="gpu0")
 

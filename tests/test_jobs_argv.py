@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from compute import cli
-from dashboard import jobs
+from dashboard import commands, jobs
 
-EDITORS = jobs.editor_names()
+EDITORS = commands.editor_names()
 SETS = ["tiny32", "other"]
 TEMPLATES = {"capital": {"prompt": "The capital of {subject} is"}}
 
@@ -37,46 +37,46 @@ def parse(argv):
 
 def builders(model: str) -> dict[str, list]:
     """builder name -> argv lists it makes: defaults, the dashboard's upper limits, and a local model."""
-    top = jobs.MAX_TEXT
+    top = commands.MAX_TEXT
     return {
         "edit_argv": [
-            jobs.edit_argv("France", "capital", "Rome", None, "ROME", templates=TEMPLATES, editors=EDITORS),
-            jobs.edit_argv("F" * top, "capital", "R" * top, "P" * top, EDITORS[-1], templates=TEMPLATES,
-                           editors=EDITORS, model=model, gen_tokens=jobs.MAX_GEN_TOKENS, seed=jobs.MAX_SEED),
-            jobs.edit_argv("France", "capital", "Rome", "Paris", "MEMIT", templates=TEMPLATES, editors=EDITORS,
+            commands.edit_argv("France", "capital", "Rome", None, "ROME", templates=TEMPLATES, editors=EDITORS),
+            commands.edit_argv("F" * top, "capital", "R" * top, "P" * top, EDITORS[-1], templates=TEMPLATES,
+                           editors=EDITORS, model=model, gen_tokens=commands.MAX_GEN_TOKENS, seed=commands.MAX_SEED),
+            commands.edit_argv("France", "capital", "Rome", "Paris", "MEMIT", templates=TEMPLATES, editors=EDITORS,
                            gen_tokens=1),
         ],
         "robustness_argv": [
-            jobs.robustness_argv("ROME", 1, editors=EDITORS),
-            jobs.robustness_argv("FT-L", jobs.MAX_CASES, jobs.MAX_SEED, editors=EDITORS, limit=jobs.MAX_CASES,
-                                 gen_tokens=jobs.MAX_GEN_TOKENS, model=model),
+            commands.robustness_argv("ROME", 1, editors=EDITORS),
+            commands.robustness_argv("FT-L", commands.MAX_CASES, commands.MAX_SEED, editors=EDITORS, limit=commands.MAX_CASES,
+                                 gen_tokens=commands.MAX_GEN_TOKENS, model=model),
         ],
         "knowledge_argv": [
-            jobs.knowledge_argv("tiny32", case_sets=SETS),
-            jobs.knowledge_argv("other", case_sets=SETS, limit=jobs.MAX_CASES, types="all", gen_tokens=1,
+            commands.knowledge_argv("tiny32", case_sets=SETS),
+            commands.knowledge_argv("other", case_sets=SETS, limit=commands.MAX_CASES, types="all", gen_tokens=1,
                                 model=model),
         ],
         "sequential_argv": [
-            jobs.sequential_argv("ROME", "tiny32", 1, editors=EDITORS, case_sets=SETS),
-            jobs.sequential_argv("MEMIT", "other", jobs.MAX_EDITS, jobs.MAX_BATCH, jobs.MAX_SEED, editors=EDITORS,
+            commands.sequential_argv("ROME", "tiny32", 1, editors=EDITORS, case_sets=SETS),
+            commands.sequential_argv("MEMIT", "other", commands.MAX_EDITS, commands.MAX_BATCH, commands.MAX_SEED, editors=EDITORS,
                                  case_sets=SETS, model=model),
         ],
         "batch_argv": [
-            jobs.batch_argv("MEMIT", "tiny32", "1", editors=EDITORS, case_sets=SETS),
-            jobs.batch_argv("AlphaEdit", "other", ",".join(str(jobs.MAX_BATCH - i) for i in range(jobs.MAX_BATCH_SIZES)),
-                            jobs.MAX_SEED, editors=EDITORS, case_sets=SETS, abilities=True, model=model),
+            commands.batch_argv("MEMIT", "tiny32", "1", editors=EDITORS, case_sets=SETS),
+            commands.batch_argv("AlphaEdit", "other", ",".join(str(commands.MAX_BATCH - i) for i in range(commands.MAX_BATCH_SIZES)),
+                            commands.MAX_SEED, editors=EDITORS, case_sets=SETS, abilities=True, model=model),
         ],
         "sweep_argv": [
-            jobs.sweep_argv("ROME", "0", 1, editors=EDITORS),
-            jobs.sweep_argv("FT-L", ",".join(map(str, range(jobs.MAX_SWEEP_VALUES))), jobs.MAX_CASES, jobs.MAX_SEED,
-                            editors=EDITORS, limit=jobs.MAX_CASES, gen_tokens=jobs.MAX_GEN_TOKENS, model=model),
+            commands.sweep_argv("ROME", "0", 1, editors=EDITORS),
+            commands.sweep_argv("FT-L", ",".join(map(str, range(commands.MAX_SWEEP_VALUES))), commands.MAX_CASES, commands.MAX_SEED,
+                            editors=EDITORS, limit=commands.MAX_CASES, gen_tokens=commands.MAX_GEN_TOKENS, model=model),
         ],
     }
 
 
 def test_every_argv_builder_of_the_dashboard_is_covered(model_dir):
-    made = {name for name, fn in inspect.getmembers(jobs, inspect.isfunction)
-            if name.endswith("_argv") and fn.__module__ == jobs.__name__}
+    made = {name for module in (commands, jobs) for name, fn in inspect.getmembers(module, inspect.isfunction)
+            if name.endswith("_argv") and fn.__module__ == module.__name__}
     assert made == set(builders(model_dir))
 
 
@@ -100,13 +100,13 @@ def test_the_cli_parses_every_command_the_dashboard_builds(builder, model_dir):
 
 
 def test_the_dashboards_limits_fit_inside_the_clis():
-    assert jobs.MAX_TEXT <= cli.MAX_TEXT
-    assert jobs.DEFAULT_MODEL == cli.build_parser().parse_args(["model", "info"]).model
-    assert jobs.LAUNCH_PANEL_SIZE <= jobs.LAUNCH_PANEL_POOL
+    assert commands.MAX_TEXT <= cli.MAX_TEXT
+    assert commands.DEFAULT_MODEL == cli.build_parser().parse_args(["model", "info"]).model
+    assert commands.LAUNCH_PANEL_SIZE <= commands.LAUNCH_PANEL_POOL
 
 
 def test_a_demo_edit_reaches_the_cli_with_its_text_intact():
-    argv = jobs.edit_argv("  Côte d'Ivoire ", "capital", "São Paulo", "Yamoussoukro", "ROME", templates=TEMPLATES,
+    argv = commands.edit_argv("  Côte d'Ivoire ", "capital", "São Paulo", "Yamoussoukro", "ROME", templates=TEMPLATES,
                           editors=EDITORS)
     args = parse(argv)
     assert (args.subject, args.relation, args.new, args.true) == ("Côte d'Ivoire", "capital", "São Paulo",

@@ -10,7 +10,7 @@ import json
 import polars as pl
 import streamlit as st
 
-from dashboard import jobs
+from dashboard import commands, jobs
 from dashboard.plain import line, message
 from dashboard.data import (public_mode, query, run_store, session_owner, store_path, workspace_path,
                             workspace_problem)
@@ -39,41 +39,41 @@ st.caption(f"One fact, one editor: the model answers every rephrase type, is edi
            f"{jobs.DEMO_IDLE_S / 60:.0f} idle minutes). {took}The run is saved in the workspace store, never in the "
            f"shipped one.")
 
-templates = jobs.relation_templates_from(query("kb_relations"))
-editors = jobs.editor_names()
+templates = commands.relation_templates_from(query("kb_relations"))
+editors = commands.editor_names()
 if not templates:
     st.info("The store has no knowledge base: run `python -m compute kb build` first.")
     st.stop()
 
 with st.form("demo_form"):
     c1, c2 = st.columns(2)
-    subject = c1.text_input("Subject", value="France", max_chars=jobs.MAX_TEXT, key="demo_subject")
+    subject = c1.text_input("Subject", value="France", max_chars=commands.MAX_TEXT, key="demo_subject")
     relation = c2.selectbox("Relation", sorted(templates), key="demo_relation",
                             index=sorted(templates).index("capital") if "capital" in templates else 0)
-    new_object = c1.text_input("New object", value="Rome", max_chars=jobs.MAX_TEXT, key="demo_new")
+    new_object = c1.text_input("New object", value="Rome", max_chars=commands.MAX_TEXT, key="demo_new")
     true_object = c2.text_input("True object (only for a subject not in the knowledge base)",
-                                max_chars=jobs.MAX_TEXT, key="demo_true")
+                                max_chars=commands.MAX_TEXT, key="demo_true")
     editor = c1.selectbox("Editor", editors, key="demo_editor", index=editors.index("ROME") if "ROME" in editors else 0)
-    gen_tokens = c2.number_input("Generated tokens", 1, jobs.MAX_GEN_TOKENS, jobs.MAX_GEN_TOKENS, key="demo_gen_tokens",
+    gen_tokens = c2.number_input("Generated tokens", 1, commands.MAX_GEN_TOKENS, commands.MAX_GEN_TOKENS, key="demo_gen_tokens",
                                  help="Stored answers of the unedited model are reused only for the same length "
-                                      f"(knowledge runs generate {jobs.MAX_GEN_TOKENS} tokens by default)")
+                                      f"(knowledge runs generate {commands.MAX_GEN_TOKENS} tokens by default)")
     model, device = "", "cpu"
     if not public:
         with st.expander("Model"):
             model = st.text_input("Model", value="", key="demo_model",
-                                  help=f"Empty for {jobs.DEFAULT_MODEL}, or a local Hugging Face model directory")
+                                  help=f"Empty for {commands.DEFAULT_MODEL}, or a local Hugging Face model directory")
             device = st.text_input("Device", value="cpu", key="demo_device", help="torch device: cpu, cuda, cuda:N or mps")
     submitted = st.form_submit_button("Run edit", type="primary")
 
 if relation in templates and subject.strip():
     try:
-        line(f"Edit prompt: {jobs.edit_prompt(relation, subject.strip(), templates)} → {new_object}")
+        line(f"Edit prompt: {commands.edit_prompt(relation, subject.strip(), templates)} → {new_object}")
     except ValueError as exc:
         line(str(exc))
 
 if submitted:
     try:
-        argv = jobs.edit_argv(subject, relation, new_object, true_object, editor, templates=templates,
+        argv = commands.edit_argv(subject, relation, new_object, true_object, editor, templates=templates,
                               editors=editors, model=model, gen_tokens=gen_tokens, device=device)
         workspace = jobs.ensure_workspace(store_path())
         st.session_state["demo_job"] = jobs.start_demo(workspace, store_path(), argv, owner=owner).job_id

@@ -5,7 +5,7 @@ this session started. Launched runs write to the workspace store, never to the s
 import polars as pl
 import streamlit as st
 
-from dashboard import jobs
+from dashboard import commands, jobs
 from dashboard.plain import message
 from dashboard.data import (public_mode, query, session_owner, store_path, store_paths, workspace_path,
                             workspace_problem)
@@ -22,12 +22,12 @@ if workspace_problem():
 public, owner = public_mode(), session_owner()
 where = "a workspace store kept apart from the shipped results" if public else f"the workspace store `{workspace_path()}`"
 st.caption(f"Runs start as background `python -m compute` processes writing to {where}; the shipped store is "
-           f"never changed. Launched runs are kept small (at most {jobs.MAX_CASES} cases, {jobs.MAX_EDITS} "
-           f"sequential edits, batches of {jobs.MAX_BATCH}, {jobs.MAX_GEN_TOKENS} generated tokens, seeds 0-"
-           f"{jobs.MAX_SEED}), {jobs.MAX_SESSION_JOBS} at a time per visitor and {jobs.MAX_RUNNING_JOBS} on the "
+           f"never changed. Launched runs are kept small (at most {commands.MAX_CASES} cases, {commands.MAX_EDITS} "
+           f"sequential edits, batches of {commands.MAX_BATCH}, {commands.MAX_GEN_TOKENS} generated tokens, seeds 0-"
+           f"{commands.MAX_SEED}), {jobs.MAX_SESSION_JOBS} at a time per visitor and {jobs.MAX_RUNNING_JOBS} on the "
            "machine.")
 
-editors = jobs.editor_names()
+editors = commands.editor_names()
 case_sets = query("case_sets")
 set_names = case_sets["case_set"].to_list() if not case_sets.is_empty() else []
 
@@ -38,31 +38,31 @@ with st.form("launch_form"):
     if experiment in ("sequential", "batch"):
         editor = st.selectbox("Editor", [e for e in editors if e != "IKE"], key="launch_editor_w",
                               help="weight editors only: in-context editing changes no weights")
-        big = case_sets.filter(case_sets["n_cases"] > jobs.LAUNCH_PANEL_POOL)["case_set"].to_list() if set_names else []
+        big = case_sets.filter(case_sets["n_cases"] > commands.LAUNCH_PANEL_POOL)["case_set"].to_list() if set_names else []
         case_set = st.selectbox("Case set (edit order drawn from it)", big, key="launch_set_w")
-        seed = st.number_input("Order seed", 0, jobs.MAX_SEED, 0, key="launch_order_seed")
+        seed = st.number_input("Order seed", 0, commands.MAX_SEED, 0, key="launch_order_seed")
         if experiment == "sequential":
-            edits = st.number_input("Number of edits", 1, jobs.MAX_EDITS, 20, key="launch_edits")
-            batch = st.number_input("Batch size", 1, jobs.MAX_BATCH, 1, key="launch_batch")
+            edits = st.number_input("Number of edits", 1, commands.MAX_EDITS, 20, key="launch_edits")
+            batch = st.number_input("Batch size", 1, commands.MAX_BATCH, 1, key="launch_batch")
         else:
-            sizes = st.text_input("Batch sizes", value="1,10", max_chars=jobs.MAX_TEXT, key="launch_sizes")
+            sizes = st.text_input("Batch sizes", value="1,10", max_chars=commands.MAX_TEXT, key="launch_sizes")
             with_abilities = st.checkbox("Quick ability suite after each batch (about a minute each)",
                                          key="launch_abilities")
     elif experiment == "knowledge":
         case_set = st.selectbox("Case set", set_names, key="launch_set")
-        types = st.selectbox("Rephrase types", jobs.REPHRASE_CHOICES, key="launch_types")
+        types = st.selectbox("Rephrase types", commands.REPHRASE_CHOICES, key="launch_types")
     else:
         editor = st.selectbox("Editor", editors, key="launch_editor")
-        cases = st.number_input("Number of cases (a balanced set, built if missing)", 1, jobs.MAX_CASES, 8,
+        cases = st.number_input("Number of cases (a balanced set, built if missing)", 1, commands.MAX_CASES, 8,
                                 key="launch_cases")
-        seed = st.number_input("Seed", 0, jobs.MAX_SEED, 0, key="launch_seed")
+        seed = st.number_input("Seed", 0, commands.MAX_SEED, 0, key="launch_seed")
         if experiment == "sweep":
-            layers = st.text_input("Layers", value="1,3,5", max_chars=jobs.MAX_TEXT, key="launch_layers")
+            layers = st.text_input("Layers", value="1,3,5", max_chars=commands.MAX_TEXT, key="launch_layers")
     if experiment not in ("sequential", "batch"):
-        limit = st.number_input("Limit (first N cases)", 1, jobs.MAX_CASES, 8, key="launch_limit")
-        gen_tokens = st.number_input("Generated tokens", 1, jobs.MAX_GEN_TOKENS, 10, key="launch_gen_tokens")
+        limit = st.number_input("Limit (first N cases)", 1, commands.MAX_CASES, 8, key="launch_limit")
+        gen_tokens = st.number_input("Generated tokens", 1, commands.MAX_GEN_TOKENS, 10, key="launch_gen_tokens")
     model = "" if public else st.text_input(
-        "Model", value="", key="launch_model", help=f"Empty for {jobs.DEFAULT_MODEL}, or a local Hugging Face model directory")
+        "Model", value="", key="launch_model", help=f"Empty for {commands.DEFAULT_MODEL}, or a local Hugging Face model directory")
     device = "cpu" if public else st.text_input("Device", value="cpu", key="launch_device",
                                                 help="torch device: cpu, cuda, cuda:N or mps")
     submitted = st.form_submit_button("Launch", type="primary")
@@ -70,19 +70,19 @@ with st.form("launch_form"):
 if submitted:
     try:
         if experiment == "sequential":
-            argv = jobs.sequential_argv(editor, case_set, edits, batch, seed, editors=editors, case_sets=set_names,
+            argv = commands.sequential_argv(editor, case_set, edits, batch, seed, editors=editors, case_sets=set_names,
                                         model=model, device=device)
         elif experiment == "batch":
-            argv = jobs.batch_argv(editor, case_set, sizes, seed, editors=editors, case_sets=set_names,
+            argv = commands.batch_argv(editor, case_set, sizes, seed, editors=editors, case_sets=set_names,
                                    abilities=with_abilities, model=model, device=device)
         elif experiment == "knowledge":
-            argv = jobs.knowledge_argv(case_set, case_sets=set_names, limit=limit, types=types,
+            argv = commands.knowledge_argv(case_set, case_sets=set_names, limit=limit, types=types,
                                        gen_tokens=gen_tokens, model=model, device=device)
         elif experiment == "sweep":
-            argv = jobs.sweep_argv(editor, layers, cases, seed, editors=editors, limit=limit,
+            argv = commands.sweep_argv(editor, layers, cases, seed, editors=editors, limit=limit,
                                    gen_tokens=gen_tokens, model=model, device=device)
         else:
-            argv = jobs.robustness_argv(editor, cases, seed, editors=editors, limit=limit,
+            argv = commands.robustness_argv(editor, cases, seed, editors=editors, limit=limit,
                                         gen_tokens=gen_tokens, model=model, device=device)
         workspace = jobs.ensure_workspace(store_path())
         if case_set:
