@@ -700,7 +700,7 @@ def cmd_plan(args) -> None:
             _out(line)
         return
     outcome = plans.execute(plan, target, executor=args.executor, workers=args.workers, address=args.address,
-                            cache_dir=args.cache_dir, out=_out)
+                            cache_dir=args.cache_dir, out=_out, progress_s=args.progress_s)
     bad = {u: o for u, o in outcome.items() if o != "done"}
     if bad:
         raise ValueError(f"plan {plan.name}: {len(bad)} of {len(outcome)} units did not finish "
@@ -890,6 +890,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "run":
             q.add_argument("--executor", choices=["local", "ray"], default="local")
             q.add_argument("--workers", type=at_least(1), help="units at once (default: one per core; ray: its CPUs)")
+            q.add_argument("--progress-s", type=at_least(1), default=300,
+                           help="merge running units' progress into the target every this many seconds (local "
+                                "executor; the dashboard's launches use 15)")
             q.add_argument("--address", type=text(), help="ray: a cluster's address (default: a local Ray)")
             q.add_argument("--device", type=device, help="given to every unit that loads a model (cuda: each unit "
                            "asks Ray for one GPU)")

@@ -7,9 +7,9 @@ is only ever reached as a subprocess). The Demo and Launch pages call:
 - `workspace_path` / `ensure_workspace` / `copy_case_set`: the workspace store. Every run started from the
   dashboard writes there, never into the shipped store (which the dashboard only ever opens read-only): a
   file outside git under the cache folder, or $EDITSCOPE_WORKSPACE.
-- `start_job`: `python -m compute --store WORKSPACE --quiet ARGV` in a new session (it outlives the page),
-  output to a log file in the jobs folder, with a small JSON record of the job (and the session that owns
-  it) beside it. It refuses when too many jobs run, server-wide or for the session, or when the workspace
+- `start_job`: the command as a one-unit plan run by the engine's local executor (`python -m compute --store
+  WORKSPACE --quiet plan run PLAN`) in a new session (it outlives the page), output to a log file in the jobs
+  folder, with the plan and a small JSON record of the job (and the session that owns it) beside it. It refuses when too many jobs run, server-wide or for the session, or when the workspace
   is full.
 - `list_jobs` / `job_status` / `stage_times`: the jobs started for a store, whether their process still
   runs, and how long each stage of a demo took.
@@ -252,6 +252,34 @@ def command(store_path: Path, argv: Sequence[str]) -> list[str]:
     return [sys.executable, "-m", "compute", "--store", str(store_path), "--quiet", *argv]
 
 
+# the commands a launch may run -> the plan unit kind that runs them (compute/plan.py KINDS)
+PLAN_KINDS = {("run", "robustness"): "robustness", ("run", "sweep"): "sweep", ("run", "sequential"): "sequential",
+              ("run", "batch"): "batch", ("knowledge", "measure"): "knowledge"}
+LAUNCH_PROGRESS_S = 15  # a launched run's progress reaches the workspace store this often
+
+
+def launch_plan(argv: Sequence[str], name: str) -> str:
+    """The one-unit plan (TOML) that runs a launch's command line through the run engine (compute/plan.py):
+    the engine checks it with the CLI's own parser before anything runs, runs it in a shard of the workspace
+    store and merges it back. `argv` is a command line from dashboard/commands.py."""
+    kind = PLAN_KINDS.get(tuple(argv[:2]))
+    if kind is None:
+        raise ValueError(f"a launch runs one of {', '.join(' '.join(k) for k in PLAN_KINDS)}, not {' '.join(argv[:2])!r}")
+    lines = [f"name = {json.dumps(name)}", "", "[[unit]]", 'id = "launch"', f"kind = {json.dumps(kind)}"]
+    rest, i = list(argv[2:]), 0
+    while i < len(rest):
+        flag = str(rest[i])
+        if not flag.startswith("--") or flag in ("--hp", "--grid"):
+            raise ValueError(f"a launch's command line has {flag!r} where an option was expected")
+        key = flag[2:].replace("-", "_")
+        if i + 1 < len(rest) and not str(rest[i + 1]).startswith("--"):
+            value, i = json.dumps(str(rest[i + 1])), i + 2  # a JSON string is a TOML basic string
+        else:
+            value, i = "true", i + 1
+        lines.append(f"{key} = {value}")
+    return "\n".join(lines) + "\n"
+
+
 def mark_stale(store_path: Path) -> int:
     """Mark runs of the workspace store whose process died as interrupted (a writable open of that store;
     the caller passes the workspace, never the shipped store)."""
@@ -288,7 +316,10 @@ def _size_mb(path: Path) -> float:
 
 
 def start_job(store_path: Path, argv: Sequence[str], owner: str = "") -> Job:
-    """Start `python -m compute --store PATH --quiet ARGV` as a detached process and record it.
+    """Run the command line `argv` (dashboard/commands.py) through the run engine as a detached process and
+    record it: a one-unit plan (`launch_plan`, beside the job's record) run by `python -m compute --store PATH
+    --quiet plan run PLAN --workers 1` (the local executor), which checks the unit with the CLI's parser, runs
+    it in a shard and merges its progress into the workspace store every LAUNCH_PROGRESS_S seconds.
 
     `store_path` is the workspace store. Refused (ValueError) while MAX_RUNNING_JOBS jobs run on this
     machine or MAX_SESSION_JOBS for this `owner`, or once the workspace holds MAX_WORKSPACE_MB; the check and
@@ -308,7 +339,10 @@ def start_job(store_path: Path, argv: Sequence[str], owner: str = "") -> Job:
             mark_stale(store_path)
         job_id = datetime.now().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         log = folder / f"{job_id}.log"
-        pid = _spawn(command(store_path, argv), log)
+        plan = folder / f"{job_id}.toml"
+        plan.write_text(launch_plan(argv, f"launch-{job_id}"))
+        pid = _spawn(command(store_path, ["plan", "run", str(plan), "--workers", "1",
+                                          "--progress-s", str(LAUNCH_PROGRESS_S)]), log)
         kind = argv[1] if argv[0] == "run" else argv[0]
         job = Job(job_id, kind, tuple(argv), pid, str(log), str(store_path),
                   datetime.now(timezone.utc).isoformat(timespec="seconds"), owner)

@@ -98,7 +98,7 @@ def describe_runs(runs: pl.DataFrame) -> pl.DataFrame:
         where = r.get("store") or "shipped"
         if where == "workspace":  # dashboard.data marks runs started from the dashboard
             base += " · workspace"
-        if r.get("pre_rebuild"):  # kept from before the store's rebuild by its plan (store.queries.list_runs)
+        if r.get("pre_rebuild") and where != "workspace":  # kept from before the store's rebuild by its plan
             base += " · pre-rebuild"
         colour, dash = run_style(r["editor"], hp, cfg)
         rows.append({"run_id": r["run_id"], "kind": r["kind"], "editor": r["editor"], "model": r["model"],
@@ -107,7 +107,8 @@ def describe_runs(runs: pl.DataFrame) -> pl.DataFrame:
                      "key_mismatch": bool(hp.get("key_mismatch", False)),
                      "rect_top": float(hp.get("rect_top", 1.0) or 1.0), "batch_size": cfg.get("batch_size"),
                      "order_seed": cfg.get("order_seed"), "arm": arm_key(r, hp, cfg, where),
-                     "pre_rebuild": bool(r.get("pre_rebuild")), "group": run_label(r["editor"], hp, cfg)
+                     "pre_rebuild": bool(r.get("pre_rebuild")) and where != "workspace",
+                     "group": run_label(r["editor"], hp, cfg)
                      + (f", order {cfg['order_seed']}" if cfg.get("order_seed") not in (None, 0) else "")})
     df = pl.DataFrame(rows, schema={k: v for k, v in RUN_TABLE.items() if k not in ("label", "reference")}
                       | {"group": pl.String})

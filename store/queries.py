@@ -99,10 +99,13 @@ def schema_history(conn: sqlite3.Connection) -> pl.DataFrame:
 def list_runs(conn: sqlite3.Connection, kind: str | None = None, status: str | None = None) -> pl.DataFrame:
     """Runs, newest first, with every runs column plus progress = n_done / n_total, plan_unit (the id of the
     plan unit that made the run: run_events of kind plan_unit, compute/plan.py) and pre_rebuild: the store has
-    runs made by a plan and this one was not (a run kept from before the store was rebuilt by its plan, e.g.
-    with edit mechanics since fixed; pages prefer the rebuilt runs and say so)."""
+    runs made by a plan (other than the dashboard's launch plans) and this one was not (a run kept from before
+    the store was rebuilt by its plan, e.g. with edit mechanics since fixed; pages prefer the rebuilt runs and
+    say so)."""
     where, params = _where([("kind", kind), ("status", status)])
-    rebuilt = conn.execute("SELECT 1 FROM run_events WHERE kind = 'plan_unit' LIMIT 1").fetchone() is not None
+    # a store rebuilt by a plan (not the dashboard's one-unit launch plans, named launch-JOB)
+    rebuilt = conn.execute("SELECT 1 FROM run_events WHERE kind = 'plan_unit' AND "
+                           "coalesce(json_extract(detail, '$.plan'), '') NOT LIKE 'launch-%' LIMIT 1").fetchone() is not None
     return (
         _frame(conn, f"SELECT *, (SELECT json_extract(e.detail, '$.unit') FROM run_events e WHERE e.run_id = runs.run_id "
                      f"AND e.kind = 'plan_unit' LIMIT 1) AS plan_unit FROM runs{where} "

@@ -273,10 +273,14 @@ def test_start_job_logs_and_reports_failure(tmp_path, monkeypatch):
     monkeypatch.setenv("EDITSCOPE_CACHE", str(tmp_path / "cache"))
     path = tmp_path / "s.sqlite"
     Store.open(path, create=True).close()
-    job = jobs.start_job(path, ["cases", "show", "--case", "no-such-case"])
-    assert jobs.wait_for(job, 60)
+    job = jobs.start_job(path, ["knowledge", "measure", "--set", "no-such-set", "--limit", "1"])
+    assert jobs.wait_for(job, 120)
     status = jobs.job_status(job)
-    assert status["state"] == "failed" and status["returncode"] == 2 and "no case" in status["error"]
+    # the engine ran the one-unit plan; the unit's own one-line error is the job's error
+    assert status["state"] == "failed" and status["returncode"] == 2 and "no case set 'no-such-set'" in status["error"]
+    assert "plan run" in " ".join(jobs.command(path, ["plan", "run", "x"])) and Path(job.log).with_suffix(".toml").is_file()
+    with pytest.raises(ValueError, match="a launch runs one of"):
+        jobs.start_job(path, ["cases", "show"])
     assert [j.job_id for j in jobs.list_jobs(path)] == [job.job_id]
     assert jobs.load_job(path, job.job_id) == job
     with pytest.raises(ValueError, match="no job"):
@@ -386,3 +390,50 @@ def test_a_demo_request_is_cancelled_through_its_file_and_fails_when_its_worker_
         _stop([worker])
     assert jobs.job_status(job)["state"] == "failed"
     assert "stopped before answering" in jobs.job_status(other)["error"]
+
+
+def test_a_launch_is_a_one_unit_plan_the_engine_accepts(tmp_path):
+    """Every command the Launch page builds becomes a plan unit whose command line, as the engine renders and
+    checks it with the CLI's parser, is the command the page built."""
+    from compute.cli import build_parser
+    from compute.plan import load_plan
+
+    from dashboard import commands
+
+    built = [commands.robustness_argv("ROME", 8, 1, editors=["ROME"], limit=2, gen_tokens=5, device="cpu"),
+             commands.knowledge_argv("tiny32", case_sets=["tiny32"], limit=3, types="all"),
+             commands.sequential_argv("ROME", "big", 20, 2, 3, editors=["ROME"], case_sets=["big"]),
+             commands.batch_argv("MEMIT", "big", "1, 10", editors=["MEMIT"], case_sets=["big"]),
+             commands.sweep_argv("ROME", "1,3", 4, editors=["ROME"])]
+    for n, argv in enumerate(built):
+        path = tmp_path / f"p{n}.toml"
+        path.write_text(jobs.launch_plan(argv, f"launch-{n}"))
+        plan = load_plan(path, build_parser())
+        assert plan.name == f"launch-{n}" and len(plan.units) == 1
+        assert list(plan.units[0].argv) == [str(a) for a in argv]
+
+
+def test_a_launched_run_goes_through_the_engine_into_the_workspace_store(tmp_path, monkeypatch, fixture_store,
+                                                                         tiny_model_dir):
+    """A Launch-page command runs as a one-unit plan (local executor): its run lands in the workspace store,
+    linked to the plan unit that made it, and the job reads as done."""
+    import shutil
+
+    from dashboard import commands
+    from store import Store, queries
+
+    monkeypatch.setenv("EDITSCOPE_CACHE", str(tmp_path / "cache"))
+    ws = tmp_path / "workspace.sqlite"
+    shutil.copy(fixture_store, ws)
+    with Store.open(ws, readonly=True) as st:
+        before = set(queries.list_runs(st.conn, kind="knowledge")["run_id"])
+    argv = commands.knowledge_argv("tiny32", case_sets=["tiny32"], limit=2, gen_tokens=2, model=tiny_model_dir)
+    job = jobs.start_job(ws, argv, owner="alice")
+    assert jobs.wait_for(job, 240)
+    assert jobs.job_status(job)["state"] == "done", jobs.log_tail(job)
+    with Store.open(ws, readonly=True) as st:
+        runs = queries.list_runs(st.conn, kind="knowledge")
+        new = runs.filter(~runs["run_id"].is_in(list(before)))
+        assert new.height == 1 and new["n_done"][0] == 2 and new["status"][0] == "done"
+        assert new["plan_unit"][0] == "launch"
+        assert not runs["pre_rebuild"].any()  # a launch plan is no rebuild: the store's other runs stay as they were
