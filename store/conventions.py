@@ -24,6 +24,10 @@ BATCH = "batch"  # a batch run's batch of b edits (edit_count = b): es, ps, ns, 
 SEQUENTIAL_SCOPES = (EDIT, NEWEST, ALL_EDITS, PANEL, PANEL_CHECK, FREE_TEXT)  # compute.experiments.sequential
 SCOPES = (*SEQUENTIAL_SCOPES, BATCH)  # every scope of run-level rows
 
+# run_events kinds a sequential run's verdicts are (store.derived.derive_sequential_events): recomputed from the
+# run's whole history, so a newer derivation replaces every row of these kinds, also by having none of a kind
+DERIVED_EVENT_KINDS = ("phase", "disabling_edit", "abrupt_change", "collapse", "panel_floor")
+
 HELD = 0.5  # an edit holds when its ES (P(new) > P(true)) or its exact match is at least this
 
 

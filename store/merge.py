@@ -42,6 +42,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from .conventions import DERIVED_EVENT_KINDS
 from .db import MEASUREMENT_COLUMNS, Store, StoreError, _connect_readonly, _read_header, _validate
 from .schema import latest_version
 
@@ -348,12 +349,17 @@ def _merge_run(tconn, sconn, run: dict, mine: dict, run_cols, tables, report) ->
 def _take_events(tconn, sconn, run_id: str, columns: list[str]) -> int:
     """The shard's events of a run taken over: each kind the shard holds replaces the target's rows of that kind
     (events are re-derived from a run's whole history), except log kinds, whose rows are added beside the
-    target's; kinds only the target holds stay. Returns the rows written."""
+    target's; a verdict kind (DERIVED_EVENT_KINDS) the shard no longer holds is deleted from the target (a
+    disabling edit found early in a run and dropped when its distribution grew); other kinds only the target
+    holds stay. Returns the rows written."""
     kind = columns.index("kind")
     by_kind: dict[str, list[tuple]] = {}
     for row in _select(sconn, "run_events", columns, " WHERE run_id = ?", (run_id,)):
         by_kind.setdefault(row[kind], []).append(row)
     n = 0
+    for name in DERIVED_EVENT_KINDS:  # the shard derived them from the whole run: a kind it no longer has is gone
+        if name not in by_kind:
+            tconn.execute("DELETE FROM run_events WHERE run_id = ? AND kind = ?", (run_id, name))
     for name, rows in sorted(by_kind.items()):
         if name in LOG_KINDS:
             cur = tconn.executemany(f"INSERT OR IGNORE INTO run_events ({', '.join(map(_q, columns))}) "

@@ -188,15 +188,16 @@ def bootstrap_mean_ci(values, n_boot: int = 1000, seed: int = 0, level: float = 
 # --------------------------------------------------------------------------- rules over a run's series
 
 
-def robust_z(values) -> np.ndarray:
+def robust_z(values, min_mad: float = 0.0) -> np.ndarray:
     """Modified z-scores 0.6745 (v - median) / MAD (Iglewicz and Hoaglin; |z| > 3.5 marks an outlier). With a
     MAD of 0 (over half the values equal) the mean absolute deviation times 1.2533 stands in; all zeros when
-    every value is equal or there are fewer than 3."""
+    every value is equal or there are fewer than 3. `min_mad` floors the MAD: values this close together are
+    not a spread an outlier is measured against."""
     v = np.asarray(values, dtype=float)
     if len(v) < 3:
         return np.zeros(len(v))
     med = np.median(v)
-    mad = np.median(np.abs(v - med))
+    mad = max(float(np.median(np.abs(v - med))), min_mad)
     if mad > 0:
         return 0.6745 * (v - med) / mad
     mean_ad = np.mean(np.abs(v - med))

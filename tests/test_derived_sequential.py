@@ -153,3 +153,20 @@ def test_ability_means_over_orders_average_perplexity_on_the_log_scale():
     assert by["perplexity"]["score"] == pytest.approx(100.0)  # the geometric mean of 10 and 1000
     assert by["qa"]["score"] == pytest.approx(0.7) and by["qa"]["n"] == 2 and by["qa"]["run_id"] == "arm"
     assert by["perplexity"]["ci_low"] < 100.0 < by["perplexity"]["ci_high"] and by["qa"]["metric"] == "accuracy"
+
+
+def test_a_disabling_edit_needs_a_distribution_of_the_runs_own_updates(tmp_path):
+    """Too few edits, or norms within a few per cent of each other, make no outlier; a 25x edit among ten
+    alike ones is one (store.derived.disabling_edit_events, MIN_OUTLIER_EDITS and LOG_NORM_MAD_FLOOR)."""
+    def flagged(norms):
+        path = tmp_path / f"s{len(list(tmp_path.iterdir()))}.sqlite"
+        with Store.open(path, create=True) as st:
+            run = st.start_run(kind="sequential", model="m", editor="ROME", config={"batch_size": 1})
+            st.write_measurements([dict(run_id=run, case_id="*", edit_count=i + 1, rephrase_type="edit",
+                                        metric=m, value=v) for i, n in enumerate(norms)
+                                   for m, v in (("update_norm", n), ("update_w0", 174.0))])
+            return [e["edit_count"] for e in derived.disabling_edit_events(st.conn, run)]
+
+    assert flagged([5.06, 5.15, 5.82]) == []  # three edits are no distribution (the third had z 4.7)
+    assert flagged([5.0, 5.02, 5.01, 5.03, 5.0, 5.6, 5.01, 5.02, 5.0]) == []  # 12% above alike norms: no outlier
+    assert flagged([5.0, 6.1, 4.4, 5.5, 4.8, 125.0, 5.2, 4.9, 5.7, 5.1]) == [6]

@@ -233,6 +233,19 @@ def test_a_run_taken_over_keeps_the_targets_log_events(tmp_path):
     assert kinds == [("merged", 2), ("phase", 2), ("plan_unit", 0)]  # the old phase row (at 1) replaced
 
 
+def test_a_verdict_the_shard_no_longer_derives_is_gone_from_the_target(tmp_path):
+    """A disabling edit found early in a run (in the target from a progress merge) and dropped when the run's
+    distribution of updates grew is not in the shard: taking the run over deletes it from the target."""
+    partial = build(tmp_path / "t.sqlite", ["r1"], cases=("c1",), status="interrupted", n_done=1)
+    with Store.open(partial) as st:
+        st.write_events([dict(run_id="r1", kind="disabling_edit", series="update_norm", edit_count=1, value=0.03)])
+    full = build(tmp_path / "full.sqlite", ["r1"], cases=("c1", "c2"))
+    merge_stores([full], partial)
+    with Store.open(partial, readonly=True) as st:
+        kinds = [k for (k,) in st.conn.execute("SELECT kind FROM run_events WHERE run_id = 'r1' ORDER BY kind")]
+    assert "disabling_edit" not in kinds and "phase" in kinds
+
+
 def test_a_partial_shard_never_overwrites_a_run_the_target_has_more_of(tmp_path):
     full = build(tmp_path / "t.sqlite", ["r1"], cases=("c1", "c2"))
     partial = build(tmp_path / "p.sqlite", ["r1"], cases=("c1",), status="interrupted", n_done=1)

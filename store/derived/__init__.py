@@ -53,6 +53,8 @@ from .verdicts import (
     EFFICACY_CHANCE,
     PERPLEXITY_BLOWUP,
     PERPLEXITY_EFFECT,
+    LOG_NORM_MAD_FLOOR,
+    MIN_OUTLIER_EDITS,
     PHASE_MIN_POINTS,
     abrupt_change_events,
     collapse_event,
@@ -79,7 +81,7 @@ __all__ = [
     "sequential_curves", "sequential_events", "sequential_headlines", "sequential_phases",
     "sweep_summary",
     "CHANCE_SHARE", "DERIVED_EVENT_KINDS", "EFFICACY_CHANCE", "PERPLEXITY_BLOWUP", "PERPLEXITY_EFFECT",
-    "PHASE_MIN_POINTS", "abrupt_change_events", "collapse_event", "derive_sequential_events",
+    "LOG_NORM_MAD_FLOOR", "MIN_OUTLIER_EDITS", "PHASE_MIN_POINTS", "abrupt_change_events", "collapse_event", "derive_sequential_events",
     "disabling_edit_events", "panel_floor_events", "phase_events", "rederive_sequential_events", "run_series",
     "sequential_rules", "usability",
 ]

@@ -14,12 +14,16 @@ import numpy as np
 import polars as pl
 
 from .. import queries
-from ..conventions import RUN_LEVEL
+from ..conventions import DERIVED_EVENT_KINDS, RUN_LEVEL
 from .common import wilson_arrays
 
 
-DERIVED_EVENT_KINDS = ("phase", "disabling_edit", "abrupt_change", "collapse", "panel_floor")
 PHASE_MIN_POINTS = 3
+# An edit is an outlier of the run's own updates only against a distribution: at least MIN_OUTLIER_EDITS of them,
+# and a spread of log ||dW|| of at least LOG_NORM_MAD_FLOOR (a MAD floor: after 3 ROME edits of norms 5.06, 5.15
+# and 5.82 the third had z 4.7 against a MAD of 0.017; with the floor it needs 1.68x the median norm and more)
+MIN_OUTLIER_EDITS = 8
+LOG_NORM_MAD_FLOOR = 0.1
 PERPLEXITY_EFFECT = float(np.log(2))  # a perplexity phase or step must at least double (or halve) it
 CHANCE_SHARE = 0.25  # abilities at chance: on average at most this share of the unedited margin over chance left
 PERPLEXITY_BLOWUP = 10.0  # perplexity exploded: at least this many times its unedited value
@@ -197,8 +201,8 @@ def disabling_edit_events(conn: sqlite3.Connection, run_id: str) -> list[dict]:
 
     norms = _per_edit_update_norms(conn, run_id)
     events = []
-    if norms.height >= 3:
-        z = robust_z(np.log(np.maximum(norms["norm"].to_numpy(), 1e-30)))
+    if norms.height >= MIN_OUTLIER_EDITS:
+        z = robust_z(np.log(np.maximum(norms["norm"].to_numpy(), 1e-30)), min_mad=LOG_NORM_MAD_FLOOR)
         flagged = [int(i) for i in np.flatnonzero(z > OUTLIER_Z)]
         ctx = _edit_context(conn, run_id, [int(norms["edit_count"][i]) for i in flagged])
         median = float(np.median(norms["norm"].to_numpy()))
@@ -216,7 +220,7 @@ def disabling_edit_events(conn: sqlite3.Connection, run_id: str) -> list[dict]:
     drift = queries._frame(conn, "SELECT edit_count, SUM(fro_delta * fro_delta) AS f2, "
                                  "SUM(fro_delta * fro_delta / (rel_change * rel_change)) AS w2 FROM weight_drift "
                                  "WHERE run_id = ? AND rel_change > 0 GROUP BY edit_count ORDER BY edit_count", [run_id])
-    if drift.height < 3:
+    if drift.height < 3 or norms.height:  # runs with per-edit norms are judged on them alone (above)
         return events
     cfg = json.loads((conn.execute("SELECT config FROM runs WHERE run_id = ?", (run_id,)).fetchone() or ["{}"])[0] or "{}")
     batch = max(int(cfg.get("batch_size", 1)), 1)
@@ -227,7 +231,7 @@ def disabling_edit_events(conn: sqlite3.Connection, run_id: str) -> list[dict]:
     q = np.diff(f2) / updates  # mean squared norm of one update in each interval
     ok = q > 0
     z = np.full(len(q), np.nan)
-    z[ok] = robust_z(np.log(q[ok]))
+    z[ok] = robust_z(np.log(q[ok]), min_mad=2 * LOG_NORM_MAD_FLOOR)  # squared norms: twice the log spread
     median_q = float(np.exp(np.median(np.log(q[ok])))) if ok.any() else 0.0
     em = dict(conn.execute("SELECT edit_count, value FROM measurements WHERE run_id = ? AND case_id = ? AND "
                            "rephrase_type = 'panel' AND metric = 'exact_match'", (run_id, RUN_LEVEL)).fetchall())
