@@ -7,7 +7,7 @@ import zlib
 import plotly.graph_objects as go
 import polars as pl
 
-from store.derived import MASS_EDITORS
+from store.derived import is_mass_editor
 
 # --------------------------------------------------------------------------- one colour (and dash) per run
 
@@ -42,9 +42,10 @@ def run_style(editor: str | None, hparams: dict | None = None, config: dict | No
         return family[1], "dash"
     if rect < 1.0:
         return family[3 if rect < 0.3 else 2 if rect < 0.5 else 1], "dot"
-    if batch is not None and ((batch == 1) if editor in MASS_EDITORS else (batch != 1)):
+    mass = is_mass_editor(editor, cfg)
+    if batch is not None and ((batch == 1) if mass else (batch != 1)):
         return family[2], "dashdot"
-    if batch is not None and editor in MASS_EDITORS and batch != 10:
+    if batch is not None and mass and batch != 10:
         # other batch sizes: a stable choice among the remaining shade/dash pairs
         return family[1 + zlib.crc32(str(batch).encode()) % 3], "longdash"
     return family[0], "solid"

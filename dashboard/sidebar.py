@@ -18,6 +18,7 @@ import streamlit as st
 from dashboard.charts import EDITOR_FAMILIES, run_style
 from dashboard.data import query
 from dashboard.filters import current, shared_selectbox
+from store.conventions import TRAITS_KEY
 from store.derived import run_label
 
 
@@ -72,7 +73,8 @@ def arm_key(run: dict, hp: dict, cfg: dict, where: str) -> str:
     layout (the run's config but its order seed and maximum edits) and store."""
     import hashlib
 
-    layout = {k: v for k, v in cfg.items() if k not in ("order_seed", "max_edits")}
+    # the editor's traits say nothing its hyperparameters do not (runs made before they were recorded lack them)
+    layout = {k: v for k, v in cfg.items() if k not in ("order_seed", "max_edits", TRAITS_KEY)}
     spec = [run.get("kind"), run.get("model"), run.get("editor"), hp, layout, where]
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
 

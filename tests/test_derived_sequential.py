@@ -170,3 +170,12 @@ def test_a_disabling_edit_needs_a_distribution_of_the_runs_own_updates(tmp_path)
     assert flagged([5.06, 5.15, 5.82]) == []  # three edits are no distribution (the third had z 4.7)
     assert flagged([5.0, 5.02, 5.01, 5.03, 5.0, 5.6, 5.01, 5.02, 5.0]) == []  # 12% above alike norms: no outlier
     assert flagged([5.0, 6.1, 4.4, 5.5, 4.8, 125.0, 5.2, 4.9, 5.7, 5.1]) == [6]
+
+
+def test_a_runs_recorded_editor_traits_name_it_not_its_editors_name():
+    from store.derived import run_label
+
+    traits = {"editor_traits": {"mass_editor": True, "changes_weights": True}}
+    assert run_label("NewMassEditor", {}, {"batch_size": 1, **traits}) == "NewMassEditor, b=1"
+    assert run_label("MEMIT", {}, {"batch_size": 1, "editor_traits": {"mass_editor": False}}) == "MEMIT"
+    assert run_label("MEMIT", {}, {"batch_size": 1}) == "MEMIT, b=1"  # a run from before traits: by name

@@ -162,6 +162,7 @@ def commit_alphaedit(ctx: EditContext, result: EditResult) -> None:
 register(
     Editor(
         name=NAME,
+        mass=True,
         hparams=AlphaEditHyperParams,
         apply=apply_alphaedit,
         description="MEMIT with the update projected onto the preserved keys' null space (AlphaEdit)",

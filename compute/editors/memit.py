@@ -231,6 +231,7 @@ def apply_memit(
 register(
     Editor(
         name=NAME,
+        mass=True,
         hparams=MEMITHyperParams,
         apply=apply_memit,
         description="batch edit spread over several MLP down-projections (MEMIT)",

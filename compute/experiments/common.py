@@ -54,10 +54,13 @@ def open_run(store, run_id: str | None, *, kind: str, lm: LoadedModel, editor: s
              config: dict, n_total: int) -> tuple[str, bool]:
     """(run id, resumed): a new run of this kind with its provenance when `run_id` is None, else the run
     `run_id` reopened for resuming, refused if another editor made it."""
-    from compute.editors.base import hparams_dict
+    from compute.editors import get_editor
+    from compute.editors.base import editor_traits, hparams_dict
     from compute.provenance import provenance
+    from store.conventions import TRAITS_KEY
 
     if run_id is None:
+        config = {**config, TRAITS_KEY: editor_traits(get_editor(editor), hp)}
         return store.start_run(kind=kind, model=lm.name, editor=editor, hparams=hparams_dict(hp), seed=ctx.seed,
                                config=config, provenance=provenance(str(lm.device)), n_total=n_total), False
     run = store.resume_run(run_id)

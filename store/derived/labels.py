@@ -7,23 +7,31 @@ import sqlite3
 import polars as pl
 
 from .. import queries
+from ..conventions import TRAITS_KEY
 
 
 # Editors made to edit many facts at once: their sequential runs come at several batch sizes (study C's
-# instance- and batch-sequential), so every label says which, b=1 included.
+# instance- and batch-sequential), so every label says which, b=1 included. Runs record it themselves (their
+# config's editor traits, store.conventions.TRAITS_KEY); this list stands in for runs made before they did.
 MASS_EDITORS = frozenset({"MEMIT", "AlphaEdit"})
+
+
+def is_mass_editor(editor: str | None, config: dict | None) -> bool:
+    """Whether the run's editor is a mass editor: from the traits the run recorded, else (older runs) by name."""
+    traits = (config or {}).get(TRAITS_KEY) or {}
+    return bool(traits["mass_editor"]) if "mass_editor" in traits else editor in MASS_EDITORS
 
 
 def run_label(editor: str | None, hparams: dict | None, config: dict | None) -> str:
     """A run's short name: the editor plus what sets it apart (original ROME keys, RECT share, batch size:
-    always for MASS_EDITORS, else where it is not 1)."""
+    always for a mass editor, else where it is not 1)."""
     hp, cfg = hparams or {}, config or {}
     label = editor or "unedited"
     if hp.get("key_mismatch"):
         label += " (original keys)"
     if hp.get("rect_top", 1.0) < 1.0:
         label += f" + RECT {round(100 * hp['rect_top'])}%"
-    if "batch_size" in cfg and (cfg["batch_size"] != 1 or editor in MASS_EDITORS):
+    if "batch_size" in cfg and (cfg["batch_size"] != 1 or is_mass_editor(editor, cfg)):
         label += f", b={cfg['batch_size']}"
     return label
 
