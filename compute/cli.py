@@ -689,14 +689,16 @@ def cmd_plan(args) -> None:
         if args.write_readme:
             from store.findings import with_block
 
-            states = plans.plan_status(plan, target)  # the store alone: a fresh clone writes the same block
+            # the stores alone: a fresh clone writes the same block
+            states = plans.plan_status(plan, target, timings_from=args.timings_from)
             readme = Path(args.write_readme)
-            block = plans.status_markdown(plan, states, Path(target).as_posix())
+            block = plans.status_markdown(plan, states, Path(target).as_posix(),
+                                          Path(args.timings_from).as_posix() if args.timings_from else None)
             readme.write_text(with_block(readme.read_text(), block, plans.README_START, plans.README_END))
             _out(f"wrote the plan status of {target} into {readme}")
             return
         folder = plans.plan_folder(plan, args.cache_dir)
-        for line in plans.status_lines(plans.plan_status(plan, target, shards=folder)):
+        for line in plans.status_lines(plans.plan_status(plan, target, shards=folder, timings_from=args.timings_from)):
             _out(line)
         return
     outcome = plans.execute(plan, target, executor=args.executor, workers=args.workers, address=args.address,
@@ -897,6 +899,9 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("--device", type=device, help="given to every unit that loads a model (cuda: each unit "
                            "asks Ray for one GPU)")
         else:
+            q.add_argument("--timings-from", type=Path, metavar="STORE",
+                           help="another store whose finished runs time the units this store has no timing for "
+                                "(e.g. store/results.sqlite while a rebuild has few finished runs)")
             q.add_argument("--write-readme", type=Path, metavar="README",
                            help="write the status (from the store alone) between the README's "
                                 "<!-- plan-status:start/end --> markers instead of printing it")

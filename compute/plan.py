@@ -323,11 +323,13 @@ def _work(conn, unit: Unit) -> int | None:
     return None
 
 
-def _rate(conn, unit: Unit, own: list[dict]) -> tuple[float | None, str]:
+def _rate(conn, unit: Unit, own: list[dict], reference=None) -> tuple[float | None, str]:
     """Seconds per work item: from the unit's own runs, else from finished runs of the same kind and editor
-    in the store, else of the same kind; (None, reason) when the store holds none."""
-    def per_item(runs):
-        timed = [(_run_seconds(conn, r), r["n_done"]) for r in runs if (r.get("n_done") or 0) > 0]
+    in the store, else of the same kind, else the same two in the `reference` store's connection (another
+    store's timings, e.g. the shipped store's while a rebuild has few finished runs); (None, reason) when
+    none holds any."""
+    def per_item(runs, source=conn):
+        timed = [(_run_seconds(source, r), r["n_done"]) for r in runs if (r.get("n_done") or 0) > 0]
         pairs = [(s, n, how) for (s, how), n in timed if s]
         if not pairs:
             return None, ""
@@ -345,25 +347,31 @@ def _rate(conn, unit: Unit, own: list[dict]) -> tuple[float | None, str]:
     if rate:
         return rate, "its own runs" + how
     editor = unit.options.get("editor")
-    for label, sql, params in (
-        (f"finished {unit.kind} runs" + (f" of {editor}" if editor else ""),
-         "SELECT * FROM runs WHERE kind = ? AND editor IS ? AND status = 'done'", (unit.kind, editor)),
-        (f"finished {unit.kind} runs", "SELECT * FROM runs WHERE kind = ? AND status = 'done'", (unit.kind,)),
-    ):
-        rate, how = per_item([r for r in map(dict, conn.execute(sql, params)) if alike(r)])
-        if rate:
-            return rate, label + how
+    for source, where in ((conn, ""), (reference, " of the reference store")):
+        if source is None:
+            continue
+        for label, sql, params in (
+            (f"finished {unit.kind} runs" + (f" of {editor}" if editor else ""),
+             "SELECT * FROM runs WHERE kind = ? AND editor IS ? AND status = 'done'", (unit.kind, editor)),
+            (f"finished {unit.kind} runs", "SELECT * FROM runs WHERE kind = ? AND status = 'done'", (unit.kind,)),
+        ):
+            rate, how = per_item([r for r in map(dict, source.execute(sql, params)) if alike(r)], source)
+            if rate:
+                return rate, label + where + how
     return None, f"no timed {unit.kind} run in the store"
 
 
-def plan_status(plan: Plan, target: Path, shards: Path | None = None) -> list[UnitState]:
+def plan_status(plan: Plan, target: Path, shards: Path | None = None,
+                timings_from: Path | None = None) -> list[UnitState]:
     """Each unit's state in `target` (done / partial / missing) with its runs and the estimated CPU-seconds
     left. kb and cases units are read from the store's tables; the others from their `plan_unit` events.
-    A unit whose shard (under `shards`, the plan's cache folder) holds progress not yet merged is partial."""
+    A unit whose shard (under `shards`, the plan's cache folder) holds progress not yet merged is partial.
+    `timings_from`: another store whose finished runs time the units the target has nothing to go by for."""
     out = []
     if not Path(target).exists():
         return [UnitState(u, "missing", remaining_s=None, basis="no store yet") for u in plan.units]
     conn = _connect_ro(Path(target))
+    reference = _connect_ro(Path(timings_from)) if timings_from else None
     try:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
         for unit in plan.units:
@@ -390,7 +398,7 @@ def plan_status(plan: Plan, target: Path, shards: Path | None = None) -> list[Un
                 out.append(UnitState(unit, "done", runs))
                 continue
             state = "partial" if runs else "missing"
-            rate, basis = _rate(conn, unit, runs)
+            rate, basis = _rate(conn, unit, runs, reference)
             work = _work(conn, unit)
             if unit.kind == "abilities":  # one suite: the time of a finished suite, or nothing to go by
                 seconds = [s for r in conn.execute("SELECT * FROM runs WHERE kind = 'abilities' AND status = 'done'")
@@ -406,6 +414,8 @@ def plan_status(plan: Plan, target: Path, shards: Path | None = None) -> list[Un
             out.append(UnitState(unit, state, runs, left, basis))
     finally:
         conn.close()
+        if reference is not None:
+            reference.close()
     return out
 
 
@@ -886,7 +896,7 @@ def status_lines(states: list[UnitState]) -> list[str]:
 README_START, README_END = "<!-- plan-status:start -->", "<!-- plan-status:end -->"
 
 
-def status_markdown(plan: Plan, states: list[UnitState], target_name: str) -> str:
+def status_markdown(plan: Plan, states: list[UnitState], target_name: str, timings_name: str | None = None) -> str:
     """The README's rebuild status: `plan status` of the store as a table, one row per unit in the plan's order
     (which is its priority), then the totals. Made from the store alone, so a fresh clone gives the same text
     (`plan status --write-readme README.md` writes it; a test checks the README against it)."""
@@ -903,8 +913,10 @@ def status_markdown(plan: Plan, states: list[UnitState], target_name: str) -> st
             left, total = f"{s.remaining_s / 3600:.2f}", total + s.remaining_s
         rows.append(f"| {s.unit.id} | {s.unit.kind} | {s.state} | {f'{n_done}/{n_total}' if s.runs else ''} | {left} |")
     counts = {k: sum(s.state == k for s in states) for k in ("done", "partial", "missing")}
-    head = (f"`python -m compute plan status plans/{Path(plan.path).name} --store {target_name}`: of the plan's "
-            f"{len(states)} units, {counts['done']} are done, {counts['partial']} partial and {counts['missing']} "
-            f"missing; about {total / 3600:.1f} CPU-hours are left at one thread per unit (estimated from the "
-            f"store's own timings" + (f"; {unknown} unit(s) not estimated" if unknown else "") + ").")
+    timings = f" --timings-from {timings_name}" if timings_name else ""
+    head = (f"`python -m compute plan status plans/{Path(plan.path).name} --store {target_name}{timings}`: of the "
+            f"plan's {len(states)} units, {counts['done']} are done, {counts['partial']} partial and "
+            f"{counts['missing']} missing; about {total / 3600:.1f} CPU-hours are left at one thread per unit "
+            f"(estimated from the store's own timings" + (f", else those of {timings_name}" if timings_name else "")
+            + (f"; {unknown} unit(s) not estimated" if unknown else "") + ").")
     return head + "\n\n" + "\n".join(rows)

@@ -406,12 +406,33 @@ def test_the_readmes_rebuild_status_is_what_plan_status_writes_for_the_shipped_s
     from store.findings import readme_block
 
     # the rebuild in progress when the repository has one (store/rebuild.sqlite), else the shipped store
-    name = "store/rebuild.sqlite" if (ROOT / "store" / "rebuild.sqlite").is_file() else "store/results.sqlite"
-    copy = tmp_path / "target.sqlite"
-    shutil.copy(ROOT / name, copy)  # read-only use; a copy keeps the shipped file untouched
+    rebuild = (ROOT / "store" / "rebuild.sqlite").is_file()
+    name = "store/rebuild.sqlite" if rebuild else "store/results.sqlite"
+    copy, timings = tmp_path / "target.sqlite", tmp_path / "timings.sqlite"
+    shutil.copy(ROOT / name, copy)  # read-only use; copies keep the shipped files untouched
+    shutil.copy(ROOT / "store" / "results.sqlite", timings)
     plan = plans.load_plan(ROOT / "plans" / "shipped.toml", build_parser())
-    block = plans.status_markdown(plan, plans.plan_status(plan, copy), name)
+    ref = "store/results.sqlite" if rebuild else None  # a rebuild is timed from the shipped store where it has none
+    block = plans.status_markdown(plan, plans.plan_status(plan, copy, timings_from=timings if rebuild else None),
+                                  name, ref)
     readme = (ROOT / "README.md").read_text()
     assert readme_block(readme, plans.README_START, plans.README_END) == block.strip("\n"), (
-        f"regenerate it: python -m compute plan status plans/shipped.toml --store {name} --write-readme README.md")
+        f"regenerate it: python -m compute plan status plans/shipped.toml --store {name}"
+        + (f" --timings-from {ref}" if ref else "") + " --write-readme README.md")
     assert "| sequential-ROME-o0 | sequential |" in block and "CPU-hours are left" in block
+
+
+def test_units_a_store_cannot_time_are_timed_by_another_stores_runs(tmp_path):
+    """plan status --timings-from: a target with no finished sequential run times its sequential units by the
+    reference store's finished ones (and says so); without it they are not estimated."""
+    from store import Store
+
+    plan = plans.load_plan(ROOT / "plans" / "shipped.toml", build_parser())
+    target = tmp_path / "empty.sqlite"
+    Store.open(target, create=True).close()
+    reference = tmp_path / "ref.sqlite"
+    shutil.copy(ROOT / "store" / "results.sqlite", reference)
+    alone = {s.unit.id: s for s in plans.plan_status(plan, target)}
+    helped = {s.unit.id: s for s in plans.plan_status(plan, target, timings_from=reference)}
+    assert alone["sequential-ROME-o0"].remaining_s is None
+    assert helped["sequential-ROME-o0"].remaining_s > 0 and "reference store" in helped["sequential-ROME-o0"].basis
