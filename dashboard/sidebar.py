@@ -94,14 +94,12 @@ def describe_runs(runs: pl.DataFrame) -> pl.DataFrame:
     rows = []
     for r in runs.iter_rows(named=True):
         hp, cfg = json.loads(r["hparams"] or "null") or {}, json.loads(r["config"] or "null") or {}
-        base = run_label(r["editor"], hp, cfg)
+        group = run_label(r["editor"], hp, cfg)  # what a reference run stands for: label and edit order
         if cfg.get("order_seed") not in (None, 0):
-            base += f", order {cfg['order_seed']}"
+            group += f", order {cfg['order_seed']}"
         where = r.get("store") or "shipped"
-        if where == "workspace":  # dashboard.data marks runs started from the dashboard
-            base += " · workspace"
-        if r.get("pre_rebuild") and where != "workspace":  # kept from before the store's rebuild by its plan
-            base += " · pre-rebuild"
+        pre_rebuild = bool(r.get("pre_rebuild")) and where != "workspace"  # kept from before the store's rebuild
+        base = group + (" · workspace" if where == "workspace" else "") + (" · pre-rebuild" if pre_rebuild else "")
         colour, dash = run_style(r["editor"], hp, cfg)
         rows.append({"run_id": r["run_id"], "kind": r["kind"], "editor": r["editor"], "model": r["model"],
                      "status": r["status"], "n_done": r["n_done"], "n_total": r["n_total"],
@@ -109,9 +107,7 @@ def describe_runs(runs: pl.DataFrame) -> pl.DataFrame:
                      "key_mismatch": bool(hp.get("key_mismatch", False)),
                      "rect_top": float(hp.get("rect_top", 1.0) or 1.0), "batch_size": cfg.get("batch_size"),
                      "order_seed": cfg.get("order_seed"), "arm": arm_key(r, hp, cfg, where),
-                     "pre_rebuild": bool(r.get("pre_rebuild")) and where != "workspace",
-                     "group": run_label(r["editor"], hp, cfg)
-                     + (f", order {cfg['order_seed']}" if cfg.get("order_seed") not in (None, 0) else "")})
+                     "pre_rebuild": pre_rebuild, "group": group})
     df = pl.DataFrame(rows, schema={k: v for k, v in RUN_TABLE.items() if k not in ("label", "reference")}
                       | {"group": pl.String})
     # one reference run per kind and label (editor, variant, order): a rebuilt run before one kept from before
