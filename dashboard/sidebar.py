@@ -124,8 +124,9 @@ def describe_runs(runs: pl.DataFrame) -> pl.DataFrame:
         pl.when(pl.col("reference") & (pl.col("status") == "done")).then(pl.col("base_label"))
         .when(pl.col("reference")).then(pl.format("{} [{}, {}/{} done]", "base_label", "status",
                                                   pl.col("n_done").fill_null(0), pl.col("n_total").fill_null(0)))
-        .otherwise(pl.format("{} [{}, {}/{} cases, started {}]", "base_label", "status",
+        .otherwise(pl.format("{} [{}, {}/{} {}, started {}]", "base_label", "status",
                              pl.col("n_done").fill_null(0), pl.col("n_total").fill_null(0),
+                             pl.when(pl.col("kind") == "sequential").then(pl.lit("edits")).otherwise(pl.lit("cases")),
                              pl.col("started_at").str.slice(0, 16).str.replace("T", " ")))
         .alias("label"),
         pl.col("editor").replace_strict(editor_rank, default=len(editor_rank), return_dtype=pl.Int64).alias("_e"),

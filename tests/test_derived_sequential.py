@@ -179,3 +179,13 @@ def test_a_runs_recorded_editor_traits_name_it_not_its_editors_name():
     assert run_label("NewMassEditor", {}, {"batch_size": 1, **traits}) == "NewMassEditor, b=1"
     assert run_label("MEMIT", {}, {"batch_size": 1, "editor_traits": {"mass_editor": False}}) == "MEMIT"
     assert run_label("MEMIT", {}, {"batch_size": 1}) == "MEMIT, b=1"  # a run from before traits: by name
+
+
+def test_a_sweeps_runs_are_named_by_their_setting_so_they_are_told_apart():
+    from store.derived import run_label
+
+    grid = {"sweep": "MEMIT-calibration", "field": "lam", "value": {"lam": 2000.0, "v_lr": 0.5, "v_steps": 25}}
+    assert run_label("MEMIT", {}, grid) == "MEMIT (lam 2000, v_lr 0.5, v_steps 25)"
+    assert run_label("ROME", {}, {"sweep": "ROME-layer", "field": "layer", "value": 3}) == "ROME (layer 3)"
+    assert run_label("ROME", {}, {"sweep": "ROME-layer", "field": "layer", "value": 3}) != run_label(
+        "ROME", {}, {"sweep": "ROME-layer", "field": "layer", "value": 4})

@@ -21,7 +21,8 @@ if table.is_empty():
     st.stop()
 
 all_labels = labels_of(table)
-status = {r["run_id"]: f"{r['label']} — {r['n_done'] or 0}/{r['n_total']} edits, {r['status']}"
+# a finished run's label does not say how far it went; an unfinished one's already says its status and progress
+status = {r["run_id"]: f"{r['label']} — {r['n_done'] or 0} edits" if r["status"] == "done" else r["label"]
           for r in table.iter_rows(named=True)}
 chosen = shared_multiselect("Runs", "runs", list(all_labels), default=headline_ids(table, 4),
                             format_func=lambda r: status[r],

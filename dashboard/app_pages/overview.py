@@ -8,6 +8,7 @@ from dashboard.data import for_visitor, public_mode, query, rebuild_path, showin
 from dashboard.filters import url_selectbox, url_toggle
 from dashboard.sidebar import run_table
 from dashboard.tables import Col, show
+from store.derived import sequential_rules
 from store.measurable import MEASURABLE_SHARE, hardest_measurable, unmeasurable_reasons
 
 st.title("EditScope")
@@ -84,17 +85,28 @@ if not seq.is_empty():
     # a share beside its CI in one column, so the table fits a 1400 px window
     seq = seq.with_columns(
         pl.when(pl.col(c).is_null()).then(None).otherwise(
-            pl.format("{} {}", pl.col(c).round(2).cast(pl.String).str.pad_end(4, "0"), pl.col(f"{c}_ci"))).alias(c)
-        for c in ("retention", "panel_recall"))
+            pl.format("{} {}", pl.col(c).round(2).cast(pl.String).str.pad_end(4, "0"),
+                      pl.col(f"{c}_ci").str.replace(", n = ", " n=", literal=True))).alias(c)
+        for c in ("retention_em", "retention", "panel_recall"))
+    # runs made before exact-match tracking have retention by ES only: shown as such
+    seq = seq.with_columns(pl.coalesce(pl.col("retention_em"), pl.col("retention") + pl.lit(" (ES)")).alias("retention_em"))
+    rules = sequential_rules()  # the rule behind each verdict, in words from the code's constants
     show(seq, {"run": Col("Run"), "status": Col("Status"), "edits": Col("Edits", "{:,.0f}"),
-               "collapse_at": Col("Collapse at", "{:,.0f}", "online collapse: fluency or panel recall fell below its "
-                                  "threshold at this edit (—: none)"),
-               "catastrophic_from": Col("Catastrophic from", "{:,.0f}", "start of a catastrophic phase on any series "
-                                        "(—: none)"),
-               "disabling_edits": Col("Disabling edits", "{:,.0f}", "the panel's exact match fell by 0.2 or more "
-                                      "after that single edit"),
-               "retention": Col("Retained edits (last) [95% CI], n"),
-               "panel_recall": Col("Panel recall (last) [95% CI], n")})
+               "collapse_at": Col("Collapse", "{:,.0f}",
+                                  "The edit count of the collapse. " + rules["collapse"] + " —: none."),
+               "catastrophic_from": Col("Catastrophic", "{:,.0f}", "The edit count where a catastrophic phase starts "
+                                        "on any series. " + rules["phase"]),
+               "disabling_edits": Col("Disabling", "{:,.0f}", "How many disabling edits. " + rules["disabling_edit"]),
+               "panel_floor_at": Col("Floor", "{:,.0f}",
+                                     "The edit count of the panel floor. " + rules["panel_floor"] + " —: none."),
+               "retention_em": Col("Edits held (last)",
+                                   help="Share of all edits so far whose new object is still the teacher-forced "
+                                        "argmax at every token (study B's 'holds', exact match), at the run's last "
+                                        "full re-check, [95% Wilson CI], n edits. (ES): a run made before exact "
+                                        "match was tracked, held by ES (P(new) > P(true)) instead"),
+               "panel_recall": Col("Panel recall (last)", help="Greedy recall of the panel of unedited facts the "
+                                   "model knew, at the last checkpoint, [95% Wilson CI], n facts")})
+    st.caption("Each column's rule is in its header's tooltip; the Forgetting page shows the curves and the events.")
 
 st.header("Pre-edit knowledge by popularity")
 sets = query("case_sets")

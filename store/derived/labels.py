@@ -24,7 +24,7 @@ def is_mass_editor(editor: str | None, config: dict | None) -> bool:
 
 def run_label(editor: str | None, hparams: dict | None, config: dict | None) -> str:
     """A run's short name: the editor plus what sets it apart (original ROME keys, RECT share, batch size:
-    always for a mass editor, else where it is not 1)."""
+    always for a mass editor, else where it is not 1; a sweep's setting)."""
     hp, cfg = hparams or {}, config or {}
     label = editor or "unedited"
     if hp.get("key_mismatch"):
@@ -33,6 +33,11 @@ def run_label(editor: str | None, hparams: dict | None, config: dict | None) -> 
         label += f" + RECT {round(100 * hp['rect_top'])}%"
     if "batch_size" in cfg and (cfg["batch_size"] != 1 or is_mass_editor(editor, cfg)):
         label += f", b={cfg['batch_size']}"
+    if "sweep" in cfg and "value" in cfg:  # a sweep's run is one setting of it
+        value = cfg["value"]
+        setting = (", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in value.items())
+                   if isinstance(value, dict) else f"{cfg.get('field', 'value')} {value}")
+        label += f" ({setting})"
     return label
 
 
