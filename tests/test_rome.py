@@ -130,17 +130,20 @@ def test_fast_loop_equals_the_reference_loop(gpt2, ctx):
     assert torch.allclose(runs[True][0], runs[False][0], rtol=1e-3, atol=1e-5)
 
 
-@pytest.mark.parametrize("model", ["llama", "gpt2"])
+@pytest.mark.parametrize("model,layer", [("llama", 0), ("llama", 1), ("gpt2", 0)])
 @pytest.mark.parametrize("request_", [
     EditRequest("France", "The capital of France is", "Rome Berlin"),  # multi-token target, cached past
     EditRequest("The", "The capital is", "Asia"),  # subject at position 0: nothing to cache
 ])
-def test_packed_objective_equals_the_full_forward_on_any_subset_of_rows(model, request_, request):
+def test_packed_objective_equals_the_full_forward_on_any_subset_of_rows(model, layer, request_, request):
+    """At either layer of the tiny model: a Llama runs only the blocks after the edited layer (lean), a GPT-2
+    every block; both give the full forward's log-probabilities."""
     from compute.editors import rome
 
     lm = request.getfixturevalue(model)
     rows = rome._rewrite_rows(lm, request_, ("", "Hello there. ")) + [rome._kl_row(lm, request_)]
-    fast, reference = rome._PackedObjective(lm, 0, rows), rome._ReferenceObjective(lm, 0, rows)
+    fast, reference = rome._PackedObjective(lm, layer, rows), rome._ReferenceObjective(lm, layer, rows)
+    assert fast.lean is (model == "llama")
     row_delta = torch.randn(len(rows), 64, generator=torch.Generator().manual_seed(0))
     for active in (torch.ones(len(rows), dtype=torch.bool), torch.tensor([True, False, True])):
         with torch.no_grad():
@@ -159,8 +162,8 @@ PACKED_REQUESTS = [  # live lengths from 1 to 6 tokens, prefixes of several leng
 ]
 
 
-@pytest.mark.parametrize("model", ["llama", "gpt2"])
-def test_packed_objective_bins_many_requests_like_separate_sequences(model, request):
+@pytest.mark.parametrize("model,layer", [("llama", 0), ("llama", 1), ("gpt2", 0)])
+def test_packed_objective_bins_many_requests_like_separate_sequences(model, layer, request):
     """Several requests' rows packed into bins: log-probs and their gradients equal the full forward of each
     row, for random subsets of active rows (rows leave the batch as their requests stop)."""
     from compute.editors import rome
@@ -169,7 +172,7 @@ def test_packed_objective_bins_many_requests_like_separate_sequences(model, requ
     rows = []
     for r in PACKED_REQUESTS:
         rows += rome._rewrite_rows(lm, r, ("", "Hello there. ", "The city of the capital is a. ")) + [rome._kl_row(lm, r)]
-    packed, reference = rome._PackedObjective(lm, 0, rows), rome._ReferenceObjective(lm, 0, rows)
+    packed, reference = rome._PackedObjective(lm, layer, rows), rome._ReferenceObjective(lm, layer, rows)
     assert torch.equal(packed.owner, reference.owner) and torch.equal(packed.labels, reference.labels)
     gen = torch.Generator().manual_seed(1)
     actives = [torch.ones(len(rows), dtype=torch.bool)] + [torch.rand(len(rows), generator=gen) < 0.5 for _ in range(4)]

@@ -141,7 +141,8 @@ def spread_edit(
         with edit_mode(lm):  # eval mode also for the covariance statistics: no dropout in them
             cov, cov_source = covariance_for(lm, ctx, hp.cov_n_tokens, layers)
             prefixes = context_prefixes(lm, hp.n_prefixes, hp.prefix_tokens, ctx.cache_dir)
-            h0 = subject_block_outputs(lm, last, requests, prefixes).mean(dim=1)  # [N, d]
+            out0 = subject_block_outputs(lm, last, requests, prefixes)  # [N, T, d] before any update
+            h0 = out0.mean(dim=1)  # [N, d]
             # requests are optimised independently (their own losses, Adam states, clamps and stopping), so
             # chunks of VALUE_CHUNK bound the memory of a large batch (500 edits) without changing the method
             norm_of = dict(zip(requests, h0.norm(dim=1).tolist()))
@@ -165,12 +166,13 @@ def spread_edit(
                 values, cached = ctx.value_cache.values(lm, last, requests, prefixes, opts, optimise)
             deltas = torch.stack([v.delta for v in values]).double()  # [N, d]
             targets = h0.double() + deltas  # [N, d]
-            h0_all = subject_block_outputs(lm, last, requests, prefixes).double()  # [N, T, d]
+            h0_all = out0.double()  # [N, T, d]
             targets_all = h0_all + deltas[:, None, :]  # [N, T, d]: the optimisation shifted every prompt by delta
             n_keys = len(prefixes)
             for i, layer in enumerate(layers):
                 keys_all = subject_keys(lm, layer, requests, prefixes)  # [N, T, d_in]
-                current = subject_block_outputs(lm, last, requests, prefixes).double()  # [N, T, d]
+                # the last layer's outputs under the updates so far (none yet at the first layer: read above)
+                current = (h0_all if i == 0 else subject_block_outputs(lm, last, requests, prefixes).double())
                 if getattr(hp, "key_constraint", "mean") == "all":
                     # Every (request, prompt) key is one row of the least squares, each weighted 1/sqrt(T) so a
                     # request weighs as much against lam C as one prefix-mean key does: the update fits the
