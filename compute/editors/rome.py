@@ -31,7 +31,7 @@ only the remaining "live" tokens of the active prompts, packed without padding i
 are gathered from the bank, with a block-diagonal causal mask (`_PackedObjective`), and unembeds only the
 scored positions. On Llama-style decoders (the default model) the blocks up to the edited layer never see delta
 either: the live tokens' hidden states after it are computed once per layout, and each step runs only the
-blocks after it (fewer blocks per step the deeper the edited layer: 27 of 30 for ROME at layer 3, 25 for MEMIT
+blocks after it (fewer blocks per step the deeper the edited layer: 26 of 30 for ROME at layer 3, 24 for MEMIT
 ending at layer 5; benchmarks/bench_values.py measures the whole against the padded objective). `fast=False` is the straightforward loop (full forward and backward of every prompt,
 full logits, at every step), kept as a reference for tests; both optimise the same objective with the same
 stopping rule.
