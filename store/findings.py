@@ -399,6 +399,16 @@ def _b_runs(arms: dict) -> dict[str, dict]:
     return out
 
 
+def _not_yet(runs: dict[str, dict]) -> str:
+    """What to do when runs have not reached a claim's point yet: wait for the runs still computing (named, with
+    their progress), else extend the finished ones."""
+    going = [f"{label} ({r['n_done'] or 0} of {r['n_total']} edits, {r['status']})" for label, r in runs.items()
+             if r["status"] != "done" and (r["n_total"] or 0) > (r["n_done"] or 0)]
+    if going:
+        return "the verdict waits for the runs still computing: " + ", ".join(going) + "."
+    return "extend the runs (`--edits 1000`)."
+
+
 def _b1(conn, arms) -> Finding:
     em_label = derived.PHASE_SERIES["retention_em"]
     es_label = derived.PHASE_SERIES["retention"]
@@ -447,7 +457,7 @@ def _b1(conn, arms) -> Finding:
     reach = max(runs[label]["n_done"] for label, _, _ in em_runs)
     return Finding(**common, ours=ours, verdict=NOT_MEASURED, query=query,
                    reason=f"No catastrophic phase and no collapse in {reach} edits (the paper's came at ≈560 for ROME "
-                          "on GPT-J): extend the runs (`--edits 1000`).")
+                          "on GPT-J): " + _not_yet({label: runs[label] for label, _, _ in em_runs}))
 
 
 def _b2(conn, arms) -> Finding:
@@ -493,7 +503,7 @@ def _b2(conn, arms) -> Finding:
     if not collapsed:
         reach = max(r["n_done"] for r in runs.values())
         return Finding(**common, ours=ours, verdict=NOT_MEASURED, query=query,
-                       reason=f"No run reached its collapse in {reach} edits: extend them (`--edits 1000`).")
+                       reason=f"No run reached its collapse in {reach} edits: " + _not_yet(runs))
     if all(r["abilities_left"] is None for r in collapsed):
         return Finding(**common, ours=ours, verdict=NOT_MEASURED, query=query,
                        reason="The collapsed runs have no unedited ability scores to compare with: measure them "

@@ -300,3 +300,15 @@ def test_findings_page_shows_every_claim_as_text_with_a_link_to_its_evidence(mon
     assert [(link.proto.page, link.proto.query_string) for link in links] == \
         [(f.page, f.url.partition("?")[2]) for f in items]
     assert "runs=robustness-" in links[1].proto.query_string  # A2's evidence names its runs
+
+
+def test_a_claim_not_reached_yet_waits_for_runs_still_computing_before_asking_to_extend_them():
+    from store.findings import _not_yet
+
+    going = {"ROME": {"n_done": 240, "n_total": 500, "status": "interrupted"},
+             "MEMIT, b=1": {"n_done": 500, "n_total": 500, "status": "done"}}
+    assert _not_yet(going) == ("the verdict waits for the runs still computing: ROME (240 of 500 edits, "
+                               "interrupted).")
+    finished = {"ROME": {"n_done": 500, "n_total": 500, "status": "done"},
+                "MEMIT, b=1": {"n_done": 380, "n_total": 1000, "status": "done"}}  # stopped past its collapse
+    assert "extend the runs" in _not_yet(finished)
