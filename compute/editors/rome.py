@@ -712,9 +712,12 @@ def optimise_values(
     opt = torch.optim.Adam([delta], lr=opts.lr)
     active = torch.ones(n, dtype=torch.bool, device=dev)  # [N]
     base_kl = torch.zeros((n, lm.model.get_output_embeddings().weight.shape[0]), device=dev)  # [N, V]
-    nlls: list[list[float]] = [[] for _ in range(n)]
-    kls = [0.0] * n
-    clamped = [False] * n
+    # Kept on the device and read once at the end (no host sync per request and step): each step's NLLs with
+    # the requests active then, each request's last KL and whether its last clamp bit.
+    nll_steps: list[torch.Tensor] = []
+    active_steps: list[torch.Tensor] = []
+    kls = torch.zeros(n, device=dev)
+    clamped = torch.zeros(n, dtype=torch.bool, device=dev)
     with torch.enable_grad():
         for step in range(opts.steps):
             logp, keep = objective(delta[row_req], active[row_req])  # [P_active, V], [P]
@@ -727,29 +730,33 @@ def optimise_values(
             kl = (kl_logp.exp() * (kl_logp - base_kl)).sum(dim=1)  # [N] KL(edited || unedited)
             decay = opts.weight_decay * delta.norm(dim=1) / ref**2  # [N]
             loss = ((nll + opts.kl_weight * kl + decay) * active).sum()
-            for i in active.nonzero()[:, 0].tolist():
-                nlls[i].append(nll[i].item())
-                kls[i] = kl[i].item()
+            nll_steps.append(nll.detach())
+            active_steps.append(active)
+            kls = torch.where(active, kl.detach(), kls)
             done = active & ((nll.detach() < opts.stop_nll) | (step == opts.steps - 1))
             active = active & ~done
-            if not active.any():
+            if not active.any():  # the one host sync of a step (the packed objective's layout needs it too)
                 break
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            frozen = delta.detach()[~active].clone()
+            frozen = delta.detach().clone()
             opt.step()
             with torch.no_grad():
-                delta[~active] = frozen  # Adam's momentum would still move a stopped request's delta
+                # Adam's momentum would still move a stopped request's delta: stopped rows keep theirs
+                delta.copy_(torch.where(active[:, None], delta, frozen))
                 norms = delta.norm(dim=1)  # [N]
                 over = active & (norms > max_norm)
-                delta[over] *= (max_norm[over] / norms[over])[:, None]
-                for i in active.nonzero()[:, 0].tolist():
-                    clamped[i] = bool(over[i])
+                delta.mul_(torch.where(over, max_norm / norms, torch.ones_like(norms))[:, None])
+                clamped = torch.where(active, over, clamped)
     final = delta.detach().clone()
+    steps_nll, steps_active = torch.stack(nll_steps).cpu(), torch.stack(active_steps).cpu()  # [S, N] each
+    nlls = [steps_nll[steps_active[:, i], i].tolist() for i in range(n)]
+    kls_final, clamped_final = kls.tolist(), clamped.tolist()
+    norms_final = torch.stack([row.norm() for row in final]).tolist()  # each row's own norm, read at once
     return [
         ValueResult(
-            delta=final[i], steps=len(nlls[i]), nll_start=nlls[i][0], nll_final=nlls[i][-1], kl_final=kls[i],
-            delta_norm=final[i].norm().item(), clamped=clamped[i], nlls=nlls[i],
+            delta=final[i], steps=len(nlls[i]), nll_start=nlls[i][0], nll_final=nlls[i][-1], kl_final=kls_final[i],
+            delta_norm=norms_final[i], clamped=clamped_final[i], nlls=nlls[i],
         )
         for i in range(n)
     ]
