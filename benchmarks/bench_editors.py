@@ -13,10 +13,14 @@ the new object drawn by the same seed):
   `--eval-cases` cases (all 16 rephrase types and the neighbourhood prompts: both objects and a 30-token
   greedy generation per probe, as in the robustness experiment);
 - peak resident memory of the process (getrusage maxrss);
-- a floor for ROME's per-edit time: each timed edit's optimisation steps times the matrix-product FLOPs of
-  one step of the fast loop (`step_flops`), divided by the FLOP rate this CPU reaches on the model's own
-  weight matrices at that many tokens (`matmul_rate`). No implementation of the same optimisation (same
-  prompts, same steps) runs faster than its products.
+- a floor for ROME's per-edit time: each timed edit's essential matrix-product FLOPs (`step_flops`: the live
+  tokens through the blocks after the edited layer and the unembedding of the scored positions, forward at
+  every step and backward at every step but the last, `edit_flops`), divided by the FLOP rate this CPU
+  reaches on the model's weight matrices at that many tokens, cycling through every layer as a step does
+  (`matmul_rate`). No implementation of the same optimisation (same prompts, same steps) runs faster than its
+  products;
+- whether a CUDA run of one step would be launch-bound: its operators counted with a dispatch mode
+  (`ops_per_step`) times a stated launch cost, against its FLOPs at a stated GPU rate (`launch_bound`).
 
 Every edit is undone before the next. The covariance statistics and context prefixes used by the timed
 edits come from the ordinary cache ($EDITSCOPE_CACHE), warmed by one untimed edit first. The load
@@ -87,46 +91,100 @@ def time_edits(lm, requests, editor: str, hp, ctx) -> tuple[list[float], list[di
 
 
 def step_flops(lm, request, layer: int, prefixes) -> dict:
-    """Floating-point operations of one step of ROME's fast value loop for `request`, counting the matrix
-    products only (attention scores, norms and element-wise work come on top): the forward pass of every
-    layer over the columns from the subject's last token on (rows x columns tokens) plus the unembedding of
-    the scored positions, and the backward pass (gradients of activations only) through the layers above
-    the edited one and the unembedding."""
+    """The essential floating-point operations of one step of ROME's value optimisation for `request`, matrix
+    products with the model's weights only (attention scores, norms and element-wise work come on top).
+
+    Essential: delta enters after the edited layer at the subject's last token, so a step needs only the live
+    tokens (each prompt's subject's last token and after; no padding) through the blocks after that layer, and
+    the unembedding of the scored positions; its backward pass (gradients of activations only: no weight is
+    trained) repeats those products once. `forward` and `backward` are given apart, because the last step of
+    an edit runs forward only (it stops there)."""
     from compute.editors import rome
 
     rows = rome._rewrite_rows(lm, request, prefixes) + [rome._kl_row(lm, request)]
-    batch = rome._align(lm, rows)
-    tokens = batch.ids.shape[0] * (batch.ids.shape[1] - batch.S)
+    tokens = sum(len(r.ids) - r.subject for r in rows)
     block = lm.module(lm.arch.layer.format(0))
     per_layer = sum(p.numel() for p in block.parameters() if p.dim() == 2)
     vocab, d = lm.model.get_output_embeddings().weight.shape
-    scored = len(batch.labels)
-    forward = 2 * tokens * per_layer * lm.n_layers + 2 * scored * vocab * d
-    backward = 2 * tokens * per_layer * (lm.n_layers - layer - 1) + 2 * scored * vocab * d
-    return {"tokens": tokens, "scored": scored, "flops": forward + backward}
+    scored = sum(len(r.predict) for r in rows)
+    above = lm.n_layers - layer - 1
+    forward = 2 * tokens * per_layer * above + 2 * scored * vocab * d
+    return {"tokens": tokens, "scored": scored, "forward": forward, "backward": forward}
 
 
-def matmul_rate(lm, tokens: int, repeat: int = 50) -> float:
-    """FLOP/s of this CPU on the model's own layer-0 weight matrices with `tokens` input rows (forward and
-    activation-gradient products, the two kinds a value-optimisation step runs)."""
+def edit_flops(shape: dict, steps: int) -> int:
+    """FLOPs of an edit of `steps` steps: a forward pass each, a backward pass for all but the last."""
+    return steps * shape["forward"] + max(steps - 1, 0) * shape["backward"]
+
+
+def matmul_rate(lm, tokens: int, repeat: int = 5) -> float:
+    """FLOP/s of this CPU on the model's weight matrices with `tokens` input rows, cycling through every
+    layer's matrices in order as a step does (each step streams all of them, about 0.5 GB in float32, so none
+    stays in cache), forward and activation-gradient products alike."""
     import torch
 
-    block = lm.module(lm.arch.layer.format(0))
-    weights = [p.detach() for p in block.parameters() if p.dim() == 2]
-    flops, seconds = 0, 0.0
+    weights = [p.detach() for layer in range(lm.n_layers)
+               for p in lm.module(lm.arch.layer.format(layer)).parameters() if p.dim() == 2]
+    xs = {w.shape[1]: torch.randn(tokens, w.shape[1]) for w in weights}
+    gs = {w.shape[0]: torch.randn(tokens, w.shape[0]) for w in weights}
     with torch.no_grad():
-        for w in weights:
-            x = torch.randn(tokens, w.shape[1])
-            g = torch.randn(tokens, w.shape[0])
-            for _ in range(5):
-                x @ w.T, g @ w
-            start = time.perf_counter()
-            for _ in range(repeat):
-                x @ w.T
-                g @ w
-            seconds += time.perf_counter() - start
-            flops += repeat * 2 * (2 * tokens * w.numel())
+        for w in weights:  # warm-up pass
+            xs[w.shape[1]] @ w.T
+        start = time.perf_counter()
+        for _ in range(repeat):
+            for w in weights:
+                xs[w.shape[1]] @ w.T
+            for w in reversed(weights):
+                gs[w.shape[0]] @ w
+        seconds = time.perf_counter() - start
+    flops = repeat * sum(2 * (2 * tokens * w.numel()) for w in weights)
     return flops / seconds
+
+
+# Stated, not measured here (no GPU on this machine): what one kernel launch and one FLOP cost on a GPU, for the
+# launch-bound estimate below. 5 us is a typical CUDA launch-plus-dispatch cost from Python for small kernels;
+# 400 TFLOP/s is of the order of a current data-centre GPU's dense float32-via-TF32 / bf16 rate.
+GPU_LAUNCH_S = 5e-6
+GPU_FLOPS = 400e12
+
+
+def ops_per_step(lm, request, hp, prefixes) -> int:
+    """Operators (aten calls: on a GPU, kernel launches) of one step of ROME's value optimisation for `request`:
+    the packed objective's forward, the loss and its backward, counted with a dispatch mode."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from compute.editors import rome
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    rows = rome._rewrite_rows(lm, request, prefixes) + [rome._kl_row(lm, request)]
+    with rome.edit_mode(lm):
+        objective = rome._PackedObjective(lm, hp.layer, rows)
+        _, d_out = rome.down_proj_dims(lm, hp.layer)
+        delta = torch.zeros((len(rows), d_out), requires_grad=True)
+        active = torch.ones(len(rows), dtype=torch.bool)
+        objective(delta, active)  # the layout and its cache are built once per edit, not per step
+        with torch.enable_grad(), Count():
+            logp, keep = objective(delta, active)
+            targets = objective.labels[keep].clamp(min=0)
+            loss = -logp.gather(1, targets[:, None]).sum()
+            loss.backward()
+    return Count.n
+
+
+def launch_bound(shape: dict, ops: int) -> dict:
+    """Whether a CUDA run of one step would be launch-bound: the launches' time (ops x GPU_LAUNCH_S) against the
+    essential FLOPs' time at GPU_FLOPS (both stated constants, not measurements)."""
+    flops = shape["forward"] + shape["backward"]
+    launch_s, flop_s = ops * GPU_LAUNCH_S, flops / GPU_FLOPS
+    return {"ops_per_step": ops, "launch_s": launch_s, "flop_s": flop_s, "launch_bound": launch_s > flop_s,
+            "launch_over_flop": launch_s / flop_s, "assumed_launch_s": GPU_LAUNCH_S, "assumed_gpu_flops": GPU_FLOPS}
 
 
 def time_evaluation(lm, cache_dir: Path, n_cases: int) -> dict:
@@ -200,8 +258,9 @@ def main(argv: list[str] | None = None) -> dict:
     shapes = [step_flops(lm, r, rome_hp.layer, prefixes) for r in timed]
     rate = matmul_rate(lm, int(statistics.median(x["tokens"] for x in shapes)))
     for out, shape in zip(fast_out, shapes):
-        out.update(step_tokens=shape["tokens"], step_gflop=round(shape["flops"] / 1e9, 3),
-                   floor_s=round(out["steps"] * shape["flops"] / rate, 3))
+        out.update(step_tokens=shape["tokens"], step_gflop=round((shape["forward"] + shape["backward"]) / 1e9, 3),
+                   floor_s=round(edit_flops(shape, out["steps"]) / rate, 3))
+    gpu = launch_bound(shapes[0], ops_per_step(lm, timed[0], rome_hp, prefixes))
     ref_s, ref_out = time_edits(lm, timed, "ROME", dataclasses.replace(rome_hp, fast=False), ctx)
 
     batch = requests[: args.memit_batch]
@@ -234,7 +293,11 @@ def main(argv: list[str] | None = None) -> dict:
         "rome_floor": {"matmul_gflops": round(rate / 1e9, 1),
                        "median_steps": statistics.median(o["steps"] for o in fast_out),
                        "median_step_gflop": statistics.median(o["step_gflop"] for o in fast_out),
-                       "median_floor_s": statistics.median(o["floor_s"] for o in fast_out)},
+                       "median_floor_s": statistics.median(o["floor_s"] for o in fast_out),
+                       "rule": "essential products only (live tokens through the blocks after the edited layer, "
+                               "unembedding of scored positions; backward the same), every step's forward, "
+                               "every step but the last's backward, at the rate cycling through all layers"},
+        "rome_step_on_a_gpu": gpu,
         "memit": {"batch": len(batch), "seconds": memit_s, "took": memit_took, "steps": memit_steps},
         "covariance": {"tokens": rome_hp.cov_n_tokens, "tokenise_s": tokenise_s,
                        "one_layer_s": cov_one_s, "one_layer": rome_hp.layer,
@@ -264,6 +327,10 @@ def markdown(r: dict) -> str:
          f"median {r['rome_floor']['median_floor_s']:.2f} s",
          f"median {r['rome_floor']['median_steps']} steps x {r['rome_floor']['median_step_gflop']:.1f} GFLOP "
          f"at {r['rome_floor']['matmul_gflops']:.0f} GFLOP/s"),
+        ("ROME step on a GPU (stated launch cost and FLOP rate)",
+         "launch-bound" if r["rome_step_on_a_gpu"]["launch_bound"] else "FLOP-bound",
+         f"{r['rome_step_on_a_gpu']['ops_per_step']} operators: {r['rome_step_on_a_gpu']['launch_s'] * 1e3:.1f} ms "
+         f"of launches vs {r['rome_step_on_a_gpu']['flop_s'] * 1e3:.2f} ms of FLOPs"),
         (f"MEMIT batch of {r['memit']['batch']}", f"{r['memit']['seconds']:.1f} s",
          f"{r['memit']['took']}/{r['memit']['batch']} took, {r['memit']['steps']} steps"),
         (f"covariance, layer {cov['one_layer']} ({cov['tokens']} tokens)", f"{cov['one_layer_s']:.1f} s",
