@@ -186,3 +186,17 @@ def test_memory_cache_never_serves_the_unedited_models_values_to_an_edited_model
     assert again.info["values_from_cache"] == 1 and len(counted) == 3
     with pytest.raises(ValueError, match="ahead"):
         MemoryValueCache(ahead=0)
+
+
+def test_a_values_key_names_a_gpu_device_and_keeps_the_cpu_keys_of_before():
+    from compute.editors import EditRequest
+    from compute.editors.rome import ValueOptions
+    from compute.editors.value_cache import _key
+
+    request = EditRequest("France", "The capital of France is", "Rome", "Paris")
+    opts = ValueOptions(lr=0.1, steps=40, kl_weight=0.0625, weight_decay=0.5, clamp_norm_factor=4.0,
+                        stop_nll=0.05, fast=True)
+    cpu = _key("fp", 3, request, ["", "x. "], opts, "down_proj")
+    assert cpu == _key("fp", 3, request, ["", "x. "], opts, "down_proj", "cpu")  # the default: as before
+    assert _key("fp", 3, request, ["", "x. "], opts, "down_proj", "cuda:0") not in (cpu, _key(
+        "fp", 3, request, ["", "x. "], opts, "down_proj", "cuda:1"))

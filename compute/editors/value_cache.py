@@ -12,7 +12,9 @@ it) went into recomputing it. Here it is computed once.
 
 The key of a value is a hash of everything it depends on: the model's weights (a content hash of every
 parameter, taken at each batch, so an edited model never meets an unedited model's values), the layer,
-the request (subject, prompt, new and true object), the context prefixes and the optimisation settings.
+the request (subject, prompt, new and true object), the context prefixes, the optimisation settings and the
+device it was computed on (a GPU's values differ from the CPU's by rounding; CPU keys carry no device, as
+before the device was part of the key).
 The reference norm the clamp is relative to is a function of the model, the request and the prefixes,
 so it is not part of the key. Values live under `<cache>/values/` (outside git), one small file each,
 written atomically; a damaged file is recomputed.
@@ -58,12 +60,14 @@ def weights_fingerprint(lm: LoadedModel) -> str:
     return h.hexdigest()
 
 
-def _key(fingerprint: str, layer: int, request, prefixes: Sequence[str], opts, norm: str) -> str:
+def _key(fingerprint: str, layer: int, request, prefixes: Sequence[str], opts, norm: str, device="cpu") -> str:
     spec = {"v": CACHE_VERSION, "model": fingerprint, "layer": int(layer),
             "request": [request.subject, request.prompt, request.target_new, request.target_true],
             "prefixes": list(prefixes), "opts": dataclasses.asdict(opts)}
     if norm:  # MEMIT's and AlphaEdit's residual-stream norm is "" (their keys from before `norm` existed)
         spec["norm"] = norm
+    if torch.device(device).type != "cpu":  # a GPU's value differs from the CPU's by rounding (CPU keys as before)
+        spec["device"] = str(torch.device(device))
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
@@ -75,8 +79,9 @@ class ValueCache:
         self.hits = 0
         self.misses = 0
 
-    def _key(self, fingerprint: str, layer: int, request, prefixes: Sequence[str], opts, norm: str = "") -> str:
-        return _key(fingerprint, layer, request, prefixes, opts, norm)
+    def _key(self, fingerprint: str, layer: int, request, prefixes: Sequence[str], opts, norm: str = "",
+             device="cpu") -> str:
+        return _key(fingerprint, layer, request, prefixes, opts, norm, device)
 
     def _path(self, key: str) -> Path:
         return self.folder / key[:2] / f"{key}.pt"
@@ -102,7 +107,7 @@ class ValueCache:
         requests) only for those not cached; returns them and how many came from the cache. `norm` names
         what the clamp is relative to (ROME's and MEMIT's differ)."""
         fingerprint = weights_fingerprint(lm)
-        keys = [self._key(fingerprint, layer, r, prefixes, opts, norm) for r in requests]
+        keys = [self._key(fingerprint, layer, r, prefixes, opts, norm, lm.device) for r in requests]
         out = [self._load(k) for k in keys]
         todo = [i for i, v in enumerate(out) if v is None]
         self.hits += len(requests) - len(todo)
@@ -159,7 +164,7 @@ class MemoryValueCache:
                optimise: Callable[[list], list], norm: str = "") -> tuple[list, int]:
         """Like `ValueCache.values`; a miss also optimises the next planned requests, in the same call."""
         check = down_proj_checksum(lm)
-        key = lambda r: _key(check, layer, r, prefixes, opts, norm)  # noqa: E731
+        key = lambda r: _key(check, layer, r, prefixes, opts, norm, lm.device)  # noqa: E731
         todo = [r for r in requests if key(r) not in self._values]
         missed = len(todo)
         self.hits += len(requests) - missed
