@@ -6,7 +6,8 @@ sweep's values, a sequential run's panel) right after the model loads. Errors pr
 status 2; Ctrl-C marks the running run interrupted (exit 130).
 
 This module parses arguments and calls the compute library; library code never imports it (what the
-commands share with it lives in compute/stored.py). Signal handlers are installed by compute/__main__.py
+commands share with it lives in compute/stored.py; what a command does with the runs a store holds, start,
+resume, report or extend, is compute.runs.decide). Signal handlers are installed by compute/__main__.py
 only, never on import or by `main`, so that calling `main` in a test leaves the process's handlers alone.
 """
 
@@ -21,7 +22,8 @@ from compute.setup import editor_setup as _editor_setup
 from compute.setup import load_kb as _load_kb
 from compute.setup import load_model_for as _load_model
 from compute.setup import paragraphs as _paragraphs
-from compute.stored import find_run, load_case_set
+from compute.runs import decide, matching_runs, spec_for
+from compute.stored import load_case_set
 from store import Store, StoreError, default_store_path
 
 EXIT_ERROR = 2
@@ -249,22 +251,15 @@ def cmd_knowledge_measure(args) -> None:
         st.mark_stale_runs()
         cases = load_case_set(st, args.set, args.limit)
         lm = _load_model(args)
-        run_id = args.resume
-        if run_id is None and not args.again:
-            old = find_run(st, "knowledge", lm.name, case_set=args.set, rephrase_types=types,
-                           gen_tokens=args.gen_tokens, n_cases=len(cases))
-            if old and old["status"] == "done":
-                _out(f"run {old['run_id']} already measured this (use --again for a new run)")
-                run_id = old["run_id"]
-            elif old:
-                _out(f"resuming run {old['run_id']} ({old['n_done'] or 0}/{old['n_total']} cases stored)")
-                run_id = measure_knowledge(lm, cases, st, rephrase_types=types, gen_tokens=args.gen_tokens,
-                                           run_id=old["run_id"], case_set=args.set, progress=not args.quiet)
-        if run_id is None or args.resume:
-            run_id = measure_knowledge(
-                lm, cases, st, rephrase_types=types, gen_tokens=args.gen_tokens, run_id=args.resume,
-                case_set=args.set, progress=not args.quiet,
-            )
+        spec = spec_for("knowledge", lm.name, {"case_set": args.set, "rephrase_types": types,
+                                               "gen_tokens": args.gen_tokens, "n_cases": len(cases)})
+        found = decide(st, spec, resume=args.resume, again=args.again, unit="cases", done_says="already measured this")
+        if found.message:
+            _out(found.message)
+        run_id = found.run_id
+        if found.runs:
+            run_id = measure_knowledge(lm, cases, st, rephrase_types=types, gen_tokens=args.gen_tokens,
+                                       run_id=found.run_id, case_set=args.set, progress=not args.quiet)
         from store.derived import store_correlations
 
         store_correlations(st, run_id)
@@ -310,14 +305,18 @@ def _case_set_for(args, st, lm, kb=None) -> str:
 
 def _baseline(args, st, lm, cases, name: str) -> str | None:
     """A finished all-types knowledge run of the case set (the edit-count-0 numbers), run first if missing."""
+    import json
+
     from compute.cases import probes_digest
     from compute.knowledge import measure_knowledge
     from store.metrics import REPHRASE_TYPES
 
+    spec = spec_for("knowledge", lm.name, {"case_set": name, "rephrase_types": list(REPHRASE_TYPES),
+                                           "gen_tokens": args.gen_tokens, "n_cases": len(cases)})
     # the baseline must have measured these very probe texts: a case set rebuilt with new wording gets a new one
-    old = find_run(st, "knowledge", lm.name, case_set=name, rephrase_types=list(REPHRASE_TYPES),
-                   gen_tokens=args.gen_tokens, n_cases=len(cases),
-                   probes_digest=probes_digest(cases, REPHRASE_TYPES))
+    digest = probes_digest(cases, REPHRASE_TYPES)
+    old = next((r for r in matching_runs(st, spec) if json.loads(r["config"] or "{}").get("probes_digest") == digest),
+               None)
     if old and old["status"] == "done":
         return old["run_id"]
     if args.no_baseline:
@@ -327,18 +326,13 @@ def _baseline(args, st, lm, cases, name: str) -> str | None:
                              run_id=old["run_id"] if old else None, case_set=name, progress=not args.quiet)
 
 
-def _run_or_resume(st, args, kind: str, lm, ed, hp, run, unit: str, **config) -> str:
-    """The run id of this experiment: the finished matching run (reported; --again starts a new one), else
-    `run(run_id)` on the matching unfinished run (resumed) or on None (a new run)."""
-    run_id = args.resume
-    old = None if run_id else find_run(st, kind, lm.name, ed.name, hp, **config)
-    if old and old["status"] == "done" and not args.again:
-        _out(f"run {old['run_id']} already holds this experiment (use --again for a new run)")
-        return old["run_id"]
-    if old and not args.again:
-        run_id = old["run_id"]
-        _out(f"resuming run {run_id} ({old['n_done'] or 0}/{old['n_total']} {unit} stored)")
-    return run(run_id)
+def _run_or_resume(st, args, spec, run, unit: str) -> str:
+    """The run id of this experiment (compute.runs.decide): the finished matching run (reported; --again starts
+    a new one), else `run(run_id)` on the matching unfinished run (resumed) or on None (a new run)."""
+    found = decide(st, spec, resume=args.resume, again=args.again, unit=unit)
+    if found.message:
+        _out(found.message)
+    return run(found.run_id) if found.runs else found.run_id
 
 
 def cmd_run_robustness(args) -> None:
@@ -352,11 +346,13 @@ def cmd_run_robustness(args) -> None:
         name = _case_set_for(args, st, lm)
         cases = load_case_set(st, name, args.limit)
         baseline = _baseline(args, st, lm, cases, name)
+        spec = spec_for("robustness", lm.name, {"case_set": name, "n_cases": len(cases),
+                                                "gen_tokens": args.gen_tokens}, editor=ed.name, hp=hp, seed=ctx.seed)
         run_id = _run_or_resume(
-            st, args, "robustness", lm, ed, hp,
+            st, args, spec,
             lambda rid: run_robustness(lm, cases, st, editor=ed.name, hp=hp, ctx=ctx, gen_tokens=args.gen_tokens,
                                        case_set=name, baseline_run=baseline, run_id=rid, progress=not args.quiet),
-            "edits", case_set=name, n_cases=len(cases), gen_tokens=args.gen_tokens)
+            "edits")
         _out(f"run {run_id}: {ed.name} on {len(cases)} cases of {name}")
         derived.store_correlations(st, run_id)
         summary = derived.robustness_summary(st.conn, run_ids=run_id, metrics=("acc", "rev"))
@@ -367,7 +363,7 @@ def cmd_run_sequential(args) -> None:
     import json
 
     from compute.abilities.run import suite
-    from compute.experiments.sequential import SequentialConfig, ensure_editor, run_sequential
+    from compute.experiments.sequential import SequentialConfig, ensure_editor, run_sequential, sequential_config
     from store import derived
 
     ensure_editor(args.editor)  # the study-B control (RandomRankOne) is registered for sequential runs only
@@ -389,45 +385,22 @@ def cmd_run_sequential(args) -> None:
         cases = load_case_set(st, name, args.limit)
         abilities = suite("quick") if cfg.abilities_every else None
         final = args.final_abilities or ("full" if cfg.abilities_every else "none")
-        layout = dict(case_set=name, n_cases=len(cases), batch_size=cfg.batch_size,
-                      checkpoint_every=cfg.checkpoint_every, order_seed=cfg.order_seed,
-                      abilities_every=cfg.abilities_every)
-        if args.again or (not args.resume and find_run(st, "sequential", lm.name, ed.name, hp, **layout) is None):
+        spec = spec_for("sequential", lm.name, sequential_config(cfg, name, len(cases), ctx.cov_samples),
+                        editor=ed.name, hp=hp, seed=ctx.seed)
+        # --resume RUN_ID --edits N: N may be larger; a shorter run of this layout is extended
+        found = decide(st, spec, resume=args.resume, again=args.again, unit="edits, resumed from the last checkpoint")
+        if found.action == "new":
             _check_panel(lm, cases, cfg)  # a new run: its panel must exist before its run row does
-        extend = bool(args.resume) and args.edits is not None  # --resume RUN_ID --edits N: N may be larger
-        run_id = None
-        if (not args.resume and not args.again
-                and find_run(st, "sequential", lm.name, ed.name, hp, max_edits=cfg.max_edits, **layout) is None):
-            # the same layout made with another maximum: a longer run holds these edits as its first; a shorter
-            # one (unfinished, or finished at its maximum rather than past a collapse) is extended
-            longer = find_run(st, "sequential", lm.name, ed.name, hp, **layout,
-                              where=lambda c, r: c.get("max_edits", 0) > cfg.max_edits)
-            shorter = find_run(st, "sequential", lm.name, ed.name, hp, **layout,
-                               where=lambda c, r: c.get("max_edits", cfg.max_edits) < cfg.max_edits and (
-                                   r["status"] != "done" or (r["n_done"] or 0) >= c["max_edits"]))
-            if longer is not None:  # an extended run (or one stopped past its collapse) holds these edits as its first
-                most, made = json.loads(longer["config"])["max_edits"], longer["n_done"] or 0
-                if made < cfg.max_edits and longer["status"] != "done":
-                    raise ValueError(f"run {longer['run_id']} is laid out like this one with at most {most} edits "
-                                     f"and has {made}: resume it (--resume {longer['run_id']}), or start a new run "
-                                     "with --again")
-                run_id = longer["run_id"]
-                _out(f"run {run_id} (at most {most} edits, {made} made) already holds the first {cfg.max_edits} "
-                     "edits (use --again for a new run)")
-            elif shorter is not None:
-                made = json.loads(shorter["config"])["max_edits"]
-                _out(f"extending run {shorter['run_id']} (made with --edits {made}, {shorter['n_done'] or 0} edits "
-                     f"stored) to at most {cfg.max_edits} edits (--again starts a new run instead)")
-                args.resume, extend = shorter["run_id"], True
-        if run_id is None:
-            run_id = _run_or_resume(
-                st, args, "sequential", lm, ed, hp,
-                lambda rid: run_sequential(lm, cases, st, editor=ed.name, hp=hp, ctx=ctx, cfg=cfg, case_set=name,
-                                           run_id=rid, abilities=abilities, final_abilities=suite(final),
-                                           exclude_facts=_ability_facts(), extend=extend, progress=not args.quiet),
-                "edits, resumed from the last checkpoint", max_edits=cfg.max_edits, **layout)
-            if final != "none":
-                _final_suite_if_missing(st, lm, run_id, final, ctx.cache_dir)
+        if found.message:
+            _out(found.message)
+        run_id = found.run_id
+        if found.runs:
+            extend = found.action == "extend" or (bool(args.resume) and args.edits is not None)
+            run_id = run_sequential(lm, cases, st, editor=ed.name, hp=hp, ctx=ctx, cfg=cfg, case_set=name,
+                                    run_id=found.run_id, abilities=abilities, final_abilities=suite(final),
+                                    exclude_facts=_ability_facts(), extend=extend, progress=not args.quiet)
+        if found.action != "longer" and final != "none":
+            _final_suite_if_missing(st, lm, run_id, final, ctx.cache_dir)
         _out(f"run {run_id}: sequential {ed.name}, batch size {cfg.batch_size}, on {name}")
         _table(derived.sequential_curves(st.conn, run_id).drop("run_id"), max_rows=80)
         events = derived.sequential_events(st.conn, run_id)
@@ -496,13 +469,16 @@ def cmd_run_batch(args) -> None:
         ed, hp, ctx = _editor_setup(args, lm, args.editor)
         name = _case_set_for(args, st, lm)
         cases = load_case_set(st, name, args.limit)
+        spec = spec_for("batch", lm.name, {"case_set": name, "n_cases": len(cases), "sizes": sorted(set(sizes)),
+                                           "order_seed": args.order_seed, "panel_pool": args.panel_pool},
+                        editor=ed.name, hp=hp, seed=ctx.seed)
         run_id = _run_or_resume(
-            st, args, "batch", lm, ed, hp,
+            st, args, spec,
             lambda rid: run_batch_single(lm, cases, st, editor=ed.name, hp=hp, ctx=ctx, sizes=sizes,
                                          order_seed=args.order_seed, panel_pool=args.panel_pool, case_set=name,
                                          run_id=rid, abilities=suite(args.abilities),
                                          exclude_facts=_ability_facts(), progress=not args.quiet),
-            "batch sizes", case_set=name, n_cases=len(cases), sizes=sorted(set(sizes)), order_seed=args.order_seed)
+            "batch sizes")
         _out(f"run {run_id}: batch-single {ed.name}, sizes {sorted(set(sizes))}, on {name}")
         from store import queries
 

@@ -12,20 +12,20 @@ needs, per case and per type; a robustness run names its knowledge run as `confi
 `probes_digest` (compute.cases.probes_digest) of the probes it measured, so a baseline measured on an
 older probe wording can be told from one that matches the cases a run edits.
 
-Runs are resumable: cases are evaluated in chunks, each chunk written in one transaction; re-running
-with `resume` skips the cases already stored and ends with the same numbers.
+Runs are resumable: cases are evaluated in chunks, each chunk one unit of compute.runs.run_loop (its
+measurements and generations written in one transaction); re-running with `resume` skips the cases already
+stored and ends with the same numbers.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Sequence
 
 from compute.cases import EditCase, probes_digest
 from compute.evaluate import evaluate_cases
-from compute.experiments.common import recording
 from compute.models import LoadedModel
 from compute.provenance import provenance
+from compute.runs import run_loop, spec_for, stored_config
 
 
 def measure_knowledge(
@@ -52,10 +52,11 @@ def measure_knowledge(
         "probes_digest": probes_digest(cases, rephrase_types),
     }
     if run_id is None:
+        spec = spec_for("knowledge", lm.name, config)
         run_id = store.start_run(
             kind="knowledge",
             model=lm.name,
-            config=config,
+            config=stored_config(spec, config),
             provenance=provenance(str(lm.device)),
             n_total=len(cases),
         )
@@ -63,33 +64,17 @@ def measure_knowledge(
     else:
         store.resume_run(run_id)
         done = store.done_case_ids(run_id)
-    todo = [c for c in cases if c.case_id not in done]
-    started = time.monotonic()
-    bar = None
-    if progress:
-        from tqdm import tqdm
 
-        bar = tqdm(total=len(cases), initial=len(cases) - len(todo), desc="pre-edit knowledge", unit="case")
-    try:
-        with recording(store, run_id):
-            for start in range(0, len(todo), chunk):
-                part = todo[start : start + chunk]
-                evals = evaluate_cases(lm, part, rephrase_types, gen_tokens=gen_tokens)
-                rows, gens = [], []
-                for ev in evals:
-                    plain = ev.values.get("plain")
-                    if plain is not None and "rev" in plain:
-                        plain["recall"] = plain["rev"]
-                    rows += ev.rows(run_id)
-                    gens += ev.generation_rows(run_id)
-                store.write_measurements(rows)
-                store.write_generations(gens)
-                done.update(c.case_id for c in part)
-                store.heartbeat(run_id, n_done=len(done), n_total=len(cases))
-                if bar:
-                    bar.update(len(part))
-    finally:
-        if bar:
-            bar.close()
-    store.finish_run(run_id, status="done", timings={"seconds": round(time.monotonic() - started, 2)})
+    def step(part: list[EditCase]) -> dict:
+        rows, gens = [], []
+        for ev in evaluate_cases(lm, part, rephrase_types, gen_tokens=gen_tokens):
+            plain = ev.values.get("plain")
+            if plain is not None and "rev" in plain:
+                plain["recall"] = plain["rev"]
+            rows += ev.rows(run_id)
+            gens += ev.generation_rows(run_id)
+        return {"measurements": rows, "generations": gens}
+
+    run_loop(store, run_id, cases, step, n_total=len(cases), done=done, key=lambda c: c.case_id, group=chunk,
+             desc="pre-edit knowledge", unit="case", progress=progress)
     return run_id

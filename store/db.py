@@ -569,10 +569,10 @@ class Store:
             return _upsert(conn, "edit_diagnostics", rows)
 
     def write_unit(self, *, measurements: Iterable[Mapping] = (), generations: Iterable[Mapping] = (),
-                   diagnostics: Iterable[Mapping] = ()) -> None:
-        """Write one unit of work (an edited case) in ONE transaction: its measurements, generations and edit
-        diagnostics all land or none does, so a crash never leaves a case with measurements but without its
-        generations (a resumed run skips every case that has measurements)."""
+                   diagnostics: Iterable[Mapping] = (), abilities: Iterable[Mapping] = ()) -> None:
+        """Write one unit of work (an edited case, a batch) in ONE transaction: its measurements, generations,
+        edit diagnostics and ability scores all land or none does, so a crash never leaves a case with
+        measurements but without its generations (a resumed run skips every case that has measurements)."""
         measurements, diagnostics = list(measurements), list(diagnostics)
         unknown = sorted({k for row in measurements for k in row} - set(MEASUREMENT_COLUMNS))
         if unknown:
@@ -585,6 +585,7 @@ class Store:
                              f"VALUES ({', '.join('?' * len(MEASUREMENT_COLUMNS))})", values)
             _upsert(conn, "generations", generations)
             _upsert(conn, "edit_diagnostics", diagnostics)
+            _upsert(conn, "abilities", abilities)
 
     def write_generations(self, rows: Iterable[Mapping]) -> int:
         """Upsert generation rows (run_id, case_id, edit_count, rephrase_type, probe_id, phase, text)."""

@@ -52,8 +52,9 @@ MERGED_KIND = "merged"
 LOG_KINDS = (MERGED_KIND, "plan_unit")
 IDENTITY_COLUMNS = ("kind", "model", "editor", "hparams", "seed", "config")
 # config keys a run changes as it goes on: a sequential run extended to more edits records its new maximum
-# (compute.experiments.sequential). Two copies may differ there when one holds all the other does.
-GROWING_CONFIG = ("max_edits",)
+# (compute.experiments.sequential), and with it its spec's key (compute.runs.SPEC_KEY, which hashes the
+# maximum). Two copies may differ there when one holds all the other does.
+GROWING_CONFIG = ("max_edits", "spec_key")
 DERIVED_TABLES = ("run_events", "correlations")  # recomputed from a run's rows: they follow its runs row
 KB_TABLES = ("kb_relations", "kb_subjects", "kb_facts")
 CASE_IGNORED = ("created_at",)  # when the case set was built, not what it is

@@ -8,7 +8,9 @@ imports this module; this module never imports compute.cli):
     python -m compute abilities power                                      # quick mode's power to see a drop
 
 `measure` stores an `abilities` run (provenance, config with each task's version, chance level and
-direction) and one row per task at edit count 0, batch size 0. With `--run`, it loads the saved final
+direction) and one row per task at edit count 0, batch size 0 (each task a unit of compute.runs.run_loop); the
+same command again reports the newest matching run when it finished (compute.runs.decide; --again measures
+anew), and measures afresh otherwise: a suite is not resumed. With `--run`, it loads the saved final
 state of a sequential run (its last checkpoint) and stores the scores in that run at its last edit count,
 with a run_events row (kind timing, series final_abilities) saying when and with which code. `show` prints the newest finished
 abilities run, or any run's ability rows (a sequential run's checkpoints included).
@@ -81,9 +83,9 @@ def cmd_abilities_measure(args) -> None:
     """Score the unedited model on the suite and store it as an `abilities` run (edit count 0, batch size 0)."""
     from compute.abilities.data import Sources
     from compute.abilities.run import ability_rows, evaluate_abilities, load_items
-    from compute.experiments.common import recording
     from compute.models import load_model
     from compute.provenance import provenance
+    from compute.runs import decide, run_loop, spec_for, stored_config
 
     tasks = _task_list(getattr(args, "tasks", None))
     quiet = getattr(args, "quiet", False)
@@ -96,34 +98,32 @@ def cmd_abilities_measure(args) -> None:
         config = {"mode": args.mode, "tasks": task_config(tasks, lm),
                   "n_items": {t.name: len(items[t.name][1]) if args.mode == "full" else
                               min(t.quick_n, len(items[t.name][1])) for t in tasks}}
-        if not getattr(args, "again", False):
-            from compute.stored import find_run
-
-            old = find_run(st, RUN_KIND, lm.name, **json.loads(json.dumps(config)))
-            if old and old["status"] == "done":
-                _out(f"run {old['run_id']} already measured this suite on {lm.name} (use --again for a new run)")
-                args.run = old["run_id"]
-                cmd_abilities_show(args)
-                return
-        run_id = st.start_run(kind=RUN_KIND, model=lm.name, config=config, provenance=provenance(str(lm.device)),
-                              n_total=len(tasks))
+        spec = spec_for(RUN_KIND, lm.name, json.loads(json.dumps(config)))
+        # a suite is not resumed: only a finished one stands for this command
+        found = decide(st, spec, again=getattr(args, "again", False), resumable=False,
+                       done_says=f"already measured this suite on {lm.name}")
+        if found.action == "done":
+            _out(found.message)
+            args.run = found.run_id
+            cmd_abilities_show(args)
+            return
+        run_id = st.start_run(kind=RUN_KIND, model=lm.name, config=stored_config(spec, config),
+                              provenance=provenance(str(lm.device)), n_total=len(tasks))
         started = time.monotonic()
         done: list = []
 
-        def store_one(score) -> None:
-            st.write_abilities(ability_rows([score], run_id, edit_count=0, batch_size=0))
+        def step(task) -> dict:
+            (score,) = evaluate_abilities(lm, args.mode, [task], items=items)
             done.append(score)
-            st.heartbeat(run_id, n_done=len(done), n_total=len(tasks))
             if not quiet:
                 _out(f"  {score.task}: {_fmt(score.score)} [{_fmt(score.ci_low)}, {_fmt(score.ci_high)}] "
                      f"n={score.n} ({score.seconds:.1f} s)")
+            return {"abilities": ability_rows([score], run_id, edit_count=0, batch_size=0)}
 
-        with recording(st, run_id, next_step="a suite is not resumed: the same command again "
-                                             "measures it afresh in a new run"):
-            evaluate_abilities(lm, args.mode, tasks, items=items, progress=store_one)
+        run_loop(st, run_id, tasks, step, n_total=len(tasks), desc="abilities", unit="task",
+                 next_step="a suite is not resumed: the same command again measures it afresh in a new run",
+                 timings=lambda: {"tasks": {s.task: s.seconds for s in done}})
         seconds = round(time.monotonic() - started, 1)
-        st.finish_run(run_id, status="done", timings={"seconds": seconds,
-                                                      "tasks": {s.task: s.seconds for s in done}})
     _out(f"run {run_id}: {args.mode} ability suite, {len(tasks)} tasks, {seconds} s")
     args.run = run_id
     cmd_abilities_show(args)

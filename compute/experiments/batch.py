@@ -10,8 +10,9 @@ then measured:
 - the general-ability suite (compute.abilities) when an `abilities` function is given, written to the
   store's abilities table with edit_count = batch_size = b;
 
-and undone exactly before the next size. Run-level rows use case_id "*" and scope "batch". Resumable per
-batch size: a size whose run-level rows are stored is skipped.
+and undone exactly before the next size. Run-level rows use case_id "*" and scope "batch". Each size is one
+unit of compute.runs.run_loop: its measurements, diagnostics and ability scores are written in one
+transaction. Resumable per batch size: a size whose run-level rows are stored is skipped.
 
 Every batch goes into the same unedited model and holds the previous sizes' requests, so a request's
 target value is optimised once and reused (compute.editors.value_cache, under the cache folder, shared by
@@ -22,7 +23,6 @@ were reused, and `edit_seconds` is the time the edit took with them.
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -31,9 +31,10 @@ from compute.editors import EditContext, EditRequest, apply_edit, get_editor, un
 from compute.editors.base import EditorError
 from compute.editors.diagnostics import edit_diagnostics
 from compute.evaluate import evaluate_cases
-from compute.experiments.common import open_run, recording
+from compute.experiments.common import open_run
 from compute.experiments.sequential import SequentialConfig, ability_case_ids, edit_order, split_order
 from compute.models import LoadedModel
+from compute.runs import run_loop
 from store.conventions import BATCH, RUN_LEVEL
 
 BATCH_SIZES = (1, 10, 50, 100, 200, 500)
@@ -83,54 +84,43 @@ def run_batch_single(
         done = {b for (b,) in store.conn.execute(
             "SELECT DISTINCT edit_count FROM measurements WHERE run_id = ? AND case_id = ? AND rephrase_type = ?",
             (run_id, RUN_LEVEL, SCOPE))}
-    bar = None
-    if progress:
-        from tqdm import tqdm
 
-        bar = tqdm(total=len(sizes), initial=len([b for b in sizes if b in done]), desc=f"batch {ed.name}",
-                   unit="batch")
-    started = time.monotonic()
+    def unedited() -> None:  # the suite on the unedited model, once
+        if abilities is not None and 0 not in done and not store.conn.execute(
+                "SELECT 1 FROM abilities WHERE run_id = ? AND edit_count = 0", (run_id,)).fetchone():
+            store.write_abilities([{**r, "run_id": run_id, "edit_count": 0, "batch_size": 0} for r in abilities(lm)])
+
+    def step(b: int) -> dict:
+        batch = [by_id[i] for i in edit_ids[:b]]
+        ctx.state = {}  # a fresh editor memory: each batch is written into the unedited model
+        result = apply_edit(lm, [EditRequest.from_case(c) for c in batch], ed.name, hp, ctx)
+        try:
+            diagnostics = edit_diagnostics(lm, result, hp, run_id, b, batch)
+            evals = evaluate_cases(lm, batch, ["plain", "paraphrase"], generation=False, neighbourhood=True)
+            ability_rows = abilities(lm) if abilities is not None else []
+        finally:
+            undo(lm, result)
+        rows = []
+        for ev in evals:
+            rows += ev.rows(run_id, edit_count=b)
+
+        def mean(rtype, metric):
+            vals = [ev.values[rtype][metric] for ev in evals if metric in ev.values.get(rtype, {})]
+            return sum(vals) / len(vals) if vals else None  # no probe of this type: no row
+
+        values = {"es": mean("plain", "es"), "ps": mean("paraphrase", "es"), "ns": mean(NEIGHBOURHOOD, "ns"),
+                  "n": len(batch), "edit_seconds": result.info.get("seconds"),
+                  "values_from_cache": result.info.get("values_from_cache", 0)}
+        rows += [{"run_id": run_id, "case_id": RUN_LEVEL, "edit_count": b, "rephrase_type": SCOPE,
+                  "metric": m, "value": float(v)} for m, v in values.items() if v is not None]
+        # one transaction: the run-level rows mark the size done, so its ability scores land with them
+        return {"measurements": rows, "diagnostics": diagnostics,
+                "abilities": [{**r, "run_id": run_id, "edit_count": b, "batch_size": b} for r in ability_rows]}
+
     outer_cache, ctx.value_cache = ctx.value_cache, ValueCache(Path(ctx.cache_dir) / "values")
     try:
-        with recording(store, run_id):
-            if abilities is not None and 0 not in done and not store.conn.execute(
-                    "SELECT 1 FROM abilities WHERE run_id = ? AND edit_count = 0", (run_id,)).fetchone():
-                store.write_abilities([{**r, "run_id": run_id, "edit_count": 0, "batch_size": 0} for r in abilities(lm)])
-            for b in sizes:
-                if b in done:
-                    continue
-                batch = [by_id[i] for i in edit_ids[:b]]
-                ctx.state = {}  # a fresh editor memory: each batch is written into the unedited model
-                result = apply_edit(lm, [EditRequest.from_case(c) for c in batch], ed.name, hp, ctx)
-                try:
-                    diagnostics = edit_diagnostics(lm, result, hp, run_id, b, batch)
-                    evals = evaluate_cases(lm, batch, ["plain", "paraphrase"], generation=False, neighbourhood=True)
-                    ability_rows = abilities(lm) if abilities is not None else []
-                finally:
-                    undo(lm, result)
-                rows = []
-                for ev in evals:
-                    rows += ev.rows(run_id, edit_count=b)
-
-                def mean(rtype, metric):
-                    vals = [ev.values[rtype][metric] for ev in evals if metric in ev.values.get(rtype, {})]
-                    return sum(vals) / len(vals) if vals else None  # no probe of this type: no row
-
-                values = {"es": mean("plain", "es"), "ps": mean("paraphrase", "es"), "ns": mean(NEIGHBOURHOOD, "ns"),
-                          "n": len(batch), "edit_seconds": result.info.get("seconds"),
-                          "values_from_cache": result.info.get("values_from_cache", 0)}
-                rows += [{"run_id": run_id, "case_id": RUN_LEVEL, "edit_count": b, "rephrase_type": SCOPE,
-                          "metric": m, "value": float(v)} for m, v in values.items() if v is not None]
-                store.write_abilities([{**r, "run_id": run_id, "edit_count": b, "batch_size": b} for r in ability_rows])
-                # last, in one transaction: its run-level rows mark the size done
-                store.write_unit(measurements=rows, diagnostics=diagnostics)
-                done.add(b)
-                store.heartbeat(run_id, n_done=len([s for s in sizes if s in done]), n_total=len(sizes))
-                if bar:
-                    bar.update(1)
+        run_loop(store, run_id, sizes, step, n_total=len(sizes), done=done, before=unedited,
+                 desc=f"batch {ed.name}", unit="batch", progress=progress)
     finally:
         ctx.value_cache = outer_cache
-        if bar:
-            bar.close()
-    store.finish_run(run_id, status="done", timings={"seconds": round(time.monotonic() - started, 2)})
     return run_id

@@ -1,5 +1,5 @@
-"""Steps every experiment shares: recording a run's fate, one edit evaluated then undone, and the values of
-the next edits optimised together."""
+"""Steps every experiment shares: recording a run's fate, opening a run, one edit evaluated then undone, and
+the values of the next edits optimised together. The loop that runs an experiment's units is compute.runs."""
 
 from __future__ import annotations
 
@@ -52,15 +52,17 @@ def recording(store, run_id: str, *, next_step: str | None = None):
 
 def open_run(store, run_id: str | None, *, kind: str, lm: LoadedModel, editor: str, hp, ctx: EditContext,
              config: dict, n_total: int) -> tuple[str, bool]:
-    """(run id, resumed): a new run of this kind with its provenance when `run_id` is None, else the run
-    `run_id` reopened for resuming, refused if another editor made it."""
+    """(run id, resumed): a new run of this kind with its provenance and its spec's key (compute.runs) when
+    `run_id` is None, else the run `run_id` reopened for resuming, refused if another editor made it."""
     from compute.editors import get_editor
     from compute.editors.base import editor_traits, hparams_dict
     from compute.provenance import provenance
+    from compute.runs import spec_for, stored_config
     from store.conventions import TRAITS_KEY
 
     if run_id is None:
-        config = {**config, TRAITS_KEY: editor_traits(get_editor(editor), hp)}
+        spec = spec_for(kind, lm.name, config, editor=editor, hp=hp, seed=ctx.seed)
+        config = {**stored_config(spec, config), TRAITS_KEY: editor_traits(get_editor(editor), hp)}
         return store.start_run(kind=kind, model=lm.name, editor=editor, hparams=hparams_dict(hp), seed=ctx.seed,
                                config=config, provenance=provenance(str(lm.device)), n_total=n_total), False
     run = store.resume_run(run_id)

@@ -9,9 +9,9 @@ named in the run's config as its baseline.
 The edit itself is recorded as pseudo rephrase type `edit` (metrics edit_seconds, edit_steps,
 edit_target_nll where the editor reports them), and its diagnostics (update norms, clamp, steps,
 convergence, delivered fraction on the plain prompt and each paraphrase: compute.editors.diagnostics) in
-`edit_diagnostics`. Runs are resumable at case granularity: each case (measurements, generations,
-diagnostics) is written in one transaction, and `resume` skips the cases already stored, so a killed run ends with the
-same numbers as an uninterrupted one.
+`edit_diagnostics`. Runs are resumable at case granularity: each case is one unit of compute.runs.run_loop (its
+measurements, generations and diagnostics written in one transaction), and `resume` skips the cases already
+stored, so a killed run ends with the same numbers as an uninterrupted one.
 
 Every edit starts from the unedited weights, so the target values of the next few cases are optimised together
 in one packed call (`compute.experiments.common.values_ahead`; ROME, MEMIT, AlphaEdit), equal to one-by-one
@@ -21,13 +21,13 @@ group's optimisation, the others find their values ready (`value_from_cache` in 
 
 from __future__ import annotations
 
-import time
 from typing import Sequence
 
 from compute.cases import EditCase
 from compute.editors import EditContext, get_editor
-from compute.experiments.common import edit_and_evaluate, open_run, recording, values_ahead
+from compute.experiments.common import edit_and_evaluate, open_run, values_ahead
 from compute.models import LoadedModel
+from compute.runs import run_loop
 from store.conventions import EDIT
 from store.metrics import REPHRASE_TYPES
 
@@ -72,31 +72,19 @@ def run_robustness(
     }
     run_id, resumed = open_run(store, run_id, kind="robustness", lm=lm, editor=ed.name, hp=hp, ctx=ctx,
                                config=config, n_total=len(cases))
-    done: set[str] = store.done_case_ids(run_id, edit_count=1) if resumed else set()
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(cases), initial=len(done), desc=f"robustness {ed.name}", unit="edit")
-    started = time.monotonic()
+    done = store.done_case_ids(run_id, edit_count=1) if resumed else set()
     todo = [case for case in cases if case.case_id not in done]
-    try:
-        with recording(store, run_id), values_ahead(ctx, todo) as plan:
-            for i, case in enumerate(todo):
-                plan(i)
-                ev, result, diagnostics = edit_and_evaluate(lm, case, cases, ed.name, hp, ctx, rephrase_types,
-                                                            run_id=run_id, gen_tokens=gen_tokens)
-                store.write_unit(
-                    measurements=ev.rows(run_id, edit_count=1) + edit_rows(run_id, case.case_id, result.info),
-                    generations=ev.generation_rows(run_id, edit_count=1, phase="post"),
-                    diagnostics=diagnostics,
-                )
-                done.add(case.case_id)
-                store.heartbeat(run_id, n_done=len(done), n_total=len(cases))
-                if bar:
-                    bar.update(1)
-    finally:
-        if bar:
-            bar.close()
-    store.finish_run(run_id, status="done", timings={"seconds": round(time.monotonic() - started, 2)})
+    index = {case.case_id: i for i, case in enumerate(todo)}
+
+    with values_ahead(ctx, todo) as plan:
+        def step(case: EditCase) -> dict:
+            plan(index[case.case_id])
+            ev, result, diagnostics = edit_and_evaluate(lm, case, cases, ed.name, hp, ctx, rephrase_types,
+                                                        run_id=run_id, gen_tokens=gen_tokens)
+            return {"measurements": ev.rows(run_id, edit_count=1) + edit_rows(run_id, case.case_id, result.info),
+                    "generations": ev.generation_rows(run_id, edit_count=1, phase="post"),
+                    "diagnostics": diagnostics}
+
+        run_loop(store, run_id, cases, step, n_total=len(cases), done=done, key=lambda c: c.case_id,
+                 desc=f"robustness {ed.name}", unit="edit", progress=progress)
     return run_id

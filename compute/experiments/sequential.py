@@ -40,7 +40,7 @@ about 4,500 re-checks instead of 12,300, and each later block of 100 edits re-ch
 edits than the one before, instead of 1,000 more. Everything a full checkpoint writes, and every per-case
 row a partial one writes, is what the old schedule (`recheck_every=0`, every checkpoint full) writes there:
 the edits and the weights do not depend on what is measured (tests/test_sequential_schedule.py checks this).
-Runs made before the option existed resume and extend only with `recheck_every=0` (`LAYOUT_BEFORE`).
+Runs made before the option existed resume and extend only with `recheck_every=0` (compute.runs.IDENTITY).
 - weight drift of every edited matrix: ||W - W0||_F, the relative change ||W - W0||_F / ||W0||_F, and the
   condition number of W;
 - the quick general-ability suite when `abilities_every` says so (compute.abilities).
@@ -69,7 +69,8 @@ there and nowhere else.
 Resumable: at every checkpoint, after its rows are written, the edited matrices, the editor's memory
 (ctx.state) and the run's bookkeeping are saved atomically to `<cache>/sequential/<run_id>.pt`
 (outside git). A killed run restarts from its last checkpoint and, everything being deterministic,
-rewrites the same rows with the same numbers. A resumed run must be laid out as it was (`RESUME_KEYS`).
+rewrites the same rows with the same numbers. A resumed run must be laid out as it was: its spec
+(compute.runs), maximum aside.
 
 Extendable: a run that ended at its `max_edits` goes on to a larger maximum from its saved final state
 (`extend=True`), instead of a new run redoing the same first edits. Its config and n_total are updated
@@ -101,19 +102,15 @@ from compute.evaluate import evaluate_cases
 from compute.experiments.common import open_run, recording
 from compute.experiments.robustness import edit_rows
 from compute.models import LoadedModel
+from compute.runs import SPEC_KEY, layout_differences, spec_for, spec_of_run
 from compute.scoring import fluency, mentions, run_probes
 from store.conventions import HELD, RUN_LEVEL, holds
 from store.derived import rederive_sequential_events
 from store.stats import phase_break
 
 STATE_VERSION = 1
-# what lays a run out: a run resumes or extends only with these as they were (max_edits grows by extending)
-RESUME_KEYS = ("case_set", "n_cases", "batch_size", "checkpoint_every", "order_seed", "dense_first",
-               "after_collapse", "panel_pool", "panel_size", "panel_known_only", "panel_tokens", "fluency_tokens",
-               "collapse_fluency", "collapse_panel", "abilities_every", "cov_n_tokens", "recheck_every",
-               "panel_check")
-# the value a layout key had in runs made before the key existed (their stored config lacks it)
-LAYOUT_BEFORE = {"recheck_every": 0, "panel_check": 0}
+# what lays a run out (a run resumes or extends only with these as they were; max_edits grows by extending),
+# and the value a layout key had in runs made before it existed, are the run's identity: compute.runs.IDENTITY
 
 # Neutral openings whose greedy continuations measure fluency (none names a knowledge-base fact).
 FLUENCY_PROMPTS = (
@@ -171,6 +168,11 @@ class SequentialConfig:
         for name in ("collapse_fluency", "collapse_panel"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"sequential {name} must be in [0, 1], got {getattr(self, name)!r}")
+
+
+def sequential_config(cfg: SequentialConfig, case_set: str | None, n_cases: int, cov_n_tokens: int) -> dict:
+    """The part of a sequential run's config that lays it out (its identity, compute.runs.spec_for)."""
+    return {"case_set": case_set, "n_cases": n_cases, **dataclasses.asdict(cfg), "cov_n_tokens": cov_n_tokens}
 
 
 def ensure_editor(name: str) -> None:
@@ -409,12 +411,12 @@ def run_sequential(
     order = edit_order(list(by_id), cfg.order_seed)
     skip = ability_case_ids(cases, exclude_facts)
     edit_ids, pool_ids = split_order(order, cfg, skip)
-    config = {"case_set": case_set, "n_cases": len(cases), **dataclasses.asdict(cfg),
-              "cov_n_tokens": ctx.cov_samples, "fluency_prompts": list(FLUENCY_PROMPTS),
-              "excluded_cases": len(skip)}
+    config = {**sequential_config(cfg, case_set, len(cases), ctx.cov_samples),
+              "fluency_prompts": list(FLUENCY_PROMPTS), "excluded_cases": len(skip)}
     n_total = len(edit_ids)
     state = _load_state(state_path(ctx.cache_dir, run_id)) if run_id is not None else None
-    extending = run_id is not None and _check_layout(store, run_id, config, state, extend)
+    spec = spec_for("sequential", lm.name, config, editor=ed.name, hp=hp, seed=ctx.seed)
+    extending = run_id is not None and _check_layout(store, run_id, spec, state, extend)
     control_state = None
     if ed.name == "RandomRankOne" and state is None:  # the control: its reference run's per-edit norms, checked
         from compute.editors.control import initial_state  # before the run exists
@@ -423,7 +425,7 @@ def run_sequential(
     run_id, resumed = open_run(store, run_id, kind="sequential", lm=lm, editor=ed.name, hp=hp, ctx=ctx,
                                config=config, n_total=n_total)
     if extending:
-        _record_extension(store, run_id, config["max_edits"], n_total)
+        _record_extension(store, run_id, cfg.max_edits, n_total)
     path = state_path(ctx.cache_dir, run_id)
     params = dict(lm.model.named_parameters())
     w0: dict[str, torch.Tensor] = {}
@@ -520,26 +522,24 @@ def run_sequential(
     return run_id
 
 
-def _check_layout(store, run_id: str, config: dict, state: dict | None, extend: bool) -> bool:
-    """Whether resuming `run_id` with `config` extends it (a larger max_edits, allowed by `extend`); a clear
-    error, before anything is written, when the run was laid out differently or cannot be extended."""
-    run = store.get_run(run_id)
-    if run is None:
+def _check_layout(store, run_id: str, spec, state: dict | None, extend: bool) -> bool:
+    """Whether resuming `run_id` as `spec` (compute.runs.RunSpec) extends it (a larger max_edits, allowed by
+    `extend`); a clear error, before anything is written, when the run was laid out differently or cannot be
+    extended."""
+    if store.get_run(run_id) is None:
         return False  # open_run says the run is not there
-    stored = json.loads(run["config"] or "{}")
-    stored = {**{k: v for k, v in LAYOUT_BEFORE.items() if k not in stored and "max_edits" in stored}, **stored}
-    differ = [f"{k} {stored[k]!r} (now {config[k]!r})" for k in RESUME_KEYS
-              if k in stored and k in config and stored[k] != config[k]]
+    differ, old_max = layout_differences(store, run_id, spec)
     if differ:
         raise ValueError(f"run {run_id} was made with {', '.join(differ)}: resume it with the options it was "
                          "made with, or start a new run (--again)")
-    old_max, new_max = stored.get("max_edits"), config["max_edits"]
+    new_max = spec.layout["max_edits"]
     if old_max is None or old_max == new_max:
         return False
     if not extend or new_max < old_max:
         raise ValueError(f"run {run_id} was made with at most {old_max} edits, not {new_max}: resume it with "
                          f"--edits {old_max}" + ("" if new_max < old_max else f", or extend it with --edits {new_max}"))
-    after = stored.get("after_collapse", SequentialConfig.after_collapse)
+    after = spec_of_run(store.get_run(run_id)).layout.get("after_collapse")
+    after = SequentialConfig.after_collapse if after is None else after
     if state is not None and state["collapse_at"] is not None and state["edit_count"] >= state["collapse_at"] + after:
         raise ValueError(f"run {run_id} stopped {after} edits after its collapse at {state['collapse_at']} edits: "
                          "there is nothing to extend (start a new run with --again)")
@@ -547,15 +547,20 @@ def _check_layout(store, run_id: str, config: dict, state: dict | None, extend: 
 
 
 def _record_extension(store, run_id: str, new_max: int, n_total: int) -> None:
-    """The run's config gets its new maximum (and the run its new n_total), and a run_events row (kind
-    "extended") the old and new maximum, the edits stored then, the code version and the time."""
+    """The run's config gets its new maximum and spec key (and the run its new n_total), and a run_events row
+    (kind "extended") the old and new maximum, the edits stored then, the code version and the time."""
     from datetime import datetime, timezone
 
     from compute.provenance import code_version
 
     run = store.get_run(run_id)
-    old_max = json.loads(run["config"] or "{}")["max_edits"]
-    store.update_run_config(run_id, {"max_edits": new_max})
+    config = json.loads(run["config"] or "{}")
+    old_max = config["max_edits"]
+    updates = {"max_edits": new_max}
+    if SPEC_KEY in config:  # the key hashes the maximum: it follows it
+        grown = {**run, "config": json.dumps({**config, **updates})}
+        updates[SPEC_KEY] = spec_of_run(grown).key()
+    store.update_run_config(run_id, updates)
     store.heartbeat(run_id, n_total=n_total)
     store.write_events([{"run_id": run_id, "kind": "extended", "series": "", "edit_count": old_max,
                          "end_count": new_max, "value": None,

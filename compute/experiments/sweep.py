@@ -3,8 +3,10 @@
 One run per candidate value (kind `sweep`, config {"sweep": id, "field": "layer", "value": v}); each
 edits every case once (undone before the next) and records efficacy (ES on the plain prompt),
 paraphrase (PS: `es` on the paraphrase probes), neighbourhood (NS) scores and magnitudes, without
-generations. `store.derived.sweep_summary` turns the runs into one row per value with 95% CIs and the
-score S = harmonic mean of ES, PS and NS, from which the hyperparameter file's value is chosen.
+generations; each case is one unit of compute.runs.run_loop. `store.derived.sweep_summary` turns the runs
+into one row per value with 95% CIs and the score S = harmonic mean of ES, PS and NS, from which the
+hyperparameter file's value is chosen. Running a sweep again keeps its finished runs and resumes the others
+(a run is found by its spec, compute.runs: the sweep id, field and value).
 """
 
 from __future__ import annotations
@@ -15,22 +17,13 @@ from typing import Sequence
 from compute.cases import EditCase
 from compute.editors import EditContext, get_editor
 from compute.editors.base import hparams_dict
-from compute.experiments.common import edit_and_evaluate, how_to_continue, interrupt, values_ahead
+from compute.experiments.common import edit_and_evaluate, how_to_continue, values_ahead
 from compute.experiments.robustness import edit_rows
 from compute.models import LoadedModel
 from compute.provenance import provenance
+from compute.runs import decide, run_loop, spec_for, stored_config
 
 SWEEP_TYPES = ("plain", "paraphrase")
-
-
-def _existing_run(store, sweep: str, value) -> str | None:
-    import json
-
-    for run_id, config in store.conn.execute("SELECT run_id, config FROM runs WHERE kind = 'sweep'"):
-        cfg = json.loads(config or "{}")
-        if cfg.get("sweep") == sweep and cfg.get("value") == value:
-            return run_id
-    return None
 
 
 def run_sweep(
@@ -47,67 +40,54 @@ def run_sweep(
     case_set: str | None = None,
     progress: bool = False,
 ) -> list[str]:
-    """Run (or resume) one sweep run per value of `field`; returns their run ids in value order."""
+    """Run (or resume) one sweep run per value of `field`; returns their run ids in value order. A value's run
+    is found by its spec (compute.runs: sweep id, field and value, not the other hyperparameters): a finished
+    one is kept as it is, an unfinished one resumed."""
     ed = get_editor(editor)
     names = {f.name for f in dataclasses.fields(base_hp)}
     unknown = [f for f in field.split("+") if f not in names]
     if unknown:
         raise ValueError(f"{ed.name} hyperparameters have no field {unknown[0]!r}")
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(values) * len(cases), desc=f"sweep {ed.name} {field}", unit="edit")
     run_ids: list[str] = []
-    current = None  # the run being filled, marked interrupted or failed if we stop early
-    try:
-        for value in values:
-            value = list(value) if isinstance(value, (tuple, list)) else value
-            if isinstance(value, dict):  # a grid point: several fields at once (run_grid)
-                hp = dataclasses.replace(base_hp, **{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
-            else:
-                hp = dataclasses.replace(base_hp, **{field: tuple(value) if isinstance(value, list) else value})
-            hp.validate()
-            run_id = _existing_run(store, sweep, value)
-            config = {"sweep": sweep, "field": field, "value": value, "case_set": case_set,
-                      "n_cases": len(cases), "cov_n_tokens": ctx.cov_samples}
-            if run_id is None:
-                run_id = store.start_run(kind="sweep", model=lm.name, editor=ed.name, hparams=hparams_dict(hp),
-                                         seed=ctx.seed, config=config, provenance=provenance(str(lm.device)),
-                                         n_total=len(cases))
-                done: set[str] = set()
-            else:
-                store.resume_run(run_id)
-                done = store.done_case_ids(run_id, edit_count=1)
-            current = run_id
-            if bar:
-                bar.update(len(done))
-            todo = [case for case in cases if case.case_id not in done]
-            with values_ahead(ctx, todo) as plan:  # the next cases' values optimised together
-                for i, case in enumerate(todo):
-                    plan(i)
-                    ev, result, diagnostics = edit_and_evaluate(lm, case, cases, ed.name, hp, ctx, SWEEP_TYPES,
-                                                                run_id=run_id, generation=False)
-                    store.write_unit(measurements=ev.rows(run_id, edit_count=1)
-                                     + edit_rows(run_id, case.case_id, result.info), diagnostics=diagnostics)
-                    done.add(case.case_id)
-                    store.heartbeat(run_id, n_done=len(done), n_total=len(cases))
-                    if bar:
-                        bar.update(1)
-            store.finish_run(run_id, status="done")
-            run_ids.append(run_id)
-            current = None
-    except KeyboardInterrupt:
-        if current:  # the sweep has no --resume: the same command finds its unfinished run
-            raise interrupt(store, current, how_to_continue(current, resume_flag=False)) from None
-        raise
-    except Exception as exc:
-        if current:
-            store.finish_run(current, status="failed", error=f"{type(exc).__name__}: {exc}")
-        raise
-    finally:
-        if bar:
-            bar.close()
+    for value in values:
+        value = list(value) if isinstance(value, (tuple, list)) else value
+        if isinstance(value, dict):  # a grid point: several fields at once (run_grid)
+            hp = dataclasses.replace(base_hp, **{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
+        else:
+            hp = dataclasses.replace(base_hp, **{field: tuple(value) if isinstance(value, list) else value})
+        hp.validate()
+        config = {"sweep": sweep, "field": field, "value": value, "case_set": case_set,
+                  "n_cases": len(cases), "cov_n_tokens": ctx.cov_samples}
+        spec = spec_for("sweep", lm.name, config, editor=ed.name, seed=ctx.seed)
+        found = decide(store, spec)
+        if found.action == "done":
+            run_ids.append(found.run_id)
+            continue
+        if found.action == "new":
+            run_id = store.start_run(kind="sweep", model=lm.name, editor=ed.name, hparams=hparams_dict(hp),
+                                     seed=ctx.seed, config=stored_config(spec, config),
+                                     provenance=provenance(str(lm.device)), n_total=len(cases))
+            done: set[str] = set()
+        else:
+            run_id = found.run_id
+            store.resume_run(run_id)
+            done = store.done_case_ids(run_id, edit_count=1)
+        todo = [case for case in cases if case.case_id not in done]
+        index = {case.case_id: i for i, case in enumerate(todo)}
+        with values_ahead(ctx, todo) as plan:  # the next cases' values optimised together
+
+            def step(case: EditCase, run_id=run_id, hp=hp, plan=plan, index=index) -> dict:
+                plan(index[case.case_id])
+                ev, result, diagnostics = edit_and_evaluate(lm, case, cases, ed.name, hp, ctx, SWEEP_TYPES,
+                                                            run_id=run_id, generation=False)
+                return {"measurements": ev.rows(run_id, edit_count=1) + edit_rows(run_id, case.case_id, result.info),
+                        "diagnostics": diagnostics}
+
+            # the sweep has no --resume: the same command finds its unfinished run; sweep runs record no timings
+            run_loop(store, run_id, cases, step, n_total=len(cases), done=done, key=lambda c: c.case_id,
+                     desc=f"sweep {ed.name} {field}={value}", unit="edit", progress=progress,
+                     next_step=how_to_continue(run_id, resume_flag=False), timings=False)
+        run_ids.append(run_id)
     return run_ids
 
 
