@@ -74,7 +74,7 @@ def arm_key(run: dict, hp: dict, cfg: dict, where: str) -> str:
     import hashlib
 
     # the editor's traits say nothing its hyperparameters do not (runs made before they were recorded lack them)
-    layout = {k: v for k, v in cfg.items() if k not in ("order_seed", "max_edits", TRAITS_KEY)}
+    layout = {k: v for k, v in cfg.items() if k not in ("order_seed", "max_edits", "spec_key", TRAITS_KEY)}
     spec = [run.get("kind"), run.get("model"), run.get("editor"), hp, layout, where]
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
