@@ -617,6 +617,28 @@ def cmd_store_merge(args) -> None:
                          f"the others are in {args.into}")
 
 
+def cmd_store_delete(args) -> None:
+    """Delete runs and every row they own (the schema's cascades and the measurements trigger), one transaction.
+    For a run that must be merged again from a shard that recomputed part of it; a running run is refused."""
+    with Store.open(args.store) as st:
+        found = {r[0]: r[1] for r in st.conn.execute(
+            f"SELECT run_id, status FROM runs WHERE run_id IN ({','.join('?' * len(args.runs))})", args.runs)}
+        missing = [r for r in args.runs if r not in found]
+        if missing:
+            raise ValueError(f"no run {', '.join(map(repr, missing))} in {st.path}: see `runs list`; nothing deleted")
+        live = [r for r, status in found.items() if status == "running"]
+        if live and not args.force:
+            raise ValueError(f"run(s) {', '.join(live)} are marked running: stop the process that computes them "
+                             f"(or pass --force if it is dead); nothing deleted")
+        with st.conn:
+            st.conn.executemany("DELETE FROM runs WHERE run_id = ?", [(r,) for r in args.runs])
+        left = st.conn.execute("SELECT COUNT(*) FROM measurements WHERE run_id IN "
+                               f"({','.join('?' * len(args.runs))})", args.runs).fetchone()[0]
+        if left:
+            raise StoreError(f"{left} measurement row(s) of the deleted runs are still in {st.path}")
+    _out(f"deleted {len(args.runs)} run(s) and their rows from {args.store}")
+
+
 def cmd_store_rederive(args) -> None:
     """Re-derive what the store's rules find in stored runs (sequential runs' phases, disabling edits, collapse and
     panel floor; knowledge and robustness runs' popularity correlations) with the current code: no edit or
@@ -847,6 +869,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--into", type=Path, required=True, metavar="STORE",
                    help="the store to merge into (created when missing; --store is not used)")
     q.set_defaults(func=cmd_store_merge)
+    q = sp.add_parser("delete", help="delete runs and all their rows (e.g. to merge a recomputed run again)")
+    q.add_argument("runs", nargs="+", type=text(), metavar="RUN_ID")
+    q.add_argument("--force", action="store_true", help="also delete runs marked running (their process is dead)")
+    q.set_defaults(func=cmd_store_delete)
     q = sp.add_parser("rederive", help="re-derive events and correlations of stored runs with the current rules "
                       "(no edit is recomputed)")
     q.add_argument("--run", type=text(), help="only this sequential run (default: every run, and all correlations)")

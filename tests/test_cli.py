@@ -338,3 +338,25 @@ def test_store_rederive_replaces_derived_events_and_correlations_without_recompu
         assert st.conn.execute("SELECT count(*) FROM run_events WHERE kind = 'phase'").fetchone()[0] > 0
         assert st.conn.execute("SELECT count(*) FROM correlations WHERE rho = 99.0").fetchone()[0] == 0
     assert main(["--store", str(copy), "--quiet", "store", "rederive", "--run", "no-such"]) == 2
+
+
+def test_store_delete_removes_a_run_and_every_row_it_owns(fixture_store, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "copy.sqlite"
+    shutil.copy(fixture_store, copy)
+    with Store.open(copy, readonly=True) as st:
+        victim = st.conn.execute("SELECT run_id FROM runs WHERE kind = 'sequential' LIMIT 1").fetchone()[0]
+        others = st.conn.execute("SELECT count(*) FROM measurements WHERE run_id != ?", (victim,)).fetchone()[0]
+        assert st.conn.execute("SELECT count(*) FROM measurements WHERE run_id = ?", (victim,)).fetchone()[0] > 0
+    assert main(["--store", str(copy), "--quiet", "store", "delete", "no-such"]) == 2  # named, nothing deleted
+    with Store.open(copy) as st:
+        st.conn.execute("UPDATE runs SET status = 'running' WHERE run_id = ?", (victim,))
+        st.conn.commit()
+    assert main(["--store", str(copy), "--quiet", "store", "delete", victim]) == 2  # a live run is refused
+    assert main(["--store", str(copy), "--quiet", "store", "delete", victim, "--force"]) == 0
+    with Store.open(copy, readonly=True) as st:
+        assert st.conn.execute("SELECT count(*) FROM runs WHERE run_id = ?", (victim,)).fetchone()[0] == 0
+        for table in ("measurements", "run_events", "abilities", "weight_drift", "edit_diagnostics"):
+            assert st.conn.execute(f"SELECT count(*) FROM {table} WHERE run_id = ?", (victim,)).fetchone()[0] == 0
+        assert st.conn.execute("SELECT count(*) FROM measurements").fetchone()[0] == others  # the rest untouched
