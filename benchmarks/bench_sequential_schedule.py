@@ -159,9 +159,9 @@ def main(argv=None) -> int:
     old.evaluate_cases = timing_eval(old.evaluate_cases)
     old_state = {"held": {}, "held_em": {}, "collapse_at": None}
     checkpoints = []
-    real_checkpoint = seq._checkpoint
+    real_checkpoint = seq._measure_checkpoint
 
-    def paired(lm_, store, run_id, cfg_, edit_ids, by_id, last, count, held, panel, base, w0, collapse_at,
+    def paired(lm_, run_id, cfg, edit_ids, by_id, last, count, held, panel, base, w0, collapse_at,
                abilities, held_em):
         record = {"count": count, "last": last, "load_1m": _load(0)}
         result = None
@@ -171,11 +171,11 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             if side == "old":
                 old_state["collapse_at"] = old._checkpoint(
-                    lm_, old_store, old_run, cfg_, edit_ids, by_id, last, count, old_state["held"], panel, base, w0,
+                    lm_, old_store, old_run, cfg, edit_ids, by_id, last, count, old_state["held"], panel, base, w0,
                     old_state["collapse_at"], None, old_state["held_em"])
                 old.panel_exact_match(lm_, panel)  # today's runner also checked the panel after this edit
             else:
-                result = real_checkpoint(lm_, store, run_id, cfg_, edit_ids, by_id, last, count, held, panel, base,
+                result = real_checkpoint(lm_, run_id, cfg, edit_ids, by_id, last, count, held, panel, base,
                                          w0, collapse_at, abilities, held_em)
             record[side] = {"seconds": round(time.perf_counter() - t0, 3), "recheck_s": round(timed["older_s"], 3),
                             "rechecked": timed["older_n"]}
@@ -188,7 +188,7 @@ def main(argv=None) -> int:
               flush=True)
         return result
 
-    seq._checkpoint = paired
+    seq._measure_checkpoint = paired
     load_start = os.getloadavg()
     started = time.perf_counter()
     if args.analyse:

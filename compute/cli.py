@@ -389,8 +389,9 @@ def cmd_run_sequential(args) -> None:
                         editor=ed.name, hp=hp, seed=ctx.seed)
         # --resume RUN_ID --edits N: N may be larger; a shorter run of this layout is extended
         found = decide(st, spec, resume=args.resume, again=args.again, unit="edits, resumed from the last checkpoint")
-        if found.action == "new":
-            _check_panel(lm, cases, cfg)  # a new run: its panel must exist before its run row does
+        panel = None
+        if found.action == "new":  # a new run: its panel must exist before its run row does (and is found once)
+            panel = _check_panel(lm, cases, cfg)
         if found.message:
             _out(found.message)
         run_id = found.run_id
@@ -398,7 +399,8 @@ def cmd_run_sequential(args) -> None:
             extend = found.action == "extend" or (bool(args.resume) and args.edits is not None)
             run_id = run_sequential(lm, cases, st, editor=ed.name, hp=hp, ctx=ctx, cfg=cfg, case_set=name,
                                     run_id=found.run_id, abilities=abilities, final_abilities=suite(final),
-                                    exclude_facts=_ability_facts(), extend=extend, progress=not args.quiet)
+                                    exclude_facts=_ability_facts(), extend=extend, progress=not args.quiet,
+                                    beside=args.beside, panel=panel)
         if found.action != "longer" and final != "none":
             _final_suite_if_missing(st, lm, run_id, final, ctx.cache_dir)
         _out(f"run {run_id}: sequential {ed.name}, batch size {cfg.batch_size}, on {name}")
@@ -409,7 +411,7 @@ def cmd_run_sequential(args) -> None:
             _table(events.drop("run_id"))
 
 
-def _check_panel(lm, cases, cfg) -> None:
+def _check_panel(lm, cases, cfg) -> list[str] | None:
     """ValueError unless a new sequential run of `cases` has cases to edit and a fact panel: the panel pool
     holds a case, and (with known facts only) the unedited model recalls enough of the pool. This is the
     panel the run then picks again (the same pure functions of the order, the pool and the model)."""
@@ -425,7 +427,8 @@ def _check_panel(lm, cases, cfg) -> None:
                          f"least one, and {cfg.panel_size} for a full panel; raise --panel-pool")
     if cfg.panel_known_only:
         by_id = {c.case_id: c for c in cases}
-        known_panel(lm, [by_id[i] for i in pool_ids], cfg.panel_size, cfg.panel_tokens)
+        return [c.case_id for c in known_panel(lm, [by_id[i] for i in pool_ids], cfg.panel_size, cfg.panel_tokens)]
+    return None
 
 
 def _final_suite_if_missing(st, lm, run_id: str, mode: str, cache_dir) -> None:
@@ -815,6 +818,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the panel's first N facts get an exact-match check after every edit, the whole panel at "
                         "checkpoints (0 = the whole panel after every edit, as runs made before this option did; "
                         "resume those with 0)")
+    q.add_argument("--beside", action="store_true",
+                   help="measure each edit's model on a copy in a second thread while the next edit is made: the "
+                        "same rows, faster for a run alone on a machine with a spare core (run it with "
+                        "OMP_NUM_THREADS=1; not beside other runs, which already use the cores)")
     q.add_argument("--final-abilities", choices=["full", "quick", "none"],
                    help="ability suite on the model as the run leaves it (default: full with --abilities-every, "
                         "else none; a finished run gets it later with `abilities measure --run RUN_ID`)")

@@ -688,3 +688,53 @@ def test_sub_panel_checked_after_every_edit_whole_panel_at_checkpoints(llama, ca
         with pytest.raises(ValueError, match=r"panel_check 2 \(now 0\)"):
             run_sequential(llama, cases, st, editor="ROME", hp=_rome(llama), ctx=_ctx(llama, tmp_path),
                            cfg=dataclasses.replace(cfg, panel_check=0), run_id=run)
+
+
+def test_measuring_beside_the_edits_writes_the_same_rows_and_resumes(llama, cases, tmp_path, monkeypatch):
+    """`beside=True` measures each edit's model on a shadow copy in a second thread while the next edit is made:
+    every measurement, drift, diagnostic and derived event equals the one-thread run's, also across a kill."""
+    cfg = dataclasses.replace(CFG, panel_check=2, abilities_every=4)
+
+    abilities = _weight_probe("quick")
+
+    def untimed(st, run):
+        ev = queries.run_events(st.conn, run_ids=run)
+        ab = queries.abilities(st.conn, run_ids=run)
+        return (sorted(r for r in ev.select("kind", "series", "edit_count", "end_count", "value", "detail").rows()
+                       if r[0] != "timing"), sorted(zip(ab["edit_count"], ab["score"])))
+
+    with Store.open(tmp_path / "a.sqlite", create=True) as st:
+        run_a = run_sequential(llama, cases, st, editor="ROME", hp=_rome(llama), ctx=_ctx(llama, tmp_path / "a"),
+                               cfg=cfg, abilities=abilities)
+        expected, events_a = _rows(st, run_a), untimed(st, run_a)
+    before = {n: p.detach().clone() for n, p in llama.model.named_parameters()}
+    with Store.open(tmp_path / "b.sqlite", create=True) as st:
+        run_b = run_sequential(llama, cases, st, editor="ROME", hp=_rome(llama), ctx=_ctx(llama, tmp_path / "b"),
+                               cfg=cfg, abilities=abilities, beside=True)
+        assert _rows(st, run_b) == expected
+        assert untimed(st, run_b) == events_a
+        assert len(expected[0]) > 100 and expected[1] and expected[2]
+        assert len(events_a[1]) >= 3 and len({s for _, s in events_a[1]}) >= 3  # the weight probe saw the edits
+    assert all(torch.equal(p, before[n]) for n, p in llama.model.named_parameters())  # the model handed back
+
+    real, calls = seq.apply_edit, {"n": 0}
+
+    def dies_on_the_seventh(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(seq, "apply_edit", dies_on_the_seventh)
+    with Store.open(tmp_path / "c.sqlite", create=True) as st:
+        with pytest.raises(KeyboardInterrupt):
+            run_sequential(llama, cases, st, editor="ROME", hp=_rome(llama), ctx=_ctx(llama, tmp_path / "c"),
+                           cfg=cfg, abilities=abilities, beside=True)
+        (run_c,) = queries.list_runs(st.conn)["run_id"]
+        assert st.get_run(run_c)["n_done"] == 4  # the checkpoint at 4 was settled while edit 5 was made
+        monkeypatch.setattr(seq, "apply_edit", real)
+        run_sequential(llama, cases, st, editor="ROME", hp=_rome(llama), ctx=_ctx(llama, tmp_path / "c"), cfg=cfg,
+                       abilities=abilities, run_id=run_c, beside=True)
+        assert st.get_run(run_c)["status"] == "done"
+        assert _rows(st, run_c) == expected
+        assert untimed(st, run_c) == events_a

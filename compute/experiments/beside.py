@@ -30,7 +30,8 @@ class Beside:
     """A shadow copy of `lm` and one background thread that runs measurements on it."""
 
     def __init__(self, lm: LoadedModel):
-        self.shadow = dataclasses.replace(lm, model=copy.deepcopy(lm.model))
+        # its own tokenizer too: a fast tokenizer's Rust state is not to be shared between threads
+        self.shadow = dataclasses.replace(lm, model=copy.deepcopy(lm.model), tokenizer=copy.deepcopy(lm.tokenizer))
         self.shadow.model.eval()
         self._params = dict(self.shadow.model.named_parameters())
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="editscope-beside")

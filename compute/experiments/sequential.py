@@ -82,12 +82,15 @@ suite at the old end stays.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import json
 import math
 import os
 import random
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -99,6 +102,7 @@ from compute.editors import EditContext, EditRequest, apply_edit, get_editor
 from compute.editors.base import EditorError
 from compute.editors.diagnostics import edit_diagnostics
 from compute.evaluate import evaluate_cases
+from compute.experiments.beside import Beside
 from compute.experiments.common import open_run, recording
 from compute.experiments.robustness import edit_rows
 from compute.models import LoadedModel
@@ -392,6 +396,8 @@ def run_sequential(
     exclude_facts=(),
     extend: bool = False,
     progress: bool = False,
+    beside: bool = False,
+    panel: Sequence[str] | None = None,
 ) -> str:
     """Edit `cases` one batch after another (module docstring); returns the run id (resumes `run_id`, and
     with `extend` lets it go on past the maximum it was made with, up to `cfg.max_edits`).
@@ -401,6 +407,11 @@ def run_sequential(
     `final_abilities(lm)` (the full suite) is called once on the model as the run leaves it, its rows stored
     at the last edit count; a run killed during it measures again on resume.
     `exclude_facts`: (subject, relation) pairs never edited (the ability suite's facts).
+    `beside`: measure each edit's model on a shadow copy in a background thread while the next edit is made
+    (compute.experiments.beside): the same rows, for a run alone on a machine with a spare core; run it with one
+    intra-op thread (OMP_NUM_THREADS=1).
+    `panel`: for a new run, the case ids `known_panel` already chose on this unedited model (the CLI finds them
+    before the run exists); they must be the pool's known facts in order, else ValueError.
     """
     cfg.validate()
     ensure_editor(editor)
@@ -447,8 +458,14 @@ def run_sequential(
                 ctx.state = control_state or {}
                 count, held, held_em, collapse_at = 0, {}, {}, None
                 pool = [by_id[i] for i in pool_ids]
-                panel = (known_panel(lm, pool, cfg.panel_size, cfg.panel_tokens) if cfg.panel_known_only
-                         else pool[: cfg.panel_size])
+                if panel is not None and cfg.panel_known_only:
+                    if not _is_subsequence(panel, pool_ids) or len(panel) > cfg.panel_size:
+                        raise ValueError("the panel given is not a choice of this run's panel pool: let the run "
+                                         "choose it (panel=None)")
+                    panel = [by_id[i] for i in panel]
+                else:
+                    panel = (known_panel(lm, pool, cfg.panel_size, cfg.panel_tokens) if cfg.panel_known_only
+                             else pool[: cfg.panel_size])
                 recall, em = panel_recall(lm, panel, cfg.panel_tokens)
                 base = {"panel_recall": recall, "panel_em": em, "fluency": free_fluency(lm, cfg.fluency_tokens)}
                 em_prev = em
@@ -470,43 +487,80 @@ def run_sequential(
                 bar = tqdm(total=n_total, initial=count, desc=f"sequential {ed.name} b={cfg.batch_size}", unit="edit")
             last_checkpoint = count
             interval_start = time.monotonic()
-            while count < len(edit_ids):
-                if collapse_at is not None and count >= collapse_at + cfg.after_collapse:
-                    break
-                batch = [by_id[i] for i in edit_ids[count : count + cfg.batch_size]]
-                result = apply_edit(lm, [EditRequest.from_case(c) for c in batch], ed.name, hp, ctx)
-                # the edit's own diagnostics, read before anything else touches the weights; written below in
-                # the same transaction as its rows, so a resumed run rewrites both with the same numbers
-                diagnostics = edit_diagnostics(lm, result, hp, run_id, count + len(batch), batch)
-                if ed.commit is not None:
-                    ed.commit(ctx, result)
-                for name, original in result.originals.items():
-                    w0.setdefault(name, original)
-                previous, count = count, count + len(batch)
-                due = checkpoint_due(count, previous, cfg) or count >= len(edit_ids)
-                rows = _run_level(run_id, count, "edit", update_size(params, result.originals, w0))
-                if not due:  # at a checkpoint the panel's exact match comes with its recall, from the same pass
-                    em_prev = panel_exact_match(lm, panel[: cfg.panel_check] if cfg.panel_check else panel)
-                    rows += _run_level(run_id, count, *_panel_check_row(cfg, panel, em_prev))
-                for c in batch:
-                    rows += edit_rows(run_id, c.case_id, result.info, edit_count=count)
-                store.write_unit(measurements=rows, diagnostics=diagnostics)
-                if due:
-                    collapse_at, em_prev = _checkpoint(lm, store, run_id, cfg, edit_ids, by_id, last_checkpoint, count,
-                                                       held, panel, base, w0, collapse_at, abilities, held_em)
-                    find_events(store, run_id, cfg)  # phases so far: a partial run shows them too
-                    _save_state(path, {
-                        "version": STATE_VERSION, "edit_count": count,
-                        "weights": {n: params[n].detach().clone() for n in w0},
-                        "editor_state": ctx.state, "held": held, "held_em": held_em, "base": base,
-                        "panel": [c.case_id for c in panel], "collapse_at": collapse_at, "panel_em": em_prev,
-                    })
-                    store.write_events([_timing_event(run_id, last_checkpoint, count, interval_start, lm)])
-                    interval_start = time.monotonic()
-                    last_checkpoint = count
-                    store.heartbeat(run_id, n_done=count, n_total=n_total)
-                if bar:
-                    bar.update(len(batch))
+            # Measurements run through `runner`: in this thread on `lm` (Inline), or with `beside` on a shadow copy
+            # in a background thread while the next edit is made (compute.experiments.beside). Either way a
+            # measurement sees the weights of the edit it belongs to, and its rows are written, in edit order,
+            # when it has finished (`settle`): the same rows, in the same transactions, as one after the other.
+            runner = Beside(lm) if beside else _Inline(lm)
+            pending: dict | None = None
+
+            def settle() -> None:
+                nonlocal pending, em_prev, collapse_at, interval_start
+                if pending is None:
+                    return
+                job, pending = pending, None
+                out = job["future"].result()
+                if job["kind"] == "check":
+                    em_prev = out
+                    store.write_unit(measurements=job["rows"] + _run_level(run_id, job["count"], *_panel_check_row(
+                        cfg, panel, out)), diagnostics=job["diagnostics"])
+                    return
+                _write_checkpoint(store, out)
+                collapse_at, em_prev = out["collapse_at"], out["panel_em"]
+                find_events(store, run_id, cfg)  # phases so far: a partial run shows them too
+                _save_state(path, {
+                    "version": STATE_VERSION, "edit_count": job["count"], "weights": job["weights"],
+                    "editor_state": job["editor_state"], "held": out["held"], "held_em": out["held_em"],
+                    "base": base, "panel": [c.case_id for c in panel], "collapse_at": collapse_at,
+                    "panel_em": em_prev,
+                })
+                store.write_events([_timing_event(run_id, job["last"], job["count"], interval_start, lm)])
+                interval_start = time.monotonic()
+                store.heartbeat(run_id, n_done=job["count"], n_total=n_total)
+
+            try:
+                while count < len(edit_ids):
+                    if pending is not None and pending["kind"] == "checkpoint" and cfg.after_collapse == 0:
+                        settle()  # a panel floor found there would end the run before this edit
+                    if collapse_at is not None and count >= collapse_at + cfg.after_collapse:
+                        break
+                    batch = [by_id[i] for i in edit_ids[count : count + cfg.batch_size]]
+                    result = apply_edit(lm, [EditRequest.from_case(c) for c in batch], ed.name, hp, ctx)
+                    # the edit's own diagnostics, read before anything else touches the weights; written in the
+                    # same transaction as its rows, so a resumed run rewrites both with the same numbers
+                    diagnostics = edit_diagnostics(lm, result, hp, run_id, count + len(batch), batch)
+                    if ed.commit is not None:
+                        ed.commit(ctx, result)
+                    for name, original in result.originals.items():
+                        w0.setdefault(name, original)
+                    previous, count = count, count + len(batch)
+                    due = checkpoint_due(count, previous, cfg) or count >= len(edit_ids)
+                    rows = _run_level(run_id, count, "edit", update_size(params, result.originals, w0))
+                    for c in batch:
+                        rows += edit_rows(run_id, c.case_id, result.info, edit_count=count)
+                    weights = {n: params[n].detach().clone() for n in w0}
+                    settle()  # the previous edit's measurements (beside: they ran during this edit)
+                    if not due:  # at a checkpoint the panel's exact match comes with its recall, from the same pass
+                        sub = panel[: cfg.panel_check] if cfg.panel_check else panel
+                        pending = {"kind": "check", "count": count, "rows": rows, "diagnostics": diagnostics,
+                                   "future": runner.submit(weights, functools.partial(panel_exact_match, panel=sub))}
+                    else:
+                        store.write_unit(measurements=rows, diagnostics=diagnostics)
+                        measure = functools.partial(
+                            _measure_checkpoint, run_id=run_id, cfg=cfg, edit_ids=edit_ids, by_id=by_id,
+                            last=last_checkpoint, count=count, held=held, panel=panel, base=base, w0=dict(w0),
+                            collapse_at=collapse_at, abilities=abilities, held_em=held_em)
+                        pending = {"kind": "checkpoint", "count": count, "last": last_checkpoint, "weights": weights,
+                                   "editor_state": copy.deepcopy(ctx.state) if beside else ctx.state,
+                                   "future": runner.submit(weights, measure)}
+                        last_checkpoint = count
+                    if not beside:
+                        settle()
+                    if bar:
+                        bar.update(len(batch))
+                settle()
+            finally:
+                runner.close(wait=False)
             find_events(store, run_id, cfg)
             if final_abilities is not None:
                 final_started = time.monotonic()
@@ -607,6 +661,27 @@ def measure_saved_state(lm: LoadedModel, store, run_id: str, cache_dir: Path,
     return count
 
 
+def _is_subsequence(ids: Sequence[str], order: Sequence[str]) -> bool:
+    it = iter(order)
+    return all(any(i == j for j in it) for i in ids)
+
+
+class _Inline:
+    """The runner that measures in the caller's thread, on the caller's model (the weights are already those
+    given): `Beside`'s interface without the second thread."""
+
+    def __init__(self, lm: LoadedModel):
+        self.lm = lm
+
+    def submit(self, weights, fn) -> Future:
+        future: Future = Future()
+        future.set_result(fn(self.lm))
+        return future
+
+    def close(self, wait: bool = True) -> None:
+        pass
+
+
 def _timing_event(run_id: str, previous: int, count: int, start: float, lm: LoadedModel,
                   series: str = "checkpoint", **extra) -> dict:
     """The run_events row timing the interval (previous, count] of edits, checkpoint included (series
@@ -635,11 +710,13 @@ def _store_final_suite(store, run_id: str, count: int, batch_size: int, rows: li
                                       measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))])
 
 
-def _checkpoint(lm, store, run_id, cfg, edit_ids, by_id, last, count, held, panel, base, w0, collapse_at,
-                abilities, held_em) -> tuple[int | None, float]:
-    """Measure everything at a checkpoint and write it; returns the (possibly new) panel-floor edit count and
-    the panel's exact match. `held` / `held_em`: case id -> ES / exact match at the edit's first checkpoint
-    (filled here). Earlier edits are re-checked as `full_recheck_due` and `age_recheck_due` say."""
+def _measure_checkpoint(lm, run_id, cfg, edit_ids, by_id, last, count, held, panel, base, w0, collapse_at,
+                        abilities, held_em) -> dict:
+    """Measure everything at a checkpoint, without touching the store (it may run on a `Beside` shadow model in
+    another thread): returns the rows to write (`_write_checkpoint`), the (possibly new) panel-floor edit count,
+    the panel's exact match and copies of `held` / `held_em` for the saved state. `held` / `held_em`: case id ->
+    ES / exact match at the edit's first checkpoint (filled here). Earlier edits are re-checked as
+    `full_recheck_due` and `age_recheck_due` say."""
     rows = []
     recall, em, flu, em_check = panel_recall_and_fluency(lm, panel, cfg.panel_tokens, cfg.fluency_tokens,
                                                          cfg.panel_check)
@@ -702,14 +779,23 @@ def _checkpoint(lm, store, run_id, cfg, edit_ids, by_id, last, count, held, pane
             "retention": sum(holds(v) for v in now.values()) / len(now), "forgotten": forgotten, "n": len(now),
             "n_held": len(was_held), "retention_em": sum(holds(v) for v in now_em.values()) / len(now_em),
             "forgotten_em": forgotten_em, "n_held_em": len(was_held_em)})
-    store.write_measurements(rows)
-    store.write_weight_drift([{**r, "run_id": run_id, "edit_count": count} for r in weight_drift(lm, w0)])
+    drift = [{**r, "run_id": run_id, "edit_count": count} for r in weight_drift(lm, w0)]
+    ability_rows = []
     if abilities is not None and cfg.abilities_every and (count // cfg.abilities_every > last // cfg.abilities_every):
-        store.write_abilities([{**r, "run_id": run_id, "edit_count": count, "batch_size": cfg.batch_size}
-                               for r in abilities(lm)])
-    if events:
-        store.write_events(events)
-    return collapse_at, em
+        ability_rows = [{**r, "run_id": run_id, "edit_count": count, "batch_size": cfg.batch_size}
+                        for r in abilities(lm)]
+    return {"rows": rows, "drift": drift, "abilities": ability_rows, "events": events, "collapse_at": collapse_at,
+            "panel_em": em, "held": dict(held), "held_em": dict(held_em)}
+
+
+def _write_checkpoint(store, measured: dict) -> None:
+    """Write what `_measure_checkpoint` measured, in the order the runner always wrote it."""
+    store.write_measurements(measured["rows"])
+    store.write_weight_drift(measured["drift"])
+    if measured["abilities"]:
+        store.write_abilities(measured["abilities"])
+    if measured["events"]:
+        store.write_events(measured["events"])
 
 
 def find_events(store, run_id: str, cfg: SequentialConfig | None = None) -> int:
