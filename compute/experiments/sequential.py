@@ -444,6 +444,7 @@ def run_sequential(
     started = time.monotonic()
     try:
         with recording(store, run_id):
+            start_job = None
             if state is not None:
                 with torch.no_grad():
                     for name, tensor in state["weights"].items():
@@ -466,21 +467,23 @@ def run_sequential(
                 else:
                     panel = (known_panel(lm, pool, cfg.panel_size, cfg.panel_tokens) if cfg.panel_known_only
                              else pool[: cfg.panel_size])
-                recall, em = panel_recall(lm, panel, cfg.panel_tokens)
-                base = {"panel_recall": recall, "panel_em": em, "fluency": free_fluency(lm, cfg.fluency_tokens)}
-                em_prev = em
-                rows = _run_level(run_id, 0, "panel", {"panel_recall": recall, "exact_match": em, "n": len(panel)})
-                if cfg.panel_check:
-                    rows += _run_level(run_id, 0, *_panel_check_row(
-                        cfg, panel, panel_exact_match(lm, panel[: cfg.panel_check])))
-                rows += _run_level(run_id, 0, "free_text", {"fluency": base["fluency"], "n": len(FLUENCY_PROMPTS)})
-                store.write_measurements(rows)
-                if abilities is not None:
-                    store.write_abilities([{**r, "run_id": run_id, "edit_count": 0, "batch_size": cfg.batch_size}
-                                           for r in abilities(lm)])
-                _save_state(path, {"version": STATE_VERSION, "edit_count": 0, "weights": {}, "editor_state": {},
-                                   "held": {}, "base": base, "panel": [c.case_id for c in panel],
-                                   "collapse_at": None, "panel_em": em})
+                base, em_prev = None, None
+
+                def start(m: LoadedModel) -> dict:  # the unedited model, measured while the first edit is made
+                    recall, em = panel_recall(m, panel, cfg.panel_tokens)
+                    first = {"panel_recall": recall, "panel_em": em, "fluency": free_fluency(m, cfg.fluency_tokens)}
+                    rows = _run_level(run_id, 0, "panel", {"panel_recall": recall, "exact_match": em,
+                                                           "n": len(panel)})
+                    if cfg.panel_check:
+                        rows += _run_level(run_id, 0, *_panel_check_row(
+                            cfg, panel, panel_exact_match(m, panel[: cfg.panel_check])))
+                    rows += _run_level(run_id, 0, "free_text", {"fluency": first["fluency"],
+                                                                "n": len(FLUENCY_PROMPTS)})
+                    ability_rows = ([{**r, "run_id": run_id, "edit_count": 0, "batch_size": cfg.batch_size}
+                                     for r in abilities(m)] if abilities is not None else [])
+                    return {"base": first, "panel_em": em, "rows": rows, "abilities": ability_rows}
+
+                start_job = start
             if progress:
                 from tqdm import tqdm
 
@@ -495,11 +498,20 @@ def run_sequential(
             pending: dict | None = None
 
             def settle() -> None:
-                nonlocal pending, em_prev, collapse_at, interval_start
+                nonlocal pending, em_prev, collapse_at, interval_start, base
                 if pending is None:
                     return
                 job, pending = pending, None
                 out = job["future"].result()
+                if job["kind"] == "start":
+                    store.write_measurements(out["rows"])
+                    if out["abilities"]:
+                        store.write_abilities(out["abilities"])
+                    base, em_prev = out["base"], out["panel_em"]
+                    _save_state(path, {"version": STATE_VERSION, "edit_count": 0, "weights": {}, "editor_state": {},
+                                       "held": {}, "base": base, "panel": [c.case_id for c in panel],
+                                       "collapse_at": None, "panel_em": em_prev})
+                    return
                 if job["kind"] == "check":
                     em_prev = out
                     store.write_unit(measurements=job["rows"] + _run_level(run_id, job["count"], *_panel_check_row(
@@ -519,6 +531,11 @@ def run_sequential(
                 store.heartbeat(run_id, n_done=job["count"], n_total=n_total)
 
             try:
+                if start_job is not None:
+                    pending = {"kind": "start", "future": runner.submit({}, start_job)}
+                    if not beside:
+                        settle()
+                        interval_start = time.monotonic()
                 while count < len(edit_ids):
                     if pending is not None and pending["kind"] == "checkpoint" and cfg.after_collapse == 0:
                         settle()  # a panel floor found there would end the run before this edit
