@@ -277,18 +277,42 @@ def _unit_runs(conn, key: str) -> list[dict]:
     return [dict(r) for r in rows]
 
 
+PAUSE_FACTOR = 3.0  # a checkpoint interval slower per edit than this x the run's median counts as paused
+
+
+def _timed_seconds(events) -> float:
+    """The seconds a run's timing events (series, edit_count, end_count, value) say it computed: a checkpoint
+    interval counts at most PAUSE_FACTOR x the run's median seconds per edit for its edits, since a process
+    stopped for a while (SIGSTOP while the machine benchmarks, a suspended laptop) times its pause too: the
+    shipped rebuild's ROME run has one 10-edit interval of 7,459 s among ones of 150-600 s. An interval with
+    the quick ability suite costs about 2x the median, within the cap; other series count as they are."""
+    import statistics
+
+    per_edit = [v / (e - s) for series, s, e, v in events if series == "checkpoint" and e and s is not None and e > s]
+    cap = PAUSE_FACTOR * statistics.median(per_edit) if per_edit else None
+    total = 0.0
+    for series, s, e, v in events:
+        if cap is not None and series == "checkpoint" and e and s is not None and e > s:
+            total += min(float(v), cap * (e - s))
+        else:
+            total += float(v)
+    return total
+
+
 def _run_seconds(conn, run: dict) -> tuple[float | None, str]:
     """CPU-seconds a run has taken so far (one thread per unit) and where that comes from: the larger of its
     `timings` seconds and the sum of its run_events of kind timing (a sequential run's checkpoints and final
     suite; each covers only part of a resumed run: `timings` its last session), else, for a finished run, the
-    wall time from its start to its finish (sweep runs record no timings), else None."""
+    wall time from its start to its finish (sweep runs record no timings), else None. Paused checkpoint
+    intervals are capped (`_timed_seconds`)."""
     from datetime import datetime
 
     timings = json.loads(run.get("timings") or "{}")
-    row = conn.execute("SELECT SUM(value), COUNT(*) FROM run_events WHERE run_id = ? AND kind = 'timing'",
-                       (run["run_id"],)).fetchone()
+    events = conn.execute("SELECT series, edit_count, end_count, value FROM run_events WHERE run_id = ? "
+                          "AND kind = 'timing' AND value IS NOT NULL", (run["run_id"],)).fetchall()
     found = [(float(timings["seconds"]), "timings")] if isinstance(timings.get("seconds"), (int, float)) else []
-    found += [(float(row[0]), "timing events")] if row[1] else []
+    if events:
+        found.append((_timed_seconds(events), "timing events"))
     if found:
         return max(found)
     if run.get("status") == "done" and run.get("started_at") and run.get("finished_at"):

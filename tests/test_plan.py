@@ -436,3 +436,12 @@ def test_units_a_store_cannot_time_are_timed_by_another_stores_runs(tmp_path):
     helped = {s.unit.id: s for s in plans.plan_status(plan, target, timings_from=reference)}
     assert alone["sequential-ROME-o0"].remaining_s is None
     assert helped["sequential-ROME-o0"].remaining_s > 0 and "reference store" in helped["sequential-ROME-o0"].basis
+
+
+def test_a_paused_checkpoint_interval_counts_at_most_three_times_the_runs_median():
+    """A run stopped for a while (SIGSTOP during a benchmark) times its pause: the estimate caps that interval at
+    PAUSE_FACTOR x the run's median seconds per edit; an ability interval at 2x the median counts in full."""
+    events = [("checkpoint", 10 * k, 10 * k + 10, 100.0) for k in range(8)]
+    events += [("checkpoint", 80, 90, 7000.0), ("checkpoint", 90, 100, 200.0), ("final_abilities", 100, 100, 50.0)]
+    assert plans._timed_seconds(events) == pytest.approx(800 + 3 * 100 + 200 + 50)
+    assert plans._timed_seconds([("checkpoint", 0, None, 5.0), ("checkpoint", 1, None, 5.0)]) == 10.0
