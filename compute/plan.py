@@ -210,6 +210,9 @@ def load_plan(path: Path | str, parser, device: str | None = None) -> Plan:
         if isinstance(options.get("hparams"), str) and options["hparams"].endswith(".json"):
             options["hparams"] = str((base / options["hparams"]).resolve()) if not Path(options["hparams"]).is_absolute() \
                 else options["hparams"]
+            if not Path(options["hparams"]).is_file():
+                raise PlanError(f"{where}: no hyperparameter file {options['hparams']} (a relative path is read from "
+                                f"the plan file's folder, {base})")
         argv = list(KINDS[kind])
         for key, value in options.items():
             argv += _option_args(key, value, where)

@@ -445,3 +445,16 @@ def test_a_paused_checkpoint_interval_counts_at_most_three_times_the_runs_median
     events += [("checkpoint", 80, 90, 7000.0), ("checkpoint", 90, 100, 200.0), ("final_abilities", 100, 100, 50.0)]
     assert plans._timed_seconds(events) == pytest.approx(800 + 3 * 100 + 200 + 50)
     assert plans._timed_seconds([("checkpoint", 0, None, 5.0), ("checkpoint", 1, None, 5.0)]) == 10.0
+
+
+def test_a_missing_hyperparameter_file_is_named_when_the_plan_loads(tmp_path):
+    plan = write_plan(tmp_path, "m").read_text().replace('hparams = "ft.json"', 'hparams = "nowhere/ft.json"', 1)
+    (tmp_path / "bad.toml").write_text(plan)
+    with pytest.raises(plans.PlanError, match="no hyperparameter file .*nowhere/ft.json.*plan file's folder"):
+        plans.load_plan(tmp_path / "bad.toml", build_parser())
+
+
+def test_the_shipped_plan_loads_with_every_file_it_names():
+    plan = plans.load_plan(ROOT / "plans" / "shipped.toml", build_parser())
+    files = [u.options["hparams"] for u in plan.units if str(u.options.get("hparams", "")).endswith(".json")]
+    assert files and all(Path(f).is_file() for f in files)
