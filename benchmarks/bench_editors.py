@@ -213,6 +213,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--memit-batch", type=int, default=10, help="requests in the timed MEMIT batch")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--eval-cases", type=int, default=8, help="cases whose probes are timed for throughput")
+    parser.add_argument("--floor-only", action="store_true",
+                        help="only ROME's fast edits, their floor and the GPU launch count (minutes, not the "
+                             "covariance from scratch, the reference loop, MEMIT or the evaluation)")
     args = parser.parse_args(argv)
 
     import torch
@@ -231,6 +234,8 @@ def main(argv: list[str] | None = None) -> dict:
     memit_hp = load_hparams("MEMIT", DEFAULT_MODEL)
     requests = fixed_requests(lm, cache_dir, max(args.edits, args.memit_batch))
 
+    if args.floor_only:
+        return floor_only(args, lm, ctx, rome_hp, requests, load_before)
     # Covariance from scratch, in a fresh folder (the Wikipedia paragraphs are copied, not re-parsed).
     with tempfile.TemporaryDirectory() as fresh:
         for path in cache_dir.glob("wiki-paragraphs-*.json"):
@@ -309,6 +314,55 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(markdown(report))
+    return report
+
+
+def floor_only(args, lm, ctx, rome_hp, requests, load_before) -> dict:
+    """`--floor-only`: ROME's fast edits, each one's floor, and the launch count of one step on a GPU."""
+    import torch
+
+    from compute.editors import apply_edit, undo
+    from compute.editors.rome import context_prefixes
+
+    undo(lm, apply_edit(lm, requests[:1], "ROME", rome_hp, ctx))  # warm: covariance, prefixes
+    timed = requests[: args.edits]
+    fast_s, fast_out = time_edits(lm, timed, "ROME", rome_hp, ctx)
+    prefixes = context_prefixes(lm, rome_hp.n_prefixes, rome_hp.prefix_tokens, ctx.cache_dir)
+    shapes = [step_flops(lm, r, rome_hp.layer, prefixes) for r in timed]
+    rate = matmul_rate(lm, int(statistics.median(x["tokens"] for x in shapes)))
+    for out, shape in zip(fast_out, shapes):
+        out.update(step_tokens=shape["tokens"], step_gflop=round((shape["forward"] + shape["backward"]) / 1e9, 3),
+                   floor_s=round(edit_flops(shape, out["steps"]) / rate, 3))
+    ops = [ops_per_step(lm, r, rome_hp, prefixes) for r in timed]
+    report = {
+        "what": "bench_editors.py --floor-only: ROME's fast edits, their floor and a step's launches on a GPU",
+        "model": lm.name,
+        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "platform": platform.platform(), "torch": torch.__version__,
+                    "load_average_before": [round(x, 2) for x in load_before],
+                    "load_average_after": [round(x, 2) for x in os.getloadavg()]},
+        "rome_hparams": dataclasses.asdict(rome_hp),
+        "rome_fast": {"median_s": statistics.median(fast_s), "p90_s": percentile(fast_s, 0.9),
+                      "took": sum(o["took"] for o in fast_out), "edits": fast_out},
+        "rome_floor": {"matmul_gflops": round(rate / 1e9, 1),
+                       "median_steps": statistics.median(o["steps"] for o in fast_out),
+                       "median_step_gflop": statistics.median(o["step_gflop"] for o in fast_out),
+                       "median_floor_s": statistics.median(o["floor_s"] for o in fast_out),
+                       "median_over_floor": statistics.median(s / o["floor_s"] for s, o in zip(fast_s, fast_out)),
+                       "rule": "essential products only (live tokens through the blocks after the edited layer, "
+                               "unembedding of scored positions; backward the same), every step's forward, "
+                               "every step but the last's backward, at the rate cycling through all layers"},
+        "rome_step_on_a_gpu": launch_bound(shapes[0], ops[0]),
+        "ops_per_step_each_edit": ops,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    g = report["rome_step_on_a_gpu"]
+    print(f"ROME fast: median {report['rome_fast']['median_s']:.2f} s per edit, floor median "
+          f"{report['rome_floor']['median_floor_s']:.2f} s ({report['rome_floor']['median_over_floor']:.1f}x); "
+          f"a step: {g['ops_per_step']} operators, {g['launch_s'] * 1e3:.1f} ms of launches vs "
+          f"{g['flop_s'] * 1e3:.3f} ms of FLOPs ({g['launch_over_flop']:.0f}x)")
     return report
 
 

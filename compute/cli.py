@@ -820,8 +820,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "resume those with 0)")
     q.add_argument("--beside", action="store_true",
                    help="measure each edit's model on a copy in a second thread while the next edit is made: the "
-                        "same rows, faster for a run alone on a machine with a spare core (run it with "
-                        "OMP_NUM_THREADS=1; not beside other runs, which already use the cores)")
+                        "same rows as one thread, 1.2x faster than one thread, but slower than two intra-op threads "
+                        "on a 2-core machine (README, Benchmarks); run it with OMP_NUM_THREADS=1")
     q.add_argument("--final-abilities", choices=["full", "quick", "none"],
                    help="ability suite on the model as the run leaves it (default: full with --abilities-every, "
                         "else none; a finished run gets it later with `abilities measure --run RUN_ID`)")

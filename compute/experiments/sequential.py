@@ -106,7 +106,7 @@ from compute.experiments.beside import Beside
 from compute.experiments.common import open_run, recording
 from compute.experiments.robustness import edit_rows
 from compute.models import LoadedModel
-from compute.runs import SPEC_KEY, layout_differences, spec_for, spec_of_run
+from compute.runs import SPEC_KEY, layout_differences, run_loop, spec_for, spec_of_run
 from compute.scoring import fluency, mentions, run_probes
 from store.conventions import HELD, RUN_LEVEL, holds
 from store.derived import rederive_sequential_events
@@ -440,10 +440,8 @@ def run_sequential(
     path = state_path(ctx.cache_dir, run_id)
     params = dict(lm.model.named_parameters())
     w0: dict[str, torch.Tensor] = {}
-    bar = None
-    started = time.monotonic()
     try:
-        with recording(store, run_id):
+        with recording(store, run_id):  # resuming or starting; the edits then run in run_loop's recording
             start_job = None
             if state is not None:
                 with torch.no_grad():
@@ -484,112 +482,117 @@ def run_sequential(
                     return {"base": first, "panel_em": em, "rows": rows, "abilities": ability_rows}
 
                 start_job = start
-            if progress:
-                from tqdm import tqdm
+        last_checkpoint = count
+        interval_start = time.monotonic()
+        # Measurements run through `runner`: in this thread on `lm` (Inline), or with `beside` on a shadow copy in
+        # a background thread while the next edit is made (compute.experiments.beside). Either way a measurement
+        # sees the weights of the edit it belongs to, and its rows are written, in edit order, when it has
+        # finished (`settle`): the same rows, in the same transactions, as one after the other.
+        runner = Beside(lm) if beside else _Inline(lm)
+        pending: dict | None = None
 
-                bar = tqdm(total=n_total, initial=count, desc=f"sequential {ed.name} b={cfg.batch_size}", unit="edit")
-            last_checkpoint = count
+        def settle() -> None:
+            nonlocal pending, em_prev, collapse_at, interval_start, base
+            if pending is None:
+                return
+            job, pending = pending, None
+            out = job["future"].result()
+            if job["kind"] == "start":
+                store.write_measurements(out["rows"])
+                if out["abilities"]:
+                    store.write_abilities(out["abilities"])
+                base, em_prev = out["base"], out["panel_em"]
+                _save_state(path, {"version": STATE_VERSION, "edit_count": 0, "weights": {}, "editor_state": {},
+                                   "held": {}, "base": base, "panel": [c.case_id for c in panel],
+                                   "collapse_at": None, "panel_em": em_prev})
+                return
+            if job["kind"] == "check":
+                em_prev = out
+                store.write_unit(measurements=job["rows"] + _run_level(run_id, job["count"], *_panel_check_row(
+                    cfg, panel, out)), diagnostics=job["diagnostics"])
+                return
+            _write_checkpoint(store, out)
+            collapse_at, em_prev = out["collapse_at"], out["panel_em"]
+            find_events(store, run_id, cfg)  # phases so far: a partial run shows them too
+            _save_state(path, {
+                "version": STATE_VERSION, "edit_count": job["count"], "weights": job["weights"],
+                "editor_state": job["editor_state"], "held": out["held"], "held_em": out["held_em"],
+                "base": base, "panel": [c.case_id for c in panel], "collapse_at": collapse_at, "panel_em": em_prev,
+            })
+            store.write_events([_timing_event(run_id, job["last"], job["count"], interval_start, lm)])
             interval_start = time.monotonic()
-            # Measurements run through `runner`: in this thread on `lm` (Inline), or with `beside` on a shadow copy
-            # in a background thread while the next edit is made (compute.experiments.beside). Either way a
-            # measurement sees the weights of the edit it belongs to, and its rows are written, in edit order,
-            # when it has finished (`settle`): the same rows, in the same transactions, as one after the other.
-            runner = Beside(lm) if beside else _Inline(lm)
-            pending: dict | None = None
+            store.heartbeat(run_id, n_done=job["count"], n_total=n_total)
 
-            def settle() -> None:
-                nonlocal pending, em_prev, collapse_at, interval_start, base
-                if pending is None:
+        def units():
+            """The batches still to edit, up to the run's end or `after_collapse` edits past a panel floor."""
+            while count < len(edit_ids):
+                if pending is not None and pending["kind"] == "checkpoint" and cfg.after_collapse == 0:
+                    settle()  # a panel floor found there would end the run before this edit
+                if collapse_at is not None and count >= collapse_at + cfg.after_collapse:
                     return
-                job, pending = pending, None
-                out = job["future"].result()
-                if job["kind"] == "start":
-                    store.write_measurements(out["rows"])
-                    if out["abilities"]:
-                        store.write_abilities(out["abilities"])
-                    base, em_prev = out["base"], out["panel_em"]
-                    _save_state(path, {"version": STATE_VERSION, "edit_count": 0, "weights": {}, "editor_state": {},
-                                       "held": {}, "base": base, "panel": [c.case_id for c in panel],
-                                       "collapse_at": None, "panel_em": em_prev})
-                    return
-                if job["kind"] == "check":
-                    em_prev = out
-                    store.write_unit(measurements=job["rows"] + _run_level(run_id, job["count"], *_panel_check_row(
-                        cfg, panel, out)), diagnostics=job["diagnostics"])
-                    return
-                _write_checkpoint(store, out)
-                collapse_at, em_prev = out["collapse_at"], out["panel_em"]
-                find_events(store, run_id, cfg)  # phases so far: a partial run shows them too
-                _save_state(path, {
-                    "version": STATE_VERSION, "edit_count": job["count"], "weights": job["weights"],
-                    "editor_state": job["editor_state"], "held": out["held"], "held_em": out["held_em"],
-                    "base": base, "panel": [c.case_id for c in panel], "collapse_at": collapse_at,
-                    "panel_em": em_prev,
-                })
-                store.write_events([_timing_event(run_id, job["last"], job["count"], interval_start, lm)])
-                interval_start = time.monotonic()
-                store.heartbeat(run_id, n_done=job["count"], n_total=n_total)
+                yield edit_ids[count : count + cfg.batch_size]
 
-            try:
-                if start_job is not None:
-                    pending = {"kind": "start", "future": runner.submit({}, start_job)}
-                    if not beside:
-                        settle()
-                        interval_start = time.monotonic()
-                while count < len(edit_ids):
-                    if pending is not None and pending["kind"] == "checkpoint" and cfg.after_collapse == 0:
-                        settle()  # a panel floor found there would end the run before this edit
-                    if collapse_at is not None and count >= collapse_at + cfg.after_collapse:
-                        break
-                    batch = [by_id[i] for i in edit_ids[count : count + cfg.batch_size]]
-                    result = apply_edit(lm, [EditRequest.from_case(c) for c in batch], ed.name, hp, ctx)
-                    # the edit's own diagnostics, read before anything else touches the weights; written in the
-                    # same transaction as its rows, so a resumed run rewrites both with the same numbers
-                    diagnostics = edit_diagnostics(lm, result, hp, run_id, count + len(batch), batch)
-                    if ed.commit is not None:
-                        ed.commit(ctx, result)
-                    for name, original in result.originals.items():
-                        w0.setdefault(name, original)
-                    previous, count = count, count + len(batch)
-                    due = checkpoint_due(count, previous, cfg) or count >= len(edit_ids)
-                    rows = _run_level(run_id, count, "edit", update_size(params, result.originals, w0))
-                    for c in batch:
-                        rows += edit_rows(run_id, c.case_id, result.info, edit_count=count)
-                    weights = {n: params[n].detach().clone() for n in w0}
-                    settle()  # the previous edit's measurements (beside: they ran during this edit)
-                    if not due:  # at a checkpoint the panel's exact match comes with its recall, from the same pass
-                        sub = panel[: cfg.panel_check] if cfg.panel_check else panel
-                        pending = {"kind": "check", "count": count, "rows": rows, "diagnostics": diagnostics,
-                                   "future": runner.submit(weights, functools.partial(panel_exact_match, panel=sub))}
-                    else:
-                        store.write_unit(measurements=rows, diagnostics=diagnostics)
-                        measure = functools.partial(
-                            _measure_checkpoint, run_id=run_id, cfg=cfg, edit_ids=edit_ids, by_id=by_id,
-                            last=last_checkpoint, count=count, held=held, panel=panel, base=base, w0=dict(w0),
-                            collapse_at=collapse_at, abilities=abilities, held_em=held_em)
-                        pending = {"kind": "checkpoint", "count": count, "last": last_checkpoint, "weights": weights,
-                                   "editor_state": copy.deepcopy(ctx.state) if beside else ctx.state,
-                                   "future": runner.submit(weights, measure)}
-                        last_checkpoint = count
-                    if not beside:
-                        settle()
-                    if bar:
-                        bar.update(len(batch))
+        def before() -> None:
+            nonlocal pending, interval_start
+            if start_job is not None:
+                pending = {"kind": "start", "future": runner.submit({}, start_job)}
+                if not beside:
+                    settle()
+                    interval_start = time.monotonic()
+
+        def step(ids: list[str]) -> None:
+            """One edit (or batch), its rows written when its measurements are (`settle`)."""
+            nonlocal count, pending, last_checkpoint
+            batch = [by_id[i] for i in ids]
+            result = apply_edit(lm, [EditRequest.from_case(c) for c in batch], ed.name, hp, ctx)
+            # the edit's own diagnostics, read before anything else touches the weights; written in the same
+            # transaction as its rows, so a resumed run rewrites both with the same numbers
+            diagnostics = edit_diagnostics(lm, result, hp, run_id, count + len(batch), batch)
+            if ed.commit is not None:
+                ed.commit(ctx, result)
+            for name, original in result.originals.items():
+                w0.setdefault(name, original)
+            previous, count = count, count + len(batch)
+            due = checkpoint_due(count, previous, cfg) or count >= len(edit_ids)
+            rows = _run_level(run_id, count, "edit", update_size(params, result.originals, w0))
+            for c in batch:
+                rows += edit_rows(run_id, c.case_id, result.info, edit_count=count)
+            weights = {n: params[n].detach().clone() for n in w0}
+            settle()  # the previous edit's measurements (beside: they ran during this edit)
+            if not due:  # at a checkpoint the panel's exact match comes with its recall, from the same pass
+                sub = panel[: cfg.panel_check] if cfg.panel_check else panel
+                pending = {"kind": "check", "count": count, "rows": rows, "diagnostics": diagnostics,
+                           "future": runner.submit(weights, functools.partial(panel_exact_match, panel=sub))}
+            else:
+                store.write_unit(measurements=rows, diagnostics=diagnostics)
+                measure = functools.partial(
+                    _measure_checkpoint, run_id=run_id, cfg=cfg, edit_ids=edit_ids, by_id=by_id,
+                    last=last_checkpoint, count=count, held=held, panel=panel, base=base, w0=dict(w0),
+                    collapse_at=collapse_at, abilities=abilities, held_em=held_em)
+                pending = {"kind": "checkpoint", "count": count, "last": last_checkpoint, "weights": weights,
+                           "editor_state": copy.deepcopy(ctx.state) if beside else ctx.state,
+                           "future": runner.submit(weights, measure)}
+                last_checkpoint = count
+            if not beside:
                 settle()
-            finally:
-                runner.close(wait=False)
+
+        def after() -> None:
+            settle()
             find_events(store, run_id, cfg)
             if final_abilities is not None:
                 final_started = time.monotonic()
                 _store_final_suite(store, run_id, count, cfg.batch_size, final_abilities(lm), final_started, lm, "run")
+
+        try:
+            run_loop(store, run_id, units(), step, n_total=n_total, n_done=count, count=len, heartbeat=False,
+                     before=before, after=after, progress=progress, unit="edit",
+                     desc=f"sequential {ed.name} b={cfg.batch_size}", timings=lambda: {"edits": count})
+        finally:
+            runner.close(wait=False)
     finally:
-        if bar:
-            bar.close()
         with torch.no_grad():  # hand the caller back the unedited model
             for name, original in w0.items():
                 params[name].copy_(original)
-    store.finish_run(run_id, status="done", timings={"seconds": round(time.monotonic() - started, 2),
-                                                     "edits": count})
     return run_id
 
 
