@@ -232,11 +232,13 @@ def series_noise(y, se=None) -> float:
 
 
 def phase_break(x, y, se=None, *, min_points: int = 3, steep: float = 3.0, k_noise: float = 3.0,
-                min_effect: float | None = None) -> dict | None:
+                min_effect: float | None = None, min_span: float = 0.1) -> dict | None:
     """Gradual and catastrophic phases of a series where higher is better (negate, or take -log, first).
 
     The rule. Split the series where two straight lines, fitted to either side, leave the least squared error
-    (each side at least `min_points` points). The later side is a catastrophic phase when both hold:
+    (each side at least `min_points` points and at least `min_span` of the series' x range: a phase is a stretch
+    of the run, not of its checkpoints, so the dense checkpoints after a run's first edits cannot make a
+    "gradual phase" of edits 1-4 by themselves). The later side is a catastrophic phase when both hold:
     - the loss it adds beyond the earlier trend (the earlier line extrapolated, minus the later points, on
       average) is at least `k_noise` times the series' own noise and at least `min_effect` (default 5% of
       |first value|), so a noise-free straight line or a wobble is not a phase. The noise is the larger of
@@ -254,11 +256,16 @@ def phase_break(x, y, se=None, *, min_points: int = 3, steep: float = 3.0, k_noi
     if len(x) < 2 * min_points or len(y) != len(x) or not y[0]:
         return None
     best = None
+    span = min_span * float(x[-1] - x[0])
     for s in range(min_points, len(x) - min_points + 1):
+        if x[s - 1] - x[0] < span or x[-1] - x[s] < span:
+            continue
         left, right = _line(x[:s], y[:s]), _line(x[s:], y[s:])
         total = left[2] + right[2]
         if best is None or total < best[0] - 1e-12:
             best = (total, s, left, right)
+    if best is None:  # no split leaves both sides their span
+        return None
     sse, s, (b1, a1, _), (b2, a2, _) = best
     # the points' scatter about the two lines counts as noise too (differences alone underrate it where a
     # series is dense at its start: one edit apart, neighbours barely differ)

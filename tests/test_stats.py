@@ -130,3 +130,21 @@ def test_robust_z_singles_out_one_huge_value_among_many():
     z = robust_z(np.log(norms))
     assert np.flatnonzero(z > 3.5).tolist() == [111]
     assert robust_z([1.0, 1.0]).tolist() == [0.0, 0.0]
+
+
+def test_dense_first_checkpoints_do_not_make_a_phase_of_their_own():
+    """The rebuild's ROME order-0 exact-match retention: checkpoints at edits 1-10, then every 50. Split at 4
+    points, edits 1-3 held all and the rest declined steadily: a "catastrophic phase from edit 4". A phase must
+    span a tenth of the run, so the steady decline is one gradual phase."""
+    x = list(range(0, 11)) + list(range(50, 501, 50))
+    y = [1.0, 1.0, 1.0, 1.0, 0.75, 0.8, 0.833, 0.857, 0.875, 0.889, 0.9,
+         0.72, 0.66, 0.553, 0.435, 0.424, 0.327, 0.28, 0.278, 0.26, 0.252]
+    se = [0.0, 0.202, 0.168, 0.143, 0.167, 0.15, 0.136, 0.124, 0.114, 0.106, 0.099,
+          0.062, 0.047, 0.04, 0.035, 0.031, 0.027, 0.024, 0.022, 0.021, 0.019]
+    old = phase_break(x, y, se, min_span=0.0)  # the old rule's split
+    assert old["change_at"] == 4 and old["catastrophic"]
+    found = phase_break(x, y, se)
+    assert found["change_at"] >= 50 and not found["catastrophic"]
+    # a real cliff on the same checkpoints is still found
+    cliff = [1.0] * 11 + [0.95, 0.94, 0.93, 0.92, 0.91, 0.3, 0.28, 0.27, 0.26, 0.25]
+    assert phase_break(x, cliff, se)["catastrophic"] and phase_break(x, cliff, se)["change_at"] == 300

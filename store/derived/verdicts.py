@@ -315,7 +315,7 @@ def sequential_rules() -> dict[str, str]:
     ab = inspect.signature(abrupt_steps).parameters["k_noise"].default
     return {
         "phase": f"A series has a catastrophic phase when, split where two straight lines fit it best (at least "
-                 f"{PHASE_MIN_POINTS} checkpoints a side), the later side loses beyond the earlier trend at least "
+                 f"{PHASE_MIN_POINTS} checkpoints and {pb['min_span']:.0%} of the run's edits a side), the later side loses beyond the earlier trend at least "
                  f"{pb['k_noise']:g}x the series' own noise and at least 5% of its start, at a rate at least "
                  f"{pb['steep']:g}x the earlier one (store.stats.phase_break).",
         "disabling_edit": f"A disabling edit is one whose update is out of line with the run's own updates: robust z "
