@@ -189,3 +189,22 @@ def test_a_sweeps_runs_are_named_by_their_setting_so_they_are_told_apart():
     assert run_label("ROME", {}, {"sweep": "ROME-layer", "field": "layer", "value": 3}) == "ROME (layer 3)"
     assert run_label("ROME", {}, {"sweep": "ROME-layer", "field": "layer", "value": 3}) != run_label(
         "ROME", {}, {"sweep": "ROME-layer", "field": "layer", "value": 4})
+
+
+def test_the_study_b_table_names_a_runs_edit_order_when_it_is_not_the_default(fixture_store, tmp_path):
+    """Two ROME runs on orders 0 and 1 read alike in the overview's study-B table unless it names the order."""
+    import json
+    import shutil
+
+    from store import Store, derived
+
+    copy = tmp_path / "copy.sqlite"
+    shutil.copy(fixture_store, copy)
+    with Store.open(copy) as st:
+        run_id, cfg = st.conn.execute("SELECT run_id, config FROM runs WHERE kind = 'sequential' AND "
+                                      "hparams NOT LIKE '%key_mismatch\": true%' LIMIT 1").fetchone()
+        st.conn.execute("UPDATE runs SET config = ? WHERE run_id = ?",
+                        (json.dumps({**json.loads(cfg), "order_seed": 1}), run_id))
+        st.conn.commit()
+        runs = derived.sequential_headlines(st.conn)["run"].to_list()
+    assert "ROME, order 1" in runs and len(set(runs)) == len(runs)

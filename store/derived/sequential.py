@@ -4,6 +4,7 @@ headlines, and the mean over edit orders. The verdicts themselves are derived in
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import numpy as np
@@ -218,13 +219,18 @@ def sequential_headlines(conn: sqlite3.Connection) -> pl.DataFrame:
         return pl.DataFrame(schema=schema)
     curves = sequential_curves(conn)
     events = sequential_events(conn)
+    orders = {run_id: json.loads(cfg or "{}").get("order_seed") for run_id, cfg in
+              conn.execute("SELECT run_id, config FROM runs WHERE kind = 'sequential'")}
     rows = []
     for r in labels.iter_rows(named=True):
         ev = events.filter(pl.col("run_id") == r["run_id"])
+        order = orders.get(r["run_id"])
         col = ev.filter(pl.col("kind") == "collapse")["edit_count"]
         cat = ev.filter((pl.col("kind") == "phase") & (pl.col("phase") == "catastrophic"))["edit_count"]
         floor = ev.filter(pl.col("kind") == "panel_floor")["edit_count"]
-        row = {"run": r["label"], "status": r["status"], "edits": r["n_done"] or 0,
+        # the edit order where it is not the default, as the sidebar names runs: two orders never read alike
+        row = {"run": r["label"] + (f", order {order}" if order not in (None, 0) else ""),
+               "status": r["status"], "edits": r["n_done"] or 0,
                "collapse_at": col.min() if col.len() else None, "catastrophic_from": cat.min() if cat.len() else None,
                "disabling_edits": ev.filter(pl.col("kind") == "disabling_edit").height,
                "panel_floor_at": floor.min() if floor.len() else None}
