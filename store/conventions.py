@@ -26,7 +26,7 @@ SCOPES = (*SEQUENTIAL_SCOPES, BATCH)  # every scope of run-level rows
 
 # run_events kinds a sequential run's verdicts are (store.derived.derive_sequential_events): recomputed from the
 # run's whole history, so a newer derivation replaces every row of these kinds, also by having none of a kind
-DERIVED_EVENT_KINDS = ("phase", "disabling_edit", "abrupt_change", "collapse", "panel_floor")
+DERIVED_EVENT_KINDS = ("phase", "large_update", "disabling_edit", "abrupt_change", "collapse", "panel_floor")
 
 # the key of a run's config under which compute writes the traits of the editor that made it (mass_editor,
 # changes_weights, keys: compute.editors.base.editor_traits); runs made before it have none (readers fall back)

@@ -519,9 +519,11 @@ def _b3(conn, arms) -> Finding:
                             "fix removes them.",
                   paper="disabling edits with original ROME; none with r-ROME keys (GPT-J)",
                   rule="Reproduced when, on every edit order both have, the original-keys ROME run has at least one "
-                       "disabling edit (an update whose size is a robust outlier of the run's own: robust z of log "
-                       "||dW|| above 3.5, store.derived.disabling_edit_events) and the r-ROME run, editing the same "
-                       "facts in the same order, none; refuted otherwise.", page="forgetting")
+                       "disabling edit (a large update, robust z of log ||dW|| over the run's edits above 3.5, that "
+                       "the model did not survive: an abrupt ability or perplexity fall, or the collapse, at the "
+                       "first ability checkpoint after it; store.derived.disabling_edit_events) and the r-ROME run, "
+                       "editing the same facts in the same order, none; refuted otherwise; large updates that "
+                       "nothing follows are counted beside them.", page="forgetting")
     orders = _shared(arms, ROME_ORIGINAL, ROME)
     if not orders:
         return Finding(**common, ours="no pair of ROME runs (original and r-ROME keys) on one edit order",
@@ -536,12 +538,17 @@ def _b3(conn, arms) -> Finding:
             run = arms[label][o]
             ids.append(run["run_id"])
             ev = events.filter((pl.col("run_id") == run["run_id"]) & (pl.col("kind") == "disabling_edit")).sort("edit_count")
+            large = events.filter((pl.col("run_id") == run["run_id"]) & (pl.col("kind") == "large_update"))
             counts[label] = ev.height
             name = "ROME (r-ROME keys)" if label == ROME else label
             text = f"{name} {ev.height} of {run['n_done']} edits"
             if ev.height:
                 text += (f" (edit {', '.join(str(c) for c in ev['edit_count'].to_list())}; largest update "
                          f"{ev['value'].max():.2f} ||W0||)")
+            if large.height > ev.height:
+                text += (f", {large.height - ev.height} large update(s) the model survived (largest "
+                         f"{large.filter(~pl.col('edit_count').is_in(ev['edit_count'].to_list()))['value'].max():.2f}"
+                         f" ||W0||)")
             parts.append(text)
             if label == ROME_ORIGINAL and not head:
                 lo, hi = wilson_ci(ev.height, run["n_done"])

@@ -42,12 +42,12 @@ def test_an_old_run_flags_its_huge_edit_from_checkpoint_weight_drift(tmp_path):
     with Store.open(tmp_path / "s.sqlite", create=True) as st:
         _drift_store(st, "huge", jump_at=111)
         _drift_store(st, "plain")
-        flagged = derived.disabling_edit_events(st.conn, "huge")
+        flagged = derived.large_update_events(st.conn, "huge")
         assert [e["edit_count"] for e in flagged] == [111] and flagged[0]["end_count"] == 120
         d = json.loads(flagged[0]["detail"])
         assert d["interval"] == [110, 120] and d["z"] > 3.5
         assert flagged[0]["value"] == pytest.approx(250 / 174, rel=0.15)  # its norm, estimated, over ||W0||
-        assert derived.disabling_edit_events(st.conn, "plain") == []
+        assert derived.large_update_events(st.conn, "plain") == []
 
 
 def _usability_store(st, run_id, scores, perplexity, newest_es):
@@ -155,9 +155,9 @@ def test_ability_means_over_orders_average_perplexity_on_the_log_scale():
     assert by["perplexity"]["ci_low"] < 100.0 < by["perplexity"]["ci_high"] and by["qa"]["metric"] == "accuracy"
 
 
-def test_a_disabling_edit_needs_a_distribution_of_the_runs_own_updates(tmp_path):
+def test_a_large_update_needs_a_distribution_of_the_runs_own_updates(tmp_path):
     """Too few edits, or norms within a few per cent of each other, make no outlier; a 25x edit among ten
-    alike ones is one (store.derived.disabling_edit_events, MIN_OUTLIER_EDITS and LOG_NORM_MAD_FLOOR)."""
+    alike ones is one (store.derived.large_update_events, MIN_OUTLIER_EDITS and LOG_NORM_MAD_FLOOR)."""
     def flagged(norms):
         path = tmp_path / f"s{len(list(tmp_path.iterdir()))}.sqlite"
         with Store.open(path, create=True) as st:
@@ -165,7 +165,7 @@ def test_a_disabling_edit_needs_a_distribution_of_the_runs_own_updates(tmp_path)
             st.write_measurements([dict(run_id=run, case_id="*", edit_count=i + 1, rephrase_type="edit",
                                         metric=m, value=v) for i, n in enumerate(norms)
                                    for m, v in (("update_norm", n), ("update_w0", 174.0))])
-            return [e["edit_count"] for e in derived.disabling_edit_events(st.conn, run)]
+            return [e["edit_count"] for e in derived.large_update_events(st.conn, run)]
 
     assert flagged([5.06, 5.15, 5.82]) == []  # three edits are no distribution (the third had z 4.7)
     assert flagged([5.0, 5.02, 5.01, 5.03, 5.0, 5.6, 5.01, 5.02, 5.0]) == []  # 12% above alike norms: no outlier
@@ -208,3 +208,28 @@ def test_the_study_b_table_names_a_runs_edit_order_when_it_is_not_the_default(fi
         st.conn.commit()
         runs = derived.sequential_headlines(st.conn)["run"].to_list()
     assert "ROME, order 1" in runs and len(set(runs)) == len(runs)
+
+
+def test_a_large_update_is_a_disabling_edit_only_when_the_model_did_not_survive_it(tmp_path):
+    """The rebuild's r-ROME run: outliers of its own updates (0.3 ||W0||) with nothing after them are large
+    updates, not disabling edits; the original-keys run's edit followed by an abrupt ability fall is one."""
+    def events(with_cliff: bool):
+        path = tmp_path / f"d{len(list(tmp_path.iterdir()))}.sqlite"
+        with Store.open(path, create=True) as st:
+            run = st.start_run(kind="sequential", model="m", editor="ROME", config={"batch_size": 1})
+            norms = [5.0, 6.1, 4.4, 5.5, 4.8, 5.3, 5.2, 4.9, 5.7, 5.1, 125.0, 5.0, 5.4, 4.7, 5.2, 5.1, 4.9, 5.3]
+            st.write_measurements([dict(run_id=run, case_id="*", edit_count=i + 1, rephrase_type="edit",
+                                        metric=m, value=v) for i, n in enumerate(norms)
+                                   for m, v in (("update_norm", n), ("update_w0", 174.0))])
+            scores = [0.9, 0.89, 0.91, 0.9, 0.9, 0.89] if not with_cliff else [0.9, 0.89, 0.91, 0.9, 0.3, 0.28]
+            st.write_abilities([{"run_id": run, "edit_count": 3 * k, "batch_size": 1, "task": "nli",
+                                 "task_version": "1", "mode": "quick", "score": s, "n": 200,
+                                 "ci_low": s - 0.04, "ci_high": s + 0.04, "chance": 0.25, "higher_is_better": 1,
+                                 "metric": "accuracy"} for k, s in enumerate(scores)])
+            ev = derived.derive_sequential_events(st.conn, run)
+        return {k: [e["edit_count"] for e in ev if e["kind"] == k] for k in ("large_update", "disabling_edit")}
+
+    quiet = events(with_cliff=False)
+    assert quiet == {"large_update": [11], "disabling_edit": []}
+    cliff = events(with_cliff=True)  # the nli score falls between checkpoints 9 and 12, after edit 11
+    assert cliff == {"large_update": [11], "disabling_edit": [11]}

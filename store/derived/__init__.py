@@ -60,6 +60,7 @@ from .verdicts import (
     collapse_event,
     derive_sequential_events,
     disabling_edit_events,
+    large_update_events,
     panel_floor_events,
     phase_events,
     rederive_sequential_events,
@@ -82,6 +83,6 @@ __all__ = [
     "sweep_summary",
     "CHANCE_SHARE", "DERIVED_EVENT_KINDS", "EFFICACY_CHANCE", "PERPLEXITY_BLOWUP", "PERPLEXITY_EFFECT",
     "LOG_NORM_MAD_FLOOR", "MIN_OUTLIER_EDITS", "PHASE_MIN_POINTS", "abrupt_change_events", "collapse_event", "derive_sequential_events",
-    "disabling_edit_events", "panel_floor_events", "phase_events", "rederive_sequential_events", "run_series",
+    "disabling_edit_events", "large_update_events", "panel_floor_events", "phase_events", "rederive_sequential_events", "run_series",
     "sequential_rules", "usability",
 ]

@@ -187,8 +187,9 @@ def _edit_context(conn: sqlite3.Connection, run_id: str, counts: list[int]) -> d
     return out
 
 
-def disabling_edit_events(conn: sqlite3.Connection, run_id: str) -> list[dict]:
-    """Disabling edits judged from the edit itself, against the run's own distribution of updates.
+def large_update_events(conn: sqlite3.Connection, run_id: str) -> list[dict]:
+    """Large updates judged from the edit itself, against the run's own distribution of updates (candidates
+    for disabling edits: `disabling_edit_events` keeps those the model did not survive).
 
     With per-edit update norms (runs made since they are recorded): an edit whose log ||dW|| has a robust z
     (store.stats.robust_z: median and MAD over the run's edits) above OUTLIER_Z. Without them (older runs):
@@ -209,7 +210,7 @@ def disabling_edit_events(conn: sqlite3.Connection, run_id: str) -> list[dict]:
         for i in flagged:
             row = norms.row(int(i), named=True)
             rel = row["norm"] / row["w0"] if row["w0"] else None
-            events.append({"run_id": run_id, "kind": "disabling_edit", "series": "update_norm",
+            events.append({"run_id": run_id, "kind": "large_update", "series": "update_norm",
                            "edit_count": int(row["edit_count"]), "end_count": int(row["edit_count"]),
                            "value": rel if rel is not None else row["norm"],
                            "detail": json.dumps({"rule": "robust z of log ||dW|| over the run's edits",
@@ -246,7 +247,7 @@ def disabling_edit_events(conn: sqlite3.Connection, run_id: str) -> list[dict]:
         pinned.append((i, a, b, at, est))
     ctx = _edit_context(conn, run_id, [p[3] for p in pinned])
     for i, a, b, at, est in pinned:
-        events.append({"run_id": run_id, "kind": "disabling_edit", "series": "weight_drift", "edit_count": at,
+        events.append({"run_id": run_id, "kind": "large_update", "series": "weight_drift", "edit_count": at,
                        "end_count": b, "value": est / w0 if w0 else est,
                        "detail": json.dumps({"rule": "robust z of log mean squared update per checkpoint interval",
                                              "z": float(z[i]), "threshold": OUTLIER_Z, "interval": [a, b],
@@ -255,6 +256,41 @@ def disabling_edit_events(conn: sqlite3.Connection, run_id: str) -> list[dict]:
                                              "w_minus_w0": [float(np.sqrt(f2[i])), float(np.sqrt(f2[i + 1]))],
                                              "pinned_by": "largest fall of the panel's exact match in the interval",
                                              **ctx[at]})})
+    return events
+
+
+def disabling_edit_events(conn: sqlite3.Connection, run_id: str, series: dict[str, dict] | None = None,
+                          large: list[dict] | None = None, abrupt: list[dict] | None = None,
+                          collapse: list[dict] | None = None) -> list[dict]:
+    """Disabling edits (study B: single edits with abnormally large updates that disable the model): a large
+    update (`large_update_events`) followed, at the first ability checkpoint after it, by an abrupt fall of an
+    ability or the perplexity (`abrupt_change_events`: the fall's interval (from, to] holds the edit) or by the
+    collapse (`collapse_event`: the collapse's checkpoint is the first ability checkpoint at or after the
+    edit). An outlier of a run's own updates that nothing follows is a large update, not a disabling edit: the
+    r-ROME run on order 0 has three of 0.3 ||W0|| with no change after them. `detail` adds `followed_by`."""
+    series = run_series(conn, run_id) if series is None else series
+    large = large_update_events(conn, run_id) if large is None else large
+    abrupt = abrupt_change_events(run_id, series) if abrupt is None else abrupt
+    collapse = collapse_event(run_id, usability(conn, run_id, series)) if collapse is None else collapse
+    checks = sorted({int(x) for name, s_ in series.items() if name.startswith("ability:") for x in s_["x"]})
+    events = []
+    for ev in large:
+        at = int(ev["edit_count"])
+        after = []
+        for a in abrupt:
+            if a["edit_count"] < at <= a["end_count"]:
+                d = json.loads(a["detail"])
+                after.append({"kind": "abrupt_change", "series": a["series"], "interval": [a["edit_count"],
+                              a["end_count"]], "before": d["before"], "after": d["after"]})
+        for c in collapse:
+            prior = [x for x in checks if x < c["edit_count"]]
+            if (prior[-1] if prior else -1) < at <= c["edit_count"]:
+                after.append({"kind": "collapse", "edit_count": c["edit_count"]})
+        if after:
+            detail = {**json.loads(ev["detail"]), "followed_by": after,
+                      "disabling_rule": "a large update followed by an abrupt ability or perplexity fall, or by the "
+                                        "collapse, at the first ability checkpoint after it"}
+            events.append({**ev, "kind": "disabling_edit", "detail": json.dumps(detail)})
     return events
 
 
@@ -318,9 +354,12 @@ def sequential_rules() -> dict[str, str]:
                  f"{PHASE_MIN_POINTS} checkpoints and {pb['min_span']:.0%} of the run's edits a side), the later side loses beyond the earlier trend at least "
                  f"{pb['k_noise']:g}x the series' own noise and at least 5% of its start, at a rate at least "
                  f"{pb['steep']:g}x the earlier one (store.stats.phase_break).",
-        "disabling_edit": f"A disabling edit is one whose update is out of line with the run's own updates: robust z "
-                          f"(median and MAD over the run's edits) of log ||dW|| above {OUTLIER_Z:g}; runs without "
-                          "per-edit norms: the same on each checkpoint interval's mean squared update "
+        "large_update": f"A large update is one out of line with the run's own updates: robust z (median and MAD "
+                        f"over the run's edits) of log ||dW|| above {OUTLIER_Z:g}; runs without per-edit norms: the "
+                        "same on each checkpoint interval's mean squared update (store.derived.large_update_events).",
+        "disabling_edit": f"A disabling edit is a large update (robust z of log ||dW|| over the run's edits above "
+                          f"{OUTLIER_Z:g}) that the model did not survive: an ability or the perplexity fell abruptly, "
+                          "or the model collapsed, at the first ability checkpoint after it "
                           "(store.derived.disabling_edit_events).",
         "abrupt_change": f"An abrupt change is one step of an ability or perplexity series that fell by at least "
                          f"{ab:g}x the series' own step noise and its sampling SE (store.stats.abrupt_steps).",
@@ -384,8 +423,10 @@ def derive_sequential_events(conn: sqlite3.Connection, run_id: str) -> list[dict
     """Every derived event of a sequential run from its stored rows: phases on every series, disabling edits,
     abrupt ability or perplexity changes, the collapse (no longer usable) and the panel-floor crossing."""
     series = run_series(conn, run_id)
-    return (phase_events(run_id, series) + disabling_edit_events(conn, run_id) + abrupt_change_events(run_id, series)
-            + collapse_event(run_id, usability(conn, run_id, series)) + panel_floor_events(conn, run_id, series))
+    large, abrupt = large_update_events(conn, run_id), abrupt_change_events(run_id, series)
+    collapse = collapse_event(run_id, usability(conn, run_id, series))
+    return (phase_events(run_id, series) + large + disabling_edit_events(conn, run_id, series, large, abrupt, collapse)
+            + abrupt + collapse + panel_floor_events(conn, run_id, series))
 
 
 def rederive_sequential_events(store, run_id: str) -> int:
