@@ -127,6 +127,22 @@ SNAPSHOT = """() => ({
 })"""
 
 
+def _stable_snapshot(page, at_least: int = 0, tries: int = 40) -> dict:
+    """SNAPSHOT once the page has stopped changing (two reads 1.5 s apart alike, with at least `at_least` charts):
+    Streamlit draws a page's charts one after another, after its status widget has gone."""
+    import time
+
+    last = None
+    for _ in range(tries):
+        _settle(page)
+        now = page.evaluate(SNAPSHOT)
+        if now == last and len(now["charts"]) >= at_least:
+            return now
+        last = now
+        time.sleep(1.5)
+    return last
+
+
 def _run_ids(store, kind: str) -> dict[str, str]:
     """editor -> run id of the store's runs of a kind."""
     import sqlite3
@@ -185,7 +201,7 @@ def test_a_copied_link_shows_the_same_view_in_a_fresh_browser(app_url):
         first.wait_for_function("location.search.includes('split=popularity_quartile')", timeout=30_000)
         _settle(first, 2)
         link = first.url
-        shown = first.evaluate(SNAPSHOT)
+        shown = _stable_snapshot(first)
         assert shown != default  # the clicks changed the view
 
         fresh_context = browser.new_context(viewport={"width": 1400, "height": 2600})
@@ -196,7 +212,7 @@ def test_a_copied_link_shows_the_same_view_in_a_fresh_browser(app_url):
         _settle(fresh, 2)
         fresh.wait_for_function("document.querySelector('[data-testid=\"stMain\"]').innerText.includes("
                                 "'popularity quartile')", timeout=30_000)
-        again = fresh.evaluate(SNAPSHOT)
+        again = _stable_snapshot(fresh, at_least=len(shown["charts"]))
         assert again["chosen"] == shown["chosen"] and "Generation names the true object (rev):true" in again["chosen"]
         assert again["charts"] == shown["charts"]
         assert again["text"] == shown["text"]
