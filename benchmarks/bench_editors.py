@@ -206,6 +206,42 @@ def time_evaluation(lm, cache_dir: Path, n_cases: int) -> dict:
             "seconds_per_case": seconds / n_cases}
 
 
+def machine(load_before) -> dict:
+    """The machine and its load before and now."""
+    import torch
+
+    return {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
+            "torch": torch.__version__, "load_average_before": [round(x, 2) for x in load_before],
+            "load_average_after": [round(x, 2) for x in os.getloadavg()]}
+
+
+def timed_summary(seconds: list[float], outs: list[dict]) -> dict:
+    return {"median_s": statistics.median(seconds), "p90_s": percentile(seconds, 0.9),
+            "took": sum(o["took"] for o in outs), "edits": outs}
+
+
+def rome_floor(lm, timed, hp, fast_s: list[float], fast_out: list[dict], cache_dir: Path):
+    """Each timed edit's floor (its steps x the essential FLOPs of a step, at this CPU's product rate), written
+    into `fast_out`; returns (the floor summary, the first edit's step shape, the prefixes)."""
+    from compute.editors.rome import context_prefixes
+
+    prefixes = context_prefixes(lm, hp.n_prefixes, hp.prefix_tokens, cache_dir)
+    shapes = [step_flops(lm, r, hp.layer, prefixes) for r in timed]
+    rate = matmul_rate(lm, int(statistics.median(x["tokens"] for x in shapes)))
+    for out, shape in zip(fast_out, shapes):
+        out.update(step_tokens=shape["tokens"], step_gflop=round((shape["forward"] + shape["backward"]) / 1e9, 3),
+                   floor_s=round(edit_flops(shape, out["steps"]) / rate, 3))
+    summary = {"matmul_gflops": round(rate / 1e9, 1),
+               "median_steps": statistics.median(o["steps"] for o in fast_out),
+               "median_step_gflop": statistics.median(o["step_gflop"] for o in fast_out),
+               "median_floor_s": statistics.median(o["floor_s"] for o in fast_out),
+               "median_over_floor": statistics.median(t / o["floor_s"] for t, o in zip(fast_s, fast_out)),
+               "rule": "essential products only (live tokens through the blocks after the edited layer, "
+                       "unembedding of scored positions; backward the same), every step's forward, "
+                       "every step but the last's backward, at the rate cycling through all layers"}
+    return summary, shapes[0], prefixes
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="where to write the JSON results")
@@ -257,15 +293,8 @@ def main(argv: list[str] | None = None) -> dict:
     timed = requests[: args.edits]
     fast_s, fast_out = time_edits(lm, timed, "ROME", rome_hp, ctx)
     # The floor: each edit's steps x the FLOPs of one step, at the measured speed of the model's products.
-    from compute.editors.rome import context_prefixes
-
-    prefixes = context_prefixes(lm, rome_hp.n_prefixes, rome_hp.prefix_tokens, cache_dir)
-    shapes = [step_flops(lm, r, rome_hp.layer, prefixes) for r in timed]
-    rate = matmul_rate(lm, int(statistics.median(x["tokens"] for x in shapes)))
-    for out, shape in zip(fast_out, shapes):
-        out.update(step_tokens=shape["tokens"], step_gflop=round((shape["forward"] + shape["backward"]) / 1e9, 3),
-                   floor_s=round(edit_flops(shape, out["steps"]) / rate, 3))
-    gpu = launch_bound(shapes[0], ops_per_step(lm, timed[0], rome_hp, prefixes))
+    floor, shape, prefixes = rome_floor(lm, timed, rome_hp, fast_s, fast_out, cache_dir)
+    gpu = launch_bound(shape, ops_per_step(lm, timed[0], rome_hp, prefixes))
     ref_s, ref_out = time_edits(lm, timed, "ROME", dataclasses.replace(rome_hp, fast=False), ctx)
 
     batch = requests[: args.memit_batch]
@@ -284,24 +313,13 @@ def main(argv: list[str] | None = None) -> dict:
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
     report = {
         "model": lm.name,
-        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "platform": platform.platform(), "torch": torch.__version__,
-                    "load_average_before": [round(x, 2) for x in load_before],
-                    "load_average_after": [round(x, 2) for x in os.getloadavg()]},
+        "machine": machine(load_before),
         "rome_hparams": dataclasses.asdict(rome_hp),
         "memit_hparams": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(memit_hp).items()},
-        "rome_fast": {"median_s": statistics.median(fast_s), "p90_s": percentile(fast_s, 0.9),
-                      "took": sum(o["took"] for o in fast_out), "edits": fast_out},
-        "rome_reference": {"median_s": statistics.median(ref_s), "p90_s": percentile(ref_s, 0.9),
-                           "took": sum(o["took"] for o in ref_out), "edits": ref_out},
+        "rome_fast": timed_summary(fast_s, fast_out),
+        "rome_reference": timed_summary(ref_s, ref_out),
         "rome_speedup_median": statistics.median(ref_s) / statistics.median(fast_s),
-        "rome_floor": {"matmul_gflops": round(rate / 1e9, 1),
-                       "median_steps": statistics.median(o["steps"] for o in fast_out),
-                       "median_step_gflop": statistics.median(o["step_gflop"] for o in fast_out),
-                       "median_floor_s": statistics.median(o["floor_s"] for o in fast_out),
-                       "rule": "essential products only (live tokens through the blocks after the edited layer, "
-                               "unembedding of scored positions; backward the same), every step's forward, "
-                               "every step but the last's backward, at the rate cycling through all layers"},
+        "rome_floor": floor,
         "rome_step_on_a_gpu": gpu,
         "memit": {"batch": len(batch), "seconds": memit_s, "took": memit_took, "steps": memit_steps},
         "covariance": {"tokens": rome_hp.cov_n_tokens, "tokenise_s": tokenise_s,
@@ -319,50 +337,27 @@ def main(argv: list[str] | None = None) -> dict:
 
 def floor_only(args, lm, ctx, rome_hp, requests, load_before) -> dict:
     """`--floor-only`: ROME's fast edits, each one's floor, and the launch count of one step on a GPU."""
-    import torch
-
     from compute.editors import apply_edit, undo
-    from compute.editors.rome import context_prefixes
 
     undo(lm, apply_edit(lm, requests[:1], "ROME", rome_hp, ctx))  # warm: covariance, prefixes
     timed = requests[: args.edits]
     fast_s, fast_out = time_edits(lm, timed, "ROME", rome_hp, ctx)
-    prefixes = context_prefixes(lm, rome_hp.n_prefixes, rome_hp.prefix_tokens, ctx.cache_dir)
-    shapes = [step_flops(lm, r, rome_hp.layer, prefixes) for r in timed]
-    rate = matmul_rate(lm, int(statistics.median(x["tokens"] for x in shapes)))
-    for out, shape in zip(fast_out, shapes):
-        out.update(step_tokens=shape["tokens"], step_gflop=round((shape["forward"] + shape["backward"]) / 1e9, 3),
-                   floor_s=round(edit_flops(shape, out["steps"]) / rate, 3))
+    floor, shape, prefixes = rome_floor(lm, timed, rome_hp, fast_s, fast_out, ctx.cache_dir)
     ops = [ops_per_step(lm, r, rome_hp, prefixes) for r in timed]
     report = {
         "what": "bench_editors.py --floor-only: ROME's fast edits, their floor and a step's launches on a GPU",
-        "model": lm.name,
-        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "platform": platform.platform(), "torch": torch.__version__,
-                    "load_average_before": [round(x, 2) for x in load_before],
-                    "load_average_after": [round(x, 2) for x in os.getloadavg()]},
-        "rome_hparams": dataclasses.asdict(rome_hp),
-        "rome_fast": {"median_s": statistics.median(fast_s), "p90_s": percentile(fast_s, 0.9),
-                      "took": sum(o["took"] for o in fast_out), "edits": fast_out},
-        "rome_floor": {"matmul_gflops": round(rate / 1e9, 1),
-                       "median_steps": statistics.median(o["steps"] for o in fast_out),
-                       "median_step_gflop": statistics.median(o["step_gflop"] for o in fast_out),
-                       "median_floor_s": statistics.median(o["floor_s"] for o in fast_out),
-                       "median_over_floor": statistics.median(s / o["floor_s"] for s, o in zip(fast_s, fast_out)),
-                       "rule": "essential products only (live tokens through the blocks after the edited layer, "
-                               "unembedding of scored positions; backward the same), every step's forward, "
-                               "every step but the last's backward, at the rate cycling through all layers"},
-        "rome_step_on_a_gpu": launch_bound(shapes[0], ops[0]),
-        "ops_per_step_each_edit": ops,
+        "model": lm.name, "machine": machine(load_before), "rome_hparams": dataclasses.asdict(rome_hp),
+        "rome_fast": timed_summary(fast_s, fast_out), "rome_floor": floor,
+        "rome_step_on_a_gpu": launch_bound(shape, ops[0]), "ops_per_step_each_edit": ops,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     g = report["rome_step_on_a_gpu"]
     print(f"ROME fast: median {report['rome_fast']['median_s']:.2f} s per edit, floor median "
-          f"{report['rome_floor']['median_floor_s']:.2f} s ({report['rome_floor']['median_over_floor']:.1f}x); "
-          f"a step: {g['ops_per_step']} operators, {g['launch_s'] * 1e3:.1f} ms of launches vs "
-          f"{g['flop_s'] * 1e3:.3f} ms of FLOPs ({g['launch_over_flop']:.0f}x)")
+          f"{floor['median_floor_s']:.2f} s ({floor['median_over_floor']:.1f}x); a step: {g['ops_per_step']} "
+          f"operators, {g['launch_s'] * 1e3:.1f} ms of launches vs {g['flop_s'] * 1e3:.3f} ms of FLOPs "
+          f"({g['launch_over_flop']:.0f}x)")
     return report
 
 

@@ -46,7 +46,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -291,15 +290,13 @@ def _timed_seconds(events) -> float:
     the quick ability suite costs about 2x the median, within the cap; other series count as they are."""
     import statistics
 
-    per_edit = [v / (e - s) for series, s, e, v in events if series == "checkpoint" and e and s is not None and e > s]
-    cap = PAUSE_FACTOR * statistics.median(per_edit) if per_edit else None
-    total = 0.0
-    for series, s, e, v in events:
-        if cap is not None and series == "checkpoint" and e and s is not None and e > s:
-            total += min(float(v), cap * (e - s))
-        else:
-            total += float(v)
-    return total
+    def edits(series, s, e) -> int:  # edits a checkpoint interval covers (0: not one)
+        return e - s if series == "checkpoint" and s is not None and e is not None and e > s else 0
+
+    per_edit = [v / edits(series, s, e) for series, s, e, v in events if edits(series, s, e)]
+    cap = PAUSE_FACTOR * statistics.median(per_edit) if per_edit else float("inf")
+    return sum(min(float(v), cap * edits(series, s, e)) if edits(series, s, e) else float(v)
+               for series, s, e, v in events)
 
 
 def _run_seconds(conn, run: dict) -> tuple[float | None, str]:

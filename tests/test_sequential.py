@@ -48,6 +48,21 @@ def _ctx(llama, tmp_path):
     return ctx
 
 
+def _dies_on(monkeypatch, n: int):
+    """Make the runner's apply_edit raise KeyboardInterrupt (a Ctrl-C) on its n-th call; returns the real one,
+    to put back with monkeypatch.setattr(seq, "apply_edit", real)."""
+    real, calls = seq.apply_edit, {"n": 0}
+
+    def dies(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(seq, "apply_edit", dies)
+    return real
+
+
 def _rows(st, run_id):
     m = queries.measurements(st.conn, run_ids=run_id)
     m = m.filter(~m["metric"].is_in(["edit_seconds"]))
@@ -164,15 +179,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_with_the_same_numbers(llama, c
                              cfg=CFG)
         expected = _rows(st, run)
 
-    real, calls = seq.apply_edit, {"n": 0}
-
-    def dies_on_the_sixth(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 6:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(seq, "apply_edit", dies_on_the_sixth)
+    real = _dies_on(monkeypatch, 6)
     with Store.open(tmp_path / "b.sqlite", create=True) as st:
         with pytest.raises(KeyboardInterrupt):
             run_sequential(llama, cases, st, editor="ROME", hp=_rome(llama), ctx=_ctx(llama, tmp_path / "b"), cfg=CFG)
@@ -623,15 +630,7 @@ def test_an_interrupted_command_names_its_run_and_the_same_command_picks_it_up(
                "--set", "tiny32", "--every", "3", "--panel-pool", "4", "--panel-size", "3", "--panel-any",
                "--hparams", str(fixture_store.parent / "rome.json"), "--model", tiny_model_dir,
                "--order-seed", "7", "--edits", "5"]
-    real, calls = seq.apply_edit, {"n": 0}
-
-    def stopped_on_the_fourth(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(seq, "apply_edit", stopped_on_the_fourth)
+    real = _dies_on(monkeypatch, 4)
     capsys.readouterr()
     assert main(command) == EXIT_INTERRUPTED
     err = capsys.readouterr().err
@@ -717,15 +716,7 @@ def test_measuring_beside_the_edits_writes_the_same_rows_and_resumes(llama, case
         assert len(events_a[1]) >= 3 and len({s for _, s in events_a[1]}) >= 3  # the weight probe saw the edits
     assert all(torch.equal(p, before[n]) for n, p in llama.model.named_parameters())  # the model handed back
 
-    real, calls = seq.apply_edit, {"n": 0}
-
-    def dies_on_the_seventh(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 7:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(seq, "apply_edit", dies_on_the_seventh)
+    real = _dies_on(monkeypatch, 7)
     with Store.open(tmp_path / "c.sqlite", create=True) as st:
         with pytest.raises(KeyboardInterrupt):
             run_sequential(llama, cases, st, editor="ROME", hp=_rome(llama), ctx=_ctx(llama, tmp_path / "c"),

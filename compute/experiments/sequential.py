@@ -557,21 +557,22 @@ def run_sequential(
             rows = _run_level(run_id, count, "edit", update_size(params, result.originals, w0))
             for c in batch:
                 rows += edit_rows(run_id, c.case_id, result.info, edit_count=count)
-            weights = {n: params[n].detach().clone() for n in w0}
+            edited = {n: params[n] for n in w0}  # Beside.submit snapshots them; Inline reads them in place
             settle()  # the previous edit's measurements (beside: they ran during this edit)
             if not due:  # at a checkpoint the panel's exact match comes with its recall, from the same pass
                 sub = panel[: cfg.panel_check] if cfg.panel_check else panel
                 pending = {"kind": "check", "count": count, "rows": rows, "diagnostics": diagnostics,
-                           "future": runner.submit(weights, functools.partial(panel_exact_match, panel=sub))}
+                           "future": runner.submit(edited, functools.partial(panel_exact_match, panel=sub))}
             else:
                 store.write_unit(measurements=rows, diagnostics=diagnostics)
+                weights = {n: w.detach().clone() for n, w in edited.items()}  # the resume state's copy
                 measure = functools.partial(
                     _measure_checkpoint, run_id=run_id, cfg=cfg, edit_ids=edit_ids, by_id=by_id,
                     last=last_checkpoint, count=count, held=held, panel=panel, base=base, w0=dict(w0),
                     collapse_at=collapse_at, abilities=abilities, held_em=held_em)
                 pending = {"kind": "checkpoint", "count": count, "last": last_checkpoint, "weights": weights,
                            "editor_state": copy.deepcopy(ctx.state) if beside else ctx.state,
-                           "future": runner.submit(weights, measure)}
+                           "future": runner.submit(edited, measure)}
                 last_checkpoint = count
             if not beside:
                 settle()

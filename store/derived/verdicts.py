@@ -259,19 +259,15 @@ def large_update_events(conn: sqlite3.Connection, run_id: str) -> list[dict]:
     return events
 
 
-def disabling_edit_events(conn: sqlite3.Connection, run_id: str, series: dict[str, dict] | None = None,
-                          large: list[dict] | None = None, abrupt: list[dict] | None = None,
-                          collapse: list[dict] | None = None) -> list[dict]:
+def disabling_edit_events(series: dict[str, dict], large: list[dict], abrupt: list[dict],
+                          collapse: list[dict]) -> list[dict]:
     """Disabling edits (study B: single edits with abnormally large updates that disable the model): a large
     update (`large_update_events`) followed, at the first ability checkpoint after it, by an abrupt fall of an
     ability or the perplexity (`abrupt_change_events`: the fall's interval (from, to] holds the edit) or by the
     collapse (`collapse_event`: the collapse's checkpoint is the first ability checkpoint at or after the
     edit). An outlier of a run's own updates that nothing follows is a large update, not a disabling edit: the
-    r-ROME run on order 0 has three of 0.3 ||W0|| with no change after them. `detail` adds `followed_by`."""
-    series = run_series(conn, run_id) if series is None else series
-    large = large_update_events(conn, run_id) if large is None else large
-    abrupt = abrupt_change_events(run_id, series) if abrupt is None else abrupt
-    collapse = collapse_event(run_id, usability(conn, run_id, series)) if collapse is None else collapse
+    r-ROME run on order 0 has three of 0.3 ||W0|| with no change after them. `detail` adds `followed_by`.
+    `series`: the run's `run_series` (its ability checkpoints)."""
     checks = sorted({int(x) for name, s_ in series.items() if name.startswith("ability:") for x in s_["x"]})
     events = []
     for ev in large:
@@ -425,7 +421,7 @@ def derive_sequential_events(conn: sqlite3.Connection, run_id: str) -> list[dict
     series = run_series(conn, run_id)
     large, abrupt = large_update_events(conn, run_id), abrupt_change_events(run_id, series)
     collapse = collapse_event(run_id, usability(conn, run_id, series))
-    return (phase_events(run_id, series) + large + disabling_edit_events(conn, run_id, series, large, abrupt, collapse)
+    return (phase_events(run_id, series) + large + disabling_edit_events(series, large, abrupt, collapse)
             + abrupt + collapse + panel_floor_events(conn, run_id, series))
 
 
