@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import urlencode
 
 import polars as pl
@@ -417,7 +417,8 @@ def _b1(conn, arms) -> Finding:
                         "then 100% by ≈1300 (GPT-J, exact match)",
                   rule="Retention by exact match (study B's 'holds') of ROME and MEMIT b = 1 split where two lines "
                        "fit best (store.stats.phase_break): reproduced when a run's later side is catastrophic (a "
-                       "loss beyond the earlier trend of 3x the series' noise, falling 3x faster); refuted when a run "
+                       "loss beyond the earlier trend of 3x the series' noise and a fifth of its level at the split, "
+                       "falling 3x faster); refuted when a run "
                        "collapsed (no longer usable) with no such phase; otherwise not yet reached.", page="forgetting")
     runs = _b_runs(arms)
     if not runs:
@@ -518,12 +519,13 @@ def _b3(conn, arms) -> Finding:
                   statement="Single disabling edits with abnormally large updates trigger the collapse; r-ROME's key "
                             "fix removes them.",
                   paper="disabling edits with original ROME; none with r-ROME keys (GPT-J)",
-                  rule="Reproduced when, on every edit order both have, the original-keys ROME run has at least one "
-                       "disabling edit (a large update, robust z of log ||dW|| over the run's edits above 3.5, that "
-                       "the model did not survive: an abrupt ability or perplexity fall, or the collapse, at the "
-                       "first ability checkpoint after it; store.derived.disabling_edit_events) and the r-ROME run, "
-                       "editing the same facts in the same order, none; refuted otherwise; large updates that "
-                       "nothing follows are counted beside them.", page="forgetting")
+                  rule=f"With at least {MIN_ORDERS} edit orders both have, reproduced when on every order the "
+                       "original-keys ROME run has at least one disabling edit (a large update, robust z of log "
+                       "||dW|| above 3.5 over the run's edits and against the updates on either side, that the model "
+                       "did not survive: an abrupt ability or perplexity fall, or the collapse, at the first ability "
+                       "checkpoint after it; store.derived.disabling_edit_events) and the r-ROME run, editing the "
+                       "same facts in the same order, none; refuted when every order goes against that; large "
+                       "updates that nothing follows are counted beside them.", page="forgetting")
     orders = _shared(arms, ROME_ORIGINAL, ROME)
     if not orders:
         return Finding(**common, ours="no pair of ROME runs (original and r-ROME keys) on one edit order",
@@ -531,7 +533,7 @@ def _b3(conn, arms) -> Finding:
                        reason="Run `python -m compute run sequential --editor ROME --hp key_mismatch=true --edits 500` "
                               "and `--editor ROME --edits 500` with the same --order-seed.")
     events = derived.sequential_events(conn, [arms[label][o]["run_id"] for o in orders for label in (ROME_ORIGINAL, ROME)])
-    parts, ok, ids, head = [], True, [], {}
+    parts, signs, ids, head = [], [], [], {}
     for o in orders:
         counts = {}
         for label in (ROME_ORIGINAL, ROME):
@@ -553,11 +555,13 @@ def _b3(conn, arms) -> Finding:
             if label == ROME_ORIGINAL and not head:
                 lo, hi = wilson_ci(ev.height, run["n_done"])
                 head = dict(value=ev.height / run["n_done"], n=run["n_done"], ci_low=lo, ci_high=hi)
-        ok = ok and counts[ROME_ORIGINAL] > 0 and counts[ROME] == 0
+        signs.append(1 if counts[ROME_ORIGINAL] > 0 and counts[ROME] == 0 else -1)
     ours = "disabling edits: " + "; ".join(parts) + f" (on {len(orders)} edit order{'s' * (len(orders) > 1)})"
-    return Finding(**common, ours=ours, verdict=REPRODUCED if ok else REFUTED, query=_runs_query(ids), **head,
-                   reason="" if len(orders) >= MIN_ORDERS else
-                   f"On {len(orders)} edit order(s); {MIN_ORDERS} are planned (`--order-seed 1`, `2`).")
+    found = _order_verdict(common, ours, signs, _runs_query(ids),
+                           few=f"On {len(orders)} edit order(s): the verdict waits for {MIN_ORDERS} "
+                               "(`--order-seed 1`, `2`), since which facts come when decides where large updates fall.",
+                           undecided="The orders disagree.")
+    return replace(found, **head) if head else found
 
 
 def _b4(conn, arms) -> Finding:

@@ -232,7 +232,7 @@ def series_noise(y, se=None) -> float:
 
 
 def phase_break(x, y, se=None, *, min_points: int = 3, steep: float = 3.0, k_noise: float = 3.0,
-                min_effect: float | None = None, min_span: float = 0.1) -> dict | None:
+                min_effect: float | None = None, min_span: float = 0.1, min_share: float = 0.2) -> dict | None:
     """Gradual and catastrophic phases of a series where higher is better (negate, or take -log, first).
 
     The rule. Split the series where two straight lines, fitted to either side, leave the least squared error
@@ -240,8 +240,10 @@ def phase_break(x, y, se=None, *, min_points: int = 3, steep: float = 3.0, k_noi
     of the run, not of its checkpoints, so the dense checkpoints after a run's first edits cannot make a
     "gradual phase" of edits 1-4 by themselves). The later side is a catastrophic phase when both hold:
     - the loss it adds beyond the earlier trend (the earlier line extrapolated, minus the later points, on
-      average) is at least `k_noise` times the series' own noise and at least `min_effect` (default 5% of
-      |first value|), so a noise-free straight line or a wobble is not a phase. The noise is the larger of
+      average) is at least `k_noise` times the series' own noise and at least `min_effect` (default
+      `min_share` of the level the earlier line had at the change point: a catastrophic phase costs a fifth
+      of what was left, so a noise-free straight line, a wobble or a gentle 1.0 -> 0.9 slide after a flat
+      start, as AlphaEdit's ES retention on the rebuild's order 0, is not one). The noise is the larger of
       `series_noise` (the robust spread of its point-to-point steps, floored by the points' sampling SE
       `se`) and the points' RMS scatter about the two fitted lines;
     - the later side loses faster: its mean loss rate (from the earlier line's value at the last earlier point
@@ -271,9 +273,9 @@ def phase_break(x, y, se=None, *, min_points: int = 3, steep: float = 3.0, k_noi
     # series is dense at its start: one edit apart, neighbours barely differ)
     noise = max(series_noise(y, se), float(np.sqrt(sse / max(len(x) - 4, 1))))
     start = float(y[0])
-    floor = 0.05 * abs(start) if min_effect is None else min_effect
-    excess = float(np.mean(a1 + b1 * x[s:] - y[s:]))
     x_last, x_end = x[s - 1], x[-1]
+    floor = min_share * abs(a1 + b1 * x_last) if min_effect is None else min_effect
+    excess = float(np.mean(a1 + b1 * x[s:] - y[s:]))
     rate_after = float((a1 + b1 * x_last) - (a2 + b2 * x_end)) / (x_end - x_last)
     rate_before = -b1
     catastrophic = (excess >= max(k_noise * noise, floor) and rate_after > 0

@@ -233,3 +233,23 @@ def test_a_large_update_is_a_disabling_edit_only_when_the_model_did_not_survive_
     assert quiet == {"large_update": [11], "disabling_edit": []}
     cliff = events(with_cliff=True)  # the nli score falls between checkpoints 9 and 12, after edit 11
     assert cliff == {"large_update": [11], "disabling_edit": [11]}
+
+
+def test_the_tail_of_a_growing_trend_of_updates_is_no_large_update(tmp_path):
+    """MEMIT b10 on the rebuild's order 0: its batches' update norms grow from about 27 to 57 over its last 150
+    edits, and the last three were outliers of the run's own distribution. Against the updates around them
+    they are not; one update that jumps above its neighbours still is."""
+    def flagged(norms):
+        path = tmp_path / f"t{len(list(tmp_path.iterdir()))}.sqlite"
+        with Store.open(path, create=True) as st:
+            run = st.start_run(kind="sequential", model="m", editor="MEMIT", config={"batch_size": 10})
+            st.write_measurements([dict(run_id=run, case_id="*", edit_count=10 * (i + 1), rephrase_type="edit",
+                                        metric=m, value=v) for i, n in enumerate(norms)
+                                   for m, v in (("update_norm", n), ("update_w0", 385.0))])
+            return [e["edit_count"] for e in derived.large_update_events(st.conn, run)]
+
+    steady = [27.0, 26.0, 25.5, 27.3, 25.0, 26.3, 25.4, 26.8, 25.9, 26.5] * 3
+    trend = steady + [32.2, 36.2, 33.7, 40.5, 27.1, 33.7, 37.8, 29.3, 39.4, 36.3, 47.7, 50.6, 56.7]
+    assert flagged(trend) == []
+    jump = steady + [26.1, 25.7, 120.0, 26.4, 25.8, 26.9]
+    assert flagged(jump) == [330]

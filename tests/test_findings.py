@@ -153,16 +153,25 @@ def _event(st, run_id, kind, at, series="x", value=1.0, detail=None):
                       "value": value, "detail": json.dumps(detail or {})}])
 
 
-def test_disabling_edits_compare_the_original_keys_with_r_rome_on_the_same_order(tmp_path):
+def test_disabling_edits_compare_the_original_keys_with_r_rome_on_the_same_orders(tmp_path):
     with Store.open(tmp_path / "s.sqlite", create=True) as st:
         _seq(st, "orig", hparams={**ROME_HP, "key_mismatch": True}, n_done=340)
         assert _by_claim(st.conn)["B3"].verdict == NOT_MEASURED  # no r-ROME run on that order
         _seq(st, "rrome")
         _event(st, "orig", "disabling_edit", 111, value=1.4)
-        b3 = _by_claim(st.conn)["B3"]
-        assert b3.verdict == REPRODUCED and "111" in b3.ours and b3.n == 340
+        b3 = _by_claim(st.conn)["B3"]  # one order: which facts come when decides where large updates fall
+        assert b3.verdict == NOT_MEASURED and "1 edit order" in b3.reason and "111" in b3.ours and b3.n == 340
         assert (b3.ci_low, b3.ci_high) == pytest.approx(wilson_ci(1, 340))
-        _event(st, "rrome", "disabling_edit", 40, value=0.9)
+        for o in (1, 2):
+            _seq(st, f"orig{o}", order=o, hparams={**ROME_HP, "key_mismatch": True}, n_done=340)
+            _seq(st, f"rrome{o}", order=o)
+            _event(st, f"orig{o}", "disabling_edit", 200 + o, value=1.1)
+        b3 = _by_claim(st.conn)["B3"]
+        assert b3.verdict == REPRODUCED and "111" in b3.ours and "3 edit orders" in b3.ours and b3.n == 340
+        _event(st, "rrome", "disabling_edit", 40, value=0.9)  # r-ROME has one on order 0: the orders disagree
+        assert _by_claim(st.conn)["B3"].verdict == NOT_MEASURED
+        for o in (1, 2):
+            _event(st, f"rrome{o}", "disabling_edit", 50, value=0.9)
         assert _by_claim(st.conn)["B3"].verdict == REFUTED
 
 

@@ -148,3 +148,16 @@ def test_dense_first_checkpoints_do_not_make_a_phase_of_their_own():
     # a real cliff on the same checkpoints is still found
     cliff = [1.0] * 11 + [0.95, 0.94, 0.93, 0.92, 0.91, 0.3, 0.28, 0.27, 0.26, 0.25]
     assert phase_break(x, cliff, se)["catastrophic"] and phase_break(x, cliff, se)["change_at"] == 300
+
+
+def test_a_gentle_slide_after_a_flat_start_is_no_catastrophic_phase():
+    """AlphaEdit b10's ES retention on the rebuild's order 0: 1.0 to edit 50, then 0.94 ... 0.90 by 250. The
+    later side loses faster than the flat start (any loss does), beyond its noise, yet only a tenth of what
+    was left: the old 5%-of-the-start floor called it catastrophic. A phase must cost a fifth of its level."""
+    x = [0, 10, 50, 100, 150, 200, 250, 260]
+    y = [1.0, 1.0, 1.0, 0.94, 0.953, 0.915, 0.9, 0.9]
+    assert phase_break(x, y, min_share=0.05)["catastrophic"]  # the old floor
+    found = phase_break(x, y)
+    assert not found["catastrophic"] and found["excess"] < 0.2
+    # the same start with a cliff to a fifth of the level below is one
+    assert phase_break(x, [1.0, 1.0, 1.0, 0.7, 0.6, 0.55, 0.5, 0.5])["catastrophic"]

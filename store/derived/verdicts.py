@@ -24,6 +24,10 @@ PHASE_MIN_POINTS = 3
 # and 5.82 the third had z 4.7 against a MAD of 0.017; with the floor it needs 1.68x the median norm and more)
 MIN_OUTLIER_EDITS = 8
 LOG_NORM_MAD_FLOOR = 0.1
+# ... and out of line with the updates around it: its log ||dW|| less the median of the LOCAL_UPDATES updates on
+# either side has a robust z above OUTLIER_Z too, so the tail of a trend is no outlier (MEMIT b10's batches grow
+# 27 -> 57 over its last 150 edits on the rebuild's order 0, and its last three were flagged against the run)
+LOCAL_UPDATES = 5
 PERPLEXITY_EFFECT = float(np.log(2))  # a perplexity phase or step must at least double (or halve) it
 CHANCE_SHARE = 0.25  # abilities at chance: on average at most this share of the unedited margin over chance left
 PERPLEXITY_BLOWUP = 10.0  # perplexity exploded: at least this many times its unedited value
@@ -187,12 +191,23 @@ def _edit_context(conn: sqlite3.Connection, run_id: str, counts: list[int]) -> d
     return out
 
 
+def local_log_residuals(log_norm, k: int = LOCAL_UPDATES) -> np.ndarray:
+    """Each update's log norm less the median of the `k` updates before and the `k` after it (fewer at the
+    run's ends), itself left out."""
+    v = np.asarray(log_norm, dtype=float)
+    if len(v) < 2:
+        return np.zeros(len(v))
+    return np.array([v[i] - np.median(np.r_[v[max(0, i - k):i], v[i + 1:i + 1 + k]]) for i in range(len(v))])
+
+
 def large_update_events(conn: sqlite3.Connection, run_id: str) -> list[dict]:
     """Large updates judged from the edit itself, against the run's own distribution of updates (candidates
     for disabling edits: `disabling_edit_events` keeps those the model did not survive).
 
     With per-edit update norms (runs made since they are recorded): an edit whose log ||dW|| has a robust z
-    (store.stats.robust_z: median and MAD over the run's edits) above OUTLIER_Z. Without them (older runs):
+    (store.stats.robust_z: median and MAD over the run's edits) above OUTLIER_Z, and whose log ||dW|| less the
+    median of the LOCAL_UPDATES updates before and after it has one too (`local_log_residuals`): an update
+    out of line with the run and with its neighbours, not the end of a growing trend. Without them (older runs):
     the same rule on each checkpoint interval's mean squared update per update made, (||W-W0||^2 at its end -
     at its start) / updates (the squared norm of a sum of roughly orthogonal updates grows by their squared
     norms); a flagged interval is pinned to the edit after which the panel's exact match fell most (the
@@ -203,8 +218,10 @@ def large_update_events(conn: sqlite3.Connection, run_id: str) -> list[dict]:
     norms = _per_edit_update_norms(conn, run_id)
     events = []
     if norms.height >= MIN_OUTLIER_EDITS:
-        z = robust_z(np.log(np.maximum(norms["norm"].to_numpy(), 1e-30)), min_mad=LOG_NORM_MAD_FLOOR)
-        flagged = [int(i) for i in np.flatnonzero(z > OUTLIER_Z)]
+        log_norm = np.log(np.maximum(norms["norm"].to_numpy(), 1e-30))
+        z = robust_z(log_norm, min_mad=LOG_NORM_MAD_FLOOR)
+        z_local = robust_z(local_log_residuals(log_norm), min_mad=LOG_NORM_MAD_FLOOR)
+        flagged = [int(i) for i in np.flatnonzero((z > OUTLIER_Z) & (z_local > OUTLIER_Z))]
         ctx = _edit_context(conn, run_id, [int(norms["edit_count"][i]) for i in flagged])
         median = float(np.median(norms["norm"].to_numpy()))
         for i in flagged:
@@ -213,8 +230,10 @@ def large_update_events(conn: sqlite3.Connection, run_id: str) -> list[dict]:
             events.append({"run_id": run_id, "kind": "large_update", "series": "update_norm",
                            "edit_count": int(row["edit_count"]), "end_count": int(row["edit_count"]),
                            "value": rel if rel is not None else row["norm"],
-                           "detail": json.dumps({"rule": "robust z of log ||dW|| over the run's edits",
-                                                 "z": float(z[i]), "threshold": OUTLIER_Z, "norm": row["norm"],
+                           "detail": json.dumps({"rule": "robust z of log ||dW|| over the run's edits and "
+                                                         f"against the {LOCAL_UPDATES} updates on either side",
+                                                 "z": float(z[i]), "z_local": float(z_local[i]),
+                                                 "threshold": OUTLIER_Z, "norm": row["norm"],
                                                  "relative_to_w0": rel, "median_norm": median,
                                                  **ctx[int(row["edit_count"])]})})
         return events
@@ -347,14 +366,18 @@ def sequential_rules() -> dict[str, str]:
     ab = inspect.signature(abrupt_steps).parameters["k_noise"].default
     return {
         "phase": f"A series has a catastrophic phase when, split where two straight lines fit it best (at least "
-                 f"{PHASE_MIN_POINTS} checkpoints and {pb['min_span']:.0%} of the run's edits a side), the later side loses beyond the earlier trend at least "
-                 f"{pb['k_noise']:g}x the series' own noise and at least 5% of its start, at a rate at least "
-                 f"{pb['steep']:g}x the earlier one (store.stats.phase_break).",
-        "large_update": f"A large update is one out of line with the run's own updates: robust z (median and MAD "
-                        f"over the run's edits) of log ||dW|| above {OUTLIER_Z:g}; runs without per-edit norms: the "
-                        "same on each checkpoint interval's mean squared update (store.derived.large_update_events).",
-        "disabling_edit": f"A disabling edit is a large update (robust z of log ||dW|| over the run's edits above "
-                          f"{OUTLIER_Z:g}) that the model did not survive: an ability or the perplexity fell abruptly, "
+                 f"{PHASE_MIN_POINTS} checkpoints and {pb['min_span']:.0%} of the run's edits a side), the later side "
+                 f"loses beyond the earlier trend, on average, at least {pb['k_noise']:g}x the series' own noise and "
+                 f"at least {pb['min_share']:.0%} of the level it had at the split (perplexity: at least doubles), "
+                 f"at a rate at least {pb['steep']:g}x the earlier one (store.stats.phase_break).",
+        "large_update": f"A large update is one out of line with the run's own updates and with the {LOCAL_UPDATES} "
+                        f"on either side of it: robust z (median and MAD) of log ||dW|| above {OUTLIER_Z:g} over the "
+                        "run's edits, and of its excess over its neighbours' median against the run's such excesses "
+                        "(a growing trend's tail is no outlier); runs without per-edit norms: the run-wide test on "
+                        "each checkpoint interval's mean squared update (store.derived.large_update_events).",
+        "disabling_edit": f"A disabling edit is a large update (out of line with the run's updates and its "
+                          f"neighbours, robust z above {OUTLIER_Z:g}) that the model did not survive: an ability or "
+                          "the perplexity fell abruptly, "
                           "or the model collapsed, at the first ability checkpoint after it "
                           "(store.derived.disabling_edit_events).",
         "abrupt_change": f"An abrupt change is one step of an ability or perplexity series that fell by at least "
