@@ -238,6 +238,7 @@ def forgetting_curves(curves: pl.DataFrame, events: pl.DataFrame, series: list[s
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=series, shared_xaxes=True,
                         vertical_spacing=0.12 if rows > 1 else 0.1, horizontal_spacing=0.08)
     run_ids = list(labels)
+    in_legend: set[str] = set()  # a run's first drawn line carries its legend entry (a control has no ES line)
     for i, name in enumerate(series):
         row, col = i // cols + 1, i % cols + 1
         part = curves.filter(pl.col("series") == name)
@@ -255,12 +256,14 @@ def forgetting_curves(curves: pl.DataFrame, events: pl.DataFrame, series: list[s
                     showlegend=False, legendgroup=run), row=row, col=col)
             fig.add_trace(go.Scatter(
                 x=data["edit_count"].to_list(), y=data["value"].to_list(), mode="lines+markers",
-                name=labels[run], legendgroup=run, showlegend=i == 0, line=dict(color=colour, width=2, dash=dash),
+                name=labels[run], legendgroup=run, showlegend=run not in in_legend,
+                line=dict(color=colour, width=2, dash=dash),
                 marker=dict(size=4),
                 customdata=list(zip(data["n"].to_list(), data["ci_low"].to_list(), data["ci_high"].to_list())),
                 hovertemplate="%{x} edits: %{y:.3f}" + (" [95% CI %{customdata[1]:.3f}, %{customdata[2]:.3f}]"
                                                         if has_ci else "")
                 + "<br>n = %{customdata[0]}<extra>" + labels[run] + "</extra>"), row=row, col=col)
+            in_legend.add(run)
             ev = events.filter(pl.col("run_id") == run) if not events.is_empty() else events
             for e in ev.iter_rows(named=True) if not ev.is_empty() else []:
                 if e["kind"] == "phase" and e["phase"] == "catastrophic" and e["series"] and name.lower().startswith(

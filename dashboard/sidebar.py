@@ -19,7 +19,7 @@ from dashboard.charts import EDITOR_FAMILIES, run_style
 from dashboard.data import query
 from dashboard.filters import current, shared_selectbox
 from store.conventions import TRAITS_KEY
-from store.derived import run_label
+from store.derived import edits_facts, run_label
 
 
 def results_choice() -> str | None:
@@ -64,7 +64,7 @@ RUN_TABLE = {"run_id": pl.String, "kind": pl.String, "editor": pl.String, "model
              "n_done": pl.Int64, "n_total": pl.Int64, "started_at": pl.String, "base_label": pl.String,
              "label": pl.String, "reference": pl.Boolean, "store": pl.String, "colour": pl.String, "dash": pl.String,
              "key_mismatch": pl.Boolean, "rect_top": pl.Float64, "batch_size": pl.Int64, "order_seed": pl.Int64,
-             "arm": pl.String, "pre_rebuild": pl.Boolean}
+             "arm": pl.String, "pre_rebuild": pl.Boolean, "edits_facts": pl.Boolean}
 
 
 def arm_key(run: dict, hp: dict, cfg: dict, where: str) -> str:
@@ -107,7 +107,7 @@ def describe_runs(runs: pl.DataFrame) -> pl.DataFrame:
                      "key_mismatch": bool(hp.get("key_mismatch", False)),
                      "rect_top": float(hp.get("rect_top", 1.0) or 1.0), "batch_size": cfg.get("batch_size"),
                      "order_seed": cfg.get("order_seed"), "arm": arm_key(r, hp, cfg, where),
-                     "pre_rebuild": pre_rebuild, "group": group})
+                     "pre_rebuild": pre_rebuild, "edits_facts": edits_facts(r["editor"], cfg), "group": group})
     df = pl.DataFrame(rows, schema={k: v for k, v in RUN_TABLE.items() if k not in ("label", "reference")}
                       | {"group": pl.String})
     # one reference run per kind and label (editor, variant, order): a rebuilt run before one kept from before
@@ -175,9 +175,11 @@ def headline_ids(table: pl.DataFrame, limit: int = 4) -> list[str]:
 
 def arms_of(table: pl.DataFrame, chosen: list[str]) -> tuple[dict[str, tuple[str, ...]], dict[str, str],
                                                             dict[str, tuple[str, str]]]:
-    """The arms of the chosen runs, for a mean over edit orders: (arm -> every run of it in `table`, arm -> its
-    name, arm -> its look). Each chosen run stands for its arm (`arm_key`: runs alike but for the order); the
-    first chosen run of an arm gives it its name (its label without the order) and its colour and dash."""
+    """The arms of the chosen runs, for a mean over edit orders: (arm -> its runs in `table`, arm -> its name,
+    arm -> its look). Each chosen run stands for its arm (`arm_key`: runs alike but for the order): the arm's
+    finished runs and its chosen ones (a partial run is averaged in only when chosen: one stopped at 120 edits
+    would end a mean over orders there); the first chosen run of an arm gives it its name (its label without
+    the order) and its colour and dash."""
     runs, names, looks = {}, {}, {}
     styles = styles_of(table)
     for r in chosen:
@@ -185,7 +187,7 @@ def arms_of(table: pl.DataFrame, chosen: list[str]) -> tuple[dict[str, tuple[str
         if row.is_empty() or row["arm"][0] in runs:
             continue
         key = row["arm"][0]
-        members = table.filter(pl.col("arm") == key)
+        members = table.filter((pl.col("arm") == key) & ((pl.col("status") == "done") | pl.col("run_id").is_in(chosen)))
         runs[key] = tuple(members["run_id"].to_list())
         seeds = sorted(members["order_seed"].fill_null(0).to_list())
         base = row["base_label"][0].split(", order ")[0]

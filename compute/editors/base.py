@@ -127,6 +127,9 @@ class Editor:
     # the edit leaves behind into ctx.state; None for editors with no memory across edits
     commit: Callable[[EditContext, EditResult], None] | None = None
     mass: bool = False  # made to edit many facts in one update (MEMIT, AlphaEdit): its runs are named by batch size
+    # False for a control that changes the weights without aiming at the request's fact (study B's random
+    # rank-one updates): readers leave its runs out of the edit series (efficacy, retention) and name it a control
+    edits_facts: bool = True
 
 
 EDITORS: dict[str, Editor] = {}
@@ -135,9 +138,10 @@ EDITORS: dict[str, Editor] = {}
 def editor_traits(editor: Editor, hp) -> dict:
     """What readers of the store need to know of the editor that made a run, written into the run's config
     under store.conventions.TRAITS_KEY so that they never compare editor names: a mass editor (named by batch
-    size), whether it changes weights (in-context editors do not) and, for editors with a key variant, which
-    keys it used (r-ROME's shared prefix mean, or the original ROME keys)."""
-    traits = {"mass_editor": editor.mass, "changes_weights": editor.changes_weights}
+    size), whether it changes weights (in-context editors do not), whether it edits facts (a control does not)
+    and, for editors with a key variant, which keys it used (r-ROME's shared prefix mean, or the original ROME
+    keys)."""
+    traits = {"mass_editor": editor.mass, "changes_weights": editor.changes_weights, "edits_facts": editor.edits_facts}
     if hasattr(hp, "key_mismatch"):
         traits["keys"] = "original" if hp.key_mismatch else "r-ROME"
     return traits

@@ -164,4 +164,5 @@ register(Editor(
     apply=apply_random_rank_one,
     description="control: a random rank-one update at ROME's layer with a reference run's per-edit norms",
     commit=commit_random_rank_one,
+    edits_facts=False,
 ))

@@ -7,11 +7,24 @@ import streamlit as st
 
 from dashboard import charts
 from dashboard.data import query, stamp
+from dashboard.jobs import escape_markdown
 from dashboard.filters import shared_multiselect, url_multiselect, url_selectbox, url_toggle
 from dashboard import edit_view
 from dashboard.sidebar import arms_of, headline_ids, labels_of, run_table, styles_of
 from dashboard.tables import Col, show
+from store.conventions import ALL_EDITS, NEWEST
 from store.derived import PHASE_SERIES, SEQUENTIAL_SERIES, order_means, phase_verdict, sequential_rules
+
+# series about the edits themselves (efficacy, retention): a control that edits no fact has none worth drawing
+EDIT_SERIES = frozenset(name for (scope, _), name in SEQUENTIAL_SERIES.items() if scope in (NEWEST, ALL_EDITS))
+
+
+def without_controls(frame: pl.DataFrame, controls) -> pl.DataFrame:
+    """`frame`'s curve rows less the edit series of the runs (or arms) in `controls`."""
+    if frame.is_empty() or not controls:
+        return frame
+    return frame.filter(~(pl.col("run_id").is_in(list(controls)) & pl.col("series").is_in(list(EDIT_SERIES))))
+
 
 st.title("Sequential editing: forgetting and collapse")
 table = run_table("sequential")
@@ -42,9 +55,9 @@ SERIES = {"es": "Newest-edit efficacy (ES)", "retained_em": "Retained edits (exa
           "panel_check": "Panel exact match, its first facts (after every edit)",
           "panel_em": "Panel exact match (runs before the sub-panel check: after every edit)"}
 assert set(SERIES.values()) <= set(SEQUENTIAL_SERIES.values())
-c1, c2, c3 = st.columns([4, 1, 1])
 picked = url_multiselect("Curves", "curves", list(SERIES), default=["es", "retained_em", "forgotten_em", "ns", "panel", "fluency"],
-                         format_func=SERIES.get, container=c1)
+                         format_func=SERIES.get)
+c2, c3, _ = st.columns([1, 1, 2])  # the toggles' labels whole at 1400 px
 log_x = url_toggle("Logarithmic edit axis", "log_x", default=False, container=c2)
 mean_orders = url_toggle("Mean over edit orders", "mean", default=True, container=c3,
                          help="Each chosen run stands for its arm: every run alike but for the edit order. The line is "
@@ -52,10 +65,11 @@ mean_orders = url_toggle("Mean over edit orders", "mean", default=True, containe
 
 
 @st.cache_data(max_entries=16, show_spinner="Drawing the curves…")
-def curves_figure(store_stamp: tuple, run_ids: tuple, series: tuple, log: bool, names: tuple, looks: tuple):
+def curves_figure(store_stamp: tuple, run_ids: tuple, series: tuple, log: bool, names: tuple, looks: tuple,
+                  controls: tuple = ()):
     """The main figure, built once per choice and state of the shown stores (`store_stamp`: data.stamp(), which
     covers the shipped and the workspace store) — it takes seconds for many runs."""
-    return charts.forgetting_curves(query("sequential_curves", run_ids=run_ids),
+    return charts.forgetting_curves(without_controls(query("sequential_curves", run_ids=run_ids), controls),
                                     query("sequential_events", run_ids=run_ids), list(series), dict(names),
                                     log_x=log, styles=dict(looks))
 
@@ -67,10 +81,13 @@ def drift_figure(store_stamp: tuple, run_ids: tuple, names: tuple, looks: tuple)
 
 
 @st.cache_data(max_entries=16, show_spinner="Averaging over edit orders…")
-def means_figure(store_stamp: tuple, arms: tuple, series: tuple, log: bool, names: tuple, looks: tuple):
-    """The main figure as means over edit orders: `arms` is ((arm, (run ids...)), ...)."""
+def means_figure(store_stamp: tuple, arms: tuple, series: tuple, log: bool, names: tuple, looks: tuple,
+                 controls: tuple = ()):
+    """The main figure as means over edit orders: `arms` is ((arm, (run ids...)), ...); `controls`: the arms
+    whose runs edit no fact."""
     arm_of = {r: arm for arm, runs in arms for r in runs}
-    means = order_means(query("sequential_curves", run_ids=tuple(arm_of)), arm_of).rename({"arm": "run_id"})
+    means = without_controls(order_means(query("sequential_curves", run_ids=tuple(arm_of)), arm_of)
+                             .rename({"arm": "run_id"}), controls)
     return charts.forgetting_curves(means, pl.DataFrame(), list(series), dict(names), log_x=log,
                                     styles=dict(looks)), means
 
@@ -80,9 +97,11 @@ looks = tuple((r, styles[r]) for r in run_ids)
 curves = query("sequential_curves", run_ids=run_ids)
 events = query("sequential_events", run_ids=run_ids)
 arm_runs, arm_names, arm_looks = arms_of(table, chosen)
+controls = tuple(table.filter(pl.col("run_id").is_in(run_ids) & ~pl.col("edits_facts"))["run_id"].to_list())
+control_arms = tuple(a for a, runs in arm_runs.items() if set(runs) & set(controls))
 if picked and mean_orders:
     fig, means = means_figure(stamp(), tuple(arm_runs.items()), tuple(SERIES[k] for k in picked), log_x,
-                              tuple(arm_names.items()), tuple(arm_looks.items()))
+                              tuple(arm_names.items()), tuple(arm_looks.items()), control_arms)
     st.plotly_chart(fig, width="stretch")
     st.download_button("Download CSV (means over orders)",
                        means.with_columns(pl.col("run_id").replace_strict(arm_names, default=None).alias("arm"))
@@ -94,7 +113,11 @@ if picked and mean_orders:
                "mean off to see them.")
 elif picked:
     st.plotly_chart(curves_figure(stamp(), run_ids, tuple(SERIES[k] for k in picked), log_x,
-                                  tuple(labels.items()), looks), width="stretch")
+                                  tuple(labels.items()), looks, controls), width="stretch")
+if picked and controls:
+    st.caption(escape_markdown(f"{', '.join(labels[r] for r in controls)}: a control that changes the weights without aiming at "
+               "any fact, so it has no efficacy or retention to draw; it is on the panel and fluency panels, "
+               "where it shows what updates of the same size do to facts nobody edited."))
 st.download_button("Download CSV (curves)", curves.write_csv(), file_name="sequential-curves.csv")
 RULES = sequential_rules()
 st.caption("Lines: run-level values at each checkpoint (after each of the first 10 edits, then every 10); bands: "
@@ -109,14 +132,14 @@ if not phases.is_empty():
     shown = phases.with_columns(phases["run_id"].replace_strict(labels, default=None).alias("run")).sort("run", "series")
     show(shown, {
         "run": Col("Run"), "series": Col("Series"),
-        "change_at": Col("Change point (edit)", "{:,.0f}", "the split whose two straight lines fit the series best"),
-        "slope_before": Col("Slope before", "{:+.1f}", "% of the series' starting value per 100 edits, before the "
-                            "change point"),
-        "slope_after": Col("Slope after", "{:+.1f}", "% of the starting value per 100 edits, after the change point"),
-        "drop_after": Col("Lost after", "{:.2f}", "share of the starting value lost after the change point"),
-        "faster": Col("Fell faster", None, "the side of the change point where the series fell at least 1.5x "
-                      "faster (steady: neither)"),
-        "catastrophic": Col("Catastrophic"), "checked_to": Col("Last checkpoint", "{:,.0f}")})
+        "change_at": Col("Split at", "{:,.0f}", "the edit count where two straight lines fit the series best"),
+        "slope_before": Col("Before", "{:+.1f}", "slope before the split: % of the series' starting value per "
+                            "100 edits"),
+        "slope_after": Col("After", "{:+.1f}", "slope after the split: % of the starting value per 100 edits"),
+        "drop_after": Col("Lost after", "{:.2f}", "share of the starting value lost after the split"),
+        "faster": Col("Faster", None, "the side of the split where the series fell at least 1.5x faster "
+                      "(steady: neither)"),
+        "catastrophic": Col("Catastrophic")})  # how far a partial run got: its label says (the CSV has checked_to)
     st.download_button("Download CSV (phases)", shown.write_csv(), file_name="sequential-phases.csv")
 st.caption(RULES["phase"] + " Fluency is n-gram entropy: text that degrades into varied nonsense can keep it high, "
            "so read it beside the perplexity on the General abilities page.")

@@ -151,13 +151,16 @@ else:
     # where a run lives, once the workspace holds any (the table must fit a 1400 px window)
     where = ({"store": Col("Store", None, "shipped: the results that come with the code; workspace: runs started "
                            "from this dashboard")} if (runs["store"] == "workspace").any() else {})
+    # the run's own name (its status, progress and start have their columns here), an error column only when
+    # a run has one
+    errors = {"error": Col("Error", width="small")} if detail["error"].drop_nulls().len() else {}
     show(runs.join(detail.drop("host"), on="run_id", how="left").with_columns(
         pl.col("started_at").str.slice(0, 16).str.replace("T", " "),
-        pl.col("finished_at").str.slice(0, 16).str.replace("T", " ")), {
-        "label": Col("Run", width="medium"), "kind": Col("Kind"), "status": Col("Status"),
-        "n_done": Col("Done", "{:,.0f}"), "n_total": Col("Of", "{:,.0f}"),
-        "reference": Col("Reference", None, "finished, shipped, and the largest run of its kind and label: what "
-                         "pages show by default"),
+        pl.col("finished_at").str.slice(0, 16).str.replace("T", " "),
+        pl.format("{}/{}", pl.col("n_done").fill_null(0), pl.col("n_total").fill_null(0)).alias("progress")), {
+        "base_label": Col("Run"), "kind": Col("Kind"), "status": Col("Status"),
+        "progress": Col("Done", None, "cases (sequential: edits) done of the run's total"),
+        "reference": Col("Ref.", None, "a reference run: finished, shipped, and the largest run of its kind and "
+                         "label, what pages show by default"),
         **where, "started_at": Col("Started (UTC)"),
-        "run_id": Col("Run id", help="what the CLI takes (--resume RUN)", width="large"),
-        "error": Col("Error", width="small")})
+        "run_id": Col("Run id", help="what the CLI takes (--resume RUN)"), **errors})

@@ -16,6 +16,18 @@ from ..conventions import TRAITS_KEY
 MASS_EDITORS = frozenset({"MEMIT", "AlphaEdit"})
 
 
+# Editors that change the weights without aiming at a fact (controls); runs record it (the edits_facts trait),
+# this list stands in for runs made before they did.
+CONTROL_EDITORS = frozenset({"RandomRankOne"})
+
+
+def edits_facts(editor: str | None, config: dict | None) -> bool:
+    """Whether the run's editor edits facts (a control does not): from the run's traits, else (older runs) by
+    name."""
+    traits = (config or {}).get(TRAITS_KEY) or {}
+    return bool(traits["edits_facts"]) if "edits_facts" in traits else editor not in CONTROL_EDITORS
+
+
 def is_mass_editor(editor: str | None, config: dict | None) -> bool:
     """Whether the run's editor is a mass editor: from the traits the run recorded, else (older runs) by name."""
     traits = (config or {}).get(TRAITS_KEY) or {}
@@ -27,6 +39,8 @@ def run_label(editor: str | None, hparams: dict | None, config: dict | None) -> 
     always for a mass editor, else where it is not 1; a sweep's setting)."""
     hp, cfg = hparams or {}, config or {}
     label = editor or "unedited"
+    if not edits_facts(editor, cfg):
+        label += " (control)"
     if hp.get("key_mismatch"):
         label += " (original keys)"
     if hp.get("rect_top", 1.0) < 1.0:

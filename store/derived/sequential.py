@@ -14,7 +14,7 @@ from .. import queries
 from ..conventions import HELD, RUN_LEVEL, SEQUENTIAL_SERIES
 from ..metrics import wilson_ci
 from .common import wilson_arrays
-from .labels import run_labels
+from .labels import edits_facts, run_labels
 
 
 _SHARES = {"es", "ps", "ns", "retention", "forgotten", "panel_recall", "exact_match", "retention_em", "forgotten_em"}
@@ -209,7 +209,7 @@ def sequential_headlines(conn: sqlite3.Connection) -> pl.DataFrame:
     null: none), the start of a catastrophic phase on any series, disabling edits, retention (by exact match
     where measured, and by ES) and panel recall at the last checkpoint (with n and 95% Wilson CIs), and the
     panel-floor crossing that stops a run (panel_floor_at; stores derived before it had its own name
-    recorded it as the collapse)."""
+    recorded it as the collapse). A control that edits no fact (`edits_facts`) has no retention: null."""
     labels = run_labels(conn, "sequential")
     schema = {"run": pl.String, "status": pl.String, "edits": pl.Int64, "collapse_at": pl.Int64,
               "catastrophic_from": pl.Int64, "disabling_edits": pl.Int64, "retention": pl.Float64,
@@ -219,8 +219,9 @@ def sequential_headlines(conn: sqlite3.Connection) -> pl.DataFrame:
         return pl.DataFrame(schema=schema)
     curves = sequential_curves(conn)
     events = sequential_events(conn)
-    orders = {run_id: json.loads(cfg or "{}").get("order_seed") for run_id, cfg in
-              conn.execute("SELECT run_id, config FROM runs WHERE kind = 'sequential'")}
+    configs = {run_id: json.loads(cfg or "{}") for run_id, cfg in
+               conn.execute("SELECT run_id, config FROM runs WHERE kind = 'sequential'")}
+    orders = {run_id: cfg.get("order_seed") for run_id, cfg in configs.items()}
     rows = []
     for r in labels.iter_rows(named=True):
         ev = events.filter(pl.col("run_id") == r["run_id"])
@@ -236,7 +237,7 @@ def sequential_headlines(conn: sqlite3.Connection) -> pl.DataFrame:
                "panel_floor_at": floor.min() if floor.len() else None}
         for metric in ("retention", "panel_recall", "retention_em"):
             c = curves.filter((pl.col("run_id") == r["run_id"]) & (pl.col("metric") == metric)).sort("edit_count")
-            if c.is_empty():
+            if c.is_empty() or (metric != "panel_recall" and not edits_facts(r["editor"], configs.get(r["run_id"]))):
                 row[metric], row[f"{metric}_ci"] = None, None
             else:
                 last = c.row(-1, named=True)

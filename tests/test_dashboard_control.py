@@ -1,0 +1,110 @@
+"""Study B's control run (random rank-one updates that aim at no fact) and partial orders on the Forgetting page
+and the overview's study-B table: the control is named a control, has no efficacy or retention, keeps its
+legend entry; a partial order joins an arm's mean over orders only when chosen."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
+ES, RETAINED, PANEL = "Newest-edit efficacy (ES)", "Retained edits (exact match)", "Recall on the unedited fact panel"
+
+
+@pytest.fixture(scope="module")
+def control_store(tmp_path_factory):
+    """ROME order 0 (done, 30 edits), ROME order 1 (interrupted at 10), a RandomRankOne control (done, 30 edits;
+    its config with the traits compute now writes) and an older control run without traits (named by editor)."""
+    from store import Store
+
+    path = tmp_path_factory.mktemp("control") / "results.sqlite"
+    with Store.open(path, create=True) as s:
+        def run(run_id, editor, order, n_done, status, traits=True, es=0.9):
+            cfg = {"batch_size": 1, "order_seed": order, "case_set": "s"}
+            if traits:
+                cfg["editor_traits"] = {"mass_editor": False, "changes_weights": True,
+                                        "edits_facts": editor != "RandomRankOne"}
+            s.start_run(kind="sequential", model="m", editor=editor, run_id=run_id, n_total=30, config=cfg,
+                        hparams={"layer": 3})
+            rows = []
+            for e in range(10, n_done + 1, 10):
+                for scope, metric, value, n in (("newest", "es", es, 10), ("all_edits", "retention_em", es - e / 100, e),
+                                                ("panel", "panel_recall", 1.0 - e / 60, 200)):
+                    rows += [dict(run_id=run_id, case_id="*", edit_count=e, rephrase_type=scope, metric=metric,
+                                  value=value),
+                             dict(run_id=run_id, case_id="*", edit_count=e, rephrase_type=scope, metric="n", value=n)]
+            s.write_measurements(rows)
+            s.heartbeat(run_id, n_done=n_done)
+            s.finish_run(run_id, status=status)
+
+        run("rome-o0", "ROME", 0, 30, "done")
+        run("rome-o1", "ROME", 1, 10, "interrupted", es=0.5)
+        run("control", "RandomRankOne", 0, 30, "done", es=0.1)
+        run("control-old", "RandomRankOne", 1, 30, "done", traits=False, es=0.1)
+    return path
+
+
+def test_a_control_is_named_so_and_has_no_retention_in_the_study_b_table(control_store):
+    from store import Store, derived
+
+    with Store.open(control_store) as st:
+        head = {r["run"]: r for r in derived.sequential_headlines(st.conn).iter_rows(named=True)}
+    assert set(head) == {"ROME", "ROME, order 1", "RandomRankOne (control)", "RandomRankOne (control), order 1"}
+    for name in ("RandomRankOne (control)", "RandomRankOne (control), order 1"):  # traits, or the editor's name
+        assert head[name]["retention_em"] is None and head[name]["panel_recall"] == pytest.approx(0.5)
+    assert head["ROME"]["retention_em"] == pytest.approx(0.6)
+
+
+def _forgetting(monkeypatch, store, params):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("EDITSCOPE_STORE", str(store))
+    at = AppTest.from_file(APP, default_timeout=90)
+    for k, v in params.items():
+        at.query_params[k] = v
+    at.run()
+    for k, v in params.items():
+        at.query_params[k] = v
+    at.switch_page("app_pages/forgetting.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _traces(at) -> dict[str, dict[str, list]]:
+    """subplot title -> trace name -> the line's y values, from the page's first figure."""
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    titles = {}
+    for a in spec["layout"]["annotations"]:  # make_subplots titles sit above their axes
+        titles[a["text"]] = a
+    axes = {}
+    for t in spec["data"]:
+        if t.get("name") is None:
+            continue
+        axes.setdefault(t.get("yaxis", "y"), {})[t["name"]] = t["y"]
+    order = [a["text"] for a in spec["layout"]["annotations"]]
+    names = sorted(axes, key=lambda y: int(y[1:] or 1))
+    return {order[int(y[1:] or 1) - 1]: axes[y] for y in names}, spec
+
+
+def test_the_control_is_drawn_only_where_it_means_something_and_keeps_its_legend(monkeypatch, control_store):
+    at = _forgetting(monkeypatch, control_store, {"runs": "rome-o0,control", "curves": "es,retained_em,panel",
+                                                   "mean": "0"})
+    by_panel, spec = _traces(at)
+    assert set(by_panel[ES]) == {"ROME"} and set(by_panel[RETAINED]) == {"ROME"}
+    assert set(by_panel[PANEL]) == {"ROME", "RandomRankOne (control)"}
+    legend = [t["name"] for t in spec["data"] if t.get("showlegend")]
+    assert sorted(legend) == ["ROME", "RandomRankOne (control)"]
+    assert any("a control that changes the weights" in c.value for c in at.caption)
+
+
+def test_a_partial_order_joins_the_mean_over_orders_only_when_chosen(monkeypatch, control_store):
+    at = _forgetting(monkeypatch, control_store, {"runs": "rome-o0", "curves": "es,panel"})
+    by_panel, _ = _traces(at)
+    (name, es), = by_panel[ES].items()
+    assert name == "ROME (one order: 0)" and es == pytest.approx([0.9, 0.9, 0.9])  # order 1 (10 edits) left out
+    at = _forgetting(monkeypatch, control_store, {"runs": "rome-o0,rome-o1", "curves": "es,panel"})
+    by_panel, _ = _traces(at)
+    (name, es), = by_panel[ES].items()
+    assert name == "ROME: mean of 2 orders (0, 1)" and es == pytest.approx([0.7])  # chosen: the mean where both are
