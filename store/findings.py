@@ -373,7 +373,7 @@ def _a7(conn, refs) -> Finding:
 
 ROME, ROME_ORIGINAL, MEMIT_1 = "ROME", "ROME (original keys)", "MEMIT, b=1"
 RECT_40, RECT_20 = "ROME + RECT 40%", "ROME + RECT 20%"
-CONTROL = "RandomRankOne"  # compute/editors/control.py: random rank-one updates with a reference run's norms
+CONTROL = "RandomRankOne (control)"  # its run label (compute/editors/control.py: random rank-one updates with a reference run's norms)
 
 
 def _last_share(curves: pl.DataFrame, run_id: str, metric: str) -> dict | None:

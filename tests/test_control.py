@@ -71,8 +71,9 @@ def test_a_control_run_takes_the_reference_runs_norms_in_order(llama, cases, tmp
         assert json.loads(st.get_run(control)["hparams"])["reference_run"] == ref
         # each run records its editor's traits, so readers never compare editor names
         assert json.loads(st.get_run(ref)["config"])["editor_traits"] == {"mass_editor": False, "changes_weights": True,
-                                                                          "keys": "r-ROME"}
-        assert json.loads(st.get_run(control)["config"])["editor_traits"]["mass_editor"] is False
+                                                                          "edits_facts": True, "keys": "r-ROME"}
+        control_traits = json.loads(st.get_run(control)["config"])["editor_traits"]
+        assert control_traits["mass_editor"] is False and control_traits["edits_facts"] is False
         assert _norms(st, control) == pytest.approx(_norms(st, ref), rel=1e-5) and len(_norms(st, ref)) == 5
         # Findings B5 sets the two side by side on their shared order (one order: not judged yet)
         from store.findings import findings
