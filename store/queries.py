@@ -15,6 +15,8 @@ from typing import Any, Iterable
 
 import polars as pl
 
+from .conventions import RUN_LEVEL
+
 # the columns case_knowledge always has, whether or not the knowledge run measured them
 KNOWLEDGE_METRICS = ("p_true", "rank_true", "recall")
 
@@ -168,6 +170,12 @@ def cases(conn: sqlite3.Connection, case_set: str | None = None, relation: str |
         where += (" AND " if where else " WHERE ") + "subject LIKE ? ESCAPE '\\'"
         params.append(f"%{escaped}%")
     return _frame(conn, f"SELECT * FROM cases{where} ORDER BY case_set, case_id", params)
+
+
+def measured_case_ids(conn: sqlite3.Connection) -> pl.DataFrame:
+    """case_id of every case some run measured (a run's own run-level rows left out)."""
+    return _frame(conn, "SELECT DISTINCT case_id FROM measurements WHERE case_id != ?", (RUN_LEVEL,),
+                  types={"case_id": pl.Utf8})
 
 
 def case_sets(conn: sqlite3.Connection) -> pl.DataFrame:

@@ -108,3 +108,28 @@ def test_a_partial_order_joins_the_mean_over_orders_only_when_chosen(monkeypatch
     by_panel, _ = _traces(at)
     (name, es), = by_panel[ES].items()
     assert name == "ROME: mean of 2 orders (0, 1)" and es == pytest.approx([0.7])  # chosen: the mean where both are
+
+
+def test_the_case_explorer_opens_on_a_case_some_run_measured(monkeypatch, tmp_path):
+    """The rebuild's snapshot holds 2,614 cases and runs over 660 of them: the explorer opened on the first by
+    case set and id, which no run had measured."""
+    from streamlit.testing.v1 import AppTest
+
+    from store import Store
+
+    path = tmp_path / "results.sqlite"
+    with Store.open(path, create=True) as s:
+        s.write_cases([dict(case_id=c, case_set="s", source="kb", relation="capital", subject=f"Land {c}",
+                            prompt="The capital of {} is", true_object="Paris", new_object="Rome")
+                       for c in ("a", "b", "c")], [])
+        run = s.start_run(kind="robustness", model="m", editor="ROME", n_total=1, config={"case_set": "s"})
+        s.write_measurements([dict(run_id=run, case_id="c", edit_count=1, rephrase_type="plain", metric="acc",
+                                   value=1.0)])
+        s.finish_run(run)
+    monkeypatch.setenv("EDITSCOPE_STORE", str(path))
+    at = AppTest.from_file(APP, default_timeout=90)
+    at.run()
+    at.switch_page("app_pages/cases.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.selectbox(key="case").value == "c"
+    assert at.selectbox(key="case").options[0].startswith("Land c")

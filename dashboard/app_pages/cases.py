@@ -23,6 +23,10 @@ found = query("cases", subject_like=needle or None)
 if found.is_empty():
     message("No case's subject contains this text:", needle, box=st.info)
     st.stop()
+# cases some run measured first: the explorer opens on one that has results
+measured = set(query("measured_case_ids")["case_id"].to_list())
+found = found.with_columns(pl.col("case_id").is_in(list(measured)).alias("_measured")).sort(
+    "_measured", descending=True, maintain_order=True)
 labels = {r["case_id"]: f"{r['subject']} · {r['relation']}: {r['true_object']} → {r['new_object']} ({r['case_set']})"
           for r in found.iter_rows(named=True)}
 case_id = st.selectbox(f"{len(labels)} matching cases", list(labels), format_func=labels.get, key="case")
