@@ -97,6 +97,10 @@ def test_the_control_is_drawn_only_where_it_means_something_and_keeps_its_legend
     legend = [t["name"] for t in spec["data"] if t.get("showlegend")]
     assert sorted(legend) == ["ROME", "RandomRankOne (control)"]
     assert any("a control that changes the weights" in c.value for c in at.caption)
+    assert at.selectbox(key="age_run").options == ["ROME"]  # a control holds no edit to forget by age
+    at = _forgetting(monkeypatch, control_store, {"runs": "control", "mean": "0"})
+    assert "age_run" not in [box.key for box in at.selectbox]
+    assert any("edit no fact (controls only)" in m.value for m in at.markdown)
 
 
 def test_a_partial_order_joins_the_mean_over_orders_only_when_chosen(monkeypatch, control_store):

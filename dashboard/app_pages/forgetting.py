@@ -163,9 +163,12 @@ else:
     st.download_button("Download CSV (events)", events.write_csv(), file_name="sequential-events.csv")
 
 st.header("Forgetting by an edit's age")
-age_run = url_selectbox("Run", "age_run", list(labels), format_func=labels.get)
-by_age = query("forgetting_by_age", run_id=age_run)
-if by_age.is_empty():
+editing = [r for r in labels if r not in controls]  # a control holds no edit to forget
+age_run = url_selectbox("Run", "age_run", editing, format_func=labels.get) if editing else None
+by_age = query("forgetting_by_age", run_id=age_run) if age_run else None
+if by_age is None:
+    st.write("The chosen runs edit no fact (controls only).")
+elif by_age.is_empty():
     st.write("No edit of this run has been re-checked yet.")
 else:
     st.plotly_chart(charts.forgetting_by_age_chart(by_age), width="stretch")
