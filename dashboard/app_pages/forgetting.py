@@ -115,9 +115,10 @@ elif picked:
     st.plotly_chart(curves_figure(stamp(), run_ids, tuple(SERIES[k] for k in picked), log_x,
                                   tuple(labels.items()), looks, controls), width="stretch")
 if picked and controls:
-    st.caption(escape_markdown(f"{', '.join(labels[r] for r in controls)}: a control that changes the weights without aiming at "
-               "any fact, so it has no efficacy or retention to draw; it is on the panel and fluency panels, "
-               "where it shows what updates of the same size do to facts nobody edited."))
+    st.caption(escape_markdown(f"{', '.join(labels[r] for r in controls)}: a control that changes the weights "
+                               "without aiming at any fact, so it has no efficacy or retention to draw; it is on the "
+                               "panel and fluency panels, where it shows what updates of the same size do to facts "
+                               "nobody edited."))
 st.download_button("Download CSV (curves)", curves.write_csv(), file_name="sequential-curves.csv")
 RULES = sequential_rules()
 st.caption("Lines: run-level values at each checkpoint (after each of the first 10 edits, then every 10); bands: "
