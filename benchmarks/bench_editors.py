@@ -250,8 +250,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--eval-cases", type=int, default=8, help="cases whose probes are timed for throughput")
     parser.add_argument("--floor-only", action="store_true",
-                        help="only ROME's fast edits, their floor and the GPU launch count (minutes, not the "
-                             "covariance from scratch, the reference loop, MEMIT or the evaluation)")
+                        help="only ROME's fast edits, their floor and the GPU launch count, and one MEMIT batch "
+                             "with its value optimisation's floor (--memit-batch 0: none) (minutes, not the "
+                             "covariance from scratch, the reference loop or the evaluation)")
     args = parser.parse_args(argv)
 
     import torch
@@ -335,9 +336,63 @@ def main(argv: list[str] | None = None) -> dict:
     return report
 
 
-def floor_only(args, lm, ctx, rome_hp, requests, load_before) -> dict:
-    """`--floor-only`: ROME's fast edits, each one's floor, and the launch count of one step on a GPU."""
+def memit_floor(lm, batch, hp, ctx) -> dict:
+    """One MEMIT batch timed, its value optimisation timed apart, and that optimisation's floor: step by step,
+    the essential FLOPs of the requests still active (`step_flops` at MEMIT's last layer: a request that has
+    stopped leaves the packed batch; its last step runs forward only) at this CPU's rate for that step's live
+    tokens (fewer rows multiply at a lower rate). The rest of a batch (keys at every layer, the covariance
+    solves) is reported beside, without a floor."""
+    import compute.editors.memit as memit
     from compute.editors import apply_edit, undo
+    from compute.editors.rome import context_prefixes
+
+    undo(lm, apply_edit(lm, batch[:1], "MEMIT", hp, ctx))  # warm: covariances, prefixes
+    inner, timing = memit.optimise_values, {"seconds": 0.0, "results": []}
+
+    def timed(*a, **kw):
+        start = time.perf_counter()
+        out = inner(*a, **kw)
+        timing["seconds"] += time.perf_counter() - start
+        timing["results"] += out
+        return out
+
+    memit.optimise_values = timed
+    try:
+        start = time.perf_counter()
+        result = apply_edit(lm, batch, "MEMIT", hp, ctx)
+        total = time.perf_counter() - start
+    finally:
+        memit.optimise_values = inner
+    undo(lm, result)
+    prefixes = context_prefixes(lm, hp.n_prefixes, hp.prefix_tokens, ctx.cache_dir)
+    layer = max(hp.layers)
+    shapes = [step_flops(lm, r, layer, prefixes) for r in batch]
+    steps = [v.steps for v in timing["results"]]
+    flops = sum(edit_flops(shape, n) for shape, n in zip(shapes, steps))
+    rates: dict[int, float] = {}
+    floor_s = 0.0
+    for step in range(max(steps)):
+        on = [i for i, n in enumerate(steps) if n > step]  # forward this step
+        tokens = sum(shapes[i]["tokens"] for i in on)
+        work = sum(shapes[i]["forward"] + (shapes[i]["backward"] if steps[i] > step + 1 else 0) for i in on)
+        if tokens not in rates:
+            rates[tokens] = matmul_rate(lm, tokens)
+        floor_s += work / rates[tokens]
+    return {"batch": len(batch), "seconds": round(total, 2), "value_optimisation_s": round(timing["seconds"], 2),
+            "rest_s": round(total - timing["seconds"], 2), "steps": steps, "layer": layer,
+            "live_tokens_per_step_all_active": sum(x["tokens"] for x in shapes),
+            "gflop": round(flops / 1e9, 1), "floor_s": round(floor_s, 2),
+            "matmul_gflops_by_live_tokens": {str(k): round(v / 1e9, 1) for k, v in sorted(rates.items())},
+            "value_optimisation_over_floor": round(timing["seconds"] / floor_s, 2),
+            "rule": "the value optimisation's essential products (step_flops at MEMIT's last layer, each request "
+                    "its own steps, backward on all but its last), each step at the rate cycling through all "
+                    "layers with that step's live tokens"}
+
+
+def floor_only(args, lm, ctx, rome_hp, requests, load_before) -> dict:
+    """`--floor-only`: ROME's fast edits, each one's floor, and the launch count of one step on a GPU; with
+    `--memit-batch` > 0, one MEMIT batch and its value optimisation's floor (`memit_floor`)."""
+    from compute.editors import apply_edit, load_hparams, undo
 
     undo(lm, apply_edit(lm, requests[:1], "ROME", rome_hp, ctx))  # warm: covariance, prefixes
     timed = requests[: args.edits]
@@ -349,8 +404,16 @@ def floor_only(args, lm, ctx, rome_hp, requests, load_before) -> dict:
         "model": lm.name, "machine": machine(load_before), "rome_hparams": dataclasses.asdict(rome_hp),
         "rome_fast": timed_summary(fast_s, fast_out), "rome_floor": floor,
         "rome_step_on_a_gpu": launch_bound(shape, ops[0]), "ops_per_step_each_edit": ops,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
+    if args.memit_batch:
+        memit_hp = load_hparams("MEMIT", lm.name)
+        report["memit_hparams"] = {k: list(v) if isinstance(v, tuple) else v
+                                   for k, v in dataclasses.asdict(memit_hp).items()}
+        report["memit"] = memit_floor(lm, requests[: args.memit_batch], memit_hp, ctx)
+        m = report["memit"]
+        print(f"MEMIT batch of {m['batch']}: {m['seconds']:.1f} s, its value optimisation {m['value_optimisation_s']:.1f} s "
+              f"against a floor of {m['floor_s']:.1f} s ({m['value_optimisation_over_floor']:.2f}x)")
+    report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     g = report["rome_step_on_a_gpu"]
