@@ -88,3 +88,32 @@ def test_demo_form_refuses_bad_requests_with_visible_errors(monkeypatch, fixture
     _submit_demo(at, demo_subject="France", demo_relation="airport_city", demo_new="Rome", demo_model="/no/such/model")
     assert "local model directory" in at.code[-1].value
     assert "demo_job" not in at.session_state
+
+
+def test_the_launch_runs_table_drops_columns_no_row_shown_fills(monkeypatch, tmp_path):
+    """The table must fit a 1400 px window: with finished shipped runs only, no process, host, heartbeat,
+    store or error column; a running run brings back its process and heartbeat (and only its own pid)."""
+    from store import Store
+
+    path = tmp_path / "results.sqlite"
+    monkeypatch.setenv("EDITSCOPE_CACHE", str(tmp_path / "cache"))
+    with Store.open(path, create=True) as st:
+        done = st.start_run(kind="robustness", model="m", editor="ROME", n_total=2, config={})
+        st.heartbeat(done, n_done=2)
+        st.finish_run(done)
+    at = _app(monkeypatch, path)
+    at.switch_page("app_pages/launch.py").run()
+    assert not at.exception
+    columns = set(at.dataframe[0].value.columns)
+    assert done in set(at.dataframe[0].value["run_id"])
+    assert not {"pid", "host", "heartbeat_age_s", "store", "error"} & columns and "started_at" in columns
+    with Store.open(path) as st:
+        running = st.start_run(kind="robustness", model="m", editor="MEMIT", n_total=2, config={})
+    at = _app(monkeypatch, path)
+    at.switch_page("app_pages/launch.py").run()
+    table = at.dataframe[0].value
+    assert {"pid", "heartbeat_age_s"} <= set(table.columns)
+    import pandas as pd
+
+    pids = dict(zip(table["run_id"], table["pid"]))
+    assert not pd.isna(pids[running]) and pd.isna(pids[done])  # a finished run's process is gone

@@ -109,10 +109,29 @@ def _runs() -> None:
     else:
         first = ["run_id", "store", "kind", "editor", "status", "n_done", "n_total", "progress", "heartbeat_age_s"]
         table = table.select([c for c in first if c in table.columns] + [c for c in table.columns if c not in first])
+        active = [status in ("queued", "running") for status in table["status"].to_list()]
         if "heartbeat_age_s" in table.columns:  # only a queued or running run's heartbeat is news: "—" for the rest
             table = table.with_columns(pl.Series("heartbeat_age_s", [
-                "—" if a is None or status not in ("queued", "running") else f"{a:,.0f}"
-                for a, status in zip(table["heartbeat_age_s"].to_list(), table["status"].to_list())], dtype=pl.String))
+                "—" if a is None or not on else f"{a:,.0f}"
+                for a, on in zip(table["heartbeat_age_s"].to_list(), active)], dtype=pl.String))
+        # the table fits a 1400 px window: a column goes when no row shown has anything in it (the store when
+        # all runs are shipped, the process and heartbeat when none is active, the host when there is one,
+        # the error when there is none)
+        if "pid" in table.columns:  # a finished run's process is gone: only an active run's is news
+            table = table.with_columns(pl.Series("pid", [p if on else None for p, on in
+                                                         zip(table["pid"].to_list(), active)]))
+        empty = [c for c in ("pid", "error") if c in table.columns and table[c].drop_nulls().len() == 0]
+        if "store" in table.columns and table["store"].n_unique() == 1:
+            empty.append("store")
+        if "host" in table.columns and table["host"].drop_nulls().n_unique() <= 1:
+            empty.append("host")
+        if not any(active) and "heartbeat_age_s" in table.columns:
+            empty.append("heartbeat_age_s")
+        table = table.drop(empty)
+        if "error" in table.columns:
+            table = table.with_columns(pl.col("error").fill_null("—"))
+        if "started_at" in table.columns:
+            table = table.with_columns(pl.col("started_at").str.slice(0, 16).str.replace("T", " "))
         st.dataframe(table, hide_index=True, width="stretch", key="runs_table", column_config={
             # whole ids (a run id is about 32 characters; "medium" cut them off, "large" pushed columns out of view)
             "run_id": st.column_config.TextColumn("Run", width=250, pinned=True),
@@ -125,7 +144,7 @@ def _runs() -> None:
             "heartbeat_age_s": st.column_config.TextColumn("Heartbeat age (s)",
                                                            help="seconds since a queued or running run last "
                                                                 "reported; — for finished runs"),
-            "started_at": "Started", "pid": "Process", "host": "Host", "error": "Error",
+            "started_at": "Started (UTC)", "pid": "Process", "host": "Host", "error": "Error",
         })
     mine = jobs.list_jobs(workspace_path(), owner=owner)
     for job in mine:
