@@ -19,7 +19,7 @@ class Col:
     label: str
     fmt: str | None = None
     help: str | None = None
-    width: str | None = None  # "small", "medium", "large" or None (Streamlit's own choice)
+    width: str | int | None = None  # "small", "medium", "large", pixels, or None (Streamlit's own choice)
 
 
 def _text(value, fmt: str | None) -> str:

@@ -128,7 +128,9 @@ def test_the_case_explorer_opens_on_a_case_some_run_measured(monkeypatch, tmp_pa
                        for c in ("a", "b", "c")], [])
         run = s.start_run(kind="robustness", model="m", editor="ROME", n_total=1, config={"case_set": "s"})
         s.write_measurements([dict(run_id=run, case_id="c", edit_count=1, rephrase_type="plain", metric="acc",
-                                   value=1.0)])
+                                   value=1.0),
+                              dict(run_id=run, case_id="c", edit_count=1, rephrase_type="edit", metric="edit_seconds",
+                                   value=2.5)])
         s.finish_run(run)
     monkeypatch.setenv("EDITSCOPE_STORE", str(path))
     at = AppTest.from_file(APP, default_timeout=90)
@@ -137,3 +139,7 @@ def test_the_case_explorer_opens_on_a_case_some_run_measured(monkeypatch, tmp_pa
     assert not at.exception, [e.value for e in at.exception]
     assert at.selectbox(key="case").value == "c"
     assert at.selectbox(key="case").options[0].startswith("Land c")
+    # the edit's seconds are a line of their own, not a column of the per-type table (which fits 1400 px)
+    assert "Edit 1 took 2.5 s." in [t.value for t in at.text]
+    table = at.dataframe[0].value
+    assert "edit_seconds" not in table.columns and "edit" not in set(table["rephrase_type"])

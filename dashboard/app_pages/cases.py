@@ -54,17 +54,22 @@ else:
     order = {t: i for i, t in enumerate(REPHRASE_TYPES)}
     view = view.with_columns(pl.col("rephrase_type").replace_strict(order, default=99).alias("_o")).sort("edit_count", "_o").drop("_o")
     # short headers (the metric's full name in the help), one format per column, "—" where a metric was not
-    # measured for a type; the generation beside its type, so it is in view in a 1400 px window
+    # measured for a type; the generation beside its type; every column in view in a 1400 px window (the
+    # edit's own seconds, one row of their own, are said above the table instead of taking a column)
     short = {"p_true": ("P(true)", "{:.3g}"), "p_new": ("P(new)", "{:.3g}"), "es": ("ES", "{:.0f}"),
              "acc": ("acc", "{:.2f}"), "rev": ("rev", "{:.2f}"), "ns": ("NS", "{:.2f}"),
-             "rank_true": ("Rank true", "{:,.0f}"), "fluency": ("Fluency", "{:.2f}"),
-             "edit_seconds": ("Edit (s)", "{:.1f}")}
-    show(view, {"edit_count": Col("Edit", "{:,.0f}", "0: before the edit; then the run's edit count", width="small"),
-                "rephrase_type": Col("Rephrase type"),
-                "generation": Col("Generation", width="large", help="the model's greedy continuation of the "
+             "rank_true": ("Rank true", "{:,.0f}"), "fluency": ("Fluency", "{:.2f}")}
+    if "edit_seconds" in view.columns:
+        took = view.filter(pl.col("edit_seconds").is_not_null())
+        for r in took.iter_rows(named=True):
+            st.text(f"Edit {r['edit_count']:,} took {r['edit_seconds']:.1f} s.")
+        view = view.filter(pl.col("edit_seconds").is_null() | (pl.col("rephrase_type") != "edit")).drop("edit_seconds")
+    show(view, {"edit_count": Col("Edit", "{:,.0f}", "0: before the edit; then the run's edit count", width=50),
+                "rephrase_type": Col("Rephrase type", width=150),
+                "generation": Col("Generation", width=230, help="the model's greedy continuation of the "
                                   "type's probe(s), joined with ' | '"),
                 **{m: Col(short.get(m, (m, "{:.2f}"))[0], short.get(m, (m, "{:.2f}"))[1],
-                          f"{METRICS[m].label}: {METRICS[m].description}" if m in METRICS else None, width="small")
+                          f"{METRICS[m].label}: {METRICS[m].description}" if m in METRICS else None, width=62)
                    for m in view.columns if m not in ("edit_count", "rephrase_type", "generation")}},
          width="stretch")
     st.download_button("Download CSV", view.write_csv(), file_name=f"case-{case_id}-{run_id}.csv")
