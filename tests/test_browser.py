@@ -40,6 +40,11 @@ PAGES = {
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
+# every shown table's content width and the width it has (st.dataframe draws in a scrolling canvas; tables in
+# closed expanders have no size and are left out)
+OVERFLOW = """() => [...document.querySelectorAll('[data-testid="stDataFrame"] .dvn-scroller')]
+    .filter(s => s.clientWidth > 0).map(s => [s.scrollWidth, s.clientWidth])"""
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -106,6 +111,10 @@ def test_every_page_renders_charts_without_an_exception(app_url):
             page.screenshot(path=str(SHOTS / f"{path or 'overview'}.png"), full_page=True)
             if drawn < charts or errors:
                 problems.append(f"/{path}: {drawn} charts (want {charts}), {errors} exceptions")
+            # no table is wider than its place in a 1400 px window (a column past the edge is a column cut off)
+            for i, (width, room) in enumerate(page.evaluate(OVERFLOW)):
+                if width > room + 2:
+                    problems.append(f"/{path}: table {i} is {width} px wide in {room} px")
         browser.close()
     assert not problems, problems
 
