@@ -75,16 +75,18 @@ else:
     st.download_button("Download CSV", view.write_csv(), file_name=f"case-{case_id}-{run_id}.csv")
 
 st.subheader("What each run's edit of this case did")
-DIAG = {
-    "run": Col("Run", width="medium"), "edit_count": Col("Edit", "{:,.0f}", "the run's edit count at this edit (a "
-                                                          "batch run: the batch size)"),
+DIAG = {  # pixel widths: the table, with four delivered columns, fits a 1400 px window
+    "run": Col("Run", width=175), "edit_count": Col("Edit", "{:,.0f}", "the run's edit count at this edit (a "
+                                                     "batch run: the batch size)", width=50),
     "update_rel": Col("||dW||/||W||", "{:.4f}", "relative Frobenius change of the edited matrix (largest over "
-                      "matrices; a batch edit's is shared by its cases)"),
-    "update_norm": Col("||dW||", "{:.3f}"), "steps": Col("Steps", "{:.0f}"),
-    "converged": Col("Converged", "{:.0f}", "1: the target's NLL fell below stop_nll before the step cap"),
-    "clamped": Col("Clamped", "{:.0f}", "1: the value change ended on the norm clamp"),
-    "nll_final": Col("Final NLL", "{:.3f}"), "robust_z": Col("Robust z", "{:+.1f}", "of the log edit size within "
-                                                              "its run; beyond ±3.5 it is an outlier"),
+                      "matrices; a batch edit's is shared by its cases)", width=80),
+    "update_norm": Col("||dW||", "{:.3f}", width=65), "steps": Col("Steps", "{:.0f}", width=50),
+    "converged": Col("Conv.", "{:.0f}", "converged: 1 when the target's NLL fell below stop_nll before the step "
+                     "cap", width=50),
+    "clamped": Col("Clamp", "{:.0f}", "1: the value change ended on the norm clamp", width=50),
+    "nll_final": Col("Final NLL", "{:.3f}", width=70), "robust_z": Col("Robust z", "{:+.1f}", "of the log edit "
+                                                                          "size within its run; beyond ±3.5 it "
+                                                                          "is an outlier", width=65),
 }
 edited = runs.filter(pl.col("kind").is_in(["knowledge", "abilities"]).not_()) if not runs.is_empty() else runs
 edits = (query("edit_diagnostics", run_ids=tuple(edited["run_id"].to_list())).filter(pl.col("case_id") == case_id)
@@ -103,8 +105,10 @@ else:
                            .rename({t: f"delivered {t}" for t in targets}), on=["run_id", "edit_count"], how="left")
     run_names = {**names, **labels_of(run_table())}
     edits = edits.with_columns(pl.col("run_id").replace_strict(run_names, default=pl.col("run_id")).alias("run"))
-    delivered_cols = {f"delivered {t}": Col(f"Delivered, {t}", "{:.2f}", "share of the optimised change the weights "
-                                            f"carry to the {t} prompt (1: all of it)", width="small") for t in targets}
+    # short headers ("→ plain", "→ para. 1"), the target in full in the help, so the table fits 1400 px
+    delivered_cols = {f"delivered {t}": Col("→ " + t.replace("paraphrase:", "para. "), "{:.2f}",
+                                            f"delivered to the {t} prompt: the share of the optimised change the "
+                                            "weights carry there (1: all of it)", width=70) for t in targets}
     first = ("run", "edit_count", "update_rel")  # then what reached each prompt, then how the optimisation went
     show(edits.sort("run", "edit_count"), {**{k: DIAG[k] for k in first}, **delivered_cols,
                                            **{k: v for k, v in DIAG.items() if k not in first}})
