@@ -153,7 +153,7 @@ else:
                            "from this dashboard")} if (runs["store"] == "workspace").any() else {})
     # the run's own name (its status, progress and start have their columns here), an error column only when
     # a run has one
-    errors = {"error": Col("Error", width="small")} if detail["error"].drop_nulls().len() else {}
+    errors = {"error": Col("Error", width=60)} if detail["error"].drop_nulls().len() else {}
     show(runs.join(detail.drop("host"), on="run_id", how="left").with_columns(
         pl.col("started_at").str.slice(0, 16).str.replace("T", " "),
         pl.col("finished_at").str.slice(0, 16).str.replace("T", " "),
