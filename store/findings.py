@@ -376,6 +376,11 @@ RECT_40, RECT_20 = "ROME + RECT 40%", "ROME + RECT 20%"
 CONTROL = "RandomRankOne (control)"  # its run label (compute/editors/control.py: random rank-one updates with a reference run's norms)
 
 
+def _lower(sentence: str) -> str:
+    """A rule sentence of store.derived.sequential_rules as the clause of another one."""
+    return sentence[:1].lower() + sentence[1:]
+
+
 def _last_share(curves: pl.DataFrame, run_id: str, metric: str) -> dict | None:
     part = curves.filter((pl.col("run_id") == run_id) & (pl.col("metric") == metric)).sort("edit_count")
     return part.row(-1, named=True) if part.height else None
@@ -415,11 +420,10 @@ def _b1(conn, arms) -> Finding:
     common = dict(claim="B1", study="B", statement="Sequential edits are forgotten gradually, then catastrophically.",
                   paper="ROME ≈0-8% of edits forgotten until ≈560 edits, then ≈78%; MEMIT ≈0-15% until ≈1250, "
                         "then 100% by ≈1300 (GPT-J, exact match)",
-                  rule="Retention by exact match (study B's 'holds') of ROME and MEMIT b = 1 split where two lines "
-                       "fit best (store.stats.phase_break): reproduced when a run's later side is catastrophic (a "
-                       "loss beyond the earlier trend of 3x the series' noise and a fifth of its level at the split, "
-                       "falling 3x faster); refuted when a run "
-                       "collapsed (no longer usable) with no such phase; otherwise not yet reached.", page="forgetting")
+                  rule="Retention by exact match (study B's 'holds') of ROME and MEMIT b = 1: reproduced when a "
+                       "run's retention has a catastrophic phase; refuted when a run collapsed (no longer usable) "
+                       "with no such phase; otherwise not yet reached; " + _lower(derived.sequential_rules()["phase"]),
+                  page="forgetting")
     runs = _b_runs(arms)
     if not runs:
         return Finding(**common, ours="no sequential ROME or MEMIT run", verdict=NOT_MEASURED,
@@ -520,12 +524,10 @@ def _b3(conn, arms) -> Finding:
                             "fix removes them.",
                   paper="disabling edits with original ROME; none with r-ROME keys (GPT-J)",
                   rule=f"With at least {MIN_ORDERS} edit orders both have, reproduced when on every order the "
-                       "original-keys ROME run has at least one disabling edit (a large update, robust z of log "
-                       "||dW|| above 3.5 over the run's edits and against the updates on either side, that the model "
-                       "did not survive: an abrupt ability or perplexity fall, or the collapse, at the first ability "
-                       "checkpoint after it; store.derived.disabling_edit_events) and the r-ROME run, editing the "
-                       "same facts in the same order, none; refuted when every order goes against that; large "
-                       "updates that nothing follows are counted beside them.", page="forgetting")
+                       "original-keys ROME run has at least one disabling edit and the r-ROME run, editing the same "
+                       "facts in the same order, none; refuted when every order goes against that; large updates "
+                       "that nothing follows are counted beside them; " + _lower(derived.sequential_rules()["disabling_edit"]),
+                  page="forgetting")
     orders = _shared(arms, ROME_ORIGINAL, ROME)
     if not orders:
         return Finding(**common, ours="no pair of ROME runs (original and r-ROME keys) on one edit order",
