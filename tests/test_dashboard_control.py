@@ -72,20 +72,17 @@ def _forgetting(monkeypatch, store, params):
     return at
 
 
-def _traces(at) -> dict[str, dict[str, list]]:
-    """subplot title -> trace name -> the line's y values, from the page's first figure."""
+def _traces(at) -> tuple[dict[str, dict[str, list]], dict]:
+    """(subplot title -> trace name -> the line's y values, the figure's spec), from the page's first figure:
+    make_subplots titles subplot i (y axis "y{i}", "y" for the first) with the i-th annotation."""
     spec = json.loads(at.get("plotly_chart")[0].proto.spec)
-    titles = {}
-    for a in spec["layout"]["annotations"]:  # make_subplots titles sit above their axes
-        titles[a["text"]] = a
-    axes = {}
+    titles = [a["text"] for a in spec["layout"]["annotations"]]
+    by_panel: dict[str, dict[str, list]] = {}
     for t in spec["data"]:
-        if t.get("name") is None:
-            continue
-        axes.setdefault(t.get("yaxis", "y"), {})[t["name"]] = t["y"]
-    order = [a["text"] for a in spec["layout"]["annotations"]]
-    names = sorted(axes, key=lambda y: int(y[1:] or 1))
-    return {order[int(y[1:] or 1) - 1]: axes[y] for y in names}, spec
+        if t.get("name") is not None:  # a line (CI bands have no name)
+            axis = t.get("yaxis", "y")
+            by_panel.setdefault(titles[int(axis[1:] or 1) - 1], {})[t["name"]] = t["y"]
+    return by_panel, spec
 
 
 def test_the_control_is_drawn_only_where_it_means_something_and_keeps_its_legend(monkeypatch, control_store):
