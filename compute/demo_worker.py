@@ -34,7 +34,7 @@ import os
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -473,6 +473,8 @@ def handle(request: Path, engine: DemoEngine, store: Path, shipped: Path | None,
     cancel = log.with_suffix(".cancel")
     with open(log, "a", buffering=1) as f:
         def out(text: str = "") -> None:
+            if text.startswith("stage "):  # when it began, for the page's time per stage (dashboard.jobs.stage_times)
+                text += f"  [at {time.time():.3f}]"
             f.write(text + "\n")
 
         try:

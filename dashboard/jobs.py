@@ -539,7 +539,9 @@ def log_tail(job: Job, chars: int = LOG_TAIL_CHARS) -> str:
     return data[-chars:].decode("utf-8", "replace")
 
 
-_STAGE = re.compile(r"^stage (\d+)/(\d+): (.*)$")
+# `stage k/n: what`, and from the demo worker `  [at EPOCH]` after it: when the stage began
+_STAGE = re.compile(r"^stage (\d+)/(\d+): (.*?)(?:\s+\[at (\d+(?:\.\d*)?)\])?$")
+WAIT_SHOWN_S = 2.0  # a wait for the demo worker (another demo before this one) is shown from this long
 
 
 def job_stage(job: Job) -> tuple[int, int, str] | None:
@@ -550,6 +552,16 @@ def job_stage(job: Job) -> tuple[int, int, str] | None:
         if m:
             return int(m.group(1)), int(m.group(2)), m.group(3)
     return None
+
+
+def _stamped_stages(job: Job) -> list[tuple[int, str, float]]:
+    """(k, what, when it began) of each stage line the worker stamped, first line per stage, in log order."""
+    seen: dict[int, tuple[int, str, float]] = {}
+    for line in log_tail(job, 1_000_000).splitlines():
+        m = _STAGE.match(line.strip())
+        if m and m.group(4) and int(m.group(1)) not in seen:
+            seen[int(m.group(1))] = (int(m.group(1)), m.group(3), float(m.group(4)))
+    return sorted(seen.values(), key=lambda s: s[2])
 
 
 def _stages_file(job: Job) -> Path:
@@ -570,16 +582,34 @@ def observe_stage(job: Job, now: float | None = None) -> None:
 
 
 def stage_times(job: Job, now: float | None = None) -> list[tuple[int, str, float]]:
-    """(k, what, seconds) per observed stage: from when it was first seen to when the next one was, or to
+    """(k, what, seconds) per stage. When the demo worker stamped its stage lines (`[at EPOCH]`): from each
+    stamp to the next, the last to the job's exit status file (or now, while it runs), and a wait for the
+    worker of WAIT_SHOWN_S or more as (0, 'waiting for the demo worker', seconds). Otherwise per observed
+    stage: from when it was first seen to when the next one was, or to
     the job's last output once it has ended (the log file's modification time). Stages that passed while
     nobody watched are counted in the one before them; time before the first observed stage, when that is
     not stage 1, is reported as (0, 'before the page looked', seconds); a stage first seen after the job had
     ended has no known duration and is left out."""
+    start = datetime.fromisoformat(job.started_at).timestamp()
+    stamped = _stamped_stages(job)
+    if stamped:  # the worker's own clock: exact, whether or not the page was looking
+        if _alive(job):
+            end = time.time() if now is None else now
+        else:
+            rc = Path(job.log).with_suffix(".rc")
+            try:
+                end = (rc if rc.is_file() else Path(job.log)).stat().st_mtime
+            except OSError:
+                end = stamped[-1][2]
+        ends = [t for _, _, t in stamped[1:]] + [end]
+        out = [(k, what, max(e - t, 0.0)) for (k, what, t), e in zip(stamped, ends)]
+        # started_at has whole seconds: only a longer wait (a demo queued behind another) is told
+        waited = stamped[0][2] - start
+        return ([(0, "waiting for the demo worker", waited)] if waited >= WAIT_SHOWN_S else []) + out
     path = _stages_file(job)
     if not path.is_file():
         return []
     seen = sorted((int(k), what, t) for k, (what, t) in json.loads(path.read_text()).items())
-    start = datetime.fromisoformat(job.started_at).timestamp()
     if _alive(job):
         end = time.time() if now is None else now
     else:

@@ -267,6 +267,28 @@ def test_stage_times_when_the_page_looked_late(tmp_path):
     assert jobs.seconds_text(150) == "2 min 30 s" and jobs.seconds_text(42.4) == "42 s"
 
 
+def test_stage_times_from_the_workers_stamps(tmp_path):
+    """The demo worker stamps its stage lines: the times are its own, not when the page happened to look, and a
+    long wait for the worker (a demo queued behind another) is told."""
+    from datetime import datetime, timezone
+
+    log = tmp_path / "j.log"
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    job = jobs.Job("j", "edit", ("edit",), 2**22 + 12345, str(log), str(tmp_path / "s.sqlite"), start.isoformat())
+    t0 = start.timestamp()
+    log.write_text(f"stage 1/6: loading  [at {t0 + 0.4:.3f}]\nmodel loaded\nstage 2/6: unedited  [at {t0 + 4.4:.3f}]\n"
+                   f"stage 3/6: editing with ROME  [at {t0 + 4.5:.3f}]\nstage 4/6: plain  [at {t0 + 12.25:.3f}]\n")
+    assert jobs.job_stage(job) == (4, 6, "plain")  # the stamp is not part of what the page shows
+    jobs.observe_stage(job, now=t0 + 50)  # a late look changes nothing
+    (tmp_path / "j.rc").write_text("0")
+    os.utime(tmp_path / "j.rc", (t0 + 14.0, t0 + 14.0))
+    times = jobs.stage_times(job)
+    assert [(k, what) for k, what, _ in times] == [(1, "loading"), (2, "unedited"), (3, "editing with ROME"), (4, "plain")]
+    assert [round(s, 2) for _, _, s in times] == [4.0, 0.1, 7.75, 1.75]
+    log.write_text(f"stage 1/6: loading  [at {t0 + 30:.3f}]\n")  # queued 30 s behind another demo
+    assert jobs.stage_times(job)[0] == (0, "waiting for the demo worker", 30.0)
+
+
 def test_start_job_logs_and_reports_failure(tmp_path, monkeypatch):
     from store import Store
 

@@ -58,6 +58,39 @@ def test_the_fingerprint_follows_the_weights(llama):
     assert weights_fingerprint(llama) == before
 
 
+def test_the_fingerprint_hashes_again_only_what_changed_and_sees_writes_through_data(llama, monkeypatch):
+    from compute.editors import value_cache
+
+    calls = []
+    real = value_cache.hashlib.sha256
+
+    def counting(*args):
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(value_cache.hashlib, "sha256", counting)
+    value_cache._DIGESTS.pop(llama.model, None)
+    n = len(list(llama.model.parameters()))
+    before = weights_fingerprint(llama)
+    assert len(calls) == n + 1  # every parameter's digest, then the whole
+    calls.clear()
+    assert weights_fingerprint(llama) == before and len(calls) == 1  # nothing changed: nothing hashed again
+    w = llama.down_proj(1).weight
+    kept = w.detach().clone()
+    with torch.no_grad():
+        w.add_(1e-3)  # as an edit writes it
+    calls.clear()
+    edited = weights_fingerprint(llama)
+    assert edited != before and len(calls) == 2  # the edited matrix only
+    with torch.no_grad():
+        w.copy_(kept)  # its undo: the same bytes, the same fingerprint
+    assert weights_fingerprint(llama) == before
+    w.data[0, 0] += 1.0  # a write through .data leaves the version counter alone; the sum sees it
+    assert weights_fingerprint(llama) != before
+    w.data.copy_(kept)
+    assert weights_fingerprint(llama) == before
+
+
 def test_a_larger_batch_reuses_the_smaller_ones_values_and_writes_the_same_update(llama, cases, tmp_path, counted):
     requests = [EditRequest.from_case(c) for c in cases[:5]]
     hp = _hp("MEMIT", llama)

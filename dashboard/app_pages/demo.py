@@ -3,7 +3,7 @@ dashboard.jobs.start_demo on the first demo, keeping the model loaded between de
 rephrase type, the probe beside the model's generations before and after the edit, how long each stage took,
 and on how many measurable types the edit held. The unedited answers come from the store when it holds them;
 after the edit the plain and paraphrase answers are written first and shown while the other types follow
-(the watcher fragment polls the run's rows every second). The run is saved in the workspace store."""
+(the watcher fragment looks at the demo's log every second and redraws the page when rows were written). The run is saved in the workspace store."""
 
 import json
 
@@ -17,8 +17,9 @@ from dashboard.data import (public_mode, query, run_store, session_owner, store_
 from store.measurable import MEASURABLE_SHARE, measurable_types, unmeasurable_reasons
 from store.metrics import REPHRASE_TYPES
 
-STAGE_NAMES = {0: "before the page looked", 1: "loading the model", 2: "the unedited model", 3: "the edit",
+STAGE_NAMES = {1: "loading the model", 2: "the unedited model", 3: "the edit",
                4: "plain and paraphrase after it", 5: "the other types after it", 6: "saving"}
+WATCH_S = 1.0  # seconds between the watcher's looks at a demo in progress
 
 st.title("Edit demo")
 missing = jobs.missing_compute()
@@ -103,12 +104,25 @@ def _stage_line(job: jobs.Job) -> str:
     return "Time per stage: " + " · ".join(parts) if parts else ""
 
 
-@st.fragment(run_every=1)
-def _watch(job_id: str) -> None:
+def _progress(job: jobs.Job) -> tuple:
+    """What the run view below the watcher depends on: the demo's run id (printed once the unedited answers are
+    stored) and how many groups of rows the worker has written after the edit. The watcher redraws the page
+    when it changes."""
+    written = sum(1 for x in jobs.log_tail(job, 1_000_000).splitlines() if x.startswith("written after the edit:"))
+    return (jobs.demo_run(job), written)
+
+
+@st.fragment(run_every=WATCH_S)
+def _watch(job_id: str, shown: tuple) -> None:
+    """The demo's progress, polled every WATCH_S seconds. It draws only the progress bar and the stage times
+    (cheap: the page's CPU is the demo's, on a small machine); the run's rows are drawn outside it, by a
+    full rerun when `_progress` says that something was written (a few times per demo)."""
     job = jobs.load_job(workspace_path(), job_id)
     jobs.observe_stage(job)
     status = jobs.job_status(job)
     if status["state"] == "running":
+        if _progress(job) != shown:
+            st.rerun()
         stage = jobs.job_stage(job)
         k, n, what = stage if stage else (0, 6, "waiting for the demo worker")
         st.progress(max(k - 1, 0) / n, text=jobs.escape_markdown(f"Step {max(k, 1)} of {n}: {what}"))
@@ -122,15 +136,22 @@ def _watch(job_id: str) -> None:
                 jobs.cancel_job(job, owner=owner)
             except ValueError as exc:
                 message("Not cancelled:", str(exc))
-        run_id = jobs.demo_run(job)
-        runs = query("list_runs", kind="demo") if run_id else None
-        if runs is not None and run_id in runs["run_id"].to_list():
-            _show(runs.filter(pl.col("run_id") == run_id).row(0, named=True), "Your demo (in progress)")
         return
     st.session_state["demo_done"] = {**status, "job_id": job_id, "run_id": jobs.saved_run(job),
                                      "stages": _stage_line(job)}
     del st.session_state["demo_job"]
     st.rerun()
+
+
+def _in_progress(job_id: str) -> None:
+    """The demo in progress: the watcher, then the run's rows written so far."""
+    job = jobs.load_job(workspace_path(), job_id)
+    shown = _progress(job)
+    _watch(job_id, shown)
+    run_id = shown[0]
+    runs = query("list_runs", kind="demo") if run_id else None
+    if runs is not None and run_id in runs["run_id"].to_list():
+        _show(runs.filter(pl.col("run_id") == run_id).row(0, named=True), "Your demo (in progress)")
 
 
 def _show(run: dict, title: str | None = None) -> None:
@@ -193,7 +214,7 @@ def _show(run: dict, title: str | None = None) -> None:
 
 if "demo_job" in st.session_state:
     try:
-        _watch(st.session_state["demo_job"])
+        _in_progress(st.session_state["demo_job"])
         st.stop()  # the watcher shows the demo in progress; the full page comes back when it has ended
     except ValueError as exc:
         st.session_state.pop("demo_job", None)
