@@ -136,8 +136,10 @@ def _scratch_cache(folder: Path) -> Path:
     return folder
 
 
-def _timed(path: str, store: Path, gen_tokens: int, threads: str, cache: Path) -> dict:
+def _timed(path: str, store: Path, gen_tokens: int, threads: str, cache: Path, hparams: str | None = None) -> dict:
     argv = ["--store", str(store), "--quiet", "edit", *FACT, "--gen-tokens", str(gen_tokens)]
+    if hparams:
+        argv += ["--hparams", hparams]
     if path == "new-answers":
         shutil.rmtree(cache / "values", ignore_errors=True)
     env = {**os.environ, "OMP_NUM_THREADS": threads, "PYTHONPATH": str(ROOT), "EDITSCOPE_CACHE": str(cache)}
@@ -291,6 +293,8 @@ def main(argv=None) -> int:
                     help="the store to copy (read once, never written)")
     ap.add_argument("--browser", action="store_true", help="measure the Edit demo in Chromium instead")
     ap.add_argument("--timeout", type=float, default=600, help="seconds to wait for one demo in the browser")
+    ap.add_argument("--hparams", help="the editor's setting for every run, e.g. 'paper' (ROME's setting when issue 22 "
+                    "measured the command: 20 steps at lr 0.5); default: the shipped, calibrated one")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     threads = os.environ.get("OMP_NUM_THREADS", "1")
@@ -305,12 +309,12 @@ def main(argv=None) -> int:
     cache = _scratch_cache(scratch / "cache")
     runs = []
     try:
-        runs.append({**_timed("new-answers", store, args.gen_tokens, threads, cache), "path": "new-cold"})
+        runs.append({**_timed("new-answers", store, args.gen_tokens, threads, cache, args.hparams), "path": "new-cold"})
         print(runs[-1], flush=True)
         kinds = ("old", "new-answers", "new")
         order = [p for k in range(args.repeats) for p in (kinds if k % 2 == 0 else kinds[::-1])]
         for path in order:
-            runs.append(_timed(path, store, args.gen_tokens, threads, cache))
+            runs.append(_timed(path, store, args.gen_tokens, threads, cache, args.hparams))
             print(runs[-1], flush=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -318,7 +322,8 @@ def main(argv=None) -> int:
     new = [r["seconds"] for r in runs if r["path"] == "new"]
     answers = [r["seconds"] for r in runs if r["path"] == "new-answers"]
     result = {
-        "what": "python -m compute edit " + " ".join(FACT) + f" --gen-tokens {args.gen_tokens}, end to end, "
+        "what": "python -m compute edit " + " ".join(FACT) + f" --gen-tokens {args.gen_tokens}"
+                + (f" --hparams {args.hparams}" if args.hparams else "") + ", end to end, "
                 "a fresh process per run: old (before issue 22) vs new (stored unedited answers and the cached "
                 "target value of this fact), new-answers (stored answers, value optimised again) and new-cold "
                 "(nothing stored)",
