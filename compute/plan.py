@@ -283,32 +283,43 @@ PAUSE_FACTOR = 3.0  # a checkpoint interval slower per edit than this x the run'
 
 
 def _timed_seconds(events) -> float:
-    """The seconds a run's timing events (series, edit_count, end_count, value) say it computed: a checkpoint
-    interval counts at most PAUSE_FACTOR x the run's median seconds per edit for its edits, since a process
-    stopped for a while (SIGSTOP while the machine benchmarks, a suspended laptop) times its pause too: the
-    shipped rebuild's ROME run has one 10-edit interval of 7,459 s among ones of 150-600 s. An interval with
-    the quick ability suite costs about 2x the median, within the cap; other series count as they are."""
+    """The seconds a run's timing events (series, edit_count, end_count, value[, detail]) say it computed. An
+    event whose detail records `cpu_s` (the process's CPU seconds over the interval, written since 2026-12-06)
+    counts those: a pause costs no CPU. Older events have wall seconds only: a checkpoint interval counts at most
+    PAUSE_FACTOR x the run's median seconds per edit for its edits, since a process stopped for a while
+    (SIGSTOP while the machine benchmarks, a suspended laptop) times its pause too: the shipped rebuild's ROME
+    run has one 10-edit interval of 7,459 s among ones of 150-600 s. An interval with the quick ability suite
+    costs about 2x the median, within the cap; other series count as they are."""
     import statistics
 
     def edits(series, s, e) -> int:  # edits a checkpoint interval covers (0: not one)
         return e - s if series == "checkpoint" and s is not None and e is not None and e > s else 0
 
-    per_edit = [v / edits(series, s, e) for series, s, e, v in events if edits(series, s, e)]
+    def cpu(event) -> float | None:
+        try:
+            value = json.loads(event[4] or "{}").get("cpu_s") if len(event) > 4 else None
+        except (TypeError, ValueError):
+            return None
+        return float(value) if isinstance(value, (int, float)) else None
+
+    walls = [e for e in events if cpu(e) is None]
+    per_edit = [v / edits(series, s, e) for series, s, e, v, *_ in walls if edits(series, s, e)]
     cap = PAUSE_FACTOR * statistics.median(per_edit) if per_edit else float("inf")
-    return sum(min(float(v), cap * edits(series, s, e)) if edits(series, s, e) else float(v)
-               for series, s, e, v in events)
+    return sum(cpu(ev) if cpu(ev) is not None
+               else min(float(ev[3]), cap * edits(*ev[:3])) if edits(*ev[:3]) else float(ev[3])
+               for ev in events)
 
 
 def _run_seconds(conn, run: dict) -> tuple[float | None, str]:
     """CPU-seconds a run has taken so far (one thread per unit) and where that comes from: the larger of its
     `timings` seconds and the sum of its run_events of kind timing (a sequential run's checkpoints and final
     suite; each covers only part of a resumed run: `timings` its last session), else, for a finished run, the
-    wall time from its start to its finish (sweep runs record no timings), else None. Paused checkpoint
-    intervals are capped (`_timed_seconds`)."""
+    wall time from its start to its finish (sweep runs record no timings), else None. Timing events count their
+    CPU seconds where recorded, else their wall seconds with paused intervals capped (`_timed_seconds`)."""
     from datetime import datetime
 
     timings = json.loads(run.get("timings") or "{}")
-    events = conn.execute("SELECT series, edit_count, end_count, value FROM run_events WHERE run_id = ? "
+    events = conn.execute("SELECT series, edit_count, end_count, value, detail FROM run_events WHERE run_id = ? "
                           "AND kind = 'timing' AND value IS NOT NULL", (run["run_id"],)).fetchall()
     found = [(float(timings["seconds"]), "timings")] if isinstance(timings.get("seconds"), (int, float)) else []
     if events:

@@ -5,6 +5,7 @@ local Ray of 2 CPUs, and by a driver killed mid-plan and started again: the same
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -12,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -445,6 +447,27 @@ def test_a_paused_checkpoint_interval_counts_at_most_three_times_the_runs_median
     events += [("checkpoint", 80, 90, 7000.0), ("checkpoint", 90, 100, 200.0), ("final_abilities", 100, 100, 50.0)]
     assert plans._timed_seconds(events) == pytest.approx(800 + 3 * 100 + 200 + 50)
     assert plans._timed_seconds([("checkpoint", 0, None, 5.0), ("checkpoint", 1, None, 5.0)]) == 10.0
+
+
+def test_recorded_cpu_seconds_count_instead_of_wall_seconds():
+    """Since timing events record the process's CPU seconds, a pause (wall time without CPU) costs nothing in
+    the estimate; older events in the same run keep the capped wall rule."""
+    events = [("checkpoint", 10 * k, 10 * k + 10, 100.0, None) for k in range(4)]
+    events += [("checkpoint", 40, 50, 900.0, json.dumps({"cpu_s": 95.5})),  # stopped for 800 s of it
+               ("final_abilities", 50, 50, 60.0, json.dumps({"cpu_s": 58.0}))]
+    assert plans._timed_seconds(events) == pytest.approx(400 + 95.5 + 58.0)
+
+
+def test_a_sequential_run_records_its_cpu_seconds():
+    from compute.experiments import sequential
+
+    start = sequential._clock()
+    sum(i * i for i in range(300_000))  # some CPU
+    time.sleep(0.3)  # and a wait that costs none
+    lm = types.SimpleNamespace(device="cpu")
+    event = sequential._timing_event("r", 0, 10, start, lm)
+    detail = json.loads(event["detail"])
+    assert event["value"] >= 0.3 and 0 < detail["cpu_s"] < event["value"] - 0.2
 
 
 def test_a_missing_hyperparameter_file_is_named_when_the_plan_loads(tmp_path):

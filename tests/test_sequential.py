@@ -214,7 +214,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_with_the_same_numbers(llama, c
     assert intervals(events_a) == intervals(events_b) == list(zip([0] + checkpoints[:-1], checkpoints))
     timing = events_a.filter(events_a["kind"] == "timing")
     assert all(v > 0 for v in timing["value"])
-    assert all(json.loads(d)["peak_rss_mb"] > 0 for d in timing["detail"])
+    assert all(json.loads(d)["peak_rss_mb"] > 0 and json.loads(d)["cpu_s"] > 0 for d in timing["detail"])
 
 
 def test_alphaedit_runs_in_batches_and_remembers_its_edits(llama, cases, tmp_path):

@@ -60,10 +60,10 @@ run's own, store.derived.disabling_edit_events), abrupt ability or perplexity ch
 model no longer usable, store.derived.usability) and the panel floor; they replace the run's earlier ones.
 
 Timing: at every checkpoint a run_events row of kind "timing" records the wall seconds since the
-previous checkpoint measured in the same process (edits, checkpoint work and abilities included), with the
-process's peak resident memory, its torch threads and the machine's load in its detail. A resumed run
-records only the intervals it ran itself. `benchmarks/bench_sequential.py --from-store` turns these into
-wall time per 100 edits. Timing is not a measurement: an interrupted and an uninterrupted run differ
+previous checkpoint measured in the same process (edits, checkpoint work and abilities included), with its
+CPU seconds (`cpu_s`: a paused process's pause is in the wall seconds only), the process's peak resident
+memory, its torch threads and the machine's load in its detail. A resumed run records only the intervals it
+ran itself. `benchmarks/bench_sequential.py --from-store` turns these into wall time per 100 edits. Timing is not a measurement: an interrupted and an uninterrupted run differ
 there and nowhere else.
 
 Resumable: at every checkpoint, after its rows are written, the edited matrices, the editor's memory
@@ -483,7 +483,7 @@ def run_sequential(
 
                 start_job = start
         last_checkpoint = count
-        interval_start = time.monotonic()
+        interval_start = _clock()
         # Measurements run through `runner`: in this thread on `lm` (Inline), or with `beside` on a shadow copy in
         # a background thread while the next edit is made (compute.experiments.beside). Either way a measurement
         # sees the weights of the edit it belongs to, and its rows are written, in edit order, when it has
@@ -520,7 +520,7 @@ def run_sequential(
                 "base": base, "panel": [c.case_id for c in panel], "collapse_at": collapse_at, "panel_em": em_prev,
             })
             store.write_events([_timing_event(run_id, job["last"], job["count"], interval_start, lm)])
-            interval_start = time.monotonic()
+            interval_start = _clock()
             store.heartbeat(run_id, n_done=job["count"], n_total=n_total)
 
         def units():
@@ -538,7 +538,7 @@ def run_sequential(
                 pending = {"kind": "start", "future": runner.submit({}, start_job)}
                 if not beside:
                     settle()
-                    interval_start = time.monotonic()
+                    interval_start = _clock()
 
         def step(ids: list[str]) -> None:
             """One edit (or batch), its rows written when its measurements are (`settle`)."""
@@ -581,7 +581,7 @@ def run_sequential(
             settle()
             find_events(store, run_id, cfg)
             if final_abilities is not None:
-                final_started = time.monotonic()
+                final_started = _clock()
                 _store_final_suite(store, run_id, count, cfg.batch_size, final_abilities(lm), final_started, lm, "run")
 
         try:
@@ -668,7 +668,7 @@ def measure_saved_state(lm: LoadedModel, store, run_id: str, cache_dir: Path,
         raise ValueError(f"run {run_id}'s saved state has weights this model lacks: {unknown[:3]}")
     originals = {name: params[name].detach().clone() for name in state["weights"]}
     count = int(state["edit_count"])
-    started = time.monotonic()
+    started = _clock()
     try:
         with torch.no_grad():
             for name, tensor in state["weights"].items():
@@ -703,18 +703,27 @@ class _Inline:
         pass
 
 
-def _timing_event(run_id: str, previous: int, count: int, start: float, lm: LoadedModel,
+def _clock() -> tuple[float, float]:
+    """(wall, CPU) clocks now: time.monotonic() and the process's CPU time, all its threads."""
+    return time.monotonic(), time.process_time()
+
+
+def _timing_event(run_id: str, previous: int, count: int, start: tuple[float, float], lm: LoadedModel,
                   series: str = "checkpoint", **extra) -> dict:
     """The run_events row timing the interval (previous, count] of edits, checkpoint included (series
     "checkpoint"), or the full ability suite at edit count `count` (series "final_abilities", `extra` says
-    where and with which code it was measured)."""
+    where and with which code it was measured). `start` is `_clock()` at the interval's start: the value is
+    its wall seconds, `cpu_s` in the detail its CPU seconds (a process stopped for a while, e.g. while the
+    machine benchmarks, counts the pause in the first only; compute.plan estimates from the second)."""
     import resource
 
+    wall, cpu = _clock()
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
     detail = {"edits": count - previous, "peak_rss_mb": round(peak_mb, 1), "torch_threads": torch.get_num_threads(),
-              "load_avg_1m": round(os.getloadavg()[0], 2), "device": str(lm.device), **extra}
+              "load_avg_1m": round(os.getloadavg()[0], 2), "device": str(lm.device),
+              "cpu_s": round(cpu - start[1], 3), **extra}
     return {"run_id": run_id, "kind": "timing", "series": series, "edit_count": previous, "end_count": count,
-            "value": round(time.monotonic() - start, 3), "detail": json.dumps(detail)}
+            "value": round(wall - start[0], 3), "detail": json.dumps(detail)}
 
 
 def _store_final_suite(store, run_id: str, count: int, batch_size: int, rows: list[dict], start: float,
