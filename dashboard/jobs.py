@@ -593,14 +593,12 @@ def stage_times(job: Job, now: float | None = None) -> list[tuple[int, str, floa
     start = datetime.fromisoformat(job.started_at).timestamp()
     stamped = _stamped_stages(job)
     if stamped:  # the worker's own clock: exact, whether or not the page was looking
-        if _alive(job):
-            end = time.time() if now is None else now
-        else:
-            rc = Path(job.log).with_suffix(".rc")
-            try:
-                end = (rc if rc.is_file() else Path(job.log)).stat().st_mtime
-            except OSError:
-                end = stamped[-1][2]
+        rc = Path(job.log).with_suffix(".rc")  # a demo's end: its worker lives on after it
+        try:
+            end = rc.stat().st_mtime if rc.is_file() else (time.time() if now is None else now) if _alive(job) \
+                else Path(job.log).stat().st_mtime
+        except OSError:
+            end = stamped[-1][2]
         ends = [t for _, _, t in stamped[1:]] + [end]
         out = [(k, what, max(e - t, 0.0)) for (k, what, t), e in zip(stamped, ends)]
         # started_at has whole seconds: only a longer wait (a demo queued behind another) is told

@@ -285,6 +285,8 @@ def test_stage_times_from_the_workers_stamps(tmp_path):
     times = jobs.stage_times(job)
     assert [(k, what) for k, what, _ in times] == [(1, "loading"), (2, "unedited"), (3, "editing with ROME"), (4, "plain")]
     assert [round(s, 2) for _, _, s in times] == [4.0, 0.1, 7.75, 1.75]
+    job_alive = jobs.Job("j", "edit", ("edit",), os.getpid(), str(log), str(tmp_path / "s.sqlite"), start.isoformat())
+    assert jobs.stage_times(job_alive) == times  # the worker lives on after the demo: its exit status is the end
     log.write_text(f"stage 1/6: loading  [at {t0 + 30:.3f}]\n")  # queued 30 s behind another demo
     assert jobs.stage_times(job)[0] == (0, "waiting for the demo worker", 30.0)
 

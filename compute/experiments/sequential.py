@@ -63,8 +63,8 @@ Timing: at every checkpoint a run_events row of kind "timing" records the wall s
 previous checkpoint measured in the same process (edits, checkpoint work and abilities included), with its
 CPU seconds (`cpu_s`: a paused process's pause is in the wall seconds only), the process's peak resident
 memory, its torch threads and the machine's load in its detail. A resumed run records only the intervals it
-ran itself. `benchmarks/bench_sequential.py --from-store` turns these into wall time per 100 edits. Timing is not a measurement: an interrupted and an uninterrupted run differ
-there and nowhere else.
+ran itself. `benchmarks/bench_sequential.py --from-store` turns these into wall time per 100 edits. Timing
+is not a measurement: an interrupted and an uninterrupted run differ there and nowhere else.
 
 Resumable: at every checkpoint, after its rows are written, the edited matrices, the editor's memory
 (ctx.state) and the run's bookkeeping are saved atomically to `<cache>/sequential/<run_id>.pt`

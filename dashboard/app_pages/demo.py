@@ -3,7 +3,8 @@ dashboard.jobs.start_demo on the first demo, keeping the model loaded between de
 rephrase type, the probe beside the model's generations before and after the edit, how long each stage took,
 and on how many measurable types the edit held. The unedited answers come from the store when it holds them;
 after the edit the plain and paraphrase answers are written first and shown while the other types follow
-(the watcher fragment looks at the demo's log every second and redraws the page when rows were written). The run is saved in the workspace store."""
+(the watcher fragment looks at the demo's log every second and redraws the page when rows were written).
+The run is saved in the workspace store."""
 
 import json
 
