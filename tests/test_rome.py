@@ -192,6 +192,38 @@ def test_packed_objective_bins_many_requests_like_separate_sequences(model, laye
         assert torch.all(grads[0][1][~active] == 0)  # an inactive row's delta is not used
 
 
+def test_shared_key_value_heads_give_the_same_values_and_are_used_only_while_optimising(llama, monkeypatch):
+    """The tiny Llama has 4 query heads on 2 key/value heads. Inside the value optimisation SDPA shares the
+    key/value heads (enable_gqa) instead of copying them, with bit-identical values; outside it (evaluation)
+    transformers' own choice stands."""
+    from compute.editors import rome
+
+    calls = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def recording(*args, **kwargs):
+        calls.append(bool(kwargs.get("enable_gqa", False)))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording)
+    opts = rome.value_options(dataclasses.replace(TINY_HP, v_steps=6))
+    runs = {}
+    for shared in (True, False):
+        monkeypatch.setattr(rome, "SHARED_KV_HEADS", shared)
+        calls.clear()
+        with rome.edit_mode(llama):
+            runs[shared] = rome.optimise_values(llama, 1, PACKED_REQUESTS, ("", "Hello there. "), opts, [1.0] * 4)
+        assert calls and all(c is shared for c in calls)
+    for a, b in zip(runs[True], runs[False]):
+        assert torch.equal(a.delta, b.delta) and a.nlls == b.nlls and a.steps == b.steps
+    monkeypatch.setattr(rome, "SHARED_KV_HEADS", True)
+    calls.clear()
+    with torch.no_grad():
+        ids = llama.tokenizer(["The capital of France is", "Hi"], return_tensors="pt", padding=True)
+        llama.model(**ids)  # a masked forward outside the optimisation
+    assert calls and not any(calls)
+
+
 def test_edit_restores_gradient_flags_and_training_mode(llama, ctx):
     lm = editable(llama)
     lm.model.train()
