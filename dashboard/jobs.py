@@ -564,66 +564,25 @@ def _stamped_stages(job: Job) -> list[tuple[int, str, float]]:
     return sorted(seen.values(), key=lambda s: s[2])
 
 
-def _stages_file(job: Job) -> Path:
-    return Path(job.log).with_suffix(".stages")  # not *.json: those are job records
-
-
-def observe_stage(job: Job, now: float | None = None) -> None:
-    """Note when the job's current stage was first seen (the page polls every few seconds while it shows
-    the job), for stage_times."""
-    stage = job_stage(job)
-    if stage is None:
-        return
-    path = _stages_file(job)
-    seen = json.loads(path.read_text()) if path.is_file() else {}
-    if str(stage[0]) not in seen:
-        seen[str(stage[0])] = [stage[2], time.time() if now is None else now]
-        path.write_text(json.dumps(seen))
-
-
 def stage_times(job: Job, now: float | None = None) -> list[tuple[int, str, float]]:
-    """(k, what, seconds) per stage. When the demo worker stamped its stage lines (`[at EPOCH]`): from each
-    stamp to the next, the last to the job's exit status file (or now, while it runs), and a wait for the
-    worker of WAIT_SHOWN_S or more as (0, 'waiting for the demo worker', seconds). Otherwise per observed
-    stage: from when it was first seen to when the next one was, or to
-    the job's last output once it has ended (the log file's modification time). Stages that passed while
-    nobody watched are counted in the one before them; time before the first observed stage, when that is
-    not stage 1, is reported as (0, 'before the page looked', seconds); a stage first seen after the job had
-    ended has no known duration and is left out."""
-    start = datetime.fromisoformat(job.started_at).timestamp()
+    """(k, what, seconds) per stage of a demo, by the worker's own clock: each stage line carries `[at EPOCH]`,
+    a stage lasts from its stamp to the next one's, the last one to the job's exit status file (or now, while
+    it runs); a wait for the worker of WAIT_SHOWN_S or more is (0, 'waiting for the demo worker', seconds).
+    A log without stamps (a worker from before they were written) gives []."""
     stamped = _stamped_stages(job)
-    if stamped:  # the worker's own clock: exact, whether or not the page was looking
-        rc = Path(job.log).with_suffix(".rc")  # a demo's end: its worker lives on after it
-        try:
-            end = rc.stat().st_mtime if rc.is_file() else (time.time() if now is None else now) if _alive(job) \
-                else Path(job.log).stat().st_mtime
-        except OSError:
-            end = stamped[-1][2]
-        ends = [t for _, _, t in stamped[1:]] + [end]
-        out = [(k, what, max(e - t, 0.0)) for (k, what, t), e in zip(stamped, ends)]
-        # started_at has whole seconds: only a longer wait (a demo queued behind another) is told
-        waited = stamped[0][2] - start
-        return ([(0, "waiting for the demo worker", waited)] if waited >= WAIT_SHOWN_S else []) + out
-    path = _stages_file(job)
-    if not path.is_file():
+    if not stamped:
         return []
-    seen = sorted((int(k), what, t) for k, (what, t) in json.loads(path.read_text()).items())
-    if _alive(job):
-        end = time.time() if now is None else now
-    else:
-        try:
-            end = Path(job.log).stat().st_mtime
-        except OSError:
-            end = max(t for _, _, t in seen)
-    seen = [s for s in seen if s[2] < end]
-    if not seen:
-        return []
-    if seen[0][0] == 1:  # the first stage starts with the process, not when the page first looked
-        seen[0] = (1, seen[0][1], min(seen[0][2], start))
-    elif seen[0][2] > start:
-        seen.insert(0, (0, "before the page looked", start))
-    ends = [t for _, _, t in seen[1:]] + [end]
-    return [(k, what, max(e - t, 0.0)) for (k, what, t), e in zip(seen, ends)]
+    rc = Path(job.log).with_suffix(".rc")  # a demo's end: its worker lives on after it
+    try:
+        end = rc.stat().st_mtime if rc.is_file() else (time.time() if now is None else now) if _alive(job) \
+            else Path(job.log).stat().st_mtime
+    except OSError:
+        end = stamped[-1][2]
+    ends = [t for _, _, t in stamped[1:]] + [end]
+    out = [(k, what, max(e - t, 0.0)) for (k, what, t), e in zip(stamped, ends)]
+    # started_at has whole seconds: only a longer wait (a demo queued behind another) is told
+    waited = stamped[0][2] - datetime.fromisoformat(job.started_at).timestamp()
+    return ([(0, "waiting for the demo worker", waited)] if waited >= WAIT_SHOWN_S else []) + out
 
 
 def typical_seconds(store_path: Path, kind: str = "edit") -> tuple[float, int] | None:

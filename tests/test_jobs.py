@@ -233,37 +233,7 @@ def test_copy_case_set_reads_the_shipped_store_and_fills_the_workspace(tmp_path)
     assert shipped.read_bytes() == before and not list(tmp_path.glob("shipped.sqlite-*"))
 
 
-def test_stage_times_from_observed_stages(tmp_path):
-    from datetime import datetime, timezone
-
-    log = tmp_path / "j.log"
-    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
-    job = jobs.Job("j", "edit", ("edit",), 2**22 + 12345, str(log), str(tmp_path / "s.sqlite"), start.isoformat())
-    t0 = start.timestamp()
-    log.write_text("stage 1/5: loading\n")
-    jobs.observe_stage(job, now=t0 + 3)
-    log.write_text("stage 1/5: loading\nstage 2/5: unedited\n")
-    jobs.observe_stage(job, now=t0 + 20)
-    jobs.observe_stage(job, now=t0 + 25)  # the same stage again: its start stays
-    log.write_text("stage 1/5: loading\nstage 2/5: unedited\nstage 4/5: edited\n")
-    jobs.observe_stage(job, now=t0 + 90)
-    os.utime(log, (t0 + 150, t0 + 150))  # the process has ended: its last output marks the end
-    assert jobs.stage_times(job) == [(1, "loading", 20.0), (2, "unedited", 70.0), (4, "edited", 60.0)]
-    jobs.observe_stage(job, now=t0 + 160)  # seen once the job had ended: no known duration
-    assert jobs.stage_times(job)[-1] == (4, "edited", 60.0)
-
-
-def test_stage_times_when_the_page_looked_late(tmp_path):
-    from datetime import datetime, timezone
-
-    log = tmp_path / "j.log"
-    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
-    job = jobs.Job("j", "edit", ("edit",), 2**22 + 12345, str(log), str(tmp_path / "s.sqlite"), start.isoformat())
-    t0 = start.timestamp()
-    log.write_text("stage 3/5: editing\n")
-    jobs.observe_stage(job, now=t0 + 100)
-    os.utime(log, (t0 + 130, t0 + 130))
-    assert jobs.stage_times(job) == [(0, "before the page looked", 100.0), (3, "editing", 30.0)]
+def test_seconds_text():
     assert jobs.seconds_text(150) == "2 min 30 s" and jobs.seconds_text(42.4) == "42 s"
 
 
@@ -279,16 +249,18 @@ def test_stage_times_from_the_workers_stamps(tmp_path):
     log.write_text(f"stage 1/6: loading  [at {t0 + 0.4:.3f}]\nmodel loaded\nstage 2/6: unedited  [at {t0 + 4.4:.3f}]\n"
                    f"stage 3/6: editing with ROME  [at {t0 + 4.5:.3f}]\nstage 4/6: plain  [at {t0 + 12.25:.3f}]\n")
     assert jobs.job_stage(job) == (4, 6, "plain")  # the stamp is not part of what the page shows
-    jobs.observe_stage(job, now=t0 + 50)  # a late look changes nothing
+    job_alive = jobs.Job("j", "edit", ("edit",), os.getpid(), str(log), str(tmp_path / "s.sqlite"), start.isoformat())
+    assert jobs.stage_times(job_alive, now=t0 + 13.0)[-1] == (4, "plain", 0.75)  # running: to now
     (tmp_path / "j.rc").write_text("0")
     os.utime(tmp_path / "j.rc", (t0 + 14.0, t0 + 14.0))
     times = jobs.stage_times(job)
     assert [(k, what) for k, what, _ in times] == [(1, "loading"), (2, "unedited"), (3, "editing with ROME"), (4, "plain")]
     assert [round(s, 2) for _, _, s in times] == [4.0, 0.1, 7.75, 1.75]
-    job_alive = jobs.Job("j", "edit", ("edit",), os.getpid(), str(log), str(tmp_path / "s.sqlite"), start.isoformat())
     assert jobs.stage_times(job_alive) == times  # the worker lives on after the demo: its exit status is the end
     log.write_text(f"stage 1/6: loading  [at {t0 + 30:.3f}]\n")  # queued 30 s behind another demo
     assert jobs.stage_times(job)[0] == (0, "waiting for the demo worker", 30.0)
+    log.write_text("stage 1/6: loading\nstage 3/6: editing\n")  # a worker from before the stamps: no times
+    assert jobs.stage_times(job) == []
 
 
 def test_start_job_logs_and_reports_failure(tmp_path, monkeypatch):

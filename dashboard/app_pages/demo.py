@@ -119,7 +119,6 @@ def _watch(job_id: str, shown: tuple) -> None:
     (cheap: the page's CPU is the demo's, on a small machine); the run's rows are drawn outside it, by a
     full rerun when `_progress` says that something was written (a few times per demo)."""
     job = jobs.load_job(workspace_path(), job_id)
-    jobs.observe_stage(job)
     status = jobs.job_status(job)
     if status["state"] == "running":
         if _progress(job) != shown:
