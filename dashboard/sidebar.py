@@ -18,6 +18,7 @@ import streamlit as st
 from dashboard.charts import EDITOR_FAMILIES, run_style
 from dashboard.data import query
 from dashboard.filters import current, shared_selectbox
+from dashboard.tables import to_minute
 from store.conventions import TRAITS_KEY
 from store.derived import edits_facts, run_label
 
@@ -127,7 +128,7 @@ def describe_runs(runs: pl.DataFrame) -> pl.DataFrame:
         .otherwise(pl.format("{} [{}, {}/{} {}, started {}]", "base_label", "status",
                              pl.col("n_done").fill_null(0), pl.col("n_total").fill_null(0),
                              pl.when(pl.col("kind") == "sequential").then(pl.lit("edits")).otherwise(pl.lit("cases")),
-                             pl.col("started_at").str.slice(0, 16).str.replace("T", " ")))
+                             to_minute("started_at")))
         .alias("label"),
         pl.col("editor").replace_strict(editor_rank, default=len(editor_rank), return_dtype=pl.Int64).alias("_e"),
     )

@@ -12,6 +12,12 @@ from dataclasses import dataclass
 import polars as pl
 
 
+def to_minute(column: str) -> pl.Expr:
+    """A stored ISO timestamp column ("2026-12-05T23:45:13+00:00") to the minute, as a table shows it:
+    "2026-12-05 23:45" (UTC, as stored)."""
+    return pl.col(column).str.slice(0, 16).str.replace("T", " ")
+
+
 @dataclass(frozen=True)
 class Col:
     """How one column reads: header, format ("{:.2f}", "{:,.0f}"; None: as it is), help, width."""

@@ -6,6 +6,7 @@ import polars as pl
 import streamlit as st
 
 from dashboard import commands, jobs
+from dashboard.tables import to_minute
 from dashboard.plain import message
 from dashboard.data import (public_mode, query, session_owner, store_path, store_paths, workspace_path,
                             workspace_problem)
@@ -131,7 +132,7 @@ def _runs() -> None:
         if "error" in table.columns:
             table = table.with_columns(pl.col("error").fill_null("—"))
         if "started_at" in table.columns:
-            table = table.with_columns(pl.col("started_at").str.slice(0, 16).str.replace("T", " "))
+            table = table.with_columns(to_minute("started_at"))
         st.dataframe(table, hide_index=True, width="stretch", key="runs_table", column_config={
             # whole ids (a run id is about 32 characters; "medium" cut them off, "large" pushed columns out of view)
             "run_id": st.column_config.TextColumn("Run", width=250, pinned=True),

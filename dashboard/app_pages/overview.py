@@ -7,7 +7,7 @@ from dashboard import charts
 from dashboard.data import for_visitor, public_mode, query, rebuild_path, showing_rebuild, store_path
 from dashboard.filters import url_selectbox, url_toggle
 from dashboard.sidebar import run_table
-from dashboard.tables import Col, show
+from dashboard.tables import Col, show, to_minute
 from store.derived import sequential_rules
 from store.measurable import MEASURABLE_SHARE, hardest_measurable, unmeasurable_reasons
 
@@ -155,8 +155,8 @@ else:
     # a run has one
     errors = {"error": Col("Error", width=60)} if detail["error"].drop_nulls().len() else {}
     show(runs.join(detail.drop("host"), on="run_id", how="left").with_columns(
-        pl.col("started_at").str.slice(0, 16).str.replace("T", " "),
-        pl.col("finished_at").str.slice(0, 16).str.replace("T", " "),
+        to_minute("started_at"),
+        to_minute("finished_at"),
         pl.format("{}/{}", pl.col("n_done").fill_null(0), pl.col("n_total").fill_null(0)).alias("progress")), {
         "base_label": Col("Run"), "kind": Col("Kind"), "status": Col("Status"),
         "progress": Col("Done", None, "cases (sequential: edits) done of the run's total"),
