@@ -302,12 +302,11 @@ def _timed_seconds(events) -> float:
             return None
         return float(value) if isinstance(value, (int, float)) else None
 
-    walls = [e for e in events if cpu(e) is None]
-    per_edit = [v / edits(series, s, e) for series, s, e, v, *_ in walls if edits(series, s, e)]
+    timed = [(tuple(ev[:4]), cpu(ev)) for ev in events]
+    per_edit = [v / edits(series, s, e) for (series, s, e, v), c in timed if c is None and edits(series, s, e)]
     cap = PAUSE_FACTOR * statistics.median(per_edit) if per_edit else float("inf")
-    return sum(cpu(ev) if cpu(ev) is not None
-               else min(float(ev[3]), cap * edits(*ev[:3])) if edits(*ev[:3]) else float(ev[3])
-               for ev in events)
+    return sum(c if c is not None else min(float(v), cap * edits(series, s, e)) if edits(series, s, e) else float(v)
+               for (series, s, e, v), c in timed)
 
 
 def _run_seconds(conn, run: dict) -> tuple[float | None, str]:
