@@ -224,6 +224,65 @@ def test_shared_key_value_heads_give_the_same_values_and_are_used_only_while_opt
     assert calls and not any(calls)
 
 
+def test_the_lean_steps_light_cache_gives_what_dynamic_cache_gives(llama, monkeypatch):
+    """The lean path's per-step cache (`_PrefixCache`) hands attention the tensors DynamicCache would, without
+    copying the prefix cache first: the values, losses and steps are bit-identical with DynamicCache in its place,
+    and it is the one used."""
+    from transformers.cache_utils import DynamicCache
+
+    from compute.editors import rome
+
+    opts = rome.value_options(dataclasses.replace(TINY_HP, v_steps=6))
+    light = rome._PrefixCache
+    made = []
+
+    def dynamic(layers):
+        made.append(1)
+        return DynamicCache(ddp_cache_data=layers)
+
+    runs = {}
+    for name, factory in (("light", light), ("dynamic", dynamic)):
+        monkeypatch.setattr(rome, "_PrefixCache", factory)
+        with rome.edit_mode(llama):
+            runs[name] = rome.optimise_values(llama, 1, PACKED_REQUESTS, ("", "Hello there. "), opts, [1.0] * 4)
+    assert made  # the lean path ran, through the cache factory
+    for a, b in zip(runs["light"], runs["dynamic"]):
+        assert torch.equal(a.delta, b.delta) and a.nlls == b.nlls and a.steps == b.steps
+
+
+def test_the_loss_picks_give_what_boolean_masks_give_gradients_included():
+    """`_Picks` reads the target tokens by (row, label) pairs and the KL rows by index; the former code masked
+    logp with booleans (a copy of every target row). Same NLLs, KL rows and gradient of logp, to the bit, here
+    with inactive rows (keep) and requests with several target tokens."""
+    from compute.editors.rome import _Picks
+
+    torch.manual_seed(0)
+    n, V = 3, 50
+    labels = torch.tensor([4, 7, -1, 9, -1, 2, 11, -1])  # -1: a KL position
+    pos_req = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2])
+    weight = torch.rand(8)
+    keep = torch.tensor([True, True, True, False, False, True, True, True])  # request 1 stopped
+    is_target = labels >= 0
+    logits = torch.randn(int(keep.sum()), V, requires_grad=True)
+    grads, outs = [], []
+    for how in ("picks", "masks"):
+        logp = torch.log_softmax(logits, dim=-1)
+        if how == "picks":
+            nll, kl_logp = _Picks.of(keep, labels, is_target, pos_req, weight).nll_and_kl_logp(logp, n)
+        else:
+            req, lab, tgt = pos_req[keep], labels[keep], is_target[keep]
+            token_nll = -logp[tgt].gather(1, lab[tgt][:, None])[:, 0]
+            nll = torch.zeros(n).index_add(0, req[tgt], token_nll * weight[keep][tgt])
+            kl_logp = torch.zeros(n, V).index_copy(0, req[~tgt], logp[~tgt])
+        loss = nll.sum() + (kl_logp.exp() * kl_logp).sum() * 0.3
+        (grad,) = torch.autograd.grad(loss, logits)
+        grads.append(grad)
+        outs.append((nll.detach(), kl_logp.detach()))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+    assert torch.equal(grads[0], grads[1])
+    assert outs[0][0][1] == 0 and outs[0][1][1].abs().sum() == 0 and outs[0][0][0] > 0  # the stopped request
+
+
 def test_edit_restores_gradient_flags_and_training_mode(llama, ctx):
     lm = editable(llama)
     lm.model.train()
