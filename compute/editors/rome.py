@@ -605,7 +605,7 @@ class _PrefixCache:
     """One step's key/value cache on the lean path (`_PackedObjective._above`, blocks called directly): each
     block's attention gets its bins' cached prefix keys and values followed by the live tokens' own, the tensors
     DynamicCache's `update` returns. DynamicCache would first copy every layer's whole prefix cache into itself,
-    at every step (tests/test_editors.py checks that the two give bit-identical log-probabilities)."""
+    at every step (tests/test_rome.py checks that the two give bit-identical values)."""
 
     __slots__ = ("layers",)
 
