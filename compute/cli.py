@@ -74,6 +74,17 @@ def text(max_len: int = MAX_TEXT):
     return parse
 
 
+def deadline_arg(value: str) -> str:
+    """A --deadline checked when parsed (the plan module reads it again when the run starts)."""
+    from compute.plan import parse_deadline
+
+    try:
+        parse_deadline(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
 def device(value: str) -> str:
     """An argparse type: a torch device name (cpu, cuda, cuda:N or mps)."""
     import re
@@ -536,7 +547,7 @@ def cmd_run_sweep(args) -> None:
     if not args.values:
         raise ValueError("run sweep needs --values (e.g. --values 1,3,5 for the layer) or --grid FIELD=V1,V2")
     if args.field == "layer" and any(isinstance(v, list) for v in args.values):
-        raise ValueError(f"--field layer takes single layers such as --values 1,3,5; lists such as 2-3-4 "
+        raise ValueError("--field layer takes single layers such as --values 1,3,5; lists such as 2-3-4 "
                          "need --field layers")
     values = [v if args.field == "layer" or isinstance(v, list) else [v] for v in args.values]
     with _open_store(args) as st:
@@ -702,9 +713,16 @@ def cmd_plan(args) -> None:
         for line in plans.status_lines(plans.plan_status(plan, target, shards=folder, timings_from=args.timings_from)):
             _out(line)
         return
+    deadline = plans.parse_deadline(args.deadline) if args.deadline else None
     outcome = plans.execute(plan, target, executor=args.executor, workers=args.workers, address=args.address,
-                            cache_dir=args.cache_dir, out=_out, progress_s=args.progress_s)
+                            cache_dir=args.cache_dir, out=_out, progress_s=args.progress_s, deadline=deadline,
+                            timings_from=args.timings_from)
     bad = {u: o for u, o in outcome.items() if o != "done"}
+    held = plans.held_by_deadline(outcome)
+    if bad and held == set(bad):
+        _out(f"plan {plan.name}: {sum(o == 'done' for o in outcome.values())} of {len(outcome)} units done; "
+             f"{len(held)} held back by the deadline (or after one that was): run it again with more time")
+        return
     if bad:
         raise ValueError(f"plan {plan.name}: {len(bad)} of {len(outcome)} units did not finish "
                          f"({', '.join(f'{u}: {o}' for u, o in list(bad.items())[:3])}); run it again to resume")
@@ -907,10 +925,15 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("--address", type=text(), help="ray: a cluster's address (default: a local Ray)")
             q.add_argument("--device", type=device, help="given to every unit that loads a model (cuda: each unit "
                            "asks Ray for one GPU)")
-        else:
-            q.add_argument("--timings-from", type=Path, metavar="STORE",
-                           help="another store whose finished runs time the units this store has no timing for "
-                                "(e.g. store/results.sqlite while a rebuild has few finished runs)")
+            q.add_argument("--deadline", type=deadline_arg, metavar="WHEN",
+                           help="the machine's time ends then (2026-12-06T08:00, 08:00 or +2h30m): a sequential or "
+                                "abilities unit, whose work is lost when cut, starts only if its estimate fits "
+                                "before it; other units start as usual")
+        q.add_argument("--timings-from", type=Path, metavar="STORE",
+                       help="another store whose finished runs time the units this store has no timing for "
+                            "(e.g. store/results.sqlite while a rebuild has few finished runs)"
+                            + ("; used by --deadline" if name == "run" else ""))
+        if name == "status":
             q.add_argument("--write-readme", type=Path, metavar="README",
                            help="write the status (from the store alone) between the README's "
                                 "<!-- plan-status:start/end --> markers instead of printing it")

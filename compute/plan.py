@@ -77,6 +77,11 @@ PLAN_KEYS = {"id", "kind", "after", "cpus", "gpus"}  # a unit's keys that are no
 NO_MODEL = {"kb"}  # kinds whose command takes no --model / --device
 # options that say how to run, not what: they are not part of a unit's key
 NOT_IN_KEY = {"device"}
+# kinds whose progress lives outside the target until the unit ends: a sequential run's edited matrices and
+# editor memory are kept under the cache folder (without them it starts over), an ability suite is not
+# resumed. `plan run --deadline` starts such a unit only when its estimate fits before the deadline; the other
+# kinds' progress is merged into the target as they go, so they may start at any time.
+LOST_IF_CUT = {"sequential", "abilities"}
 
 
 class PlanError(ValueError):
@@ -791,15 +796,58 @@ class RayExecutor:
         self.running.clear()
 
 
+def parse_deadline(value: str, now: float | None = None) -> float:
+    """A `--deadline` as a Unix time: an ISO 8601 date and time (local time when it names no zone), `HH:MM`
+    (the next such local time, today or tomorrow), or `+2h`, `+90m`, `+1h30m` from now. ValueError with the
+    accepted forms otherwise."""
+    from datetime import datetime, timedelta
+
+    now = time.time() if now is None else now
+    text = value.strip()
+    m = re.fullmatch(r"\+(?:(\d+)h)?(?:(\d+)m)?", text)
+    if m and (m.group(1) or m.group(2)):
+        return now + 3600 * int(m.group(1) or 0) + 60 * int(m.group(2) or 0)
+    m = re.fullmatch(r"(\d{1,2}):(\d{2})", text)
+    if m and int(m.group(1)) < 24 and int(m.group(2)) < 60:
+        base = datetime.fromtimestamp(now)
+        at = base.replace(hour=int(m.group(1)), minute=int(m.group(2)), second=0, microsecond=0)
+        return (at if at.timestamp() > now else at + timedelta(days=1)).timestamp()
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise ValueError(f"deadline {value!r}: give a date and time (2026-12-06T08:00, local time unless it names a "
+                         "zone), a time of day (08:00, the next one) or a span from now (+2h, +90m, +1h30m)") from None
+
+
+def deadline_hold(unit: Unit, need_s: float | None, seconds_left: float) -> str | None:
+    """Why a deadline `seconds_left` away keeps `unit` (estimated to need `need_s` CPU-seconds at one thread,
+    None: not known) from starting now, or None when it may start. Only kinds in LOST_IF_CUT are held."""
+    if unit.kind not in LOST_IF_CUT:
+        return None
+    if need_s is None:
+        return f"held back: no estimate of its time, and a {unit.kind} unit cut by the deadline loses its work"
+    if need_s > seconds_left:
+        return (f"held back: needs about {need_s / 3600:.2f} h, {max(seconds_left, 0) / 3600:.2f} h left before "
+                "the deadline")
+    return None
+
+
 def execute(plan: Plan, target: Path, *, executor: str = "local", workers: int | None = None,
             address: str | None = None, cache_dir: Path | None = None, out: Callable[[str], None] = print,
-            progress_s: float = 300.0) -> dict:
+            progress_s: float = 300.0, deadline: float | None = None, timings_from: Path | None = None,
+            clock: Callable[[], float] = time.time) -> dict:
     """Compute every unit of `plan` that is not done in `target`, dependencies first, and merge each finished
-    unit into the target. Returns {unit id: 'done' | 'failed: ...' | 'blocked by ...'}; a unit whose command
-    failed keeps its shard (the next run resumes it) and blocks the units after it. Every `progress_s` seconds
-    (local executor) the running units' progress is merged too, so the target shows it. KeyboardInterrupt stops
-    every running unit (their runs are marked interrupted in their shards), merges what they stored and is
-    raised again."""
+    unit into the target. Returns {unit id: 'done' | 'failed: ...' | 'blocked by ...' | 'held back: ...'}; a
+    unit whose command failed keeps its shard (the next run resumes it) and blocks the units after it. Every
+    `progress_s` seconds (local executor) the running units' progress is merged too, so the target shows it.
+    KeyboardInterrupt stops every running unit (their runs are marked interrupted in their shards), merges what
+    they stored and is raised again.
+
+    `deadline` (a Unix time: the end of a machine's reservation, a batch job's wall-time limit) holds back a
+    unit of a kind in LOST_IF_CUT whose estimated seconds left (`plan_status`, one thread per unit; timed by
+    `timings_from` where the target has nothing to go by) do not fit between the moment it could start and the
+    deadline, or that has no estimate; the units after it are blocked. Units of the other kinds start as usual:
+    their progress reaches the target as they go. Nothing running is stopped at the deadline."""
     import fcntl
 
     from store import Store
@@ -822,8 +870,13 @@ def execute(plan: Plan, target: Path, *, executor: str = "local", workers: int |
         ex = RayExecutor(folder, target, cache_dir, workers if address is None else None, address)
     else:
         raise PlanError(f"unknown executor {executor!r}: local or ray")
-    states = {s.unit.id: s.state for s in plan_status(plan, target)}
+    status = plan_status(plan, target, timings_from=timings_from if deadline is not None else None)
+    states = {s.unit.id: s.state for s in status}
+    left_s = {s.unit.id: s.remaining_s for s in status}
     outcome = {uid: "done" for uid, s in states.items() if s == "done"}
+
+    def held_back(unit: Unit) -> str | None:
+        return None if deadline is None else deadline_hold(unit, left_s.get(unit.id), deadline - clock())
     pending = [u for u in plan.units if u.id not in outcome]
     out(f"plan {plan.name}: {len(outcome)} of {len(plan.units)} units done, {len(pending)} to compute "
         f"({executor} executor, target {target})")
@@ -831,13 +884,19 @@ def execute(plan: Plan, target: Path, *, executor: str = "local", workers: int |
     try:
         while pending or ex.running:
             for unit in list(pending):
-                blocked = [a for a in unit.after if outcome.get(a, "").startswith(("failed", "blocked"))]
+                blocked = [a for a in unit.after if outcome.get(a, "").startswith(("failed", "blocked", "held"))]
                 if blocked:
                     outcome[unit.id] = f"blocked by {blocked[0]}"
                     pending.remove(unit)
                     out(f"  {unit.id}: not run, {blocked[0]} did not finish")
                     continue
                 if all(outcome.get(a) == "done" for a in unit.after) and ex.free() >= min(unit.cpus, workers):
+                    why = held_back(unit)
+                    if why:
+                        outcome[unit.id] = why
+                        pending.remove(unit)
+                        out(f"  {unit.id}: {why}")
+                        continue
                     how = ex.start(unit)
                     pending.remove(unit)
                     out(f"  {unit.id}: {how} ({' '.join(unit.argv)})")
@@ -862,6 +921,18 @@ def execute(plan: Plan, target: Path, *, executor: str = "local", workers: int |
     finally:
         lock.close()
     return outcome
+
+
+def held_by_deadline(outcome: dict[str, str]) -> set[str]:
+    """The units of an `execute` outcome that the deadline held back, directly or through the units before them."""
+    def held(uid: str, seen=()) -> bool:
+        o = outcome.get(uid, "")
+        if o.startswith("held back"):
+            return True
+        before = o.removeprefix("blocked by ") if o.startswith("blocked by ") else None
+        return before is not None and before not in seen and held(before, (*seen, uid))
+
+    return {u for u in outcome if held(u)}
 
 
 def _merge_progress(plan: Plan, ex, units: list[Unit], target: Path, out) -> None:

@@ -481,3 +481,71 @@ def test_the_shipped_plan_loads_with_every_file_it_names():
     plan = plans.load_plan(ROOT / "plans" / "shipped.toml", build_parser())
     files = [u.options["hparams"] for u in plan.units if str(u.options.get("hparams", "")).endswith(".json")]
     assert files and all(Path(f).is_file() for f in files)
+
+
+# ---- --deadline: units whose work a cut loses start only when they fit ----------------------------------------
+
+
+DEADLINE_UNITS = """
+[[unit]]
+id = "sequential"
+kind = "sequential"
+editor = "ROME"
+set = "tiny32"
+edits = 6
+every = 3
+hparams = "rome.json"
+
+[[unit]]
+id = "suite"
+kind = "abilities"
+mode = "quick"
+after = ["sequential"]
+"""
+
+
+def test_a_deadline_holds_back_a_sequential_unit_that_would_not_finish_and_the_units_after_it(tmp_path, capsys):
+    path = write_plan(tmp_path, "m", DEADLINE_UNITS)
+    plan = plans.load_plan(path, build_parser())
+    target = tmp_path / "target.sqlite"
+    with Store.open(target, create=True) as st:  # 2 of 6 edits made at 5 s each: 20 s left
+        part = st.start_run(kind="sequential", model="m", editor="ROME", n_total=6)
+        st.heartbeat(part, n_done=2)
+        st.write_events([{"run_id": part, "kind": "timing", "series": "checkpoint", "edit_count": e,
+                          "end_count": e + 1, "value": 5.0} for e in (0, 1)])
+        st.finish_run(part, status="interrupted")
+    plans.record_unit(target, plan, plan.by_id()["sequential"], [part])
+    # the rule: only kinds whose work a cut loses are held, by their estimate against the time left
+    seq, suite = plan.by_id()["sequential"], plan.by_id()["suite"]
+    assert plans.deadline_hold(seq, 20.0, 19.0).startswith("held back: needs about")
+    assert plans.deadline_hold(seq, 20.0, 21.0) is None
+    assert "no estimate" in plans.deadline_hold(suite, None, 1e9)
+    robust = plans.Unit(id="r", kind="robustness", options={}, after=(), cpus=1, gpus=0, key="k", argv=())
+    assert plans.deadline_hold(robust, 1e9, 0.0) is None
+    # a driver with 10 s left starts nothing: the unit needs 20 s, the suite comes after it
+    now = 1_000_000.0
+    outcome = plans.execute(plan, target, workers=1, cache_dir=tmp_path / "cache", out=lambda line: None,
+                            deadline=now + 10, clock=lambda: now)
+    assert outcome["sequential"].startswith("held back: needs about 0.01 h, 0.00 h left")
+    assert outcome == {"sequential": outcome["sequential"], "suite": "blocked by sequential"}
+    assert plans.held_by_deadline(outcome) == {"sequential", "suite"}
+    assert not list((tmp_path / "cache").rglob("*.sqlite"))  # no unit started
+    # the CLI says so and exits 0: nothing failed; a bad deadline is one line naming the forms, exit 2
+    assert main(["--cache-dir", str(tmp_path / "cache"), "plan", "run", str(path), "--store", str(target),
+                 "--workers", "1", "--deadline", "+0m"]) == 0
+    assert "2 held back by the deadline" in capsys.readouterr().out
+    assert main(["plan", "run", str(path), "--store", str(target), "--deadline", "tomorrow"]) == 2
+    assert "a span from now (+2h, +90m, +1h30m)" in capsys.readouterr().err
+
+
+def test_deadlines_are_read_as_an_iso_time_a_time_of_day_or_a_span():
+    from datetime import datetime
+
+    now = datetime(2026, 12, 6, 7, 0).timestamp()
+    assert plans.parse_deadline("+1h30m", now) == now + 5400 and plans.parse_deadline("+90m", now) == now + 5400
+    assert plans.parse_deadline("08:15", now) == datetime(2026, 12, 6, 8, 15).timestamp()
+    assert plans.parse_deadline("06:00", now) == datetime(2026, 12, 7, 6, 0).timestamp()  # the next one
+    assert plans.parse_deadline("2026-12-06T09:00", now) == datetime(2026, 12, 6, 9, 0).timestamp()
+    for bad in ("+", "25:00", "soon", "+2d"):
+        with pytest.raises(ValueError, match="give a date and time"):
+            plans.parse_deadline(bad, now)
