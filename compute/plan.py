@@ -368,7 +368,8 @@ def _rate(conn, unit: Unit, own: list[dict], reference=None) -> tuple[float | No
     store's timings, e.g. the shipped store's while a rebuild has few finished runs); (None, reason) when
     none holds any."""
     def per_item(runs, source=conn):
-        timed = [(_run_seconds(source, r), r["n_done"]) for r in runs if (r.get("n_done") or 0) > 0]
+        timed = [(r["_seconds"] if "_seconds" in r else _run_seconds(source, r), r["n_done"])
+                 for r in runs if (r.get("n_done") or 0) > 0]
         pairs = [(s, n, how) for (s, how), n in timed if s]
         if not pairs:
             return None, ""
@@ -550,7 +551,10 @@ def _shard_progress(folder: Path, unit: Unit) -> list[dict]:
         gained = set(gained_runs(json.loads(seed_file.read_text()), runs_snapshot(shard)))
         conn = _connect_ro(shard)
         try:
-            return [dict(r) for r in conn.execute("SELECT * FROM runs") if r["run_id"] in gained]
+            runs = [dict(r) for r in conn.execute("SELECT * FROM runs") if r["run_id"] in gained]
+            for run in runs:  # timed by the shard's own timing events, which the target has not seen yet
+                run["_seconds"] = _run_seconds(conn, run)
+            return runs
         finally:
             conn.close()
     except (sqlite3.Error, ValueError):
@@ -870,9 +874,10 @@ def execute(plan: Plan, target: Path, *, executor: str = "local", workers: int |
         ex = RayExecutor(folder, target, cache_dir, workers if address is None else None, address)
     else:
         raise PlanError(f"unknown executor {executor!r}: local or ray")
-    status = plan_status(plan, target, timings_from=timings_from if deadline is not None else None)
-    states = {s.unit.id: s.state for s in status}
-    left_s = {s.unit.id: s.remaining_s for s in status}
+    states = {s.unit.id: s.state for s in plan_status(plan, target)}
+    # the deadline's estimates count the progress of shards a restarted driver resumes (local executor)
+    left_s = ({s.unit.id: s.remaining_s for s in plan_status(plan, target, shards=folder, timings_from=timings_from)}
+              if deadline is not None else {})
     outcome = {uid: "done" for uid, s in states.items() if s == "done"}
 
     def held_back(unit: Unit) -> str | None:

@@ -530,6 +530,27 @@ def test_a_deadline_holds_back_a_sequential_unit_that_would_not_finish_and_the_u
     assert outcome == {"sequential": outcome["sequential"], "suite": "blocked by sequential"}
     assert plans.held_by_deadline(outcome) == {"sequential", "suite"}
     assert not list((tmp_path / "cache").rglob("*.sqlite"))  # no unit started
+    # a restarted driver's shard is ahead of the target (4 edits made, at 2 s each after the first two): the
+    # estimate reads the shard's own timing events, 2 edits left at 3.5 s, not the target's 5 s per edit
+    folder = plans.plan_folder(plan, tmp_path / "cache")
+    shard, seed_file, _ = plans._shard_paths(folder, seq)
+    plans.copy_store(target, shard)
+    seed = plans.runs_snapshot(shard)
+    seed[part][1] = "2026-12-06T05:00:00+00:00"  # the seed was taken before the unit worked on its run
+    seed_file.write_text(json.dumps(seed))
+    with Store.open(shard) as st:
+        st.resume_run(part)
+        st.heartbeat(part, n_done=4)
+        st.write_events([{"run_id": part, "kind": "timing", "series": "checkpoint", "edit_count": e,
+                          "end_count": e + 1, "value": 2.0} for e in (2, 3)])
+    ahead = {s.unit.id: s for s in plans.plan_status(plan, target, shards=folder)}["sequential"]
+    assert ahead.remaining_s == pytest.approx(7.0) and ahead.basis.startswith("its own runs")
+    outcome = plans.execute(plan, target, workers=1, cache_dir=tmp_path / "cache", out=lambda line: None,
+                            deadline=now + 6.5, clock=lambda: now)
+    assert outcome["sequential"].startswith("held back") and outcome["suite"] == "blocked by sequential"
+    shard.unlink()
+    for suffix in ("-wal", "-shm"):
+        Path(str(shard) + suffix).unlink(missing_ok=True)
     # the CLI says so and exits 0: nothing failed; a bad deadline is one line naming the forms, exit 2
     assert main(["--cache-dir", str(tmp_path / "cache"), "plan", "run", str(path), "--store", str(target),
                  "--workers", "1", "--deadline", "+0m"]) == 0
