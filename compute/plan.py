@@ -339,6 +339,21 @@ def _run_seconds(conn, run: dict) -> tuple[float | None, str]:
     return None, ""
 
 
+def _start_interval(conn, run: dict) -> tuple[float, int]:
+    """(seconds, edits) of a sequential run's first checkpoint interval, which also holds the run's one-off start
+    (the panel's choice, the unedited model's measurements and ability suite): (0, 0) when it has none."""
+    row = conn.execute("SELECT series, edit_count, end_count, value, detail FROM run_events WHERE run_id = ? AND "
+                       "kind = 'timing' AND series = 'checkpoint' AND edit_count = 0 AND value IS NOT NULL "
+                       "ORDER BY rowid LIMIT 1", (run["run_id"],)).fetchone()
+    if row is None or not row[2]:
+        return 0.0, 0
+    try:
+        cpu = json.loads(row[4] or "{}").get("cpu_s")
+    except (TypeError, ValueError):
+        cpu = None
+    return float(cpu if isinstance(cpu, (int, float)) else row[3]), int(row[2])
+
+
 def _work(conn, unit: Unit) -> int | None:
     """How many work items (cases, edits, batch sizes, swept values x cases) the unit's runs will count in
     n_done when it is done, or None where that is not known from the spec and the store."""
@@ -383,6 +398,16 @@ def _rate(conn, unit: Unit, own: list[dict], reference=None) -> tuple[float | No
         n_types = 16 if types == "all" else len(types.split(","))
         return len(json.loads(run["config"] or "{}").get("rephrase_types") or []) == n_types
 
+    if unit.kind == "sequential":  # a run's start is paid once: its edits left go at the rate after it
+        steady = []
+        for r in own:
+            start_s, start_n = r["_start"] if "_start" in r else _start_interval(conn, r)
+            seconds, how_ = r["_seconds"] if "_seconds" in r else _run_seconds(conn, r)
+            if seconds and (r.get("n_done") or 0) > start_n > 0 and seconds > start_s:
+                steady.append({**r, "n_done": r["n_done"] - start_n, "_seconds": (seconds - start_s, how_)})
+        rate, how = per_item(steady)
+        if rate:
+            return rate, "its own runs after their first checkpoint" + how
     rate, how = per_item(own)
     if rate:
         return rate, "its own runs" + how
@@ -553,7 +578,7 @@ def _shard_progress(folder: Path, unit: Unit) -> list[dict]:
         try:
             runs = [dict(r) for r in conn.execute("SELECT * FROM runs") if r["run_id"] in gained]
             for run in runs:  # timed by the shard's own timing events, which the target has not seen yet
-                run["_seconds"] = _run_seconds(conn, run)
+                run["_seconds"], run["_start"] = _run_seconds(conn, run), _start_interval(conn, run)
             return runs
         finally:
             conn.close()

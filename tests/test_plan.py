@@ -530,8 +530,8 @@ def test_a_deadline_holds_back_a_sequential_unit_that_would_not_finish_and_the_u
     assert outcome == {"sequential": outcome["sequential"], "suite": "blocked by sequential"}
     assert plans.held_by_deadline(outcome) == {"sequential", "suite"}
     assert not list((tmp_path / "cache").rglob("*.sqlite"))  # no unit started
-    # a restarted driver's shard is ahead of the target (4 edits made, at 2 s each after the first two): the
-    # estimate reads the shard's own timing events, 2 edits left at 3.5 s, not the target's 5 s per edit
+    # a restarted driver's shard is ahead of the target (4 edits made, the last two at 2 s each): the estimate
+    # reads the shard's own timing events, 2 edits left at 3 s (5, 2 and 2 s after the start), not the target's 5
     folder = plans.plan_folder(plan, tmp_path / "cache")
     shard, seed_file, _ = plans._shard_paths(folder, seq)
     plans.copy_store(target, shard)
@@ -544,9 +544,9 @@ def test_a_deadline_holds_back_a_sequential_unit_that_would_not_finish_and_the_u
         st.write_events([{"run_id": part, "kind": "timing", "series": "checkpoint", "edit_count": e,
                           "end_count": e + 1, "value": 2.0} for e in (2, 3)])
     ahead = {s.unit.id: s for s in plans.plan_status(plan, target, shards=folder)}["sequential"]
-    assert ahead.remaining_s == pytest.approx(7.0) and ahead.basis.startswith("its own runs")
+    assert ahead.remaining_s == pytest.approx(6.0) and ahead.basis.startswith("its own runs")
     outcome = plans.execute(plan, target, workers=1, cache_dir=tmp_path / "cache", out=lambda line: None,
-                            deadline=now + 6.5, clock=lambda: now)
+                            deadline=now + 5.5, clock=lambda: now)
     assert outcome["sequential"].startswith("held back") and outcome["suite"] == "blocked by sequential"
     shard.unlink()
     for suffix in ("-wal", "-shm"):
@@ -557,6 +557,24 @@ def test_a_deadline_holds_back_a_sequential_unit_that_would_not_finish_and_the_u
     assert "2 held back by the deadline" in capsys.readouterr().out
     assert main(["plan", "run", str(path), "--store", str(target), "--deadline", "tomorrow"]) == 2
     assert "a span from now (+2h, +90m, +1h30m)" in capsys.readouterr().err
+
+
+def test_a_partial_sequential_runs_estimate_leaves_out_its_start(tmp_path):
+    """A sequential run's first checkpoint interval also holds its one-off start (panel, unedited suite): the
+    edits left are timed by the intervals after it, here 10 s per edit rather than (100 + 50) / 15."""
+    plan = plans.load_plan(write_plan(tmp_path, "m"), build_parser())
+    target = tmp_path / "target.sqlite"
+    with Store.open(target, create=True) as st:
+        part = st.start_run(kind="sequential", model="m", editor="ROME", n_total=6)
+        st.heartbeat(part, n_done=3)
+        st.write_events([{"run_id": part, "kind": "timing", "series": "checkpoint", "edit_count": 0,
+                          "end_count": 1, "value": 100.0},
+                         {"run_id": part, "kind": "timing", "series": "checkpoint", "edit_count": 1,
+                          "end_count": 3, "value": 20.0}])
+        st.finish_run(part, status="interrupted")
+    plans.record_unit(target, plan, plan.by_id()["sequential"], [part])
+    state = {s.unit.id: s for s in plans.plan_status(plan, target)}["sequential"]
+    assert state.remaining_s == pytest.approx(30.0) and "after their first checkpoint" in state.basis
 
 
 def test_deadlines_are_read_as_an_iso_time_a_time_of_day_or_a_span():
