@@ -848,16 +848,26 @@ def parse_deadline(value: str, now: float | None = None) -> float:
                          "zone), a time of day (08:00, the next one) or a span from now (+2h, +90m, +1h30m)") from None
 
 
+def thread_speedup(cpus: int) -> float:
+    """How much faster than its one-thread estimate a unit of `cpus` torch threads is taken to run: 1.68x for
+    two, as measured for a sequential ROME run alone on the machine (README, Benchmarks: 882 s on one thread,
+    526 s on two); each further thread is assumed to add as much."""
+    return 1.0 + 0.68 * (max(int(cpus), 1) - 1)
+
+
 def deadline_hold(unit: Unit, need_s: float | None, seconds_left: float) -> str | None:
     """Why a deadline `seconds_left` away keeps `unit` (estimated to need `need_s` CPU-seconds at one thread,
-    None: not known) from starting now, or None when it may start. Only kinds in LOST_IF_CUT are held."""
+    None: not known) from starting now, or None when it may start. Only kinds in LOST_IF_CUT are held; a unit
+    of several CPUs is taken to run `thread_speedup(cpus)` times faster."""
     if unit.kind not in LOST_IF_CUT:
         return None
     if need_s is None:
         return f"held back: no estimate of its time, and a {unit.kind} unit cut by the deadline loses its work"
-    if need_s > seconds_left:
-        return (f"held back: needs about {need_s / 3600:.2f} h, {max(seconds_left, 0) / 3600:.2f} h left before "
-                "the deadline")
+    wall = need_s / thread_speedup(unit.cpus)
+    if wall > seconds_left:
+        threads = f" on {unit.cpus} threads" if unit.cpus > 1 else ""
+        return (f"held back: needs about {wall / 3600:.2f} h{threads}, {max(seconds_left, 0) / 3600:.2f} h left "
+                "before the deadline")
     return None
 
 

@@ -522,6 +522,10 @@ def test_a_deadline_holds_back_a_sequential_unit_that_would_not_finish_and_the_u
     assert "no estimate" in plans.deadline_hold(suite, None, 1e9)
     robust = plans.Unit(id="r", kind="robustness", options={}, after=(), cpus=1, gpus=0, key="k", argv=())
     assert plans.deadline_hold(robust, 1e9, 0.0) is None
+    import dataclasses
+
+    two = dataclasses.replace(seq, cpus=2)  # two threads: 1.68x the one-thread estimate's speed
+    assert plans.deadline_hold(two, 20.0, 12.0) is None and "on 2 threads" in plans.deadline_hold(two, 20.0, 11.8)
     # a driver with 10 s left starts nothing: the unit needs 20 s, the suite comes after it
     now = 1_000_000.0
     outcome = plans.execute(plan, target, workers=1, cache_dir=tmp_path / "cache", out=lambda line: None,
