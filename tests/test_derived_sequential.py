@@ -119,11 +119,19 @@ def test_order_means_average_an_arm_over_its_orders_with_a_t_interval():
     assert a["orders"].to_list() == [3, 3, 2]  # edit 20: the third order has not got there yet
     assert a["value"].to_list() == pytest.approx([1.0, 0.8, 0.55])
     half = sps.t.ppf(0.975, 2) * 0.1 / 3 ** 0.5  # sd of 0.8, 0.7, 0.9 is 0.1
-    assert a["ci_low"][1] == pytest.approx(0.8 - half) and a["ci_high"][1] == pytest.approx(0.8 + half)
+    assert a["ci_low"][1] == pytest.approx(0.8 - half) and 0.8 + half > 1.0 and a["ci_high"][1] == 1.0  # a share
     assert a["ci_low"][0] == pytest.approx(1.0)  # no spread over orders, no band
     b = means.filter(pl.col("arm") == "B").sort("edit_count")  # one order: the run itself, its own CI and n
     assert b["value"].to_list() == [1.0, 0.4, 0.2] and b["orders"].to_list() == [1, 1, 1] and b["n"][1] == 50
     assert b["ci_low"][1] == pytest.approx(0.3)
+    # two orders far apart: t(0.975, 1) = 12.7 would put the band at [-1.5, 2.5]; a share's band stops at 0 and 1,
+    # a series that is not a share (here an entropy in bits) keeps its whole interval
+    apart = pl.DataFrame([{"run_id": r, "edit_count": 10, "series": name, "value": v * scale, "n": 50,
+                           "ci_low": None, "ci_high": None}
+                          for r, v in (("c0", 0.0), ("c1", 1.0)) for name, scale in (("share", 1.0), ("bits", 9.0))])
+    cut = {r["series"]: r for r in order_means(apart, {"c0": "C", "c1": "C"}).iter_rows(named=True)}
+    assert (cut["share"]["ci_low"], cut["share"]["ci_high"]) == (0.0, 1.0) and cut["share"]["value"] == 0.5
+    assert cut["bits"]["ci_low"] < -50 and cut["bits"]["ci_high"] > 50
 
 
 def test_sequential_rules_state_the_constants_the_verdicts_use(monkeypatch):

@@ -108,7 +108,8 @@ if picked and mean_orders:
                        .drop("run_id").write_csv(), file_name="sequential-curves-order-means.csv")
     st.caption("Each line: one arm (runs alike but for the edit order), the mean over its orders at each checkpoint "
                "that at least two of them reached; band: the 95% t-interval of that mean over orders (n = orders "
-               "in the hover; with 3 orders t = 4.30, so the band is wide). An arm with one order shows that run "
+               "in the hover; with 3 orders t = 4.30 and with 2 t = 12.7, so the band is wide; a share's band stops at "
+               "0 and 1). An arm with one order shows that run "
                "with its Wilson CI. Events (phases, disabling edits, collapse) belong to single runs: switch the "
                "mean off to see them.")
 elif picked:

@@ -253,8 +253,10 @@ def order_means(curves: pl.DataFrame, arm_of: dict[str, str]) -> pl.DataFrame:
     band). `arm_of`: run_id -> its arm (runs alike but for the edit order, e.g. run_label). At each edit count
     and series that at least two of an arm's runs measured: the mean, `orders` (how many runs), and the 95%
     t-interval of the mean over orders (mean +- t(0.975, k-1) sd / sqrt(k)); an arm with a single run passes
-    that run's own rows through (their Wilson CI, orders 1). Columns: arm, edit_count, series, value, n (orders
-    for a mean, the run's n for a single run), orders, ci_low, ci_high."""
+    that run's own rows through (their Wilson CI, orders 1). A share (a series whose every value and CI bound
+    lies in [0, 1]) has its t-interval cut to [0, 1]: with two orders t = 12.7 and the interval would otherwise
+    run far past what a share can be. Columns: arm, edit_count, series, value, n (orders for a mean, the run's
+    n for a single run), orders, ci_low, ci_high."""
     from scipy import stats as sps
 
     schema = {"arm": pl.Utf8, "edit_count": pl.Int64, "series": pl.Utf8, "value": pl.Float64, "n": pl.Int64,
@@ -276,8 +278,16 @@ def order_means(curves: pl.DataFrame, arm_of: dict[str, str]) -> pl.DataFrame:
     if not many.is_empty():
         t = [float(sps.t.ppf(0.975, k - 1)) for k in many["orders"].to_list()]
         half = pl.Series(t) * many["sd"] / many["orders"].cast(pl.Float64).sqrt()
+        inside = [pl.col(c).is_null() | pl.col(c).is_between(0.0, 1.0) for c in ("value", "ci_low", "ci_high")]
+        shares = (tagged.group_by("series").agg(pl.all_horizontal(inside).all().alias("share"))
+                  .filter(pl.col("share"))["series"].to_list())
+        share = pl.col("series").is_in(shares)
         many = many.with_columns((pl.col("value") - half).alias("ci_low"), (pl.col("value") + half).alias("ci_high"),
-                                 pl.col("orders").alias("n")).select(list(schema))
+                                 pl.col("orders").alias("n"))
+        many = many.with_columns(pl.when(share).then(pl.col("ci_low").clip(0.0, 1.0)).otherwise(pl.col("ci_low"))
+                                 .alias("ci_low"),
+                                 pl.when(share).then(pl.col("ci_high").clip(0.0, 1.0)).otherwise(pl.col("ci_high"))
+                                 .alias("ci_high")).select(list(schema))
     else:
         many = pl.DataFrame(schema=schema)
     return pl.concat([single.cast(schema), many.cast(schema)]).sort("arm", "series", "edit_count")
