@@ -104,7 +104,7 @@ st.plotly_chart(charts.ability_small_multiples(drawn, x, labels_drawn, x_title, 
 if mean_orders:
     st.caption("Mean over edit orders: each line is an arm (runs alike but for the order); a point is the mean "
                "over the orders that reached that edit count, with the 95% t-interval over orders (n = orders in "
-               "the hover); an arm with one order shows that run with its own CI.")
+               "the hover; an accuracy's stops at 0 and 1); an arm with one order shows that run with its own CI.")
 if kept_whole:
     st.caption("Drawn to their own last score, beyond the shared range, because they have no score inside it: "
                + ", ".join(labels[r] for r in kept_whole) + ".")
