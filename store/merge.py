@@ -317,7 +317,9 @@ def _merge_run(tconn, sconn, run: dict, mine: dict, run_cols, tables, report) ->
                 f"e.g. {dict(zip(key, k))}: " + ", ".join(f"{c} {a!r} in the target, {b!r} in the shard"
                                                            for c, (a, b) in diff.items())
                 + "; nothing of this shard was written. The two copies are different computations under one run "
-                  "id: keep them in separate stores, or remove the run from one of them.")
+                  "id (e.g. a run recomputed on another machine or after a change of numerics): keep them in "
+                  f"separate stores, or remove the run from one of them (`python -m compute --store TARGET store "
+                  f"delete {run_id}`) and merge again.")
         missing[table] = [theirs[k] for k in theirs.keys() - ours.keys()] + [theirs[k] for k in retimed]
         target_has_more = target_has_more or bool(ours.keys() - theirs.keys())
     if not any(missing.values()):
