@@ -848,6 +848,36 @@ def parse_deadline(value: str, now: float | None = None) -> float:
                          "zone), a time of day (08:00, the next one) or a span from now (+2h, +90m, +1h30m)") from None
 
 
+def orphaned_runs(unit: Unit, target: Path, folder: Path, cache_dir: Path | None, executor: str = "local"
+                  ) -> list[str]:
+    """Unfinished runs of a sequential unit that cannot be resumed here: the target holds them, but the unit has no
+    shard in `folder` and their resume state (compute.runs.state_path) is not in the cache folder (a new machine,
+    a cleared cache; on Ray always: a node's cache is its own). Resumed, such a run starts over from its first
+    edit under its old id, and the recomputation need not agree with the stored rows in the last digit, which
+    `store merge` refuses."""
+    from compute.models import default_cache_dir
+    from compute.runs import state_path
+
+    if unit.kind != "sequential" or _shard_paths(folder, unit)[0].exists() or not Path(target).exists():
+        return []
+    conn = _connect_ro(Path(target))
+    try:
+        runs = _unit_runs(conn, unit.key)
+    finally:
+        conn.close()
+    cache = Path(cache_dir or default_cache_dir())
+    return [r["run_id"] for r in runs if not _run_done(unit, r)
+            and (executor != "local" or not state_path(cache, r["run_id"]).exists())]
+
+
+def drop_runs(target: Path, run_ids: list[str]) -> None:
+    """Delete runs and every row they own from the target, in one transaction (as `store delete` does)."""
+    from store import Store
+
+    with Store.open(Path(target)) as st, st.conn:
+        st.conn.executemany("DELETE FROM runs WHERE run_id = ?", [(r,) for r in run_ids])
+
+
 def thread_speedup(cpus: int) -> float:
     """How much faster than its one-thread estimate a unit of `cpus` torch threads is taken to run: 1.68x for
     two, as measured for a sequential ROME run alone on the machine (README, Benchmarks: 882 s on one thread,
@@ -937,6 +967,12 @@ def execute(plan: Plan, target: Path, *, executor: str = "local", workers: int |
                         pending.remove(unit)
                         out(f"  {unit.id}: {why}")
                         continue
+                    orphans = orphaned_runs(unit, target, folder, cache_dir, executor)
+                    if orphans:  # they start over from their first edit: their old rows would conflict
+                        drop_runs(target, orphans)
+                        out(f"  {unit.id}: run(s) {', '.join(orphans)} have no resume state here (a new machine or "
+                            "cache?): they start over from their first edit, so their rows were removed from the "
+                            "target")
                     how = ex.start(unit)
                     pending.remove(unit)
                     out(f"  {unit.id}: {how} ({' '.join(unit.argv)})")

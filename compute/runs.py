@@ -39,6 +39,14 @@ from typing import Any, Callable, Iterable, Mapping
 
 SPEC_KEY = "spec_key"  # the config key a new run stores its spec's key under
 
+
+def state_path(cache_dir, run_id: str):
+    """Where a sequential run keeps its resume state (edited matrices, editor memory, counters) under the cache
+    folder: without it, a resumed run starts over from its first edit."""
+    from pathlib import Path
+
+    return Path(cache_dir) / "sequential" / f"{run_id}.pt"
+
 # what makes two sequential runs the same: every layout key (and max_edits, which an extension grows)
 SEQUENTIAL_LAYOUT = ("n_cases", "batch_size", "max_edits", "checkpoint_every", "order_seed", "dense_first",
                      "after_collapse", "panel_pool", "panel_size", "panel_known_only", "panel_tokens",

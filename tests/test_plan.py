@@ -592,3 +592,40 @@ def test_deadlines_are_read_as_an_iso_time_a_time_of_day_or_a_span():
     for bad in ("+", "25:00", "soon", "+2d"):
         with pytest.raises(ValueError, match="give a date and time"):
             plans.parse_deadline(bad, now)
+
+
+def test_an_unfinished_sequential_run_with_no_resume_state_here_is_removed_before_it_starts_over(tmp_path):
+    """A new machine (or a cleared cache) has neither the unit's shard nor the run's resume state: the run would
+    start over under its old id and its recomputed rows need not match the stored ones, which store merge
+    refuses. `plan run` removes it from the target first and says so; with the state or the shard here it stays."""
+    from compute.runs import state_path
+
+    path = write_plan(tmp_path, "no-such-model", DEADLINE_UNITS)
+    plan = plans.load_plan(path, build_parser())
+    seq = plan.by_id()["sequential"]
+    target, cache = tmp_path / "target.sqlite", tmp_path / "cache"
+    with Store.open(target, create=True) as st:
+        part = st.start_run(kind="sequential", model="no-such-model", editor="ROME", n_total=6)
+        st.heartbeat(part, n_done=2)
+        st.finish_run(part, status="interrupted")
+    plans.record_unit(target, plan, seq, [part])
+    folder = plans.plan_folder(plan, cache)
+    assert plans.orphaned_runs(seq, target, folder, cache) == [part]
+    assert plans.orphaned_runs(seq, target, folder, cache, executor="ray") == [part]
+    state = state_path(cache, part)
+    state.parent.mkdir(parents=True)
+    state.write_bytes(b"state")  # its resume state is here: it resumes (on Ray, a node's cache is its own)
+    assert plans.orphaned_runs(seq, target, folder, cache) == []
+    assert plans.orphaned_runs(seq, target, folder, cache, executor="ray") == [part]
+    state.unlink()
+    folder.mkdir(parents=True)
+    shard = plans._shard_paths(folder, seq)[0]
+    shard.write_bytes(b"")  # a shard of the unit is here: the driver resumes it
+    assert plans.orphaned_runs(seq, target, folder, cache) == []
+    shard.unlink()
+    lines = []
+    outcome = plans.execute(plan, target, workers=1, cache_dir=cache, out=lines.append)
+    assert any(part in line and "no resume state here" in line for line in lines)
+    with Store.open(target, readonly=True) as st:
+        assert st.conn.execute("SELECT COUNT(*) FROM runs WHERE run_id = ?", (part,)).fetchone()[0] == 0
+    assert outcome["sequential"].startswith("failed")  # the model does not exist: the unit ran and failed

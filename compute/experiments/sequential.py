@@ -107,6 +107,7 @@ from compute.experiments.common import open_run, recording
 from compute.experiments.robustness import edit_rows
 from compute.models import LoadedModel
 from compute.runs import SPEC_KEY, layout_differences, run_loop, spec_for, spec_of_run
+from compute.runs import state_path  # its home is compute.runs (no torch): plan run checks resume states
 from compute.scoring import fluency, mentions, run_probes
 from store.conventions import HELD, RUN_LEVEL, holds
 from store.derived import rederive_sequential_events
@@ -354,10 +355,6 @@ def update_size(params: dict, originals: dict[str, torch.Tensor], w0: dict[str, 
 
 
 # --------------------------------------------------------------------------- state
-
-
-def state_path(cache_dir: Path, run_id: str) -> Path:
-    return Path(cache_dir) / "sequential" / f"{run_id}.pt"
 
 
 def _save_state(path: Path, state: dict) -> None:
