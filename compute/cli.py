@@ -697,6 +697,30 @@ def cmd_plan(args) -> None:
 
     target = args.plan_store or args.store
     plan = plans.load_plan(args.plan, build_parser(), device=getattr(args, "device", None))
+    if args.sub == "snapshot":
+        source, to = Path(target), Path(args.to)
+        if not source.exists():
+            raise ValueError(f"no store at {source}: name the plan's store with --store")
+        if to.resolve() == source.resolve():
+            raise ValueError(f"--to {to} is the plan's store itself: name another file")
+        plans.copy_store(source, to)  # SQLite's backup API: consistent while the driver writes the source
+        with Store.open(to) as st:
+            running = [r[0] for r in st.conn.execute("SELECT run_id FROM runs WHERE status = 'running'")]
+            for run_id in running:  # in the copy: their processes go on computing the source
+                st.finish_run(run_id, status="interrupted")
+        _out(f"copied {source} to {to}; {len(running)} running run(s) marked interrupted in the copy")
+        cmd_store_rederive(argparse.Namespace(store=to, run=None))
+        cmd_store_finalize(argparse.Namespace(store=to))
+        if args.write_readme:
+            from store.findings import with_block
+
+            readme = Path(args.write_readme)
+            block = plans.status_markdown(plan, plans.plan_status(plan, to, timings_from=args.timings_from),
+                                          to.as_posix(), Path(args.timings_from).as_posix() if args.timings_from
+                                          else None)
+            readme.write_text(with_block(readme.read_text(), block, plans.README_START, plans.README_END))
+            _out(f"wrote the plan status of {to} into {readme}")
+        return
     if args.sub == "status":
         if args.write_readme:
             from store.findings import with_block
@@ -912,7 +936,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plan", help="compute a store's units from a plan file, or show their state")
     pl = pl.add_subparsers(dest="sub", required=True)
     for name, helptext in (("run", "compute what is missing and resume what is partial"),
-                           ("status", "done / partial / missing per unit, and the CPU-hours left")):
+                           ("status", "done / partial / missing per unit, and the CPU-hours left"),
+                           ("snapshot", "copy the plan's store (while it runs) into a file to commit: running runs "
+                                        "marked interrupted, derived rows re-derived, finalized")):
         q = pl.add_parser(name, help=helptext)
         q.add_argument("plan", type=Path, help="a plan file such as plans/shipped.toml")
         q.add_argument("--store", dest="plan_store", type=Path, help="the target store (default: the global --store)")
@@ -933,10 +959,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="another store whose finished runs time the units this store has no timing for "
                             "(e.g. store/results.sqlite while a rebuild has few finished runs)"
                             + ("; used by --deadline" if name == "run" else ""))
-        if name == "status":
+        if name == "snapshot":
+            q.add_argument("--to", type=Path, required=True, metavar="FILE",
+                           help="the copy to write, e.g. store/rebuild.sqlite (replaced)")
+        if name in ("status", "snapshot"):
             q.add_argument("--write-readme", type=Path, metavar="README",
                            help="write the status (from the store alone) between the README's "
-                                "<!-- plan-status:start/end --> markers instead of printing it")
+                                "<!-- plan-status:start/end --> markers"
+                                + (" instead of printing it" if name == "status" else ": the copy's status"))
         q.set_defaults(func=cmd_plan)
 
     from compute.abilities.cli import add_abilities_parser

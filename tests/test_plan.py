@@ -629,3 +629,29 @@ def test_an_unfinished_sequential_run_with_no_resume_state_here_is_removed_befor
     with Store.open(target, readonly=True) as st:
         assert st.conn.execute("SELECT COUNT(*) FROM runs WHERE run_id = ?", (part,)).fetchone()[0] == 0
     assert outcome["sequential"].startswith("failed")  # the model does not exist: the unit ran and failed
+
+
+def test_a_snapshot_copies_a_running_plans_store_with_its_running_runs_marked_interrupted(tmp_path, capsys):
+    """`plan snapshot`: the file to commit while the driver goes on: a consistent copy whose running runs are
+    marked interrupted (the source keeps them running), re-derived and finalized, and its status in the README."""
+    path = write_plan(tmp_path, "m", DEADLINE_UNITS)
+    plan = plans.load_plan(path, build_parser())
+    source, to = tmp_path / "target.sqlite", tmp_path / "out" / "snapshot.sqlite"
+    with Store.open(source, create=True) as st:
+        live = st.start_run(kind="sequential", model="m", editor="ROME", n_total=6)
+        st.heartbeat(live, n_done=3)
+    plans.record_unit(source, plan, plan.by_id()["sequential"], [live])
+    readme = tmp_path / "README.md"
+    readme.write_text(f"top\n{plans.README_START}\nold\n{plans.README_END}\nbottom\n")
+    assert main(["plan", "snapshot", str(path), "--store", str(source), "--to", str(to),
+                 "--write-readme", str(readme)]) == 0
+    assert "1 running run(s) marked interrupted in the copy" in capsys.readouterr().out
+    with Store.open(to, readonly=True) as st:
+        assert st.conn.execute("SELECT status, n_done FROM runs").fetchall() == [("interrupted", 3)]
+    with Store.open(source, readonly=True) as st:
+        assert st.conn.execute("SELECT status FROM runs").fetchall() == [("running",)]
+    text = readme.read_text()
+    assert "old" not in text and "| sequential | sequential | partial | 3/6 |" in text and text.endswith("bottom\n")
+    # the copy must be another file
+    assert main(["plan", "snapshot", str(path), "--store", str(source), "--to", str(source)]) == 2
+    assert "is the plan's store itself" in capsys.readouterr().err
