@@ -18,6 +18,15 @@ def to_minute(column: str) -> pl.Expr:
     return pl.col(column).str.slice(0, 16).str.replace("T", " ")
 
 
+def short_error(text: str, limit: int = 40) -> str:
+    """A run's error as a table cell: its first clause (up to " (" or ": " or the first line), at most `limit`
+    characters with "…"; the page shows the whole text beside the table."""
+    first = text.split("\n", 1)[0]
+    for stop in (" (", ": "):
+        first = first.split(stop, 1)[0]
+    return first if len(first) <= limit else first[: limit - 1].rstrip() + "…"
+
+
 @dataclass(frozen=True)
 class Col:
     """How one column reads: header, format ("{:.2f}", "{:,.0f}"; None: as it is), help, width."""

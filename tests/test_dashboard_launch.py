@@ -117,3 +117,29 @@ def test_the_launch_runs_table_drops_columns_no_row_shown_fills(monkeypatch, tmp
 
     pids = dict(zip(table["run_id"], table["pid"]))
     assert not pd.isna(pids[running]) and pd.isna(pids[done])  # a finished run's process is gone
+
+
+def test_a_long_error_reads_as_its_first_clause_with_the_whole_text_below_the_table(monkeypatch, tmp_path):
+    """The error column must not push the table past a 1400 px window: a cell holds the error's first clause,
+    and the whole text, shown as text, is in an expander under the table."""
+    from dashboard.tables import short_error
+    from store import Store
+
+    assert short_error("interrupted by the user (run the same command again, or add --resume X)") == \
+        "interrupted by the user"
+    assert short_error("ValueError: bad\nTraceback") == "ValueError" and short_error("x" * 60).endswith("…")
+    assert len(short_error("x" * 60)) == 40 and short_error("short") == "short"
+    path = tmp_path / "results.sqlite"
+    monkeypatch.setenv("EDITSCOPE_CACHE", str(tmp_path / "cache"))
+    long = "interrupted by the user (run the same command again, or add --resume RUN, to continue it) **not bold**"
+    with Store.open(path, create=True) as st:
+        run = st.start_run(kind="robustness", model="m", editor="ROME", n_total=2, config={})
+        st.finish_run(run, status="interrupted", error=long)
+    at = _app(monkeypatch, path)
+    at.switch_page("app_pages/launch.py").run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert list(table["error"]) == ["interrupted by the user"] and list(table["n_done"]) == ["0 / 2"]
+    assert "kind" not in table.columns and "n_total" not in table.columns  # the run id begins with its kind
+    assert any(t.value == f"{run}: {long}" for t in at.text)  # whole, and as text (no markdown)
+    assert any("Errors in full (1)" in e.label for e in at.expander)

@@ -6,7 +6,7 @@ import polars as pl
 import streamlit as st
 
 from dashboard import commands, jobs
-from dashboard.tables import to_minute
+from dashboard.tables import short_error, to_minute
 from dashboard.plain import message
 from dashboard.data import (public_mode, query, session_owner, store_path, store_paths, workspace_path,
                             workspace_problem)
@@ -117,7 +117,7 @@ def _runs() -> None:
                 for a, on in zip(table["heartbeat_age_s"].to_list(), active)], dtype=pl.String))
         # the table fits a 1400 px window: a column goes when no row shown has anything in it (the store when
         # all runs are shipped, the process and heartbeat when none is active, the host when there is one,
-        # the error when there is none)
+        # the error when there is none) or the run ids already say it (the kind)
         if "pid" in table.columns:  # a finished run's process is gone: only an active run's is news
             table = table.with_columns(pl.Series("pid", [p if on else None for p, on in
                                                          zip(table["pid"].to_list(), active)]))
@@ -128,25 +128,45 @@ def _runs() -> None:
             empty.append("host")
         if not any(active) and "heartbeat_age_s" in table.columns:
             empty.append("heartbeat_age_s")
+        if "kind" in table.columns and all(str(r).startswith(f"{k}-") for r, k in
+                                           zip(table["run_id"].to_list(), table["kind"].to_list())):
+            empty.append("kind")  # every run id begins with its kind ("sequential-2026...")
         table = table.drop(empty)
-        if "error" in table.columns:
-            table = table.with_columns(pl.col("error").fill_null("—"))
+        full_errors = []
+        if "error" in table.columns:  # the table shows an error's first clause; the whole text follows it
+            full_errors = [(r, e) for r, e in zip(table["run_id"].to_list(), table["error"].to_list())
+                           if e and short_error(e) != e]
+            table = table.with_columns(pl.Series("error", [short_error(e) if e else "—"
+                                                           for e in table["error"].to_list()], dtype=pl.String))
         if "started_at" in table.columns:
             table = table.with_columns(to_minute("started_at"))
+        if {"n_done", "n_total"} <= set(table.columns):  # one column, "60 / 500": the table fits 1400 px
+            table = table.with_columns(pl.Series("n_done", [
+                "—" if d is None and t is None else f"{d if d is not None else 0:,} / {t:,}" if t is not None
+                else f"{d:,}" for d, t in zip(table["n_done"].to_list(), table["n_total"].to_list())],
+                dtype=pl.String)).drop("n_total")
         st.dataframe(table, hide_index=True, width="stretch", key="runs_table", column_config={
             # whole ids (a run id is about 32 characters; "medium" cut them off, "large" pushed columns out of view)
             "run_id": st.column_config.TextColumn("Run", width=250, pinned=True),
             "store": st.column_config.TextColumn("Store", help="shipped: the results that come with the code; "
                                                  "workspace: runs started from this dashboard"),
-            "kind": "Kind", "editor": "Editor", "status": "Status",
-            "n_done": st.column_config.NumberColumn("Done", format="%d"),
-            "n_total": st.column_config.NumberColumn("Of", format="%d"),
-            "progress": st.column_config.ProgressColumn("Progress", min_value=0.0, max_value=1.0, width="small"),
+            # widths in pixels that add up to the 940 px a 1400 px window leaves beside the sidebar
+            "kind": "Kind", "editor": st.column_config.TextColumn("Editor", width=115),
+            "status": st.column_config.TextColumn("Status", width=90),
+            "n_done": st.column_config.TextColumn("Done", width=85, help="units done of the run's total (cases, "
+                                                  "edits, batch sizes, swept values x cases)"),
+            "progress": st.column_config.ProgressColumn("Progress", min_value=0.0, max_value=1.0, width=95),
             "heartbeat_age_s": st.column_config.TextColumn("Heartbeat age (s)",
                                                            help="seconds since a queued or running run last "
                                                                 "reported; — for finished runs"),
-            "started_at": "Started (UTC)", "pid": "Process", "host": "Host", "error": "Error",
+            "started_at": st.column_config.TextColumn("Started (UTC)", width=130), "pid": "Process", "host": "Host",
+            "error": st.column_config.TextColumn("Error", width=165,
+                                                 help="its first clause; the whole text is below the table"),
         })
+        if full_errors:
+            with st.expander(f"Errors in full ({len(full_errors)})"):
+                for run_id, error in full_errors:
+                    st.text(f"{run_id}: {error}")  # as text: an error can quote what a visitor typed
     mine = jobs.list_jobs(workspace_path(), owner=owner)
     for job in mine:
         if jobs.job_status(job)["state"] == "running" and st.button(f"Cancel job {job.job_id} ({job.kind})",
