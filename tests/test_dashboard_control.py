@@ -140,3 +140,33 @@ def test_the_case_explorer_opens_on_a_case_some_run_measured(monkeypatch, tmp_pa
     assert "Edit 1 took 2.5 s." in [t.value for t in at.text]
     table = at.dataframe[0].value
     assert "edit_seconds" not in table.columns and "edit" not in set(table["rephrase_type"])
+
+
+def test_the_case_explorer_opens_on_an_editors_run_rather_than_a_newer_control(monkeypatch, tmp_path):
+    """A control edits no fact: for a case both measured, the explorer's default run is the editor's, though the
+    control's run is newer; the control stays one choice away."""
+    import time
+
+    from streamlit.testing.v1 import AppTest
+
+    from store import Store, derived
+
+    path = tmp_path / "results.sqlite"
+    with Store.open(path, create=True) as s:
+        s.write_cases([dict(case_id="c", case_set="s", source="kb", relation="capital", subject="Land c",
+                            prompt="The capital of {} is", true_object="Paris", new_object="Rome")], [])
+        for run_id, editor in (("rome", "ROME"), ("control", "RandomRankOne")):
+            s.start_run(kind="sequential", model="m", editor=editor, run_id=run_id, n_total=1, config={
+                "case_set": "s", "editor_traits": {"edits_facts": editor == "ROME"}})
+            s.write_measurements([dict(run_id=run_id, case_id="c", edit_count=1, rephrase_type="plain", metric="es",
+                                       value=1.0)])
+            s.finish_run(run_id)
+            time.sleep(1.1)  # the control starts later: newest first would pick it
+        runs = derived.case_runs(s.conn, "c")
+    assert runs["run_id"].to_list() == ["control", "rome"] and runs["edits_facts"].to_list() == [False, True]
+    monkeypatch.setenv("EDITSCOPE_STORE", str(path))
+    at = AppTest.from_file(APP, default_timeout=90)
+    at.run()
+    at.switch_page("app_pages/cases.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.selectbox(key="run").value == "rome" and at.selectbox(key="run").options[1].endswith("· control")

@@ -44,9 +44,12 @@ st.subheader("Runs with this case")
 if runs.is_empty():
     st.info("No run has measured this case yet.")
 else:
-    # finished shipped runs first: a visitor's workspace run is shown when chosen, not by default
-    runs = runs.with_columns((pl.col("store") == "workspace").alias("_ws"), (pl.col("status") != "done").alias("_nd"))
-    runs = runs.sort(["_ws", "_nd", "started_at"], descending=[False, False, True], nulls_last=True)
+    # finished shipped runs of an editor first: a visitor's workspace run, or a control (which edits no fact), is
+    # shown when chosen, not by default
+    runs = runs.with_columns((pl.col("store") == "workspace").alias("_ws"), (pl.col("status") != "done").alias("_nd"),
+                             (~pl.col("edits_facts").fill_null(True)).alias("_ctl") if "edits_facts" in runs.columns
+                             else pl.lit(False).alias("_ctl"))
+    runs = runs.sort(["_ws", "_nd", "_ctl", "started_at"], descending=[False, False, False, True], nulls_last=True)
     names = {r["run_id"]: f"{r['kind']} · {r['editor'] or 'unedited'} · {r['status']} · {r.get('store', 'shipped')} · "
                           f"{r['run_id']}" for r in runs.iter_rows(named=True)}
     run_id = st.selectbox("Run", list(names), format_func=names.get, key="run")

@@ -10,12 +10,21 @@ from .. import queries
 
 
 def case_runs(conn: sqlite3.Connection, case_id: str) -> pl.DataFrame:
-    """Every run that measured a case, with its kind, editor, model and status (newest first)."""
+    """Every run that measured a case, with its kind, editor, model, status and whether its editor edits facts
+    (False for a control, store.derived.labels.edits_facts), newest first."""
+    import json
+
+    from .labels import edits_facts
+
     runs = queries.list_runs(conn)
     ids = queries.measurements(conn, case_ids=case_id)["run_id"].unique().to_list()
+    runs = runs.filter(pl.col("run_id").is_in(ids))
+    aims = [edits_facts(e, json.loads(c) if isinstance(c, str) and c else c if isinstance(c, dict) else None)
+            for e, c in zip(runs["editor"].to_list(), runs["config"].to_list())] if "config" in runs.columns \
+        else [True] * runs.height
     return (
-        runs.filter(pl.col("run_id").is_in(ids))
-        .select("run_id", "kind", "editor", "model", "status", "started_at")
+        runs.with_columns(pl.Series("edits_facts", aims, dtype=pl.Boolean))
+        .select("run_id", "kind", "editor", "model", "status", "started_at", "edits_facts")
         .sort("started_at", descending=True)
     )
 
