@@ -644,12 +644,7 @@ def cmd_store_delete(args) -> None:
         if live and not args.force:
             raise ValueError(f"run(s) {', '.join(live)} are marked running: stop the process that computes them "
                              f"(or pass --force if it is dead); nothing deleted")
-        with st.conn:
-            st.conn.executemany("DELETE FROM runs WHERE run_id = ?", [(r,) for r in args.runs])
-        left = st.conn.execute("SELECT COUNT(*) FROM measurements WHERE run_id IN "
-                               f"({','.join('?' * len(args.runs))})", args.runs).fetchone()[0]
-        if left:
-            raise StoreError(f"{left} measurement row(s) of the deleted runs are still in {st.path}")
+        st.delete_runs(args.runs)
     _out(f"deleted {len(args.runs)} run(s) and their rows from {args.store}")
 
 

@@ -870,14 +870,6 @@ def orphaned_runs(unit: Unit, target: Path, folder: Path, cache_dir: Path | None
             and (executor != "local" or not state_path(cache, r["run_id"]).exists())]
 
 
-def drop_runs(target: Path, run_ids: list[str]) -> None:
-    """Delete runs and every row they own from the target, in one transaction (as `store delete` does)."""
-    from store import Store
-
-    with Store.open(Path(target)) as st, st.conn:
-        st.conn.executemany("DELETE FROM runs WHERE run_id = ?", [(r,) for r in run_ids])
-
-
 def thread_speedup(cpus: int) -> float:
     """How much faster than its one-thread estimate a unit of `cpus` torch threads is taken to run: 1.68x for
     two, as measured for a sequential ROME run alone on the machine (README, Benchmarks: 882 s on one thread,
@@ -969,7 +961,8 @@ def execute(plan: Plan, target: Path, *, executor: str = "local", workers: int |
                         continue
                     orphans = orphaned_runs(unit, target, folder, cache_dir, executor)
                     if orphans:  # they start over from their first edit: their old rows would conflict
-                        drop_runs(target, orphans)
+                        with Store.open(target) as st:
+                            st.delete_runs(orphans)
                         out(f"  {unit.id}: run(s) {', '.join(orphans)} have no resume state here (a new machine or "
                             "cache?): they start over from their first edit, so their rows were removed from the "
                             "target")

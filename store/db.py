@@ -487,6 +487,19 @@ class Store:
             if cur.rowcount == 0:
                 raise StoreError(f"No run {run_id!r} in {self.path}; start it with start_run first.")
 
+    def delete_runs(self, run_ids: Sequence[str]) -> None:
+        """Delete runs and every row they own (the schema's cascades and the measurements trigger), in one
+        transaction; StoreError if a measurement row of theirs is left."""
+        ids = list(run_ids)
+        if not ids:
+            return
+        with self._transaction() as conn:
+            conn.executemany("DELETE FROM runs WHERE run_id = ?", [(r,) for r in ids])
+        left = self.conn.execute(f"SELECT COUNT(*) FROM measurements WHERE run_id IN ({','.join('?' * len(ids))})",
+                                 ids).fetchone()[0]
+        if left:
+            raise StoreError(f"{left} measurement row(s) of the deleted runs are still in {self.path}")
+
     def mark_stale_runs(self, max_age_s: float | None = 120) -> int:
         """Mark 'running' runs whose process is gone as 'interrupted'; returns how many.
 
