@@ -685,6 +685,18 @@ def cmd_model_info(args) -> None:
 # ---- plans -----------------------------------------------------------------------------------------------
 
 
+def _write_status_block(plan, store: Path, timings_from: Path | None, readme: Path) -> None:
+    """The plan's status in `store` between the README's plan-status markers (from the stores alone: a fresh
+    clone writes the same block)."""
+    from compute import plan as plans
+    from store.findings import with_block
+
+    block = plans.status_markdown(plan, plans.plan_status(plan, store, timings_from=timings_from), store.as_posix(),
+                                  Path(timings_from).as_posix() if timings_from else None)
+    readme.write_text(with_block(readme.read_text(), block, plans.README_START, plans.README_END))
+    _out(f"wrote the plan status of {store} into {readme}")
+
+
 def cmd_plan(args) -> None:
     """`plan run` computes a plan's missing and partial units into the store; `plan status` reads their state
     (compute/plan.py). Every unit's command line is checked with this module's parser before anything runs."""
@@ -707,26 +719,11 @@ def cmd_plan(args) -> None:
         cmd_store_rederive(argparse.Namespace(store=to, run=None))
         cmd_store_finalize(argparse.Namespace(store=to))
         if args.write_readme:
-            from store.findings import with_block
-
-            readme = Path(args.write_readme)
-            block = plans.status_markdown(plan, plans.plan_status(plan, to, timings_from=args.timings_from),
-                                          to.as_posix(), Path(args.timings_from).as_posix() if args.timings_from
-                                          else None)
-            readme.write_text(with_block(readme.read_text(), block, plans.README_START, plans.README_END))
-            _out(f"wrote the plan status of {to} into {readme}")
+            _write_status_block(plan, to, args.timings_from, Path(args.write_readme))
         return
     if args.sub == "status":
         if args.write_readme:
-            from store.findings import with_block
-
-            # the stores alone: a fresh clone writes the same block
-            states = plans.plan_status(plan, target, timings_from=args.timings_from)
-            readme = Path(args.write_readme)
-            block = plans.status_markdown(plan, states, Path(target).as_posix(),
-                                          Path(args.timings_from).as_posix() if args.timings_from else None)
-            readme.write_text(with_block(readme.read_text(), block, plans.README_START, plans.README_END))
-            _out(f"wrote the plan status of {target} into {readme}")
+            _write_status_block(plan, Path(target), args.timings_from, Path(args.write_readme))
             return
         folder = plans.plan_folder(plan, args.cache_dir)
         for line in plans.status_lines(plans.plan_status(plan, target, shards=folder, timings_from=args.timings_from)):
