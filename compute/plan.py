@@ -284,6 +284,15 @@ def _unit_runs(conn, key: str) -> list[dict]:
     return [dict(r) for r in rows]
 
 
+def _event_cpu(detail) -> float | None:
+    """The CPU seconds a timing event's detail records (`cpu_s`, written since 2026-12-06), or None."""
+    try:
+        value = json.loads(detail or "{}").get("cpu_s")
+    except (TypeError, ValueError, AttributeError):
+        return None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
 PAUSE_FACTOR = 3.0  # a checkpoint interval slower per edit than this x the run's median counts as paused
 
 
@@ -300,14 +309,7 @@ def _timed_seconds(events) -> float:
     def edits(series, s, e) -> int:  # edits a checkpoint interval covers (0: not one)
         return e - s if series == "checkpoint" and s is not None and e is not None and e > s else 0
 
-    def cpu(event) -> float | None:
-        try:
-            value = json.loads(event[4] or "{}").get("cpu_s") if len(event) > 4 else None
-        except (TypeError, ValueError):
-            return None
-        return float(value) if isinstance(value, (int, float)) else None
-
-    timed = [(tuple(ev[:4]), cpu(ev)) for ev in events]
+    timed = [(tuple(ev[:4]), _event_cpu(ev[4] if len(ev) > 4 else None)) for ev in events]
     per_edit = [v / edits(series, s, e) for (series, s, e, v), c in timed if c is None and edits(series, s, e)]
     cap = PAUSE_FACTOR * statistics.median(per_edit) if per_edit else float("inf")
     return sum(c if c is not None else min(float(v), cap * edits(series, s, e)) if edits(series, s, e) else float(v)
@@ -347,11 +349,8 @@ def _start_interval(conn, run: dict) -> tuple[float, int]:
                        "ORDER BY rowid LIMIT 1", (run["run_id"],)).fetchone()
     if row is None or not row[2]:
         return 0.0, 0
-    try:
-        cpu = json.loads(row[4] or "{}").get("cpu_s")
-    except (TypeError, ValueError):
-        cpu = None
-    return float(cpu if isinstance(cpu, (int, float)) else row[3]), int(row[2])
+    cpu = _event_cpu(row[4])
+    return float(row[3] if cpu is None else cpu), int(row[2])
 
 
 def _work(conn, unit: Unit) -> int | None:
@@ -993,13 +992,11 @@ def execute(plan: Plan, target: Path, *, executor: str = "local", workers: int |
 
 
 def held_by_deadline(outcome: dict[str, str]) -> set[str]:
-    """The units of an `execute` outcome that the deadline held back, directly or through the units before them."""
-    def held(uid: str, seen=()) -> bool:
+    """The units of an `execute` outcome that the deadline held back, directly or through the units before them
+    (a plan's `after` has no cycle: load_plan refuses one)."""
+    def held(uid: str) -> bool:
         o = outcome.get(uid, "")
-        if o.startswith("held back"):
-            return True
-        before = o.removeprefix("blocked by ") if o.startswith("blocked by ") else None
-        return before is not None and before not in seen and held(before, (*seen, uid))
+        return o.startswith("held back") or o.startswith("blocked by ") and held(o.removeprefix("blocked by "))
 
     return {u for u in outcome if held(u)}
 

@@ -19,9 +19,8 @@ def case_runs(conn: sqlite3.Connection, case_id: str) -> pl.DataFrame:
     runs = queries.list_runs(conn)
     ids = queries.measurements(conn, case_ids=case_id)["run_id"].unique().to_list()
     runs = runs.filter(pl.col("run_id").is_in(ids))
-    aims = [edits_facts(e, json.loads(c) if isinstance(c, str) and c else c if isinstance(c, dict) else None)
-            for e, c in zip(runs["editor"].to_list(), runs["config"].to_list())] if "config" in runs.columns \
-        else [True] * runs.height
+    aims = [edits_facts(e, json.loads(c) if c else None)
+            for e, c in zip(runs["editor"].to_list(), runs["config"].to_list())]
     return (
         runs.with_columns(pl.Series("edits_facts", aims, dtype=pl.Boolean))
         .select("run_id", "kind", "editor", "model", "status", "started_at", "edits_facts")
