@@ -673,6 +673,29 @@ def wait_for(job: Job, timeout_s: float = 10.0) -> bool:
     return True
 
 
+def wait_for_log(job: Job, changed, timeout_s: float, poll_s: float = 0.05) -> bool:
+    """Wait until `changed()` is true or the job has written its exit status, for at most `timeout_s`; True if
+    either happened. `changed` is called only when the job's log has grown (one stat call per poll otherwise),
+    so the Edit demo's watcher can redraw the page as soon as the worker writes rows rather than at its next
+    tick, at the cost of a few stat calls."""
+    end = time.monotonic() + timeout_s
+    size = None
+    while True:
+        try:
+            now = os.stat(job.log).st_size
+        except OSError:
+            now = None
+        if now != size:
+            size = now
+            if changed():
+                return True
+        if _exit_file(job).is_file():
+            return True
+        if time.monotonic() >= end:
+            return False
+        time.sleep(poll_s)
+
+
 def remove_workspace(shipped: Path) -> None:
     """Delete the workspace store and its jobs (tests and a user's clean-up; never the shipped store)."""
     path = workspace_path(shipped)

@@ -433,3 +433,42 @@ def test_a_launched_run_goes_through_the_engine_into_the_workspace_store(tmp_pat
         assert new.height == 1 and new["n_done"][0] == 2 and new["status"][0] == "done"
         assert new["plan_unit"][0] == "launch"
         assert not runs["pre_rebuild"].any()  # a launch plan is no rebuild: the store's other runs stay as they were
+
+
+def test_wait_for_log_returns_when_the_log_grows_with_a_change_and_asks_only_then(tmp_path):
+    """The Edit demo's watcher waits for new rows this way: `changed` is asked once at the start and again
+    only after the log has grown; a line that changes nothing does not end the wait, one that does ends it,
+    and so does the job's exit status."""
+    log = tmp_path / "demo.log"
+    log.write_text("stage 3/6: editing with ROME\n")
+    job = jobs.Job(job_id="j", kind="edit", argv=(), pid=0, log=str(log), store="", started_at="")
+    asked = []
+
+    def changed():
+        asked.append(log.read_text().count("\n"))
+        return "written after the edit" in log.read_text()
+
+    assert jobs.wait_for_log(job, changed, timeout_s=0.3) is False
+    assert asked == [1]  # the log did not grow: asked once, at the start
+
+    def writer():
+        time.sleep(0.2)
+        with open(log, "a") as f:
+            f.write("the edit's target value came from the value cache\n")
+        time.sleep(0.2)
+        with open(log, "a") as f:
+            f.write("written after the edit: plain, paraphrase\n")
+
+    import threading
+    asked.clear()
+    t = threading.Thread(target=writer)
+    t.start()
+    assert jobs.wait_for_log(job, changed, timeout_s=30) is True
+    t.join()
+    # once per growth of the log (a busy machine may see both lines at once), the last one saw the rows; asked
+    # at every 50 ms poll it would have been about 8 times
+    assert asked[0] == 1 and asked[-1] == 3 and len(asked) <= 3, asked
+
+    asked.clear()
+    log.with_suffix(".rc").write_text("0")
+    assert jobs.wait_for_log(job, lambda: False, timeout_s=30) is True  # it has ended
