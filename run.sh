@@ -36,7 +36,9 @@ case "$cmd" in
     exec "$VENV/bin/python" -m streamlit run dashboard/app.py --server.headless true "$@" ;;
   test)
     setup
-    exec "$VENV/bin/python" -m pytest "$@" ;;
+    # two workers (pytest-xdist), one per core, a test file per worker at a time (module fixtures built once);
+    # EDITSCOPE_TEST_WORKERS=0 runs the suite in this one process
+    exec "$VENV/bin/python" -m pytest -n "${EDITSCOPE_TEST_WORKERS:-2}" --dist loadfile "$@" ;;
   compute)
     setup
     exec "$VENV/bin/python" -m compute "$@" ;;

@@ -5,6 +5,12 @@ from __future__ import annotations
 
 import os
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `bash run.sh test` runs two pytest-xdist workers on the two cores: one torch/OpenMP thread each (and in the
+    # processes the tests start), as the background runs do; two each would oversubscribe the cores, where
+    # idle OpenMP threads spinning against the other worker make torch many times slower. Set before torch loads.
+    os.environ["OMP_NUM_THREADS"] = "1"
+
 import pytest
 
 from tiny import tiny_gpt2, tiny_llama, tiny_tokenizer

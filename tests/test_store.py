@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import socket
 import sqlite3
@@ -111,7 +112,8 @@ def test_read_only_create_is_rejected(tmp_path):
         Store.open(tmp_path / "x.sqlite", readonly=True, create=True)
 
 
-@pytest.mark.parametrize("content", [os.urandom(4096), b"case_id,value\nc1,0.5\n" * 20, b"SQLite"])
+@pytest.mark.parametrize("content", [random.Random(0).randbytes(4096), b"case_id,value\nc1,0.5\n" * 20, b"SQLite"],
+                         ids=["random-bytes", "csv", "short"])  # fixed ids and bytes: every xdist worker collects the same
 @pytest.mark.parametrize("readonly", [False, True])
 def test_non_sqlite_file_is_refused_and_left_unchanged(tmp_path, content, readonly):
     path = tmp_path / "results.sqlite"
