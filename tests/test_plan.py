@@ -509,7 +509,7 @@ def test_a_deadline_holds_back_a_sequential_unit_that_would_not_finish_and_the_u
     plan = plans.load_plan(path, build_parser())
     target = tmp_path / "target.sqlite"
     with Store.open(target, create=True) as st:  # 2 of 6 edits made at 5 s each: 20 s left
-        part = st.start_run(kind="sequential", model="m", editor="ROME", n_total=6)
+        part = st.start_run(kind="sequential", model="m", editor="ROME", n_total=6, config={"dense_first": 1})
         st.heartbeat(part, n_done=2)
         st.write_events([{"run_id": part, "kind": "timing", "series": "checkpoint", "edit_count": e,
                           "end_count": e + 1, "value": 5.0} for e in (0, 1)])
@@ -569,7 +569,7 @@ def test_a_partial_sequential_runs_estimate_leaves_out_its_start(tmp_path):
     plan = plans.load_plan(write_plan(tmp_path, "m"), build_parser())
     target = tmp_path / "target.sqlite"
     with Store.open(target, create=True) as st:
-        part = st.start_run(kind="sequential", model="m", editor="ROME", n_total=6)
+        part = st.start_run(kind="sequential", model="m", editor="ROME", n_total=6, config={"dense_first": 1})
         st.heartbeat(part, n_done=3)
         st.write_events([{"run_id": part, "kind": "timing", "series": "checkpoint", "edit_count": 0,
                           "end_count": 1, "value": 100.0},
@@ -579,6 +579,31 @@ def test_a_partial_sequential_runs_estimate_leaves_out_its_start(tmp_path):
     plans.record_unit(target, plan, plan.by_id()["sequential"], [part])
     state = {s.unit.id: s for s in plans.plan_status(plan, target)}["sequential"]
     assert state.remaining_s == pytest.approx(30.0) and "after their first checkpoint" in state.basis
+
+
+def test_a_partial_sequential_runs_estimate_leaves_out_its_dense_first_checkpoints(tmp_path):
+    """The first `dense_first` edits each get a checkpoint (the rest one per `checkpoint_every`): they are part
+    of the start too. Here the start (edit 0) and the dense checkpoints after edits 1 and 2 take 100 + 20 + 20 CPU
+    seconds (the second 30 s of wall time), the 10-edit interval after them 50: the 7 edits left go at 5 s each, not at
+    (100 + 20 + 20 + 50) / 13. A run without the key in its config has the runner's 10."""
+    plan = plans.load_plan(write_plan(tmp_path, "m", UNITS.replace("edits = 6", "edits = 20")), build_parser())
+    target = tmp_path / "target.sqlite"
+    with Store.open(target, create=True) as st:
+        part = st.start_run(kind="sequential", model="m", editor="ROME", n_total=20,
+                            config={"dense_first": 3, "checkpoint_every": 10})
+        st.heartbeat(part, n_done=13)
+        st.write_events([{"run_id": part, "kind": "timing", "series": "checkpoint", "edit_count": e, "end_count": end,
+                          "value": wall, "detail": json.dumps({"cpu_s": cpu})}
+                         for e, end, wall, cpu in ((0, 1, 100.0, 100.0), (1, 2, 30.0, 20.0), (2, 3, 20.0, 20.0),
+                                                   (3, 13, 50.0, 50.0))])
+        st.finish_run(part, status="interrupted")
+    plans.record_unit(target, plan, plan.by_id()["sequential"], [part])
+    with Store.open(target) as st:
+        assert plans._start_interval(st.conn, {"run_id": part, "config": json.dumps({"dense_first": 3})}) == (140.0, 3)
+        assert plans._start_interval(st.conn, {"run_id": part, "config": "{}"}) == (140.0, 3)  # 10: all up to 10
+        assert plans._start_interval(st.conn, {"run_id": part, "config": json.dumps({"dense_first": 1})}) == (100.0, 1)
+    state = {s.unit.id: s for s in plans.plan_status(plan, target)}["sequential"]
+    assert state.remaining_s == pytest.approx(7 * 5.0) and "after their first checkpoint" in state.basis
 
 
 def test_deadlines_are_read_as_an_iso_time_a_time_of_day_or_a_span():
