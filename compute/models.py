@@ -185,27 +185,43 @@ def _load_default(cache_dir: Path, device: str) -> LoadedModel:
 
     gguf = find_gguf()
     copy = cache_dir / "models" / f"smollm2-135m-instruct-{_gguf_fingerprint(gguf)}"
+    damaged = copy.exists() and not (copy / "editscope.json").is_file()
     if (copy / "editscope.json").is_file():
         try:
             model = AutoModelForCausalLM.from_pretrained(copy, local_files_only=True, dtype=torch.float32)
             tokenizer = AutoTokenizer.from_pretrained(copy, local_files_only=True)
             return _finish(model, tokenizer, DEFAULT_MODEL, str(copy), device)
         except (OSError, ValueError):
-            pass  # a damaged copy is rebuilt from the GGUF below
+            damaged = True  # rebuilt from the GGUF below
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # The dequantised model is plain fp32: drop the GGUF quantisation marker so it saves and reloads as such.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.hf_quantizer = None
-    tmp = copy.with_name(copy.name + ".partial")
+    tmp = copy.with_name(f"{copy.name}.partial-{os.getpid()}")  # this process's own: others may convert at once
+    shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     (tmp / "editscope.json").write_text(json.dumps({"gguf": str(gguf), "fingerprint": _gguf_fingerprint(gguf)}))
-    if copy.exists():
-        shutil.rmtree(copy)
-    tmp.rename(copy)
+    _publish_copy(tmp, copy, damaged)
     return _finish(model, tokenizer, DEFAULT_MODEL, str(gguf), device)
+
+
+def _publish_copy(tmp: Path, copy: Path, damaged: bool) -> None:
+    """Move a finished model copy from `tmp` to `copy` in one rename, so that a reader sees all of it or none.
+    A damaged copy found before converting is removed first. Where another process has put its copy there
+    meanwhile (two test workers, or two runs, converting on a fresh machine at once), that one is kept and
+    `tmp` removed: a rename never replaces a directory that holds files."""
+    if damaged:
+        shutil.rmtree(copy, ignore_errors=True)
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        tmp.rename(copy)
+    except OSError:
+        if not (copy / "editscope.json").is_file():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextmanager

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bz2
 import json
+import os
 import re
 from pathlib import Path
 
@@ -69,7 +70,7 @@ def load_wiki_paragraphs(cache_dir: Path) -> list[dict]:
     except (OSError, ValueError):
         rows = parse_wiki_sample()
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".partial")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")  # its own: two processes may parse at once
         tmp.write_text(json.dumps(rows))
         tmp.replace(path)
         return rows

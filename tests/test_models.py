@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import types
+from pathlib import Path
 
 import pytest
 
@@ -72,3 +73,24 @@ def test_unsupported_directory_refused_before_loading_weights(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "t5"}')
     with pytest.raises(ModelError, match="unsupported architecture 't5'"):
         load_model(str(tmp_path))
+
+
+def test_a_model_copy_is_published_whole_and_a_copy_another_process_published_first_is_kept(tmp_path):
+    """Two processes converting the default model at once (two test workers on a fresh machine) each save into
+    their own folder; the first rename wins, the second keeps it and removes its own; a damaged copy is replaced."""
+    from compute.models import _publish_copy
+
+    def saved(name: str, text: str) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "model.safetensors").write_text(text)
+        (folder / "editscope.json").write_text("{}")
+        return folder
+
+    copy = tmp_path / "models" / "smollm2"
+    _publish_copy(saved("a.partial-1", "first"), copy, damaged=False)
+    assert (copy / "model.safetensors").read_text() == "first" and not (tmp_path / "a.partial-1").exists()
+    _publish_copy(saved("b.partial-2", "second"), copy, damaged=False)  # another process was first: theirs stays
+    assert (copy / "model.safetensors").read_text() == "first" and not (tmp_path / "b.partial-2").exists()
+    _publish_copy(saved("c.partial-3", "rebuilt"), copy, damaged=True)  # this process found it damaged
+    assert (copy / "model.safetensors").read_text() == "rebuilt"
