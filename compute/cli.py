@@ -697,6 +697,22 @@ def _write_status_block(plan, store: Path, timings_from: Path | None, readme: Pa
     _out(f"wrote the plan status of {store} into {readme}")
 
 
+def _write_rebuild_findings(store: Path, readme: Path) -> None:
+    """The studies' verdicts on a rebuild snapshot (store.findings) between the README's rebuild-findings
+    markers, headed by the command that writes the same block; a README without those markers is left as it is."""
+    from store import findings as fmod
+
+    start, end = fmod.markers_of("rebuild-findings")
+    text = readme.read_text(encoding="utf-8")
+    if start not in text:
+        _out(f"{readme} has no {start} ... {end} block: the rebuild's findings were not written")
+        return
+    with Store.open(store, readonly=True) as st:
+        block = fmod.markdown(fmod.findings(st.conn), store.as_posix(), "rebuild-findings")
+    readme.write_text(fmod.with_block(text, block, start, end), encoding="utf-8")
+    _out(f"wrote the findings of {store} into {readme}")
+
+
 def cmd_plan(args) -> None:
     """`plan run` computes a plan's missing and partial units into the store; `plan status` reads their state
     (compute/plan.py). Every unit's command line is checked with this module's parser before anything runs."""
@@ -720,6 +736,7 @@ def cmd_plan(args) -> None:
         cmd_store_finalize(argparse.Namespace(store=to))
         if args.write_readme:
             _write_status_block(plan, to, args.timings_from, Path(args.write_readme))
+            _write_rebuild_findings(to, Path(args.write_readme))
         return
     if args.sub == "status":
         if args.write_readme:
@@ -958,7 +975,9 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("--write-readme", type=Path, metavar="README",
                            help="write the status (from the store alone) between the README's "
                                 "<!-- plan-status:start/end --> markers"
-                                + (" instead of printing it" if name == "status" else ": the copy's status"))
+                                + (" instead of printing it" if name == "status" else
+                                   ": the copy's status, and its findings (store.findings) between the "
+                                   "<!-- rebuild-findings:start/end --> markers where the README has them"))
         q.set_defaults(func=cmd_plan)
 
     from compute.abilities.cli import add_abilities_parser

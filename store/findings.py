@@ -861,9 +861,11 @@ STUDIES = {"A": "Study A (robustness of single edits, Ma et al.)", "B": "Study B
            "C": "Study C (general abilities, Gu et al.)"}
 
 
-def markdown(items: list[Finding]) -> str:
-    """The README's block: one bullet per claim (claim, paper, EditScope, verdict, rule, reason), by study."""
-    lines = ["Generated from the store by `python -m store.findings --store store/results.sqlite --markdown` "
+def markdown(items: list[Finding], store: str = "store/results.sqlite", markers: str = "findings") -> str:
+    """A README block: one bullet per claim (claim, paper, EditScope, verdict, rule, reason), by study, headed by
+    the command that writes it (`store`: the store's path as the command names it; `markers`: the block's)."""
+    which = "" if markers == "findings" else f" --markers {markers}"
+    lines = [f"Generated from the store by `python -m store.findings --store {store}{which} --markdown` "
              "(store/findings.py; `--write-readme README.md` rewrites this block, a test keeps it equal to the "
              "output, and the dashboard's Findings page shows the same). The model is SmolLM2-135M, not the papers' "
              "1.5B-7B models: levels are not compared, directions are."]
@@ -885,6 +887,14 @@ def markdown(items: list[Finding]) -> str:
 
 
 START, END = "<!-- findings:start -->", "<!-- findings:end -->"
+MARKERS = ("findings", "rebuild-findings")  # the shipped store's block, and the rebuild's (`plan snapshot`)
+
+
+def markers_of(name: str) -> tuple[str, str]:
+    """The start and end markers of the README block called `name` (one of MARKERS)."""
+    if name not in MARKERS:
+        raise ValueError(f"no README block {name!r}: use one of {', '.join(MARKERS)}")
+    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
 
 
 def readme_block(text: str, start: str = START, end: str = END) -> str:
@@ -911,6 +921,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", action="store_true", help="print the README block instead of plain lines")
     parser.add_argument("--write-readme", metavar="README", default=None,
                         help="replace the block between the findings markers of this README with the new one")
+    parser.add_argument("--markers", choices=MARKERS, default="findings",
+                        help="which README block: the shipped store's (findings) or the rebuild's (rebuild-findings)")
     args = parser.parse_args(argv)
     path = args.store or default_store_path()
     try:
@@ -918,14 +930,16 @@ def main(argv: list[str] | None = None) -> int:
             items = findings(st.conn)
     except StoreError as exc:
         parser.exit(2, f"{exc}\n")
+    block = markdown(items, Path(path).as_posix() if args.store else "store/results.sqlite", args.markers)
     if args.write_readme:
         readme = Path(args.write_readme)
         try:
-            readme.write_text(with_block(readme.read_text(encoding="utf-8"), markdown(items)), encoding="utf-8")
+            readme.write_text(with_block(readme.read_text(encoding="utf-8"), block, *markers_of(args.markers)),
+                              encoding="utf-8")
         except (OSError, ValueError) as exc:
             parser.exit(2, f"{readme}: {exc}\n")
     if args.markdown:
-        print(markdown(items), end="")
+        print(block, end="")
     else:
         for f in items:
             print(f"{f.claim}  {f.verdict}{f' ({f.direction})' if f.direction else ''}  {f.ours}")

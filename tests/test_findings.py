@@ -272,6 +272,22 @@ def test_the_readme_block_is_the_functions_output_on_the_shipped_store():
         "README block is stale: run `python -m store.findings --store store/results.sqlite --write-readme README.md`"
 
 
+def test_the_readmes_rebuild_block_is_the_functions_output_on_the_committed_rebuild():
+    rebuild = ROOT / "store" / "rebuild.sqlite"
+    start, end = fmod.markers_of("rebuild-findings")
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    if not rebuild.exists():  # the rebuild has replaced the shipped store: no block left to keep
+        assert start not in readme
+        return
+    with Store.open(rebuild, readonly=True) as st:
+        expected = fmod.markdown(findings(st.conn), "store/rebuild.sqlite", "rebuild-findings")
+    assert fmod.readme_block(readme, start, end) == expected.strip("\n"), (
+        "README's rebuild block is stale: run `python -m store.findings --store store/rebuild.sqlite --markers "
+        "rebuild-findings --write-readme README.md` (or `plan snapshot ... --write-readme README.md`)")
+    with pytest.raises(ValueError, match="use one of findings, rebuild-findings"):
+        fmod.markers_of("other")
+
+
 def test_the_readme_block_is_replaced_between_its_markers_only():
     text = f"intro\n{fmod.START}\nold\n{fmod.END}\noutro\n"
     new = fmod.with_block(text, "new\nlines\n")

@@ -670,13 +670,26 @@ def test_a_snapshot_copies_a_running_plans_store_with_its_running_runs_marked_in
     readme.write_text(f"top\n{plans.README_START}\nold\n{plans.README_END}\nbottom\n")
     assert main(["plan", "snapshot", str(path), "--store", str(source), "--to", str(to),
                  "--write-readme", str(readme)]) == 0
-    assert "1 running run(s) marked interrupted in the copy" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "1 running run(s) marked interrupted in the copy" in out
+    assert "no <!-- rebuild-findings:start --> ... <!-- rebuild-findings:end --> block" in out  # none asked for
     with Store.open(to, readonly=True) as st:
         assert st.conn.execute("SELECT status, n_done FROM runs").fetchall() == [("interrupted", 3)]
     with Store.open(source, readonly=True) as st:
         assert st.conn.execute("SELECT status FROM runs").fetchall() == [("running",)]
     text = readme.read_text()
     assert "old" not in text and "| sequential | sequential | partial | 3/6 |" in text and text.endswith("bottom\n")
+    # with the rebuild-findings markers, the copy's findings go between them (the command that writes them named)
+    from store import findings as fmod
+
+    start, end = fmod.markers_of("rebuild-findings")
+    readme.write_text(f"{text}{start}\nold findings\n{end}\n")
+    assert main(["plan", "snapshot", str(path), "--store", str(source), "--to", str(to),
+                 "--write-readme", str(readme)]) == 0
+    block = fmod.readme_block(readme.read_text(), start, end)
+    with Store.open(to, readonly=True) as st:
+        assert block == fmod.markdown(fmod.findings(st.conn), to.as_posix(), "rebuild-findings").strip("\n")
+    assert f"--store {to.as_posix()} --markers rebuild-findings" in block and "not measured yet" in block
     # the copy must be another file
     assert main(["plan", "snapshot", str(path), "--store", str(source), "--to", str(source)]) == 2
     assert "is the plan's store itself" in capsys.readouterr().err
