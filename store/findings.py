@@ -202,10 +202,25 @@ def _a1(conn, refs, summary) -> Finding:
     direction = AGREES if all(lows) else DISAGREES if any(highs) else UNDECIDED
     first = next(iter(rows.values()))
     return Finding(**common, ours="; ".join(f"{e} {_ci(r['mean'], r['ci_low'], r['ci_high'])}" for e, r in rows.items())
-                   + f" (acc, n = {first['n']} cases each)", verdict=NOT_COMPARABLE, direction=direction,
+                   + f" (acc, {_sizes(rows)}{_partial(refs, rows)})", verdict=NOT_COMPARABLE, direction=direction,
                    reason="SmolLM2-135M vs Llama-7B: how often an edit takes is a level that depends on the model.",
                    value=first["mean"], n=first["n"], ci_low=first["ci_low"], ci_high=first["ci_high"],
                    query=_runs_query([refs[e]["run_id"] for e in rows], metric="acc"))
+
+
+def _sizes(rows: dict[str, dict]) -> str:
+    """'n = 240 cases each', or each editor's n where they differ (a partial run of one of them)."""
+    ns = {e: r["n"] for e, r in rows.items()}
+    if len(set(ns.values())) == 1:
+        return f"n = {next(iter(ns.values()))} cases each"
+    return "n = " + ", ".join(f"{e} {n}" for e, n in ns.items()) + " cases"
+
+
+def _partial(refs: dict[str, dict], editors) -> str:
+    """'; partial: ROME 115 of 240 cases (interrupted)' for the editors' reference runs that are not done."""
+    going = [f"{e} {refs[e]['n_done'] or 0} of {refs[e]['n_total']} cases ({refs[e]['status']})"
+             for e in editors if e in refs and refs[e]["status"] != "done"]
+    return "; partial: " + ", ".join(going) if going else ""
 
 
 def _row(summary: pl.DataFrame, run_id: str, rtype: str, metric: str) -> dict | None:
@@ -239,8 +254,8 @@ def _drop(conn, refs, summary, claim: str, rtype: str, statement: str) -> Findin
     if rtype == "doubt":
         revs = {e: _row(summary, refs[e]["run_id"], rtype, "rev") for e in pairs}
         ours += "; rev " + ", ".join(f"{e} {_ci(r['mean'], r['ci_low'], r['ci_high'])}" for e, r in revs.items() if r)
-    n = next(iter(pairs.values()))[1]["n"] if pairs else None
-    ours = (ours + f" (acc, plain → {rtype}, n = {n} cases each)") if pairs else f"no {rtype} acc stored"
+    sizes = _sizes({e: p[1] for e, p in pairs.items()}) if pairs else ""
+    ours = (ours + f" (acc, plain → {rtype}, {sizes}{_partial(refs, pairs)})") if pairs else f"no {rtype} acc stored"
     if rtype == "doubt" and pairs:
         ours += _known_rev(conn, {e: refs[e]["run_id"] for e in pairs}, rtype)
     head = pairs.get(claimed[0], (None, None))[1]
@@ -266,7 +281,7 @@ def _drop(conn, refs, summary, claim: str, rtype: str, statement: str) -> Findin
     else:
         open_ = [e for e in claimed if not _below(pairs[e][1], pairs[e][0])]
         verdict = NOT_MEASURED
-        reason = (f"Measured, but undecided: the CIs overlap for {', '.join(open_)} at n = {n}; a larger case set "
+        reason = (f"Measured, but undecided: the CIs overlap for {', '.join(open_)} at {sizes}; a larger case set "
                   "(`cases build --n`, then `run robustness`) would decide.")
     return Finding(**common, ours=ours, verdict=verdict, reason=reason, query=query, **nums)
 
@@ -364,7 +379,8 @@ def _a7(conn, refs) -> Finding:
                        reason="The robustness runs hold no paraphrase acc: rerun them with every rephrase type.")
     verdict, reason = _corr_verdict([(e, r["within_ci_low"], r["within_ci_high"]) for e, r in rows.items()], -1)
     head = next(iter(rows.values()))
-    return Finding(**common, ours="; ".join(f"{e}: {_rho(r, False)}, {_rho(r, True)}" for e, r in rows.items()),
+    return Finding(**common, ours="; ".join(f"{e}: {_rho(r, False)}, {_rho(r, True)}" for e, r in rows.items())
+                   + _partial(refs, rows),
                    verdict=verdict, reason=reason, value=head["rho_within"], n=head["n_within"],
                    ci_low=head["within_ci_low"], ci_high=head["within_ci_high"], query=query)
 

@@ -69,6 +69,25 @@ def _robustness_store(st, acc: dict[str, dict[str, float]], recall: dict[str, fl
 KNOWN = {"plain": 0.5, "paraphrase": 0.5, "doubt": 0.5}
 
 
+def test_a_partial_run_is_named_with_its_own_n(tmp_path):
+    """Runs of different sizes each show their own n (the text said the first one's 'each'), and a run that is
+    not done is named partial with how far it got (a rebuild in progress)."""
+    with Store.open(tmp_path / "s.sqlite", create=True) as st:
+        _robustness_store(st, {"ROME": {"plain": 0.95, "paraphrase": 0.4}, "MEMIT": {"plain": 0.9, "paraphrase": 0.3}},
+                          KNOWN)
+        st.conn.execute("DELETE FROM measurements WHERE run_id = 'rob-MEMIT' AND case_id IN ('c0', 'c1', 'c2')")
+        st.conn.execute("UPDATE runs SET status = 'interrupted', n_done = 57, n_total = 240 WHERE run_id = 'rob-MEMIT'")
+        st.conn.commit()
+        got = _by_claim(st.conn)
+    for claim in ("A1", "A2"):
+        assert "n = ROME 60, MEMIT 57 cases; partial: MEMIT 57 of 240 cases (interrupted)" in got[claim].ours, claim
+    with Store.open(tmp_path / "t.sqlite", create=True) as st:  # all done and alike: one n
+        _robustness_store(st, {"ROME": {"plain": 0.95, "paraphrase": 0.4}, "MEMIT": {"plain": 0.9, "paraphrase": 0.3}},
+                          KNOWN)
+        a1 = _by_claim(st.conn)["A1"]
+    assert a1.ours.endswith(f"(acc, n = {N_CASES} cases each)")
+
+
 def test_a_paraphrase_drop_is_reproduced_only_when_its_ci_lies_below_the_plain_one(tmp_path):
     with Store.open(tmp_path / "s.sqlite", create=True) as st:
         _robustness_store(st, {"ROME": {"plain": 0.95, "paraphrase": 0.4}, "MEMIT": {"plain": 0.9, "paraphrase": 0.3}},
