@@ -129,6 +129,24 @@ def test_the_overview_tile_is_the_reference_run_and_skips_unmeasurable_types(mon
     tiles = [m for m in at.metric if "plain → hardest" in m.label]
     assert [m.label for m in tiles] == ["ROME: acc, plain → hardest"]  # one tile, not two
     assert tiles[0].value == f"{206 / 240:.2f} → {100 / 240:.2f}" and tiles[0].delta.endswith("on paraphrase")  # not cloze
+    assert any(c.value.startswith("One tile per finished reference run.") for c in at.caption)
+
+
+def test_an_overview_tile_of_a_partial_run_says_so(monkeypatch, two_rome_store, tmp_path):
+    """A rebuild in progress: the reference run is interrupted (the most done of two that are), and the tile's label
+    and the caption say so."""
+    import shutil
+    import sqlite3
+
+    store = tmp_path / "partial.sqlite"
+    shutil.copy(two_rome_store, store)
+    with sqlite3.connect(store) as conn:
+        conn.execute("UPDATE runs SET status = 'interrupted' WHERE run_id IN ('robustness-big', 'robustness-one')")
+    at = _app(monkeypatch, store)
+    assert [m.label for m in at.metric if "plain → hardest" in m.label] == \
+        ["ROME [interrupted, 240/240 done]: acc, plain → hardest"]
+    assert any("1 of them partial, their status in the label" in c.value for c in at.caption), \
+        [c.value for c in at.caption]
 
 
 def test_popularity_series_are_runs_and_an_unmeasurable_type_is_flagged(monkeypatch, two_rome_store):

@@ -68,7 +68,10 @@ else:
                         f"{r['plain_ci_high']:.2f}], {r['hardest_type']} [{r['hardest_ci_low']:.2f}, "
                         f"{r['hardest_ci_high']:.2f}]; n = {r['n']} cases ({r['status']}).")
     excluded = sorted(unmeasurable_reasons(measurability))
-    st.caption(f"One tile per finished reference run. Hardest type: the lowest post-edit acc among the rephrase "
+    partial = rob.filter(pl.col("status") != "done").height
+    tiles = (f"One tile per reference run (a finished run of each editor where there is one; {partial} of them "
+             "partial, their status in the label). " if partial else "One tile per finished reference run. ")
+    st.caption(tiles + f"Hardest type: the lowest post-edit acc among the rephrase "
                f"types the unedited model can answer (names the true object on at least "
                f"{100 * MEASURABLE_SHARE:g}% of cases)"
                + (f"; left out as unmeasurable: {', '.join(excluded)}." if excluded else "."))
