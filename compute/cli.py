@@ -708,8 +708,7 @@ def _write_rebuild_findings(store: Path, readme: Path) -> None:
         _out(f"{readme} has no {start} ... {end} block: the rebuild's findings were not written")
         return
     with Store.open(store, readonly=True) as st:
-        block = fmod.markdown(fmod.findings(st.conn), store.as_posix(), "rebuild-findings")
-    readme.write_text(fmod.with_block(text, block, start, end), encoding="utf-8")
+        fmod.write_readme(readme, fmod.findings(st.conn), store.as_posix(), "rebuild-findings")
     _out(f"wrote the findings of {store} into {readme}")
 
 

@@ -926,6 +926,16 @@ def with_block(text: str, block: str, start: str = START, end: str = END) -> str
     return text[:text.index(start) + len(start)] + "\n" + block.strip("\n") + "\n" + text[text.index(end):]
 
 
+def write_readme(readme, items: list[Finding], store: str, markers: str = "findings") -> None:
+    """Replace the README's block called `markers` with the findings `items` of the store at `store` (as the
+    block's command names it)."""
+    from pathlib import Path
+
+    readme = Path(readme)
+    text = with_block(readme.read_text(encoding="utf-8"), markdown(items, store, markers), *markers_of(markers))
+    readme.write_text(text, encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
     from pathlib import Path
@@ -950,8 +960,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.write_readme:
         readme = Path(args.write_readme)
         try:
-            readme.write_text(with_block(readme.read_text(encoding="utf-8"), block, *markers_of(args.markers)),
-                              encoding="utf-8")
+            write_readme(readme, items, Path(path).as_posix() if args.store else "store/results.sqlite", args.markers)
         except (OSError, ValueError) as exc:
             parser.exit(2, f"{readme}: {exc}\n")
     if args.markdown:
