@@ -408,16 +408,32 @@ def _collapse_at(events: pl.DataFrame, run_id: str) -> int | None:
     return int(col.min()) if col.len() else None
 
 
-def _b_runs(arms: dict) -> dict[str, dict]:
-    """The one-edit-at-a-time ROME (r-ROME keys) and MEMIT runs study B compares: label -> run, on the
-    lowest order seed both have (else each its own lowest)."""
-    shared = _shared(arms, ROME, MEMIT_1)
-    out = {}
-    for label in (ROME, MEMIT_1):
-        if label in arms:
-            order = shared[0] if shared else min(arms[label])
-            out[label] = arms[label][order]
-    return out
+def _b_arms(arms: dict) -> dict[str, dict[int, dict]]:
+    """The one-edit-at-a-time ROME (r-ROME keys) and MEMIT runs study B reads: label -> edit order -> run."""
+    return {label: dict(sorted(arms[label].items())) for label in (ROME, MEMIT_1) if label in arms}
+
+
+def _per_editor(signs: dict[str, list[int]]) -> str:
+    """The verdict of a claim read per editor on each of its edit orders (+1: as the paper says on that order,
+    -1: against it, 0: neither): an editor decides it with at least MIN_ORDERS orders that all agree (reproduced)
+    or all go against it (refuted); the claim is reproduced when one editor reproduces it, refuted when one
+    refutes it and none reproduces it, else not measured."""
+    decided = {REPRODUCED if all(x == 1 for x in s) else REFUTED if all(x == -1 for x in s) else NOT_MEASURED
+               for s in signs.values() if len(s) >= MIN_ORDERS}
+    return REPRODUCED if REPRODUCED in decided else REFUTED if REFUTED in decided else NOT_MEASURED
+
+
+def _why_open(signs: dict[str, list[int]], runs: dict[str, dict[int, dict]], not_reached: str) -> str:
+    """Why a per-editor verdict (_per_editor) is still open: nothing reached on any order (`not_reached`, then
+    what to wait for or run), too few orders, or orders that disagree."""
+    if all(x == 0 for s in signs.values() for x in s):
+        return not_reached + _not_yet({f"{label} order {o}": r for label, by in runs.items() for o, r in by.items()})
+    few = [f"{label} on {len(s)} order{'s' * (len(s) != 1)}" for label, s in signs.items()
+           if len(s) < MIN_ORDERS and any(s)]
+    if few:
+        return (f"Measured {', '.join(few)}; the verdict waits for {MIN_ORDERS} orders of an editor "
+                "(`--order-seed 1`, `2`), since which facts come when decides when a model breaks.")
+    return "Measured, but undecided: the orders disagree."
 
 
 def _not_yet(runs: dict[str, dict]) -> str:
@@ -436,102 +452,116 @@ def _b1(conn, arms) -> Finding:
     common = dict(claim="B1", study="B", statement="Sequential edits are forgotten gradually, then catastrophically.",
                   paper="ROME ≈0-8% of edits forgotten until ≈560 edits, then ≈78%; MEMIT ≈0-15% until ≈1250, "
                         "then 100% by ≈1300 (GPT-J, exact match)",
-                  rule="Retention by exact match (study B's 'holds') of ROME and MEMIT b = 1: reproduced when a "
-                       "run's retention has a catastrophic phase; refuted when a run collapsed (no longer usable) "
-                       "with no such phase; otherwise not yet reached; " + _lower(derived.sequential_rules()["phase"]),
+                  rule="Retention by exact match (study B's 'holds') of ROME and of MEMIT b = 1 on each edit order: "
+                       "an order agrees when its run's retention has a catastrophic phase and goes against the claim "
+                       f"when its run collapsed (no longer usable) with no such phase; with at least {MIN_ORDERS} "
+                       "orders of an editor, reproduced when every order of ROME or of MEMIT b = 1 agrees, refuted "
+                       "when every order of one goes against it and neither reproduces it; otherwise not decided; "
+                       + _lower(derived.sequential_rules()["phase"]),
                   page="forgetting")
-    runs = _b_runs(arms)
+    runs = _b_arms(arms)
     if not runs:
         return Finding(**common, ours="no sequential ROME or MEMIT run", verdict=NOT_MEASURED,
                        reason="Run `python -m compute run sequential --editor ROME --edits 500` (and MEMIT --batch 1).")
-    ids = [r["run_id"] for r in runs.values()]
+    ids = [r["run_id"] for by in runs.values() for r in by.values()]
     curves = derived.sequential_curves(conn, ids)
     phases = derived.sequential_phases(conn, ids)
     events = derived.sequential_events(conn, ids)
     query = _runs_query(ids, curves="retained_em,forgotten_em,retained,forgotten")
-    parts, em_runs = [], []
-    for label, run in runs.items():
-        rid = run["run_id"]
-        em = _last_share(curves, rid, "forgotten_em")
-        metric, series = ("forgotten_em", em_label) if em else ("forgotten", es_label)
-        last = em or _last_share(curves, rid, "forgotten")
-        ph = phases.filter((pl.col("run_id") == rid) & (pl.col("series") == series))
-        text = f"{label}: " + (f"{_ci(last['value'], last['ci_low'], last['ci_high'])} of {last['n']} held edits "
-                               f"forgotten by edit {last['edit_count']}" if last else "no forgetting series")
-        if ph.height:
-            p = ph.row(0, named=True)
-            text += (f", catastrophic phase from edit {p['change_at']}" if p["catastrophic"]
-                     else f", no catastrophic phase (change point {p['change_at']})")
-        parts.append(text + ("" if em else " [by ES, not exact match]"))
-        if em:
-            em_runs.append((label, rid, ph.row(0, named=True) if ph.height else None))
+    parts, signs, em_runs = [], {}, {}
+    for label, by in runs.items():
+        for o, run in by.items():
+            rid = run["run_id"]
+            em = _last_share(curves, rid, "forgotten_em")
+            series = em_label if em else es_label
+            last = em or _last_share(curves, rid, "forgotten")
+            ph = phases.filter((pl.col("run_id") == rid) & (pl.col("series") == series))
+            text = f"{label} order {o}: " + (f"{_ci(last['value'], last['ci_low'], last['ci_high'])} of {last['n']} "
+                                             f"held edits forgotten by edit {last['edit_count']}" if last
+                                             else "no forgetting series")
+            p = ph.row(0, named=True) if ph.height else None
+            if p:
+                text += (f", catastrophic phase from edit {p['change_at']}" if p["catastrophic"]
+                         else f", no catastrophic phase (change point {p['change_at']})")
+            parts.append(text + ("" if em else " [by ES, not exact match]"))
+            if em:
+                em_runs.setdefault(label, {})[o] = run
+                signs.setdefault(label, []).append(
+                    1 if p and p["catastrophic"] else -1 if _collapse_at(events, rid) is not None else 0)
     ours = "; ".join(parts)
     if not em_runs:
         return Finding(**common, ours=ours, verdict=NOT_MEASURED, query=query,
                        reason="The stored runs measured retention by ES only, which a broken model passes by chance. "
                               "Rerun `python -m compute run sequential --editor ROME --edits 500` and `--editor MEMIT "
                               "--batch 1` with the current runner, which records exact-match retention.")
-    if any(p and p["catastrophic"] for _, _, p in em_runs):
-        return Finding(**common, ours=ours, verdict=REPRODUCED, query=query)
-    if any(_collapse_at(events, rid) is not None for _, rid, _ in em_runs):
-        return Finding(**common, ours=ours, verdict=REFUTED, query=query)
-    reach = max(runs[label]["n_done"] for label, _, _ in em_runs)
+    verdict = _per_editor(signs)
+    if verdict != NOT_MEASURED:
+        return Finding(**common, ours=ours, verdict=verdict, query=query)
+    reach = max(r["n_done"] for by in em_runs.values() for r in by.values())
     return Finding(**common, ours=ours, verdict=NOT_MEASURED, query=query,
-                   reason=f"No catastrophic phase and no collapse in {reach} edits (the paper's came at ≈560 for ROME "
-                          "on GPT-J): " + _not_yet({label: runs[label] for label, _, _ in em_runs}))
+                   reason=_why_open(signs, em_runs, f"No catastrophic phase and no collapse in {reach} edits on any "
+                                                    "order (the paper's came at ≈560 for ROME on GPT-J): "))
 
 
 def _b2(conn, arms) -> Finding:
     common = dict(claim="B2", study="B", statement="At the catastrophic point downstream abilities fall to about zero.",
                   paper="GLUE F1 (SST2, MRPC, CoLA, RTE) ≈0 from ROME ≈550-600 edits, MEMIT ≈1250 (GPT-J)",
-                  rule="Reproduced when a ROME or MEMIT b = 1 run collapsed (store.derived.usability: from there on "
-                       "at least two of abilities at chance, perplexity exploded, newest-edit efficacy gone) with its "
-                       "abilities at chance (at most a quarter of the unedited margin over chance left, mean over "
-                       "tasks); refuted when a run collapsed with abilities above that.", page="forgetting")
-    runs = _b_runs(arms)
+                  rule="A ROME or MEMIT b = 1 run's collapse (store.derived.usability: from there on at least two of "
+                       "abilities at chance, perplexity exploded, newest-edit efficacy gone) on each edit order: an "
+                       "order agrees when the run collapsed with its abilities at chance (at most a quarter of the "
+                       "unedited margin over chance left, mean over tasks) and goes against the claim when it "
+                       f"collapsed with abilities above that; with at least {MIN_ORDERS} orders of an editor, "
+                       "reproduced when every order of ROME or of MEMIT b = 1 agrees, refuted when every order of one "
+                       "goes against it and neither reproduces it.", page="forgetting")
+    runs = _b_arms(arms)
     if not runs:
         return Finding(**common, ours="no sequential ROME or MEMIT run", verdict=NOT_MEASURED,
                        reason="Run `python -m compute run sequential --editor ROME --edits 500 --abilities-every 50`.")
-    ids = [r["run_id"] for r in runs.values()]
+    ids = [r["run_id"] for by in runs.values() for r in by.values()]
     events = derived.sequential_events(conn, ids)
     phases = derived.sequential_phases(conn, ids)
+    scores = derived.ability_scores(conn, kind="sequential", mode="quick")
     query = _runs_query(ids)
-    parts, collapsed = [], []
-    head = {}
-    for label, run in runs.items():
-        use = derived.usability(conn, run["run_id"])
-        at = _collapse_at(events, run["run_id"])
-        if use.is_empty():
-            parts.append(f"{label}: no ability checkpoints")
-            continue
-        row = use.filter(pl.col("edit_count") == at).row(0, named=True) if at is not None else use.row(-1, named=True)
-        tasks = derived.ability_scores(conn, kind="sequential", mode="quick").filter(
-            (pl.col("run_id") == run["run_id"]) & (pl.col("edit_count") == row["edit_count"]))["task"].n_unique()
-        left = row["abilities_left"]
-        ppl = row["perplexity_ratio"]
-        state = (f"unusable from edit {at}" if at is not None else f"still usable at edit {row['edit_count']}")
-        cliffs = phases.filter((pl.col("run_id") == run["run_id"]) & pl.col("catastrophic")
-                               & pl.col("series").str.ends_with("(ability)"))
-        keep = (f"abilities keep {left:.2f} of their unedited margin over chance (mean over {tasks} tasks)"
-                if left is not None else "no unedited ability scores to compare with")
-        parts.append(f"{label}: {state}, {keep}" + (f", perplexity x{ppl:,.0f}" if ppl is not None else "")
-                     + (f"; a catastrophic phase on {cliffs.height} ability series from edit "
-                        f"{int(cliffs['change_at'].min())}" if cliffs.height else ""))
-        if at is not None:
-            collapsed.append(row)
-            head = head or dict(value=left, n=tasks)
+    parts, signs, head, unscored = [], {}, {}, 0
+    for label, by in runs.items():
+        for o, run in by.items():
+            name = f"{label} order {o}"
+            use = derived.usability(conn, run["run_id"])
+            at = _collapse_at(events, run["run_id"])
+            if use.is_empty():
+                parts.append(f"{name}: no ability checkpoints")
+                continue
+            row = (use.filter(pl.col("edit_count") == at).row(0, named=True) if at is not None
+                   else use.row(-1, named=True))
+            tasks = scores.filter((pl.col("run_id") == run["run_id"])
+                                  & (pl.col("edit_count") == row["edit_count"]))["task"].n_unique()
+            left, ppl = row["abilities_left"], row["perplexity_ratio"]
+            state = f"unusable from edit {at}" if at is not None else f"still usable at edit {row['edit_count']}"
+            cliffs = phases.filter((pl.col("run_id") == run["run_id"]) & pl.col("catastrophic")
+                                   & pl.col("series").str.ends_with("(ability)"))
+            keep = (f"abilities keep {left:.2f} of their unedited margin over chance (mean over {tasks} tasks)"
+                    if left is not None else "no unedited ability scores to compare with")
+            parts.append(f"{name}: {state}, {keep}" + (f", perplexity x{ppl:,.0f}" if ppl is not None else "")
+                         + (f"; a catastrophic phase on {cliffs.height} ability series from edit "
+                            f"{int(cliffs['change_at'].min())}" if cliffs.height else ""))
+            if at is not None and left is None:
+                unscored += 1
+            sign = 0 if at is None or left is None else 1 if row["abilities_at_chance"] else -1
+            signs.setdefault(label, []).append(sign)
+            if sign and not head:
+                head = dict(value=left, n=tasks)
     ours = "; ".join(parts)
-    if not collapsed:
-        reach = max(r["n_done"] for r in runs.values())
-        return Finding(**common, ours=ours, verdict=NOT_MEASURED, query=query,
-                       reason=f"No run reached its collapse in {reach} edits: " + _not_yet(runs))
-    if all(r["abilities_left"] is None for r in collapsed):
+    verdict = _per_editor(signs)
+    if verdict != NOT_MEASURED:
+        return Finding(**common, ours=ours, verdict=verdict, query=query, **head,
+                       reason="Our ability suite (9 tasks, scored against chance) stands in for GLUE F1.")
+    if unscored and not any(x for s in signs.values() for x in s):
         return Finding(**common, ours=ours, verdict=NOT_MEASURED, query=query,
                        reason="The collapsed runs have no unedited ability scores to compare with: measure them "
                               "(`abilities measure --mode full`).")
-    verdict = REPRODUCED if any(r["abilities_at_chance"] for r in collapsed) else REFUTED
-    return Finding(**common, ours=ours, verdict=verdict, query=query, **head,
-                   reason="Our ability suite (9 tasks, scored against chance) stands in for GLUE F1.")
+    reach = max(r["n_done"] for by in runs.values() for r in by.values())
+    return Finding(**common, ours=ours, verdict=NOT_MEASURED, query=query, **head,
+                   reason=_why_open(signs, runs, f"No run reached its collapse in {reach} edits: "))
 
 
 def _b3(conn, arms) -> Finding:
@@ -677,36 +707,58 @@ def _c1(conn, arms) -> Finding:
     common = dict(claim="C1", study="C", statement="Sequential ROME edits erode general abilities.",
                   paper="GPT-2 XL within 20 edits: sentiment 0.56 → 0.0, NER 0.43 → 0.18, open QA 0.20 → 0.01",
                   rule="How many edits break a model depends on its size, so the paper's speed is not asked of a 135M "
-                       "model; the direction (abilities fall) agrees when sentiment, entity typing (NER) and "
-                       "closed-book QA (open QA) each end with a 95% CI wholly below the unedited model's, disagrees "
-                       "when none does.", page="abilities")
+                       "model; on each edit order of ROME, the direction (abilities fall) agrees when sentiment, "
+                       "entity typing (NER) and closed-book QA (open QA) each end with a 95% CI wholly below the "
+                       "unedited model's and disagrees when none does; with at least "
+                       f"{MIN_ORDERS} orders, the claim's direction agrees when every order agrees, disagrees when "
+                       "every order disagrees, else undecided.", page="abilities")
     if ROME not in arms:
         return Finding(**common, ours="no sequential ROME run", verdict=NOT_MEASURED,
                        reason="Run `python -m compute run sequential --editor ROME --edits 500 --abilities-every 50`.")
-    run = arms[ROME][min(arms[ROME])]
-    ab = derived.ability_scores(conn, kind="sequential", mode="quick").filter(pl.col("run_id") == run["run_id"])
-    counts = sorted(set(ab["edit_count"].to_list()))
-    query = _runs_query([run["run_id"]], ability_view="sequential")
-    if 0 not in counts or len(counts) < 2:
-        return Finding(**common, ours="no ability checkpoints", verdict=NOT_MEASURED, query=query,
-                       reason="Rerun the ROME run with `--abilities-every 50`.")
-    first = next((c for c in counts if c >= 20), counts[-1])
-    base, early, end = _scores(ab, run["run_id"], 0), _scores(ab, run["run_id"], first), _scores(ab, run["run_id"], counts[-1])
-    tasks = [t for t in STUDY_C_TASKS if t in base and t in end and t in early]
-    if not tasks:
-        return Finding(**common, ours="none of study C's tasks measured", verdict=NOT_MEASURED, query=query,
-                       reason="The quick ability suite lacks sentiment, entity typing and closed-book QA.")
-    ours = "; ".join(f"{STUDY_C_TASKS[t]} {_ci(base[t]['score'], base[t]['ci_low'], base[t]['ci_high'])} → "
-                     f"{_ci(early[t]['score'], early[t]['ci_low'], early[t]['ci_high'])} at {first} edits → "
-                     f"{_ci(end[t]['score'], end[t]['ci_low'], end[t]['ci_high'], end[t]['n'])} at {counts[-1]}"
-                     for t in tasks)
-    fell = [_worse(end[t], base[t]) for t in tasks]
-    direction = AGREES if all(fell) else DISAGREES if not any(fell) else UNDECIDED
-    t0 = tasks[0]
-    return Finding(**common, ours=ours + " (quick suite, items)", verdict=NOT_COMPARABLE, direction=direction,
+    runs = dict(sorted(arms[ROME].items()))
+    ab = derived.ability_scores(conn, kind="sequential", mode="quick")
+    query = _runs_query([r["run_id"] for r in runs.values()], ability_view="sequential")
+    signs, head, missing, by_task = [], {}, [], {}
+    for o, run in runs.items():
+        mine = ab.filter(pl.col("run_id") == run["run_id"])
+        counts = sorted(set(mine["edit_count"].to_list()))
+        if 0 not in counts or len(counts) < 2:
+            missing.append(f"order {o}: no ability checkpoints")
+            continue
+        first = next((c for c in counts if c >= 20), counts[-1])
+        base, early, end = (_scores(mine, run["run_id"], c) for c in (0, first, counts[-1]))
+        tasks = [t for t in STUDY_C_TASKS if t in base and t in end and t in early]
+        if not tasks:
+            missing.append(f"order {o}: none of study C's tasks measured")
+            continue
+        for t in tasks:
+            b0, e, z = base[t], early[t], end[t]
+            unedited = f"unedited {_ci(b0['score'], b0['ci_low'], b0['ci_high'])}"
+            entry = by_task.setdefault(t, {"unedited": unedited, "n": z["n"], "orders": []})
+            entry["orders"].append(f"order {o}" + (f" ({unedited})" if unedited != entry["unedited"] else "")
+                                   + f": {e['score']:.2f} at {first} edits, "
+                                   f"{_ci(z['score'], z['ci_low'], z['ci_high'])} at {counts[-1]}")
+        fell = [_worse(end[t], base[t]) for t in tasks]
+        signs.append(1 if all(fell) else -1 if not any(fell) else 0)
+        if not head:
+            t0 = tasks[0]
+            head = dict(value=end[t0]["score"], n=end[t0]["n"], ci_low=end[t0]["ci_low"], ci_high=end[t0]["ci_high"])
+    parts = [f"{STUDY_C_TASKS[t]} ({e['n']} items): {e['unedited']}; " + "; ".join(e["orders"])
+             for t, e in by_task.items()] + missing
+    if not signs:
+        return Finding(**common, ours="; ".join(parts), verdict=NOT_MEASURED, query=query,
+                       reason="Rerun the ROME run with `--abilities-every 50` (the quick ability suite with "
+                              "sentiment, entity typing and closed-book QA).")
+    decided = len(signs) >= MIN_ORDERS
+    direction = (AGREES if decided and all(x == 1 for x in signs) else
+                 DISAGREES if decided and all(x == -1 for x in signs) else UNDECIDED)
+    per_order = {1: "all three fell", -1: "none fell", 0: "some fell"}
+    outcome = f" Per order: {', '.join(per_order[x] for x in signs)}" + (
+        "." if decided else f"; the direction waits for {MIN_ORDERS} edit orders.")
+    return Finding(**common, ours=" | ".join(parts) + " (quick suite)", verdict=NOT_COMPARABLE,
+                   direction=direction, query=query, **head,
                    reason="GPT-2 XL on study C's data vs SmolLM2-135M on our quick suite, scored every 50 edits "
-                          "(no checkpoint at 20).", value=end[t0]["score"], n=end[t0]["n"], ci_low=end[t0]["ci_low"],
-                   ci_high=end[t0]["ci_high"], query=query)
+                          "(no checkpoint at 20)." + outcome)
 
 
 SMALL_BATCH, LARGE_BATCH = 100, 2000

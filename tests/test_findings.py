@@ -224,7 +224,7 @@ def _phase(st, run_id, series, catastrophic):
     _event(st, run_id, "phase", 250 if catastrophic else 0, series=series, detail=detail)
 
 
-def test_two_phase_forgetting_needs_exact_match_retention(tmp_path):
+def test_two_phase_forgetting_needs_exact_match_retention_on_three_edit_orders(tmp_path):
     with Store.open(tmp_path / "s.sqlite", create=True) as st:
         _seq(st, "rome")
         _retention(st, "rome", "forgotten", [0.0, 0.05, 0.1, 0.6])
@@ -236,9 +236,61 @@ def test_two_phase_forgetting_needs_exact_match_retention(tmp_path):
         b1 = _by_claim(st.conn)["B1"]
         assert b1.verdict == NOT_MEASURED and "--edits 1000" in b1.reason  # no phase, no collapse yet
         _event(st, "rome", "collapse", 400)
-        assert _by_claim(st.conn)["B1"].verdict == REFUTED
-        _phase(st, "rome", "retention_em", catastrophic=True)
+        b1 = _by_claim(st.conn)["B1"]  # one order goes against the claim: not yet a verdict
+        assert b1.verdict == NOT_MEASURED and "ROME on 1 order" in b1.reason and "waits for 3 orders" in b1.reason
+        for o in (1, 2):
+            _seq(st, f"rome{o}", order=o)
+            _retention(st, f"rome{o}", "forgotten_em", [0.0, 0.05, 0.1, 0.1])
+            _phase(st, f"rome{o}", "retention_em", catastrophic=False)
+            _event(st, f"rome{o}", "collapse", 350 + o)
+        b1 = _by_claim(st.conn)["B1"]
+        assert b1.verdict == REFUTED and all(f"ROME order {o}:" in b1.ours for o in (0, 1, 2))
+        _phase(st, "rome", "retention_em", catastrophic=True)  # order 0 now has its phase: the orders disagree
+        b1 = _by_claim(st.conn)["B1"]
+        assert b1.verdict == NOT_MEASURED and "disagree" in b1.reason
+        for o in (1, 2):
+            _phase(st, f"rome{o}", "retention_em", catastrophic=True)
         assert _by_claim(st.conn)["B1"].verdict == REPRODUCED
+
+
+def _usable_until(st, run_id, collapse_at, margin_left):
+    """Quick-suite checkpoints 0 and 300 of one task (chance 0.5, unedited 0.9) keeping `margin_left` of the
+    margin at 300, and a collapse event there when `collapse_at` is given."""
+    n = 200
+    rows = []
+    for at, score in ((0, 0.9), (300, 0.5 + 0.4 * margin_left)):
+        lo, hi = wilson_ci(round(score * n), n)
+        rows.append({"run_id": run_id, "edit_count": at, "batch_size": 1, "task": "sentiment", "task_version": "1",
+                     "mode": "quick", "score": score, "n": n, "ci_low": lo, "ci_high": hi, "chance": 0.5,
+                     "higher_is_better": 1, "metric": "accuracy"})
+    st.write_abilities(rows)
+    if collapse_at is not None:
+        _event(st, run_id, "collapse", collapse_at)
+
+
+def test_abilities_at_the_collapse_are_judged_on_three_edit_orders(tmp_path):
+    with Store.open(tmp_path / "s.sqlite", create=True) as st:
+        _seq(st, "rome0")
+        _usable_until(st, "rome0", 300, 0.05)
+        b2 = _by_claim(st.conn)["B2"]  # one order at chance after its collapse: waits for the other two
+        assert b2.verdict == NOT_MEASURED and "ROME on 1 order" in b2.reason and "unusable from edit 300" in b2.ours
+        for o in (1, 2):
+            _seq(st, f"rome{o}", order=o)
+            _usable_until(st, f"rome{o}", 300, 0.1)
+        b2 = _by_claim(st.conn)["B2"]
+        assert b2.verdict == REPRODUCED and b2.value == pytest.approx(0.05, abs=0.02)
+        assert all(f"ROME order {o}: unusable from edit 300" in b2.ours for o in (0, 1, 2))
+        with Store.open(tmp_path / "t.sqlite", create=True) as other:  # collapsed with abilities left: refuted
+            for o in range(3):
+                _seq(other, f"rome{o}", order=o)
+                _usable_until(other, f"rome{o}", 300, 0.8)
+            assert _by_claim(other.conn)["B2"].verdict == REFUTED
+        with Store.open(tmp_path / "u.sqlite", create=True) as other:  # none collapsed: waits, names the runs
+            for o in range(3):
+                _seq(other, f"rome{o}", order=o, n_done=300)
+                _usable_until(other, f"rome{o}", None, 0.8)
+            b2 = _by_claim(other.conn)["B2"]
+            assert b2.verdict == NOT_MEASURED and "No run reached its collapse" in b2.reason
 
 
 # --------------------------------------------------------------------------- study C
@@ -265,6 +317,42 @@ def test_batch_sizes_small_batches_intact_large_ones_not_yet_measured(tmp_path):
         assert _by_claim(st.conn)["C2"].verdict == REPRODUCED
         _abilities(st, "b", {10: 0.6})  # a small batch already hurts
         assert _by_claim(st.conn)["C2"].verdict == REFUTED
+
+
+def _study_c(st, run_id, end: dict[str, float], n=200):
+    """Quick-suite scores of study C's three tasks: 0.8 unedited and at 50 edits, `end[task]` at 500."""
+    rows = []
+    for at in (0, 50, 500):
+        for task in ("sentiment", "entity_typing", "closed_book_qa"):
+            s = end[task] if at == 500 else 0.8
+            lo, hi = wilson_ci(round(s * n), n)
+            rows.append({"run_id": run_id, "edit_count": at, "batch_size": 1, "task": task, "task_version": "1",
+                         "mode": "quick", "score": s, "n": n, "ci_low": lo, "ci_high": hi, "chance": 0.5,
+                         "higher_is_better": 1, "metric": "accuracy"})
+    st.write_abilities(rows)
+
+
+def test_ability_erosion_is_read_on_every_edit_order_of_rome(tmp_path):
+    fall = {"sentiment": 0.6, "entity_typing": 0.55, "closed_book_qa": 0.6}
+    with Store.open(tmp_path / "s.sqlite", create=True) as st:
+        _seq(st, "rome0")
+        _study_c(st, "rome0", fall)
+        c1 = _by_claim(st.conn)["C1"]  # all three fell on one order: the direction waits for the others
+        assert (c1.verdict, c1.direction) == (NOT_COMPARABLE, "undecided") and "waits for 3 edit orders" in c1.reason
+        for o in (1, 2):
+            _seq(st, f"rome{o}", order=o)
+            _study_c(st, f"rome{o}", fall)
+        c1 = _by_claim(st.conn)["C1"]
+        assert c1.direction == "agrees" and "all three fell, all three fell, all three fell" in c1.reason
+        assert all(f"order {o}: 0.80 at 50 edits, 0.60" in c1.ours for o in (0, 1, 2))
+        assert c1.value == pytest.approx(0.6) and c1.n == 200
+        _study_c(st, "rome2", {**fall, "sentiment": 0.79})  # sentiment holds on one order
+        assert _by_claim(st.conn)["C1"].direction == "undecided"
+    with Store.open(tmp_path / "t.sqlite", create=True) as st:
+        for o in range(3):
+            _seq(st, f"rome{o}", order=o)
+            _study_c(st, f"rome{o}", {"sentiment": 0.8, "entity_typing": 0.79, "closed_book_qa": 0.81})
+        assert _by_claim(st.conn)["C1"].direction == "disagrees"
 
 
 # --------------------------------------------------------------------------- the shipped store, README and page
