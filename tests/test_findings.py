@@ -355,6 +355,36 @@ def test_ability_erosion_is_read_on_every_edit_order_of_rome(tmp_path):
         assert _by_claim(st.conn)["C1"].direction == "disagrees"
 
 
+def _newest(st, run_id, es, ps, n=10):
+    """Newest-edit ES and PS of 10 edits at checkpoints 100-500."""
+    st.write_measurements([{"run_id": run_id, "case_id": RUN_LEVEL, "edit_count": at, "rephrase_type": "newest",
+                            "metric": m, "value": v} for at in range(100, 501, 100)
+                           for m, v in (("es", es), ("ps", ps), ("n", float(n)))])
+
+
+def test_rect_keeping_editing_performance_is_judged_on_three_edit_orders(tmp_path):
+    rect = {**ROME_HP, "rect_top": 0.4}
+    with Store.open(tmp_path / "s.sqlite", create=True) as st:
+        _seq(st, "rome0")
+        _seq(st, "rect0", hparams=rect)
+        _newest(st, "rome0", 1.0, 0.9)
+        _newest(st, "rect0", 1.0, 0.88)
+        c3 = _by_claim(st.conn)["C3"]  # keeps 98% on one order: waits for the others
+        assert c3.verdict == NOT_MEASURED and "1 shared order" in c3.reason and "order 0, newest edits" in c3.ours
+        for o in (1, 2):
+            _seq(st, f"rome{o}", order=o)
+            _seq(st, f"rect{o}", order=o, hparams=rect)
+            _newest(st, f"rome{o}", 1.0, 0.9)
+            _newest(st, f"rect{o}", 1.0, 0.88)
+        c3 = _by_claim(st.conn)["C3"]
+        assert c3.verdict == REPRODUCED and c3.n == 50 and all(f"order {o}," in c3.ours for o in (0, 1, 2))
+        _newest(st, "rect2", 1.0, 0.2)  # far below on one order: the orders disagree
+        assert _by_claim(st.conn)["C3"].verdict == NOT_MEASURED
+        for o in (0, 1):
+            _newest(st, f"rect{o}", 1.0, 0.2)
+        assert _by_claim(st.conn)["C3"].verdict == REFUTED
+
+
 # --------------------------------------------------------------------------- the shipped store, README and page
 
 
