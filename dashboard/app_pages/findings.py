@@ -47,7 +47,7 @@ for study, title in STUDIES.items():
     st.header(title)
     for f in (f for f in items if f.study == study):
         with st.container(border=True):
-            head, badge = st.columns([6, 1])
+            head, badge = st.columns([9, 2])  # wide enough for "direction undecided" on one line
             head.subheader(f.claim)
             head.text(f.statement)
             with badge:
