@@ -591,7 +591,7 @@ def _b3(conn, arms) -> Finding:
             large = events.filter((pl.col("run_id") == run["run_id"]) & (pl.col("kind") == "large_update"))
             counts[label] = ev.height
             name = "ROME (r-ROME keys)" if label == ROME else label
-            text = f"{name} {ev.height} of {run['n_done']} edits"
+            text = (f"order {o}: " if label == ROME_ORIGINAL else "") + f"{name} {ev.height} of {run['n_done']} edits"
             if ev.height:
                 text += (f" (edit {', '.join(str(c) for c in ev['edit_count'].to_list())}; largest update "
                          f"{ev['value'].max():.2f} ||W0||)")
