@@ -750,10 +750,13 @@ def cmd_plan(args) -> None:
                             cache_dir=args.cache_dir, out=_out, progress_s=args.progress_s, deadline=deadline,
                             timings_from=args.timings_from)
     bad = {u: o for u, o in outcome.items() if o != "done"}
-    held = plans.held_by_deadline(outcome)
-    if bad and held == set(bad):
-        _out(f"plan {plan.name}: {sum(o == 'done' for o in outcome.values())} of {len(outcome)} units done; "
-             f"{len(held)} held back by the deadline (or after one that was): run it again with more time")
+    held, kept = plans.held_by_deadline(outcome), plans.held_by_plan(outcome)
+    if bad and held | kept == set(bad):
+        _out(f"plan {plan.name}: {sum(o == 'done' for o in outcome.values())} of {len(outcome)} units done"
+             + (f"; {len(kept)} held by the plan (its `hold`, or after one that is): remove the `hold` to run them"
+                if kept else "")
+             + (f"; {len(held)} held back by the deadline (or after one that was): run it again with more time"
+                if held else ""))
         return
     if bad:
         raise ValueError(f"plan {plan.name}: {len(bad)} of {len(outcome)} units did not finish "

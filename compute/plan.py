@@ -17,6 +17,10 @@ A plan is a TOML file (read with Python's tomllib):
     hp = { key_mismatch = true } # --hp key_mismatch=true (one --hp per field); grid = { v_lr = [0.5, 0.1] } likewise
     after = ["baseline-240"]     # units that must be done first
     cpus = 1                     # torch threads of the unit and the CPUs it claims (Ray: num_cpus); gpus likewise
+    hold = "why"                 # optional: `plan run` does not start the unit (nor units after it) until removed
+
+A held unit keeps its key and whatever its runs stored; `plan status` marks it "held" with the reason, and its
+estimate is counted apart from the units that will run.
 
 A unit is one command line of `python -m compute` (`Unit.argv`). Its canonical key is the SHA-256 of the
 sorted JSON of its spec (kind and options; a hyperparameter file counts by its content), so renaming a unit
@@ -73,7 +77,7 @@ KINDS = {
     "batch": ("run", "batch"),
     "abilities": ("abilities", "measure"),
 }
-PLAN_KEYS = {"id", "kind", "after", "cpus", "gpus"}  # a unit's keys that are not options of its command
+PLAN_KEYS = {"id", "kind", "after", "cpus", "gpus", "hold"}  # a unit's keys that are not options of its command
 NO_MODEL = {"kb"}  # kinds whose command takes no --model / --device
 # options that say how to run, not what: they are not part of a unit's key
 NOT_IN_KEY = {"device"}
@@ -98,6 +102,7 @@ class Unit:
     gpus: float
     key: str  # 16 hex digits of the SHA-256 of the canonical spec
     argv: tuple[str, ...]  # the command line after `python -m compute --store SHARD --quiet`
+    hold: str = ""  # why `plan run` does not start it (the plan's `hold`), or "" to run it
 
     def spec(self) -> dict:
         """What the key is made of: the kind and the options that decide the unit's results."""
@@ -229,12 +234,15 @@ def load_plan(path: Path | str, parser, device: str | None = None) -> Plan:
             raise PlanError(f"{where}: cpus must be a whole number >= 1, got {cpus!r}")
         if not isinstance(gpus, (int, float)) or isinstance(gpus, bool) or gpus < 0:
             raise PlanError(f"{where}: gpus must be a number >= 0, got {gpus!r}")
+        hold = entry.get("hold", "")
+        if not isinstance(hold, str) or ("hold" in entry and not hold.strip()):
+            raise PlanError(f"{where}: hold must say why the unit waits (a non-empty string), got {hold!r}")
         spec = {"kind": kind, **{k: v for k, v in options.items() if k not in NOT_IN_KEY}}
         key = _key_of(spec, base)
         if key in keys:
             raise PlanError(f"{where}: the same spec as unit {keys[key]!r}; give each run once")
         keys[key] = uid
-        units.append(Unit(uid, kind, options, tuple(after), cpus, float(gpus), key, tuple(argv)))
+        units.append(Unit(uid, kind, options, tuple(after), cpus, float(gpus), key, tuple(argv), hold.strip()))
     ids = [u.id for u in units]
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
@@ -950,6 +958,8 @@ def execute(plan: Plan, target: Path, *, executor: str = "local", workers: int |
     outcome = {uid: "done" for uid, s in states.items() if s == "done"}
 
     def held_back(unit: Unit) -> str | None:
+        if unit.hold:
+            return f"held: {unit.hold}"
         return None if deadline is None else deadline_hold(unit, left_s.get(unit.id), deadline - clock())
     pending = [u for u in plan.units if u.id not in outcome]
     out(f"plan {plan.name}: {len(outcome)} of {len(plan.units)} units done, {len(pending)} to compute "
@@ -1014,6 +1024,15 @@ def held_by_deadline(outcome: dict[str, str]) -> set[str]:
     return {u for u in outcome if held(u)}
 
 
+def held_by_plan(outcome: dict[str, str]) -> set[str]:
+    """The units of an `execute` outcome that the plan holds (`hold`), directly or through the units before them."""
+    def held(uid: str) -> bool:
+        o = outcome.get(uid, "")
+        return o.startswith("held: ") or o.startswith("blocked by ") and held(o.removeprefix("blocked by "))
+
+    return {u for u in outcome if held(u)}
+
+
 def _merge_progress(plan: Plan, ex, units: list[Unit], target: Path, out) -> None:
     """Merge what running (or just stopped or failed) units have stored so far; the shards stay as they are."""
     for unit, copy, gained in ex.progress(units):
@@ -1054,7 +1073,7 @@ def status_lines(states: list[UnitState]) -> list[str]:
     w = max([28, *(len(s.unit.id) for s in states)])  # whole ids: they differ at the end (-o0, -o1)
     lines = [f"{'unit':{w}} {'kind':11} {'state':8} {'runs':>4} {'progress':>11} {'CPU-h left':>10}  key"
              f"{' ' * 14}  estimated from"]
-    total, unknown = 0.0, []
+    total, held, unknown = 0.0, 0.0, []
     for s in states:
         n_done = sum(r.get("n_done") or 0 for r in s.runs)
         n_total = sum(r.get("n_total") or 0 for r in s.runs)
@@ -1062,16 +1081,22 @@ def status_lines(states: list[UnitState]) -> list[str]:
         if s.state != "done":
             if s.remaining_s is None:
                 unknown.append(f"{s.unit.id} ({s.basis})")
+            elif s.unit.hold:
+                held += s.remaining_s
             else:
                 total += s.remaining_s
-        lines.append(f"{s.unit.id:{w}} {s.unit.kind:11} {s.state:8} {len(s.runs):>4} "
+        state = s.state + ("*" if s.unit.hold and s.state != "done" else "")
+        lines.append(f"{s.unit.id:{w}} {s.unit.kind:11} {state:8} {len(s.runs):>4} "
                      f"{f'{n_done}/{n_total}' if s.runs else '':>11} {left:>10}  {s.unit.key}"
                      + (f"  {s.basis}" if s.state != "done" and s.basis else ""))
     counts = {k: sum(s.state == k for s in states) for k in ("done", "partial", "missing")}
     lines.append(f"{counts['done']} done, {counts['partial']} partial, {counts['missing']} missing; about "
                  f"{total / 3600:.1f} CPU-hours left at one thread per unit, estimated from stored timings "
                  "(a unit's own runs' per-item time, else finished runs of the same kind and editor, else of the "
-                 "same kind)")
+                 "same kind)" + (f"; held (*), not counted: {held / 3600:.1f} CPU-hours" if held else ""))
+    for reason in dict.fromkeys(s.unit.hold for s in states if s.unit.hold and s.state != "done"):
+        ids = [s.unit.id for s in states if s.unit.hold == reason and s.state != "done"]
+        lines.append(f"* held ({len(ids)}: {', '.join(ids)}): {reason}")
     if unknown:
         lines.append(f"not estimated (no stored timing to go by): {', '.join(unknown)}")
     return lines
@@ -1085,7 +1110,7 @@ def status_markdown(plan: Plan, states: list[UnitState], target_name: str, timin
     (which is its priority), then the totals. Made from the store alone, so a fresh clone gives the same text
     (`plan status --write-readme README.md` writes it; a test checks the README against it)."""
     rows = ["| unit | kind | state | done | CPU-h left |", "|---|---|---|---|---|"]
-    total, unknown = 0.0, 0
+    total, held, unknown = 0.0, 0.0, 0
     for s in states:
         n_done = sum(r.get("n_done") or 0 for r in s.runs)
         n_total = sum(r.get("n_total") or 0 for r in s.runs)
@@ -1093,14 +1118,22 @@ def status_markdown(plan: Plan, states: list[UnitState], target_name: str, timin
             left = "–"
         elif s.remaining_s is None:
             left, unknown = "not estimated", unknown + 1
+        elif s.unit.hold:
+            left, held = f"{s.remaining_s / 3600:.2f}", held + s.remaining_s
         else:
             left, total = f"{s.remaining_s / 3600:.2f}", total + s.remaining_s
-        rows.append(f"| {s.unit.id} | {s.unit.kind} | {s.state} | {f'{n_done}/{n_total}' if s.runs else ''} | {left} |")
+        state = s.state + (" (held)" if s.unit.hold and s.state != "done" else "")
+        rows.append(f"| {s.unit.id} | {s.unit.kind} | {state} | {f'{n_done}/{n_total}' if s.runs else ''} | {left} |")
     counts = {k: sum(s.state == k for s in states) for k in ("done", "partial", "missing")}
     timings = f" --timings-from {timings_name}" if timings_name else ""
     head = (f"`python -m compute plan status plans/{Path(plan.path).name} --store {target_name}{timings}`: of the "
             f"plan's {len(states)} units, {counts['done']} are done, {counts['partial']} partial and "
             f"{counts['missing']} missing; about {total / 3600:.1f} CPU-hours are left at one thread per unit "
             f"(estimated from the store's own timings" + (f", else those of {timings_name}" if timings_name else "")
-            + (f"; {unknown} unit(s) not estimated" if unknown else "") + ").")
-    return head + "\n\n" + "\n".join(rows)
+            + (f"; {unknown} unit(s) not estimated" if unknown else "") + ")"
+            + (f", besides {held / 3600:.1f} CPU-hours of held units, which `plan run` does not start" if held else "")
+            + ".")
+    reasons = dict.fromkeys(s.unit.hold for s in states if s.unit.hold and s.state != "done")
+    notes = [f"Held ({', '.join(s.unit.id for s in states if s.unit.hold == r and s.state != 'done')}): {r}"
+             for r in reasons]
+    return head + "\n\n" + "\n".join(rows) + ("\n\n" + "\n\n".join(notes) if notes else "")

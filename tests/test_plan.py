@@ -145,6 +145,8 @@ BAD = {  # what to change in the robustness unit, the line's expected words
     "an unknown kind": (('kind = "robustness"', 'kind = "robustnes"'), "kind 'robustnes' is not one of"),
     "an unknown dependency": (('hparams = "ft.json"\nafter = ["cases"]', 'hparams = "ft.json"\nafter = ["nowhere"]'),
                               "'nowhere', which is not a unit"),
+    "a hold that gives no reason": (('kind = "robustness"', 'kind = "robustness"\nhold = " "'),
+                                    "hold must say why the unit waits"),
 }
 
 
@@ -561,6 +563,39 @@ def test_a_deadline_holds_back_a_sequential_unit_that_would_not_finish_and_the_u
     assert "2 held back by the deadline" in capsys.readouterr().out
     assert main(["plan", "run", str(path), "--store", str(target), "--deadline", "tomorrow"]) == 2
     assert "a span from now (+2h, +90m, +1h30m)" in capsys.readouterr().err
+
+
+def test_a_held_unit_keeps_its_key_is_not_started_and_is_counted_apart(tmp_path, capsys):
+    free = plans.load_plan(write_plan(tmp_path, "m", DEADLINE_UNITS), build_parser())
+    why = "its editor is being fixed (issue 18)"
+    path = write_plan(tmp_path, "m", DEADLINE_UNITS.replace('id = "sequential"\n', f'id = "sequential"\nhold = "{why}"\n'))
+    plan = plans.load_plan(path, build_parser())
+    seq = plan.by_id()["sequential"]
+    assert seq.hold == why and seq.key == free.by_id()["sequential"].key and not plan.by_id()["suite"].hold
+    target = tmp_path / "target.sqlite"
+    with Store.open(target, create=True) as st:  # 2 of 6 edits made at 5 s each: 20 s left
+        part = st.start_run(kind="sequential", model="m", editor="ROME", n_total=6, config={"dense_first": 1})
+        st.heartbeat(part, n_done=2)
+        st.write_events([{"run_id": part, "kind": "timing", "series": "checkpoint", "edit_count": e,
+                          "end_count": e + 1, "value": 5.0} for e in (0, 1)])
+        st.finish_run(part, status="interrupted")
+    plans.record_unit(target, plan, seq, [part])
+    states = plans.plan_status(plan, target)
+    lines = plans.status_lines(states)
+    assert any(line.startswith("sequential ") and " partial* " in line for line in lines)
+    assert f"* held (1: sequential): {why}" in lines and "held (*), not counted: 0.0 CPU-hours" in lines[-3]
+    block = plans.status_markdown(plan, states, "target.sqlite")
+    assert "| sequential | sequential | partial (held) | 2/6 | 0.01 |" in block and block.endswith(f"Held (sequential): {why}")
+    assert "besides 0.0 CPU-hours of held units" in block
+    # `plan run` starts neither it nor the unit after it, and says so without failing
+    outcome = plans.execute(plan, target, workers=1, cache_dir=tmp_path / "cache", out=lambda line: None)
+    assert outcome == {"sequential": f"held: {why}", "suite": "blocked by sequential"}
+    assert plans.held_by_plan(outcome) == {"sequential", "suite"} and not plans.held_by_deadline(outcome)
+    assert not list((tmp_path / "cache").rglob("*.sqlite"))
+    capsys.readouterr()
+    assert main(["--cache-dir", str(tmp_path / "cache"), "plan", "run", str(path), "--store", str(target),
+                 "--workers", "1"]) == 0
+    assert "2 held by the plan" in capsys.readouterr().out
 
 
 def test_a_partial_sequential_runs_estimate_leaves_out_its_start(tmp_path):
