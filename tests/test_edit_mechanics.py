@@ -86,6 +86,59 @@ def test_memit_with_every_key_reaches_the_bare_prompt_better_than_the_mean_key(l
     assert got["all"] == pytest.approx(1.0, abs=0.2)
 
 
+def _delivered(update: torch.Tensor, keys: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """Each key's share of its own residual that the update delivers: <dW k_j, r_j> / ||r_j||^2."""
+    return ((keys @ update.T) * residual).sum(dim=1) / (residual**2).sum(dim=1)
+
+
+def test_balanced_rows_give_every_key_the_same_share_where_memit_and_alphaedit_starve_the_hard_ones():
+    from compute.editors.alphaedit import alphaedit_update
+    from compute.editors.memit import balance_rows, memit_reach, memit_update
+
+    gen = torch.Generator().manual_seed(1)
+    q = torch.linalg.qr(torch.randn(8, 8, generator=gen, dtype=torch.float64)).Q
+    cov = q @ torch.diag(torch.tensor([50.0, 20.0, 5.0, 2.0, 1.0, 0.5, 0.2, 0.1], dtype=torch.float64)) @ q.T
+    # four keys along C's eigen-directions (so K^T C^-1 K is diagonal): g = k^T C^-1 k from 0.02 to 20
+    keys = torch.stack([q[:, 0], q[:, 2], q[:, 4], q[:, 6] * 2.0])
+    residual = torch.randn(4, 3, generator=gen, dtype=torch.float64)
+    g = memit_reach(keys, cov)
+    assert torch.allclose(g, torch.tensor([0.02, 0.2, 1.0, 20.0], dtype=torch.float64))
+    lam = 1.0
+    plain = _delivered(memit_update(keys, residual, cov, lam), keys, residual)
+    assert torch.allclose(plain, g / (lam + g))  # a key of small reach gets almost nothing (0.02 -> 2%)
+    bk, br = balance_rows(keys, residual, g)
+    balanced = _delivered(memit_update(bk, br, cov, lam), keys, residual)
+    med = g.median()
+    assert torch.allclose(balanced, torch.full((4,), float(med / (lam + med)), dtype=torch.float64))
+    # AlphaEdit: reach = ||U^T k||^2 in the null-space basis U; balanced rows again deliver alike
+    basis = q[:, 4:]  # the four smallest directions
+    keys_a = torch.stack([q[:, 4] * 0.1 + q[:, 0], q[:, 5], q[:, 6] * 3.0, q[:, 7] * 0.5 + q[:, 1]])
+    reach_a = ((keys_a @ basis) ** 2).sum(dim=1)
+    plain_a = _delivered(alphaedit_update(keys_a, residual, basis, None, 0.5), keys_a, residual)
+    assert torch.allclose(plain_a, reach_a / (0.5 + reach_a))
+    ka, ra = balance_rows(keys_a, residual, reach_a)
+    bal_a = _delivered(alphaedit_update(ka, ra, basis, None, 0.5), keys_a, residual)
+    assert float(bal_a.max() - bal_a.min()) < 1e-9 and float(bal_a.min()) > float(plain_a.min()) * 10
+
+
+@pytest.mark.parametrize("editor", ["MEMIT", "AlphaEdit"])
+def test_a_balanced_spread_edit_runs_on_the_tiny_model_and_undoes_bit_identically(editor, llama, ctx):
+    from compute.editors import get_editor
+
+    before = {n: p.detach().clone() for n, p in llama.model.named_parameters()}
+    fields = dict(layers=[0, 1], v_steps=8, v_weight_decay=0.0, clamp_norm_factor=1000.0, n_prefixes=3,
+                  prefix_tokens=4, cov_n_tokens=600, key_constraint="balanced")
+    hp = parse_hparams(get_editor(editor).hparams, fields)
+    result = apply_edit(llama, [INITIAL], editor, hp, ctx)
+    try:
+        delivered = delivered_fractions(llama, result, {})[0]["plain"]
+        assert math.isfinite(delivered) and delivered > 0.0
+        assert any(not torch.equal(before[n], p) for n, p in llama.model.named_parameters())
+    finally:
+        undo(llama, result)
+    assert all(torch.equal(before[n], p) for n, p in llama.model.named_parameters())
+
+
 def test_diagnostics_name_every_matrix_and_the_optimisation(llama, ctx, builder):
     result = apply_edit(llama, [INITIAL], "ROME", HP, ctx)
     try:
@@ -113,6 +166,8 @@ def test_diagnostics_name_every_matrix_and_the_optimisation(llama, ctx, builder)
     ("AlphaEdit", {"layers": [0], "l2": math.inf}, "l2"),
     ("FT-L", {"layer": 0, "norm_constraint": math.inf}, "norm_constraint"),
     ("ROME", {"layer": 0, "key_constraint": "some"}, "key_constraint"),
+    ("ROME", {"layer": 0, "key_constraint": "balanced"}, "key_constraint"),  # ROME's "all" is already exact
+    ("MEMIT", {"layers": [0], "key_constraint": "some"}, "key_constraint"),
 ])
 def test_non_finite_or_unknown_hyperparameters_are_refused_by_name(editor, data, field):
     from compute.editors import get_editor

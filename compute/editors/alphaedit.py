@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import torch
 
 from compute.editors.base import EditContext, Editor, EditorError, check_finite, EditRequest, EditResult, register
-from compute.editors.memit import spread_edit
+from compute.editors.memit import SPREAD_KEY_CONSTRAINTS, spread_edit
 from compute.editors.rome import check_key_constraint, check_value_fields
 from compute.models import LoadedModel
 
@@ -64,11 +64,11 @@ class AlphaEditHyperParams:
     stop_nll: float = 0.05
     cov_n_tokens: int = 20_000
     fast: bool = True
-    key_constraint: str = "all"  # as MEMIT's: fit every key the value optimisation used, or the prefix mean
+    key_constraint: str = "all"  # as MEMIT's: every key the value optimisation used, the prefix mean, or balanced
 
     def validate(self) -> None:
         check_finite(NAME, self)
-        check_key_constraint(NAME, self)
+        check_key_constraint(NAME, self, SPREAD_KEY_CONSTRAINTS)
         layers = self.layers
         if (
             not isinstance(layers, tuple)
@@ -143,9 +143,12 @@ def apply_alphaedit(
         dims[layer] = basis.shape[1]
         return alphaedit_update(keys, residual, basis, _kept(ctx, layer), hp.l2)
 
+    def reach(layer, keys, cov):  # a lone key gets g / (l2 + g) of its change, g = ||U^T k||^2
+        return ((keys.double() @ nullspace_basis(cov(layer), hp.nullspace_energy)) ** 2).sum(dim=1)
+
     result = spread_edit(lm, requests, hp, ctx, NAME, solve,
                          {"nullspace_energy": hp.nullspace_energy, "l2": hp.l2,
-                          "kept_edits": int(ctx.state.get(NAME, {}).get("n", 0))})
+                          "kept_edits": int(ctx.state.get(NAME, {}).get("n", 0))}, reach=reach)
     result.info["nullspace_dims"] = {str(k): v for k, v in dims.items()}
     return result
 

@@ -58,6 +58,7 @@ from compute.editors.rome import (
 from compute.models import LoadedModel
 
 NAME = "MEMIT"
+SPREAD_KEY_CONSTRAINTS = ("all", "mean", "balanced")  # MEMIT's and AlphaEdit's (spread_edit); ROME has no "balanced"
 VALUE_CHUNK = 32  # requests whose values are optimised in one batch of forward passes
 
 
@@ -81,12 +82,13 @@ class MEMITHyperParams:
     stop_nll: float = 0.05
     cov_n_tokens: int = 20_000
     fast: bool = True
-    key_constraint: str = "all"  # "all": fit every key the value optimisation used; "mean": the prefix-mean key
+    key_constraint: str = "all"  # "all": fit every key the value optimisation used; "mean": the prefix-mean key;
+    # "balanced": every key, each row weighted so that every key reaches the fit alike (spread_edit)
 
     def validate(self) -> None:
         """Refuse values that cannot describe an edit, naming the field."""
         check_finite(NAME, self)
-        check_key_constraint(NAME, self)
+        check_key_constraint(NAME, self, SPREAD_KEY_CONSTRAINTS)
         layers = self.layers
         if (
             not isinstance(layers, tuple)
@@ -115,6 +117,23 @@ def memit_update(keys: torch.Tensor, residual: torch.Tensor, cov: torch.Tensor, 
     return x.T
 
 
+def memit_reach(keys: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
+    """g = k^T C^-1 k per key [N] (float64): a lone key k gets g / (lam + g) of its change from MEMIT's update,
+    since R K^T (lam C + K K^T)^-1 = R (lam I + K^T C^-1 K)^-1 K^T C^-1 (keys as columns)."""
+    k = keys.double()
+    return (k * torch.linalg.solve(cov.double(), k.T).T).sum(dim=1)
+
+
+def balance_rows(keys: torch.Tensor, residual: torch.Tensor, reach: torch.Tensor):
+    """Weight each least-squares row (key and residual) by sqrt(median(g) / g), g = the solve's `reach` of that
+    key, so that every key counts in the fit as a key of the batch's median reach does: a key the solve hardly
+    reaches (small g: a subject-initial prompt's key, close to the directions ordinary text's keys fill) is no
+    longer traded away against lam C (MEMIT) or l2 (AlphaEdit). Keys of median reach keep their weight."""
+    g = reach.double().clamp(min=1e-300)
+    w = (g.median() / g).sqrt().to(keys.dtype)[:, None]
+    return keys * w, residual * w.to(residual.dtype)
+
+
 def spread_edit(
     lm: LoadedModel,
     requests: Sequence[EditRequest],
@@ -123,11 +142,14 @@ def spread_edit(
     editor: str,
     solve: Callable[[int, torch.Tensor, torch.Tensor, Callable[[int], torch.Tensor]], torch.Tensor],
     info_extra: dict | None = None,
+    reach: Callable[[int, torch.Tensor, Callable[[int], torch.Tensor]], torch.Tensor] | None = None,
 ) -> EditResult:
     """MEMIT's procedure (module docstring) with the per-layer least-squares step given as
     `solve(layer, keys [N, d_in], residual [N, d_out], cov) -> update [d_out, d_in]`; MEMIT and AlphaEdit
     differ only there. `hp` needs MEMIT's value-optimisation, prefix and `layers` fields. The keys each
-    layer saw are returned in `result.memory["keys"]` (layer -> [N, d_in]) for editors that remember them."""
+    layer saw are returned in `result.memory["keys"]` (layer -> [N, d_in]) for editors that remember them.
+    With `hp.key_constraint == "balanced"`, `reach(layer, keys, cov) -> g [N]` says how much of a change each
+    key would get from `solve` on its own, and the rows are weighted by `balance_rows`."""
     start = time.perf_counter()
     layers = sorted(hp.layers)
     if layers[-1] >= lm.n_layers:
@@ -173,7 +195,7 @@ def spread_edit(
                 keys_all = subject_keys(lm, layer, requests, prefixes)  # [N, T, d_in]
                 # the last layer's outputs under the updates so far (none yet at the first layer: read above)
                 current = (h0_all if i == 0 else subject_block_outputs(lm, last, requests, prefixes).double())
-                if getattr(hp, "key_constraint", "mean") == "all":
+                if getattr(hp, "key_constraint", "mean") in ("all", "balanced"):
                     # Every (request, prompt) key is one row of the least squares, each weighted 1/sqrt(T) so a
                     # request weighs as much against lam C as one prefix-mean key does: the update fits the
                     # mean squared miss over the prompts the value was optimised on, the bare prompt included
@@ -181,6 +203,10 @@ def spread_edit(
                     keys = keys_all.reshape(-1, keys_all.shape[-1]) / n_keys**0.5  # [N * T, d_in]
                     residual = ((targets_all - current) / (len(layers) - i)).reshape(-1, current.shape[-1])
                     residual = residual / n_keys**0.5  # [N * T, d]
+                    if hp.key_constraint == "balanced":
+                        if reach is None:
+                            raise EditorError(f"{editor} has no key_constraint 'balanced'")
+                        keys, residual = balance_rows(keys, residual, reach(layer, keys, cov))
                 else:
                     keys = keys_all.mean(dim=1)  # [N, d_in]
                     residual = (targets - current.mean(dim=1)) / (len(layers) - i)  # [N, d]
@@ -227,6 +253,7 @@ def apply_memit(
         lm, requests, hp, ctx, NAME,
         lambda layer, keys, residual, cov: memit_update(keys, residual, cov(layer), hp.lam),
         {"lam": hp.lam},
+        reach=lambda layer, keys, cov: memit_reach(keys, cov(layer)),
     )
 
 

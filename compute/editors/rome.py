@@ -138,9 +138,9 @@ def check_value_fields(editor: str, hp) -> None:
         raise EditorError(f"{editor} field 'fast' must be true or false, got {hp.fast!r}")
 
 
-def check_key_constraint(editor: str, hp) -> None:
-    if hp.key_constraint not in KEY_CONSTRAINTS:
-        raise EditorError(f"{editor} field 'key_constraint' must be one of {list(KEY_CONSTRAINTS)}, got {hp.key_constraint!r}")
+def check_key_constraint(editor: str, hp, allowed: tuple[str, ...] = KEY_CONSTRAINTS) -> None:
+    if hp.key_constraint not in allowed:
+        raise EditorError(f"{editor} field 'key_constraint' must be one of {list(allowed)}, got {hp.key_constraint!r}")
 
 
 @dataclass(frozen=True)
