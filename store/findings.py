@@ -202,7 +202,7 @@ def _a1(conn, refs, summary) -> Finding:
     direction = AGREES if all(lows) else DISAGREES if any(highs) else UNDECIDED
     first = next(iter(rows.values()))
     return Finding(**common, ours="; ".join(f"{e} {_ci(r['mean'], r['ci_low'], r['ci_high'])}" for e, r in rows.items())
-                   + f" (acc, {_sizes(rows)}{_partial(refs, rows)})", verdict=NOT_COMPARABLE, direction=direction,
+                   + f" (acc, {_sizes(rows)}{_partial(refs, rows, conn)})", verdict=NOT_COMPARABLE, direction=direction,
                    reason="SmolLM2-135M vs Llama-7B: how often an edit takes is a level that depends on the model.",
                    value=first["mean"], n=first["n"], ci_low=first["ci_low"], ci_high=first["ci_high"],
                    query=_runs_query([refs[e]["run_id"] for e in rows], metric="acc"))
@@ -216,9 +216,24 @@ def _sizes(rows: dict[str, dict]) -> str:
     return "n = " + ", ".join(f"{e} {n}" for e, n in ns.items()) + " cases"
 
 
-def _partial(refs: dict[str, dict], editors) -> str:
-    """'; partial: ROME 115 of 240 cases (interrupted)' for the editors' reference runs that are not done."""
-    going = [f"{e} {refs[e]['n_done'] or 0} of {refs[e]['n_total']} cases ({refs[e]['status']})"
+def _relations(conn: sqlite3.Connection, run: dict) -> str:
+    """', 8 of 16 relations' for a run whose measured cases cover only some of its case set's relations (a
+    robustness run edits its cases in case-id order, so relation by relation), else ''."""
+    case_set = json.loads(run.get("config") or "{}").get("case_set")
+    if not case_set:
+        return ""
+    cases = queries.cases(conn, case_set=case_set)
+    measured = set(queries.measurements(conn, run["run_id"], metrics="acc", rephrase_types="plain")["case_id"])
+    total = cases["relation"].n_unique() if cases.height else 0
+    covered = cases.filter(pl.col("case_id").is_in(list(measured)))["relation"].n_unique() if cases.height else 0
+    return f", {covered} of {total} relations" if 0 < covered < total else ""
+
+
+def _partial(refs: dict[str, dict], editors, conn: sqlite3.Connection | None = None) -> str:
+    """'; partial: ROME 115 of 240 cases, 8 of 16 relations (interrupted)' for the editors' reference runs that are
+    not done (the relations with `conn`: a partial run's cases are the first relations', not a sample)."""
+    going = [f"{e} {refs[e]['n_done'] or 0} of {refs[e]['n_total']} cases"
+             f"{_relations(conn, refs[e]) if conn is not None else ''} ({refs[e]['status']})"
              for e in editors if e in refs and refs[e]["status"] != "done"]
     return "; partial: " + ", ".join(going) if going else ""
 
@@ -255,7 +270,7 @@ def _drop(conn, refs, summary, claim: str, rtype: str, statement: str) -> Findin
         revs = {e: _row(summary, refs[e]["run_id"], rtype, "rev") for e in pairs}
         ours += "; rev " + ", ".join(f"{e} {_ci(r['mean'], r['ci_low'], r['ci_high'])}" for e, r in revs.items() if r)
     sizes = _sizes({e: p[1] for e, p in pairs.items()}) if pairs else ""
-    ours = (ours + f" (acc, plain → {rtype}, {sizes}{_partial(refs, pairs)})") if pairs else f"no {rtype} acc stored"
+    ours = (ours + f" (acc, plain → {rtype}, {sizes}{_partial(refs, pairs, conn)})") if pairs else f"no {rtype} acc stored"
     if rtype == "doubt" and pairs:
         ours += _known_rev(conn, {e: refs[e]["run_id"] for e in pairs}, rtype)
     head = pairs.get(claimed[0], (None, None))[1]
@@ -380,7 +395,7 @@ def _a7(conn, refs) -> Finding:
     verdict, reason = _corr_verdict([(e, r["within_ci_low"], r["within_ci_high"]) for e, r in rows.items()], -1)
     head = next(iter(rows.values()))
     return Finding(**common, ours="; ".join(f"{e}: {_rho(r, False)}, {_rho(r, True)}" for e, r in rows.items())
-                   + _partial(refs, rows),
+                   + _partial(refs, rows, conn),
                    verdict=verdict, reason=reason, value=head["rho_within"], n=head["n_within"],
                    ci_low=head["within_ci_low"], ci_high=head["within_ci_high"], query=query)
 

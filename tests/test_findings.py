@@ -81,6 +81,15 @@ def test_a_partial_run_is_named_with_its_own_n(tmp_path):
         got = _by_claim(st.conn)
     for claim in ("A1", "A2"):
         assert "n = ROME 60, MEMIT 57 cases; partial: MEMIT 57 of 240 cases (interrupted)" in got[claim].ours, claim
+    with Store.open(tmp_path / "u.sqlite", create=True) as st:  # a partial run that has reached 2 of 3 relations
+        _robustness_store(st, {"ROME": {"plain": 0.95, "paraphrase": 0.4}, "MEMIT": {"plain": 0.9, "paraphrase": 0.3}},
+                          KNOWN)
+        st.conn.executemany("DELETE FROM measurements WHERE run_id = 'rob-MEMIT' AND case_id = ?",
+                            [(f"c{i}",) for i in range(0, N_CASES, 3)])  # relation r0
+        st.conn.execute("UPDATE runs SET status = 'interrupted', n_done = 40, n_total = 60 WHERE run_id = 'rob-MEMIT'")
+        st.conn.commit()
+        a2 = _by_claim(st.conn)["A2"]
+    assert "partial: MEMIT 40 of 60 cases, 2 of 3 relations (interrupted)" in a2.ours
     with Store.open(tmp_path / "t.sqlite", create=True) as st:  # all done and alike: one n
         _robustness_store(st, {"ROME": {"plain": 0.95, "paraphrase": 0.4}, "MEMIT": {"plain": 0.9, "paraphrase": 0.3}},
                           KNOWN)
