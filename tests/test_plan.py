@@ -506,17 +506,23 @@ after = ["sequential"]
 """
 
 
-def test_a_deadline_holds_back_a_sequential_unit_that_would_not_finish_and_the_units_after_it(tmp_path, capsys):
-    path = write_plan(tmp_path, "m", DEADLINE_UNITS)
-    plan = plans.load_plan(path, build_parser())
-    target = tmp_path / "target.sqlite"
-    with Store.open(target, create=True) as st:  # 2 of 6 edits made at 5 s each: 20 s left
+def _two_of_six_edits(target: Path, plan) -> str:
+    """A target holding the plan's sequential unit's run, interrupted at 2 of 6 edits made at 5 s each (20 s left)."""
+    with Store.open(target, create=True) as st:
         part = st.start_run(kind="sequential", model="m", editor="ROME", n_total=6, config={"dense_first": 1})
         st.heartbeat(part, n_done=2)
         st.write_events([{"run_id": part, "kind": "timing", "series": "checkpoint", "edit_count": e,
                           "end_count": e + 1, "value": 5.0} for e in (0, 1)])
         st.finish_run(part, status="interrupted")
     plans.record_unit(target, plan, plan.by_id()["sequential"], [part])
+    return part
+
+
+def test_a_deadline_holds_back_a_sequential_unit_that_would_not_finish_and_the_units_after_it(tmp_path, capsys):
+    path = write_plan(tmp_path, "m", DEADLINE_UNITS)
+    plan = plans.load_plan(path, build_parser())
+    target = tmp_path / "target.sqlite"
+    part = _two_of_six_edits(target, plan)
     # the rule: only kinds whose work a cut loses are held, by their estimate against the time left
     seq, suite = plan.by_id()["sequential"], plan.by_id()["suite"]
     assert plans.deadline_hold(seq, 20.0, 19.0).startswith("held back: needs about")
@@ -573,13 +579,7 @@ def test_a_held_unit_keeps_its_key_is_not_started_and_is_counted_apart(tmp_path,
     seq = plan.by_id()["sequential"]
     assert seq.hold == why and seq.key == free.by_id()["sequential"].key and not plan.by_id()["suite"].hold
     target = tmp_path / "target.sqlite"
-    with Store.open(target, create=True) as st:  # 2 of 6 edits made at 5 s each: 20 s left
-        part = st.start_run(kind="sequential", model="m", editor="ROME", n_total=6, config={"dense_first": 1})
-        st.heartbeat(part, n_done=2)
-        st.write_events([{"run_id": part, "kind": "timing", "series": "checkpoint", "edit_count": e,
-                          "end_count": e + 1, "value": 5.0} for e in (0, 1)])
-        st.finish_run(part, status="interrupted")
-    plans.record_unit(target, plan, seq, [part])
+    _two_of_six_edits(target, plan)
     states = plans.plan_status(plan, target)
     lines = plans.status_lines(states)
     assert any(line.startswith("sequential ") and " partial* " in line for line in lines)
