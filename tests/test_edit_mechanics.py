@@ -121,13 +121,27 @@ def test_balanced_rows_give_every_key_the_same_share_where_memit_and_alphaedit_s
     assert float(bal_a.max() - bal_a.min()) < 1e-9 and float(bal_a.min()) > float(plain_a.min()) * 10
 
 
+def test_reach_spreading_is_memits_even_spread_for_alike_keys_and_leaves_unreachable_layers_out():
+    from compute.editors.memit import layer_share
+
+    alike = torch.full((5, 3), 7.0, dtype=torch.float64)
+    for i in range(5):
+        assert torch.allclose(layer_share(alike, i), torch.full((3,), 1.0 / (5 - i), dtype=torch.float64))
+    # a prompt whose key layers 3-5 hardly reach (as 'Louga is a city in' at MEMIT's layers 1-5) goes to layers 1-2
+    sink = torch.tensor([4870.0, 1040.0, 48.0, 42.0, 50.0], dtype=torch.float64)[:, None]
+    first = float(layer_share(sink, 0)[0])
+    assert first == pytest.approx(4870 / 6050) and float(layer_share(sink, 1)[0]) == pytest.approx(1040 / 1180)
+    assert float(layer_share(sink, 4)[0]) == 1.0  # the last layer takes whatever is left
+
+
+@pytest.mark.parametrize("constraint", ["balanced", "reach"])
 @pytest.mark.parametrize("editor", ["MEMIT", "AlphaEdit"])
-def test_a_balanced_spread_edit_runs_on_the_tiny_model_and_undoes_bit_identically(editor, llama, ctx):
+def test_a_balanced_spread_edit_runs_on_the_tiny_model_and_undoes_bit_identically(editor, constraint, llama, ctx):
     from compute.editors import get_editor
 
     before = {n: p.detach().clone() for n, p in llama.model.named_parameters()}
     fields = dict(layers=[0, 1], v_steps=8, v_weight_decay=0.0, clamp_norm_factor=1000.0, n_prefixes=3,
-                  prefix_tokens=4, cov_n_tokens=600, key_constraint="balanced")
+                  prefix_tokens=4, cov_n_tokens=600, key_constraint=constraint)
     hp = parse_hparams(get_editor(editor).hparams, fields)
     result = apply_edit(llama, [INITIAL], editor, hp, ctx)
     try:

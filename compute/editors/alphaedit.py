@@ -64,7 +64,7 @@ class AlphaEditHyperParams:
     stop_nll: float = 0.05
     cov_n_tokens: int = 20_000
     fast: bool = True
-    key_constraint: str = "all"  # as MEMIT's: every key the value optimisation used, the prefix mean, or balanced
+    key_constraint: str = "all"  # as MEMIT's: all, mean, balanced or reach (compute.editors.memit)
 
     def validate(self) -> None:
         check_finite(NAME, self)

@@ -58,7 +58,7 @@ from compute.editors.rome import (
 from compute.models import LoadedModel
 
 NAME = "MEMIT"
-SPREAD_KEY_CONSTRAINTS = ("all", "mean", "balanced")  # MEMIT's and AlphaEdit's (spread_edit); ROME has no "balanced"
+SPREAD_KEY_CONSTRAINTS = ("all", "mean", "balanced", "reach")  # MEMIT's and AlphaEdit's (spread_edit); ROME has no "balanced"
 VALUE_CHUNK = 32  # requests whose values are optimised in one batch of forward passes
 
 
@@ -83,7 +83,8 @@ class MEMITHyperParams:
     cov_n_tokens: int = 20_000
     fast: bool = True
     key_constraint: str = "all"  # "all": fit every key the value optimisation used; "mean": the prefix-mean key;
-    # "balanced": every key, each row weighted so that every key reaches the fit alike (spread_edit)
+    # "balanced": every key, each row weighted so that every key reaches the fit alike (spread_edit); "reach":
+    # balanced, and each prompt's residual spread over the layers in proportion to what each layer can deliver to it
 
     def validate(self) -> None:
         """Refuse values that cannot describe an edit, naming the field."""
@@ -132,6 +133,14 @@ def balance_rows(keys: torch.Tensor, residual: torch.Tensor, reach: torch.Tensor
     g = reach.double().clamp(min=1e-300)
     w = (g.median() / g).sqrt().to(keys.dtype)[:, None]
     return keys * w, residual * w.to(residual.dtype)
+
+
+def layer_share(reach_by_layer: torch.Tensor, i: int) -> torch.Tensor:
+    """The share of what is left of each prompt's residual [M] that layer i (of L) takes with key_constraint
+    "reach": its reach of that prompt's key over the reach of the layers left, reach_by_layer [L, M]. A key every
+    layer reaches alike gets 1 / (L - i), MEMIT's even spread; one that the later layers hardly reach (a
+    subject-initial prompt's near-zero key from layer 3 on) is written by the layers that can."""
+    return reach_by_layer[i] / reach_by_layer[i:].sum(dim=0)
 
 
 def spread_edit(
@@ -191,19 +200,29 @@ def spread_edit(
             h0_all = out0.double()  # [N, T, d]
             targets_all = h0_all + deltas[:, None, :]  # [N, T, d]: the optimisation shifted every prompt by delta
             n_keys = len(prefixes)
+            spread = None
+            if hp.key_constraint == "reach":  # [L, N * T]: each layer's reach of each prompt's key, before any update
+                if reach is None:
+                    raise EditorError(f"{editor} has no key_constraint 'reach'")
+                keys_by_layer = [subject_keys(lm, layer, requests, prefixes) for layer in layers]  # [N, T, d_in] each
+                spread = torch.stack([reach(layer, k.reshape(-1, k.shape[-1]), cov)
+                                      for layer, k in zip(layers, keys_by_layer)]).double().clamp(min=1e-300)
             for i, layer in enumerate(layers):
                 keys_all = subject_keys(lm, layer, requests, prefixes)  # [N, T, d_in]
                 # the last layer's outputs under the updates so far (none yet at the first layer: read above)
                 current = (h0_all if i == 0 else subject_block_outputs(lm, last, requests, prefixes).double())
-                if getattr(hp, "key_constraint", "mean") in ("all", "balanced"):
+                if getattr(hp, "key_constraint", "mean") in ("all", "balanced", "reach"):
                     # Every (request, prompt) key is one row of the least squares, each weighted 1/sqrt(T) so a
                     # request weighs as much against lam C as one prefix-mean key does: the update fits the
                     # mean squared miss over the prompts the value was optimised on, the bare prompt included
                     # (a subject-initial prompt's key is far from the prefix mean: benchmarks/key_delivery.py).
                     keys = keys_all.reshape(-1, keys_all.shape[-1]) / n_keys**0.5  # [N * T, d_in]
                     residual = ((targets_all - current) / (len(layers) - i)).reshape(-1, current.shape[-1])
+                    if spread is not None:  # this layer's share of what is left: its reach over the layers left
+                        share = layer_share(spread, i)  # [N * T]
+                        residual = (targets_all - current).reshape(-1, current.shape[-1]) * share[:, None]
                     residual = residual / n_keys**0.5  # [N * T, d]
-                    if hp.key_constraint == "balanced":
+                    if hp.key_constraint in ("balanced", "reach"):
                         if reach is None:
                             raise EditorError(f"{editor} has no key_constraint 'balanced'")
                         keys, residual = balance_rows(keys, residual, reach(layer, keys, cov))
