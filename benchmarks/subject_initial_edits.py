@@ -66,11 +66,22 @@ def one_edit(lm, case, editor: str, hp, ctx) -> dict:
         "es": float(wins[0]),
         "ps": sum(wins[1:]) / max(len(wins) - 1, 1) if paraphrases else None,
         "delivered_plain": diag.get(("plain", "delivered")),
+        "delivered_out_plain": diag.get(("plain", "delivered_out")),
         "steps": diag.get(("", "steps")),
         "converged": diag.get(("", "converged")),
         "clamped": diag.get(("", "clamped")),
         "update_rel": max(r["value"] for r in rows if r["name"] == "update_rel"),
     }
+
+
+def _out_summary(rows: list[dict]) -> dict:
+    """The share of the value change reaching the plain prompt's residual stream after the last edited layer
+    (multi-layer editors only: compute.editors.diagnostics.delivered_at_output)."""
+    out = [r["delivered_out_plain"] for r in rows if r.get("delivered_out_plain") is not None]
+    if not out:
+        return {}
+    return {"delivered_out_plain_ge_0.8": round(sum(d >= 0.8 for d in out) / len(out), 4),
+            "delivered_out_plain_median": round(statistics.median(out), 4)}
 
 
 def summary(rows: list[dict]) -> dict:
@@ -83,6 +94,7 @@ def summary(rows: list[dict]) -> dict:
             "clamped": mean("clamped"), "steps_median": statistics.median(r["steps"] for r in rows),
             "delivered_plain_ge_0.8": round(sum(d >= 0.8 for d in deliv) / max(len(deliv), 1), 4),
             "delivered_plain_median": round(statistics.median(deliv), 4) if deliv else None,
+            **_out_summary(rows),
             "update_rel_median": round(statistics.median(r["update_rel"] for r in rows), 5)}
 
 

@@ -153,6 +153,35 @@ def test_a_balanced_spread_edit_runs_on_the_tiny_model_and_undoes_bit_identicall
     assert all(torch.equal(before[n], p) for n, p in llama.model.named_parameters())
 
 
+def test_a_multi_layer_edits_delivery_is_also_read_where_its_target_was_set(llama, ctx):
+    from compute.editors.diagnostics import delivered_at_output
+    from compute.editors.rome import subject_block_outputs
+
+    hp = MEMITHyperParams(layers=(0, 1), v_steps=8, v_weight_decay=0.0, clamp_norm_factor=1000.0, n_prefixes=3,
+                          prefix_tokens=4, cov_n_tokens=600, lam=1.0)
+    result = apply_edit(llama, [INITIAL], "MEMIT", hp, ctx)
+    prefixes = result.info["prefixes"]
+    try:
+        edited = {n: p.detach().clone() for n, p in llama.model.named_parameters()}
+        got = delivered_at_output(llama, result, {})[0]
+        assert all(torch.equal(edited[n], p) for n, p in llama.model.named_parameters())  # edited weights restored
+        after = subject_block_outputs(llama, 1, [INITIAL], prefixes)[0].double()
+        bare = subject_block_outputs(llama, 1, [INITIAL], ("",))[0, 0].double()
+        rows = edit_diagnostics(llama, result, hp, "r", 1)
+    finally:
+        undo(llama, result)
+    before = subject_block_outputs(llama, 1, [INITIAL], prefixes)[0].double()
+    bare0 = subject_block_outputs(llama, 1, [INITIAL], ("",))[0, 0].double()
+    mean = (after - before).mean(dim=0)
+    assert got["plain"] == pytest.approx(float((bare - bare0) @ mean / (mean @ mean)), rel=1e-6)
+    assert {("c1", "plain", "delivered_out")} <= {(r["case_id"], r["target"], r["name"]) for r in rows}
+    one = apply_edit(llama, [INITIAL], "ROME", HP, ctx)  # one layer: f already says it
+    try:
+        assert delivered_at_output(llama, one, {}) == [{}]
+    finally:
+        undo(llama, one)
+
+
 def test_diagnostics_name_every_matrix_and_the_optimisation(llama, ctx, builder):
     result = apply_edit(llama, [INITIAL], "ROME", HP, ctx)
     try:

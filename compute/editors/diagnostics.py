@@ -21,6 +21,14 @@ delivered fraction (`target` = 'plain', 'paraphrase:1', ...; key-value editors: 
   edited model. dW_l k*_l is the change the edit writes for its own prompts, so f is the share of it that
   probe p receives: 1 when the weights carry the optimised change to that prompt, near 0 when they do not.
   For a ROME edit dW = delta u^T this is (u . k(p)) / (u . k*).
+
+delivered at the output (`name` = 'delivered_out', same targets; edits of more than one layer: MEMIT, AlphaEdit):
+    f_out(p) = <dh(p), dh*> / ||dh*||^2
+  with dh(p) the change the edit makes to the residual stream after its last edited layer at the subject's last
+  token of probe p (edited minus unedited weights, same prompt), and dh* the mean of that change over the edit's
+  own prompts: the point where the value optimisation set the target. For one layer it equals f; for several it
+  counts what the later layers read, which f cannot (f sums each layer's own share, so one prompt whose key is
+  ten times larger at some layer weighs that layer in k* as well).
 """
 
 from __future__ import annotations
@@ -86,6 +94,47 @@ def delivered_fractions(lm: LoadedModel, result: EditResult, cases: dict[str, Ed
     return [{k: v / d for k, v in n.items()} if d > 0 else {} for n, d in zip(num, den)]
 
 
+def delivered_at_output(lm: LoadedModel, result: EditResult, cases: dict[str, EditCase]) -> list[dict[str, float]]:
+    """For each request of a multi-layer `result` (applied, not yet undone), f_out on each probe prompt (module
+    docstring); empty dicts for one-layer or key-free edits. The unedited side is read by putting the original
+    matrices back for one forward pass each and restoring the edited ones bit for bit."""
+    from compute.editors.rome import subject_block_outputs
+
+    prefixes = result.info.get("prefixes")
+    layers = sorted(l for l in (_layer_of(lm, name) for name in result.originals) if l is not None)
+    if not prefixes or len(layers) < 2:
+        return [{} for _ in result.requests]
+    last = layers[-1]
+    requests = list(result.requests)
+    prompts = [probe_prompts(cases.get(r.case_id or ""), r) for r in requests]
+    flat = [(i, key, EditRequest(r.subject, text, r.target_new))
+            for i, (r, p) in enumerate(zip(requests, prompts)) for key, text in p.items()]
+
+    def read() -> tuple[torch.Tensor, torch.Tensor]:
+        own = subject_block_outputs(lm, last, requests, prefixes).double().mean(dim=1)  # [N, d]
+        probe = subject_block_outputs(lm, last, [f[2] for f in flat], ("",))[:, 0].double()  # [P, d]
+        return own, probe
+
+    params = dict(lm.model.named_parameters())
+    with torch.no_grad():
+        own_after, probe_after = read()
+        edited = {name: params[name].detach().clone() for name in result.originals}
+        try:
+            for name, before in result.originals.items():
+                params[name].copy_(before)
+            own_before, probe_before = read()
+        finally:
+            for name, after in edited.items():
+                params[name].copy_(after)
+    intended = own_after - own_before  # [N, d]
+    got = probe_after - probe_before  # [P, d]
+    out = [dict.fromkeys(p, 0.0) for p in prompts]
+    for row, (i, key, _) in enumerate(flat):
+        den = float(intended[i] @ intended[i])
+        out[i][key] = float(got[row] @ intended[i]) / den if den > 0 else float("nan")
+    return out
+
+
 def edit_diagnostics(
     lm: LoadedModel,
     result: EditResult,
@@ -135,4 +184,7 @@ def edit_diagnostics(
     for request, fractions in zip(result.requests, delivered_fractions(lm, result, by_id)):
         for target, value in fractions.items():
             add(request.case_id or request.subject, target, "delivered", value)
+    for request, fractions in zip(result.requests, delivered_at_output(lm, result, by_id)):
+        for target, value in fractions.items():
+            add(request.case_id or request.subject, target, "delivered_out", value)
     return rows
