@@ -27,8 +27,8 @@ delivered at the output (`name` = 'delivered_out', same targets; edits of more t
   with dh(p) the change the edit makes to the residual stream after its last edited layer at the subject's last
   token of probe p (edited minus unedited weights, same prompt), and dh* the mean of that change over the edit's
   own prompts: the point where the value optimisation set the target. For one layer it equals f; for several it
-  counts what the later layers read, which f cannot (f sums each layer's own share, so one prompt whose key is
-  ten times larger at some layer weighs that layer in k* as well).
+  is what the later layers read, a check on f, which sums each layer's own share (on 12 subject-initial
+  CounterFact-format MEMIT edits the two agree: README, Edit mechanics).
 """
 
 from __future__ import annotations
