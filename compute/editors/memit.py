@@ -58,7 +58,7 @@ from compute.editors.rome import (
 from compute.models import LoadedModel
 
 NAME = "MEMIT"
-SPREAD_KEY_CONSTRAINTS = ("all", "mean", "balanced", "reach")  # MEMIT's and AlphaEdit's (spread_edit); ROME has no "balanced"
+SPREAD_KEY_CONSTRAINTS = ("all", "mean", "balanced", "reach")  # spread_edit's; ROME's own "all" is exact already
 VALUE_CHUNK = 32  # requests whose values are optimised in one batch of forward passes
 
 
@@ -157,8 +157,9 @@ def spread_edit(
     `solve(layer, keys [N, d_in], residual [N, d_out], cov) -> update [d_out, d_in]`; MEMIT and AlphaEdit
     differ only there. `hp` needs MEMIT's value-optimisation, prefix and `layers` fields. The keys each
     layer saw are returned in `result.memory["keys"]` (layer -> [N, d_in]) for editors that remember them.
-    With `hp.key_constraint == "balanced"`, `reach(layer, keys, cov) -> g [N]` says how much of a change each
-    key would get from `solve` on its own, and the rows are weighted by `balance_rows`."""
+    With `hp.key_constraint` "balanced" or "reach", `reach(layer, keys, cov) -> g [N]` says how much of a change
+    each key would get from `solve` on its own: the rows are weighted by `balance_rows`, and with "reach" each
+    prompt's residual is spread over the layers by `layer_share` of the reaches read before the first update."""
     start = time.perf_counter()
     layers = sorted(hp.layers)
     if layers[-1] >= lm.n_layers:
@@ -204,9 +205,9 @@ def spread_edit(
             if hp.key_constraint == "reach":  # [L, N * T]: each layer's reach of each prompt's key, before any update
                 if reach is None:
                     raise EditorError(f"{editor} has no key_constraint 'reach'")
-                keys_by_layer = [subject_keys(lm, layer, requests, prefixes) for layer in layers]  # [N, T, d_in] each
-                spread = torch.stack([reach(layer, k.reshape(-1, k.shape[-1]), cov)
-                                      for layer, k in zip(layers, keys_by_layer)]).double().clamp(min=1e-300)
+                spread = torch.stack([reach(layer, k.reshape(-1, k.shape[-1]), cov) for layer, k in
+                                      ((layer, subject_keys(lm, layer, requests, prefixes)) for layer in layers)]
+                                     ).double().clamp(min=1e-300)
             for i, layer in enumerate(layers):
                 keys_all = subject_keys(lm, layer, requests, prefixes)  # [N, T, d_in]
                 # the last layer's outputs under the updates so far (none yet at the first layer: read above)
@@ -224,7 +225,7 @@ def spread_edit(
                     residual = residual / n_keys**0.5  # [N * T, d]
                     if hp.key_constraint in ("balanced", "reach"):
                         if reach is None:
-                            raise EditorError(f"{editor} has no key_constraint 'balanced'")
+                            raise EditorError(f"{editor} has no key_constraint {hp.key_constraint!r}")
                         keys, residual = balance_rows(keys, residual, reach(layer, keys, cov))
                 else:
                     keys = keys_all.mean(dim=1)  # [N, d_in]
