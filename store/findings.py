@@ -138,17 +138,22 @@ def _shared(arms: dict, *labels: str) -> list[int]:
     return sorted(set.intersection(*orders)) if orders else []
 
 
-def _order_verdict(common: dict, ours: str, signs: list[int], query, *, few: str, undecided: str) -> Finding:
-    """The verdict of a comparison made on each shared edit order (sign +1: as the paper says, -1: against it,
-    0: undecided on that order): not measured with fewer than MIN_ORDERS orders (`few` says why), reproduced
-    when every order agrees with the paper, refuted when every order goes against it, else undecided."""
+def _agreement(signs: list[int]) -> int | None:
+    """What a comparison made on each edit order says (sign +1: as the paper says on that order, -1: against it,
+    0: neither): None with fewer than MIN_ORDERS orders, +1 when every order agrees with the paper, -1 when every
+    order goes against it, else 0."""
     if len(signs) < MIN_ORDERS:
-        return Finding(**common, ours=ours, verdict=NOT_MEASURED, query=query, n=len(signs), reason=few)
-    if all(s == 1 for s in signs):
-        return Finding(**common, ours=ours, verdict=REPRODUCED, query=query, n=len(signs))
-    if all(s == -1 for s in signs):
-        return Finding(**common, ours=ours, verdict=REFUTED, query=query, n=len(signs))
-    return Finding(**common, ours=ours, verdict=NOT_MEASURED, query=query, n=len(signs), reason=undecided)
+        return None
+    return 1 if all(s == 1 for s in signs) else -1 if all(s == -1 for s in signs) else 0
+
+
+def _order_verdict(common: dict, ours: str, signs: list[int], query, *, few: str, undecided: str) -> Finding:
+    """The verdict of a comparison made on each shared edit order (`_agreement`): not measured with too few
+    orders (`few` says why), reproduced or refuted when every order says so, else undecided."""
+    said = _agreement(signs)
+    verdict = {1: REPRODUCED, -1: REFUTED}.get(said, NOT_MEASURED)
+    reason = few if said is None else undecided if said == 0 else ""
+    return Finding(**common, ours=ours, verdict=verdict, query=query, n=len(signs), reason=reason)
 
 
 def _runs_query(run_ids, key: str = "runs", **extra) -> tuple[tuple[str, str], ...]:
@@ -433,9 +438,8 @@ def _per_editor(signs: dict[str, list[int]]) -> str:
     -1: against it, 0: neither): an editor decides it with at least MIN_ORDERS orders that all agree (reproduced)
     or all go against it (refuted); the claim is reproduced when one editor reproduces it, refuted when one
     refutes it and none reproduces it, else not measured."""
-    decided = {REPRODUCED if all(x == 1 for x in s) else REFUTED if all(x == -1 for x in s) else NOT_MEASURED
-               for s in signs.values() if len(s) >= MIN_ORDERS}
-    return REPRODUCED if REPRODUCED in decided else REFUTED if REFUTED in decided else NOT_MEASURED
+    said = {_agreement(s) for s in signs.values()}
+    return REPRODUCED if 1 in said else REFUTED if -1 in said else NOT_MEASURED
 
 
 def _why_open(signs: dict[str, list[int]], runs: dict[str, dict[int, dict]], not_reached: str) -> str:
@@ -764,9 +768,9 @@ def _c1(conn, arms) -> Finding:
         return Finding(**common, ours="; ".join(parts), verdict=NOT_MEASURED, query=query,
                        reason="Rerun the ROME run with `--abilities-every 50` (the quick ability suite with "
                               "sentiment, entity typing and closed-book QA).")
-    decided = len(signs) >= MIN_ORDERS
-    direction = (AGREES if decided and all(x == 1 for x in signs) else
-                 DISAGREES if decided and all(x == -1 for x in signs) else UNDECIDED)
+    said = _agreement(signs)
+    decided = said is not None
+    direction = {1: AGREES, -1: DISAGREES}.get(said, UNDECIDED)
     per_order = {1: "all three fell", -1: "none fell", 0: "some fell"}
     outcome = f" Per order: {', '.join(per_order[x] for x in signs)}" + (
         "." if decided else f"; the direction waits for {MIN_ORDERS} edit orders.")
