@@ -1014,23 +1014,24 @@ def execute(plan: Plan, target: Path, *, executor: str = "local", workers: int |
     return outcome
 
 
-def held_by_deadline(outcome: dict[str, str]) -> set[str]:
-    """The units of an `execute` outcome that the deadline held back, directly or through the units before them
-    (a plan's `after` has no cycle: load_plan refuses one)."""
+def _held_through(outcome: dict[str, str], mark: str) -> set[str]:
+    """The units of an `execute` outcome whose outcome starts with `mark`, or that are blocked by such a unit,
+    directly or through the units before them (a plan's `after` has no cycle: load_plan refuses one)."""
     def held(uid: str) -> bool:
         o = outcome.get(uid, "")
-        return o.startswith("held back") or o.startswith("blocked by ") and held(o.removeprefix("blocked by "))
+        return o.startswith(mark) or o.startswith("blocked by ") and held(o.removeprefix("blocked by "))
 
     return {u for u in outcome if held(u)}
+
+
+def held_by_deadline(outcome: dict[str, str]) -> set[str]:
+    """The units of an `execute` outcome that the deadline held back, directly or through the units before them."""
+    return _held_through(outcome, "held back")
 
 
 def held_by_plan(outcome: dict[str, str]) -> set[str]:
     """The units of an `execute` outcome that the plan holds (`hold`), directly or through the units before them."""
-    def held(uid: str) -> bool:
-        o = outcome.get(uid, "")
-        return o.startswith("held: ") or o.startswith("blocked by ") and held(o.removeprefix("blocked by "))
-
-    return {u for u in outcome if held(u)}
+    return _held_through(outcome, "held: ")
 
 
 def _merge_progress(plan: Plan, ex, units: list[Unit], target: Path, out) -> None:
@@ -1068,6 +1069,15 @@ def _finish(plan: Plan, unit: Unit, result: dict, target: Path, ex, folder: Path
     return "done"
 
 
+def _held_units(states: list[UnitState]) -> dict[str, list[str]]:
+    """The plan's holds of the units not done: reason -> unit ids, in the plan's order."""
+    out: dict[str, list[str]] = {}
+    for s in states:
+        if s.unit.hold and s.state != "done":
+            out.setdefault(s.unit.hold, []).append(s.unit.id)
+    return out
+
+
 def status_lines(states: list[UnitState]) -> list[str]:
     """`plan status` as text: one line per unit, then the estimated CPU-hours left and what it rests on."""
     w = max([28, *(len(s.unit.id) for s in states)])  # whole ids: they differ at the end (-o0, -o1)
@@ -1094,8 +1104,7 @@ def status_lines(states: list[UnitState]) -> list[str]:
                  f"{total / 3600:.1f} CPU-hours left at one thread per unit, estimated from stored timings "
                  "(a unit's own runs' per-item time, else finished runs of the same kind and editor, else of the "
                  "same kind)" + (f"; held (*), not counted: {held / 3600:.1f} CPU-hours" if held else ""))
-    for reason in dict.fromkeys(s.unit.hold for s in states if s.unit.hold and s.state != "done"):
-        ids = [s.unit.id for s in states if s.unit.hold == reason and s.state != "done"]
+    for reason, ids in _held_units(states).items():
         lines.append(f"* held ({len(ids)}: {', '.join(ids)}): {reason}")
     if unknown:
         lines.append(f"not estimated (no stored timing to go by): {', '.join(unknown)}")
@@ -1133,7 +1142,5 @@ def status_markdown(plan: Plan, states: list[UnitState], target_name: str, timin
             + (f"; {unknown} unit(s) not estimated" if unknown else "") + ")"
             + (f", besides {held / 3600:.1f} CPU-hours of held units, which `plan run` does not start" if held else "")
             + ".")
-    reasons = dict.fromkeys(s.unit.hold for s in states if s.unit.hold and s.state != "done")
-    notes = [f"Held ({', '.join(s.unit.id for s in states if s.unit.hold == r and s.state != 'done')}): {r}"
-             for r in reasons]
+    notes = [f"Held ({', '.join(ids)}): {reason}" for reason, ids in _held_units(states).items()]
     return head + "\n\n" + "\n".join(rows) + ("\n\n" + "\n\n".join(notes) if notes else "")
