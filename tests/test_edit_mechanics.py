@@ -134,7 +134,76 @@ def test_reach_spreading_is_memits_even_spread_for_alike_keys_and_leaves_unreach
     assert float(layer_share(sink, 4)[0]) == 1.0  # the last layer takes whatever is left
 
 
-@pytest.mark.parametrize("constraint", ["balanced", "reach"])
+def test_exact_rows_get_their_whole_change_and_the_rest_keep_the_least_squares_optimum():
+    from compute.editors.alphaedit import alphaedit_update
+    from compute.editors.memit import memit_reach, memit_update
+
+    gen = torch.Generator().manual_seed(2)
+    a = torch.randn(10, 10, generator=gen, dtype=torch.float64)
+    cov = a @ a.T / 10 + 0.1 * torch.eye(10, dtype=torch.float64)
+    keys = torch.randn(5, 10, generator=gen, dtype=torch.float64)
+    keys[0] *= 0.01  # a key the solve hardly reaches (a subject-initial prompt's), fitted exactly below
+    residual = torch.randn(5, 4, generator=gen, dtype=torch.float64)
+    lam = 3.0
+    assert float(memit_reach(keys[:1], cov)[0]) < 0.01 * lam
+    free = memit_update(keys, residual, cov, lam)
+    exact = torch.tensor([0, 2])
+    fit = memit_update(keys, residual, cov, lam, exact)
+    assert float(_delivered(free, keys, residual)[0]) < 0.05  # least squares alone: almost nothing
+    assert torch.allclose(keys[exact] @ fit.T, residual[exact], atol=1e-4)  # exact rows: all of it (ridge aside)
+
+    def objective(dw):  # MEMIT's: the misses plus lam tr(dW C dW^T)
+        return float(((keys @ dw.T - residual) ** 2).sum() + lam * torch.trace(dw @ cov @ dw.T))
+
+    # the optimum among updates that keep the exact rows: any feasible step (orthogonal to those keys) costs more
+    null = torch.linalg.svd(keys[exact]).Vh[2:]  # [8, 10]: directions both exact keys ignore
+    for _ in range(3):
+        step = torch.randn(4, 8, generator=gen, dtype=torch.float64) @ null * 0.05
+        assert torch.allclose(keys[exact] @ (fit + step).T, residual[exact], atol=1e-4)
+        assert objective(fit + step) > objective(fit)
+    # AlphaEdit: the same constraint inside its null space (U^T k must reach the key)
+    q = torch.linalg.qr(torch.randn(10, 10, generator=gen, dtype=torch.float64)).Q
+    basis = q[:, 4:]
+    fit_a = alphaedit_update(keys, residual, basis, None, 0.5, exact)
+    assert torch.allclose(keys[exact] @ fit_a.T, residual[exact], atol=1e-4)
+    assert torch.allclose(fit_a @ q[:, :4], torch.zeros(4, 4, dtype=torch.float64), atol=1e-9)  # in the null space
+    assert torch.allclose(alphaedit_update(keys, residual, basis, None, 0.5, None),
+                          alphaedit_update(keys, residual, basis, None, 0.5))
+
+
+def test_memit_with_the_plain_key_fitted_exactly_gives_the_plain_prompt_its_whole_target(llama, ctx, monkeypatch):
+    """With key_constraint "plain" every layer delivers the plain prompt's share exactly and the last layer closes
+    what is left, so the plain prompt's output at the last edited layer moves by the optimised delta itself."""
+    from compute.editors import memit
+    from compute.editors.rome import subject_block_outputs
+
+    deltas = []
+
+    def spy(*args, **kwargs):
+        values = optimise_values(*args, **kwargs)
+        deltas.extend(v.delta.double() for v in values)
+        return values
+
+    optimise_values = memit.optimise_values
+    monkeypatch.setattr(memit, "optimise_values", spy)
+    hp = MEMITHyperParams(layers=(0, 1), v_steps=8, v_weight_decay=0.0, clamp_norm_factor=1000.0, n_prefixes=3,
+                          prefix_tokens=4, cov_n_tokens=600, lam=5000.0)
+    before = subject_block_outputs(llama, 1, [INITIAL], ("",))[0, 0].double()
+    miss = {}
+    for constraint in ("all", "plain"):
+        deltas.clear()
+        result = apply_edit(llama, [INITIAL], "MEMIT", dataclasses.replace(hp, key_constraint=constraint), ctx)
+        try:
+            change = subject_block_outputs(llama, 1, [INITIAL], ("",))[0, 0].double() - before
+        finally:
+            undo(llama, result)
+        (delta,) = deltas
+        miss[constraint] = float((change - delta).norm() / delta.norm())
+    assert miss["all"] > 0.3  # lam 5000 lets the least squares deliver only part of it (0.58 here)
+    assert miss["plain"] < 1e-3
+
+
+@pytest.mark.parametrize("constraint", ["balanced", "reach", "plain"])
 @pytest.mark.parametrize("editor", ["MEMIT", "AlphaEdit"])
 def test_a_balanced_spread_edit_runs_on_the_tiny_model_and_undoes_bit_identically(editor, constraint, llama, ctx):
     from compute.editors import get_editor

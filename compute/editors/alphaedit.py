@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import torch
 
 from compute.editors.base import EditContext, Editor, EditorError, check_finite, EditRequest, EditResult, register
-from compute.editors.memit import SPREAD_KEY_CONSTRAINTS, spread_edit
+from compute.editors.memit import SPREAD_KEY_CONSTRAINTS, fit_exactly, spread_edit
 from compute.editors.rome import check_key_constraint, check_value_fields
 from compute.models import LoadedModel
 
@@ -64,7 +64,7 @@ class AlphaEditHyperParams:
     stop_nll: float = 0.05
     cov_n_tokens: int = 20_000
     fast: bool = True
-    key_constraint: str = "all"  # as MEMIT's: all, mean, balanced or reach (compute.editors.memit)
+    key_constraint: str = "all"  # as MEMIT's: all, mean, balanced, reach or plain (compute.editors.memit)
 
     def validate(self) -> None:
         check_finite(NAME, self)
@@ -117,15 +117,19 @@ def nullspace_basis(cov: torch.Tensor, energy: float) -> torch.Tensor:
 
 
 def alphaedit_update(
-    keys: torch.Tensor, residual: torch.Tensor, basis: torch.Tensor, kept: torch.Tensor | None, l2: float
+    keys: torch.Tensor, residual: torch.Tensor, basis: torch.Tensor, kept: torch.Tensor | None, l2: float,
+    exact: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """dW = Z U^T [d_out, d_in] (float64) for keys [N, d_in], residuals [N, d_out], null-space basis U
-    [d_in, m] and kept = sum_p k_p k_p^T [d_in, d_in] of earlier edits (or None): Z A = R^T K U."""
+    [d_in, m] and kept = sum_p k_p k_p^T [d_in, d_in] of earlier edits (or None): Z A = R^T K U.
+    `exact` (row indices): Z U^T k = r holds exactly on those rows (`fit_exactly` in null-space coordinates)."""
     k = keys.double() @ basis  # [N, m] = K U
     system = k.T @ k + l2 * torch.eye(basis.shape[1], dtype=torch.float64, device=basis.device)  # [m, m]
     if kept is not None:
         system = system + basis.T @ kept.double().to(basis.device) @ basis
     z_t = torch.linalg.solve(system, k.T @ residual.double())  # [m, d_out] = Z^T
+    if exact is not None:
+        z_t = fit_exactly(z_t.T, system, k[exact], residual.double()[exact]).T
     return (basis @ z_t).T  # [d_out, d_in]
 
 
@@ -138,10 +142,10 @@ def apply_alphaedit(
 ) -> EditResult:
     dims = {}
 
-    def solve(layer, keys, residual, cov):
+    def solve(layer, keys, residual, cov, exact):
         basis = nullspace_basis(cov(layer), hp.nullspace_energy)
         dims[layer] = basis.shape[1]
-        return alphaedit_update(keys, residual, basis, _kept(ctx, layer), hp.l2)
+        return alphaedit_update(keys, residual, basis, _kept(ctx, layer), hp.l2, exact)
 
     def reach(layer, keys, cov):  # a lone key gets g / (l2 + g) of its change, g = ||U^T k||^2
         return ((keys.double() @ nullspace_basis(cov(layer), hp.nullspace_energy)) ** 2).sum(dim=1)

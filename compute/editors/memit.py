@@ -20,6 +20,18 @@ For a batch of N requests and critical layers l_1 < ... < l_L:
 lam ("mom2_update_weight" in the MEMIT code) trades the batch's edits against the preserved keys; design.md
 measured that GPT-J's 15000 lets only 2 of 10 edits take on SmolLM2-135M while 500 lets all 10 take.
 
+Which keys (`key_constraint`; the paper's is "mean", the prefix-averaged key above). EditScope fits every key
+the value was optimised on, the bare prompt's and each prefixed one's, as rows of the least squares ("all").
+A least-squares row is a trade, not a promise: a lone key k receives g / (lam + g) of its change, g = k^T C^-1 k,
+and where the subject's last token is the sequence's first or second (SmolLM2 adds no BOS: "Louga is a city
+in"), the bare prompt's key from layer 3 on is nearly zero (g ~ 50 against lam = 2000), so the prompt the edit
+was asked for got about half of its change. "plain" (the default) keeps "all"'s rows and adds ROME's equality
+constraint for each request's plain prompt: at every layer its row is delivered exactly (`fit_exactly`), and
+its residual is spread over the layers by how well each reaches its key (`layer_share`), so the layers where
+that key is near zero are asked for little of it. The last layer closes what is left, so the plain prompt's
+output at the last layer moves by exactly its optimised delta. Measured against "all" on subject-initial
+prompts and on the calibration cases: hparams/MEMIT/smollm2-135m.json, `_source`.
+
 Invariant: apply then `undo(lm, result)` leaves every parameter bit-identical (all L matrices are
 snapshotted before the first change); parameters' `requires_grad` flags and the train/eval mode are restored.
 """
@@ -58,7 +70,7 @@ from compute.editors.rome import (
 from compute.models import LoadedModel
 
 NAME = "MEMIT"
-SPREAD_KEY_CONSTRAINTS = ("all", "mean", "balanced", "reach")  # spread_edit's; ROME's own "all" is exact already
+SPREAD_KEY_CONSTRAINTS = ("all", "mean", "balanced", "reach", "plain")  # spread_edit's; ROME's own "all" is exact already
 VALUE_CHUNK = 32  # requests whose values are optimised in one batch of forward passes
 
 
@@ -84,7 +96,8 @@ class MEMITHyperParams:
     fast: bool = True
     key_constraint: str = "all"  # "all": fit every key the value optimisation used; "mean": the prefix-mean key;
     # "balanced": every key, each row weighted so that every key reaches the fit alike (spread_edit); "reach":
-    # balanced, and each prompt's residual spread over the layers in proportion to what each layer can deliver to it
+    # balanced, and each prompt's residual spread over the layers in proportion to what each layer can deliver to it;
+    # "plain": every key as "all", the plain prompt's key fitted exactly (spread_edit)
 
     def validate(self) -> None:
         """Refuse values that cannot describe an edit, naming the field."""
@@ -109,13 +122,35 @@ class MEMITHyperParams:
         self.validate()
 
 
-def memit_update(keys: torch.Tensor, residual: torch.Tensor, cov: torch.Tensor, lam: float) -> torch.Tensor:
+def fit_exactly(update: torch.Tensor, system: torch.Tensor, keys: torch.Tensor, residual: torch.Tensor,
+                ridge: float = 1e-6) -> torch.Tensor:
+    """The least-squares update [d_out, d_in] (float64) of a quadratic tr(X S X^T) - 2 tr(X Q^T) whose
+    unconstrained minimiser is `update` (X S = Q, S = `system` [d_in, d_in], symmetric positive definite),
+    constrained to deliver residual [n, d_out] exactly on keys [n, d_in]: X k_j = r_j.
+
+    Lagrange: X = X_u + (R^T - X_u K^T) (K S^-1 K^T)^-1 K S^-1. It is ROME's equality constraint inside
+    MEMIT's (or AlphaEdit's) objective: the constrained keys get their change in full, whatever their size,
+    and the other rows keep the least-squares trade-off. A tiny ridge, relative to each key's own diagonal entry
+    of the Gram matrix (keys of very different reach are fitted alike), keeps nearly collinear keys solvable."""
+    k = keys.double()
+    s_inv_kt = torch.linalg.solve(system, k.T)  # [d_in, n]
+    gram = k @ s_inv_kt  # [n, n]
+    gram = gram + ridge * torch.diag(gram.diagonal())
+    miss = residual.double() - k @ update.T  # [n, d_out]
+    return update + (s_inv_kt @ torch.linalg.solve(gram, miss)).T
+
+
+def memit_update(keys: torch.Tensor, residual: torch.Tensor, cov: torch.Tensor, lam: float,
+                 exact: torch.Tensor | None = None) -> torch.Tensor:
     """MEMIT's least-squares update [d_out, d_in] (float64) for keys [N, d_in] and residuals [N, d_out]:
-    dW = R^T K (lam C + K^T K)^-1, from one solve of the symmetric system (lam C + K^T K) X = K^T R."""
+    dW = R^T K (lam C + K^T K)^-1, from one solve of the symmetric system (lam C + K^T K) X = K^T R.
+    `exact` (row indices): those rows are delivered in full (`fit_exactly`), the rest as before."""
     k = keys.double()
     system = lam * cov.double() + k.T @ k  # [d_in, d_in]
     x = torch.linalg.solve(system, k.T @ residual.double())  # [d_in, d_out]
-    return x.T
+    if exact is None:
+        return x.T
+    return fit_exactly(x.T, system, k[exact], residual.double()[exact])
 
 
 def memit_reach(keys: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
@@ -149,17 +184,22 @@ def spread_edit(
     hp,
     ctx: EditContext,
     editor: str,
-    solve: Callable[[int, torch.Tensor, torch.Tensor, Callable[[int], torch.Tensor]], torch.Tensor],
+    solve: Callable[[int, torch.Tensor, torch.Tensor, Callable[[int], torch.Tensor], torch.Tensor | None],
+                    torch.Tensor],
     info_extra: dict | None = None,
     reach: Callable[[int, torch.Tensor, Callable[[int], torch.Tensor]], torch.Tensor] | None = None,
 ) -> EditResult:
     """MEMIT's procedure (module docstring) with the per-layer least-squares step given as
-    `solve(layer, keys [N, d_in], residual [N, d_out], cov) -> update [d_out, d_in]`; MEMIT and AlphaEdit
-    differ only there. `hp` needs MEMIT's value-optimisation, prefix and `layers` fields. The keys each
+    `solve(layer, keys [N, d_in], residual [N, d_out], cov, exact) -> update [d_out, d_in]`; MEMIT and AlphaEdit
+    differ only there. `exact` is None or the indices of the rows the solve must deliver in full (`fit_exactly`):
+    with `hp.key_constraint` "plain", each request's plain prompt. `hp` needs MEMIT's value-optimisation, prefix and `layers` fields. The keys each
     layer saw are returned in `result.memory["keys"]` (layer -> [N, d_in]) for editors that remember them.
     With `hp.key_constraint` "balanced" or "reach", `reach(layer, keys, cov) -> g [N]` says how much of a change
     each key would get from `solve` on its own: the rows are weighted by `balance_rows`, and with "reach" each
-    prompt's residual is spread over the layers by `layer_share` of the reaches read before the first update."""
+    prompt's residual is spread over the layers by `layer_share` of the reaches read before the first update.
+    With "plain", the rows are those of "all"; each plain prompt's row is fitted exactly and its residual spread
+    by `layer_share`, so a layer that hardly reaches its key (a subject-initial prompt's, from layer 3 on) is
+    not asked for much of it."""
     start = time.perf_counter()
     layers = sorted(hp.layers)
     if layers[-1] >= lm.n_layers:
@@ -202,26 +242,32 @@ def spread_edit(
             targets_all = h0_all + deltas[:, None, :]  # [N, T, d]: the optimisation shifted every prompt by delta
             n_keys = len(prefixes)
             spread = None
-            if hp.key_constraint == "reach":  # [L, N * T]: each layer's reach of each prompt's key, before any update
+            plain = hp.key_constraint == "plain"
+            if hp.key_constraint in ("reach", "plain"):
+                # [L, N * T] ("reach") or [L, N] (the plain prompts): each layer's reach of each prompt's key,
+                # before any update
                 if reach is None:
-                    raise EditorError(f"{editor} has no key_constraint 'reach'")
-                spread = torch.stack([reach(layer, k.reshape(-1, k.shape[-1]), cov) for layer, k in
-                                      ((layer, subject_keys(lm, layer, requests, prefixes)) for layer in layers)]
-                                     ).double().clamp(min=1e-300)
+                    raise EditorError(f"{editor} has no key_constraint {hp.key_constraint!r}")
+                spread = torch.stack([reach(layer, (k[:, 0] if plain else k.reshape(-1, k.shape[-1])), cov)
+                                      for layer, k in ((layer, subject_keys(lm, layer, requests, prefixes))
+                                                       for layer in layers)]).double().clamp(min=1e-300)
+            exact = torch.arange(len(requests)) * n_keys if plain else None  # the plain prompts' rows
             for i, layer in enumerate(layers):
                 keys_all = subject_keys(lm, layer, requests, prefixes)  # [N, T, d_in]
                 # the last layer's outputs under the updates so far (none yet at the first layer: read above)
                 current = (h0_all if i == 0 else subject_block_outputs(lm, last, requests, prefixes).double())
-                if getattr(hp, "key_constraint", "mean") in ("all", "balanced", "reach"):
+                if getattr(hp, "key_constraint", "mean") in ("all", "balanced", "reach", "plain"):
                     # Every (request, prompt) key is one row of the least squares, each weighted 1/sqrt(T) so a
                     # request weighs as much against lam C as one prefix-mean key does: the update fits the
                     # mean squared miss over the prompts the value was optimised on, the bare prompt included
                     # (a subject-initial prompt's key is far from the prefix mean: benchmarks/key_delivery.py).
                     keys = keys_all.reshape(-1, keys_all.shape[-1]) / n_keys**0.5  # [N * T, d_in]
                     residual = ((targets_all - current) / (len(layers) - i)).reshape(-1, current.shape[-1])
-                    if spread is not None:  # this layer's share of what is left: its reach over the layers left
-                        share = layer_share(spread, i)  # [N * T]
+                    if spread is not None and not plain:  # this layer's share of what is left: its reach over
+                        share = layer_share(spread, i)  # [N * T]                          the layers left
                         residual = (targets_all - current).reshape(-1, current.shape[-1]) * share[:, None]
+                    elif plain:  # the plain prompt's share likewise; the solve delivers it in full
+                        residual[exact] = (targets_all - current)[:, 0] * layer_share(spread, i)[:, None]
                     residual = residual / n_keys**0.5  # [N * T, d]
                     if hp.key_constraint in ("balanced", "reach"):
                         if reach is None:
@@ -230,7 +276,7 @@ def spread_edit(
                 else:
                     keys = keys_all.mean(dim=1)  # [N, d_in]
                     residual = (targets - current.mean(dim=1)) / (len(layers) - i)  # [N, d]
-                update = solve(layer, keys, residual, cov)  # [d_out, d_in]
+                update = solve(layer, keys, residual, cov, exact)  # [d_out, d_in]
                 norm = add_to_down_proj(lm, layer, update)
                 layer_keys[layer] = keys.detach().clone()
                 per_layer.append({"layer": layer, "update_norm": round(norm, 6),
@@ -271,7 +317,7 @@ def apply_memit(
     """Write every request into the model at once, spread over `hp.layers` (see the module docstring)."""
     return spread_edit(
         lm, requests, hp, ctx, NAME,
-        lambda layer, keys, residual, cov: memit_update(keys, residual, cov(layer), hp.lam),
+        lambda layer, keys, residual, cov, exact: memit_update(keys, residual, cov(layer), hp.lam, exact),
         {"lam": hp.lam},
         reach=lambda layer, keys, cov: memit_reach(keys, cov(layer)),
     )
