@@ -19,6 +19,7 @@ from pathlib import Path
 
 from compute.setup import check_layers_fit
 from compute.setup import editor_setup as _editor_setup
+from compute.setup import pinned_hparams
 from compute.setup import load_kb as _load_kb
 from compute.setup import load_model_for as _load_model
 from compute.setup import paragraphs as _paragraphs
@@ -521,7 +522,7 @@ def cmd_run_grid(args) -> None:
         cases = load_case_set(st, name, args.limit)
         sweep = args.sweep or f"{ed.name}-calibration-{name}"
         run_grid(lm, cases, st, editor=ed.name, base_hp=hp, grid=grid, ctx=ctx, sweep=sweep, case_set=name,
-                 progress=not args.quiet)
+                 progress=not args.quiet, pinned=pinned_hparams(args, hp))
         summary = diagnostics.calibration_summary(st.conn, sweep)
         _out(f"calibration sweep {sweep} (sorted by median ||dW||/||W|| of one edit):")
         cols = [c for c in (*sorted(grid), "ES", "PS", "NS", "S", "n", "update_rel_median", "clamped_share",
@@ -562,7 +563,7 @@ def cmd_run_sweep(args) -> None:
         cases = load_case_set(st, name, args.limit)
         sweep = args.sweep or f"{ed.name}-{args.field}-{name}"
         run_sweep(lm, cases, st, editor=ed.name, base_hp=hp, field=args.field, values=values, ctx=ctx,
-                  sweep=sweep, case_set=name, progress=not args.quiet)
+                  sweep=sweep, case_set=name, progress=not args.quiet, pinned=pinned_hparams(args, hp))
         _out(f"sweep {sweep}:")
         _table(derived.sweep_summary(st.conn, sweep).drop("sweep", "run_id"))
 

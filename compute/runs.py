@@ -10,7 +10,8 @@ run made before `recheck_every` re-checked at every checkpoint, 0), are found to
 read through the editor's class, so a field added later with a default that keeps the old behaviour does not
 orphan the runs made before it. A sweep run's identity leaves the hyperparameters out (its swept value is in
 its layout): a calibration ends by changing the shipped file its sweep started from, and its runs must still
-be found by the same command.
+be found by the same command. What the command itself pins with `--hp` is in its layout (`hp`; runs made
+before it, none): the same sweep under other mechanics (`--hp key_constraint=plain`) is another experiment.
 
 Decision. `decide(store, spec, ...)` says what a command does: start a new run, resume the matching
 unfinished one, report the matching finished one, and for sequential runs (whose layout has `max_edits`)
@@ -68,7 +69,7 @@ IDENTITY: dict[str, Identity] = {
     "knowledge": Identity(("rephrase_types", "gen_tokens", "n_cases"), hparams=False),
     "robustness": Identity(("n_cases", "gen_tokens")),
     "batch": Identity(("n_cases", "sizes", "order_seed", "panel_pool")),
-    "sweep": Identity(("sweep", "field", "value"), hparams=False),
+    "sweep": Identity(("sweep", "field", "value", "hp"), hparams=False, before={"hp": {}}),
     "sequential": Identity(SEQUENTIAL_LAYOUT, before={"recheck_every": 0, "panel_check": 0}),
     "abilities": Identity(("mode", "tasks", "n_items"), hparams=False),
 }

@@ -39,6 +39,16 @@ def paragraphs(args):
     return load_wiki_paragraphs(args.cache_dir or default_cache_dir())
 
 
+def pinned_hparams(args, hp) -> dict:
+    """The fields the command line set with --hp, at the values `hp` (from `editor_setup`) holds: what a sweep
+    pins beside its swept field (compute.experiments.sweep.run_sweep)."""
+    from compute.editors.base import hparams_dict
+
+    names = [item.partition("=")[0].strip() for item in getattr(args, "hp", None) or []]
+    values = hparams_dict(hp)
+    return {name: values[name] for name in names if name in values}
+
+
 def editor_setup(args, lm, editor: str):
     """(editor, hyperparameters, EditContext) for an editor on the loaded model; --hparams FILE overrides the shipped file."""
     import json

@@ -136,6 +136,26 @@ def test_layer_sweep_stores_one_run_per_value_and_resumes(llama, cases, ft_hp, t
     assert {"ES", "PS", "NS", "S"} <= set(summary.columns)
 
 
+def test_a_sweep_under_other_pinned_mechanics_is_another_experiment(llama, cases, ft_hp, tmp_path):
+    """`run sweep --hp FIELD=V` pins a field beside the swept one: the same sweep id and values with another pin
+    (a calibration rerun under new edit mechanics) makes new runs instead of finding the old ones done, while
+    a change of the shipped file alone (not pinned) still finds them (compute.runs, sweep identity)."""
+    import dataclasses
+
+    with Store.open(tmp_path / "p.sqlite", create=True) as st:
+        plain = run_sweep(llama, cases[:1], st, editor="FT-L", base_hp=ft_hp, field="layer", values=[0],
+                          ctx=_ctx(tmp_path), sweep="s")
+        other = dataclasses.replace(ft_hp, steps=4)
+        pinned = run_sweep(llama, cases[:1], st, editor="FT-L", base_hp=other, field="layer", values=[0],
+                           ctx=_ctx(tmp_path), sweep="s", pinned={"steps": 4})
+        unpinned = run_sweep(llama, cases[:1], st, editor="FT-L", base_hp=other, field="layer", values=[0],
+                             ctx=_ctx(tmp_path), sweep="s")
+        again = run_sweep(llama, cases[:1], st, editor="FT-L", base_hp=other, field="layer", values=[0],
+                          ctx=_ctx(tmp_path), sweep="s", pinned={"steps": 4})
+        n_runs = st.conn.execute("SELECT count(*) FROM runs WHERE kind = 'sweep'").fetchone()[0]
+    assert pinned != plain and unpinned == plain and again == pinned and n_runs == 2
+
+
 def test_rome_robustness_run_optimises_the_next_values_together_with_the_numbers_of_one_by_one(
         llama, cases, tmp_path, monkeypatch):
     """Robustness and sweep runs optimise the values of the next AHEAD cases in one packed call; the stored

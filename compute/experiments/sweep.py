@@ -12,7 +12,7 @@ hyperparameter file's value is chosen. Running a sweep again keeps its finished 
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from compute.cases import EditCase
 from compute.editors import EditContext, get_editor
@@ -39,10 +39,11 @@ def run_sweep(
     sweep: str,
     case_set: str | None = None,
     progress: bool = False,
+    pinned: Mapping | None = None,
 ) -> list[str]:
     """Run (or resume) one sweep run per value of `field`; returns their run ids in value order. A value's run
-    is found by its spec (compute.runs: sweep id, field and value, not the other hyperparameters): a finished
-    one is kept as it is, an unfinished one resumed."""
+    is found by its spec (compute.runs: sweep id, field and value, and `pinned`, the fields the command set with
+    --hp; not the other hyperparameters): a finished one is kept as it is, an unfinished one resumed."""
     ed = get_editor(editor)
     names = {f.name for f in dataclasses.fields(base_hp)}
     unknown = [f for f in field.split("+") if f not in names]
@@ -56,8 +57,8 @@ def run_sweep(
         else:
             hp = dataclasses.replace(base_hp, **{field: tuple(value) if isinstance(value, list) else value})
         hp.validate()
-        config = {"sweep": sweep, "field": field, "value": value, "case_set": case_set,
-                  "n_cases": len(cases), "cov_n_tokens": ctx.cov_samples}
+        config = {"sweep": sweep, "field": field, "value": value, "hp": dict(sorted((pinned or {}).items())),
+                  "case_set": case_set, "n_cases": len(cases), "cov_n_tokens": ctx.cov_samples}
         spec = spec_for("sweep", lm.name, config, editor=ed.name, seed=ctx.seed)
         found = decide(store, spec)
         if found.action == "done":
@@ -100,11 +101,12 @@ def grid_points(grid: dict[str, Sequence]) -> list[dict]:
 
 
 def run_grid(lm: LoadedModel, cases: Sequence[EditCase], store, *, editor: str, base_hp, grid: dict[str, Sequence],
-             ctx: EditContext, sweep: str, case_set: str | None = None, progress: bool = False) -> list[str]:
+             ctx: EditContext, sweep: str, case_set: str | None = None, progress: bool = False,
+             pinned: Mapping | None = None) -> list[str]:
     """A calibration sweep: one sweep run per combination of `grid` (field -> candidate values), each with
     ES/PS/NS and the per-edit diagnostics (edit size, clamp, steps, convergence); store.diagnostics'
     `calibration_summary` puts them side by side. Resumable like `run_sweep` (same run identity: sweep id and
     the grid point)."""
     points = grid_points(grid)
     return run_sweep(lm, cases, store, editor=editor, base_hp=base_hp, field="+".join(sorted(grid)), values=points,
-                     ctx=ctx, sweep=sweep, case_set=case_set, progress=progress)
+                     ctx=ctx, sweep=sweep, case_set=case_set, progress=progress, pinned=pinned)
