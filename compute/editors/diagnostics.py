@@ -27,8 +27,11 @@ delivered at the output (`name` = 'delivered_out', same targets; edits of more t
   with dh(p) the change the edit makes to the residual stream after its last edited layer at the subject's last
   token of probe p (edited minus unedited weights, same prompt), and dh* the mean of that change over the edit's
   own prompts: the point where the value optimisation set the target. For one layer it equals f; for several it
-  is what the later layers read, a check on f, which sums each layer's own share (on 12 subject-initial
-  CounterFact-format MEMIT edits the two agree: README, Edit mechanics).
+  is what the later layers read, and the share a multi-layer edit's definition asks about. f sums each layer's
+  projection on the mean key's change, so the two differ where a prompt's change is spread over the layers
+  unlike the mean's: with MEMIT's key_constraint "plain" a subject-initial plain prompt's change goes to the
+  layers that reach its key ("Louga is a city in": f 0.57, f_out 1.03); with "all" they agreed (README, Edit
+  mechanics).
 """
 
 from __future__ import annotations
