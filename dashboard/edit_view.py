@@ -24,6 +24,9 @@ SUMMARY = {
     "steps_median": Col("Median steps", "{:.0f}"),
     "delivered_plain_ge_0.8": Col("Delivered ≥ 0.8", "{:.0%}", help="share of edits whose weights carry at least "
                                   "0.8 of the optimised change to the plain prompt (compute.editors.diagnostics)"),
+    "delivered_out_plain_ge_0.8": Col("… at the output", "{:.0%}", help="the same read where a multi-layer edit's "
+                                      "target was set, the last edited layer's output (MEMIT, AlphaEdit; — for "
+                                      "one-layer edits and runs made before it was recorded)"),
     "outliers": Col("Outliers", "{:,.0f}"),
 }
 
@@ -50,6 +53,7 @@ def render(run_ids: list[str], labels: dict[str, str], styles: dict | None = Non
              {"label": Col("Run"), "edit_count": Col("Edit", "{:,.0f}"), "case_id": Col("Case", width="medium"),
               "update_rel": Col("||dW||/||W||", "{:.4f}"), "robust_z": Col("Robust z", "{:+.1f}"),
               "steps": Col("Steps", "{:.0f}"), "clamped": Col("Clamped", "{:.0f}"),
-              "delivered_plain": Col("Delivered (plain)", "{:.2f}")})
+              "delivered_plain": Col("Delivered (plain)", "{:.2f}"),
+              "delivered_out_plain": Col("… at the output", "{:.2f}")})
     st.download_button("Download per-edit diagnostics (CSV)", edits.write_csv(), file_name="edit-diagnostics.csv",
                        key=f"diag-csv-{x or 'strip'}")

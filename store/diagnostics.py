@@ -18,7 +18,7 @@ import polars as pl
 OUTLIER_Z = 3.5
 
 PER_EDIT_COLUMNS = ("update_rel", "update_norm", "steps", "converged", "clamped", "nll_final", "kl_final",
-                    "delta_norm", "delivered_plain", "delivered_paraphrase_min")
+                    "delta_norm", "delivered_plain", "delivered_paraphrase_min", "delivered_out_plain")
 
 
 def diagnostic_rows(conn: sqlite3.Connection, run_ids: Sequence[str] | str | None = None) -> pl.DataFrame:
@@ -39,8 +39,9 @@ def diagnostic_rows(conn: sqlite3.Connection, run_ids: Sequence[str] | str | Non
 def per_edit(conn: sqlite3.Connection, run_ids: Sequence[str] | str | None = None) -> pl.DataFrame:
     """One row per (run, edit count, case): the edit's largest relative matrix change (`update_rel`), its total
     ||dW||_F (`update_norm`, the root of the squares over matrices), steps, converged, clamped, final NLL, KL,
-    delta norm, delivered fraction on the plain prompt and the smallest over its paraphrases. A batch edit's
-    per-matrix values (case '*') are repeated on each of its cases."""
+    delta norm, delivered fraction on the plain prompt and the smallest over its paraphrases, and for a multi-layer
+    edit the plain prompt's share read at the last edited layer's output (`delivered_out_plain`; None for one
+    layer, where it equals f). A batch edit's per-matrix values (case '*') are repeated on each of its cases."""
     raw = diagnostic_rows(conn, run_ids)
     key = ["run_id", "edit_count"]
     if raw.is_empty():
@@ -59,6 +60,9 @@ def per_edit(conn: sqlite3.Connection, run_ids: Sequence[str] | str | None = Non
                  .agg(pl.col("value").filter(pl.col("target") == "plain").first().alias("delivered_plain"),
                       pl.col("value").filter(pl.col("target").str.starts_with("paraphrase")).min()
                       .alias("delivered_paraphrase_min")))
+    at_output = (req.filter((pl.col("name") == "delivered_out") & (pl.col("target") == "plain"))
+                 .group_by([*key, "case_id"]).agg(pl.col("value").first().alias("delivered_out_plain")))
+    delivered = delivered.join(at_output, on=[*key, "case_id"], how="full", coalesce=True)
     out = (scalar.join(delivered, on=[*key, "case_id"], how="full", coalesce=True)
            .join(own, on=[*key, "case_id"], how="left")
            .join(batch, on=key, how="left", suffix="_batch"))
@@ -85,7 +89,8 @@ def flag_outliers(df: pl.DataFrame, column: str = "update_rel", z: float = OUTLI
 
 def run_distribution(conn: sqlite3.Connection, run_ids: Sequence[str] | str | None = None) -> pl.DataFrame:
     """Per run: n edits, median and 90th percentile of update_rel, share clamped, share converged, median
-    steps, share of edits delivering >= 0.8 on the plain prompt, and the number of outliers (OUTLIER_Z)."""
+    steps, share of edits delivering >= 0.8 on the plain prompt (layer by layer, and at the output for multi-layer
+    edits: None where the run has no such reading), and the number of outliers (OUTLIER_Z)."""
     edits = flag_outliers(per_edit(conn, run_ids))
     if edits.is_empty():
         return pl.DataFrame(schema={"run_id": pl.String, "n": pl.UInt32})
@@ -97,6 +102,7 @@ def run_distribution(conn: sqlite3.Connection, run_ids: Sequence[str] | str | No
                  pl.col("converged").mean().alias("converged_share"),
                  pl.col("steps").median().alias("steps_median"),
                  (pl.col("delivered_plain") >= 0.8).mean().alias("delivered_plain_ge_0.8"),
+                 (pl.col("delivered_out_plain") >= 0.8).mean().alias("delivered_out_plain_ge_0.8"),
                  pl.col("outlier").sum().alias("outliers"))
             .sort("run_id"))
 

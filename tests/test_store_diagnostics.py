@@ -55,7 +55,24 @@ def test_run_distribution_summarises_each_run(st):
     assert d["n"] == 40 and d["outliers"] == 1
     assert d["clamped_share"] == pytest.approx(10 / 40)
     assert d["delivered_plain_ge_0.8"] == pytest.approx(39 / 40)
+    assert d["delivered_out_plain_ge_0.8"] is None  # a one-layer editor reads nothing at the output
     assert 0.05 <= d["update_rel_median"] <= 0.07
+
+
+def test_a_multi_layer_edits_output_read_is_kept_beside_the_layer_by_layer_one(tmp_path):
+    s = Store.open(tmp_path / "m.sqlite", create=True)
+    run = s.start_run(kind="robustness", model="m", editor="MEMIT", run_id="memit")
+    rows = []
+    for n, (f, f_out) in enumerate([(0.57, 1.03), (1.1, 1.2), (0.9, 0.7), (1.0, 1.0)], start=1):
+        rows += _edit(run, n, f"c{n}", 0.04, plain=f)
+        rows.append({"run_id": run, "edit_count": n, "target": "plain", "case_id": f"c{n}", "name": "delivered_out",
+                     "value": f_out})
+    s.write_edit_diagnostics(rows)
+    edits = dg.per_edit(s.conn, "memit")
+    assert edits["delivered_plain"].to_list() == [0.57, 1.1, 0.9, 1.0]
+    assert edits["delivered_out_plain"].to_list() == [1.03, 1.2, 0.7, 1.0]
+    d = dg.run_distribution(s.conn).to_dicts()[0]
+    assert d["delivered_plain_ge_0.8"] == pytest.approx(3 / 4) and d["delivered_out_plain_ge_0.8"] == pytest.approx(3 / 4)
 
 
 def test_calibration_picks_the_smallest_edits_that_keep_es_and_ps(tmp_path):
