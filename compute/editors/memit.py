@@ -263,10 +263,10 @@ def spread_edit(
                     # (a subject-initial prompt's key is far from the prefix mean: benchmarks/key_delivery.py).
                     keys = keys_all.reshape(-1, keys_all.shape[-1]) / n_keys**0.5  # [N * T, d_in]
                     residual = ((targets_all - current) / (len(layers) - i)).reshape(-1, current.shape[-1])
-                    if spread is not None and not plain:  # this layer's share of what is left: its reach over
-                        share = layer_share(spread, i)  # [N * T]                          the layers left
+                    if hp.key_constraint == "reach":  # this layer's share of what is left: its reach over the
+                        share = layer_share(spread, i)  # [N * T]                                  layers left
                         residual = (targets_all - current).reshape(-1, current.shape[-1]) * share[:, None]
-                    elif plain:  # the plain prompt's share likewise; the solve delivers it in full
+                    elif plain:  # each plain prompt's share likewise; the solve delivers it in full
                         residual[exact] = (targets_all - current)[:, 0] * layer_share(spread, i)[:, None]
                     residual = residual / n_keys**0.5  # [N * T, d]
                     if hp.key_constraint in ("balanced", "reach"):
