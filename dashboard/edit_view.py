@@ -22,13 +22,25 @@ SUMMARY = {
     "converged_share": Col("Converged", "{:.0%}", help="share whose target NLL fell below stop_nll before the "
                            "step cap"),
     "steps_median": Col("Median steps", "{:.0f}"),
-    "delivered_plain_ge_0.8": Col("Delivered ≥ 0.8", "{:.0%}", help="share of edits whose weights carry at least "
-                                  "0.8 of the optimised change to the plain prompt (compute.editors.diagnostics)"),
-    "delivered_out_plain_ge_0.8": Col("… at the output", "{:.0%}", help="the same read where a multi-layer edit's "
-                                      "target was set, the last edited layer's output (MEMIT, AlphaEdit; — for "
-                                      "one-layer edits and runs made before it was recorded)"),
+    "delivered": Col("Delivered ≥ 0.8", help="share of edits whose weights carry at least 0.8 of the optimised "
+                     "change to the plain prompt (compute.editors.diagnostics); for a multi-layer edit (MEMIT, "
+                     "AlphaEdit) read layer by layer / at the last edited layer's output, where its target was set"),
     "outliers": Col("Outliers", "{:,.0f}"),
 }
+
+
+def delivered_text(summary: pl.DataFrame) -> pl.Series:
+    """Each run's share of edits delivering >= 0.8 to the plain prompt as one cell: "97%", or "97% / 100%" where
+    the run also read it at the output (multi-layer edits), "—" where it has neither."""
+    def cell(f, out):
+        if f is None:
+            return "—"
+        return f"{f:.0%}" + ("" if out is None else f" / {out:.0%}")
+
+    outs = (summary["delivered_out_plain_ge_0.8"].to_list() if "delivered_out_plain_ge_0.8" in summary.columns
+            else [None] * summary.height)
+    return pl.Series("delivered", [cell(f, o) for f, o in zip(summary["delivered_plain_ge_0.8"].to_list(), outs)],
+                     dtype=pl.String)
 
 
 def render(run_ids: list[str], labels: dict[str, str], styles: dict | None = None, x: str | None = None) -> None:
@@ -38,7 +50,8 @@ def render(run_ids: list[str], labels: dict[str, str], styles: dict | None = Non
         st.info("These runs carry no per-edit diagnostics: they were made before the store recorded them "
                 "(schema v7). Runs made now record every edit's size, clamp, steps and delivered fraction.")
         return
-    summary = summary.with_columns(pl.col("run_id").replace_strict(labels, default=pl.col("run_id")).alias("label"))
+    summary = summary.with_columns(pl.col("run_id").replace_strict(labels, default=pl.col("run_id")).alias("label"),
+                                   delivered_text(summary).alias("delivered"))
     show(summary, SUMMARY)
     edits = query("edit_diagnostics", run_ids=tuple(run_ids))
     st.plotly_chart(charts.edit_size_chart(edits, labels, x=x, styles=styles), width="stretch")
@@ -48,12 +61,16 @@ def render(run_ids: list[str], labels: dict[str, str], styles: dict | None = Non
                "about once in 4,000 edits.")
     flagged = edits.filter(pl.col("outlier"))
     if not flagged.is_empty():
-        flagged = flagged.with_columns(pl.col("run_id").replace_strict(labels, default=pl.col("run_id")).alias("label"))
+        flagged = flagged.with_columns(
+            pl.col("run_id").replace_strict(labels, default=pl.col("run_id")).alias("label"),
+            pl.Series("delivered_plain", [None if f is None else f"{f:.2f}" + ("" if o is None else f" / {o:.2f}")
+                                          for f, o in zip(flagged["delivered_plain"].to_list(),
+                                                          flagged["delivered_out_plain"].to_list())], dtype=pl.String))
         show(flagged.sort("robust_z", descending=True),
              {"label": Col("Run"), "edit_count": Col("Edit", "{:,.0f}"), "case_id": Col("Case", width="medium"),
               "update_rel": Col("||dW||/||W||", "{:.4f}"), "robust_z": Col("Robust z", "{:+.1f}"),
               "steps": Col("Steps", "{:.0f}"), "clamped": Col("Clamped", "{:.0f}"),
-              "delivered_plain": Col("Delivered (plain)", "{:.2f}"),
-              "delivered_out_plain": Col("… at the output", "{:.2f}")})
+              "delivered_plain": Col("Delivered (plain)", help="the share of the optimised change the plain prompt "
+                                     "receives; for a multi-layer edit layer by layer / at the output")})
     st.download_button("Download per-edit diagnostics (CSV)", edits.write_csv(), file_name="edit-diagnostics.csv",
                        key=f"diag-csv-{x or 'strip'}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import polars as pl
 import pytest
 
 from store import diagnostics as dg
@@ -73,6 +74,11 @@ def test_a_multi_layer_edits_output_read_is_kept_beside_the_layer_by_layer_one(t
     assert edits["delivered_out_plain"].to_list() == [1.03, 1.2, 0.7, 1.0]
     d = dg.run_distribution(s.conn).to_dicts()[0]
     assert d["delivered_plain_ge_0.8"] == pytest.approx(3 / 4) and d["delivered_out_plain_ge_0.8"] == pytest.approx(3 / 4)
+    # the dashboard's diagnostics table shows both reads in one cell, and the one read of a one-layer run alone
+    from dashboard.edit_view import delivered_text
+
+    both = pl.DataFrame({"delivered_plain_ge_0.8": [0.75, 1.0, None], "delivered_out_plain_ge_0.8": [1.0, None, None]})
+    assert delivered_text(both).to_list() == ["75% / 100%", "100%", "—"]
 
 
 def test_calibration_picks_the_smallest_edits_that_keep_es_and_ps(tmp_path):
