@@ -189,6 +189,25 @@ def test_a_runs_recorded_editor_traits_name_it_not_its_editors_name():
     assert run_label("MEMIT", {}, {"batch_size": 1}) == "MEMIT, b=1"  # a run from before traits: by name
 
 
+def test_a_run_with_another_key_constraint_than_the_shipped_one_says_so():
+    import json
+    from pathlib import Path
+
+    from compute.editors.base import HPARAMS_DIR
+    from store.derived import run_label
+    from store.derived.labels import SHIPPED_KEY_CONSTRAINT
+
+    for editor, shipped in SHIPPED_KEY_CONSTRAINT.items():  # the table follows the hparams files
+        assert json.loads((Path(HPARAMS_DIR) / editor / "smollm2-135m.json").read_text())["key_constraint"] == shipped
+    cfg = {"batch_size": 10}
+    assert run_label("MEMIT", {"key_constraint": "plain"}, cfg) == "MEMIT, b=10"
+    assert run_label("MEMIT", {"key_constraint": "all"}, cfg) == "MEMIT (keys: all), b=10"
+    assert run_label("AlphaEdit", {"key_constraint": "all"}, cfg) == "AlphaEdit (keys: all), b=10"
+    assert run_label("ROME", {"key_constraint": "all"}, {}) == "ROME"
+    assert run_label("ROME", {"key_constraint": "mean"}, {}) == "ROME (keys: mean)"
+    assert run_label("MEMIT", {}, cfg) == "MEMIT, b=10"  # made before the field existed: nothing to say
+
+
 def test_a_sweeps_runs_are_named_by_their_setting_so_they_are_told_apart():
     from store.derived import run_label
 

@@ -34,15 +34,23 @@ def is_mass_editor(editor: str | None, config: dict | None) -> bool:
     return bool(traits["mass_editor"]) if "mass_editor" in traits else editor in MASS_EDITORS
 
 
+# the key constraint each editor ships with (its hparams file): a run made with another one is labelled with it, so
+# MEMIT's runs with every key a least-squares row ("all", before 2026-12-06) are told apart from "plain" ones
+SHIPPED_KEY_CONSTRAINT = {"ROME": "all", "MEMIT": "plain", "AlphaEdit": "plain"}
+
+
 def run_label(editor: str | None, hparams: dict | None, config: dict | None) -> str:
-    """A run's short name: the editor plus what sets it apart (original ROME keys, RECT share, batch size:
-    always for a mass editor, else where it is not 1; a sweep's setting)."""
+    """A run's short name: the editor plus what sets it apart (original ROME keys, a key constraint other than the
+    shipped one, RECT share, batch size: always for a mass editor, else where it is not 1; a sweep's setting)."""
     hp, cfg = hparams or {}, config or {}
     label = editor or "unedited"
     if not edits_facts(editor, cfg):
         label += " (control)"
     if hp.get("key_mismatch"):
         label += " (original keys)"
+    constraint = hp.get("key_constraint")  # runs made before the field existed say nothing
+    if constraint is not None and constraint != SHIPPED_KEY_CONSTRAINT.get(editor, "all"):
+        label += f" (keys: {constraint})"
     if hp.get("rect_top", 1.0) < 1.0:
         label += f" + RECT {round(100 * hp['rect_top'])}%"
     if "batch_size" in cfg and (cfg["batch_size"] != 1 or is_mass_editor(editor, cfg)):
