@@ -105,8 +105,8 @@ def run_grid(lm: LoadedModel, cases: Sequence[EditCase], store, *, editor: str, 
              pinned: Mapping | None = None) -> list[str]:
     """A calibration sweep: one sweep run per combination of `grid` (field -> candidate values), each with
     ES/PS/NS and the per-edit diagnostics (edit size, clamp, steps, convergence); store.diagnostics'
-    `calibration_summary` puts them side by side. Resumable like `run_sweep` (same run identity: sweep id and
-    the grid point)."""
+    `calibration_summary` puts them side by side. Resumable like `run_sweep` (same run identity: sweep id, the grid
+    point and the --hp pins)."""
     points = grid_points(grid)
     return run_sweep(lm, cases, store, editor=editor, base_hp=base_hp, field="+".join(sorted(grid)), values=points,
                      ctx=ctx, sweep=sweep, case_set=case_set, progress=progress, pinned=pinned)
