@@ -149,7 +149,7 @@ def fixture_store(tmp_path_factory, tiny_model_dir, cache_dir, kb):
                             "--panel-pool", "4", "--panel-size", "3", "--panel-any", "--hparams", str(rome),
                             "--model", tiny_model_dir, *variant]) == 0
     memit = store.parent / "memit.json"
-    memit.write_text('{"layers": [0], "lam": 1.0, "v_steps": 6, "n_prefixes": 2, "prefix_tokens": 3}')
+    memit.write_text('{"layers": [0], "lam": 1.0, "v_steps": 6, "n_prefixes": 2, "prefix_tokens": 3, "key_constraint": "plain"}')
     assert main(base + ["run", "batch", "--editor", "MEMIT", "--set", "tiny32", "--sizes", "1,3", "--panel-pool", "4",
                         "--hparams", str(memit), "--model", tiny_model_dir]) == 0
     assert main(base + ["abilities", "measure", "--mode", "quick", "--model", tiny_model_dir]) == 0
