@@ -29,18 +29,20 @@ SUMMARY = {
 }
 
 
+def _both_reads(layers: list, output: list, fmt: str) -> list:
+    """One cell per row for a delivered value read layer by layer and (multi-layer edits) at the output:
+    "0.97", "0.97 / 1.00" (as `fmt` formats them), None where there is no reading."""
+    return [None if f is None else fmt.format(f) + ("" if o is None else " / " + fmt.format(o))
+            for f, o in zip(layers, output)]
+
+
 def delivered_text(summary: pl.DataFrame) -> pl.Series:
     """Each run's share of edits delivering >= 0.8 to the plain prompt as one cell: "97%", or "97% / 100%" where
     the run also read it at the output (multi-layer edits), "—" where it has neither."""
-    def cell(f, out):
-        if f is None:
-            return "—"
-        return f"{f:.0%}" + ("" if out is None else f" / {out:.0%}")
-
     outs = (summary["delivered_out_plain_ge_0.8"].to_list() if "delivered_out_plain_ge_0.8" in summary.columns
             else [None] * summary.height)
-    return pl.Series("delivered", [cell(f, o) for f, o in zip(summary["delivered_plain_ge_0.8"].to_list(), outs)],
-                     dtype=pl.String)
+    cells = _both_reads(summary["delivered_plain_ge_0.8"].to_list(), outs, "{:.0%}")
+    return pl.Series("delivered", [c or "—" for c in cells], dtype=pl.String)
 
 
 def render(run_ids: list[str], labels: dict[str, str], styles: dict | None = None, x: str | None = None) -> None:
@@ -63,9 +65,9 @@ def render(run_ids: list[str], labels: dict[str, str], styles: dict | None = Non
     if not flagged.is_empty():
         flagged = flagged.with_columns(
             pl.col("run_id").replace_strict(labels, default=pl.col("run_id")).alias("label"),
-            pl.Series("delivered_plain", [None if f is None else f"{f:.2f}" + ("" if o is None else f" / {o:.2f}")
-                                          for f, o in zip(flagged["delivered_plain"].to_list(),
-                                                          flagged["delivered_out_plain"].to_list())], dtype=pl.String))
+            pl.Series("delivered_plain", _both_reads(flagged["delivered_plain"].to_list(),
+                                                     flagged["delivered_out_plain"].to_list(), "{:.2f}"),
+                      dtype=pl.String))
         show(flagged.sort("robust_z", descending=True),
              {"label": Col("Run"), "edit_count": Col("Edit", "{:,.0f}"), "case_id": Col("Case", width="medium"),
               "update_rel": Col("||dW||/||W||", "{:.4f}"), "robust_z": Col("Robust z", "{:+.1f}"),

@@ -192,8 +192,9 @@ def spread_edit(
     """MEMIT's procedure (module docstring) with the per-layer least-squares step given as
     `solve(layer, keys [N, d_in], residual [N, d_out], cov, exact) -> update [d_out, d_in]`; MEMIT and AlphaEdit
     differ only there. `exact` is None or the indices of the rows the solve must deliver in full (`fit_exactly`):
-    with `hp.key_constraint` "plain", each request's plain prompt. `hp` needs MEMIT's value-optimisation, prefix and `layers` fields. The keys each
-    layer saw are returned in `result.memory["keys"]` (layer -> [N, d_in]) for editors that remember them.
+    with `hp.key_constraint` "plain", each request's plain prompt. `hp` needs MEMIT's value-optimisation, prefix
+    and `layers` fields. The keys each layer saw are returned in `result.memory["keys"]` (layer -> [N, d_in]) for
+    editors that remember them.
     With `hp.key_constraint` "balanced" or "reach", `reach(layer, keys, cov) -> g [N]` says how much of a change
     each key would get from `solve` on its own: the rows are weighted by `balance_rows`, and with "reach" each
     prompt's residual is spread over the layers by `layer_share` of the reaches read before the first update.
@@ -248,9 +249,9 @@ def spread_edit(
                 # before any update
                 if reach is None:
                     raise EditorError(f"{editor} has no key_constraint {hp.key_constraint!r}")
-                spread = torch.stack([reach(layer, (k[:, 0] if plain else k.reshape(-1, k.shape[-1])), cov)
-                                      for layer, k in ((layer, subject_keys(lm, layer, requests, prefixes))
-                                                       for layer in layers)]).double().clamp(min=1e-300)
+                keys_by_layer = [subject_keys(lm, layer, requests, prefixes) for layer in layers]  # [N, T, d_in] each
+                spread = torch.stack([reach(layer, k[:, 0] if plain else k.reshape(-1, k.shape[-1]), cov)
+                                      for layer, k in zip(layers, keys_by_layer)]).double().clamp(min=1e-300)
             exact = torch.arange(len(requests)) * n_keys if plain else None  # the plain prompts' rows
             for i, layer in enumerate(layers):
                 keys_all = subject_keys(lm, layer, requests, prefixes)  # [N, T, d_in]
