@@ -105,7 +105,7 @@ def test_every_page_renders_charts_without_an_exception(app_url):
             # Streamlit is done when its status widget stops saying "Running"
             page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=60_000)
             if charts:
-                page.locator(".js-plotly-plot .main-svg").nth(charts - 1).wait_for(timeout=60_000)
+                _wait_for_charts(page, charts)
             drawn = page.locator(".js-plotly-plot").count()
             errors = page.locator('[data-testid="stException"]').count()
             page.screenshot(path=str(SHOTS / f"{path or 'overview'}.png"), full_page=True)
@@ -119,11 +119,17 @@ def test_every_page_renders_charts_without_an_exception(app_url):
     assert not problems, problems
 
 
+def _wait_for_charts(page, charts: int) -> None:
+    """Wait until the page's `charts`-th plotly chart is drawn. One chart has several .main-svg layers, so
+    counting svg layers (".js-plotly-plot .main-svg") would let the first chart alone satisfy a wait for two."""
+    page.locator(".js-plotly-plot").nth(charts - 1).locator(".main-svg").first.wait_for(timeout=60_000)
+
+
 def _settle(page, charts: int = 0) -> None:
     """Wait until Streamlit has finished the page's run and drawn at least `charts` plotly charts."""
     page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=60_000)
     if charts:
-        page.locator(".js-plotly-plot .main-svg").nth(charts - 1).wait_for(timeout=60_000)
+        _wait_for_charts(page, charts)
     page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=60_000)
 
 
