@@ -857,7 +857,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="at most this many edits (default 1000; a resumed run keeps its own). A run made with "
                         "fewer that ended at its maximum is extended from where it stopped, not started again")
     q.add_argument("--every", type=at_least(1), default=10, help="a checkpoint every N edits (and after each of the first 10)")
-    q.add_argument("--after-collapse", type=at_least(0), default=150, help="edits made after a detected collapse")
+    q.add_argument("--after-collapse", type=at_least(0), default=150,
+                   help="edits past the panel floor after which the run stops if the model has collapsed by then "
+                        "(no longer usable); else it goes on to --edits")
     q.add_argument("--order-seed", type=at_least(0), default=0, help="seed of the edit order (shared across editors)")
     q.add_argument("--panel-pool", type=at_least(1), default=1100,
                    help="cases kept out of the edits for the fact panel (SmolLM2-135M knows about 23%% of them)")

@@ -729,3 +729,47 @@ def test_measuring_beside_the_edits_writes_the_same_rows_and_resumes(llama, case
         assert st.get_run(run_c)["status"] == "done"
         assert _rows(st, run_c) == expected
         assert untimed(st, run_c) == events_a
+
+
+def test_a_run_stops_past_its_panel_floor_only_once_the_collapse_is_on_record(llama, cases, tmp_path, monkeypatch):
+    """Study B's stop rule (issue 19): a panel floor alone (planted: the unedited fluency read as 1, every
+    checkpoint's as 0; the tiny model's greedy text has none) does not end a run, which goes on to its maximum;
+    with the collapse on record (the record planted: never, then from the second checkpoint's on), the run stops
+    at the first checkpoint `after_collapse` edits past the floor that was measured with it, that checkpoint
+    re-checks every edit, and measuring beside the edits stops it there too, with the same rows."""
+    cfg = dataclasses.replace(CFG, after_collapse=2, recheck_every=8)  # checkpoints 1, 2, 4, 8, 9; 4 not full
+    real = seq.panel_recall_and_fluency
+
+    def floored(*args, **kwargs):
+        recall, em, _, em_check = real(*args, **kwargs)
+        return recall, em, 0.0, em_check
+
+    monkeypatch.setattr(seq, "panel_recall_and_fluency", floored)
+    monkeypatch.setattr(seq, "free_fluency", lambda *args, **kwargs: 1.0)
+
+    def run(path, beside=False):
+        with Store.open(path, create=True) as st:
+            run_id = run_sequential(llama, cases, st, editor="ROME", hp=_rome(llama),
+                                    ctx=_ctx(llama, path.parent / path.stem), cfg=cfg, beside=beside)
+            ev = queries.run_events(st.conn, run_ids=run_id, kind="panel_floor")
+            m = queries.measurements(st.conn, run_ids=run_id)
+            full = sorted(set(m.filter(m["rephrase_type"] == "all_edits")["edit_count"].to_list()))
+            return st.get_run(run_id)["n_done"], ev.select("series", "edit_count").rows(), full, _rows(st, run_id)
+
+    monkeypatch.setattr(seq, "collapse_on_record", lambda store, run_id: False)  # still usable throughout
+    n, floor, full, _ = run(tmp_path / "floor.sqlite")
+    assert floor == [("fluency", 1)]
+    assert n == 9 and full == [1, 2, 8, 9]  # the floor alone: on to the maximum
+
+    calls = {"n": 0}
+
+    def planted(store, run_id):
+        calls["n"] += 1
+        return calls["n"] >= 2  # on record from the checkpoint at 2 on
+
+    monkeypatch.setattr(seq, "collapse_on_record", planted)
+    n, floor, full, rows = run(tmp_path / "collapsed.sqlite")
+    assert floor == [("fluency", 1)]
+    assert n == 4 and full == [1, 2, 4]  # 2 edits past the floor at 1: stops at 4, its last check a full one
+    calls["n"] = 0
+    assert run(tmp_path / "beside.sqlite", beside=True) == (n, floor, full, rows)

@@ -4,8 +4,8 @@ Order. The edit order is a seeded permutation of a case set's ids (`edit_order`)
 with the same set and seed edits the same facts in the same order. The last `panel_pool` cases of the
 order are never edited: the first `panel_size` of them that the unedited model recalls (greedy
 generation names the true object) form the fixed panel of unedited facts. The edits are the rest of the
-order, in batches of `batch_size`, up to `max_edits` edits or `after_collapse` edits past a detected
-collapse, whichever comes first.
+order, in batches of `batch_size`, up to `max_edits` edits, or `after_collapse` edits past the panel floor
+(below) when the model is by then no longer usable (study B's collapse), whichever comes first.
 
 After every edit (cheap): the panel's exact-match accuracy (teacher-forced, one forward pass; at a
 checkpoint it comes from the checkpoint's panel pass, which wrote that same row last before), the edit's own
@@ -32,7 +32,7 @@ The re-check schedule (issue 22; `recheck_every`, default 50). Re-checking every
 checkpoint costs edits x checkpoints, quadratic in the run's length (about 12,300 re-checks at 500 edits). Instead,
 every earlier edit is re-checked at the "full" checkpoints: the dense first ones (edit counts up to
 `dense_first`), each one that crosses a multiple of `recheck_every`, and the run's last checkpoint (its last
-edit, or the last one it makes past a panel floor). At the other checkpoints an earlier edit is re-checked
+edit, or the one where it stops past the panel floor). At the other checkpoints an earlier edit is re-checked
 when its age (edits made since it) has crossed a power of two since the previous checkpoint (ages 1, 2, 4,
 8, ..., `age_recheck_due`), so that each edit is seen at log-spaced ages, and the run-level retention and
 forgetting rows are written only at full checkpoints (they are shares of ALL edits). At 500 edits that is
@@ -51,10 +51,16 @@ gets it from its saved final state with `measure_saved_state` (`python -m comput
 
 Run-level rows use case_id "*" and a scope as rephrase type: "newest", "all_edits", "panel", "free_text".
 
-Panel floor (online, stops the run `after_collapse` edits later): fluency below `collapse_fluency` x its
-unedited value, or panel recall below `collapse_panel` x its unedited value (a run_events row of kind
-"panel_floor"). At every checkpoint and at the end, the run's verdicts are derived from its stored rows
-by store.derived.derive_sequential_events, the same function that re-derives a stored run after the fact:
+Panel floor (online): fluency below `collapse_fluency` x its unedited value, or panel recall below
+`collapse_panel` x its unedited value (a run_events row of kind "panel_floor"). The stop rule (issue 19: runs go
+to their maximum or past the collapse, not past a noisy floor that FT-L crosses and recovers from): the run stops
+at the first checkpoint `after_collapse` or more edits past the panel floor at which the collapse is on record,
+i.e. the model is no longer usable at every ability checkpoint since some edit count (the "collapse" event
+derived at the previous checkpoint, store.derived.collapse_event); otherwise it goes on to `max_edits`. The flag
+a checkpoint was measured with is saved with the run's state, so a resumed run stops where an uninterrupted one
+does. Runs made before this rule stopped `after_collapse` edits past the floor whatever the usability.
+At every checkpoint and at the end, the run's verdicts are derived from its stored rows by
+store.derived.derive_sequential_events, the same function that re-derives a stored run after the fact:
 phases on every series (store.stats.phase_break), disabling edits (an update norm out of line with the
 run's own, store.derived.disabling_edit_events), abrupt ability or perplexity changes, the collapse (the
 model no longer usable, store.derived.usability) and the panel floor; they replace the run's earlier ones.
@@ -138,7 +144,7 @@ class SequentialConfig:
     max_edits: int = 1000
     checkpoint_every: int = 10
     dense_first: int = 10  # a checkpoint after each of the first this many edits
-    after_collapse: int = 150  # edits made after a detected collapse before the run stops
+    after_collapse: int = 150  # edits past the panel floor before the run may stop (if by then it collapsed)
     order_seed: int = 0
     # the last cases of the order, never edited; the panel comes from them. SmolLM2-135M recalls about 23% of
     # them (126 of the last 553 of the 1,240-case set's order): 1,100 cases hold about 230 known facts, enough
@@ -450,9 +456,13 @@ def run_sequential(
                 held_em = state.get("held_em", {})
                 panel = [by_id[i] for i in state["panel"]]
                 collapse_at, em_prev = state["collapse_at"], state["panel_em"]
+                # the stop rule's flags (states saved before it: the store's record, and no stop yet)
+                stop_flag = state.get("stop_flag", False)
+                unusable = state.get("unusable", collapse_on_record(store, run_id))
             else:
                 ctx.state = control_state or {}
                 count, held, held_em, collapse_at = 0, {}, {}, None
+                stop_flag = unusable = False
                 pool = [by_id[i] for i in pool_ids]
                 if panel is not None and cfg.panel_known_only:
                     if not _is_subsequence(panel, pool_ids) or len(panel) > cfg.panel_size:
@@ -489,7 +499,7 @@ def run_sequential(
         pending: dict | None = None
 
         def settle() -> None:
-            nonlocal pending, em_prev, collapse_at, interval_start, base
+            nonlocal pending, em_prev, collapse_at, interval_start, base, unusable
             if pending is None:
                 return
             job, pending = pending, None
@@ -501,7 +511,7 @@ def run_sequential(
                 base, em_prev = out["base"], out["panel_em"]
                 _save_state(path, {"version": STATE_VERSION, "edit_count": 0, "weights": {}, "editor_state": {},
                                    "held": {}, "base": base, "panel": [c.case_id for c in panel],
-                                   "collapse_at": None, "panel_em": em_prev})
+                                   "collapse_at": None, "panel_em": em_prev, "stop_flag": False, "unusable": False})
                 return
             if job["kind"] == "check":
                 em_prev = out
@@ -511,21 +521,25 @@ def run_sequential(
             _write_checkpoint(store, out)
             collapse_at, em_prev = out["collapse_at"], out["panel_em"]
             find_events(store, run_id, cfg)  # phases so far: a partial run shows them too
+            unusable = collapse_on_record(store, run_id)  # what the next checkpoint's stop rule goes by
             _save_state(path, {
                 "version": STATE_VERSION, "edit_count": job["count"], "weights": job["weights"],
                 "editor_state": job["editor_state"], "held": out["held"], "held_em": out["held_em"],
                 "base": base, "panel": [c.case_id for c in panel], "collapse_at": collapse_at, "panel_em": em_prev,
+                "stop_flag": job["stop_flag"], "unusable": unusable,
             })
             store.write_events([_timing_event(run_id, job["last"], job["count"], interval_start, lm)])
             interval_start = _clock()
             store.heartbeat(run_id, n_done=job["count"], n_total=n_total)
 
         def units():
-            """The batches still to edit, up to the run's end or `after_collapse` edits past a panel floor."""
+            """The batches still to edit, up to the run's end or the stop rule (module docstring): `after_collapse`
+            edits past the panel floor, at a checkpoint measured with the collapse on record (`stop_flag`, the
+            flag the latest checkpoint was measured with, so the run stops where that checkpoint was final)."""
             while count < len(edit_ids):
                 if pending is not None and pending["kind"] == "checkpoint" and cfg.after_collapse == 0:
                     settle()  # a panel floor found there would end the run before this edit
-                if collapse_at is not None and count >= collapse_at + cfg.after_collapse:
+                if collapse_at is not None and count >= collapse_at + cfg.after_collapse and stop_flag:
                     return
                 yield edit_ids[count : count + cfg.batch_size]
 
@@ -539,7 +553,7 @@ def run_sequential(
 
         def step(ids: list[str]) -> None:
             """One edit (or batch), its rows written when its measurements are (`settle`)."""
-            nonlocal count, pending, last_checkpoint
+            nonlocal count, pending, last_checkpoint, stop_flag
             batch = [by_id[i] for i in ids]
             result = apply_edit(lm, [EditRequest.from_case(c) for c in batch], ed.name, hp, ctx)
             # the edit's own diagnostics, read before anything else touches the weights; written in the same
@@ -563,11 +577,13 @@ def run_sequential(
             else:
                 store.write_unit(measurements=rows, diagnostics=diagnostics)
                 weights = {n: w.detach().clone() for n, w in edited.items()}  # the resume state's copy
+                stop_flag = unusable  # the collapse on record as of the previous checkpoint
                 measure = functools.partial(
                     _measure_checkpoint, run_id=run_id, cfg=cfg, edit_ids=edit_ids, by_id=by_id,
                     last=last_checkpoint, count=count, held=held, panel=panel, base=base, w0=dict(w0),
-                    collapse_at=collapse_at, abilities=abilities, held_em=held_em)
+                    collapse_at=collapse_at, abilities=abilities, held_em=held_em, unusable=stop_flag)
                 pending = {"kind": "checkpoint", "count": count, "last": last_checkpoint, "weights": weights,
+                           "stop_flag": stop_flag,
                            "editor_state": copy.deepcopy(ctx.state) if beside else ctx.state,
                            "future": runner.submit(edited, measure)}
                 last_checkpoint = count
@@ -612,9 +628,10 @@ def _check_layout(store, run_id: str, spec, state: dict | None, extend: bool) ->
                          f"--edits {old_max}" + ("" if new_max < old_max else f", or extend it with --edits {new_max}"))
     after = spec_of_run(store.get_run(run_id)).layout.get("after_collapse")
     after = SequentialConfig.after_collapse if after is None else after
-    if state is not None and state["collapse_at"] is not None and state["edit_count"] >= state["collapse_at"] + after:
-        raise ValueError(f"run {run_id} stopped {after} edits after its collapse at {state['collapse_at']} edits: "
-                         "there is nothing to extend (start a new run with --again)")
+    if (state is not None and state["collapse_at"] is not None and state["edit_count"] >= state["collapse_at"] + after
+            and state.get("stop_flag", True)):  # a state saved before the usability half of the rule: it stopped
+        raise ValueError(f"run {run_id} stopped {after} edits after its panel floor at {state['collapse_at']} edits, "
+                         "past its collapse: there is nothing to extend (start a new run with --again)")
     return True
 
 
@@ -738,12 +755,13 @@ def _store_final_suite(store, run_id: str, count: int, batch_size: int, rows: li
 
 
 def _measure_checkpoint(lm, run_id, cfg, edit_ids, by_id, last, count, held, panel, base, w0, collapse_at,
-                        abilities, held_em) -> dict:
+                        abilities, held_em, unusable: bool = False) -> dict:
     """Measure everything at a checkpoint, without touching the store (it may run on a `Beside` shadow model in
     another thread): returns the rows to write (`_write_checkpoint`), the (possibly new) panel-floor edit count,
     the panel's exact match and copies of `held` / `held_em` for the saved state. `held` / `held_em`: case id ->
     ES / exact match at the edit's first checkpoint (filled here). Earlier edits are re-checked as
-    `full_recheck_due` and `age_recheck_due` say."""
+    `full_recheck_due` and `age_recheck_due` say. `unusable`: the collapse was on record at the previous
+    checkpoint (the stop rule's second half)."""
     rows = []
     recall, em, flu, em_check = panel_recall_and_fluency(lm, panel, cfg.panel_tokens, cfg.fluency_tokens,
                                                          cfg.panel_check)
@@ -764,8 +782,9 @@ def _measure_checkpoint(lm, run_id, cfg, edit_ids, by_id, last, count, held, pan
                        "value": v, "detail": json.dumps({"baseline": base[s], "threshold": getattr(
                            cfg, "collapse_fluency" if s == "fluency" else "collapse_panel")})}
                       for s, v in reasons.items()]
-    # the run's last checkpoint (its last edit, or the last one it makes past a panel floor) re-checks every edit
-    final = count >= len(edit_ids) or (collapse_at is not None and count >= collapse_at + cfg.after_collapse)
+    # the run's last checkpoint (its last edit, or where the stop rule ends it) re-checks every edit
+    final = count >= len(edit_ids) or (collapse_at is not None and count >= collapse_at + cfg.after_collapse
+                                       and unusable)
     full = full_recheck_due(count, last, cfg, final)
 
     newest = [by_id[i] for i in edit_ids[last:count]]
@@ -823,6 +842,13 @@ def _write_checkpoint(store, measured: dict) -> None:
         store.write_abilities(measured["abilities"])
     if measured["events"]:
         store.write_events(measured["events"])
+
+
+def collapse_on_record(store, run_id: str) -> bool:
+    """Whether the run's derived events hold a collapse: the model no longer usable at every ability checkpoint
+    from some edit count through the latest (store.derived.collapse_event), the stop rule's second half."""
+    return store.conn.execute("SELECT 1 FROM run_events WHERE run_id = ? AND kind = 'collapse' LIMIT 1",
+                              (run_id,)).fetchone() is not None
 
 
 def find_events(store, run_id: str, cfg: SequentialConfig | None = None) -> int:

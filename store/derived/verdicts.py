@@ -386,9 +386,10 @@ def sequential_rules() -> dict[str, str]:
                     f"abilities at chance (at most {CHANCE_SHARE:.0%} of the unedited margin over chance left), "
                     f"perplexity at least {PERPLEXITY_BLOWUP:g}x its unedited value, newest-edit ES at most "
                     f"{EFFICACY_CHANCE:g} (store.derived.usability).",
-        "panel_floor": "Panel floor: the run's online stop, when panel recall fell below 10% (or fluency below 60%) "
-                       "of its unedited value; the run then makes 150 more edits and stops (the run's config holds "
-                       "its thresholds).",
+        "panel_floor": "Panel floor: panel recall below 10% (or fluency below 60%) of its unedited value, under "
+                       "its own name (no verdict of collapse). The run stops 150 edits past it if by then the "
+                       "collapse is on record, else it goes on to its maximum; runs made before that rule stopped "
+                       "150 edits past the floor whatever the usability (the run's config holds its thresholds).",
     }
 
 
@@ -415,9 +416,10 @@ def collapse_event(run_id: str, use: pl.DataFrame) -> list[dict]:
 
 
 def panel_floor_events(conn: sqlite3.Connection, run_id: str, series: dict[str, dict]) -> list[dict]:
-    """The online stop rule, under its own name: the first checkpoint where fluency fell below
-    `collapse_fluency` x its unedited value or panel recall below `collapse_panel` x its unedited value (the
-    run stops `after_collapse` edits later). One row per series that crossed, at the first crossing of any."""
+    """The panel floor, under its own name: the first checkpoint where fluency fell below `collapse_fluency` x
+    its unedited value or panel recall below `collapse_panel` x its unedited value (the run stops
+    `after_collapse` edits later if the collapse is on record by then, compute.experiments.sequential). One row
+    per series that crossed, at the first crossing of any."""
     cfg = json.loads((conn.execute("SELECT config FROM runs WHERE run_id = ?", (run_id,)).fetchone() or ["{}"])[0] or "{}")
     thresholds = {"fluency": cfg.get("collapse_fluency", 0.6), "panel_recall": cfg.get("collapse_panel", 0.1)}
     first, hits = None, {}
