@@ -171,6 +171,27 @@ def test_exact_rows_get_their_whole_change_and_the_rest_keep_the_least_squares_o
                           alphaedit_update(keys, residual, basis, None, 0.5))
 
 
+def test_two_requests_on_one_key_share_it_without_blowing_the_update_up():
+    """Two prompts that open with one subject ("Los Angeles is a city in" for city_country and for us_city_state)
+    put the same plain key in a batch, with different changes: no update delivers both, and the exact fit gives
+    the key the mean of the two (the ridge's near-singular direction meets k1 - k2 = 0), at the size of an
+    update without the second request, not a blown-up one (on the default model, MEMIT's batch of those two:
+    ||dW||/||W|| 0.030 against 0.043 and 0.035 alone)."""
+    from compute.editors.memit import memit_update
+
+    gen = torch.Generator().manual_seed(2)
+    a = torch.randn(10, 10, generator=gen, dtype=torch.float64)
+    cov = a @ a.T / 10 + 0.1 * torch.eye(10, dtype=torch.float64)
+    keys = torch.randn(5, 10, generator=gen, dtype=torch.float64)
+    keys[3] = keys[1]
+    residual = torch.randn(5, 4, generator=gen, dtype=torch.float64)
+    alone = memit_update(keys[[0, 1, 2, 4]], residual[[0, 1, 2, 4]], cov, 3.0, torch.tensor([0, 1]))
+    both = memit_update(keys, residual, cov, 3.0, torch.tensor([0, 1, 3]))
+    assert torch.allclose(keys[1] @ both.T, (residual[1] + residual[3]) / 2, atol=1e-6)
+    assert torch.allclose(keys[0] @ both.T, residual[0], atol=1e-6)
+    assert float(both.norm()) < 2 * float(alone.norm())
+
+
 def test_memit_with_the_plain_key_fitted_exactly_gives_the_plain_prompt_its_whole_target(llama, ctx, monkeypatch):
     """With key_constraint "plain" every layer delivers the plain prompt's share exactly and the last layer closes
     what is left, so the plain prompt's output at the last edited layer moves by the optimised delta itself."""
