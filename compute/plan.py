@@ -277,6 +277,8 @@ class UnitState:
     runs: list[dict] = field(default_factory=list)
     remaining_s: float | None = 0.0  # estimated CPU seconds left (None: no stored timing to go by)
     basis: str = ""  # where the estimate comes from
+    # its runs' hyperparameters that differ from those the unit runs with now ("RUN: FIELD stored X, now Y")
+    outdated: tuple[str, ...] = ()
 
 
 def _connect_ro(path: Path) -> sqlite3.Connection:
@@ -290,6 +292,59 @@ def _unit_runs(conn, key: str) -> list[dict]:
         "SELECT r.* FROM run_events e JOIN runs r ON r.run_id = e.run_id WHERE e.kind = ? AND e.series = ? "
         "ORDER BY r.started_at", (EVENT_KIND, key)).fetchall()
     return [dict(r) for r in rows]
+
+
+def unit_hparams_now(unit: Unit) -> dict | None:
+    """The hyperparameters the unit's command runs with now, as a run stores them (compute.setup.resolve_hparams:
+    the shipped file of its editor and model, or the file or named setting its `hparams` option gives, with its
+    `hp` pins); None for a unit without an editor, or one whose hyperparameters cannot be read here (an editor
+    without a file of its own, such as the random-update control, or a model without one)."""
+    editor = unit.options.get("editor")
+    if not editor:
+        return None
+    from compute.editors.base import hparams_dict
+    from compute.models import DEFAULT_MODEL
+    from compute.setup import resolve_hparams
+
+    try:
+        _, hp = resolve_hparams(editor, str(unit.options.get("model") or DEFAULT_MODEL), unit.options.get("hparams"),
+                                dict(unit.options.get("hp") or {}))
+    except ValueError:
+        return None
+    return hparams_dict(hp)
+
+
+def _swept_values(run: dict) -> dict:
+    """A sweep run's own setting (its config's field and value: one field, or 'a+b' with a JSON object)."""
+    config = json.loads(run.get("config") or "{}")
+    field_, value = config.get("field"), config.get("value")
+    if not field_ or value is None:
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            pass
+    return value if isinstance(value, dict) else {field_: value}
+
+
+def outdated_hparams(unit: Unit, runs: list[dict], now: dict | None = None) -> tuple[str, ...]:
+    """The fields where the unit's runs' stored hyperparameters differ from those the unit runs with now
+    (`unit_hparams_now`; a sweep run's own setting aside): a unit's key counts its options, not the shipped file
+    it reads, so a changed shipped file leaves its done units done, made with the old values. A field the run
+    did not store (it came later) is not compared."""
+    now = unit_hparams_now(unit) if now is None else now
+    if not now:
+        return ()
+    out = []
+    for run in runs:
+        stored = json.loads(run.get("hparams") or "{}")
+        want = {**now, **_swept_values(run)} if unit.kind == "sweep" else now
+        diff = [f"{k} stored {json.dumps(stored[k])}, now {json.dumps(want[k])}" for k in sorted(stored)
+                if k in want and json.loads(json.dumps(stored[k])) != json.loads(json.dumps(want[k]))]
+        if diff:
+            out.append(f"{run['run_id']}: {'; '.join(diff)}")
+    return tuple(out)
 
 
 def _event_cpu(detail) -> float | None:
@@ -479,8 +534,9 @@ def plan_status(plan: Plan, target: Path, shards: Path | None = None,
                 merged = {r["run_id"]: r for r in runs}
                 merged.update({r["run_id"]: r for r in shard_runs})
                 runs = list(merged.values())
+            outdated = outdated_hparams(unit, runs) if runs else ()
             if runs and all(_run_done(unit, r) for r in runs) and not shard_runs:
-                out.append(UnitState(unit, "done", runs))
+                out.append(UnitState(unit, "done", runs, outdated=outdated))
                 continue
             state = "partial" if runs else "missing"
             rate, basis = _rate(conn, unit, runs, reference)
@@ -496,7 +552,7 @@ def plan_status(plan: Plan, target: Path, shards: Path | None = None,
             else:
                 done_items = sum(r.get("n_done") or 0 for r in runs) or _extended_from(plan, unit)
                 left = max(work - done_items, 0) * rate
-            out.append(UnitState(unit, state, runs, left, basis))
+            out.append(UnitState(unit, state, runs, left, basis, outdated))
     finally:
         conn.close()
         if reference is not None:
@@ -1095,7 +1151,7 @@ def status_lines(states: list[UnitState]) -> list[str]:
                 held += s.remaining_s
             else:
                 total += s.remaining_s
-        state = s.state + ("*" if s.unit.hold and s.state != "done" else "")
+        state = s.state + ("*" if s.unit.hold and s.state != "done" else "") + ("!" if s.outdated else "")
         lines.append(f"{s.unit.id:{w}} {s.unit.kind:11} {state:8} {len(s.runs):>4} "
                      f"{f'{n_done}/{n_total}' if s.runs else '':>11} {left:>10}  {s.unit.key}"
                      + (f"  {s.basis}" if s.state != "done" and s.basis else ""))
@@ -1108,7 +1164,16 @@ def status_lines(states: list[UnitState]) -> list[str]:
         lines.append(f"* held ({len(ids)}: {', '.join(ids)}): {reason}")
     if unknown:
         lines.append(f"not estimated (no stored timing to go by): {', '.join(unknown)}")
+    lines += _outdated_notes(states)
     return lines
+
+
+def _outdated_notes(states: list[UnitState]) -> list[str]:
+    """One line per unit (marked !) whose runs were made with other hyperparameters than it runs with now."""
+    return [f"! {s.unit.id}: its runs were made with other hyperparameters than the unit would run with now (a "
+            f"hyperparameter file changed after them, e.g. with the setting a calibration sweep chose; plan run "
+            f"keeps them, as the unit's key counts its options, not the file): " + " | ".join(s.outdated)
+            for s in states if s.outdated]
 
 
 README_START, README_END = "<!-- plan-status:start -->", "<!-- plan-status:end -->"
@@ -1131,7 +1196,8 @@ def status_markdown(plan: Plan, states: list[UnitState], target_name: str, timin
             left, held = f"{s.remaining_s / 3600:.2f}", held + s.remaining_s
         else:
             left, total = f"{s.remaining_s / 3600:.2f}", total + s.remaining_s
-        state = s.state + (" (held)" if s.unit.hold and s.state != "done" else "")
+        state = (s.state + (" (held)" if s.unit.hold and s.state != "done" else "")
+                 + (" (other hyperparameters)" if s.outdated else ""))
         rows.append(f"| {s.unit.id} | {s.unit.kind} | {state} | {f'{n_done}/{n_total}' if s.runs else ''} | {left} |")
     counts = {k: sum(s.state == k for s in states) for k in ("done", "partial", "missing")}
     timings = f" --timings-from {timings_name}" if timings_name else ""
@@ -1142,5 +1208,6 @@ def status_markdown(plan: Plan, states: list[UnitState], target_name: str, timin
             + (f"; {unknown} unit(s) not estimated" if unknown else "") + ")"
             + (f", besides {held / 3600:.1f} CPU-hours of held units, which `plan run` does not start" if held else "")
             + ".")
-    notes = [f"Held ({', '.join(ids)}): {reason}" for reason, ids in _held_units(states).items()]
+    notes = ([f"Held ({', '.join(ids)}): {reason}" for reason, ids in _held_units(states).items()]
+             + [n[2:] for n in _outdated_notes(states)])
     return head + "\n\n" + "\n".join(rows) + ("\n\n" + "\n\n".join(notes) if notes else "")

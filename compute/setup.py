@@ -49,22 +49,33 @@ def pinned_hparams(args, hp) -> dict:
     return {name: values[name] for name in names if name in values}
 
 
+def resolve_hparams(editor: str, model: str, choice: str | None = None, overrides: dict | None = None):
+    """(editor, hyperparameters) a command runs with: the shipped file of the editor for `model`, or `choice`
+    (--hparams: a JSON file, or a named setting beside the shipped file such as 'paper'), with `overrides`
+    (--hp FIELD=VALUE, values parsed) on top. EditorError (a ValueError) names what is wrong."""
+    import json
+
+    from compute.editors import get_editor, load_hparams
+    from compute.editors.base import hparams_dict, parse_hparams
+
+    ed = get_editor(editor)
+    if choice and Path(choice).is_file():
+        hp = parse_hparams(ed.hparams, json.loads(Path(choice).read_text()), where=str(choice))
+    else:  # the shipped file, or a named setting beside it (e.g. --hparams paper)
+        hp = load_hparams(ed.name, model, variant=str(choice) if choice else None)
+    if overrides:
+        hp = parse_hparams(ed.hparams, {**hparams_dict(hp), **overrides}, where="--hp")
+    return ed, hp
+
+
 def editor_setup(args, lm, editor: str):
     """(editor, hyperparameters, EditContext) for an editor on the loaded model; --hparams FILE overrides the shipped file."""
     import json
 
     from compute.covariance import covariance_provider
-    from compute.editors import EditContext, get_editor, load_hparams
-    from compute.editors.base import parse_hparams
-    from compute.editors.base import hparams_dict
+    from compute.editors import EditContext
     from compute.models import default_cache_dir
 
-    ed = get_editor(editor)
-    choice = getattr(args, "hparams", None)
-    if choice and Path(choice).is_file():
-        hp = parse_hparams(ed.hparams, json.loads(Path(choice).read_text()), where=str(choice))
-    else:  # the shipped file, or a named setting beside it (e.g. --hparams paper)
-        hp = load_hparams(ed.name, lm.name, variant=str(choice) if choice else None)
     overrides = {}
     for item in getattr(args, "hp", None) or []:
         key, sep, value = item.partition("=")
@@ -74,8 +85,7 @@ def editor_setup(args, lm, editor: str):
             overrides[key.strip()] = json.loads(value)
         except ValueError:
             overrides[key.strip()] = value
-    if overrides:
-        hp = parse_hparams(ed.hparams, {**hparams_dict(hp), **overrides}, where="--hp")
+    ed, hp = resolve_hparams(editor, lm.name, getattr(args, "hparams", None), overrides)
     check_layers_fit(ed, hp, lm, where="--hp" if overrides else str(getattr(args, "hparams", None) or
                                                                    "the shipped hyperparameters"))
     cache = args.cache_dir or default_cache_dir()

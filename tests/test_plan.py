@@ -235,6 +235,46 @@ def test_plan_status_reads_done_partial_and_missing_and_estimates_the_time_left(
     assert [s.state for s in plans.plan_status(plan, copy)] == [s.state for s in states.values()]
 
 
+def test_plan_status_names_units_whose_runs_were_made_with_other_hyperparameters(tmp_path):
+    """A unit's key counts its options, not the shipped file it reads: when the file changes after its runs, the
+    unit stays done and `plan status` marks it (!) with the fields that differ. Its `hp` pins and a sweep run's
+    own setting count as the unit's; a unit whose editor has no file here is not compared."""
+    units = "".join(f'[[unit]]\nid = "{uid}"\nkind = "{kind}"\neditor = "ROME"\nset = "s"\n{extra}\n'
+                    for uid, kind, extra in [
+        ("fresh", "sequential", "edits = 6\nhp = { key_mismatch = true }"),
+        ("old", "sequential", "edits = 6\norder_seed = 1"),
+        ("sweep", "sweep", 'sweep = "x"\ngrid = { v_lr = [0.1] }'),
+    ])
+    plan = plans.load_plan(write_plan(tmp_path, "smollm2-135m", units), build_parser())
+    by = plan.by_id()
+    now = plans.unit_hparams_now(by["fresh"])
+    assert now["key_mismatch"] is True and plans.unit_hparams_now(by["old"])["key_mismatch"] is False
+    target = tmp_path / "target.sqlite"
+    made = {}
+    with Store.open(target, create=True) as st:
+        for uid, hp, config in [("fresh", now, {}), ("old", {**now, "key_mismatch": False, "v_lr": 9.0}, {}),
+                                ("sweep", {**now, "key_mismatch": False, "v_lr": 0.1}, {"field": "v_lr", "value": 0.1})]:
+            made[uid] = st.start_run(kind=by[uid].kind, model="smollm2-135m", editor="ROME", hparams=hp,
+                                     config=config, n_total=1)
+            st.heartbeat(made[uid], n_done=1)
+            st.finish_run(made[uid])
+    for uid, run in made.items():
+        plans.record_unit(target, plan, by[uid], [run])
+    states = {s.unit.id: s for s in plans.plan_status(plan, target)}
+    assert {k: states[k].state for k in made} == {"fresh": "done", "old": "done", "sweep": "done"}
+    assert states["fresh"].outdated == () and states["sweep"].outdated == ()
+    assert states["old"].outdated == (f"{made['old']}: v_lr stored 9.0, now {json.dumps(now['v_lr'])}",)
+    lines = plans.status_lines(list(states.values()))
+    assert any(line.startswith("old ") and " done! " in line for line in lines)
+    assert lines[-1].startswith("! old: its runs were made with other hyperparameters")
+    assert "v_lr stored 9.0" in lines[-1]
+    block = plans.status_markdown(plan, list(states.values()), "target.sqlite")
+    assert "| old | sequential | done (other hyperparameters) |" in block and "| fresh | sequential | done |" in block
+    # no file for this model here: nothing to compare
+    other = plans.load_plan(write_plan(tmp_path / "m", "m", units), build_parser())
+    assert plans.unit_hparams_now(other.by_id()["old"]) is None
+
+
 # ---- the tiny plan, three ways ---------------------------------------------------------------------------------
 
 
