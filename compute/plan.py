@@ -1007,7 +1007,8 @@ def execute(plan: Plan, target: Path, *, executor: str = "local", workers: int |
         ex = RayExecutor(folder, target, cache_dir, workers if address is None else None, address)
     else:
         raise PlanError(f"unknown executor {executor!r}: local or ray")
-    states = {s.unit.id: s.state for s in plan_status(plan, target)}
+    first = plan_status(plan, target)
+    states = {s.unit.id: s.state for s in first}
     # the deadline's estimates count the progress of shards a restarted driver resumes (local executor)
     left_s = ({s.unit.id: s.remaining_s for s in plan_status(plan, target, shards=folder, timings_from=timings_from)}
               if deadline is not None else {})
@@ -1020,6 +1021,8 @@ def execute(plan: Plan, target: Path, *, executor: str = "local", workers: int |
     pending = [u for u in plan.units if u.id not in outcome]
     out(f"plan {plan.name}: {len(outcome)} of {len(plan.units)} units done, {len(pending)} to compute "
         f"({executor} executor, target {target})")
+    for line in _outdated_notes(first):  # kept, but said: a changed hyperparameter file does not re-key units
+        out(line)
     last_progress = time.monotonic()
     try:
         while pending or ex.running:

@@ -270,6 +270,11 @@ def test_plan_status_names_units_whose_runs_were_made_with_other_hyperparameters
     assert "v_lr stored 9.0" in lines[-1]
     block = plans.status_markdown(plan, list(states.values()), "target.sqlite")
     assert "| old | sequential | done (other hyperparameters) |" in block and "| fresh | sequential | done |" in block
+    # `plan run` keeps the runs and says so
+    said = []
+    assert plans.execute(plan, target, workers=1, cache_dir=tmp_path / "cache", out=said.append) == {
+        "fresh": "done", "old": "done", "sweep": "done"}
+    assert any(line.startswith("! old: ") for line in said)
     # no file for this model here: nothing to compare
     other = plans.load_plan(write_plan(tmp_path / "m", "m", units), build_parser())
     assert plans.unit_hparams_now(other.by_id()["old"]) is None
