@@ -742,8 +742,11 @@ def cmd_plan(args) -> None:
         if args.write_readme:
             _write_status_block(plan, Path(target), args.timings_from, Path(args.write_readme))
             return
+        from compute.models import default_cache_dir
+
         folder = plans.plan_folder(plan, args.cache_dir)
-        for line in plans.status_lines(plans.plan_status(plan, target, shards=folder, timings_from=args.timings_from)):
+        for line in plans.status_lines(plans.plan_status(plan, target, shards=folder, timings_from=args.timings_from,
+                                                         states_in=Path(args.cache_dir or default_cache_dir()))):
             _out(line)
         return
     deadline = plans.parse_deadline(args.deadline) if args.deadline else None

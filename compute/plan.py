@@ -502,11 +502,14 @@ def _rate(conn, unit: Unit, own: list[dict], reference=None) -> tuple[float | No
 
 
 def plan_status(plan: Plan, target: Path, shards: Path | None = None,
-                timings_from: Path | None = None) -> list[UnitState]:
+                timings_from: Path | None = None, states_in: Path | None = None) -> list[UnitState]:
     """Each unit's state in `target` (done / partial / missing) with its runs and the estimated CPU-seconds
     left. kb and cases units are read from the store's tables; the others from their `plan_unit` events.
     A unit whose shard (under `shards`, the plan's cache folder) holds progress not yet merged is partial.
-    `timings_from`: another store whose finished runs time the units the target has nothing to go by for."""
+    `timings_from`: another store whose finished runs time the units the target has nothing to go by for.
+    `states_in` (with `shards`): the cache folder of the machine that would run the plan; an unfinished
+    sequential run whose resume state is not there starts over (`orphaned_runs`), so its edits are estimated
+    from the first. Without it (the README's table, from the store alone) a partial run counts what it stored."""
     out = []
     if not Path(target).exists():
         return [UnitState(u, "missing", remaining_s=None, basis="no store yet") for u in plan.units]
@@ -550,8 +553,13 @@ def plan_status(plan: Plan, target: Path, shards: Path | None = None,
                 left = None
                 basis = basis if rate is None else "the unit's size is not known from its spec"
             else:
-                done_items = sum(r.get("n_done") or 0 for r in runs) or _extended_from(plan, unit)
+                over = (set(orphaned_runs(unit, target, shards, states_in))
+                        if states_in is not None and shards is not None else set())
+                done_items = (sum(r.get("n_done") or 0 for r in runs if r["run_id"] not in over)
+                              or (0 if over else _extended_from(plan, unit)))
                 left = max(work - done_items, 0) * rate
+                if over:
+                    basis += f"; starts over: {', '.join(sorted(over))} has no resume state here"
             out.append(UnitState(unit, state, runs, left, basis, outdated))
     finally:
         conn.close()
@@ -987,6 +995,7 @@ def execute(plan: Plan, target: Path, *, executor: str = "local", workers: int |
     their progress reaches the target as they go. Nothing running is stopped at the deadline."""
     import fcntl
 
+    from compute.models import default_cache_dir
     from store import Store
 
     target = Path(target)
@@ -1010,7 +1019,10 @@ def execute(plan: Plan, target: Path, *, executor: str = "local", workers: int |
     first = plan_status(plan, target)
     states = {s.unit.id: s.state for s in first}
     # the deadline's estimates count the progress of shards a restarted driver resumes (local executor)
-    left_s = ({s.unit.id: s.remaining_s for s in plan_status(plan, target, shards=folder, timings_from=timings_from)}
+    # and a sequential run that starts over here (no resume state in this machine's cache) from its first edit
+    here = Path(cache_dir or default_cache_dir()) if executor == "local" else None
+    left_s = ({s.unit.id: s.remaining_s
+               for s in plan_status(plan, target, shards=folder, timings_from=timings_from, states_in=here)}
               if deadline is not None else {})
     outcome = {uid: "done" for uid, s in states.items() if s == "done"}
 

@@ -563,6 +563,29 @@ def _two_of_six_edits(target: Path, plan) -> str:
     return part
 
 
+def test_a_run_that_starts_over_here_is_estimated_from_its_first_edit(tmp_path):
+    """With the machine's cache folder given, a partial sequential run without its resume state there (it will
+    start over, `orphaned_runs`) counts none of its stored edits in the estimate; with its state, or from the
+    store alone (the README's table), it counts them."""
+    from compute.runs import state_path
+
+    plan = plans.load_plan(write_plan(tmp_path, "m", DEADLINE_UNITS), build_parser())
+    target, cache = tmp_path / "target.sqlite", tmp_path / "cache"
+    part = _two_of_six_edits(target, plan)
+    folder = plans.plan_folder(plan, cache)
+
+    def sequential(**kw):
+        return {s.unit.id: s for s in plans.plan_status(plan, target, **kw)}["sequential"]
+
+    assert sequential().remaining_s == pytest.approx(20.0)
+    over = sequential(shards=folder, states_in=cache)
+    assert over.remaining_s == pytest.approx(30.0) and f"starts over: {part} has no resume state here" in over.basis
+    state = state_path(cache, part)
+    state.parent.mkdir(parents=True)
+    state.write_bytes(b"state")
+    assert sequential(shards=folder, states_in=cache).remaining_s == pytest.approx(20.0)
+
+
 def test_a_deadline_holds_back_a_sequential_unit_that_would_not_finish_and_the_units_after_it(tmp_path, capsys):
     path = write_plan(tmp_path, "m", DEADLINE_UNITS)
     plan = plans.load_plan(path, build_parser())
