@@ -328,12 +328,12 @@ def _swept_values(run: dict) -> dict:
     return value if isinstance(value, dict) else {field_: value}
 
 
-def outdated_hparams(unit: Unit, runs: list[dict], now: dict | None = None) -> tuple[str, ...]:
+def outdated_hparams(unit: Unit, runs: list[dict]) -> tuple[str, ...]:
     """The fields where the unit's runs' stored hyperparameters differ from those the unit runs with now
     (`unit_hparams_now`; a sweep run's own setting aside): a unit's key counts its options, not the shipped file
     it reads, so a changed shipped file leaves its done units done, made with the old values. A field the run
     did not store (it came later) is not compared."""
-    now = unit_hparams_now(unit) if now is None else now
+    now = unit_hparams_now(unit)
     if not now:
         return ()
     out = []
@@ -1183,9 +1183,9 @@ def status_lines(states: list[UnitState]) -> list[str]:
     return lines
 
 
-def _outdated_notes(states: list[UnitState]) -> list[str]:
-    """One line per unit (marked !) whose runs were made with other hyperparameters than it runs with now."""
-    return [f"! {s.unit.id}: its runs were made with other hyperparameters than the unit would run with now (a "
+def _outdated_notes(states: list[UnitState], mark: str = "! ") -> list[str]:
+    """One line per unit (after `mark`) whose runs were made with other hyperparameters than it runs with now."""
+    return [f"{mark}{s.unit.id}: its runs were made with other hyperparameters than the unit would run with now (a "
             f"hyperparameter file changed after them, e.g. with the setting a calibration sweep chose; plan run "
             f"keeps them, as the unit's key counts its options, not the file): " + " | ".join(s.outdated)
             for s in states if s.outdated]
@@ -1224,5 +1224,5 @@ def status_markdown(plan: Plan, states: list[UnitState], target_name: str, timin
             + (f", besides {held / 3600:.1f} CPU-hours of held units, which `plan run` does not start" if held else "")
             + ".")
     notes = ([f"Held ({', '.join(ids)}): {reason}" for reason, ids in _held_units(states).items()]
-             + [n[2:] for n in _outdated_notes(states)])
+             + _outdated_notes(states, mark=""))
     return head + "\n\n" + "\n".join(rows) + ("\n\n" + "\n\n".join(notes) if notes else "")
