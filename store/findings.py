@@ -591,7 +591,7 @@ def _b3(conn, arms) -> Finding:
                   rule=f"With at least {MIN_ORDERS} edit orders both have, reproduced when on every order the "
                        "original-keys ROME run has at least one disabling edit and the r-ROME run, editing the same "
                        "facts in the same order, none; refuted when every order goes against that; large updates "
-                       "that nothing follows are counted beside them; " + _lower(derived.sequential_rules()["disabling_edit"]),
+                       "the model survived, and those after its collapse, are counted beside them; " + _lower(derived.sequential_rules()["disabling_edit"]),
                   page="forgetting")
     orders = _shared(arms, ROME_ORIGINAL, ROME)
     if not orders:
@@ -614,10 +614,13 @@ def _b3(conn, arms) -> Finding:
             if ev.height:
                 text += (f" (edit {', '.join(str(c) for c in ev['edit_count'].to_list())}; largest update "
                          f"{ev['value'].max():.2f} ||W0||)")
-            if large.height > ev.height:
-                text += (f", {large.height - ev.height} large update(s) the model survived (largest "
-                         f"{large.filter(~pl.col('edit_count').is_in(ev['edit_count'].to_list()))['value'].max():.2f}"
-                         f" ||W0||)")
+            others = large.filter(~pl.col("edit_count").is_in(ev["edit_count"].to_list()))
+            collapsed = _collapse_at(events, run["run_id"])
+            late = others.filter(pl.col("edit_count") > collapsed) if collapsed is not None else others.clear()
+            survived = others.filter(~pl.col("edit_count").is_in(late["edit_count"].to_list()))
+            for part, what in ((survived, "the model survived"), (late, f"after its collapse at edit {collapsed}")):
+                if part.height:
+                    text += f", {part.height} large update(s) {what} (largest {part['value'].max():.2f} ||W0||)"
             parts.append(text)
             if label == ROME_ORIGINAL and not head:
                 lo, hi = wilson_ci(ev.height, run["n_done"])

@@ -239,27 +239,46 @@ def test_the_study_b_table_names_a_runs_edit_order_when_it_is_not_the_default(fi
 
 def test_a_large_update_is_a_disabling_edit_only_when_the_model_did_not_survive_it(tmp_path):
     """The rebuild's r-ROME run: outliers of its own updates (0.3 ||W0||) with nothing after them are large
-    updates, not disabling edits; the original-keys run's edit followed by an abrupt ability fall is one."""
-    def events(with_cliff: bool):
+    updates, not disabling edits; an edit followed by the collapse or a broad abrupt fall is one."""
+    def events(scores: dict, every: int = 3, norms=None):
         path = tmp_path / f"d{len(list(tmp_path.iterdir()))}.sqlite"
         with Store.open(path, create=True) as st:
             run = st.start_run(kind="sequential", model="m", editor="ROME", config={"batch_size": 1})
-            norms = [5.0, 6.1, 4.4, 5.5, 4.8, 5.3, 5.2, 4.9, 5.7, 5.1, 125.0, 5.0, 5.4, 4.7, 5.2, 5.1, 4.9, 5.3]
+            norms = norms or [5.0, 6.1, 4.4, 5.5, 4.8, 5.3, 5.2, 4.9, 5.7, 5.1, 125.0, 5.0, 5.4, 4.7, 5.2, 5.1, 4.9,
+                              5.3]
             st.write_measurements([dict(run_id=run, case_id="*", edit_count=i + 1, rephrase_type="edit",
                                         metric=m, value=v) for i, n in enumerate(norms)
                                    for m, v in (("update_norm", n), ("update_w0", 174.0))])
-            scores = [0.9, 0.89, 0.91, 0.9, 0.9, 0.89] if not with_cliff else [0.9, 0.89, 0.91, 0.9, 0.3, 0.28]
-            st.write_abilities([{"run_id": run, "edit_count": 3 * k, "batch_size": 1, "task": "nli",
+            rows = []
+            for task, values in scores.items():
+                ppl = task == "lm_perplexity"
+                for k, s in enumerate(values):
+                    rows.append({"run_id": run, "edit_count": every * k, "batch_size": 1, "task": task,
                                  "task_version": "1", "mode": "quick", "score": s, "n": 200,
-                                 "ci_low": s - 0.04, "ci_high": s + 0.04, "chance": 0.25, "higher_is_better": 1,
-                                 "metric": "accuracy"} for k, s in enumerate(scores)])
+                                 "ci_low": None if ppl else s - 0.04, "ci_high": None if ppl else s + 0.04,
+                                 "chance": 49152.0 if ppl else 0.25, "higher_is_better": 0 if ppl else 1,
+                                 "metric": "perplexity" if ppl else "accuracy"})
+            st.write_abilities(rows)
             ev = derived.derive_sequential_events(st.conn, run)
         return {k: [e["edit_count"] for e in ev if e["kind"] == k] for k in ("large_update", "disabling_edit")}
 
-    quiet = events(with_cliff=False)
-    assert quiet == {"large_update": [11], "disabling_edit": []}
-    cliff = events(with_cliff=True)  # the nli score falls between checkpoints 9 and 12, after edit 11
-    assert cliff == {"large_update": [11], "disabling_edit": [11]}
+    steady, cliff = [0.9, 0.89, 0.91, 0.9, 0.9, 0.89], [0.9, 0.89, 0.91, 0.9, 0.3, 0.28]
+    assert events({"nli": steady}) == {"large_update": [11], "disabling_edit": []}
+    # one task falling over an interval of three edits is not pinned on edit 11: the rebuild's entity typing
+    # falls so in the first 50 edits of every ROME order and of the random control
+    assert events({"nli": cliff, "qa": steady}) == {"large_update": [11], "disabling_edit": []}
+    # a broad fall in the interval holding edit 11 (two tasks at once) is pinned on it ...
+    assert events({"nli": cliff, "qa": cliff}) == {"large_update": [11], "disabling_edit": [11]}
+    # ... as is the perplexity rising tenfold in that step
+    assert events({"nli": steady, "lm_perplexity": [20, 21, 20, 20, 400, 420]})["disabling_edit"] == [11]
+    # ... and one task's fall when its interval holds that edit alone (an ability checkpoint after every edit)
+    one = [0.9, 0.89, 0.91] * 3 + [0.9, 0.9, 0.3] + [0.29, 0.3, 0.28] * 2
+    assert events({"nli": one}, every=1)["disabling_edit"] == [11]
+    # the model collapsed first (near chance from checkpoint 6 on, perplexity exploded): the broad fall in (9, 12]
+    # after a large update at edit 11 disables nothing that was not disabled already
+    gone = [0.9, 0.89, 0.40, 0.40, 0.26, 0.25, 0.26]
+    late = events({"nli": gone, "qa": gone, "lm_perplexity": [20, 21, 900, 950, 990, 1000, 1000]})
+    assert late == {"large_update": [11], "disabling_edit": []}
 
 
 def test_the_tail_of_a_growing_trend_of_updates_is_no_large_update(tmp_path):

@@ -32,6 +32,9 @@ PERPLEXITY_EFFECT = float(np.log(2))  # a perplexity phase or step must at least
 CHANCE_SHARE = 0.25  # abilities at chance: on average at most this share of the unedited margin over chance left
 PERPLEXITY_BLOWUP = 10.0  # perplexity exploded: at least this many times its unedited value
 EFFICACY_CHANCE = 0.5  # newest-edit efficacy gone: ES no better than a coin (P(new) > P(true) half the time)
+# A fall at the ability checkpoint after a large update is pinned on that edit when the interval holds it alone, or
+# when the fall is broad: at least this many ability or perplexity series at once (see disabling_edit_events)
+DISABLING_MIN_SERIES = 2
 
 _RUN_SERIES = {  # (scope, metric) -> phase series name; the share's n comes from the scope's "n" rows
     ("all_edits", "retention_em"): "retention_em",
@@ -279,32 +282,48 @@ def large_update_events(conn: sqlite3.Connection, run_id: str) -> list[dict]:
 
 
 def disabling_edit_events(series: dict[str, dict], large: list[dict], abrupt: list[dict],
-                          collapse: list[dict]) -> list[dict]:
+                          collapse: list[dict], batch: int = 1) -> list[dict]:
     """Disabling edits (study B: single edits with abnormally large updates that disable the model): a large
-    update (`large_update_events`) followed, at the first ability checkpoint after it, by an abrupt fall of an
-    ability or the perplexity (`abrupt_change_events`: the fall's interval (from, to] holds the edit) or by the
-    collapse (`collapse_event`: the collapse's checkpoint is the first ability checkpoint at or after the
-    edit). An outlier of a run's own updates that nothing follows is a large update, not a disabling edit: the
-    r-ROME run on order 0 has three of 0.3 ||W0|| with no change after them. `detail` adds `followed_by`.
-    `series`: the run's `run_series` (its ability checkpoints)."""
+    update (`large_update_events`) that the model did not survive, judged at the first ability checkpoint after
+    it. Not surviving is the collapse there (`collapse_event`: the collapse's checkpoint is the first ability
+    checkpoint at or after the edit), or an abrupt fall (`abrupt_change_events`) in the interval (from, to]
+    that holds the edit and that the interval pins on it: the interval holds that edit alone, or the fall is
+    broad, at least DISABLING_MIN_SERIES ability or perplexity series at once or the perplexity multiplied
+    PERPLEXITY_BLOWUP-fold in the step. One series falling over an interval of many edits is what editing does
+    step by step: entity typing falls abruptly in the first 50 edits of every ROME order of the rebuild, and of
+    the size-matched random control, where r-ROME's order 2 had a 0.27 ||W0|| update at edit 41. A model
+    already collapsed (unusable from an earlier checkpoint on) is not disabled again. An outlier of a run's own
+    updates that nothing follows is a large update, not a disabling edit: the r-ROME run on order 0 has one of
+    0.3 ||W0|| with no change after it. `detail` adds `followed_by`. `series`: the run's `run_series` (its
+    ability checkpoints); `batch`: the run's edits per update (an interval of one batch holds one update)."""
     checks = sorted({int(x) for name, s_ in series.items() if name.startswith("ability:") for x in s_["x"]})
+    collapsed_from = min((int(c["edit_count"]) for c in collapse), default=None)
     events = []
     for ev in large:
         at = int(ev["edit_count"])
-        after = []
+        if collapsed_from is not None and at > collapsed_from:
+            continue  # the model was unusable before this edit
+        falls = []
         for a in abrupt:
             if a["edit_count"] < at <= a["end_count"]:
                 d = json.loads(a["detail"])
-                after.append({"kind": "abrupt_change", "series": a["series"], "interval": [a["edit_count"],
+                falls.append({"kind": "abrupt_change", "series": a["series"], "interval": [a["edit_count"],
                               a["end_count"]], "before": d["before"], "after": d["after"]})
+        alone = all(f["interval"][1] - f["interval"][0] <= max(batch, 1) for f in falls)
+        exploded = any(series.get(f["series"], {}).get("perplexity") and f["before"] > 0
+                       and f["after"] / f["before"] >= PERPLEXITY_BLOWUP for f in falls)
+        broad = len({f["series"] for f in falls}) >= DISABLING_MIN_SERIES or exploded
+        after = falls if falls and (alone or broad) else []
         for c in collapse:
             prior = [x for x in checks if x < c["edit_count"]]
             if (prior[-1] if prior else -1) < at <= c["edit_count"]:
                 after.append({"kind": "collapse", "edit_count": c["edit_count"]})
         if after:
             detail = {**json.loads(ev["detail"]), "followed_by": after,
-                      "disabling_rule": "a large update followed by an abrupt ability or perplexity fall, or by the "
-                                        "collapse, at the first ability checkpoint after it"}
+                      "disabling_rule": "a large update followed, at the first ability checkpoint after it, by the "
+                                        "collapse or by an abrupt fall pinned on it (the interval holds that edit "
+                                        f"alone, or at least {DISABLING_MIN_SERIES} series fell, or the perplexity "
+                                        f"rose {PERPLEXITY_BLOWUP:g}-fold)"}
             events.append({**ev, "kind": "disabling_edit", "detail": json.dumps(detail)})
     return events
 
@@ -376,9 +395,12 @@ def sequential_rules() -> dict[str, str]:
                         "(a growing trend's tail is no outlier); runs without per-edit norms: the run-wide test on "
                         "each checkpoint interval's mean squared update (store.derived.large_update_events).",
         "disabling_edit": f"A disabling edit is a large update (out of line with the run's updates and its "
-                          f"neighbours, robust z above {OUTLIER_Z:g}) that the model did not survive: an ability or "
-                          "the perplexity fell abruptly, "
-                          "or the model collapsed, at the first ability checkpoint after it "
+                          f"neighbours, robust z above {OUTLIER_Z:g}) that the model did not survive: at the first "
+                          "ability checkpoint after it the model had collapsed, or an ability or the perplexity had "
+                          "fallen abruptly in a way pinned on that edit (the interval holds it alone, or at least "
+                          f"{DISABLING_MIN_SERIES} series fell at once, or the perplexity rose {PERPLEXITY_BLOWUP:g}-fold: "
+                          "one task falling over many edits is what editing does step by step, as the size-matched "
+                          "random control shows); an edit after the collapse disables nothing "
                           "(store.derived.disabling_edit_events).",
         "abrupt_change": f"An abrupt change is one step of an ability or perplexity series that fell by at least "
                          f"{ab:g}x the series' own step noise and its sampling SE (store.stats.abrupt_steps).",
@@ -446,7 +468,9 @@ def derive_sequential_events(conn: sqlite3.Connection, run_id: str) -> list[dict
     series = run_series(conn, run_id)
     large, abrupt = large_update_events(conn, run_id), abrupt_change_events(run_id, series)
     collapse = collapse_event(run_id, usability(conn, run_id, series))
-    return (phase_events(run_id, series) + large + disabling_edit_events(series, large, abrupt, collapse)
+    cfg = json.loads((conn.execute("SELECT config FROM runs WHERE run_id = ?", (run_id,)).fetchone() or ["{}"])[0] or "{}")
+    batch = int(cfg.get("batch_size", 1) or 1)
+    return (phase_events(run_id, series) + large + disabling_edit_events(series, large, abrupt, collapse, batch)
             + abrupt + collapse + panel_floor_events(conn, run_id, series))
 
 
