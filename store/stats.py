@@ -207,13 +207,15 @@ def robust_z(values, min_mad: float = 0.0) -> np.ndarray:
 OUTLIER_Z = 3.5  # robust_z above which one edit's update is out of line with the run's own updates
 
 
-def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
-    """(slope, intercept, sum of squared residuals) of the least-squares line through (x, y)."""
-    mx, my = x.mean(), y.mean()
-    sxx = ((x - mx) ** 2).sum()
-    slope = float(((x - mx) * (y - my)).sum() / sxx) if sxx > 0 else 0.0
+def _line(x: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -> tuple[float, float, float]:
+    """(slope, intercept, weighted sum of squared residuals) of the (weighted) least-squares line through (x, y)."""
+    w = np.ones(len(x)) if w is None else w
+    total = w.sum()
+    mx, my = (w * x).sum() / total, (w * y).sum() / total
+    sxx = (w * (x - mx) ** 2).sum()
+    slope = float((w * (x - mx) * (y - my)).sum() / sxx) if sxx > 0 else 0.0
     intercept = float(my - slope * mx)
-    return slope, intercept, float(((y - intercept - slope * x) ** 2).sum())
+    return slope, intercept, float((w * (y - intercept - slope * x) ** 2).sum())
 
 
 def series_noise(y, se=None) -> float:
@@ -231,21 +233,26 @@ def series_noise(y, se=None) -> float:
     return sigma
 
 
-def phase_break(x, y, se=None, *, min_points: int = 3, steep: float = 3.0, k_noise: float = 3.0,
+def phase_break(x, y, se=None, *, weights=None, min_points: int = 3, steep: float = 3.0, k_noise: float = 3.0,
                 min_effect: float | None = None, min_span: float = 0.1, min_share: float = 0.2) -> dict | None:
     """Gradual and catastrophic phases of a series where higher is better (negate, or take -log, first).
 
     The rule. Split the series where two straight lines, fitted to either side, leave the least squared error
     (each side at least `min_points` points and at least `min_span` of the series' x range: a phase is a stretch
     of the run, not of its checkpoints, so the dense checkpoints after a run's first edits cannot make a
-    "gradual phase" of edits 1-4 by themselves). The later side is a catastrophic phase when both hold:
+    "gradual phase" of edits 1-4 by themselves). `weights` (e.g. each point's n: a share of the first 2 edits
+    is not worth a share of 500) weight the fits, the scatter and the mean below; none: equal weights. The
+    later side is a catastrophic phase when both hold:
     - the loss it adds beyond the earlier trend (the earlier line extrapolated, minus the later points, on
-      average) is at least `k_noise` times the series' own noise and at least `min_effect` (default
+      (weighted) average) is at least `k_noise` times the series' own noise and at least `min_effect` (default
       `min_share` of the level the earlier line had at the change point: a catastrophic phase costs a fifth
       of what was left, so a noise-free straight line, a wobble or a gentle 1.0 -> 0.9 slide after a flat
-      start, as AlphaEdit's ES retention on the rebuild's order 0, is not one). The noise is the larger of
+      start, as AlphaEdit's ES retention on the rebuild's order 0, is not one). An earlier line that rises is
+      held at its level at the change point: a gain is not expected to go on (a share cannot pass 1), so it
+      adds no loss (a rise from 0.78 to 0.83 and a slide to 0.72 over 250 edits, as dialogue memory under
+      ROME with the original keys on the rebuild's order 1, is no catastrophe). The noise is the larger of
       `series_noise` (the robust spread of its point-to-point steps, floored by the points' sampling SE
-      `se`) and the points' RMS scatter about the two fitted lines;
+      `se`) and the points' (weighted) RMS scatter about the two fitted lines;
     - the later side loses faster: its mean loss rate (from the earlier line's value at the last earlier point
       to the later line's value at the end, per edit) is positive and at least `steep` times the earlier
       slope's loss rate. A cliff followed by a floor counts (the drop is in the rate); a fast early fall that
@@ -257,12 +264,16 @@ def phase_break(x, y, se=None, *, min_points: int = 3, steep: float = 3.0, k_noi
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if len(x) < 2 * min_points or len(y) != len(x) or not y[0]:
         return None
+    w = np.ones(len(x)) if weights is None else np.asarray(weights, dtype=float)
+    if len(w) != len(x) or not np.all(np.isfinite(w)) or np.any(w <= 0):
+        raise ValueError("phase_break needs one finite, positive weight per point (e.g. each point's n)")
+    w = w / w.mean()
     best = None
     span = min_span * float(x[-1] - x[0])
     for s in range(min_points, len(x) - min_points + 1):
         if x[s - 1] - x[0] < span or x[-1] - x[s] < span:
             continue
-        left, right = _line(x[:s], y[:s]), _line(x[s:], y[s:])
+        left, right = _line(x[:s], y[:s], w[:s]), _line(x[s:], y[s:], w[s:])
         total = left[2] + right[2]
         if best is None or total < best[0] - 1e-12:
             best = (total, s, left, right)
@@ -274,9 +285,11 @@ def phase_break(x, y, se=None, *, min_points: int = 3, steep: float = 3.0, k_noi
     noise = max(series_noise(y, se), float(np.sqrt(sse / max(len(x) - 4, 1))))
     start = float(y[0])
     x_last, x_end = x[s - 1], x[-1]
-    floor = min_share * abs(a1 + b1 * x_last) if min_effect is None else min_effect
-    excess = float(np.mean(a1 + b1 * x[s:] - y[s:]))
-    rate_after = float((a1 + b1 * x_last) - (a2 + b2 * x_end)) / (x_end - x_last)
+    level = a1 + b1 * x_last  # the earlier line at the last earlier point
+    floor = min_share * abs(level) if min_effect is None else min_effect
+    trend = level + min(b1, 0.0) * (x[s:] - x_last)  # a rise is held at its level
+    excess = float(np.sum(w[s:] * (trend - y[s:])) / w[s:].sum())
+    rate_after = float(level - (a2 + b2 * x_end)) / (x_end - x_last)
     rate_before = -b1
     catastrophic = (excess >= max(k_noise * noise, floor) and rate_after > 0
                     and rate_after >= steep * max(rate_before, 0.0))

@@ -161,3 +161,35 @@ def test_a_gentle_slide_after_a_flat_start_is_no_catastrophic_phase():
     assert not found["catastrophic"] and found["excess"] < 0.2
     # the same start with a cliff to a fifth of the level below is one
     assert phase_break(x, [1.0, 1.0, 1.0, 0.7, 0.6, 0.55, 0.5, 0.5])["catastrophic"]
+
+
+def test_a_share_of_the_first_edits_weighs_what_those_edits_weigh():
+    """The rebuild's r-ROME order 2, exact-match retention: its first edit did not hold (a share of 0 over one
+    edit), so unweighted lines through the dense start rose, and the slowing loss after edit 100 read as a
+    catastrophic phase. Weighted by each share's n (and a rise held at its level) the fall slows: gradual."""
+    x = list(range(0, 11)) + list(range(50, 501, 50))
+    y = [1.0, 0.0, 0.5, 0.667, 0.75, 0.8, 0.833, 0.857, 0.875, 0.778, 0.8,
+         0.7, 0.49, 0.507, 0.46, 0.412, 0.343, 0.349, 0.302, 0.273, 0.258]
+    n = [1] + list(range(1, 11)) + list(range(50, 501, 50))
+    weighted = phase_break(x, y, weights=n)
+    assert not weighted["catastrophic"] and weighted["slope_before"] < 0 and weighted["noise"] < 0.1
+    assert phase_break(x, y)["slope_before"] > 0  # the tiny shares tilt an unweighted line upwards
+    # a real cliff on the same checkpoints and weights is still one
+    cliff = y[:11] + [0.7, 0.69, 0.69, 0.68, 0.68, 0.2, 0.18, 0.17, 0.16, 0.15]
+    found = phase_break(x, cliff, weights=n)
+    assert found["catastrophic"] and found["change_at"] == 300
+    with pytest.raises(ValueError, match="positive weight"):
+        phase_break(x, y, weights=[0] * len(x))
+
+
+def test_an_early_rise_is_not_a_trend_the_later_points_are_measured_against():
+    """Dialogue memory under original-keys ROME on the rebuild's order 1: 0.78 -> 0.83 over 100 edits, then a
+    slide to 0.72 by edit 400. Extrapolating the rise made the slide a loss of 0.18 "beyond the trend": a
+    catastrophic phase from edit 150. Held at its level, the rise leaves a gradual slide; a cliff after the
+    same rise is still found."""
+    x = list(range(0, 401, 50))
+    y = [0.778, 0.827, 0.833, 0.809, 0.79, 0.759, 0.741, 0.716, 0.722]
+    se = [0.032] * len(y)
+    assert not phase_break(x, y, se)["catastrophic"]
+    cliff = [0.778, 0.827, 0.833, 0.83, 0.3, 0.28, 0.27, 0.27, 0.26]
+    assert phase_break(x, cliff, se)["catastrophic"]

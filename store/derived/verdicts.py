@@ -53,7 +53,7 @@ def _se_share(values: np.ndarray, n: np.ndarray) -> np.ndarray:
 
 def run_series(conn: sqlite3.Connection, run_id: str) -> dict[str, dict]:
     """Every series of a sequential run that phases are looked for on, higher is better: name -> {x, y, se,
-    min_effect}. Retention by exact match (where measured) and by ES, panel recall, newest-edit efficacy,
+    min_effect, w (the phase fit's weights: each share's n, else None)}. Retention by exact match (where measured) and by ES, panel recall, newest-edit efficacy,
     fluency, and each ability task of the quick suite ("ability:<task>"; perplexity as -log perplexity)."""
     rows = queries._frame(conn, "SELECT edit_count, rephrase_type AS scope, metric, value FROM measurements "
                                 "WHERE run_id = ? AND case_id = ?", [run_id, RUN_LEVEL])
@@ -69,13 +69,16 @@ def run_series(conn: sqlite3.Connection, run_id: str) -> dict[str, dict]:
             if part.is_empty():
                 continue
             x, y = part["edit_count"].to_numpy().astype(float), part["value"].to_numpy().astype(float)
-            se = None
+            se = w = None
             if metric != "fluency" and part["n"].null_count() == 0:
-                se = _se_share(y, part["n"].to_numpy().astype(float))
+                n = part["n"].to_numpy().astype(float)
+                se = _se_share(y, n)
+                w = n if np.all(n > 0) else None  # a share over 2 edits weighs what 2 edits weigh in the fits
             if scope == "all_edits":  # before any edit nothing has been lost
                 x, y = np.r_[0.0, x], np.r_[1.0, y]
                 se = None if se is None else np.r_[0.0, se]
-            out[name] = {"x": x, "y": y, "se": se, "min_effect": None}
+                w = None if w is None else np.r_[1.0, w]  # the start, by definition, as one edit's share
+            out[name] = {"x": x, "y": y, "se": se, "min_effect": None, "w": w}
     ab = queries.abilities(conn, [run_id])
     if not ab.is_empty():
         ab = ab.filter(pl.col("mode") == "quick")
@@ -101,7 +104,8 @@ def phase_events(run_id: str, series: dict[str, dict]) -> list[dict]:
 
     events = []
     for name, s in series.items():
-        found = phase_break(s["x"], s["y"], s["se"], min_points=PHASE_MIN_POINTS, min_effect=s["min_effect"])
+        found = phase_break(s["x"], s["y"], s["se"], weights=s.get("w"), min_points=PHASE_MIN_POINTS,
+                            min_effect=s["min_effect"])
         if found is None:
             continue
         found = {k: (float(v) if isinstance(v, (np.floating, float)) else v) for k, v in found.items()}
@@ -385,8 +389,9 @@ def sequential_rules() -> dict[str, str]:
     ab = inspect.signature(abrupt_steps).parameters["k_noise"].default
     return {
         "phase": f"A series has a catastrophic phase when, split where two straight lines fit it best (at least "
-                 f"{PHASE_MIN_POINTS} checkpoints and {pb['min_span']:.0%} of the run's edits a side), the later side "
-                 f"loses beyond the earlier trend, on average, at least {pb['k_noise']:g}x the series' own noise and "
+                 f"{PHASE_MIN_POINTS} checkpoints and {pb['min_span']:.0%} of the run's edits a side; a share weighted "
+                 f"by its n, so a share of the first few edits counts for few), the later side loses beyond the "
+                 f"earlier trend (a rise held at its level), on average, at least {pb['k_noise']:g}x the series' own noise and "
                  f"at least {pb['min_share']:.0%} of the level it had at the split (perplexity: at least doubles), "
                  f"at a rate at least {pb['steep']:g}x the earlier one (store.stats.phase_break).",
         "large_update": f"A large update is one out of line with the run's own updates and with the {LOCAL_UPDATES} "
