@@ -110,11 +110,16 @@ def _best(rows: list[dict]) -> dict:
 
 
 def _robustness_runs(conn: sqlite3.Connection) -> dict[str, dict]:
-    """editor -> its reference robustness run (default hyperparameters: no original keys, no RECT)."""
+    """editor -> its reference robustness run (default hyperparameters: no original keys, no RECT, the key
+    constraint the editor ships with, derived.SHIPPED_KEY_CONSTRAINT; runs made before the field existed count
+    as default). A MEMIT run of 95 cases with every key a least-squares row ("all", shipped before 2026-12-06)
+    stood for MEMIT in the rebuild's snapshot while the plan's own ("plain") run had not started."""
     by_editor: dict[str, list[dict]] = {}
     for r in queries.list_runs(conn, kind="robustness").iter_rows(named=True):
         hp = json.loads(r["hparams"] or "null") or {}
-        if hp.get("key_mismatch") or hp.get("rect_top", 1.0) < 1.0 or not r["n_done"]:
+        constraint = hp.get("key_constraint")
+        other_keys = constraint is not None and constraint != derived.SHIPPED_KEY_CONSTRAINT.get(r["editor"], "all")
+        if hp.get("key_mismatch") or hp.get("rect_top", 1.0) < 1.0 or other_keys or not r["n_done"]:
             continue
         by_editor.setdefault(r["editor"], []).append(r)
     return {e: _best(rows) for e, rows in by_editor.items()}

@@ -97,6 +97,26 @@ def test_a_partial_run_is_named_with_its_own_n(tmp_path):
     assert a1.ours.endswith(f"(acc, n = {N_CASES} cases each)")
 
 
+def test_a_robustness_run_with_another_key_constraint_does_not_stand_for_its_editor(tmp_path):
+    """The rebuild's snapshot held a 95-case MEMIT run with every key a least-squares row ("all", shipped before
+    2026-12-06); MEMIT ships "plain" now. That run is another variant (its label says so), not MEMIT's."""
+    with Store.open(tmp_path / "s.sqlite", create=True) as st:
+        _robustness_store(st, {"ROME": {"plain": 0.95, "paraphrase": 0.4}}, KNOWN)
+        _run(st, "rob-MEMIT-all", "robustness", editor="MEMIT", hparams={"key_constraint": "all"},
+             config={"case_set": "s", "baseline_run": "k"}, n_done=N_CASES)
+        st.write_measurements([{"run_id": "rob-MEMIT-all", "case_id": f"c{i}", "edit_count": 1, "rephrase_type": t,
+                                "metric": "acc", "value": 1.0} for t in ("plain", "paraphrase") for i in range(N_CASES)])
+        a2 = _by_claim(st.conn)["A2"]
+        assert a2.verdict == NOT_MEASURED and "no robustness run of MEMIT" in a2.ours
+        _run(st, "rob-MEMIT", "robustness", editor="MEMIT", hparams={"key_constraint": "plain"},
+             config={"case_set": "s", "baseline_run": "k"}, n_done=N_CASES)
+        st.write_measurements([{"run_id": "rob-MEMIT", "case_id": f"c{i}", "edit_count": 1, "rephrase_type": t,
+                                "metric": "acc", "value": float(t == "plain" or i < 18)}
+                               for t in ("plain", "paraphrase") for i in range(N_CASES)])
+        a2 = _by_claim(st.conn)["A2"]
+        assert a2.verdict == REPRODUCED and "rob-MEMIT-all" not in a2.url and "rob-MEMIT" in a2.url
+
+
 def test_a_paraphrase_drop_is_reproduced_only_when_its_ci_lies_below_the_plain_one(tmp_path):
     with Store.open(tmp_path / "s.sqlite", create=True) as st:
         _robustness_store(st, {"ROME": {"plain": 0.95, "paraphrase": 0.4}, "MEMIT": {"plain": 0.9, "paraphrase": 0.3}},
