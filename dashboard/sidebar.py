@@ -20,7 +20,7 @@ from dashboard.data import query
 from dashboard.filters import current, shared_selectbox
 from dashboard.tables import to_minute
 from store.conventions import TRAITS_KEY
-from store.derived import edits_facts, run_label
+from store.derived import SHIPPED_KEY_CONSTRAINT, edits_facts, run_label
 
 
 def results_choice() -> str | None:
@@ -65,7 +65,7 @@ RUN_TABLE = {"run_id": pl.String, "kind": pl.String, "editor": pl.String, "model
              "n_done": pl.Int64, "n_total": pl.Int64, "started_at": pl.String, "base_label": pl.String,
              "label": pl.String, "reference": pl.Boolean, "store": pl.String, "colour": pl.String, "dash": pl.String,
              "key_mismatch": pl.Boolean, "rect_top": pl.Float64, "batch_size": pl.Int64, "order_seed": pl.Int64,
-             "arm": pl.String, "pre_rebuild": pl.Boolean, "edits_facts": pl.Boolean}
+             "arm": pl.String, "pre_rebuild": pl.Boolean, "edits_facts": pl.Boolean, "other_keys": pl.Boolean}
 
 
 def arm_key(run: dict, hp: dict, cfg: dict, where: str) -> str:
@@ -108,7 +108,8 @@ def describe_runs(runs: pl.DataFrame) -> pl.DataFrame:
                      "key_mismatch": bool(hp.get("key_mismatch", False)),
                      "rect_top": float(hp.get("rect_top", 1.0) or 1.0), "batch_size": cfg.get("batch_size"),
                      "order_seed": cfg.get("order_seed"), "arm": arm_key(r, hp, cfg, where),
-                     "pre_rebuild": pre_rebuild, "edits_facts": edits_facts(r["editor"], cfg), "group": group})
+                     "pre_rebuild": pre_rebuild, "edits_facts": edits_facts(r["editor"], cfg), "group": group,
+                     "other_keys": hp.get("key_constraint") not in (None, SHIPPED_KEY_CONSTRAINT.get(r["editor"], "all"))})
     df = pl.DataFrame(rows, schema={k: v for k, v in RUN_TABLE.items() if k not in ("label", "reference")}
                       | {"group": pl.String})
     # one reference run per kind and label (editor, variant, order): a rebuilt run before one kept from before
@@ -163,9 +164,12 @@ def reference_ids(table: pl.DataFrame) -> list[str]:
 
 def headline_ids(table: pl.DataFrame, limit: int = 4) -> list[str]:
     """At most `limit` reference runs, one per editor (in the colour families' order): each editor's plainest
-    run, ROME's own keys without RECT and one edit at a time (study B's setting) before its variants."""
+    run, ROME's own keys without RECT and one edit at a time (study B's setting) before its variants, and the
+    key constraint the editor ships with before another (MEMIT "keys: all", finished in the rebuild before the
+    shipped "plain" run was)."""
     refs = table.filter(pl.col("reference")).with_columns(
-        (pl.col("key_mismatch").cast(pl.Int64) + (pl.col("rect_top") < 1.0).cast(pl.Int64)).alias("_v"),
+        (pl.col("key_mismatch").cast(pl.Int64) + (pl.col("rect_top") < 1.0).cast(pl.Int64)
+         + pl.col("other_keys").fill_null(False).cast(pl.Int64)).alias("_v"),
         (pl.col("batch_size").fill_null(1) != 1).cast(pl.Int64).alias("_b"))
     picked = []
     for editor in dict.fromkeys(refs["editor"].to_list()):

@@ -314,6 +314,24 @@ def test_a_run_the_plan_made_is_the_reference_over_one_kept_from_before_the_rebu
     assert all(label.startswith("ROME · pre-rebuild [done") for label in table["label"][1:])
 
 
+def test_the_default_runs_prefer_the_key_constraint_an_editor_ships_with(tmp_path):
+    """The rebuild held a finished MEMIT b=10 run with every key a least-squares row ("keys: all") and the
+    plan's own "plain" run half done: the pages' default is the shipped setting, the other a labelled variant."""
+    from dashboard.sidebar import describe_runs, headline_ids
+    from store import Store, queries
+
+    with Store.open(tmp_path / "s.sqlite", create=True) as s:
+        for run_id, constraint, n, status in (("memit-all", "all", 500, "done"), ("memit-plain", "plain", 240, "interrupted")):
+            s.start_run(kind="sequential", model="m", editor="MEMIT", run_id=run_id, n_total=500,
+                        hparams={"key_constraint": constraint}, config={"batch_size": 10})
+            s.heartbeat(run_id, n_done=n)
+            s.finish_run(run_id, status=status)
+        table = describe_runs(queries.list_runs(s.conn))
+    assert dict(zip(table["run_id"], table["other_keys"])) == {"memit-all": True, "memit-plain": False}
+    assert headline_ids(table) == ["memit-plain"]
+    assert table.filter(pl.col("run_id") == "memit-all")["label"][0] == "MEMIT (keys: all), b=10"
+
+
 def test_a_rebuild_beside_the_shipped_store_is_offered_in_the_sidebar_and_shown_when_chosen(monkeypatch, tmp_path,
                                                                                         fixture_store, two_rome_store):
     """store/rebuild.sqlite beside the shipped store: the sidebar offers Results (shipped by default, with a

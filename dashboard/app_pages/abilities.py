@@ -42,7 +42,7 @@ part = scores.filter((pl.col("kind") == kind) & (pl.col("mode") == mode))
 table = run_table(kind).filter(pl.col("run_id").is_in(part["run_id"].unique().to_list()))
 if view == "rect":  # RECT is an option of ROME with r-ROME keys: the sweep is those runs (100% = plain ROME)
     table = table.filter(pl.col("editor") == "ROME")
-    default = table.filter(pl.col("reference") & ~pl.col("key_mismatch"))["run_id"].to_list()
+    default = table.filter(pl.col("reference") & ~pl.col("key_mismatch") & ~pl.col("other_keys"))["run_id"].to_list()
 elif view == "batch":
     default = reference_ids(table)
 else:
