@@ -40,8 +40,9 @@ table = pl.DataFrame([{"claim": f.claim, "verdict": f.verdict, "direction": f.di
 show(table, {"claim": Col("Claim", width="small"), "verdict": Col("Verdict"),
              "direction": Col("Direction", help="where the paper's level is not comparable: does ours point the same "
                                                 "way?"),
-             "value": Col("Headline number", "{:.2f}", "the first figure of EditScope's column below"),
-             "ci_low": Col("CI low", "{:.2f}"), "ci_high": Col("CI high", "{:.2f}"), "n": Col("n", "{:,.0f}")})
+             # two significant digits: a share of 2 disabling edits in 420 reads 0.0048, not 0.00
+             "value": Col("Headline number", "{:.2g}", "the first figure of EditScope's column below"),
+             "ci_low": Col("CI low", "{:.2g}"), "ci_high": Col("CI high", "{:.2g}"), "n": Col("n", "{:,.0f}")})
 
 for study, title in STUDIES.items():
     st.header(title)
