@@ -62,7 +62,7 @@ does. Runs made before this rule stopped `after_collapse` edits past the floor w
 At every checkpoint and at the end, the run's verdicts are derived from its stored rows by
 store.derived.derive_sequential_events, the same function that re-derives a stored run after the fact:
 phases on every series (store.stats.phase_break), disabling edits (an update norm out of line with the
-run's own, store.derived.disabling_edit_events), abrupt ability or perplexity changes, the collapse (the
+run's own that the model did not survive, store.derived.disabling_edit_events), abrupt ability or perplexity changes, the collapse (the
 model no longer usable, store.derived.usability) and the panel floor; they replace the run's earlier ones.
 
 Timing: at every checkpoint a run_events row of kind "timing" records the wall seconds since the
