@@ -223,6 +223,22 @@ def test_disabling_edits_compare_the_original_keys_with_r_rome_on_the_same_order
         assert _by_claim(st.conn)["B3"].verdict == REFUTED
 
 
+def test_large_updates_are_counted_as_survived_or_after_the_collapse(tmp_path):
+    """Beside the disabling edits, B3 counts the large updates the model survived and, apart, those that came
+    after its collapse (an edit cannot disable a model that is no longer usable)."""
+    with Store.open(tmp_path / "s.sqlite", create=True) as st:
+        _seq(st, "orig", hparams={**ROME_HP, "key_mismatch": True}, n_done=420)
+        _seq(st, "rrome")
+        for at, value in ((166, 1.07), (262, 6.9), (301, 6.2)):
+            _event(st, "orig", "large_update", at, value=value)
+        _event(st, "orig", "disabling_edit", 262, value=6.9)
+        _event(st, "orig", "collapse", 300)
+        ours = _by_claim(st.conn)["B3"].ours
+    assert "1 of 420 edits (edit 262; largest update 6.90 ||W0||)" in ours
+    assert "1 large update(s) the model survived (largest 1.07 ||W0||)" in ours
+    assert "1 large update(s) after its collapse at edit 300 (largest 6.20 ||W0||)" in ours
+
+
 def test_when_models_collapse_is_judged_only_on_three_edit_orders(tmp_path):
     with Store.open(tmp_path / "s.sqlite", create=True) as st:
         _seq(st, "rome0")
