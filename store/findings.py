@@ -434,8 +434,10 @@ def _collapse_at(events: pl.DataFrame, run_id: str) -> int | None:
 
 
 def _b_arms(arms: dict) -> dict[str, dict[int, dict]]:
-    """The one-edit-at-a-time ROME (r-ROME keys) and MEMIT runs study B reads: label -> edit order -> run."""
-    return {label: dict(sorted(arms[label].items())) for label in (ROME, MEMIT_1) if label in arms}
+    """The one-edit-at-a-time runs study B's forgetting and collapse are read on: ROME with the original keys
+    (the studies' ROME, before r-ROME's key fix), ROME with r-ROME keys (EditScope's default) and MEMIT b = 1;
+    label -> edit order -> run. Each arm is judged on its own orders."""
+    return {label: dict(sorted(arms[label].items())) for label in (ROME_ORIGINAL, ROME, MEMIT_1) if label in arms}
 
 
 def _per_editor(signs: dict[str, list[int]]) -> str:
@@ -457,7 +459,10 @@ def _why_open(signs: dict[str, list[int]], runs: dict[str, dict[int, dict]], not
     if few:
         return (f"Measured {', '.join(few)}; the verdict waits for {MIN_ORDERS} orders of an editor "
                 "(`--order-seed 1`, `2`), since which facts come when decides when a model breaks.")
-    return "Measured, but undecided: the orders disagree."
+    if any(1 in s and -1 in s for s in signs.values()):
+        return "Measured, but undecided: the orders disagree."
+    return ("Measured on some orders; the others have reached neither what the claim says nor its contrary: "
+            + _not_yet({f"{label} order {o}": r for label, by in runs.items() for o, r in by.items()}))
 
 
 def _not_yet(runs: dict[str, dict]) -> str:
@@ -476,11 +481,12 @@ def _b1(conn, arms) -> Finding:
     common = dict(claim="B1", study="B", statement="Sequential edits are forgotten gradually, then catastrophically.",
                   paper="ROME ≈0-8% of edits forgotten until ≈560 edits, then ≈78%; MEMIT ≈0-15% until ≈1250, "
                         "then 100% by ≈1300 (GPT-J, exact match)",
-                  rule="Retention by exact match (study B's 'holds') of ROME and of MEMIT b = 1 on each edit order: "
+                  rule="Retention by exact match (study B's 'holds') of ROME with the original keys (the studies' "
+                       "ROME), of ROME with r-ROME keys and of MEMIT b = 1 on each edit order: "
                        "an order agrees when its run's retention has a catastrophic phase and goes against the claim "
                        f"when its run collapsed (no longer usable) with no such phase; with at least {MIN_ORDERS} "
-                       "orders of an editor, reproduced when every order of ROME or of MEMIT b = 1 agrees, refuted "
-                       "when every order of one goes against it and neither reproduces it; otherwise not decided; "
+                       "orders of an editor, reproduced when every order of one of them agrees, refuted "
+                       "when every order of one goes against it and none reproduces it; otherwise not decided; "
                        + _lower(derived.sequential_rules()["phase"]),
                   page="forgetting")
     runs = _b_arms(arms)
@@ -530,13 +536,14 @@ def _b1(conn, arms) -> Finding:
 def _b2(conn, arms) -> Finding:
     common = dict(claim="B2", study="B", statement="At the catastrophic point downstream abilities fall to about zero.",
                   paper="GLUE F1 (SST2, MRPC, CoLA, RTE) ≈0 from ROME ≈550-600 edits, MEMIT ≈1250 (GPT-J)",
-                  rule="A ROME or MEMIT b = 1 run's collapse (store.derived.usability: from there on at least two of "
+                  rule="The collapse of a run of ROME with the original keys (the studies' ROME), ROME with r-ROME keys "
+                       "or MEMIT b = 1 (store.derived.usability: from there on at least two of "
                        "abilities at chance, perplexity exploded, newest-edit efficacy gone) on each edit order: an "
                        "order agrees when the run collapsed with its abilities at chance (at most a quarter of the "
                        "unedited margin over chance left, mean over tasks) and goes against the claim when it "
                        f"collapsed with abilities above that; with at least {MIN_ORDERS} orders of an editor, "
-                       "reproduced when every order of ROME or of MEMIT b = 1 agrees, refuted when every order of one "
-                       "goes against it and neither reproduces it.", page="forgetting")
+                       "reproduced when every order of one of them agrees, refuted when every order of one "
+                       "goes against it and none reproduces it.", page="forgetting")
     runs = _b_arms(arms)
     if not runs:
         return Finding(**common, ours="no sequential ROME or MEMIT run", verdict=NOT_MEASURED,
@@ -630,12 +637,21 @@ def _b3(conn, arms) -> Finding:
             if label == ROME_ORIGINAL and not head:
                 lo, hi = wilson_ci(ev.height, run["n_done"])
                 head = dict(value=ev.height / run["n_done"], n=run["n_done"], ci_low=lo, ci_high=hi)
-        signs.append(1 if counts[ROME_ORIGINAL] > 0 and counts[ROME] == 0 else -1)
+        # a run still computing with none so far decides nothing yet: its disabling edit may be still to come
+        done = {label: arms[label][o]["status"] == "done" for label in (ROME_ORIGINAL, ROME)}
+        if counts[ROME] > 0 or (counts[ROME_ORIGINAL] == 0 and done[ROME_ORIGINAL]):
+            signs.append(-1)
+        elif counts[ROME_ORIGINAL] > 0 and done[ROME]:
+            signs.append(1)
+        else:
+            signs.append(0)
     ours = "disabling edits: " + "; ".join(parts) + f" (on {len(orders)} edit order{'s' * (len(orders) > 1)})"
+    going = {f"{label} order {o}": arms[label][o] for o in orders for label in (ROME_ORIGINAL, ROME)}
     found = _order_verdict(common, ours, signs, _runs_query(ids),
                            few=f"On {len(orders)} edit order(s): the verdict waits for {MIN_ORDERS} "
                                "(`--order-seed 1`, `2`), since which facts come when decides where large updates fall.",
-                           undecided="The orders disagree.")
+                           undecided="The orders disagree." if 1 in signs and -1 in signs else
+                           "Some orders are not decided yet: " + _not_yet(going))
     return replace(found, **head) if head else found
 
 

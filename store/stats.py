@@ -233,8 +233,29 @@ def series_noise(y, se=None) -> float:
     return sigma
 
 
-def phase_break(x, y, se=None, *, weights=None, min_points: int = 3, steep: float = 3.0, k_noise: float = 3.0,
-                min_effect: float | None = None, min_span: float = 0.1, min_share: float = 0.2) -> dict | None:
+def share_cliff(x, y, counts, *, min_loss: float = 0.5, k_noise: float = 3.0, min_span: float = 0.1) -> dict | None:
+    """The first step of a share series (y[i] of counts[i] items, higher is better) that loses at least `min_loss`
+    of the level before it, beyond sampling noise (two-proportion z of at least `k_noise`), after the run's first
+    `min_span` of its x range: a cliff towards the floor. Returns {from, to, before, after, loss, z} or None."""
+    x, y, n = (np.asarray(v, dtype=float) for v in (x, y, counts))
+    span = min_span * float(x[-1] - x[0]) if len(x) else 0.0
+    for i in range(1, len(y)):
+        if x[i - 1] - x[0] < span or y[i - 1] <= 0 or n[i - 1] <= 0 or n[i] <= 0:
+            continue
+        loss = 1.0 - y[i] / y[i - 1]
+        pooled = (y[i - 1] * n[i - 1] + y[i] * n[i]) / (n[i - 1] + n[i])
+        if loss < min_loss or not 0.0 < pooled < 1.0:
+            continue
+        z = float((y[i - 1] - y[i]) / np.sqrt(pooled * (1.0 - pooled) * (1.0 / n[i - 1] + 1.0 / n[i])))
+        if z >= k_noise:
+            return {"from": float(x[i - 1]), "to": float(x[i]), "before": float(y[i - 1]), "after": float(y[i]),
+                    "loss": float(loss), "z": z}
+    return None
+
+
+def phase_break(x, y, se=None, *, weights=None, counts=None, min_points: int = 3, steep: float = 3.0,
+                k_noise: float = 3.0, min_effect: float | None = None, min_span: float = 0.1,
+                min_share: float = 0.2) -> dict | None:
     """Gradual and catastrophic phases of a series where higher is better (negate, or take -log, first).
 
     The rule. Split the series where two straight lines, fitted to either side, leave the least squared error
@@ -257,6 +278,12 @@ def phase_break(x, y, se=None, *, weights=None, min_points: int = 3, steep: floa
       to the later line's value at the end, per edit) is positive and at least `steep` times the earlier
       slope's loss rate. A cliff followed by a floor counts (the drop is in the rate); a fast early fall that
       slows down does not.
+    A share series (`counts`: each point's n) has one too where it falls off a cliff (`share_cliff`: one step
+    loses at least half of the level before it, with a two-proportion z of at least `k_noise`, after the run's
+    first `min_span`): a steep earlier decline hides a cliff to the floor from the rule above, whose straight
+    earlier line reaches the floor by itself (original-keys ROME on the rebuild's order 0: exact-match retention
+    0.33 -> 0.017 between edits 250 and 300, 95% of what was left, at its collapse). The lines are then split
+    at the cliff, and `cliff` holds the step.
     Returns {change_at, slope_before, slope_after (the fitted lines' slopes per edit, series units),
     loss_rate_before, loss_rate_after (the loss rates the rule compares, the later one with the drop at the
     change point), start, noise, excess (the added loss), drop_after (largest fall from the last earlier
@@ -279,7 +306,13 @@ def phase_break(x, y, se=None, *, weights=None, min_points: int = 3, steep: floa
             best = (total, s, left, right)
     if best is None:  # no split leaves both sides their span
         return None
+    cliff = share_cliff(x, y, counts, k_noise=k_noise, min_span=min_span) if counts is not None else None
     sse, s, (b1, a1, _), (b2, a2, _) = best
+    linear_s = s
+    if cliff is not None:  # the lines split at the cliff (both sides keep at least one point)
+        s = int(np.searchsorted(x, cliff["to"]))
+        (b1, a1, e1), (b2, a2, e2) = _line(x[:s], y[:s], w[:s]), _line(x[s:], y[s:], w[s:])
+        sse = e1 + e2
     # the points' scatter about the two lines counts as noise too (differences alone underrate it where a
     # series is dense at its start: one edit apart, neighbours barely differ)
     noise = max(series_noise(y, se), float(np.sqrt(sse / max(len(x) - 4, 1))))
@@ -291,12 +324,16 @@ def phase_break(x, y, se=None, *, weights=None, min_points: int = 3, steep: floa
     excess = float(np.sum(w[s:] * (trend - y[s:])) / w[s:].sum())
     rate_after = float(level - (a2 + b2 * x_end)) / (x_end - x_last)
     rate_before = -b1
-    catastrophic = (excess >= max(k_noise * noise, floor) and rate_after > 0
-                    and rate_after >= steep * max(rate_before, 0.0))
+    catastrophic = cliff is not None or (excess >= max(k_noise * noise, floor) and rate_after > 0
+                                         and rate_after >= steep * max(rate_before, 0.0))
     drop = max(float(y[s - 1] - y[s:].min()), 0.0) / abs(start)
-    return {"change_at": int(x[s]) if float(x[s]).is_integer() else float(x[s]), "slope_before": b1,
-            "slope_after": b2, "loss_rate_before": rate_before, "loss_rate_after": rate_after, "start": start,
-            "noise": noise, "excess": excess, "drop_after": drop, "catastrophic": bool(catastrophic)}
+    out = {"change_at": int(x[s]) if float(x[s]).is_integer() else float(x[s]), "slope_before": b1,
+           "slope_after": b2, "loss_rate_before": rate_before, "loss_rate_after": rate_after, "start": start,
+           "noise": noise, "excess": excess, "drop_after": drop, "catastrophic": bool(catastrophic)}
+    if cliff is not None:
+        out["cliff"] = cliff
+        out["linear_change_at"] = int(x[linear_s]) if float(x[linear_s]).is_integer() else float(x[linear_s])
+    return out
 
 
 def abrupt_steps(x, y, se=None, *, k_noise: float = 3.0, min_effect: float = 0.0) -> list[dict]:

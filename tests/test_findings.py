@@ -298,6 +298,41 @@ def test_two_phase_forgetting_needs_exact_match_retention_on_three_edit_orders(t
         assert _by_claim(st.conn)["B1"].verdict == REPRODUCED
 
 
+def test_forgetting_is_read_on_the_studies_rome_with_the_original_keys_too(tmp_path):
+    """The studies' ROME had the original keys (before r-ROME's fix): B1 reads that arm beside r-ROME's and
+    MEMIT's, each on its own orders; it reproduces when every order of one arm agrees."""
+    with Store.open(tmp_path / "s.sqlite", create=True) as st:
+        for o in (0, 1, 2):
+            _seq(st, f"rome{o}", order=o)  # r-ROME keys: no phase, no collapse
+            _retention(st, f"rome{o}", "forgotten_em", [0.0, 0.05, 0.1, 0.1])
+            _phase(st, f"rome{o}", "retention_em", catastrophic=False)
+            _seq(st, f"orig{o}", order=o, hparams={**ROME_HP, "key_mismatch": True})
+            _retention(st, f"orig{o}", "forgotten_em", [0.0, 0.3, 0.6, 0.97])
+            _phase(st, f"orig{o}", "retention_em", catastrophic=o < 2)
+        b1 = _by_claim(st.conn)["B1"]  # original keys: two orders agree, the third has not got there
+        assert b1.verdict == NOT_MEASURED and "ROME (original keys) order 0:" in b1.ours and "ROME order 2:" in b1.ours
+        assert "Measured on some orders" in b1.reason and "--edits 1000" in b1.reason
+        _phase(st, "orig2", "retention_em", catastrophic=True)
+        assert _by_claim(st.conn)["B1"].verdict == REPRODUCED
+
+
+def test_a_run_still_computing_with_no_disabling_edit_yet_decides_nothing(tmp_path):
+    with Store.open(tmp_path / "s.sqlite", create=True) as st:
+        for o in (0, 1, 2):
+            _seq(st, f"orig{o}", order=o, hparams={**ROME_HP, "key_mismatch": True}, n_done=420)
+            _seq(st, f"rrome{o}", order=o)
+        _event(st, "orig0", "disabling_edit", 262, value=6.9)
+        _event(st, "orig1", "disabling_edit", 280, value=5.0)
+        st.conn.execute("UPDATE runs SET status = 'interrupted', n_total = 500, n_done = 40 WHERE run_id = 'orig2'")
+        st.conn.commit()
+        b3 = _by_claim(st.conn)["B3"]
+        assert b3.verdict == NOT_MEASURED and "not decided yet" in b3.reason and "order 2 (40 of 500" in b3.reason
+        st.conn.execute("UPDATE runs SET status = 'done', n_total = 500, n_done = 500 WHERE run_id = 'orig2'")
+        st.conn.commit()
+        b3 = _by_claim(st.conn)["B3"]  # finished with none: order 2 goes against the claim
+        assert b3.verdict == NOT_MEASURED and b3.reason == "The orders disagree."
+
+
 def _usable_until(st, run_id, collapse_at, margin_left):
     """Quick-suite checkpoints 0 and 300 of one task (chance 0.5, unedited 0.9) keeping `margin_left` of the
     margin at 300, and a collapse event there when `collapse_at` is given."""

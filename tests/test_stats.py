@@ -13,6 +13,7 @@ from store.stats import (
     permutation_p,
     phase_break,
     robust_z,
+    share_cliff,
     spearman,
     spearman_ci,
     stratified_spearman,
@@ -193,3 +194,25 @@ def test_an_early_rise_is_not_a_trend_the_later_points_are_measured_against():
     assert not phase_break(x, y, se)["catastrophic"]
     cliff = [0.778, 0.827, 0.833, 0.83, 0.3, 0.28, 0.27, 0.27, 0.26]
     assert phase_break(x, cliff, se)["catastrophic"]
+
+
+def test_a_cliff_to_the_floor_after_a_steep_decline_is_a_catastrophic_phase():
+    """Original-keys ROME on the rebuild's order 0: exact-match retention falls steadily (1.0 -> 0.33 by edit
+    250), then loses 95% of what was left by edit 300, at the model's collapse. The straight earlier line reaches
+    the floor by itself, so the two-line rule sees no phase; the share's cliff is one. Halvings within sampling
+    noise, a steady decline and a drop in the run's first tenth are not."""
+    x = list(range(0, 11)) + [50, 100, 150, 200, 250, 300, 350, 400, 420]
+    y = [1.0, 1.0, 1.0, 1.0, 0.75, 0.8, 0.833, 0.857, 0.875, 0.889, 0.9,
+         0.72, 0.51, 0.4, 0.29, 0.328, 0.017, 0.017, 0.02, 0.021]
+    n = [1] + x[1:]
+    assert not phase_break(x, y, weights=n)["catastrophic"]  # the two-line rule alone
+    found = phase_break(x, y, weights=n, counts=n)
+    assert found["catastrophic"] and found["change_at"] == 300 and found["cliff"]["from"] == 250
+    assert found["cliff"]["loss"] > 0.9 and found["cliff"]["z"] > 3
+    assert share_cliff(x, y, n)["to"] == 300
+    # a panel of 49 facts going 10 -> 5 loses half, but within its sampling noise (z about 1.4)
+    assert share_cliff([0, 100, 200, 300, 400], [0.5, 0.4, 0.3, 0.204, 0.102], [49] * 5) is None
+    steady = [1.0 - 0.9 * c / 420 for c in x]
+    assert share_cliff(x, steady, n) is None and not phase_break(x, steady, weights=n, counts=n)["catastrophic"]
+    early = y[:8] + [0.125, 0.111, 0.2] + [0.5, 0.56, 0.41, 0.4, 0.33, 0.28, 0.25, 0.24, 0.23]  # order 1's edit 8
+    assert share_cliff(x, early, n) is None

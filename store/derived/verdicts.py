@@ -36,6 +36,10 @@ EFFICACY_CHANCE = 0.5  # newest-edit efficacy gone: ES no better than a coin (P(
 # when the fall is broad: at least this many ability or perplexity series at once (see disabling_edit_events)
 DISABLING_MIN_SERIES = 2
 
+# the share series a cliff is looked for in (store.stats.share_cliff): retention of the edits so far and recall of
+# the fixed panel; newest-edit efficacy is a share of the last few edits only (10), not one series of one set
+CLIFF_SERIES = ("retention_em", "retention", "panel_recall")
+
 _RUN_SERIES = {  # (scope, metric) -> phase series name; the share's n comes from the scope's "n" rows
     ("all_edits", "retention_em"): "retention_em",
     ("all_edits", "retention"): "retention",
@@ -78,7 +82,9 @@ def run_series(conn: sqlite3.Connection, run_id: str) -> dict[str, dict]:
                 x, y = np.r_[0.0, x], np.r_[1.0, y]
                 se = None if se is None else np.r_[0.0, se]
                 w = None if w is None else np.r_[1.0, w]  # the start, by definition, as one edit's share
-            out[name] = {"x": x, "y": y, "se": se, "min_effect": None, "w": w}
+            # shares of one growing set of edits or of the fixed panel: a cliff in them is judged on their counts
+            counts = w if name in CLIFF_SERIES else None
+            out[name] = {"x": x, "y": y, "se": se, "min_effect": None, "w": w, "counts": counts}
     ab = queries.abilities(conn, [run_id])
     if not ab.is_empty():
         ab = ab.filter(pl.col("mode") == "quick")
@@ -104,8 +110,8 @@ def phase_events(run_id: str, series: dict[str, dict]) -> list[dict]:
 
     events = []
     for name, s in series.items():
-        found = phase_break(s["x"], s["y"], s["se"], weights=s.get("w"), min_points=PHASE_MIN_POINTS,
-                            min_effect=s["min_effect"])
+        found = phase_break(s["x"], s["y"], s["se"], weights=s.get("w"), counts=s.get("counts"),
+                            min_points=PHASE_MIN_POINTS, min_effect=s["min_effect"])
         if found is None:
             continue
         found = {k: (float(v) if isinstance(v, (np.floating, float)) else v) for k, v in found.items()}
@@ -382,18 +388,22 @@ def sequential_rules() -> dict[str, str]:
     page states the rule beside the verdict it computed (event kind -> sentence)."""
     import inspect
 
-    from ..stats import OUTLIER_Z, abrupt_steps, phase_break
+    from ..stats import OUTLIER_Z, abrupt_steps, phase_break, share_cliff
 
     pb = {k: v.default for k, v in inspect.signature(phase_break).parameters.items()
           if v.default is not inspect.Parameter.empty}
     ab = inspect.signature(abrupt_steps).parameters["k_noise"].default
+    cliff_loss = inspect.signature(share_cliff).parameters["min_loss"].default
     return {
         "phase": f"A series has a catastrophic phase when, split where two straight lines fit it best (at least "
                  f"{PHASE_MIN_POINTS} checkpoints and {pb['min_span']:.0%} of the run's edits a side; a share weighted "
                  f"by its n, so a share of the first few edits counts for few), the later side loses beyond the "
                  f"earlier trend (a rise held at its level), on average, at least {pb['k_noise']:g}x the series' own noise and "
                  f"at least {pb['min_share']:.0%} of the level it had at the split (perplexity: at least doubles), "
-                 f"at a rate at least {pb['steep']:g}x the earlier one (store.stats.phase_break).",
+                 f"at a rate at least {pb['steep']:g}x the earlier one; or, for retention and panel recall, where "
+                 f"one step loses at least {cliff_loss:.0%} of what was left, beyond sampling noise (two-proportion z at least "
+                 f"{pb['k_noise']:g}), after the run's first {pb['min_span']:.0%}: a cliff a steep earlier decline "
+                 f"would hide (store.stats.phase_break).",
         "large_update": f"A large update is one out of line with the run's own updates and with the {LOCAL_UPDATES} "
                         f"on either side of it: robust z (median and MAD) of log ||dW|| above {OUTLIER_Z:g} over the "
                         "run's edits, and of its excess over its neighbours' median against the run's such excesses "
