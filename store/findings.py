@@ -658,37 +658,48 @@ def _b3(conn, arms) -> Finding:
 def _b4(conn, arms) -> Finding:
     common = dict(claim="B4", study="B", statement="MEMIT lasts longer than ROME before collapse.",
                   paper="ROME collapses at ≈560 edits, MEMIT at ≈1250 (GPT-J)",
-                  rule=f"Collapse (store.derived.usability) of MEMIT b = 1 against ROME on each shared edit order; "
-                       f"with at least {MIN_ORDERS} orders, reproduced when MEMIT lasts longer on every order, refuted "
-                       f"when ROME lasts at least as long on every order.", page="forgetting")
-    orders = _shared(arms, ROME, MEMIT_1)
-    if not orders:
+                  rule=f"Collapse (store.derived.usability) of MEMIT b = 1 against ROME on each shared edit order, "
+                       f"ROME with the original keys (the studies' ROME) and with r-ROME keys each compared apart; "
+                       f"with at least {MIN_ORDERS} orders of a comparison, reproduced when MEMIT lasts longer on "
+                       f"every order of one of them, refuted when ROME lasts at least as long on every order of one "
+                       f"and none reproduces it.", page="forgetting")
+    pairs = {label: _shared(arms, label, MEMIT_1) for label in (ROME_ORIGINAL, ROME)}
+    pairs = {label: orders for label, orders in pairs.items() if orders}
+    if not pairs:
         return Finding(**common, ours="no ROME and MEMIT b = 1 runs on one edit order", verdict=NOT_MEASURED,
                        reason="Run `python -m compute run sequential --editor ROME` and `--editor MEMIT --batch 1` "
                               "with the same --order-seed.")
-    ids = [arms[label][o]["run_id"] for o in orders for label in (ROME, MEMIT_1)]
+    ids = list(dict.fromkeys(arms[label][o]["run_id"] for rome, orders in pairs.items() for o in orders
+                             for label in (rome, MEMIT_1)))
     events = derived.sequential_events(conn, ids)
-    parts, signs = [], []
-    for o in orders:
-        at = {label: _collapse_at(events, arms[label][o]["run_id"]) for label in (ROME, MEMIT_1)}
-        done = {label: arms[label][o]["n_done"] for label in (ROME, MEMIT_1)}
-        parts.append(f"order {o}: " + ", ".join(
-            f"{label} " + (f"collapsed at edit {at[label]}" if at[label] is not None else f"usable through {done[label]}")
-            for label in (ROME, MEMIT_1)))
-        r, m = at[ROME], at[MEMIT_1]
-        if r is not None and (m is None and done[MEMIT_1] > r or m is not None and m > r):
-            signs.append(1)
-        elif m is not None and (r is None and done[ROME] >= m or r is not None and r >= m):
-            signs.append(-1)
-        else:
-            signs.append(0)
     lead = {1: "MEMIT lasted longer", -1: "ROME lasted at least as long", 0: "neither collapsed first"}
-    ours = "; ".join(parts) + (f" ({'; '.join(lead[s] for s in signs)})" if len(signs) < MIN_ORDERS else "")
-    return _order_verdict(common, ours, signs, _runs_query(ids),
-                          few=f"When a model collapses varies with the edit order, and the store has {len(signs)} "
-                              f"shared order(s): run `--order-seed` 1 and 2 of ROME and of MEMIT --batch 1.",
-                          undecided="Measured, but undecided: the orders disagree or neither run collapsed; extend "
-                                    "the runs.")
+    parts, signs = [], {}
+    for rome, orders in pairs.items():
+        for o in orders:
+            at = {label: _collapse_at(events, arms[label][o]["run_id"]) for label in (rome, MEMIT_1)}
+            done = {label: arms[label][o]["n_done"] for label in (rome, MEMIT_1)}
+            r, m = at[rome], at[MEMIT_1]
+            if r is not None and (m is None and done[MEMIT_1] > r or m is not None and m > r):
+                sign = 1
+            elif m is not None and (r is None and done[rome] >= m or r is not None and r >= m):
+                sign = -1
+            else:
+                sign = 0
+            signs.setdefault(rome, []).append(sign)
+            parts.append(f"order {o}: " + ", ".join(
+                f"{label} " + (f"collapsed at edit {at[label]}" if at[label] is not None
+                               else f"usable through {done[label]}") for label in (rome, MEMIT_1))
+                + (f" ({lead[sign]})" if len(orders) < MIN_ORDERS else ""))
+    verdict = _per_editor(signs)
+    n = max(len(v) for v in signs.values())
+    if verdict != NOT_MEASURED:
+        return Finding(**common, ours="; ".join(parts), verdict=verdict, query=_runs_query(ids), n=n)
+    if all(len(v) < MIN_ORDERS for v in signs.values()):
+        reason = (f"When a model collapses varies with the edit order, and the store has {n} shared order(s): run "
+                  f"`--order-seed` 1 and 2 of ROME and of MEMIT --batch 1.")
+    else:
+        reason = "Measured, but undecided: the orders disagree or neither run collapsed; extend the runs."
+    return Finding(**common, ours="; ".join(parts), verdict=NOT_MEASURED, query=_runs_query(ids), n=n, reason=reason)
 
 
 def _panel_at(curves: pl.DataFrame, run_id: str, at: int) -> dict | None:

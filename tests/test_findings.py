@@ -255,6 +255,21 @@ def test_when_models_collapse_is_judged_only_on_three_edit_orders(tmp_path):
         assert _by_claim(st.conn)["B4"].verdict == NOT_MEASURED
 
 
+def test_memit_against_rome_is_judged_with_the_studies_rome_and_with_r_rome_apart(tmp_path):
+    """The studies' ROME (original keys) collapses before MEMIT b = 1 on every order while r-ROME never does:
+    reproduced by the comparison with the studies' ROME; r-ROME's comparison is reported beside it."""
+    with Store.open(tmp_path / "s.sqlite", create=True) as st:
+        for o in (0, 1, 2):
+            _seq(st, f"orig{o}", order=o, hparams={**ROME_HP, "key_mismatch": True})
+            _seq(st, f"rome{o}", order=o)
+            _seq(st, f"memit{o}", editor="MEMIT", hparams={}, order=o)
+            _event(st, f"orig{o}", "collapse", 250 + o)
+            _event(st, f"memit{o}", "collapse", 400)
+        b4 = _by_claim(st.conn)["B4"]
+    assert b4.verdict == REPRODUCED and b4.n == 3
+    assert "ROME (original keys) collapsed at edit 250" in b4.ours and "ROME usable through 500" in b4.ours
+
+
 def _retention(st, run_id, metric, values):
     held = "n_held_em" if metric == "forgotten_em" else "n_held"
     st.write_measurements([{"run_id": run_id, "case_id": RUN_LEVEL, "edit_count": 50 * (i + 1),
