@@ -50,6 +50,7 @@ from .sequential import (
 from .sweeps import sweep_summary
 from .verdicts import (
     CHANCE_SHARE,
+    CLIFF_SERIES,
     DERIVED_EVENT_KINDS,
     DISABLING_MIN_SERIES,
     EFFICACY_CHANCE,
@@ -86,7 +87,7 @@ __all__ = [
     "AGE_BINS", "PHASE_SERIES", "forgetting_by_age", "order_means", "phase_series_label", "phase_verdict",
     "sequential_curves", "sequential_events", "sequential_headlines", "sequential_phases",
     "sweep_summary",
-    "CHANCE_SHARE", "DERIVED_EVENT_KINDS", "DISABLING_MIN_SERIES", "EFFICACY_CHANCE", "PERPLEXITY_BLOWUP", "PERPLEXITY_EFFECT",
+    "CHANCE_SHARE", "CLIFF_SERIES", "DERIVED_EVENT_KINDS", "DISABLING_MIN_SERIES", "EFFICACY_CHANCE", "PERPLEXITY_BLOWUP", "PERPLEXITY_EFFECT",
     "LOCAL_UPDATES", "LOG_NORM_MAD_FLOOR", "MIN_OUTLIER_EDITS", "PHASE_MIN_POINTS", "abrupt_change_events", "collapse_event", "derive_sequential_events",
     "disabling_edit_events", "large_update_events", "local_log_residuals", "panel_floor_events", "phase_events", "rederive_sequential_events", "run_series",
     "sequential_rules", "usability",
