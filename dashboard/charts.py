@@ -7,7 +7,7 @@ import zlib
 import plotly.graph_objects as go
 import polars as pl
 
-from store.derived import is_mass_editor
+from store.derived import PHASE_CURVES, is_mass_editor
 
 # --------------------------------------------------------------------------- one colour (and dash) per run
 
@@ -266,8 +266,9 @@ def forgetting_curves(curves: pl.DataFrame, events: pl.DataFrame, series: list[s
             in_legend.add(run)
             ev = events.filter(pl.col("run_id") == run) if not events.is_empty() else events
             for e in ev.iter_rows(named=True) if not ev.is_empty() else []:
-                if e["kind"] == "phase" and e["phase"] == "catastrophic" and e["series"] and name.lower().startswith(
-                        {"retention": "retained", "panel_recall": "recall on", "fluency": "fluency"}.get(e["series"], "?")):
+                # a phase is shaded on its own series' panel only (exact-match retention's on its panel, not on
+                # the ES one: matching panel names by prefix shaded ES phases on both and exact-match ones on none)
+                if e["kind"] == "phase" and e["phase"] == "catastrophic" and PHASE_CURVES.get(e["series"]) == name:
                     fig.add_vrect(x0=e["edit_count"], x1=e["end_count"], fillcolor=_rgba(colour, 0.10), line_width=0,
                                   row=row, col=col)
                 elif e["kind"] == "disabling_edit":

@@ -116,6 +116,23 @@ def test_forgetting_curves_shade_catastrophic_phases_and_mark_events():
     assert fig.layout.xaxis.title.text == "Edits made"
 
 
+def test_a_phase_is_shaded_on_its_own_series_panel_only():
+    """Exact-match retention's catastrophic phase is shaded on the exact-match panel (it was shaded on none: panels
+    were matched by a name prefix), and the ES retention's phase only on the ES panel."""
+    names = ["Retained edits (exact match)", "Retained edits"]
+    curves = pl.DataFrame({"run_id": ["a"] * 4, "edit_count": [100, 200, 100, 200], "series": names[:1] * 2 + names[1:] * 2,
+                           "value": [0.5, 0.02, 0.8, 0.7], "n": [100, 200, 100, 200], "ci_low": [0.4, 0.0, 0.7, 0.6],
+                           "ci_high": [0.6, 0.05, 0.9, 0.8]})
+    events = pl.DataFrame({"run_id": ["a"], "kind": ["phase"], "series": ["retention_em"], "phase": ["catastrophic"],
+                           "edit_count": [150], "end_count": [200], "value": [-0.01]})
+    fig = charts.forgetting_curves(curves, events, names, {"a": "ROME"})
+    rects = [s for s in fig.layout.shapes if s.type == "rect"]
+    assert len(rects) == 1 and rects[0].xref == "x"  # the first panel: exact match
+    es = events.with_columns(pl.lit("retention").alias("series"))
+    rects = [s for s in charts.forgetting_curves(curves, es, names, {"a": "ROME"}).layout.shapes if s.type == "rect"]
+    assert len(rects) == 1 and rects[0].xref == "x2"
+
+
 def test_weight_drift_chart_has_three_panels_per_matrix():
     drift = pl.DataFrame({"run_id": ["a"] * 4, "edit_count": [1, 2, 1, 2],
                           "module": ["model.layers.3.mlp.down_proj"] * 2 + ["model.layers.4.mlp.down_proj"] * 2,

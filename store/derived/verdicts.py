@@ -14,7 +14,7 @@ import numpy as np
 import polars as pl
 
 from .. import queries
-from ..conventions import DERIVED_EVENT_KINDS, RUN_LEVEL
+from ..conventions import DERIVED_EVENT_KINDS, RUN_LEVEL, SEQUENTIAL_SERIES
 from .common import wilson_arrays
 
 
@@ -47,6 +47,10 @@ _RUN_SERIES = {  # (scope, metric) -> phase series name; the share's n comes fro
     ("newest", "es"): "newest_es",
     ("free_text", "fluency"): "fluency",
 }
+
+
+# each phase series' curve as the pages name it (store.conventions.SEQUENTIAL_SERIES): where its phases are drawn
+PHASE_CURVES = {phase: SEQUENTIAL_SERIES[key] for key, phase in _RUN_SERIES.items()}
 
 
 def _se_share(values: np.ndarray, n: np.ndarray) -> np.ndarray:
