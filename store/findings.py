@@ -433,6 +433,13 @@ def _collapse_at(events: pl.DataFrame, run_id: str) -> int | None:
     return int(col.min()) if col.len() else None
 
 
+def _unfinished(run: dict) -> str:
+    """' (interrupted, 40 of 500 edits)' for a run that is not finished, else '': its figures are as far as it got."""
+    if run.get("status") == "done":
+        return ""
+    return f" ({run.get('status')}, {run.get('n_done') or 0} of {run.get('n_total') or 0} edits)"
+
+
 def _b_arms(arms: dict) -> dict[str, dict[int, dict]]:
     """The one-edit-at-a-time runs study B's forgetting and collapse are read on: ROME with the original keys
     (the studies' ROME, before r-ROME's key fix), ROME with r-ROME keys (EditScope's default) and MEMIT b = 1;
@@ -506,7 +513,7 @@ def _b1(conn, arms) -> Finding:
             series = em_label if em else es_label
             last = em or _last_share(curves, rid, "forgotten")
             ph = phases.filter((pl.col("run_id") == rid) & (pl.col("series") == series))
-            text = f"{label} order {o}: " + (f"{_ci(last['value'], last['ci_low'], last['ci_high'])} of {last['n']} "
+            text = f"{label} order {o}{_unfinished(run)}: " + (f"{_ci(last['value'], last['ci_low'], last['ci_high'])} of {last['n']} "
                                              f"held edits forgotten by edit {last['edit_count']}" if last
                                              else "no forgetting series")
             p = ph.row(0, named=True) if ph.height else None
@@ -556,7 +563,7 @@ def _b2(conn, arms) -> Finding:
     parts, signs, head, unscored = [], {}, {}, 0
     for label, by in runs.items():
         for o, run in by.items():
-            name = f"{label} order {o}"
+            name = f"{label} order {o}{_unfinished(run)}"
             use = derived.usability(conn, run["run_id"])
             at = _collapse_at(events, run["run_id"])
             if use.is_empty():

@@ -329,6 +329,9 @@ def test_forgetting_is_read_on_the_studies_rome_with_the_original_keys_too(tmp_p
         assert "Measured on some orders" in b1.reason and "--edits 1000" in b1.reason
         _phase(st, "orig2", "retention_em", catastrophic=True)
         assert _by_claim(st.conn)["B1"].verdict == REPRODUCED
+        st.conn.execute("UPDATE runs SET status = 'interrupted', n_total = 500 WHERE run_id = 'orig1'")
+        st.conn.commit()  # a run not finished is named with how far it got
+        assert "ROME (original keys) order 1 (interrupted, 500 of 500 edits):" in _by_claim(st.conn)["B1"].ours
 
 
 def test_a_run_still_computing_with_no_disabling_edit_yet_decides_nothing(tmp_path):
