@@ -652,23 +652,30 @@ def cmd_store_delete(args) -> None:
 def cmd_store_rederive(args) -> None:
     """Re-derive what the store's rules find in stored runs (sequential runs' phases, disabling edits, collapse and
     panel floor; knowledge and robustness runs' popularity correlations) with the current code: no edit or
-    measurement is recomputed, only the derived rows are replaced."""
-    from store import queries
+    measurement is recomputed, only the derived rows are replaced. A finalized store (the shipped one) is
+    finalized again after it, so it stays one file in rollback-journal mode, ready to commit."""
+    from store import is_finalized, queries
     from store.derived import rederive_sequential_events, store_correlations
 
+    shipped = is_finalized(args.store)
     with Store.open(args.store) as st:
-        runs = queries.list_runs(st.conn, kind="sequential")
-        if args.run:
-            runs = runs.filter(runs["run_id"] == args.run)
-            if runs.is_empty():
-                raise ValueError(f"no sequential run {args.run!r} in {st.path}: see `runs list --kind sequential`")
-        for run_id in runs["run_id"].to_list():
-            n = rederive_sequential_events(st, run_id)
-            _out(f"{run_id}: {n} derived event(s)")
-        if not args.run:
-            with st.conn:  # every run's correlations again, with the current statistics
-                st.conn.execute("DELETE FROM correlations")
-            _out(f"stored the popularity correlations of {store_correlations(st)} finished run(s)")
+        try:
+            runs = queries.list_runs(st.conn, kind="sequential")
+            if args.run:
+                runs = runs.filter(runs["run_id"] == args.run)
+                if runs.is_empty():
+                    raise ValueError(f"no sequential run {args.run!r} in {st.path}: see `runs list --kind sequential`")
+            for run_id in runs["run_id"].to_list():
+                n = rederive_sequential_events(st, run_id)
+                _out(f"{run_id}: {n} derived event(s)")
+            if not args.run:
+                with st.conn:  # every run's correlations again, with the current statistics
+                    st.conn.execute("DELETE FROM correlations")
+                _out(f"stored the popularity correlations of {store_correlations(st)} finished run(s)")
+        finally:
+            if shipped:  # opening it writable switched it to WAL, error or not
+                st.finalize()
+                _out(f"{st.path}: finalized again (journal mode DELETE), as it was")
 
 
 def cmd_model_info(args) -> None:

@@ -8,6 +8,6 @@ the migrations. This package imports only the standard library, polars and numpy
 without torch.
 """
 
-from .db import Store, StoreError, default_store_path
+from .db import Store, StoreError, default_store_path, is_finalized
 
-__all__ = ["Store", "StoreError", "default_store_path"]
+__all__ = ["Store", "StoreError", "default_store_path", "is_finalized"]

@@ -79,6 +79,13 @@ def _is_wal(header: bytes) -> bool:
     return len(header) >= 20 and header[18] == 2 and header[19] == 2
 
 
+def is_finalized(path: str | os.PathLike) -> bool:
+    """Whether the file at `path` is a store in rollback-journal mode (`Store.finalize`: one file, ready to commit
+    or ship), as opposed to a writer's WAL mode or no file at all."""
+    header = _read_header(Path(path).expanduser())
+    return bool(header) and header.startswith(SQLITE_HEADER) and not _is_wal(header)
+
+
 def _connect_readonly(path: Path, header: bytes) -> sqlite3.Connection:
     """Open read-only by URI; a WAL file in a read-only directory needs immutable=1 (no -shm possible)."""
     uri = path.resolve().as_uri() + "?mode=ro"

@@ -330,6 +330,7 @@ def test_store_rederive_replaces_derived_events_and_correlations_without_recompu
         st.conn.execute("DELETE FROM run_events WHERE kind IN ('phase', 'panel_floor', 'disabling_edit')")
         st.conn.execute("UPDATE correlations SET rho = 99.0")
         st.conn.commit()
+        st.finalize()  # as the shipped store is
     assert main(["--store", str(copy), "--quiet", "store", "rederive"]) == 0
     out = capsys.readouterr().out
     assert "derived event(s)" in out and "popularity correlations" in out
@@ -338,6 +339,10 @@ def test_store_rederive_replaces_derived_events_and_correlations_without_recompu
         assert st.conn.execute("SELECT count(*) FROM run_events WHERE kind = 'phase'").fetchone()[0] > 0
         assert st.conn.execute("SELECT count(*) FROM correlations WHERE rho = 99.0").fetchone()[0] == 0
     assert main(["--store", str(copy), "--quiet", "store", "rederive", "--run", "no-such"]) == 2
+    # a finalized store (the shipped one) stays finalized: one file in rollback-journal mode, ready to commit
+    from store import is_finalized
+
+    assert is_finalized(copy) and not copy.with_name("copy.sqlite-wal").exists()
 
 
 def test_store_delete_removes_a_run_and_every_row_it_owns(fixture_store, tmp_path, capsys):

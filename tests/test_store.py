@@ -603,6 +603,17 @@ def test_abilities_key_columns_cannot_be_null(store):
 
 # finalize and imports -----------------------------------------------------------------------------
 
+def test_the_committed_stores_are_finalized():
+    """store/results.sqlite and store/rebuild.sqlite as committed: one file each in rollback-journal mode (a WAL
+    header means something opened it writable and nobody finalized it: `python -m compute store finalize`)."""
+    from store import is_finalized
+
+    folder = Path(__file__).resolve().parent.parent / "store"
+    for name in ("results.sqlite", "rebuild.sqlite"):
+        if (folder / name).exists():
+            assert is_finalized(folder / name), f"{name} is in WAL mode: run `python -m compute --store store/{name} store finalize`"
+
+
 def test_finalize_leaves_one_file_that_opens_read_only_elsewhere(tmp_path):
     with Store.open(tmp_path / "s.sqlite", create=True) as s:
         run_id = s.start_run(kind="demo", model="m")
