@@ -20,7 +20,7 @@ from dashboard.data import query
 from dashboard.filters import current, shared_selectbox
 from dashboard.tables import to_minute
 from store.conventions import TRAITS_KEY
-from store.derived import SHIPPED_KEY_CONSTRAINT, edits_facts, run_label
+from store.derived import edits_facts, other_key_constraint, run_label
 
 
 def results_choice() -> str | None:
@@ -109,7 +109,7 @@ def describe_runs(runs: pl.DataFrame) -> pl.DataFrame:
                      "rect_top": float(hp.get("rect_top", 1.0) or 1.0), "batch_size": cfg.get("batch_size"),
                      "order_seed": cfg.get("order_seed"), "arm": arm_key(r, hp, cfg, where),
                      "pre_rebuild": pre_rebuild, "edits_facts": edits_facts(r["editor"], cfg), "group": group,
-                     "other_keys": hp.get("key_constraint") not in (None, SHIPPED_KEY_CONSTRAINT.get(r["editor"], "all"))})
+                     "other_keys": other_key_constraint(r["editor"], hp) is not None})
     df = pl.DataFrame(rows, schema={k: v for k, v in RUN_TABLE.items() if k not in ("label", "reference")}
                       | {"group": pl.String})
     # one reference run per kind and label (editor, variant, order): a rebuilt run before one kept from before

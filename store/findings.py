@@ -117,9 +117,8 @@ def _robustness_runs(conn: sqlite3.Connection) -> dict[str, dict]:
     by_editor: dict[str, list[dict]] = {}
     for r in queries.list_runs(conn, kind="robustness").iter_rows(named=True):
         hp = json.loads(r["hparams"] or "null") or {}
-        constraint = hp.get("key_constraint")
-        other_keys = constraint is not None and constraint != derived.SHIPPED_KEY_CONSTRAINT.get(r["editor"], "all")
-        if hp.get("key_mismatch") or hp.get("rect_top", 1.0) < 1.0 or other_keys or not r["n_done"]:
+        if (hp.get("key_mismatch") or hp.get("rect_top", 1.0) < 1.0 or derived.other_key_constraint(r["editor"], hp)
+                or not r["n_done"]):
             continue
         by_editor.setdefault(r["editor"], []).append(r)
     return {e: _best(rows) for e, rows in by_editor.items()}

@@ -18,7 +18,8 @@ from ..conventions import RUN_LEVEL, SEQUENTIAL_SERIES
 from .abilities import ability_order_means, ability_scores, editing_performance, start_from_unedited, up_to_common_end
 from .cases import case_runs, case_view
 from .common import wilson_arrays
-from .labels import (CONTROL_EDITORS, MASS_EDITORS, SHIPPED_KEY_CONSTRAINT, edits_facts, is_mass_editor, run_label,
+from .labels import (CONTROL_EDITORS, MASS_EDITORS, SHIPPED_KEY_CONSTRAINT, edits_facts, is_mass_editor,
+                     other_key_constraint, run_label,
                      run_labels)
 from .robustness import (
     POPULARITY_FEATURES,
@@ -80,7 +81,8 @@ __all__ = [
     "ability_order_means", "ability_scores", "editing_performance", "start_from_unedited", "up_to_common_end",
     "case_runs", "case_view",
     "wilson_arrays",
-    "CONTROL_EDITORS", "MASS_EDITORS", "SHIPPED_KEY_CONSTRAINT", "edits_facts", "is_mass_editor", "run_label",
+    "CONTROL_EDITORS", "MASS_EDITORS", "SHIPPED_KEY_CONSTRAINT", "edits_facts", "is_mass_editor",
+    "other_key_constraint", "run_label",
     "run_labels",
     "POPULARITY_FEATURES", "SMALL_N", "WITHIN", "WITHIN_COLUMNS", "correlation_rows", "knowledge_by_quartile",
     "knowledge_correlations", "popularity_bins", "popularity_points", "robustness_correlations",

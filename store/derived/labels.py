@@ -39,6 +39,13 @@ def is_mass_editor(editor: str | None, config: dict | None) -> bool:
 SHIPPED_KEY_CONSTRAINT = {"ROME": "all", "MEMIT": "plain", "AlphaEdit": "plain"}
 
 
+def other_key_constraint(editor: str | None, hparams: dict | None) -> str | None:
+    """The run's key constraint where it is not the one its editor ships with (a variant, labelled so; not the
+    editor's reference run), else None; runs made before the field existed say nothing."""
+    constraint = (hparams or {}).get("key_constraint")
+    return constraint if constraint is not None and constraint != SHIPPED_KEY_CONSTRAINT.get(editor, "all") else None
+
+
 def run_label(editor: str | None, hparams: dict | None, config: dict | None) -> str:
     """A run's short name: the editor plus what sets it apart (original ROME keys, a key constraint other than the
     shipped one, RECT share, batch size: always for a mass editor, else where it is not 1; a sweep's setting)."""
@@ -48,8 +55,8 @@ def run_label(editor: str | None, hparams: dict | None, config: dict | None) -> 
         label += " (control)"
     if hp.get("key_mismatch"):
         label += " (original keys)"
-    constraint = hp.get("key_constraint")  # runs made before the field existed say nothing
-    if constraint is not None and constraint != SHIPPED_KEY_CONSTRAINT.get(editor, "all"):
+    constraint = other_key_constraint(editor, hp)
+    if constraint:
         label += f" (keys: {constraint})"
     if hp.get("rect_top", 1.0) < 1.0:
         label += f" + RECT {round(100 * hp['rect_top'])}%"
