@@ -767,54 +767,61 @@ def _c1(conn, arms) -> Finding:
     common = dict(claim="C1", study="C", statement="Sequential ROME edits erode general abilities.",
                   paper="GPT-2 XL within 20 edits: sentiment 0.56 → 0.0, NER 0.43 → 0.18, open QA 0.20 → 0.01",
                   rule="How many edits break a model depends on its size, so the paper's speed is not asked of a 135M "
-                       "model; on each edit order of ROME, the direction (abilities fall) agrees when sentiment, "
-                       "entity typing (NER) and closed-book QA (open QA) each end with a 95% CI wholly below the "
-                       "unedited model's and disagrees when none does; with at least "
-                       f"{MIN_ORDERS} orders, the claim's direction agrees when every order agrees, disagrees when "
-                       "every order disagrees, else undecided.", page="abilities")
-    if ROME not in arms:
+                       "model; on each edit order of ROME with the original keys (ROME as published, before r-ROME's "
+                       "key fix) and of ROME with r-ROME keys, each read apart, the direction (abilities fall) agrees "
+                       "when sentiment, entity typing (NER) and closed-book QA (open QA) each end with a 95% CI "
+                       "wholly below the unedited model's and disagrees when none does; with at least "
+                       f"{MIN_ORDERS} orders of one of them, the claim's direction agrees when every order of one "
+                       "agrees, disagrees when every order of one disagrees and none agrees, else undecided.",
+                  page="abilities")
+    runs = {label: dict(sorted(arms[label].items())) for label in (ROME_ORIGINAL, ROME) if label in arms}
+    if not runs:
         return Finding(**common, ours="no sequential ROME run", verdict=NOT_MEASURED,
                        reason="Run `python -m compute run sequential --editor ROME --edits 500 --abilities-every 50`.")
-    runs = dict(sorted(arms[ROME].items()))
     ab = derived.ability_scores(conn, kind="sequential", mode="quick")
-    query = _runs_query([r["run_id"] for r in runs.values()], ability_view="sequential")
-    signs, head, missing, by_task = [], {}, [], {}
-    for o, run in runs.items():
-        mine = ab.filter(pl.col("run_id") == run["run_id"])
-        counts = sorted(set(mine["edit_count"].to_list()))
-        if 0 not in counts or len(counts) < 2:
-            missing.append(f"order {o}: no ability checkpoints")
-            continue
-        first = next((c for c in counts if c >= 20), counts[-1])
-        base, early, end = (_scores(mine, run["run_id"], c) for c in (0, first, counts[-1]))
-        tasks = [t for t in STUDY_C_TASKS if t in base and t in end and t in early]
-        if not tasks:
-            missing.append(f"order {o}: none of study C's tasks measured")
-            continue
-        for t in tasks:
-            b0, e, z = base[t], early[t], end[t]
-            unedited = f"unedited {_ci(b0['score'], b0['ci_low'], b0['ci_high'])}"
-            entry = by_task.setdefault(t, {"unedited": unedited, "n": z["n"], "orders": []})
-            entry["orders"].append(f"order {o}" + (f" ({unedited})" if unedited != entry["unedited"] else "")
-                                   + f": {e['score']:.2f} at {first} edits, "
-                                   f"{_ci(z['score'], z['ci_low'], z['ci_high'])} at {counts[-1]}")
-        fell = [_worse(end[t], base[t]) for t in tasks]
-        signs.append(1 if all(fell) else -1 if not any(fell) else 0)
-        if not head:
-            t0 = tasks[0]
-            head = dict(value=end[t0]["score"], n=end[t0]["n"], ci_low=end[t0]["ci_low"], ci_high=end[t0]["ci_high"])
+    query = _runs_query([r["run_id"] for by in runs.values() for r in by.values()], ability_view="sequential")
+    signs: dict[str, list[int]] = {}
+    head, missing, by_task, per_order = {}, [], {}, []
+    for label, by in runs.items():
+        for o, run in by.items():
+            name = f"{label} order {o}{_unfinished(run)}"
+            mine = ab.filter(pl.col("run_id") == run["run_id"])
+            counts = sorted(set(mine["edit_count"].to_list()))
+            if 0 not in counts or len(counts) < 2:
+                missing.append(f"{name}: no ability checkpoints")
+                continue
+            first = next((c for c in counts if c >= 20), counts[-1])
+            base, early, end = (_scores(mine, run["run_id"], c) for c in (0, first, counts[-1]))
+            tasks = [t for t in STUDY_C_TASKS if t in base and t in end and t in early]
+            if not tasks:
+                missing.append(f"{name}: none of study C's tasks measured")
+                continue
+            for t in tasks:
+                b0, e, z = base[t], early[t], end[t]
+                unedited = f"unedited {_ci(b0['score'], b0['ci_low'], b0['ci_high'])}"
+                entry = by_task.setdefault(t, {"unedited": unedited, "n": z["n"], "orders": []})
+                entry["orders"].append(name + (f" ({unedited})" if unedited != entry["unedited"] else "")
+                                       + f": {e['score']:.2f} at {first} edits, "
+                                       f"{_ci(z['score'], z['ci_low'], z['ci_high'])} at {counts[-1]}")
+            fell = [_worse(end[t], base[t]) for t in tasks]
+            sign = 1 if all(fell) else -1 if not any(fell) else 0
+            signs.setdefault(label, []).append(sign)
+            per_order.append(f"{label} order {o}: " + {1: "all three fell", -1: "none fell", 0: "some fell"}[sign])
+            if not head:
+                t0 = tasks[0]
+                head = dict(value=end[t0]["score"], n=end[t0]["n"], ci_low=end[t0]["ci_low"],
+                            ci_high=end[t0]["ci_high"])
     parts = [f"{STUDY_C_TASKS[t]} ({e['n']} items): {e['unedited']}; " + "; ".join(e["orders"])
              for t, e in by_task.items()] + missing
     if not signs:
         return Finding(**common, ours="; ".join(parts), verdict=NOT_MEASURED, query=query,
                        reason="Rerun the ROME run with `--abilities-every 50` (the quick ability suite with "
                               "sentiment, entity typing and closed-book QA).")
-    said = _agreement(signs)
-    decided = said is not None
-    direction = {1: AGREES, -1: DISAGREES}.get(said, UNDECIDED)
-    per_order = {1: "all three fell", -1: "none fell", 0: "some fell"}
-    outcome = f" Per order: {', '.join(per_order[x] for x in signs)}" + (
-        "." if decided else f"; the direction waits for {MIN_ORDERS} edit orders.")
+    said = {_agreement(s) for s in signs.values()}
+    direction = AGREES if 1 in said else DISAGREES if -1 in said else UNDECIDED
+    decided = direction != UNDECIDED or all(s is not None for s in said)
+    outcome = f" Per order: {', '.join(per_order)}" + (
+        "." if decided else f"; the direction waits for {MIN_ORDERS} edit orders of one of them.")
     return Finding(**common, ours=" | ".join(parts) + " (quick suite)", verdict=NOT_COMPARABLE,
                    direction=direction, query=query, **head,
                    reason="GPT-2 XL on study C's data vs SmolLM2-135M on our quick suite, scored every 50 edits "

@@ -441,8 +441,8 @@ def test_ability_erosion_is_read_on_every_edit_order_of_rome(tmp_path):
             _seq(st, f"rome{o}", order=o)
             _study_c(st, f"rome{o}", fall)
         c1 = _by_claim(st.conn)["C1"]
-        assert c1.direction == "agrees" and "all three fell, all three fell, all three fell" in c1.reason
-        assert all(f"order {o}: 0.80 at 50 edits, 0.60" in c1.ours for o in (0, 1, 2))
+        assert c1.direction == "agrees" and all(f"ROME order {o}: all three fell" in c1.reason for o in (0, 1, 2))
+        assert all(f"ROME order {o}: 0.80 at 50 edits, 0.60" in c1.ours for o in (0, 1, 2))
         assert c1.value == pytest.approx(0.6) and c1.n == 200
         _study_c(st, "rome2", {**fall, "sentiment": 0.79})  # sentiment holds on one order
         assert _by_claim(st.conn)["C1"].direction == "undecided"
@@ -451,6 +451,27 @@ def test_ability_erosion_is_read_on_every_edit_order_of_rome(tmp_path):
             _seq(st, f"rome{o}", order=o)
             _study_c(st, f"rome{o}", {"sentiment": 0.8, "entity_typing": 0.79, "closed_book_qa": 0.81})
         assert _by_claim(st.conn)["C1"].direction == "disagrees"
+
+
+def test_ability_erosion_reads_rome_with_the_original_keys_beside_r_rome(tmp_path):
+    fall = {"sentiment": 0.6, "entity_typing": 0.55, "closed_book_qa": 0.6}
+    hold = {"sentiment": 0.8, "entity_typing": 0.79, "closed_book_qa": 0.81}
+    with Store.open(tmp_path / "s.sqlite", create=True) as st:
+        for o in range(3):  # r-ROME keeps its abilities on every order
+            _seq(st, f"rome{o}", order=o)
+            _study_c(st, f"rome{o}", hold)
+        _seq(st, "orig0", hparams={**ROME_HP, "key_mismatch": True}, n_done=340)
+        st.conn.execute("UPDATE runs SET status = 'interrupted', n_total = 500 WHERE run_id = 'orig0'")
+        _study_c(st, "orig0", fall)
+        c1 = _by_claim(st.conn)["C1"]  # one arm disagrees on 3 orders, the other agrees on its only one
+        assert c1.direction == "disagrees"
+        assert "ROME (original keys) order 0 (interrupted, 340 of 500 edits): 0.80 at 50 edits, 0.60" in c1.ours
+        assert "ROME (original keys) order 0: all three fell" in c1.reason and "ROME order 2: none fell" in c1.reason
+        for o in (1, 2):
+            _seq(st, f"orig{o}", order=o, hparams={**ROME_HP, "key_mismatch": True})
+            _study_c(st, f"orig{o}", fall)
+        c1 = _by_claim(st.conn)["C1"]  # every order of the original-keys arm agrees: the direction agrees
+        assert c1.direction == "agrees" and c1.reason.endswith(".") and "waits" not in c1.reason
 
 
 def _newest(st, run_id, es, ps, n=10):
