@@ -16,13 +16,14 @@ from store.derived import PHASE_CURVES, is_mass_editor
 EDITOR_FAMILIES: dict[str, tuple[str, str, str, str]] = {
     "ROME": ("#08519c", "#4292c6", "#2171b5", "#6baed6"),
     "MEMIT": ("#d94801", "#a63603", "#fd8d3c", "#f16913"),
-    "AlphaEdit": ("#a50f15", "#ef3b2c", "#cb181d", "#fb6a4a"),
+    "AlphaEdit": ("#ae017e", "#f768a1", "#dd3497", "#c51b8a"),
     "FT-L": ("#006d2c", "#41ab5d", "#238b45", "#74c476"),
     "IKE": ("#54278f", "#807dba", "#6a51a3", "#9e9ac8"),
+    # the size-matched random control is drawn in greys: it is the reference the edits are read against
+    "RandomRankOne": ("#525252", "#969696", "#737373", "#bdbdbd"),
 }
 # editors not named above take one of these families by a stable hash of their name
-_SPARE_FAMILIES = (("#8c510a", "#bf812d", "#a6611a", "#dfc27d"), ("#01665e", "#35978f", "#018571", "#80cdc1"),
-                   ("#c51b7d", "#de77ae", "#d01c8b", "#f1b6da"), ("#525252", "#969696", "#737373", "#bdbdbd"))
+_SPARE_FAMILIES = (("#8c510a", "#bf812d", "#a6611a", "#dfc27d"), ("#01665e", "#35978f", "#018571", "#80cdc1"))
 UNEDITED_STYLE = ("#000000", "solid")
 
 

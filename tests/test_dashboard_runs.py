@@ -170,6 +170,27 @@ def test_run_style_gives_the_shipped_sequential_runs_distinct_looks():
     assert charts.run_style(None) == charts.UNEDITED_STYLE
 
 
+def test_editor_families_are_hues_a_reader_tells_apart():
+    """Each editor's first shade lies at least 40 degrees of hue from every other editor's, or is a grey (the
+    control): before, MEMIT's orange and AlphaEdit's red lay 23 degrees apart and read as one family."""
+    import colorsys
+
+    def hue_sat(hex_colour):
+        r, g, b = (int(hex_colour[i:i + 2], 16) / 255 for i in (1, 3, 5))
+        h, _, s = colorsys.rgb_to_hls(r, g, b)
+        return h * 360, s
+
+    firsts = {e: hue_sat(f[0]) for e, f in charts.EDITOR_FAMILIES.items()}
+    greys = [e for e, (_, s) in firsts.items() if s < 0.1]
+    assert greys == ["RandomRankOne"]
+    hued = {e: h for e, (h, s) in firsts.items() if s >= 0.1}
+    for a in hued:
+        for b in hued:
+            if a != b:
+                d = abs(hued[a] - hued[b]) % 360
+                assert min(d, 360 - d) >= 40, (a, b, hued[a], hued[b])
+
+
 def _colours(at) -> dict[str, set[str]]:
     """legend name (the run's label, with a suffix like ' (n = 4)' or ' (5 matrices)' dropped) -> the colours
     its traces are drawn in, over every chart of the page."""
