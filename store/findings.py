@@ -124,6 +124,28 @@ def _robustness_runs(conn: sqlite3.Connection) -> dict[str, dict]:
     return {e: _best(rows) for e, rows in by_editor.items()}
 
 
+def _other_key_robustness(conn: sqlite3.Connection) -> dict[str, set[str]]:
+    """editor -> the key constraints of its robustness runs that are not the one it ships with (runs
+    _robustness_runs leaves out as variants), so that 'no robustness run of MEMIT' can say one with another
+    key constraint stands in the store."""
+    out: dict[str, set[str]] = {}
+    for r in queries.list_runs(conn, kind="robustness").iter_rows(named=True):
+        other = derived.other_key_constraint(r["editor"], json.loads(r["hparams"] or "null") or {})
+        if other and r["n_done"]:
+            out.setdefault(r["editor"], set()).add(other)
+    return out
+
+
+def _no_run_of(conn: sqlite3.Connection, editors: list[str]) -> str:
+    """'no robustness run of MEMIT, IKE', naming a variant left out: '(the store's MEMIT run has keys: all;
+    MEMIT ships with plain)'."""
+    others = _other_key_robustness(conn)
+    notes = [f"the store's {e} run{'s' * (len(others[e]) > 1)} ha{'ve' if len(others[e]) > 1 else 's'} keys: "
+             f"{', '.join(sorted(others[e]))}, a variant; {e} ships with {derived.SHIPPED_KEY_CONSTRAINT[e]}"
+             for e in editors if e in others]
+    return "no robustness run of " + ", ".join(editors) + (f" ({'; '.join(notes)})" if notes else "")
+
+
 def _arms(conn: sqlite3.Connection, kind: str = "sequential") -> dict[str, dict[int, dict]]:
     """Run label (store.derived.run_label) -> edit order seed -> the run of that arm on that order."""
     labels = dict(zip(*derived.run_labels(conn, kind).select("run_id", "label").to_dict(as_series=False).values()))
@@ -263,7 +285,7 @@ def _drop(conn, refs, summary, claim: str, rtype: str, statement: str) -> Findin
     common = dict(claim=claim, study="A", statement=statement, paper=paper, rule=rule, page="robustness")
     missing = [e for e in claimed if e not in refs]
     if missing:
-        return Finding(**common, ours="no robustness run of " + ", ".join(missing), verdict=NOT_MEASURED,
+        return Finding(**common, ours=_no_run_of(conn, missing), verdict=NOT_MEASURED,
                        reason="Run `python -m compute run robustness --editor "
                               + "` and `".join(missing) + "` on the robustness case set.")
     ids = [refs[e]["run_id"] for e in EDITORS_A if e in refs]
