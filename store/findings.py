@@ -763,17 +763,21 @@ def _b5(conn, arms) -> Finding:
             continue
         at = max(shared)
         r, c = _panel_at(curves, rome["run_id"], at), _panel_at(curves, ctrl["run_id"], at)
-        parts.append(f"order {o}, edit {at}: panel recall ROME {_ci(r['value'], r['ci_low'], r['ci_high'], r['n'])}, "
-                     f"control {_ci(c['value'], c['ci_low'], c['ci_high'], c['n'])}")
+        parts.append(f"order {o}, edit {at}: panel recall ROME{_unfinished(rome)} "
+                     f"{_ci(r['value'], r['ci_low'], r['ci_high'], r['n'])}, "
+                     f"control{_unfinished(ctrl)} {_ci(c['value'], c['ci_low'], c['ci_high'], c['n'])}")
         signs.append(1 if _below(r, c) else -1 if _below(c, r) else 0)
     query = _runs_query(ids, curves="panel,retained_em")
     if not signs:
         return Finding(**common, ours="no shared checkpoint yet", verdict=NOT_MEASURED, query=query,
                        reason="The control run has not reached a checkpoint of its ROME run yet.")
+    going = {f"{name} order {o}": arms[label][o] for o in orders for label, name in ((ROME, "ROME"),
+                                                                                    (CONTROL, "control"))
+             if arms[label][o]["status"] != "done"}
     return _order_verdict(common, "; ".join(parts), signs, query,
                           few=f"Whether edits cost more than random updates of their size varies with the edit "
                               f"order, and the store has {len(signs)} shared order(s): run ROME and its control on "
-                              f"`--order-seed` 1 and 2.",
+                              f"`--order-seed` 1 and 2" + (f"; {_not_yet(going)}" if going else "."),
                           undecided="Measured, but undecided: the CIs overlap on some order, or the orders disagree.")
 
 

@@ -80,7 +80,13 @@ def test_a_control_run_takes_the_reference_runs_norms_in_order(llama, cases, tmp
 
         b5 = next(f for f in findings(st.conn) if f.claim == "B5")
         assert b5.ours.startswith("order 0, edit 5: panel recall ROME ") and ", control " in b5.ours
-        assert b5.verdict == "not measured yet" and "1 shared order" in b5.reason
+        assert b5.verdict == "not measured yet" and "1 shared order" in b5.reason and "waits" not in b5.reason
+        st.conn.execute("UPDATE runs SET status = 'interrupted', n_total = 500 WHERE run_id = ?", (control,))
+        b5 = next(f for f in findings(st.conn) if f.claim == "B5")  # a control still computing is named so
+        assert ", control (interrupted, 5 of 500 edits) " in b5.ours
+        assert b5.reason.endswith("the verdict waits for the runs still computing: control order 0 (5 of 500 "
+                                  "edits, interrupted).")
+        st.conn.execute("UPDATE runs SET status = 'done', n_total = 5 WHERE run_id = ?", (control,))
         # its rows are those of any sequential run: retention of the (never made) edits, panel, drift
         m = queries.measurements(st.conn, run_ids=control)
         assert {"retention_em", "panel_recall", "fluency"} <= set(m["metric"])
