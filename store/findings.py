@@ -461,6 +461,14 @@ def _unfinished(run: dict) -> str:
     return f" ({run.get('status')}, {run.get('n_done') or 0} of {run.get('n_total') or 0} edits)"
 
 
+def _pair_unfinished(*named: tuple[str, dict]) -> str:
+    """' (RECT 40% interrupted, 200 of 500 edits)' naming each of a compared pair's runs that is not finished,
+    else ''."""
+    bits = [f"{name} {r.get('status')}, {r.get('n_done') or 0} of {r.get('n_total') or 0} edits"
+            for name, r in named if r.get("status") != "done"]
+    return f" ({'; '.join(bits)})" if bits else ""
+
+
 def _b_arms(arms: dict) -> dict[str, dict[int, dict]]:
     """The one-edit-at-a-time runs study B's forgetting and collapse are read on: ROME with the original keys
     (the studies' ROME, before r-ROME's key fix), ROME with r-ROME keys (EditScope's default) and MEMIT b = 1;
@@ -715,7 +723,7 @@ def _b4(conn, arms) -> Finding:
                 sign = 0
             signs.setdefault(rome, []).append(sign)
             parts.append(f"order {o}: " + ", ".join(
-                f"{label} " + (f"collapsed at edit {at[label]}" if at[label] is not None
+                f"{label}{_unfinished(arms[label][o])} " + (f"collapsed at edit {at[label]}" if at[label] is not None
                                else f"usable through {done[label]}") for label in (rome, MEMIT_1))
                 + (f" ({lead[sign]})" if len(orders) < MIN_ORDERS else ""))
     verdict = _per_editor(signs)
@@ -945,7 +953,8 @@ def _c3(conn, arms) -> Finding:
             keep.append(r["mean"] >= RETAINS * p["mean"])
             low.append(r["ci_high"] < RETAINS * p["mean"])
             head = head or dict(value=r["mean"], n=r["n"], ci_low=r["ci_low"], ci_high=r["ci_high"])
-        parts.append(f"order {o}, newest edits pooled to edit {int(perf['edit_count'].max())}: " + "; ".join(texts))
+        parts.append(f"order {o}{_pair_unfinished(('ROME', plain), ('RECT 40%', rect))}, newest edits pooled to "
+                     f"edit {int(perf['edit_count'].max())}: " + "; ".join(texts))
         signs.append(1 if all(keep) else -1 if any(low) else 0)
     found = _order_verdict(common, "; ".join(parts) + " (ROME → RECT 40%)", signs, query,
                            few=f"Whether RECT costs editing performance may vary with the edit order, and the store "
@@ -981,7 +990,8 @@ def _c4(conn, arms) -> Finding:
         kr = ur.filter(pl.col("edit_count") == at)["abilities_left"][0]
         if kp is None or kr is None:
             continue
-        parts.append(f"order {o}, edit {at}: ROME keeps {kp:.2f}, RECT 20% {kr:.2f} of the ability margin")
+        parts.append(f"order {o}{_pair_unfinished(('ROME', plain), ('RECT 20%', rect))}, edit {at}: ROME keeps "
+                     f"{kp:.2f}, RECT 20% {kr:.2f} of the ability margin")
         signs.append(1 if kr > kp else -1)
     query = _runs_query(ids, key="rect_runs", ability_view="rect")
     if not signs:

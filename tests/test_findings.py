@@ -269,6 +269,10 @@ def test_memit_against_rome_is_judged_with_the_studies_rome_and_with_r_rome_apar
         b4 = _by_claim(st.conn)["B4"]
     assert b4.verdict == REPRODUCED and b4.n == 3
     assert "ROME (original keys) collapsed at edit 250" in b4.ours and "ROME usable through 500" in b4.ours
+    with Store.open(tmp_path / "s.sqlite") as st:  # a run not finished says how far it got
+        st.conn.execute("UPDATE runs SET status = 'interrupted', n_done = 300 WHERE run_id = 'rome1'")
+        b4 = _by_claim(st.conn)["B4"]
+    assert "ROME (interrupted, 300 of 500 edits) usable through 300" in b4.ours
 
 
 def _retention(st, run_id, metric, values):
@@ -491,6 +495,10 @@ def test_rect_keeping_editing_performance_is_judged_on_three_edit_orders(tmp_pat
         _newest(st, "rect0", 1.0, 0.88)
         c3 = _by_claim(st.conn)["C3"]  # keeps 98% on one order: waits for the others
         assert c3.verdict == NOT_MEASURED and "1 shared order" in c3.reason and "order 0, newest edits" in c3.ours
+        st.conn.execute("UPDATE runs SET status = 'interrupted', n_total = 1000 WHERE run_id = 'rect0'")
+        c3 = _by_claim(st.conn)["C3"]  # a run not finished is named with how far it got
+        assert "order 0 (RECT 40% interrupted, 500 of 1000 edits), newest edits" in c3.ours
+        st.conn.execute("UPDATE runs SET status = 'done', n_total = 500 WHERE run_id = 'rect0'")
         for o in (1, 2):
             _seq(st, f"rome{o}", order=o)
             _seq(st, f"rect{o}", order=o, hparams=rect)
