@@ -1,7 +1,8 @@
 """The three studies' headline claims set beside what the store measures: one `Finding` per claim of
-/work/shared/design.md section 10 (A1-A7, B1-B4, C1-C4), and B5, the control that reads study B's forgetting
-as the edits' doing (edits against random updates of their size), each with the paper's figure, EditScope's
-figure (n and 95% CI), a verdict, the rule that gave it and the dashboard view that shows the evidence.
+/work/shared/design.md section 10 (A1-A7, B1-B4, C1-C4), B5, the control that reads study B's forgetting
+as the edits' doing (edits against random updates of their size), and B6, AlphaEdit's claim against MEMIT on
+the replicated batch-10 runs, each with the paper's figure, EditScope's figure (n and 95% CI), a verdict, the
+rule that gave it and the dashboard view that shows the evidence.
 
 Every number comes from the store through store.derived, store.measurable, store.stats and store.queries; the
 papers' figures are the only constants here. The Findings page and the README's "What the shipped store
@@ -744,6 +745,31 @@ def _panel_at(curves: pl.DataFrame, run_id: str, at: int) -> dict | None:
     return part.row(0, named=True) if part.height else None
 
 
+def _panel_pairs(conn, arms, lower: tuple[str, str], higher: tuple[str, str]):
+    """Panel recall (the unedited known facts) of two arms, (label, name) each, at the last checkpoint both
+    reached on each edit order they share: (parts, signs, run ids, runs not finished by name), an order's sign
+    +1 when `lower`'s 95% Wilson CI lies wholly below `higher`'s, -1 when the other way round, else 0."""
+    parts, signs, ids, going = [], [], [], {}
+    for o in _shared(arms, lower[0], higher[0]):
+        a, b = arms[lower[0]][o], arms[higher[0]][o]
+        ids += [a["run_id"], b["run_id"]]
+        going.update({f"{name} order {o}": run for (_, name), run in ((lower, a), (higher, b))
+                      if run["status"] != "done"})
+        curves = derived.sequential_curves(conn, [a["run_id"], b["run_id"]])
+        panel = curves.filter(pl.col("metric") == "panel_recall")
+        shared = (set(panel.filter(pl.col("run_id") == a["run_id"])["edit_count"].to_list())
+                  & set(panel.filter(pl.col("run_id") == b["run_id"])["edit_count"].to_list()))
+        if not shared or max(shared) == 0:
+            continue
+        at = max(shared)
+        ra, rb = _panel_at(curves, a["run_id"], at), _panel_at(curves, b["run_id"], at)
+        parts.append(f"order {o}, edit {at}: panel recall {lower[1]}{_unfinished(a)} "
+                     f"{_ci(ra['value'], ra['ci_low'], ra['ci_high'], ra['n'])}, "
+                     f"{higher[1]}{_unfinished(b)} {_ci(rb['value'], rb['ci_low'], rb['ci_high'], rb['n'])}")
+        signs.append(1 if _below(ra, rb) else -1 if _below(rb, ra) else 0)
+    return parts, signs, ids, going
+
+
 def _b5(conn, arms) -> Finding:
     common = dict(claim="B5", study="B", statement="Unedited facts are lost because of what the edits write, not only "
                                                    "because the weights move that much.",
@@ -754,38 +780,50 @@ def _b5(conn, arms) -> Finding:
                        "agrees when ROME's 95% Wilson CI lies wholly below the control's and goes against it when the "
                        f"control's lies wholly below ROME's; with at least {MIN_ORDERS} orders, reproduced when every "
                        "order agrees, refuted when every order goes against it.", page="forgetting")
-    orders = _shared(arms, ROME, CONTROL)
-    if not orders:
+    if not _shared(arms, ROME, CONTROL):
         return Finding(**common, ours="no ROME run with its control on one edit order", verdict=NOT_MEASURED,
                        reason="Run `python -m compute run sequential --editor RandomRankOne --hparams "
                               "compute/editors/control.json --hp reference_run=ROME_RUN_ID` beside a ROME run.")
-    parts, signs, ids = [], [], []
-    for o in orders:
-        rome, ctrl = arms[ROME][o], arms[CONTROL][o]
-        ids += [rome["run_id"], ctrl["run_id"]]
-        curves = derived.sequential_curves(conn, [rome["run_id"], ctrl["run_id"]])
-        panel = curves.filter(pl.col("metric") == "panel_recall")
-        shared = (set(panel.filter(pl.col("run_id") == rome["run_id"])["edit_count"].to_list())
-                  & set(panel.filter(pl.col("run_id") == ctrl["run_id"])["edit_count"].to_list()))
-        if not shared or max(shared) == 0:
-            continue
-        at = max(shared)
-        r, c = _panel_at(curves, rome["run_id"], at), _panel_at(curves, ctrl["run_id"], at)
-        parts.append(f"order {o}, edit {at}: panel recall ROME{_unfinished(rome)} "
-                     f"{_ci(r['value'], r['ci_low'], r['ci_high'], r['n'])}, "
-                     f"control{_unfinished(ctrl)} {_ci(c['value'], c['ci_low'], c['ci_high'], c['n'])}")
-        signs.append(1 if _below(r, c) else -1 if _below(c, r) else 0)
+    parts, signs, ids, going = _panel_pairs(conn, arms, (ROME, "ROME"), (CONTROL, "control"))
     query = _runs_query(ids, curves="panel,retained_em")
     if not signs:
         return Finding(**common, ours="no shared checkpoint yet", verdict=NOT_MEASURED, query=query,
                        reason="The control run has not reached a checkpoint of its ROME run yet.")
-    going = {f"{name} order {o}": arms[label][o] for o in orders for label, name in ((ROME, "ROME"),
-                                                                                    (CONTROL, "control"))
-             if arms[label][o]["status"] != "done"}
     return _order_verdict(common, "; ".join(parts), signs, query,
                           few=f"Whether edits cost more than random updates of their size varies with the edit "
                               f"order, and the store has {len(signs)} shared order(s): run ROME and its control on "
                               f"`--order-seed` 1 and 2" + (f"; {_not_yet(going)}" if going else "."),
+                          undecided="Measured, but undecided: the CIs overlap on some order, or the orders disagree.")
+
+
+MEMIT_10, ALPHAEDIT_10 = "MEMIT, b=10", "AlphaEdit, b=10"
+
+
+def _b6(conn, arms) -> Finding:
+    common = dict(claim="B6", study="B", statement="AlphaEdit's null-space projection keeps unedited knowledge that "
+                                                   "MEMIT's sequential edits lose.",
+                  paper="AlphaEdit (Fang et al., ICLR 2025): an update projected onto the null space of the preserved "
+                        "knowledge leaves the model's output on that knowledge unchanged, where sequential MEMIT "
+                        "edits disrupt it (LLaMA3-8B, GPT-J, GPT2-XL)",
+                  rule="EditScope's replicated comparison (issue 19 point 11): on each edit order, AlphaEdit b = 10 "
+                       "against MEMIT b = 10 (each with the key constraint it ships with), by recall of the panel of "
+                       "unedited known facts at the last checkpoint both reached; an order agrees when MEMIT's 95% "
+                       "Wilson CI lies wholly below AlphaEdit's and goes against it when AlphaEdit's lies wholly "
+                       f"below MEMIT's; with at least {MIN_ORDERS} orders, reproduced when every order agrees, "
+                       "refuted when every order goes against it.", page="forgetting")
+    if not _shared(arms, MEMIT_10, ALPHAEDIT_10):
+        return Finding(**common, ours="no MEMIT and AlphaEdit b = 10 runs on one edit order", verdict=NOT_MEASURED,
+                       reason="Run `python -m compute run sequential --editor MEMIT --batch 10` and `--editor "
+                              "AlphaEdit --batch 10` with the same --order-seed.")
+    parts, signs, ids, going = _panel_pairs(conn, arms, (MEMIT_10, "MEMIT"), (ALPHAEDIT_10, "AlphaEdit"))
+    query = _runs_query(ids, curves="panel,retained_em")
+    if not signs:
+        return Finding(**common, ours="no shared checkpoint yet", verdict=NOT_MEASURED, query=query,
+                       reason="The runs have no checkpoint past the unedited model in common yet.")
+    return _order_verdict(common, "; ".join(parts), signs, query,
+                          few=f"Which editor keeps more varies with the edit order, and the store has {len(signs)} "
+                              f"shared order(s): run both on `--order-seed` 1 and 2"
+                              + (f"; {_not_yet(going)}" if going else "."),
                           undecided="Measured, but undecided: the CIs overlap on some order, or the orders disagree.")
 
 
@@ -1028,6 +1066,7 @@ def findings(conn: sqlite3.Connection) -> list[Finding]:
         _b3(conn, arms),
         _b4(conn, arms),
         _b5(conn, arms),
+        _b6(conn, arms),
         _c1(conn, arms),
         _c2(conn),
         _c3(conn, arms),

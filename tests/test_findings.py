@@ -513,6 +513,36 @@ def test_rect_keeping_editing_performance_is_judged_on_three_edit_orders(tmp_pat
         assert _by_claim(st.conn)["C3"].verdict == REFUTED
 
 
+def _panel(st, run_id, recall: dict[int, float], n=200):
+    st.write_measurements([{"run_id": run_id, "case_id": RUN_LEVEL, "edit_count": at, "rephrase_type": "panel",
+                            "metric": m, "value": v} for at, r in recall.items()
+                           for m, v in (("panel_recall", r), ("n", float(n)))])
+
+
+def test_alphaedit_against_memit_is_read_on_panel_recall_on_three_edit_orders(tmp_path):
+    plain = {"key_constraint": "plain"}
+    with Store.open(tmp_path / "s.sqlite", create=True) as st:
+        assert _by_claim(st.conn)["B6"].verdict == NOT_MEASURED
+        for o in range(3):
+            _seq(st, f"memit{o}", editor="MEMIT", hparams=plain, order=o, config={"batch_size": 10})
+            _seq(st, f"alpha{o}", editor="AlphaEdit", hparams=plain, order=o, config={"batch_size": 10},
+                 n_done=300 if o == 0 else 500)
+            _panel(st, f"memit{o}", {0: 0.9, 300: 0.3, 500: 0.1})
+            _panel(st, f"alpha{o}", {0: 0.9, 300: 0.6} if o == 0 else {0: 0.9, 300: 0.6, 500: 0.5})
+        # a variant with another key constraint is not either editor's reference arm
+        _seq(st, "memit-all", editor="MEMIT", hparams={"key_constraint": "all"}, order=0, config={"batch_size": 10})
+        _panel(st, "memit-all", {0: 0.9, 500: 0.9})
+        b6 = _by_claim(st.conn)["B6"]
+        assert b6.verdict == REPRODUCED and b6.n == 3 and "memit-all" not in b6.url
+        # read at the last checkpoint both reached: order 0 at 300, where AlphaEdit stopped
+        assert "order 0, edit 300: panel recall MEMIT 0.30" in b6.ours and "order 1, edit 500:" in b6.ours
+        _panel(st, "alpha2", {500: 0.12})  # CIs overlap on one order: undecided
+        assert _by_claim(st.conn)["B6"].verdict == NOT_MEASURED
+        for o in (0, 1, 2):  # AlphaEdit below MEMIT on every order: refuted
+            _panel(st, f"alpha{o}", {300: 0.1, 500: 0.02})
+        assert _by_claim(st.conn)["B6"].verdict == REFUTED
+
+
 # --------------------------------------------------------------------------- the shipped store, README and page
 
 
@@ -520,7 +550,7 @@ def test_rules_are_one_sentence_and_every_number_has_its_verdict(tmp_path):
     shutil.copy(SHIPPED, tmp_path / "s.sqlite")
     with Store.open(tmp_path / "s.sqlite", readonly=True) as st:
         items = findings(st.conn)
-    assert [f.claim for f in items] == ["A1", "A2", "A3", "A4", "A5", "A6", "A7", "B1", "B2", "B3", "B4", "B5",
+    assert [f.claim for f in items] == ["A1", "A2", "A3", "A4", "A5", "A6", "A7", "B1", "B2", "B3", "B4", "B5", "B6",
                                         "C1", "C2", "C3", "C4"]
     for f in items:
         assert f.verdict in fmod.VERDICTS and f.rule.rstrip(".").count(". ") == 0, f.claim
