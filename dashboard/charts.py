@@ -186,16 +186,24 @@ def binned_curves(df: pl.DataFrame, feature_label: str, value_label: str, labels
     return fig
 
 
+ESTIMATE_SYMBOLS = {"pooled": "circle", "within relation": "diamond"}
+
+
 def correlation_forest(df: pl.DataFrame, label_col: str, title: str, colours: dict[str, str] | None = None) -> go.Figure:
     """Spearman rho with its 95% CI as horizontal whiskers, one row per `label_col` value, n in the hover;
     `colours`: label -> the run's colour (run_style), so each row (point and whiskers) has the colour its run
-    has on every page."""
-    df = df.sort(label_col, descending=True)
+    has on every page. With an `estimate` column ("pooled", "within relation"), a row is labelled
+    "LABEL · ESTIMATE" and drawn with that estimate's marker (ESTIMATE_SYMBOLS), in its run's colour."""
+    sort = [label_col, "estimate"] if "estimate" in df.columns else [label_col]
+    df = df.sort(sort, descending=[True] + [False] * (len(sort) - 1))
     fig = go.Figure()
     for row in df.iter_rows(named=True):
         colour = (colours or {}).get(row[label_col], _colour(0))
+        estimate = row.get("estimate")
+        name = f"{row[label_col]} · {estimate}" if estimate else row[label_col]
         fig.add_trace(go.Scatter(
-            x=[row["rho"]], y=[row[label_col]], mode="markers", marker=dict(color=colour, size=9), showlegend=False,
+            x=[row["rho"]], y=[name], mode="markers", showlegend=False,
+            marker=dict(color=colour, size=9, symbol=ESTIMATE_SYMBOLS.get(estimate, "circle")),
             error_x=dict(type="data", symmetric=False, color=colour,
                          array=[None if row["ci_high"] is None else row["ci_high"] - row["rho"]],
                          arrayminus=[None if row["ci_low"] is None else row["rho"] - row["ci_low"]]),
@@ -203,7 +211,9 @@ def correlation_forest(df: pl.DataFrame, label_col: str, title: str, colours: di
             hovertemplate="%{y}: rho %{x:.3f} [%{customdata[1]:.3f}, %{customdata[2]:.3f}]<br>n = %{customdata[0]}"
                           "<extra></extra>"))
     fig.add_vline(x=0, line_dash="dot", line_color="grey")
-    fig.update_layout(xaxis_title=f"Spearman rho, {title} (95% bootstrap CI)", yaxis_title=label_col.replace("_", " "),
+    ci = ("95% CI: bootstrap for the pooled rho, analytic within relation" if "estimate" in df.columns
+          else "95% bootstrap CI")
+    fig.update_layout(xaxis_title=f"Spearman rho, {title} ({ci})", yaxis_title=label_col.replace("_", " "),
                       xaxis_range=[-1, 1], height=160 + 22 * df.height, margin=dict(t=30, b=40))
     return fig
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -191,6 +192,46 @@ def test_popularity_page_curves_and_correlations(monkeypatch, fixture_store):
     assert not at.exception
     at.selectbox(key="pop_metric").set_value("rev").run()
     assert not at.exception and at.title[0].value == "Knowledge popularity"
+
+
+def test_popularity_shows_the_within_relation_rho_beside_the_pooled_one(monkeypatch, tmp_path):
+    """Issue 19 point 4 on the shipped store (the tiny fixture has too few cases per relation for it): each
+    chosen run's pooled rho and its relation-stratified rho, with the rule in a caption."""
+    import shutil
+
+    from streamlit.testing.v1 import AppTest
+
+    shutil.copy(Path(APP).parent.parent / "store" / "results.sqlite", tmp_path / "s.sqlite")
+    monkeypatch.setenv("EDITSCOPE_STORE", str(tmp_path / "s.sqlite"))
+    monkeypatch.setenv("EDITSCOPE_WORKSPACE", str(tmp_path / "ws.sqlite"))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    at.switch_page("app_pages/popularity.py").run()
+    assert not at.exception
+    figures = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    names = [t["y"][0] for f in figures for t in f["data"] if "Spearman" in
+             str((f.get("layout", {}).get("xaxis", {}).get("title") or {}).get("text", ""))]
+    runs = {n.rsplit(" · ", 1)[0] for n in names}
+    assert runs and all(f"{r} · pooled" in names and f"{r} · within relation" in names for r in runs), names
+    assert any("Within relation (diamond)" in c.value for c in at.caption)
+    at.switch_page("app_pages/overview.py").run()  # the unedited model's table carries both as well
+    headers = [str(c) for d in at.dataframe for c in d.value.columns]
+    assert "rho_within" in headers and "rho" in headers
+
+
+def test_both_estimates_puts_the_within_relation_rho_beside_the_pooled_one():
+    from store.derived import both_estimates
+
+    df = pl.DataFrame({"series": ["ROME", "IKE"], "rho": [0.3, -0.1], "ci_low": [0.1, -0.3], "ci_high": [0.5, 0.1],
+                       "n": [40, 40], "rho_within": [0.05, None], "within_ci_low": [-0.2, None],
+                       "within_ci_high": [0.3, None], "n_within": [36, 0]})
+    out = both_estimates(df, "series")
+    assert out.rows() == [("ROME", "pooled", 0.3, 0.1, 0.5, 40), ("IKE", "pooled", -0.1, -0.3, 0.1, 40),
+                          ("ROME", "within relation", 0.05, -0.2, 0.3, 36)]  # IKE: no relation entered
+    fig = charts.correlation_forest(out, "series", "frequency vs acc", colours={"ROME": "#08519c", "IKE": "#54278f"})
+    assert [(t.y[0], t.marker.symbol, t.marker.color) for t in fig.data] == [
+        ("ROME · pooled", "circle", "#08519c"), ("ROME · within relation", "diamond", "#08519c"),
+        ("IKE · pooled", "circle", "#54278f")]
 
 
 def test_binned_curves_and_forest_label_axes_and_n():

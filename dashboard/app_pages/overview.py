@@ -132,10 +132,16 @@ else:
         st.plotly_chart(charts.recall_by_quartile(by_q), width="stretch")
         st.download_button("Download CSV", by_q.write_csv(), file_name=f"recall-by-quartile-{chosen}.csv")
         corr = query("knowledge_correlations", case_set=chosen)
-        st.caption("Spearman rank correlation of each popularity feature with pre-edit recall (95% bootstrap CI).")
+        st.caption("Spearman rank correlation of each popularity feature with pre-edit recall (95% bootstrap CI), "
+                   "pooled over relations and within relation (each relation's rho, combined by Fisher z weighted "
+                   "by n - 3, analytic CI: a case is compared only with cases of its own relation, since relations "
+                   "differ in both popularity and difficulty).")
         show(corr, {"feature": Col("Popularity feature"), "against": Col("Against"),
-                    "rho": Col("Spearman rho", "{:+.3f}"), "ci_low": Col("CI low", "{:+.3f}"),
-                    "ci_high": Col("CI high", "{:+.3f}"), "n": Col("n", "{:,.0f}")})
+                    "rho": Col("Spearman rho, pooled", "{:+.3f}"), "ci_low": Col("CI low", "{:+.3f}"),
+                    "ci_high": Col("CI high", "{:+.3f}"), "n": Col("n", "{:,.0f}"),
+                    "rho_within": Col("rho within relation", "{:+.3f}"),
+                    "within_ci_low": Col("CI low (within)", "{:+.3f}"),
+                    "within_ci_high": Col("CI high (within)", "{:+.3f}"), "n_within": Col("n within", "{:,.0f}")})
 
 with st.expander(f"Knowledge base: {counts.get('kb_relations', 0)} relations"):
     st.dataframe(query("kb_relations"), hide_index=True)

@@ -9,7 +9,7 @@ from dashboard import charts
 from dashboard.data import query
 from dashboard.filters import shared_multiselect, shared_selectbox, url_selectbox, url_toggle
 from dashboard.sidebar import labels_of, reference_ids, run_table, styles_of
-from store.derived import POPULARITY_FEATURES, popularity_bins
+from store.derived import POPULARITY_FEATURES, WITHIN_COLUMNS, both_estimates, popularity_bins
 from store.measurable import unmeasurable_reasons
 from store.metrics import REPHRASE_TYPES
 
@@ -81,10 +81,11 @@ pre = query("knowledge_correlations").filter((pl.col("feature") == feature) & (p
 post = query("robustness_correlations", run_ids=tuple(chosen), metrics=(metric,), features=(feature,),
              rephrase_types=(rtype,), relations=rel_filter, known_only=known)
 post = post.filter(pl.col("run_id").is_in(chosen) & (pl.col("rephrase_type") == rtype))
-rows = post.select(pl.col("run_id").replace_strict(labels, default=None).alias("series"), "rho", "ci_low", "ci_high",
-                   "n")
+cols = ["rho", "ci_low", "ci_high", "n", *WITHIN_COLUMNS]
+named = post.select(pl.col("run_id").replace_strict(labels, default=None).alias("series"), *cols)
 if metric == "rev" and rtype == "plain" and not pre.is_empty() and not known:
-    rows = pl.concat([rows, pre.select(pl.lit("unedited (recall)").alias("series"), "rho", "ci_low", "ci_high", "n")])
+    named = pl.concat([named, pre.select(pl.lit("unedited (recall)").alias("series"), *cols)], how="vertical_relaxed")
+rows = both_estimates(named, "series")
 if rows.is_empty():
     st.info("Not enough cases for a correlation here.")
 else:
@@ -92,6 +93,11 @@ else:
     colours["unedited (recall)"] = charts.UNEDITED_STYLE[0]
     st.plotly_chart(charts.correlation_forest(rows, "series", f"{FEATURES[feature]} vs {metric} on {rtype}",
                                               colours=colours), width="stretch")
+    st.caption("Pooled: one Spearman rho over every case of the chosen relations. Within relation (diamond): "
+               "each relation's rho, combined (Fisher z weighted by n - 3; store.stats.stratified_spearman), so a "
+               "case is compared only with cases of its own relation; relations differ in both popularity and "
+               "difficulty, which the pooled rho mixes in. n within counts the cases of the relations that enter "
+               "(4 or more cases, neither side constant).")
     st.download_button("Download CSV (correlations)", rows.write_csv(),
                        file_name=f"rho-{feature}-{metric}-{rtype}{suffix}.csv")
 with st.expander("Cases behind the curves"):

@@ -24,6 +24,26 @@ WITHIN_COLUMNS = {"rho_within": pl.Float64, "within_ci_low": pl.Float64, "within
                   "n_within": pl.Int64}
 
 
+def both_estimates(df: pl.DataFrame, *keys: str) -> pl.DataFrame:
+    """Correlation rows (`keys`, rho, ci_low, ci_high, n and WITHIN_COLUMNS) in long form: one row per key and
+    estimate, `estimate` "pooled" or "within relation", with rho, ci_low, ci_high and n each; a within-relation
+    estimate no relation entered (n_within 0 or missing) is left out."""
+    cols = [*keys, "estimate", "rho", "ci_low", "ci_high", "n"]
+    if df.is_empty():
+        return pl.DataFrame(schema={**{k: df.schema[k] for k in keys}, "estimate": pl.Utf8, "rho": pl.Float64,
+                                    "ci_low": pl.Float64, "ci_high": pl.Float64, "n": pl.Int64})
+    pooled = df.select(*keys, pl.lit("pooled").alias("estimate"), pl.col("rho").cast(pl.Float64),
+                       pl.col("ci_low").cast(pl.Float64), pl.col("ci_high").cast(pl.Float64),
+                       pl.col("n").cast(pl.Int64))
+    if "rho_within" not in df.columns:
+        return pooled.select(cols)
+    within = (df.filter(pl.col("n_within").fill_null(0) > 0)
+              .select(*keys, pl.lit("within relation").alias("estimate"), pl.col("rho_within").alias("rho"),
+                      pl.col("within_ci_low").alias("ci_low"), pl.col("within_ci_high").alias("ci_high"),
+                      pl.col("n_within").cast(pl.Int64).alias("n")))
+    return pl.concat([pooled, within]).select(cols)
+
+
 def _within_values(sub: pl.DataFrame, feature: str, target: str) -> dict:
     """The within-relation correlation of `feature` and `target` over the rows of `sub` (with a relation)."""
     w = stratified_spearman(sub[feature].to_numpy(), sub[target].to_numpy(), sub["relation"].fill_null("").to_list())
