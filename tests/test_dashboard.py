@@ -217,6 +217,17 @@ def test_popularity_shows_the_within_relation_rho_beside_the_pooled_one(monkeypa
     at.switch_page("app_pages/overview.py").run()  # the unedited model's table carries both as well
     headers = [str(c) for d in at.dataframe for c in d.value.columns]
     assert "rho_within" in headers and "rho" in headers
+    # the Overview's study-A headline takes the known-facts filter too (issue 19 point 3: every study-A view)
+    def study_a_n():
+        table = next(d.value for d in at.dataframe if "hardest_type" in d.value.columns)
+        return dict(zip(table["label"], table["n"]))
+
+    every = study_a_n()
+    at.toggle(key="known").set_value(True).run()
+    assert not at.exception
+    known = study_a_n()
+    assert set(known) == set(every) and all(0 < known[r] < every[r] for r in every), (every, known)
+    assert any("Known facts only: every type judged" in c.value for c in at.caption)
 
 
 def test_both_estimates_puts_the_within_relation_rho_beside_the_pooled_one():

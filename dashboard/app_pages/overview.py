@@ -40,9 +40,15 @@ st.header("Headline findings")
 share = "{:.2f}"
 rob_runs = run_table("robustness").filter(pl.col("reference"))
 rob = pl.DataFrame()
+known = False
 if not rob_runs.is_empty():
+    st.subheader("Edits that hold on the plain prompt fail on rephrasings (study A)")
+    known = url_toggle("Known facts only", "known", default=False,
+                       help="Only the facts the unedited model knew: before any edit, its answer to the plain prompt "
+                            "named the true object. Every rephrase type is then judged on the same facts.")
     measurability = query("rephrase_measurability", run_id=rob_runs["run_id"][0])
-    summary = query("robustness_summary", run_ids=tuple(rob_runs["run_id"].to_list()), metrics=("acc",))
+    summary = query("robustness_summary", run_ids=tuple(rob_runs["run_id"].to_list()), metrics=("acc",),
+                    known_only=known)
     # types the unedited model is known not to answer are left out; a type it was never measured on stays in
     answerable = set(summary["rephrase_type"].to_list()) - set(unmeasurable_reasons(measurability))
     rob = (hardest_measurable(summary, answerable)
@@ -54,12 +60,14 @@ if not rob_runs.is_empty():
     rob = rob.sort(pl.col("run_id").replace_strict(order, return_dtype=pl.Int64))
 if rob_runs.is_empty():
     st.info("No finished robustness runs yet: the plain-vs-hardest comparison appears once one has results.")
+elif rob.is_empty() and known:
+    st.info("None of these runs' cases was known to the unedited model (its answer to the plain prompt named the "
+            "true object), or the runs have no baseline to tell: turn Known facts only off.")
 elif rob.is_empty():
     st.info(f"No rephrase type besides the plain prompt is measurable on this model (the unedited model names the "
             f"true object on fewer than {100 * MEASURABLE_SHARE:g}% of the cases of each), so there is no "
             "plain-vs-hardest comparison to make. The Robustness page shows every type, marked.")
 else:
-    st.subheader("Edits that hold on the plain prompt fail on rephrasings (study A)")
     cols = st.columns(min(4, rob.height))
     for col, r in zip(cols * 4, rob.iter_rows(named=True)):
         col.metric(f"{r['label']}: acc, plain → hardest", f"{r['plain']:.2f} → {r['hardest']:.2f}",
@@ -74,7 +82,9 @@ else:
     st.caption(tiles + f"Hardest type: the lowest post-edit acc among the rephrase "
                f"types the unedited model can answer (names the true object on at least "
                f"{100 * MEASURABLE_SHARE:g}% of cases)"
-               + (f"; left out as unmeasurable: {', '.join(excluded)}." if excluded else "."))
+               + (f"; left out as unmeasurable: {', '.join(excluded)}." if excluded else ".")
+               + (" Known facts only: every type judged on the facts whose plain prompt the unedited model answered "
+                  "with the true object (n counts them)." if known else ""))
     show(rob, {"label": Col("Run"), "plain": Col("acc, plain", share), "plain_ci_low": Col("CI low", share),
                "plain_ci_high": Col("CI high", share), "hardest_type": Col("Hardest measurable type"),
                "hardest": Col("acc, hardest", share), "hardest_ci_low": Col("CI low ", share),
