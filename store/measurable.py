@@ -96,6 +96,17 @@ def unmeasurable_reasons(table: pl.DataFrame) -> dict[str, str]:
     return dict(zip(bad["rephrase_type"].to_list(), bad["reason"].to_list()))
 
 
+def with_measurability(df: pl.DataFrame, unmeasurable: dict[str, str], column: str = "rephrase_type") -> pl.DataFrame:
+    """`df` (one row per rephrase type, or with a `column` naming it) with `measurable` (bool) and
+    `unmeasurable_reason` ('' where measurable), for a CSV that a reader opens without the page's grey: a type
+    the unedited model cannot answer reads as a real 0.00 drop otherwise (`unmeasurable`: type -> reason,
+    unmeasurable_reasons)."""
+    bad = pl.col(column).is_in(list(unmeasurable))
+    return df.with_columns(
+        (~bad).alias("measurable"),
+        pl.col(column).replace_strict(unmeasurable, default="", return_dtype=pl.String).alias("unmeasurable_reason"))
+
+
 def baseline_run(conn: sqlite3.Connection, run_id: str | None = None, case_set: str | None = None) -> str | None:
     """The run whose edit-count-0 rows say what the unedited model can answer.
 

@@ -82,3 +82,13 @@ def test_store_measurable_imports_neither_torch_nor_streamlit():
     code = "import sys, store.measurable; print(any(m in sys.modules for m in ('torch', 'streamlit', 'compute')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_csv_row_says_whether_its_rephrase_type_is_measurable_and_why():
+    from store.measurable import with_measurability
+
+    df = pl.DataFrame({"rephrase_type": ["plain", "cloze", "plain"], "mean": [0.9, 0.0, 0.8]})
+    out = with_measurability(df, {"cloze": "the unedited model names the true object on 0 of 60 cases"})
+    assert out["measurable"].to_list() == [True, False, True]
+    assert out["unmeasurable_reason"].to_list() == ["", "the unedited model names the true object on 0 of 60 cases", ""]
+    assert out.columns[:2] == ["rephrase_type", "mean"]  # what was there stays as it was

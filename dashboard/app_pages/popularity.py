@@ -10,7 +10,7 @@ from dashboard.data import query
 from dashboard.filters import shared_multiselect, shared_selectbox, url_selectbox, url_toggle
 from dashboard.sidebar import labels_of, reference_ids, run_table, styles_of
 from store.derived import POPULARITY_FEATURES, WITHIN_COLUMNS, both_estimates, popularity_bins
-from store.measurable import unmeasurable_reasons
+from store.measurable import unmeasurable_reasons, with_measurability
 from store.metrics import REPHRASE_TYPES
 
 FEATURES = {"frequency": "Word frequency (Zipf)", "connection": "Connection (facts about the subject)",
@@ -71,7 +71,12 @@ with right:
                     width="stretch")
 named = bins.with_columns(pl.col("series").replace(series_labels).alias("run"))
 suffix = "-known" if known else ""
-st.download_button("Download CSV (bins)", named.write_csv(),
+def for_csv(df: pl.DataFrame) -> pl.DataFrame:
+    """A CSV of this page's rephrase type says which it is and whether the unedited model can answer it."""
+    return with_measurability(df.with_columns(pl.lit(rtype).alias("rephrase_type")), unmeasurable)
+
+
+st.download_button("Download CSV (bins)", for_csv(named).write_csv(),
                    file_name=f"popularity-{feature}-{metric}-{rtype}{suffix}.csv")
 st.caption("The unedited model (black) is the knowledge run that measured every rephrase type, before any edit; "
            "each run is one colour, the same on every page.")
@@ -98,7 +103,7 @@ else:
                "case is compared only with cases of its own relation; relations differ in both popularity and "
                "difficulty, which the pooled rho mixes in. n within counts the cases of the relations that enter "
                "(4 or more cases, neither side constant).")
-    st.download_button("Download CSV (correlations)", rows.write_csv(),
+    st.download_button("Download CSV (correlations)", for_csv(rows).write_csv(),
                        file_name=f"rho-{feature}-{metric}-{rtype}{suffix}.csv")
 with st.expander("Cases behind the curves"):
     st.dataframe(points.with_columns(pl.col("series").replace(series_labels)), hide_index=True, column_config={

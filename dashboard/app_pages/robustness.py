@@ -9,7 +9,7 @@ from dashboard.data import query
 from dashboard.filters import forget, shared_multiselect, url_segmented, url_selectbox, url_toggle
 from dashboard import edit_view, plain
 from dashboard.sidebar import labels_of, reference_ids, run_table, styles_of
-from store.measurable import MEASURABLE_SHARE, unmeasurable_reasons
+from store.measurable import MEASURABLE_SHARE, unmeasurable_reasons, with_measurability
 from store.metrics import METRICS, REPHRASE_TYPES
 
 st.title("Robustness of single edits")
@@ -78,7 +78,8 @@ st.plotly_chart(charts.rephrase_heatmap(df, "mean", label, REPHRASE_TYPES, label
 st.subheader("Change from the plain prompt")
 st.plotly_chart(charts.rephrase_heatmap(df, "drop_from_plain", "Δ vs plain", REPHRASE_TYPES, diverging=True,
                                         labels=shown, unmeasurable={} if hide else unmeasurable), width="stretch")
-st.download_button("Download CSV", df.write_csv(), file_name=f"robustness-{metric}{'-known' if known else ''}.csv")
+st.download_button("Download CSV", with_measurability(df, unmeasurable).write_csv(),
+                   file_name=f"robustness-{metric}{'-known' if known else ''}.csv")
 if unmeasurable:
     base = measurability["baseline_run"][0]
     st.caption(f"{'Left out' if hide else 'n/m (and * on the axis)'}: rephrase types the unedited model cannot "
