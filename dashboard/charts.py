@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import zlib
 
 import plotly.graph_objects as go
@@ -201,15 +202,24 @@ def correlation_forest(df: pl.DataFrame, label_col: str, title: str, colours: di
         colour = (colours or {}).get(row[label_col], _colour(0))
         estimate = row.get("estimate")
         name = f"{row[label_col]} · {estimate}" if estimate else row[label_col]
+        if row["rho"] is None or math.isnan(row["rho"]):  # undefined (a constant side, n < 3): said, not drawn
+            fig.add_trace(go.Scatter(
+                x=[0], y=[name], mode="text", text=["rho undefined"], textposition="middle right",
+                textfont=dict(color="grey"), showlegend=False, customdata=[[row["n"]]],
+                hovertemplate="%{y}: rho undefined (one side constant, or fewer than 3 cases)<br>n = "
+                              "%{customdata[0]}<extra></extra>"))
+            continue
+        ci_nan = any(row[c] is None or math.isnan(row[c]) for c in ("ci_low", "ci_high"))
         fig.add_trace(go.Scatter(
             x=[row["rho"]], y=[name], mode="markers", showlegend=False,
             marker=dict(color=colour, size=9, symbol=ESTIMATE_SYMBOLS.get(estimate, "circle")),
             error_x=dict(type="data", symmetric=False, color=colour,
-                         array=[None if row["ci_high"] is None else row["ci_high"] - row["rho"]],
-                         arrayminus=[None if row["ci_low"] is None else row["rho"] - row["ci_low"]]),
+                         array=[None if ci_nan else row["ci_high"] - row["rho"]],
+                         arrayminus=[None if ci_nan else row["rho"] - row["ci_low"]]),
             customdata=[[row["n"], row["ci_low"], row["ci_high"]]],
-            hovertemplate="%{y}: rho %{x:.3f} [%{customdata[1]:.3f}, %{customdata[2]:.3f}]<br>n = %{customdata[0]}"
-                          "<extra></extra>"))
+            hovertemplate=("%{y}: rho %{x:.3f}, CI undefined (too many bootstrap resamples with a constant side)"
+                           if ci_nan else "%{y}: rho %{x:.3f} [%{customdata[1]:.3f}, %{customdata[2]:.3f}]")
+                          + "<br>n = %{customdata[0]}<extra></extra>"))
     fig.add_vline(x=0, line_dash="dot", line_color="grey")
     ci = ("95% CI: bootstrap for the pooled rho, analytic within relation" if "estimate" in df.columns
           else "95% bootstrap CI")

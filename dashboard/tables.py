@@ -1,12 +1,14 @@
 """Readable tables: one place that turns a frame into what st.dataframe shows.
 
 A page describes each column it shows once: a readable header, one number format for the whole column and
-an optional help text. Missing values read "—" (not "None"), numbers keep their type (so a column still
+an optional help text. Missing values read "—" (not "None"), a value computed and undefined (NaN: a
+Spearman rho with a constant side) reads "undefined", numbers keep their type (so a column still
 sorts as numbers), and only the described columns are shown, in the order given.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import polars as pl
@@ -40,20 +42,24 @@ class Col:
 def _text(value, fmt: str | None) -> str:
     if value is None:
         return "—"
+    if isinstance(value, float) and math.isnan(value):  # computed and undefined (a rho with a constant side)
+        return "undefined"
     return fmt.format(value) if fmt else str(value)
 
 
 def styled(df: pl.DataFrame, spec: dict[str, Col]):
-    """(pandas Styler, column_config) for st.dataframe: the spec's columns only, formatted, "—" for missing.
+    """(pandas Styler, column_config) for st.dataframe: the spec's columns only, formatted, "—" for missing,
+    "undefined" for NaN.
 
     Streamlit draws a missing number as "None" whatever the Styler says, so a column with a missing value
     is turned into text here (formatted as the spec says); a complete column stays numeric and sortable."""
     import streamlit as st
 
     keep = [c for c in spec if c in df.columns]
+    nan = {c for c in keep if df.schema[c] in (pl.Float32, pl.Float64) and df[c].is_nan().any()}
     df = df.select(keep).with_columns(
         pl.Series(c, [_text(v, spec[c].fmt) for v in df[c].to_list()], dtype=pl.String)
-        for c in keep if df[c].null_count() and df.schema[c] != pl.String)
+        for c in keep if (df[c].null_count() or c in nan) and df.schema[c] != pl.String)
     df = df.with_columns(pl.col(c).fill_null("—") for c in keep if df.schema[c] == pl.String)
     pdf = df.to_pandas()
     formats = {c: spec[c].fmt for c in keep if spec[c].fmt and df.schema[c] != pl.String}

@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 
 from compute.cli import main
-from dashboard import charts
+from dashboard import charts, tables
 
 APP = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
 
@@ -243,6 +243,21 @@ def test_both_estimates_puts_the_within_relation_rho_beside_the_pooled_one():
     assert [(t.y[0], t.marker.symbol, t.marker.color) for t in fig.data] == [
         ("ROME · pooled", "circle", "#08519c"), ("ROME · within relation", "diamond", "#08519c"),
         ("IKE · pooled", "circle", "#54278f")]
+
+
+def test_an_undefined_rho_is_said_to_be_undefined_in_the_forest_and_in_tables():
+    """Issue 19 point 5: a rho whose one side is constant is undefined, and says so, never a point or '+nan'."""
+    from dashboard.tables import styled
+
+    nan = float("nan")
+    rho = pl.DataFrame({"series": ["ROME", "IKE"], "rho": [0.3, nan], "ci_low": [nan, nan], "ci_high": [nan, nan],
+                        "n": [40, 40]})
+    fig = charts.correlation_forest(rho, "series", "frequency vs acc")
+    rome, ike = fig.data
+    assert ike.mode == "text" and ike.text == ("rho undefined",) and "undefined" in ike.hovertemplate
+    assert rome.mode == "markers" and "CI undefined" in rome.hovertemplate and rome.error_x.array == (None,)
+    styler, _ = styled(rho, {"series": tables.Col("Run"), "rho": tables.Col("rho", "{:+.3f}")})
+    assert styler.data["rho"].tolist() == ["+0.300", "undefined"]
 
 
 def test_binned_curves_and_forest_label_axes_and_n():
