@@ -53,11 +53,32 @@ def run_style(editor: str | None, hparams: dict | None = None, config: dict | No
     return family[0], "solid"
 
 
+# runs alike but for the edit order share colour and dash; the order picks the marker (order 0: a circle)
+ORDER_SYMBOLS = ("circle", "square", "diamond", "triangle-up", "x", "star", "hexagon", "cross")
+
+
+def order_symbol(config: dict | None) -> str:
+    """The marker of a run's edit order (its config's `order_seed`; none: 0), the third channel after colour and
+    dash, so that ROME's three orders, drawn side by side, are three lines a reader tells apart."""
+    try:
+        seed = int((config or {}).get("order_seed") or 0)
+    except (TypeError, ValueError):
+        seed = 0
+    return ORDER_SYMBOLS[seed % len(ORDER_SYMBOLS)]
+
+
 def _style(styles: dict | None, run: str, fallback: int) -> tuple[str, str]:
-    """A run's (colour, dash) from `styles` (run_id -> run_style), else a colour from its position."""
+    """A run's (colour, dash) from `styles` (run_id -> run_style, optionally with its order's marker third),
+    else a colour from its position."""
     if styles and run in styles:
-        return tuple(styles[run])
+        return tuple(styles[run][:2])
     return _PALETTE[fallback % len(_PALETTE)], "solid"
+
+
+def _symbol(styles: dict | None, run: str) -> str:
+    """A run's marker (order_symbol) from `styles`, else a circle."""
+    look = (styles or {}).get(run)
+    return look[2] if look is not None and len(look) > 2 else "circle"
 
 
 def recall_by_quartile(df: pl.DataFrame) -> go.Figure:
@@ -174,7 +195,7 @@ def binned_curves(df: pl.DataFrame, feature_label: str, value_label: str, labels
         name = (labels or {}).get(series, str(series))
         fig.add_trace(go.Scatter(
             x=[f"B{b}" for b in part["bin"]], y=part["mean"].to_list(), mode="lines+markers", name=name,
-            line=dict(color=colour, dash=dash), marker=dict(color=colour),
+            line=dict(color=colour, dash=dash), marker=dict(color=colour, symbol=_symbol(styles, series)),
             error_y=dict(type="data", symmetric=False, array=(part["ci_high"] - part["mean"]).to_list(),
                          arrayminus=(part["mean"] - part["ci_low"]).to_list()),
             customdata=list(zip(part["n"].to_list(), part["lo"].to_list(), part["hi"].to_list())),
@@ -279,7 +300,7 @@ def forgetting_curves(curves: pl.DataFrame, events: pl.DataFrame, series: list[s
                 x=data["edit_count"].to_list(), y=data["value"].to_list(), mode="lines+markers",
                 name=labels[run], legendgroup=run, showlegend=run not in in_legend,
                 line=dict(color=colour, width=2, dash=dash),
-                marker=dict(size=4),
+                marker=dict(size=4 if _symbol(styles, run) == "circle" else 6, symbol=_symbol(styles, run)),
                 customdata=list(zip(data["n"].to_list(), data["ci_low"].to_list(), data["ci_high"].to_list())),
                 hovertemplate="%{x} edits: %{y:.3f}" + (" [95% CI %{customdata[1]:.3f}, %{customdata[2]:.3f}]"
                                                         if has_ci else "")
@@ -395,6 +416,7 @@ def ability_small_multiples(df: pl.DataFrame, x: str, labels: dict[str, str], x_
                 x=data[x].to_list(), y=data["score"].to_list(), mode="lines+markers", name=labels[run],
                 legendgroup=run, showlegend=i == 0,
                 line=dict(color=_style(styles, run, j)[0], dash=_style(styles, run, j)[1]),
+                marker=dict(symbol=_symbol(styles, run), size=6 if _symbol(styles, run) != "circle" else None),
                 error_y=dict(type="data", symmetric=False, array=(data["ci_high"] - data["score"]).to_list(),
                              arrayminus=(data["score"] - data["ci_low"]).to_list(), thickness=1),
                 customdata=list(zip(data["n"].to_list(), data["ci_low"].to_list(), data["ci_high"].to_list())),

@@ -15,7 +15,7 @@ import json
 import polars as pl
 import streamlit as st
 
-from dashboard.charts import EDITOR_FAMILIES, run_style
+from dashboard.charts import EDITOR_FAMILIES, order_symbol, run_style
 from dashboard.data import query
 from dashboard.filters import current, shared_selectbox
 from dashboard.tables import to_minute
@@ -64,6 +64,7 @@ def chosen_model() -> str | None:
 RUN_TABLE = {"run_id": pl.String, "kind": pl.String, "editor": pl.String, "model": pl.String, "status": pl.String,
              "n_done": pl.Int64, "n_total": pl.Int64, "started_at": pl.String, "base_label": pl.String,
              "label": pl.String, "reference": pl.Boolean, "store": pl.String, "colour": pl.String, "dash": pl.String,
+             "symbol": pl.String,
              "key_mismatch": pl.Boolean, "rect_top": pl.Float64, "batch_size": pl.Int64, "order_seed": pl.Int64,
              "arm": pl.String, "pre_rebuild": pl.Boolean, "edits_facts": pl.Boolean, "other_keys": pl.Boolean}
 
@@ -102,9 +103,11 @@ def describe_runs(runs: pl.DataFrame) -> pl.DataFrame:
         pre_rebuild = bool(r.get("pre_rebuild")) and where != "workspace"  # kept from before the store's rebuild
         base = group + (" · workspace" if where == "workspace" else "") + (" · pre-rebuild" if pre_rebuild else "")
         colour, dash = run_style(r["editor"], hp, cfg)
+        symbol = order_symbol(cfg)
         rows.append({"run_id": r["run_id"], "kind": r["kind"], "editor": r["editor"], "model": r["model"],
                      "status": r["status"], "n_done": r["n_done"], "n_total": r["n_total"],
                      "started_at": r["started_at"], "store": where, "base_label": base, "colour": colour, "dash": dash,
+                     "symbol": symbol,
                      "key_mismatch": bool(hp.get("key_mismatch", False)),
                      "rect_top": float(hp.get("rect_top", 1.0) or 1.0), "batch_size": cfg.get("batch_size"),
                      "order_seed": cfg.get("order_seed"), "arm": arm_key(r, hp, cfg, where),
@@ -152,9 +155,11 @@ def labels_of(table: pl.DataFrame) -> dict[str, str]:
     return dict(zip(table["run_id"].to_list(), table["label"].to_list()))
 
 
-def styles_of(table: pl.DataFrame) -> dict[str, tuple[str, str]]:
-    """run_id -> (colour, dash) for the chart builders."""
-    return {r: (c, d) for r, c, d in zip(table["run_id"].to_list(), table["colour"].to_list(), table["dash"].to_list())}
+def styles_of(table: pl.DataFrame) -> dict[str, tuple[str, str, str]]:
+    """run_id -> (colour, dash, marker) for the chart builders: run_style's look and the edit order's marker
+    (charts.order_symbol)."""
+    return {r: (c, d, m) for r, c, d, m in zip(table["run_id"].to_list(), table["colour"].to_list(),
+                                                table["dash"].to_list(), table["symbol"].to_list())}
 
 
 def reference_ids(table: pl.DataFrame) -> list[str]:
@@ -198,5 +203,5 @@ def arms_of(table: pl.DataFrame, chosen: list[str]) -> tuple[dict[str, tuple[str
         base = row["base_label"][0].split(", order ")[0]
         names[key] = (f"{base}: mean of {len(seeds)} orders ({', '.join(map(str, seeds))})" if len(seeds) > 1
                       else f"{base} (one order: {seeds[0]})")
-        looks[key] = styles[r]
+        looks[key] = styles[r][:2]  # a mean over orders is no one order: no order marker
     return runs, names, looks

@@ -191,6 +191,21 @@ def test_editor_families_are_hues_a_reader_tells_apart():
                 assert min(d, 360 - d) >= 40, (a, b, hued[a], hued[b])
 
 
+def test_runs_alike_but_for_the_edit_order_have_their_own_marker():
+    """ROME's three orders drawn side by side (mean over orders off, or the RECT view) were three identical
+    blue lines: the order is the third channel, the marker."""
+    looks = [(charts.run_style("ROME", {}, {"order_seed": o}), charts.order_symbol({"order_seed": o}))
+             for o in (0, 1, 2)]
+    assert len({style for style, _ in looks}) == 1 and len({sym for _, sym in looks}) == 3
+    assert charts.order_symbol({}) == charts.order_symbol({"order_seed": 0}) == "circle"
+    curves = pl.DataFrame({"run_id": ["a", "b"], "edit_count": [10, 10], "series": ["ES", "ES"],
+                           "value": [0.9, 0.8], "n": [10, 10], "ci_low": [None, None], "ci_high": [None, None]})
+    styles = {"a": ("#08519c", "solid", "circle"), "b": ("#08519c", "solid", "square")}
+    fig = charts.forgetting_curves(curves, pl.DataFrame(), ["ES"], {"a": "ROME", "b": "ROME, order 1"},
+                                   styles=styles)
+    assert [t.marker.symbol for t in fig.data if t.mode == "lines+markers"] == ["circle", "square"]
+
+
 def _colours(at) -> dict[str, set[str]]:
     """legend name (the run's label, with a suffix like ' (n = 4)' or ' (5 matrices)' dropped) -> the colours
     its traces are drawn in, over every chart of the page."""
