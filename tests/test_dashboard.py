@@ -283,6 +283,16 @@ def test_case_explorer_finds_a_case_and_shows_runs_and_probes(monkeypatch, fixtu
     assert not at.exception
     assert at.selectbox(key="case").value
     assert len(at.expander) >= 16  # every rephrase type has its probes
+    # the run picker names each run by its label (what tells it from its siblings), as every other page does
+    from dashboard.sidebar import describe_runs
+    from store import Store, queries
+
+    with Store.open(fixture_store, readonly=True) as st:
+        table = describe_runs(queries.list_runs(st.conn))
+    labels = dict(zip(table["run_id"].to_list(), table["base_label"].to_list()))
+    shown = at.selectbox(key="run").options  # as the visitor reads them
+    missing = [o for o in shown if not any(f" · {label} · " in o and o.endswith(rid) for rid, label in labels.items())]
+    assert shown and not missing, (missing, labels)
 
 
 def test_case_explorer_unknown_subject_says_so(monkeypatch, fixture_store):

@@ -50,8 +50,11 @@ else:
                              (~pl.col("edits_facts").fill_null(True)).alias("_ctl") if "edits_facts" in runs.columns
                              else pl.lit(False).alias("_ctl"))
     runs = runs.sort(["_ws", "_nd", "_ctl", "started_at"], descending=[False, False, False, True], nulls_last=True)
-    names = {r["run_id"]: f"{r['kind']} · {r['editor'] or 'unedited'} · {r['status']} · {r.get('store', 'shipped')} · "
-                          f"{r['run_id']}" for r in runs.iter_rows(named=True)}
+    # the run's name says what tells it apart from its siblings (variant, batch, edit order); its status follows
+    every = run_table()
+    run_labels = dict(zip(every["run_id"].to_list(), every["base_label"].to_list()))
+    names = {r["run_id"]: f"{r['kind']} · {run_labels.get(r['run_id']) or r['editor'] or 'unedited'} · {r['status']} · "
+                          f"{r.get('store', 'shipped')} · {r['run_id']}" for r in runs.iter_rows(named=True)}
     run_id = st.selectbox("Run", list(names), format_func=names.get, key="run")
     view = query("case_view", case_id=case_id, run_id=run_id)
     order = {t: i for i, t in enumerate(REPHRASE_TYPES)}
@@ -67,7 +70,8 @@ else:
         for r in took.iter_rows(named=True):
             st.text(f"Edit {r['edit_count']:,} took {r['edit_seconds']:.1f} s.")
         view = view.filter(pl.col("edit_seconds").is_null() | (pl.col("rephrase_type") != "edit")).drop("edit_seconds")
-    show(view, {"edit_count": Col("Edit", "{:,.0f}", "0: before the edit; then the run's edit count", width=50),
+    show(view, {"edit_count": Col("Edits made", "{:,.0f}", "the run's edit count when this was measured: 0 before "
+                                  "any edit; a sequential run measures each edit at the next checkpoint", width=50),
                 "rephrase_type": Col("Rephrase type", width=150),
                 "generation": Col("Generation", width=230, help="the model's greedy continuation of the "
                                   "type's probe(s), joined with ' | '"),
@@ -106,7 +110,7 @@ else:
         edits = edits.join(delivered.pivot(on="target", index=["run_id", "edit_count"], values="value",
                                            aggregate_function="first")
                            .rename({t: f"delivered {t}" for t in targets}), on=["run_id", "edit_count"], how="left")
-    run_names = {**names, **labels_of(run_table())}
+    run_names = {**names, **labels_of(every)}  # edits exist only where runs do (both defined above)
     edits = edits.with_columns(pl.col("run_id").replace_strict(run_names, default=pl.col("run_id")).alias("run"))
     # short headers ("→ plain", "→ para. 1"), the target in full in the help, so the table fits 1400 px
     delivered_cols = {f"delivered {t}": Col("→ " + t.replace("paraphrase:", "para. "), "{:.2f}",
