@@ -117,6 +117,14 @@ def test_the_launch_runs_table_drops_columns_no_row_shown_fills(monkeypatch, tmp
 
     pids = dict(zip(table["run_id"], table["pid"]))
     assert not pd.isna(pids[running]) and pd.isna(pids[done])  # a finished run's process is gone
+    # each run under its name on every page (variant, edit order), not its editor alone
+    with Store.open(path) as st:
+        seq = st.start_run(kind="sequential", model="m", editor="ROME", n_total=5,
+                           hparams={"key_mismatch": True}, config={"order_seed": 1, "batch_size": 1})
+    at = _app(monkeypatch, path)
+    at.switch_page("app_pages/launch.py").run()
+    names = dict(zip(at.dataframe[0].value["run_id"], at.dataframe[0].value["editor"]))
+    assert names[seq] == "ROME (original keys), order 1" and names[done] == "ROME"
 
 
 def test_a_long_error_reads_as_its_first_clause_with_the_whole_text_below_the_table(monkeypatch, tmp_path):

@@ -6,6 +6,7 @@ import polars as pl
 import streamlit as st
 
 from dashboard import commands, jobs
+from dashboard.sidebar import run_table
 from dashboard.tables import short_error, to_minute
 from dashboard.plain import message
 from dashboard.data import (public_mode, query, session_owner, store_path, store_paths, workspace_path,
@@ -108,6 +109,11 @@ def _runs() -> None:
     if table.is_empty():
         st.info("No runs in the store yet.")
     else:
+        if "editor" in table.columns:  # the run's name (variant, batch, edit order) where the pages know it
+            every = run_table()
+            names = dict(zip(every["run_id"].to_list(), every["base_label"].to_list()))
+            table = table.with_columns(pl.col("run_id").replace_strict(names, default=pl.col("editor"),
+                                                                       return_dtype=pl.String).alias("editor"))
         first = ["run_id", "store", "kind", "editor", "status", "n_done", "n_total", "progress", "heartbeat_age_s"]
         table = table.select([c for c in first if c in table.columns] + [c for c in table.columns if c not in first])
         active = [status in ("queued", "running") for status in table["status"].to_list()]
@@ -151,7 +157,8 @@ def _runs() -> None:
             "store": st.column_config.TextColumn("Store", help="shipped: the results that come with the code; "
                                                  "workspace: runs started from this dashboard"),
             # widths in pixels that add up to the 940 px a 1400 px window leaves beside the sidebar
-            "kind": "Kind", "editor": st.column_config.TextColumn("Editor", width=115),
+            "kind": "Kind", "editor": st.column_config.TextColumn("Name", width=175, help="the run's name on every "
+                                                                  "page: editor, variant, batch, edit order"),
             "status": st.column_config.TextColumn("Status", width=90),
             "n_done": st.column_config.TextColumn("Done", width=85, help="units done of the run's total (cases, "
                                                   "edits, batch sizes, swept values x cases)"),
@@ -160,7 +167,7 @@ def _runs() -> None:
                                                            help="seconds since a queued or running run last "
                                                                 "reported; — for finished runs"),
             "started_at": st.column_config.TextColumn("Started (UTC)", width=130), "pid": "Process", "host": "Host",
-            "error": st.column_config.TextColumn("Error", width=165,
+            "error": st.column_config.TextColumn("Error", width=105,
                                                  help="its first clause; the whole text is below the table"),
         })
         if full_errors:
