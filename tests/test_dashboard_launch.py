@@ -33,6 +33,8 @@ def test_demo_and_launch_pages_render(monkeypatch, fixture_store):
     assert "capital" in at.selectbox(key="demo_relation").options
     assert at.selectbox(key="demo_editor").options == ["AlphaEdit", "FT-L", "IKE", "MEMIT", "ROME"]
     assert at.selectbox(key="demo_editor").value == "ROME"
+    # how long a demo takes is said up front; before any demo ran here, that it is not known yet
+    assert any("No demo has run on this machine yet" in c.value for c in at.caption)
     at.switch_page("app_pages/launch.py").run()
     assert not at.exception and at.title[0].value == "Launch runs"
     assert len(at.dataframe) == 1

@@ -35,7 +35,8 @@ if workspace_problem():
 public, owner = public_mode(), session_owner()
 typical = jobs.typical_seconds(workspace_path())
 took = (f"A demo takes about {jobs.seconds_text(typical[0])} on this machine (the median of its last {typical[1]} "
-        "demos). " if typical else "")
+        "demos). " if typical else "No demo has run on this machine yet, so how long one takes here is not known; "
+        "the first also loads the model. ")
 st.caption(f"One fact, one editor: the model answers every rephrase type, is edited, answers them all again, and "
            f"is restored. The unedited model's answers are read from the store when it holds them for these probes; "
            f"the first demo loads the model, later ones find it loaded (it is let go after "
