@@ -504,7 +504,9 @@ def edit_size_chart(edits: pl.DataFrame, labels: dict[str, str], x: str | None =
                 marker={"color": "rgba(0,0,0,0)", "size": 13, "line": {"color": "#d62728", "width": 2}},
                 hovertext=[f"outlier: case {c}, edit {n}, robust z {z:+.1f}"
                            for c, n, z in zip(out["case_id"], out["edit_count"], out["robust_z"])], hoverinfo="text"))
-    fig.update_yaxes(type="log", title="||dW||_F / ||W||_F of one edit")
+    ticks = [m * 10.0 ** e for e in range(-5, 3) for m in (1, 2, 5)]  # 1, 2, 5 a decade, written out in full
+    fig.update_yaxes(type="log", title="||dW||_F / ||W||_F of one edit", tickvals=ticks,
+                     ticktext=[f"{t:g}" for t in ticks])
     fig.update_xaxes(title="edit count" if x == "edit_count" else None)
     fig.update_layout(height=360, margin={"l": 60, "r": 20, "t": 30, "b": 40}, legend={"orientation": "h"})
     return fig
