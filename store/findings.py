@@ -770,6 +770,23 @@ def _panel_pairs(conn, arms, lower: tuple[str, str], higher: tuple[str, str]):
     return parts, signs, ids, going
 
 
+def _panel_claim(conn, arms, common: dict, lower: tuple[str, str], higher: tuple[str, str], *,
+                 none: tuple[str, str], unshared: str, few: str) -> Finding:
+    """A claim that `lower` keeps less of the panel than `higher` on each edit order (_panel_pairs), judged by
+    _order_verdict: `none` (what the store lacks, what to run) when the two share no order, `unshared` when
+    they share no checkpoint past the unedited model, `few` (with {n}, the orders measured) before MIN_ORDERS,
+    followed by the runs still computing."""
+    if not _shared(arms, lower[0], higher[0]):
+        return Finding(**common, ours=none[0], verdict=NOT_MEASURED, reason=none[1])
+    parts, signs, ids, going = _panel_pairs(conn, arms, lower, higher)
+    query = _runs_query(ids, curves="panel,retained_em")
+    if not signs:
+        return Finding(**common, ours="no shared checkpoint yet", verdict=NOT_MEASURED, query=query, reason=unshared)
+    return _order_verdict(common, "; ".join(parts), signs, query,
+                          few=few.format(n=len(signs)) + (f"; {_not_yet(going)}" if going else "."),
+                          undecided="Measured, but undecided: the CIs overlap on some order, or the orders disagree.")
+
+
 def _b5(conn, arms) -> Finding:
     common = dict(claim="B5", study="B", statement="Unedited facts are lost because of what the edits write, not only "
                                                    "because the weights move that much.",
@@ -780,20 +797,14 @@ def _b5(conn, arms) -> Finding:
                        "agrees when ROME's 95% Wilson CI lies wholly below the control's and goes against it when the "
                        f"control's lies wholly below ROME's; with at least {MIN_ORDERS} orders, reproduced when every "
                        "order agrees, refuted when every order goes against it.", page="forgetting")
-    if not _shared(arms, ROME, CONTROL):
-        return Finding(**common, ours="no ROME run with its control on one edit order", verdict=NOT_MEASURED,
-                       reason="Run `python -m compute run sequential --editor RandomRankOne --hparams "
-                              "compute/editors/control.json --hp reference_run=ROME_RUN_ID` beside a ROME run.")
-    parts, signs, ids, going = _panel_pairs(conn, arms, (ROME, "ROME"), (CONTROL, "control"))
-    query = _runs_query(ids, curves="panel,retained_em")
-    if not signs:
-        return Finding(**common, ours="no shared checkpoint yet", verdict=NOT_MEASURED, query=query,
-                       reason="The control run has not reached a checkpoint of its ROME run yet.")
-    return _order_verdict(common, "; ".join(parts), signs, query,
-                          few=f"Whether edits cost more than random updates of their size varies with the edit "
-                              f"order, and the store has {len(signs)} shared order(s): run ROME and its control on "
-                              f"`--order-seed` 1 and 2" + (f"; {_not_yet(going)}" if going else "."),
-                          undecided="Measured, but undecided: the CIs overlap on some order, or the orders disagree.")
+    return _panel_claim(conn, arms, common, (ROME, "ROME"), (CONTROL, "control"),
+                        none=("no ROME run with its control on one edit order",
+                              "Run `python -m compute run sequential --editor RandomRankOne --hparams "
+                              "compute/editors/control.json --hp reference_run=ROME_RUN_ID` beside a ROME run."),
+                        unshared="The control run has not reached a checkpoint of its ROME run yet.",
+                        few="Whether edits cost more than random updates of their size varies with the edit order, "
+                            "and the store has {n} shared order(s): run ROME and its control on `--order-seed` 1 "
+                            "and 2")
 
 
 MEMIT_10, ALPHAEDIT_10 = "MEMIT, b=10", "AlphaEdit, b=10"
@@ -811,20 +822,13 @@ def _b6(conn, arms) -> Finding:
                        "Wilson CI lies wholly below AlphaEdit's and goes against it when AlphaEdit's lies wholly "
                        f"below MEMIT's; with at least {MIN_ORDERS} orders, reproduced when every order agrees, "
                        "refuted when every order goes against it.", page="forgetting")
-    if not _shared(arms, MEMIT_10, ALPHAEDIT_10):
-        return Finding(**common, ours="no MEMIT and AlphaEdit b = 10 runs on one edit order", verdict=NOT_MEASURED,
-                       reason="Run `python -m compute run sequential --editor MEMIT --batch 10` and `--editor "
-                              "AlphaEdit --batch 10` with the same --order-seed.")
-    parts, signs, ids, going = _panel_pairs(conn, arms, (MEMIT_10, "MEMIT"), (ALPHAEDIT_10, "AlphaEdit"))
-    query = _runs_query(ids, curves="panel,retained_em")
-    if not signs:
-        return Finding(**common, ours="no shared checkpoint yet", verdict=NOT_MEASURED, query=query,
-                       reason="The runs have no checkpoint past the unedited model in common yet.")
-    return _order_verdict(common, "; ".join(parts), signs, query,
-                          few=f"Which editor keeps more varies with the edit order, and the store has {len(signs)} "
-                              f"shared order(s): run both on `--order-seed` 1 and 2"
-                              + (f"; {_not_yet(going)}" if going else "."),
-                          undecided="Measured, but undecided: the CIs overlap on some order, or the orders disagree.")
+    return _panel_claim(conn, arms, common, (MEMIT_10, "MEMIT"), (ALPHAEDIT_10, "AlphaEdit"),
+                        none=("no MEMIT and AlphaEdit b = 10 runs on one edit order",
+                              "Run `python -m compute run sequential --editor MEMIT --batch 10` and `--editor "
+                              "AlphaEdit --batch 10` with the same --order-seed."),
+                        unshared="The runs have no checkpoint past the unedited model in common yet.",
+                        few="Which editor keeps more varies with the edit order, and the store has {n} shared "
+                            "order(s): run both on `--order-seed` 1 and 2")
 
 
 # --------------------------------------------------------------------------- study C
