@@ -43,7 +43,8 @@ rob = pl.DataFrame()
 known = False
 if not rob_runs.is_empty():
     st.subheader("Edits that hold on the plain prompt fail on rephrasings (study A)")
-    known = url_toggle("Known facts only", "known", default=False,
+    # its own key: a page widget's key drawn on the default page and again on the next one loses its value
+    known = url_toggle("Known facts only", "overview_known", default=False,
                        help="Only the facts the unedited model knew: before any edit, its answer to the plain prompt "
                             "named the true object. Every rephrase type is then judged on the same facts.")
     measurability = query("rephrase_measurability", run_id=rob_runs["run_id"][0])
