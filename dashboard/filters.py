@@ -1,7 +1,7 @@
 """Widgets mirrored in the URL, so every view is a link someone else can open.
 
 Two kinds:
-- Shared filters (model, editors, runs, relations, feature) keep their value in session state under
+- Shared filters (model, editors, runs, relations, feature, known facts only) keep their value in session state under
   `filter:<key>`, which survives page switches (a widget's own state does not: Streamlit drops it when the
   widget is not drawn). Values a page does not offer are ignored there, never dropped from the shared value.
 - Page widgets (`url_selectbox`, `url_segmented`, `url_toggle`, `url_multiselect`): metric, split, group,
@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 import streamlit as st
 
-SHARED = ("model", "editors", "runs", "relations", "feature")
+SHARED = ("model", "editors", "runs", "relations", "feature", "known")
 MULTI = {"editors", "runs", "relations"}
 SIDEBAR = ("results", "model")  # the sidebar's shared choices: kept in the URL across page switches
 _STATE = "filter:{}"
@@ -133,6 +133,23 @@ def shared_selectbox(label: str, key: str, options: Sequence[str], default: str 
     if picked != value:
         _set(key, picked)
     _register(key, options, default)
+    write_url(key, picked, default)
+    return picked
+
+
+def shared_toggle(label: str, key: str, default: bool = False, container=None, help: str | None = None) -> bool:
+    """A toggle whose value is shared across pages and the URL (as 1 / 0): the known-facts filter, which a
+    visitor who turns it on for one study-A view expects on the next (as a page widget it was dropped at every
+    page switch). `default` is left out of the URL."""
+    container = container or st
+    value = current(key)
+    if isinstance(value, str):
+        value = {"1": True, "0": False}.get(value)
+    chosen = default if value is None else bool(value)
+    picked = container.toggle(label, value=chosen, key=f"widget:{key}", help=help)
+    if picked != value:
+        _set(key, picked)
+    _register(key, [False, True], default)
     write_url(key, picked, default)
     return picked
 

@@ -201,13 +201,13 @@ def test_robustness_page_known_facts_toggle(monkeypatch, tmp_path):
         return {t: c[0] for t, c in zip(heat["x"], heat["customdata"][0])}
 
     assert n_by_type() == {"doubt": 30, "paraphrase": 30, "plain": 30}
-    assert "known" not in at.query_params and not at.toggle(key="known").value
-    at.toggle(key="known").set_value(True).run()
+    assert "known" not in at.query_params and not at.toggle(key="widget:known").value
+    at.toggle(key="widget:known").set_value(True).run()
     assert not at.exception and at.query_params["known"] == "1"
     counts = [d.value for d in at.dataframe if "n_known" in d.value.columns][0]
     assert counts["n_known"].to_list() == [KNOWN] and counts["n_cases"].to_list() == [30]
     assert n_by_type() == {"doubt": KNOWN, "paraphrase": KNOWN, "plain": KNOWN}  # the cells carry the smaller n
-    at.toggle(key="known").set_value(False).run()
+    at.toggle(key="widget:known").set_value(False).run()
     assert not at.exception and "known" not in at.query_params  # the default is left out of the URL
 
 
@@ -232,7 +232,7 @@ def _page(monkeypatch, tmp_path, page, params):
 
 def test_a_link_with_known_opens_the_robustness_page_filtered(monkeypatch, tmp_path):
     at = _page(monkeypatch, tmp_path, "robustness", {"known": "1", "metric": "rev"})
-    assert at.toggle(key="known").value
+    assert at.toggle(key="widget:known").value
     heat = json.loads(at.get("plotly_chart")[0].proto.spec)["data"][0]
     doubt = heat["customdata"][0][heat["x"].index("doubt")]
     assert doubt[0] == KNOWN and doubt[1] == pytest.approx(0.4)  # n and rev on doubt over the known facts
@@ -242,9 +242,22 @@ def test_popularity_page_known_facts_toggle(monkeypatch, tmp_path):
     at = _page(monkeypatch, tmp_path, "popularity", {"pop_metric": "rev", "rephrase_type": "doubt"})
     cases = [d.value for d in at.dataframe if "case_id" in d.value.columns][0]
     assert len(cases) == 30 + N  # the run's 30 cases and the unedited model's 40
-    at.toggle(key="known").set_value(True).run()
+    at.toggle(key="widget:known").set_value(True).run()
     assert not at.exception and at.query_params["known"] == "1"
     kept = [d.value for d in at.dataframe if list(d.value.columns) == ["series", "n"]][0]
     assert kept["n"].to_list() == [KNOWN, KNOWN]
     cases = [d.value for d in at.dataframe if "case_id" in d.value.columns][0]
     assert len(cases) == 2 * KNOWN and set(cases["case_id"]) == {f"c{i}" for i in range(KNOWN)}
+
+
+def test_known_facts_only_follows_the_visitor_from_page_to_page(monkeypatch, tmp_path):
+    """A shared filter: turned on on Robustness, it is on on Popularity and still on back on Robustness (as a
+    page widget it was dropped at every page switch)."""
+    at = _page(monkeypatch, tmp_path, "robustness", {})
+    at.toggle(key="widget:known").set_value(True).run()
+    for page in ("popularity", "robustness"):
+        at.switch_page(f"app_pages/{page}.py").run()
+        assert not at.exception and at.toggle(key="widget:known").value, page
+    at.toggle(key="widget:known").set_value(False).run()
+    at.switch_page("app_pages/popularity.py").run()
+    assert not at.toggle(key="widget:known").value and "known" not in at.query_params

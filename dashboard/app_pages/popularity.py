@@ -7,7 +7,7 @@ import streamlit as st
 
 from dashboard import charts
 from dashboard.data import query
-from dashboard.filters import shared_multiselect, shared_selectbox, url_selectbox, url_toggle
+from dashboard.filters import shared_multiselect, shared_selectbox, shared_toggle, url_selectbox
 from dashboard.sidebar import labels_of, reference_ids, run_table, styles_of
 from store.derived import POPULARITY_FEATURES, WITHIN_COLUMNS, both_estimates, popularity_bins
 from store.measurable import unmeasurable_reasons, with_measurability
@@ -34,7 +34,7 @@ chosen = shared_multiselect("Runs", "runs", list(labels), default=reference_ids(
 relations_all = sorted(query("kb_relations")["relation"].to_list())
 relations = shared_multiselect("Relations", "relations", relations_all, container=d2)
 rel_filter = None if len(relations) == len(relations_all) else tuple(relations)
-known = url_toggle("Known facts only", "known", default=False,
+known = shared_toggle("Known facts only", "known", default=False,
                    help="Only the facts the unedited model knew: before any edit, its answer to the plain prompt "
                         "named the true object (judged on the plain prompt whatever the rephrase type shown)")
 if rtype in unmeasurable:

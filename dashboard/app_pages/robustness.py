@@ -6,7 +6,7 @@ import streamlit as st
 
 from dashboard import charts
 from dashboard.data import query
-from dashboard.filters import forget, shared_multiselect, url_segmented, url_selectbox, url_toggle
+from dashboard.filters import forget, shared_multiselect, shared_toggle, url_segmented, url_selectbox, url_toggle
 from dashboard import edit_view, plain
 from dashboard.sidebar import labels_of, reference_ids, run_table, styles_of
 from store.measurable import MEASURABLE_SHARE, unmeasurable_reasons, with_measurability
@@ -39,7 +39,7 @@ split = url_segmented("Split by", "split", ["none", "relation", "popularity_quar
                                    "popularity_quartile": "popularity quartile"}.get, container=c2)
 hide = url_toggle("Hide unmeasurable types", "hide_nm", default=False, container=c3,
                   help="Types the unedited model cannot answer are marked n/m by default; this leaves them out")
-known = url_toggle("Known facts only", "known", default=False, container=c3,
+known = shared_toggle("Known facts only", "known", default=False, container=c3,
                    help="Only the facts the unedited model knew: before any edit, its answer to the plain prompt "
                         "named the true object. Every rephrase type is then judged on the same facts.")
 by = None if split == "none" else split
