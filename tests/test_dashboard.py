@@ -223,7 +223,7 @@ def test_popularity_shows_the_within_relation_rho_beside_the_pooled_one(monkeypa
         return dict(zip(table["label"], table["n"]))
 
     every = study_a_n()
-    at.toggle(key="overview_known").set_value(True).run()
+    at.toggle(key="widget:known").set_value(True).run()
     assert not at.exception
     known = study_a_n()
     assert set(known) == set(every) and all(0 < known[r] < every[r] for r in every), (every, known)

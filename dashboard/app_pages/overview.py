@@ -5,7 +5,7 @@ import streamlit as st
 
 from dashboard import charts
 from dashboard.data import for_visitor, public_mode, query, rebuild_path, showing_rebuild, store_path
-from dashboard.filters import url_selectbox, url_toggle
+from dashboard.filters import shared_toggle, url_selectbox, url_toggle
 from dashboard.sidebar import run_table
 from dashboard.tables import Col, show, to_minute
 from store.derived import sequential_rules
@@ -43,8 +43,7 @@ rob = pl.DataFrame()
 known = False
 if not rob_runs.is_empty():
     st.subheader("Edits that hold on the plain prompt fail on rephrasings (study A)")
-    # its own key: a page widget's key drawn on the default page and again on the next one loses its value
-    known = url_toggle("Known facts only", "overview_known", default=False,
+    known = shared_toggle("Known facts only", "known", default=False,
                        help="Only the facts the unedited model knew: before any edit, its answer to the plain prompt "
                             "named the true object. Every rephrase type is then judged on the same facts.")
     measurability = query("rephrase_measurability", run_id=rob_runs["run_id"][0])
