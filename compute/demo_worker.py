@@ -499,7 +499,10 @@ def handle(request: Path, engine: DemoEngine, store: Path, shipped: Path | None,
             traceback.print_exc()
             out(f"error: {type(exc).__name__}: {exc}")
             rc = 1
-    log.with_suffix(".rc").write_text(str(rc))
+    rc_file = log.with_suffix(".rc")  # whole or absent: the dashboard polls it, and a half-written '' is no status
+    partial = rc_file.with_name(rc_file.name + ".partial")
+    partial.write_text(str(rc))
+    os.replace(partial, rc_file)
     request.unlink(missing_ok=True)
     return rc
 

@@ -482,6 +482,23 @@ def _exit_file(job: Job) -> Path:
     return Path(job.log).with_suffix(".rc")
 
 
+def _exit_status(job: Job) -> int | None:
+    """The job's recorded exit status, or None while there is none: no `.rc` file yet, or one that a writer
+    has created but not yet filled (a reader between the two saw '' and failed; writers now rename a whole
+    file into place, and a reader still takes a partial one for 'not yet')."""
+    try:
+        return int(_exit_file(job).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_exit_status(path: Path, rc: int) -> None:
+    """Write an exit status file whole: into a temporary file beside it, then renamed into place."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    tmp.write_text(str(rc))
+    os.replace(tmp, path)
+
+
 def _pid_runs(pid: int) -> bool:
     """Whether a process runs (not a zombie), without reaping it."""
     try:
@@ -500,19 +517,19 @@ def _alive(job: Job) -> bool:
     """Whether the job's process still runs; reaps it (recording its exit status) when it is our child. A demo
     request lives until the worker writes its exit status; a worker that died first fails it."""
     if job.request:
-        if _exit_file(job).is_file():
+        if _exit_status(job) is not None:
             return False
         if _pid_runs(job.pid) and not _stopping(Path(job.request).parent, job.pid):
             return True
-        if not _exit_file(job).is_file():  # the worker wrote nothing: it died with this demo unanswered
+        if _exit_status(job) is None:  # the worker wrote nothing: it died with this demo unanswered
             with open(job.log, "a") as f:
                 f.write("error: the demo worker stopped before answering this demo; run it again\n")
-            _exit_file(job).write_text("1")
+            write_exit_status(_exit_file(job), 1)
         return False
     try:
         pid, status = os.waitpid(job.pid, os.WNOHANG)
     except ChildProcessError:  # not our child (another dashboard process started it): ask the kernel
-        if _exit_file(job).is_file():
+        if _exit_status(job) is not None:
             return False
         try:
             os.kill(job.pid, 0)
@@ -527,7 +544,7 @@ def _alive(job: Job) -> bool:
             return True
     if pid == 0:
         return True
-    _exit_file(job).write_text(str(os.waitstatus_to_exitcode(status)))
+    write_exit_status(_exit_file(job), os.waitstatus_to_exitcode(status))
     return False
 
 
@@ -616,8 +633,7 @@ def job_status(job: Job) -> dict:
     """{'state': running | done | failed | interrupted | finished, 'returncode': int | None, 'error': str | None}."""
     if _alive(job):
         return {"state": "running", "returncode": None, "error": None}
-    rc_file = _exit_file(job)
-    rc = int(rc_file.read_text()) if rc_file.is_file() else None
+    rc = _exit_status(job)
     tail = log_tail(job)
     error = next((line[len("error: "):] for line in reversed(tail.splitlines()) if line.startswith("error: ")), None)
     if rc in (130, -signal.SIGINT) or "interrupted:" in tail:
@@ -689,7 +705,7 @@ def wait_for_log(job: Job, changed, timeout_s: float, poll_s: float = 0.05) -> b
             size = now
             if changed():
                 return True
-        if _exit_file(job).is_file():
+        if _exit_status(job) is not None:
             return True
         if time.monotonic() >= end:
             return False

@@ -472,3 +472,19 @@ def test_wait_for_log_returns_when_the_log_grows_with_a_change_and_asks_only_the
     asked.clear()
     log.with_suffix(".rc").write_text("0")
     assert jobs.wait_for_log(job, lambda: False, timeout_s=30) is True  # it has ended
+
+
+def test_an_exit_status_file_caught_half_written_reads_as_not_yet(tmp_path):
+    """The demo worker writes `<log>.rc` when a demo ends, and the page polls it. A file the writer has created
+    but not yet filled read '' and failed the page (and a fresh-clone CI run) with int(''); it is 'still
+    running' now, and the status once written whole."""
+    log = tmp_path / "demo-queue" / "d.log"
+    log.parent.mkdir()
+    log.write_text("stage 4/6: plain\n")
+    job = jobs.Job("d", "edit", ("edit",), os.getpid(), str(log), str(tmp_path / "s.sqlite"),
+                   "2026-01-01T00:00:00+00:00", request=str(log.parent / "d.json"))
+    log.with_suffix(".rc").write_text("")  # created, not yet written: what the poll saw
+    assert jobs.job_status(job)["state"] == "running"
+    jobs.write_exit_status(log.with_suffix(".rc"), 0)
+    assert jobs.job_status(job) == {**jobs.job_status(job), "state": "done", "returncode": 0}
+    assert sorted(p.name for p in log.parent.iterdir()) == ["d.log", "d.rc"]  # no partial file left behind
