@@ -47,6 +47,14 @@ def _text(value, fmt: str | None) -> str:
     return fmt.format(value) if fmt else str(value)
 
 
+def with_ci(df: pl.DataFrame, value: str, low: str, high: str, fmt: str = "{:.2f}") -> pl.Series:
+    """`value` with its 95% CI in one text column, "0.86 [0.79, 0.91]" (a wide table fits a 1400 px window
+    with the CI beside its number rather than in two more columns); "—" where the value is missing."""
+    return pl.Series(value, [
+        "—" if v is None else _text(v, fmt) + ("" if lo is None or hi is None else f" [{_text(lo, fmt)}, {_text(hi, fmt)}]")
+        for v, lo, hi in zip(df[value].to_list(), df[low].to_list(), df[high].to_list())], dtype=pl.String)
+
+
 def styled(df: pl.DataFrame, spec: dict[str, Col]):
     """(pandas Styler, column_config) for st.dataframe: the spec's columns only, formatted, "—" for missing,
     "undefined" for NaN.

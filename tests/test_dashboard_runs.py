@@ -4,6 +4,7 @@ one colour on every chart of every page, and every widget round-trips through th
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import polars as pl
@@ -147,6 +148,12 @@ def test_an_overview_tile_of_a_partial_run_says_so(monkeypatch, two_rome_store, 
         ["ROME [interrupted, 240/240 done]: acc, plain → hardest"]
     assert any("1 of them partial, their status in the label" in c.value for c in at.caption), \
         [c.value for c in at.caption]
+    # the long label of a partial run pushed an 11-column table past a 1400 px window (a snapshot of the rebuild,
+    # in Chromium): each acc now stands beside its CI in one column
+    table = at.dataframe[0].value
+    assert list(table.columns) == ["label", "plain", "hardest_type", "hardest", "drop", "unedited_recall_hardest", "n"]
+    value, low, high = (float(v) for v in re.fullmatch(r"(\S+) \[(\S+), (\S+)\]", table["plain"][0]).groups())
+    assert value == round(206 / 240, 2) and low < value < high, table["plain"].tolist()
 
 
 def test_popularity_series_are_runs_and_an_unmeasurable_type_is_flagged(monkeypatch, two_rome_store):

@@ -7,7 +7,7 @@ from dashboard import charts
 from dashboard.data import for_visitor, public_mode, query, rebuild_path, showing_rebuild, store_path
 from dashboard.filters import shared_toggle, url_selectbox, url_toggle
 from dashboard.sidebar import run_table
-from dashboard.tables import Col, show, to_minute
+from dashboard.tables import Col, show, to_minute, with_ci
 from store.derived import sequential_rules
 from store.measurable import MEASURABLE_SHARE, hardest_measurable, unmeasurable_reasons
 
@@ -85,10 +85,12 @@ else:
                + (f"; left out as unmeasurable: {', '.join(excluded)}." if excluded else ".")
                + (" Known facts only: every type judged on the facts whose plain prompt the unedited model answered "
                   "with the true object (n counts them)." if known else ""))
-    show(rob, {"label": Col("Run"), "plain": Col("acc, plain", share), "plain_ci_low": Col("CI low", share),
-               "plain_ci_high": Col("CI high", share), "hardest_type": Col("Hardest measurable type"),
-               "hardest": Col("acc, hardest", share), "hardest_ci_low": Col("CI low ", share),
-               "hardest_ci_high": Col("CI high ", share), "drop": Col("Drop", "{:+.2f}"),
+    # each acc beside its CI in one column, so the table fits a 1400 px window whatever the run labels
+    rob = rob.with_columns(with_ci(rob, "plain", "plain_ci_low", "plain_ci_high"),
+                           with_ci(rob, "hardest", "hardest_ci_low", "hardest_ci_high"))
+    show(rob, {"label": Col("Run"), "plain": Col("acc, plain [95% CI]"),
+               "hardest_type": Col("Hardest measurable type"),
+               "hardest": Col("acc, hardest [95% CI]"), "drop": Col("Drop", "{:+.2f}"),
                "unedited_recall_hardest": Col("Unedited recall there", share, "share of cases on which the "
                                               "unedited model names the true object on that type"),
                "n": Col("n", "{:,.0f}")})
