@@ -904,6 +904,63 @@ def _c1(conn, arms) -> Finding:
                           "(no checkpoint at 20)." + outcome)
 
 
+def _c5(conn, arms) -> Finding:
+    common = dict(claim="C5", study="C", statement="Abilities fall because of what the edits write, not only because "
+                                                   "the weights move that much.",
+                  paper="not measured: the studies ran no size-matched random update",
+                  rule="EditScope's control (issue 19 point 11): on each edit order, ROME against random rank-one "
+                       "updates at ROME's layer with that ROME run's per-edit norms, in order (RandomRankOne), on "
+                       "study C's tasks (sentiment, NER, open QA) at the last ability checkpoint both reached; an "
+                       "order agrees when on at least one task ROME's 95% CI lies wholly below the control's and on "
+                       "none the control's below ROME's, and goes against it when the other way round; with at least "
+                       f"{MIN_ORDERS} orders, reproduced when every order agrees, refuted when every order goes "
+                       "against it.", page="abilities")
+    orders = _shared(arms, ROME, CONTROL)
+    if not orders:
+        return Finding(**common, ours="no ROME run with its control on one edit order", verdict=NOT_MEASURED,
+                       reason="Run `python -m compute run sequential --editor RandomRankOne --hparams "
+                              "compute/editors/control.json --hp reference_run=ROME_RUN_ID --abilities-every 50` "
+                              "beside a ROME run.")
+    ab = derived.ability_scores(conn, kind="sequential", mode="quick")
+    parts, signs, ids, going, head = [], [], [], {}, {}
+    for o in orders:
+        rome, control = arms[ROME][o], arms[CONTROL][o]
+        ids += [rome["run_id"], control["run_id"]]
+        going.update({f"{name} order {o}": run for name, run in (("ROME", rome), ("control", control))
+                      if run["status"] != "done"})
+        shared = (set(ab.filter(pl.col("run_id") == rome["run_id"])["edit_count"].to_list())
+                  & set(ab.filter(pl.col("run_id") == control["run_id"])["edit_count"].to_list())) - {0}
+        if not shared:
+            continue
+        at = max(shared)
+        mine, theirs = _scores(ab, rome["run_id"], at), _scores(ab, control["run_id"], at)
+        tasks = [t for t in STUDY_C_TASKS if t in mine and t in theirs]
+        if not tasks:
+            continue
+        lower = [t for t in tasks if _worse(mine[t], theirs[t])]
+        higher = [t for t in tasks if _worse(theirs[t], mine[t])]
+        signs.append(1 if lower and not higher else -1 if higher and not lower else 0)
+        scores = "; ".join(f"{STUDY_C_TASKS[t]}, {mine[t]['n']} items: ROME "
+                           f"{_ci(mine[t]['score'], mine[t]['ci_low'], mine[t]['ci_high'])} vs control "
+                           f"{_ci(theirs[t]['score'], theirs[t]['ci_low'], theirs[t]['ci_high'])}" for t in tasks)
+        parts.append(f"order {o}, edit {at}{_pair_unfinished(('ROME', rome), ('control', control))}: {scores}")
+        if not head:
+            t0 = tasks[0]
+            head = dict(value=mine[t0]["score"], n=mine[t0]["n"], ci_low=mine[t0]["ci_low"], ci_high=mine[t0]["ci_high"])
+    query = _runs_query(ids, ability_view="sequential")
+    if not signs:
+        return Finding(**common, ours="no shared ability checkpoint yet", verdict=NOT_MEASURED, query=query,
+                       reason="The control run has no ability checkpoint of its ROME run past the unedited model yet"
+                              + (f"; {_not_yet(going)}" if going else "."))
+    finding = _order_verdict(common, " | ".join(parts), signs, query,
+                             few=f"Whether edits cost more abilities than random updates of their size varies with "
+                                 f"the edit order, and the store has {len(signs)} shared order(s): run ROME and its "
+                                 "control on `--order-seed` 1 and 2" + (f"; {_not_yet(going)}" if going else "."),
+                             undecided="Measured, but undecided: on some order no task (or tasks both ways) "
+                                       "lies apart, or the orders disagree.")
+    return replace(finding, **head)
+
+
 SMALL_BATCH, LARGE_BATCH = 100, 2000
 
 
@@ -1075,6 +1132,7 @@ def findings(conn: sqlite3.Connection) -> list[Finding]:
         _c2(conn),
         _c3(conn, arms),
         _c4(conn, arms),
+        _c5(conn, arms),
     ]
 
 

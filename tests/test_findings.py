@@ -543,6 +543,33 @@ def test_alphaedit_against_memit_is_read_on_panel_recall_on_three_edit_orders(tm
         assert _by_claim(st.conn)["B6"].verdict == REFUTED
 
 
+def test_ability_loss_beyond_a_size_matched_control_is_read_per_task_on_three_edit_orders(tmp_path):
+    """C5 asks C1's erosion what a control would show: ROME against random rank-one updates of its own norms."""
+    fall = {"sentiment": 0.6, "entity_typing": 0.55, "closed_book_qa": 0.6}
+    hold = {"sentiment": 0.8, "entity_typing": 0.79, "closed_book_qa": 0.81}
+    with Store.open(tmp_path / "s.sqlite", create=True) as st:
+        _seq(st, "rome0")
+        _study_c(st, "rome0", fall)
+        c5 = _by_claim(st.conn)["C5"]
+        assert c5.verdict == NOT_MEASURED and c5.ours == "no ROME run with its control on one edit order"
+        for o in range(3):
+            if o:
+                _seq(st, f"rome{o}", order=o)
+                _study_c(st, f"rome{o}", fall)
+            _seq(st, f"control{o}", editor="RandomRankOne", order=o, hparams={"reference_run": f"rome{o}"})
+            _study_c(st, f"control{o}", {**hold, "entity_typing": 0.56})  # NER falls under the control too
+        c5 = _by_claim(st.conn)["C5"]
+        assert c5.verdict == REPRODUCED and (c5.value, c5.n) == (0.6, 200), c5  # the headline: ROME's sentiment
+        assert "order 0, edit 500: sentiment, 200 items: ROME 0.60" in c5.ours and "vs control 0.80" in c5.ours
+        assert c5.page == "abilities" and "control1" in c5.url
+        _study_c(st, "control2", fall)  # on one order the control falls as far: undecided
+        assert _by_claim(st.conn)["C5"].verdict == NOT_MEASURED
+        for o in range(3):  # the control worse than ROME on every order: refuted
+            _study_c(st, f"rome{o}", hold)
+            _study_c(st, f"control{o}", fall)
+        assert _by_claim(st.conn)["C5"].verdict == REFUTED
+
+
 # --------------------------------------------------------------------------- the shipped store, README and page
 
 
@@ -551,7 +578,7 @@ def test_rules_are_one_sentence_and_every_number_has_its_verdict(tmp_path):
     with Store.open(tmp_path / "s.sqlite", readonly=True) as st:
         items = findings(st.conn)
     assert [f.claim for f in items] == ["A1", "A2", "A3", "A4", "A5", "A6", "A7", "B1", "B2", "B3", "B4", "B5", "B6",
-                                        "C1", "C2", "C3", "C4"]
+                                        "C1", "C2", "C3", "C4", "C5"]
     for f in items:
         assert f.verdict in fmod.VERDICTS and f.rule.rstrip(".").count(". ") == 0, f.claim
         assert f.page in ("robustness", "popularity", "forgetting", "abilities") and f.ours
