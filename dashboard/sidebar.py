@@ -72,11 +72,14 @@ RUN_TABLE = {"run_id": pl.String, "kind": pl.String, "editor": pl.String, "model
 def arm_key(run: dict, hp: dict, cfg: dict, where: str) -> str:
     """Runs alike but for their edit order share this key (an "arm" of a replicated comparison): same kind, model,
     editor, hyperparameters (every field, so runs made before a change of the edit mechanics are another arm),
-    layout (the run's config but its order seed and maximum edits) and store."""
+    layout (the run's config but its order seed and maximum edits) and store. A control's reference run is left
+    out with the order: each order's control takes its norms from that order's run (plans/shipped.toml's
+    `unit:sequential-ROME-o1` for order 1), so its controls were each an arm of one order, never averaged."""
     import hashlib
 
     # the editor's traits say nothing its hyperparameters do not (runs made before they were recorded lack them)
     layout = {k: v for k, v in cfg.items() if k not in ("order_seed", "max_edits", "spec_key", TRAITS_KEY)}
+    hp = {k: v for k, v in hp.items() if k != "reference_run"}
     spec = [run.get("kind"), run.get("model"), run.get("editor"), hp, layout, where]
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
 

@@ -111,6 +111,29 @@ def test_a_partial_order_joins_the_mean_over_orders_only_when_chosen(monkeypatch
     assert name == "ROME: mean of 2 orders (0, 1)" and es == pytest.approx([0.7])  # chosen: the mean where both are
 
 
+def test_the_controls_of_each_order_are_one_arm_averaged_over_orders(monkeypatch, tmp_path):
+    """Each order's control takes its norms from that order's ROME run (its reference_run differs by order, as in
+    plans/shipped.toml): the rebuild's two controls were drawn as two arms of one order each, never averaged."""
+    from store import Store
+
+    path = tmp_path / "results.sqlite"
+    with Store.open(path, create=True) as s:
+        for order, recall in ((0, 0.8), (1, 0.6)):
+            run_id = f"control-o{order}"
+            s.start_run(kind="sequential", model="m", editor="RandomRankOne", run_id=run_id, n_total=10,
+                        config={"batch_size": 1, "order_seed": order, "case_set": "s",
+                                "editor_traits": {"mass_editor": False, "changes_weights": True, "edits_facts": False}},
+                        hparams={"layer": 3, "seed": 0, "reference_run": f"unit:sequential-ROME-o{order}"})
+            s.write_measurements([dict(run_id=run_id, case_id="*", edit_count=10, rephrase_type="panel", metric=m,
+                                       value=v) for m, v in (("panel_recall", recall), ("n", 200))])
+            s.heartbeat(run_id, n_done=10)
+            s.finish_run(run_id)
+    at = _forgetting(monkeypatch, path, {"runs": "control-o0", "curves": "panel"})
+    by_panel, _ = _traces(at)
+    (name, recall), = by_panel[PANEL].items()
+    assert name == "RandomRankOne (control): mean of 2 orders (0, 1)" and recall == pytest.approx([0.7])
+
+
 def test_the_case_explorer_opens_on_a_case_some_run_measured(monkeypatch, tmp_path):
     """The rebuild's snapshot holds 2,614 cases and runs over 660 of them: the explorer opened on the first by
     case set and id, which no run had measured."""
