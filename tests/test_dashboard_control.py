@@ -134,6 +134,25 @@ def test_the_controls_of_each_order_are_one_arm_averaged_over_orders(monkeypatch
     assert name == "RandomRankOne (control): mean of 2 orders (0, 1)" and recall == pytest.approx([0.7])
 
 
+def test_an_abrupt_change_is_shown_as_the_step_between_its_checkpoints(monkeypatch, control_store, tmp_path):
+    """An abrupt fall between the unedited model and the first ability checkpoint read 'At edit 0', as if before
+    any edit: it is the step '0 → 50' now; an event at one edit keeps its edit count."""
+    import shutil
+
+    from store import Store
+
+    path = tmp_path / "events.sqlite"
+    shutil.copy(control_store, path)
+    with Store.open(path) as s:
+        s.write_events([{"run_id": "rome-o0", "kind": kind, "series": series, "edit_count": at, "end_count": end,
+                         "value": 0.5, "detail": "{}"}
+                        for kind, series, at, end in (("abrupt_change", "ability:entity_typing", 0, 50),
+                                                      ("disabling_edit", "update_norm", 12, 12))])
+    at = _forgetting(monkeypatch, path, {"runs": "rome-o0", "mean": "0"})
+    table = next(d.value for d in at.dataframe if "at" in d.value.columns and "kind" in d.value.columns)
+    assert dict(zip(table["kind"], table["at"])) == {"abrupt_change": "0 → 50", "disabling_edit": "12"}
+
+
 def test_the_case_explorer_opens_on_a_case_some_run_measured(monkeypatch, tmp_path):
     """The rebuild's snapshot holds 2,614 cases and runs over 660 of them: the explorer opened on the first by
     case set and id, which no run had measured."""

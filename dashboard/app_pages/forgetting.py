@@ -155,8 +155,15 @@ if marks.is_empty():
 else:
     shown = marks.with_columns(marks["run_id"].replace_strict(labels, default=None).alias("run"),
                                marks["series"].replace(PHASE_SERIES)).sort("run", "edit_count")
+    # an abrupt change is a step between two checkpoints: "0 → 50", not "0" (which read as before any edit)
+    shown = shown.with_columns(
+        pl.when((pl.col("kind") == "abrupt_change") & pl.col("end_count").is_not_null())
+        .then(pl.format("{} → {}", "edit_count", "end_count")).otherwise(pl.col("edit_count").cast(pl.String))
+        .alias("at"))
     show(shown, {
-        "run": Col("Run"), "kind": Col("Event"), "series": Col("Series"), "edit_count": Col("At edit", "{:,.0f}"),
+        "run": Col("Run"), "kind": Col("Event"), "series": Col("Series"),
+        "at": Col("At edit", None, "the edit count of the event; an abrupt change: the step between two ability "
+                                   "checkpoints in which the score fell"),
         "value": Col("Value", "{:.3f}", "disabling edit: its ||dW|| / ||W0||; collapse: the share of the ability "
                      "margin left; abrupt change: the score after the step; panel floor: the value that crossed")})
     missing = [labels[r] for r in labels if marks.filter(marks["run_id"] == r).is_empty()]
