@@ -263,6 +263,27 @@ def _rgba(hex_colour: str, alpha: float) -> str:
     return f"rgba({r},{g},{b},{alpha})"
 
 
+def _tick_text(t: float) -> str:
+    if t >= 1e6:
+        return f"{t / 1e6:g}M"
+    if t >= 1e4:
+        return f"{t / 1e3:g}k"
+    return f"{t:g}"
+
+
+def log_axis(values) -> dict:
+    """A logarithmic axis whose ticks are written out in full: 1, 2, 5 a decade over up to 3 decades of the
+    positive `values`, each decade over more. Plotly's own log ticks label 20 and 50 as small '2' and '5'
+    beside '10' and '100', which read as 2 and 5."""
+    vals = [float(v) for v in values if v is not None and v == v and 0 < float(v) < math.inf]
+    if not vals:
+        return {"type": "log"}
+    lo, hi = math.floor(math.log10(min(vals))), math.ceil(math.log10(max(vals)))
+    steps = (1, 2, 5) if hi - lo <= 3 else (1,)
+    ticks = [m * 10.0 ** e for e in range(lo, hi + 1) for m in steps]
+    return {"type": "log", "tickvals": ticks, "ticktext": [_tick_text(t) for t in ticks]}
+
+
 def forgetting_curves(curves: pl.DataFrame, events: pl.DataFrame, series: list[str], labels: dict[str, str],
                       log_x: bool = False, styles: dict | None = None) -> go.Figure:
     """Small multiples, one per series, of run-level values against edit count, one line per run.
@@ -318,7 +339,10 @@ def forgetting_curves(curves: pl.DataFrame, events: pl.DataFrame, series: list[s
                 elif e["kind"] == "collapse":
                     fig.add_vline(x=e["edit_count"], line_dash="dash", line_color=colour, line_width=1.5,
                                   row=row, col=col)
-    fig.update_xaxes(title_text="Edits made", type="log" if log_x else "linear", row=rows)
+    # every panel's axis (shared x axes do not share their type: set on the bottom row alone, the log toggle
+    # left the upper panels linear), the title on the bottom row
+    fig.update_xaxes(**(log_axis(curves["edit_count"].to_list()) if log_x else {"type": "linear"}))
+    fig.update_xaxes(title_text="Edits made", row=rows)
     if rows > 1 and len(series) % cols:  # the last row's lone panel needs its own axis title
         fig.update_xaxes(title_text="Edits made", row=rows - 1, col=cols)
     fig.update_layout(height=260 * rows + 80, legend_title="Run", margin=dict(t=40, b=40),
@@ -355,7 +379,8 @@ def weight_drift_chart(drift: pl.DataFrame, labels: dict[str, str], log_y: bool 
                     row=1, col=c + 1)
     fig.update_xaxes(title_text="Edits made")
     if log_y:
-        fig.update_yaxes(type="log")
+        for c, column in enumerate(("fro_delta", "rel_change", "cond_number")):
+            fig.update_yaxes(**log_axis(drift[column].to_list()), row=1, col=c + 1)
     fig.update_layout(height=440, legend_title="Run", margin=dict(t=40, b=40),
                       legend=dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0))
     return fig
@@ -437,8 +462,9 @@ def ability_small_multiples(df: pl.DataFrame, x: str, labels: dict[str, str], x_
                                      hovertemplate="unedited %{y:.3g}<extra></extra>"), row=row, col=col)
         log_y = (meta[task].get("metric") or "") == "perplexity"
         fig.update_yaxes(title_text=(meta[task].get("metric") or "score") + (" (log)" if log_y else ""),
-                         type="log" if log_y else "linear", row=row, col=col, title_font_size=10)
-    fig.update_xaxes(title_text=x_title, type="log" if log_x else "linear")
+                         **(log_axis(part["score"].to_list() + part["ci_low"].to_list() + part["ci_high"].to_list())
+                            if log_y else {"type": "linear"}), row=row, col=col, title_font_size=10)
+    fig.update_xaxes(title_text=x_title, **(log_axis(df[x].to_list()) if log_x else {"type": "linear"}))
     fig.update_layout(height=250 * rows + 90, legend_title="Run", margin=dict(t=50, b=40),
                       legend=dict(orientation="h", yanchor="top", y=-60 / (250 * rows + 90), xanchor="left", x=0))
     return fig
@@ -473,7 +499,7 @@ def popularity_scatter(points: pl.DataFrame, feature: str, feature_label: str, v
                       yaxis_range=[-0.1, 1.1], legend_title="Run", margin=dict(t=30, b=40),
                       legend=dict(orientation="h", yanchor="top", y=-0.2, xanchor="left", x=0))
     if log_x:
-        fig.update_xaxes(type="log")
+        fig.update_xaxes(**log_axis(points[feature].to_list()))
     return fig
 
 
@@ -504,9 +530,7 @@ def edit_size_chart(edits: pl.DataFrame, labels: dict[str, str], x: str | None =
                 marker={"color": "rgba(0,0,0,0)", "size": 13, "line": {"color": "#d62728", "width": 2}},
                 hovertext=[f"outlier: case {c}, edit {n}, robust z {z:+.1f}"
                            for c, n, z in zip(out["case_id"], out["edit_count"], out["robust_z"])], hoverinfo="text"))
-    ticks = [m * 10.0 ** e for e in range(-5, 3) for m in (1, 2, 5)]  # 1, 2, 5 a decade, written out in full
-    fig.update_yaxes(type="log", title="||dW||_F / ||W||_F of one edit", tickvals=ticks,
-                     ticktext=[f"{t:g}" for t in ticks])
-    fig.update_xaxes(title="edit count" if x == "edit_count" else None)
+    fig.update_yaxes(title="||dW||_F / ||W||_F of one edit", **log_axis(edits["update_rel"].to_list()))
+    fig.update_xaxes(title="Edits made" if x == "edit_count" else None)
     fig.update_layout(height=360, margin={"l": 60, "r": 20, "t": 30, "b": 40}, legend={"orientation": "h"})
     return fig

@@ -134,6 +134,28 @@ def test_a_phase_is_shaded_on_its_own_series_panel_only():
     assert len(rects) == 1 and rects[0].xref == "x2"
 
 
+def test_log_axes_write_their_ticks_out_and_the_log_edit_axis_reaches_every_panel():
+    """Plotly's own log ticks label 2000 and 5000 as small '2' and '5' beside '1000' (read on the rebuild's weight
+    drift); and the Forgetting page's log toggle set the bottom row's axis only, leaving the panels above linear."""
+    assert charts.log_axis([20.0, 540.0]) == {"type": "log", "tickvals": [10, 20, 50, 100, 200, 500, 1000, 2000, 5000],
+                                              "ticktext": ["10", "20", "50", "100", "200", "500", "1000", "2000",
+                                                           "5000"]}
+    assert charts.log_axis([5.0, 2e6])["ticktext"] == ["1", "10", "100", "1000", "10k", "100k", "1M", "10M"]
+    assert charts.log_axis([0.004, 0.3, 0.0, None, float("nan")])["ticktext"][:3] == ["0.001", "0.002", "0.005"]
+    assert charts.log_axis([0, None]) == {"type": "log"}
+    names = ["Retained edits", "Recall on the unedited fact panel", "Fluency"]
+    curves = pl.DataFrame({"run_id": ["a"] * 6, "edit_count": [1, 500] * 3, "series": [n for n in names for _ in "ab"],
+                           "value": [1.0, 0.5] * 3, "n": [1, 500] * 3, "ci_low": [0.5, 0.4] * 3,
+                           "ci_high": [1.0, 0.6] * 3})
+    fig = charts.forgetting_curves(curves, pl.DataFrame(), names, {"a": "ROME"}, log_x=True)
+    axes = [fig.layout[k] for k in fig.layout if k.startswith("xaxis")]
+    assert len(axes) == 4 and all(a.type == "log" and "500" in a.ticktext for a in axes)  # 2 x 2, one empty
+    drift = pl.DataFrame({"run_id": ["a"] * 2, "edit_count": [1, 400], "module": ["model.layers.3.mlp.down_proj"] * 2,
+                          "fro_delta": [5.0, 2000.0], "rel_change": [0.02, 10.0], "cond_number": [20.0, 540.0]})
+    fig = charts.weight_drift_chart(drift, {"a": "ROME"})
+    assert "2000" in fig.layout.yaxis3.ticktext and fig.layout.yaxis.ticktext[-1] == "10k"
+
+
 def test_weight_drift_chart_has_three_panels_per_matrix():
     drift = pl.DataFrame({"run_id": ["a"] * 4, "edit_count": [1, 2, 1, 2],
                           "module": ["model.layers.3.mlp.down_proj"] * 2 + ["model.layers.4.mlp.down_proj"] * 2,
