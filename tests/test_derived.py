@@ -162,3 +162,20 @@ def test_knowledge_of_a_case_set_comes_from_that_sets_own_run(tmp_path, fixture_
         st.finish_run("zz-newer", status="done")
         by_q = derived.knowledge_by_quartile(st.conn, case_set="tiny32")
         assert by_q["n"].sum() == 32
+
+
+def test_editing_performance_carries_a_wilson_ci_over_its_n_edits(tmp_path):
+    """The General abilities page's editing-performance table gave ES 1.00 for a batch of one with no interval."""
+    from store.conventions import RUN_LEVEL
+    from store.metrics import wilson_ci
+
+    with Store.open(tmp_path / "s.sqlite", create=True) as st:
+        run = st.start_run(kind="batch", model="m", editor="MEMIT", run_id="b")
+        st.write_measurements([dict(run_id=run, case_id=RUN_LEVEL, edit_count=b, rephrase_type="batch", metric=m,
+                                    value=v) for b, es in ((1, 1.0), (10, 0.8)) for m, v in (("es", es), ("n", b))]
+                              + [dict(run_id=run, case_id=RUN_LEVEL, edit_count=50, rephrase_type="batch", metric="ps",
+                                      value=0.5)])  # a row without its n: no interval to give
+        perf = {(r["edit_count"], r["measure"]): r for r in derived.editing_performance(st.conn, ["b"]).iter_rows(named=True)}
+    assert (perf[1, "reliability (ES)"]["ci_low"], perf[1, "reliability (ES)"]["ci_high"]) == pytest.approx(wilson_ci(1, 1))
+    assert (perf[10, "reliability (ES)"]["ci_low"], perf[10, "reliability (ES)"]["ci_high"]) == pytest.approx(wilson_ci(8, 10))
+    assert perf[50, "generalisation (PS)"]["ci_low"] is None and perf[50, "generalisation (PS)"]["n"] is None

@@ -9,7 +9,7 @@ from dashboard import charts
 from dashboard.data import query
 from dashboard.filters import shared_multiselect, url_segmented, url_toggle
 from dashboard.sidebar import arms_of, chosen_model, headline_ids, labels_of, reference_ids, run_table, styles_of
-from dashboard.tables import Col, show
+from dashboard.tables import Col, show, with_ci
 from store.derived import ability_order_means, start_from_unedited
 
 
@@ -67,8 +67,9 @@ mean_orders = view == "sequential" and url_toggle(
     help="Each chosen run stands for its arm (every run alike but for the edit order): the mean over its orders, "
          "with the 95% t-interval over orders as whiskers; perplexity averaged on the log scale")
 common = view == "rect" and url_toggle(
-    "Only edit counts every chosen run reached", "ability_common", default=True, container=c1,
-    help="Runs made to different lengths (the RECT sweep to 200 edits, ROME to 500) compared on their shared range")
+    "Shared edit counts only", "ability_common", default=True, container=c1,
+    help="Only the edit counts every chosen run reached: runs made to different lengths (the RECT sweep to 200 "
+         "edits, ROME to 500) compared on their shared range")
 kept_whole = []
 if common:
     from store.derived import up_to_common_end
@@ -124,12 +125,14 @@ if view in ("rect", "batch"):
         if common:
             perf = perf.filter((pl.col("edit_count") <= part["edit_count"].max()))
         shown = perf.with_columns(pl.col("run_id").replace_strict(labels, default=None).alias("run"))
-        table_ = shown.pivot(on="measure", index=["run", "edit_count", "n"], values="value").sort("run", "edit_count")
-        share = "{:.2f}"
+        # each share beside its 95% CI, one column per measure
+        table_ = (shown.with_columns(with_ci(shown, "value", "ci_low", "ci_high"))
+                  .pivot(on="measure", index=["run", "edit_count", "n"], values="value").sort("run", "edit_count"))
+        ci = " [95% Wilson CI over the n edits]"
         show(table_, {"run": Col("Run"), "edit_count": Col("Edits made" if view != "batch" else "Batch", "{:,.0f}"),
                       "n": Col("n", "{:,.0f}", "edits (or facts of the batch) the scores are over"),
-                      "reliability (ES)": Col("Reliability (ES)", share, "newest edits: the new object beats the true "
-                                              "one on the edit prompt"),
-                      "generalisation (PS)": Col("Generalisation (PS)", share, "the same on paraphrases"),
-                      "locality (NS)": Col("Locality (NS)", share, "neighbouring facts keep their true object")})
+                      "reliability (ES)": Col("Reliability (ES)", None, "newest edits: the new object beats the true "
+                                              "one on the edit prompt" + ci),
+                      "generalisation (PS)": Col("Generalisation (PS)", None, "the same on paraphrases" + ci),
+                      "locality (NS)": Col("Locality (NS)", None, "neighbouring facts keep their true object" + ci)})
         st.download_button("Download CSV (editing performance)", shown.write_csv(), file_name=f"editing-{view}.csv")

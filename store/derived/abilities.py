@@ -10,6 +10,7 @@ import polars as pl
 
 from .. import queries
 from ..conventions import RUN_LEVEL
+from .common import wilson_arrays
 from .labels import run_label
 from .sequential import order_means
 
@@ -80,18 +81,25 @@ def up_to_common_end(df: pl.DataFrame, x: str = "edit_count") -> pl.DataFrame:
 
 def editing_performance(conn: sqlite3.Connection, run_ids) -> pl.DataFrame:
     """Reliability (ES on the plain prompt), generalisation (PS) and locality (NS) of sequential runs'
-    newest edits and of batch runs' batches, by run and edit count: run_id, edit_count, measure, value, n."""
+    newest edits and of batch runs' batches, by run and edit count: run_id, edit_count, measure, value, n,
+    ci_low, ci_high (95% Wilson CI of a share of n edits, as the Forgetting page's newest-edit curves have)."""
     names = {"es": "reliability (ES)", "ps": "generalisation (PS)", "ns": "locality (NS)"}
     where, params = queries._where([("run_id", run_ids)])
     clause = (where + " AND " if where else " WHERE ") + "case_id = ? AND rephrase_type IN ('newest', 'batch')"
     df = queries._frame(conn, f"SELECT run_id, edit_count, metric, value FROM measurements{clause}", [*params, RUN_LEVEL])
-    schema = {"run_id": pl.String, "edit_count": pl.Int64, "measure": pl.String, "value": pl.Float64, "n": pl.Int64}
+    schema = {"run_id": pl.String, "edit_count": pl.Int64, "measure": pl.String, "value": pl.Float64, "n": pl.Int64,
+              "ci_low": pl.Float64, "ci_high": pl.Float64}
     if df.is_empty():
         return pl.DataFrame(schema=schema)
     n = df.filter(pl.col("metric") == "n").select("run_id", "edit_count", pl.col("value").cast(pl.Int64).alias("n"))
-    return (df.filter(pl.col("metric").is_in(list(names)))
-            .join(n, on=["run_id", "edit_count"], how="left")
-            .with_columns(pl.col("metric").replace_strict(names).alias("measure"))
+    out = (df.filter(pl.col("metric").is_in(list(names)))
+           .join(n, on=["run_id", "edit_count"], how="left")
+           .with_columns(pl.col("metric").replace_strict(names).alias("measure")))
+    counts = out["n"].fill_null(0).to_numpy()
+    low, high = wilson_arrays(out["value"].to_numpy() * counts, counts)
+    known = out["n"].is_not_null()
+    return (out.with_columns(pl.when(known).then(pl.Series(low)).alias("ci_low"),
+                             pl.when(known).then(pl.Series(high)).alias("ci_high"))
             .select(list(schema)).sort("run_id", "measure", "edit_count"))
 
 
