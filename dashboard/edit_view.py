@@ -13,11 +13,11 @@ from dashboard.tables import Col, show
 from store.diagnostics import OUTLIER_Z
 
 SUMMARY = {
-    "label": Col("Run", width="medium"),
+    "label": Col("Run", width=300),
     "n": Col("Edits", "{:,.0f}"),
-    "update_rel_median": Col("Median ||dW||/||W||", "{:.4f}", help="relative Frobenius change of the edited "
-                             "matrix by one edit (largest over matrices)"),
-    "update_rel_p90": Col("90th pct", "{:.4f}"),
+    "update_rel_median": Col("Size, median", "{:.4f}", help="||dW||/||W||: relative Frobenius change of the "
+                             "edited matrix by one edit (largest over matrices), median over the run's edits"),
+    "update_rel_p90": Col("90th pct", "{:.4f}", help="||dW||/||W||, 90th percentile over the run's edits"),
     "clamped_share": Col("Clamp bound", "{:.0%}", help="share of edits whose value change ended on the norm clamp"),
     "converged_share": Col("Converged", "{:.0%}", help="share whose target NLL fell below stop_nll before the "
                            "step cap"),
