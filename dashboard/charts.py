@@ -244,8 +244,9 @@ def correlation_forest(df: pl.DataFrame, label_col: str, title: str, colours: di
     fig.add_vline(x=0, line_dash="dot", line_color="grey")
     ci = ("95% CI: bootstrap for the pooled rho, analytic within relation" if "estimate" in df.columns
           else "95% bootstrap CI")
-    fig.update_layout(xaxis_title=f"Spearman rho, {title} ({ci})", yaxis_title=label_col.replace("_", " "),
-                      xaxis_range=[-1, 1], height=160 + 22 * df.height, margin=dict(t=30, b=40))
+    # two lines: on one, the title ran past the chart's right edge in a 1400 px window
+    fig.update_layout(xaxis_title=f"Spearman rho, {title}<br>{ci}", yaxis_title=label_col.replace("_", " "),
+                      xaxis_range=[-1, 1], height=180 + 22 * df.height, margin=dict(t=30, b=60))
     return fig
 
 
