@@ -787,13 +787,15 @@ def _panel_claim(conn, arms, common: dict, lower: tuple[str, str], higher: tuple
                           undecided="Measured, but undecided: the CIs overlap on some order, or the orders disagree.")
 
 
+NO_CONTROL = "not measured: the studies ran no size-matched random update"
+CONTROL_RULE = ("EditScope's control (issue 19 point 11): on each edit order, ROME against random rank-one updates at "
+                "ROME's layer with that ROME run's per-edit norms, in order (RandomRankOne), ")
+
+
 def _b5(conn, arms) -> Finding:
     common = dict(claim="B5", study="B", statement="Unedited facts are lost because of what the edits write, not only "
                                                    "because the weights move that much.",
-                  paper="not measured: the studies ran no size-matched random update",
-                  rule="EditScope's control (issue 19 point 11): on each edit order, ROME against random rank-one "
-                       "updates at ROME's layer with that ROME run's per-edit norms, in order (RandomRankOne), by "
-                       "recall of the panel of unedited known facts at the last checkpoint both reached; an order "
+                  paper=NO_CONTROL, rule=CONTROL_RULE + "by recall of the panel of unedited known facts at the last checkpoint both reached; an order "
                        "agrees when ROME's 95% Wilson CI lies wholly below the control's and goes against it when the "
                        f"control's lies wholly below ROME's; with at least {MIN_ORDERS} orders, reproduced when every "
                        "order agrees, refuted when every order goes against it.", page="forgetting")
@@ -907,10 +909,7 @@ def _c1(conn, arms) -> Finding:
 def _c5(conn, arms) -> Finding:
     common = dict(claim="C5", study="C", statement="Abilities fall because of what the edits write, not only because "
                                                    "the weights move that much.",
-                  paper="not measured: the studies ran no size-matched random update",
-                  rule="EditScope's control (issue 19 point 11): on each edit order, ROME against random rank-one "
-                       "updates at ROME's layer with that ROME run's per-edit norms, in order (RandomRankOne), on "
-                       "study C's tasks (sentiment, NER, open QA) at the last ability checkpoint both reached; an "
+                  paper=NO_CONTROL, rule=CONTROL_RULE + "on study C's tasks (sentiment, NER, open QA) at the last ability checkpoint both reached; an "
                        "order agrees when on at least one task ROME's 95% CI lies wholly below the control's and on "
                        "none the control's below ROME's, and goes against it when the other way round; with at least "
                        f"{MIN_ORDERS} orders, reproduced when every order agrees, refuted when every order goes "
