@@ -153,6 +153,41 @@ def test_an_abrupt_change_is_shown_as_the_step_between_its_checkpoints(monkeypat
     assert dict(zip(table["kind"], table["at"])) == {"abrupt_change": "0 → 50", "disabling_edit": "12"}
 
 
+def test_the_abilities_page_says_what_a_control_line_is(monkeypatch, tmp_path):
+    """The General abilities page drew the control's lines beside the edits' with nothing to say they aim at no fact
+    (the Forgetting page says so); it does now, and names the claim that compares the two."""
+    from streamlit.testing.v1 import AppTest
+
+    from store import Store
+    from store.metrics import wilson_ci
+
+    path = tmp_path / "results.sqlite"
+    with Store.open(path, create=True) as s:
+        for run_id, editor, facts in (("rome", "ROME", True), ("control", "RandomRankOne", False)):
+            s.start_run(kind="sequential", model="m", editor=editor, run_id=run_id, n_total=50,
+                        config={"batch_size": 1, "order_seed": 0, "case_set": "s",
+                                "editor_traits": {"mass_editor": False, "changes_weights": True, "edits_facts": facts}},
+                        hparams={"layer": 3})
+            s.write_abilities([{"run_id": run_id, "edit_count": at, "batch_size": 1, "task": "sentiment",
+                                "task_version": "1", "mode": "quick", "score": score, "n": 100,
+                                "ci_low": wilson_ci(score * 100, 100)[0], "ci_high": wilson_ci(score * 100, 100)[1],
+                                "chance": 0.5, "higher_is_better": 1, "metric": "accuracy"}
+                               for at, score in ((0, 0.8), (50, 0.7))])
+            s.heartbeat(run_id, n_done=50)
+            s.finish_run(run_id)
+    monkeypatch.setenv("EDITSCOPE_STORE", str(path))
+    at = AppTest.from_file(APP, default_timeout=90)
+    at.query_params["runs"] = "rome,control"
+    at.run()
+    at.query_params["runs"] = "rome,control"
+    at.switch_page("app_pages/abilities.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    said = [c.value for c in at.caption if "a control that changes the weights" in c.value]
+    assert len(said) == 1 and said[0].startswith(r"RandomRankOne \(control\)\:") and "Findings C5" in said[0]  # as text
+    next(m for m in at.multiselect if m.label == "Runs").set_value(["rome"]).run()
+    assert not [c for c in at.caption if "a control that changes the weights" in c.value]
+
+
 def test_the_case_explorer_opens_on_a_case_some_run_measured(monkeypatch, tmp_path):
     """The rebuild's snapshot holds 2,614 cases and runs over 660 of them: the explorer opened on the first by
     case set and id, which no run had measured."""
