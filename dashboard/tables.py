@@ -9,6 +9,7 @@ sorts as numbers), and only the described columns are shown, in the order given.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import polars as pl
@@ -82,3 +83,14 @@ def show(df: pl.DataFrame, spec: dict[str, Col], container=None, **kwargs) -> No
 
     styler, config = styled(df, spec)
     (container or st).dataframe(styler, column_config=config, hide_index=True, **kwargs)
+
+
+def errors_in_full(errors: Sequence[tuple[str, str]], container=None) -> None:
+    """An expander with each (run, error) whole, under a table whose Error column shows only the start of it; as
+    text: an error can quote what a visitor typed."""
+    import streamlit as st
+
+    if errors:
+        with (container or st).expander(f"Errors in full ({len(errors)})"):
+            for run, error in errors:
+                st.text(f"{run}: {error}")

@@ -156,6 +156,21 @@ def test_an_overview_tile_of_a_partial_run_says_so(monkeypatch, two_rome_store, 
     assert value == round(206 / 240, 2) and low < value < high, table["plain"].tolist()
 
 
+def test_the_overviews_runs_table_gives_each_error_in_full_below_it(monkeypatch, two_rome_store, tmp_path):
+    """The Runs table's Error column is 60 px ('interrupte' on the rebuild's snapshot) and nothing gave the rest."""
+    import shutil
+    import sqlite3
+
+    store = tmp_path / "errors.sqlite"
+    shutil.copy(two_rome_store, store)
+    error = "interrupted: the machine went away at edit 116; run the same command again to continue"
+    with sqlite3.connect(store) as conn:
+        conn.execute("UPDATE runs SET status = 'interrupted', error = ? WHERE run_id = 'robustness-one'", (error,))
+    at = _app(monkeypatch, store)
+    box = next(e for e in at.expander if e.label == "Errors in full (1)")
+    assert [t.value for t in box.text] == [f"robustness-one: {error}"]
+
+
 def test_popularity_series_are_runs_and_an_unmeasurable_type_is_flagged(monkeypatch, two_rome_store):
     at = _app(monkeypatch, two_rome_store, "popularity", {"rephrase_type": "cloze"})
     assert any("cloze is unmeasurable" in w.value for w in at.warning)

@@ -7,7 +7,7 @@ import streamlit as st
 
 from dashboard import commands, jobs
 from dashboard.sidebar import run_table
-from dashboard.tables import short_error, to_minute
+from dashboard.tables import errors_in_full, short_error, to_minute
 from dashboard.plain import message
 from dashboard.data import (public_mode, query, session_owner, store_path, store_paths, workspace_path,
                             workspace_problem)
@@ -170,10 +170,7 @@ def _runs() -> None:
             "error": st.column_config.TextColumn("Error", width=105,
                                                  help="its first clause; the whole text is below the table"),
         })
-        if full_errors:
-            with st.expander(f"Errors in full ({len(full_errors)})"):
-                for run_id, error in full_errors:
-                    st.text(f"{run_id}: {error}")  # as text: an error can quote what a visitor typed
+        errors_in_full(full_errors)
     mine = jobs.list_jobs(workspace_path(), owner=owner)
     for job in mine:
         if jobs.job_status(job)["state"] == "running" and st.button(f"Cancel job {job.job_id} ({job.kind})",

@@ -7,7 +7,7 @@ from dashboard import charts
 from dashboard.data import for_visitor, public_mode, query, rebuild_path, showing_rebuild, store_path
 from dashboard.filters import shared_toggle, url_selectbox, url_toggle
 from dashboard.sidebar import run_table
-from dashboard.tables import Col, show, to_minute, with_ci
+from dashboard.tables import Col, errors_in_full, show, to_minute, with_ci
 from store.derived import sequential_rules
 from store.measurable import MEASURABLE_SHARE, hardest_measurable, unmeasurable_reasons
 
@@ -185,3 +185,6 @@ else:
                          "label, what pages show by default"),
         **where, "started_at": Col("Started (UTC)"),
         "run_id": Col("Run id", help="what the CLI takes (--resume RUN)"), **errors})
+    # the Error column is 60 px: the whole text of each below the table
+    errors_in_full([(r, e) for r, e in zip(detail["run_id"].to_list(), detail["error"].to_list())
+                    if e and r in set(runs["run_id"].to_list())])
