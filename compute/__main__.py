@@ -20,8 +20,20 @@ def interrupt_on_signals() -> None:
     signal.signal(signal.SIGTERM, stop)
 
 
-if __name__ == "__main__":
+def run() -> int:
+    """The command line with the handlers installed while it runs. Once it has returned (an interrupted run has
+    recorded what it stored), further SIGINT/SIGTERM are ignored: a unit of a plan can get several (the driver's,
+    its parent-death signal, a closing session's), and one arriving while the interpreter shut down raised a
+    KeyboardInterrupt that printed a traceback into the unit's log."""
     from compute.cli import main
 
     interrupt_on_signals()
-    sys.exit(main())
+    try:
+        return main()
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -220,6 +220,24 @@ def test_python_m_compute_turns_sigterm_and_an_ignored_sigint_into_an_interrupt(
     assert out.stdout.split("\n")[:2] == ["interrupted by SIGINT", "interrupted by SIGTERM"]
 
 
+def test_signals_after_the_command_returned_are_ignored_while_the_process_exits():
+    """A plan unit can get SIGTERM more than once; one that came after its run had recorded 'interrupted' raised a
+    KeyboardInterrupt in threading._shutdown and printed a traceback into the unit's log."""
+    import subprocess
+    import sys
+
+    code = ("import os, signal\n"
+            "import compute.cli, compute.__main__ as m\n"
+            "compute.cli.main = lambda: 130\n"
+            "rc = m.run()\n"
+            "os.kill(os.getpid(), signal.SIGTERM)\n"
+            "os.kill(os.getpid(), signal.SIGINT)\n"
+            "print('still here', rc)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0 and out.stdout.strip() == "still here 130" and not out.stderr, out
+
+
 # ---- imports: compute -> store <- dashboard, and nothing imports the command line -------------------------
 
 ROOT = Path(__file__).resolve().parents[1]
