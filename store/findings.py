@@ -795,10 +795,12 @@ CONTROL_RULE = ("EditScope's control (issue 19 point 11): on each edit order, RO
 def _b5(conn, arms) -> Finding:
     common = dict(claim="B5", study="B", statement="Unedited facts are lost because of what the edits write, not only "
                                                    "because the weights move that much.",
-                  paper=NO_CONTROL, rule=CONTROL_RULE + "by recall of the panel of unedited known facts at the last checkpoint both reached; an order "
-                       "agrees when ROME's 95% Wilson CI lies wholly below the control's and goes against it when the "
-                       f"control's lies wholly below ROME's; with at least {MIN_ORDERS} orders, reproduced when every "
-                       "order agrees, refuted when every order goes against it.", page="forgetting")
+                  paper=NO_CONTROL,
+                  rule=CONTROL_RULE + "by recall of the panel of unedited known facts at the last checkpoint both "
+                       "reached; an order agrees when ROME's 95% Wilson CI lies wholly below the control's and goes "
+                       "against it when the control's lies wholly below ROME's; with at least "
+                       f"{MIN_ORDERS} orders, reproduced when every order agrees, refuted when every order goes "
+                       "against it.", page="forgetting")
     return _panel_claim(conn, arms, common, (ROME, "ROME"), (CONTROL, "control"),
                         none=("no ROME run with its control on one edit order",
                               "Run `python -m compute run sequential --editor RandomRankOne --hparams "
@@ -909,11 +911,12 @@ def _c1(conn, arms) -> Finding:
 def _c5(conn, arms) -> Finding:
     common = dict(claim="C5", study="C", statement="Abilities fall because of what the edits write, not only because "
                                                    "the weights move that much.",
-                  paper=NO_CONTROL, rule=CONTROL_RULE + "on study C's tasks (sentiment, NER, open QA) at the last ability checkpoint both reached; an "
-                       "order agrees when on at least one task ROME's 95% CI lies wholly below the control's and on "
-                       "none the control's below ROME's, and goes against it when the other way round; with at least "
-                       f"{MIN_ORDERS} orders, reproduced when every order agrees, refuted when every order goes "
-                       "against it.", page="abilities")
+                  paper=NO_CONTROL,
+                  rule=CONTROL_RULE + "on study C's tasks (sentiment, NER, open QA) at the last ability checkpoint "
+                       "both reached; an order agrees when on at least one task ROME's 95% CI lies wholly below the "
+                       "control's and on none the control's below ROME's, and goes against it when the other way "
+                       f"round; with at least {MIN_ORDERS} orders, reproduced when every order agrees, refuted when "
+                       "every order goes against it.", page="abilities")
     orders = _shared(arms, ROME, CONTROL)
     if not orders:
         return Finding(**common, ours="no ROME run with its control on one edit order", verdict=NOT_MEASURED,

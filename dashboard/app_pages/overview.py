@@ -174,8 +174,9 @@ else:
                            "from this dashboard")} if (runs["store"] == "workspace").any() else {})
     # the run's own name (its status, progress and start have their columns here), an error column only when
     # a run has one
-    errors = {"error": Col("Error", width=60)} if detail["error"].drop_nulls().len() else {}
-    show(runs.join(detail.drop("host"), on="run_id", how="left").with_columns(
+    listed = runs.join(detail.drop("host"), on="run_id", how="left")
+    errors = {"error": Col("Error", width=60)} if listed["error"].drop_nulls().len() else {}
+    show(listed.with_columns(
         to_minute("started_at"),
         to_minute("finished_at"),
         pl.format("{}/{}", pl.col("n_done").fill_null(0), pl.col("n_total").fill_null(0)).alias("progress")), {
@@ -186,5 +187,4 @@ else:
         **where, "started_at": Col("Started (UTC)"),
         "run_id": Col("Run id", help="what the CLI takes (--resume RUN)"), **errors})
     # the Error column is 60 px: the whole text of each below the table
-    errors_in_full([(r, e) for r, e in zip(detail["run_id"].to_list(), detail["error"].to_list())
-                    if e and r in set(runs["run_id"].to_list())])
+    errors_in_full([(r, e) for r, e in zip(listed["run_id"].to_list(), listed["error"].to_list()) if e])
