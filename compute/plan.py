@@ -410,6 +410,20 @@ def _run_seconds(conn, run: dict) -> tuple[float | None, str]:
     return None, ""
 
 
+def _units_timed(conn, run: dict) -> tuple[float, int] | None:
+    """(CPU seconds, units) that a run's timing events of series "units" cover (compute.runs.run_loop writes
+    one every few minutes of a robustness, batch, knowledge, sweep or ability run, none for an interrupted
+    interval), or None where it has none. Only these units are timed: a run resumed from units made before such
+    events existed, or whose last interval was cut, has more units than its events time."""
+    from compute.runs import TIMING_KIND, UNITS_SERIES
+
+    rows = conn.execute("SELECT edit_count, end_count, value, detail FROM run_events WHERE run_id = ? AND kind = ? "
+                        "AND series = ? AND value IS NOT NULL", (run["run_id"], TIMING_KIND, UNITS_SERIES)).fetchall()
+    pairs = [(cpu if (cpu := _event_cpu(detail)) is not None else float(value), end - start)
+             for start, end, value, detail in rows if start is not None and end is not None and end > start]
+    return (sum(s for s, _ in pairs), sum(n for _, n in pairs)) if pairs else None
+
+
 def _start_interval(conn, run: dict) -> tuple[float, int]:
     """(seconds, edits) of a sequential run's start: its checkpoint intervals up to `dense_first` edits (its
     config's, else 10), which hold the run's one-off start (the panel's choice, the unedited model's measurements
@@ -458,9 +472,15 @@ def _rate(conn, unit: Unit, own: list[dict], reference=None) -> tuple[float | No
     store's timings, e.g. the shipped store's while a rebuild has few finished runs); (None, reason) when
     none holds any."""
     def per_item(runs, source=conn):
-        timed = [(r["_seconds"] if "_seconds" in r else _run_seconds(source, r), r["n_done"])
-                 for r in runs if (r.get("n_done") or 0) > 0]
-        pairs = [(s, n, how) for (s, how), n in timed if s]
+        pairs = []
+        for r in runs:  # a run with interval timing events: the units they cover, else all it counted
+            units = r["_units"] if "_units" in r else _units_timed(source, r)
+            if units:
+                pairs.append((units[0], units[1], "timing events"))
+            elif (r.get("n_done") or 0) > 0:
+                seconds, how = r["_seconds"] if "_seconds" in r else _run_seconds(source, r)
+                if seconds:
+                    pairs.append((seconds, r["n_done"], how))
         if not pairs:
             return None, ""
         hows = sorted({how for _, _, how in pairs})
@@ -663,6 +683,7 @@ def _shard_progress(folder: Path, unit: Unit) -> list[dict]:
             runs = [dict(r) for r in conn.execute("SELECT * FROM runs") if r["run_id"] in gained]
             for run in runs:  # timed by the shard's own timing events, which the target has not seen yet
                 run["_seconds"], run["_start"] = _run_seconds(conn, run), _start_interval(conn, run)
+                run["_units"] = _units_timed(conn, run)
             return runs
         finally:
             conn.close()

@@ -26,6 +26,17 @@ all), a heartbeat with the progress, a tqdm bar (silent when stderr is not a ter
 (compute.experiments.common.recording), and the run finished as done with its wall time. Each experiment
 file keeps its step and its list of units.
 
+Timing. A run's `timings` hold only its last process's wall time, written when it finishes, so a run resumed
+over several sessions, or one still partial, could not be timed by it (`compute.plan` then had nothing to
+estimate a robustness, batch, knowledge or sweep unit by). The loop therefore also writes a run_events row of
+kind "timing" (series "units") after the first unit done `timing_every` seconds (wall) after the previous
+one, and after the last: edit_count and end_count are the units counted before and after the interval
+(n_done), value its wall seconds, and its detail the units, the process's CPU seconds over the interval
+(`cpu_s`: a paused process's pause is in the wall seconds only), peak memory, torch threads and load
+(`timing_event`). An interrupted interval writes none: the events cover the units they count, which is what
+`compute.plan` divides by. A sequential run writes its own, per checkpoint (compute.experiments.sequential).
+Timing is not a measurement: runs that differ only there are the same computation.
+
 This module imports no torch at import time.
 """
 
@@ -39,6 +50,33 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 SPEC_KEY = "spec_key"  # the config key a new run stores its spec's key under
+TIMING_KIND = "timing"  # run_events kind of a timed interval (run_loop's, series UNITS_SERIES; sequential's)
+UNITS_SERIES = "units"
+TIMING_EVERY = 300.0  # run_loop's seconds (wall) between two timing events
+
+
+def clock() -> tuple[float, float]:
+    """(wall, CPU) clocks now: time.monotonic() and the process's CPU time, all its threads."""
+    return time.monotonic(), time.process_time()
+
+
+def timing_event(run_id: str, start_count: int, end_count: int, start: tuple[float, float],
+                 series: str = UNITS_SERIES, **detail) -> dict:
+    """The run_events row timing the interval (start_count, end_count] of a run's work that began at `start`
+    (`clock()` then): value its wall seconds; detail `detail` with the interval's CPU seconds (`cpu_s`), the
+    process's peak resident memory, its torch threads (where torch is loaded) and the machine's load."""
+    import os
+    import resource
+    import sys
+
+    wall, cpu = clock()
+    torch = sys.modules.get("torch")
+    info = {**detail, "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}  # KiB
+    if torch is not None:
+        info["torch_threads"] = torch.get_num_threads()
+    info.update(load_avg_1m=round(os.getloadavg()[0], 2), cpu_s=round(cpu - start[1], 3))
+    return {"run_id": run_id, "kind": TIMING_KIND, "series": series, "edit_count": start_count,
+            "end_count": end_count, "value": round(wall - start[0], 3), "detail": json.dumps(info)}
 
 
 def state_path(cache_dir, run_id: str):
@@ -276,7 +314,8 @@ def run_loop(store, run_id: str, units: Iterable, step: Callable[[Any], Mapping 
              count: Callable[[Any], int] | None = None, n_done: int | None = None, desc: str = "",
              unit: str = "unit", progress: bool = False, next_step: str | None = None, heartbeat: bool = True,
              before: Callable[[], None] | None = None, after_unit: Callable[[Any], None] | None = None,
-             after: Callable[[], None] | None = None, timings: bool | Callable[[], dict] = True) -> int:
+             after: Callable[[], None] | None = None, timings: bool | Callable[[], dict] = True,
+             timing_every: float | None = TIMING_EVERY) -> int:
     """Run `step` on every unit of `units` not yet stored, then mark the run done; returns the units counted.
 
     - `done`: keys (`key(unit)`, default the unit itself) of the units already stored: skipped.
@@ -290,6 +329,8 @@ def run_loop(store, run_id: str, units: Iterable, step: Callable[[Any], Mapping 
       stored units); a heartbeat records it after each unit unless `heartbeat` is False (the step does it).
     - `timings`: the finished run's timings: {"seconds": wall time} (True), with a callable's dict merged
       in, or none (False).
+    - `timing_every`: seconds (wall) between the run's timing events (module docstring, *Timing*); None writes
+      none (a sequential run times its checkpoints itself).
     """
     from compute.experiments.common import recording
 
@@ -311,6 +352,16 @@ def run_loop(store, run_id: str, units: Iterable, step: Callable[[Any], Mapping 
 
         bar = tqdm(total=n_total, initial=n_done, desc=desc, unit=unit, disable=None)  # None: silent off a terminal
     started = time.monotonic()
+    interval = (clock(), n_done)  # the timed interval's start: its clocks and the units counted before it
+
+    def timed(force: bool = False) -> None:
+        nonlocal interval
+        (start, before_n) = interval
+        if timing_every is None or n_done <= before_n or not (force or clock()[0] - start[0] >= timing_every):
+            return
+        store.write_events([timing_event(run_id, before_n, n_done, start, units=n_done - before_n, unit=unit)])
+        interval = (clock(), n_done)
+
     try:
         with recording(store, run_id, next_step=next_step):
             if before is not None:
@@ -320,6 +371,7 @@ def run_loop(store, run_id: str, units: Iterable, step: Callable[[Any], Mapping 
                 if rows:
                     store.write_unit(**rows)
                 n_done += count(item)
+                timed()
                 if after_unit is not None:
                     after_unit(item)
                 if heartbeat:
@@ -328,6 +380,7 @@ def run_loop(store, run_id: str, units: Iterable, step: Callable[[Any], Mapping 
                     bar.update(count(item))
             if after is not None:
                 after()
+            timed(force=True)
     finally:
         if bar is not None:
             bar.close()

@@ -517,6 +517,54 @@ def test_a_sequential_run_records_its_cpu_seconds():
     assert event["value"] >= 0.3 and 0 < detail["cpu_s"] < event["value"] - 0.2
 
 
+def test_a_partial_robustness_run_is_estimated_from_the_units_its_timing_events_cover(tmp_path):
+    """A robustness run resumed over sessions has no finished wall time, and part of its cases (made before its
+    process began timing) no timing: its rate is the CPU seconds of its interval events over the cases they
+    cover. Here 100 of 240 cases stored, 30 timed at 12 CPU-s each (one interval paused: wall 900 s): 140 x 12 s
+    left. Without events it is not estimated."""
+    plan = plans.load_plan(write_plan(tmp_path, "m", UNITS.replace("limit = 2\n", "limit = 240\n")), build_parser())
+    target = tmp_path / "target.sqlite"
+    with Store.open(target, create=True) as st:
+        part = st.start_run(kind="robustness", model="m", editor="FT-L", n_total=240)
+        st.heartbeat(part, n_done=100)
+        st.finish_run(part, status="interrupted")
+    plans.record_unit(target, plan, plan.by_id()["robustness"], [part])
+
+    def robustness():
+        return {s.unit.id: s for s in plans.plan_status(plan, target)}["robustness"]
+
+    assert robustness().remaining_s is None and "no timed robustness run" in robustness().basis
+    with Store.open(target) as st:
+        st.write_events([{"run_id": part, "kind": "timing", "series": "units", "edit_count": a, "end_count": b,
+                          "value": wall, "detail": json.dumps({"units": b - a, "cpu_s": 12.0 * (b - a)})}
+                         for a, b, wall in ((70, 80, 121.0), (80, 100, 900.0))])
+    state = robustness()
+    assert state.remaining_s == pytest.approx(140 * 12.0) and "timing events" in state.basis
+
+
+def test_the_run_loop_times_its_intervals_with_cpu_seconds(tmp_path):
+    """run_loop writes a timing event (series "units") whenever `timing_every` seconds have passed after a unit,
+    and one for the rest at the end: together they cover every unit of an uninterrupted run."""
+    from compute.runs import run_loop
+
+    def step(unit):
+        sum(i * i for i in range(100_000))  # some CPU
+        return None
+
+    with Store.open(tmp_path / "s.sqlite", create=True) as st:
+        each = st.start_run(kind="robustness", model="m", n_total=4)
+        run_loop(st, each, ["a", "b", "c", "d"], step, n_total=4, timing_every=0.0)
+        once = st.start_run(kind="robustness", model="m", n_total=4)
+        run_loop(st, once, ["a", "b", "c", "d"], step, n_total=4)
+        rows = {r: st.conn.execute("SELECT series, edit_count, end_count, value, detail FROM run_events WHERE "
+                                   "run_id = ? AND kind = 'timing' ORDER BY edit_count", (r,)).fetchall()
+                for r in (each, once)}
+    assert [(s, a, b) for s, a, b, _, _ in rows[each]] == [("units", k, k + 1) for k in range(4)]
+    assert [(a, b) for _, a, b, _, _ in rows[once]] == [(0, 4)]
+    detail = json.loads(rows[once][0][4])
+    assert detail["units"] == 4 and detail["unit"] == "unit" and 0 < detail["cpu_s"]
+
+
 def test_a_missing_hyperparameter_file_is_named_when_the_plan_loads(tmp_path):
     plan = write_plan(tmp_path, "m").read_text().replace('hparams = "ft.json"', 'hparams = "nowhere/ft.json"', 1)
     (tmp_path / "bad.toml").write_text(plan)

@@ -193,6 +193,24 @@ def test_a_killed_loop_marks_the_run_interrupted_keeps_finished_units_and_resume
         assert _stored(st, whole) == expected
 
 
+def test_an_interrupted_interval_is_not_timed_so_the_events_cover_only_the_units_they_count(tmp_path):
+    with Store.open(tmp_path / "s.sqlite", create=True) as st:
+        run = _start(st)
+
+        def killed_on_c(unit):
+            if unit == "c":
+                raise KeyboardInterrupt
+            return _rows(run, unit)
+
+        with pytest.raises(RunInterrupted):
+            run_loop(st, run, UNITS, killed_on_c, n_total=len(UNITS), timing_every=1e9)
+        assert st.conn.execute("SELECT COUNT(*) FROM run_events WHERE kind = 'timing'").fetchone()[0] == 0
+        st.resume_run(run)
+        run_loop(st, run, UNITS, lambda u: _rows(run, u), n_total=len(UNITS), done=st.done_case_ids(run, edit_count=1))
+        timed = st.conn.execute("SELECT edit_count, end_count FROM run_events WHERE kind = 'timing'").fetchall()
+    assert timed == [(2, 5)]  # the resumed process's three units; a and b were made untimed
+
+
 def test_an_exception_marks_the_run_failed_with_the_error(tmp_path):
     with Store.open(tmp_path / "s.sqlite", create=True) as st:
         run = _start(st)

@@ -95,7 +95,6 @@ import json
 import math
 import os
 import random
-import time
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,7 +111,7 @@ from compute.experiments.beside import Beside
 from compute.experiments.common import open_run, recording
 from compute.experiments.robustness import edit_rows
 from compute.models import LoadedModel
-from compute.runs import SPEC_KEY, layout_differences, run_loop, spec_for, spec_of_run
+from compute.runs import SPEC_KEY, clock, layout_differences, run_loop, spec_for, spec_of_run, timing_event
 from compute.runs import state_path  # its home is compute.runs (no torch): plan run checks resume states
 from compute.scoring import fluency, mentions, run_probes
 from store.conventions import HELD, RUN_LEVEL, holds
@@ -600,7 +599,8 @@ def run_sequential(
         try:
             run_loop(store, run_id, units(), step, n_total=n_total, n_done=count, count=len, heartbeat=False,
                      before=before, after=after, progress=progress, unit="edit",
-                     desc=f"sequential {ed.name} b={cfg.batch_size}", timings=lambda: {"edits": count})
+                     desc=f"sequential {ed.name} b={cfg.batch_size}", timings=lambda: {"edits": count},
+                     timing_every=None)  # its checkpoints are timed (_timing_event)
         finally:
             runner.close(wait=False)
     finally:
@@ -717,9 +717,7 @@ class _Inline:
         pass
 
 
-def _clock() -> tuple[float, float]:
-    """(wall, CPU) clocks now: time.monotonic() and the process's CPU time, all its threads."""
-    return time.monotonic(), time.process_time()
+_clock = clock  # (wall, CPU) clocks now (compute.runs.clock)
 
 
 def _timing_event(run_id: str, previous: int, count: int, start: tuple[float, float], lm: LoadedModel,
@@ -729,15 +727,8 @@ def _timing_event(run_id: str, previous: int, count: int, start: tuple[float, fl
     where and with which code it was measured). `start` is `_clock()` at the interval's start: the value is
     its wall seconds, `cpu_s` in the detail its CPU seconds (a process stopped for a while, e.g. while the
     machine benchmarks, counts the pause in the first only; compute.plan estimates from the second)."""
-    import resource
-
-    wall, cpu = _clock()
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-    detail = {"edits": count - previous, "peak_rss_mb": round(peak_mb, 1), "torch_threads": torch.get_num_threads(),
-              "load_avg_1m": round(os.getloadavg()[0], 2), "device": str(lm.device),
-              "cpu_s": round(cpu - start[1], 3), **extra}
-    return {"run_id": run_id, "kind": "timing", "series": series, "edit_count": previous, "end_count": count,
-            "value": round(wall - start[0], 3), "detail": json.dumps(detail)}
+    return timing_event(run_id, previous, count, start, series=series, edits=count - previous,
+                        device=str(lm.device), **extra)
 
 
 def _store_final_suite(store, run_id: str, count: int, batch_size: int, rows: list[dict], start: float,
