@@ -1,6 +1,7 @@
 """The three studies' headline claims set beside what the store measures: one `Finding` per claim of
-/work/shared/design.md section 10 (A1-A7, B1-B4, C1-C4), B5, the control that reads study B's forgetting
-as the edits' doing (edits against random updates of their size), and B6, AlphaEdit's claim against MEMIT on
+/work/shared/design.md section 10 (A1-A7, B1-B4, C1-C4); A8, the control that sets study A's drops against what
+each rephrasing does to the unedited model's own knowledge; B5 and C5, the control that reads study B's forgetting
+and study C's ability loss as the edits' doing (edits against random updates of their size), and B6, AlphaEdit's claim against MEMIT on
 the replicated batch-10 runs, each with the paper's figure, EditScope's figure (n and 95% CI), a verdict, the
 rule that gave it and the dashboard view that shows the evidence.
 
@@ -436,6 +437,75 @@ def _a7(conn, refs) -> Finding:
 
 ROME, ROME_ORIGINAL, MEMIT_1 = "ROME", "ROME (original keys)", "MEMIT, b=1"
 RECT_40, RECT_20 = "ROME + RECT 40%", "ROME + RECT 20%"
+ATTACKED = ("paraphrase", "context_pronoun", "dialogue", "doubt")  # the rephrase types of A2-A5
+NO_CONTROL_A = ("not measured: the study set each type's post-edit acc against the plain prompt's, not against "
+                "what the type does to the unedited model's own knowledge")
+
+
+def _a8(conn, refs) -> Finding:
+    """Study A's control: a rephrasing set against what it does to the model's own knowledge, on the same facts
+    (store.derived.edit_against_knowledge)."""
+    common = dict(claim="A8", study="A", statement="A rephrasing costs an edit more than it costs the model's own "
+                                                   "knowledge.",
+                  paper=NO_CONTROL_A,
+                  rule="EditScope's control for study A: on the facts the unedited model knew (it named the true "
+                       "object on the plain prompt) and whose edit held on the plain prompt, the edited model naming "
+                       "the new object against the unedited model naming the true object on the same rephrase type, "
+                       "paired by fact (mean difference, 95% bootstrap CI), on each of A2-A5's types ("
+                       + ", ".join(ATTACKED) + ") that is measurable and lets the model answer freely; an editor "
+                       "agrees when on at least one of them the CI lies wholly below 0 and on none wholly above, and "
+                       "goes against the claim when the other way round; reproduced when every one of "
+                       + ", ".join(EDITORS_A) + " agrees, refuted when every one goes against it.",
+                  page="robustness")
+    have = [e for e in EDITORS_A if e in refs]
+    if not have:
+        return Finding(**common, ours="no robustness run", verdict=NOT_MEASURED,
+                       reason="Run `python -m compute run robustness --editor ROME` (and MEMIT, IKE).")
+    table = measurable.run_measurability(conn, run_id=refs[have[0]]["run_id"])
+    reasons = measurable.unmeasurable_reasons(table)
+    case_set = json.loads(refs[have[0]]["config"] or "{}").get("case_set")
+    types = [t for t in ATTACKED if t not in reasons and not _forced(conn, case_set, t)[0]]
+    left = [t for t in ATTACKED if t not in types]
+    gaps = derived.edit_against_knowledge(conn, run_ids=[refs[e]["run_id"] for e in have], rephrase_types=types)
+    parts, signs, head = [], {}, {}
+    for e in have:
+        mine = {r["rephrase_type"]: r for r in gaps.filter(pl.col("run_id") == refs[e]["run_id"]).iter_rows(named=True)}
+        if not mine:
+            parts.append(f"{e}: no known fact whose edit held on the plain prompt (or no baseline)")
+            continue
+        n = {r["n"] for r in mine.values()}
+        parts.append(f"{e} ({'n = ' + str(next(iter(n))) + ' facts' if len(n) == 1 else 'n per type'}): " + ", ".join(
+            f"{t} {r['gap']:+.2f} [{r['gap_ci_low']:+.2f}, {r['gap_ci_high']:+.2f}] (edit {r['edit']:.2f}, knowledge "
+            f"{r['knowledge']:.2f}{'' if len(n) == 1 else ', n = ' + str(r['n'])})" for t, r in mine.items()))
+        below = [t for t, r in mine.items() if r["gap_ci_high"] < 0]
+        above = [t for t, r in mine.items() if r["gap_ci_low"] > 0]
+        signs[e] = 1 if below and not above else -1 if above and not below else 0
+        if not head:
+            r = min(mine.values(), key=lambda r: r["gap"])
+            head = dict(value=r["gap"], n=r["n"], ci_low=r["gap_ci_low"], ci_high=r["gap_ci_high"])
+    ours = "; ".join(parts) + " (edit minus knowledge, paired by fact" + _partial(refs, have, conn) + ")"
+    if left:
+        ours += "; left out: " + ", ".join(t + (" (unmeasurable)" if t in reasons else " (a copy task)") for t in left)
+    query = _runs_query([refs[e]["run_id"] for e in have], metric="acc", known="1")
+    missing = [e for e in EDITORS_A if e not in refs]
+    if missing:
+        return Finding(**common, ours=ours, verdict=NOT_MEASURED, query=query, **head,
+                       reason=f"{_no_run_of(conn, missing)[0].upper()}{_no_run_of(conn, missing)[1:]}: run "
+                              "`python -m compute run robustness --editor " + "` and `".join(missing)
+                              + "` on the robustness case set.")
+    if not types or len(signs) < len(EDITORS_A):
+        return Finding(**common, ours=ours, verdict=NOT_MEASURED, query=query, **head,
+                       reason="Not every editor has known facts compared on a measurable type.")
+    if all(s == 1 for s in signs.values()):
+        return Finding(**common, ours=ours, verdict=REPRODUCED, query=query, **head)
+    if all(s == -1 for s in signs.values()):
+        return Finding(**common, ours=ours, verdict=REFUTED, query=query, **head)
+    open_ = [e for e, s in signs.items() if s != 1]
+    return Finding(**common, ours=ours, verdict=NOT_MEASURED, query=query, **head,
+                   reason=f"Measured, but undecided for {', '.join(open_)}: no type's CI lies wholly below 0 (or one "
+                          "lies above); more known facts (a larger case set, `cases build --n`) would decide.")
+
+
 CONTROL = "RandomRankOne (control)"  # its run label (compute/editors/control.py: random rank-one updates with a reference run's norms)
 
 
@@ -1124,6 +1194,7 @@ def findings(conn: sqlite3.Connection) -> list[Finding]:
                                                   "answer returns."),
         _a6(conn),
         _a7(conn, refs),
+        _a8(conn, refs),
         _b1(conn, arms),
         _b2(conn, arms),
         _b3(conn, arms),

@@ -100,6 +100,19 @@ def test_the_heat_map_shows_the_240_case_run_unless_the_1_case_run_is_chosen(mon
     assert heat["customdata"][1][col][0] == 1
 
 
+def test_the_robustness_page_sets_each_type_against_the_models_own_knowledge(monkeypatch, two_rome_store):
+    """Study A's control: on the 120 known facts (whose edits all held on the plain prompt) paraphrase acc
+    100/120 against the unedited model's rev 120/120: the gap is -0.17, with its paired CI below 0; cloze,
+    which the unedited model never answers, is marked n/m."""
+    at = _app(monkeypatch, two_rome_store, "robustness")
+    (table,) = [d.value for d in at.dataframe if "gap" in d.value.columns]
+    rows = {r["type"]: r for r in table.to_dict("records")}
+    assert set(rows) == {"paraphrase", "cloze (n/m)"} and rows["paraphrase"]["n"] == 120
+    assert rows["paraphrase"]["edit"].startswith("0.83 [") and rows["paraphrase"]["knowledge"].startswith("1.00 [")
+    gap = rows["paraphrase"]["gap"]
+    assert gap.startswith("-0.17 [") and float(gap.split("[")[1].split(",")[1].rstrip("]")) < 0, gap
+
+
 def test_a_workspace_run_is_offered_but_never_a_default(monkeypatch, two_rome_store, tmp_path):
     """A visitor's finished run in the workspace store forms its own label ('ROME · workspace') but is no
     reference run: pages default to the shipped ones and show it only when chosen."""

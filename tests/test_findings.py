@@ -163,6 +163,38 @@ def test_a_missing_editor_says_which_run_would_measure_it(tmp_path):
         assert a2.verdict == NOT_MEASURED and "--editor MEMIT" in a2.reason
 
 
+def test_a_rephrasing_is_read_against_what_it_does_to_the_models_own_knowledge(tmp_path):
+    """A8, study A's control: on the known facts whose edit held on the plain prompt, the edited model naming the
+    new object on a type against the unedited model naming the true object on it, paired by fact. A form the
+    model handles badly lowers both: A2 then reproduces a drop that A8 does not pin on the edit."""
+    from store import derived
+
+    editors = ("ROME", "MEMIT", "IKE")
+    with Store.open(tmp_path / "s.sqlite", create=True) as st:  # only ROME: measured, not decided
+        _robustness_store(st, {"ROME": {"plain": 0.4, "paraphrase": 0.1}}, KNOWN)
+        gaps = derived.edit_against_knowledge(st.conn, run_ids=["rob-ROME"])
+        row = gaps.row(0, named=True)  # 30 known facts (c0-c29), the edit held on c0-c23: 24 compared
+        assert (row["rephrase_type"], row["n"], row["n_known"]) == ("paraphrase", 24, 30)
+        assert (row["edit"], row["knowledge"]) == (pytest.approx(6 / 24), 1.0) and row["gap_ci_high"] < 0
+        a8 = _by_claim(st.conn)["A8"]
+        assert a8.verdict == NOT_MEASURED and a8.reason.startswith("No robustness run of MEMIT, IKE")
+        assert "ROME (n = 24 facts): paraphrase -0.75 [" in a8.ours and "known=1" in a8.url
+    with Store.open(tmp_path / "t.sqlite", create=True) as st:  # every editor loses more than knowledge does
+        _robustness_store(st, {e: {"plain": 1.0, "paraphrase": 0.1, "doubt": 0.5} for e in editors}, KNOWN)
+        a8 = _by_claim(st.conn)["A8"]
+        assert a8.verdict == REPRODUCED and (a8.value, a8.n) == (pytest.approx(-0.8), 30), a8
+        assert "doubt +0.00 [+0.00, +0.00] (edit 1.00, knowledge 1.00)" in a8.ours
+    with Store.open(tmp_path / "u.sqlite", create=True) as st:  # a hard form: the edit fares as knowledge does
+        hard = {"plain": 0.5, "paraphrase": 0.1, "doubt": 0.5}
+        _robustness_store(st, {e: {"plain": 1.0, "paraphrase": 0.1, "doubt": 0.5} for e in editors}, hard)
+        got = _by_claim(st.conn)
+        assert got["A2"].verdict == REPRODUCED  # acc 0.10 against 1.00 on the plain prompt
+        assert got["A8"].verdict == NOT_MEASURED and "undecided for ROME, MEMIT, IKE" in got["A8"].reason
+    with Store.open(tmp_path / "v.sqlite", create=True) as st:  # edits reach further than knowledge: refuted
+        _robustness_store(st, {e: {"plain": 1.0, "paraphrase": 0.5, "doubt": 0.5} for e in editors}, hard)
+        assert _by_claim(st.conn)["A8"].verdict == REFUTED
+
+
 def _correlations(st, run_id, within: tuple[float, float], pooled: tuple[float, float]):
     rows = []
     for relation, (lo, hi), n in (("", pooled, N_CASES), ("*within*", within, N_CASES - 5)):
@@ -577,8 +609,8 @@ def test_rules_are_one_sentence_and_every_number_has_its_verdict(tmp_path):
     shutil.copy(SHIPPED, tmp_path / "s.sqlite")
     with Store.open(tmp_path / "s.sqlite", readonly=True) as st:
         items = findings(st.conn)
-    assert [f.claim for f in items] == ["A1", "A2", "A3", "A4", "A5", "A6", "A7", "B1", "B2", "B3", "B4", "B5", "B6",
-                                        "C1", "C2", "C3", "C4", "C5"]
+    assert [f.claim for f in items] == ["A1", "A2", "A3", "A4", "A5", "A6", "A7", "A8", "B1", "B2", "B3", "B4", "B5",
+                                        "B6", "C1", "C2", "C3", "C4", "C5"]
     for f in items:
         assert f.verdict in fmod.VERDICTS and f.rule.rstrip(".").count(". ") == 0, f.claim
         assert f.page in ("robustness", "popularity", "forgetting", "abilities") and f.ours

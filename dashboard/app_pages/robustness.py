@@ -7,7 +7,7 @@ import streamlit as st
 from dashboard import charts
 from dashboard.data import query
 from dashboard.filters import forget, shared_multiselect, shared_toggle, url_segmented, url_selectbox, url_toggle
-from dashboard import edit_view, plain
+from dashboard import edit_view, plain, tables
 from dashboard.sidebar import labels_of, reference_ids, run_table, styles_of
 from store.measurable import MEASURABLE_SHARE, unmeasurable_reasons, with_measurability
 from store.metrics import METRICS, REPHRASE_TYPES
@@ -96,6 +96,34 @@ st.caption("Each cell: mean over cases of the per-case value (probes of a type a
            "95% CI (Wilson for shares, bootstrap otherwise) and n in the hover. Runs: "
            + "; ".join(f"{r['label']}: {r['n_done']}/{r['n_total']} cases, {r['status']}"
                        for r in runs.iter_rows(named=True)))
+
+st.subheader("Against the model's own knowledge (a control)")
+gaps = query("edit_against_knowledge", run_ids=tuple(chosen))
+if hide:
+    gaps = gaps.filter(~pl.col("rephrase_type").is_in(list(unmeasurable)))
+if gaps.is_empty():
+    st.info("No run chosen has a baseline with known facts whose edit held on the plain prompt, so the control "
+            "cannot be read.")
+else:
+    st.caption("A rephrasing can fail an edit because the form is hard for this model, whatever it is asked: on the "
+               "facts the unedited model knew whose edit held on the plain prompt, each type's acc after the edit "
+               "(names the new object) is set against the unedited model's rev (names the true object) on the same "
+               "facts. Gap: mean per-fact difference, paired bootstrap 95% CI; below 0, the type costs the edit more "
+               "than it costs the model's own knowledge (Findings A8, store.derived.edit_against_knowledge).")
+    gaps = gaps.sort("run_id", "rephrase_type")
+    shown_gaps = gaps.select(
+        pl.col("run_id").replace_strict(labels, default=None).alias("run"),
+        (pl.col("rephrase_type") + pl.when(pl.col("rephrase_type").is_in(list(unmeasurable)))
+         .then(pl.lit(" (n/m)")).otherwise(pl.lit(""))).alias("type"), "n",
+        tables.with_ci(gaps, "edit", "edit_ci_low", "edit_ci_high"),
+        tables.with_ci(gaps, "knowledge", "knowledge_ci_low", "knowledge_ci_high"),
+        tables.with_ci(gaps, "gap", "gap_ci_low", "gap_ci_high", fmt="{:+.2f}"))
+    st.dataframe(shown_gaps, hide_index=True, column_config={
+        "run": st.column_config.TextColumn("Run", width="medium"), "type": st.column_config.TextColumn("Type"),
+        "n": st.column_config.NumberColumn("Facts", help="Known facts whose edit held on the plain prompt"),
+        "edit": st.column_config.TextColumn("Edit: acc [95% CI]"),
+        "knowledge": st.column_config.TextColumn("Unedited: rev [95% CI]"),
+        "gap": st.column_config.TextColumn("Gap [95% CI]", help="Edit minus unedited, paired by fact")})
 
 st.subheader("What each edit did")
 edit_view.render(list(chosen), shown, styles_of(table))
