@@ -113,6 +113,13 @@ def test_the_robustness_page_sets_each_type_against_the_models_own_knowledge(mon
     assert gap.startswith("-0.17 [") and float(gap.split("[")[1].split(",")[1].rstrip("]")) < 0, gap
 
 
+def test_the_overview_gives_the_hardest_types_gap_against_the_models_own_knowledge(monkeypatch, two_rome_store):
+    at = _app(monkeypatch, two_rome_store)
+    (table,) = [d.value for d in at.dataframe if "gap" in d.value.columns]
+    row = table.to_dict("records")[0]
+    assert row["hardest_type"] == "paraphrase" and str(row["gap"]).startswith("-0.17 [")
+
+
 def test_a_workspace_run_is_offered_but_never_a_default(monkeypatch, two_rome_store, tmp_path):
     """A visitor's finished run in the workspace store forms its own label ('ROME · workspace') but is no
     reference run: pages default to the shipped ones and show it only when chosen."""
@@ -162,9 +169,9 @@ def test_an_overview_tile_of_a_partial_run_says_so(monkeypatch, two_rome_store, 
     assert any("1 of them partial, their status in the label" in c.value for c in at.caption), \
         [c.value for c in at.caption]
     # the long label of a partial run pushed an 11-column table past a 1400 px window (a snapshot of the rebuild,
-    # in Chromium): each acc now stands beside its CI in one column
+    # in Chromium): each acc now stands beside its CI in one column, and the drop is on the tile, not in the table
     table = at.dataframe[0].value
-    assert list(table.columns) == ["label", "plain", "hardest_type", "hardest", "drop", "unedited_recall_hardest", "n"]
+    assert list(table.columns) == ["label", "plain", "hardest_type", "hardest", "unedited_recall_hardest", "gap", "n"]
     value, low, high = (float(v) for v in re.fullmatch(r"(\S+) \[(\S+), (\S+)\]", table["plain"][0]).groups())
     assert value == round(206 / 240, 2) and low < value < high, table["plain"].tolist()
 

@@ -56,6 +56,10 @@ if not rob_runs.is_empty():
            .join(measurability.select(pl.col("rephrase_type").alias("hardest_type"),
                                       pl.col("recall_share").alias("unedited_recall_hardest")),
                  on="hardest_type", how="left"))
+    # study A's control on the hardest type (Findings A8): the edit against the model's own knowledge there
+    gaps = query("edit_against_knowledge", run_ids=tuple(rob_runs["run_id"].to_list()))
+    rob = rob.join(gaps.select("run_id", pl.col("rephrase_type").alias("hardest_type"), "gap", "gap_ci_low",
+                               "gap_ci_high"), on=["run_id", "hardest_type"], how="left")
     order = {r: i for i, r in enumerate(rob_runs["run_id"].to_list())}
     rob = rob.sort(pl.col("run_id").replace_strict(order, return_dtype=pl.Int64))
 if rob_runs.is_empty():
@@ -83,16 +87,25 @@ else:
                f"types the unedited model can answer (names the true object on at least "
                f"{100 * MEASURABLE_SHARE:g}% of cases)"
                + (f"; left out as unmeasurable: {', '.join(excluded)}." if excluded else ".")
+               + " Gap vs knowledge: study A's control on that type (Findings A8), the edit's acc minus the unedited "
+                 "model's recall on the same known facts, paired; below 0 the type costs the edit more than it costs "
+                 "the model's own knowledge."
                + (" Known facts only: every type judged on the facts whose plain prompt the unedited model answered "
                   "with the true object (n counts them)." if known else ""))
     # each acc beside its CI in one column, so the table fits a 1400 px window whatever the run labels
     rob = rob.with_columns(with_ci(rob, "plain", "plain_ci_low", "plain_ci_high"),
-                           with_ci(rob, "hardest", "hardest_ci_low", "hardest_ci_high"))
-    show(rob, {"label": Col("Run"), "plain": Col("acc, plain [95% CI]"),
-               "hardest_type": Col("Hardest measurable type"),
-               "hardest": Col("acc, hardest [95% CI]"), "drop": Col("Drop", "{:+.2f}"),
-               "unedited_recall_hardest": Col("Unedited recall there", share, "share of cases on which the "
-                                              "unedited model names the true object on that type"),
+                           with_ci(rob, "hardest", "hardest_ci_low", "hardest_ci_high"),
+                           with_ci(rob, "gap", "gap_ci_low", "gap_ci_high", fmt="{:+.2f}"))
+    show(rob, {"label": Col("Run"), "plain": Col("acc plain [95% CI]"),
+               "hardest_type": Col("Hardest type", help="The lowest post-edit acc among the measurable types; "
+                                   "its drop from the plain prompt is on the tile above"),
+               "hardest": Col("acc there [95% CI]"),
+               "unedited_recall_hardest": Col("Recall before", share, "share of cases on which the unedited "
+                                              "model names the true object on that type"),
+               "gap": Col("Gap vs knowledge", help="Study A's control (Findings A8): on the known facts whose "
+                          "edit held on the plain prompt, acc on that type minus the unedited model's rev there, "
+                          "paired by fact, with its bootstrap 95% CI; below 0 the type costs the edit more than it "
+                          "costs the model's own knowledge"),
                "n": Col("n", "{:,.0f}")})
 seq = query("sequential_headlines")
 if not seq.is_empty():
