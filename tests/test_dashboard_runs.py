@@ -111,6 +111,7 @@ def test_the_robustness_page_sets_each_type_against_the_models_own_knowledge(mon
     assert rows["paraphrase"]["edit"].startswith("0.83 [") and rows["paraphrase"]["knowledge"].startswith("1.00 [")
     gap = rows["paraphrase"]["gap"]
     assert gap.startswith("-0.17 [") and float(gap.split("[")[1].split(",")[1].rstrip("]")) < 0, gap
+    assert "Download CSV (control)" in [b.label for b in at.get("download_button")]
 
 
 def test_the_overview_gives_the_hardest_types_gap_against_the_models_own_knowledge(monkeypatch, two_rome_store):

@@ -124,6 +124,10 @@ else:
         "edit": st.column_config.TextColumn("Edit: acc [95% CI]"),
         "knowledge": st.column_config.TextColumn("Unedited: rev [95% CI]"),
         "gap": st.column_config.TextColumn("Gap [95% CI]", help="Edit minus unedited, paired by fact")})
+    st.download_button("Download CSV (control)", gaps.with_columns(
+        pl.col("run_id").replace_strict(labels, default=None).alias("run"),
+        pl.col("rephrase_type").is_in(list(unmeasurable)).not_().alias("measurable")).write_csv(),
+        file_name="robustness-edit-against-knowledge.csv", key="control_csv")
 
 st.subheader("What each edit did")
 edit_view.render(list(chosen), shown, styles_of(table))
