@@ -489,10 +489,10 @@ def _a8(conn, refs) -> Finding:
     query = _runs_query([refs[e]["run_id"] for e in have], metric="acc", known="1")
     missing = [e for e in EDITORS_A if e not in refs]
     if missing:
+        none = _no_run_of(conn, missing)
         return Finding(**common, ours=ours, verdict=NOT_MEASURED, query=query, **head,
-                       reason=f"{_no_run_of(conn, missing)[0].upper()}{_no_run_of(conn, missing)[1:]}: run "
-                              "`python -m compute run robustness --editor " + "` and `".join(missing)
-                              + "` on the robustness case set.")
+                       reason=f"{none[0].upper()}{none[1:]}: run `python -m compute run robustness --editor "
+                              + "` and `".join(missing) + "` on the robustness case set.")
     if not types or len(signs) < len(EDITORS_A):
         return Finding(**common, ours=ours, verdict=NOT_MEASURED, query=query, **head,
                        reason="Not every editor has known facts compared on a measurable type.")
