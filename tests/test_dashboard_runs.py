@@ -118,7 +118,8 @@ def test_the_overview_gives_the_hardest_types_gap_against_the_models_own_knowled
     at = _app(monkeypatch, two_rome_store)
     (table,) = [d.value for d in at.dataframe if "gap" in d.value.columns]
     row = table.to_dict("records")[0]
-    assert row["hardest_type"] == "paraphrase" and str(row["gap"]).startswith("-0.17 [")
+    assert row["hardest_type"] == "paraphrase" and str(row["gap"]).startswith("-0.17 [") and row["gap"].endswith(" n=120")
+    assert row["n"] == 240  # the run's cases; the control's 120 known facts stand in its own cell
 
 
 def test_a_workspace_run_is_offered_but_never_a_default(monkeypatch, two_rome_store, tmp_path):
@@ -172,7 +173,7 @@ def test_an_overview_tile_of_a_partial_run_says_so(monkeypatch, two_rome_store, 
     # the long label of a partial run pushed an 11-column table past a 1400 px window (a snapshot of the rebuild,
     # in Chromium): each acc now stands beside its CI in one column, and the drop is on the tile, not in the table
     table = at.dataframe[0].value
-    assert list(table.columns) == ["label", "plain", "hardest_type", "hardest", "unedited_recall_hardest", "gap", "n"]
+    assert list(table.columns) == ["label", "plain", "hardest_type", "hardest", "gap", "n"]
     value, low, high = (float(v) for v in re.fullmatch(r"(\S+) \[(\S+), (\S+)\]", table["plain"][0]).groups())
     assert value == round(206 / 240, 2) and low < value < high, table["plain"].tolist()
 

@@ -59,7 +59,7 @@ if not rob_runs.is_empty():
     # study A's control on the hardest type (Findings A8): the edit against the model's own knowledge there
     gaps = query("edit_against_knowledge", run_ids=tuple(rob_runs["run_id"].to_list()))
     rob = rob.join(gaps.select("run_id", pl.col("rephrase_type").alias("hardest_type"), "gap", "gap_ci_low",
-                               "gap_ci_high"), on=["run_id", "hardest_type"], how="left")
+                               "gap_ci_high", pl.col("n").alias("gap_n")), on=["run_id", "hardest_type"], how="left")
     order = {r: i for i, r in enumerate(rob_runs["run_id"].to_list())}
     rob = rob.sort(pl.col("run_id").replace_strict(order, return_dtype=pl.Int64))
 if rob_runs.is_empty():
@@ -78,7 +78,10 @@ else:
                    delta=f"{r['drop']:+.2f} on {r['hardest_type']}", delta_color="normal",
                    help=f"Generation names the new object. Plain 95% CI [{r['plain_ci_low']:.2f}, "
                         f"{r['plain_ci_high']:.2f}], {r['hardest_type']} [{r['hardest_ci_low']:.2f}, "
-                        f"{r['hardest_ci_high']:.2f}]; n = {r['n']} cases ({r['status']}).")
+                        f"{r['hardest_ci_high']:.2f}]; n = {r['n']} cases ({r['status']}). The unedited model names "
+                        f"the true object on {r['hardest_type']} for "
+                        + ("an unknown share" if r["unedited_recall_hardest"] is None
+                           else f"{r['unedited_recall_hardest']:.2f}") + " of the cases.")
     excluded = sorted(unmeasurable_reasons(measurability))
     partial = rob.filter(pl.col("status") != "done").height
     tiles = (f"One tile per reference run (a finished run of each editor where there is one; {partial} of them "
@@ -96,17 +99,18 @@ else:
     rob = rob.with_columns(with_ci(rob, "plain", "plain_ci_low", "plain_ci_high"),
                            with_ci(rob, "hardest", "hardest_ci_low", "hardest_ci_high"),
                            with_ci(rob, "gap", "gap_ci_low", "gap_ci_high", fmt="{:+.2f}"))
+    # the control's n is its known facts, not the run's cases (the n column)
+    rob = rob.with_columns(pl.when(pl.col("gap_n").is_null()).then(pl.col("gap"))
+                           .otherwise(pl.format("{} n={}", pl.col("gap"), pl.col("gap_n"))).alias("gap"))
     show(rob, {"label": Col("Run"), "plain": Col("acc plain [95% CI]"),
                "hardest_type": Col("Hardest type", help="The lowest post-edit acc among the measurable types; "
                                    "its drop from the plain prompt is on the tile above"),
                "hardest": Col("acc there [95% CI]"),
-               "unedited_recall_hardest": Col("Recall before", share, "share of cases on which the unedited "
-                                              "model names the true object on that type"),
                "gap": Col("Gap vs knowledge", help="Study A's control (Findings A8): on the known facts whose "
                           "edit held on the plain prompt, acc on that type minus the unedited model's rev there, "
-                          "paired by fact, with its bootstrap 95% CI; below 0 the type costs the edit more than it "
+                          "paired by fact, with its bootstrap 95% CI and n, the facts compared; below 0 the type costs the edit more than it "
                           "costs the model's own knowledge"),
-               "n": Col("n", "{:,.0f}")})
+               "n": Col("n", "{:,.0f}", "cases the run measured (the gap's n, the known facts it compares, is in its cell)")})
 seq = query("sequential_headlines")
 if not seq.is_empty():
     st.subheader("Sequential edits: when does the model break? (study B)")
