@@ -1,9 +1,9 @@
 """The three studies' headline claims set beside what the store measures: one `Finding` per claim of
 /work/shared/design.md section 10 (A1-A7, B1-B4, C1-C4); A8, the control that sets study A's drops against what
-each rephrasing does to the unedited model's own knowledge; B5 and C5, the control that reads study B's forgetting
-and study C's ability loss as the edits' doing (edits against random updates of their size), and B6, AlphaEdit's claim against MEMIT on
-the replicated batch-10 runs, each with the paper's figure, EditScope's figure (n and 95% CI), a verdict, the
-rule that gave it and the dashboard view that shows the evidence.
+each rephrasing does to the unedited model's own knowledge; B5 and C5, the control that reads study B's
+forgetting and study C's ability loss as the edits' doing (edits against random updates of their size), and B6,
+AlphaEdit's claim against MEMIT on the replicated batch-10 runs, each with the paper's figure, EditScope's figure
+(n and 95% CI), a verdict, the rule that gave it and the dashboard view that shows the evidence.
 
 Every number comes from the store through store.derived, store.measurable, store.stats and store.queries; the
 papers' figures are the only constants here. The Findings page and the README's "What the shipped store

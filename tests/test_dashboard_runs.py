@@ -118,7 +118,7 @@ def test_the_overview_gives_the_hardest_types_gap_against_the_models_own_knowled
     at = _app(monkeypatch, two_rome_store)
     (table,) = [d.value for d in at.dataframe if "gap" in d.value.columns]
     row = table.to_dict("records")[0]
-    assert row["hardest_type"] == "paraphrase" and str(row["gap"]).startswith("-0.17 [") and row["gap"].endswith(" n=120")
+    assert row["hardest_type"] == "paraphrase" and row["gap"].startswith("-0.17 [") and row["gap"].endswith(" n=120")
     assert row["n"] == 240  # the run's cases; the control's 120 known facts stand in its own cell
 
 

@@ -108,9 +108,10 @@ else:
                "hardest": Col("acc there [95% CI]"),
                "gap": Col("Gap vs knowledge", help="Study A's control (Findings A8): on the known facts whose "
                           "edit held on the plain prompt, acc on that type minus the unedited model's rev there, "
-                          "paired by fact, with its bootstrap 95% CI and n, the facts compared; below 0 the type costs the edit more than it "
-                          "costs the model's own knowledge"),
-               "n": Col("n", "{:,.0f}", "cases the run measured (the gap's n, the known facts it compares, is in its cell)")})
+                          "paired by fact, with its bootstrap 95% CI and n, the facts compared; below 0 the type "
+                          "costs the edit more than it costs the model's own knowledge"),
+               "n": Col("n", "{:,.0f}", "cases the run measured (the gap's n, the known facts it compares, is in "
+                                        "its cell)")})
 seq = query("sequential_headlines")
 if not seq.is_empty():
     st.subheader("Sequential edits: when does the model break? (study B)")

@@ -525,7 +525,8 @@ def robustness_headlines(conn: sqlite3.Connection, metric: str = "acc", answerab
     return pl.DataFrame(rows, schema=schema).sort("editor")
 
 
-HELD_ACC = 0.5  # an edit holds on the plain prompt when its acc there (its one probe names the new object) is above this
+HELD_ACC = 0.5  # an edit holds on the plain prompt when its acc there is above this (its one probe names the new
+# object)
 
 
 def edit_against_knowledge(conn: sqlite3.Connection, run_ids=None, rephrase_types=None) -> pl.DataFrame:
