@@ -469,7 +469,8 @@ def _a8(conn, refs) -> Finding:
     gaps = derived.edit_against_knowledge(conn, run_ids=[refs[e]["run_id"] for e in have], rephrase_types=types)
     parts, signs, head = [], {}, {}
     for e in have:
-        mine = {r["rephrase_type"]: r for r in gaps.filter(pl.col("run_id") == refs[e]["run_id"]).iter_rows(named=True)}
+        rows = {r["rephrase_type"]: r for r in gaps.filter(pl.col("run_id") == refs[e]["run_id"]).iter_rows(named=True)}
+        mine = {t: rows[t] for t in types if t in rows}  # in A2-A5's order
         if not mine:
             parts.append(f"{e}: no known fact whose edit held on the plain prompt (or no baseline)")
             continue
@@ -480,8 +481,8 @@ def _a8(conn, refs) -> Finding:
         below = [t for t, r in mine.items() if r["gap_ci_high"] < 0]
         above = [t for t, r in mine.items() if r["gap_ci_low"] > 0]
         signs[e] = 1 if below and not above else -1 if above and not below else 0
-        if not head:
-            r = min(mine.values(), key=lambda r: r["gap"])
+        if not head:  # the headline number is the first figure of `ours`
+            r = next(iter(mine.values()))
             head = dict(value=r["gap"], n=r["n"], ci_low=r["gap_ci_low"], ci_high=r["gap_ci_high"])
     ours = "; ".join(parts) + " (edit minus knowledge, paired by fact" + _partial(refs, have, conn) + ")"
     if left:
