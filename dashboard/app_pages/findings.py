@@ -44,8 +44,8 @@ show(table, {"claim": Col("Claim", width="small"), "verdict": Col("Verdict"),
              "value": Col("Headline number", "{:.2g}", "the claim's own measure for the first editor or run that "
                           "EditScope's column below names, with its CI and n (A2-A5: acc on the rephrase type; A8: "
                           "the gap on the first type; B2: the share of the ability margin kept by the first run that "
-                          "collapsed; B3: the share of the original-keys ROME run's edits that disabled the model; C1 and C5: the first task's score at the run's end); the "
-                          "column below gives every figure"),
+                          "collapsed; B3: the share of the original-keys ROME run's edits that disabled the model; "
+                          "C1 and C5: the first task's score at the run's end); the column below gives every figure"),
              "ci_low": Col("CI low", "{:.2g}"), "ci_high": Col("CI high", "{:.2g}"), "n": Col("n", "{:,.0f}")})
 
 for study, title in STUDIES.items():

@@ -22,11 +22,11 @@ from .labels import (CONTROL_EDITORS, MASS_EDITORS, SHIPPED_KEY_CONSTRAINT, edit
                      other_key_constraint, run_label,
                      run_labels)
 from .robustness import (
+    HELD_ACC,
     POPULARITY_FEATURES,
     SMALL_N,
     WITHIN,
     WITHIN_COLUMNS,
-    HELD_ACC,
     both_estimates,
     correlation_rows,
     edit_against_knowledge,
