@@ -372,11 +372,15 @@ def _corr_verdict(rows: list[tuple[str, float, float]], sign: int) -> tuple[str,
                           "cases per relation would decide.")
 
 
+def _signed_ci(v: float, lo: float, hi: float) -> str:
+    """"+0.08 [-0.00, +0.17]", or "+0.50 (CI undefined)" where it is not (one fact, or a constant side)."""
+    return f"{v:+.2f} " + (f"[{lo:+.2f}, {hi:+.2f}]" if lo == lo and hi == hi else "(CI undefined)")
+
+
 def _rho(r: dict, pooled: bool) -> str:
     if pooled:
-        ci = f" [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]" if r["ci_low"] == r["ci_low"] else " (CI undefined)"
-        return f"pooled ρ = {r['rho']:+.2f}{ci}, n = {r['n']}"
-    return f"within relation ρ = {r['rho_within']:+.2f} [{r['within_ci_low']:+.2f}, {r['within_ci_high']:+.2f}], " \
+        return f"pooled ρ = {_signed_ci(r['rho'], r['ci_low'], r['ci_high'])}, n = {r['n']}"
+    return f"within relation ρ = {_signed_ci(r['rho_within'], r['within_ci_low'], r['within_ci_high'])}, " \
            f"n = {r['n_within']}"
 
 
@@ -476,7 +480,7 @@ def _a8(conn, refs) -> Finding:
             continue
         n = {r["n"] for r in mine.values()}
         parts.append(f"{e} ({'n = ' + str(next(iter(n))) + ' facts' if len(n) == 1 else 'n per type'}): " + ", ".join(
-            f"{t} {r['gap']:+.2f} [{r['gap_ci_low']:+.2f}, {r['gap_ci_high']:+.2f}] (edit {r['edit']:.2f}, knowledge "
+            f"{t} {_signed_ci(r['gap'], r['gap_ci_low'], r['gap_ci_high'])} (edit {r['edit']:.2f}, knowledge "
             f"{r['knowledge']:.2f}{'' if len(n) == 1 else ', n = ' + str(r['n'])})" for t, r in mine.items()))
         below = [t for t, r in mine.items() if r["gap_ci_high"] < 0]
         above = [t for t, r in mine.items() if r["gap_ci_low"] > 0]
