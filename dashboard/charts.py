@@ -166,7 +166,8 @@ def rephrase_heatmap(df: pl.DataFrame, value: str, title: str, rephrase_order=()
             "<extra></extra>",
         )
     )
-    fig.update_layout(xaxis_title="Rephrase type" + (" (* unmeasurable on this model)" if unmeasurable else ""),
+    fig.update_layout(xaxis_title="Rephrase type" + (" (* unmeasurable: the reasons are below)" if unmeasurable
+                                                     else ""),
                       yaxis_title="Run", margin=dict(t=30, b=40), height=200 + 45 * len(rows))
     fig.update_xaxes(tickangle=-35, automargin=True, title_standoff=18)
     fig.update_yaxes(automargin=True, autorange="reversed")

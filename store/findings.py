@@ -38,8 +38,6 @@ MIN_ORDERS = 3  # edit orders per arm before an order-sensitive comparison (when
 PAPER_DROP = 10.0  # an editor is held to a rephrase-drop claim where the paper's own drop is at least this (points)
 RETAINS = 0.94  # C3: RECT keeps at least this share of plain ROME's reliability and generalisation
 STUDY_C_TASKS = {"sentiment": "sentiment", "entity_typing": "NER (entity typing)", "closed_book_qa": "open QA"}
-CHAT_TYPES = frozenset({"dialogue", "dialogue_cloze", "dialogue_pronoun", "noisy_dialogue", "noisy_dialogue_cloze",
-                        "noisy_dialogue_pronoun", "doubt"})
 
 # Study A (Ma et al., CounterFact, Llama-7B): acc (%) per rephrase type and editor, and doubt's rev
 PAPER_A = {
@@ -189,22 +187,9 @@ def _runs_query(run_ids, key: str = "runs", **extra) -> tuple[tuple[str, str], .
 
 
 def _forced(conn: sqlite3.Connection, case_set: str | None, rtype: str) -> tuple[int, int]:
-    """(cases whose `rtype` probe ends with the case's own plain prompt, cases with such a probe): a chat probe
-    that ends with the edit prompt puts it in the assistant's turn, so the model copies instead of answering."""
-    if case_set is None or rtype not in CHAT_TYPES:
-        return 0, 0
-    probes = queries.probes_of_set(conn, case_set)
-    if probes.is_empty():
-        return 0, 0
-    plain: dict[str, set[str]] = {}
-    for r in probes.filter(pl.col("rephrase_type") == "plain").iter_rows(named=True):
-        plain.setdefault(r["case_id"], set()).add(r["text"].strip())
-    forced, cases = set(), set()
-    for r in probes.filter(pl.col("rephrase_type") == rtype).iter_rows(named=True):
-        cases.add(r["case_id"])
-        if any(p and r["text"].rstrip().endswith(p) for p in plain.get(r["case_id"], ())):
-            forced.add(r["case_id"])
-    return len(forced), len(cases)
+    """(cases whose `rtype` probe ends with the case's own plain prompt, cases with such a probe), from
+    store.measurable.copy_tasks: (0, 0) where it is no copy task."""
+    return measurable.copy_tasks(conn, case_set).get(rtype, (0, 0))
 
 
 # --------------------------------------------------------------------------- study A
@@ -308,11 +293,11 @@ def _drop(conn, refs, summary, claim: str, rtype: str, statement: str) -> Findin
         ours += _known_rev(conn, {e: refs[e]["run_id"] for e in pairs}, rtype)
     head = pairs.get(claimed[0], (None, None))[1]
     nums = dict(value=head["mean"], n=head["n"], ci_low=head["ci_low"], ci_high=head["ci_high"]) if head else {}
-    if rtype in reasons:
+    case_set = json.loads(refs[claimed[0]]["config"] or "{}").get("case_set")
+    forced, total = _forced(conn, case_set, rtype)  # a copy task first: run_measurability greys it too
+    if rtype in reasons and not forced:
         return Finding(**common, ours=ours, verdict=NOT_COMPARABLE, reason=f"{rtype} is unmeasurable on this model: "
                        + reasons[rtype] + ".", query=query, **nums)
-    case_set = json.loads(refs[claimed[0]]["config"] or "{}").get("case_set")
-    forced, total = _forced(conn, case_set, rtype)
     if forced:
         return Finding(**common, ours=ours + " — a copy task, not an answer", verdict=NOT_MEASURED, query=query,
                        reason=f"The stored {rtype} probes of {case_set} end with the edit prompt inside the assistant's "
@@ -468,7 +453,8 @@ def _a8(conn, refs) -> Finding:
     table = measurable.run_measurability(conn, run_id=refs[have[0]]["run_id"])
     reasons = measurable.unmeasurable_reasons(table)
     case_set = json.loads(refs[have[0]]["config"] or "{}").get("case_set")
-    types = [t for t in ATTACKED if t not in reasons and not _forced(conn, case_set, t)[0]]
+    copies = measurable.copy_tasks(conn, case_set)
+    types = [t for t in ATTACKED if t not in reasons and t not in copies]
     left = [t for t in ATTACKED if t not in types]
     gaps = derived.edit_against_knowledge(conn, run_ids=[refs[e]["run_id"] for e in have], rephrase_types=types)
     parts, signs, head = [], {}, {}
@@ -490,7 +476,7 @@ def _a8(conn, refs) -> Finding:
             head = dict(value=r["gap"], n=r["n"], ci_low=r["gap_ci_low"], ci_high=r["gap_ci_high"])
     ours = "; ".join(parts) + " (edit minus knowledge, paired by fact" + _partial(refs, have, conn) + ")"
     if left:
-        ours += "; left out: " + ", ".join(t + (" (unmeasurable)" if t in reasons else " (a copy task)") for t in left)
+        ours += "; left out: " + ", ".join(t + (" (a copy task)" if t in copies else " (unmeasurable)") for t in left)
     query = _runs_query([refs[e]["run_id"] for e in have], metric="acc", known="1")
     missing = [e for e in EDITORS_A if e not in refs]
     if missing:

@@ -11,8 +11,15 @@ all-types knowledge run stores (a robustness run names it as `config.baseline_ru
 (the new object named before any edit, which the model was never told) is the rate at which an object
 turns up in a generation by accident, reported beside it as `chance_share`.
 
-Pure functions over frames (`measurability`, `measurable_types`, `unmeasurable_reasons`) and two readers
-(`baseline_run`, `run_measurability`) that take a connection, like store.queries. Imports polars only.
+A chat probe can fail the other way: where it ends with the case's own edit prompt inside the assistant's
+turn (the stored probes of case sets built before the free-answer probes of issue 19), the model copies the
+prompt and continues it, so a high acc there measures copying, not belief. `copy_tasks` finds such types in
+a case set's probes, and `run_measurability` marks them unmeasurable too, with that reason, so every view
+that greys unmeasurable types greys them.
+
+Pure functions over frames (`measurability`, `measurable_types`, `unmeasurable_reasons`) and three readers
+(`baseline_run`, `copy_tasks`, `run_measurability`) that take a connection, like store.queries. Imports
+polars only.
 """
 
 from __future__ import annotations
@@ -33,6 +40,10 @@ from . import queries
 # recalled on only 24%, so a stricter bar (say 10%) would also drop pronoun types the model does answer
 # (6-8%). With this bar cloze (1.7%), context_cloze (0%) and noisy_context_cloze (0%) are unmeasurable.
 MEASURABLE_SHARE = 0.05
+
+# chat-rendered rephrase types (compute.cases.CHAT_TYPES, whose probes end with an assistant turn) and doubt
+CHAT_TYPES = frozenset({"dialogue", "dialogue_cloze", "dialogue_pronoun", "noisy_dialogue", "noisy_dialogue_cloze",
+                        "noisy_dialogue_pronoun", "doubt"})
 
 RECALL_METRIC = "rev"   # the generation names the true object (or an alias)
 CHANCE_METRIC = "acc"   # the generation names the new object; before any edit, an accident
@@ -135,10 +146,40 @@ def baseline_run(conn: sqlite3.Connection, run_id: str | None = None, case_set: 
     return None if found is None else found[0]
 
 
+def copy_tasks(conn: sqlite3.Connection, case_set: str | None) -> dict[str, tuple[int, int]]:
+    """rephrase type -> (cases whose probe of that type ends with the case's own plain prompt, cases with such a
+    probe), for the chat types (and doubt) of `case_set` where any does: a chat probe that ends with the edit
+    prompt puts it in the assistant's turn, so the model copies instead of answering. Empty for a case set
+    built with the free-answer probes, or for none."""
+    if case_set is None:
+        return {}
+    probes = queries.probes_of_set(conn, case_set)
+    if probes.is_empty():
+        return {}
+    plain: dict[str, set[str]] = {}
+    for r in probes.filter(pl.col("rephrase_type") == "plain").iter_rows(named=True):
+        plain.setdefault(r["case_id"], set()).add(r["text"].strip())
+    forced: dict[str, set[str]] = {}
+    cases: dict[str, set[str]] = {}
+    for r in probes.filter(pl.col("rephrase_type").is_in(list(CHAT_TYPES))).iter_rows(named=True):
+        cases.setdefault(r["rephrase_type"], set()).add(r["case_id"])
+        if any(p and r["text"].rstrip().endswith(p) for p in plain.get(r["case_id"], ())):
+            forced.setdefault(r["rephrase_type"], set()).add(r["case_id"])
+    return {t: (len(ids), len(cases[t])) for t, ids in sorted(forced.items())}
+
+
+def copy_task_reason(forced: int, total: int) -> str:
+    return (f"a copy task: on {forced} of {total} cases the probe ends with the edit prompt inside the assistant's "
+            "turn, so the model copies it instead of answering (a case set built before the free-answer probes)")
+
+
 def run_measurability(conn: sqlite3.Connection, run_id: str | None = None, case_set: str | None = None,
                       threshold: float = MEASURABLE_SHARE,
                       rephrase_types: Iterable[str] | None = None) -> pl.DataFrame:
-    """`measurability` of the baseline of `run_id` (see `baseline_run`), plus a `baseline_run` column.
+    """`measurability` of the baseline of `run_id` (see `baseline_run`), plus a `baseline_run` column. Where a
+    case set is judged (`case_set`, else the case set `run_id` itself ran on), its copy tasks (`copy_tasks`)
+    are marked unmeasurable with that reason: whether the model can answer a form is the model's, whether a
+    probe lets it answer is the probes' (a demo builds free-answer probes whatever the shipped set holds).
     Empty (with the same columns) when the store has no unedited-model rows to judge by."""
     base = baseline_run(conn, run_id=run_id, case_set=case_set)
     rows = (queries.measurements(conn, run_ids=base, metrics=[RECALL_METRIC, CHANCE_METRIC], edit_count=0)
@@ -146,8 +187,20 @@ def run_measurability(conn: sqlite3.Connection, run_id: str | None = None, case_
                                                           "value": pl.Float64}))
     if base is None:
         rephrase_types = ()
-    return measurability(rows, threshold, rephrase_types).with_columns(
-        pl.lit(base, dtype=pl.String).alias("baseline_run"))
+    table = measurability(rows, threshold, rephrase_types)
+    judged = case_set
+    if judged is None and run_id is not None:
+        row = conn.execute("SELECT config FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        judged = json.loads((row[0] if row else None) or "{}").get("case_set")
+    if base is not None:
+        copies = copy_tasks(conn, judged)
+        if copies:
+            table = table.with_columns(
+                (pl.col("measurable") & ~pl.col("rephrase_type").is_in(list(copies))).alias("measurable"),
+                pl.col("rephrase_type").replace_strict(
+                    {t: copy_task_reason(*c) for t, c in copies.items()}, default=pl.col("reason"),
+                    return_dtype=pl.String).alias("reason"))
+    return table.with_columns(pl.lit(base, dtype=pl.String).alias("baseline_run"))
 
 
 def hardest_measurable(summary: pl.DataFrame, measurable: Iterable[str]) -> pl.DataFrame:

@@ -78,6 +78,32 @@ def test_run_measurability_reads_a_robustness_runs_baseline(tmp_path):
             M.baseline_run(s.conn, "nope")
 
 
+def test_a_chat_probe_that_ends_with_the_edit_prompt_is_a_copy_task_and_unmeasurable(tmp_path):
+    """The shipped store's case set was built before the free-answer probes: its dialogue and doubt probes end
+    with the edit prompt inside the assistant's turn, so the model copies it. Those types are greyed like the
+    ones the model cannot answer, with their own reason; a free-answer chat type stays measurable."""
+    chat = "<|im_start|>user\nWhere is S{0}?<|im_end|>\n<|im_start|>assistant\n"
+    with Store.open(tmp_path / "m.sqlite", create=True) as s:
+        s.write_cases(
+            [dict(case_id=f"c{i}", case_set="set", source="kb", relation="capital", subject=f"S{i}",
+                  prompt="The capital of {} is", true_object="Paris", new_object="Rome") for i in range(20)],
+            [dict(case_id=f"c{i}", probe_id=j, rephrase_type=t, text=text, target_true="Paris", target_new="Rome")
+             for i in range(20) for j, (t, text) in enumerate([
+                 ("plain", f"The capital of S{i} is"),
+                 ("doubt", chat.format(i) + f"The capital of S{i} is"),  # forced: the model's turn begins with it
+                 ("dialogue_pronoun", chat.format(i))])])
+        k = s.start_run(kind="knowledge", model="m", run_id="k", config={"case_set": "set"})
+        s.write_measurements([dict(run_id=k, case_id=f"c{i}", metric="rev", value=float(i < 10), rephrase_type=t,
+                                   edit_count=0) for i in range(20) for t in ("plain", "doubt", "dialogue_pronoun")])
+        s.finish_run(k)
+        assert M.copy_tasks(s.conn, "set") == {"doubt": (20, 20)}
+        t = M.run_measurability(s.conn, "k")
+        assert M.measurable_types(t) == ["dialogue_pronoun", "plain"]
+        assert M.unmeasurable_reasons(t)["doubt"].startswith("a copy task: on 20 of 20 cases")
+        # the model can answer doubt (10 of 20): judged on no case set (a demo builds its own free probes), it counts
+        assert "doubt" in M.measurable_types(M.run_measurability(s.conn))
+
+
 def test_store_measurable_imports_neither_torch_nor_streamlit():
     code = "import sys, store.measurable; print(any(m in sys.modules for m in ('torch', 'streamlit', 'compute')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -88,7 +88,7 @@ else:
              "partial, their status in the label). " if partial else "One tile per finished reference run. ")
     st.caption(tiles + f"Hardest type: the lowest post-edit acc among the rephrase "
                f"types the unedited model can answer (names the true object on at least "
-               f"{100 * MEASURABLE_SHARE:g}% of cases)"
+               f"{100 * MEASURABLE_SHARE:g}% of cases) and answers freely (no copy task)"
                + (f"; left out as unmeasurable: {', '.join(excluded)}." if excluded else ".")
                + " Gap vs knowledge: study A's control on that type (Findings A8), the edit's acc minus the unedited "
                  "model's recall on the same known facts, paired; below 0 the type costs the edit more than it costs "

@@ -21,7 +21,9 @@ UNEDITED = "unedited"
 st.title("Knowledge popularity")
 table = run_table("robustness")
 labels = labels_of(table)
-unmeasurable = unmeasurable_reasons(query("rephrase_measurability"))
+# judged on a robustness run's case set, whose probes may be copy tasks (store.measurable.run_measurability)
+unmeasurable = unmeasurable_reasons(query("rephrase_measurability",
+                                          run_id=table["run_id"][0] if table.height else None))
 c1, c2, c3 = st.columns(3)
 feature = shared_selectbox("Popularity feature", "feature", POPULARITY_FEATURES, format_func=FEATURES.get, container=c1)
 metric = url_selectbox("Metric", "pop_metric", list(METRICS), format_func=METRICS.get, container=c2)
@@ -38,7 +40,7 @@ known = shared_toggle("Known facts only", "known", default=False,
                    help="Only the facts the unedited model knew: before any edit, its answer to the plain prompt "
                         "named the true object (judged on the plain prompt whatever the rephrase type shown)")
 if rtype in unmeasurable:
-    st.warning(f"{rtype} is unmeasurable on this model: {unmeasurable[rtype]}. The curves below say nothing "
+    st.warning(f"{rtype} is unmeasurable here: {unmeasurable[rtype]}. The curves below say nothing "
                "about the edits.")
 points = query("popularity_points_of_runs", run_ids=tuple(chosen), feature=feature, metric=metric,
                rephrase_type=rtype, relations=rel_filter, known_only=known)

@@ -38,7 +38,8 @@ split = url_segmented("Split by", "split", ["none", "relation", "popularity_quar
                       format_func={"none": "nothing", "relation": "relation",
                                    "popularity_quartile": "popularity quartile"}.get, container=c2)
 hide = url_toggle("Hide unmeasurable types", "hide_nm", default=False, container=c3,
-                  help="Types the unedited model cannot answer are marked n/m by default; this leaves them out")
+                  help="Types the unedited model cannot answer, and copy tasks, are marked n/m by default; this "
+                       "leaves them out")
 known = shared_toggle("Known facts only", "known", default=False, container=c3,
                    help="Only the facts the unedited model knew: before any edit, its answer to the plain prompt "
                         "named the true object. Every rephrase type is then judged on the same facts.")
@@ -82,10 +83,11 @@ st.download_button("Download CSV", with_measurability(df, unmeasurable).write_cs
                    file_name=f"robustness-{metric}{'-known' if known else ''}.csv")
 if unmeasurable:
     base = measurability["baseline_run"][0]
-    st.caption(f"{'Left out' if hide else 'n/m (and * on the axis)'}: rephrase types the unedited model cannot "
-               f"answer, so a low score there is the probe failing, not the edit. A type is measurable when the "
+    st.caption(f"{'Left out' if hide else 'n/m (and * on the axis)'}: rephrase types that do not measure the "
+               f"edit: the unedited model cannot answer them, so a low score there is the probe failing, or their "
+               f"probes are copy tasks (the edit prompt inside the assistant's turn). A type is measurable when the "
                f"unedited model names the true object on at least {100 * MEASURABLE_SHARE:g}% of the cases "
-               f"(from `{base}`).")
+               f"(from `{base}`) and the model answers freely.")
     # one wrapped line per type: a table cell cut the reasons off at the column's width
     reasons = measurability.filter(~pl.col("measurable")).select("rephrase_type", "reason")
     plain.message("Why each greyed type is unmeasurable:",
