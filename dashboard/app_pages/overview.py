@@ -36,13 +36,15 @@ for col, (label, table) in zip(
 ):
     col.metric(label, f"{counts.get(table, 0):,}")
 
-st.header("Headline findings")
+st.header("Headline figures")
+st.caption("The studies' questions with this store's numbers; the verdict on each claim, with the rule that gives "
+           "it, is on the Findings page.")
 share = "{:.2f}"
 rob_runs = run_table("robustness").filter(pl.col("reference"))
 rob = pl.DataFrame()
 known = False
 if not rob_runs.is_empty():
-    st.subheader("Edits that hold on the plain prompt fail on rephrasings (study A)")
+    st.subheader("Single edits: do they survive rephrasing? (study A)")
     known = shared_toggle("Known facts only", "known", default=False,
                        help="Only the facts the unedited model knew: before any edit, its answer to the plain prompt "
                             "named the true object. Every rephrase type is then judged on the same facts.")
