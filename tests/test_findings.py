@@ -193,6 +193,11 @@ def test_a_rephrasing_is_read_against_what_it_does_to_the_models_own_knowledge(t
     with Store.open(tmp_path / "v.sqlite", create=True) as st:  # edits reach further than knowledge: refuted
         _robustness_store(st, {e: {"plain": 1.0, "paraphrase": 0.5, "doubt": 0.5} for e in editors}, hard)
         assert _by_claim(st.conn)["A8"].verdict == REFUTED
+    with Store.open(tmp_path / "w.sqlite", create=True) as st:  # a copy task is left out, not read
+        _robustness_store(st, {e: {"plain": 1.0, "paraphrase": 0.1, "doubt": 0.1} for e in editors}, KNOWN,
+                          doubt_forced=True)
+        a8 = _by_claim(st.conn)["A8"]
+        assert "doubt -" not in a8.ours and a8.ours.endswith("left out: doubt (a copy task)"), a8.ours
 
 
 def _correlations(st, run_id, within: tuple[float, float], pooled: tuple[float, float]):
