@@ -35,7 +35,6 @@ from .robustness import (
     popularity_bins,
     popularity_points,
     robustness_correlations,
-    robustness_headlines,
     robustness_summary,
     store_correlations,
 )
@@ -90,7 +89,7 @@ __all__ = [
     "HELD_ACC", "POPULARITY_FEATURES", "SMALL_N", "WITHIN", "WITHIN_COLUMNS", "both_estimates", "correlation_rows",
     "edit_against_knowledge", "knowledge_by_quartile",
     "knowledge_correlations", "popularity_bins", "popularity_points", "robustness_correlations",
-    "robustness_headlines", "robustness_summary", "store_correlations",
+    "robustness_summary", "store_correlations",
     "AGE_BINS", "PHASE_SERIES", "forgetting_by_age", "order_means", "phase_series_label", "phase_verdict",
     "sequential_curves", "sequential_events", "sequential_headlines", "sequential_phases",
     "sweep_summary",

@@ -480,51 +480,6 @@ def popularity_bins(points: pl.DataFrame, feature: str, bins: int = 4) -> pl.Dat
     return pl.DataFrame(rows, schema=schema).sort("series", "bin")
 
 
-def robustness_headlines(conn: sqlite3.Connection, metric: str = "acc", answerable: float = 0.5) -> pl.DataFrame:
-    """Per robustness run: `metric` on the plain prompt and on the hardest rephrase type (lowest mean),
-    each with n and its 95% CI, and the drop between them.
-
-    The hardest type is chosen among the types the unedited model can answer: those where its recall of
-    the true object (`rev` in the run's all-types baseline, a knowledge run) is at least `answerable` x
-    its recall on the plain prompt. A type the model cannot answer before any edit (on SmolLM2-135M the
-    fill-in-the-blank cloze forms) says nothing about the edit. Without a baseline every type counts.
-    The unedited recall on both types is reported beside them."""
-    import json
-
-    summary = robustness_summary(conn, metrics=(metric,))
-    schema = {"editor": pl.String, "n_done": pl.Int64, "status": pl.String, "plain": pl.Float64,
-              "plain_ci_low": pl.Float64, "plain_ci_high": pl.Float64, "hardest_type": pl.String,
-              "hardest": pl.Float64, "hardest_ci_low": pl.Float64, "hardest_ci_high": pl.Float64,
-              "drop": pl.Float64, "n": pl.Int64, "unedited_recall_plain": pl.Float64,
-              "unedited_recall_hardest": pl.Float64, "excluded_types": pl.String}
-    if summary.is_empty():
-        return pl.DataFrame(schema=schema)
-    runs = _runs(conn, "robustness", None)
-    rows = []
-    for (run_id,), part in summary.partition_by("run_id", as_dict=True).items():
-        run = runs.filter(pl.col("run_id") == run_id).row(0, named=True)
-        baseline = json.loads(run["config"] or "{}").get("baseline_run")
-        recall = {}
-        if baseline:
-            got = queries._frame(conn, "SELECT rephrase_type, AVG(value) AS r FROM measurements WHERE run_id = ? "
-                                       "AND metric = 'rev' AND edit_count = 0 GROUP BY rephrase_type", [baseline])
-            recall = dict(zip(got["rephrase_type"].to_list(), got["r"].to_list()))
-        plain_recall = recall.get("plain")
-        excluded = sorted(t for t, r in recall.items() if plain_recall and t != "plain" and r < answerable * plain_recall)
-        plain = part.filter(pl.col("rephrase_type") == "plain")
-        rest = (part.filter((pl.col("rephrase_type") != "plain") & ~pl.col("rephrase_type").is_in(excluded))
-                .drop_nulls("mean").sort("mean", "rephrase_type"))
-        if plain.is_empty() or rest.is_empty():
-            continue
-        p, h = plain.row(0, named=True), rest.row(0, named=True)
-        rows.append({"editor": p["editor"], "n_done": run["n_done"], "status": run["status"], "plain": p["mean"],
-                     "plain_ci_low": p["ci_low"], "plain_ci_high": p["ci_high"], "hardest_type": h["rephrase_type"],
-                     "hardest": h["mean"], "hardest_ci_low": h["ci_low"], "hardest_ci_high": h["ci_high"],
-                     "drop": h["mean"] - p["mean"], "n": p["n"], "unedited_recall_plain": plain_recall,
-                     "unedited_recall_hardest": recall.get(h["rephrase_type"]), "excluded_types": ", ".join(excluded)})
-    return pl.DataFrame(rows, schema=schema).sort("editor")
-
-
 HELD_ACC = 0.5  # an edit holds on the plain prompt when its acc there is above this (its one probe names the new
 # object)
 
