@@ -66,7 +66,8 @@ RUN_TABLE = {"run_id": pl.String, "kind": pl.String, "editor": pl.String, "model
              "label": pl.String, "reference": pl.Boolean, "store": pl.String, "colour": pl.String, "dash": pl.String,
              "symbol": pl.String,
              "key_mismatch": pl.Boolean, "rect_top": pl.Float64, "batch_size": pl.Int64, "order_seed": pl.Int64,
-             "arm": pl.String, "pre_rebuild": pl.Boolean, "edits_facts": pl.Boolean, "other_keys": pl.Boolean}
+             "arm": pl.String, "arm_label": pl.String, "pre_rebuild": pl.Boolean, "edits_facts": pl.Boolean,
+             "other_keys": pl.Boolean}
 
 
 def arm_key(run: dict, hp: dict, cfg: dict, where: str) -> str:
@@ -99,12 +100,14 @@ def describe_runs(runs: pl.DataFrame) -> pl.DataFrame:
     rows = []
     for r in runs.iter_rows(named=True):
         hp, cfg = json.loads(r["hparams"] or "null") or {}, json.loads(r["config"] or "null") or {}
-        group = run_label(r["editor"], hp, cfg)  # what a reference run stands for: label and edit order
+        arm = run_label(r["editor"], hp, cfg)  # what its arm stands for, whatever the edit order
+        group = arm  # what a reference run stands for: label and edit order
         if cfg.get("order_seed") not in (None, 0):
             group += f", order {cfg['order_seed']}"
         where = r.get("store") or "shipped"
         pre_rebuild = bool(r.get("pre_rebuild")) and where != "workspace"  # kept from before the store's rebuild
-        base = group + (" · workspace" if where == "workspace" else "") + (" · pre-rebuild" if pre_rebuild else "")
+        suffix = (" · workspace" if where == "workspace" else "") + (" · pre-rebuild" if pre_rebuild else "")
+        base = group + suffix
         colour, dash = run_style(r["editor"], hp, cfg)
         symbol = order_symbol(cfg)
         rows.append({"run_id": r["run_id"], "kind": r["kind"], "editor": r["editor"], "model": r["model"],
@@ -113,7 +116,7 @@ def describe_runs(runs: pl.DataFrame) -> pl.DataFrame:
                      "symbol": symbol,
                      "key_mismatch": bool(hp.get("key_mismatch", False)),
                      "rect_top": float(hp.get("rect_top", 1.0) or 1.0), "batch_size": cfg.get("batch_size"),
-                     "order_seed": cfg.get("order_seed"), "arm": arm_key(r, hp, cfg, where),
+                     "order_seed": cfg.get("order_seed"), "arm": arm_key(r, hp, cfg, where), "arm_label": arm + suffix,
                      "pre_rebuild": pre_rebuild, "edits_facts": edits_facts(r["editor"], cfg), "group": group,
                      "other_keys": other_key_constraint(r["editor"], hp) is not None})
     df = pl.DataFrame(rows, schema={k: v for k, v in RUN_TABLE.items() if k not in ("label", "reference")}
@@ -203,7 +206,7 @@ def arms_of(table: pl.DataFrame, chosen: list[str]) -> tuple[dict[str, tuple[str
         members = table.filter((pl.col("arm") == key) & ((pl.col("status") == "done") | pl.col("run_id").is_in(chosen)))
         runs[key] = tuple(members["run_id"].to_list())
         seeds = sorted(members["order_seed"].fill_null(0).to_list())
-        base = row["base_label"][0].split(", order ")[0]
+        base = row["arm_label"][0]
         names[key] = (f"{base}: mean of {len(seeds)} orders ({', '.join(map(str, seeds))})" if len(seeds) > 1
                       else f"{base} (one order: {seeds[0]})")
         looks[key] = styles[r][:2]  # a mean over orders is no one order: no order marker

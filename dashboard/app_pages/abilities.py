@@ -107,13 +107,12 @@ if mean_orders:
     st.caption("Mean over edit orders: each line is an arm (runs alike but for the order); a point is the mean "
                "over the orders that reached that edit count, with the 95% t-interval over orders (n = orders in "
                "the hover; an accuracy's stops at 0 and 1); an arm with one order shows that run with its own CI.")
-controls = table.filter(pl.col("run_id").is_in(chosen) & ~pl.col("edits_facts"))["run_id"].to_list()
+controls = sorted(set(table.filter(pl.col("run_id").is_in(chosen) & ~pl.col("edits_facts"))["arm_label"]))
 if controls:  # what the control's lines mean, and where the comparison with the edits is judged
     st.caption(escape_markdown(
-        f"{', '.join(sorted({labels[r].split(', order ')[0] for r in controls}))}: a control that changes the "
-        "weights without aiming at any fact (random rank-one updates with its reference run's per-edit norms, in "
-        "order), so its lines show what updates of that size do to each ability; Findings C5 sets ROME against it "
-        "task by task on each edit order."))
+        f"{', '.join(controls)}: a control that changes the weights without aiming at any fact (random rank-one "
+        "updates with its reference run's per-edit norms, in order), so its lines show what updates of that size "
+        "do to each ability; Findings C5 sets ROME against it task by task on each edit order."))
 if kept_whole:
     st.caption("Drawn to their own last score, beyond the shared range, because they have no score inside it: "
                + ", ".join(labels[r] for r in kept_whole) + ".")
