@@ -186,12 +186,6 @@ def _runs_query(run_ids, key: str = "runs", **extra) -> tuple[tuple[str, str], .
     return tuple(extra.items()) + ((key, ",".join(run_ids)),)
 
 
-def _forced(conn: sqlite3.Connection, case_set: str | None, rtype: str) -> tuple[int, int]:
-    """(cases whose `rtype` probe ends with the case's own plain prompt, cases with such a probe), from
-    store.measurable.copy_tasks: (0, 0) where it is no copy task."""
-    return measurable.copy_tasks(conn, case_set).get(rtype, (0, 0))
-
-
 # --------------------------------------------------------------------------- study A
 
 
@@ -294,7 +288,8 @@ def _drop(conn, refs, summary, claim: str, rtype: str, statement: str) -> Findin
     head = pairs.get(claimed[0], (None, None))[1]
     nums = dict(value=head["mean"], n=head["n"], ci_low=head["ci_low"], ci_high=head["ci_high"]) if head else {}
     case_set = json.loads(refs[claimed[0]]["config"] or "{}").get("case_set")
-    forced, total = _forced(conn, case_set, rtype)  # a copy task first: run_measurability greys it too
+    # a copy task first: run_measurability greys it too
+    forced, total = measurable.copy_tasks(conn, case_set).get(rtype, (0, 0))
     if rtype in reasons and not forced:
         return Finding(**common, ours=ours, verdict=NOT_COMPARABLE, reason=f"{rtype} is unmeasurable on this model: "
                        + reasons[rtype] + ".", query=query, **nums)

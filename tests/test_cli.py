@@ -198,12 +198,18 @@ def test_main_installs_no_signal_handler():
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
 
 
-def test_python_m_compute_turns_sigterm_and_an_ignored_sigint_into_an_interrupt():
-    """So a background run stopped either way records 'interrupted' (the runners catch KeyboardInterrupt).
-    In a fresh process, with SIGINT ignored as a shell starts background jobs."""
+def _python(code: str):
+    """`code` run by a fresh Python in the repository's root (its own signal handlers), its output captured."""
     import subprocess
     import sys
 
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[1])
+
+
+def test_python_m_compute_turns_sigterm_and_an_ignored_sigint_into_an_interrupt():
+    """So a background run stopped either way records 'interrupted' (the runners catch KeyboardInterrupt).
+    In a fresh process, with SIGINT ignored as a shell starts background jobs."""
     code = ("import os, signal, sys\n"
             "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
             "from compute.__main__ import interrupt_on_signals\n"
@@ -214,8 +220,7 @@ def test_python_m_compute_turns_sigterm_and_an_ignored_sigint_into_an_interrupt(
             "        signal.sigtimedwait([], 0.5)\n"
             "    except KeyboardInterrupt:\n"
             "        print('interrupted by', sig.name)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                         cwd=Path(__file__).resolve().parents[1])
+    out = _python(code)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[:2] == ["interrupted by SIGINT", "interrupted by SIGTERM"]
 
@@ -223,9 +228,6 @@ def test_python_m_compute_turns_sigterm_and_an_ignored_sigint_into_an_interrupt(
 def test_signals_after_the_command_returned_are_ignored_while_the_process_exits():
     """A plan unit can get SIGTERM more than once; one that came after its run had recorded 'interrupted' raised a
     KeyboardInterrupt in threading._shutdown and printed a traceback into the unit's log."""
-    import subprocess
-    import sys
-
     code = ("import os, signal\n"
             "import compute.cli, compute.__main__ as m\n"
             "compute.cli.main = lambda: 130\n"
@@ -233,8 +235,7 @@ def test_signals_after_the_command_returned_are_ignored_while_the_process_exits(
             "os.kill(os.getpid(), signal.SIGTERM)\n"
             "os.kill(os.getpid(), signal.SIGINT)\n"
             "print('still here', rc)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                         cwd=Path(__file__).resolve().parents[1])
+    out = _python(code)
     assert out.returncode == 0 and out.stdout.strip() == "still here 130" and not out.stderr, out
 
 

@@ -489,7 +489,7 @@ def run_sequential(
 
                 start_job = start
         last_checkpoint = count
-        interval_start = _clock()
+        interval_start = clock()
         # Measurements run through `runner`: in this thread on `lm` (Inline), or with `beside` on a shadow copy in
         # a background thread while the next edit is made (compute.experiments.beside). Either way a measurement
         # sees the weights of the edit it belongs to, and its rows are written, in edit order, when it has
@@ -528,7 +528,7 @@ def run_sequential(
                 "stop_flag": job["stop_flag"], "unusable": unusable,
             })
             store.write_events([_timing_event(run_id, job["last"], job["count"], interval_start, lm)])
-            interval_start = _clock()
+            interval_start = clock()
             store.heartbeat(run_id, n_done=job["count"], n_total=n_total)
 
         def units():
@@ -548,7 +548,7 @@ def run_sequential(
                 pending = {"kind": "start", "future": runner.submit({}, start_job)}
                 if not beside:
                     settle()
-                    interval_start = _clock()
+                    interval_start = clock()
 
         def step(ids: list[str]) -> None:
             """One edit (or batch), its rows written when its measurements are (`settle`)."""
@@ -593,7 +593,7 @@ def run_sequential(
             settle()
             find_events(store, run_id, cfg)
             if final_abilities is not None:
-                final_started = _clock()
+                final_started = clock()
                 _store_final_suite(store, run_id, count, cfg.batch_size, final_abilities(lm), final_started, lm, "run")
 
         try:
@@ -682,7 +682,7 @@ def measure_saved_state(lm: LoadedModel, store, run_id: str, cache_dir: Path,
         raise ValueError(f"run {run_id}'s saved state has weights this model lacks: {unknown[:3]}")
     originals = {name: params[name].detach().clone() for name in state["weights"]}
     count = int(state["edit_count"])
-    started = _clock()
+    started = clock()
     try:
         with torch.no_grad():
             for name, tensor in state["weights"].items():
@@ -717,14 +717,11 @@ class _Inline:
         pass
 
 
-_clock = clock  # (wall, CPU) clocks now (compute.runs.clock)
-
-
 def _timing_event(run_id: str, previous: int, count: int, start: tuple[float, float], lm: LoadedModel,
                   series: str = "checkpoint", **extra) -> dict:
     """The run_events row timing the interval (previous, count] of edits, checkpoint included (series
     "checkpoint"), or the full ability suite at edit count `count` (series "final_abilities", `extra` says
-    where and with which code it was measured). `start` is `_clock()` at the interval's start: the value is
+    where and with which code it was measured). `start` is `clock()` at the interval's start: the value is
     its wall seconds, `cpu_s` in the detail its CPU seconds (a process stopped for a while, e.g. while the
     machine benchmarks, counts the pause in the first only; compute.plan estimates from the second)."""
     return timing_event(run_id, previous, count, start, series=series, edits=count - previous,
