@@ -14,6 +14,7 @@ only, never on import or by `main`, so that calling `main` in a test leaves the 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -122,8 +123,6 @@ def layer_values(value: str) -> list:
 def grid_item(value: str) -> tuple[str, list]:
     """An argparse type for `run sweep --grid FIELD=V1,V2,...`: a hyperparameter and its candidate values (JSON
     numbers, true/false or strings)."""
-    import json
-
     field, sep, values = value.partition("=")
     if not sep or not field.strip() or not values.strip():
         raise argparse.ArgumentTypeError(f"write FIELD=V1,V2,..., e.g. v_lr=0.5,0.1, got {value!r}")
@@ -317,8 +316,6 @@ def _case_set_for(args, st, lm, kb=None) -> str:
 
 def _baseline(args, st, lm, cases, name: str) -> str | None:
     """A finished all-types knowledge run of the case set (the edit-count-0 numbers), run first if missing."""
-    import json
-
     from compute.cases import probes_digest
     from compute.knowledge import measure_knowledge
     from store.metrics import REPHRASE_TYPES
@@ -372,8 +369,6 @@ def cmd_run_robustness(args) -> None:
 
 
 def cmd_run_sequential(args) -> None:
-    import json
-
     from compute.abilities.run import suite
     from compute.experiments.sequential import SequentialConfig, ensure_editor, run_sequential, sequential_config
     from store import derived
@@ -705,6 +700,24 @@ def _write_status_block(plan, store: Path, timings_from: Path | None, readme: Pa
     _out(f"wrote the plan status of {store} into {readme}")
 
 
+def _keep_plan_status(plan, store: Path, timings_from: Path | None) -> None:
+    """The plan's status in the copy's own meta table (compute.plan.status_record), for the dashboard's Overview:
+    which units the copy holds, which are partial or missing, and the CPU-hours they need."""
+    from datetime import datetime, timezone
+
+    from compute import plan as plans
+    from store.conventions import PLAN_STATUS_META
+
+    taken = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
+    record = plans.status_record(plan, plans.plan_status(plan, store, timings_from=timings_from), taken,
+                                 Path(timings_from).as_posix() if timings_from else None)
+    with Store.open(store) as st, st.conn:
+        st.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                        (PLAN_STATUS_META, json.dumps(record)))
+    done = sum(u["state"] == "done" for u in record["units"])
+    _out(f"kept the plan's status in {store} (meta {PLAN_STATUS_META}: {done} of {len(record['units'])} units done)")
+
+
 def _write_rebuild_findings(store: Path, readme: Path) -> None:
     """The studies' verdicts on a rebuild snapshot (store.findings) between the README's rebuild-findings
     markers, headed by the command that writes the same block; a README without those markers is left as it is."""
@@ -740,6 +753,7 @@ def cmd_plan(args) -> None:
                 st.finish_run(run_id, status="interrupted")
         _out(f"copied {source} to {to}; {len(running)} running run(s) marked interrupted in the copy")
         cmd_store_rederive(argparse.Namespace(store=to, run=None))
+        _keep_plan_status(plan, to, args.timings_from)
         cmd_store_finalize(argparse.Namespace(store=to))
         if args.write_readme:
             _write_status_block(plan, to, args.timings_from, Path(args.write_readme))

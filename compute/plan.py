@@ -1247,3 +1247,20 @@ def status_markdown(plan: Plan, states: list[UnitState], target_name: str, timin
     notes = ([f"Held ({', '.join(ids)}): {reason}" for reason, ids in _held_units(states).items()]
              + _outdated_notes(states, mark=""))
     return head + "\n\n" + "\n".join(rows) + ("\n\n" + "\n\n".join(notes) if notes else "")
+
+
+def status_record(plan: Plan, states: list[UnitState], taken_at: str, timings_name: str | None = None) -> dict:
+    """`plan status` as the JSON a snapshot keeps in its own meta table (store.conventions.PLAN_STATUS_META), so
+    that a store built from part of a plan says, on the dashboard, which units it holds and which it lacks: one
+    entry per unit in the plan's order, with the estimate `status_markdown` gives (the same numbers)."""
+    units = []
+    for s in states:
+        left = None if s.state == "done" or s.remaining_s is None else round(s.remaining_s / 3600, 2)
+        units.append({"unit": s.unit.id, "kind": s.unit.kind, "state": s.state, "held": bool(s.unit.hold),
+                      "other_hparams": bool(s.outdated),
+                      "done": sum(r.get("n_done") or 0 for r in s.runs) if s.runs else None,
+                      "total": sum(r.get("n_total") or 0 for r in s.runs) if s.runs else None,
+                      "cpu_h_left": left, "estimated": s.state == "done" or s.remaining_s is not None,
+                      "runs": [r["run_id"] for r in s.runs]})
+    return {"plan": f"plans/{Path(plan.path).name}", "taken_at": taken_at, "timings_from": timings_name,
+            "units": units}

@@ -28,7 +28,7 @@ CATALOGUE_KEYS = {
     "kb_relations": ["relation"], "case_sets": ["case_set"], "cases": ["case_id"], "probes": ["case_id", "probe_id"],
     "kb_facts": ["relation", "subject", "object"], "kb_subject": ["relation", "subject", "object"],
 }
-SHIPPED_ONLY = {"store_summary", "schema_history"}  # describe the shipped file itself
+SHIPPED_ONLY = {"store_summary", "schema_history", "plan_status"}  # describe the shipped file itself
 RUN_LISTS = {"list_runs", "run_labels", "case_runs"}  # answers that list runs: marked with where each lives
 RUN_ARGS = ("run_id", "run_ids")
 

@@ -32,6 +32,10 @@ DERIVED_EVENT_KINDS = ("phase", "large_update", "disabling_edit", "abrupt_change
 # changes_weights, keys: compute.editors.base.editor_traits); runs made before it have none (readers fall back)
 TRAITS_KEY = "editor_traits"
 
+# the meta key under which `plan snapshot` keeps the plan's status in the copy it makes (compute.plan.status_record:
+# every unit's state when the copy was taken), so that a store built from part of a plan says what it lacks
+PLAN_STATUS_META = "plan_status"
+
 HELD = 0.5  # an edit holds when its ES (P(new) > P(true)) or its exact match is at least this
 
 

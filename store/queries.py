@@ -15,7 +15,7 @@ from typing import Any, Iterable
 
 import polars as pl
 
-from .conventions import RUN_LEVEL
+from .conventions import PLAN_STATUS_META, RUN_LEVEL
 
 # the columns case_knowledge always has, whether or not the knowledge run measured them
 KNOWLEDGE_METRICS = ("p_true", "rank_true", "recall")
@@ -96,6 +96,25 @@ def store_summary(conn: sqlite3.Connection) -> pl.DataFrame:
 def schema_history(conn: sqlite3.Connection) -> pl.DataFrame:
     """The migrations applied to the store: version, name, applied_at."""
     return _frame(conn, "SELECT version, name, applied_at FROM migrations ORDER BY version")
+
+
+PLAN_STATUS_SCHEMA = {"plan": pl.Utf8, "taken_at": pl.Utf8, "unit": pl.Utf8, "kind": pl.Utf8, "state": pl.Utf8,
+                      "held": pl.Boolean, "other_hparams": pl.Boolean, "done": pl.Int64, "total": pl.Int64,
+                      "cpu_h_left": pl.Float64, "estimated": pl.Boolean, "runs": pl.Utf8}
+
+
+def plan_status(conn: sqlite3.Connection) -> pl.DataFrame:
+    """The status of the plan the store was copied from, as `plan snapshot` kept it (compute.plan.status_record):
+    one row per unit in the plan's order (its priority), with the plan's file and when the copy was taken on every
+    row; `runs` the unit's run ids, comma-separated. No rows for a store no snapshot made."""
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (PLAN_STATUS_META,)).fetchone()
+    if row is None or not row[0]:
+        return pl.DataFrame(schema=PLAN_STATUS_SCHEMA)
+    record = json.loads(row[0])
+    rows = [{**{k: u.get(k) for k in PLAN_STATUS_SCHEMA if k not in ("plan", "taken_at", "runs")},
+             "plan": record.get("plan"), "taken_at": record.get("taken_at"), "runs": ",".join(u.get("runs") or [])}
+            for u in record.get("units", [])]
+    return pl.DataFrame(rows, schema=PLAN_STATUS_SCHEMA)
 
 
 def list_runs(conn: sqlite3.Connection, kind: str | None = None, status: str | None = None) -> pl.DataFrame:

@@ -193,6 +193,59 @@ def test_the_overviews_runs_table_gives_each_error_in_full_below_it(monkeypatch,
     assert [t.value for t in box.text] == [f"robustness-one: {error}"]
 
 
+def _with_plan_status(src, dst, units) -> None:
+    import shutil
+    import sqlite3
+
+    from store.conventions import PLAN_STATUS_META
+
+    shutil.copy(src, dst)
+    record = {"plan": "plans/shipped.toml", "taken_at": "2026-12-07T09:00Z", "timings_from": None, "units": units}
+    with sqlite3.connect(dst) as conn:
+        conn.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (PLAN_STATUS_META, json.dumps(record)))
+
+
+def _unit(uid, state, done=None, total=None, left=None, estimated=True, held=False):
+    return {"unit": uid, "kind": "sequential", "state": state, "held": held, "other_hparams": False, "done": done,
+            "total": total, "cpu_h_left": left, "estimated": estimated, "runs": []}
+
+
+def test_the_overview_says_which_units_of_its_plan_a_snapshot_lacks(monkeypatch, two_rome_store, tmp_path):
+    """A store built from part of a plan (`plan snapshot` keeps the plan's status in its meta table) says so at the
+    top of the Overview, with the units and the hours left; a complete one says it is complete; a store no
+    snapshot made says nothing of a plan."""
+    store = tmp_path / "part.sqlite"
+    _with_plan_status(two_rome_store, store, [
+        _unit("kb", "done"), _unit("sequential-ROME-o1", "partial", 210, 500, 2.04),
+        _unit("sequential-MEMIT-o1", "missing", left=2.25), _unit("robustness-IKE", "missing", estimated=False),
+        _unit("rect", "missing", left=1.86, held=True)])
+    at = _app(monkeypatch, store)
+    warning = [w.value for w in at.warning if "Built from part of a plan" in w.value]
+    assert warning == ["Built from part of a plan (plans/shipped.toml, as it stood at 2026-12-07T09:00Z): 1 of its 5 "
+                       "units are done, 1 partial (their runs show their status, e.g. interrupted, wherever they "
+                       "appear) and 3 missing; about 4.3 CPU-hours were left at one thread per unit, besides 1 "
+                       "unit(s) with no stored timing to estimate them by. A view or a claim that needs a missing "
+                       "unit says it is not measured."], [w.value for w in at.warning]  # held hours not counted
+    box = next(e for e in at.expander if e.label == "The plan's units (1 done, 4 not)")
+    table = box.dataframe[0].value
+    assert table["unit"].tolist() == ["kb", "sequential-ROME-o1", "sequential-MEMIT-o1", "robustness-IKE", "rect"]
+    assert table["state"].tolist() == ["done", "partial", "missing", "missing", "missing (held)"]
+    assert table["progress"].tolist()[:2] == ["—", "210/500"]
+    at.switch_page("app_pages/findings.py").run()
+    assert "This store holds 1 of the 5 units of plans/shipped.toml (as it stood at 2026-12-07T09:00Z): a claim " \
+        "that needs a unit not computed yet reads not measured yet. The Overview lists the units, with the " \
+        "CPU-hours each still needs." in [c.value for c in at.caption]
+    complete = tmp_path / "complete.sqlite"
+    _with_plan_status(two_rome_store, complete, [_unit("kb", "done"), _unit("robustness-ROME", "done", 240, 240)])
+    at = _app(monkeypatch, complete)
+    assert not [w for w in at.warning if "Built from part" in w.value]
+    assert "Complete: every one of the 2 units of plans/shipped.toml is done (the plan as it stood at " \
+        "2026-12-07T09:00Z)." in [c.value for c in at.caption]
+    at = _app(monkeypatch, two_rome_store)
+    assert not [e for e in at.expander if e.label.startswith("The plan's units")]
+    assert not [w for w in at.warning if "Built from part" in w.value]
+
+
 def test_popularity_series_are_runs_and_an_unmeasurable_type_is_flagged(monkeypatch, two_rome_store):
     at = _app(monkeypatch, two_rome_store, "popularity", {"rephrase_type": "cloze"})
     assert any("cloze is unmeasurable" in w.value for w in at.warning)

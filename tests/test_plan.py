@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -831,6 +832,21 @@ def test_a_snapshot_copies_a_running_plans_store_with_its_running_runs_marked_in
         assert st.conn.execute("SELECT status FROM runs").fetchall() == [("running",)]
     text = readme.read_text()
     assert "old" not in text and "| sequential | sequential | partial | 3/6 |" in text and text.endswith("bottom\n")
+    # the copy keeps the plan's status in its own meta table, for the dashboard: the same states as the README's
+    from store import queries
+
+    assert "kept the plan's status" in out
+    with Store.open(to, readonly=True) as st:
+        status = queries.plan_status(st.conn)
+    assert status["unit"].to_list() == [u.id for u in plan.units]  # the plan's order
+    row = status.filter(status["unit"] == "sequential").row(0, named=True)
+    assert (row["state"], row["done"], row["total"], row["runs"]) == ("partial", 3, 6, live)
+    assert row["plan"] == f"plans/{path.name}" and re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\dZ", row["taken_at"])
+    table = {cells[0]: cells[2] for cells in ([c.strip() for c in line.strip("|").split("|")]
+                                              for line in text.splitlines() if line.startswith("| "))}
+    assert {u: table[u].split(" ")[0] for u in status["unit"]} == dict(zip(status["unit"], status["state"]))
+    with Store.open(source, readonly=True) as st:  # the plan's own store has none: a snapshot is what keeps it
+        assert queries.plan_status(st.conn).is_empty()
     # with the rebuild-findings markers, the copy's findings go between them (the command that writes them named)
     from store import findings as fmod
 

@@ -36,6 +36,42 @@ for col, (label, table) in zip(
 ):
     col.metric(label, f"{counts.get(table, 0):,}")
 
+plan = query("plan_status")
+if not plan.is_empty():  # a store copied from a plan's run (`plan snapshot`) says which units it holds
+    counts_by = {k: plan.filter(pl.col("state") == k).height for k in ("done", "partial", "missing")}
+    open_ = plan.filter(pl.col("state") != "done")
+    left = open_.filter(~pl.col("held"))["cpu_h_left"].drop_nulls().sum()
+    unknown = open_.filter(~pl.col("estimated")).height
+    where = f"{plan['plan'][0]}, as it stood at {plan['taken_at'][0]}"
+    if open_.is_empty():
+        st.caption(f"Complete: every one of the {plan.height} units of {plan['plan'][0]} is done (the plan as it "
+                   f"stood at {plan['taken_at'][0]}).")
+    else:
+        st.warning(f"Built from part of a plan ({where}): {counts_by['done']} of its {plan.height} units are done, "
+                   f"{counts_by['partial']} partial (their runs show their status, e.g. interrupted, wherever they "
+                   f"appear) and {counts_by['missing']} missing; about {left:.1f} CPU-hours were left at one thread "
+                   "per unit" + (f", besides {unknown} unit(s) with no stored timing to estimate them by" if unknown
+                                 else "") + ". A view or a claim that needs a missing unit says it is not measured.")
+    with st.expander(f"The plan's units ({counts_by['done']} done, {open_.height} not)"):
+        units = plan.with_columns(
+            pl.when(pl.col("total").is_null()).then(None)
+            .otherwise(pl.format("{}/{}", pl.col("done"), pl.col("total"))).alias("progress"),
+            (pl.col("state") + pl.when(pl.col("held")).then(pl.lit(" (held)")).otherwise(pl.lit(""))
+             + pl.when(pl.col("other_hparams")).then(pl.lit(" (other hyperparameters)")).otherwise(pl.lit("")))
+            .alias("state"))
+        show(units, {"unit": Col("Unit", width=240), "kind": Col("Kind", width=90),
+                     "state": Col("State", width=230, help="done, partial or missing; (held): the plan holds it back "
+                                  "(its `hold`); (other hyperparameters): its runs were made with other "
+                                  "hyperparameters than the unit runs with now, e.g. a calibration sweep that "
+                                  "chose the setting shipped now"),
+                     "progress": Col("Progress", width=90, help="items (edits, cases, sweep points) its runs have "
+                                     "done, of their total; —: no run yet"),
+                     "cpu_h_left": Col("CPU-h left", "{:.2f}", width=90, help="estimated from stored timings at one "
+                                       "thread per unit (`python -m compute plan status`); —: done, or not "
+                                       "estimated")})
+        st.caption("In the plan's order, which is its priority. `python -m compute plan run "
+                   f"{plan['plan'][0]}` computes what is missing and resumes what is partial.")
+
 st.header("Headline figures")
 st.caption("The studies' questions with this store's numbers; the verdict on each claim, with the rule that gives "
            "it, is on the Findings page.")
