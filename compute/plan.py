@@ -755,12 +755,14 @@ def _ray_unit(unit: Unit, seed_bytes: bytes, cache_dir: str | None) -> dict:
 # ---- merging and recording ------------------------------------------------------------------------------
 
 
-def merge_into(shard: Path, target: Path) -> None:
-    """Merge a finished unit's shard into the target (store.merge: idempotent, keeps provenance, refuses
-    conflicting runs)."""
+def merge_into(shard: Path, target: Path, own: list[str] = ()) -> None:
+    """Merge a unit's shard into the target (store.merge: idempotent, keeps provenance, refuses conflicting runs).
+    `own`: the runs the unit made or continued, whose one writer the shard is: their copy in the target is made
+    the shard's (a sequential run resumed from its last checkpoint computes again the edits after it, which the
+    target may hold from the killed process's progress, equal to the last digit or not)."""
     from store.merge import merge_stores
 
-    merge_stores([shard], target)
+    merge_stores([shard], target, own=own)
 
 
 def record_unit(target: Path, plan: Plan, unit: Unit, run_ids: list[str]) -> None:
@@ -1130,7 +1132,7 @@ def _merge_progress(plan: Plan, ex, units: list[Unit], target: Path, out) -> Non
     """Merge what running (or just stopped or failed) units have stored so far; the shards stay as they are."""
     for unit, copy, gained in ex.progress(units):
         try:
-            merge_into(copy, target)
+            merge_into(copy, target, own=gained)
             record_unit(target, plan, unit, gained)
         except Exception as exc:  # progress is shown on a best-effort basis; the final merge decides
             out(f"  {unit.id}: its progress could not be merged yet: {' '.join(str(exc).split())}")
@@ -1148,7 +1150,7 @@ def _finish(plan: Plan, unit: Unit, result: dict, target: Path, ex, folder: Path
         ex.done_with(unit, merged=False)
         return f"failed: {result.get('tail')}"
     try:
-        merge_into(Path(result["shard"]), target)
+        merge_into(Path(result["shard"]), target, own=result.get("gained", []))
     except Exception as exc:
         message = " ".join(str(exc).split())
         out(f"  {unit.id}: its shard could not be merged: {message} (shard kept: {result['shard']})")

@@ -22,6 +22,13 @@ a table added later is not forgotten):
     added beside the target's): a partial run is taken over only this way;
   - each holds rows the other lacks (parts of one run computed apart): the shard's missing data rows are
     added, and the target keeps its runs row and derived rows (re-derive them with `store rederive`).
+- a run the shard OWNS (`own`: a plan unit's shard for the runs it makes or continues, compute.plan): the
+  shard is that run's one writer, so the target's copy is made the shard's: rows that differ take the shard's
+  values and rows the shard lacks are removed, then it is taken over as above. A sequential run killed between
+  two checkpoints resumes from the earlier one and computes its later edits again; the target may already hold
+  the killed process's rows of them (merged as progress), which a recomputation need not match in the last
+  digit (a matrix product's rounding can depend on where its operands lie in memory). The identity check
+  (kind, model, editor, hparams, seed, config) still applies; the `merged` row counts what was replaced.
 - cases, probes and the knowledge base: the shard's rows the target lacks are added. A case the target
   holds with other content (its `created_at` aside) or another probe set is a conflict; knowledge-base rows
   that differ keep the target's values and are counted in the report.
@@ -74,6 +81,9 @@ class MergeReport:
     runs_taken_over: list[str] = field(default_factory=list)  # the target had less of the run
     runs_joined: list[str] = field(default_factory=list)  # each held rows the other lacked
     runs_unchanged: list[str] = field(default_factory=list)
+    runs_mirrored: list[str] = field(default_factory=list)  # owned runs whose target rows took the shard's
+    rows_replaced: dict[str, int] = field(default_factory=dict)  # their target rows replaced or removed
+    replaced_by_run: dict[str, dict[str, int]] = field(default_factory=dict)
     rows_added: dict[str, int] = field(default_factory=dict)
     kb_rows_differing: int = 0
 
@@ -89,26 +99,33 @@ class MergeReport:
         if self.runs_joined:
             parts.append(f"{len(self.runs_joined)} joined with the target's part ({', '.join(self.runs_joined)}; "
                          "their derived rows are the target's: `store rederive` updates them)")
+        if self.runs_mirrored:
+            parts.append(f"{len(self.runs_mirrored)} made the shard's copy (rows the shard recomputed or dropped: "
+                         f"{', '.join(self.runs_mirrored)})")
         parts.append(f"{len(self.runs_unchanged)} already there")
         rows = ", ".join(f"{n} {table}" for table, n in sorted(self.rows_added.items()) if n)
         parts.append(f"rows added: {rows or 'none'}")
+        if self.rows_replaced:
+            parts.append("rows replaced or removed: " + ", ".join(
+                f"{n} {table}" for table, n in sorted(self.rows_replaced.items()) if n))
         if self.kb_rows_differing:
             parts.append(f"{self.kb_rows_differing} knowledge-base row(s) differ (the target's kept)")
         migrated = f" (read from a copy upgraded from schema v{self.migrated_from})" if self.migrated_from else ""
         return f"{self.shard}{migrated}: " + "; ".join(parts)
 
 
-def merge_stores(shards: Sequence[str | Path], into: str | Path) -> list[MergeReport]:
-    """Merge each shard into the store at `into` (created when missing), one transaction per shard.
+def merge_stores(shards: Sequence[str | Path], into: str | Path, own: Iterable[str] = ()) -> list[MergeReport]:
+    """Merge each shard into the store at `into` (created when missing), one transaction per shard; `own`: runs
+    whose copy in the target is made the shard's (see the module docstring).
 
     Stops at the first shard that is refused (MergeConflict or StoreError): the shards before it stay merged,
     that one and the ones after it are not. Use `merge_shard` to go on past a refused shard.
     """
     with Store.open(into, create=True) as target:
-        return [merge_shard(target, shard) for shard in shards]
+        return [merge_shard(target, shard, own) for shard in shards]
 
 
-def merge_shard(target: Store, shard_path: str | Path) -> MergeReport:
+def merge_shard(target: Store, shard_path: str | Path, own: Iterable[str] = ()) -> MergeReport:
     """Merge one shard store into the open, writable `target` in one transaction; see the module docstring."""
     shard_path = Path(shard_path).expanduser()
     if target.readonly:
@@ -119,12 +136,12 @@ def merge_shard(target: Store, shard_path: str | Path) -> MergeReport:
     newest = latest_version()
     if version >= newest:  # a newer one is refused by Store.open with what to do
         with Store.open(shard_path, readonly=True) as shard:
-            return _merge(target, shard, MergeReport(shard_path))
+            return _merge(target, shard, MergeReport(shard_path), set(own))
     with tempfile.TemporaryDirectory(prefix="editscope-merge-") as tmp:
         copy = Path(tmp) / "shard.sqlite"
         _copy_store(shard_path, copy)
         with Store.open(copy) as shard:  # migrates the copy; the shard file is never opened writable
-            return _merge(target, shard, MergeReport(shard_path, migrated_from=version))
+            return _merge(target, shard, MergeReport(shard_path, migrated_from=version), set(own))
 
 
 def shard_version(path: Path) -> int:
@@ -239,7 +256,7 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _merge(target: Store, shard: Store, report: MergeReport) -> MergeReport:
+def _merge(target: Store, shard: Store, report: MergeReport, own: set[str] = frozenset()) -> MergeReport:
     tconn, sconn = target.conn, shard.conn
     tables = run_tables(tconn)
     shard_tables = {name for name, _, _ in run_tables(sconn)}
@@ -263,7 +280,7 @@ def _merge(target: Store, shard: Store, report: MergeReport) -> MergeReport:
                 how = "new"
             else:
                 per_table, how = _merge_run(tconn, sconn, run, dict(zip(run_cols, row)), run_cols, tables,
-                                            report)
+                                            report, owned=run_id in own)
             for table, n in per_table.items():
                 added[table] = added.get(table, 0) + n
             if how != "unchanged":
@@ -284,9 +301,21 @@ def _copy_run(tconn, sconn, run_id: str, tables) -> dict[str, int]:
     return counts
 
 
-def _merge_run(tconn, sconn, run: dict, mine: dict, run_cols, tables, report) -> tuple[dict[str, int], str]:
+def _delete_rows(tconn, table: str, key: list[str], keys: list[tuple]) -> None:
+    """Delete the target's rows of `table` with these key values (measurements: in its table of encoded names)."""
+    if table == "measurements":
+        name = "(SELECT id FROM measurement_names WHERE name = ?)"
+        where = {"run_id": f"run = {name}", "case_id": f"case_key = {name}", "edit_count": "edit_count = ?",
+                 "rephrase_type": f"rephrase_key = {name}", "metric": f"metric_key = {name}"}
+        tconn.executemany(f"DELETE FROM measurement_values WHERE {' AND '.join(where[c] for c in key)}", keys)
+        return
+    tconn.executemany(f"DELETE FROM {_q(table)} WHERE {' AND '.join(f'{_q(c)} IS ?' for c in key)}", keys)
+
+
+def _merge_run(tconn, sconn, run: dict, mine: dict, run_cols, tables, report, owned: bool = False
+               ) -> tuple[dict[str, int], str]:
     """A run both stores hold: refuse different content, else add what the target lacks (see the module
-    docstring for which runs row and derived rows are kept)."""
+    docstring for which runs row and derived rows are kept); a run the shard owns is made the shard's copy."""
     run_id = run["run_id"]
     differ = [c for c in IDENTITY_COLUMNS
               if not (_same_config(run[c], mine[c]) if c == "config" else _same_json(run[c], mine[c]))]
@@ -296,6 +325,7 @@ def _merge_run(tconn, sconn, run: dict, mine: dict, run_cols, tables, report) ->
                             f"nothing of this shard was written. One run id must name one computation: keep the "
                             "two in separate stores, or remove the run from one of them.")
     missing: dict[str, list[tuple]] = {}
+    replaced: dict[str, int] = {}  # an owned run: the target's rows replaced or removed, per table
     target_has_more = False
     for table, columns, key in tables:
         if table in DERIVED_TABLES:
@@ -309,6 +339,14 @@ def _merge_run(tconn, sconn, run: dict, mine: dict, run_cols, tables, report) ->
         retimed = [k for k in changed if table == "measurements"
                    and str(theirs[k][columns.index("metric")]).endswith("seconds")]
         changed = [k for k in changed if k not in set(retimed)]
+        if owned:  # the shard is the run's one writer: what it recomputed replaces, what it dropped goes
+            dropped = list(ours.keys() - theirs.keys())
+            if changed or dropped:
+                _delete_rows(tconn, table, key, changed + dropped)
+                replaced[table] = len(changed) + len(dropped)
+            missing[table] = [theirs[k] for k in theirs.keys() - ours.keys()] + [theirs[k]
+                                                                                 for k in retimed + changed]
+            continue
         if changed:
             k = sorted(changed, key=repr)[0]
             diff = {c: (a, b) for c, a, b in zip(columns, ours[k], theirs[k]) if a != b}
@@ -322,7 +360,7 @@ def _merge_run(tconn, sconn, run: dict, mine: dict, run_cols, tables, report) ->
                   f"delete {run_id}`) and merge again.")
         missing[table] = [theirs[k] for k in theirs.keys() - ours.keys()] + [theirs[k] for k in retimed]
         target_has_more = target_has_more or bool(ours.keys() - theirs.keys())
-    if not any(missing.values()):
+    if not any(missing.values()) and not replaced:
         report.runs_unchanged.append(run_id)
         return {}, "unchanged"
     counts = {table: _insert(tconn, table, next(c for t, c, _ in tables if t == table), rows)
@@ -345,6 +383,12 @@ def _merge_run(tconn, sconn, run: dict, mine: dict, run_cols, tables, report) ->
                                                                    (run_id,)))
         elif table == "run_events":
             counts[table] = _take_events(tconn, sconn, run_id, columns)
+    if replaced:
+        report.runs_mirrored.append(run_id)
+        for table, n in replaced.items():
+            report.rows_replaced[table] = report.rows_replaced.get(table, 0) + n
+        report.replaced_by_run[run_id] = replaced
+        return counts, "made the shard's copy"
     report.runs_taken_over.append(run_id)
     return counts, "taken over"
 
@@ -378,6 +422,8 @@ def _record_merge(tconn, report: MergeReport, run: dict, how: str, per_table: di
     """The run_events row saying which shard the run's rows came from (see the module docstring)."""
     detail = {"shard": str(report.shard.resolve()), "shard_status": run["status"], "how": how,
               "rows_added": {t: n for t, n in sorted(per_table.items()) if n}, "merged_at": _now()}
+    if run["run_id"] in report.replaced_by_run:  # an owned run: the target's rows the shard replaced or dropped
+        detail["rows_replaced"] = dict(sorted(report.replaced_by_run[run["run_id"]].items()))
     if report.migrated_from:
         detail["shard_schema"] = report.migrated_from
     tconn.execute(

@@ -369,3 +369,32 @@ def test_a_retimed_edit_is_not_a_conflict_but_another_value_is(tmp_path):
     make(tmp_path / "s2.sqlite", 0.04, 0.0)
     with pytest.raises(MergeConflict, match="differ"):
         merge_stores([tmp_path / "s2.sqlite"], tmp_path / "t.sqlite")
+
+
+def test_a_run_the_shard_owns_is_made_the_shards_copy(tmp_path):
+    """A plan unit's shard is the one writer of its runs: a sequential run killed between checkpoints resumes from
+    the earlier one and recomputes the edits after it, which the target already holds from the killed process's
+    progress, equal or not in the last digit (the rebuild, 2026-12-07: v0_norm 58.906693 in the target, 58.906689
+    recomputed). Owned, the run's rows take the shard's values and those the shard dropped go, in every table; not
+    owned, the same shard is refused and nothing is written."""
+    target = build(tmp_path / "t.sqlite", cases=("c1", "c2", "c3"))
+    shard = build(tmp_path / "s.sqlite", cases=("c1", "c2"), value=0.5 + 2 ** -20)  # recomputed, last digits
+    with Store.open(shard) as st:  # and one more value the killed process never wrote
+        st.write_measurements([dict(run_id="r1", case_id="c1", edit_count=2, rephrase_type="plain", metric="es",
+                                    value=1.0)])
+    before = dump(target)
+    with pytest.raises(MergeConflict, match="differ"):
+        merge_stores([shard], target)
+    assert dump(target) == before
+    report = merge_stores([shard], target, own=["r1"])[0]
+    assert report.runs_mirrored == ["r1"] and "rows replaced or removed" in report.summary()
+    after, theirs = dump(target), dump(shard)
+    for table in OWNED - {"run_events"}:
+        assert after[table] == theirs[table], table
+    assert after["runs"] == theirs["runs"]
+    merged = json.loads(sqlite3.connect(target).execute(
+        "SELECT detail FROM run_events WHERE kind = ?", (MERGED_KIND,)).fetchone()[0])
+    assert merged["how"] == "made the shard's copy"
+    # c3's rows (the killed process got further) went, c1 and c2's values took the shard's (their texts agreed)
+    assert merged["rows_replaced"]["measurements"] == 12 and merged["rows_replaced"]["generations"] == 1
+    assert merge_stores([shard], target, own=["r1"])[0].runs_unchanged == ["r1"]  # once is enough

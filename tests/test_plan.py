@@ -861,3 +861,36 @@ def test_a_snapshot_copies_a_running_plans_store_with_its_running_runs_marked_in
     # the copy must be another file
     assert main(["plan", "snapshot", str(path), "--store", str(source), "--to", str(source)]) == 2
     assert "is the plan's store itself" in capsys.readouterr().err
+
+
+def test_a_resumed_units_progress_replaces_what_its_killed_process_merged(tmp_path):
+    """The rebuild, 2026-12-07: a sequential unit killed after its checkpoint at edit 210 had merged its progress
+    to edit 218; resumed, it computed edits 211-218 again, one value 58.906689 where the target held 58.906693,
+    and every later merge of its progress was refused ("could not be merged yet"), as its final merge would have
+    been. The unit's shard is its runs' one writer: its copy wins."""
+    path = write_plan(tmp_path, "m", DEADLINE_UNITS)
+    plan = plans.load_plan(path, build_parser())
+    unit = plan.by_id()["sequential"]
+    target, copy = tmp_path / "target.sqlite", tmp_path / "progress.sqlite"
+
+    def store(path, norms):
+        with Store.open(path, create=True) as st:
+            st.start_run(kind="sequential", model="m", editor="ROME", run_id="seq", n_total=500)
+            st.write_edit_diagnostics([dict(run_id="seq", edit_count=n, case_id=f"c{n}", target="", name="v0_norm",
+                                            value=v) for n, v in norms.items()])
+
+    store(target, {210: 50.0, 211: 58.906693, 212: 60.0})  # the killed process's progress
+    store(copy, {210: 50.0, 211: 58.906689})  # the resumed one, from edit 210 on
+
+    class Live:  # the executor's view of the running unit: a trimmed copy of its shard and the runs it gained
+        def progress(self, units):
+            return [(unit, copy, ["seq"])]
+
+    lines = []
+    plans._merge_progress(plan, Live(), [unit], target, lines.append)
+    assert not lines  # nothing refused
+    with Store.open(target, readonly=True) as st:
+        assert st.conn.execute("SELECT edit_count, value FROM edit_diagnostics ORDER BY edit_count").fetchall() == \
+            [(210, 50.0), (211, 58.906689)]
+        assert st.conn.execute("SELECT series FROM run_events WHERE kind = ?", (plans.EVENT_KIND,)).fetchall() == \
+            [(unit.key,)]

@@ -74,8 +74,11 @@ is not a measurement: an interrupted and an uninterrupted run differ there and n
 
 Resumable: at every checkpoint, after its rows are written, the edited matrices, the editor's memory
 (ctx.state) and the run's bookkeeping are saved atomically to `<cache>/sequential/<run_id>.pt`
-(outside git). A killed run restarts from its last checkpoint and, everything being deterministic,
-rewrites the same rows with the same numbers. A resumed run must be laid out as it was: its spec
+(outside git). A killed run restarts from its last checkpoint and rewrites the rows of the edits after it,
+with the same numbers up to the last digit of a float32 (a matrix product's rounding can depend on where its
+operands lie in memory: on the rebuild of 2026-12-07 an edit's v0_norm came out 58.906689 where the killed process
+had written 58.906693); `plan run`'s merges take the resumed process's rows (store.merge, `own`). A resumed run
+must be laid out as it was: its spec
 (compute.runs), maximum aside.
 
 Extendable: a run that ended at its `max_edits` goes on to a larger maximum from its saved final state
