@@ -447,9 +447,8 @@ def _a8(conn, refs) -> Finding:
                        reason="Run `python -m compute run robustness --editor ROME` (and MEMIT, IKE).")
     table = measurable.run_measurability(conn, run_id=refs[have[0]]["run_id"])
     reasons = measurable.unmeasurable_reasons(table)
-    case_set = json.loads(refs[have[0]]["config"] or "{}").get("case_set")
-    copies = measurable.copy_tasks(conn, case_set)
-    types = [t for t in ATTACKED if t not in reasons and t not in copies]
+    copies = set(table.filter(pl.col("copy_task"))["rephrase_type"].to_list())
+    types = [t for t in ATTACKED if t not in reasons]  # a copy task has its reason there too
     left = [t for t in ATTACKED if t not in types]
     gaps = derived.edit_against_knowledge(conn, run_ids=[refs[e]["run_id"] for e in have], rephrase_types=types)
     parts, signs, head = [], {}, {}

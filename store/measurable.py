@@ -178,7 +178,7 @@ def run_measurability(conn: sqlite3.Connection, run_id: str | None = None, case_
                       rephrase_types: Iterable[str] | None = None) -> pl.DataFrame:
     """`measurability` of the baseline of `run_id` (see `baseline_run`), plus a `baseline_run` column. Where a
     case set is judged (`case_set`, else the case set `run_id` itself ran on), its copy tasks (`copy_tasks`)
-    are marked unmeasurable with that reason: whether the model can answer a form is the model's, whether a
+    are marked unmeasurable with that reason (and `copy_task`): whether the model can answer a form is the model's, whether a
     probe lets it answer is the probes' (a demo builds free-answer probes whatever the shipped set holds).
     Empty (with the same columns) when the store has no unedited-model rows to judge by."""
     base = baseline_run(conn, run_id=run_id, case_set=case_set)
@@ -192,14 +192,14 @@ def run_measurability(conn: sqlite3.Connection, run_id: str | None = None, case_
     if judged is None and run_id is not None:
         row = conn.execute("SELECT config FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         judged = json.loads((row[0] if row else None) or "{}").get("case_set")
-    if base is not None:
-        copies = copy_tasks(conn, judged)
-        if copies:
-            table = table.with_columns(
-                (pl.col("measurable") & ~pl.col("rephrase_type").is_in(list(copies))).alias("measurable"),
-                pl.col("rephrase_type").replace_strict(
-                    {t: copy_task_reason(*c) for t, c in copies.items()}, default=pl.col("reason"),
-                    return_dtype=pl.String).alias("reason"))
+    copies = copy_tasks(conn, judged) if base is not None else {}
+    table = table.with_columns(pl.col("rephrase_type").is_in(list(copies)).alias("copy_task"))
+    if copies:
+        table = table.with_columns(
+            (pl.col("measurable") & ~pl.col("copy_task")).alias("measurable"),
+            pl.col("rephrase_type").replace_strict(
+                {t: copy_task_reason(*c) for t, c in copies.items()}, default=pl.col("reason"),
+                return_dtype=pl.String).alias("reason"))
     return table.with_columns(pl.lit(base, dtype=pl.String).alias("baseline_run"))
 
 

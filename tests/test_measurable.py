@@ -100,6 +100,7 @@ def test_a_chat_probe_that_ends_with_the_edit_prompt_is_a_copy_task_and_unmeasur
         t = M.run_measurability(s.conn, "k")
         assert M.measurable_types(t) == ["dialogue_pronoun", "plain"]
         assert M.unmeasurable_reasons(t)["doubt"].startswith("a copy task: on 20 of 20 cases")
+        assert t.filter(t["copy_task"])["rephrase_type"].to_list() == ["doubt"]  # which reasons are copy tasks
         # the model can answer doubt (10 of 20): judged on no case set (a demo builds its own free probes), it counts
         assert "doubt" in M.measurable_types(M.run_measurability(s.conn))
 
