@@ -178,8 +178,9 @@ def run_measurability(conn: sqlite3.Connection, run_id: str | None = None, case_
                       rephrase_types: Iterable[str] | None = None) -> pl.DataFrame:
     """`measurability` of the baseline of `run_id` (see `baseline_run`), plus a `baseline_run` column. Where a
     case set is judged (`case_set`, else the case set `run_id` itself ran on), its copy tasks (`copy_tasks`)
-    are marked unmeasurable with that reason (and `copy_task`): whether the model can answer a form is the model's, whether a
-    probe lets it answer is the probes' (a demo builds free-answer probes whatever the shipped set holds).
+    are marked unmeasurable with that reason, and `copy_task`: whether the model can answer a form is the
+    model's, whether a probe lets it answer is the probes' (a demo builds free-answer probes whatever the shipped
+    set holds).
     Empty (with the same columns) when the store has no unedited-model rows to judge by."""
     base = baseline_run(conn, run_id=run_id, case_set=case_set)
     rows = (queries.measurements(conn, run_ids=base, metrics=[RECALL_METRIC, CHANCE_METRIC], edit_count=0)
