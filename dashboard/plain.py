@@ -7,6 +7,8 @@ such text is shown as a fixed lead in the coloured box, with the text itself in 
 
 from __future__ import annotations
 
+import re
+
 import streamlit as st
 
 
@@ -20,3 +22,13 @@ def message(lead: str, text: str, box=st.error, container=None) -> None:
 def line(text: str, container=None) -> None:
     """One line of visitor or store text, as plain text (st.text: no markdown, no links)."""
     (container or st).text(str(text))
+
+
+def word(text, pattern: str, fallback: str) -> str:
+    """`text` for a markdown element when the whole of it matches `pattern` (a shape that cannot carry markup or
+    a link, e.g. a plan's file name), else our own `fallback` wording."""
+    return text if isinstance(text, str) and re.fullmatch(pattern, text) else fallback
+
+
+PLAN_FILE = r"plans/[A-Za-z0-9_-]+\.toml"  # a plan's file as `plan snapshot` records it
+MINUTE = r"\d{4}-\d\d-\d\dT\d\d:\d\dZ"  # when it was taken

@@ -193,14 +193,14 @@ def test_the_overviews_runs_table_gives_each_error_in_full_below_it(monkeypatch,
     assert [t.value for t in box.text] == [f"robustness-one: {error}"]
 
 
-def _with_plan_status(src, dst, units) -> None:
+def _with_plan_status(src, dst, units, plan="plans/shipped.toml", taken="2026-12-07T09:00Z") -> None:
     import shutil
     import sqlite3
 
     from store.conventions import PLAN_STATUS_META
 
     shutil.copy(src, dst)
-    record = {"plan": "plans/shipped.toml", "taken_at": "2026-12-07T09:00Z", "timings_from": None, "units": units}
+    record = {"plan": plan, "taken_at": taken, "timings_from": None, "units": units}
     with sqlite3.connect(dst) as conn:
         conn.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (PLAN_STATUS_META, json.dumps(record)))
 
@@ -241,6 +241,16 @@ def test_the_overview_says_which_units_of_its_plan_a_snapshot_lacks(monkeypatch,
     assert not [w for w in at.warning if "Built from part" in w.value]
     assert "Complete: every one of the 2 units of plans/shipped.toml is done (the plan as it stood at " \
         "2026-12-07T09:00Z)." in [c.value for c in at.caption]
+    # the store's text reaches a markdown element only in a shape that carries no markup
+    crafted = tmp_path / "crafted.sqlite"
+    _with_plan_status(two_rome_store, crafted, [_unit("kb", "done"), _unit("x", "missing", left=1.0)],
+                      plan="[prize](http://evil.example) ![x](http://evil.example/x.png)", taken="www.evil.example")
+    at = _app(monkeypatch, crafted)
+    shown = [w.value for w in at.warning] + [c.value for c in at.caption]
+    assert not [t for t in shown if "evil" in t], shown
+    assert any(t.startswith("Built from part of a plan (its plan, as it stood at an unrecorded time)") for t in shown)
+    at.switch_page("app_pages/findings.py").run()
+    assert not [c.value for c in at.caption if "evil" in c.value]
     at = _app(monkeypatch, two_rome_store)
     assert not [e for e in at.expander if e.label.startswith("The plan's units")]
     assert not [w for w in at.warning if "Built from part" in w.value]

@@ -8,6 +8,7 @@ import polars as pl
 import streamlit as st
 
 from dashboard.data import query, stamp, store_path
+from dashboard.plain import MINUTE, PLAN_FILE, word
 from dashboard.tables import Col, show
 from store import Store
 from store.findings import NOT_COMPARABLE, NOT_MEASURED, REFUTED, REPRODUCED, STUDIES, findings
@@ -33,9 +34,10 @@ st.caption("Each claim of the three studies beside what this store measures, wit
            "from this dashboard (the workspace store) are not counted.")
 plan = query("plan_status")
 if not plan.is_empty() and (plan["state"] != "done").any():  # a store built from part of a plan
-    st.caption(f"This store holds {(plan['state'] == 'done').sum()} of the {plan.height} units of {plan['plan'][0]} "
-               f"(as it stood at {plan['taken_at'][0]}): a claim that needs a unit not computed yet reads not "
-               "measured yet. The Overview lists the units, with the CPU-hours each still needs.")
+    st.caption(f"This store holds {(plan['state'] == 'done').sum()} of the {plan.height} units of "
+               f"{word(plan['plan'][0], PLAN_FILE, 'its plan')} (as it stood at "
+               f"{word(plan['taken_at'][0], MINUTE, 'an unrecorded time')}): a claim that needs a unit not computed "
+               "yet reads not measured yet. The Overview lists the units, with the CPU-hours each still needs.")
 items = _findings(str(store_path()), stamp())
 
 table = pl.DataFrame([{"claim": f.claim, "verdict": f.verdict, "direction": f.direction or None, "value": f.value,

@@ -6,6 +6,7 @@ import streamlit as st
 from dashboard import charts
 from dashboard.data import for_visitor, public_mode, query, rebuild_path, showing_rebuild, store_path
 from dashboard.filters import shared_toggle, url_selectbox, url_toggle
+from dashboard.plain import MINUTE, PLAN_FILE, word
 from dashboard.sidebar import run_table
 from dashboard.tables import Col, errors_in_full, show, to_minute, with_ci
 from store.derived import sequential_rules
@@ -42,10 +43,12 @@ if not plan.is_empty():  # a store copied from a plan's run (`plan snapshot`) sa
     open_ = plan.filter(pl.col("state") != "done")
     left = open_.filter(~pl.col("held"))["cpu_h_left"].drop_nulls().sum()
     unknown = open_.filter(~pl.col("estimated")).height
-    where = f"{plan['plan'][0]}, as it stood at {plan['taken_at'][0]}"
+    # the store's own text in a markdown element only in a shape that carries no markup (dashboard.plain)
+    name, taken = word(plan["plan"][0], PLAN_FILE, "its plan"), word(plan["taken_at"][0], MINUTE, "an unrecorded time")
+    where = f"{name}, as it stood at {taken}"
     if open_.is_empty():
-        st.caption(f"Complete: every one of the {plan.height} units of {plan['plan'][0]} is done (the plan as it "
-                   f"stood at {plan['taken_at'][0]}).")
+        st.caption(f"Complete: every one of the {plan.height} units of {name} is done (the plan as it stood at "
+                   f"{taken}).")
     else:
         st.warning(f"Built from part of a plan ({where}): {counts_by['done']} of its {plan.height} units are done, "
                    f"{counts_by['partial']} partial (their runs show their status, e.g. interrupted, wherever they "
@@ -70,7 +73,8 @@ if not plan.is_empty():  # a store copied from a plan's run (`plan snapshot`) sa
                                        "thread per unit (`python -m compute plan status`); —: done, or not "
                                        "estimated")})
         st.caption("In the plan's order, which is its priority. `python -m compute plan run "
-                   f"{plan['plan'][0]}` computes what is missing and resumes what is partial.")
+                   f"{word(plan['plan'][0], PLAN_FILE, 'PLAN')}` computes what is missing and resumes what is "
+                   "partial.")
 
 st.header("Headline figures")
 st.caption("The studies' questions with this store's numbers; the verdict on each claim, with the rule that gives "
