@@ -701,19 +701,12 @@ def _write_status_block(plan, store: Path, timings_from: Path | None, readme: Pa
 
 
 def _keep_plan_status(plan, store: Path, timings_from: Path | None) -> None:
-    """The plan's status in the copy's own meta table (compute.plan.status_record), for the dashboard's Overview:
+    """The plan's status in the copy's own meta table (compute.plan.keep_status), for the dashboard's Overview:
     which units the copy holds, which are partial or missing, and the CPU-hours they need."""
-    from datetime import datetime, timezone
-
     from compute import plan as plans
     from store.conventions import PLAN_STATUS_META
 
-    taken = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
-    record = plans.status_record(plan, plans.plan_status(plan, store, timings_from=timings_from), taken,
-                                 Path(timings_from).as_posix() if timings_from else None)
-    with Store.open(store) as st, st.conn:
-        st.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                        (PLAN_STATUS_META, json.dumps(record)))
+    record = plans.keep_status(plan, store, timings_from)
     done = sum(u["state"] == "done" for u in record["units"])
     _out(f"kept the plan's status in {store} (meta {PLAN_STATUS_META}: {done} of {len(record['units'])} units done)")
 

@@ -1087,9 +1087,11 @@ def execute(plan: Plan, target: Path, *, executor: str = "local", workers: int |
                     out(f"  {unit.id}: {how} ({' '.join(unit.argv)})")
             for unit, result in ex.finished(0.5):
                 outcome[unit.id] = _finish(plan, unit, result, target, ex, folder, out)
+                _keep_status_quietly(plan, target, timings_from, out)
             if time.monotonic() - last_progress > progress_s:
                 _merge_progress(plan, ex, ex.running_units(), target, out)
                 last_progress = time.monotonic()
+        _keep_status_quietly(plan, target, timings_from, out)
         if plan.finalize and all(v == "done" for v in outcome.values()):
             rc = subprocess.run([sys.executable, "-m", "compute", "--store", str(target), "store", "finalize"],
                                 cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
@@ -1266,3 +1268,29 @@ def status_record(plan: Plan, states: list[UnitState], taken_at: str, timings_na
                       "runs": [r["run_id"] for r in s.runs]})
     return {"plan": f"plans/{Path(plan.path).name}", "taken_at": taken_at, "timings_from": timings_name,
             "units": units}
+
+
+def keep_status(plan: Plan, store: Path, timings_from: Path | None = None) -> dict:
+    """Write the plan's status in `store` now into its meta table (`status_record`, key
+    store.conventions.PLAN_STATUS_META): `plan snapshot` does it in the copy it makes, `plan run` in its target
+    whenever a unit ends and when it stops, so the record says how the plan stood when it was written."""
+    from datetime import datetime, timezone
+
+    from store import Store
+    from store.conventions import PLAN_STATUS_META
+
+    taken = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
+    record = status_record(plan, plan_status(plan, store, timings_from=timings_from), taken,
+                           Path(timings_from).as_posix() if timings_from else None)
+    with Store.open(store) as st, st.conn:
+        st.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                        (PLAN_STATUS_META, json.dumps(record)))
+    return record
+
+
+def _keep_status_quietly(plan: Plan, target: Path, timings_from: Path | None, out) -> None:
+    """`keep_status` on the driver's target: a status that cannot be written is said, and stops nothing."""
+    try:
+        keep_status(plan, target, timings_from)
+    except Exception as exc:
+        out(f"  the plan's status could not be kept in {target}: {' '.join(str(exc).split())}")

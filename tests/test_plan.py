@@ -276,6 +276,13 @@ def test_plan_status_names_units_whose_runs_were_made_with_other_hyperparameters
     assert plans.execute(plan, target, workers=1, cache_dir=tmp_path / "cache", out=said.append) == {
         "fresh": "done", "old": "done", "sweep": "done"}
     assert any(line.startswith("! old: ") for line in said)
+    # and keeps the plan's status in its target, for the dashboard: every unit done now
+    from store import queries
+
+    with Store.open(target, readonly=True) as st:
+        status = queries.plan_status(st.conn)
+    assert dict(zip(status["unit"], status["state"])) == {"fresh": "done", "old": "done", "sweep": "done"}
+    assert status["other_hparams"].to_list() == [False, True, False]
     # no file for this model here: nothing to compare
     other = plans.load_plan(write_plan(tmp_path / "m", "m", units), build_parser())
     assert plans.unit_hparams_now(other.by_id()["old"]) is None
@@ -304,6 +311,10 @@ def test_the_local_executor_computes_every_unit_into_its_own_shard_and_merges_it
     assert "all 5 units done" in stdout
     states = plans.plan_status(plan, target)
     assert [s.state for s in states] == ["done"] * 5
+    from store import queries
+
+    with Store.open(target, readonly=True) as st:  # the status the Overview reads, kept as the units ended
+        assert queries.plan_status(st.conn)["state"].to_list() == ["done"] * 5
     made = {s.unit.id: sorted(r["kind"] for r in s.runs) for s in states}
     assert made == {"kb": [], "cases": [], "sequential": ["sequential"], "robustness": ["knowledge", "robustness"],
                     "batch": ["batch"]}  # the robustness unit made its own baseline
