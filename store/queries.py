@@ -106,15 +106,19 @@ PLAN_STATUS_SCHEMA = {"plan": pl.Utf8, "taken_at": pl.Utf8, "unit": pl.Utf8, "ki
 def plan_status(conn: sqlite3.Connection) -> pl.DataFrame:
     """The status of the plan the store was copied from, as `plan snapshot` kept it (compute.plan.status_record):
     one row per unit in the plan's order (its priority), with the plan's file and when the copy was taken on every
-    row; `runs` the unit's run ids, comma-separated. No rows for a store no snapshot made."""
+    row; `runs` the unit's run ids, comma-separated. No rows for a store no snapshot or `plan run` wrote one into,
+    nor for a record that is not one (damaged, or written by hand)."""
     row = conn.execute("SELECT value FROM meta WHERE key = ?", (PLAN_STATUS_META,)).fetchone()
     if row is None or not row[0]:
         return pl.DataFrame(schema=PLAN_STATUS_SCHEMA)
-    record = json.loads(row[0])
-    rows = [{**{k: u.get(k) for k in PLAN_STATUS_SCHEMA if k not in ("plan", "taken_at", "runs")},
-             "plan": record.get("plan"), "taken_at": record.get("taken_at"), "runs": ",".join(u.get("runs") or [])}
-            for u in record.get("units", [])]
-    return pl.DataFrame(rows, schema=PLAN_STATUS_SCHEMA)
+    try:
+        record = json.loads(row[0])
+        rows = [{**{k: u.get(k) for k in PLAN_STATUS_SCHEMA if k not in ("plan", "taken_at", "runs")},
+                 "plan": record.get("plan"), "taken_at": record.get("taken_at"),
+                 "runs": ",".join(u.get("runs") or [])} for u in record.get("units", [])]
+        return pl.DataFrame(rows, schema=PLAN_STATUS_SCHEMA)
+    except (ValueError, TypeError, AttributeError, pl.exceptions.PolarsError):
+        return pl.DataFrame(schema=PLAN_STATUS_SCHEMA)  # a record no snapshot wrote: as if there were none
 
 
 def list_runs(conn: sqlite3.Connection, kind: str | None = None, status: str | None = None) -> pl.DataFrame:

@@ -282,3 +282,34 @@ def test_popularity_points_are_keyed_by_run_never_by_editor(tmp_path):
         with pytest.raises(ValueError, match="popularity feature"):
             q.popularity_points_of_runs(s.conn, ["a"], "nonsense")
         assert q.rephrase_measurability(s.conn, run_id="a")["baseline_run"].to_list() == ["k"]
+
+
+def test_the_plan_status_a_snapshot_kept_reads_as_rows_and_a_damaged_record_as_none(tmp_path):
+    """store.queries.plan_status: compute.plan.status_record's JSON in the meta table, one row per unit in the
+    plan's order; a record that is not one reads as no record (the Overview then says nothing of a plan)."""
+    import json
+
+    from store import Store, queries
+    from store.conventions import PLAN_STATUS_META
+
+    path = tmp_path / "s.sqlite"
+    with Store.open(path, create=True) as st:
+        assert queries.plan_status(st.conn).is_empty()
+        units = [{"unit": "kb", "kind": "kb", "state": "done", "held": False, "other_hparams": False, "done": None,
+                  "total": None, "cpu_h_left": None, "estimated": True, "runs": []},
+                 {"unit": "seq", "kind": "sequential", "state": "partial", "held": False, "other_hparams": False,
+                  "done": 210, "total": 500, "cpu_h_left": 2.04, "estimated": True, "runs": ["r1", "r2"]}]
+        for value, n in [(json.dumps({"plan": "plans/p.toml", "taken_at": "2026-12-07T09:00Z", "units": units}), 2),
+                         ("{not json", 0), (json.dumps({"units": [1, 2]}), 0), (json.dumps([1]), 0)]:
+            with st.conn:
+                st.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (PLAN_STATUS_META, value))
+            got = queries.plan_status(st.conn)
+            assert got.height == n and got.columns[:3] == ["plan", "taken_at", "unit"], value
+    assert got.is_empty()
+    with Store.open(path) as st, st.conn:
+        st.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (PLAN_STATUS_META, json.dumps(
+            {"plan": "plans/p.toml", "taken_at": "2026-12-07T09:00Z", "units": units})))
+    with Store.open(path, readonly=True) as st:
+        got = queries.plan_status(st.conn)
+    assert got.select("unit", "state", "done", "total", "runs").rows() == [
+        ("kb", "done", None, None, ""), ("seq", "partial", 210, 500, "r1,r2")]
