@@ -28,6 +28,10 @@ SCOPES = (*SEQUENTIAL_SCOPES, BATCH)  # every scope of run-level rows
 # run's whole history, so a newer derivation replaces every row of these kinds, also by having none of a kind
 DERIVED_EVENT_KINDS = ("phase", "large_update", "disabling_edit", "abrupt_change", "collapse", "panel_floor")
 
+# run_events kind of a run's resumes (store.Store.resume_run: series the time, edit_count where the work went on
+# from): a log of its history, which merges add beside the target's and never replace (store.merge.LOG_KINDS)
+RESUMED_KIND = "resumed"
+
 # the key of a run's config under which compute writes the traits of the editor that made it (mass_editor,
 # changes_weights, keys: compute.editors.base.editor_traits); runs made before it have none (readers fall back)
 TRAITS_KEY = "editor_traits"

@@ -30,6 +30,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
+from .conventions import RESUMED_KIND
 from .schema import APPLICATION, MIGRATIONS, Migration, latest_version, migrate, schema_version
 
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -434,10 +435,13 @@ class Store:
         """The runs row of `run_id` as a dict (JSON columns as strings), or None."""
         return _fetch_run(self.conn, run_id)
 
-    def resume_run(self, run_id: str) -> dict:
+    def resume_run(self, run_id: str, at: int | None = None) -> dict:
         """Mark `run_id` running again in this process; returns its updated row.
 
-        Refused while the run is 'running' in another live process on this host.
+        Refused while the run is 'running' in another live process on this host. Each resume is recorded as a
+        run_events row of kind RESUMED_KIND (series: the time; edit_count: `at`, where the work goes on from, e.g.
+        a sequential run's last checkpoint, else the progress stored; detail: the run's status, progress, host
+        and heartbeat before), so a run's history shows every interruption it came back from.
         """
         with self._transaction() as conn:
             run = _fetch_run(conn, run_id)
@@ -452,11 +456,18 @@ class Store:
                     f"Run {run_id} is still running in process {pid} on this machine; stop that process "
                     "or wait for it before resuming."
                 )
+            now = _now()
             conn.execute(
                 "UPDATE runs SET status = 'running', pid = ?, host = ?, heartbeat_at = ?, finished_at = NULL, "
                 "error = NULL WHERE run_id = ?",
-                (os.getpid(), socket.gethostname(), _now(), run_id),
+                (os.getpid(), socket.gethostname(), now, run_id),
             )
+            before = {"status": run["status"], "n_done": run["n_done"], "host": run["host"],
+                      "heartbeat_at": run["heartbeat_at"], "resumed_on": socket.gethostname()}
+            conn.execute("INSERT OR REPLACE INTO run_events (run_id, kind, series, edit_count, end_count, value, "
+                         "detail) VALUES (?, ?, ?, ?, NULL, NULL, ?)",
+                         (run_id, RESUMED_KIND, now, (run["n_done"] or 0) if at is None else int(at),
+                          json.dumps(before, sort_keys=True)))
             return _fetch_run(conn, run_id)
 
     def heartbeat(self, run_id: str, n_done: int | None = None, n_total: int | None = None) -> None:

@@ -203,12 +203,17 @@ def test_a_killed_run_resumes_from_its_checkpoint_with_the_same_numbers(llama, c
 
     def untimed(ev):
         return sorted((k, s, c, e, v, d) for k, s, c, e, v, d in
-                      ev.select("kind", "series", "edit_count", "end_count", "value", "detail").rows() if k != "timing")
+                      ev.select("kind", "series", "edit_count", "end_count", "value", "detail").rows()
+                      if k not in ("timing", "resumed"))
 
     def intervals(ev):
         return sorted((c, e) for k, c, e in ev.select("kind", "edit_count", "end_count").rows() if k == "timing")
 
     assert untimed(events_b) == untimed(events_a)
+    # the resume is on record: from its checkpoint at edit 4, after an interrupted process
+    (resumed,) = events_b.filter(events_b["kind"] == "resumed").iter_rows(named=True)
+    assert resumed["edit_count"] == 4 and json.loads(resumed["detail"])["status"] == "interrupted"
+    assert events_a.filter(events_a["kind"] == "resumed").is_empty()
     # every checkpoint interval is timed once, by whichever process ran it, and nothing else is
     checkpoints = sorted({count for _, count, scope, *_ in expected[0] if scope == "all_edits"})
     assert intervals(events_a) == intervals(events_b) == list(zip([0] + checkpoints[:-1], checkpoints))
@@ -546,7 +551,7 @@ def test_a_run_extended_to_more_edits_matches_one_made_in_one_go(llama, cases, t
 
     def editing(ev):
         return sorted(r for r in ev.select("kind", "series", "edit_count", "end_count", "value", "detail").rows()
-                      if r[0] not in ("timing", "extended"))
+                      if r[0] not in ("timing", "extended", "resumed"))
 
     assert editing(events_b) == editing(events_a)
     with Store.open(tmp_path / "b.sqlite") as st:
@@ -700,7 +705,7 @@ def test_measuring_beside_the_edits_writes_the_same_rows_and_resumes(llama, case
         ev = queries.run_events(st.conn, run_ids=run)
         ab = queries.abilities(st.conn, run_ids=run)
         return (sorted(r for r in ev.select("kind", "series", "edit_count", "end_count", "value", "detail").rows()
-                       if r[0] != "timing"), sorted(zip(ab["edit_count"], ab["score"])))
+                       if r[0] not in ("timing", "resumed")), sorted(zip(ab["edit_count"], ab["score"])))
 
     with Store.open(tmp_path / "a.sqlite", create=True) as st:
         run_a = run_sequential(llama, cases, st, editor="ROME", hp=_rome(llama), ctx=_ctx(llama, tmp_path / "a"),

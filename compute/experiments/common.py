@@ -51,9 +51,11 @@ def recording(store, run_id: str, *, next_step: str | None = None):
 
 
 def open_run(store, run_id: str | None, *, kind: str, lm: LoadedModel, editor: str, hp, ctx: EditContext,
-             config: dict, n_total: int) -> tuple[str, bool]:
+             config: dict, n_total: int, resume_at: int | None = None) -> tuple[str, bool]:
     """(run id, resumed): a new run of this kind with its provenance and its spec's key (compute.runs) when
-    `run_id` is None, else the run `run_id` reopened for resuming, refused if another editor made it."""
+    `run_id` is None, else the run `run_id` reopened for resuming, refused if another editor made it
+    (`resume_at`: where the work goes on from, for the run's record of its resumes; default its stored
+    progress)."""
     from compute.editors import get_editor
     from compute.editors.base import editor_traits, hparams_dict
     from compute.provenance import provenance
@@ -65,7 +67,7 @@ def open_run(store, run_id: str | None, *, kind: str, lm: LoadedModel, editor: s
         config = {**stored_config(spec, config), TRAITS_KEY: editor_traits(get_editor(editor), hp)}
         return store.start_run(kind=kind, model=lm.name, editor=editor, hparams=hparams_dict(hp), seed=ctx.seed,
                                config=config, provenance=provenance(str(lm.device)), n_total=n_total), False
-    run = store.resume_run(run_id)
+    run = store.resume_run(run_id, at=resume_at)
     if run.get("editor") != editor:
         raise ValueError(f"run {run_id} was made with {run.get('editor')}, not {editor}: resume it with that editor")
     return run_id, True

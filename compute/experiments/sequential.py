@@ -439,7 +439,8 @@ def run_sequential(
 
         control_state = initial_state(store, hp, cfg.batch_size)
     run_id, resumed = open_run(store, run_id, kind="sequential", lm=lm, editor=ed.name, hp=hp, ctx=ctx,
-                               config=config, n_total=n_total)
+                               config=config, n_total=n_total,
+                               resume_at=None if state is None else int(state["edit_count"]))  # its checkpoint
     if extending:
         _record_extension(store, run_id, cfg.max_edits, n_total)
     path = state_path(ctx.cache_dir, run_id)

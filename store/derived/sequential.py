@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 
 from .. import queries
-from ..conventions import HELD, RUN_LEVEL, SEQUENTIAL_SERIES
+from ..conventions import HELD, RESUMED_KIND, RUN_LEVEL, SEQUENTIAL_SERIES
 from ..metrics import wilson_ci
 from .common import wilson_arrays
 from .labels import edits_facts, run_labels
@@ -72,9 +72,9 @@ def sequential_events(conn: sqlite3.Connection, run_ids=None) -> pl.DataFrame:
     import json
 
     ev = queries.run_events(conn, run_ids=run_ids)
-    # how long the run took, when it was extended to more edits, and which plan unit made it (compute/plan.py)
-    # are not events of the editing
-    ev = ev.filter(~pl.col("kind").is_in(["timing", "extended", "plan_unit", "merged"]))
+    # how long the run took, when it was extended to more edits or resumed, and which plan unit made it
+    # (compute/plan.py) are not events of the editing
+    ev = ev.filter(~pl.col("kind").is_in(["timing", "extended", "plan_unit", "merged", RESUMED_KIND]))
     phases = [json.loads(d).get("phase") if d else None for d in ev["detail"]] if ev.height else []
     return ev.with_columns(pl.Series("phase", phases, dtype=pl.Utf8)).select(
         "run_id", "kind", "series", "phase", "edit_count", "end_count", "value")
