@@ -755,14 +755,31 @@ def _ray_unit(unit: Unit, seed_bytes: bytes, cache_dir: str | None) -> dict:
 # ---- merging and recording ------------------------------------------------------------------------------
 
 
-def merge_into(shard: Path, target: Path, own: list[str] = ()) -> None:
+# a resumed run's recomputed edits differ from its killed process's in the last digits (rounding); a replaced number
+# that moved more than this is said when the driver merges it (the merged event records the largest change anyway)
+ROUNDING = 1e-3
+
+
+def merge_into(shard: Path, target: Path, own: list[str] = ()) -> list:
     """Merge a unit's shard into the target (store.merge: idempotent, keeps provenance, refuses conflicting runs).
     `own`: the runs the unit made or continued, whose one writer the shard is: their copy in the target is made
     the shard's (a sequential run resumed from its last checkpoint computes again the edits after it, which the
     target may hold from the killed process's progress, equal to the last digit or not)."""
     from store.merge import merge_stores
 
-    merge_stores([shard], target, own=own)
+    return merge_stores([shard], target, own=own)
+
+
+def _say_large_changes(unit: Unit, reports: list, out) -> None:
+    """A line for each owned run whose replaced numbers moved more than rounding does (ROUNDING, relative)."""
+    for report in reports:
+        for run_id, mirrored in report.replaced_by_run.items():
+            change = mirrored.get("largest_change")
+            if change and change["relative"] > ROUNDING:
+                out(f"  {unit.id}: run {run_id}'s recomputed rows differ from those its earlier process merged by "
+                    f"more than rounding: {change['table']}.{change['column']} at {change['key']}: "
+                    f"{change['target']!r} before, {change['shard']!r} now (relative {change['relative']:.2g}); "
+                    "the run's `merged` event records it")
 
 
 def record_unit(target: Path, plan: Plan, unit: Unit, run_ids: list[str]) -> None:
@@ -1134,7 +1151,7 @@ def _merge_progress(plan: Plan, ex, units: list[Unit], target: Path, out) -> Non
     """Merge what running (or just stopped or failed) units have stored so far; the shards stay as they are."""
     for unit, copy, gained in ex.progress(units):
         try:
-            merge_into(copy, target, own=gained)
+            _say_large_changes(unit, merge_into(copy, target, own=gained), out)
             record_unit(target, plan, unit, gained)
         except Exception as exc:  # progress is shown on a best-effort basis; the final merge decides
             out(f"  {unit.id}: its progress could not be merged yet: {' '.join(str(exc).split())}")
@@ -1152,7 +1169,7 @@ def _finish(plan: Plan, unit: Unit, result: dict, target: Path, ex, folder: Path
         ex.done_with(unit, merged=False)
         return f"failed: {result.get('tail')}"
     try:
-        merge_into(Path(result["shard"]), target, own=result.get("gained", []))
+        _say_large_changes(unit, merge_into(Path(result["shard"]), target, own=result.get("gained", [])), out)
     except Exception as exc:
         message = " ".join(str(exc).split())
         out(f"  {unit.id}: its shard could not be merged: {message} (shard kept: {result['shard']})")

@@ -28,7 +28,8 @@ a table added later is not forgotten):
   two checkpoints resumes from the earlier one and computes its later edits again; the target may already hold
   the killed process's rows of them (merged as progress), which a recomputation need not match in the last
   digit (a matrix product's rounding can depend on where its operands lie in memory). The identity check
-  (kind, model, editor, hparams, seed, config) still applies; the `merged` row counts what was replaced.
+  (kind, model, editor, hparams, seed, config) still applies; the `merged` row counts what was replaced and
+  gives the largest relative change of a replaced number (`largest_change`).
 - cases, probes and the knowledge base: the shard's rows the target lacks are added. A case the target
   holds with other content (its `created_at` aside) or another probe set is a conflict; knowledge-base rows
   that differ keep the target's values and are counted in the report.
@@ -83,9 +84,16 @@ class MergeReport:
     runs_unchanged: list[str] = field(default_factory=list)
     runs_mirrored: list[str] = field(default_factory=list)  # owned runs whose target rows took the shard's
     rows_replaced: dict[str, int] = field(default_factory=dict)  # their target rows replaced or removed
-    replaced_by_run: dict[str, dict[str, int]] = field(default_factory=dict)
+    # per owned run: {"rows": replaced or removed per table, "largest_change": the largest relative change of a
+    # number among them (table, column, key, target and shard values)}
+    replaced_by_run: dict[str, dict] = field(default_factory=dict)
     rows_added: dict[str, int] = field(default_factory=dict)
     kb_rows_differing: int = 0
+
+    def largest_change(self) -> float | None:
+        """The largest relative change of a number among the rows owned runs replaced (None: none changed)."""
+        found = [r["largest_change"]["relative"] for r in self.replaced_by_run.values() if "largest_change" in r]
+        return max(found) if found else None
 
     @property
     def changed(self) -> bool:
@@ -108,6 +116,8 @@ class MergeReport:
         if self.rows_replaced:
             parts.append("rows replaced or removed: " + ", ".join(
                 f"{n} {table}" for table, n in sorted(self.rows_replaced.items()) if n))
+            if self.largest_change() is not None:
+                parts.append(f"largest relative change of a replaced number: {self.largest_change():.2g}")
         if self.kb_rows_differing:
             parts.append(f"{self.kb_rows_differing} knowledge-base row(s) differ (the target's kept)")
         migrated = f" (read from a copy upgraded from schema v{self.migrated_from})" if self.migrated_from else ""
@@ -312,6 +322,23 @@ def _delete_rows(tconn, table: str, key: list[str], keys: list[tuple]) -> None:
     tconn.executemany(f"DELETE FROM {_q(table)} WHERE {' AND '.join(f'{_q(c)} IS ?' for c in key)}", keys)
 
 
+def _largest_change(columns: list[str], ours: tuple, theirs: tuple) -> tuple[float, str, Any, Any] | None:
+    """(relative change, column, target's value, shard's value) of the row's number that changed most, relative to
+    the larger magnitude; 1.0 for a text that changed, None when no number or text differs."""
+    out = None
+    for c, a, b in zip(columns, ours, theirs):
+        if a == b or (isinstance(a, float) and isinstance(b, float) and a != a and b != b):  # NaN and NaN agree
+            continue
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+            scale = max(abs(a), abs(b))
+            rel = abs(a - b) / scale if scale and scale == scale else float("inf")
+        else:
+            rel = 1.0
+        if rel == rel and (out is None or rel > out[0]):
+            out = (float(rel), c, a, b)
+    return out
+
+
 def _merge_run(tconn, sconn, run: dict, mine: dict, run_cols, tables, report, owned: bool = False
                ) -> tuple[dict[str, int], str]:
     """A run both stores hold: refuse different content, else add what the target lacks (see the module
@@ -326,6 +353,7 @@ def _merge_run(tconn, sconn, run: dict, mine: dict, run_cols, tables, report, ow
                             "two in separate stores, or remove the run from one of them.")
     missing: dict[str, list[tuple]] = {}
     replaced: dict[str, int] = {}  # an owned run: the target's rows replaced or removed, per table
+    largest: dict = {}  # ... and the largest relative change of a number among the rows replaced
     target_has_more = False
     for table, columns, key in tables:
         if table in DERIVED_TABLES:
@@ -344,6 +372,11 @@ def _merge_run(tconn, sconn, run: dict, mine: dict, run_cols, tables, report, ow
             if changed or dropped:
                 _delete_rows(tconn, table, key, changed + dropped)
                 replaced[table] = len(changed) + len(dropped)
+                for k in changed:  # how far the shard's values are from the ones they replace, on record
+                    change = _largest_change(columns, ours[k], theirs[k])
+                    if change and change[0] > largest.get("relative", -1.0):
+                        largest.update(relative=change[0], table=table, column=change[1], key=dict(zip(key, k)),
+                                       target=change[2], shard=change[3])
             missing[table] = [theirs[k] for k in theirs.keys() - ours.keys()] + [theirs[k]
                                                                                  for k in retimed + changed]
             continue
@@ -387,7 +420,7 @@ def _merge_run(tconn, sconn, run: dict, mine: dict, run_cols, tables, report, ow
         report.runs_mirrored.append(run_id)
         for table, n in replaced.items():
             report.rows_replaced[table] = report.rows_replaced.get(table, 0) + n
-        report.replaced_by_run[run_id] = replaced
+        report.replaced_by_run[run_id] = {"rows": replaced, **({"largest_change": largest} if largest else {})}
         return counts, "made the shard's copy"
     report.runs_taken_over.append(run_id)
     return counts, "taken over"
@@ -423,7 +456,10 @@ def _record_merge(tconn, report: MergeReport, run: dict, how: str, per_table: di
     detail = {"shard": str(report.shard.resolve()), "shard_status": run["status"], "how": how,
               "rows_added": {t: n for t, n in sorted(per_table.items()) if n}, "merged_at": _now()}
     if run["run_id"] in report.replaced_by_run:  # an owned run: the target's rows the shard replaced or dropped
-        detail["rows_replaced"] = dict(sorted(report.replaced_by_run[run["run_id"]].items()))
+        mirrored = report.replaced_by_run[run["run_id"]]
+        detail["rows_replaced"] = dict(sorted(mirrored["rows"].items()))
+        if "largest_change" in mirrored:
+            detail["largest_change"] = mirrored["largest_change"]
     if report.migrated_from:
         detail["shard_schema"] = report.migrated_from
     tconn.execute(

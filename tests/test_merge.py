@@ -397,4 +397,9 @@ def test_a_run_the_shard_owns_is_made_the_shards_copy(tmp_path):
     assert merged["how"] == "made the shard's copy"
     # c3's rows (the killed process got further) went, c1 and c2's values took the shard's (their texts agreed)
     assert merged["rows_replaced"]["measurements"] == 12 and merged["rows_replaced"]["generations"] == 1
+    # how far the replaced numbers moved is on record: here the last digits of a measurement
+    change = merged["largest_change"]
+    assert (change["table"], change["column"], change["target"]) == ("measurements", "value", 0.5)
+    assert change["relative"] == pytest.approx(2 ** -20 / (0.5 + 2 ** -20)) and report.largest_change() == \
+        change["relative"] and "largest relative change of a replaced number: 1.9e-06" in report.summary()
     assert merge_stores([shard], target, own=["r1"])[0].runs_unchanged == ["r1"]  # once is enough

@@ -905,3 +905,8 @@ def test_a_resumed_units_progress_replaces_what_its_killed_process_merged(tmp_pa
             [(210, 50.0), (211, 58.906689)]
         assert st.conn.execute("SELECT series FROM run_events WHERE kind = ?", (plans.EVENT_KIND,)).fetchall() == \
             [(unit.key,)]
+    # rounding passes without a word; a number that moved more than that is said (and recorded in `merged`)
+    store(copy, {210: 50.0, 211: 70.0})
+    plans._merge_progress(plan, Live(), [unit], target, lines.append)
+    assert len(lines) == 1 and "run seq's recomputed rows differ from those its earlier process merged by more " \
+        "than rounding: edit_diagnostics.value" in lines[0] and "58.906689 before, 70.0 now (relative 0.16)" in lines[0]
