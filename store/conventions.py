@@ -29,8 +29,11 @@ SCOPES = (*SEQUENTIAL_SCOPES, BATCH)  # every scope of run-level rows
 DERIVED_EVENT_KINDS = ("phase", "large_update", "disabling_edit", "abrupt_change", "collapse", "panel_floor")
 
 # run_events kind of a run's resumes (store.Store.resume_run: series the time, edit_count where the work went on
-# from): a log of its history, which merges add beside the target's and never replace (store.merge.LOG_KINDS)
+# from)
 RESUMED_KIND = "resumed"
+# run_events kinds that log a run's history, not its editing: where its rows came from (store.merge's `merged`,
+# compute.plan's `plan_unit`) and its resumes; merges add them beside the target's and never replace them
+LOG_EVENT_KINDS = ("merged", "plan_unit", RESUMED_KIND)
 
 # the key of a run's config under which compute writes the traits of the editor that made it (mass_editor,
 # changes_weights, keys: compute.editors.base.editor_traits); runs made before it have none (readers fall back)

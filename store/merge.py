@@ -50,14 +50,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from .conventions import DERIVED_EVENT_KINDS, RESUMED_KIND
+from .conventions import DERIVED_EVENT_KINDS, LOG_EVENT_KINDS
 from .db import MEASUREMENT_COLUMNS, Store, StoreError, _connect_readonly, _read_header, _validate
 from .schema import latest_version
 
-MERGED_KIND = "merged"
-# run_events kinds that log where a run's rows came from (this module's merges; compute.plan's units): a merge
-# adds such rows beside the target's and never replaces them
-LOG_KINDS = (MERGED_KIND, "plan_unit", RESUMED_KIND)
+MERGED_KIND = LOG_EVENT_KINDS[0]  # "merged": this module's record of where a run's rows came from
+LOG_KINDS = LOG_EVENT_KINDS  # a merge adds such rows beside the target's and never replaces them
 IDENTITY_COLUMNS = ("kind", "model", "editor", "hparams", "seed", "config")
 # config keys a run changes as it goes on: a sequential run extended to more edits records its new maximum
 # (compute.experiments.sequential), and with it its spec's key (compute.runs.SPEC_KEY, which hashes the

@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 
 from .. import queries
-from ..conventions import HELD, RESUMED_KIND, RUN_LEVEL, SEQUENTIAL_SERIES
+from ..conventions import HELD, LOG_EVENT_KINDS, RUN_LEVEL, SEQUENTIAL_SERIES
 from ..metrics import wilson_ci
 from .common import wilson_arrays
 from .labels import edits_facts, run_labels
@@ -74,7 +74,7 @@ def sequential_events(conn: sqlite3.Connection, run_ids=None) -> pl.DataFrame:
     ev = queries.run_events(conn, run_ids=run_ids)
     # how long the run took, when it was extended to more edits or resumed, and which plan unit made it
     # (compute/plan.py) are not events of the editing
-    ev = ev.filter(~pl.col("kind").is_in(["timing", "extended", "plan_unit", "merged", RESUMED_KIND]))
+    ev = ev.filter(~pl.col("kind").is_in(["timing", "extended", *LOG_EVENT_KINDS]))
     phases = [json.loads(d).get("phase") if d else None for d in ev["detail"]] if ev.height else []
     return ev.with_columns(pl.Series("phase", phases, dtype=pl.Utf8)).select(
         "run_id", "kind", "series", "phase", "edit_count", "end_count", "value")
