@@ -233,12 +233,20 @@ def series_noise(y, se=None) -> float:
     return sigma
 
 
-def share_cliff(x, y, counts, *, min_loss: float = 0.5, k_noise: float = 3.0, min_span: float = 0.1) -> dict | None:
+def _x_range(x: np.ndarray, x_range: float | None) -> float:
+    """The x range a series' `min_span` is a share of: its own, or `x_range` (a run's planned length) where longer."""
+    own = float(x[-1] - x[0]) if len(x) else 0.0
+    return own if x_range is None else max(own, float(x_range))
+
+
+def share_cliff(x, y, counts, *, min_loss: float = 0.5, k_noise: float = 3.0, min_span: float = 0.1,
+                x_range: float | None = None) -> dict | None:
     """The first step of a share series (y[i] of counts[i] items, higher is better) that loses at least `min_loss`
     of the level before it, beyond sampling noise (two-proportion z of at least `k_noise`), after the run's first
-    `min_span` of its x range: a cliff towards the floor. Returns {from, to, before, after, loss, z} or None."""
+    `min_span` of its x range (`x_range`, as in phase_break): a cliff towards the floor. Returns {from, to,
+    before, after, loss, z} or None."""
     x, y, n = (np.asarray(v, dtype=float) for v in (x, y, counts))
-    span = min_span * float(x[-1] - x[0]) if len(x) else 0.0
+    span = min_span * _x_range(x, x_range)
     for i in range(1, len(y)):
         if x[i - 1] - x[0] < span or y[i - 1] <= 0 or n[i - 1] <= 0 or n[i] <= 0:
             continue
@@ -255,13 +263,16 @@ def share_cliff(x, y, counts, *, min_loss: float = 0.5, k_noise: float = 3.0, mi
 
 def phase_break(x, y, se=None, *, weights=None, counts=None, min_points: int = 3, steep: float = 3.0,
                 k_noise: float = 3.0, min_effect: float | None = None, min_span: float = 0.1,
-                min_share: float = 0.2) -> dict | None:
+                min_share: float = 0.2, x_range: float | None = None) -> dict | None:
     """Gradual and catastrophic phases of a series where higher is better (negate, or take -log, first).
 
     The rule. Split the series where two straight lines, fitted to either side, leave the least squared error
     (each side at least `min_points` points and at least `min_span` of the series' x range: a phase is a stretch
     of the run, not of its checkpoints, so the dense checkpoints after a run's first edits cannot make a
-    "gradual phase" of edits 1-4 by themselves). `weights` (e.g. each point's n: a share of the first 2 edits
+    "gradual phase" of edits 1-4 by themselves). The x range is the series' own, or `x_range` where that is
+    longer: a run's planned length, so that a run interrupted at 50 of its 500 edits has no phase yet (with its
+    own range, a tenth of 50 edits let its dense first checkpoints make "a catastrophic phase from edit 9").
+    `weights` (e.g. each point's n: a share of the first 2 edits
     is not worth a share of 500) weight the fits, the scatter and the mean below; none: equal weights. The
     later side is a catastrophic phase when both hold:
     - the loss it adds beyond the earlier trend (the earlier line extrapolated, minus the later points, on
@@ -296,7 +307,7 @@ def phase_break(x, y, se=None, *, weights=None, counts=None, min_points: int = 3
         raise ValueError("phase_break needs one finite, positive weight per point (e.g. each point's n)")
     w = w / w.mean()
     best = None
-    span = min_span * float(x[-1] - x[0])
+    span = min_span * _x_range(x, x_range)
     for s in range(min_points, len(x) - min_points + 1):
         if x[s - 1] - x[0] < span or x[-1] - x[s] < span:
             continue
@@ -306,7 +317,8 @@ def phase_break(x, y, se=None, *, weights=None, counts=None, min_points: int = 3
             best = (total, s, left, right)
     if best is None:  # no split leaves both sides their span
         return None
-    cliff = share_cliff(x, y, counts, k_noise=k_noise, min_span=min_span) if counts is not None else None
+    cliff = (share_cliff(x, y, counts, k_noise=k_noise, min_span=min_span, x_range=x_range)
+             if counts is not None else None)
     sse, s, (b1, a1, _), (b2, a2, _) = best
     linear_s = s
     if cliff is not None:  # the lines split at the cliff (both sides keep at least one point)

@@ -67,6 +67,25 @@ def _usability_store(st, run_id, scores, perplexity, newest_es):
                            for m, v in (("es", e), ("n", 10))])
 
 
+def test_a_run_interrupted_early_has_no_phase_where_the_same_rows_of_a_finished_run_have_one(tmp_path):
+    """A run set to make 500 edits and interrupted at 50 gets no phase from its dense first checkpoints; the same
+    rows in a run set to make 50 edits do."""
+    counts = list(range(1, 11)) + [20, 30, 40, 50]
+    recall = [1.0, 0.99, 1.0, 0.99, 1.0, 0.99, 1.0, 0.99, 0.4, 0.38, 0.35, 0.3, 0.28, 0.25]
+    with Store.open(tmp_path / "s.sqlite", create=True) as st:
+        for run_id, planned in (("cut", 500), ("short", 50)):
+            _run(st, run_id, {"max_edits": planned})
+            st.write_measurements([{"run_id": run_id, "case_id": RUN_LEVEL, "edit_count": c, "rephrase_type": "panel",
+                                    "metric": m, "value": v} for c, r in zip([0] + counts, [1.0] + recall)
+                                   for m, v in (("panel_recall", r), ("n", 200))])
+            st.replace_events(run_id, derived.DERIVED_EVENT_KINDS, derived.derive_sequential_events(st.conn, run_id))
+        phases = derived.sequential_phases(st.conn)
+        assert phases.filter(phases["run_id"] == "cut").is_empty()
+        short = phases.filter(phases["run_id"] == "short").row(0, named=True)
+        assert short["series"] == "panel recall" and short["catastrophic"] and short["change_at"] == 9
+        assert "interrupted early has none" in derived.phase_verdict(phases.filter(phases["run_id"] == "cut"), {})
+
+
 def test_collapse_is_the_point_from_which_the_model_stays_unusable(tmp_path):
     with Store.open(tmp_path / "s.sqlite", create=True) as st:
         _usability_store(st, "broken", [0.9, 0.9, 0.85, 0.6, 0.28, 0.25, 0.26],

@@ -110,6 +110,17 @@ def test_phase_break_sees_no_phase_in_a_steady_fall_or_noise_or_an_early_fall():
     assert phase_break(x[:5], [1.0] * 5) is None
 
 
+def test_a_phase_spans_a_tenth_of_the_runs_planned_length_not_of_the_part_it_reached():
+    # the dense first checkpoints of a run interrupted at 50 edits: flat to edit 8, a cliff at 9, then a slide
+    x = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 20, 30, 40, 50]
+    y = [1.0, 1.0, 0.99, 1.0, 0.99, 1.0, 0.99, 1.0, 0.99, 0.4, 0.38, 0.35, 0.3, 0.28, 0.25]
+    assert phase_break(x, y)["catastrophic"]  # its own range: a tenth of 50 edits makes edits 1-9 a phase
+    assert phase_break(x, y, x_range=500) is None  # planned for 500: no side can span 50 edits yet
+    assert phase_break(x, y, x_range=40) == phase_break(x, y)  # a shorter plan than the range reached: its own
+    n = [200] * len(x)
+    assert share_cliff(x, y, n)["to"] == 9 and share_cliff(x, y, n, x_range=500) is None
+
+
 def test_a_small_break_inside_the_series_own_noise_is_not_a_phase():
     x = list(range(0, 400, 10))
     truth = [0.8 if c < 250 else 0.76 for c in x]  # a 0.04 step in noise of sd 0.05

@@ -523,7 +523,7 @@ def run_sequential(
                 return
             _write_checkpoint(store, out)
             collapse_at, em_prev = out["collapse_at"], out["panel_em"]
-            find_events(store, run_id, cfg)  # phases so far: a partial run shows them too
+            find_events(store, run_id, cfg)  # verdicts so far (phases once the run spans a fifth of its edits)
             unusable = collapse_on_record(store, run_id)  # what the next checkpoint's stop rule goes by
             _save_state(path, {
                 "version": STATE_VERSION, "edit_count": job["count"], "weights": job["weights"],

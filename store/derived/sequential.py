@@ -144,7 +144,8 @@ def _faster(before: float, after: float, margin: float = 1.5) -> str:
 def phase_verdict(phases: pl.DataFrame, labels: dict[str, str]) -> str:
     """One sentence on what the change points found in these runs, from `sequential_phases`."""
     if phases.is_empty():
-        return "No phases found yet: a run gets them at its end (or when resumed runs finish)."
+        return ("No phases found yet: a series has them once its run spans at least two tenths of the edits it was "
+                "set to make (a tenth on either side of a split), so a run interrupted early has none.")
     cat = phases.filter(pl.col("catastrophic"))
     n, runs = phases.height, phases["run_id"].n_unique()
     if cat.height:

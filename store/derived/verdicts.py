@@ -61,8 +61,29 @@ def _se_share(values: np.ndarray, n: np.ndarray) -> np.ndarray:
 
 def run_series(conn: sqlite3.Connection, run_id: str) -> dict[str, dict]:
     """Every series of a sequential run that phases are looked for on, higher is better: name -> {x, y, se,
-    min_effect, w (the phase fit's weights: each share's n, else None)}. Retention by exact match (where measured) and by ES, panel recall, newest-edit efficacy,
-    fluency, and each ability task of the quick suite ("ability:<task>"; perplexity as -log perplexity)."""
+    min_effect, w (the phase fit's weights: each share's n, else None), x_range (the edits the run was set to
+    make from the series' first point: a phase's least span is a share of the run as planned, not of the part
+    an interrupted run reached)}. Retention by exact match (where measured) and by ES, panel recall, newest-edit
+    efficacy, fluency, and each ability task of the quick suite ("ability:<task>"; perplexity as -log
+    perplexity)."""
+    out = _run_series(conn, run_id)
+    planned = planned_edits(conn, run_id)
+    for s in out.values():
+        s["x_range"] = None if planned is None or not len(s["x"]) else planned - float(s["x"][0])
+    return out
+
+
+def planned_edits(conn: sqlite3.Connection, run_id: str) -> int | None:
+    """How many edits a sequential run was set to make (its config's max_edits), or None."""
+    row = conn.execute("SELECT config FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+    try:
+        value = json.loads(row[0] or "{}").get("max_edits") if row else None
+    except ValueError:
+        return None
+    return int(value) if isinstance(value, (int, float)) and value > 0 else None
+
+
+def _run_series(conn: sqlite3.Connection, run_id: str) -> dict[str, dict]:
     rows = queries._frame(conn, "SELECT edit_count, rephrase_type AS scope, metric, value FROM measurements "
                                 "WHERE run_id = ? AND case_id = ?", [run_id, RUN_LEVEL])
     out: dict[str, dict] = {}
@@ -115,7 +136,7 @@ def phase_events(run_id: str, series: dict[str, dict]) -> list[dict]:
     events = []
     for name, s in series.items():
         found = phase_break(s["x"], s["y"], s["se"], weights=s.get("w"), counts=s.get("counts"),
-                            min_points=PHASE_MIN_POINTS, min_effect=s["min_effect"])
+                            min_points=PHASE_MIN_POINTS, min_effect=s["min_effect"], x_range=s.get("x_range"))
         if found is None:
             continue
         found = {k: (float(v) if isinstance(v, (np.floating, float)) else v) for k, v in found.items()}
@@ -400,8 +421,9 @@ def sequential_rules() -> dict[str, str]:
     cliff_loss = inspect.signature(share_cliff).parameters["min_loss"].default
     return {
         "phase": f"A series has a catastrophic phase when, split where two straight lines fit it best (at least "
-                 f"{PHASE_MIN_POINTS} checkpoints and {pb['min_span']:.0%} of the run's edits a side; a share weighted "
-                 f"by its n, so a share of the first few edits counts for few), the later side loses beyond the "
+                 f"{PHASE_MIN_POINTS} checkpoints and {pb['min_span']:.0%} of the edits the run was set to make a "
+                 f"side, so a run interrupted early has no phase yet; a share weighted by its n, so a share of the "
+                 f"first few edits counts for few), the later side loses beyond the "
                  f"earlier trend (a rise held at its level), on average, at least {pb['k_noise']:g}x the series' own noise and "
                  f"at least {pb['min_share']:.0%} of the level it had at the split (perplexity: at least doubles), "
                  f"at a rate at least {pb['steep']:g}x the earlier one; or, for retention and panel recall, where "
