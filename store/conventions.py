@@ -44,6 +44,9 @@ TRAITS_KEY = "editor_traits"
 PLAN_STATUS_META = "plan_status"
 
 HELD = 0.5  # an edit holds when its ES (P(new) > P(true)) or its exact match is at least this
+# a robustness run's edit held on the plain prompt when its acc there is above this (its one probe names the new
+# object): the facts study A's controls read (store.queries.held_case_ids)
+HELD_ACC = 0.5
 
 
 def holds(es: float) -> bool:

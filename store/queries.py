@@ -15,7 +15,7 @@ from typing import Any, Iterable
 
 import polars as pl
 
-from .conventions import PLAN_STATUS_META, RUN_LEVEL
+from .conventions import HELD_ACC, PLAN_STATUS_META, RUN_LEVEL
 
 # the columns case_knowledge always has, whether or not the knowledge run measured them
 KNOWLEDGE_METRICS = ("p_true", "rank_true", "recall")
@@ -329,14 +329,16 @@ def rephrase_measurability(conn: sqlite3.Connection, run_id: str | None = None,
 
 def popularity_points_of_runs(conn: sqlite3.Connection, run_ids: str | Iterable[str], feature: str = "frequency",
                               metric: str = "acc", rephrase_type: str = "plain", relations=None,
-                              unedited: bool = True, edit_count: int = 1, known_only: bool = False) -> pl.DataFrame:
+                              unedited: bool = True, edit_count: int = 1, known_only: bool = False,
+                              held_only: bool = False) -> pl.DataFrame:
     """One row per (series, case): the case's popularity `feature` and its `metric` on `rephrase_type`, where a
     series is a run (series = run_id, at `edit_count`), never an editor, so two runs of one editor never mix.
     With `unedited`, the unedited model is one more series ("unedited"): the knowledge run that measured the
     most rephrase types, at edit count 0 (metric `recall` reads as `rev`). `relations` keeps those cases only.
     `known_only` keeps, in each series, only the facts the unedited model knew on the plain prompt
     (`known_case_ids`: of a run's baseline, and of the unedited series' own knowledge run), whatever the
-    rephrase type shown."""
+    rephrase type shown. `held_only` keeps, in each run's series, only the facts whose edit held on the plain
+    prompt (`held_case_ids`); the unedited series, which made no edit, keeps its facts."""
     from .measurable import baseline_run
 
     ids = _values(run_ids)
@@ -358,6 +360,10 @@ def popularity_points_of_runs(conn: sqlite3.Connection, run_ids: str | Iterable[
             keep += [("unedited", k) for k in known_case_ids(conn, base)]
         known = pl.DataFrame(keep, schema={"series": pl.String, "case_id": pl.String}, orient="row")
         frames = [f.join(known, on=["series", "case_id"], how="semi") for f in frames]
+    if held_only:
+        held = pl.DataFrame([(r, k) for r in ids for k in held_case_ids(conn, r, edit_count)],
+                            schema={"series": pl.String, "case_id": pl.String}, orient="row")
+        frames[0] = frames[0].join(held, on=["series", "case_id"], how="semi")
     feats = cases(conn).select("case_id", "relation", "subject", feature)
     if relations is not None:
         feats = feats.filter(pl.col("relation").is_in(_values(relations)))
@@ -435,6 +441,14 @@ def known_case_ids(conn: sqlite3.Connection, run_id: str) -> list[str]:
     the run's baseline (`pre_edit_recall`), sorted. Empty when the run has no baseline."""
     known = pre_edit_recall(conn, run_id, rephrase_types=KNOWN_BY).filter(pl.col("known"))
     return sorted(known["case_id"].to_list())
+
+
+def held_case_ids(conn: sqlite3.Connection, run_id: str, edit_count: int = 1) -> list[str]:
+    """The cases of a robustness run whose edit held on the plain prompt (acc there above HELD_ACC), sorted."""
+    rows = conn.execute("SELECT DISTINCT case_id FROM measurements WHERE run_id = ? AND edit_count = ? AND "
+                        "rephrase_type = 'plain' AND metric = 'acc' AND value > ? ORDER BY case_id",
+                        (run_id, edit_count, HELD_ACC)).fetchall()
+    return [r[0] for r in rows]
 
 
 def known_facts_counts(conn: sqlite3.Connection, run_ids: str | Iterable[str]) -> pl.DataFrame:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from store import Store, findings as fmod
+from store import Store, derived, findings as fmod
 from store.findings import NOT_COMPARABLE, NOT_MEASURED, REFUTED, REPRODUCED, findings
 from store.metrics import wilson_ci
 
@@ -220,6 +220,28 @@ def test_popularity_vs_robustness_is_judged_on_the_within_relation_rho(tmp_path,
         a7 = _by_claim(st.conn)["A7"]
         assert a7.verdict == verdict
         assert "within relation" in a7.ours and "pooled" in a7.ours and "within relation" in a7.rule
+
+
+def test_popular_facts_that_are_only_harder_to_edit_at_all_are_not_harder_to_edit_robustly(tmp_path):
+    """The control: the popular half of the facts never takes on the plain prompt, and the edits that did take
+    hold on paraphrases regardless of popularity. Over all cases paraphrase acc falls with popularity; on the
+    held edits it does not, so the claim is not reproduced."""
+    with Store.open(tmp_path / "s.sqlite", create=True) as st:
+        _robustness_store(st, {}, KNOWN)
+        for e in ("ROME", "MEMIT", "IKE"):
+            rid = f"rob-{e}"
+            _run(st, rid, "robustness", editor=e, config={"case_set": "s", "baseline_run": "k"}, n_done=N_CASES)
+            took = [i < N_CASES // 2 for i in range(N_CASES)]  # frequency is i: the popular half never took
+            st.write_measurements([{"run_id": rid, "case_id": f"c{i}", "edit_count": 1, "rephrase_type": t,
+                                    "metric": "acc", "value": float(v)}
+                                   for i in range(N_CASES)
+                                   for t, v in (("plain", took[i]), ("paraphrase", took[i] and (i // 3) % 2 == 0))])
+        a7 = _by_claim(st.conn)["A7"]
+        everything = derived.robustness_correlations(st.conn, metrics=("acc",), features=("frequency",),
+                                                     rephrase_types=("paraphrase",))
+        assert (everything["within_ci_high"] < 0).all()  # without the control: reproduced
+        assert a7.verdict == NOT_MEASURED and "ROME on held edits" in a7.reason, a7.reason
+        assert a7.ours.count("edits that held on the plain prompt: within relation") == 3 and "n = 30)" in a7.ours
 
 
 # --------------------------------------------------------------------------- study B

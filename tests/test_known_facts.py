@@ -250,6 +250,26 @@ def test_popularity_page_known_facts_toggle(monkeypatch, tmp_path):
     assert len(cases) == 2 * KNOWN and set(cases["case_id"]) == {f"c{i}" for i in range(KNOWN)}
 
 
+def test_held_edits_only_keeps_each_runs_facts_whose_edit_took_on_the_plain_prompt(store):
+    assert queries.held_case_ids(store.conn, "rob") == sorted(f"c{i}" for i in range(15))
+    pts = queries.popularity_points_of_runs(store.conn, ["rob"], metric="rev", rephrase_type="paraphrase",
+                                            held_only=True)
+    assert pts.group_by("series").len().sort("series").rows() == [("rob", 15), ("unedited", N)]
+    corr = derived.robustness_correlations(store.conn, metrics=("acc",), features=("frequency",),
+                                           rephrase_types=("paraphrase",), n_boot=50, held_only=True)
+    assert corr.row(0, named=True)["n"] == 15
+
+
+def test_popularity_page_held_edits_toggle(monkeypatch, tmp_path):
+    at = _page(monkeypatch, tmp_path, "popularity", {"pop_metric": "rev", "rephrase_type": "paraphrase"})
+    at.toggle(key="held").set_value(True).run()
+    assert not at.exception and at.query_params["held"] == "1"
+    kept = [d.value for d in at.dataframe if list(d.value.columns) == ["series", "n"]][0]
+    assert kept["n"].to_list() == [15]  # ROME's 15 edits that held; the unedited model keeps its 40
+    cases = [d.value for d in at.dataframe if "case_id" in d.value.columns][0]
+    assert len(cases) == 15 + N
+
+
 def test_known_facts_only_follows_the_visitor_from_page_to_page(monkeypatch, tmp_path):
     """A shared filter: turned on on Robustness, it is on on Popularity and still on back on Robustness (as a
     page widget it was dropped at every page switch)."""

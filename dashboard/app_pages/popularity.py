@@ -7,7 +7,7 @@ import streamlit as st
 
 from dashboard import charts
 from dashboard.data import query
-from dashboard.filters import shared_multiselect, shared_selectbox, shared_toggle, url_selectbox
+from dashboard.filters import shared_multiselect, shared_selectbox, shared_toggle, url_selectbox, url_toggle
 from dashboard.sidebar import labels_of, reference_ids, run_table, styles_of
 from store.derived import POPULARITY_FEATURES, WITHIN_COLUMNS, both_estimates, popularity_bins
 from store.measurable import unmeasurable_reasons, with_measurability
@@ -36,16 +36,23 @@ chosen = shared_multiselect("Runs", "runs", list(labels), default=reference_ids(
 relations_all = sorted(query("kb_relations")["relation"].to_list())
 relations = shared_multiselect("Relations", "relations", relations_all, container=d2)
 rel_filter = None if len(relations) == len(relations_all) else tuple(relations)
-known = shared_toggle("Known facts only", "known", default=False,
-                   help="Only the facts the unedited model knew: before any edit, its answer to the plain prompt "
-                        "named the true object (judged on the plain prompt whatever the rephrase type shown)")
+e1, e2 = st.columns(2)
+known = shared_toggle("Known facts only", "known", default=False, container=e1,
+                      help="Only the facts the unedited model knew: before any edit, its answer to the plain prompt "
+                           "named the true object (judged on the plain prompt whatever the rephrase type shown)")
+held = url_toggle("Edits that held only", "held", default=False, container=e2,
+                  help="In each run, only the facts whose edit held on the plain prompt (it named the new object "
+                       "there): robustness given an edit that took. A popular fact that is merely harder to edit at "
+                       "all lowers acc over all facts, not here (the control of Findings A7). The unedited model "
+                       "made no edit and keeps its facts.")
 if rtype in unmeasurable:
     st.warning(f"{rtype} is unmeasurable here: {unmeasurable[rtype]}. The curves below say nothing "
                "about the edits.")
 points = query("popularity_points_of_runs", run_ids=tuple(chosen), feature=feature, metric=metric,
-               rephrase_type=rtype, relations=rel_filter, known_only=known)
+               rephrase_type=rtype, relations=rel_filter, known_only=known, held_only=held)
 if points.is_empty():
     st.info("None of these cases was known to the unedited model (on the plain prompt)." if known else
+            "No edit of these runs held on the plain prompt." if held else
             "No measurements for this choice yet: run `python -m compute knowledge measure` and "
             "`python -m compute run robustness`.")
     st.stop()
@@ -59,6 +66,14 @@ if known:
                  .with_columns(pl.col("series").replace(series_labels)), hide_index=True,
                  column_config={"series": st.column_config.TextColumn("Series"),
                                 "n": st.column_config.NumberColumn("Known facts")})
+if held:
+    st.caption("Edits that held only: each run's series keeps the facts whose edit named the new object on the plain "
+               "prompt; on the plain prompt its acc is then 1 by construction. The unedited model keeps every fact. "
+               "Facts kept:")
+    st.dataframe(points.filter(pl.col("series") != UNEDITED).group_by("series").agg(pl.len().alias("n"))
+                 .sort("series").with_columns(pl.col("series").replace(series_labels)), hide_index=True,
+                 column_config={"series": st.column_config.TextColumn("Series"),
+                                "n": st.column_config.NumberColumn("Edits that held")})
 styles = {UNEDITED: charts.UNEDITED_STYLE, **styles_of(table)}
 bins = popularity_bins(points, feature, bins=4)
 left, right = st.columns(2)
@@ -72,7 +87,7 @@ with right:
                                               log_x=feature == "population", labels=series_labels, styles=styles),
                     width="stretch")
 named = bins.with_columns(pl.col("series").replace(series_labels).alias("run"))
-suffix = "-known" if known else ""
+suffix = ("-known" if known else "") + ("-held" if held else "")
 def for_csv(df: pl.DataFrame) -> pl.DataFrame:
     """A CSV of this page's rephrase type says which it is and whether the unedited model can answer it."""
     return with_measurability(df.with_columns(pl.lit(rtype).alias("rephrase_type")), unmeasurable)
@@ -86,11 +101,11 @@ st.caption("The unedited model (black) is the knowledge run that measured every 
 st.subheader("Spearman correlation with the feature")
 pre = query("knowledge_correlations").filter((pl.col("feature") == feature) & (pl.col("against") == "recall"))
 post = query("robustness_correlations", run_ids=tuple(chosen), metrics=(metric,), features=(feature,),
-             rephrase_types=(rtype,), relations=rel_filter, known_only=known)
+             rephrase_types=(rtype,), relations=rel_filter, known_only=known, held_only=held)
 post = post.filter(pl.col("run_id").is_in(chosen) & (pl.col("rephrase_type") == rtype))
 cols = ["rho", "ci_low", "ci_high", "n", *WITHIN_COLUMNS]
 named = post.select(pl.col("run_id").replace_strict(labels, default=None).alias("series"), *cols)
-if metric == "rev" and rtype == "plain" and not pre.is_empty() and not known:
+if metric == "rev" and rtype == "plain" and not pre.is_empty() and not known and not held:
     named = pl.concat([named, pre.select(pl.lit("unedited (recall)").alias("series"), *cols)], how="vertical_relaxed")
 rows = both_estimates(named, "series")
 if rows.is_empty():

@@ -10,6 +10,7 @@ import numpy as np
 import polars as pl
 
 from .. import queries
+from ..conventions import HELD_ACC
 from ..metrics import wilson_ci
 from ..stats import spearman_ci, stratified_spearman
 from .common import _mean_ci, wilson_arrays
@@ -364,14 +365,17 @@ def robustness_correlations(
     rephrase_types=None,
     relations=None,
     known_only: bool = False,
+    held_only: bool = False,
 ) -> pl.DataFrame:
     """Spearman rho (bootstrap 95% CI) of each popularity feature against post-edit acc and rev, per
     robustness run (editor) and rephrase type (all types, or those given), over the cases of `relations`
     (all when None), and beside it the within-relation rho (WITHIN_COLUMNS). Read from the `correlations`
     table where every run's are stored, else computed. `known_only` computes them over the facts the
-    unedited model knew on the plain prompt only (as in `robustness_summary`), never from the stored ones."""
+    unedited model knew on the plain prompt only (as in `robustness_summary`), `held_only` over the facts
+    whose edit held on the plain prompt (acc there above HELD_ACC: robustness given an edit that took, the
+    control for "popular facts are harder to edit robustly"), both never from the stored ones."""
     runs = _runs(conn, "robustness", run_ids)
-    if relations is None and not known_only and not runs.is_empty():
+    if relations is None and not known_only and not held_only and not runs.is_empty():
         stored = _stored(conn, runs["run_id"].to_list(), n_boot)
         if stored is not None:
             df = stored.filter(pl.col("metric").is_in(list(metrics)) & pl.col("feature").is_in(list(features)))
@@ -382,11 +386,11 @@ def robustness_correlations(
                             pl.col("n").cast(pl.Int64), *WITHIN_COLUMNS)
                     .sort(["editor", "metric", "feature", "rephrase_type"]))
     return _robustness_correlations_live(conn, runs, metrics, features, n_boot, rephrase_types, relations,
-                                         known_only=known_only)
+                                         known_only=known_only, held_only=held_only)
 
 
 def _robustness_correlations_live(conn, runs, metrics, features, n_boot, rephrase_types, relations,
-                                  known_only: bool = False) -> pl.DataFrame:
+                                  known_only: bool = False, held_only: bool = False) -> pl.DataFrame:
     schema = {"run_id": pl.String, "editor": pl.String, "rephrase_type": pl.String, "metric": pl.String,
               "feature": pl.String, "rho": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64, "n": pl.Int64,
               **WITHIN_COLUMNS}
@@ -404,6 +408,10 @@ def _robustness_correlations_live(conn, runs, metrics, features, n_boot, rephras
         known = pl.DataFrame([(r, k) for r in runs["run_id"].to_list() for k in queries.known_case_ids(conn, r)],
                              schema={"run_id": pl.String, "case_id": pl.String}, orient="row")
         m = m.join(known, on=["run_id", "case_id"], how="semi")
+    if held_only:
+        held = pl.DataFrame([(r, k) for r in runs["run_id"].to_list() for k in queries.held_case_ids(conn, r)],
+                            schema={"run_id": pl.String, "case_id": pl.String}, orient="row")
+        m = m.join(held, on=["run_id", "case_id"], how="semi")
     rows = []
     for (run_id, editor, rtype, metric), part in m.group_by(["run_id", "editor", "rephrase_type", "metric"]):
         for feature in features:
@@ -480,8 +488,6 @@ def popularity_bins(points: pl.DataFrame, feature: str, bins: int = 4) -> pl.Dat
     return pl.DataFrame(rows, schema=schema).sort("series", "bin")
 
 
-HELD_ACC = 0.5  # an edit holds on the plain prompt when its acc there is above this (its one probe names the new
-# object)
 
 
 def edit_against_knowledge(conn: sqlite3.Connection, run_ids=None, rephrase_types=None) -> pl.DataFrame:
