@@ -83,15 +83,15 @@ else:
 
 st.subheader("What each run's edit of this case did")
 DIAG = {  # pixel widths: the table, with four delivered columns, fits a 1400 px window
-    "run": Col("Run", width=175), "edit_count": Col("Edit", "{:,.0f}", "the run's edit count at this edit (a "
+    "run": Col("Run", width=192), "edit_count": Col("Edit", "{:,.0f}", "the run's edit count at this edit (a "
                                                      "batch run: the batch size)", width=50),
     "update_rel": Col("||dW||/||W||", "{:.4f}", "relative Frobenius change of the edited matrix (largest over "
-                      "matrices; a batch edit's is shared by its cases)", width=80),
+                      "matrices; a batch edit's is shared by its cases)", width=72),
     "update_norm": Col("||dW||", "{:.3f}", width=65), "steps": Col("Steps", "{:.0f}", width=50),
     "converged": Col("Conv.", "{:.0f}", "converged: 1 when the target's NLL fell below stop_nll before the step "
                      "cap", width=50),
     "clamped": Col("Clamp", "{:.0f}", "1: the value change ended on the norm clamp", width=50),
-    "nll_final": Col("Final NLL", "{:.3f}", width=70), "robust_z": Col("Robust z", "{:+.1f}", "of the log edit "
+    "nll_final": Col("Final NLL", "{:.3f}", width=61), "robust_z": Col("Robust z", "{:+.1f}", "of the log edit "
                                                                           "size within its run; beyond ±3.5 it "
                                                                           "is an outlier", width=65),
 }

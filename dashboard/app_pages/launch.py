@@ -150,14 +150,15 @@ def _runs() -> None:
             table = table.with_columns(pl.Series("n_done", [
                 "—" if d is None and t is None else f"{d if d is not None else 0:,} / {t:,}" if t is not None
                 else f"{d:,}" for d, t in zip(table["n_done"].to_list(), table["n_total"].to_list())],
-                dtype=pl.String)).drop("n_total")
+                dtype=pl.String)).drop([c for c in ("n_total", "progress") if c in table.columns])
+            # the share is what "60 / 500" says: its bar's width goes to the run's name, whole at 1400 px
         st.dataframe(table, hide_index=True, width="stretch", key="runs_table", column_config={
             # whole ids (a run id is about 32 characters; "medium" cut them off, "large" pushed columns out of view)
             "run_id": st.column_config.TextColumn("Run", width=250, pinned=True),
             "store": st.column_config.TextColumn("Store", help="shipped: the results that come with the code; "
                                                  "workspace: runs started from this dashboard"),
             # widths in pixels that add up to the 940 px a 1400 px window leaves beside the sidebar
-            "kind": "Kind", "editor": st.column_config.TextColumn("Name", width=175, help="the run's name on every "
+            "kind": "Kind", "editor": st.column_config.TextColumn("Name", width=260, help="the run's name on every "
                                                                   "page: editor, variant, batch, edit order"),
             "status": st.column_config.TextColumn("Status", width=90),
             "n_done": st.column_config.TextColumn("Done", width=85, help="units done of the run's total (cases, "
