@@ -417,8 +417,8 @@ def _a7(conn, refs) -> Finding:
     held = {r["editor"]: r for r in held.iter_rows(named=True)}
     nan = float("nan")  # no held edit: undefined, so undecided
     cis = [(e, r["within_ci_low"], r["within_ci_high"]) for e, r in rows.items()]
-    cis += [(f"{e} on held edits", *((held[e]["within_ci_low"], held[e]["within_ci_high"]) if e in held else (nan, nan)))
-            for e in rows]
+    cis += [(f"{e} on held edits", *((held[e]["within_ci_low"], held[e]["within_ci_high"]) if e in held
+                                     else (nan, nan))) for e in rows]
     verdict, reason = _corr_verdict(cis, -1)
     head = next(iter(rows.values()))
     ours = "; ".join(f"{e}: {_rho(r, False)}, {_rho(r, True)} (edits that held on the plain prompt: "

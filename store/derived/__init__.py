@@ -96,7 +96,7 @@ __all__ = [
     "sweep_summary",
     "CHANCE_SHARE", "CLIFF_SERIES", "DERIVED_EVENT_KINDS", "DISABLING_MIN_SERIES", "EFFICACY_CHANCE", "PERPLEXITY_BLOWUP", "PERPLEXITY_EFFECT", "PHASE_CURVES",
     "LOCAL_UPDATES", "LOG_NORM_MAD_FLOOR", "MIN_OUTLIER_EDITS", "PHASE_MIN_POINTS", "abrupt_change_events", "collapse_event", "derive_sequential_events",
-    "disabling_edit_events", "large_update_events", "local_log_residuals", "panel_floor_events", "phase_events", "planned_edits",
-    "rederive_sequential_events", "run_series",
+    "disabling_edit_events", "large_update_events", "local_log_residuals", "panel_floor_events", "phase_events",
+    "planned_edits", "rederive_sequential_events", "run_series",
     "sequential_rules", "usability",
 ]

@@ -488,8 +488,6 @@ def popularity_bins(points: pl.DataFrame, feature: str, bins: int = 4) -> pl.Dat
     return pl.DataFrame(rows, schema=schema).sort("series", "bin")
 
 
-
-
 def edit_against_knowledge(conn: sqlite3.Connection, run_ids=None, rephrase_types=None) -> pl.DataFrame:
     """Study A's control: does a rephrasing cost an edit more than it costs the model's own knowledge?
 
