@@ -360,7 +360,8 @@ WIDGETS = {
                    ("selectbox", "group", 3), ("toggle", "hide_nm", True),
                    ("multiselect", "Runs", ["robustness-big", "robustness-one"])],
     "popularity": [("selectbox", "pop_metric", "rev"), ("selectbox", "rephrase_type", "paraphrase"),
-                   ("selectbox", "Popularity feature", "connection"), ("multiselect", "Runs", ["robustness-one"])],
+                   ("selectbox", "Popularity feature", "connection"), ("multiselect", "Runs", ["robustness-one"]),
+                   ("toggle", "held", True)],
 }
 
 
