@@ -357,7 +357,7 @@ WIDGETS = {
     # page -> [(kind, key or label, a value that is not the default)]
     "overview": [("toggle", "by_relation", True)],
     "robustness": [("segmented_control", "metric", "rev"), ("segmented_control", "split", "popularity_quartile"),
-                   ("selectbox", "group", 3), ("toggle", "hide_nm", True),
+                   ("selectbox", "group", 3), ("toggle", "hide_nm", True), ("toggle", "held", True),
                    ("multiselect", "Runs", ["robustness-big", "robustness-one"])],
     "popularity": [("selectbox", "pop_metric", "rev"), ("selectbox", "rephrase_type", "paraphrase"),
                    ("selectbox", "Popularity feature", "connection"), ("multiselect", "Runs", ["robustness-one"]),

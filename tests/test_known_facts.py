@@ -260,6 +260,24 @@ def test_held_edits_only_keeps_each_runs_facts_whose_edit_took_on_the_plain_prom
     assert corr.row(0, named=True)["n"] == 15
 
 
+def test_robustness_summary_on_the_edits_that_held_only(store):
+    df = derived.robustness_summary(store.conn, metrics=("acc",), held_only=True)
+    row = {r["rephrase_type"]: r for r in df.iter_rows(named=True)}
+    assert row["plain"]["n"] == 15 and row["plain"]["mean"] == 1.0  # c0..c14 held
+    assert row["paraphrase"]["n"] == 15 and row["paraphrase"]["mean"] == pytest.approx(3 / 15)
+    assert row["paraphrase"]["drop_from_plain"] == pytest.approx(3 / 15 - 1)
+    every = derived.robustness_summary(store.conn, metrics=("acc",))
+    assert every.filter(pl.col("rephrase_type") == "paraphrase")["n"].item() == 30
+
+
+def test_robustness_page_held_edits_toggle(monkeypatch, tmp_path):
+    at = _page(monkeypatch, tmp_path, "robustness", {"held": "1"})
+    assert at.toggle(key="held").value
+    heat = json.loads(at.get("plotly_chart")[0].proto.spec)["data"][0]
+    para = heat["customdata"][0][heat["x"].index("paraphrase")]
+    assert para[0] == 15 and para[1] == pytest.approx(0.2)  # n and acc on paraphrase over the edits that held
+
+
 def test_popularity_page_held_edits_toggle(monkeypatch, tmp_path):
     at = _page(monkeypatch, tmp_path, "popularity", {"pop_metric": "rev", "rephrase_type": "paraphrase"})
     at.toggle(key="held").set_value(True).run()

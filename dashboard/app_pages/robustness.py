@@ -43,9 +43,14 @@ hide = url_toggle("Hide unmeasurable types", "hide_nm", default=False, container
 known = shared_toggle("Known facts only", "known", default=False, container=c3,
                    help="Only the facts the unedited model knew: before any edit, its answer to the plain prompt "
                         "named the true object. Every rephrase type is then judged on the same facts.")
+held = url_toggle("Edits that held only", "held", default=False, container=c3,
+                  help="In each run, only the facts whose edit held on the plain prompt (it named the new object "
+                       "there): what rephrasing does to an edit that took. The plain column is then 1 by "
+                       "construction.")
 by = None if split == "none" else split
 df = query("robustness_summary", run_ids=tuple(chosen), metrics=(metric,), by=by,
-           relations=None if len(relations) == len(relations_all) else tuple(relations), known_only=known)
+           relations=None if len(relations) == len(relations_all) else tuple(relations), known_only=known,
+           held_only=held)
 if known:
     counts = query("known_facts_counts", run_ids=tuple(chosen))
     st.caption("Known facts only: the facts whose plain prompt the unedited model answered with the true object "
@@ -56,6 +61,10 @@ if known:
         "run": st.column_config.TextColumn("Run"), "n_known": st.column_config.NumberColumn("Known facts kept"),
         "n_cases": st.column_config.NumberColumn("Facts edited"),
         "baseline_run": st.column_config.TextColumn("Unedited model's run")})
+if held:
+    st.caption("Edits that held only: in each run the facts whose edit named the new object on the plain prompt "
+               "(acc there 1), so the plain column is 1 by construction and every other column says what the type "
+               "does to an edit that took; the heat maps' n counts them.")
 if by and not df.is_empty():
     groups = sorted(df[by].drop_nulls().unique().to_list())
     group = url_selectbox("Group", "group", groups)
@@ -64,7 +73,8 @@ else:
     forget("group")
 if df.is_empty():
     st.info("No measurements for this choice." + (" With 'Known facts only' on, none of the chosen cases was "
-                                                  "known to the unedited model." if known else ""))
+                                                  "known to the unedited model." if known else "")
+            + (" With 'Edits that held only' on, no edit of these runs held on the plain prompt." if held else ""))
     st.stop()
 
 measurability = query("rephrase_measurability", run_id=chosen[0])
@@ -80,7 +90,7 @@ st.subheader("Change from the plain prompt")
 st.plotly_chart(charts.rephrase_heatmap(df, "drop_from_plain", "Δ vs plain", REPHRASE_TYPES, diverging=True,
                                         labels=shown, unmeasurable={} if hide else unmeasurable), width="stretch")
 st.download_button("Download CSV", with_measurability(df, unmeasurable).write_csv(),
-                   file_name=f"robustness-{metric}{'-known' if known else ''}.csv")
+                   file_name=f"robustness-{metric}{'-known' if known else ''}{'-held' if held else ''}.csv")
 if unmeasurable:
     base = measurability["baseline_run"][0]
     st.caption(f"{'Left out' if hide else 'n/m (and * on the axis)'}: rephrase types that do not measure the "

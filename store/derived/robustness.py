@@ -246,16 +246,21 @@ def _runs(conn: sqlite3.Connection, kind: str, run_ids) -> pl.DataFrame:
     return runs
 
 
+def _cases_clause(cases_of: dict[str, list[str]]) -> tuple[str, list]:
+    """SQL over `measurements m` keeping, for each run, the cases `cases_of` gives it, and its parameters; "0"
+    (nothing) when no run has one."""
+    parts, params = [], []
+    for run_id, cases in cases_of.items():
+        if cases:
+            parts.append(f"(m.run_id = ? AND m.case_id IN ({', '.join('?' * len(cases))}))")
+            params += [run_id, *cases]
+    return ("(" + " OR ".join(parts) + ")" if parts else "0"), params
+
+
 def _known_clause(conn: sqlite3.Connection, run_ids: list[str]) -> tuple[str, list]:
     """SQL over `measurements m` keeping each run's known facts (store.queries.known_case_ids), and its
     parameters; "0" (nothing) when no run has a known fact."""
-    parts, params = [], []
-    for run_id in run_ids:
-        known = queries.known_case_ids(conn, run_id)
-        if known:
-            parts.append(f"(m.run_id = ? AND m.case_id IN ({', '.join('?' * len(known))}))")
-            params += [run_id, *known]
-    return ("(" + " OR ".join(parts) + ")" if parts else "0"), params
+    return _cases_clause({r: queries.known_case_ids(conn, r) for r in run_ids})
 
 
 def robustness_summary(
@@ -266,13 +271,16 @@ def robustness_summary(
     edit_count: int = 1,
     relations=None,
     known_only: bool = False,
+    held_only: bool = False,
 ) -> pl.DataFrame:
     """Per robustness run (editor) x rephrase type x metric [x relation or popularity quartile]: the mean
     over cases with n and a 95% CI, and the drop from the plain prompt (mean - mean on `plain`).
     `relations` keeps only the cases of those relations. `known_only` keeps only the facts the unedited model
     knew, judged on the plain prompt for every rephrase type (store.queries.known_case_ids: its free answer
     to the plain prompt named the true object in the run's baseline), so that every column of a run covers
-    the same facts and the drop from plain compares like with like; a run without a baseline keeps none."""
+    the same facts and the drop from plain compares like with like; a run without a baseline keeps none.
+    `held_only` keeps, in each run, only the facts whose edit held on the plain prompt
+    (store.queries.held_case_ids): what rephrasing does to an edit that took."""
     if by not in (None, "relation", "popularity_quartile"):
         raise ValueError(f"by must be None, 'relation' or 'popularity_quartile', not {by!r}")
     runs = _runs(conn, "robustness", run_ids)
@@ -301,6 +309,10 @@ def robustness_summary(
         known_sql, known_params = _known_clause(conn, ids)
         where += " AND " + known_sql
         params += known_params
+    if held_only:
+        held_sql, held_params = _cases_clause({r: queries.held_case_ids(conn, r, edit_count) for r in ids})
+        where += " AND " + held_sql
+        params += held_params
     agg = queries._frame(conn, f"SELECT {group_by.replace('c.' + by, 'c.' + by + ' AS ' + by) if by else group_by}, "
                                "COUNT(*) AS n, SUM(m.value) AS s, SUM(m.value * m.value) AS ss, "
                                "SUM(CASE WHEN m.value IN (0.0, 1.0) THEN 0 ELSE 1 END) AS nonbinary "
