@@ -705,8 +705,10 @@ def _b3(conn, arms) -> Finding:
                   paper="disabling edits with original ROME; none with r-ROME keys (GPT-J)",
                   rule=f"With at least {MIN_ORDERS} edit orders both have, reproduced when on every order the "
                        "original-keys ROME run has at least one disabling edit and the r-ROME run, editing the same "
-                       "facts in the same order, none; refuted when every order goes against that; large updates "
-                       "the model survived, and those after its collapse, are counted beside them; " + _lower(derived.sequential_rules()["disabling_edit"]),
+                       "facts in the same order, none; refuted when every order goes against that; the original-keys "
+                       "run's edits count up to the edits the r-ROME run made (a longer run gives the claim no more "
+                       "chances), the r-ROME run's all; large updates the model survived, and those after its "
+                       "collapse, are counted beside them; " + _lower(derived.sequential_rules()["disabling_edit"]),
                   page="forgetting")
     orders = _shared(arms, ROME_ORIGINAL, ROME)
     if not orders:
@@ -723,9 +725,14 @@ def _b3(conn, arms) -> Finding:
             ids.append(run["run_id"])
             ev = events.filter((pl.col("run_id") == run["run_id"]) & (pl.col("kind") == "disabling_edit")).sort("edit_count")
             large = events.filter((pl.col("run_id") == run["run_id"]) & (pl.col("kind") == "large_update"))
+            span = run["n_done"]
+            if label == ROME_ORIGINAL and (arms[ROME][o]["n_done"] or 0) < (span or 0):  # as far as r-ROME went
+                span = arms[ROME][o]["n_done"]
+                ev, large = ev.filter(pl.col("edit_count") <= span), large.filter(pl.col("edit_count") <= span)
             counts[label] = ev.height
             name = "ROME (r-ROME keys)" if label == ROME else label
-            text = (f"order {o}: " if label == ROME_ORIGINAL else "") + f"{name} {ev.height} of {run['n_done']} edits"
+            text = (f"order {o}: " if label == ROME_ORIGINAL else "") + f"{name} {ev.height} of {span} edits" + (
+                f" (of its {run['n_done']}, counted as far as the r-ROME run went)" if span != run["n_done"] else "")
             if ev.height:
                 text += (f" (edit {', '.join(str(c) for c in ev['edit_count'].to_list())}; largest update "
                          f"{ev['value'].max():.2f} ||W0||)")
@@ -738,8 +745,8 @@ def _b3(conn, arms) -> Finding:
                     text += f", {part.height} large update(s) {what} (largest {part['value'].max():.2f} ||W0||)"
             parts.append(text)
             if label == ROME_ORIGINAL and not head:
-                lo, hi = wilson_ci(ev.height, run["n_done"])
-                head = dict(value=ev.height / run["n_done"], n=run["n_done"], ci_low=lo, ci_high=hi)
+                lo, hi = wilson_ci(ev.height, span)
+                head = dict(value=ev.height / span, n=span, ci_low=lo, ci_high=hi)
         # a run still computing with none so far decides nothing yet: its disabling edit may be still to come
         done = {label: arms[label][o]["status"] == "done" for label in (ROME_ORIGINAL, ROME)}
         if counts[ROME] > 0 or (counts[ROME_ORIGINAL] == 0 and done[ROME_ORIGINAL]):

@@ -283,6 +283,24 @@ def test_disabling_edits_compare_the_original_keys_with_r_rome_on_the_same_order
         assert _by_claim(st.conn)["B3"].verdict == REFUTED
 
 
+def test_a_longer_original_keys_run_counts_its_disabling_edits_only_as_far_as_the_r_rome_run_went(tmp_path):
+    """Order 1's original-keys run extended to 1,000 edits beside r-ROME runs of 500: its disabling edit at 700
+    gives the claim nothing (the r-ROME run never made those edits); one at 400 does."""
+    with Store.open(tmp_path / "s.sqlite", create=True) as st:
+        for o in (0, 1, 2):
+            _seq(st, f"orig{o}", order=o, hparams={**ROME_HP, "key_mismatch": True}, n_done=1000 if o == 1 else 500)
+            _seq(st, f"rrome{o}", order=o)
+            if o != 1:
+                _event(st, f"orig{o}", "disabling_edit", 300, value=2.0)
+        _event(st, "orig1", "disabling_edit", 700, value=3.0)
+        b3 = _by_claim(st.conn)["B3"]
+        assert b3.verdict == NOT_MEASURED and "0 of 500 edits (of its 1000, counted as far as the r-ROME run went)" \
+            in b3.ours, b3.ours
+        _event(st, "orig1", "disabling_edit", 400, value=3.0)
+        b3 = _by_claim(st.conn)["B3"]
+        assert b3.verdict == REPRODUCED and "1 of 500 edits (of its 1000" in b3.ours and "700" not in b3.ours
+
+
 def test_large_updates_are_counted_as_survived_or_after_the_collapse(tmp_path):
     """Beside the disabling edits, B3 counts the large updates the model survived and, apart, those that came
     after its collapse (an edit cannot disable a model that is no longer usable)."""

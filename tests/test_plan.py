@@ -425,7 +425,7 @@ def test_the_shipped_plan_is_the_shipped_stores_recipe():
     by = plan.by_id()
     kinds = [u.kind for u in plan.units]
     assert plan.finalize and {k: kinds.count(k) for k in set(kinds)} == {
-        "kb": 1, "cases": 5, "knowledge": 2, "sweep": 10, "robustness": 4, "abilities": 1, "sequential": 29, "batch": 2}
+        "kb": 1, "cases": 5, "knowledge": 2, "sweep": 10, "robustness": 4, "abilities": 1, "sequential": 30, "batch": 2}
     assert {u.options["editor"] for u in plan.units if u.kind == "robustness"} == {"ROME", "FT-L", "IKE", "MEMIT"}
     assert all(u.after[0] == "baseline-240" and u.options["set"] == "smollm2-135m-n240-s0"
                for u in plan.units if u.kind == "robustness")
@@ -456,6 +456,12 @@ def test_the_shipped_plan_is_the_shipped_stores_recipe():
     rect = [u for u in seq if "rect_top" in u.options.get("hp", {})]
     assert sorted((u.options["hp"]["rect_top"], u.options["order_seed"]) for u in rect) == [
         (k, o) for k in (0.2, 0.4, 0.6) for o in (0, 1, 2)] and all(u.options["edits"] == 200 for u in rect)
+    # the original keys' order 1, still usable at 500 edits, goes on to 1,000 from that run, after everything else
+    longer = by["sequential-ROME-key-mismatch-o1-1000"]
+    assert ids[-1] == longer.id and longer.after == ("sequential-ROME-key-mismatch-o1",)
+    assert {k: v for k, v in longer.spec().items() if k != "edits"} == {
+        k: v for k, v in by["sequential-ROME-key-mismatch-o1"].spec().items() if k != "edits"}
+    assert longer.options["edits"] == 1000 and plans._extended_from(plan, longer) == 500
     # the shipped hyperparameter files, except the control's own
     assert [u.id for u in plan.units if "--hparams" in u.argv] == [f"sequential-control-o{o}" for o in (0, 1, 2)]
     assert all(u.options["panel_pool"] == 1100 and u.options["order_seed"] == 0 for u in plan.units if u.kind == "batch")
