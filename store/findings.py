@@ -725,14 +725,15 @@ def _b3(conn, arms) -> Finding:
             ids.append(run["run_id"])
             ev = events.filter((pl.col("run_id") == run["run_id"]) & (pl.col("kind") == "disabling_edit")).sort("edit_count")
             large = events.filter((pl.col("run_id") == run["run_id"]) & (pl.col("kind") == "large_update"))
-            span = run["n_done"]
-            if label == ROME_ORIGINAL and (arms[ROME][o]["n_done"] or 0) < (span or 0):  # as far as r-ROME went
-                span = arms[ROME][o]["n_done"]
+            span, reached = run["n_done"] or 0, arms[ROME][o]["n_done"] or 0
+            if label == ROME_ORIGINAL and reached < span:  # as far as the r-ROME run went
+                span = reached
                 ev, large = ev.filter(pl.col("edit_count") <= span), large.filter(pl.col("edit_count") <= span)
             counts[label] = ev.height
             name = "ROME (r-ROME keys)" if label == ROME else label
             text = (f"order {o}: " if label == ROME_ORIGINAL else "") + f"{name} {ev.height} of {span} edits" + (
-                f" (of its {run['n_done']}, counted as far as the r-ROME run went)" if span != run["n_done"] else "")
+                f" (of its {run['n_done']}, counted as far as the r-ROME run went)" if span != (run["n_done"] or 0)
+                else "")
             if ev.height:
                 text += (f" (edit {', '.join(str(c) for c in ev['edit_count'].to_list())}; largest update "
                          f"{ev['value'].max():.2f} ||W0||)")
@@ -744,7 +745,7 @@ def _b3(conn, arms) -> Finding:
                 if part.height:
                     text += f", {part.height} large update(s) {what} (largest {part['value'].max():.2f} ||W0||)"
             parts.append(text)
-            if label == ROME_ORIGINAL and not head:
+            if label == ROME_ORIGINAL and not head and span:
                 lo, hi = wilson_ci(ev.height, span)
                 head = dict(value=ev.height / span, n=span, ci_low=lo, ci_high=hi)
         # a run still computing with none so far decides nothing yet: its disabling edit may be still to come
