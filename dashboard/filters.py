@@ -222,3 +222,22 @@ def forget(*keys: str) -> None:
     for key in keys:
         if key in st.query_params:
             del st.query_params[key]
+
+
+KNOWN_HELP = ("Only the facts the unedited model knew: before any edit, its answer to the plain prompt named the true "
+              "object")
+HELD_HELP = "In each run, only the facts whose edit held on the plain prompt (it named the new object there)"
+
+
+def known_toggle(container=None, note: str = "Every rephrase type is then judged on the same facts.") -> bool:
+    """Study A's "Known facts only" filter, shared across pages and the URL (key `known`); `note` says what it
+    means on the page."""
+    return shared_toggle("Known facts only", "known", default=False, container=container,
+                         help=f"{KNOWN_HELP}. {note}")
+
+
+def held_toggle(container=None, note: str = "") -> bool:
+    """Study A's "Edits that held only" filter, kept in the URL (key `held`); `note` says what it means on the
+    page."""
+    return url_toggle("Edits that held only", "held", default=False, container=container,
+                      help=f"{HELD_HELP}: {note}" if note else HELD_HELP)

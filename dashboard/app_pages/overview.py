@@ -5,7 +5,7 @@ import streamlit as st
 
 from dashboard import charts
 from dashboard.data import for_visitor, public_mode, query, rebuild_path, showing_rebuild, store_path
-from dashboard.filters import shared_toggle, url_selectbox, url_toggle
+from dashboard.filters import known_toggle, url_selectbox, url_toggle
 from dashboard.plain import MINUTE, PLAN_FILE, word
 from dashboard.sidebar import run_table
 from dashboard.tables import Col, errors_in_full, show, to_minute, with_ci
@@ -85,9 +85,7 @@ rob = pl.DataFrame()
 known = False
 if not rob_runs.is_empty():
     st.subheader("Single edits: do they survive rephrasing? (study A)")
-    known = shared_toggle("Known facts only", "known", default=False,
-                       help="Only the facts the unedited model knew: before any edit, its answer to the plain prompt "
-                            "named the true object. Every rephrase type is then judged on the same facts.")
+    known = known_toggle()
     measurability = query("rephrase_measurability", run_id=rob_runs["run_id"][0])
     summary = query("robustness_summary", run_ids=tuple(rob_runs["run_id"].to_list()), metrics=("acc",),
                     known_only=known)

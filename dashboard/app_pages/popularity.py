@@ -7,7 +7,7 @@ import streamlit as st
 
 from dashboard import charts
 from dashboard.data import query
-from dashboard.filters import shared_multiselect, shared_selectbox, shared_toggle, url_selectbox, url_toggle
+from dashboard.filters import held_toggle, known_toggle, shared_multiselect, shared_selectbox, url_selectbox
 from dashboard.sidebar import labels_of, reference_ids, run_table, styles_of
 from store.derived import POPULARITY_FEATURES, WITHIN_COLUMNS, both_estimates, popularity_bins
 from store.measurable import unmeasurable_reasons, with_measurability
@@ -37,14 +37,10 @@ relations_all = sorted(query("kb_relations")["relation"].to_list())
 relations = shared_multiselect("Relations", "relations", relations_all, container=d2)
 rel_filter = None if len(relations) == len(relations_all) else tuple(relations)
 e1, e2 = st.columns(2)
-known = shared_toggle("Known facts only", "known", default=False, container=e1,
-                      help="Only the facts the unedited model knew: before any edit, its answer to the plain prompt "
-                           "named the true object (judged on the plain prompt whatever the rephrase type shown)")
-held = url_toggle("Edits that held only", "held", default=False, container=e2,
-                  help="In each run, only the facts whose edit held on the plain prompt (it named the new object "
-                       "there): robustness given an edit that took. A popular fact that is merely harder to edit at "
-                       "all lowers acc over all facts, not here (the control of Findings A7). The unedited model "
-                       "made no edit and keeps its facts.")
+known = known_toggle(e1, "Judged on the plain prompt whatever the rephrase type shown.")
+held = held_toggle(e2, "robustness given an edit that took. A popular fact that is merely harder to edit at all "
+                       "lowers acc over all facts, not here (the control of Findings A7). The unedited model made no "
+                       "edit and keeps its facts.")
 if rtype in unmeasurable:
     st.warning(f"{rtype} is unmeasurable here: {unmeasurable[rtype]}. The curves below say nothing "
                "about the edits.")

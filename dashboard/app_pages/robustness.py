@@ -6,7 +6,8 @@ import streamlit as st
 
 from dashboard import charts
 from dashboard.data import query
-from dashboard.filters import forget, shared_multiselect, shared_toggle, url_segmented, url_selectbox, url_toggle
+from dashboard.filters import (forget, held_toggle, known_toggle, shared_multiselect, url_segmented, url_selectbox,
+                               url_toggle)
 from dashboard import edit_view, plain, tables
 from dashboard.sidebar import labels_of, reference_ids, run_table, styles_of
 from store.measurable import MEASURABLE_SHARE, unmeasurable_reasons, with_measurability
@@ -40,13 +41,8 @@ split = url_segmented("Split by", "split", ["none", "relation", "popularity_quar
 hide = url_toggle("Hide unmeasurable types", "hide_nm", default=False, container=c3,
                   help="Types the unedited model cannot answer, and copy tasks, are marked n/m by default; this "
                        "leaves them out")
-known = shared_toggle("Known facts only", "known", default=False, container=c3,
-                   help="Only the facts the unedited model knew: before any edit, its answer to the plain prompt "
-                        "named the true object. Every rephrase type is then judged on the same facts.")
-held = url_toggle("Edits that held only", "held", default=False, container=c3,
-                  help="In each run, only the facts whose edit held on the plain prompt (it named the new object "
-                       "there): what rephrasing does to an edit that took. The plain column is then 1 by "
-                       "construction.")
+known = known_toggle(c3)
+held = held_toggle(c3, "what rephrasing does to an edit that took. The plain column is then 1 by construction.")
 by = None if split == "none" else split
 df = query("robustness_summary", run_ids=tuple(chosen), metrics=(metric,), by=by,
            relations=None if len(relations) == len(relations_all) else tuple(relations), known_only=known,
