@@ -726,6 +726,21 @@ def _write_rebuild_findings(store: Path, readme: Path) -> None:
     _out(f"wrote the findings of {store} into {readme}")
 
 
+def _write_rebuild_changes(store: Path, previous: Path, readme: Path) -> None:
+    """What changed from `previous` to the snapshot (store.changes) between the README's rebuild-changes markers."""
+    from store import changes
+
+    start, end = changes.markers_of("rebuild-changes")
+    if start not in readme.read_text(encoding="utf-8"):
+        _out(f"{readme} has no {start} ... {end} block: what changed from {previous} was not written")
+        return
+    with Store.open(store, readonly=True) as st:
+        after = changes.export(st.conn, store.as_posix())
+    block = changes.markdown(changes.load(previous), after, store.as_posix(), previous.as_posix(), "rebuild-changes")
+    changes.write_readme(readme, block, "rebuild-changes")
+    _out(f"wrote what changed from {previous} to {store} into {readme}")
+
+
 def cmd_plan(args) -> None:
     """`plan run` computes a plan's missing and partial units into the store; `plan status` reads their state
     (compute/plan.py). Every unit's command line is checked with this module's parser before anything runs."""
@@ -739,6 +754,11 @@ def cmd_plan(args) -> None:
             raise ValueError(f"no store at {source}: name the plan's store with --store")
         if to.resolve() == source.resolve():
             raise ValueError(f"--to {to} is the plan's store itself: name another file")
+        if args.changes_from and not args.write_readme:
+            raise ValueError("--changes-from writes into a README: name it with --write-readme")
+        if args.changes_from and not args.changes_from.is_file():
+            raise ValueError(f"--changes-from {args.changes_from}: no such file; name the store the copy will "
+                             "replace, or an export of it (python -m store.changes --export)")
         plans.copy_store(source, to)  # SQLite's backup API: consistent while the driver writes the source
         with Store.open(to) as st:
             running = [r[0] for r in st.conn.execute("SELECT run_id FROM runs WHERE status = 'running'")]
@@ -751,6 +771,8 @@ def cmd_plan(args) -> None:
         if args.write_readme:
             _write_status_block(plan, to, args.timings_from, Path(args.write_readme))
             _write_rebuild_findings(to, Path(args.write_readme))
+            if args.changes_from:
+                _write_rebuild_changes(to, args.changes_from, Path(args.write_readme))
         return
     if args.sub == "status":
         if args.write_readme:
@@ -993,6 +1015,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "snapshot":
             q.add_argument("--to", type=Path, required=True, metavar="FILE",
                            help="the copy to write, e.g. store/rebuild.sqlite (replaced)")
+            q.add_argument("--changes-from", type=Path, metavar="STORE",
+                           help="with --write-readme: the version the copy will replace (a store, or an export of "
+                                "one: store.changes); what changed from it goes between the README's "
+                                "<!-- rebuild-changes:start/end --> markers")
         if name in ("status", "snapshot"):
             q.add_argument("--write-readme", type=Path, metavar="README",
                            help="write the status (from the store alone) between the README's "

@@ -62,6 +62,22 @@ def store_path() -> Path:
     return rebuild_path() if showing_rebuild() else default_store_path()
 
 
+PREVIOUS_FILE = "previous.json"  # the shipped store's previous version, exported when the rebuild replaced it
+
+
+def previous_version() -> Path | None:
+    """The version the shown store follows (store.changes): the shipped store when the rebuild in progress is
+    shown, else the export of the store it replaced (store/previous.json) where the repository has one; None
+    under $EDITSCOPE_STORE."""
+    import os
+
+    if os.environ.get("EDITSCOPE_STORE"):
+        return None
+    shipped = default_store_path()
+    path = shipped if showing_rebuild() else shipped.with_name(PREVIOUS_FILE)
+    return path if path.is_file() else None
+
+
 def workspace_path() -> Path:
     """The workspace store of the shown store (it may not exist yet)."""
     return _workspace_for(store_path())

@@ -875,6 +875,24 @@ def test_a_snapshot_copies_a_running_plans_store_with_its_running_runs_marked_in
     with Store.open(to, readonly=True) as st:
         assert block == fmod.markdown(fmod.findings(st.conn), to.as_posix(), "rebuild-findings").strip("\n")
     assert f"--store {to.as_posix()} --markers rebuild-findings" in block and "not measured yet" in block
+    # --changes-from: what changed from the store the copy will replace, between the rebuild-changes markers
+    from store import changes
+
+    start, end = changes.markers_of("rebuild-changes")
+    shipped = tmp_path / "shipped.sqlite"
+    with Store.open(shipped, create=True) as st:
+        st.start_run(kind="sequential", model="m", editor="ROME", run_id="old", config={"panel_size": 50})
+    readme.write_text(f"{readme.read_text()}{start}\nold changes\n{end}\n")
+    assert main(["plan", "snapshot", str(path), "--store", str(source), "--to", str(to), "--write-readme", str(readme),
+                 "--changes-from", str(shipped)]) == 0
+    assert f"wrote what changed from {shipped}" in capsys.readouterr().out
+    block = changes.fmod.readme_block(readme.read_text(), start, end)
+    assert block == changes.markdown(changes.load(shipped), changes.load(to), to.as_posix(), shipped.as_posix(),
+                                     "rebuild-changes").strip("\n")
+    assert "- **sequential: ROME**: 1 run (1 running) → 1 run (1 interrupted); panel_size 50 → —." in block
+    for bad in (["--changes-from", str(shipped)], ["--write-readme", str(readme), "--changes-from", "nowhere.sqlite"]):
+        assert main(["plan", "snapshot", str(path), "--store", str(source), "--to", str(to), *bad]) == 2
+    assert "no such file" in capsys.readouterr().err
     # the copy must be another file
     assert main(["plan", "snapshot", str(path), "--store", str(source), "--to", str(source)]) == 2
     assert "is the plan's store itself" in capsys.readouterr().err

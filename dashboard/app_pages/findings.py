@@ -7,10 +7,10 @@ from pathlib import Path
 import polars as pl
 import streamlit as st
 
-from dashboard.data import query, stamp, store_path
+from dashboard.data import previous_version, query, stamp, store_path
 from dashboard.plain import MINUTE, PLAN_FILE, word
 from dashboard.tables import Col, show
-from store import Store
+from store import Store, changes
 from store.findings import NOT_COMPARABLE, NOT_MEASURED, REFUTED, REPRODUCED, STUDIES, findings
 
 PAGES = Path(__file__).resolve().parent
@@ -38,7 +38,47 @@ if not plan.is_empty() and (plan["state"] != "done").any():  # a store built fro
                f"{word(plan['plan'][0], PLAN_FILE, 'its plan')} (as it stood at "
                f"{word(plan['taken_at'][0], MINUTE, 'an unrecorded time')}): a claim that needs a unit not computed "
                "yet reads not measured yet. The Overview lists the units, with the CPU-hours each still needs.")
+
+
+@st.cache_data(max_entries=2, show_spinner=False)
+def _changes(path: str, previous: str, key: tuple) -> tuple[list[dict], list[tuple[str, str]], str]:
+    """What changed from `previous` to the store at `path` (store.changes): one row per claim, each run group's
+    differences, and the previous version's name."""
+    before = changes.load(previous, Path(previous).name)
+    with Store.open(Path(path), readonly=True) as st_:
+        after = changes.export(st_.conn, Path(path).name)
+    prev = {f["claim"]: f for f in before["findings"]}
+    rows, named = [], []
+    for f in after["findings"]:
+        p = prev.get(f["claim"])
+        behind = sorted(set(f["groups"]) | set(p["groups"] if p else ()))
+        named += [g for g in behind if g not in named]
+        rows.append({"claim": f["claim"], "previous": changes._figure(p) if p else "not in that version",
+                     "now": changes._figure(f), "runs": "; ".join(behind) or None})
+    diffs = [(g, "; ".join(changes.group_changes(before["groups"].get(g), after["groups"].get(g)))
+              or "the same settings and measures") for g in named]
+    return rows, diffs, before["store"]
+
+
 items = _findings(str(store_path()), stamp())
+previous = previous_version()
+if previous is not None:
+    rows, diffs, name = _changes(str(store_path()), str(previous), stamp() + ((str(previous),),))
+    with st.expander("What changed from the previous version"):
+        st.text(f"Previous version: {name}")
+        st.caption("Each claim's verdict and headline number in the previous version and in this store, and what the "
+                   "runs behind it did differently (store.changes: hyperparameters and layout from each run's record, "
+                   "the probes' form from its case set, the metrics it recorded, per-edit diagnostics). \u2014 stands "
+                   "for a field a version's runs did not record.")
+        show(pl.DataFrame(rows, schema={"claim": pl.String, "previous": pl.String, "now": pl.String,
+                                        "runs": pl.String}),
+             {"claim": Col("Claim", width=60), "previous": Col("Previous", width=290),
+              "now": Col("This store", width=290),
+              "runs": Col("Runs behind it", width=260,
+                          help="the run groups (kind: label) the claim reads, in either version; what each did "
+                               "differently is listed below the table")})
+        for group, diff in diffs:
+            st.text(f"{group}: {diff}")
 
 table = pl.DataFrame([{"claim": f.claim, "verdict": f.verdict, "direction": f.direction or None, "value": f.value,
                        "ci_low": f.ci_low, "ci_high": f.ci_high, "n": f.n} for f in items],
