@@ -324,9 +324,9 @@ def disabling_edit_events(series: dict[str, dict], large: list[dict], abrupt: li
     checkpoint at or after the edit), or an abrupt fall (`abrupt_change_events`) in the interval (from, to]
     that holds the edit and that the interval pins on it: the interval holds that edit alone, or the fall is
     broad, at least DISABLING_MIN_SERIES ability or perplexity series at once or the perplexity multiplied
-    PERPLEXITY_BLOWUP-fold in the step. One series falling over an interval of many edits is what editing does
-    step by step: entity typing falls abruptly in the first 50 edits of every ROME order of the rebuild, and of
-    the size-matched random control, where r-ROME's order 2 had a 0.27 ||W0|| update at edit 41. A model
+    PERPLEXITY_BLOWUP-fold in the step. One series falling over an interval of many edits is not pinned on any
+    one of them (seen on the rebuild, 2026-12-07: entity typing fell abruptly in the first 50 edits of every ROME
+    order and of the size-matched random control, where r-ROME's order 2 had a 0.27 ||W0|| update at edit 41). A model
     already collapsed (unusable from an earlier checkpoint on) is not disabled again. An outlier of a run's own
     updates that nothing follows is a large update, not a disabling edit: the r-ROME run on order 0 has one of
     0.3 ||W0|| with no change after it. `detail` adds `followed_by`. `series`: the run's `run_series` (its
@@ -440,8 +440,8 @@ def sequential_rules() -> dict[str, str]:
                           "ability checkpoint after it the model had collapsed, or an ability or the perplexity had "
                           "fallen abruptly in a way pinned on that edit (the interval holds it alone, or at least "
                           f"{DISABLING_MIN_SERIES} series fell at once, or the perplexity rose {PERPLEXITY_BLOWUP:g}-fold: "
-                          "one task falling over many edits is what editing does step by step, as the size-matched "
-                          "random control shows); an edit after the collapse disables nothing "
+                          "one series falling over an interval of many edits is not pinned on any one of them); an "
+                          "edit after the collapse disables nothing "
                           "(store.derived.disabling_edit_events).",
         "abrupt_change": f"An abrupt change is one step of an ability or perplexity series that fell by at least "
                          f"{ab:g}x the series' own step noise and its sampling SE (store.stats.abrupt_steps).",
