@@ -185,19 +185,12 @@ def group_changes(before: dict | None, after: dict | None) -> list[str]:
     return out
 
 
-def markdown(before: dict, after: dict, store: str, previous: str, markers: str = "changes") -> str:
-    """A README block: a table of each claim's verdict and headline figure in the previous version and in this
-    one, with the run groups behind it, then what each of those groups did differently."""
-    which = "" if markers == "changes" else f" --markers {markers}"
-    lines = [f"Generated from the two stores by `python -m store.changes --store {store} --previous {previous}"
-             f"{which} --markdown` (store/changes.py; `--write-readme README.md` rewrites this block and a test keeps "
-             f"it equal to the output). Previous: `{before['store']}`"
-             + (f" (sha256 {before['sha256'][:12]})" if before.get("sha256") else "") + "; this store: "
-             f"`{after['store']}`. A figure is the claim's headline number (the first of its EditScope text in the "
-             "findings), with its 95% CI and n; a run group is a kind of run and its label, its edit orders together; "
-             f"\"{NONE}\" stands for a field a version's runs did not record.",
-             "", "| Claim | Previous | This store | Runs behind it |", "| --- | --- | --- | --- |"]
+def compare(before: dict, after: dict) -> tuple[list[dict], list[tuple[str, list[str]]]]:
+    """One row per claim of `after` (claim; previous and now: verdict and headline figure; runs: each run group
+    behind it in either version, marked new, not in this store, changed or as before), and what each of those
+    groups did differently (`group_changes`), in the order the claims name them."""
     prev = {f["claim"]: f for f in before["findings"]}
+    rows: list[dict] = []
     named: list[str] = []
     for f in after["findings"]:
         p = prev.get(f["claim"])
@@ -207,14 +200,29 @@ def markdown(before: dict, after: dict, store: str, previous: str, markers: str 
         for g in behind:
             diff = group_changes(before["groups"].get(g), after["groups"].get(g))
             marks.append(f"{g}" + (" (new)" if g not in before["groups"] else " (not in this store)"
-                                   if g not in after["groups"]
-                                   else " (changed)" if diff else " (as before)"))
-        lines.append(f"| {f['claim']} | {_figure(p) if p else 'not in that version'} | {_figure(f)} | "
-                     f"{'; '.join(marks) or NONE} |")
+                                   if g not in after["groups"] else " (changed)" if diff else " (as before)"))
+        rows.append({"claim": f["claim"], "previous": _figure(p) if p else "not in that version",
+                     "now": _figure(f), "runs": "; ".join(marks) or None})
+    return rows, [(g, group_changes(before["groups"].get(g), after["groups"].get(g))) for g in named]
+
+
+def markdown(before: dict, after: dict, store: str, previous: str, markers: str = "changes") -> str:
+    """A README block: a table of each claim's verdict and headline figure in the previous version and in this
+    one, with the run groups behind it, then what each of those groups did differently (`compare`)."""
+    which = "" if markers == "changes" else f" --markers {markers}"
+    lines = [f"Generated from the two stores by `python -m store.changes --store {store} --previous {previous}"
+             f"{which} --markdown` (store/changes.py; `--write-readme README.md` rewrites this block and a test keeps "
+             f"it equal to the output). Previous: `{before['store']}`"
+             + (f" (sha256 {before['sha256'][:12]})" if before.get("sha256") else "") + "; this store: "
+             f"`{after['store']}`. A figure is the claim's headline number (the first of its EditScope text in the "
+             "findings), with its 95% CI and n; a run group is a kind of run and its label, its edit orders together; "
+             f"\"{NONE}\" stands for a field a version's runs did not record.",
+             "", "| Claim | Previous | This store | Runs behind it |", "| --- | --- | --- | --- |"]
+    rows, diffs = compare(before, after)
+    lines += [f"| {r['claim']} | {r['previous']} | {r['now']} | {r['runs'] or NONE} |" for r in rows]
     lines += ["", "What those run groups did differently (previous → this store):", ""]
-    for g in named:
-        diff = group_changes(before["groups"].get(g), after["groups"].get(g))
-        lines.append(f"- **{g}**: " + ("; ".join(diff) if diff else "the same settings and measures") + ".")
+    lines += [f"- **{g}**: " + ("; ".join(diff) if diff else "the same settings and measures") + "."
+              for g, diff in diffs]
     return "\n".join(lines) + "\n"
 
 

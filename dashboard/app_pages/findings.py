@@ -41,23 +41,13 @@ if not plan.is_empty() and (plan["state"] != "done").any():  # a store built fro
 
 
 @st.cache_data(max_entries=2, show_spinner=False)
-def _changes(path: str, previous: str, key: tuple) -> tuple[list[dict], list[tuple[str, str]], str]:
-    """What changed from `previous` to the store at `path` (store.changes): one row per claim, each run group's
-    differences, and the previous version's name."""
+def _changes(path: str, previous: str, key: tuple) -> tuple[list[dict], list[tuple[str, list[str]]], str]:
+    """What changed from `previous` to the store at `path` (store.changes.compare), and the previous version's
+    name."""
     before = changes.load(previous, Path(previous).name)
     with Store.open(Path(path), readonly=True) as st_:
         after = changes.export(st_.conn, Path(path).name)
-    prev = {f["claim"]: f for f in before["findings"]}
-    rows, named = [], []
-    for f in after["findings"]:
-        p = prev.get(f["claim"])
-        behind = sorted(set(f["groups"]) | set(p["groups"] if p else ()))
-        named += [g for g in behind if g not in named]
-        rows.append({"claim": f["claim"], "previous": changes._figure(p) if p else "not in that version",
-                     "now": changes._figure(f), "runs": "; ".join(behind) or None})
-    diffs = [(g, "; ".join(changes.group_changes(before["groups"].get(g), after["groups"].get(g)))
-              or "the same settings and measures") for g in named]
-    return rows, diffs, before["store"]
+    return *changes.compare(before, after), before["store"]
 
 
 items = _findings(str(store_path()), stamp())
@@ -78,7 +68,7 @@ if previous is not None:
                           help="the run groups (kind: label) the claim reads, in either version; what each did "
                                "differently is listed below the table")})
         for group, diff in diffs:
-            st.text(f"{group}: {diff}")
+            st.text(f"{group}: " + ("; ".join(diff) or "the same settings and measures"))
 
 table = pl.DataFrame([{"claim": f.claim, "verdict": f.verdict, "direction": f.direction or None, "value": f.value,
                        "ci_low": f.ci_low, "ci_high": f.ci_high, "n": f.n} for f in items],
