@@ -552,9 +552,11 @@ def _per_editor(signs: dict[str, list[int]]) -> str:
     return REPRODUCED if 1 in said else REFUTED if -1 in said else NOT_MEASURED
 
 
-def _why_open(signs: dict[str, list[int]], runs: dict[str, dict[int, dict]], not_reached: str) -> str:
+def _why_open(signs: dict[str, list[int]], runs: dict[str, dict[int, dict]], not_reached: str,
+              pending: dict[str, dict] | None = None) -> str:
     """Why a per-editor verdict (_per_editor) is still open: nothing reached on any order (`not_reached`, then
-    what to wait for or run), too few orders, or orders that disagree."""
+    what to wait for or run), too few orders, orders that disagree, or orders that have decided nothing yet
+    (`pending`: "label order o" -> run, those named; else every run)."""
     if all(x == 0 for s in signs.values() for x in s):
         return not_reached + _not_yet({f"{label} order {o}": r for label, by in runs.items() for o, r in by.items()})
     few = [f"{label} on {len(s)} order{'s' * (len(s) != 1)}" for label, s in signs.items()
@@ -564,6 +566,9 @@ def _why_open(signs: dict[str, list[int]], runs: dict[str, dict[int, dict]], not
                 "(`--order-seed 1`, `2`), since which facts come when decides when a model breaks.")
     if any(1 in s and -1 in s for s in signs.values()):
         return "Measured, but undecided: the orders disagree."
+    if pending:
+        return (f"Measured on some orders; {', '.join(pending)} ha{'ve' if len(pending) > 1 else 's'} reached "
+                "neither what the claim says nor its contrary: " + _not_yet(pending))
     return ("Measured on some orders; the others have reached neither what the claim says nor its contrary: "
             + _not_yet({f"{label} order {o}": r for label, by in runs.items() for o, r in by.items()}))
 
@@ -601,7 +606,7 @@ def _b1(conn, arms) -> Finding:
     phases = derived.sequential_phases(conn, ids)
     events = derived.sequential_events(conn, ids)
     query = _runs_query(ids, curves="retained_em,forgotten_em,retained,forgotten")
-    parts, signs, em_runs = [], {}, {}
+    parts, signs, em_runs, pending = [], {}, {}, {}
     for label, by in runs.items():
         for o, run in by.items():
             rid = run["run_id"]
@@ -619,8 +624,10 @@ def _b1(conn, arms) -> Finding:
             parts.append(text + ("" if em else " [by ES, not exact match]"))
             if em:
                 em_runs.setdefault(label, {})[o] = run
-                signs.setdefault(label, []).append(
-                    1 if p and p["catastrophic"] else -1 if _collapse_at(events, rid) is not None else 0)
+                sign = 1 if p and p["catastrophic"] else -1 if _collapse_at(events, rid) is not None else 0
+                signs.setdefault(label, []).append(sign)
+                if not sign:
+                    pending[f"{label} order {o}"] = run
     ours = "; ".join(parts)
     if not em_runs:
         return Finding(**common, ours=ours, verdict=NOT_MEASURED, query=query,
@@ -633,7 +640,7 @@ def _b1(conn, arms) -> Finding:
     reach = max(r["n_done"] for by in em_runs.values() for r in by.values())
     return Finding(**common, ours=ours, verdict=NOT_MEASURED, query=query,
                    reason=_why_open(signs, em_runs, f"No catastrophic phase and no collapse in {reach} edits on any "
-                                                    "order (the paper's came at ≈560 for ROME on GPT-J): "))
+                                                    "order (the paper's came at ≈560 for ROME on GPT-J): ", pending))
 
 
 def _b2(conn, arms) -> Finding:
@@ -656,7 +663,7 @@ def _b2(conn, arms) -> Finding:
     phases = derived.sequential_phases(conn, ids)
     scores = derived.ability_scores(conn, kind="sequential", mode="quick")
     query = _runs_query(ids)
-    parts, signs, head, unscored = [], {}, {}, 0
+    parts, signs, head, unscored, pending = [], {}, {}, 0, {}
     for label, by in runs.items():
         for o, run in by.items():
             name = f"{label} order {o}{_unfinished(run)}"
@@ -664,6 +671,7 @@ def _b2(conn, arms) -> Finding:
             at = _collapse_at(events, run["run_id"])
             if use.is_empty():
                 parts.append(f"{name}: no ability checkpoints")
+                pending[f"{label} order {o}"] = run
                 continue
             row = (use.filter(pl.col("edit_count") == at).row(0, named=True) if at is not None
                    else use.row(-1, named=True))
@@ -682,6 +690,8 @@ def _b2(conn, arms) -> Finding:
                 unscored += 1
             sign = 0 if at is None or left is None else 1 if row["abilities_at_chance"] else -1
             signs.setdefault(label, []).append(sign)
+            if not sign:
+                pending[f"{label} order {o}"] = run
             if sign and not head:
                 head = dict(value=left, n=tasks)
     ours = "; ".join(parts)
@@ -695,7 +705,7 @@ def _b2(conn, arms) -> Finding:
                               "(`abilities measure --mode full`).")
     reach = max(r["n_done"] for by in runs.values() for r in by.values())
     return Finding(**common, ours=ours, verdict=NOT_MEASURED, query=query, **head,
-                   reason=_why_open(signs, runs, f"No run reached its collapse in {reach} edits: "))
+                   reason=_why_open(signs, runs, f"No run reached its collapse in {reach} edits: ", pending))
 
 
 def _b3(conn, arms) -> Finding:

@@ -409,6 +409,9 @@ def test_forgetting_is_read_on_the_studies_rome_with_the_original_keys_too(tmp_p
         b1 = _by_claim(st.conn)["B1"]  # original keys: two orders agree, the third has not got there
         assert b1.verdict == NOT_MEASURED and "ROME (original keys) order 0:" in b1.ours and "ROME order 2:" in b1.ours
         assert "Measured on some orders" in b1.reason and "--edits 1000" in b1.reason
+        # the orders that decided nothing are named, not "the others"
+        assert ("ROME (original keys) order 2, ROME order 0, ROME order 1, ROME order 2 have reached neither"
+                in b1.reason)
         _phase(st, "orig2", "retention_em", catastrophic=True)
         assert _by_claim(st.conn)["B1"].verdict == REPRODUCED
         st.conn.execute("UPDATE runs SET status = 'interrupted', n_total = 500 WHERE run_id = 'orig1'")
