@@ -64,14 +64,15 @@ def run_groups(conn: sqlite3.Connection) -> tuple[dict[str, dict], dict[str, str
     it apart, so a run's edit orders fall in one group), and run id -> group name. A group holds `kind`, `runs`,
     `orders` (edit-order seeds), `status` (count per status), `settings` (hp.NAME and cfg.NAME -> the values its
     runs have, " / " between distinct ones; `probes` for runs that probe a case set), `metrics` (every metric its
-    runs recorded) and `diagnostics` (how many of its runs stored per-edit diagnostics)."""
+    runs recorded) and `diagnostics` (how many of its runs stored per-edit diagnostics); `code` is the commit its
+    runs ran."""
     groups: dict[str, dict] = {}
     of_run: dict[str, str] = {}
     probes_cache: dict = {}
     marks = ",".join("?" * len(KINDS))
-    rows = conn.execute(f"SELECT run_id, kind, editor, hparams, config, status FROM runs WHERE kind IN ({marks}) "
-                        "ORDER BY run_id", KINDS).fetchall()
-    for run_id, kind, editor, hp_text, cfg_text, status in rows:
+    rows = conn.execute(f"SELECT run_id, kind, editor, hparams, config, status, code_version FROM runs "
+                        f"WHERE kind IN ({marks}) ORDER BY run_id", KINDS).fetchall()
+    for run_id, kind, editor, hp_text, cfg_text, status, code in rows:
         hp, cfg = json.loads(hp_text or "null") or {}, json.loads(cfg_text or "null") or {}
         name = f"{kind}: {run_label(editor, hp, cfg)}"
         of_run[run_id] = name
@@ -85,6 +86,8 @@ def run_groups(conn: sqlite3.Connection) -> tuple[dict[str, dict], dict[str, str
         values.update({f"cfg.{k}": _text(v) for k, v in cfg.items() if k not in SKIP_CONFIG})
         if kind in ("knowledge", "robustness") and cfg.get("case_set"):
             values["probes"] = _probes(conn, cfg["case_set"], probes_cache)
+        if code:
+            values["code"] = code  # the commit it ran (git log OLD..NEW says what changed in between)
         for k, v in values.items():
             g["settings"].setdefault(k, set()).add(v)
         g["metrics"] |= _metrics(conn, run_id)
@@ -169,7 +172,9 @@ def group_changes(before: dict | None, after: dict | None) -> list[str]:
     out = []
     if _runs(before) != _runs(after):
         out.append(f"{_runs(before)} → {_runs(after)}")
-    for key in sorted(set(before["settings"]) | set(after["settings"])):
+    rank = {"cfg": 0, "hp": 1}  # the layout, then the editor's settings, then the probes (the commit comes last)
+    keys = (set(before["settings"]) | set(after["settings"])) - {"code"}
+    for key in sorted(keys, key=lambda k: (rank.get(k.split(".")[0], 2), k)):
         b, a = before["settings"].get(key, NONE), after["settings"].get(key, NONE)
         if b != a:
             out.append(f"{key.split('.', 1)[-1]} {b} → {a}")
@@ -182,6 +187,9 @@ def group_changes(before: dict | None, after: dict | None) -> list[str]:
     if bool(before["diagnostics"]) != bool(after["diagnostics"]):
         out.append(f"per-edit diagnostics in {before['diagnostics']} of {before['runs']} run(s) → "
                    f"{after['diagnostics']} of {after['runs']}")
+    code = before["settings"].get("code", NONE), after["settings"].get("code", NONE)
+    if code[0] != code[1]:
+        out.append(f"code {code[0]} → {code[1]}")
     return out
 
 

@@ -25,6 +25,7 @@ def _previous(path: Path) -> None:
     with Store.open(path, create=True) as st:
         _robustness_store(st, ACC, KNOWN, doubt_forced=True)
         st.conn.execute("UPDATE runs SET hparams = ? WHERE run_id = 'rob-ROME'", (json.dumps({"v_lr": 0.5}),))
+        st.conn.execute("UPDATE runs SET code_version = 'c0ffee' WHERE run_id = 'rob-ROME'")
         st.conn.commit()
         _run(st, "seq-0", "sequential", editor="ROME", hparams={"v_lr": 0.5},
              config={"order_seed": 0, "panel_size": 50})
@@ -65,6 +66,8 @@ def test_a_claim_shows_its_verdict_in_both_versions_and_what_its_runs_did_differ
     assert "v_lr 0.5 → 0.1" in rome
     assert "probes copy task: doubt → free answers" in rome
     assert "per-edit diagnostics in 0 of 1 run(s) → 1 of 1" in rome
+    code = new["groups"]["robustness: ROME"]["settings"].get("code", "—")
+    assert code != "c0ffee" and rome[-1] == f"code c0ffee → {code}"  # the commits, to read what changed between
     # MEMIT's runs were made alike: only its results moved
     assert changes.group_changes(old["groups"]["robustness: MEMIT"], new["groups"]["robustness: MEMIT"]) == [
         "probes copy task: doubt → free answers"]

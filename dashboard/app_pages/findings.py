@@ -58,7 +58,8 @@ if previous is not None:
         st.text(f"Previous version: {name}")
         st.caption("Each claim's verdict and headline number in the previous version and in this store, and what the "
                    "runs behind it did differently (store.changes: hyperparameters and layout from each run's record, "
-                   "the probes' form from its case set, the metrics it recorded, per-edit diagnostics). \u2014 stands "
+                   "the probes' form from its case set, the metrics it recorded, per-edit diagnostics, the commits it "
+                   "ran). \u2014 stands "
                    "for a field a version's runs did not record.")
         show(pl.DataFrame(rows, schema={"claim": pl.String, "previous": pl.String, "now": pl.String,
                                         "runs": pl.String}),
