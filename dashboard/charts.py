@@ -256,6 +256,9 @@ def correlation_forest(df: pl.DataFrame, label_col: str, title: str, colours: di
 _PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f")
 
 
+BAND_ALPHA = 0.12  # a CI band's opacity where at most two runs draw one on a panel
+
+
 def _colour(i: int) -> str:
     return _PALETTE[i % len(_PALETTE)]
 
@@ -307,6 +310,10 @@ def forgetting_curves(curves: pl.DataFrame, events: pl.DataFrame, series: list[s
     for i, name in enumerate(series):
         row, col = i // cols + 1, i % cols + 1
         part = curves.filter(pl.col("series") == name)
+        # bands of several runs overlap: each fainter, so that together they stay as light as two (a panel of
+        # newest-edit ES, 10 of 10 edits at most checkpoints, has a Wilson band of [0.72, 1] for every run)
+        banded = part.filter(pl.col("ci_low").is_not_null())["run_id"].n_unique() if part.height else 0
+        alpha = BAND_ALPHA * min(1.0, 2 / banded) if banded else BAND_ALPHA
         for j, run in enumerate(run_ids):
             data = part.filter(pl.col("run_id") == run).sort("edit_count")
             if data.is_empty():
@@ -317,7 +324,7 @@ def forgetting_curves(curves: pl.DataFrame, events: pl.DataFrame, series: list[s
                 fig.add_trace(go.Scatter(
                     x=data["edit_count"].to_list() + data["edit_count"].reverse().to_list(),
                     y=data["ci_high"].to_list() + data["ci_low"].reverse().to_list(),
-                    mode="lines", fill="toself", fillcolor=_rgba(colour, 0.12), line=dict(width=0), hoverinfo="skip",
+                    mode="lines", fill="toself", fillcolor=_rgba(colour, alpha), line=dict(width=0), hoverinfo="skip",
                     showlegend=False, legendgroup=run), row=row, col=col)
             fig.add_trace(go.Scatter(
                 x=data["edit_count"].to_list(), y=data["value"].to_list(), mode="lines+markers",

@@ -117,6 +117,22 @@ def test_forgetting_curves_shade_catastrophic_phases_and_mark_events():
     assert fig.layout.xaxis.title.text == "Edits made"
 
 
+def test_ci_bands_of_several_runs_overlap_no_darker_than_two():
+    """Newest-edit ES of four runs, 10 of 10 at every checkpoint: each run's Wilson band is [0.72, 1], and four of
+    them laid over each other made one dark block that hid the lines; each is fainter, by the runs banded."""
+    def bands(runs):
+        curves = pl.DataFrame({"run_id": [r for r in runs for _ in range(3)], "edit_count": [10, 20, 30] * len(runs),
+                               "series": ["Newest-edit efficacy (ES)"] * 3 * len(runs), "value": [1.0] * 3 * len(runs),
+                               "n": [10] * 3 * len(runs), "ci_low": [0.72] * 3 * len(runs),
+                               "ci_high": [1.0] * 3 * len(runs)})
+        fig = charts.forgetting_curves(curves, pl.DataFrame(), ["Newest-edit efficacy (ES)"], {r: r for r in runs})
+        return [float(t.fillcolor.rsplit(",", 1)[1].rstrip(")")) for t in fig.data if t.fill == "toself"]
+
+    one, two, four = bands(["a"]), bands(["a", "b"]), bands(["a", "b", "c", "d"])
+    assert one == [charts.BAND_ALPHA] and two == [charts.BAND_ALPHA] * 2
+    assert len(four) == 4 and sum(four) == pytest.approx(sum(two)) and max(four) < charts.BAND_ALPHA
+
+
 def test_a_phase_is_shaded_on_its_own_series_panel_only():
     """Exact-match retention's catastrophic phase is shaded on the exact-match panel (it was shaded on none: panels
     were matched by a name prefix), and the ES retention's phase only on the ES panel."""
