@@ -22,7 +22,7 @@ import streamlit as st
 from dashboard.jobs import workspace_path as _workspace_for
 from store import Store, StoreError, default_store_path, derived, diagnostics, queries
 
-SHIPPED, WORKSPACE = "shipped", "workspace"
+SHIPPED, WORKSPACE, REBUILD = "shipped", "workspace", "rebuild"
 # catalogue queries: the key that tells rows apart; the workspace adds only rows the shipped store lacks
 CATALOGUE_KEYS = {
     "kb_relations": ["relation"], "case_sets": ["case_set"], "cases": ["case_id"], "probes": ["case_id", "probe_id"],
@@ -53,13 +53,19 @@ def showing_rebuild() -> bool:
     """Whether the visitor chose the rebuild in progress (sidebar, or ?results=rebuild in the link)."""
     from dashboard.filters import current
 
-    return rebuild_path() is not None and current(RESULTS_KEY) == "rebuild"
+    return rebuild_path() is not None and current(RESULTS_KEY) == REBUILD
 
 
 def store_path() -> Path:
     """The store to show: $EDITSCOPE_STORE, else the shipped store/results.sqlite, or the rebuild in progress
     (store/rebuild.sqlite) when the visitor chose it."""
     return rebuild_path() if showing_rebuild() else default_store_path()
+
+
+def store_name() -> str:
+    """What the shown store is called where a run says where it lives: 'rebuild' for the rebuild in progress, else
+    'shipped' (the other is the 'workspace')."""
+    return REBUILD if showing_rebuild() else SHIPPED
 
 
 PREVIOUS_FILE = "previous.json"  # the shipped store's previous version, exported when the rebuild replaced it
@@ -93,8 +99,8 @@ def _workspace_or_none() -> Path | None:
 
 
 def store_paths() -> dict[str, Path]:
-    """{'shipped': path, 'workspace': path} for the stores that exist."""
-    out = {SHIPPED: store_path()}
+    """{'shipped' (or 'rebuild', store_name): path, 'workspace': path} for the stores that exist."""
+    out = {store_name(): store_path()}
     ws = _workspace_or_none()
     if ws is not None and ws.is_file():
         out[WORKSPACE] = ws
@@ -153,7 +159,7 @@ def _mark(df: pl.DataFrame, ws_ids: set[str]) -> pl.DataFrame:
     if "run_id" not in df.columns:
         return df
     in_ws = pl.col("run_id").is_in(list(ws_ids))
-    df = df.with_columns(pl.when(in_ws).then(pl.lit(WORKSPACE)).otherwise(pl.lit(SHIPPED)).alias("store"))
+    df = df.with_columns(pl.when(in_ws).then(pl.lit(WORKSPACE)).otherwise(pl.lit(store_name())).alias("store"))
     if "label" in df.columns:
         df = df.with_columns(pl.when(in_ws).then(pl.col("label") + " · workspace").otherwise(pl.col("label"))
                              .alias("label"))
@@ -199,9 +205,9 @@ def query(name: str, **kwargs) -> pl.DataFrame:
 
 
 def run_store(run_id: str) -> str:
-    """'workspace' when the run lives in the workspace store, else 'shipped'."""
+    """'workspace' when the run lives in the workspace store, else the shown store's name (store_name)."""
     ws = _workspace_or_none()
-    return WORKSPACE if ws is not None and ws.is_file() and run_id in _workspace_runs(ws) else SHIPPED
+    return WORKSPACE if ws is not None and ws.is_file() and run_id in _workspace_runs(ws) else store_name()
 
 
 def secrets() -> dict:

@@ -508,3 +508,8 @@ def test_a_rebuild_beside_the_shipped_store_is_offered_in_the_sidebar_and_shown_
     assert not at.exception
     runs = [m for m in at.multiselect if m.label == "Runs"][0]
     assert set(runs.options) <= {"ROME", "ROME [done, 1/1 cases, started 2030-01-01 00:00]"}  # the rebuild's runs
+    # where a run lives is named after the shown store: the rebuild's runs are not called "shipped"
+    at.switch_page("app_pages/cases.py").run()
+    assert not at.exception
+    options = [s for s in at.selectbox if s.label == "Run"][0].options
+    assert options and all(" · rebuild · " in o and " · shipped · " not in o for o in options)
