@@ -722,7 +722,7 @@ def _write_rebuild_findings(store: Path, readme: Path) -> None:
         _out(f"{readme} has no {start} ... {end} block: the rebuild's findings were not written")
         return
     with Store.open(store, readonly=True) as st:
-        fmod.write_readme(readme, fmod.findings(st.conn), store.as_posix(), "rebuild-findings")
+        fmod.write_readme(readme, fmod.block(st.conn, store.as_posix(), "rebuild-findings"), "rebuild-findings")
     _out(f"wrote the findings of {store} into {readme}")
 
 

@@ -29,6 +29,3 @@ def word(text, pattern: str, fallback: str) -> str:
     a link, e.g. a plan's file name), else our own `fallback` wording."""
     return text if isinstance(text, str) and re.fullmatch(pattern, text) else fallback
 
-
-PLAN_FILE = r"plans/[A-Za-z0-9_-]+\.toml"  # a plan's file as `plan snapshot` records it
-MINUTE = r"\d{4}-\d\d-\d\dT\d\d:\d\dZ"  # when it was taken

@@ -42,6 +42,10 @@ TRAITS_KEY = "editor_traits"
 # the meta key under which `plan snapshot` keeps the plan's status in the copy it makes (compute.plan.status_record:
 # every unit's state when the copy was taken), so that a store built from part of a plan says what it lacks
 PLAN_STATUS_META = "plan_status"
+# the shapes of the plan's file and of the time `plan snapshot` records with that status: text of these shapes
+# cannot carry markup or a link, so pages and the README quote it only when it has them
+PLAN_FILE = r"plans/[A-Za-z0-9_-]+\.toml"
+MINUTE = r"\d{4}-\d\d-\d\dT\d\d:\d\dZ"
 
 HELD = 0.5  # an edit holds when its ES (P(new) > P(true)) or its exact match is at least this
 # a robustness run's edit held on the plain prompt when its acc there is above this (its one probe names the new

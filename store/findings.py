@@ -1223,18 +1223,39 @@ def findings(conn: sqlite3.Connection) -> list[Finding]:
     ]
 
 
+def plan_part(conn: sqlite3.Connection) -> str:
+    """One sentence for a store built from part of a plan (the plan status `plan snapshot` keeps in it,
+    store.queries.plan_status, with units not done): how many of the plan's units it holds, as it stood when;
+    '' for any other store. The plan's file and the time are quoted only in their own shapes (a record written
+    by hand shows neither)."""
+    import re
+
+    from .conventions import MINUTE, PLAN_FILE
+
+    plan = queries.plan_status(conn)
+    if plan.is_empty() or not (plan["state"] != "done").any():
+        return ""
+    name, taken = plan["plan"][0], plan["taken_at"][0]
+    name = name if isinstance(name, str) and re.fullmatch(PLAN_FILE, name) else "its plan"
+    taken = taken if isinstance(taken, str) and re.fullmatch(MINUTE, taken) else "an unrecorded time"
+    return (f"This store holds {(plan['state'] == 'done').sum()} of the {plan.height} units of {name} (as it stood at "
+            f"{taken}): a claim that needs a unit not computed yet reads not measured yet.")
+
+
 STUDIES = {"A": "Study A (robustness of single edits, Ma et al.)", "B": "Study B (sequential editing, Gupta et al.)",
            "C": "Study C (general abilities, Gu et al.)"}
 
 
-def markdown(items: list[Finding], store: str = "store/results.sqlite", markers: str = "findings") -> str:
+def markdown(items: list[Finding], store: str = "store/results.sqlite", markers: str = "findings",
+             part: str = "") -> str:
     """A README block: one bullet per claim (claim, paper, EditScope, verdict, rule, reason), by study, headed by
-    the command that writes it (`store`: the store's path as the command names it; `markers`: the block's)."""
+    the command that writes it (`store`: the store's path as the command names it; `markers`: the block's) and,
+    for a store built from part of a plan, what part (`part`: plan_part)."""
     which = "" if markers == "findings" else f" --markers {markers}"
     lines = [f"Generated from the store by `python -m store.findings --store {store}{which} --markdown` "
              "(store/findings.py; `--write-readme README.md` rewrites this block, a test keeps it equal to the "
              "output, and the dashboard's Findings page shows the same). The model is SmolLM2-135M, not the papers' "
-             "1.5B-7B models: levels are not compared, directions are."]
+             "1.5B-7B models: levels are not compared, directions are." + (f" {part}" if part else "")]
     counts = {v: sum(f.verdict == v for f in items) for v in VERDICTS}
     lines.append("")
     lines.append("Verdicts: " + ", ".join(f"{k} {v}" for v, k in counts.items() if k) + ".")
@@ -1276,13 +1297,17 @@ def with_block(text: str, block: str, start: str = START, end: str = END) -> str
     return text[:text.index(start) + len(start)] + "\n" + block.strip("\n") + "\n" + text[text.index(end):]
 
 
-def write_readme(readme, items: list[Finding], store: str, markers: str = "findings") -> None:
-    """Replace the README's block called `markers` with the findings `items` of the store at `store` (as the
-    block's command names it)."""
+def block(conn: sqlite3.Connection, store: str = "store/results.sqlite", markers: str = "findings") -> str:
+    """The README block of the store open on `conn` (markdown of its findings and plan_part)."""
+    return markdown(findings(conn), store, markers, plan_part(conn))
+
+
+def write_readme(readme, text_block: str, markers: str = "findings") -> None:
+    """Replace the README's block called `markers` with `text_block` (`block`)."""
     from pathlib import Path
 
     readme = Path(readme)
-    text = with_block(readme.read_text(encoding="utf-8"), markdown(items, store, markers), *markers_of(markers))
+    text = with_block(readme.read_text(encoding="utf-8"), text_block, *markers_of(markers))
     readme.write_text(text, encoding="utf-8")
 
 
@@ -1304,17 +1329,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with Store.open(path, readonly=True) as st:
             items = findings(st.conn)
+            text = markdown(items, Path(path).as_posix() if args.store else "store/results.sqlite", args.markers,
+                            plan_part(st.conn))
     except StoreError as exc:
         parser.exit(2, f"{exc}\n")
-    block = markdown(items, Path(path).as_posix() if args.store else "store/results.sqlite", args.markers)
     if args.write_readme:
         readme = Path(args.write_readme)
         try:
-            write_readme(readme, items, Path(path).as_posix() if args.store else "store/results.sqlite", args.markers)
+            write_readme(readme, text, args.markers)
         except (OSError, ValueError) as exc:
             parser.exit(2, f"{readme}: {exc}\n")
     if args.markdown:
-        print(block, end="")
+        print(text, end="")
     else:
         for f in items:
             print(f"{f.claim}  {f.verdict}{f' ({f.direction})' if f.direction else ''}  {f.ours}")

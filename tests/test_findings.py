@@ -668,7 +668,7 @@ def test_rules_are_one_sentence_and_every_number_has_its_verdict(tmp_path):
 
 def test_the_readme_block_is_the_functions_output_on_the_shipped_store():
     with Store.open(SHIPPED, readonly=True) as st:
-        expected = fmod.markdown(findings(st.conn))
+        expected = fmod.block(st.conn)
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert fmod.readme_block(readme) == expected.strip("\n"), \
         "README block is stale: run `python -m store.findings --store store/results.sqlite --write-readme README.md`"
@@ -682,7 +682,7 @@ def test_the_readmes_rebuild_block_is_the_functions_output_on_the_committed_rebu
         assert start not in readme
         return
     with Store.open(rebuild, readonly=True) as st:
-        expected = fmod.markdown(findings(st.conn), "store/rebuild.sqlite", "rebuild-findings")
+        expected = fmod.block(st.conn, "store/rebuild.sqlite", "rebuild-findings")
     assert fmod.readme_block(readme, start, end) == expected.strip("\n"), (
         "README's rebuild block is stale: run `python -m store.findings --store store/rebuild.sqlite --markers "
         "rebuild-findings --write-readme README.md` (or `plan snapshot ... --write-readme README.md`)")

@@ -873,7 +873,8 @@ def test_a_snapshot_copies_a_running_plans_store_with_its_running_runs_marked_in
                  "--write-readme", str(readme)]) == 0
     block = fmod.readme_block(readme.read_text(), start, end)
     with Store.open(to, readonly=True) as st:
-        assert block == fmod.markdown(fmod.findings(st.conn), to.as_posix(), "rebuild-findings").strip("\n")
+        assert block == fmod.block(st.conn, to.as_posix(), "rebuild-findings").strip("\n")
+    assert "This store holds 0 of the " in block  # built from part of a plan: what part, said in the block
     assert f"--store {to.as_posix()} --markers rebuild-findings" in block and "not measured yet" in block
     # --changes-from: what changed from the store the copy will replace, between the rebuild-changes markers
     from store import changes

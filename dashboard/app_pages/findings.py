@@ -7,11 +7,10 @@ from pathlib import Path
 import polars as pl
 import streamlit as st
 
-from dashboard.data import previous_version, query, stamp, store_path
-from dashboard.plain import MINUTE, PLAN_FILE, word
+from dashboard.data import previous_version, stamp, store_path
 from dashboard.tables import Col, show
 from store import Store, changes
-from store.findings import NOT_COMPARABLE, NOT_MEASURED, REFUTED, REPRODUCED, STUDIES, findings
+from store.findings import NOT_COMPARABLE, NOT_MEASURED, REFUTED, REPRODUCED, STUDIES, findings, plan_part
 
 PAGES = Path(__file__).resolve().parent
 COLOURS = {REPRODUCED: "green", REFUTED: "red", NOT_COMPARABLE: "orange", NOT_MEASURED: "gray"}
@@ -32,12 +31,18 @@ st.caption("Each claim of the three studies beside what this store measures, wit
            "Verdicts: reproduced, refuted, not comparable (the paper's level; the direction is still compared), "
            "not measured yet (the store lacks what the claim needs, or its n does not decide it). Runs started "
            "from this dashboard (the workspace store) are not counted.")
-plan = query("plan_status")
-if not plan.is_empty() and (plan["state"] != "done").any():  # a store built from part of a plan
-    st.caption(f"This store holds {(plan['state'] == 'done').sum()} of the {plan.height} units of "
-               f"{word(plan['plan'][0], PLAN_FILE, 'its plan')} (as it stood at "
-               f"{word(plan['taken_at'][0], MINUTE, 'an unrecorded time')}): a claim that needs a unit not computed "
-               "yet reads not measured yet. The Overview lists the units, with the CPU-hours each still needs.")
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def _plan_part(path: str, key: tuple) -> str:
+    """store.findings.plan_part of the store at `path` (the README's findings blocks say the same)."""
+    with Store.open(Path(path), readonly=True) as st_:
+        return plan_part(st_.conn)
+
+
+part = _plan_part(str(store_path()), stamp())
+if part:  # a store built from part of a plan; the sentence quotes the plan's file and time only in their shapes
+    st.caption(part + " The Overview lists the units, with the CPU-hours each still needs.")
 
 
 @st.cache_data(max_entries=2, show_spinner=False)

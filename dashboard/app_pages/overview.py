@@ -6,9 +6,10 @@ import streamlit as st
 from dashboard import charts
 from dashboard.data import for_visitor, public_mode, query, rebuild_path, showing_rebuild, store_path
 from dashboard.filters import known_toggle, url_selectbox, url_toggle
-from dashboard.plain import MINUTE, PLAN_FILE, word
+from dashboard.plain import word
 from dashboard.sidebar import run_table
 from dashboard.tables import Col, errors_in_full, show, to_minute, with_ci
+from store.conventions import MINUTE, PLAN_FILE
 from store.derived import sequential_rules
 from store.measurable import MEASURABLE_SHARE, hardest_measurable, unmeasurable_reasons
 
