@@ -326,10 +326,10 @@ def disabling_edit_events(series: dict[str, dict], large: list[dict], abrupt: li
     broad, at least DISABLING_MIN_SERIES ability or perplexity series at once or the perplexity multiplied
     PERPLEXITY_BLOWUP-fold in the step. One series falling over an interval of many edits is not pinned on any
     one of them (seen on the rebuild, 2026-12-07: entity typing fell abruptly in the first 50 edits of every ROME
-    order and of the size-matched random control, where r-ROME's order 2 had a 0.27 ||W0|| update at edit 41). A model
-    already collapsed (unusable from an earlier checkpoint on) is not disabled again. An outlier of a run's own
-    updates that nothing follows is a large update, not a disabling edit: the r-ROME run on order 0 has one of
-    0.3 ||W0|| with no change after it. `detail` adds `followed_by`. `series`: the run's `run_series` (its
+    order and of the size-matched random control, where r-ROME's order 2 had a 0.27 ||W0|| update at edit 41). A
+    model already collapsed (unusable from an earlier checkpoint on) is not disabled again. An outlier of a run's
+    own updates that nothing follows is a large update, not a disabling edit (seen on the rebuild: the r-ROME run
+    on order 0 has one of 0.3 ||W0|| with no change after it). `detail` adds `followed_by`. `series`: the run's `run_series` (its
     ability checkpoints); `batch`: the run's edits per update (an interval of one batch holds one update)."""
     checks = sorted({int(x) for name, s_ in series.items() if name.startswith("ability:") for x in s_["x"]})
     collapsed_from = min((int(c["edit_count"]) for c in collapse), default=None)
