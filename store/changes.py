@@ -31,12 +31,25 @@ MARKERS = ("changes", "rebuild-changes")  # the shipped store's block, and the r
 NONE = "—"
 
 
+LONG_LIST = 6  # a list longer than this is written as its length and its first items
+
+
 def _text(value) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, float) and value == int(value) and abs(value) < 1e15:
         return f"{value:g}"
+    if isinstance(value, list) and len(value) > LONG_LIST:
+        return f"{len(value)} values ({', '.join(_text(v) for v in value[:3])}, …)"
     return json.dumps(value, sort_keys=True, separators=(", ", ": "))
+
+
+def _flat(prefix: str, value) -> dict[str, str]:
+    """A setting as NAME -> text, a dict's entries each under NAME.KEY (an ability task's quick_n and version are
+    told apart, not one long JSON)."""
+    if isinstance(value, dict) and value:
+        return {k: v for key, sub in value.items() for k, v in _flat(f"{prefix}.{key}", sub).items()}
+    return {prefix: _text(value)}
 
 
 def _probes(conn: sqlite3.Connection, case_set: str | None, cache: dict) -> str:
@@ -65,7 +78,9 @@ def run_groups(conn: sqlite3.Connection) -> tuple[dict[str, dict], dict[str, str
     `orders` (edit-order seeds), `status` (count per status), `settings` (hp.NAME and cfg.NAME -> the values its
     runs have, " / " between distinct ones; `probes` for runs that probe a case set), `metrics` (every metric its
     runs recorded) and `diagnostics` (how many of its runs stored per-edit diagnostics); `code` is the commit its
-    runs ran."""
+    runs ran. A knowledge or robustness group also holds `judged` and `unmeasurable`: the rephrase types its runs'
+    measurability was judged on and those found unmeasurable (store.measurable.run_measurability: the unedited
+    model's recall on the type, copy tasks), where the store has the recall to judge by."""
     groups: dict[str, dict] = {}
     of_run: dict[str, str] = {}
     probes_cache: dict = {}
@@ -82,10 +97,15 @@ def run_groups(conn: sqlite3.Connection) -> tuple[dict[str, dict], dict[str, str
         g["status"][status] = g["status"].get(status, 0) + 1
         if "order_seed" in cfg:
             g["orders"].add(int(cfg["order_seed"]))
-        values = {f"hp.{k}": _text(v) for k, v in hp.items()}
-        values.update({f"cfg.{k}": _text(v) for k, v in cfg.items() if k not in SKIP_CONFIG})
+        values = {k: v for key, val in hp.items() for k, v in _flat(f"hp.{key}", val).items()}
+        values.update({k: v for key, val in cfg.items() if key not in SKIP_CONFIG
+                       for k, v in _flat(f"cfg.{key}", val).items()})
         if kind in ("knowledge", "robustness") and cfg.get("case_set"):
             values["probes"] = _probes(conn, cfg["case_set"], probes_cache)
+            judged = measurable.run_measurability(conn, run_id=run_id)
+            if judged.height:  # the rephrase types the run could measure (its baseline's recall; no copy task)
+                g.setdefault("unmeasurable", set()).update(judged.filter(~judged["measurable"])["rephrase_type"])
+                g.setdefault("judged", set()).update(judged["rephrase_type"])
         if code:
             values["code"] = code  # the commit it ran (git log OLD..NEW says what changed in between)
         for k, v in values.items():
@@ -93,6 +113,9 @@ def run_groups(conn: sqlite3.Connection) -> tuple[dict[str, dict], dict[str, str
         g["metrics"] |= _metrics(conn, run_id)
         g["diagnostics"] += _has_diagnostics(conn, run_id)
     for g in groups.values():
+        for key in ("unmeasurable", "judged"):
+            if key in g:
+                g[key] = sorted(g[key])
         g["orders"] = sorted(g["orders"])
         g["settings"] = {k: " / ".join(sorted(v)) for k, v in sorted(g["settings"].items())}
         g["metrics"] = sorted(g["metrics"])
@@ -178,6 +201,14 @@ def group_changes(before: dict | None, after: dict | None) -> list[str]:
         b, a = before["settings"].get(key, NONE), after["settings"].get(key, NONE)
         if b != a:
             out.append(f"{key.split('.', 1)[-1]} {b} → {a}")
+    if "judged" in before and "judged" in after:  # study A's types: which the probes now let the model answer
+        both = set(before["judged"]) & set(after["judged"])
+        now = sorted(both & set(before["unmeasurable"]) - set(after["unmeasurable"]))
+        lost = sorted(both & set(after["unmeasurable"]) - set(before["unmeasurable"]))
+        if now:
+            out.append("measurable now: " + ", ".join(now))
+        if lost:
+            out.append("unmeasurable now: " + ", ".join(lost))
     added = sorted(set(after["metrics"]) - set(before["metrics"]))
     dropped = sorted(set(before["metrics"]) - set(after["metrics"]))
     if added:
@@ -195,8 +226,8 @@ def group_changes(before: dict | None, after: dict | None) -> list[str]:
 
 def compare(before: dict, after: dict) -> tuple[list[dict], list[tuple[str, list[str]]]]:
     """One row per claim of `after` (claim; previous and now: verdict and headline figure; runs: each run group
-    behind it in either version, marked new, not in this store, changed or as before), and what each of those
-    groups did differently (`group_changes`), in the order the claims name them."""
+    behind it in either version, marked new, not in this store, changed or as before), and what each run group of
+    either version did differently (`group_changes`): those the claims name first, in that order, then the rest."""
     prev = {f["claim"]: f for f in before["findings"]}
     rows: list[dict] = []
     named: list[str] = []
@@ -211,7 +242,8 @@ def compare(before: dict, after: dict) -> tuple[list[dict], list[tuple[str, list
                                    if g not in after["groups"] else " (changed)" if diff else " (as before)"))
         rows.append({"claim": f["claim"], "previous": _figure(p) if p else "not in that version",
                      "now": _figure(f), "runs": "; ".join(marks) or None})
-    return rows, [(g, group_changes(before["groups"].get(g), after["groups"].get(g))) for g in named]
+    rest = sorted((set(before["groups"]) | set(after["groups"])) - set(named))  # e.g. knowledge runs: no claim names
+    return rows, [(g, group_changes(before["groups"].get(g), after["groups"].get(g))) for g in named + rest]
 
 
 def markdown(before: dict, after: dict, store: str, previous: str, markers: str = "changes") -> str:
@@ -228,7 +260,7 @@ def markdown(before: dict, after: dict, store: str, previous: str, markers: str 
              "", "| Claim | Previous | This store | Runs behind it |", "| --- | --- | --- | --- |"]
     rows, diffs = compare(before, after)
     lines += [f"| {r['claim']} | {r['previous']} | {r['now']} | {r['runs'] or NONE} |" for r in rows]
-    lines += ["", "What those run groups did differently (previous → this store):", ""]
+    lines += ["", "What each run group did differently (previous → this store; those behind a claim first):", ""]
     lines += [f"- **{g}**: " + ("; ".join(diff) if diff else "the same settings and measures") + "."
               for g, diff in diffs]
     return "\n".join(lines) + "\n"

@@ -28,7 +28,7 @@ def _previous(path: Path) -> None:
         st.conn.execute("UPDATE runs SET code_version = 'c0ffee' WHERE run_id = 'rob-ROME'")
         st.conn.commit()
         _run(st, "seq-0", "sequential", editor="ROME", hparams={"v_lr": 0.5},
-             config={"order_seed": 0, "panel_size": 50})
+             config={"order_seed": 0, "panel_size": 50, "tasks": {"sentiment": {"quick_n": 80, "version": 1}}})
 
 
 def _current(path: Path) -> None:
@@ -43,7 +43,8 @@ def _current(path: Path) -> None:
                                     "name": "dw_rel", "value": 0.05}])
         for order in range(3):
             _run(st, f"seq-{order}", "sequential", editor="ROME", hparams={"v_lr": 0.1},
-                 config={"order_seed": order, "panel_size": 200})
+                 config={"order_seed": order, "panel_size": 200, "tasks": {"sentiment": {"quick_n": 160, "version": 1}},
+                         "types": [f"t{i}" for i in range(8)]})
         _run(st, "ctl-0", "sequential", editor="RandomRankOne", config={"order_seed": 0, "panel_size": 200})
 
 
@@ -65,15 +66,20 @@ def test_a_claim_shows_its_verdict_in_both_versions_and_what_its_runs_did_differ
     rome = changes.group_changes(old["groups"]["robustness: ROME"], new["groups"]["robustness: ROME"])
     assert "v_lr 0.5 → 0.1" in rome
     assert "probes copy task: doubt → free answers" in rome
+    # which rephrase types the unedited model could answer, judged by the same rule in each version
+    assert "measurable now: doubt" in rome and not [d for d in rome if d.startswith("unmeasurable now")]
     assert "per-edit diagnostics in 0 of 1 run(s) → 1 of 1" in rome
     code = new["groups"]["robustness: ROME"]["settings"].get("code", "—")
     assert code != "c0ffee" and rome[-1] == f"code c0ffee → {code}"  # the commits, to read what changed between
-    # MEMIT's runs were made alike: only its results moved
+    # MEMIT's runs were made alike: only its probes and what they let it measure changed
     assert changes.group_changes(old["groups"]["robustness: MEMIT"], new["groups"]["robustness: MEMIT"]) == [
-        "probes copy task: doubt → free answers"]
+        "probes copy task: doubt → free answers", "measurable now: doubt"]
     seq = changes.group_changes(old["groups"]["sequential: ROME"], new["groups"]["sequential: ROME"])
     assert seq[0] == "1 run (1 done), edit order 0 → 3 runs (3 done), edit orders 0, 1, 2"
     assert "panel_size 50 → 200" in seq and "v_lr 0.5 → 0.1" in seq
+    # a dict's entries are compared one by one (an ability task's items), a long list by its length and first items
+    assert "tasks.sentiment.quick_n 80 → 160" in seq and not [d for d in seq if "version" in d]
+    assert "types — → 8 values (t0, t1, t2, …)" in seq
     assert changes.group_changes(None, new["groups"]["sequential: RandomRankOne (control)"]) == [
         "new: 1 run (1 done), edit order 0"]
     assert changes.group_changes(old["groups"]["sequential: ROME"], old["groups"]["sequential: ROME"]) == []

@@ -63,8 +63,9 @@ if previous is not None:
         st.text(f"Previous version: {name}")
         st.caption("Each claim's verdict and headline number in the previous version and in this store, and what the "
                    "runs behind it did differently (store.changes: hyperparameters and layout from each run's record, "
-                   "the probes' form from its case set, the metrics it recorded, per-edit diagnostics, the commits it "
-                   "ran). \u2014 stands for a field a version's runs did not record.")
+                   "the probes' form from its case set and the rephrase types that became measurable, the metrics it "
+                   "recorded, per-edit diagnostics, the commits it ran). \u2014 stands for a field a version's runs "
+                   "did not record.")
         show(pl.DataFrame(rows, schema={"claim": pl.String, "previous": pl.String, "now": pl.String,
                                         "runs": pl.String}),
              {"claim": Col("Claim", width=60), "previous": Col("Previous", width=290),
