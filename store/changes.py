@@ -252,7 +252,7 @@ def markdown(before: dict, after: dict, store: str, previous: str, markers: str 
     which = "" if markers == "changes" else f" --markers {markers}"
     lines = [f"Generated from the two stores by `python -m store.changes --store {store} --previous {previous}"
              f"{which} --markdown` (store/changes.py; `--write-readme README.md` rewrites this block and a test keeps "
-             f"it equal to the output). Previous: `{before['store']}`"
+             f"it equal to the output). Previous: `{before['store']}` as it was"
              + (f" (sha256 {before['sha256'][:12]})" if before.get("sha256") else "") + "; this store: "
              f"`{after['store']}`. A figure is the claim's headline number (the first of its EditScope text in the "
              "findings), with its 95% CI and n; a run group is a kind of run and its label, its edit orders together; "

@@ -89,7 +89,7 @@ def test_a_claim_shows_its_verdict_in_both_versions_and_what_its_runs_did_differ
     assert row.startswith(f"| A2 | {REPRODUCED}: 0.40 [") and f"n = {N_CASES} | {a2_new['verdict']}" in row
     assert "robustness: ROME (changed)" in row and "robustness: MEMIT (changed)" in row
     assert "- **robustness: ROME**: " in block and "v_lr 0.5 → 0.1" in block
-    assert f"Previous: `{before.as_posix()}` (sha256 " in block
+    assert f"Previous: `{before.as_posix()}` as it was (sha256 " in block
 
 
 def test_a_group_in_one_version_only_is_named_so(two_versions):
@@ -115,7 +115,7 @@ def test_an_export_compares_as_the_store_it_was_made_from(two_versions, tmp_path
     assert from_store.returncode == 0 and from_export.returncode == 0, from_store.stderr + from_export.stderr
     # the same block, but for the command that writes it; the export still names the store it was made from
     assert from_export.stdout == from_store.stdout.replace(f"--previous {before}", f"--previous {exported}")
-    assert f"Previous: `{before}` (sha256 " in from_export.stdout
+    assert f"Previous: `{before}` as it was (sha256 " in from_export.stdout
     assert changes.load(exported)["sha256"] == changes.load(before)["sha256"]
 
 
