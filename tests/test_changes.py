@@ -210,4 +210,4 @@ def test_the_findings_page_shows_what_changed_from_the_version_the_shown_store_f
     subprocess.run([sys.executable, "-m", "store.changes", "--store", str(folder / "rebuild.sqlite"), "--export",
                     str(folder / "previous.json")], check=True, cwd=ROOT, capture_output=True)
     at = findings_page(rebuild=False)  # the shipped store beside an export of its previous version
-    assert f"Previous version: {folder / 'rebuild.sqlite'}" in [t.value for t in at.text]
+    assert "Previous version: rebuild.sqlite" in [t.value for t in at.text]  # its name, no server path

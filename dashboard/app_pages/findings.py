@@ -52,7 +52,7 @@ def _changes(path: str, previous: str, key: tuple) -> tuple[list[dict], list[tup
     before = changes.load(previous, Path(previous).name)
     with Store.open(Path(path), readonly=True) as st_:
         after = changes.export(st_.conn, Path(path).name)
-    return *changes.compare(before, after), before["store"]
+    return *changes.compare(before, after), Path(str(before["store"])).name  # a file name: no server path
 
 
 items = _findings(str(store_path()), stamp())
