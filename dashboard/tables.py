@@ -40,11 +40,16 @@ class Col:
     width: str | int | None = None  # "small", "medium", "large", pixels, or None (Streamlit's own choice)
 
 
+ROUNDING = 1e-12  # a float this close to zero is zero but for rounding (a bootstrap bound of -5e-18): shown as 0
+
+
 def _text(value, fmt: str | None) -> str:
     if value is None:
         return "—"
     if isinstance(value, float) and math.isnan(value):  # computed and undefined (a rho with a constant side)
         return "undefined"
+    if isinstance(value, float) and abs(value) < ROUNDING:
+        value = 0.0
     return fmt.format(value) if fmt else str(value)
 
 
@@ -65,7 +70,9 @@ def styled(df: pl.DataFrame, spec: dict[str, Col]):
     import streamlit as st
 
     keep = [c for c in spec if c in df.columns]
-    nan = {c for c in keep if df.schema[c] in (pl.Float32, pl.Float64) and df[c].is_nan().any()}
+    floats = [c for c in keep if df.schema[c] in (pl.Float32, pl.Float64)]
+    df = df.with_columns(pl.when(pl.col(c).abs() < ROUNDING).then(0.0).otherwise(pl.col(c)).alias(c) for c in floats)
+    nan = {c for c in floats if df[c].is_nan().any()}
     df = df.select(keep).with_columns(
         pl.Series(c, [_text(v, spec[c].fmt) for v in df[c].to_list()], dtype=pl.String)
         for c in keep if (df[c].null_count() or c in nan) and df.schema[c] != pl.String)

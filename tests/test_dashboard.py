@@ -298,6 +298,19 @@ def test_an_undefined_rho_is_said_to_be_undefined_in_the_forest_and_in_tables():
     assert styler.data["rho"].tolist() == ["+0.300", "undefined"]
 
 
+def test_a_number_zero_but_for_float_rounding_reads_zero():
+    """A bootstrap bound of a paired difference came out as -5e-18 and showed so in the Findings table ("{:.2g}");
+    it reads 0, in a complete numeric column and in one turned into text for a missing value, and NaN and None
+    stay what they are."""
+    from dashboard.tables import styled
+
+    df = pl.DataFrame({"a": [-5e-18, 0.25], "b": [3e-13, None], "c": [float("nan"), 1e-9]})
+    styler, _ = styled(df, {"a": tables.Col("a", "{:.2g}"), "b": tables.Col("b", "{:.2g}"),
+                            "c": tables.Col("c", "{:.2g}")})
+    assert styler.to_html().count("-5e-18") == 0 and styler.data["a"].tolist() == [0.0, 0.25]
+    assert styler.data["b"].tolist() == ["0", "—"] and styler.data["c"].tolist() == ["undefined", "1e-09"]
+
+
 def test_binned_curves_and_forest_label_axes_and_n():
     bins = pl.DataFrame({"series": ["ROME", "ROME"], "bin": [1, 2], "lo": [1.0, 3.0], "hi": [2.9, 5.0],
                          "n": [7, 8], "mean": [0.2, 0.5], "ci_low": [0.1, 0.3], "ci_high": [0.4, 0.7]})
