@@ -82,8 +82,15 @@ class Finding:
 # --------------------------------------------------------------------------- small helpers
 
 
+def _zero(x: float) -> float:
+    """0 for a float that is zero but for rounding (a bootstrap bound of a paired difference came out as -5e-18,
+    which read "-0.00")."""
+    return 0.0 if x is not None and abs(x) < 1e-12 else x
+
+
 def _ci(v: float, lo: float | None, hi: float | None, n: int | None = None, digits: int = 2) -> str:
     """"0.86 [0.81, 0.90], n = 240" (the CI left out when not defined)."""
+    v, lo, hi = _zero(v), _zero(lo), _zero(hi)
     text = f"{v:.{digits}f}"
     if lo is not None and hi is not None and lo == lo and hi == hi:
         text += f" [{lo:.{digits}f}, {hi:.{digits}f}]"
@@ -353,7 +360,8 @@ def _corr_verdict(rows: list[tuple[str, float, float]], sign: int) -> tuple[str,
 
 
 def _signed_ci(v: float, lo: float, hi: float) -> str:
-    """"+0.08 [-0.00, +0.17]", or "+0.50 (CI undefined)" where it is not (one fact, or a constant side)."""
+    """"+0.08 [-0.01, +0.17]", or "+0.50 (CI undefined)" where it is not (one fact, or a constant side)."""
+    v, lo, hi = _zero(v), _zero(lo), _zero(hi)
     return f"{v:+.2f} " + (f"[{lo:+.2f}, {hi:+.2f}]" if lo == lo and hi == hi else "(CI undefined)")
 
 

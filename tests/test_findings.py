@@ -741,3 +741,11 @@ def test_a_claim_not_reached_yet_waits_for_runs_still_computing_before_asking_to
     finished = {"ROME": {"n_done": 500, "n_total": 500, "status": "done"},
                 "MEMIT, b=1": {"n_done": 380, "n_total": 1000, "status": "done"}}  # stopped past its collapse
     assert "extend the runs" in _not_yet(finished)
+
+
+def test_a_bound_zero_but_for_rounding_reads_zero():
+    """A8's bootstrap bound of a paired difference came out as -5e-18 on the rebuild and read "-0.00"."""
+    assert fmod._signed_ci(0.08, -5e-18, 0.17) == "+0.08 [+0.00, +0.17]"
+    assert fmod._signed_ci(0.08, -0.004, 0.17) == "+0.08 [-0.00, +0.17]"  # a real one, however small, keeps its sign
+    assert fmod._ci(0.08, -5e-18, 0.17, 22) == "0.08 [0.00, 0.17], n = 22"
+    assert fmod._ci(0.5, None, None) == "0.50"
