@@ -188,8 +188,9 @@ def _runs(g: dict) -> str:
 def group_changes(before: dict | None, after: dict | None) -> list[str]:
     """What a group of runs did differently from one version to the next, one phrase per difference: its runs
     (how many, their status, edit orders), each setting (NAME before → after, "—" where a version's runs did not
-    record the field), the metrics recorded, per-edit diagnostics. Empty when nothing differs; one phrase when the
-    group is in one version only."""
+    record the field; the layout, then the editor's, then the probes' form), the rephrase types that became
+    measurable or unmeasurable, the metrics recorded, per-edit diagnostics (none, some or all of its runs), the
+    commits its runs ran. Empty when nothing differs; one phrase when the group is in one version only."""
     if before is None or after is None:
         return [("new: " if before is None else "not in this store: ") + _runs(after or before)]
     out = []
@@ -215,7 +216,10 @@ def group_changes(before: dict | None, after: dict | None) -> list[str]:
         out.append("measures new: " + ", ".join(added))
     if dropped:
         out.append("measures no more: " + ", ".join(dropped))
-    if bool(before["diagnostics"]) != bool(after["diagnostics"]):
+    def cover(g: dict) -> str:
+        return "none" if not g["diagnostics"] else "all" if g["diagnostics"] >= g["runs"] else "some"
+
+    if cover(before) != cover(after):
         out.append(f"per-edit diagnostics in {before['diagnostics']} of {before['runs']} run(s) → "
                    f"{after['diagnostics']} of {after['runs']}")
     code = before["settings"].get("code", NONE), after["settings"].get("code", NONE)

@@ -211,3 +211,13 @@ def test_the_findings_page_shows_what_changed_from_the_version_the_shown_store_f
                     str(folder / "previous.json")], check=True, cwd=ROOT, capture_output=True)
     at = findings_page(rebuild=False)  # the shipped store beside an export of its previous version
     assert "Previous version: rebuild.sqlite" in [t.value for t in at.text]  # its name, no server path
+
+
+def test_per_edit_diagnostics_are_told_by_none_some_or_all_of_a_groups_runs():
+    def group(runs, diagnostics):
+        return {"runs": runs, "orders": [], "status": {"done": runs}, "settings": {}, "metrics": [],
+                "diagnostics": diagnostics}
+
+    assert changes.group_changes(group(1, 1), group(3, 3))[-1] == "1 run (1 done) → 3 runs (3 done)"  # all, both
+    assert changes.group_changes(group(3, 1), group(3, 3)) == ["per-edit diagnostics in 1 of 3 run(s) → 3 of 3"]
+    assert changes.group_changes(group(2, 0), group(2, 1)) == ["per-edit diagnostics in 0 of 2 run(s) → 1 of 2"]
