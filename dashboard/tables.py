@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from store.conventions import ZERO  # zero but for rounding (a bootstrap bound of -5e-18): shown as 0
+
 
 def to_minute(column: str) -> pl.Expr:
     """A stored ISO timestamp column ("2026-12-05T23:45:13+00:00") to the minute, as a table shows it:
@@ -40,7 +42,6 @@ class Col:
     width: str | int | None = None  # "small", "medium", "large", pixels, or None (Streamlit's own choice)
 
 
-ROUNDING = 1e-12  # a float this close to zero is zero but for rounding (a bootstrap bound of -5e-18): shown as 0
 
 
 def _text(value, fmt: str | None) -> str:
@@ -48,7 +49,7 @@ def _text(value, fmt: str | None) -> str:
         return "—"
     if isinstance(value, float) and math.isnan(value):  # computed and undefined (a rho with a constant side)
         return "undefined"
-    if isinstance(value, float) and abs(value) < ROUNDING:
+    if isinstance(value, float) and abs(value) < ZERO:
         value = 0.0
     return fmt.format(value) if fmt else str(value)
 
@@ -71,7 +72,7 @@ def styled(df: pl.DataFrame, spec: dict[str, Col]):
 
     keep = [c for c in spec if c in df.columns]
     floats = [c for c in keep if df.schema[c] in (pl.Float32, pl.Float64)]
-    df = df.with_columns(pl.when(pl.col(c).abs() < ROUNDING).then(0.0).otherwise(pl.col(c)).alias(c) for c in floats)
+    df = df.with_columns(pl.when(pl.col(c).abs() < ZERO).then(0.0).otherwise(pl.col(c)).alias(c) for c in floats)
     nan = {c for c in floats if df[c].is_nan().any()}
     df = df.select(keep).with_columns(
         pl.Series(c, [_text(v, spec[c].fmt) for v in df[c].to_list()], dtype=pl.String)

@@ -271,15 +271,13 @@ def markdown(before: dict, after: dict, store: str, previous: str, markers: str 
 
 
 def markers_of(name: str) -> tuple[str, str]:
-    if name not in MARKERS:
-        raise ValueError(f"no README block {name!r}: use one of {', '.join(MARKERS)}")
-    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    """The markers of this module's README block `name` (one of MARKERS; store.findings.markers_of)."""
+    return fmod.markers_of(name, MARKERS)
 
 
 def write_readme(readme, block: str, markers: str = "changes") -> None:
-    readme = Path(readme)
-    text = fmod.with_block(readme.read_text(encoding="utf-8"), block, *markers_of(markers))
-    readme.write_text(text, encoding="utf-8")
+    """Replace the README's block `markers` (one of MARKERS) with `block` (store.findings.write_readme)."""
+    fmod.write_readme(readme, block, markers, MARKERS)
 
 
 def main(argv: list[str] | None = None) -> int:

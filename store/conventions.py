@@ -47,6 +47,10 @@ PLAN_STATUS_META = "plan_status"
 PLAN_FILE = r"plans/[A-Za-z0-9_-]+\.toml"
 MINUTE = r"\d{4}-\d\d-\d\dT\d\d:\d\dZ"
 
+# a float this close to zero is zero but for rounding (a bootstrap bound of a paired difference came out as
+# -5e-18): findings text and dashboard tables show it as 0
+ZERO = 1e-12
+
 HELD = 0.5  # an edit holds when its ES (P(new) > P(true)) or its exact match is at least this
 # a robustness run's edit held on the plain prompt when its acc there is above this (its one probe names the new
 # object): the facts study A's controls read (store.queries.held_case_ids)

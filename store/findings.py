@@ -85,7 +85,9 @@ class Finding:
 def _zero(x: float) -> float:
     """0 for a float that is zero but for rounding (a bootstrap bound of a paired difference came out as -5e-18,
     which read "-0.00")."""
-    return 0.0 if x is not None and abs(x) < 1e-12 else x
+    from .conventions import ZERO
+
+    return 0.0 if x is not None and abs(x) < ZERO else x
 
 
 def _ci(v: float, lo: float | None, hi: float | None, n: int | None = None, digits: int = 2) -> str:
@@ -1285,10 +1287,11 @@ START, END = "<!-- findings:start -->", "<!-- findings:end -->"
 MARKERS = ("findings", "rebuild-findings")  # the shipped store's block, and the rebuild's (`plan snapshot`)
 
 
-def markers_of(name: str) -> tuple[str, str]:
-    """The start and end markers of the README block called `name` (one of MARKERS)."""
-    if name not in MARKERS:
-        raise ValueError(f"no README block {name!r}: use one of {', '.join(MARKERS)}")
+def markers_of(name: str, allowed: tuple[str, ...] = MARKERS) -> tuple[str, str]:
+    """The start and end markers of the README block called `name` (one of `allowed`: this module's MARKERS, or
+    another generator's, e.g. store.changes.MARKERS)."""
+    if name not in allowed:
+        raise ValueError(f"no README block {name!r}: use one of {', '.join(allowed)}")
     return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
 
 
@@ -1310,12 +1313,12 @@ def block(conn: sqlite3.Connection, store: str = "store/results.sqlite", markers
     return markdown(findings(conn), store, markers, plan_part(conn))
 
 
-def write_readme(readme, text_block: str, markers: str = "findings") -> None:
-    """Replace the README's block called `markers` with `text_block` (`block`)."""
+def write_readme(readme, text_block: str, markers: str = "findings", allowed: tuple[str, ...] = MARKERS) -> None:
+    """Replace the README's block called `markers` (one of `allowed`, see markers_of) with `text_block`."""
     from pathlib import Path
 
     readme = Path(readme)
-    text = with_block(readme.read_text(encoding="utf-8"), text_block, *markers_of(markers))
+    text = with_block(readme.read_text(encoding="utf-8"), text_block, *markers_of(markers, allowed))
     readme.write_text(text, encoding="utf-8")
 
 

@@ -121,6 +121,8 @@ def test_an_export_compares_as_the_store_it_was_made_from(two_versions, tmp_path
 
 def test_a_bad_previous_version_is_refused_with_what_to_do(two_versions, tmp_path):
     _, after = two_versions
+    with pytest.raises(ValueError, match="use one of changes, rebuild-changes"):
+        changes.markers_of("findings")  # the findings' blocks are store.findings' to write
     with pytest.raises(StoreError, match="no file at .*--export"):
         changes.load(tmp_path / "missing.json")
     bad = tmp_path / "bad.json"
