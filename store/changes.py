@@ -130,17 +130,13 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _finding_runs(f: fmod.Finding) -> list[str]:
-    return [r for k, v in f.query if k == "runs" for r in v.split(",") if r]
-
-
 def export(conn: sqlite3.Connection, name: str, sha256: str = "") -> dict:
     """A version of a store as the comparison needs it: its findings (claim, verdict, direction, headline figure
     and the groups of the runs behind each) and its run groups (`run_groups`). `name` and `sha256` say which file."""
     groups, of_run = run_groups(conn)
     items = []
     for f in fmod.findings(conn):
-        behind = sorted({of_run[r] for r in _finding_runs(f) if r in of_run})
+        behind = sorted({of_run[r] for r in f.runs if r in of_run})
         items.append({"claim": f.claim, "verdict": f.verdict, "direction": f.direction, "value": f.value, "n": f.n,
                       "ci_low": f.ci_low, "ci_high": f.ci_high, "groups": behind})
     return {"format": FORMAT, "store": name, "sha256": sha256, "findings": items, "groups": groups}

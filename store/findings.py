@@ -55,7 +55,8 @@ EDITORS_A = ("ROME", "MEMIT", "IKE")
 class Finding:
     """One headline claim beside the store's measurement. `ours` states EditScope's figure with its n and 95%
     CI; `value`, `n`, `ci_low`, `ci_high` repeat its headline number where it has one. `page` and `query`
-    name the dashboard view with the evidence (`url`)."""
+    name the dashboard view with the evidence (`url`); `evidence` names the runs behind the figure that the
+    query does not (a page that picks its run itself, as Popularity does its knowledge run)."""
 
     claim: str
     study: str
@@ -72,6 +73,13 @@ class Finding:
     ci_high: float | None = None
     page: str = ""
     query: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    evidence: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def runs(self) -> list[str]:
+        """Every run behind the figure: the query's `runs` and `evidence`, in order, once each."""
+        named = [r for k, v in self.query if k == "runs" for r in v.split(",") if r]
+        return list(dict.fromkeys([*named, *self.evidence]))
 
     @property
     def url(self) -> str:
@@ -390,13 +398,14 @@ def _a6(conn) -> Finding:
     row = corr.filter((pl.col("feature") == "frequency") & (pl.col("against") == "recall"))
     if row.is_empty():
         return Finding(**common, ours="no recall correlation stored", verdict=NOT_MEASURED,
-                       reason="The knowledge run has no recall with frequency: rerun `knowledge measure`.")
+                       reason="The knowledge run has no recall with frequency: rerun `knowledge measure`.",
+                       evidence=(run["run_id"],))
     r = row.row(0, named=True)
     verdict, reason = _corr_verdict([("frequency", r["within_ci_low"], r["within_ci_high"])], +1)
     return Finding(**common, ours=f"{_rho(r, False)}; {_rho(r, True)} (frequency vs recall, "
                    f"{json.loads(run['config'] or '{}').get('case_set', run['run_id'])})",
                    verdict=verdict, reason=reason, value=r["rho_within"], n=r["n_within"], ci_low=r["within_ci_low"],
-                   ci_high=r["within_ci_high"], query=(("pop_metric", "rev"),))
+                   ci_high=r["within_ci_high"], query=(("pop_metric", "rev"),), evidence=(run["run_id"],))
 
 
 def _a7(conn, refs) -> Finding:

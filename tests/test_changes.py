@@ -223,3 +223,11 @@ def test_per_edit_diagnostics_are_told_by_none_some_or_all_of_a_groups_runs():
     assert changes.group_changes(group(1, 1), group(3, 3))[-1] == "1 run (1 done) → 3 runs (3 done)"  # all, both
     assert changes.group_changes(group(3, 1), group(3, 3)) == ["per-edit diagnostics in 1 of 3 run(s) → 3 of 3"]
     assert changes.group_changes(group(2, 0), group(2, 1)) == ["per-edit diagnostics in 0 of 2 run(s) → 1 of 2"]
+
+
+def test_a_claim_whose_page_picks_its_own_run_still_names_it(two_versions):
+    """A6 links to Popularity, which picks the knowledge run itself; its figure still comes from that run, so the
+    comparison lists the knowledge run's group behind it (it was "—"), here where that run stores no correlation."""
+    _, after = two_versions
+    a6 = next(f for f in changes.load(after)["findings"] if f["claim"] == "A6")
+    assert a6["verdict"] == NOT_MEASURED and a6["groups"] == ["knowledge: unedited"]
