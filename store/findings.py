@@ -35,6 +35,9 @@ VERDICTS = (REPRODUCED, REFUTED, NOT_COMPARABLE, NOT_MEASURED)
 AGREES, DISAGREES, UNDECIDED = "agrees", "disagrees", "undecided"
 
 MIN_ORDERS = 3  # edit orders per arm before an order-sensitive comparison (when a model collapses) is judged
+# how every order-by-order comparison (_order_verdict) treats orders still computing and orders that disagree
+PENDING_RULE = ("an order counts once both its runs are finished (a run still computing is shown as far as it got), "
+                "and the claim is undecided as soon as a finished order shows neither or two finished orders disagree")
 PAPER_DROP = 10.0  # an editor is held to a rephrase-drop claim where the paper's own drop is at least this (points)
 RETAINS = 0.94  # C3: RECT keeps at least this share of plain ROME's reliability and generalisation
 STUDY_C_TASKS = {"sentiment": "sentiment", "entity_typing": "NER (entity typing)", "closed_book_qa": "open QA"}
@@ -190,13 +193,55 @@ def _agreement(signs: list[int]) -> int | None:
     return 1 if all(s == 1 for s in signs) else -1 if all(s == -1 for s in signs) else 0
 
 
-def _order_verdict(common: dict, ours: str, signs: list[int], query, *, few: str, undecided: str) -> Finding:
-    """The verdict of a comparison made on each shared edit order (`_agreement`): not measured with too few
-    orders (`few` says why), reproduced or refuted when every order says so, else undecided."""
-    said = _agreement(signs)
-    verdict = {1: REPRODUCED, -1: REFUTED}.get(said, NOT_MEASURED)
-    reason = few if said is None else undecided if said == 0 else ""
-    return Finding(**common, ours=ours, verdict=verdict, query=query, n=len(signs), reason=reason)
+def _order_verdict(common: dict, ours: str, signs: list[int | None], orders: list[int], query, *, few: str,
+                   neither: str, going: dict[str, dict]) -> Finding:
+    """The verdict of a comparison made on each shared edit order: `signs[i]` says what order `orders[i]` shows
+    (+1 as the paper says, -1 against it, 0 neither: `neither` says what that means here, e.g. "the CIs overlap"),
+    or None while a run of that order is still computing (its figure is as far as it got, so it decides nothing
+    yet; `going`, "label order o" -> run, names those runs). Undecided as soon as the finished orders disagree or
+    one shows neither; otherwise not measured with fewer than MIN_ORDERS orders (`few` says why) or while an order
+    waits for its runs; reproduced or refuted when every order says so."""
+    decided = [s for s in signs if s is not None]
+    named = {sign: [o for o, s in zip(orders, signs) if s == sign] for sign in (1, -1, 0)}
+    verdict, reason = NOT_MEASURED, ""
+    if named[1] and named[-1]:
+        reason = (f"Measured, but undecided: the orders disagree ({_orders(named[1])} as the claim says, "
+                  f"{_orders(named[-1])} against it).")
+    elif named[0]:
+        reason = f"Measured, but undecided: {neither} on {_orders(named[0])}."
+    elif len(signs) < MIN_ORDERS:
+        reason = few
+    elif len(decided) < len(signs):
+        waiting = [o for o, s in zip(orders, signs) if s is None]
+        runs = {k: r for k, r in going.items() if any(k.endswith(f" order {o}") for o in waiting)}
+        one = len(decided) == 1
+        said = ("agrees with the claim" if one else "agree with the claim") if named[1] else \
+            ("goes against it" if one else "go against it")
+        reason = (f"{_orders(named[1] or named[-1]).capitalize()} {said}; {_orders(waiting)} not yet: "
+                  if decided else "") + _not_yet(runs or going)
+    else:
+        verdict = REPRODUCED if named[1] else REFUTED
+    return Finding(**common, ours=ours, verdict=verdict, query=query, n=len(decided), reason=reason)
+
+
+def _orders(orders: list[int]) -> str:
+    """'order 2', 'orders 0 and 1', 'orders 0, 1 and 2'."""
+    if len(orders) == 1:
+        return f"order {orders[0]}"
+    return "orders " + ", ".join(str(o) for o in orders[:-1]) + f" and {orders[-1]}"
+
+
+def _few(why: str, orders: list[int], run: str, going: dict[str, dict]) -> str:
+    """Why a comparison waits for more edit orders: `why` (what varies with the order), the orders the store has
+    and the `--order-seed`s still to run (`run`: what to run on them), then the runs still computing."""
+    missing = [o for o in range(max(orders, default=-1) + MIN_ORDERS + 1) if o not in orders][:MIN_ORDERS - len(orders)]
+    seeds = " and ".join(f"`--order-seed {o}`" for o in missing)
+    return (f"{why}, and the store has {len(orders)} shared order{'s' * (len(orders) != 1)} "
+            f"({', '.join(str(o) for o in orders)}): run {run} on {seeds}" + (f"; {_not_yet(going)}" if going else "."))
+
+
+def _finished(*runs: dict) -> bool:
+    return all(r.get("status") == "done" for r in runs)
 
 
 def _runs_query(run_ids, key: str = "runs", **extra) -> tuple[tuple[str, str], ...]:
@@ -734,7 +779,10 @@ def _b3(conn, arms) -> Finding:
                   paper="disabling edits with original ROME; none with r-ROME keys (GPT-J)",
                   rule=f"With at least {MIN_ORDERS} edit orders both have, reproduced when on every order the "
                        "original-keys ROME run has at least one disabling edit and the r-ROME run, editing the same "
-                       "facts in the same order, none; refuted when every order goes against that; the original-keys "
+                       "facts in the same order, none; refuted when every order goes against that; an order still "
+                       "computing counts once what it shows can no longer change (the r-ROME run has a disabling "
+                       "edit, or the run that could still add the one that decides is finished), and the claim is "
+                       "undecided as soon as two counted orders disagree; the original-keys "
                        "run's edits count up to the edits the r-ROME run made (a longer run gives the claim no more "
                        "chances), the r-ROME run's all; large updates the model survived, and those after its "
                        "collapse, are counted beside them; " + _lower(derived.sequential_rules()["disabling_edit"]),
@@ -784,14 +832,12 @@ def _b3(conn, arms) -> Finding:
         elif counts[ROME_ORIGINAL] > 0 and done[ROME]:
             signs.append(1)
         else:
-            signs.append(0)
+            signs.append(None)
     ours = "disabling edits: " + "; ".join(parts) + f" (on {len(orders)} edit order{'s' * (len(orders) > 1)})"
     going = {f"{label} order {o}": arms[label][o] for o in orders for label in (ROME_ORIGINAL, ROME)}
-    found = _order_verdict(common, ours, signs, _runs_query(ids),
+    found = _order_verdict(common, ours, signs, orders, _runs_query(ids), going=going, neither="",
                            few=f"On {len(orders)} edit order(s): the verdict waits for {MIN_ORDERS} "
-                               "(`--order-seed 1`, `2`), since which facts come when decides where large updates fall.",
-                           undecided="The orders disagree." if 1 in signs and -1 in signs else
-                           "Some orders are not decided yet: " + _not_yet(going))
+                               "(`--order-seed 1`, `2`), since which facts come when decides where large updates fall.")
     return replace(found, **head) if head else found
 
 
@@ -850,9 +896,10 @@ def _panel_at(curves: pl.DataFrame, run_id: str, at: int) -> dict | None:
 
 def _panel_pairs(conn, arms, lower: tuple[str, str], higher: tuple[str, str]):
     """Panel recall (the unedited known facts) of two arms, (label, name) each, at the last checkpoint both
-    reached on each edit order they share: (parts, signs, run ids, runs not finished by name), an order's sign
-    +1 when `lower`'s 95% Wilson CI lies wholly below `higher`'s, -1 when the other way round, else 0."""
-    parts, signs, ids, going = [], [], [], {}
+    reached on each edit order they share: (parts, signs, orders, run ids, runs not finished by name), an order's
+    sign +1 when `lower`'s 95% Wilson CI lies wholly below `higher`'s, -1 when the other way round, 0 when they
+    overlap, None while one of the two runs is not finished (_order_verdict)."""
+    parts, signs, orders, ids, going = [], [], [], [], {}
     for o in _shared(arms, lower[0], higher[0]):
         a, b = arms[lower[0]][o], arms[higher[0]][o]
         ids += [a["run_id"], b["run_id"]]
@@ -869,25 +916,25 @@ def _panel_pairs(conn, arms, lower: tuple[str, str], higher: tuple[str, str]):
         parts.append(f"order {o}, edit {at}: panel recall {lower[1]}{_unfinished(a)} "
                      f"{_ci(ra['value'], ra['ci_low'], ra['ci_high'], ra['n'])}, "
                      f"{higher[1]}{_unfinished(b)} {_ci(rb['value'], rb['ci_low'], rb['ci_high'], rb['n'])}")
-        signs.append(1 if _below(ra, rb) else -1 if _below(rb, ra) else 0)
-    return parts, signs, ids, going
+        signs.append((1 if _below(ra, rb) else -1 if _below(rb, ra) else 0) if _finished(a, b) else None)
+        orders.append(o)
+    return parts, signs, orders, ids, going
 
 
 def _panel_claim(conn, arms, common: dict, lower: tuple[str, str], higher: tuple[str, str], *,
-                 none: tuple[str, str], unshared: str, few: str) -> Finding:
+                 none: tuple[str, str], unshared: str, few: tuple[str, str]) -> Finding:
     """A claim that `lower` keeps less of the panel than `higher` on each edit order (_panel_pairs), judged by
     _order_verdict: `none` (what the store lacks, what to run) when the two share no order, `unshared` when
-    they share no checkpoint past the unedited model, `few` (with {n}, the orders measured) before MIN_ORDERS,
-    followed by the runs still computing."""
+    they share no checkpoint past the unedited model, `few` (what varies with the order, what to run on more
+    orders: _few) before MIN_ORDERS."""
     if not _shared(arms, lower[0], higher[0]):
         return Finding(**common, ours=none[0], verdict=NOT_MEASURED, reason=none[1])
-    parts, signs, ids, going = _panel_pairs(conn, arms, lower, higher)
+    parts, signs, orders, ids, going = _panel_pairs(conn, arms, lower, higher)
     query = _runs_query(ids, curves="panel,retained_em")
     if not signs:
         return Finding(**common, ours="no shared checkpoint yet", verdict=NOT_MEASURED, query=query, reason=unshared)
-    return _order_verdict(common, "; ".join(parts), signs, query,
-                          few=few.format(n=len(signs)) + (f"; {_not_yet(going)}" if going else "."),
-                          undecided="Measured, but undecided: the CIs overlap on some order, or the orders disagree.")
+    return _order_verdict(common, "; ".join(parts), signs, orders, query, going=going,
+                          few=_few(few[0], orders, few[1], going), neither="the two runs' CIs overlap")
 
 
 NO_CONTROL = "not measured: the studies ran no size-matched random update"
@@ -903,15 +950,14 @@ def _b5(conn, arms) -> Finding:
                        "reached; an order agrees when ROME's 95% Wilson CI lies wholly below the control's and goes "
                        "against it when the control's lies wholly below ROME's; with at least "
                        f"{MIN_ORDERS} orders, reproduced when every order agrees, refuted when every order goes "
-                       "against it.", page="forgetting")
+                       f"against it; {PENDING_RULE}.", page="forgetting")
     return _panel_claim(conn, arms, common, (ROME, "ROME"), (CONTROL, "control"),
                         none=("no ROME run with its control on one edit order",
                               "Run `python -m compute run sequential --editor RandomRankOne --hparams "
                               "compute/editors/control.json --hp reference_run=ROME_RUN_ID` beside a ROME run."),
                         unshared="The control run has not reached a checkpoint of its ROME run yet.",
-                        few="Whether edits cost more than random updates of their size varies with the edit order, "
-                            "and the store has {n} shared order(s): run ROME and its control on `--order-seed` 1 "
-                            "and 2")
+                        few=("Whether edits cost more than random updates of their size varies with the edit order",
+                             "ROME and its control"))
 
 
 MEMIT_10, ALPHAEDIT_10 = "MEMIT, b=10", "AlphaEdit, b=10"
@@ -928,14 +974,13 @@ def _b6(conn, arms) -> Finding:
                        "unedited known facts at the last checkpoint both reached; an order agrees when MEMIT's 95% "
                        "Wilson CI lies wholly below AlphaEdit's and goes against it when AlphaEdit's lies wholly "
                        f"below MEMIT's; with at least {MIN_ORDERS} orders, reproduced when every order agrees, "
-                       "refuted when every order goes against it.", page="forgetting")
+                       f"refuted when every order goes against it; {PENDING_RULE}.", page="forgetting")
     return _panel_claim(conn, arms, common, (MEMIT_10, "MEMIT"), (ALPHAEDIT_10, "AlphaEdit"),
                         none=("no MEMIT and AlphaEdit b = 10 runs on one edit order",
                               "Run `python -m compute run sequential --editor MEMIT --batch 10` and `--editor "
                               "AlphaEdit --batch 10` with the same --order-seed."),
                         unshared="The runs have no checkpoint past the unedited model in common yet.",
-                        few="Which editor keeps more varies with the edit order, and the store has {n} shared "
-                            "order(s): run both on `--order-seed` 1 and 2")
+                        few=("Which editor keeps more varies with the edit order", "both"))
 
 
 # --------------------------------------------------------------------------- study C
@@ -1019,7 +1064,7 @@ def _c5(conn, arms) -> Finding:
                        "both reached; an order agrees when on at least one task ROME's 95% CI lies wholly below the "
                        "control's and on none the control's below ROME's, and goes against it when the other way "
                        f"round; with at least {MIN_ORDERS} orders, reproduced when every order agrees, refuted when "
-                       "every order goes against it.", page="abilities")
+                       f"every order goes against it; {PENDING_RULE}.", page="abilities")
     orders = _shared(arms, ROME, CONTROL)
     if not orders:
         return Finding(**common, ours="no ROME run with its control on one edit order", verdict=NOT_MEASURED,
@@ -1027,7 +1072,7 @@ def _c5(conn, arms) -> Finding:
                               "compute/editors/control.json --hp reference_run=ROME_RUN_ID --abilities-every 50` "
                               "beside a ROME run.")
     ab = derived.ability_scores(conn, kind="sequential", mode="quick")
-    parts, signs, ids, going, head = [], [], [], {}, {}
+    parts, signs, measured, ids, going, head = [], [], [], [], {}, {}
     for o in orders:
         rome, control = arms[ROME][o], arms[CONTROL][o]
         ids += [rome["run_id"], control["run_id"]]
@@ -1044,7 +1089,9 @@ def _c5(conn, arms) -> Finding:
             continue
         lower = [t for t in tasks if _worse(mine[t], theirs[t])]
         higher = [t for t in tasks if _worse(theirs[t], mine[t])]
-        signs.append(1 if lower and not higher else -1 if higher and not lower else 0)
+        signs.append((1 if lower and not higher else -1 if higher and not lower else 0)
+                     if _finished(rome, control) else None)
+        measured.append(o)
         scores = "; ".join(f"{STUDY_C_TASKS[t]}, {mine[t]['n']} items: ROME "
                            f"{_ci(mine[t]['score'], mine[t]['ci_low'], mine[t]['ci_high'])} vs control "
                            f"{_ci(theirs[t]['score'], theirs[t]['ci_low'], theirs[t]['ci_high'])}" for t in tasks)
@@ -1057,12 +1104,10 @@ def _c5(conn, arms) -> Finding:
         return Finding(**common, ours="no shared ability checkpoint yet", verdict=NOT_MEASURED, query=query,
                        reason="The control run has no ability checkpoint of its ROME run past the unedited model yet"
                               + (f"; {_not_yet(going)}" if going else "."))
-    finding = _order_verdict(common, " | ".join(parts), signs, query,
-                             few=f"Whether edits cost more abilities than random updates of their size varies with "
-                                 f"the edit order, and the store has {len(signs)} shared order(s): run ROME and its "
-                                 "control on `--order-seed` 1 and 2" + (f"; {_not_yet(going)}" if going else "."),
-                             undecided="Measured, but undecided: on some order no task (or tasks both ways) "
-                                       "lies apart, or the orders disagree.")
+    finding = _order_verdict(common, " | ".join(parts), signs, measured, query, going=going,
+                             few=_few("Whether edits cost more abilities than random updates of their size "
+                                      "varies with the edit order", measured, "ROME and its control", going),
+                             neither="no task lies apart (or tasks lie apart both ways)")
     return replace(finding, **head)
 
 
@@ -1132,7 +1177,8 @@ def _c3(conn, arms) -> Finding:
                        f"reached, ROME + RECT 40% against ROME on each shared edit order: an order agrees when both "
                        f"keep at least {RETAINS:.0%} of ROME's value and goes against the claim when a 95% CI upper "
                        f"bound lies below {RETAINS:.0%} of it; with at least {MIN_ORDERS} orders, reproduced when "
-                       f"every order agrees, refuted when every order goes against it.", page="abilities")
+                       f"every order agrees, refuted when every order goes against it; {PENDING_RULE}.",
+                  page="abilities")
     orders = _shared(arms, ROME, RECT_40)
     if not orders:
         return Finding(**common, ours="no ROME and ROME + RECT 40% runs on one edit order", verdict=NOT_MEASURED,
@@ -1141,6 +1187,8 @@ def _c3(conn, arms) -> Finding:
     ids = [arms[label][o]["run_id"] for o in orders for label in (ROME, RECT_40)]
     query = _runs_query(ids, key="rect_runs", ability_view="rect")
     parts, signs, head = [], [], {}
+    going = {f"{name} order {o}": arms[label][o] for o in orders for label, name in ((ROME, "ROME"), (RECT_40, "RECT 40%"))
+             if arms[label][o]["status"] != "done"}
     for o in orders:
         plain, rect = arms[ROME][o], arms[RECT_40][o]
         perf = derived.up_to_common_end(derived.editing_performance(conn, [plain["run_id"], rect["run_id"]]))
@@ -1159,13 +1207,11 @@ def _c3(conn, arms) -> Finding:
             head = head or dict(value=r["mean"], n=r["n"], ci_low=r["ci_low"], ci_high=r["ci_high"])
         parts.append(f"order {o}{_pair_unfinished(('ROME', plain), ('RECT 40%', rect))}, newest edits pooled to "
                      f"edit {int(perf['edit_count'].max())}: " + "; ".join(texts))
-        signs.append(1 if all(keep) else -1 if any(low) else 0)
-    found = _order_verdict(common, "; ".join(parts) + " (ROME → RECT 40%)", signs, query,
-                           few=f"Whether RECT costs editing performance may vary with the edit order, and the store "
-                               f"has {len(signs)} shared order(s): run the RECT sweep and plain ROME on `--order-seed` "
-                               f"1 and 2.",
-                           undecided="Measured, but undecided: on some order a share is below the share kept within "
-                                     "its CI, or the orders disagree.")
+        signs.append((1 if all(keep) else -1 if any(low) else 0) if _finished(plain, rect) else None)
+    found = _order_verdict(common, "; ".join(parts) + " (ROME → RECT 40%)", signs, orders, query, going=going,
+                           few=_few("Whether RECT costs editing performance may vary with the edit order", orders,
+                                    "the RECT sweep and plain ROME", going),
+                           neither=f"a share is below {RETAINS:.0%} of ROME's within its CI")
     return replace(found, **head)
 
 
@@ -1175,16 +1221,18 @@ def _c4(conn, arms) -> Finding:
                   rule=f"Share of the unedited ability margin over chance kept (store.derived.usability, mean over "
                        f"tasks) at the last ability checkpoint both reached, ROME + RECT 20% against ROME on each shared "
                        f"edit order; with at least {MIN_ORDERS} orders, reproduced when RECT keeps more on every order, "
-                       f"refuted when it keeps no more on every order.", page="abilities")
+                       f"refuted when it keeps no more on every order; {PENDING_RULE}.", page="abilities")
     orders = _shared(arms, ROME, RECT_20)
     if not orders:
         return Finding(**common, ours="no ROME and ROME + RECT 20% runs on one edit order", verdict=NOT_MEASURED,
                        reason="Run `python -m compute run sequential --editor ROME --hp rect_top=0.2 --abilities-every "
                               "50` beside the plain ROME run (same --order-seed).")
-    parts, signs, ids = [], [], []
+    parts, signs, measured, ids, going = [], [], [], [], {}
     for o in orders:
         plain, rect = arms[ROME][o], arms[RECT_20][o]
         ids += [plain["run_id"], rect["run_id"]]
+        going.update({f"{name} order {o}": run for name, run in (("ROME", plain), ("RECT 20%", rect))
+                      if run["status"] != "done"})
         up, ur = derived.usability(conn, plain["run_id"]), derived.usability(conn, rect["run_id"])
         common_counts = sorted(set(up["edit_count"].to_list()) & set(ur["edit_count"].to_list()))
         if not common_counts or common_counts[-1] == 0:
@@ -1196,16 +1244,15 @@ def _c4(conn, arms) -> Finding:
             continue
         parts.append(f"order {o}{_pair_unfinished(('ROME', plain), ('RECT 20%', rect))}, edit {at}: ROME keeps "
                      f"{kp:.2f}, RECT 20% {kr:.2f} of the ability margin")
-        signs.append(1 if kr > kp else -1)
+        signs.append((1 if kr > kp else -1) if _finished(plain, rect) else None)
+        measured.append(o)
     query = _runs_query(ids, key="rect_runs", ability_view="rect")
     if not signs:
         return Finding(**common, ours="no shared ability checkpoints", verdict=NOT_MEASURED, query=query,
                        reason="Rerun both with `--abilities-every 50`.")
-    return _order_verdict(common, "; ".join(parts), signs, query,
-                          few=f"A difference between two runs varies with the edit order, and the store has "
-                              f"{len(signs)} shared order(s): run the RECT sweep and plain ROME on `--order-seed` 1 "
-                              f"and 2.",
-                          undecided="Measured, but undecided: the orders disagree.")
+    return _order_verdict(common, "; ".join(parts), signs, measured, query, going=going,
+                          few=_few("A difference between two runs varies with the edit order", measured,
+                                   "the RECT sweep and plain ROME", going), neither="")
 
 
 # --------------------------------------------------------------------------- all claims, and the README block

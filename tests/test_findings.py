@@ -429,11 +429,13 @@ def test_a_run_still_computing_with_no_disabling_edit_yet_decides_nothing(tmp_pa
         st.conn.execute("UPDATE runs SET status = 'interrupted', n_total = 500, n_done = 40 WHERE run_id = 'orig2'")
         st.conn.commit()
         b3 = _by_claim(st.conn)["B3"]
-        assert b3.verdict == NOT_MEASURED and "not decided yet" in b3.reason and "order 2 (40 of 500" in b3.reason
+        assert b3.verdict == NOT_MEASURED and "Orders 0 and 1 agree with the claim; order 2 not yet" in b3.reason \
+            and "order 2 (40 of 500" in b3.reason
         st.conn.execute("UPDATE runs SET status = 'done', n_total = 500, n_done = 500 WHERE run_id = 'orig2'")
         st.conn.commit()
         b3 = _by_claim(st.conn)["B3"]  # finished with none: order 2 goes against the claim
-        assert b3.verdict == NOT_MEASURED and b3.reason == "The orders disagree."
+        assert b3.verdict == NOT_MEASURED and b3.reason == (
+            "Measured, but undecided: the orders disagree (orders 0 and 1 as the claim says, order 2 against it).")
 
 
 def _usable_until(st, run_id, collapse_at, margin_left):
@@ -621,6 +623,40 @@ def test_alphaedit_against_memit_is_read_on_panel_recall_on_three_edit_orders(tm
         for o in (0, 1, 2):  # AlphaEdit below MEMIT on every order: refuted
             _panel(st, f"alpha{o}", {300: 0.1, 500: 0.02})
         assert _by_claim(st.conn)["B6"].verdict == REFUTED
+
+
+def test_an_order_whose_runs_are_still_computing_decides_nothing_until_they_finish(tmp_path):
+    """An order-by-order comparison reads each order at the last checkpoint both runs reached; for a run still
+    computing that is as far as it got (edit 30 of 500 on the rebuild), which says nothing about edit 500: the
+    order waits. An order that shows neither, or two that disagree, decide "undecided" at once."""
+    plain = {"key_constraint": "plain"}
+    with Store.open(tmp_path / "s.sqlite", create=True) as st:
+        for o in range(3):
+            _seq(st, f"memit{o}", editor="MEMIT", hparams=plain, order=o, config={"batch_size": 10})
+            _seq(st, f"alpha{o}", editor="AlphaEdit", hparams=plain, order=o, config={"batch_size": 10})
+            _panel(st, f"memit{o}", {0: 0.9, 30: 0.3, 500: 0.1})
+            _panel(st, f"alpha{o}", {0: 0.9, 30: 0.6, 500: 0.5})
+        assert _by_claim(st.conn)["B6"].verdict == REPRODUCED
+        st.conn.execute("UPDATE runs SET status = 'interrupted', n_total = 500, n_done = 30 WHERE run_id = 'alpha2'")
+        st.conn.execute("DELETE FROM measurements WHERE run_id = 'alpha2' AND edit_count = 500")
+        st.conn.commit()
+        b6 = _by_claim(st.conn)["B6"]  # order 2 at edit 30 agrees, but its AlphaEdit run is not finished
+        assert b6.verdict == NOT_MEASURED and b6.n == 2, b6
+        assert "order 2, edit 30: panel recall MEMIT 0.30" in b6.ours and "AlphaEdit (interrupted, 30 of 500" in b6.ours
+        assert b6.reason == ("Orders 0 and 1 agree with the claim; order 2 not yet: the verdict waits for the runs "
+                             "still computing: AlphaEdit order 2 (30 of 500 edits, interrupted).")
+        _panel(st, "alpha1", {500: 0.12})  # order 1's CIs overlap: undecided whatever order 2 shows
+        b6 = _by_claim(st.conn)["B6"]
+        assert b6.verdict == NOT_MEASURED and b6.reason == "Measured, but undecided: the two runs' CIs overlap on order 1."
+        for run in ("memit2", "alpha2"):
+            st.conn.execute(f"DELETE FROM runs WHERE run_id = '{run}'")
+        st.conn.commit()
+        b6 = _by_claim(st.conn)["B6"]  # two orders, one showing neither: already undecided, not "too few"
+        assert b6.reason == "Measured, but undecided: the two runs' CIs overlap on order 1."
+        _panel(st, "alpha1", {500: 0.5})
+        assert _by_claim(st.conn)["B6"].reason == (
+            "Which editor keeps more varies with the edit order, and the store has 2 shared orders (0, 1): run both "
+            "on `--order-seed 2`.")
 
 
 def test_ability_loss_beyond_a_size_matched_control_is_read_per_task_on_three_edit_orders(tmp_path):
