@@ -859,7 +859,7 @@ def _b4(conn, arms) -> Finding:
                              for label in (rome, MEMIT_1)))
     events = derived.sequential_events(conn, ids)
     lead = {1: "MEMIT lasted longer", -1: "ROME lasted at least as long", 0: "neither collapsed first"}
-    parts, signs = [], {}
+    parts, signs, pending = [], {}, {}
     for rome, orders in pairs.items():
         for o in orders:
             at = {label: _collapse_at(events, arms[label][o]["run_id"]) for label in (rome, MEMIT_1)}
@@ -869,8 +869,9 @@ def _b4(conn, arms) -> Finding:
                 sign = 1
             elif m is not None and (r is None and done[rome] >= m or r is not None and r >= m):
                 sign = -1
-            else:
+            else:  # neither collapsed within the other's reach: extend, or wait for a run still computing
                 sign = 0
+                pending.update({f"{label} order {o}": arms[label][o] for label in (rome, MEMIT_1)})
             signs.setdefault(rome, []).append(sign)
             parts.append(f"order {o}: " + ", ".join(
                 f"{label}{_unfinished(arms[label][o])} " + (f"collapsed at edit {at[label]}" if at[label] is not None
@@ -884,7 +885,8 @@ def _b4(conn, arms) -> Finding:
         reason = (f"When a model collapses varies with the edit order, and the store has {n} shared order(s): run "
                   f"`--order-seed` 1 and 2 of ROME and of MEMIT --batch 1.")
     else:
-        reason = "Measured, but undecided: the orders disagree or neither run collapsed; extend the runs."
+        runs = {label: {o: arms[label][o] for o in orders} for rome, orders in pairs.items() for label in (rome, MEMIT_1)}
+        reason = _why_open(signs, runs, "Neither run collapsed first on any order: ", pending)
     return Finding(**common, ours="; ".join(parts), verdict=NOT_MEASURED, query=_runs_query(ids), n=n, reason=reason)
 
 

@@ -330,7 +330,14 @@ def test_when_models_collapse_is_judged_only_on_three_edit_orders(tmp_path):
             _event(st, f"rome{o}", "collapse", 200 + 50 * o)
         assert _by_claim(st.conn)["B4"].verdict == REPRODUCED
         _event(st, "memit2", "collapse", 100)  # on one order MEMIT now breaks first
-        assert _by_claim(st.conn)["B4"].verdict == NOT_MEASURED
+        b4 = _by_claim(st.conn)["B4"]
+        assert b4.verdict == NOT_MEASURED and b4.reason == "Measured, but undecided: the orders disagree."
+        st.conn.execute("DELETE FROM run_events WHERE run_id IN ('memit2', 'rome2')")
+        st.conn.execute("UPDATE runs SET status = 'interrupted', n_total = 500, n_done = 120 WHERE run_id = 'memit2'")
+        st.conn.commit()
+        b4 = _by_claim(st.conn)["B4"]  # neither collapsed on order 2 yet, and MEMIT's run is still computing
+        assert b4.verdict == NOT_MEASURED and "MEMIT, b=1 order 2 (120 of 500 edits, interrupted)" in b4.reason, b4
+        assert "extend" not in b4.reason
 
 
 def test_memit_against_rome_is_judged_with_the_studies_rome_and_with_r_rome_apart(tmp_path):
