@@ -1002,7 +1002,8 @@ def _c1(conn, arms) -> Finding:
                        "when sentiment, entity typing (NER) and closed-book QA (open QA) each end with a 95% CI "
                        "wholly below the unedited model's and disagrees when none does; with at least "
                        f"{MIN_ORDERS} orders of one of them, the claim's direction agrees when every order of one "
-                       "agrees, disagrees when every order of one disagrees and none agrees, else undecided.",
+                       "agrees, disagrees when every order of one disagrees and none agrees, else undecided; a run "
+                       "still computing counts once all three have fallen (before that, they may still fall).",
                   page="abilities")
     runs = {label: dict(sorted(arms[label].items())) for label in (ROME_ORIGINAL, ROME) if label in arms}
     if not runs:
@@ -1011,7 +1012,7 @@ def _c1(conn, arms) -> Finding:
     ab = derived.ability_scores(conn, kind="sequential", mode="quick")
     query = _runs_query([r["run_id"] for by in runs.values() for r in by.values()], ability_view="sequential")
     signs: dict[str, list[int]] = {}
-    head, missing, by_task, per_order = {}, [], {}, []
+    head, missing, by_task, per_order, waiting = {}, [], {}, [], {}
     for label, by in runs.items():
         for o, run in by.items():
             name = f"{label} order {o}{_unfinished(run)}"
@@ -1035,23 +1036,27 @@ def _c1(conn, arms) -> Finding:
                                        f"{_ci(z['score'], z['ci_low'], z['ci_high'])} at {counts[-1]}")
             fell = [_worse(end[t], base[t]) for t in tasks]
             sign = 1 if all(fell) else -1 if not any(fell) else 0
-            signs.setdefault(label, []).append(sign)
-            per_order.append(f"{label} order {o}: " + {1: "all three fell", -1: "none fell", 0: "some fell"}[sign])
+            if sign != 1 and run["status"] != "done":  # what has not fallen yet may still fall
+                waiting[f"{label} order {o}"] = run
+                per_order.append(f"{label} order {o}: {'none' if sign < 0 else 'some'} fell so far")
+            else:
+                signs.setdefault(label, []).append(sign)
+                per_order.append(f"{label} order {o}: " + {1: "all three fell", -1: "none fell", 0: "some fell"}[sign])
             if not head:
                 t0 = tasks[0]
                 head = dict(value=end[t0]["score"], n=end[t0]["n"], ci_low=end[t0]["ci_low"],
                             ci_high=end[t0]["ci_high"])
     parts = [f"{STUDY_C_TASKS[t]} ({e['n']} items): {e['unedited']}; " + "; ".join(e["orders"])
              for t, e in by_task.items()] + missing
-    if not signs:
+    if not signs and not waiting:
         return Finding(**common, ours="; ".join(parts), verdict=NOT_MEASURED, query=query,
                        reason="Rerun the ROME run with `--abilities-every 50` (the quick ability suite with "
                               "sentiment, entity typing and closed-book QA).")
     said = {_agreement(s) for s in signs.values()}
     direction = AGREES if 1 in said else DISAGREES if -1 in said else UNDECIDED
-    decided = direction != UNDECIDED or all(s is not None for s in said)
-    outcome = f" Per order: {', '.join(per_order)}" + (
-        "." if decided else f"; the direction waits for {MIN_ORDERS} edit orders of one of them.")
+    decided = direction != UNDECIDED or (bool(signs) and all(s is not None for s in said))
+    outcome = f" Per order: {', '.join(per_order)}" + ("." if decided else "; " + (
+        _not_yet(waiting) if waiting else f"the direction waits for {MIN_ORDERS} edit orders of one of them."))
     return Finding(**common, ours=" | ".join(parts) + " (quick suite)", verdict=NOT_COMPARABLE,
                    direction=direction, query=query, **head,
                    reason="GPT-2 XL on study C's data vs SmolLM2-135M on our quick suite, scored every 50 edits "

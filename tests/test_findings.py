@@ -540,6 +540,11 @@ def test_ability_erosion_is_read_on_every_edit_order_of_rome(tmp_path):
         assert c1.value == pytest.approx(0.6) and c1.n == 200
         _study_c(st, "rome2", {**fall, "sentiment": 0.79})  # sentiment holds on one order
         assert _by_claim(st.conn)["C1"].direction == "undecided"
+        st.conn.execute("UPDATE runs SET status = 'interrupted', n_total = 1000 WHERE run_id = 'rome2'")
+        st.conn.commit()
+        c1 = _by_claim(st.conn)["C1"]  # ... but that run is still computing: sentiment may still fall
+        assert c1.direction == "undecided" and "ROME order 2: some fell so far" in c1.reason
+        assert "waits for the runs still computing: ROME order 2 (500 of 1000 edits, interrupted)" in c1.reason
     with Store.open(tmp_path / "t.sqlite", create=True) as st:
         for o in range(3):
             _seq(st, f"rome{o}", order=o)
