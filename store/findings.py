@@ -261,7 +261,7 @@ def _a1(conn, refs, summary) -> Finding:
                   paper=", ".join(f"{e} {PAPER_A['plain'][e]:g}" for e in EDITORS_A) + " (acc %, Llama-7B)",
                   rule="The paper's level (≈100% on a 7B model) is not asked of a 135M model, and the direction "
                        "(most edits hold) agrees when every editor's plain-prompt acc has its 95% CI above 0.5, "
-                       "disagrees when one lies below 0.5.", page="robustness")
+                       f"disagrees when one lies below 0.5; {PARTIAL_RULE}.", page="robustness")
     have = [e for e in EDITORS_A if e in refs]
     if not have:
         return Finding(**common, ours="no robustness run", verdict=NOT_MEASURED,
@@ -273,11 +273,13 @@ def _a1(conn, refs, summary) -> Finding:
                        reason="The robustness runs hold no plain-prompt acc: rerun them.")
     lows = [r["ci_low"] > 0.5 for r in rows.values()]
     highs = [r["ci_high"] < 0.5 for r in rows.values()]
-    direction = AGREES if all(lows) else DISAGREES if any(highs) else UNDECIDED
+    waits = _waits(refs, rows, conn)
+    direction = UNDECIDED if waits else AGREES if all(lows) else DISAGREES if any(highs) else UNDECIDED
     first = next(iter(rows.values()))
     return Finding(**common, ours="; ".join(f"{e} {_ci(r['mean'], r['ci_low'], r['ci_high'])}" for e, r in rows.items())
                    + f" (acc, {_sizes(rows)}{_partial(refs, rows, conn)})", verdict=NOT_COMPARABLE, direction=direction,
-                   reason="SmolLM2-135M vs Llama-7B: how often an edit takes is a level that depends on the model.",
+                   reason="SmolLM2-135M vs Llama-7B: how often an edit takes is a level that depends on the model."
+                          + (f" {waits}" if waits else ""),
                    value=first["mean"], n=first["n"], ci_low=first["ci_low"], ci_high=first["ci_high"],
                    query=_runs_query([refs[e]["run_id"] for e in rows], metric="acc"))
 
@@ -303,13 +305,30 @@ def _relations(conn: sqlite3.Connection, run: dict) -> str:
     return f", {covered} of {total} relations" if 0 < covered < total else ""
 
 
+def _going(refs: dict[str, dict], editors, conn: sqlite3.Connection | None = None) -> list[str]:
+    """'ROME 115 of 240 cases, 8 of 16 relations (interrupted)' for each of the editors' reference runs that is not
+    done (the relations with `conn`: a partial run's cases are the first relations', not a sample)."""
+    return [f"{e} {refs[e]['n_done'] or 0} of {refs[e]['n_total']} cases"
+            f"{_relations(conn, refs[e]) if conn is not None else ''} ({refs[e]['status']})"
+            for e in editors if e in refs and refs[e]["status"] != "done"]
+
+
 def _partial(refs: dict[str, dict], editors, conn: sqlite3.Connection | None = None) -> str:
-    """'; partial: ROME 115 of 240 cases, 8 of 16 relations (interrupted)' for the editors' reference runs that are
-    not done (the relations with `conn`: a partial run's cases are the first relations', not a sample)."""
-    going = [f"{e} {refs[e]['n_done'] or 0} of {refs[e]['n_total']} cases"
-             f"{_relations(conn, refs[e]) if conn is not None else ''} ({refs[e]['status']})"
-             for e in editors if e in refs and refs[e]["status"] != "done"]
+    """'; partial: ROME 115 of 240 cases, 8 of 16 relations (interrupted)' (_going), or ''."""
+    going = _going(refs, editors, conn)
     return "; partial: " + ", ".join(going) if going else ""
+
+
+# a study-A verdict on part of a run would judge its first relations, not a sample of the case set
+PARTIAL_RULE = ("a run not finished gives its figures and no verdict (its cases come relation by relation, so a part "
+                "is not a sample)")
+
+
+def _waits(refs: dict[str, dict], editors, conn: sqlite3.Connection) -> str:
+    """The reason a study-A verdict waits for the editors' reference runs that are not finished, or ''."""
+    going = _going(refs, editors, conn)
+    return ("The verdict waits for the runs to finish: " + ", ".join(going) + "; a robustness run edits its cases "
+            "relation by relation, so its part is not a sample of the case set.") if going else ""
 
 
 def _row(summary: pl.DataFrame, run_id: str, rtype: str, metric: str) -> dict | None:
@@ -324,7 +343,8 @@ def _drop(conn, refs, summary, claim: str, rtype: str, statement: str) -> Findin
                                if rtype == "doubt" else "")
     rule = (f"Reproduced when, for each editor with a drop of {PAPER_DROP:g}+ points in the paper "
             f"({', '.join(claimed)}), the 95% CI of acc on {rtype} lies wholly below the CI on the plain prompt; "
-            f"refuted when one of them has {rtype} acc at or above its plain acc; otherwise undecided at this n.")
+            f"refuted when one of them has {rtype} acc at or above its plain acc; otherwise undecided at this n; "
+            f"{PARTIAL_RULE}.")
     common = dict(claim=claim, study="A", statement=statement, paper=paper, rule=rule, page="robustness")
     missing = [e for e in claimed if e not in refs]
     if missing:
@@ -364,7 +384,9 @@ def _drop(conn, refs, summary, claim: str, rtype: str, statement: str) -> Findin
     if any(e not in pairs for e in claimed):
         return Finding(**common, ours=ours, verdict=NOT_MEASURED, query=query, **nums,
                        reason=f"Some runs hold no {rtype} acc: rerun robustness with every rephrase type.")
-    if all(_below(pairs[e][1], pairs[e][0]) for e in claimed):
+    if waits := _waits(refs, pairs, conn):
+        verdict, reason = NOT_MEASURED, waits
+    elif all(_below(pairs[e][1], pairs[e][0]) for e in claimed):
         verdict, reason = REPRODUCED, ""
     elif any(pairs[e][1]["mean"] >= pairs[e][0]["mean"] for e in claimed):
         verdict, reason = REFUTED, ""
@@ -461,7 +483,7 @@ def _a7(conn, refs) -> Finding:
                        "prompt (robustness given an edit that took: a popular fact that is merely harder to edit at "
                        "all lowers the first and not the second): reproduced when every one of these 95% CIs lies "
                        "below 0, refuted when one lies above 0; the pooled ρ is shown beside them (it mixes relation "
-                       "difficulty with popularity).",
+                       f"difficulty with popularity); {PARTIAL_RULE}.",
                   page="popularity")
     have = [e for e in EDITORS_A if e in refs]
     if not have:
@@ -484,6 +506,8 @@ def _a7(conn, refs) -> Finding:
     cis += [(f"{e} on held edits", *((held[e]["within_ci_low"], held[e]["within_ci_high"]) if e in held
                                      else (nan, nan))) for e in rows]
     verdict, reason = _corr_verdict(cis, -1)
+    if waits := _waits(refs, rows, conn):
+        verdict, reason = NOT_MEASURED, waits
     head = next(iter(rows.values()))
     ours = "; ".join(f"{e}: {_rho(r, False)}, {_rho(r, True)} (edits that held on the plain prompt: "
                      + (f"{_rho(held[e], False)})" if e in held else "none)") for e, r in rows.items())
@@ -514,7 +538,7 @@ def _a8(conn, refs) -> Finding:
                        + ", ".join(ATTACKED) + ") that is measurable and lets the model answer freely; an editor "
                        "agrees when on at least one of them the CI lies wholly below 0 and on none wholly above, and "
                        "goes against the claim when the other way round; reproduced when every one of "
-                       + ", ".join(EDITORS_A) + " agrees, refuted when every one goes against it.",
+                       + ", ".join(EDITORS_A) + f" agrees, refuted when every one goes against it; {PARTIAL_RULE}.",
                   page="robustness")
     have = [e for e in EDITORS_A if e in refs]
     if not have:
@@ -556,6 +580,8 @@ def _a8(conn, refs) -> Finding:
     if not types or len(signs) < len(EDITORS_A):
         return Finding(**common, ours=ours, verdict=NOT_MEASURED, query=query, **head,
                        reason="Not every editor has known facts compared on a measurable type.")
+    if waits := _waits(refs, have, conn):
+        return Finding(**common, ours=ours, verdict=NOT_MEASURED, query=query, **head, reason=waits)
     if all(s == 1 for s in signs.values()):
         return Finding(**common, ours=ours, verdict=REPRODUCED, query=query, **head)
     if all(s == -1 for s in signs.values()):

@@ -90,11 +90,15 @@ def test_a_partial_run_is_named_with_its_own_n(tmp_path):
         st.conn.commit()
         a2 = _by_claim(st.conn)["A2"]
     assert "partial: MEMIT 40 of 60 cases, 2 of 3 relations (interrupted)" in a2.ours
+    # its first relations are not a sample of the case set: figures, and no verdict until the run finishes
+    assert a2.verdict == NOT_MEASURED and a2.reason.startswith(
+        "The verdict waits for the runs to finish: MEMIT 40 of 60 cases, 2 of 3 relations (interrupted)")
+    assert got["A1"].direction == "undecided" and "waits for the runs to finish" in got["A1"].reason
     with Store.open(tmp_path / "t.sqlite", create=True) as st:  # all done and alike: one n
         _robustness_store(st, {"ROME": {"plain": 0.95, "paraphrase": 0.4}, "MEMIT": {"plain": 0.9, "paraphrase": 0.3}},
                           KNOWN)
         a1 = _by_claim(st.conn)["A1"]
-    assert a1.ours.endswith(f"(acc, n = {N_CASES} cases each)")
+    assert a1.ours.endswith(f"(acc, n = {N_CASES} cases each)") and a1.direction == "agrees"
 
 
 def test_a_robustness_run_with_another_key_constraint_does_not_stand_for_its_editor(tmp_path):
