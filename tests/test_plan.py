@@ -456,9 +456,20 @@ def test_the_shipped_plan_is_the_shipped_stores_recipe():
     rect = [u for u in seq if "rect_top" in u.options.get("hp", {})]
     assert sorted((u.options["hp"]["rect_top"], u.options["order_seed"]) for u in rect) == [
         (k, o) for k in (0.2, 0.4, 0.6) for o in (0, 1, 2)] and all(u.options["edits"] == 200 for u in rect)
-    # the original keys' order 1, still usable at 500 edits, goes on to 1,000 from that run, after everything else
+    # after study A's grid, the units that decide a claim the replicated comparison leaves open (C2, C3, C4, B4,
+    # B1/B2) before those that only add a curve or a sweep
+    deciding = ["batch-MEMIT", *(f"sequential-ROME-rect{k}-o{o}" for o in (0, 1, 2) for k in ("0.2", "0.4")),
+                *(f"sequential-MEMIT-b1-o{o}" for o in (0, 1, 2)), "sequential-ROME-key-mismatch-o1-1000"]
+    robustness = [ids.index(u.id) for u in plan.units if u.kind == "robustness"]
+    later = [ids.index(i) for i in (*(f"sequential-ROME-rect0.6-o{o}" for o in (0, 1, 2)), "calibration-ROME",
+                                    "calibration-ROME-more-steps", "calibration-ROME-clamp-2", "sweep-ROME",
+                                    "sweep-FT-L", "sweep-MEMIT", "batch-AlphaEdit", "sequential-AlphaEdit-b1-o0",
+                                    "sequential-FT-L-o0", "knowledge-480")]
+    assert len(ids) == len(later) + len(deciding) + len(set(ids[:max(robustness) + 1])) + 1  # + abilities-full
+    assert max(robustness) < min(ids.index(i) for i in deciding) and max(ids.index(i) for i in deciding) < min(later)
+    # the original keys' order 1, still usable at 500 edits, goes on to 1,000 from that run
     longer = by["sequential-ROME-key-mismatch-o1-1000"]
-    assert ids[-1] == longer.id and longer.after == ("sequential-ROME-key-mismatch-o1",)
+    assert longer.after == ("sequential-ROME-key-mismatch-o1",)
     assert {k: v for k, v in longer.spec().items() if k != "edits"} == {
         k: v for k, v in by["sequential-ROME-key-mismatch-o1"].spec().items() if k != "edits"}
     assert longer.options["edits"] == 1000 and plans._extended_from(plan, longer) == 500
