@@ -29,6 +29,7 @@ import polars as pl
 
 from . import derived, measurable, queries
 from .metrics import wilson_ci
+from .stats import difference_ci
 
 REPRODUCED, REFUTED, NOT_COMPARABLE, NOT_MEASURED = "reproduced", "refuted", "not comparable", "not measured yet"
 VERDICTS = (REPRODUCED, REFUTED, NOT_COMPARABLE, NOT_MEASURED)
@@ -110,16 +111,31 @@ def _ci(v: float, lo: float | None, hi: float | None, n: int | None = None, digi
     return text + (f", n = {n}" if n is not None else "")
 
 
+def _estimate(row: dict) -> float:
+    """A row's point estimate: `value` (a series' point), `mean` (a summary) or `score` (an ability task)."""
+    return next(row[k] for k in ("value", "mean", "score") if row.get(k) is not None)
+
+
+def _difference(a: dict, b: dict) -> tuple[float, float]:
+    """The 95% CI of a - b from their own CIs (store.stats.difference_ci: Newcombe's interval for proportions)."""
+    return difference_ci(_estimate(a), a["ci_low"], a["ci_high"], _estimate(b), b["ci_low"], b["ci_high"])
+
+
+# how a finding reads "a is below b" (DIFFERENCE_RULE is the phrase its rule text uses)
+DIFFERENCE_RULE = ("the 95% CI of the difference (Newcombe's interval from the two Wilson intervals, "
+                   "store.stats.difference_ci) lies wholly below 0")
+
+
 def _below(a: dict, b: dict) -> bool:
-    """a's 95% CI lies wholly below b's."""
-    return a["ci_high"] < b["ci_low"]
+    """a is below b: the 95% CI of a - b lies wholly below 0 (_difference)."""
+    return _difference(a, b)[1] < 0
 
 
 def _worse(row: dict, base: dict) -> bool:
-    """An ability score's CI lies wholly on the worse side of the unedited one's (direction from the task)."""
-    if row.get("higher_is_better") == 0:
-        return row["ci_low"] > base["ci_high"]
-    return row["ci_high"] < base["ci_low"]
+    """An ability score is worse than the unedited one: the 95% CI of their difference lies wholly on the worse
+    side of 0 (direction from the task: below for accuracy, above for perplexity)."""
+    lo, hi = _difference(row, base)
+    return lo > 0 if row.get("higher_is_better") == 0 else hi < 0
 
 
 def _best(rows: list[dict]) -> dict:
@@ -342,7 +358,8 @@ def _drop(conn, refs, summary, claim: str, rtype: str, statement: str) -> Findin
     paper = _paper_a(rtype) + (f"; rev {', '.join(f'{e} {v:g}' for e, v in PAPER_DOUBT_REV.items())}"
                                if rtype == "doubt" else "")
     rule = (f"Reproduced when, for each editor with a drop of {PAPER_DROP:g}+ points in the paper "
-            f"({', '.join(claimed)}), the 95% CI of acc on {rtype} lies wholly below the CI on the plain prompt; "
+            f"({', '.join(claimed)}), acc on {rtype} is below acc on the plain prompt ({DIFFERENCE_RULE}; "
+            f"the same cases on both sides make it conservative); "
             f"refuted when one of them has {rtype} acc at or above its plain acc; otherwise undecided at this n; "
             f"{PARTIAL_RULE}.")
     common = dict(claim=claim, study="A", statement=statement, paper=paper, rule=rule, page="robustness")
@@ -393,7 +410,8 @@ def _drop(conn, refs, summary, claim: str, rtype: str, statement: str) -> Findin
     else:
         open_ = [e for e in claimed if not _below(pairs[e][1], pairs[e][0])]
         verdict = NOT_MEASURED
-        reason = (f"Measured, but undecided: the CIs overlap for {', '.join(open_)} at {sizes}; a larger case set "
+        reason = (f"Measured, but undecided: the difference's CI includes 0 for {', '.join(open_)} at {sizes}; a "
+                  f"larger case set "
                   "(`cases build --n`, then `run robustness`) would decide.")
     return Finding(**common, ours=ours, verdict=verdict, reason=reason, query=query, **nums)
 
@@ -925,8 +943,8 @@ def _panel_at(curves: pl.DataFrame, run_id: str, at: int) -> dict | None:
 def _panel_pairs(conn, arms, lower: tuple[str, str], higher: tuple[str, str]):
     """Panel recall (the unedited known facts) of two arms, (label, name) each, at the last checkpoint both
     reached on each edit order they share: (parts, signs, orders, run ids, runs not finished by name), an order's
-    sign +1 when `lower`'s 95% Wilson CI lies wholly below `higher`'s, -1 when the other way round, 0 when they
-    overlap, None while one of the two runs is not finished (_order_verdict)."""
+    sign +1 when `lower` is below `higher` (_below: the 95% CI of the difference below 0), -1 when the other way
+    round, 0 when that CI includes 0, None while one of the two runs is not finished (_order_verdict)."""
     parts, signs, orders, ids, going = [], [], [], [], {}
     for o in _shared(arms, lower[0], higher[0]):
         a, b = arms[lower[0]][o], arms[higher[0]][o]
@@ -962,7 +980,7 @@ def _panel_claim(conn, arms, common: dict, lower: tuple[str, str], higher: tuple
     if not signs:
         return Finding(**common, ours="no shared checkpoint yet", verdict=NOT_MEASURED, query=query, reason=unshared)
     return _order_verdict(common, "; ".join(parts), signs, orders, query, going=going,
-                          few=_few(few[0], orders, few[1], going), neither="the two runs' CIs overlap")
+                          few=_few(few[0], orders, few[1], going), neither="the CI of the difference includes 0")
 
 
 NO_CONTROL = "not measured: the studies ran no size-matched random update"
@@ -975,8 +993,8 @@ def _b5(conn, arms) -> Finding:
                                                    "because the weights move that much.",
                   paper=NO_CONTROL,
                   rule=CONTROL_RULE + "by recall of the panel of unedited known facts at the last checkpoint both "
-                       "reached; an order agrees when ROME's 95% Wilson CI lies wholly below the control's and goes "
-                       "against it when the control's lies wholly below ROME's; with at least "
+                       "reached; an order agrees when ROME's is below the control's (" + DIFFERENCE_RULE + ") and "
+                       "goes against it when the control's is below ROME's; with at least "
                        f"{MIN_ORDERS} orders, reproduced when every order agrees, refuted when every order goes "
                        f"against it; {PENDING_RULE}.", page="forgetting")
     return _panel_claim(conn, arms, common, (ROME, "ROME"), (CONTROL, "control"),
@@ -999,9 +1017,9 @@ def _b6(conn, arms) -> Finding:
                         "edits disrupt it (LLaMA3-8B, GPT-J, GPT2-XL)",
                   rule="EditScope's replicated comparison (issue 19 point 11): on each edit order, AlphaEdit b = 10 "
                        "against MEMIT b = 10 (each with the key constraint it ships with), by recall of the panel of "
-                       "unedited known facts at the last checkpoint both reached; an order agrees when MEMIT's 95% "
-                       "Wilson CI lies wholly below AlphaEdit's and goes against it when AlphaEdit's lies wholly "
-                       f"below MEMIT's; with at least {MIN_ORDERS} orders, reproduced when every order agrees, "
+                       "unedited known facts at the last checkpoint both reached; an order agrees when MEMIT's is "
+                       f"below AlphaEdit's ({DIFFERENCE_RULE}) and goes against it when AlphaEdit's is below "
+                       f"MEMIT's; with at least {MIN_ORDERS} orders, reproduced when every order agrees, "
                        f"refuted when every order goes against it; {PENDING_RULE}.", page="forgetting")
     return _panel_claim(conn, arms, common, (MEMIT_10, "MEMIT"), (ALPHAEDIT_10, "AlphaEdit"),
                         none=("no MEMIT and AlphaEdit b = 10 runs on one edit order",
@@ -1025,8 +1043,8 @@ def _c1(conn, arms) -> Finding:
                   rule="How many edits break a model depends on its size, so the paper's speed is not asked of a 135M "
                        "model; on each edit order of ROME with the original keys (ROME as published, before r-ROME's "
                        "key fix) and of ROME with r-ROME keys, each read apart, the direction (abilities fall) agrees "
-                       "when sentiment, entity typing (NER) and closed-book QA (open QA) each end with a 95% CI "
-                       "wholly below the unedited model's and disagrees when none does; with at least "
+                       "when sentiment, entity typing (NER) and closed-book QA (open QA) each end below the unedited "
+                       f"model's ({DIFFERENCE_RULE}) and disagrees when none does; with at least "
                        f"{MIN_ORDERS} orders of one of them, the claim's direction agrees when every order of one "
                        "agrees, disagrees when every order of one disagrees and none agrees, else undecided; a run "
                        "still computing counts once all three have fallen (before that, they may still fall).",
@@ -1094,8 +1112,8 @@ def _c5(conn, arms) -> Finding:
                                                    "the weights move that much.",
                   paper=NO_CONTROL,
                   rule=CONTROL_RULE + "on study C's tasks (sentiment, NER, open QA) at the last ability checkpoint "
-                       "both reached; an order agrees when on at least one task ROME's 95% CI lies wholly below the "
-                       "control's and on none the control's below ROME's, and goes against it when the other way "
+                       "both reached; an order agrees when on at least one task ROME's score is below the control's "
+                       f"({DIFFERENCE_RULE}) and on none the control's below ROME's, and goes against it when the other way "
                        f"round; with at least {MIN_ORDERS} orders, reproduced when every order agrees, refuted when "
                        f"every order goes against it; {PENDING_RULE}.", page="abilities")
     orders = _shared(arms, ROME, CONTROL)
@@ -1151,7 +1169,9 @@ def _c2(conn) -> Finding:
     common = dict(claim="C2", study="C", statement="Small MEMIT batches leave abilities intact; very large ones "
                                                    "destroy them.",
                   paper="GPT-2 XL, batch-single MEMIT: batch 1-100 ≈ unedited, 2000 large drop, 3000 ≈ 0",
-                  rule=f"Each ability task's 95% CI after one MEMIT batch against the unedited model's: reproduced when "
+                  rule=f"Each ability task after one MEMIT batch against the unedited model, worse when the 95% CI "
+                       f"of the difference (store.stats.difference_ci: Newcombe's interval for an accuracy) lies "
+                       f"wholly on the worse side of 0: reproduced when "
                        f"no task is worse at batches up to {SMALL_BATCH} and at least half the tasks are worse at a "
                        f"batch of {LARGE_BATCH} or more; refuted when a task is already worse at {SMALL_BATCH} or "
                        f"fewer, or fewer than half are worse at {LARGE_BATCH}+.", page="abilities")
@@ -1177,7 +1197,7 @@ def _c2(conn) -> Finding:
     large = {b: worse_at(b) for b in sizes if b >= LARGE_BATCH}
     n_tasks = len(base)
     worst = max(sizes)
-    ours = (f"tasks worse than unedited (95% CIs apart, of {n_tasks}): "
+    ours = (f"tasks worse than unedited (the difference's 95% CI on the worse side of 0, of {n_tasks}): "
             + ", ".join(f"b = {b}: {len(worse_at(b))}" for b in sizes) + f"; largest batch {worst}")
     bad_small = sorted({t for ts in small.values() for t in ts})
     if bad_small:

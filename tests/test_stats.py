@@ -8,8 +8,10 @@ import math
 import numpy as np
 import pytest
 
+from store.metrics import wilson_ci
 from store.stats import (
     abrupt_steps,
+    difference_ci,
     permutation_p,
     phase_break,
     robust_z,
@@ -227,3 +229,18 @@ def test_a_cliff_to_the_floor_after_a_steep_decline_is_a_catastrophic_phase():
     assert share_cliff(x, steady, n) is None and not phase_break(x, steady, weights=n, counts=n)["catastrophic"]
     early = y[:8] + [0.125, 0.111, 0.2] + [0.5, 0.56, 0.41, 0.4, 0.33, 0.28, 0.25, 0.24, 0.23]  # order 1's edit 8
     assert share_cliff(x, early, n) is None
+
+
+def test_the_difference_of_two_proportions_is_newcombes_interval_and_tighter_than_non_overlap():
+    # Newcombe (1998), example (a): 56/70 - 48/80 = 0.200, hybrid score interval (method 10) 0.0524 to 0.3339
+    lo, hi = difference_ci(56 / 70, *wilson_ci(56, 70), 48 / 80, *wilson_ci(48, 80))
+    assert (round(lo, 4), round(hi, 4)) == (0.0524, 0.3339)
+    # the rebuild's MEMIT and AlphaEdit panels, order 1 at 500 edits: 27 and 47 of 200 recalled. The two Wilson
+    # intervals overlap ([0.09, 0.19] against [0.18, 0.30]), yet the difference's interval lies below 0
+    a, b = wilson_ci(27, 200), wilson_ci(47, 200)
+    assert a[1] > b[0]
+    lo, hi = difference_ci(27 / 200, *a, 47 / 200, *b)
+    assert hi < 0 and (lo, hi) == pytest.approx((-0.175, -0.024), abs=0.001)
+    # a difference with itself: symmetric around 0, each side the two half-widths in quadrature
+    lo, hi = difference_ci(0.5, 0.4, 0.6, 0.5, 0.4, 0.6)
+    assert (lo, hi) == pytest.approx((-math.hypot(0.1, 0.1), math.hypot(0.1, 0.1)))
