@@ -252,6 +252,7 @@ def _few(why: str, orders: list[int], run: str, going: dict[str, dict]) -> str:
     and the `--order-seed`s still to run (`run`: what to run on them), then the runs still computing."""
     missing = [o for o in range(max(orders, default=-1) + MIN_ORDERS + 1) if o not in orders][:MIN_ORDERS - len(orders)]
     seeds = " and ".join(f"`--order-seed {o}`" for o in missing)
+    going = {k: r for k, r in going.items() if r.get("status") != "done"}
     return (f"{why}, and the store has {len(orders)} shared order{'s' * (len(orders) != 1)} "
             f"({', '.join(str(o) for o in orders)}): run {run} on {seeds}" + (f"; {_not_yet(going)}" if going else "."))
 
@@ -880,8 +881,8 @@ def _b3(conn, arms) -> Finding:
     ours = "disabling edits: " + "; ".join(parts) + f" (on {len(orders)} edit order{'s' * (len(orders) > 1)})"
     going = {f"{label} order {o}": arms[label][o] for o in orders for label in (ROME_ORIGINAL, ROME)}
     found = _order_verdict(common, ours, signs, orders, _runs_query(ids), going=going, neither="",
-                           few=f"On {len(orders)} edit order(s): the verdict waits for {MIN_ORDERS} "
-                               "(`--order-seed 1`, `2`), since which facts come when decides where large updates fall.")
+                           few=_few("Which facts come when decides where large updates fall", orders,
+                                    "both ROME runs (with `--hp key_mismatch=true` and without)", going))
     return replace(found, **head) if head else found
 
 

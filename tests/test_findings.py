@@ -272,7 +272,8 @@ def test_disabling_edits_compare_the_original_keys_with_r_rome_on_the_same_order
         _seq(st, "rrome")
         _event(st, "orig", "disabling_edit", 111, value=1.4)
         b3 = _by_claim(st.conn)["B3"]  # one order: which facts come when decides where large updates fall
-        assert b3.verdict == NOT_MEASURED and "1 edit order" in b3.reason and "111" in b3.ours and b3.n == 340
+        assert b3.verdict == NOT_MEASURED and "1 shared order (0): run both ROME runs" in b3.reason \
+            and b3.reason.endswith("on `--order-seed 1` and `--order-seed 2`.") and "111" in b3.ours and b3.n == 340
         assert (b3.ci_low, b3.ci_high) == pytest.approx(wilson_ci(1, 340))
         for o in (1, 2):
             _seq(st, f"orig{o}", order=o, hparams={**ROME_HP, "key_mismatch": True}, n_done=340)
