@@ -359,8 +359,9 @@ def _drop(conn, refs, summary, claim: str, rtype: str, statement: str) -> Findin
     paper = _paper_a(rtype) + (f"; rev {', '.join(f'{e} {v:g}' for e, v in PAPER_DOUBT_REV.items())}"
                                if rtype == "doubt" else "")
     rule = (f"Reproduced when, for each editor with a drop of {PAPER_DROP:g}+ points in the paper "
-            f"({', '.join(claimed)}), acc on {rtype} is below acc on the plain prompt ({DIFFERENCE_RULE}; "
-            f"the same cases on both sides make it conservative); "
+            f"({', '.join(claimed)}), acc on {rtype} is below acc on the plain prompt on the same cases (the paired "
+            f"95% CI of the per-case difference, a percentile bootstrap over cases, store.derived.paired_drop, lies "
+            f"wholly below 0); "
             f"refuted when one of them has {rtype} acc at or above its plain acc; otherwise undecided at this n; "
             f"{PARTIAL_RULE}.")
     common = dict(claim=claim, study="A", statement=statement, paper=paper, rule=rule, page="robustness")
@@ -376,8 +377,12 @@ def _drop(conn, refs, summary, claim: str, rtype: str, statement: str) -> Findin
     pairs = {e: (_row(summary, refs[e]["run_id"], "plain", "acc"), _row(summary, refs[e]["run_id"], rtype, "acc"))
              for e in EDITORS_A if e in refs}
     pairs = {e: p for e, p in pairs.items() if p[0] and p[1]}
+    drops = {e: derived.paired_drop(conn, refs[e]["run_id"], rtype) for e in pairs}
     ours = "; ".join(f"{e} {_ci(p[0]['mean'], p[0]['ci_low'], p[0]['ci_high'])} → "
-                     f"{_ci(p[1]['mean'], p[1]['ci_low'], p[1]['ci_high'])}" for e, p in pairs.items())
+                     f"{_ci(p[1]['mean'], p[1]['ci_low'], p[1]['ci_high'])}"
+                     + (f" (paired difference {_signed_ci(drops[e]['mean'], drops[e]['ci_low'], drops[e]['ci_high'])})"
+                        if drops[e] else "")
+                     for e, p in pairs.items())
     if rtype == "doubt":
         revs = {e: _row(summary, refs[e]["run_id"], rtype, "rev") for e in pairs}
         ours += "; rev " + ", ".join(f"{e} {_ci(r['mean'], r['ci_low'], r['ci_high'])}" for e, r in revs.items() if r)
@@ -404,17 +409,22 @@ def _drop(conn, refs, summary, claim: str, rtype: str, statement: str) -> Findin
                        reason=f"Some runs hold no {rtype} acc: rerun robustness with every rephrase type.")
     if waits := _waits(refs, pairs, conn):
         verdict, reason = NOT_MEASURED, waits
-    elif all(_below(pairs[e][1], pairs[e][0]) for e in claimed):
+    elif all(_dropped(drops[e]) for e in claimed):
         verdict, reason = REPRODUCED, ""
     elif any(pairs[e][1]["mean"] >= pairs[e][0]["mean"] for e in claimed):
         verdict, reason = REFUTED, ""
     else:
-        open_ = [e for e in claimed if not _below(pairs[e][1], pairs[e][0])]
+        open_ = [e for e in claimed if not _dropped(drops[e])]
         verdict = NOT_MEASURED
-        reason = (f"Measured, but undecided: the difference's CI includes 0 for {', '.join(open_)} at {sizes}; a "
-                  f"larger case set "
+        reason = (f"Measured, but undecided: the paired difference's CI includes 0 for {', '.join(open_)} at {sizes}; "
+                  f"a larger case set "
                   "(`cases build --n`, then `run robustness`) would decide.")
     return Finding(**common, ours=ours, verdict=verdict, reason=reason, query=query, **nums)
+
+
+def _dropped(drop: dict | None) -> bool:
+    """A paired drop (store.derived.paired_drop) whose 95% CI lies wholly below 0."""
+    return drop is not None and drop["ci_high"] == drop["ci_high"] and drop["ci_high"] < 0
 
 
 def _known_rev(conn, run_ids: dict[str, str], rtype: str) -> str:

@@ -122,7 +122,7 @@ def test_a_robustness_run_with_another_key_constraint_does_not_stand_for_its_edi
         assert a2.verdict == REPRODUCED and "rob-MEMIT-all" not in a2.url and "rob-MEMIT" in a2.url
 
 
-def test_a_paraphrase_drop_is_reproduced_only_when_the_ci_of_the_difference_lies_below_0(tmp_path):
+def test_a_paraphrase_drop_is_reproduced_only_when_the_paired_difference_lies_below_0(tmp_path):
     with Store.open(tmp_path / "s.sqlite", create=True) as st:
         _robustness_store(st, {"ROME": {"plain": 0.95, "paraphrase": 0.4}, "MEMIT": {"plain": 0.9, "paraphrase": 0.3}},
                           KNOWN)
@@ -137,8 +137,19 @@ def test_a_paraphrase_drop_is_reproduced_only_when_the_ci_of_the_difference_lies
     with Store.open(tmp_path / "u.sqlite", create=True) as st:  # a small drop within the noise: undecided
         _robustness_store(st, {"ROME": {"plain": 0.9, "paraphrase": 0.8}, "MEMIT": {"plain": 0.9, "paraphrase": 0.3}},
                           KNOWN)
+        # ROME's paraphrase fails on 12 cases that pass the plain prompt and passes on the 6 that fail it
+        st.write_measurements([{"run_id": "rob-ROME", "case_id": f"c{i}", "edit_count": 1, "rephrase_type": "paraphrase",
+                                "metric": "acc", "value": float(i >= 12)} for i in range(N_CASES)])
         a2 = _by_claim(st.conn)["A2"]
-        assert a2.verdict == NOT_MEASURED and "the difference's CI includes 0 for ROME" in a2.reason
+        assert a2.verdict == NOT_MEASURED and "the paired difference's CI includes 0 for ROME" in a2.reason
+        assert "ROME 0.90 [0.80, 0.95] → 0.80 [0.68, 0.88] (paired difference -0.10 [" in a2.ours
+    with Store.open(tmp_path / "v.sqlite", create=True) as st:  # the same shares, failing on cases that pass plain
+        _robustness_store(st, {"ROME": {"plain": 0.9, "paraphrase": 0.8}, "MEMIT": {"plain": 0.9, "paraphrase": 0.3}},
+                          KNOWN)
+        a2 = _by_claim(st.conn)["A2"]  # paired on the cases: a drop that two intervals side by side would miss
+        assert a2.verdict == REPRODUCED, a2
+        rome = (0.8, *wilson_ci(48, N_CASES)), (0.9, *wilson_ci(54, N_CASES))
+        assert rome[0][2] > rome[1][1]  # the two Wilson intervals overlap
 
 
 def test_a_type_the_unedited_model_cannot_answer_is_not_comparable(tmp_path):

@@ -500,6 +500,27 @@ def popularity_bins(points: pl.DataFrame, feature: str, bins: int = 4) -> pl.Dat
     return pl.DataFrame(rows, schema=schema).sort("series", "bin")
 
 
+def paired_drop(conn: sqlite3.Connection, run_id: str, rephrase_type: str, metric: str = "acc") -> dict | None:
+    """How much a rephrase type changes a robustness run's `metric` against the plain prompt on the same cases:
+    per case the type's value minus the plain prompt's (each the mean of its probes), `mean` over the cases that
+    have both, `n` of them, and a paired percentile bootstrap 95% CI (2,000 resamples of cases). Paired, it is
+    tighter than two intervals set side by side wherever a case tends to pass or fail on both. None without
+    such cases."""
+    from ..stats import bootstrap_mean_ci
+
+    rows = (queries.measurements(conn, run_id, metrics=metric, rephrase_types=("plain", rephrase_type), edit_count=1)
+            .drop_nulls("value").group_by("case_id", "rephrase_type").agg(pl.col("value").mean()))
+    wide = rows.pivot(on="rephrase_type", index="case_id", values="value") if rows.height else rows
+    if wide.is_empty() or "plain" not in wide.columns or rephrase_type not in wide.columns:
+        return None
+    both = wide.drop_nulls(["plain", rephrase_type]).sort("case_id")  # the bootstrap draws by position
+    if both.is_empty():
+        return None
+    diff = (both[rephrase_type] - both["plain"]).to_numpy()
+    lo, hi = bootstrap_mean_ci(diff, n_boot=2000) if len(diff) > 1 else (float("nan"), float("nan"))
+    return {"mean": float(diff.mean()), "n": len(diff), "ci_low": lo, "ci_high": hi}
+
+
 def edit_against_knowledge(conn: sqlite3.Connection, run_ids=None, rephrase_types=None) -> pl.DataFrame:
     """Study A's control: does a rephrasing cost an edit more than it costs the model's own knowledge?
 
