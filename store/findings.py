@@ -123,7 +123,8 @@ def _difference(a: dict, b: dict) -> tuple[float, float]:
 
 # how a finding reads "a is below b" (DIFFERENCE_RULE is the phrase its rule text uses)
 DIFFERENCE_RULE = ("the 95% CI of the difference (Newcombe's interval from the two Wilson intervals, "
-                   "store.stats.difference_ci) lies wholly below 0")
+                   "store.stats.difference_ci) lies wholly below 0; it takes the two as independent, which errs "
+                   "towards no difference where they score the same facts or items")
 
 
 def _below(a: dict, b: dict) -> bool:
