@@ -14,8 +14,10 @@ Verdicts:
 - reproduced / refuted: the claim's direction, decided by the rule stated with it;
 - not comparable: the paper's figure is an absolute level that a 135M model (or our protocol) cannot be held
   to; the direction is still compared (`direction`: agrees, disagrees or undecided);
-- not measured yet: the store lacks what the claim needs, or what it has does not decide it at its n; `reason`
-  says which, and what run would measure it.
+- undecided: measured, and the data decide neither way at their n, or the edit orders disagree; `reason` says
+  where (a larger case set or more orders would decide, not finishing the plan);
+- not measured yet: the store lacks what the claim needs, or a run it needs is still computing; `reason` says
+  which, and what run would measure it.
 """
 
 from __future__ import annotations
@@ -32,7 +34,10 @@ from .metrics import wilson_ci
 from .stats import difference_ci
 
 REPRODUCED, REFUTED, NOT_COMPARABLE, NOT_MEASURED = "reproduced", "refuted", "not comparable", "not measured yet"
-VERDICTS = (REPRODUCED, REFUTED, NOT_COMPARABLE, NOT_MEASURED)
+# measured, and the data decide neither way at this n (or the edit orders disagree): more compute will not settle
+# it by finishing the plan, only a larger case set or more orders; "not measured yet" waits for what is missing
+UNSETTLED = "undecided"
+VERDICTS = (REPRODUCED, REFUTED, NOT_COMPARABLE, UNSETTLED, NOT_MEASURED)
 AGREES, DISAGREES, UNDECIDED = "agrees", "disagrees", "undecided"
 
 MIN_ORDERS = 3  # edit orders per arm before an order-sensitive comparison (when a model collapses) is judged
@@ -222,10 +227,10 @@ def _order_verdict(common: dict, ours: str, signs: list[int | None], orders: lis
     named = {sign: [o for o, s in zip(orders, signs) if s == sign] for sign in (1, -1, 0)}
     verdict, reason = NOT_MEASURED, ""
     if named[1] and named[-1]:
-        reason = (f"Measured, but undecided: the orders disagree ({_orders(named[1])} as the claim says, "
-                  f"{_orders(named[-1])} against it).")
+        verdict, reason = UNSETTLED, (f"Measured, but undecided: the orders disagree ({_orders(named[1])} as the "
+                                      f"claim says, {_orders(named[-1])} against it).")
     elif named[0]:
-        reason = f"Measured, but undecided: {neither} on {_orders(named[0])}."
+        verdict, reason = UNSETTLED, f"Measured, but undecided: {neither} on {_orders(named[0])}."
     elif len(signs) < MIN_ORDERS:
         reason = few
     elif len(decided) < len(signs):
@@ -416,7 +421,7 @@ def _drop(conn, refs, summary, claim: str, rtype: str, statement: str) -> Findin
         verdict, reason = REFUTED, ""
     else:
         open_ = [e for e in claimed if not _dropped(drops[e])]
-        verdict = NOT_MEASURED
+        verdict = UNSETTLED
         reason = (f"Measured, but undecided: the paired difference's CI includes 0 for {', '.join(open_)} at {sizes}; "
                   f"a larger case set "
                   "(`cases build --n`, then `run robustness`) would decide.")
@@ -462,7 +467,7 @@ def _corr_verdict(rows: list[tuple[str, float, float]], sign: int) -> tuple[str,
     if any((hi < 0) if sign > 0 else (lo > 0) for _, lo, hi in defined):
         return REFUTED, ""
     open_ = [name for name, lo, hi in defined if lo <= 0 <= hi]
-    return NOT_MEASURED, (f"Measured, but undecided: the within-relation CI includes 0 ({', '.join(open_)}); more "
+    return UNSETTLED, (f"Measured, but undecided: the within-relation CI includes 0 ({', '.join(open_)}); more "
                           "cases per relation would decide.")
 
 
@@ -617,7 +622,7 @@ def _a8(conn, refs) -> Finding:
     if all(s == -1 for s in signs.values()):
         return Finding(**common, ours=ours, verdict=REFUTED, query=query, **head)
     open_ = [e for e, s in signs.items() if s != 1]
-    return Finding(**common, ours=ours, verdict=NOT_MEASURED, query=query, **head,
+    return Finding(**common, ours=ours, verdict=UNSETTLED, query=query, **head,
                    reason=f"Measured, but undecided for {', '.join(open_)}: no type's CI lies wholly below 0 (or one "
                           "lies above); more known facts (a larger case set, `cases build --n`) would decide.")
 

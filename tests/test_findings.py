@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from store import Store, derived, findings as fmod
-from store.findings import NOT_COMPARABLE, NOT_MEASURED, REFUTED, REPRODUCED, findings
+from store.findings import NOT_COMPARABLE, NOT_MEASURED, REFUTED, REPRODUCED, UNSETTLED, findings
 from store.metrics import wilson_ci
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -141,7 +141,7 @@ def test_a_paraphrase_drop_is_reproduced_only_when_the_paired_difference_lies_be
         st.write_measurements([{"run_id": "rob-ROME", "case_id": f"c{i}", "edit_count": 1, "rephrase_type": "paraphrase",
                                 "metric": "acc", "value": float(i >= 12)} for i in range(N_CASES)])
         a2 = _by_claim(st.conn)["A2"]
-        assert a2.verdict == NOT_MEASURED and "the paired difference's CI includes 0 for ROME" in a2.reason
+        assert a2.verdict == UNSETTLED and "the paired difference's CI includes 0 for ROME" in a2.reason
         assert "ROME 0.90 [0.80, 0.95] → 0.80 [0.68, 0.88] (paired difference -0.10 [" in a2.ours
     with Store.open(tmp_path / "v.sqlite", create=True) as st:  # the same shares, failing on cases that pass plain
         _robustness_store(st, {"ROME": {"plain": 0.9, "paraphrase": 0.8}, "MEMIT": {"plain": 0.9, "paraphrase": 0.3}},
@@ -204,7 +204,7 @@ def test_a_rephrasing_is_read_against_what_it_does_to_the_models_own_knowledge(t
         _robustness_store(st, {e: {"plain": 1.0, "paraphrase": 0.1, "doubt": 0.5} for e in editors}, hard)
         got = _by_claim(st.conn)
         assert got["A2"].verdict == REPRODUCED  # acc 0.10 against 1.00 on the plain prompt
-        assert got["A8"].verdict == NOT_MEASURED and "undecided for ROME, MEMIT, IKE" in got["A8"].reason
+        assert got["A8"].verdict == UNSETTLED and "undecided for ROME, MEMIT, IKE" in got["A8"].reason
     with Store.open(tmp_path / "v.sqlite", create=True) as st:  # edits reach further than knowledge: refuted
         _robustness_store(st, {e: {"plain": 1.0, "paraphrase": 0.5, "doubt": 0.5} for e in editors}, hard)
         assert _by_claim(st.conn)["A8"].verdict == REFUTED
@@ -225,7 +225,7 @@ def _correlations(st, run_id, within: tuple[float, float], pooled: tuple[float, 
 
 
 @pytest.mark.parametrize("within, verdict", [((-0.4, -0.1), REPRODUCED), ((0.1, 0.4), REFUTED),
-                                             ((-0.3, 0.1), NOT_MEASURED)])
+                                             ((-0.3, 0.1), UNSETTLED)])
 def test_popularity_vs_robustness_is_judged_on_the_within_relation_rho(tmp_path, within, verdict):
     with Store.open(tmp_path / "s.sqlite", create=True) as st:
         _robustness_store(st, {e: {"plain": 0.9, "paraphrase": 0.6} for e in ("ROME", "MEMIT", "IKE")}, KNOWN)
@@ -255,7 +255,7 @@ def test_popular_facts_that_are_only_harder_to_edit_at_all_are_not_harder_to_edi
         everything = derived.robustness_correlations(st.conn, metrics=("acc",), features=("frequency",),
                                                      rephrase_types=("paraphrase",))
         assert (everything["within_ci_high"] < 0).all()  # without the control: reproduced
-        assert a7.verdict == NOT_MEASURED and "ROME on held edits" in a7.reason, a7.reason
+        assert a7.verdict == UNSETTLED and "ROME on held edits" in a7.reason, a7.reason
         assert a7.ours.count("edits that held on the plain prompt: within relation") == 3 and "n = 30)" in a7.ours
 
 
@@ -293,7 +293,7 @@ def test_disabling_edits_compare_the_original_keys_with_r_rome_on_the_same_order
         b3 = _by_claim(st.conn)["B3"]
         assert b3.verdict == REPRODUCED and "111" in b3.ours and "3 edit orders" in b3.ours and b3.n == 340
         _event(st, "rrome", "disabling_edit", 40, value=0.9)  # r-ROME has one on order 0: the orders disagree
-        assert _by_claim(st.conn)["B3"].verdict == NOT_MEASURED
+        assert _by_claim(st.conn)["B3"].verdict == UNSETTLED
         for o in (1, 2):
             _event(st, f"rrome{o}", "disabling_edit", 50, value=0.9)
         assert _by_claim(st.conn)["B3"].verdict == REFUTED
@@ -310,7 +310,7 @@ def test_a_longer_original_keys_run_counts_its_disabling_edits_only_as_far_as_th
                 _event(st, f"orig{o}", "disabling_edit", 300, value=2.0)
         _event(st, "orig1", "disabling_edit", 700, value=3.0)
         b3 = _by_claim(st.conn)["B3"]
-        assert b3.verdict == NOT_MEASURED and "0 of 500 edits (of its 1000, counted as far as the r-ROME run went)" \
+        assert b3.verdict == UNSETTLED and "0 of 500 edits (of its 1000, counted as far as the r-ROME run went)" \
             in b3.ours, b3.ours
         _event(st, "orig1", "disabling_edit", 400, value=3.0)
         b3 = _by_claim(st.conn)["B3"]
@@ -457,7 +457,7 @@ def test_a_run_still_computing_with_no_disabling_edit_yet_decides_nothing(tmp_pa
         st.conn.execute("UPDATE runs SET status = 'done', n_total = 500, n_done = 500 WHERE run_id = 'orig2'")
         st.conn.commit()
         b3 = _by_claim(st.conn)["B3"]  # finished with none: order 2 goes against the claim
-        assert b3.verdict == NOT_MEASURED and b3.reason == (
+        assert b3.verdict == UNSETTLED and b3.reason == (
             "Measured, but undecided: the orders disagree (orders 0 and 1 as the claim says, order 2 against it).")
 
 
@@ -617,7 +617,7 @@ def test_rect_keeping_editing_performance_is_judged_on_three_edit_orders(tmp_pat
         c3 = _by_claim(st.conn)["C3"]
         assert c3.verdict == REPRODUCED and c3.n == 50 and all(f"order {o}," in c3.ours for o in (0, 1, 2))
         _newest(st, "rect2", 1.0, 0.2)  # far below on one order: the orders disagree
-        assert _by_claim(st.conn)["C3"].verdict == NOT_MEASURED
+        assert _by_claim(st.conn)["C3"].verdict == UNSETTLED
         for o in (0, 1):
             _newest(st, f"rect{o}", 1.0, 0.2)
         assert _by_claim(st.conn)["C3"].verdict == REFUTED
@@ -647,7 +647,7 @@ def test_alphaedit_against_memit_is_read_on_panel_recall_on_three_edit_orders(tm
         # read at the last checkpoint both reached: order 0 at 300, where AlphaEdit stopped
         assert "order 0, edit 300: panel recall MEMIT 0.30" in b6.ours and "order 1, edit 500:" in b6.ours
         _panel(st, "alpha2", {500: 0.12})  # CIs overlap on one order: undecided
-        assert _by_claim(st.conn)["B6"].verdict == NOT_MEASURED
+        assert _by_claim(st.conn)["B6"].verdict == UNSETTLED
         for o in (0, 1, 2):  # AlphaEdit below MEMIT on every order: refuted
             _panel(st, f"alpha{o}", {300: 0.1, 500: 0.02})
         assert _by_claim(st.conn)["B6"].verdict == REFUTED
@@ -679,7 +679,7 @@ def test_an_order_whose_runs_are_still_computing_decides_nothing_until_they_fini
         _panel(st, "memit1", {500: 0.1})
         _panel(st, "alpha1", {500: 0.12})  # order 1 within the noise: undecided whatever order 2 shows
         b6 = _by_claim(st.conn)["B6"]
-        assert b6.verdict == NOT_MEASURED and b6.reason == "Measured, but undecided: the CI of the difference includes 0 on order 1."
+        assert b6.verdict == UNSETTLED and b6.reason == "Measured, but undecided: the CI of the difference includes 0 on order 1."
         for run in ("memit2", "alpha2"):
             st.conn.execute(f"DELETE FROM runs WHERE run_id = '{run}'")
         st.conn.commit()
@@ -711,7 +711,7 @@ def test_ability_loss_beyond_a_size_matched_control_is_read_per_task_on_three_ed
         assert "order 0, edit 500: sentiment, 200 items: ROME 0.60" in c5.ours and "vs control 0.80" in c5.ours
         assert c5.page == "abilities" and "control1" in c5.url
         _study_c(st, "control2", fall)  # on one order the control falls as far: undecided
-        assert _by_claim(st.conn)["C5"].verdict == NOT_MEASURED
+        assert _by_claim(st.conn)["C5"].verdict == UNSETTLED
         for o in range(3):  # the control worse than ROME on every order: refuted
             _study_c(st, f"rome{o}", hold)
             _study_c(st, f"control{o}", fall)

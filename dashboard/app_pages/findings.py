@@ -10,10 +10,11 @@ import streamlit as st
 from dashboard.data import previous_version, stamp, store_path
 from dashboard.tables import Col, show
 from store import Store, changes
-from store.findings import NOT_COMPARABLE, NOT_MEASURED, REFUTED, REPRODUCED, STUDIES, findings, plan_part
+from store.findings import (NOT_COMPARABLE, NOT_MEASURED, REFUTED, REPRODUCED, STUDIES, UNSETTLED, findings,
+                            plan_part)
 
 PAGES = Path(__file__).resolve().parent
-COLOURS = {REPRODUCED: "green", REFUTED: "red", NOT_COMPARABLE: "orange", NOT_MEASURED: "gray"}
+COLOURS = {REPRODUCED: "green", REFUTED: "red", NOT_COMPARABLE: "orange", UNSETTLED: "violet", NOT_MEASURED: "gray"}
 TITLES = {"robustness": "Robustness", "popularity": "Popularity", "forgetting": "Forgetting",
           "abilities": "General abilities"}
 
@@ -29,7 +30,8 @@ st.title("Findings: the studies' claims, measured")
 st.caption("Each claim of the three studies beside what this store measures, with the rule that gives the verdict. "
            "The model is SmolLM2-135M, not the papers' 1.5B-7B models: levels are not compared, directions are. "
            "Verdicts: reproduced, refuted, not comparable (the paper's level; the direction is still compared), "
-           "not measured yet (the store lacks what the claim needs, or its n does not decide it). Runs started "
+           "undecided (measured, and the data decide neither way at their n, or the edit orders disagree), not "
+           "measured yet (the store lacks what the claim needs, or a run it needs is still computing). Runs started "
            "from this dashboard (the workspace store) are not counted.")
 
 
