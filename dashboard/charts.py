@@ -123,7 +123,8 @@ def _type_order(types, order) -> list[str]:
 
 def rephrase_heatmap(df: pl.DataFrame, value: str, title: str, rephrase_order=(), diverging: bool = False,
                      labels: dict[str, str] | None = None, unmeasurable: dict[str, str] | None = None) -> go.Figure:
-    """Run x rephrase type heat map of `value` (a mean, or `drop_from_plain`), n and CI in the hover.
+    """Run x rephrase type heat map of `value` (a mean, or `drop_from_plain`), n and CI in the hover (for the drop,
+    its own paired CI and n where the frame has them: store.derived.robustness_summary's drop columns).
 
     Expects columns rephrase_type, n, mean, ci_low, ci_high, `value` and run_id (one row per run; `labels`
     names them, in that order) or, without run_id, editor. Types in `unmeasurable` (type -> reason) are
@@ -137,6 +138,8 @@ def rephrase_heatmap(df: pl.DataFrame, value: str, title: str, rephrase_order=()
     rows = [r for r in labels if r in present] if labels else sorted(present)
     names = [labels.get(r, r) for r in rows] if labels else rows
     cell = {(r[key], r["rephrase_type"]): r for r in df.iter_rows(named=True)}
+    paired = value == "drop_from_plain" and "drop_ci_low" in df.columns
+    shown = ("drop_n", value, "drop_ci_low", "drop_ci_high") if paired else ("n", "mean", "ci_low", "ci_high")
     z, text, custom = [], [], []
     for run in rows:
         zr, tr, cr = [], [], []
@@ -150,7 +153,7 @@ def rephrase_heatmap(df: pl.DataFrame, value: str, title: str, rephrase_order=()
                 continue
             zr.append(v)
             tr.append("" if v is None else f"{v:+.2f}" if diverging else f"{v:.2f}")
-            cr.append([r["n"], r["mean"], r["ci_low"], r["ci_high"], ""] if r else [None] * 4 + ["no measurement"])
+            cr.append([r[c] for c in shown] + [""] if r else [None] * 4 + ["no measurement"])
         z.append(zr)
         text.append(tr)
         custom.append(cr)
@@ -161,7 +164,8 @@ def rephrase_heatmap(df: pl.DataFrame, value: str, title: str, rephrase_order=()
             colorscale="RdBu" if diverging else "Viridis", zmid=0 if diverging else None,
             zmin=None if diverging else 0, zmax=None if diverging else 1,
             colorbar_title=title, hoverongaps=True,
-            hovertemplate="%{y} · %{x}<br>" + title + ": %{z:.3f}<br>mean %{customdata[1]:.3f} "
+            hovertemplate="%{y} · %{x}<br>" + title + ": %{z:.3f}<br>" + ("paired on the same cases" if paired
+                                                                         else "mean") + " %{customdata[1]:.3f} "
             "[95% CI %{customdata[2]:.3f}, %{customdata[3]:.3f}]<br>n = %{customdata[0]}<br>%{customdata[4]}"
             "<extra></extra>",
         )

@@ -366,7 +366,7 @@ def _drop(conn, refs, summary, claim: str, rtype: str, statement: str) -> Findin
                                if rtype == "doubt" else "")
     rule = (f"Reproduced when, for each editor with a drop of {PAPER_DROP:g}+ points in the paper "
             f"({', '.join(claimed)}), acc on {rtype} is below acc on the plain prompt on the same cases (the paired "
-            f"95% CI of the per-case difference, a percentile bootstrap over cases, store.derived.paired_drop, lies "
+            f"95% t-interval of the per-case difference, store.derived.robustness_summary's drop from plain, lies "
             f"wholly below 0); "
             f"refuted when one of them has {rtype} acc at or above its plain acc; otherwise undecided at this n; "
             f"{PARTIAL_RULE}.")
@@ -383,7 +383,7 @@ def _drop(conn, refs, summary, claim: str, rtype: str, statement: str) -> Findin
     pairs = {e: (_row(summary, refs[e]["run_id"], "plain", "acc"), _row(summary, refs[e]["run_id"], rtype, "acc"))
              for e in EDITORS_A if e in refs}
     pairs = {e: p for e, p in pairs.items() if p[0] and p[1]}
-    drops = {e: derived.paired_drop(conn, refs[e]["run_id"], rtype) for e in pairs}
+    drops = {e: _drop_row(summary, refs[e]["run_id"], rtype) for e in pairs}
     ours = "; ".join(f"{e} {_ci(p[0]['mean'], p[0]['ci_low'], p[0]['ci_high'])} → "
                      f"{_ci(p[1]['mean'], p[1]['ci_low'], p[1]['ci_high'])}"
                      + (f" (paired difference {_signed_ci(drops[e]['mean'], drops[e]['ci_low'], drops[e]['ci_high'])})"
@@ -428,8 +428,18 @@ def _drop(conn, refs, summary, claim: str, rtype: str, statement: str) -> Findin
     return Finding(**common, ours=ours, verdict=verdict, reason=reason, query=query, **nums)
 
 
+def _drop_row(summary: pl.DataFrame, run_id: str, rtype: str) -> dict | None:
+    """A rephrase type's paired drop of acc from the plain prompt (store.derived.robustness_summary's
+    drop_from_plain, drop_n and drop CI, as the Robustness page's heat map shows it), or None."""
+    row = _row(summary, run_id, rtype, "acc")
+    if row is None or row.get("drop_n") is None:
+        return None
+    return {"mean": row["drop_from_plain"], "n": row["drop_n"], "ci_low": row["drop_ci_low"],
+            "ci_high": row["drop_ci_high"]}
+
+
 def _dropped(drop: dict | None) -> bool:
-    """A paired drop (store.derived.paired_drop) whose 95% CI lies wholly below 0."""
+    """A paired drop (_drop_row) whose 95% CI lies wholly below 0."""
     return drop is not None and drop["ci_high"] == drop["ci_high"] and drop["ci_high"] < 0
 
 

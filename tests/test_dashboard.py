@@ -194,6 +194,12 @@ def test_rephrase_heatmap_orders_types_and_reports_n():
     assert "n = " in fig.data[0].hovertemplate and fig.layout.xaxis.title.text == "Rephrase type"
     drop = charts.rephrase_heatmap(df, "drop_from_plain", "Δ", ("plain", "doubt"), diverging=True)
     assert drop.data[0].zmid == 0
+    # with the summary's paired drop columns, the hover gives the drop's own CI and n, not the type's mean
+    paired = df.with_columns(pl.Series("drop_n", [4, 5, 6, 6]), pl.Series("drop_ci_low", [-0.9, 0.0, 0.0, -0.3]),
+                             pl.Series("drop_ci_high", [-0.5, 0.0, 0.0, 0.1]))
+    drop = charts.rephrase_heatmap(paired, "drop_from_plain", "Δ", ("plain", "doubt"), diverging=True)
+    rome_doubt = drop.data[0].customdata[1][1]
+    assert list(rome_doubt[:4]) == [4, -0.7, -0.9, -0.5] and "paired on the same cases" in drop.data[0].hovertemplate
 
 
 def test_overview_split_by_relation_toggle(monkeypatch, fixture_store):

@@ -4,12 +4,14 @@ function's output on the shipped store, and the Findings page on a copy of the s
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import scipy.stats
 
 from store import Store, derived, findings as fmod
 from store.findings import NOT_COMPARABLE, NOT_MEASURED, REFUTED, REPRODUCED, UNSETTLED, findings
@@ -148,6 +150,11 @@ def test_a_paraphrase_drop_is_reproduced_only_when_the_paired_difference_lies_be
                           KNOWN)
         a2 = _by_claim(st.conn)["A2"]  # paired on the cases: a drop that two intervals side by side would miss
         assert a2.verdict == REPRODUCED, a2
+        # 6 of 60 cases lose the edit on the paraphrase, none gains it: -0.10 +- t(59) sd / sqrt(60)
+        sd = math.sqrt((6 - 60 * 0.01) / 59)
+        half = scipy.stats.t.ppf(0.975, 59) * sd / math.sqrt(60)
+        assert f"ROME 0.90 [0.80, 0.95] → 0.80 [0.68, 0.88] (paired difference -0.10 [{-0.1 - half:+.2f}, " \
+               f"{-0.1 + half:+.2f}])" in a2.ours
         rome = (0.8, *wilson_ci(48, N_CASES)), (0.9, *wilson_ci(54, N_CASES))
         assert rome[0][2] > rome[1][1]  # the two Wilson intervals overlap
 

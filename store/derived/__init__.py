@@ -22,6 +22,7 @@ from .labels import (CONTROL_EDITORS, MASS_EDITORS, SHIPPED_KEY_CONSTRAINT, edit
                      other_key_constraint, run_label,
                      run_labels)
 from .robustness import (
+    DROP_COLUMNS,
     HELD_ACC,
     POPULARITY_FEATURES,
     SMALL_N,
@@ -32,7 +33,7 @@ from .robustness import (
     edit_against_knowledge,
     knowledge_by_quartile,
     knowledge_correlations,
-    paired_drop,
+    paired_mean_ci,
     popularity_bins,
     popularity_points,
     robustness_correlations,
@@ -88,8 +89,8 @@ __all__ = [
     "CONTROL_EDITORS", "MASS_EDITORS", "SHIPPED_KEY_CONSTRAINT", "edits_facts", "is_mass_editor",
     "other_key_constraint", "run_label",
     "run_labels",
-    "HELD_ACC", "POPULARITY_FEATURES", "SMALL_N", "WITHIN", "WITHIN_COLUMNS", "both_estimates", "correlation_rows",
-    "paired_drop",
+    "DROP_COLUMNS", "HELD_ACC", "POPULARITY_FEATURES", "SMALL_N", "WITHIN", "WITHIN_COLUMNS", "both_estimates", "correlation_rows",
+    "paired_mean_ci",
     "edit_against_knowledge", "knowledge_by_quartile",
     "knowledge_correlations", "popularity_bins", "popularity_points", "robustness_correlations",
     "robustness_summary", "store_correlations",

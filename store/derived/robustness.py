@@ -15,6 +15,23 @@ from ..metrics import wilson_ci
 from ..stats import spearman_ci, stratified_spearman
 from .common import _mean_ci, wilson_arrays
 
+# robustness_summary's paired drop from the plain prompt: cases with both, mean per-case difference, its 95% CI
+DROP_COLUMNS = ("drop_n", "drop_from_plain", "drop_ci_low", "drop_ci_high")
+
+
+def paired_mean_ci(n, s, ss):
+    """The 95% t-interval of a mean from n, the sum and the sum of squares of the values (arrays): mean +-
+    t(0.975, n-1) sd / sqrt(n); NaN where n < 2. For the per-case differences of two rephrase types on the same
+    cases it is the paired interval (a case that passes or fails on both adds nothing to its width)."""
+    from scipy import stats as sps
+
+    n = np.asarray(n, dtype=float)
+    mean = np.asarray(s, dtype=float) / np.maximum(n, 1)
+    var = np.maximum(np.asarray(ss, dtype=float) - n * mean * mean, 0.0) / np.maximum(n - 1, 1)
+    half = sps.t.ppf(0.975, np.maximum(n - 1, 1)) * np.sqrt(var / np.maximum(n, 1))
+    ok = n >= 2
+    return np.where(ok, mean - half, np.nan), np.where(ok, mean + half, np.nan)
+
 
 POPULARITY_FEATURES = ("frequency", "connection", "cooccurrence", "population")
 
@@ -274,7 +291,9 @@ def robustness_summary(
     held_only: bool = False,
 ) -> pl.DataFrame:
     """Per robustness run (editor) x rephrase type x metric [x relation or popularity quartile]: the mean
-    over cases with n and a 95% CI, and the drop from the plain prompt (mean - mean on `plain`).
+    over cases with n and a 95% CI, and the drop from the plain prompt, paired on the cases measured on both:
+    `drop_from_plain` the mean per-case difference (type - plain), `drop_n` those cases, `drop_ci_low` /
+    `drop_ci_high` its 95% t-interval (paired_mean_ci).
     `relations` keeps only the cases of those relations. `known_only` keeps only the facts the unedited model
     knew, judged on the plain prompt for every rephrase type (store.queries.known_case_ids: its free answer
     to the plain prompt named the true object in the run's baseline), so that every column of a run covers
@@ -285,11 +304,12 @@ def robustness_summary(
         raise ValueError(f"by must be None, 'relation' or 'popularity_quartile', not {by!r}")
     runs = _runs(conn, "robustness", run_ids)
     cols = ["run_id", "editor", "rephrase_type", "metric", *([by] if by else []), "n", "mean", "ci_low",
-            "ci_high", "drop_from_plain"]
+            "ci_high", *DROP_COLUMNS]
+    empty = pl.DataFrame(schema={c: (pl.Float64 if c in ("mean", "ci_low", "ci_high", *DROP_COLUMNS) and c != "drop_n"
+                                     else pl.Int64 if c in ("n", "popularity_quartile", "drop_n") else pl.String)
+                                 for c in cols})
     if runs.is_empty():
-        return pl.DataFrame(schema={c: (pl.Float64 if c in ("mean", "ci_low", "ci_high", "drop_from_plain")
-                                        else pl.Int64 if c in ("n", "popularity_quartile") else pl.String)
-                                    for c in cols})
+        return empty
     # aggregate in SQL: n, sum, sum of squares and whether every value is 0/1, per group
     ids, mets = runs["run_id"].to_list(), list(metrics)
     join = " JOIN cases c ON c.case_id = m.case_id" if (by or relations is not None) else ""
@@ -300,9 +320,7 @@ def robustness_summary(
     if relations is not None:
         rel = list(relations)
         if not rel:
-            return pl.DataFrame(schema={c: (pl.Float64 if c in ("mean", "ci_low", "ci_high", "drop_from_plain")
-                                            else pl.Int64 if c in ("n", "popularity_quartile") else pl.String)
-                                        for c in cols})
+            return empty
         where += f" AND c.relation IN ({', '.join('?' * len(rel))})"
         params += rel
     if known_only:
@@ -319,9 +337,7 @@ def robustness_summary(
                                f"FROM measurements m{join} WHERE {where} GROUP BY {group_by}", params)
     keys = ["run_id", "editor", "rephrase_type", "metric", *([by] if by else [])]
     if agg.is_empty():
-        return pl.DataFrame(schema={c: (pl.Float64 if c in ("mean", "ci_low", "ci_high", "drop_from_plain")
-                                        else pl.Int64 if c in ("n", "popularity_quartile") else pl.String)
-                                    for c in cols})
+        return empty
     agg = agg.join(runs.select("run_id", "editor"), on="run_id")
     n = agg["n"].to_numpy().astype(float)
     mean = agg["s"].to_numpy() / n
@@ -358,14 +374,23 @@ def robustness_summary(
                .with_columns(pl.coalesce("b_lo", "ci_low").alias("ci_low"), pl.coalesce("b_hi", "ci_high").alias("ci_high"))
                .drop("b_lo", "b_hi"))
     out = out.select(*keys, "n", "mean", "ci_low", "ci_high")
-    plain_keys = [k for k in keys if k != "rephrase_type"]
-    plain = out.filter(pl.col("rephrase_type") == "plain").select(*plain_keys, pl.col("mean").alias("plain_mean"))
-    return (
-        out.join(plain, on=plain_keys, how="left")
-        .with_columns((pl.col("mean") - pl.col("plain_mean")).alias("drop_from_plain"))
-        .select(cols)
-        .sort(keys)
-    )
+    # the drop from the plain prompt, paired: each case's value on the type minus its value on the plain prompt
+    paired = queries._frame(
+        conn, f"SELECT {group_by.replace('c.' + by, 'c.' + by + ' AS ' + by) if by else group_by}, "
+              "COUNT(*) AS n, SUM(m.value - p.value) AS s, SUM((m.value - p.value) * (m.value - p.value)) AS ss "
+              f"FROM measurements m JOIN measurements p ON p.run_id = m.run_id AND p.case_id = m.case_id "
+              "AND p.metric = m.metric AND p.edit_count = m.edit_count AND p.rephrase_type = 'plain'"
+              f"{join} WHERE {where} AND p.value IS NOT NULL GROUP BY {group_by}", params)
+    if paired.is_empty():
+        return out.with_columns(pl.lit(None, dtype=pl.Int64).alias("drop_n"),
+                                *(pl.lit(None, dtype=pl.Float64).alias(c) for c in DROP_COLUMNS[1:])).select(cols)
+    lo, hi = paired_mean_ci(paired["n"].to_numpy(), paired["s"].to_numpy(), paired["ss"].to_numpy())
+    paired = paired.select(*[k for k in keys if k != "editor"], pl.col("n").cast(pl.Int64).alias("drop_n"),
+                           (pl.col("s") / pl.col("n")).alias("drop_from_plain"),
+                           pl.Series("drop_ci_low", lo), pl.Series("drop_ci_high", hi))
+    return (out.join(paired.cast({k: out.schema[k] for k in keys if k != "editor"}),
+                     on=[k for k in keys if k != "editor"], how="left")
+            .select(cols).sort(keys))
 
 
 def robustness_correlations(
@@ -498,27 +523,6 @@ def popularity_bins(points: pl.DataFrame, feature: str, bins: int = 4) -> pl.Dat
                      "n": len(values), "mean": sum(values) / len(values) if values else None,
                      "ci_low": lo, "ci_high": hi})
     return pl.DataFrame(rows, schema=schema).sort("series", "bin")
-
-
-def paired_drop(conn: sqlite3.Connection, run_id: str, rephrase_type: str, metric: str = "acc") -> dict | None:
-    """How much a rephrase type changes a robustness run's `metric` against the plain prompt on the same cases:
-    per case the type's value minus the plain prompt's (each the mean of its probes), `mean` over the cases that
-    have both, `n` of them, and a paired percentile bootstrap 95% CI (2,000 resamples of cases). Paired, it is
-    tighter than two intervals set side by side wherever a case tends to pass or fail on both. None without
-    such cases."""
-    from ..stats import bootstrap_mean_ci
-
-    rows = (queries.measurements(conn, run_id, metrics=metric, rephrase_types=("plain", rephrase_type), edit_count=1)
-            .drop_nulls("value").group_by("case_id", "rephrase_type").agg(pl.col("value").mean()))
-    wide = rows.pivot(on="rephrase_type", index="case_id", values="value") if rows.height else rows
-    if wide.is_empty() or "plain" not in wide.columns or rephrase_type not in wide.columns:
-        return None
-    both = wide.drop_nulls(["plain", rephrase_type]).sort("case_id")  # the bootstrap draws by position
-    if both.is_empty():
-        return None
-    diff = (both[rephrase_type] - both["plain"]).to_numpy()
-    lo, hi = bootstrap_mean_ci(diff, n_boot=2000) if len(diff) > 1 else (float("nan"), float("nan"))
-    return {"mean": float(diff.mean()), "n": len(diff), "ci_low": lo, "ci_high": hi}
 
 
 def edit_against_knowledge(conn: sqlite3.Connection, run_ids=None, rephrase_types=None) -> pl.DataFrame:
