@@ -171,6 +171,23 @@ def test_exact_rows_get_their_whole_change_and_the_rest_keep_the_least_squares_o
                           alphaedit_update(keys, residual, basis, None, 0.5))
 
 
+def test_more_exact_rows_than_the_key_space_holds_are_refused_not_blown_up():
+    """AlphaEdit fits the plain prompts in null-space coordinates (176 dimensions at layer 3 of SmolLM2-135M):
+    a batch with more requests than that cannot have every plain prompt exact (the ridge returned a compromise
+    that delivered none of them: 8 rows in 6 dimensions missed by 2.1 of a residual of 5.4). Refused with what to
+    do instead; as many rows as dimensions still fit."""
+    from compute.editors.alphaedit import alphaedit_update
+
+    gen = torch.Generator().manual_seed(3)
+    keys = torch.randn(8, 10, generator=gen, dtype=torch.float64)
+    residual = torch.randn(8, 4, generator=gen, dtype=torch.float64)
+    basis = torch.linalg.qr(torch.randn(10, 10, generator=gen, dtype=torch.float64)).Q[:, :6]  # 6 dimensions
+    with pytest.raises(EditorError, match="8 plain prompts .* key space of 6 dimensions.*key_constraint 'all'"):
+        alphaedit_update(keys, residual, basis, None, 0.5, torch.arange(8))
+    fit = alphaedit_update(keys[:6], residual[:6], basis, None, 0.5, torch.arange(6))
+    assert torch.allclose(keys[:6] @ fit.T, residual[:6], atol=1e-3)
+
+
 def test_two_requests_on_one_key_share_it_without_blowing_the_update_up():
     """Two prompts that open with one subject ("Los Angeles is a city in" for city_country and for us_city_state)
     put the same plain key in a batch, with different changes: no update delivers both, and the exact fit gives

@@ -476,6 +476,8 @@ def test_the_shipped_plan_is_the_shipped_stores_recipe():
     # the shipped hyperparameter files, except the control's own
     assert [u.id for u in plan.units if "--hparams" in u.argv] == [f"sequential-control-o{o}" for o in (0, 1, 2)]
     assert all(u.options["panel_pool"] == 1100 and u.options["order_seed"] == 0 for u in plan.units if u.kind == "batch")
+    # AlphaEdit's exact plain prompts live in its null space (176 dimensions at layer 3): no batch larger than that
+    assert max(by["batch-AlphaEdit"].options["sizes"]) <= 176 and max(by["batch-MEMIT"].options["sizes"]) <= 1536
 
 
 def test_the_readmes_rebuild_status_is_what_plan_status_writes_for_the_shipped_store(tmp_path):

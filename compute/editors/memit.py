@@ -131,7 +131,16 @@ def fit_exactly(update: torch.Tensor, system: torch.Tensor, keys: torch.Tensor, 
     Lagrange: X = X_u + (R^T - X_u K^T) (K S^-1 K^T)^-1 K S^-1. It is ROME's equality constraint inside
     MEMIT's (or AlphaEdit's) objective: the constrained keys get their change in full, whatever their size,
     and the other rows keep the least-squares trade-off. A tiny ridge, relative to each key's own diagonal entry
-    of the Gram matrix (keys of very different reach are fitted alike), keeps nearly collinear keys solvable."""
+    of the Gram matrix (keys of very different reach are fitted alike), keeps nearly collinear keys solvable.
+    More keys than the space they live in (n > d_in: AlphaEdit's null-space coordinates hold 176-633 dimensions
+    per layer on SmolLM2-135M) cannot all be met; the ridge would return a compromise that delivers none of them
+    exactly, not what "plain" promises, so that is refused."""
+    n, dim = keys.shape
+    if n > dim:
+        raise EditorError(
+            f"key_constraint 'plain' asks {n} plain prompts to be delivered exactly in a key space of {dim} "
+            f"dimensions, which cannot hold them all: edit at most {dim} requests at once with it, or use "
+            "key_constraint 'all' for a larger batch")
     k = keys.double()
     s_inv_kt = torch.linalg.solve(system, k.T)  # [d_in, n]
     gram = k @ s_inv_kt  # [n, n]
