@@ -23,6 +23,7 @@ Verdicts:
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 from dataclasses import dataclass, field, replace
 from urllib.parse import urlencode
@@ -1300,8 +1301,10 @@ def _c4(conn, arms) -> Finding:
                   paper="ROME GPT-2 XL at 20 edits: sentiment 0.0 unregularised vs 0.47 with RECT top-20%",
                   rule=f"Share of the unedited ability margin over chance kept (store.derived.usability, mean over "
                        f"tasks) at the last ability checkpoint both reached, ROME + RECT 20% against ROME on each shared "
-                       f"edit order; with at least {MIN_ORDERS} orders, reproduced when RECT keeps more on every order, "
-                       f"refuted when it keeps no more on every order; {PENDING_RULE}.", page="abilities")
+                       f"edit order: RECT keeps more when the 95% CI of the difference lies above 0, less when below "
+                       f"(normal, from each share's standard error, which its tasks' Wilson CIs give: "
+                       f"usability's abilities_left_se); with at least {MIN_ORDERS} orders, reproduced when RECT keeps "
+                       f"more on every order, refuted when less on every order; {PENDING_RULE}.", page="abilities")
     orders = _shared(arms, ROME, RECT_20)
     if not orders:
         return Finding(**common, ours="no ROME and ROME + RECT 20% runs on one edit order", verdict=NOT_MEASURED,
@@ -1318,13 +1321,15 @@ def _c4(conn, arms) -> Finding:
         if not common_counts or common_counts[-1] == 0:
             continue
         at = common_counts[-1]
-        kp = up.filter(pl.col("edit_count") == at)["abilities_left"][0]
-        kr = ur.filter(pl.col("edit_count") == at)["abilities_left"][0]
+        rp, rr = (u.filter(pl.col("edit_count") == at).row(0, named=True) for u in (up, ur))
+        kp, kr = rp["abilities_left"], rr["abilities_left"]
         if kp is None or kr is None:
             continue
+        se = math.hypot(rp["abilities_left_se"] or 0.0, rr["abilities_left_se"] or 0.0)
+        lo, hi = kr - kp - 1.96 * se, kr - kp + 1.96 * se
         parts.append(f"order {o}{_pair_unfinished(('ROME', plain), ('RECT 20%', rect))}, edit {at}: ROME keeps "
-                     f"{kp:.2f}, RECT 20% {kr:.2f} of the ability margin")
-        signs.append((1 if kr > kp else -1) if _finished(plain, rect) else None)
+                     f"{kp:.2f}, RECT 20% {kr:.2f} of the ability margin (difference {_signed_ci(kr - kp, lo, hi)})")
+        signs.append((1 if lo > 0 else -1 if hi < 0 else 0) if _finished(plain, rect) else None)
         measured.append(o)
     query = _runs_query(ids, key="rect_runs", ability_view="rect")
     if not signs:
@@ -1332,7 +1337,7 @@ def _c4(conn, arms) -> Finding:
                        reason="Rerun both with `--abilities-every 50`.")
     return _order_verdict(common, "; ".join(parts), signs, measured, query, going=going,
                           few=_few("A difference between two runs varies with the edit order", measured,
-                                   "the RECT sweep and plain ROME", going), neither="")
+                                   "the RECT sweep and plain ROME", going), neither="the CI of the difference includes 0")
 
 
 # --------------------------------------------------------------------------- all claims, and the README block

@@ -547,6 +547,26 @@ def _study_c(st, run_id, end: dict[str, float], n=200):
     st.write_abilities(rows)
 
 
+def test_rect_keeping_abilities_is_read_on_the_ci_of_the_difference_on_three_orders(tmp_path):
+    """C4: the share of the ability margin kept, RECT 20% against ROME, with each share's standard error from its
+    tasks' Wilson CIs: a clear difference on every order reproduces the claim, one within the noise leaves it
+    undecided (a difference of point estimates alone decided it before)."""
+    fall = {"sentiment": 0.6, "entity_typing": 0.6, "closed_book_qa": 0.6}  # 1/3 of the margin (0.3 over chance)
+    with Store.open(tmp_path / "s.sqlite", create=True) as st:
+        for o in range(3):
+            _seq(st, f"rome{o}", order=o)
+            _seq(st, f"rect{o}", order=o, hparams={**ROME_HP, "rect_top": 0.2})
+            _study_c(st, f"rome{o}", fall)
+            _study_c(st, f"rect{o}", {t: 0.75 for t in fall})  # 5/6 of it
+        c4 = _by_claim(st.conn)["C4"]
+        assert c4.verdict == REPRODUCED and "ROME keeps 0.33, RECT 20% 0.83 of the ability margin (difference +0.50 [" \
+            in c4.ours, c4
+        _study_c(st, "rect2", {t: 0.62 for t in fall})  # 0.40 against 0.33 on 200 items a task: within the noise
+        c4 = _by_claim(st.conn)["C4"]
+        assert c4.verdict == UNSETTLED and c4.reason == "Measured, but undecided: the CI of the difference includes 0 " \
+            "on order 2.", c4
+
+
 def test_ability_erosion_is_read_on_every_edit_order_of_rome(tmp_path):
     fall = {"sentiment": 0.6, "entity_typing": 0.55, "closed_book_qa": 0.6}
     with Store.open(tmp_path / "s.sqlite", create=True) as st:

@@ -366,12 +366,15 @@ def disabling_edit_events(series: dict[str, dict], large: list[dict], abrupt: li
 def usability(conn: sqlite3.Connection, run_id: str, series: dict[str, dict] | None = None) -> pl.DataFrame:
     """Whether the model is still usable at each edit count where the quick ability suite was measured:
     edit_count, abilities_left (mean over accuracy tasks of (score - chance) / (unedited score - chance), tasks
-    the unedited model was within 0.1 of chance on left out), perplexity_ratio (to the unedited value),
+    the unedited model was within 0.1 of chance on left out) and abilities_left_se (its standard error from each
+    task's 95% CI, (ci_high - ci_low) / 3.92 per score, the unedited scores taken as given), perplexity_ratio
+    (to the unedited value),
     newest_es (the newest edits' ES at the last checkpoint at or before it), and the three signals
     abilities_at_chance (abilities_left <= CHANCE_SHARE), perplexity_exploded (ratio >= PERPLEXITY_BLOWUP),
     efficacy_gone (newest_es <= EFFICACY_CHANCE), and unusable (at least two of the signals measured there,
     or the only one measured)."""
-    schema = {"edit_count": pl.Int64, "abilities_left": pl.Float64, "perplexity_ratio": pl.Float64,
+    schema = {"edit_count": pl.Int64, "abilities_left": pl.Float64, "abilities_left_se": pl.Float64,
+              "perplexity_ratio": pl.Float64,
               "newest_es": pl.Float64, "abilities_at_chance": pl.Boolean, "perplexity_exploded": pl.Boolean,
               "efficacy_gone": pl.Boolean, "unusable": pl.Boolean}
     series = run_series(conn, run_id) if series is None else series
@@ -383,7 +386,7 @@ def usability(conn: sqlite3.Connection, run_id: str, series: dict[str, dict] | N
         counts = [int(c) for c in newest["x"]]
     rows = []
     for c in counts:
-        left, ratio = [], None
+        left, spread, ratio = [], [], None
         at = ab.filter(pl.col("edit_count") == c) if not ab.is_empty() else ab
         for r in at.iter_rows(named=True):
             start = ab.filter((pl.col("task") == r["task"]) & (pl.col("edit_count") == 0))
@@ -394,6 +397,8 @@ def usability(conn: sqlite3.Connection, run_id: str, series: dict[str, dict] | N
                 ratio = r["score"] / s0 if s0 else None
             elif r.get("chance") is not None and s0 - r["chance"] >= 0.1:
                 left.append((r["score"] - r["chance"]) / (s0 - r["chance"]))
+                if r.get("ci_low") is not None and r.get("ci_high") is not None:
+                    spread.append(((r["ci_high"] - r["ci_low"]) / 3.92 / (s0 - r["chance"])) ** 2)
         es = None
         if newest is not None:
             before = [v for x, v in zip(newest["x"], newest["y"]) if x <= c]
@@ -403,7 +408,9 @@ def usability(conn: sqlite3.Connection, run_id: str, series: dict[str, dict] | N
                    "efficacy_gone": (es <= EFFICACY_CHANCE) if es is not None else None}
         measured = [v for v in signals.values() if v is not None]
         unusable = (sum(measured) >= 2) if len(measured) >= 2 else (bool(measured) and measured[0])
+        se = float(np.sqrt(sum(spread)) / len(left)) if left and len(spread) == len(left) else None
         rows.append({"edit_count": c, "abilities_left": float(np.mean(left)) if left else None,
+                     "abilities_left_se": se,
                      "perplexity_ratio": ratio, "newest_es": es, **signals, "unusable": bool(unusable)})
     return pl.DataFrame(rows, schema=schema)
 
