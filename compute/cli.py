@@ -26,6 +26,7 @@ from compute.setup import load_model_for as _load_model
 from compute.setup import paragraphs as _paragraphs
 from compute.runs import decide, matching_runs, spec_for
 from compute.stored import load_case_set
+from store.conventions import PROBES_ALWAYS_KEPT
 from store import Store, StoreError, default_store_path
 
 EXIT_ERROR = 2
@@ -260,7 +261,7 @@ def cmd_knowledge_measure(args) -> None:
         raise ValueError(f"unknown rephrase type(s) {unknown}: choose from {', '.join(REPHRASE_TYPES)} or 'all'")
     with _open_store(args) as st:
         st.mark_stale_runs()
-        cases = load_case_set(st, args.set, args.limit)
+        cases = load_case_set(st, args.set, args.limit, needs=[*types, *PROBES_ALWAYS_KEPT])
         lm = _load_model(args)
         spec = spec_for("knowledge", lm.name, {"case_set": args.set, "rephrase_types": types,
                                                "gen_tokens": args.gen_tokens, "n_cases": len(cases)})
@@ -389,7 +390,7 @@ def cmd_run_sequential(args) -> None:
         lm = _load_model(args)
         ed, hp, ctx = _editor_setup(args, lm, args.editor)
         name = _case_set_for(args, st, lm)
-        cases = load_case_set(st, name, args.limit)
+        cases = load_case_set(st, name, args.limit, needs=PROBES_ALWAYS_KEPT)
         abilities = suite("quick") if cfg.abilities_every else None
         final = args.final_abilities or ("full" if cfg.abilities_every else "none")
         spec = spec_for("sequential", lm.name, sequential_config(cfg, name, len(cases), ctx.cov_samples),
@@ -478,7 +479,7 @@ def cmd_run_batch(args) -> None:
         lm = _load_model(args)
         ed, hp, ctx = _editor_setup(args, lm, args.editor)
         name = _case_set_for(args, st, lm)
-        cases = load_case_set(st, name, args.limit)
+        cases = load_case_set(st, name, args.limit, needs=PROBES_ALWAYS_KEPT)
         spec = spec_for("batch", lm.name, {"case_set": name, "n_cases": len(cases), "sizes": sorted(set(sizes)),
                                            "order_seed": args.order_seed, "panel_pool": args.panel_pool},
                         editor=ed.name, hp=hp, seed=ctx.seed)
@@ -514,7 +515,7 @@ def cmd_run_grid(args) -> None:
             where = "--grid " + " ".join(f"{k}={v}" for k, v in point.items())
             check_layers_fit(ed, parse_hparams(ed.hparams, {**hparams_dict(hp), **point}, where=where), lm, where=where)
         name = _case_set_for(args, st, lm)
-        cases = load_case_set(st, name, args.limit)
+        cases = load_case_set(st, name, args.limit, needs=PROBES_ALWAYS_KEPT)
         sweep = args.sweep or f"{ed.name}-calibration-{name}"
         run_grid(lm, cases, st, editor=ed.name, base_hp=hp, grid=grid, ctx=ctx, sweep=sweep, case_set=name,
                  progress=not args.quiet, pinned=pinned_hparams(args, hp))
@@ -555,7 +556,7 @@ def cmd_run_sweep(args) -> None:
             check_layers_fit(ed, parse_hparams(ed.hparams, {**hparams_dict(hp), args.field: value}, where=where),
                              lm, where=where)
         name = _case_set_for(args, st, lm)
-        cases = load_case_set(st, name, args.limit)
+        cases = load_case_set(st, name, args.limit, needs=PROBES_ALWAYS_KEPT)
         sweep = args.sweep or f"{ed.name}-{args.field}-{name}"
         run_sweep(lm, cases, st, editor=ed.name, base_hp=hp, field=args.field, values=values, ctx=ctx,
                   sweep=sweep, case_set=name, progress=not args.quiet, pinned=pinned_hparams(args, hp))
@@ -766,6 +767,11 @@ def cmd_plan(args) -> None:
                 st.finish_run(run_id, status="interrupted")
         _out(f"copied {source} to {to}; {len(running)} running run(s) marked interrupted in the copy")
         cmd_store_rederive(argparse.Namespace(store=to, run=None))
+        with Store.open(to) as st:  # a file to commit: only the probes its runs read (the rest restorable)
+            left = st.leave_out_unread_probes()
+        for case_set, types in left.items():
+            _out(f"left out the probes of case set {case_set} of the types no run in the copy measured: "
+                 f"{', '.join(types)}")
         _keep_plan_status(plan, to, args.timings_from)
         cmd_store_finalize(argparse.Namespace(store=to))
         if args.write_readme:

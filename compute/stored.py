@@ -4,16 +4,26 @@ command line module. The run an experiment with these settings made before is fo
 
 from __future__ import annotations
 
+from typing import Iterable
+
 from store import Store, queries
 
 
-def load_case_set(st: Store, case_set: str, limit: int | None = None):
-    """The EditCases of a stored case set, in case-id order (the first `limit` of them when given)."""
+def load_case_set(st: Store, case_set: str, limit: int | None = None, needs: Iterable[str] | None = None):
+    """The EditCases of a stored case set, in case-id order (the first `limit` of them when given).
+
+    `needs`: the rephrase types the caller will read (None: every type). A store may have left out the probes of
+    types no stored run measured (Store.leave_out_unread_probes, `plan snapshot`); a caller that needs one of them
+    is refused, with the command that rebuilds them, instead of measuring a case without them."""
     from compute.cases import case_from_rows
 
     df = queries.cases(st.conn, case_set=case_set)
     if df.is_empty():
         raise ValueError(f"no case set {case_set!r} in {st.path}: build one with `python -m compute cases build`")
+    left = set(queries.probes_left_out(st.conn).get(case_set, ()))
+    missing = left if needs is None else left & set(needs)
+    if missing:
+        raise ValueError(queries.probes_left_out_message(str(st.path), case_set, missing, df.height))
     rows = df.sort("case_id").to_dicts()[:limit]
     probes = queries.probes_of_set(st.conn, case_set)
     by_case: dict[str, list] = {}

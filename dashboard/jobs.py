@@ -36,7 +36,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -198,13 +198,25 @@ def ensure_workspace(shipped: Path) -> Path:
     return path
 
 
-def copy_case_set(shipped: Path, workspace: Path, case_set: str) -> int:
+def copy_case_set(shipped: Path, workspace: Path, case_set: str, needs: Iterable[str] | None = None) -> int:
     """Copy a case set (cases and probes) from the shipped store, opened read-only, into the workspace so
-    that a launched run can use it; returns the cases copied (0 when the workspace has the set already)."""
+    that a launched run can use it; returns the cases copied (0 when the workspace has the set already).
+
+    `needs`: the rephrase types the run will read (None: all). ValueError, before anything is copied, when the
+    shipped store left out probes of those types (Store.leave_out_unread_probes); the probes it left out stay
+    recorded as left out in the workspace, so a run there is refused the same way."""
+    with Store.open(Path(shipped), readonly=True) as src:
+        left = queries.probes_left_out(src.conn).get(case_set, [])
+    missing = set(left) if needs is None else set(left) & set(needs)
+    if missing:
+        raise ValueError(f"the shipped store keeps no probes of type(s) {', '.join(sorted(missing))} for case set "
+                         f"{case_set} (no stored run measured them): choose the types it keeps, or another set")
     with Store.open(Path(workspace)) as ws:
         if ws.conn.execute("SELECT 1 FROM cases WHERE case_set = ? LIMIT 1", (case_set,)).fetchone():
             return 0
         with Store.open(Path(shipped), readonly=True) as src, ws.conn:
+            if left:
+                ws.record_probes_left_out({case_set: left})
             n = 0
             for table, sql in (
                 ("cases", "SELECT * FROM cases WHERE case_set = ?"),

@@ -42,6 +42,13 @@ TRAITS_KEY = "editor_traits"
 # the meta key under which `plan snapshot` keeps the plan's status in the copy it makes (compute.plan.status_record:
 # every unit's state when the copy was taken), so that a store built from part of a plan says what it lacks
 PLAN_STATUS_META = "plan_status"
+# the meta key under which a store records the probes it left out (Store.leave_out_unread_probes, which `plan
+# snapshot` runs on the copy it makes): JSON {case set: [rephrase types]}. Probes are built deterministically from
+# the knowledge base and the seed, so `python -m compute cases build` with the set's size and seed restores them.
+PROBES_LEFT_OUT_META = "probes_left_out"
+# the probe types every edit reads whatever its experiment (the edit's own prompt, IKE's demonstrations and the
+# delivered fraction read paraphrases, every experiment measures neighbourhood), so a store never leaves them out
+PROBES_ALWAYS_KEPT = ("plain", "paraphrase", "neighbourhood")
 # the shapes of the plan's file and of the time `plan snapshot` records with that status: text of these shapes
 # cannot carry markup or a link, so pages and the README quote it only when it has them
 PLAN_FILE = r"plans/[A-Za-z0-9_-]+\.toml"

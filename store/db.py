@@ -30,7 +30,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-from .conventions import RESUMED_KIND
+from .conventions import PROBES_ALWAYS_KEPT, PROBES_LEFT_OUT_META, RESUMED_KIND
 from .schema import APPLICATION, MIGRATIONS, Migration, latest_version, migrate, schema_version
 
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -173,6 +173,77 @@ def _tuples(rows: list[Mapping[str, Any]], cols: list[str]) -> list[tuple]:
 
 
 MEASUREMENT_COLUMNS = ("run_id", "case_id", "edit_count", "rephrase_type", "metric", "value")
+DIAGNOSTIC_COLUMNS = ("run_id", "edit_count", "case_id", "target", "name", "value")
+
+# Views over dictionary-encoded tables (store/schema.py, v6 and v8): view -> (its table, each view column's
+# column there and whether it holds a key into `measurement_names`). Rows are written through the view (its INSERT
+# trigger encodes the names and replaces a row with the same key); every view column but `value` is the key.
+ENCODED_VIEWS: dict[str, tuple[str, dict[str, tuple[str, bool]]]] = {
+    "measurements": ("measurement_values", {
+        "run_id": ("run", True), "case_id": ("case_key", True), "edit_count": ("edit_count", False),
+        "rephrase_type": ("rephrase_key", True), "metric": ("metric_key", True), "value": ("value", False)}),
+    "edit_diagnostics": ("edit_diagnostic_values", {
+        "run_id": ("run", True), "edit_count": ("edit_count", False), "case_id": ("case_key", True),
+        "target": ("target_key", True), "name": ("name_key", True), "value": ("value", False)}),
+}
+
+
+def encoded_key(view: str) -> list[str]:
+    """The key columns of an encoded view (every column but `value`), in the view's order."""
+    return [c for c in ENCODED_VIEWS[view][1] if c != "value"]
+
+
+def _write_view(conn: sqlite3.Connection, view: str, rows: Sequence[Mapping[str, Any]]) -> int:
+    """Insert `rows` through an encoded view (a row with an existing key replaces it); a column a row leaves out
+    is NULL (the diagnostics' target then reads ''). ValueError, naming the columns, for a column the view lacks
+    or a row that misses a key or names a run not in `runs`."""
+    columns = tuple(ENCODED_VIEWS[view][1])
+    unknown = sorted({k for row in rows for k in row} - set(columns))
+    if unknown:
+        raise ValueError(f"Table {view} has no column(s) {unknown}; its columns are {list(columns)}.")
+    values = [tuple(_cell(row.get(c)) for c in columns) for row in rows]
+    try:
+        conn.executemany(f"INSERT INTO {view} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+                         values)
+    except sqlite3.IntegrityError as e:
+        raise ValueError(f"Cannot write {view} rows: {e}. Every row needs its key columns, and the run it refers "
+                         "to must be written first (Store.start_run).") from None
+    return len(rows)
+
+
+def _probes_left_out(conn: sqlite3.Connection) -> dict[str, list[str]]:
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (PROBES_LEFT_OUT_META,)).fetchone()
+    return {str(k): sorted(map(str, v)) for k, v in json.loads(row[0]).items()} if row and row[0] else {}
+
+
+def _record_probes_left_out(conn: sqlite3.Connection, left: Mapping[str, Sequence[str]]) -> None:
+    """Keep the record of left-out probes (store.conventions.PROBES_LEFT_OUT_META); no key when none is."""
+    left = {k: sorted(v) for k, v in sorted(left.items()) if v}
+    if left:
+        conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = "
+                     "excluded.value", (PROBES_LEFT_OUT_META, json.dumps(left)))
+    else:
+        conn.execute("DELETE FROM meta WHERE key = ?", (PROBES_LEFT_OUT_META,))
+
+
+def settle_probes_left_out(conn: sqlite3.Connection) -> None:
+    """A type recorded as left out of a case set stops being so once every case of the set has probes of it
+    again (written by `cases build`, or brought by a merged store that kept them)."""
+    left = _probes_left_out(conn)
+    for case_set, types in list(left.items()):
+        size = conn.execute("SELECT COUNT(*) FROM cases WHERE case_set = ?", (case_set,)).fetchone()[0]
+        full = {t for t, n in conn.execute(
+            "SELECT p.rephrase_type, COUNT(DISTINCT p.case_id) FROM probes AS p JOIN cases AS c "
+            "ON c.case_id = p.case_id WHERE c.case_set = ? GROUP BY p.rephrase_type", (case_set,)) if n == size}
+        left[case_set] = [t for t in types if t not in full]
+    _record_probes_left_out(conn, left)
+
+
+def _add_probes_left_out(conn: sqlite3.Connection, more: Mapping[str, Iterable[str]]) -> None:
+    left = _probes_left_out(conn)
+    for case_set, types in more.items():
+        left[case_set] = sorted(set(left.get(case_set, [])) | set(types))
+    _record_probes_left_out(conn, left)
 
 
 def _refuse_non_finite(table: str, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -560,7 +631,9 @@ class Store:
             _upsert(conn, "kb_facts", facts)
 
     def write_cases(self, cases: Iterable[Mapping], probes: Iterable[Mapping]) -> None:
-        """Upsert cases, then replace the probe set of every case that appears in `probes`."""
+        """Upsert cases, then replace the probe set of every case that appears in `probes`; a type the store had
+        left out of a case set (leave_out_unread_probes) is no longer recorded as left out once every case of
+        the set has probes of it again."""
         probes = list(probes)
         case_ids = sorted({p.get("case_id") for p in probes}, key=str)
         if None in case_ids:
@@ -569,6 +642,43 @@ class Store:
             _upsert(conn, "cases", cases)
             conn.executemany("DELETE FROM probes WHERE case_id = ?", [(c,) for c in case_ids])
             _upsert(conn, "probes", probes)
+            settle_probes_left_out(conn)
+
+    def leave_out_unread_probes(self, keep: Iterable[str] = PROBES_ALWAYS_KEPT) -> dict[str, list[str]]:
+        """Delete the probes of each case set built from the knowledge base whose rephrase type no stored run
+        measured on that set (nor is in `keep`), and record them as left out (store.conventions.
+        PROBES_LEFT_OUT_META); returns what was left out now, by case set. A run that needs them is refused with
+        the command that restores them (compute.stored.load_case_set): they are built deterministically. A set
+        loaded from a file keeps all its probes (only the file could restore them). Run it before finalize()."""
+        keep = set(keep)
+        now: dict[str, list[str]] = {}
+        with self._transaction() as conn:
+            measured: dict[str, set[str]] = {}
+            for case_set, rephrase_type in conn.execute(
+                    "SELECT DISTINCT c.case_set, m.rephrase_type FROM measurements AS m "
+                    "JOIN cases AS c ON c.case_id = m.case_id"):
+                measured.setdefault(case_set, set()).add(rephrase_type)
+            built = [r[0] for r in conn.execute(
+                "SELECT case_set FROM cases GROUP BY case_set HAVING SUM(source != 'kb') = 0 ORDER BY case_set")]
+            for case_set in built:
+                types = [r[0] for r in conn.execute(
+                    "SELECT DISTINCT p.rephrase_type FROM probes AS p JOIN cases AS c ON c.case_id = p.case_id "
+                    "WHERE c.case_set = ? ORDER BY 1", (case_set,))]
+                out = [t for t in types if t not in keep and t not in measured.get(case_set, set())]
+                if not out:
+                    continue
+                conn.executemany(
+                    "DELETE FROM probes WHERE rephrase_type = ? AND case_id IN "
+                    "(SELECT case_id FROM cases WHERE case_set = ?)", [(t, case_set) for t in out])
+                now[case_set] = out
+            _add_probes_left_out(conn, now)
+        return now
+
+    def record_probes_left_out(self, left: Mapping[str, Iterable[str]]) -> None:
+        """Record probes as left out (case set -> rephrase types), beside what the store records already: a copy
+        of a case set from a store that left them out (dashboard.jobs.copy_case_set) keeps saying so."""
+        with self._transaction() as conn:
+            _add_probes_left_out(conn, left)
 
     def write_measurements(self, rows: Iterable[Mapping]) -> int:
         """Upsert measurement rows (run_id, case_id, edit_count, rephrase_type, metric, value).
@@ -577,27 +687,16 @@ class Store:
         refuses a run that is not in `runs` and replaces a row with the same key.
         """
         rows = list(rows)
-        unknown = sorted({k for row in rows for k in row} - set(MEASUREMENT_COLUMNS))
-        if unknown:
-            raise ValueError(f"Table measurements has no column(s) {unknown}; its columns are {list(MEASUREMENT_COLUMNS)}.")
-        values = [tuple(_cell(row.get(c)) for c in MEASUREMENT_COLUMNS) for row in rows]
         with self._transaction() as conn:
-            try:
-                conn.executemany(f"INSERT INTO measurements ({', '.join(MEASUREMENT_COLUMNS)}) "
-                                 f"VALUES ({', '.join('?' * len(MEASUREMENT_COLUMNS))})", values)
-            except sqlite3.IntegrityError as e:
-                raise ValueError(
-                    f"Cannot write measurements rows: {e}. Every row needs its key columns, and the run it refers "
-                    "to must be written first (Store.start_run)."
-                ) from None
-        return len(rows)
+            return _write_view(conn, "measurements", rows)
 
     def write_edit_diagnostics(self, rows: Iterable[Mapping]) -> int:
-        """Upsert per-edit diagnostic rows (run_id, edit_count, case_id, target, name, value)."""
+        """Upsert per-edit diagnostic rows (run_id, edit_count, case_id, target, name, value), through the
+        `edit_diagnostics` view (schema v8), as measurements are written."""
         rows = list(rows)
         _refuse_non_finite("edit_diagnostics", rows)
         with self._transaction() as conn:
-            return _upsert(conn, "edit_diagnostics", rows)
+            return _write_view(conn, "edit_diagnostics", rows)
 
     def write_unit(self, *, measurements: Iterable[Mapping] = (), generations: Iterable[Mapping] = (),
                    diagnostics: Iterable[Mapping] = (), abilities: Iterable[Mapping] = ()) -> None:
@@ -605,17 +704,12 @@ class Store:
         edit diagnostics and ability scores all land or none does, so a crash never leaves a case with
         measurements but without its generations (a resumed run skips every case that has measurements)."""
         measurements, diagnostics = list(measurements), list(diagnostics)
-        unknown = sorted({k for row in measurements for k in row} - set(MEASUREMENT_COLUMNS))
-        if unknown:
-            raise ValueError(f"Table measurements has no column(s) {unknown}; its columns are {list(MEASUREMENT_COLUMNS)}.")
         _refuse_non_finite("measurements", measurements)
         _refuse_non_finite("edit_diagnostics", diagnostics)
-        values = [tuple(_cell(row.get(c)) for c in MEASUREMENT_COLUMNS) for row in measurements]
         with self._transaction() as conn:
-            conn.executemany(f"INSERT INTO measurements ({', '.join(MEASUREMENT_COLUMNS)}) "
-                             f"VALUES ({', '.join('?' * len(MEASUREMENT_COLUMNS))})", values)
+            _write_view(conn, "measurements", measurements)
             _upsert(conn, "generations", generations)
-            _upsert(conn, "edit_diagnostics", diagnostics)
+            _write_view(conn, "edit_diagnostics", diagnostics)
             _upsert(conn, "abilities", abilities)
 
     def write_generations(self, rows: Iterable[Mapping]) -> int:

@@ -51,7 +51,8 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from .conventions import DERIVED_EVENT_KINDS, LOG_EVENT_KINDS
-from .db import MEASUREMENT_COLUMNS, Store, StoreError, _connect_readonly, _read_header, _validate
+from .db import (ENCODED_VIEWS, Store, StoreError, _add_probes_left_out, _connect_readonly, _probes_left_out,
+                 _read_header, _validate, encoded_key, settle_probes_left_out)
 from .schema import latest_version
 
 MERGED_KIND = LOG_EVENT_KINDS[0]  # "merged": this module's record of where a run's rows came from
@@ -195,8 +196,8 @@ def run_tables(conn: sqlite3.Connection) -> list[tuple[str, list[str], list[str]
         if "run_id" not in columns:
             continue
         key = [c for c, pk in sorted(info, key=lambda r: r[1]) if pk > 0]
-        if name == "measurements" and kind == "view":
-            key = [c for c in MEASUREMENT_COLUMNS if c != "value"]
+        if kind == "view" and name in ENCODED_VIEWS:
+            key = encoded_key(name)
         if not key:
             raise StoreError(f"Table {name} holds rows of runs but has no primary key; store.merge cannot "
                              "match its rows (give it one in a migration).")
@@ -310,12 +311,12 @@ def _copy_run(tconn, sconn, run_id: str, tables) -> dict[str, int]:
 
 
 def _delete_rows(tconn, table: str, key: list[str], keys: list[tuple]) -> None:
-    """Delete the target's rows of `table` with these key values (measurements: in its table of encoded names)."""
-    if table == "measurements":
+    """Delete the target's rows of `table` with these key values (an encoded view: in its table of encoded names)."""
+    if table in ENCODED_VIEWS:
+        values, columns = ENCODED_VIEWS[table]
         name = "(SELECT id FROM measurement_names WHERE name = ?)"
-        where = {"run_id": f"run = {name}", "case_id": f"case_key = {name}", "edit_count": "edit_count = ?",
-                 "rephrase_type": f"rephrase_key = {name}", "metric": f"metric_key = {name}"}
-        tconn.executemany(f"DELETE FROM measurement_values WHERE {' AND '.join(where[c] for c in key)}", keys)
+        where = [f"{columns[c][0]} = {name if columns[c][1] else '?'}" for c in key]
+        tconn.executemany(f"DELETE FROM {values} WHERE {' AND '.join(where)}", keys)
         return
     tconn.executemany(f"DELETE FROM {_q(table)} WHERE {' AND '.join(f'{_q(c)} IS ?' for c in key)}", keys)
 
@@ -496,11 +497,19 @@ def _merge_cases(tconn, sconn, report: MergeReport) -> None:
     ours = _keyed(_select(tconn, "cases", columns), [columns.index(c) for c in key])
     pcols, _ = _columns(tconn, "probes")
     their_probes, our_probes = _probes(sconn, pcols), _probes(tconn, pcols)
-    new_cases = []
+    # probe types a store left out (Store.leave_out_unread_probes) are compared only where both kept them; the
+    # target gains the ones the shard kept, and keeps the record of those neither has
+    t_left, s_left = _probes_left_out(tconn), _probes_left_out(sconn)
+    rtype, cset = pcols.index("rephrase_type"), columns.index("case_set")
+    restored, new_cases = [], []
     for k, row in _keyed(_select(sconn, "cases", columns), [columns.index(c) for c in key]).items():
         if k not in ours:
             new_cases.append(row)
             continue
+        ours_out, theirs_out = set(t_left.get(row[cset], ())), set(s_left.get(row[cset], ()))
+        restored += [p for p in their_probes.get(k[0], []) if p[rtype] in ours_out - theirs_out]
+        their_probes[k[0]] = [p for p in their_probes.get(k[0], []) if p[rtype] not in ours_out | theirs_out]
+        our_probes[k[0]] = [p for p in our_probes.get(k[0], []) if p[rtype] not in ours_out | theirs_out]
         differ = [columns[i] for i in compared if ours[k][i] != row[i]]
         if differ:
             raise MergeConflict(
@@ -516,6 +525,11 @@ def _merge_cases(tconn, sconn, report: MergeReport) -> None:
         report.rows_added["cases"] = _insert(tconn, "cases", columns, new_cases)
         report.rows_added["probes"] = _insert(tconn, "probes", pcols, (
             row for case in new_cases for row in their_probes.get(case[columns.index("case_id")], [])))
+        _add_probes_left_out(tconn, {s: t for s, t in s_left.items() if s in {c[cset] for c in new_cases}})
+    if restored:
+        report.rows_added["probes"] = report.rows_added.get("probes", 0) + _insert(tconn, "probes", pcols, restored)
+    if restored or new_cases:
+        settle_probes_left_out(tconn)
 
 
 def _probes(conn, pcols: list[str]) -> dict[str, list[tuple]]:

@@ -10,6 +10,7 @@ back as strings for the caller to decode. Nothing here caches: the dashboard own
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from typing import Any, Iterable
 
@@ -215,6 +216,30 @@ def case_sets(conn: sqlite3.Connection) -> pl.DataFrame:
 def probes(conn: sqlite3.Connection, case_id: str) -> pl.DataFrame:
     """The probes of one case, by probe_id."""
     return _frame(conn, "SELECT * FROM probes WHERE case_id = ? ORDER BY probe_id", (case_id,))
+
+
+def probes_left_out(conn: sqlite3.Connection) -> dict[str, list[str]]:
+    """case set -> the rephrase types whose probes this store left out (store.conventions.PROBES_LEFT_OUT_META;
+    `plan snapshot` leaves out the types no stored run measured); {} when it left out none."""
+    from .db import _probes_left_out
+
+    return _probes_left_out(conn)
+
+
+def left_out_probe_types(conn: sqlite3.Connection, case_set: str) -> pl.DataFrame:
+    """The rephrase types whose probes this store left out of `case_set` (column rephrase_type; see probes_left_out)."""
+    return pl.DataFrame({"rephrase_type": probes_left_out(conn).get(case_set, [])}, schema={"rephrase_type": pl.Utf8})
+
+
+def probes_left_out_message(store: str, case_set: str, types: Iterable[str], n_cases: int | None = None) -> str:
+    """What to do when a run needs probes a store left out: rebuild them (deterministic)."""
+    seed = re.search(r"-s(\d+)$", case_set)
+    build = (f"python -m compute --store {store} cases build --set {case_set}"
+             + (f" --n {n_cases}" if n_cases else "") + (f" --seed {seed.group(1)}" if seed else ""))
+    return (f"{store} left out the probes of type(s) {', '.join(sorted(types))} of case set {case_set!r} (no "
+            f"stored run measured them; `plan snapshot` keeps only what its runs read). Probes are built "
+            f"deterministically: restore them with `{build}` (add the --relations or --unbalanced the set was "
+            f"built with, if any), or measure only the types the store keeps.")
 
 
 def probes_of_set(conn: sqlite3.Connection, case_set: str) -> pl.DataFrame:

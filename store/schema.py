@@ -335,6 +335,90 @@ CREATE TABLE edit_diagnostics (
 ) WITHOUT ROWID;
 """
 
+# Per-edit diagnostics dictionary-encoded as measurements are since v6: every edit of every run writes a dozen
+# rows, and repeating run id, case id, matrix and diagnostic name as text made them about 100 bytes each (the
+# rebuild's snapshot held 129 thousand of them, 12.9 MB). The rows now live in `edit_diagnostic_values` with keys
+# into the same `measurement_names` dictionary (about 25 bytes a row); `edit_diagnostics` is a view with the old
+# columns and INSTEAD OF triggers (an insert replaces a row with the same key, as the table's upsert did; a row
+# that names no target gets ''); deleting a run deletes its rows (trigger, where the table had a cascade).
+SCHEMA_V8 = """
+INSERT OR IGNORE INTO measurement_names (name) SELECT DISTINCT run_id FROM edit_diagnostics;
+INSERT OR IGNORE INTO measurement_names (name) SELECT DISTINCT case_id FROM edit_diagnostics;
+INSERT OR IGNORE INTO measurement_names (name) SELECT DISTINCT target FROM edit_diagnostics;
+INSERT OR IGNORE INTO measurement_names (name) SELECT DISTINCT name FROM edit_diagnostics;
+
+CREATE TABLE edit_diagnostic_values (
+    run INTEGER NOT NULL,
+    edit_count INTEGER NOT NULL,
+    case_key INTEGER NOT NULL,
+    target_key INTEGER NOT NULL,
+    name_key INTEGER NOT NULL,
+    value REAL,
+    PRIMARY KEY (run, edit_count, case_key, target_key, name_key)
+) WITHOUT ROWID;
+INSERT INTO edit_diagnostic_values
+SELECT r.id, d.edit_count, c.id, t.id, k.id, d.value
+FROM edit_diagnostics AS d
+JOIN measurement_names AS r ON r.name = d.run_id
+JOIN measurement_names AS c ON c.name = d.case_id
+JOIN measurement_names AS t ON t.name = d.target
+JOIN measurement_names AS k ON k.name = d.name;
+DROP TABLE edit_diagnostics;
+
+CREATE VIEW edit_diagnostics AS
+SELECT r.name AS run_id, v.edit_count AS edit_count, c.name AS case_id, t.name AS target, k.name AS name,
+       v.value AS value
+FROM edit_diagnostic_values AS v
+JOIN measurement_names AS r ON r.id = v.run
+JOIN measurement_names AS c ON c.id = v.case_key
+JOIN measurement_names AS t ON t.id = v.target_key
+JOIN measurement_names AS k ON k.id = v.name_key;
+
+CREATE TRIGGER edit_diagnostics_insert INSTEAD OF INSERT ON edit_diagnostics
+BEGIN
+    SELECT RAISE(ABORT, 'FOREIGN KEY constraint failed: an edit diagnostic names a run that is not in runs')
+    WHERE NOT EXISTS (SELECT 1 FROM runs WHERE run_id = NEW.run_id);
+    SELECT RAISE(ABORT, 'NOT NULL constraint failed: edit_diagnostics needs edit_count, case_id and name')
+    WHERE NEW.edit_count IS NULL OR NEW.case_id IS NULL OR NEW.name IS NULL;
+    INSERT OR IGNORE INTO measurement_names (name) VALUES (NEW.run_id);
+    INSERT OR IGNORE INTO measurement_names (name) VALUES (NEW.case_id);
+    INSERT OR IGNORE INTO measurement_names (name) VALUES (coalesce(NEW.target, ''));
+    INSERT OR IGNORE INTO measurement_names (name) VALUES (NEW.name);
+    INSERT OR REPLACE INTO edit_diagnostic_values VALUES (
+        (SELECT id FROM measurement_names WHERE name = NEW.run_id),
+        NEW.edit_count,
+        (SELECT id FROM measurement_names WHERE name = NEW.case_id),
+        (SELECT id FROM measurement_names WHERE name = coalesce(NEW.target, '')),
+        (SELECT id FROM measurement_names WHERE name = NEW.name),
+        NEW.value);
+END;
+
+CREATE TRIGGER edit_diagnostics_delete INSTEAD OF DELETE ON edit_diagnostics
+BEGIN
+    DELETE FROM edit_diagnostic_values
+    WHERE run = (SELECT id FROM measurement_names WHERE name = OLD.run_id)
+      AND edit_count = OLD.edit_count
+      AND case_key = (SELECT id FROM measurement_names WHERE name = OLD.case_id)
+      AND target_key = (SELECT id FROM measurement_names WHERE name = OLD.target)
+      AND name_key = (SELECT id FROM measurement_names WHERE name = OLD.name);
+END;
+
+CREATE TRIGGER edit_diagnostics_update INSTEAD OF UPDATE ON edit_diagnostics
+BEGIN
+    DELETE FROM edit_diagnostics
+    WHERE run_id = OLD.run_id AND edit_count = OLD.edit_count AND case_id = OLD.case_id
+      AND target = OLD.target AND name = OLD.name;
+    INSERT INTO edit_diagnostics (run_id, edit_count, case_id, target, name, value)
+    VALUES (NEW.run_id, NEW.edit_count, NEW.case_id, NEW.target, NEW.name, NEW.value);
+END;
+
+CREATE TRIGGER runs_delete_edit_diagnostics AFTER DELETE ON runs
+BEGIN
+    DELETE FROM edit_diagnostic_values
+    WHERE run = (SELECT id FROM measurement_names WHERE name = OLD.run_id);
+END;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", SCHEMA_V1),
     Migration(2, "run events: collapse, phases, disabling edits", SCHEMA_V2),
@@ -343,6 +427,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "drop the secondary measurement indexes (the primary key serves)", SCHEMA_V5),
     Migration(6, "measurements dictionary-encoded behind a view of the same name", SCHEMA_V6),
     Migration(7, "per-edit diagnostics: update norms, clamp, steps, convergence, delivered fraction", SCHEMA_V7),
+    Migration(8, "per-edit diagnostics dictionary-encoded behind a view of the same name", SCHEMA_V8),
 )
 
 

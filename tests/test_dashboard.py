@@ -352,6 +352,39 @@ def test_case_explorer_finds_a_case_and_shows_runs_and_probes(monkeypatch, fixtu
     assert shown and not missing, (missing, labels)
 
 
+def test_left_out_probes_are_named_on_the_case_explorer_refused_to_a_run_and_restored_exactly_by_cases_build(
+        monkeypatch, fixture_store, tmp_path, tiny_model_dir, cache_dir, capsys):
+    """A store that left out the probes no run read (what `plan snapshot` makes) says so on the Case explorer, a
+    knowledge run of every type is refused with the command that restores them, and that command restores the
+    very probes that were left out (they are built deterministically)."""
+    import shutil
+
+    from store import Store, queries
+
+    store = tmp_path / "s.sqlite"
+    shutil.copy(fixture_store, store)
+    with Store.open(store) as st:
+        st.conn.execute("DELETE FROM measurements WHERE rephrase_type = 'doubt'")  # no run read doubt probes now
+        st.conn.commit()
+        doubt = sorted(st.conn.execute("SELECT * FROM probes WHERE rephrase_type = 'doubt'").fetchall())
+        assert doubt and st.leave_out_unread_probes() == {"tiny32": ["doubt"]}
+    at = _app(monkeypatch, store)
+    at.switch_page("app_pages/cases.py").run()
+    at.text_input(key="subject").set_value("a").run()
+    assert not at.exception
+    assert any("keeps no probes of 1 rephrase types for this case's set (doubt)" in c.value for c in at.caption)
+    assert not any(e.label.startswith("doubt (") for e in at.expander)
+    base = ["--store", str(store), "--cache-dir", str(cache_dir), "--quiet"]
+    capsys.readouterr()
+    assert main(base + ["knowledge", "measure", "--set", "tiny32", "--types", "all", "--gen-tokens", "2",
+                        "--model", tiny_model_dir]) != 0
+    assert "cases build --set tiny32 --n 32" in capsys.readouterr().err
+    assert main(base + ["cases", "build", "--n", "32", "--set", "tiny32", "--model", tiny_model_dir]) == 0
+    with Store.open(store, readonly=True) as st:
+        assert sorted(st.conn.execute("SELECT * FROM probes WHERE rephrase_type = 'doubt'").fetchall()) == doubt
+        assert queries.probes_left_out(st.conn) == {}
+
+
 def test_case_explorer_unknown_subject_says_so(monkeypatch, fixture_store):
     at = _app(monkeypatch, fixture_store)
     at.switch_page("app_pages/cases.py").run()

@@ -233,6 +233,27 @@ def test_copy_case_set_reads_the_shipped_store_and_fills_the_workspace(tmp_path)
     assert shipped.read_bytes() == before and not list(tmp_path.glob("shipped.sqlite-*"))
 
 
+def test_copy_case_set_refuses_a_run_that_needs_probes_the_shipped_store_left_out_and_carries_the_record(tmp_path):
+    from store import Store, queries
+
+    shipped, ws = tmp_path / "shipped.sqlite", tmp_path / "ws.sqlite"
+    with Store.open(shipped, create=True) as st:
+        st.write_cases([{"case_id": "c1", "case_set": "s", "source": "kb", "subject": "France", "prompt": "p",
+                         "true_object": "Paris", "new_object": "Rome"}],
+                       [{"case_id": "c1", "probe_id": i, "rephrase_type": t, "text": f"{t}: the capital of France is",
+                         "target_true": "Paris", "target_new": "Rome"} for i, t in enumerate(("plain", "doubt"))])
+        assert st.leave_out_unread_probes() == {"s": ["doubt"]}  # no run measured anything
+        st.finalize()
+    Store.open(ws, create=True).close()
+    with pytest.raises(ValueError, match="keeps no probes of type.*doubt for case set s"):
+        jobs.copy_case_set(shipped, ws, "s")  # a knowledge run of every type
+    with Store.open(ws, readonly=True) as st:
+        assert st.conn.execute("SELECT count(*) FROM cases").fetchone()[0] == 0  # nothing copied
+    assert jobs.copy_case_set(shipped, ws, "s", needs=["plain", "paraphrase", "neighbourhood"]) == 1
+    with Store.open(ws, readonly=True) as st:
+        assert queries.probes_left_out(st.conn) == {"s": ["doubt"]}  # a run there is refused the same way
+
+
 def test_seconds_text():
     assert jobs.seconds_text(150) == "2 min 30 s" and jobs.seconds_text(42.4) == "42 s"
 

@@ -20,6 +20,7 @@ import pytest
 
 from compute.cli import main
 from store import Store, StoreError
+from store.db import ENCODED_VIEWS
 from store.merge import MERGED_KIND, MergeConflict, merge_shard, merge_stores, run_tables
 from store.schema import MIGRATIONS
 
@@ -93,7 +94,7 @@ def dump(path: Path, merged_events: bool = False) -> dict[str, list]:
                                             "AND name NOT LIKE 'sqlite_%'")]
         out = {}
         for name in names:
-            if name in ("measurement_names", "measurement_values"):
+            if name == "measurement_names" or name in {table for table, _ in ENCODED_VIEWS.values()}:  # views read
                 continue
             sql = {"migrations": "SELECT version, name FROM migrations",
                    "run_events": "SELECT * FROM run_events" + ("" if merged_events else f" WHERE kind != '{MERGED_KIND}'")
@@ -403,3 +404,35 @@ def test_a_run_the_shard_owns_is_made_the_shards_copy(tmp_path):
     assert change["relative"] == pytest.approx(2 ** -20 / (0.5 + 2 ** -20)) and report.largest_change() == \
         change["relative"] and "largest relative change of a replaced number: 1.9e-06" in report.summary()
     assert merge_stores([shard], target, own=["r1"])[0].runs_unchanged == ["r1"]  # once is enough
+
+
+def test_probes_a_store_left_out_are_no_conflict_and_come_back_from_a_store_that_kept_them(tmp_path):
+    """A committed store keeps only the probes its runs read (Store.leave_out_unread_probes): merging a full store
+    into it is no conflict and brings the left-out probes back (the record then clears); merging it into a full
+    store is no conflict and loses nothing; a new case set from it keeps its record in the target."""
+    from store import queries
+
+    def pruned(path, runs=("r1",)):
+        build(path, runs)
+        with Store.open(path) as st:
+            st.conn.execute("DELETE FROM measurements WHERE rephrase_type = 'paraphrase'")
+            st.conn.commit()
+            assert st.leave_out_unread_probes(keep=("plain",)) == {"set1": ["paraphrase"]}
+        return path
+
+    full, small = build(tmp_path / "full.sqlite", ["r1"]), pruned(tmp_path / "small.sqlite")
+    before = dump(full)
+    merge_stores([small], full)
+    assert {k: v for k, v in dump(full).items() if k != "run_events"} == {
+        k: v for k, v in before.items() if k != "run_events"}  # nothing lost, nothing refused
+    target = pruned(tmp_path / "t.sqlite")
+    (report,) = merge_stores([build(tmp_path / "f2.sqlite", ["r2"])], target)
+    assert report.rows_added.get("probes") == 3
+    with Store.open(target, readonly=True) as st:
+        assert st.conn.execute("SELECT count(*) FROM probes WHERE rephrase_type = 'paraphrase'").fetchone()[0] == 3
+        assert queries.probes_left_out(st.conn) == {}
+    empty = tmp_path / "empty.sqlite"
+    Store.open(empty, create=True).close()
+    merge_stores([pruned(tmp_path / "s3.sqlite")], empty)
+    with Store.open(empty, readonly=True) as st:
+        assert queries.probes_left_out(st.conn) == {"set1": ["paraphrase"]}

@@ -848,6 +848,10 @@ def test_a_snapshot_copies_a_running_plans_store_with_its_running_runs_marked_in
     with Store.open(source, create=True) as st:
         live = st.start_run(kind="sequential", model="m", editor="ROME", n_total=6)
         st.heartbeat(live, n_done=3)
+        st.write_cases([{"case_id": "c1", "case_set": "m-n1-s0", "source": "kb", "subject": "France", "prompt": "p",
+                         "true_object": "Paris", "new_object": "Rome"}],
+                       [{"case_id": "c1", "probe_id": i, "rephrase_type": t, "text": f"{t}: the capital of France is",
+                         "target_true": "Paris", "target_new": "Rome"} for i, t in enumerate(("plain", "doubt"))])
     plans.record_unit(source, plan, plan.by_id()["sequential"], [live])
     readme = tmp_path / "README.md"
     readme.write_text(f"top\n{plans.README_START}\nold\n{plans.README_END}\nbottom\n")
@@ -855,6 +859,11 @@ def test_a_snapshot_copies_a_running_plans_store_with_its_running_runs_marked_in
                  "--write-readme", str(readme)]) == 0
     out = capsys.readouterr().out
     assert "1 running run(s) marked interrupted in the copy" in out
+    # the copy keeps only the probes its runs read (a sequential run reads plain, paraphrase and neighbourhood)
+    assert "left out the probes of case set m-n1-s0 of the types no run in the copy measured: doubt" in out
+    with Store.open(to, readonly=True) as st, Store.open(source, readonly=True) as src:
+        assert [r[0] for r in st.conn.execute("SELECT rephrase_type FROM probes")] == ["plain"]
+        assert src.conn.execute("SELECT count(*) FROM probes").fetchone()[0] == 2  # the plan's store keeps all
     assert "no <!-- rebuild-findings:start --> ... <!-- rebuild-findings:end --> block" in out  # none asked for
     with Store.open(to, readonly=True) as st:
         assert st.conn.execute("SELECT status, n_done FROM runs").fetchall() == [("interrupted", 3)]

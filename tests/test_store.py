@@ -699,3 +699,97 @@ def test_v6_encodes_measurements_and_keeps_every_row_readable_as_before(tmp_path
         s.write_measurements([meas("run-a", "case-1", value=0.75, edit_count=5)])
         assert s.conn.execute("SELECT value FROM measurements WHERE case_id = 'case-1' AND edit_count = 5 "
                               "AND metric = 'es'").fetchall() == [(0.75,)]
+
+
+def test_v8_encodes_edit_diagnostics_and_keeps_every_row_readable_as_before(tmp_path):
+    """A v7 store's diagnostics survive the v8 migration row for row, the view takes inserts (replacing a row with
+    the same key, a missing target reading ''), updates and deletes, refuses a row of no run or without a key,
+    deleting a run deletes its rows, and the file is smaller than with the rows as text."""
+    path, plain = tmp_path / "s.sqlite", tmp_path / "plain.sqlite"
+    with Store.open(path, create=True, migrations=MIGRATIONS[:7]) as s:
+        for r in ("sequential-20261207T000000Z-aaaaaa", "sequential-20261207T000000Z-bbbbbb"):
+            s.conn.execute("INSERT INTO runs (run_id, kind, model, status) VALUES (?, 'sequential', 'm', 'done')", (r,))
+        rows = [(r, n, f"smollm2-135m-n1800-s0-{n:04d}", t, name, n * 0.5)
+                for r in ("sequential-20261207T000000Z-aaaaaa", "sequential-20261207T000000Z-bbbbbb")
+                for n in range(1, 401)
+                for t, name in [("model.layers.3.mlp.down_proj.weight", "update_norm"),
+                                ("model.layers.3.mlp.down_proj.weight", "update_rel"), ("", "steps"),
+                                ("plain", "delivered"), ("paraphrase:1", "delivered")]]
+        s.conn.executemany("INSERT INTO edit_diagnostics VALUES (?, ?, ?, ?, ?, ?)", rows)
+        s.conn.commit()
+        before = sorted(s.conn.execute("SELECT * FROM edit_diagnostics"), key=repr)
+        s.finalize()
+    shutil.copy(path, plain)
+    with Store.open(path, migrations=MIGRATIONS[:8]) as s:
+        assert s.schema_version == 8 and s.migrated == (8,)
+        assert sorted(s.conn.execute("SELECT * FROM edit_diagnostics"), key=repr) == before
+        assert count(s, "edit_diagnostic_values") == len(before)
+        s.finalize()
+    assert path.stat().st_size < 0.6 * plain.stat().st_size, (path.stat().st_size, plain.stat().st_size)
+    with Store.open(path) as s:
+        a = "sequential-20261207T000000Z-aaaaaa"
+        s.write_edit_diagnostics([{"run_id": a, "edit_count": 1, "case_id": "smollm2-135m-n1800-s0-0001",
+                                   "target": "", "name": "steps", "value": 7.0},
+                                  {"run_id": a, "edit_count": 1, "case_id": "new", "name": "kl", "value": 0.25}])
+        assert s.conn.execute("SELECT value FROM edit_diagnostics WHERE run_id = ? AND edit_count = 1 AND "
+                              "name = 'steps'", (a,)).fetchall() == [(7.0,)]
+        assert s.conn.execute("SELECT target, value FROM edit_diagnostics WHERE case_id = 'new'").fetchall() == [
+            ("", 0.25)]
+        s.conn.execute("UPDATE edit_diagnostics SET value = 3 WHERE case_id = 'new'")
+        assert s.conn.execute("SELECT value FROM edit_diagnostics WHERE case_id = 'new'").fetchall() == [(3.0,)]
+        s.conn.execute("DELETE FROM edit_diagnostics WHERE case_id = 'new'")
+        assert s.conn.execute("SELECT count(*) FROM edit_diagnostics WHERE case_id = 'new'").fetchone()[0] == 0
+        s.conn.commit()
+        with pytest.raises(ValueError, match="FOREIGN KEY.*Store.start_run"):
+            s.write_edit_diagnostics([{"run_id": "no-run", "edit_count": 1, "case_id": "c", "name": "kl",
+                                       "value": 1.0}])
+        with pytest.raises(ValueError, match="NOT NULL"):
+            s.write_edit_diagnostics([{"run_id": a, "edit_count": 1, "case_id": "c", "value": 1.0}])
+        with pytest.raises(ValueError, match="has no column"):
+            s.write_edit_diagnostics([{"run_id": a, "edit_count": 1, "case_id": "c", "name": "kl", "oops": 1}])
+        assert s.conn.execute("SELECT count(*) FROM edit_diagnostics").fetchone()[0] == len(before)  # none landed
+        s.delete_runs(["sequential-20261207T000000Z-bbbbbb"])
+        assert {r for (r,) in s.conn.execute("SELECT DISTINCT run_id FROM edit_diagnostics")} == {a}
+        assert count(s, "edit_diagnostic_values") == len(before) // 2
+
+
+def _case_set_with_probes(s, case_set="smollm2-135m-n3-s0", types=("plain", "paraphrase", "neighbourhood", "doubt",
+                                                                      "dialogue")):
+    cases = [{"case_id": f"{case_set}-{i}", "case_set": case_set, "source": "kb", "subject": f"S{i}",
+              "prompt": f"S{i} is in", "true_object": "A", "new_object": "B"} for i in range(3)]
+    probes = [{"case_id": c["case_id"], "probe_id": j, "rephrase_type": t, "text": f"{t} text of {c['subject']}",
+               "target_true": "A", "target_new": "B"} for c in cases for j, t in enumerate(types)]
+    s.write_cases(cases, probes)
+    return cases, probes
+
+
+def test_a_committed_store_leaves_out_only_the_probes_no_run_read_and_says_how_to_restore_them(tmp_path):
+    """Store.leave_out_unread_probes (what `plan snapshot` runs) deletes the probes of the types no stored run
+    measured on a set, never plain, paraphrase or neighbourhood, and never a set loaded from a file; a run that
+    needs them is refused with the command that restores them; writing them again clears the record."""
+    from compute.stored import load_case_set
+    from store import queries
+
+    path = tmp_path / "s.sqlite"
+    with Store.open(path, create=True) as s:
+        cases, probes = _case_set_with_probes(s)
+        _case_set_with_probes(s, case_set="counterfact-mine")
+        s.conn.execute("UPDATE cases SET source = 'counterfact' WHERE case_set = 'counterfact-mine'")
+        s.conn.execute("INSERT INTO runs (run_id, kind, model, status) VALUES ('r', 'knowledge', 'm', 'done')")
+        s.conn.commit()
+        s.write_measurements([meas("r", cases[0]["case_id"], rephrase_type=t) for t in ("plain", "doubt")])
+        assert s.leave_out_unread_probes() == {"smollm2-135m-n3-s0": ["dialogue"]}
+        assert queries.probes_left_out(s.conn) == {"smollm2-135m-n3-s0": ["dialogue"]}
+        kept = {t for (t,) in s.conn.execute("SELECT DISTINCT rephrase_type FROM probes JOIN cases USING (case_id) "
+                                             "WHERE case_set = 'smollm2-135m-n3-s0'")}
+        assert kept == {"plain", "paraphrase", "neighbourhood", "doubt"}
+        assert count(s, "probes") == 2 * len(probes) - 3  # the file's set keeps all of its probes
+        with pytest.raises(ValueError, match=r"left out the probes of type\(s\) dialogue .*cases build --set "
+                                             r"smollm2-135m-n3-s0 --n 3 --seed 0"):
+            load_case_set(s, "smollm2-135m-n3-s0")
+        assert len(load_case_set(s, "smollm2-135m-n3-s0", needs=["plain", "doubt"])) == 3
+        s.write_cases(cases, probes[:5])  # one case's probes again: the set still lacks dialogue on two
+        assert queries.probes_left_out(s.conn) == {"smollm2-135m-n3-s0": ["dialogue"]}
+        s.write_cases(cases, probes)
+        assert queries.probes_left_out(s.conn) == {}
+        assert len(load_case_set(s, "smollm2-135m-n3-s0")[0].probes) == 5

@@ -131,3 +131,10 @@ for rtype in [*REPHRASE_TYPES, "neighbourhood"]:
     with st.expander(f"{rtype} ({part.height})"):  # rtype is one of the fixed type names
         for p in part.iter_rows(named=True):
             st.code(f"{p['text']} ▸ true: {p['target_true']} | new: {p['target_new']}", language=None, wrap_lines=True)
+left_out = [t for t in query("left_out_probe_types", case_set=case["case_set"])["rephrase_type"].to_list()
+            if t in REPHRASE_TYPES]  # fixed type names only
+if left_out:
+    st.caption(f"This store keeps no probes of {len(left_out)} rephrase types for this case's set "
+               f"({', '.join(left_out)}): no stored run measured them there, and a committed store keeps only the "
+               "probes its runs read. They are built deterministically from the knowledge base: `python -m compute "
+               "cases build` with the set's size and seed restores them in a store of your own.")

@@ -11,6 +11,7 @@ from dashboard.tables import errors_in_full, short_error, to_minute
 from dashboard.plain import message
 from dashboard.data import (public_mode, query, session_owner, store_path, store_paths, workspace_path,
                             workspace_problem)
+from store.conventions import PROBES_ALWAYS_KEPT
 
 st.title("Launch runs")
 missing = jobs.missing_compute()
@@ -88,7 +89,10 @@ if submitted:
                                         gen_tokens=gen_tokens, model=model, device=device)
         workspace = jobs.ensure_workspace(store_path())
         if case_set:
-            jobs.copy_case_set(store_path(), workspace, case_set)
+            kept = list(PROBES_ALWAYS_KEPT)  # what sequential and batch runs read; knowledge reads its types too
+            needs = None if experiment == "knowledge" and types == "all" else kept + (
+                [types] if experiment == "knowledge" else [])
+            jobs.copy_case_set(store_path(), workspace, case_set, needs=needs)
         job = jobs.start_job(workspace, argv, owner=owner)
         message(f"Started job {job.job_id}" + ("" if public else f" (process {job.pid})") + ":", " ".join(argv),
                 box=st.success)
