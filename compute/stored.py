@@ -20,8 +20,7 @@ def load_case_set(st: Store, case_set: str, limit: int | None = None, needs: Ite
     df = queries.cases(st.conn, case_set=case_set)
     if df.is_empty():
         raise ValueError(f"no case set {case_set!r} in {st.path}: build one with `python -m compute cases build`")
-    left = set(queries.probes_left_out(st.conn).get(case_set, ()))
-    missing = left if needs is None else left & set(needs)
+    missing = queries.left_out_needed(st.conn, case_set, needs)
     if missing:
         raise ValueError(queries.probes_left_out_message(str(st.path), case_set, missing, df.height))
     rows = df.sort("case_id").to_dicts()[:limit]

@@ -207,7 +207,7 @@ def copy_case_set(shipped: Path, workspace: Path, case_set: str, needs: Iterable
     recorded as left out in the workspace, so a run there is refused the same way."""
     with Store.open(Path(shipped), readonly=True) as src:
         left = queries.probes_left_out(src.conn).get(case_set, [])
-    missing = set(left) if needs is None else set(left) & set(needs)
+        missing = queries.left_out_needed(src.conn, case_set, needs)
     if missing:
         raise ValueError(f"the shipped store keeps no probes of type(s) {', '.join(sorted(missing))} for case set "
                          f"{case_set} (no stored run measured them): choose the types it keeps, or another set")

@@ -172,9 +172,6 @@ def _tuples(rows: list[Mapping[str, Any]], cols: list[str]) -> list[tuple]:
     ]
 
 
-MEASUREMENT_COLUMNS = ("run_id", "case_id", "edit_count", "rephrase_type", "metric", "value")
-DIAGNOSTIC_COLUMNS = ("run_id", "edit_count", "case_id", "target", "name", "value")
-
 # Views over dictionary-encoded tables (store/schema.py, v6 and v8): view -> (its table, each view column's
 # column there and whether it holds a key into `measurement_names`). Rows are written through the view (its INSERT
 # trigger encodes the names and replaces a row with the same key); every view column but `value` is the key.

@@ -226,6 +226,12 @@ def probes_left_out(conn: sqlite3.Connection) -> dict[str, list[str]]:
     return _probes_left_out(conn)
 
 
+def left_out_needed(conn: sqlite3.Connection, case_set: str, needs: Iterable[str] | None = None) -> set[str]:
+    """The rephrase types this store left out of `case_set` that a run reading `needs` (None: every type) needs."""
+    left = set(probes_left_out(conn).get(case_set, ()))
+    return left if needs is None else left & set(needs)
+
+
 def left_out_probe_types(conn: sqlite3.Connection, case_set: str) -> pl.DataFrame:
     """The rephrase types whose probes this store left out of `case_set` (column rephrase_type; see probes_left_out)."""
     return pl.DataFrame({"rephrase_type": probes_left_out(conn).get(case_set, [])}, schema={"rephrase_type": pl.Utf8})

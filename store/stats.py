@@ -185,6 +185,25 @@ def bootstrap_mean_ci(values, n_boot: int = 1000, seed: int = 0, level: float = 
     return float(lo), float(hi)
 
 
+def mean_ci_from_sums(n, s, ss, t: bool = True):
+    """(mean, low, high) of group means from their n, sum and sum of squares (arrays, as SQL aggregates give them):
+    mean +- c sd / sqrt(n), c the 0.975 quantile of Student's t with n - 1 degrees of freedom (`t`), else of the
+    normal (1.96); the bounds NaN where n < 2. For per-case differences of two measurements of the same cases it
+    is the paired interval (a case that passes or fails on both adds nothing to its width)."""
+    n = np.asarray(n, dtype=float)
+    mean = np.asarray(s, dtype=float) / np.maximum(n, 1)
+    var = np.maximum(np.asarray(ss, dtype=float) - n * mean * mean, 0.0) / np.maximum(n - 1, 1)
+    if t:
+        from scipy import stats as sps
+
+        crit = sps.t.ppf(0.975, np.maximum(n - 1, 1))
+    else:
+        crit = 1.96
+    half = crit * np.sqrt(var / np.maximum(n, 1))
+    ok = n >= 2
+    return mean, np.where(ok, mean - half, np.nan), np.where(ok, mean + half, np.nan)
+
+
 def difference_ci(a: float, a_low: float, a_high: float, b: float, b_low: float, b_high: float) -> tuple[float, float]:
     """The 95% CI of a - b from each estimate's own 95% CI (MOVER, Zou & Donner 2008: each side's distance to
     its bound, combined in quadrature). With two Wilson intervals of proportions it is Newcombe's hybrid score

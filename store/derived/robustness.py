@@ -12,26 +12,11 @@ import polars as pl
 from .. import queries
 from ..conventions import HELD_ACC
 from ..metrics import wilson_ci
-from ..stats import spearman_ci, stratified_spearman
+from ..stats import mean_ci_from_sums, spearman_ci, stratified_spearman
 from .common import _mean_ci, wilson_arrays
 
 # robustness_summary's paired drop from the plain prompt: cases with both, mean per-case difference, its 95% CI
 DROP_COLUMNS = ("drop_n", "drop_from_plain", "drop_ci_low", "drop_ci_high")
-
-
-def paired_mean_ci(n, s, ss):
-    """The 95% t-interval of a mean from n, the sum and the sum of squares of the values (arrays): mean +-
-    t(0.975, n-1) sd / sqrt(n); NaN where n < 2. For the per-case differences of two rephrase types on the same
-    cases it is the paired interval (a case that passes or fails on both adds nothing to its width)."""
-    from scipy import stats as sps
-
-    n = np.asarray(n, dtype=float)
-    mean = np.asarray(s, dtype=float) / np.maximum(n, 1)
-    var = np.maximum(np.asarray(ss, dtype=float) - n * mean * mean, 0.0) / np.maximum(n - 1, 1)
-    half = sps.t.ppf(0.975, np.maximum(n - 1, 1)) * np.sqrt(var / np.maximum(n, 1))
-    ok = n >= 2
-    return np.where(ok, mean - half, np.nan), np.where(ok, mean + half, np.nan)
-
 
 POPULARITY_FEATURES = ("frequency", "connection", "cooccurrence", "population")
 
@@ -293,7 +278,7 @@ def robustness_summary(
     """Per robustness run (editor) x rephrase type x metric [x relation or popularity quartile]: the mean
     over cases with n and a 95% CI, and the drop from the plain prompt, paired on the cases measured on both:
     `drop_from_plain` the mean per-case difference (type - plain), `drop_n` those cases, `drop_ci_low` /
-    `drop_ci_high` its 95% t-interval (paired_mean_ci).
+    `drop_ci_high` its 95% t-interval (store.stats.mean_ci_from_sums).
     `relations` keeps only the cases of those relations. `known_only` keeps only the facts the unedited model
     knew, judged on the plain prompt for every rephrase type (store.queries.known_case_ids: its free answer
     to the plain prompt named the true object in the run's baseline), so that every column of a run covers
@@ -340,13 +325,11 @@ def robustness_summary(
         return empty
     agg = agg.join(runs.select("run_id", "editor"), on="run_id")
     n = agg["n"].to_numpy().astype(float)
-    mean = agg["s"].to_numpy() / n
+    mean, n_lo, n_hi = mean_ci_from_sums(n, agg["s"].to_numpy(), agg["ss"].to_numpy(), t=False)
     lo, hi = wilson_arrays(np.rint(agg["s"].to_numpy()), n)
-    var = np.maximum(agg["ss"].to_numpy() - n * mean * mean, 0.0) / np.maximum(n - 1, 1)
-    half = 1.96 * np.sqrt(var / n)
     binary = agg["nonbinary"].to_numpy() == 0
-    lo = np.where(binary, lo, mean - half)
-    hi = np.where(binary, hi, mean + half)
+    lo = np.where(binary, lo, n_lo)
+    hi = np.where(binary, hi, n_hi)
     out = agg.with_columns(pl.Series("mean", mean), pl.Series("ci_low", lo), pl.Series("ci_high", hi),
                            pl.col("n").cast(pl.Int64))
     # small groups of non-binary values: a percentile bootstrap of the mean instead of the normal approximation
@@ -384,7 +367,7 @@ def robustness_summary(
     if paired.is_empty():
         return out.with_columns(pl.lit(None, dtype=pl.Int64).alias("drop_n"),
                                 *(pl.lit(None, dtype=pl.Float64).alias(c) for c in DROP_COLUMNS[1:])).select(cols)
-    lo, hi = paired_mean_ci(paired["n"].to_numpy(), paired["s"].to_numpy(), paired["ss"].to_numpy())
+    _, lo, hi = mean_ci_from_sums(paired["n"].to_numpy(), paired["s"].to_numpy(), paired["ss"].to_numpy())
     paired = paired.select(*[k for k in keys if k != "editor"], pl.col("n").cast(pl.Int64).alias("drop_n"),
                            (pl.col("s") / pl.col("n")).alias("drop_from_plain"),
                            pl.Series("drop_ci_low", lo), pl.Series("drop_ci_high", hi))
