@@ -460,10 +460,12 @@ def _claim(queue: Path) -> Path | None:
     return None
 
 
-def handle(request: Path, engine: DemoEngine, store: Path, shipped: Path | None, parent: int | None = None) -> int:
+def handle(request: Path, engine: DemoEngine, store: Path, shipped: Path | None, parser: argparse.ArgumentParser,
+           parent: int | None = None) -> int:
     """Run one request file; its log gets the demo's output, `<log>.rc` its exit status (written last). The demo
-    stops at its next stage when its cancel file appears or the process `parent` is gone."""
-    from compute import cli
+    stops at its next stage when its cancel file appears or the process `parent` is gone. `parser` checks the
+    request's command line: the CLI's own (compute.cli.build_parser), which the worker's entry point `main`
+    passes in, so that this module, like every library module, never imports compute.cli."""
     from compute.editors import EditorError
     from compute.models import ModelError
     from store import StoreError
@@ -480,7 +482,7 @@ def handle(request: Path, engine: DemoEngine, store: Path, shipped: Path | None,
         try:
             if cancel.exists():
                 raise Cancelled()
-            args = cli.build_parser().parse_args(["--store", str(store), "--quiet", *data["argv"]])
+            args = parser.parse_args(["--store", str(store), "--quiet", *data["argv"]])
             if args.command != "edit":
                 raise ValueError(f"the demo worker runs `edit` only, not {args.command!r}")
             run_demo(args, engine, out=out, lookup=[shipped] if shipped else [], stream=True,
@@ -507,8 +509,8 @@ def handle(request: Path, engine: DemoEngine, store: Path, shipped: Path | None,
     return rc
 
 
-def serve(queue: Path, store: Path, shipped: Path | None, idle_s: float, lock: Path | None = None,
-          poll_s: float = 0.1, engine: DemoEngine | None = None) -> DemoEngine:
+def serve(queue: Path, store: Path, shipped: Path | None, idle_s: float, parser: argparse.ArgumentParser,
+          lock: Path | None = None, poll_s: float = 0.1, engine: DemoEngine | None = None) -> DemoEngine:
     """Answer request files in `queue` until idle for `idle_s` seconds or the parent process is gone. Before
     stopping it writes `queue/stopping` under `lock` (the file lock dashboard.jobs.start_demo takes), so that
     no request is queued for a worker that is leaving."""
@@ -521,7 +523,7 @@ def serve(queue: Path, store: Path, shipped: Path | None, idle_s: float, lock: P
     while True:
         request = _claim(queue)
         if request is not None:
-            handle(request, engine, store, shipped, parent)
+            handle(request, engine, store, shipped, parser, parent)
             last = time.monotonic()
             continue
         if os.getppid() != parent or time.monotonic() - last > idle_s:
@@ -544,8 +546,9 @@ def main(argv=None) -> int:
     p.add_argument("--lock", type=Path, help="the file lock that dashboard.jobs takes while queueing")
     p.add_argument("--idle-s", type=float, default=600.0, help="stop after this many seconds without a request")
     args = p.parse_args(argv)
+    from compute.cli import build_parser  # the process's entry point, as compute/__main__.py is the CLI's
     try:
-        serve(args.queue, args.store, args.shipped, args.idle_s, args.lock)
+        serve(args.queue, args.store, args.shipped, args.idle_s, build_parser(), args.lock)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -278,9 +278,20 @@ def test_imports_flow_compute_to_store_from_dashboard_and_nothing_imports_the_cl
     assert not bad
     importers = sorted(m for m, deps in graph.items() if "compute.cli" in deps)
     # compute/abilities/cli.py no longer imports it: no cycle. The demo worker is a process entry point of its own
-    # (`python -m compute.demo_worker`, started by the dashboard) that runs the CLI's `edit` flow; no library
-    # module imports the CLI.
+    # (`python -m compute.demo_worker`, started by the dashboard): only its `main` takes the CLI's parser and
+    # hands it to `serve`/`handle`, as compute/__main__.py is the CLI's entry; no library code imports the CLI.
     assert importers == ["compute.__main__", "compute.demo_worker"]
+    import ast
+
+    tree = ast.parse((ROOT / "compute" / "demo_worker.py").read_text())
+    holders = [f.name for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)
+               for n in ast.walk(f) if isinstance(n, ast.ImportFrom) and n.module in ("compute.cli", "compute")
+               and (n.module == "compute.cli" or any(a.name == "cli" for a in n.names))]
+    top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom)) and "cli" in ast.dump(n)]
+    assert holders == ["main"] and not top
+    # editors read no store: the control's reference sizes come from compute.stored, read by the experiment
+    assert not [(m, i) for m, deps in graph.items() if m.startswith("compute.editors")
+                for i in deps if i.split(".")[0] == "store"]
     # and it takes from the CLI only its parser and its `edit` flow: what both set up (model, knowledge base,
     # editor) lives in the library module compute/setup.py, never in the CLI's private helpers
     worker = (ROOT / "compute" / "demo_worker.py").read_text()

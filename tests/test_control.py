@@ -168,7 +168,7 @@ def test_the_command_line_runs_a_control_beside_a_stored_run(fixture_store, cach
 
 
 def test_a_reference_named_by_its_plan_unit_resolves_to_the_run_that_unit_made(llama, cases, tmp_path):
-    from compute.editors.control import resolve_reference
+    from compute.stored import resolve_reference
 
     with Store.open(tmp_path / "s.sqlite", create=True) as st:
         ref = run_sequential(llama, cases, st, editor="ROME", hp=_rome(llama), ctx=_ctx(llama, tmp_path / "r"),

@@ -199,9 +199,10 @@ def test_worker_answers_two_demos_with_one_load_streams_and_stops_when_idle(demo
 
 
 def test_the_worker_refuses_to_write_the_shipped_store(tmp_path):
+    from compute.cli import build_parser
     from compute.demo_worker import serve
 
     store = tmp_path / "results.sqlite"
     store.write_bytes(b"")
     with pytest.raises(ValueError, match="shipped store"):
-        serve(tmp_path / "q", store, store, idle_s=0)
+        serve(tmp_path / "q", store, store, idle_s=0, parser=build_parser())

@@ -60,60 +60,18 @@ class RandomRankOneHparams:
             raise EditorError(f"{NAME} field 'norm' must be >= 0, got {self.norm}")
 
 
-UNIT_PREFIX = "unit:"  # reference_run=unit:ID names the run a plan unit made (plans/shipped.toml's controls)
-
-
-def resolve_reference(store, reference: str) -> str:
-    """The run id a reference names: a run id as it is, or `unit:ID`, the sequential run that the plan unit ID
-    made (its run_events row of kind plan_unit, compute.plan.record_unit), so that a plan can name a run whose
-    id is drawn when it starts. Refuses a unit with no run or with several."""
-    if not reference.startswith(UNIT_PREFIX):
-        return reference
-    import json
-
-    unit = reference[len(UNIT_PREFIX):]
-    made = sorted({r for r, detail in store.conn.execute(
-        "SELECT e.run_id, e.detail FROM run_events e JOIN runs r ON r.run_id = e.run_id "
-        "WHERE e.kind = 'plan_unit' AND r.kind = 'sequential'").fetchall()
-        if json.loads(detail or "{}").get("unit") == unit})
-    if len(made) != 1:
-        raise EditorError(f"{NAME}: plan unit {unit!r} made {len(made)} sequential runs in this store"
-                          + (f" ({', '.join(made)})" if made else "") + "; name the reference run by its id "
-                          "(--hp reference_run=RUN_ID) or run that unit first")
-    return made[0]
-
-
-def reference_norms(store, run_id: str, batch_size: int) -> list[float]:
-    """The per-edit ||dW||_F of a stored sequential run, in edit order (one per edit, or per batch). Refuses a
-    run that is not there, has no such rows, or was made with another batch size."""
-    import json
-
-    from store import queries
-    from store.conventions import EDIT, RUN_LEVEL
-
-    run_id = resolve_reference(store, run_id)
-    run = store.get_run(run_id)
-    if run is None:
-        raise EditorError(f"{NAME}: no reference run {run_id!r} in the store (list runs with `runs list`)")
-    made_with = json.loads(run["config"] or "{}").get("batch_size", 1)
-    if made_with != batch_size:
-        raise EditorError(f"{NAME}: reference run {run_id} edited {made_with} facts at a time, this run {batch_size}: "
-                          f"use --batch {made_with}")
-    rows = queries.measurements(store.conn, run_ids=run_id, metrics="update_norm")
-    rows = rows.filter((rows["case_id"] == RUN_LEVEL) & (rows["rephrase_type"] == EDIT)).sort("edit_count")
-    if rows.is_empty():
-        raise EditorError(f"{NAME}: reference run {run_id} has no per-edit update_norm rows (a run made before they "
-                          "were recorded): choose a newer run")
-    return [float(v) for v in rows["value"]]
-
-
-def initial_state(store, hp: RandomRankOneHparams, batch_size: int) -> dict:
-    """ctx.state for a new sequential run: the reference norms (when asked for) and the count of updates made."""
+def initial_state(hp: RandomRankOneHparams, norms: Sequence[float] | None = None) -> dict:
+    """ctx.state for a new sequential run: the reference run's per-edit norms (`norms`, which the experiment reads
+    from the store with compute.stored.reference_norms when hp.reference_run is set) and the count of updates
+    made. The editor itself never reads a store."""
     if not hp.reference_run and not hp.norm > 0:
         raise EditorError(f"{NAME} needs a size: --hp reference_run=RUN_ID (a run's per-edit norms) or --hp norm=X")
+    if hp.reference_run and norms is None:
+        raise EditorError(f"{NAME}: reference_run={hp.reference_run} needs its per-edit norms "
+                          "(compute.stored.reference_norms)")
     state = {"n": torch.tensor(0)}
     if hp.reference_run:
-        state["norms"] = torch.tensor(reference_norms(store, hp.reference_run, batch_size), dtype=torch.float64)
+        state["norms"] = torch.tensor([float(x) for x in norms], dtype=torch.float64)
     return {NAME: state}
 
 

@@ -436,8 +436,10 @@ def run_sequential(
     control_state = None
     if ed.name == "RandomRankOne" and state is None:  # the control: its reference run's per-edit norms, checked
         from compute.editors.control import initial_state  # before the run exists
+        from compute.stored import reference_norms
 
-        control_state = initial_state(store, hp, cfg.batch_size)
+        norms = reference_norms(store, hp.reference_run, cfg.batch_size) if hp.reference_run else None
+        control_state = initial_state(hp, norms)
     run_id, resumed = open_run(store, run_id, kind="sequential", lm=lm, editor=ed.name, hp=hp, ctx=ctx,
                                config=config, n_total=n_total,
                                resume_at=None if state is None else int(state["edit_count"]))  # its checkpoint
