@@ -750,7 +750,14 @@ def runs_overview(stores: Mapping[str, Path] | Path, now: datetime | None = None
         table = runs_table(runs, now or datetime.now(timezone.utc), recent)
         if not table.is_empty():
             frames.append(table.with_columns(pl.lit(where).alias("store")))
-    return pl.concat(frames, how="diagonal_relaxed") if frames else runs_table(pl.DataFrame(), datetime.now(timezone.utc))
+    if not frames:
+        return runs_table(pl.DataFrame(), datetime.now(timezone.utc))
+    # one order over both stores: active runs first, then the newest (a run just launched into the workspace
+    # comes before the shipped ones, not after every one of them)
+    table = pl.concat(frames, how="diagonal_relaxed")
+    return (table.with_columns(pl.col("status").is_in(["queued", "running"]).alias("_active"))
+            .sort(["_active", "started_at"], descending=[True, True], nulls_last=True, maintain_order=True)
+            .drop("_active"))
 
 
 def runs_table(runs: pl.DataFrame, now: datetime, recent: int = 20) -> pl.DataFrame:

@@ -417,6 +417,8 @@ def test_abilities_page_draws_small_multiples_with_chance_and_baseline(monkeypat
     assert len(at.dataframe) == 1  # editing performance beside the abilities
     at.segmented_control(key="ability_view").set_value("rect").run()
     assert not at.exception and at.toggle(key="ability_common").value is True
+    # the fixture has no RECT run: the view says it shows plain ROME only
+    assert any("No ROME + RECT run" in i.value for i in at.info)
     assert len(at.get("plotly_chart")) == 1
     at.segmented_control(key="ability_mode").set_value("full").run()  # the fixture's runs have no full suite
     at.segmented_control(key="ability_view").set_value("sequential").run()

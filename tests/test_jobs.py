@@ -320,6 +320,25 @@ def test_runs_table_puts_running_first_with_heartbeat_age():
     assert table["run_id"].to_list() == ["b", "a"] and table["heartbeat_age_s"].to_list() == [30.0, None]
 
 
+def test_the_runs_overview_orders_both_stores_newest_first(tmp_path):
+    from store import Store
+
+    paths = {}
+    for where, started in (("shipped", ["2024-01-01T00:00:00+00:00", "2024-01-03T00:00:00+00:00"]),
+                           ("workspace", ["2024-01-02T00:00:00+00:00", "2024-01-04T00:00:00+00:00"])):
+        paths[where] = tmp_path / f"{where}.sqlite"
+        with Store.open(paths[where], create=True) as st:
+            for at in started:
+                run = st.start_run(kind="robustness", model="m", editor="ROME", n_total=1, config={})
+                st.finish_run(run)
+                st.conn.execute("UPDATE runs SET started_at = ? WHERE run_id = ?", (at, run))
+                st.conn.commit()
+    table = jobs.runs_overview(paths)
+    # the workspace's newest run first, the two stores interleaved by when each run started
+    assert table["store"].to_list() == ["workspace", "shipped", "workspace", "shipped"]
+    assert table["started_at"].to_list() == sorted(table["started_at"].to_list(), reverse=True)
+
+
 def test_jobs_module_imports_neither_torch_nor_streamlit():
     code = "import dashboard.jobs, sys; print(sorted(m for m in ('torch', 'streamlit', 'compute') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -52,6 +52,9 @@ part = part.filter(pl.col("run_id").is_in(table["run_id"].to_list()))
 if part.is_empty():
     st.info(f"No {mode}-mode ability scores from {kind} runs yet.")
     st.stop()
+if view == "rect" and not (table["rect_top"] < 1.0).any():
+    st.info(f"No ROME + RECT run with {mode}-mode ability scores in this store yet: the comparison shows plain ROME "
+            "only (the plan's RECT units are sequential-ROME-rect0.2/0.4/0.6; the Overview lists which are done).")
 
 all_labels = labels_of(table)
 chosen = shared_multiselect("Runs", "rect_runs" if view == "rect" else "runs", list(all_labels),
