@@ -123,7 +123,9 @@ def baseline_run(conn: sqlite3.Connection, run_id: str | None = None, case_set: 
 
     A knowledge run is its own baseline; a run naming `config.baseline_run` (robustness runs) uses that.
     Otherwise (no run, or a demo or other run): the knowledge run, of `case_set` and of the run's model when
-    known, that measured recall on the most rephrase types, finished first, then newest. None if none."""
+    known, that measured recall on the most rephrase types, then on the most cases (a 2-case run launched
+    from the dashboard must not judge what the model can answer over a 240-case baseline), finished first,
+    then newest. None if none."""
     model = None
     if run_id is not None:
         row = conn.execute("SELECT kind, model, config FROM runs WHERE run_id = ?", (run_id,)).fetchone()
@@ -139,7 +141,8 @@ def baseline_run(conn: sqlite3.Connection, run_id: str | None = None, case_set: 
         "SELECT r.run_id FROM runs AS r JOIN measurements AS m ON m.run_id = r.run_id "
         "WHERE r.kind = 'knowledge' AND m.edit_count = 0 AND m.metric = ? AND (? IS NULL OR r.model = ?) "
         "AND (? IS NULL OR json_extract(r.config, '$.case_set') = ?) "
-        "GROUP BY r.run_id ORDER BY count(DISTINCT m.rephrase_type) DESC, r.status = 'done' DESC, "
+        "GROUP BY r.run_id ORDER BY count(DISTINCT m.rephrase_type) DESC, count(DISTINCT m.case_id) DESC, "
+        "r.status = 'done' DESC, "
         "r.started_at DESC, r.run_id DESC LIMIT 1",
         (RECALL_METRIC, model, model, case_set, case_set),
     ).fetchone()

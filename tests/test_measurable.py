@@ -76,6 +76,14 @@ def test_run_measurability_reads_a_robustness_runs_baseline(tmp_path):
         assert "0 of 20" in M.unmeasurable_reasons(t)["cloze"]
         with pytest.raises(ValueError, match="no run"):
             M.baseline_run(s.conn, "nope")
+        # a newer, finished knowledge run of 2 cases on the same types (one launched from the dashboard) does
+        # not take over from the 20-case baseline: more cases first
+        small = s.start_run(kind="knowledge", model="m", run_id="small", config={"case_set": "set"})
+        s.finish_run(small)
+        s.conn.execute("UPDATE runs SET started_at = '2999-01-01T00:00:00+00:00' WHERE run_id = 'small'")
+        s.write_measurements([dict(run_id=small, case_id=f"c{i}", metric="rev", value=0.0, rephrase_type=t,
+                                   edit_count=0) for i in range(2) for t in ("plain", "cloze")])
+        assert M.baseline_run(s.conn, "d") == "k"
 
 
 def test_a_chat_probe_that_ends_with_the_edit_prompt_is_a_copy_task_and_unmeasurable(tmp_path):

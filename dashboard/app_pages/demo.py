@@ -88,18 +88,25 @@ if submitted:
 
 def _model_measurability(run: dict) -> tuple[set[str] | None, dict[str, str], str | None]:
     """(measurable types, reasons for the others, the knowledge run that judged them) for the demo's model,
-    from store.measurable: the baseline the demo run's own store names, else the shipped store's, provided it
-    measured the same model. (None, {}, None) when no store has one: the page then judges by this fact alone."""
+    from store.measurable: of the baselines the demo run's own store and the shipped store name, the one of the
+    same model measured on the most cases (a small knowledge run launched into the workspace must not overrule
+    the shipped 240-case baseline). (None, {}, None) when no store has one: the page then judges by this fact
+    alone."""
     runs = query("list_runs")
     models = dict(zip(runs["run_id"].to_list(), runs["model"].to_list()))
+    best = None
     for kwargs in ({"run_id": run["run_id"]}, {}):
         table = query("rephrase_measurability", **kwargs)
         if table.is_empty():
             continue
         base = table["baseline_run"][0]
-        if models.get(base) == run["model"]:
-            return set(measurable_types(table)), unmeasurable_reasons(table), base
-    return None, {}, None
+        n = int(table["n"].max() or 0)
+        if models.get(base) == run["model"] and (best is None or n > best[0]):
+            best = (n, table, base)
+    if best is None:
+        return None, {}, None
+    _, table, base = best
+    return set(measurable_types(table)), unmeasurable_reasons(table), base
 
 
 def _stage_line(job: jobs.Job) -> str:
