@@ -788,7 +788,8 @@ def cmd_plan(args) -> None:
 
         folder = plans.plan_folder(plan, args.cache_dir)
         for line in plans.status_lines(plans.plan_status(plan, target, shards=folder, timings_from=args.timings_from,
-                                                         states_in=Path(args.cache_dir or default_cache_dir()))):
+                                                         states_in=Path(args.cache_dir or default_cache_dir()),
+                                                         restore_left_out=True)):
             _out(line)
         return
     deadline = plans.parse_deadline(args.deadline) if args.deadline else None

@@ -522,14 +522,18 @@ def _rate(conn, unit: Unit, own: list[dict], reference=None) -> tuple[float | No
 
 
 def plan_status(plan: Plan, target: Path, shards: Path | None = None,
-                timings_from: Path | None = None, states_in: Path | None = None) -> list[UnitState]:
+                timings_from: Path | None = None, states_in: Path | None = None,
+                restore_left_out: bool = False) -> list[UnitState]:
     """Each unit's state in `target` (done / partial / missing) with its runs and the estimated CPU-seconds
     left. kb and cases units are read from the store's tables; the others from their `plan_unit` events.
     A unit whose shard (under `shards`, the plan's cache folder) holds progress not yet merged is partial.
     `timings_from`: another store whose finished runs time the units the target has nothing to go by for.
     `states_in` (with `shards`): the cache folder of the machine that would run the plan; an unfinished
     sequential run whose resume state is not there starts over (`orphaned_runs`), so its edits are estimated
-    from the first. Without it (the README's table, from the store alone) a partial run counts what it stored."""
+    from the first. Without it (the README's table, from the store alone) a partial run counts what it stored.
+    `restore_left_out` (what `plan run` will do, and `plan status` says): a cases unit whose set's probes of some
+    types were left out of this store (a committed snapshot, Store.leave_out_unread_probes) is partial, since
+    `plan run` builds them again (deterministic); without it (a snapshot's own status) it stays done."""
     out = []
     if not Path(target).exists():
         return [UnitState(u, "missing", remaining_s=None, basis="no store yet") for u in plan.units]
@@ -548,8 +552,12 @@ def plan_status(plan: Plan, target: Path, shards: Path | None = None,
                     if "cases" in tables else 0
                 want = int(unit.options.get("n", 480))
                 state = "done" if n >= want else "partial" if n else "missing"
-                out.append(UnitState(unit, state, remaining_s=0.0 if state == "done" else None,
-                                     basis="" if state == "done" else "not timed (minutes)"))
+                basis = "" if state == "done" else "not timed (minutes)"
+                left = _left_out(conn, tables).get(unit.options["set"], []) if restore_left_out else []
+                if state == "done" and left:
+                    state, basis = "partial", (f"the probes of {len(left)} type(s) were left out of this store (a "
+                                               "committed snapshot): plan run builds them again (minutes)")
+                out.append(UnitState(unit, state, remaining_s=0.0 if state == "done" else None, basis=basis))
                 continue
             runs = _unit_runs(conn, unit.key) if "run_events" in tables else []
             shard_runs = _shard_progress(shards, unit) if shards else []
@@ -586,6 +594,15 @@ def plan_status(plan: Plan, target: Path, shards: Path | None = None,
         if reference is not None:
             reference.close()
     return out
+
+
+def _left_out(conn: sqlite3.Connection, tables: set[str]) -> dict[str, list[str]]:
+    """case set -> the probe types this store left out (store.queries.probes_left_out); {} without a meta table."""
+    if "meta" not in tables:
+        return {}
+    from store import queries
+
+    return queries.probes_left_out(conn)
 
 
 def _extended_from(plan: Plan, unit: Unit) -> int:
@@ -1056,7 +1073,7 @@ def execute(plan: Plan, target: Path, *, executor: str = "local", workers: int |
         ex = RayExecutor(folder, target, cache_dir, workers if address is None else None, address)
     else:
         raise PlanError(f"unknown executor {executor!r}: local or ray")
-    first = plan_status(plan, target)
+    first = plan_status(plan, target, restore_left_out=True)
     states = {s.unit.id: s.state for s in first}
     # the deadline's estimates count the progress of shards a restarted driver resumes (local executor)
     # and a sequential run that starts over here (no resume state in this machine's cache) from its first edit

@@ -957,3 +957,26 @@ def test_a_resumed_units_progress_replaces_what_its_killed_process_merged(tmp_pa
     plans._merge_progress(plan, Live(), [unit], target, lines.append)
     assert len(lines) == 1 and "run seq's recomputed rows differ from those its earlier process merged by more " \
         "than rounding: edit_diagnostics.value" in lines[0] and "58.906689 before, 70.0 now (relative 0.16)" in lines[0]
+
+
+def test_a_cases_unit_whose_probes_a_snapshot_left_out_is_partial_to_plan_run(tmp_path, capsys):
+    """A committed snapshot keeps only the probes its runs read; `plan run` on it (a fresh clone's store) must
+    build the rest again before a unit that needs them, so for `plan run` and `plan status` the cases unit is
+    partial, with the reason; the snapshot's own status (the README's table) still reads it done."""
+    path = write_plan(tmp_path, "m", 'finalize = false\n\n[[unit]]\nid = "kb"\nkind = "kb"\n\n[[unit]]\n'
+                                     'id = "cases"\nkind = "cases"\nn = 1\nset = "m-n1-s0"\nafter = ["kb"]\n')
+    plan = plans.load_plan(path, build_parser())
+    store = tmp_path / "target.sqlite"
+    with Store.open(store, create=True) as st:
+        st.write_cases([{"case_id": "c1", "case_set": "m-n1-s0", "source": "kb", "subject": "France", "prompt": "p",
+                         "true_object": "Paris", "new_object": "Rome"}],
+                       [{"case_id": "c1", "probe_id": 0, "rephrase_type": "plain", "text": "the capital of France is",
+                         "target_true": "Paris", "target_new": "Rome"}])
+    unit = plan.by_id()["cases"]
+    assert {s.unit.id: s.state for s in plans.plan_status(plan, store, restore_left_out=True)}["cases"] == "done"
+    with Store.open(store) as st:
+        st.record_probes_left_out({"m-n1-s0": ["doubt"]})
+    states = {s.unit.id: s for s in plans.plan_status(plan, store, restore_left_out=True)}
+    assert states["cases"].state == "partial" and "left out of this store" in states["cases"].basis
+    assert "plan run builds them again" in states["cases"].basis and states["cases"].unit is unit
+    assert {s.unit.id: s.state for s in plans.plan_status(plan, store)}["cases"] == "done"  # the snapshot's own
