@@ -169,8 +169,23 @@ def styles_of(table: pl.DataFrame) -> dict[str, tuple[str, str, str]]:
 
 
 def reference_ids(table: pl.DataFrame) -> list[str]:
-    """The reference runs of a table, in display order."""
-    return table.filter(pl.col("reference"))["run_id"].to_list()
+    """The reference runs of a table, in display order: the pages' default. Only the finished ones, as a page's
+    help says ("finished reference runs by default"): a reference run still
+    computing (the rebuild's, at 6 of 240 cases) is offered, labelled, but drawn only when chosen
+    (`partial_references` names them under the chooser). A table whose reference runs are all unfinished gives
+    them all, so that a store still being built shows something."""
+    refs = table.filter(pl.col("reference"))
+    done = refs.filter(pl.col("status") == "done")
+    return (refs if done.is_empty() else done)["run_id"].to_list()
+
+
+def partial_references(table: pl.DataFrame, default: list[str]) -> str | None:
+    """A caption naming the reference runs left out of `default` because they are not finished, or None."""
+    left = table.filter(pl.col("reference") & ~pl.col("run_id").is_in(default))["label"].to_list()
+    if not left:
+        return None
+    return (f"Not drawn unless chosen: {len(left)} reference run(s) still computing or stopped part-way "
+            f"({'; '.join(left)}). Add them under Runs to see their partial figures.")
 
 
 def headline_ids(table: pl.DataFrame, limit: int = 4) -> list[str]:

@@ -270,7 +270,11 @@ def test_popularity_shows_the_within_relation_rho_beside_the_pooled_one(monkeypa
     at.toggle(key="widget:known").set_value(True).run()
     assert not at.exception
     known = study_a_n()
-    assert set(known) == set(every) and all(0 < known[r] < every[r] for r in every), (every, known)
+    # every finished run keeps some known facts; a run stopped after a few cases (the rebuild's FT-L at 6 of
+    # 240, none of them known to the unedited model) can have none, and then has no row under the filter
+    finished = [r for r in every if "[" not in r]
+    assert finished and set(finished) <= set(known) <= set(every), (every, known)
+    assert all(0 < known[r] < every[r] for r in known), (every, known)
     assert any("Known facts only: every type judged" in c.value for c in at.caption)
 
 

@@ -516,3 +516,25 @@ def test_a_rebuild_beside_the_shipped_store_is_offered_in_the_sidebar_and_shown_
     assert not at.exception
     options = [s for s in at.selectbox if s.label == "Run"][0].options
     assert options and all(" · rebuild · " in o and " · shipped · " not in o for o in options)
+
+
+def test_pages_draw_finished_reference_runs_by_default_and_name_the_partial_ones(tmp_path):
+    """Issue 21 point 1: a reference run still computing (the rebuild's FT-L at 6 of 240 cases) is offered and
+    labelled but not drawn by default, and the page names it; a store whose reference runs are all unfinished
+    still shows them."""
+    from dashboard.sidebar import describe_runs, partial_references, reference_ids
+    from store import Store, queries
+
+    with Store.open(tmp_path / "s.sqlite", create=True) as s:
+        for run_id, editor, n, status in (("rome", "ROME", 240, "done"), ("ftl", "FT-L", 6, "interrupted")):
+            s.start_run(kind="robustness", model="m", editor=editor, run_id=run_id, n_total=240)
+            s.heartbeat(run_id, n_done=n)
+            s.finish_run(run_id, status=status)
+        table = describe_runs(queries.list_runs(s.conn))
+    assert set(table.filter(pl.col("reference"))["run_id"]) == {"rome", "ftl"}
+    assert reference_ids(table) == ["rome"]
+    note = partial_references(table, reference_ids(table))
+    assert note is not None and "FT-L [interrupted, 6/240 done]" in note and "ROME" not in note
+    assert partial_references(table, ["rome", "ftl"]) is None
+    only_partial = table.filter(pl.col("run_id") == "ftl")
+    assert reference_ids(only_partial) == ["ftl"]

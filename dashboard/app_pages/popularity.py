@@ -5,10 +5,10 @@ with their CIs."""
 import polars as pl
 import streamlit as st
 
-from dashboard import charts
+from dashboard import charts, plain
 from dashboard.data import query
 from dashboard.filters import held_toggle, known_toggle, shared_multiselect, shared_selectbox, url_selectbox
-from dashboard.sidebar import labels_of, reference_ids, run_table, styles_of
+from dashboard.sidebar import labels_of, partial_references, reference_ids, run_table, styles_of
 from store.derived import POPULARITY_FEATURES, WITHIN_COLUMNS, both_estimates, popularity_bins
 from store.measurable import unmeasurable_reasons, with_measurability
 from store.metrics import REPHRASE_TYPES
@@ -31,8 +31,11 @@ rtype = url_selectbox("Rephrase type", "rephrase_type", REPHRASE_TYPES, containe
                       format_func=lambda t: t + (" (unmeasurable)" if t in unmeasurable else ""))
 
 d1, d2 = st.columns(2)
-chosen = shared_multiselect("Runs", "runs", list(labels), default=reference_ids(table), format_func=labels.get,
+default = reference_ids(table)
+chosen = shared_multiselect("Runs", "runs", list(labels), default=default, format_func=labels.get,
                             container=d1, help="Finished reference runs by default; others only when chosen")
+if partial_references(table, default):  # run labels come from the store: plain text
+    plain.line(partial_references(table, default), container=d1)
 relations_all = sorted(query("kb_relations")["relation"].to_list())
 relations = shared_multiselect("Relations", "relations", relations_all, container=d2)
 rel_filter = None if len(relations) == len(relations_all) else tuple(relations)

@@ -9,7 +9,7 @@ from dashboard.data import query
 from dashboard.filters import (forget, held_toggle, known_toggle, shared_multiselect, url_segmented, url_selectbox,
                                url_toggle)
 from dashboard import edit_view, plain, tables
-from dashboard.sidebar import labels_of, reference_ids, run_table, styles_of
+from dashboard.sidebar import labels_of, partial_references, reference_ids, run_table, styles_of
 from store.measurable import MEASURABLE_SHARE, unmeasurable_reasons, with_measurability
 from store.metrics import METRICS, REPHRASE_TYPES
 
@@ -21,9 +21,12 @@ if table.is_empty():
 
 labels = labels_of(table)
 c1, c2 = st.columns(2)
-chosen = shared_multiselect("Runs", "runs", list(labels), default=reference_ids(table), format_func=labels.get,
+default = reference_ids(table)
+chosen = shared_multiselect("Runs", "runs", list(labels), default=default, format_func=labels.get,
                             container=c1, help="Finished reference runs by default; a partial, failed or "
                             "superseded run is shown only when chosen, and its name says what it is")
+if partial_references(table, default):  # run labels come from the store: plain text
+    plain.line(partial_references(table, default), container=c1)
 relations_all = sorted(query("kb_relations")["relation"].to_list())
 relations = shared_multiselect("Relations", "relations", relations_all, container=c2,
                                help="Cases of these relations only (all by default)")
