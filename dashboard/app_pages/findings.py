@@ -85,13 +85,14 @@ table = pl.DataFrame([{"claim": f.claim, "verdict": f.verdict, "direction": f.di
 show(table, {"claim": Col("Claim", width="small"), "verdict": Col("Verdict"),
              "direction": Col("Direction", help="where the paper's level is not comparable: does ours point the same "
                                                 "way?"),
-             # two significant digits: a share of 2 disabling edits in 420 reads 0.0048, not 0.00
-             "value": Col("Headline number", "{:.2g}", "the claim's own measure for the first editor or run that "
+             # one precision per column (issue 21 point 7), three decimals: a share of 2 disabling edits in 420
+             # reads 0.005, not 0.00, and 0.86 does not turn into 0.9 beside 0.042 as two significant digits did
+             "value": Col("Headline number", "{:.3f}", "the claim's own measure for the first editor or run that "
                           "EditScope's column below names, with its CI and n (A2-A5: acc on the rephrase type; A8: "
                           "the gap on the first type; B2: the share of the ability margin kept by the first run that "
                           "collapsed; B3: the share of the original-keys ROME run's edits that disabled the model; "
                           "C1 and C5: the first task's score at the run's end); the column below gives every figure"),
-             "ci_low": Col("CI low", "{:.2g}"), "ci_high": Col("CI high", "{:.2g}"), "n": Col("n", "{:,.0f}")})
+             "ci_low": Col("CI low", "{:.3f}"), "ci_high": Col("CI high", "{:.3f}"), "n": Col("n", "{:,.0f}")})
 
 for study, title in STUDIES.items():
     st.header(title)
