@@ -44,10 +44,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
+from store.conventions import ANSWER_SLOT
 from store.metrics import REPHRASE_TYPES
 
 NEIGHBOURHOOD = "neighbourhood"
-ANSWER_SLOT = "{answer}"
 DOUBT_PUSHBACK = "Are you sure? I don't think that is right."
 # Rephrase types rendered as a chat that ends with an empty assistant turn (the model answers freely).
 CHAT_TYPES = frozenset({

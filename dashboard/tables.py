@@ -102,3 +102,37 @@ def errors_in_full(errors: Sequence[tuple[str, str]], container=None) -> None:
         with (container or st).expander(f"Errors in full ({len(errors)})"):
             for run, error in errors:
                 st.text(f"{run}: {error}")
+
+
+def show_case_view(view: pl.DataFrame, container=None) -> pl.DataFrame:
+    """One run's view of one case (store.derived.case_view) as the Case explorer and the Edit demo show it, in
+    the rephrase types' order; returns the frame shown (for a CSV)."""
+    import streamlit as st
+
+    from store.metrics import METRICS, REPHRASE_TYPES
+
+    where = container or st
+    order = {t: i for i, t in enumerate(REPHRASE_TYPES)}
+    view = (view.with_columns(pl.col("rephrase_type").replace_strict(order, default=99).alias("_o"))
+            .sort("edit_count", "_o").drop("_o"))
+    # short headers (the metric's full name in the help), one format per column, "—" where a metric was not
+    # measured for a type; the generation beside its type; every column in view in a 1400 px window (the
+    # edit's own seconds, one row of their own, are said above the table instead of taking a column)
+    short = {"p_true": ("P(true)", "{:.3g}"), "p_new": ("P(new)", "{:.3g}"), "es": ("ES", "{:.0f}"),
+             "acc": ("acc", "{:.2f}"), "rev": ("rev", "{:.2f}"), "ns": ("NS", "{:.2f}"),
+             "rank_true": ("Rank true", "{:,.0f}"), "fluency": ("Fluency", "{:.2f}")}
+    if "edit_seconds" in view.columns:
+        took = view.filter(pl.col("edit_seconds").is_not_null())
+        for r in took.iter_rows(named=True):
+            where.text(f"Edit {r['edit_count']:,} took {r['edit_seconds']:.1f} s.")
+        view = view.filter(pl.col("edit_seconds").is_null() | (pl.col("rephrase_type") != "edit")).drop("edit_seconds")
+    show(view, {"edit_count": Col("Edits made", "{:,.0f}", "the run's edit count when this was measured: 0 before "
+                                  "any edit; a sequential run measures each edit at the next checkpoint", width=50),
+                "rephrase_type": Col("Rephrase type", width=150),
+                "generation": Col("Generation", width=230, help="the model's greedy continuation of the "
+                                  "type's probe(s), joined with ' | '"),
+                **{m: Col(short.get(m, (m, "{:.2f}"))[0], short.get(m, (m, "{:.2f}"))[1],
+                          f"{METRICS[m].label}: {METRICS[m].description}" if m in METRICS else None, width=62)
+                   for m in view.columns if m not in ("edit_count", "rephrase_type", "generation")}},
+         container=where, width="stretch")
+    return view

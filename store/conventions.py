@@ -84,3 +84,10 @@ SEQUENTIAL_SERIES: dict[tuple[str, str], str] = {
     (PANEL_CHECK, "exact_match"): "Panel exact match, its first facts (after every edit)",
     (FREE_TEXT, "fluency"): "Fluency (n-gram entropy, bits)",
 }
+
+# A doubt probe's text holds this slot where the model's own first answer goes: the model answers the question
+# freely, the slot is filled with that answer, the user pushes back, and the model answers again
+# (compute.cases writes it; the pages say what it stands for where they show a probe's text)
+ANSWER_SLOT = "{answer}"
+ANSWER_SLOT_NOTE = (f"{ANSWER_SLOT} in a probe stands for the model's own first answer to the question, generated "
+                    "before the push-back and put there when the probe is run")

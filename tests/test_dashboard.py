@@ -344,6 +344,9 @@ def test_case_explorer_finds_a_case_and_shows_runs_and_probes(monkeypatch, fixtu
     assert not at.exception
     assert at.selectbox(key="case").value
     assert len(at.expander) >= 16  # every rephrase type has its probes
+    from store.conventions import ANSWER_SLOT_NOTE  # the doubt probe's {answer} slot is said for what it is
+
+    assert any(c.value == ANSWER_SLOT_NOTE for c in at.caption)
     # the run picker names each run by its label (what tells it from its siblings), as every other page does
     from dashboard.sidebar import describe_runs
     from store import Store, queries

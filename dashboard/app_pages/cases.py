@@ -9,8 +9,9 @@ import streamlit as st
 from dashboard.data import query
 from dashboard.plain import message
 from dashboard.sidebar import labels_of, run_table
-from dashboard.tables import Col, show
-from store.metrics import METRICS, REPHRASE_TYPES
+from dashboard.tables import Col, show, show_case_view
+from store.conventions import ANSWER_SLOT, ANSWER_SLOT_NOTE
+from store.metrics import REPHRASE_TYPES
 
 st.title("Case explorer")
 needle = st.text_input("Subject contains", value=st.query_params.get("subject", "")[:100], key="subject",
@@ -57,28 +58,7 @@ else:
                           f"{r.get('store', 'shipped')} · {r['run_id']}" for r in runs.iter_rows(named=True)}
     run_id = st.selectbox("Run", list(names), format_func=names.get, key="run")
     view = query("case_view", case_id=case_id, run_id=run_id)
-    order = {t: i for i, t in enumerate(REPHRASE_TYPES)}
-    view = view.with_columns(pl.col("rephrase_type").replace_strict(order, default=99).alias("_o")).sort("edit_count", "_o").drop("_o")
-    # short headers (the metric's full name in the help), one format per column, "—" where a metric was not
-    # measured for a type; the generation beside its type; every column in view in a 1400 px window (the
-    # edit's own seconds, one row of their own, are said above the table instead of taking a column)
-    short = {"p_true": ("P(true)", "{:.3g}"), "p_new": ("P(new)", "{:.3g}"), "es": ("ES", "{:.0f}"),
-             "acc": ("acc", "{:.2f}"), "rev": ("rev", "{:.2f}"), "ns": ("NS", "{:.2f}"),
-             "rank_true": ("Rank true", "{:,.0f}"), "fluency": ("Fluency", "{:.2f}")}
-    if "edit_seconds" in view.columns:
-        took = view.filter(pl.col("edit_seconds").is_not_null())
-        for r in took.iter_rows(named=True):
-            st.text(f"Edit {r['edit_count']:,} took {r['edit_seconds']:.1f} s.")
-        view = view.filter(pl.col("edit_seconds").is_null() | (pl.col("rephrase_type") != "edit")).drop("edit_seconds")
-    show(view, {"edit_count": Col("Edits made", "{:,.0f}", "the run's edit count when this was measured: 0 before "
-                                  "any edit; a sequential run measures each edit at the next checkpoint", width=50),
-                "rephrase_type": Col("Rephrase type", width=150),
-                "generation": Col("Generation", width=230, help="the model's greedy continuation of the "
-                                  "type's probe(s), joined with ' | '"),
-                **{m: Col(short.get(m, (m, "{:.2f}"))[0], short.get(m, (m, "{:.2f}"))[1],
-                          f"{METRICS[m].label}: {METRICS[m].description}" if m in METRICS else None, width=62)
-                   for m in view.columns if m not in ("edit_count", "rephrase_type", "generation")}},
-         width="stretch")
+    view = show_case_view(view)
     st.download_button("Download CSV", view.write_csv(), file_name=f"case-{case_id}-{run_id}.csv")
 
 st.subheader("What each run's edit of this case did")
@@ -131,6 +111,8 @@ for rtype in [*REPHRASE_TYPES, "neighbourhood"]:
     with st.expander(f"{rtype} ({part.height})"):  # rtype is one of the fixed type names
         for p in part.iter_rows(named=True):
             st.code(f"{p['text']} ▸ true: {p['target_true']} | new: {p['target_new']}", language=None, wrap_lines=True)
+        if any(ANSWER_SLOT in t for t in part["text"].to_list()):
+            st.caption(ANSWER_SLOT_NOTE)
 left_out = [t for t in query("left_out_probe_types", case_set=case["case_set"])["rephrase_type"].to_list()
             if t in REPHRASE_TYPES]  # fixed type names only
 if left_out:

@@ -13,8 +13,10 @@ import streamlit as st
 
 from dashboard import commands, jobs
 from dashboard.plain import line, message
+from dashboard.tables import show_case_view
 from dashboard.data import (public_mode, query, run_store, session_owner, store_path, workspace_path,
                             workspace_problem)
+from store.conventions import ANSWER_SLOT, ANSWER_SLOT_NOTE
 from store.measurable import MEASURABLE_SHARE, measurable_types, unmeasurable_reasons
 from store.metrics import REPHRASE_TYPES
 
@@ -220,11 +222,13 @@ def _show(run: dict, title: str | None = None) -> None:
             row = st.columns([2, 1, 1])
             row[0].code(texts.get(probe_id, f"(probe {probe_id} not in the store)"), language=None, wrap_lines=True,
                         height=160 if len(texts.get(probe_id, "")) > 400 else "content")
+            if ANSWER_SLOT in texts.get(probe_id, ""):
+                row[0].caption(ANSWER_SLOT_NOTE)
             for col, phase in ((row[1], "pre"), (row[2], "post")):
                 for text in part.filter((pl.col("phase") == phase) & (pl.col("probe_id") == probe_id))["text"].to_list():
                     col.code(text, language=None, wrap_lines=True)
     with st.expander("Metrics per rephrase type (edit count 0 = before, 1 = after)"):
-        st.dataframe(view, hide_index=True, width="stretch")
+        show_case_view(view)
 
 
 if "demo_job" in st.session_state:
