@@ -261,6 +261,13 @@ def test_popularity_shows_the_within_relation_rho_beside_the_pooled_one(monkeypa
     at.switch_page("app_pages/overview.py").run()  # the unedited model's table carries both as well
     headers = [str(c) for d in at.dataframe for c in d.value.columns]
     assert "rho_within" in headers and "rho" in headers
+    # study B's table: the finished reference runs of the shipped settings; the superseded "keys: all" runs and the
+    # partial ones under it, in an expander (issue 21 point 1)
+    study_b = [d.value for d in at.dataframe if "catastrophic_from" in d.value.columns]
+    main = study_b[0]["run"].to_list()
+    assert main and not [r for r in main if "keys: all" in r or "[" in r], main
+    other = next(e for e in at.expander if e.label.startswith("Other sequential runs"))
+    assert len(study_b) == 2 and any("keys: all" in r for r in study_b[1]["run"].to_list()) and other
     # the Overview's study-A headline takes the known-facts filter too (issue 19 point 3: every study-A view)
     def study_a_n():
         table = next(d.value for d in at.dataframe if "hardest_type" in d.value.columns)

@@ -7,7 +7,7 @@ from dashboard import charts
 from dashboard.data import for_visitor, public_mode, query, rebuild_path, showing_rebuild, store_path
 from dashboard.filters import known_toggle, url_selectbox, url_toggle
 from dashboard.plain import word
-from dashboard.sidebar import run_table
+from dashboard.sidebar import labels_of, run_table
 from dashboard.tables import Col, errors_in_full, show, to_minute, with_ci
 from store.conventions import MINUTE, PLAN_FILE
 from store.derived import sequential_rules
@@ -81,7 +81,9 @@ st.header("Headline figures")
 st.caption("The studies' questions with this store's numbers; the verdict on each claim, with the rule that gives "
            "it, is on the Findings page.")
 share = "{:.2f}"
-rob_runs = run_table("robustness").filter(pl.col("reference"))
+# one tile per reference run of the shipped settings (a superseded setting, e.g. MEMIT with every key a
+# least-squares row, is on the Robustness page when chosen); a partial one says so in its label
+rob_runs = run_table("robustness").filter(pl.col("reference") & ~pl.col("other_keys").fill_null(False))
 rob = pl.DataFrame()
 known = False
 if not rob_runs.is_empty():
@@ -165,7 +167,16 @@ if not seq.is_empty():
     # runs made before exact-match tracking have retention by ES only: shown as such
     seq = seq.with_columns(pl.coalesce(pl.col("retention_em"), pl.col("retention") + pl.lit(" (ES)")).alias("retention_em"))
     rules = sequential_rules()  # the rule behind each verdict, in words from the code's constants
-    show(seq, {"run": Col("Run"), "status": Col("Status"), "edits": Col("Edits", "{:,.0f}"),
+    # the finished reference runs of the shipped settings in the table; superseded settings (MEMIT and AlphaEdit
+    # with every key a least-squares row), partial runs and visitors' runs below it, when asked for
+    every = run_table("sequential")
+    main_ids = every.filter(pl.col("reference") & (pl.col("status") == "done")
+                            & ~pl.col("other_keys").fill_null(False))["run_id"].to_list()
+    seq = seq.with_columns(pl.col("run_id").replace_strict(labels_of(every), default=pl.col("run")).alias("run"))
+    others = seq.filter(~pl.col("run_id").is_in(main_ids))
+    if main_ids:
+        seq = seq.filter(pl.col("run_id").is_in(main_ids))
+    seq_cols = {"run": Col("Run"), "status": Col("Status"), "edits": Col("Edits", "{:,.0f}"),
                "collapse_at": Col("Collapse", "{:,.0f}",
                                   "The edit count of the collapse. " + rules["collapse"] + " —: none."),
                "catastrophic_from": Col("Catastrophic", "{:,.0f}", "The edit count where a catastrophic phase starts "
@@ -179,8 +190,12 @@ if not seq.is_empty():
                                         "full re-check, [95% Wilson CI], n edits. (ES): a run made before exact "
                                         "match was tracked, held by ES (P(new) > P(true)) instead"),
                "panel_recall": Col("Panel recall (last)", help="Greedy recall of the panel of unedited facts the "
-                                   "model knew, at the last checkpoint, [95% Wilson CI], n facts")})
+                                   "model knew, at the last checkpoint, [95% Wilson CI], n facts")}
+    show(seq, seq_cols)
     st.caption("Each column's rule is in its header's tooltip; the Forgetting page shows the curves and the events.")
+    if main_ids and not others.is_empty():
+        with st.expander(f"Other sequential runs ({others.height}): superseded settings, partial runs"):
+            show(others, seq_cols)
 
 st.header("Pre-edit knowledge by popularity")
 sets = query("case_sets")

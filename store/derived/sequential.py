@@ -212,7 +212,7 @@ def sequential_headlines(conn: sqlite3.Connection) -> pl.DataFrame:
     panel-floor crossing that stops a run (panel_floor_at; stores derived before it had its own name
     recorded it as the collapse). A control that edits no fact (`edits_facts`) has no retention: null."""
     labels = run_labels(conn, "sequential")
-    schema = {"run": pl.String, "status": pl.String, "edits": pl.Int64, "collapse_at": pl.Int64,
+    schema = {"run_id": pl.String, "run": pl.String, "status": pl.String, "edits": pl.Int64, "collapse_at": pl.Int64,
               "catastrophic_from": pl.Int64, "disabling_edits": pl.Int64, "retention": pl.Float64,
               "retention_ci": pl.String, "panel_recall": pl.Float64, "panel_recall_ci": pl.String,
               "retention_em": pl.Float64, "retention_em_ci": pl.String, "panel_floor_at": pl.Int64}
@@ -231,7 +231,7 @@ def sequential_headlines(conn: sqlite3.Connection) -> pl.DataFrame:
         cat = ev.filter((pl.col("kind") == "phase") & (pl.col("phase") == "catastrophic"))["edit_count"]
         floor = ev.filter(pl.col("kind") == "panel_floor")["edit_count"]
         # the edit order where it is not the default, as the sidebar names runs: two orders never read alike
-        row = {"run": r["label"] + (f", order {order}" if order not in (None, 0) else ""),
+        row = {"run_id": r["run_id"], "run": r["label"] + (f", order {order}" if order not in (None, 0) else ""),
                "status": r["status"], "edits": r["n_done"] or 0,
                "collapse_at": col.min() if col.len() else None, "catastrophic_from": cat.min() if cat.len() else None,
                "disabling_edits": ev.filter(pl.col("kind") == "disabling_edit").height,
