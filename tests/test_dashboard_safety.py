@@ -368,3 +368,48 @@ def test_a_workspace_set_to_the_shown_store_is_refused_and_browsing_goes_on(monk
         at.switch_page(page).run()
         assert not at.exception and "misconfigured" in at.error[0].value
         assert "must not be the shown store" in at.code[0].value and not at.button
+
+
+def test_everything_the_dashboard_and_the_store_import_is_in_the_cloud_requirements():
+    """Streamlit Community Cloud installs requirements.txt only. Every third-party module that dashboard/ and
+    store/ import (at the top or inside a function) must come from a distribution it names or from one of their
+    own dependencies: scipy (store.stats) came only through gensim, a compute requirement, and every page that
+    computes a paired interval raised ModuleNotFoundError on the Cloud install."""
+    import ast
+    import re
+    import sys
+    from importlib import metadata
+
+    root = Path(__file__).resolve().parents[1]
+    modules = set()
+    for package in ("store", "dashboard"):
+        for path in (root / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    modules |= {a.name.split(".")[0] for a in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    modules.add(node.module.split(".")[0])
+    third = {m for m in modules if m not in sys.stdlib_module_names and m not in ("store", "dashboard", "compute",
+                                                                                 "__future__")}
+
+    def name(req: str) -> str:
+        return re.split(r"[\s;<>=!~\[]", req.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+    wanted = [name(line) for line in (root / "requirements.txt").read_text().splitlines()
+              if line.strip() and not line.startswith(("#", "-"))]
+    closure, todo = set(), list(wanted)
+    while todo:  # the named distributions and what they require (extras left out)
+        dist = todo.pop()
+        if dist in closure:
+            continue
+        try:
+            requires = metadata.requires(dist) or []
+        except metadata.PackageNotFoundError:  # a dependency for other Pythons (an environment marker)
+            continue
+        closure.add(dist)
+        for req in requires:
+            if "extra ==" not in req:
+                todo.append(name(req))
+    provided = {m: {d.lower().replace("_", "-") for d in ds} for m, ds in metadata.packages_distributions().items()}
+    missing = sorted(m for m in third if not provided.get(m, set()) & closure)
+    assert not missing, f"imported by dashboard/ or store/ but not installed by requirements.txt: {missing}"
