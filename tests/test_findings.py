@@ -71,6 +71,22 @@ def _robustness_store(st, acc: dict[str, dict[str, float]], recall: dict[str, fl
 KNOWN = {"plain": 0.5, "paraphrase": 0.5, "doubt": 0.5}
 
 
+def test_a_drop_waits_only_for_the_runs_its_rule_judges(tmp_path):
+    """A2 judges ROME and MEMIT (the paper's IKE paraphrase drop is under 10 points), A3 all three: an IKE run
+    still computing holds back A3, not A2 (on the 2026-12-08 snapshot A2 read 'not measured yet', waiting for
+    IKE at 64 of 240 cases, beside two finished runs whose drops decide it)."""
+    with Store.open(tmp_path / "s.sqlite", create=True) as st:
+        _robustness_store(st, {e: {"plain": 0.95, "paraphrase": 0.4, "context_pronoun": 0.3}
+                               for e in ("ROME", "MEMIT", "IKE")}, {**KNOWN, "context_pronoun": 0.5})
+        st.conn.execute("UPDATE runs SET status = 'interrupted', n_done = 40, n_total = 240 WHERE run_id = 'rob-IKE'")
+        st.conn.commit()
+        got = _by_claim(st.conn)
+    assert got["A2"].verdict == REPRODUCED and "waits" not in got["A2"].reason
+    assert "partial: IKE 40 of 240 cases" in got["A2"].ours  # its figures are shown, labelled
+    assert got["A3"].verdict == NOT_MEASURED and got["A3"].reason.startswith("The verdict waits for the runs to "
+                                                                             "finish: IKE 40 of 240 cases")
+
+
 def test_a_partial_run_is_named_with_its_own_n(tmp_path):
     """Runs of different sizes each show their own n (the text said the first one's 'each'), and a run that is
     not done is named partial with how far it got (a rebuild in progress)."""
