@@ -169,19 +169,23 @@ def styles_of(table: pl.DataFrame) -> dict[str, tuple[str, str, str]]:
 
 
 def reference_ids(table: pl.DataFrame) -> list[str]:
-    """The reference runs of a table, in display order: the pages' default. Only the finished ones, as a page's
-    help says ("finished reference runs by default"): a reference run still
-    computing (the rebuild's, at 6 of 240 cases) is offered, labelled, but drawn only when chosen
-    (`partial_references` names them under the chooser). A table whose reference runs are all unfinished gives
-    them all, so that a store still being built shows something."""
+    """The reference runs of a table, in display order: the pages' default (the Overview's study-B table too).
+    Only the finished ones of the settings each editor ships with, as a page's help says ("finished reference
+    runs by default"): a reference run still computing (the rebuild's, at 6 of 240 cases) or of a superseded
+    setting (MEMIT with every key a least-squares row) is offered, labelled, but drawn only when chosen
+    (`partial_references` names the unfinished ones under the chooser). Where none qualifies, the reference runs
+    of the shipped settings, then all of them, so that a store still being built shows something."""
     refs = table.filter(pl.col("reference"))
+    shipped = refs.filter(~pl.col("other_keys").fill_null(False))
+    refs = refs if shipped.is_empty() else shipped
     done = refs.filter(pl.col("status") == "done")
     return (refs if done.is_empty() else done)["run_id"].to_list()
 
 
 def partial_references(table: pl.DataFrame, default: list[str]) -> str | None:
-    """A caption naming the reference runs left out of `default` because they are not finished, or None."""
-    left = table.filter(pl.col("reference") & ~pl.col("run_id").is_in(default))["label"].to_list()
+    """A line naming the unfinished reference runs left out of `default`, or None."""
+    left = table.filter(pl.col("reference") & (pl.col("status") != "done")
+                        & ~pl.col("run_id").is_in(default))["label"].to_list()
     if not left:
         return None
     return (f"Not drawn unless chosen: {len(left)} reference run(s) still computing or stopped part-way "

@@ -538,3 +538,13 @@ def test_pages_draw_finished_reference_runs_by_default_and_name_the_partial_ones
     assert partial_references(table, ["rome", "ftl"]) is None
     only_partial = table.filter(pl.col("run_id") == "ftl")
     assert reference_ids(only_partial) == ["ftl"]
+    # a finished run of a superseded setting (MEMIT, every key a least-squares row) is not a default beside the
+    # shipped setting's, and is not "still computing"
+    with Store.open(tmp_path / "k.sqlite", create=True) as s:
+        for run_id, constraint in (("memit-all", "all"), ("memit-plain", "plain")):
+            s.start_run(kind="robustness", model="m", editor="MEMIT", run_id=run_id, n_total=240,
+                        hparams={"key_constraint": constraint})
+            s.heartbeat(run_id, n_done=240)
+            s.finish_run(run_id)
+        keys = describe_runs(queries.list_runs(s.conn))
+    assert reference_ids(keys) == ["memit-plain"] and partial_references(keys, ["memit-plain"]) is None

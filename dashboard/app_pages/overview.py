@@ -7,7 +7,7 @@ from dashboard import charts
 from dashboard.data import for_visitor, public_mode, query, rebuild_path, showing_rebuild, store_path
 from dashboard.filters import known_toggle, url_selectbox, url_toggle
 from dashboard.plain import word
-from dashboard.sidebar import labels_of, run_table
+from dashboard.sidebar import labels_of, reference_ids, run_table
 from dashboard.tables import Col, errors_in_full, show, to_minute, with_ci
 from store.conventions import MINUTE, PLAN_FILE
 from store.derived import sequential_rules
@@ -170,8 +170,7 @@ if not seq.is_empty():
     # the finished reference runs of the shipped settings in the table; superseded settings (MEMIT and AlphaEdit
     # with every key a least-squares row), partial runs and visitors' runs below it, when asked for
     every = run_table("sequential")
-    main_ids = every.filter(pl.col("reference") & (pl.col("status") == "done")
-                            & ~pl.col("other_keys").fill_null(False))["run_id"].to_list()
+    main_ids = reference_ids(every)
     seq = seq.with_columns(pl.col("run_id").replace_strict(labels_of(every), default=pl.col("run")).alias("run"))
     others = seq.filter(~pl.col("run_id").is_in(main_ids))
     if main_ids:

@@ -34,8 +34,8 @@ d1, d2 = st.columns(2)
 default = reference_ids(table)
 chosen = shared_multiselect("Runs", "runs", list(labels), default=default, format_func=labels.get,
                             container=d1, help="Finished reference runs by default; others only when chosen")
-if partial_references(table, default):  # run labels come from the store: plain text
-    plain.line(partial_references(table, default), container=d1)
+if note := partial_references(table, default):  # run labels come from the store: plain text
+    plain.line(note, container=d1)
 relations_all = sorted(query("kb_relations")["relation"].to_list())
 relations = shared_multiselect("Relations", "relations", relations_all, container=d2)
 rel_filter = None if len(relations) == len(relations_all) else tuple(relations)

@@ -25,8 +25,8 @@ default = reference_ids(table)
 chosen = shared_multiselect("Runs", "runs", list(labels), default=default, format_func=labels.get,
                             container=c1, help="Finished reference runs by default; a partial, failed or "
                             "superseded run is shown only when chosen, and its name says what it is")
-if partial_references(table, default):  # run labels come from the store: plain text
-    plain.line(partial_references(table, default), container=c1)
+if note := partial_references(table, default):  # run labels come from the store: plain text
+    plain.line(note, container=c1)
 relations_all = sorted(query("kb_relations")["relation"].to_list())
 relations = shared_multiselect("Relations", "relations", relations_all, container=c2,
                                help="Cases of these relations only (all by default)")
